@@ -1,0 +1,5 @@
+import sys
+
+from numbec.cli import main
+
+sys.exit(main())

@@ -1,0 +1,147 @@
+"""The one Born-effective-charge convention of numbec, and its units.
+
+Every array of Born effective charges (BECs) inside numbec is stored in the
+*canonical* layout
+
+    ``Z[a, i, j] = dP_i / dr_{a, j}``   shape ``(N, 3, 3)``, float64, unit e
+
+where ``a`` is the atom index, row ``i`` the polarisation (electric-field)
+direction and column ``j`` the Cartesian displacement direction. ``P`` is the
+cell dipole in e·Å (not divided by the volume); for a molecule ``Z`` is the
+atomic polar tensor. Cartesian axes are those of the cell/positions, never
+fractional ones.
+
+Files in the wild use two layouts, converted at the edges by
+:func:`to_canonical` / :func:`from_canonical`:
+
+``"pol-disp"`` (canonical, default)
+    row = polarisation/field: VASP OUTCAR, phonopy ``BORN``, Quantum ESPRESSO,
+    allegro-pol extxyz files (``born_charge:R:9`` row-major).
+``"disp-pol"``
+    row = displacement (the transpose): i-PI ``bec.txt``, the LES/SPICE extxyz
+    files (``bec:R:9``), ASE's ``(3N, 3)`` arrays.
+
+Units used throughout: length Å, time fs, velocity Å/fs, charge e, dipole e·Å,
+mass amu, frequency cm^-1 (THz and meV on request), temperature K.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Canonical layout name: row = polarisation/field direction, column = displacement.
+CANONICAL_LAYOUT = "pol-disp"
+#: All layouts readers accept.
+LAYOUTS = ("pol-disp", "disp-pol")
+
+# --- physical constants (CODATA 2018, SI) -------------------------------------------------
+ELEMENTARY_CHARGE = 1.602176634e-19  # C
+SPEED_OF_LIGHT = 2.99792458e8  # m/s
+VACUUM_PERMITTIVITY = 8.8541878128e-12  # F/m
+BOLTZMANN = 1.380649e-23  # J/K
+HBAR = 1.054571817e-34  # J s
+PLANCK = 6.62607015e-34  # J s
+AVOGADRO = 6.02214076e23  # 1/mol
+AMU = 1.66053906660e-27  # kg
+ANGSTROM = 1e-10  # m
+FEMTOSECOND = 1e-15  # s
+
+# --- frequency conversions ----------------------------------------------------------------
+#: 1 THz in cm^-1 (= 1e12 / (100 c)).
+THZ_TO_INVCM = 1e12 / (100.0 * SPEED_OF_LIGHT)
+#: 1 meV in cm^-1 (= 1e-3 e / (h c 100)).
+MEV_TO_INVCM = 1e-3 * ELEMENTARY_CHARGE / (PLANCK * SPEED_OF_LIGHT * 100.0)
+#: 1 cm^-1 as an angular frequency in rad/fs.
+INVCM_TO_RAD_PER_FS = 2.0 * np.pi * 100.0 * SPEED_OF_LIGHT * FEMTOSECOND
+
+#: ASE's time unit expressed in fs: ``1 fs = ase.units.fs`` ASE time units, so an ASE
+#: velocity (Å per ASE time unit) times ``ase.units.fs`` is in Å/fs.
+try:  # ase is a hard dependency; the fallback only keeps this module importable alone
+    from ase import units as _ase_units
+
+    ASE_TIME_UNITS_PER_FS = float(_ase_units.fs)
+except Exception:  # pragma: no cover
+    ASE_TIME_UNITS_PER_FS = 0.09822694788464063
+
+
+class LayoutError(ValueError):
+    """Raised for an unknown BEC layout string or an array of the wrong shape."""
+
+
+def check_layout(layout: str) -> str:
+    """Return ``layout`` if it is one of :data:`LAYOUTS`, else raise :class:`LayoutError`."""
+    if layout not in LAYOUTS:
+        raise LayoutError(
+            f"unknown BEC layout {layout!r}; use 'pol-disp' (row = polarisation/field, the "
+            f"VASP/phonopy/QE convention) or 'disp-pol' (row = displacement, the transpose)"
+        )
+    return layout
+
+
+def as_bec_array(values, n_atoms: int | None = None, *, where: str = "") -> np.ndarray:
+    """Reshape per-atom BEC data to ``(N, 3, 3)`` float64 without changing the layout.
+
+    Parameters
+    ----------
+    values : array_like, shape (N, 9), (N, 3, 3) or (3N, 3)
+        Nine numbers per atom, row-major within each atom.
+    n_atoms : int, optional
+        Expected number of atoms; a mismatch raises :class:`LayoutError`.
+    where : str
+        Text naming the file/frame, used in error messages.
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    prefix = f"{where}: " if where else ""
+    if arr.ndim == 3 and arr.shape[1:] == (3, 3):
+        out = arr
+    elif arr.ndim == 2 and arr.shape[1] == 9:
+        out = arr.reshape(-1, 3, 3)
+    elif arr.ndim == 2 and arr.shape[1] == 3 and arr.shape[0] % 3 == 0:
+        out = arr.reshape(-1, 3, 3)
+    else:
+        raise LayoutError(
+            f"{prefix}BEC array of shape {arr.shape} is not (N, 9), (N, 3, 3) or (3N, 3)"
+        )
+    if n_atoms is not None and out.shape[0] != n_atoms:
+        raise LayoutError(f"{prefix}BEC array has {out.shape[0]} atoms, structure has {n_atoms}")
+    bad = ~np.isfinite(out)
+    if bad.any():
+        atom = int(np.argwhere(bad)[0][0])
+        raise ValueError(f"{prefix}BEC of atom {atom} (0-based) contains NaN or inf")
+    return out
+
+
+def to_canonical(bec, layout: str = CANONICAL_LAYOUT) -> np.ndarray:
+    """Convert BECs given in ``layout`` to the canonical ``(N, 3, 3)`` pol-disp layout.
+
+    ``bec`` may be ``(N, 9)``, ``(N, 3, 3)`` or ``(3N, 3)``; the result is a new
+    float64 array ``Z[a, i, j] = dP_i/dr_{a,j}`` in e.
+    """
+    check_layout(layout)
+    z = as_bec_array(bec)
+    if layout == "disp-pol":
+        z = np.swapaxes(z, 1, 2)
+    return np.ascontiguousarray(z)
+
+
+def from_canonical(bec, layout: str = CANONICAL_LAYOUT) -> np.ndarray:
+    """Convert canonical ``(N, 3, 3)`` BECs to ``layout`` (inverse of :func:`to_canonical`)."""
+    return to_canonical(bec, layout)  # the transpose is its own inverse
+
+
+def acoustic_sum(bec) -> np.ndarray:
+    """Return ``sum_a Z[a]``, shape (3, 3), e. Zero for a neutral system (the ASR)."""
+    return np.asarray(bec, dtype=np.float64).sum(axis=0)
+
+
+def asr_project(bec, weights=None) -> np.ndarray:
+    """Project BECs onto the acoustic sum rule: ``Z[a] - w_a * sum_b Z[b]``.
+
+    With ``weights=None`` the violation is spread evenly (``w_a = 1/N``), the
+    projection used for training targets. Returns a new ``(N, 3, 3)`` array.
+    """
+    z = np.asarray(bec, dtype=np.float64)
+    total = z.sum(axis=0)
+    n = z.shape[0]
+    w = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, float) / np.sum(weights)
+    return z - w[:, None, None] * total[None]

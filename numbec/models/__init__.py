@@ -1,0 +1,24 @@
+"""BEC models: learned kernel models (monopole, dipole, combined) and reference baselines.
+
+Every model implements :class:`numbec.models.base.BECModel`; saved models are read
+back with :func:`load_model`.
+"""
+
+from numbec.models.base import (
+    BECModel,
+    ModelFileError,
+    UnknownSpeciesError,
+    load_model,
+    register_model,
+)
+from numbec.models.baseline import FixedBECModel, SpeciesMeanModel
+
+__all__ = [
+    "BECModel",
+    "FixedBECModel",
+    "ModelFileError",
+    "SpeciesMeanModel",
+    "UnknownSpeciesError",
+    "load_model",
+    "register_model",
+]
