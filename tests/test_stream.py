@@ -1,0 +1,444 @@
+"""Streaming prediction: physics of the dipole derivative, chunking, schedulers, resume, lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from numbec import stream
+from numbec.models.base import BECModel, UnknownSpeciesError
+from numbec.models.baseline import FixedBECModel, SpeciesMeanModel
+from numbec.stream import OutputLockedError, OutputMismatchError, predict
+
+BOX = 6.0
+NUMBERS = np.array([8, 1, 1, 8, 1, 1])
+OMEGA = 2 * np.pi / 8.0  # rad/fs
+
+
+class ToyModel(BECModel):
+    """Geometry-dependent toy model with an analytic dipole and BECs.
+
+    ``M_i = sum_a q0_a r_{a,i} + sum_a c_i sin(k . r_a)`` with ``k`` a reciprocal
+    lattice vector of the cubic box, so the BECs
+    ``Z[a, i, j] = q0_a delta_ij + c_i k_j cos(k . r_a)`` are periodic (independent of
+    wrapping) while ``M`` itself jumps by ``q0_a L`` when an atom is wrapped.
+    Charges ``q_a = q0_a + eps cos(k . r_a)``; the partition is
+    ``bec_monopole = q_a delta``, ``bec_dipole = Z - bec_monopole``.
+    """
+
+    outputs = ("bec", "charges", "dipole", "bec_monopole", "bec_dipole", "bec_std")
+    species = (1, 8)
+
+    def __init__(self, q_h=0.4, q_o=-0.8, fail_at_call=None):
+        self.q0 = {1: q_h, 8: q_o}
+        self.k = 2 * np.pi / BOX * np.array([1.0, 2.0, 0.0])
+        self.c = np.array([0.3, -0.2, 0.5])
+        self.eps = 0.05
+        self.calls = 0
+        self.fail_at_call = fail_at_call
+
+    def predict_arrays(self, positions, numbers, cell, pbc, uncertainty=False):
+        self.calls += 1
+        if self.fail_at_call is not None and self.calls >= self.fail_at_call:
+            raise RuntimeError("simulated crash")
+        self.check_inputs(positions, numbers)
+        q0 = np.array([self.q0[int(z)] for z in numbers])
+        phase = positions @ self.k
+        bec = q0[:, None, None] * np.eye(3) + np.einsum(
+            "i,j,a->aij", self.c, self.k, np.cos(phase)
+        )
+        charges = q0 + self.eps * np.cos(phase)
+        mono = charges[:, None, None] * np.eye(3)
+        out = {"bec": bec, "charges": charges, "bec_monopole": mono, "bec_dipole": bec - mono}
+        if not np.any(pbc):
+            out["dipole"] = q0 @ positions + self.c * np.sin(phase).sum()
+        if uncertainty:
+            out["bec_std"] = 0.01 * np.abs(bec)
+        return out
+
+    def _state(self):
+        return {"q0": {str(k): v for k, v in self.q0.items()}}, {"k": self.k, "c": self.c}
+
+    @classmethod
+    def _from_state(cls, metadata, arrays):  # pragma: no cover - not saved in tests
+        return cls(metadata["q0"]["1"], metadata["q0"]["8"])
+
+
+def analytic_path(t):
+    """Positions (T, N, 3) Å and velocities (T, N, 3) Å/fs of a smooth trajectory.
+
+    Atom 0 drifts by 0.35 Å/fs along x so that it leaves the box.
+    """
+    rng = np.random.default_rng(7)
+    r0 = rng.uniform(0.5, BOX - 0.5, (NUMBERS.size, 3))
+    r0[0] = [BOX - 1.0, 3.0, 3.0]
+    v0 = rng.normal(0.0, 0.02, (NUMBERS.size, 3))
+    v0[0] = [0.35, 0.0, 0.0]
+    amp = rng.normal(0.0, 0.15, (NUMBERS.size, 3))
+    phi = rng.uniform(0, 2 * np.pi, (NUMBERS.size, 3))
+    t = np.asarray(t, dtype=np.float64)[:, None, None]
+    pos = r0 + v0 * t + amp * np.sin(OMEGA * t + phi)
+    vel = v0 + amp * OMEGA * np.cos(OMEGA * t + phi)
+    return pos, vel
+
+
+def make_trajectory(n_frames=24, dt=0.5, periodic=True, wrap=True, velocities=True,
+                    chunks=None, numbers=NUMBERS):
+    """A dataset in the Trajectory store layout (see the Trajectory store contract)."""
+    time = np.arange(n_frames) * dt
+    pos, vel = analytic_path(time)
+    if wrap:
+        pos = np.mod(pos, BOX)
+    data = {
+        "positions": (("frame", "atom", "xyz"), pos, {"units": "Angstrom"}),
+        "cell": (("frame", "cell_vector", "xyz"), np.tile(BOX * np.eye(3), (n_frames, 1, 1)),
+                 {"units": "Angstrom"}),
+        "numbers": (("atom",), np.asarray(numbers, dtype=np.int64)),
+        "pbc": (("xyz",), np.full(3, periodic)),
+    }
+    if velocities:
+        data["velocities"] = (("frame", "atom", "xyz"), vel, {"units": "Angstrom/fs"})
+    ds = xr.Dataset(data, coords={"time": ("frame", time, {"units": "fs"})},
+                    attrs={"timestep": dt, "source": "analytic-toy", "temperature": 300.0})
+    if chunks:
+        ds = ds.chunk({"frame": chunks})
+    return ds
+
+
+def toy_dipole(model, positions):
+    return np.array([model.predict_arrays(p, NUMBERS, BOX * np.eye(3), np.zeros(3, bool))
+                     ["dipole"] for p in positions])
+
+
+# ------------------------------------------------------------------------ physics
+def test_dipole_derivative_is_time_derivative_of_model_dipole():
+    ds = make_trajectory(periodic=False, wrap=False)
+    model = ToyModel()
+    res = predict(model, ds, chunk_frames=7, progress=False)
+    h = 1e-4
+    t = ds["time"].values
+    m_plus = toy_dipole(model, analytic_path(t + h)[0])
+    m_minus = toy_dipole(model, analytic_path(t - h)[0])
+    fd = (m_plus - m_minus) / (2 * h)
+    np.testing.assert_allclose(res["dipole_derivative"].values, fd, rtol=1e-6, atol=1e-9)
+    assert np.abs(fd).max() > 0.1  # not a trivially zero case
+    assert res["dipole"].attrs["units"] == "e*Angstrom"
+    assert res.attrs["dipole_method"].startswith("model")
+    np.testing.assert_allclose(res["dipole"].values, toy_dipole(model, analytic_path(t)[0]))
+    assert "volume" not in res.attrs
+
+
+def test_fixed_bec_dipole_derivative_exact_for_linear_dipole():
+    # constant non-symmetric BECs: M = sum_a Z_a r_a exactly, so dM/dt = sum_a Z_a v_a
+    rng = np.random.default_rng(3)
+    bec = rng.normal(size=(NUMBERS.size, 3, 3))
+    ds = make_trajectory(periodic=False, wrap=False)
+    res = predict(FixedBECModel(NUMBERS, bec), ds, progress=False)
+    h = 1e-3
+    t = ds["time"].values
+    m = lambda tt: np.einsum("aij,taj->ti", bec, analytic_path(tt)[0])
+    fd = (m(t + h) - m(t - h)) / (2 * h)
+    np.testing.assert_allclose(res["dipole_derivative"].values, fd, rtol=1e-5, atol=1e-8)
+    # with a transposed (disp-pol) tensor the result would differ: the test sees the layout
+    wrong = np.einsum("aji,taj->ti", bec, ds["velocities"].values)
+    assert not np.allclose(wrong, fd, rtol=1e-3)
+
+
+def test_by_species_and_partition_sum_to_total():
+    res = predict(ToyModel(), make_trajectory(), chunk_frames=5, progress=False)
+    assert list(res["species"].values) == [1, 8]
+    np.testing.assert_allclose(res["dipole_derivative_by_species"].sum("species"),
+                               res["dipole_derivative"], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(
+        res["dipole_derivative_monopole"] + res["dipole_derivative_dipole"],
+        res["dipole_derivative"], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(res["bec_monopole"] + res["bec_dipole"], res["bec"],
+                               rtol=1e-12, atol=1e-14)
+    # the oxygen part is the sum over oxygen atoms only
+    bec, vel = res["bec"].values, make_trajectory()["velocities"].values
+    oxygen = np.einsum("faij,faj->fi", bec[:, NUMBERS == 8], vel[:, NUMBERS == 8])
+    np.testing.assert_allclose(res["dipole_derivative_by_species"].sel(species=8), oxygen,
+                               rtol=1e-12)
+
+
+def test_periodic_dipole_is_continuous_and_matches_model_up_to_constant():
+    dt = 0.25
+    periodic = predict(ToyModel(), make_trajectory(n_frames=60, dt=dt, chunks=9),
+                       progress=False).compute()
+    reference = predict(ToyModel(), make_trajectory(n_frames=60, dt=dt, periodic=False,
+                                                    wrap=False), progress=False)
+    assert periodic.attrs["dipole_method"].startswith("integrated")
+    assert periodic.attrs["volume"] == pytest.approx(BOX**3)
+    assert periodic.attrs["temperature"] == 300.0
+    d = periodic["dipole"].values
+    m = reference["dipole"].values
+    assert np.all(d[0] == 0.0)
+    # trapezoid error ~ T dt^2 |M'''| / 12: well below 1e-2 of the signal's range here
+    err = np.abs((d - d[0]) - (m - m[0])).max()
+    assert err < 1e-2 * np.ptp(m, axis=0).max()
+    # the wrapped positions make the naive dipole jump by q L; the integral does not
+    wrapped = toy_dipole(ToyModel(), make_trajectory(n_frames=60, dt=dt)["positions"].values)
+    assert np.abs(np.diff(wrapped, axis=0)).max() > 1.0
+    assert np.abs(np.diff(d, axis=0)).max() < 0.2
+    # halving the time step cuts the integration error ~4x (second order)
+    fine = predict(ToyModel(), make_trajectory(n_frames=119, dt=dt / 2), progress=False)
+    err_fine = np.abs((fine["dipole"].values[::2] - m) - (0 - m[0])).max()
+    assert err_fine < 0.4 * err
+
+
+def test_chunking_does_not_change_results():
+    ds = make_trajectory(n_frames=23)
+    a = predict(ToyModel(), ds, chunk_frames=23, progress=False)
+    b = predict(ToyModel(), ds, chunk_frames=4, progress=False)
+    for name in a.data_vars:
+        np.testing.assert_allclose(b[name].values, a[name].values, rtol=1e-12, atol=1e-13)
+
+
+def test_uncertainty_and_float32_storage():
+    res = predict(ToyModel(), make_trajectory(), progress=False, uncertainty=True,
+                  dtype=np.float32)
+    assert res["bec_std"].dtype == np.float32 and res["bec"].dtype == np.float32
+    np.testing.assert_allclose(res["bec_std"], 0.01 * np.abs(res["bec"]), rtol=1e-6)
+    with pytest.raises(ValueError, match="does not predict uncertainties"):
+        predict(SpeciesMeanModel([1, 8], np.zeros((2, 3, 3))), make_trajectory(),
+                uncertainty=True, progress=False)
+
+
+def test_attrs_units_and_convention():
+    res = predict(SpeciesMeanModel([1, 8], np.stack([0.4 * np.eye(3), -0.8 * np.eye(3)])),
+                  make_trajectory(), progress=False)
+    assert res["bec"].dims == ("frame", "atom", "pol", "disp")
+    assert res["bec"].attrs["units"] == "e"
+    assert res["dipole_derivative"].attrs["units"] == "e*Angstrom/fs"
+    assert "dP_pol / dr_{atom, disp}" in res.attrs["bec_convention"]
+    assert res.attrs["timestep"] == 0.5
+    assert res.attrs["model_class"] == "SpeciesMeanModel"
+    np.testing.assert_array_equal(res["time"].values, np.arange(24) * 0.5)
+    assert "charges" not in res and "bec_monopole" not in res
+
+
+# ------------------------------------------------------------------------ schedulers
+def _assert_same(a, b):
+    assert set(a.data_vars) == set(b.data_vars)
+    for name in a.data_vars:
+        np.testing.assert_allclose(np.asarray(b[name].values), np.asarray(a[name].values),
+                                   rtol=1e-12, atol=1e-14, err_msg=name)
+
+
+def test_lazy_result_matches_eager_on_local_schedulers():
+    import dask
+
+    serial = predict(ToyModel(), make_trajectory(), chunk_frames=5, progress=False)
+    lazy = predict(ToyModel(), make_trajectory(chunks=5), progress=False)
+    assert lazy["bec"].chunks[0] == (5, 5, 5, 5, 4)
+    for scheduler in ("synchronous", "threads"):
+        with dask.config.set(scheduler=scheduler):
+            _assert_same(serial, lazy.compute())
+
+
+class CountingToyModel(ToyModel):
+    """Counts how often it is pickled (in this process)."""
+
+    pickled = 0
+
+    def __getstate__(self):
+        type(self).pickled += 1
+        return self.__dict__
+
+
+def test_model_is_one_node_of_the_graph():
+    lazy = predict(ToyModel(), make_trajectory(chunks=5), progress=False)
+    graph = dict(lazy.__dask_graph__())
+    model_keys = [k for k in graph if str(k).startswith("numbec-model-")]
+    assert len(model_keys) == 1
+    assert len([k for k in graph if str(k).startswith("numbec-predict-")]) == 5
+
+
+@pytest.mark.slow
+def test_distributed_local_cluster_matches_serial(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    serial = predict(ToyModel(), make_trajectory(), chunk_frames=6, progress=False)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        with distributed.Client(cluster):
+            lazy = predict(ToyModel(), make_trajectory(chunks=6), progress=False)
+            _assert_same(serial, lazy.compute())
+            # the model is serialised a fixed number of times, not once per chunk task
+            pickles = []
+            for chunks in (12, 1):
+                CountingToyModel.pickled = 0
+                predict(CountingToyModel(), make_trajectory(chunks=chunks),
+                        progress=False)["bec"].compute()
+                pickles.append(CountingToyModel.pickled)
+            assert pickles[0] == pickles[1] < 24, pickles
+            stored = predict(ToyModel(), make_trajectory(chunks=6), out=tmp_path / "p.zarr",
+                             progress=False)
+            _assert_same(serial, stored)
+
+
+# ------------------------------------------------------------------------ output store
+def test_store_matches_in_memory_result(tmp_path):
+    ds = make_trajectory(n_frames=22)
+    ref = predict(ToyModel(), ds, chunk_frames=5, progress=False)
+    stored = predict(ToyModel(), ds, out=tmp_path / "p.zarr", chunk_frames=5, progress=False)
+    _assert_same(ref, stored)
+    assert stored["bec"].encoding["chunks"][0] == 5
+    assert stored.attrs["complete"] is True
+    assert "_progress" not in stored and "chunks_done" not in stored
+    lazy_in = predict(ToyModel(), make_trajectory(n_frames=22, chunks=5),
+                      out=tmp_path / "q.zarr", progress=False)
+    _assert_same(ref, lazy_in)
+    assert not (tmp_path / "p.zarr.lock").exists()
+
+
+def test_resume_after_crash_computes_only_missing_chunks(tmp_path):
+    ds = make_trajectory(n_frames=20)
+    out = tmp_path / "p.zarr"
+    crashing = ToyModel(fail_at_call=2 * 4 + 3)  # dies inside the third chunk of 4 frames
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        predict(crashing, ds, out=out, chunk_frames=4, progress=False)
+    done = zarr.open_group(str(out))["_progress"]["chunks_done"][:]
+    assert done.tolist() == [True, True, False, False, False]
+    assert not (tmp_path / "p.zarr.lock").exists()  # released on error
+
+    resumed = ToyModel()
+    result = predict(resumed, ds, out=out, chunk_frames=4, progress=False)
+    assert resumed.calls == 3 * 4
+    _assert_same(predict(ToyModel(), ds, chunk_frames=4, progress=False), result)
+
+    again = ToyModel()
+    predict(again, ds, out=out, chunk_frames=4, progress=False)
+    assert again.calls == 0
+
+
+def test_partially_written_chunk_is_never_trusted(tmp_path, monkeypatch):
+    ds = make_trajectory(n_frames=12)
+    out = tmp_path / "p.zarr"
+    clean = predict(ToyModel(), ds, chunk_frames=4, progress=False)
+
+    # die after chunk 1's data are written but before its completion flag
+    real_fsync = stream._fsync_tree
+
+    def dying_fsync(path):
+        if "/c/1" in str(path):
+            raise KeyboardInterrupt("killed while flushing chunk 1")
+        return real_fsync(path)
+
+    monkeypatch.setattr(stream, "_fsync_tree", dying_fsync)
+    with pytest.raises(KeyboardInterrupt):
+        predict(ToyModel(), ds, out=out, chunk_frames=4, progress=False)
+    monkeypatch.setattr(stream, "_fsync_tree", real_fsync)
+    root = zarr.open_group(str(out), mode="r+")
+    assert root["_progress"]["chunks_done"][:].tolist() == [True, False, False]
+    # chunk 1 holds data but is not trusted; scribble over it to be sure it is rewritten
+    root["bec"][4:8] = 99.0
+    model = ToyModel()
+    result = predict(model, ds, out=out, chunk_frames=4, progress=False)
+    assert model.calls == 8
+    _assert_same(clean, result)
+
+
+def test_damaged_completion_flag_counts_as_not_done(tmp_path):
+    ds = make_trajectory(n_frames=12)
+    out = tmp_path / "p.zarr"
+    predict(ToyModel(), ds, out=out, chunk_frames=4, progress=False)
+    flag = out / "_progress" / "chunks_done" / "c" / "2"
+    assert flag.is_file()
+    flag.write_bytes(b"\x00garbage")
+    model = ToyModel()
+    predict(model, ds, out=out, chunk_frames=4, progress=False)
+    assert model.calls == 4
+
+
+def test_second_concurrent_run_refuses(tmp_path):
+    ds = make_trajectory(n_frames=8)
+    out = tmp_path / "p.zarr"
+    seen = {}
+
+    class Intruder(ToyModel):
+        def predict_arrays(self, *args, **kwargs):
+            if not seen:
+                try:
+                    predict(ToyModel(), ds, out=out, chunk_frames=4, progress=False)
+                except OutputLockedError as exc:
+                    seen["error"] = str(exc)
+            return super().predict_arrays(*args, **kwargs)
+
+    predict(Intruder(), ds, out=out, chunk_frames=4, progress=False)
+    assert "being written by another numbec predict run" in seen["error"]
+    assert f"pid {os.getpid()}" in seen["error"]
+
+
+def test_stale_lock_of_dead_process_is_removed(tmp_path):
+    out = tmp_path / "p.zarr"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    import socket
+
+    (tmp_path / "p.zarr.lock").write_text(json.dumps({"pid": dead.pid,
+                                                      "host": socket.gethostname()}))
+    with pytest.warns(UserWarning, match="stale lock"):
+        predict(ToyModel(), make_trajectory(n_frames=4), out=out, progress=False)
+
+
+def test_resume_refuses_store_of_other_model_or_input(tmp_path):
+    ds = make_trajectory(n_frames=8)
+    out = tmp_path / "p.zarr"
+    predict(ToyModel(), ds, out=out, chunk_frames=4, progress=False)
+    with pytest.raises(OutputMismatchError, match="another model"):
+        predict(ToyModel(q_h=0.5), ds, out=out, chunk_frames=4, progress=False)
+    moved = ds.copy(deep=True)
+    moved["positions"][-1, 0, 0] += 0.1
+    with pytest.raises(OutputMismatchError, match="numbers_positions"):
+        predict(ToyModel(), moved, out=out, chunk_frames=4, progress=False)
+    with pytest.raises(OutputMismatchError, match="chunk_frames"):
+        predict(ToyModel(), ds, out=out, chunk_frames=2, progress=False)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "data.txt").write_text("x")
+    with pytest.raises(OutputMismatchError, match="not a numbec prediction store"):
+        predict(ToyModel(), ds, out=foreign, progress=False)
+
+
+# ------------------------------------------------------------------------ bad input
+def test_no_velocities_warns_or_errors():
+    ds = make_trajectory(velocities=False)
+    with pytest.warns(UserWarning, match="no velocities"):
+        res = predict(ToyModel(), ds, progress=False)
+    assert "dipole_derivative" not in res and "dipole" not in res and "bec" in res
+    with pytest.raises(ValueError, match="needs velocities"):
+        predict(ToyModel(), ds, progress=False, dipole_derivative=True)
+
+
+def test_missing_timestep_is_an_error():
+    ds = make_trajectory().drop_vars("time")
+    del ds.attrs["timestep"]
+    with pytest.raises(ValueError, match="no timestep"):
+        predict(ToyModel(), ds, progress=False)
+
+
+def test_unknown_species_names_atom():
+    numbers = NUMBERS.copy()
+    numbers[4] = 17
+    with pytest.raises(UnknownSpeciesError, match=r"atom 4 is Cl \(Z=17\)"):
+        predict(ToyModel(), make_trajectory(numbers=numbers), progress=False)
+
+
+@pytest.mark.parametrize("chunks", [None, 5])
+def test_nan_position_names_frame_and_atom(chunks):
+    ds = make_trajectory(n_frames=12)
+    ds["positions"][7, 2, 1] = np.nan
+    if chunks:
+        ds = ds.chunk({"frame": chunks})
+    with pytest.raises(ValueError, match="frame 7: position of atom 2 is NaN"):
+        predict(ToyModel(), ds, progress=False).compute()
