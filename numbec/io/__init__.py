@@ -1,1 +1,30 @@
-"""(filled in by the issue that builds it)"""
+"""Data in and out: BEC files (:func:`read_bec`, :func:`write_bec`) and the chunked
+Zarr trajectory store (:func:`convert_trajectory`, :func:`open_trajectory`).
+
+BECs are always returned in the canonical layout ``Z[a, i, j] = dP_i/dr_{a,j}``
+(e; row = polarisation) of :mod:`numbec.conventions`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "read_bec": "numbec.io.bec",
+    "write_bec": "numbec.io.bec",
+    "detect_format": "numbec.io.bec",
+    "convert_trajectory": "numbec.io.trajectory",
+    "open_trajectory": "numbec.io.trajectory",
+    "velocities_from_positions": "numbec.io.trajectory",
+    "trajectory_summary": "numbec.io.trajectory",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'numbec.io' has no attribute {name!r}")

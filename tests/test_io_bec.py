@@ -1,0 +1,395 @@
+"""BEC readers and writer on the real reference files, plus every bad-input error."""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+import re
+
+import ase.io
+import numpy as np
+import pytest
+
+import numbec
+from numbec.conventions import LayoutError
+from numbec.io.bec import detect_format
+from numbec.io.extxyz import iter_extxyz
+
+ZRO2 = "zro2_vasp_dfpt"
+
+
+def _outcar_text(shared_data, n=1):
+    return lzma.open(shared_data / ZRO2 / f"OUTCAR.{n}.xz", "rt").read()
+
+
+def _last_lattice(text):
+    """Final 'direct lattice vectors' block parsed independently of ASE (Å, rows)."""
+    pos = text.rfind("direct lattice vectors")
+    rows = text[pos:].splitlines()[1:4]
+    return np.array([[float(x) for x in r.split()[:3]] for r in rows])
+
+
+# --- VASP OUTCAR -------------------------------------------------------------------------
+
+
+def test_all_zro2_outcars(shared_data):
+    frames = numbec.read_bec(str(shared_data / ZRO2 / "OUTCAR.*.xz"))
+    assert len(frames) == 119
+    # natural order: OUTCAR.1, OUTCAR.2, ..., OUTCAR.119
+    numbers = [int(re.search(r"OUTCAR\.(\d+)", a.info["source"]).group(1)) for a in frames]
+    assert numbers == list(range(1, 120))
+    zr_iso, o_iso = [], []
+    for atoms in frames:
+        bec = atoms.arrays["bec"]
+        assert bec.shape == (96, 3, 3)
+        assert np.abs(bec.sum(axis=0)).max() < 1e-3  # acoustic sum rule of DFPT
+        assert atoms.get_chemical_symbols().count("Zr") == 32
+        assert atoms.get_chemical_symbols().count("O") == 64
+        assert atoms.cell.volume > 900.0
+        iso = np.trace(bec, axis1=1, axis2=2) / 3
+        zr_iso.extend(iso[atoms.numbers == 40])
+        o_iso.extend(iso[atoms.numbers == 8])
+    # README: isotropic charges Zr 5.31 +- 0.19 e, O -2.66 +- 0.10 e
+    assert np.mean(zr_iso) == pytest.approx(5.31, abs=0.05)
+    assert np.mean(o_iso) == pytest.approx(-2.66, abs=0.05)
+    assert np.std(zr_iso) == pytest.approx(0.19, abs=0.05)
+    # charge neutrality of the mean tensors: 32 Zr + 64 O
+    assert abs(32 * np.mean(zr_iso) + 64 * np.mean(o_iso)) < 0.01
+
+
+@pytest.mark.parametrize("n", [1, 35, 116])
+def test_outcar_cell_and_block_match_independent_parse(shared_data, n):
+    text = _outcar_text(shared_data, n)
+    atoms = numbec.read_bec(shared_data / ZRO2 / f"OUTCAR.{n}.xz")[0]
+    np.testing.assert_allclose(atoms.cell[:], _last_lattice(text), atol=1e-6)
+    # the last row printed for ion 96 in the block: "3  Z_z,x Z_z,y Z_z,z" (row = field)
+    block = text[text.rfind("BORN EFFECTIVE CHARGES") :]
+    ion96 = block[block.index("ion   96") :].splitlines()
+    row_z = [float(x) for x in ion96[3].split()[1:]]
+    row_x = [float(x) for x in ion96[1].split()[1:]]
+    np.testing.assert_allclose(atoms.arrays["bec"][95, 2], row_z)
+    np.testing.assert_allclose(atoms.arrays["bec"][95, 0], row_x)
+
+
+def test_outcar_transposition(shared_data):
+    path = shared_data / ZRO2 / "OUTCAR.35.xz"
+    canon = numbec.read_bec(path)[0].arrays["bec"]
+    other = numbec.read_bec(path, layout="disp-pol")[0].arrays["bec"]
+    np.testing.assert_array_equal(other, np.swapaxes(canon, 1, 2))
+    # the charges are really asymmetric, so the test can fail
+    assert np.abs(canon - np.swapaxes(canon, 1, 2)).max() > 0.05
+
+
+def test_outcar_compressions_agree(shared_data, tmp_path):
+    text = _outcar_text(shared_data, 2)
+    (tmp_path / "OUTCAR").write_text(text)
+    with gzip.open(tmp_path / "OUTCAR.gz", "wt") as fh:
+        fh.write(text)
+    import bz2
+
+    with bz2.open(tmp_path / "OUTCAR.bz2", "wt") as fh:
+        fh.write(text)
+    ref = numbec.read_bec(shared_data / ZRO2 / "OUTCAR.2.xz")[0]
+    for name in ("OUTCAR", "OUTCAR.gz", "OUTCAR.bz2"):
+        got = numbec.read_bec(tmp_path / name)[0]
+        np.testing.assert_array_equal(got.arrays["bec"], ref.arrays["bec"])
+        np.testing.assert_array_equal(got.positions, ref.positions)
+
+
+# --- broken OUTCARs ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def outcar_parts(shared_data):
+    text = _outcar_text(shared_data, 1)
+    start = text.rfind(" BORN EFFECTIVE CHARGES")
+    end = text.index("\n\n\n", start)
+    return text[:start], text[start:end], text[end:]
+
+
+def _write(tmp_path, text, name="OUTCAR"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_outcar_missing_block(tmp_path, outcar_parts):
+    head, _, tail = outcar_parts
+    path = _write(tmp_path, head + tail)
+    with pytest.raises(ValueError, match=r"OUTCAR.*no 'BORN EFFECTIVE CHARGES' block"):
+        numbec.read_bec(path)
+
+
+def test_outcar_truncated_block(tmp_path, outcar_parts):
+    head, block, tail = outcar_parts
+    cut = block.index(" ion   50")
+    path = _write(tmp_path, head + block[:cut])  # file ends after ion 49
+    with pytest.raises(ValueError, match=r"OUTCAR.*49 ions but the structure has 96"):
+        numbec.read_bec(path)
+    # cut in the middle of an ion's three rows
+    path = _write(tmp_path, head + block[: cut + 60])
+    with pytest.raises(ValueError, match=r"OUTCAR.*truncated or malformed at ion 50"):
+        numbec.read_bec(path)
+
+
+def test_outcar_wrong_number_of_rows(tmp_path, outcar_parts):
+    head, block, tail = outcar_parts
+    lines = block.splitlines()
+    k = lines.index(" ion    7")
+    del lines[k + 3]  # ion 7 keeps only rows 1 and 2
+    path = _write(tmp_path, head + "\n".join(lines) + tail)
+    with pytest.raises(ValueError, match=r"malformed at ion 7"):
+        numbec.read_bec(path)
+
+
+def test_outcar_nan(tmp_path, outcar_parts):
+    head, block, tail = outcar_parts
+    lines = block.splitlines()
+    k = lines.index(" ion   12")
+    lines[k + 2] = "    2          NaN     5.72412    -0.00000"
+    path = _write(tmp_path, head + "\n".join(lines) + tail)
+    with pytest.raises(ValueError, match=r"OUTCAR.*atom 11 .*NaN"):
+        numbec.read_bec(path)
+
+
+def test_outcar_more_ions_than_atoms(tmp_path, outcar_parts):
+    head, block, tail = outcar_parts
+    extra = "\n ion   97\n    1 1.0 0.0 0.0\n    2 0.0 1.0 0.0\n    3 0.0 0.0 1.0"
+    path = _write(tmp_path, head + block + extra + tail)
+    with pytest.raises(ValueError, match=r"97 ions but the structure has 96"):
+        numbec.read_bec(path)
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="OUTCAR.nothere"):
+        numbec.read_bec(tmp_path / "OUTCAR.nothere")
+    with pytest.raises(FileNotFoundError, match="pattern matches no file"):
+        numbec.read_bec(str(tmp_path / "OUTCAR.*"))
+    bad = tmp_path / "OUTCAR.xz"
+    bad.write_bytes(b"\xfd7zXZ\x00" + b"garbage" * 10)
+    with pytest.raises(OSError, match="OUTCAR.xz"):
+        numbec.read_bec(bad)
+    with pytest.raises(ValueError, match="cannot tell the BEC file format"):
+        numbec.read_bec(_write(tmp_path, "x", "data.bin"))
+    with pytest.raises(ValueError, match="unknown BEC file format"):
+        numbec.read_bec(_write(tmp_path, "x", "data.bin"), format="castep")
+
+
+def test_unknown_layout(shared_data):
+    with pytest.raises(LayoutError, match="unknown BEC layout 'row-col'"):
+        numbec.read_bec(shared_data / ZRO2 / "OUTCAR.1.xz", layout="row-col")
+
+
+def test_detect_format():
+    assert detect_format("run/OUTCAR.12.xz") == "outcar"
+    assert detect_format("vasprun.xml.gz") == "vasprun"
+    assert detect_format("a/b/train.extxyz.bz2") == "extxyz"
+    assert detect_format("MgO/BORN") == "born"
+
+
+# --- extxyz ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "rel, n_frames, n_atoms",
+    [("sio2_quartz_qe/SiO2.xyz", 201, 72), ("batio3_qe/BaTiO3.xyz", 59, 135)],
+)
+def test_extxyz_reference_sets(shared_data, rel, n_frames, n_atoms):
+    path = shared_data / rel
+    frames = numbec.read_bec(path)
+    assert len(frames) == n_frames
+    ref = ase.io.read(path, index=":")  # ASE's own extxyz reader as the reference
+    for k in (0, n_frames // 2, n_frames - 1):
+        atoms = frames[k]
+        assert atoms.arrays["bec"].shape == (n_atoms, 3, 3)
+        np.testing.assert_array_equal(atoms.positions, ref[k].positions)
+        np.testing.assert_array_equal(atoms.cell[:], ref[k].cell[:])
+        # row-major born_charge:R:9, row = field
+        np.testing.assert_array_equal(
+            atoms.arrays["bec"], ref[k].arrays["born_charge"].reshape(-1, 3, 3)
+        )
+        np.testing.assert_array_equal(
+            atoms.info["polarization"], ref[k].calc.results["polarization"]
+        )
+        assert atoms.info["source"].endswith(f"@{k}")
+    asr = max(np.abs(a.arrays["bec"].sum(axis=0)).max() for a in frames)
+    assert asr < 1e-6
+
+
+def test_batio3_anomalous_ti_charge(shared_data):
+    frames = numbec.read_bec(shared_data / "batio3_qe/BaTiO3.xyz", index="0:5")
+    ti = np.concatenate(
+        [np.trace(a.arrays["bec"], axis1=1, axis2=2)[a.numbers == 22] / 3 for a in frames]
+    )
+    assert 5.0 < ti.mean() < 5.8  # README: Z_Ti ~ 5.4 e (nominal ionic charge +4)
+
+
+def test_extxyz_transposition_and_comment_override(shared_data, tmp_path):
+    path = shared_data / "sio2_quartz_qe/SiO2.xyz"
+    canon = numbec.read_bec(path, index="3")[0]
+    other = numbec.read_bec(path, index="3", layout="disp-pol")[0]
+    np.testing.assert_array_equal(other.arrays["bec"], np.swapaxes(canon.arrays["bec"], 1, 2))
+    assert np.abs(canon.arrays["bec"] - other.arrays["bec"]).max() > 0.1
+    # a file that declares layout=disp-pol on its comment line wins over the argument
+    text = path.read_text().split("\n")
+    n = int(text[0])
+    frame = [text[0], text[1] + ' layout="disp-pol"'] + text[2 : 2 + n]
+    (tmp_path / "t.xyz").write_text("\n".join(frame) + "\n")
+    got = numbec.read_bec(tmp_path / "t.xyz", layout="pol-disp")[0]
+    np.testing.assert_array_equal(
+        got.arrays["bec"], np.swapaxes(numbec.read_bec(path, index=0)[0].arrays["bec"], 1, 2)
+    )
+
+
+def test_extxyz_key_argument(shared_data, tmp_path):
+    path = shared_data / "batio3_qe/BaTiO3.xyz"
+    frames = numbec.read_bec(path, index="0:2")
+    with pytest.raises(ValueError, match="no per-atom array 'zstar'"):
+        numbec.read_bec(path, index="0:2", key="zstar")
+    with pytest.raises(ValueError, match="'forces' has shape .*9 columns"):
+        numbec.read_bec(path, index="0:2", key="forces")
+    again = numbec.read_bec(path, index="0:2", key="born_charge")
+    np.testing.assert_array_equal(again[1].arrays["bec"], frames[1].arrays["bec"])
+
+
+@pytest.mark.parametrize("name", ["rt.xyz", "rt.extxyz.gz", "rt.xyz.xz"])
+def test_write_read_round_trip(shared_data, tmp_path, name):
+    frames = numbec.read_bec(shared_data / ZRO2 / "OUTCAR.*[0-9].xz", index=-1)[:3]
+    frames += numbec.read_bec(shared_data / "sio2_quartz_qe/SiO2.xyz", index="0:2")
+    numbec.write_bec(tmp_path / name, frames)
+    back = numbec.read_bec(tmp_path / name)
+    assert len(back) == len(frames)
+    for a, b in zip(frames, back, strict=True):
+        np.testing.assert_allclose(b.arrays["bec"], a.arrays["bec"], rtol=1e-15, atol=0)
+        np.testing.assert_allclose(b.positions, a.positions, rtol=1e-15, atol=1e-15)
+        np.testing.assert_array_equal(b.numbers, a.numbers)
+        np.testing.assert_allclose(b.cell[:], a.cell[:], rtol=1e-15, atol=1e-15)
+        assert b.info["bec_layout_in_file"] == "pol-disp"
+        if "polarization" in a.info:
+            np.testing.assert_allclose(b.info["polarization"], a.info["polarization"])
+    text = (lzma.open if name.endswith("xz") else gzip.open if name.endswith("gz") else open)(
+        tmp_path / name, "rt"
+    ).readline()
+    assert text.strip() == "96"
+
+
+def test_write_needs_bec(tmp_path):
+    from ase.build import bulk
+
+    with pytest.raises(ValueError, match="frame 0 has no arrays\\['bec'\\]"):
+        numbec.write_bec(tmp_path / "x.xyz", [bulk("Cu")])
+
+
+def _small_frame(
+    tmp_path, bec_row="1 0 0 0 1 0 0 0 1", pos="0 0 0", header="2", species="H", extra=""
+):
+    text = (
+        f"{header}\n"
+        'Lattice="5 0 0 0 5 0 0 0 5" Properties=species:S:1:pos:R:3:bec:R:9 pbc="T T T"'
+        f"{extra}\n"
+        f"{species} {pos} {bec_row}\n"
+        "H 1 1 1 -1 0 0 0 -1 0 0 0 -1\n"
+    )
+    path = tmp_path / "small.xyz"
+    path.write_text(text)
+    return path
+
+
+def test_extxyz_bad_inputs(tmp_path):
+    with pytest.raises(ValueError, match=r"small.xyz, frame 0.*atom 0 .*NaN"):
+        numbec.read_bec(_small_frame(tmp_path, bec_row="nan 0 0 0 1 0 0 0 1"))
+    with pytest.raises(ValueError, match=r"small.xyz, frame 0: position of atom 0"):
+        numbec.read_bec(_small_frame(tmp_path, pos="0 inf 0"))
+    with pytest.raises(ValueError, match=r"small.xyz, frame 0: atom 0 has 12 columns"):
+        numbec.read_bec(_small_frame(tmp_path, bec_row="1 0 0 0 1 0 0 0"))
+    with pytest.raises(ValueError, match=r"small.xyz, frame 0: truncated frame"):
+        numbec.read_bec(_small_frame(tmp_path, header="3"))
+    with pytest.raises(ValueError, match=r"small.xyz, frame 0: unknown chemical species 'Xq'"):
+        numbec.read_bec(_small_frame(tmp_path, species="Xq"))
+    with pytest.raises(ValueError, match=r"small.xyz, frame 0: expected the number of atoms"):
+        numbec.read_bec(_small_frame(tmp_path, header="two"))
+    with pytest.raises(LayoutError, match=r"small.xyz, frame 0: comment-line unknown BEC layout"):
+        numbec.read_bec(_small_frame(tmp_path, extra=" layout=zz"))
+    ok = numbec.read_bec(_small_frame(tmp_path))[0]
+    assert np.abs(ok.arrays["bec"].sum(axis=0)).max() == 0.0
+
+
+def test_extxyz_frames_with_different_sizes_are_each_read(shared_data, tmp_path):
+    # frames of different size are legal in a BEC data set; each keeps its own atoms
+    a = (shared_data / "sio2_quartz_qe/SiO2.xyz").read_text().split("\n")
+    b = (shared_data / "batio3_qe/BaTiO3.xyz").read_text().split("\n")
+    (tmp_path / "mix.xyz").write_text("\n".join(a[:74] + b[:137]) + "\n")
+    frames = list(iter_extxyz(tmp_path / "mix.xyz"))
+    assert [len(f.numbers) for f in frames] == [72, 135]
+
+
+# --- phonopy BORN ------------------------------------------------------------------------
+
+
+def _symmetry_ops(atoms):
+    import spglib
+
+    cell = (atoms.cell[:], atoms.get_scaled_positions(), atoms.numbers)
+    ds = spglib.get_symmetry(cell, symprec=1e-5)
+    return ds["rotations"], ds["translations"]
+
+
+@pytest.mark.parametrize("name, n_atoms", [("MgO", 8), ("NaCl", 8), ("SnO2", 6), ("Al2O3", 30)])
+def test_phonopy_born_expansion(shared_data, name, n_atoms):
+    path = shared_data / "phonopy_born" / name / "BORN"
+    atoms = numbec.read_bec(path)[0]
+    bec = atoms.arrays["bec"]
+    assert bec.shape == (n_atoms, 3, 3)
+    lines = path.read_text().splitlines()
+    eps = np.array(lines[1].split(), float).reshape(3, 3)
+    np.testing.assert_allclose(atoms.info["eps_inf"], eps)
+    # the file's first independent tensor is atom 0's, unchanged (row = field)
+    np.testing.assert_allclose(bec[0], np.array(lines[2].split(), float).reshape(3, 3))
+    # ASR to the rounding of the file (MgO: 1.97155 vs -1.97212 -> 2.3e-3 over 8 atoms)
+    assert np.abs(bec.sum(axis=0)).max() < 5e-3
+    # every symmetry operation maps atom a onto b with Z_b = R Z_a R^T (R Cartesian)
+    lattice = atoms.cell[:].T  # columns = lattice vectors
+    frac = atoms.get_scaled_positions()
+    rotations, translations = _symmetry_ops(atoms)
+    for rot, trans in zip(rotations, translations, strict=True):
+        r_cart = lattice @ rot @ np.linalg.inv(lattice)
+        image = frac @ rot.T + trans
+        for a in range(n_atoms):
+            diff = frac - image[a]
+            diff -= np.round(diff)
+            b = int(np.argmin(np.linalg.norm(diff @ atoms.cell[:], axis=1)))
+            np.testing.assert_allclose(bec[b], r_cart @ bec[a] @ r_cart.T, atol=1e-6)
+
+
+def test_phonopy_cubic_charges_are_isotropic(shared_data):
+    for name in ("MgO", "NaCl"):
+        bec = numbec.read_bec(shared_data / "phonopy_born" / name / "BORN")[0].arrays["bec"]
+        iso = np.trace(bec, axis1=1, axis2=2) / 3
+        np.testing.assert_allclose(bec, iso[:, None, None] * np.eye(3), atol=1e-12)
+
+
+def test_phonopy_anisotropic_charges(shared_data):
+    for name in ("SnO2", "Al2O3"):
+        bec = numbec.read_bec(shared_data / "phonopy_born" / name / "BORN")[0].arrays["bec"]
+        # different tensors on symmetry-equivalent atoms: the expansion rotated them
+        cations = bec[: 2 if name == "SnO2" else 12]
+        assert np.abs(cations - cations[0]).max() > 0.05
+        # rotations preserve the invariants: trace and determinant
+        np.testing.assert_allclose(
+            np.trace(cations, axis1=1, axis2=2), np.trace(cations[0]), rtol=1e-10
+        )
+        np.testing.assert_allclose(np.linalg.det(cations), np.linalg.det(cations[0]), rtol=1e-8)
+
+
+def test_phonopy_born_wrong_cell(shared_data, tmp_path):
+    born = shared_data / "phonopy_born" / "Al2O3" / "BORN"
+    cell = shared_data / "phonopy_born" / "MgO" / "POSCAR-unitcell"
+    from numbec.io.phonopy_born import read_phonopy_born
+
+    lines = born.read_text().splitlines()
+    (tmp_path / "BORN.extra").write_text("\n".join(lines + [lines[-1]]) + "\n")
+    with pytest.raises(ValueError, match="BORN.extra: not a BORN file for the 8-atom cell"):
+        read_phonopy_born(tmp_path / "BORN.extra", unitcell=cell)
+    (tmp_path / "BORN").write_text(born.read_text())
+    with pytest.raises(FileNotFoundError, match="no unit cell found"):
+        numbec.read_bec(tmp_path / "BORN")
