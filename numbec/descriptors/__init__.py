@@ -1,1 +1,18 @@
-"""(filled in by the issue that builds it)"""
+"""Descriptors of atomic environments and their derivatives (method.md §2, §7).
+
+- :class:`DescriptorSettings`: the hyperparameters (saved with every model).
+- :func:`compute_descriptors` -> :class:`StructureDescriptors`: scalar descriptors (N, D), the
+  optional pair Jacobian (P, 3, D) and the adjoint contractions ``monopole_contraction`` and
+  ``scalar_contraction``.
+- :func:`compute_vector_descriptors` -> :class:`VectorDescriptors`: the lambda = 1 descriptor
+  (N, 3, Dv), its Jacobian (P, 3, 3, Dv) and ``vector_contraction``.
+"""
+
+from numbec.descriptors.scalar import StructureDescriptors, compute_descriptors
+from numbec.descriptors.settings import DescriptorSettings
+
+__all__ = [
+    "DescriptorSettings",
+    "StructureDescriptors",
+    "compute_descriptors",
+]

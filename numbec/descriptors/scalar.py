@@ -1,0 +1,153 @@
+"""Scalar (rotation-invariant) descriptors: radial block X2 and angular power spectrum X3.
+
+For centre i, neighbour species channel J (the centre's own species does not enter; models
+keep separate references per centre species):
+
+- two-body ``X2[J * n_radial + n] = c^J_{i,n00}`` with the radial basis of ``cutoff_radial``
+  (``c^J_{i,n00} = sum_{j in J} h_n0(d_ij) Y_00``);
+- three-body power spectrum, with ``c`` the coefficients of ``cutoff_angular``,
+  ``p^{JJ'}_{nn'l} = sqrt(8 pi^2 / (2l+1)) sum_m c^J_{nlm} c^{J'}_{n'lm}``.
+  The self term (j = k in the double sum over neighbours) is KEPT (standard SOAP power
+  spectrum; it makes the descriptor a plain function of the density coefficients).
+  Only J <= J' (species order of ``settings.species``) and, for J == J', n <= n' are stored;
+  off-diagonal entries carry a factor sqrt(2), so that the dot product of two descriptors equals
+  the dot product of the full (J, J', n, n') arrays.
+  Order: species pairs (J, J') lexicographic, then n, then n', then l (fastest).
+- ``X = [sqrt(beta) X2, sqrt(1 - beta) X3]``, beta = ``settings.radial_weight``; not normalised.
+
+For 2 species, n_radial = n_angular = 8, l_max = 4: D = 16 + (2*36 + 64) * 5 = 696.
+
+Each periodic image of a neighbour is a separate term; a centre's own periodic images are
+neighbours like any other atom (and enter the channel of its species).
+
+Derivatives: ``gradients[p, b, k] = dX_{i,k}/dr_{j,b}`` for pair p = (centre i, neighbour
+image j), moving only that image; the centre derivative is ``-sum_p`` over the pairs of i.
+The adjoint contractions push ``G = dy/dX`` back to the expansion coefficients
+(dy/dc) and then once through every pair (method.md §7); the Jacobian is never stored.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from numbec.descriptors import expansion_numba as _ex
+from numbec.descriptors import scalar_numba as _sc
+from numbec.descriptors.expansion import Expansion, expand
+from numbec.descriptors.settings import DescriptorSettings
+from numbec.neighbors import NeighborList
+
+__all__ = ["StructureDescriptors", "compute_descriptors", "angular_feature_table"]
+
+
+@functools.lru_cache(maxsize=32)
+def angular_feature_table(settings: DescriptorSettings):
+    """Index tables of the angular features, in storage order.
+
+    Returns ``row_a``, ``row_b`` (K,) int64 (rows ``J * n_angular + n`` of c3), ``l_of`` (K,)
+    int64 and ``weight`` (K,) float64 = sqrt(1 - beta) sqrt(8 pi^2/(2l+1)) (x sqrt(2) off the
+    diagonal). Arrays are read-only.
+    """
+    s, n_ang, l_max = settings.n_species, settings.n_angular, settings.l_max
+    scale = math.sqrt(1.0 - settings.radial_weight)
+    row_a, row_b, l_of, weight = [], [], [], []
+    for ja in range(s):
+        for jb in range(ja, s):
+            for na in range(n_ang):
+                for nb in range(na if ja == jb else 0, n_ang):
+                    sym = 1.0 if (ja == jb and na == nb) else math.sqrt(2.0)
+                    for l in range(l_max + 1):
+                        row_a.append(ja * n_ang + na)
+                        row_b.append(jb * n_ang + nb)
+                        l_of.append(l)
+                        weight.append(scale * sym * math.sqrt(8.0 * math.pi**2 / (2 * l + 1)))
+    out = (np.array(row_a, np.int64), np.array(row_b, np.int64), np.array(l_of, np.int64),
+           np.array(weight, np.float64))
+    for arr in out:
+        arr.flags.writeable = False
+    assert out[0].size == settings.n_angular_features
+    return out
+
+
+def _feature_args(settings: DescriptorSettings) -> tuple:
+    return (math.sqrt(settings.radial_weight),) + angular_feature_table(settings)
+
+
+@dataclass
+class StructureDescriptors:
+    """Scalar descriptors of one structure.
+
+    Attributes
+    ----------
+    values : (N, D) float64 scalar descriptors (layout in the module docstring).
+    pairs : NeighborList (cutoff = max of the two cutoffs).
+    gradients : (P, 3, D) float64, 1/Å, or None; ``[p, b, k] = dX_{i,k}/dr_{j,b}``.
+    settings : DescriptorSettings.
+    """
+
+    values: np.ndarray
+    pairs: NeighborList
+    settings: DescriptorSettings
+    gradients: np.ndarray | None = None
+    _expansion: Expansion | None = field(default=None, repr=False)
+
+    def _check_grad(self, grad_x: np.ndarray, n_channels: int | None) -> np.ndarray:
+        n, d = self.values.shape
+        grad_x = np.ascontiguousarray(grad_x, dtype=np.float64)
+        expected = (n, d) if n_channels is None else (n, n_channels, d)
+        if grad_x.shape != expected:
+            raise ValueError(f"descriptor gradient must have shape {expected} "
+                             f"(N, [C,] D), got {grad_x.shape}")
+        if not np.isfinite(grad_x).all():
+            raise ValueError("descriptor gradient contains non-finite values")
+        return grad_x
+
+    def _pair_gradients(self, grad_x: np.ndarray) -> np.ndarray:
+        ex = self._expansion
+        a2, a3 = _sc.power_spectrum_adjoint(ex.c2, ex.c3, grad_x, *_feature_args(self.settings))
+        return ex.backprop(a2, a3)
+
+    def monopole_contraction(self, grad_x: np.ndarray) -> np.ndarray:
+        """BEC charge-transfer term ``out[j, a, b] = sum_i (r_i - r_j^image)_a
+        sum_k G[i, k] dX_{i,k}/dr_{j,b}`` (each image a separate term; i = j adds nothing).
+
+        grad_x : (N, D) G[i, k] = dq_i/dX_{i,k}.  Returns (N, 3, 3) float64.
+        """
+        grad_x = self._check_grad(grad_x, None)
+        g = self._pair_gradients(grad_x[:, None, :])
+        nl = self.pairs
+        return _ex.scatter_monopole(g, nl.offsets, nl.neighbors, nl.vectors)
+
+    def scalar_contraction(self, grad_x: np.ndarray) -> np.ndarray:
+        """Total derivatives ``out[j, c, b] = sum_i sum_k G[i, c, k] dX_{i,k}/dr_{j,b}``
+        including the centre (self) terms.
+
+        grad_x : (N, C, D).  Returns (N, C, 3) float64 (e.g. forces of C local scalars).
+        """
+        grad_x = np.asarray(grad_x)
+        if grad_x.ndim != 3:
+            raise ValueError(f"descriptor gradient must have shape (N, C, D), got {grad_x.shape}")
+        grad_x = self._check_grad(grad_x, grad_x.shape[1])
+        g = self._pair_gradients(grad_x)
+        nl = self.pairs
+        return _ex.scatter_with_self(g, nl.offsets, nl.neighbors)
+
+
+def compute_descriptors(positions, numbers, cell, pbc, settings: DescriptorSettings,
+                        gradients: bool = False) -> StructureDescriptors:
+    """Scalar descriptors (and optionally the pair Jacobian) of one structure.
+
+    positions : (N, 3) float64, Å (need not be wrapped); numbers : (N,) int atomic numbers;
+    cell : (3, 3) float64, Å, rows = lattice vectors (ignored where pbc is False);
+    pbc : (3,) bool; settings : DescriptorSettings; gradients : also compute (P, 3, D).
+    """
+    ex = expand(positions, numbers, cell, pbc, settings, l2_max=0)
+    feats = _feature_args(settings)
+    values = _sc.power_spectrum(ex.c2, ex.c3, *feats)
+    jac = None
+    if gradients:
+        jac = _sc.scalar_jacobian(ex.c2, ex.c3, *ex.pair_args(), *feats)
+    return StructureDescriptors(values, ex.pairs, settings, jac, ex)

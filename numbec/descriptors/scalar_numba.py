@@ -1,0 +1,136 @@
+"""Numba kernels of the scalar descriptor: radial block, angular power spectrum, their full
+Jacobian and the adjoint (vector-Jacobian) push-back to the expansion coefficients.
+
+Feature layout (see :mod:`numbec.descriptors.scalar`): ``X[i, J * n_rad + n] = w2 c2[i, Jn, 0]``
+for the first ``n2 = S * n_rad`` features, then for angular feature k
+``X[i, n2 + k] = w[k] sum_m c3[i, a[k], l*l + l + m] c3[i, b[k], l*l + l + m]`` with
+``l = l_of[k]``, rows ``a[k] = J n``, ``b[k] = J' n'`` of c3 and the weight w[k] (power-spectrum
+prefactor, symmetry factor and sqrt(1 - beta)).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from numbec.descriptors.expansion_numba import pair_coefficient_derivatives
+from numbec.descriptors.spherical_harmonics_numba import sph_harm_prefactors
+
+
+@njit(cache=True, parallel=True)
+def power_spectrum(c2, c3, w2, row_a, row_b, l_of, weight):
+    """Scalar descriptors X (N, n2 + K) from c2 (N, S*n_rad, LM2) and c3 (N, S*n_ang, LM3)."""
+    n_atoms = c3.shape[0]
+    n2 = c2.shape[1]
+    n_k = row_a.shape[0]
+    out = np.empty((n_atoms, n2 + n_k))
+    for i in prange(n_atoms):
+        for r in range(n2):
+            out[i, r] = w2 * c2[i, r, 0]
+        for k in range(n_k):
+            l = l_of[k]
+            a = row_a[k]
+            b = row_b[k]
+            s = 0.0
+            for lm in range(l * l, (l + 1) * (l + 1)):
+                s += c3[i, a, lm] * c3[i, b, lm]
+            out[i, n2 + k] = weight[k] * s
+    return out
+
+
+@njit(cache=True, parallel=True)
+def power_spectrum_adjoint(c2, c3, grad_x, w2, row_a, row_b, l_of, weight):
+    """Adjoints A2 = sum_k G_k dX_k/dc2 and A3 = sum_k G_k dX_k/dc3 per centre and channel.
+
+    grad_x : (N, C, D) G[i, c, k] = dy_{i,c}/dX_{i,k}.
+    Returns a2 (N, C, S*n_rad, LM2) and a3 (N, C, S*n_ang, LM3).
+    """
+    n_atoms = c3.shape[0]
+    n_ch = grad_x.shape[1]
+    n2 = c2.shape[1]
+    n_k = row_a.shape[0]
+    a2 = np.zeros((n_atoms, n_ch, n2, c2.shape[2]))
+    a3 = np.zeros((n_atoms, n_ch, c3.shape[1], c3.shape[2]))
+    for i in prange(n_atoms):
+        for c in range(n_ch):
+            for r in range(n2):
+                a2[i, c, r, 0] = w2 * grad_x[i, c, r]
+            for k in range(n_k):
+                gw = grad_x[i, c, n2 + k] * weight[k]
+                if gw == 0.0:
+                    continue
+                l = l_of[k]
+                a = row_a[k]
+                b = row_b[k]
+                for lm in range(l * l, (l + 1) * (l + 1)):
+                    a3[i, c, a, lm] += gw * c3[i, b, lm]
+                    a3[i, c, b, lm] += gw * c3[i, a, lm]
+    return a2, a3
+
+
+@njit(cache=True, parallel=True)
+def scalar_jacobian(c2, c3, offsets, neighbors, vectors, distances, channel, rad_cut, rad_inv,
+                    rad_values, rad_derivs, n_rad, l_max, ang_cut, ang_inv, ang_values,
+                    ang_derivs, n_ang, w2, row_a, row_b, l_of, weight):
+    """Full Jacobian (P, 3, D): [p, b, k] = dX_{i,k}/dr_{j,b} for pair p = (i, j image), 1/Å
+    times descriptor units (the centre derivative is minus the sum over the pairs of i)."""
+    n_atoms = offsets.shape[0] - 1
+    n2 = c2.shape[1]
+    n_k = row_a.shape[0]
+    n_lm3 = (l_max + 1) ** 2
+    n_pairs = neighbors.shape[0]
+    jac = np.zeros((n_pairs, 3, n2 + n_k))
+    pref = sph_harm_prefactors(l_max)
+    for i in prange(n_atoms):
+        q = np.empty((l_max + 1, l_max + 2))
+        cm = np.empty(l_max + 1)
+        sm = np.empty(l_max + 1)
+        y = np.empty(n_lm3)
+        dy = np.empty((n_lm3, 3))
+        h2 = np.empty(rad_values.shape[1])
+        dh2 = np.empty(rad_values.shape[1])
+        h3 = np.empty(ang_values.shape[1])
+        dh3 = np.empty(ang_values.shape[1])
+        dc2 = np.empty((n_rad, 1, 3))
+        dc3 = np.empty((n_ang, n_lm3, 3))
+        for p in range(offsets[i], offsets[i + 1]):
+            pair_coefficient_derivatives(
+                p, vectors, distances, l_max, pref, q, cm, sm, y, dy, rad_cut, rad_inv,
+                rad_values, rad_derivs, h2, dh2, ang_cut, ang_inv, ang_values, ang_derivs, h3,
+                dh3, n_rad, 0, n_ang, dc2, dc3)
+            jc = channel[neighbors[p]]
+            for n in range(n_rad):
+                for b in range(3):
+                    jac[p, b, jc * n_rad + n] = w2 * dc2[n, 0, b]
+            lo = jc * n_ang
+            hi = lo + n_ang
+            for k in range(n_k):
+                a = row_a[k]
+                bb = row_b[k]
+                a_hit = lo <= a < hi
+                b_hit = lo <= bb < hi
+                if not (a_hit or b_hit):
+                    continue
+                l = l_of[k]
+                sx = 0.0
+                sy = 0.0
+                sz = 0.0
+                if a_hit:
+                    na = a - lo
+                    for lm in range(l * l, (l + 1) * (l + 1)):
+                        cv = c3[i, bb, lm]
+                        sx += dc3[na, lm, 0] * cv
+                        sy += dc3[na, lm, 1] * cv
+                        sz += dc3[na, lm, 2] * cv
+                if b_hit:
+                    nb = bb - lo
+                    for lm in range(l * l, (l + 1) * (l + 1)):
+                        cv = c3[i, a, lm]
+                        sx += dc3[nb, lm, 0] * cv
+                        sy += dc3[nb, lm, 1] * cv
+                        sz += dc3[nb, lm, 2] * cv
+                w = weight[k]
+                jac[p, 0, n2 + k] = w * sx
+                jac[p, 1, n2 + k] = w * sy
+                jac[p, 2, n2 + k] = w * sz
+    return jac

@@ -1,0 +1,192 @@
+"""Image-resolved neighbour lists with Numba linked cells, linear in the number of atoms.
+
+``neighbor_list(positions, cell, pbc, cutoff)`` returns every pair (i, j, image) with
+``|r_j + S @ cell - r_i| < cutoff`` (S integer image shift, ``S = 0`` along non-periodic
+directions) except ``(i, i, 0)``. Each periodic image is a separate pair, so a cutoff larger than
+half the cell (or than the cell) gives several pairs for the same ``j``, including images of the
+centre itself (``j == i``).
+
+Storage is CSR: pairs of centre ``i`` are ``offsets[i]:offsets[i + 1]``.
+
+How it works: periodic coordinates are wrapped into the cell, atoms are sorted into bins in
+fractional space (bin thickness along each plane normal >= cutoff when the cell allows it), and
+each centre visits ``2 * reach + 1`` bins per direction, where reach covers the cutoff even when
+it is larger than the cell. Pairs are counted in a first parallel pass and written in a second,
+so centres run in parallel without locks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from numbec import neighbors_numba as _nb
+
+__all__ = ["NeighborList", "neighbor_list"]
+
+
+@dataclass(frozen=True)
+class NeighborList:
+    """Neighbour pairs of a structure in CSR layout.
+
+    Attributes
+    ----------
+    offsets : (N + 1,) int64
+        Pairs of centre ``i`` are ``offsets[i]:offsets[i + 1]``.
+    neighbors : (P,) int64
+        Neighbour atom index ``j`` of each pair (may equal the centre for its own image).
+    shifts : (P, 3) int64
+        Integer image shift ``S`` of each pair relative to the *input* positions.
+    vectors : (P, 3) float64, Å
+        ``r_j + S @ cell - r_i`` (input positions, cell rows = lattice vectors).
+    distances : (P,) float64, Å
+        Lengths of ``vectors``.
+    cutoff : float, Å
+    """
+
+    offsets: np.ndarray
+    neighbors: np.ndarray
+    shifts: np.ndarray
+    vectors: np.ndarray
+    distances: np.ndarray
+    cutoff: float
+
+    @property
+    def n_atoms(self) -> int:
+        return self.offsets.shape[0] - 1
+
+    @property
+    def n_pairs(self) -> int:
+        return self.neighbors.shape[0]
+
+    @property
+    def centers(self) -> np.ndarray:
+        """(P,) int64 centre index ``i`` of each pair."""
+        return np.repeat(np.arange(self.n_atoms, dtype=np.int64), np.diff(self.offsets))
+
+
+def _check_inputs(positions, cell, pbc, cutoff):
+    positions = np.ascontiguousarray(positions, dtype=np.float64)
+    if positions.ndim != 2 or positions.shape[1] != 3:
+        raise ValueError(f"positions must have shape (N, 3), got {positions.shape}")
+    bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
+    if bad.size:
+        raise ValueError(f"positions of atom {bad[0]} are not finite: {positions[bad[0]]}")
+    pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
+    if cell is None:
+        if pbc.any():
+            raise ValueError("a periodic structure needs a cell")
+        cell = np.zeros((3, 3))
+    cell = np.asarray(cell, dtype=np.float64)
+    if cell.shape != (3, 3):
+        raise ValueError(f"cell must have shape (3, 3) (rows = lattice vectors), got {cell.shape}")
+    if not np.isfinite(cell).all():
+        raise ValueError("cell contains non-finite values")
+    cutoff = float(cutoff)
+    if not (np.isfinite(cutoff) and cutoff > 0.0):
+        raise ValueError(f"cutoff must be a positive number of Å, got {cutoff}")
+    return positions, cell, pbc, cutoff
+
+
+def _effective_cell(cell, pbc):
+    """Cell whose periodic rows are the lattice vectors and whose non-periodic rows are
+    orthonormal vectors perpendicular to the periodic ones (any input there is ignored)."""
+    eff = np.array(cell, dtype=np.float64)
+    periodic = np.flatnonzero(pbc)
+    free = np.flatnonzero(~pbc)
+    if periodic.size:
+        vecs = eff[periodic]
+        if np.linalg.matrix_rank(vecs, tol=1e-8 * max(1.0, np.abs(vecs).max())) < periodic.size:
+            raise ValueError(f"the periodic lattice vectors are degenerate: cell = {cell.tolist()}")
+    if periodic.size == 3:
+        if np.linalg.det(eff) == 0.0:
+            raise ValueError("the cell is singular")
+        return eff
+    if periodic.size == 0:
+        return np.eye(3)
+    if periodic.size == 2:
+        normal = np.cross(eff[periodic[0]], eff[periodic[1]])
+        eff[free[0]] = normal / np.linalg.norm(normal)
+        return eff
+    a = eff[periodic[0]] / np.linalg.norm(eff[periodic[0]])
+    trial = np.eye(3)[np.argmin(np.abs(a))]
+    e1 = np.cross(a, trial)
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(a, e1)
+    eff[free[0]] = e1
+    eff[free[1]] = e2
+    return eff
+
+
+def neighbor_list(positions, cell, pbc, cutoff) -> NeighborList:
+    """All image-resolved pairs within ``cutoff``.
+
+    Parameters
+    ----------
+    positions : (N, 3) float64, Å
+        Cartesian positions; need not be wrapped into the cell.
+    cell : (3, 3) float64, Å, rows are lattice vectors (ignored along non-periodic directions;
+        may be None or zero for a cluster).
+    pbc : (3,) bool or bool
+    cutoff : float, Å
+
+    Returns
+    -------
+    NeighborList
+    """
+    positions, cell, pbc, cutoff = _check_inputs(positions, cell, pbc, cutoff)
+    n_atoms = positions.shape[0]
+    if n_atoms == 0:
+        return NeighborList(np.zeros(1, np.int64), np.zeros(0, np.int64),
+                            np.zeros((0, 3), np.int64), np.zeros((0, 3)), np.zeros(0), cutoff)
+    eff = _effective_cell(cell, pbc)
+    frac = positions @ np.linalg.inv(eff)
+    wrap = np.where(pbc, np.floor(frac), 0.0)
+    frac_wrapped = frac - wrap
+    # floor can leave 1.0 after subtraction for tiny negative values; clip keeps bins valid
+    frac_wrapped = np.where(pbc, np.clip(frac_wrapped, 0.0, np.nextafter(1.0, 0.0)),
+                            frac_wrapped)
+    wrapped_positions = np.ascontiguousarray(frac_wrapped @ eff)
+
+    plane_spacing = 1.0 / np.linalg.norm(np.linalg.inv(eff).T, axis=1)
+    lower = frac_wrapped.min(axis=0)
+    extent = frac_wrapped.max(axis=0) - lower
+    thickness = np.where(pbc, plane_spacing, extent * plane_spacing)
+    n_bins = np.maximum(1, np.floor(thickness / cutoff)).astype(np.int64)
+    # keep the number of bins of the order of the number of atoms
+    max_bins = max(27, 2 * n_atoms)
+    while np.prod(n_bins) > max_bins:
+        n_bins = np.maximum(1, n_bins // 2)
+    width = thickness / n_bins
+    with np.errstate(divide="ignore"):
+        reach = np.where(width > 0, np.floor(cutoff / np.where(width > 0, width, 1.0)) + 1, 0)
+    reach = reach.astype(np.int64)
+    reach = np.where(pbc, reach, np.minimum(reach, n_bins - 1)).astype(np.int64)
+
+    binning = frac_wrapped.copy()
+    for k in np.flatnonzero(~pbc):
+        binning[:, k] = (frac_wrapped[:, k] - lower[k]) / extent[k] if extent[k] > 0 else 0.0
+    binning = np.ascontiguousarray(binning)
+
+    bin_start, bin_atoms, atom_bin = _nb.bin_atoms(binning, n_bins)
+    counts = _nb.count_pairs(wrapped_positions, eff, cutoff, n_bins, reach, pbc, bin_start,
+                             bin_atoms, atom_bin)
+    offsets = np.zeros(n_atoms + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    neighbors, bin_shifts, _ = _nb.fill_pairs(wrapped_positions, eff, cutoff, n_bins, reach, pbc,
+                                              bin_start, bin_atoms, atom_bin, offsets)
+    centers = np.repeat(np.arange(n_atoms, dtype=np.int64), counts)
+    wrap_int = wrap.astype(np.int64)
+    shifts = bin_shifts - wrap_int[neighbors] + wrap_int[centers]
+    # vectors from the input positions so that they are exactly consistent with them
+    vectors = positions[neighbors] + shifts.astype(np.float64) @ cell - positions[centers]
+    distances = np.sqrt(np.einsum("pk,pk->p", vectors, vectors))
+    overlap = np.flatnonzero(distances < 1e-6)
+    if overlap.size:
+        p = overlap[0]
+        raise ValueError(
+            f"atoms {centers[p]} and {neighbors[p]} (image {shifts[p].tolist()}) overlap: "
+            f"distance {distances[p]:.3g} Å")
+    return NeighborList(offsets, neighbors, shifts, np.ascontiguousarray(vectors), distances,
+                        cutoff)

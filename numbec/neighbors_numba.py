@@ -1,0 +1,141 @@
+"""Numba kernels of the linked-cell neighbour search (see :mod:`numbec.neighbors`).
+
+All kernels work on *fractional* coordinates in an effective cell whose rows are the lattice
+vectors (non-periodic directions are replaced by orthonormal vectors by the caller). Bins are
+boxes in fractional space; ``bin_reach[k]`` is how many bins the search goes each way along
+lattice direction ``k`` (enough that no pair within the cutoff is missed, even when the cutoff
+exceeds the cell). A bin offset outside ``[0, n_bins)`` along a periodic direction is wrapped and
+becomes an image shift; along a non-periodic direction it is skipped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True)
+def bin_atoms(frac, n_bins):
+    """Assign atoms to bins (counting sort).
+
+    frac (N, 3) float64: binning coordinates in [0, 1] (fractional for periodic directions,
+    extent-normalised for non-periodic ones); values outside are clipped to the edge bins.
+    n_bins (3,) int64.
+    Returns ``bin_start`` (n_bins_total + 1,) int64 and ``bin_atoms`` (N,) int64 (atom indices
+    sorted by bin, bin ``b`` holding ``bin_atoms[bin_start[b]:bin_start[b+1]]``) and
+    ``atom_bin`` (N, 3) int64 the bin of every atom.
+    """
+    n_atoms = frac.shape[0]
+    atom_bin = np.empty((n_atoms, 3), dtype=np.int64)
+    total = n_bins[0] * n_bins[1] * n_bins[2]
+    counts = np.zeros(total + 1, dtype=np.int64)
+    flat = np.empty(n_atoms, dtype=np.int64)
+    for a in range(n_atoms):
+        for k in range(3):
+            b = int(np.floor(frac[a, k] * n_bins[k]))
+            if b < 0:
+                b = 0
+            if b >= n_bins[k]:
+                b = n_bins[k] - 1
+            atom_bin[a, k] = b
+        flat[a] = (atom_bin[a, 0] * n_bins[1] + atom_bin[a, 1]) * n_bins[2] + atom_bin[a, 2]
+        counts[flat[a] + 1] += 1
+    for b in range(total):
+        counts[b + 1] += counts[b]
+    fill = counts[:-1].copy()
+    sorted_atoms = np.empty(n_atoms, dtype=np.int64)
+    for a in range(n_atoms):
+        sorted_atoms[fill[flat[a]]] = a
+        fill[flat[a]] += 1
+    return counts, sorted_atoms, atom_bin
+
+
+@njit(cache=True)
+def _visit_centre(i, positions, cell, cutoff2, n_bins, bin_reach, periodic, bin_start,
+                  bin_atoms, atom_bin, write, start, neighbors, shifts, vectors):
+    """Count (``write=False``) or write the pairs of centre ``i`` starting at slot ``start``."""
+    count = 0
+    b0 = atom_bin[i, 0]
+    b1 = atom_bin[i, 1]
+    b2 = atom_bin[i, 2]
+    for o0 in range(-bin_reach[0], bin_reach[0] + 1):
+        c0 = b0 + o0
+        s0 = 0
+        if periodic[0]:
+            s0 = c0 // n_bins[0]
+            c0 = c0 - s0 * n_bins[0]
+        elif c0 < 0 or c0 >= n_bins[0]:
+            continue
+        for o1 in range(-bin_reach[1], bin_reach[1] + 1):
+            c1 = b1 + o1
+            s1 = 0
+            if periodic[1]:
+                s1 = c1 // n_bins[1]
+                c1 = c1 - s1 * n_bins[1]
+            elif c1 < 0 or c1 >= n_bins[1]:
+                continue
+            for o2 in range(-bin_reach[2], bin_reach[2] + 1):
+                c2 = b2 + o2
+                s2 = 0
+                if periodic[2]:
+                    s2 = c2 // n_bins[2]
+                    c2 = c2 - s2 * n_bins[2]
+                elif c2 < 0 or c2 >= n_bins[2]:
+                    continue
+                shift_x = s0 * cell[0, 0] + s1 * cell[1, 0] + s2 * cell[2, 0]
+                shift_y = s0 * cell[0, 1] + s1 * cell[1, 1] + s2 * cell[2, 1]
+                shift_z = s0 * cell[0, 2] + s1 * cell[1, 2] + s2 * cell[2, 2]
+                flat = (c0 * n_bins[1] + c1) * n_bins[2] + c2
+                for slot in range(bin_start[flat], bin_start[flat + 1]):
+                    j = bin_atoms[slot]
+                    if j == i and s0 == 0 and s1 == 0 and s2 == 0:
+                        continue
+                    dx = positions[j, 0] + shift_x - positions[i, 0]
+                    dy = positions[j, 1] + shift_y - positions[i, 1]
+                    dz = positions[j, 2] + shift_z - positions[i, 2]
+                    r2 = dx * dx + dy * dy + dz * dz
+                    if r2 < cutoff2:
+                        if write:
+                            p = start + count
+                            neighbors[p] = j
+                            shifts[p, 0] = s0
+                            shifts[p, 1] = s1
+                            shifts[p, 2] = s2
+                            vectors[p, 0] = dx
+                            vectors[p, 1] = dy
+                            vectors[p, 2] = dz
+                        count += 1
+    return count
+
+
+@njit(cache=True, parallel=True)
+def count_pairs(positions, cell, cutoff, n_bins, bin_reach, periodic, bin_start, bin_atoms,
+                atom_bin):
+    """Number of pairs per centre, (N,) int64 (first pass of the two-pass build)."""
+    n_atoms = positions.shape[0]
+    counts = np.zeros(n_atoms, dtype=np.int64)
+    dummy_i = np.empty(0, dtype=np.int64)
+    dummy_s = np.empty((0, 3), dtype=np.int64)
+    dummy_v = np.empty((0, 3), dtype=np.float64)
+    for i in prange(n_atoms):
+        counts[i] = _visit_centre(i, positions, cell, cutoff * cutoff, n_bins, bin_reach,
+                                  periodic, bin_start, bin_atoms, atom_bin, False, 0,
+                                  dummy_i, dummy_s, dummy_v)
+    return counts
+
+
+@njit(cache=True, parallel=True)
+def fill_pairs(positions, cell, cutoff, n_bins, bin_reach, periodic, bin_start, bin_atoms,
+               atom_bin, offsets):
+    """Second pass: neighbours (P,) int64, bin-level image shifts (P, 3) int64 and vectors
+    (P, 3) float64 Å = r_j + shift @ cell - r_i, in the slots given by ``offsets`` (N+1,)."""
+    n_atoms = positions.shape[0]
+    n_pairs = offsets[n_atoms]
+    neighbors = np.empty(n_pairs, dtype=np.int64)
+    shifts = np.empty((n_pairs, 3), dtype=np.int64)
+    vectors = np.empty((n_pairs, 3), dtype=np.float64)
+    for i in prange(n_atoms):
+        _visit_centre(i, positions, cell, cutoff * cutoff, n_bins, bin_reach, periodic,
+                      bin_start, bin_atoms, atom_bin, True, offsets[i], neighbors, shifts,
+                      vectors)
+    return neighbors, shifts, vectors

@@ -1,0 +1,313 @@
+"""Scalar descriptors: basis functions, analytic derivatives, invariances, adjoints."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.special import sph_harm_y, spherical_jn
+
+from numbec.descriptors import DescriptorSettings, compute_descriptors
+from numbec.descriptors.radial_basis import bessel_zeros, radial_table, smeared_radial_integral
+from numbec.descriptors.radial_basis_numba import hermite_eval
+from numbec.descriptors.spherical_harmonics_numba import sph_harm_many
+
+SETTINGS = DescriptorSettings(species=(1, 8), cutoff_radial=4.0, cutoff_angular=3.5, sigma=0.5,
+                              n_radial=4, n_angular=4, l_max=3, radial_weight=0.3)
+TRICLINIC = np.array([[3.1, 0.2, 0.1], [0.4, 3.3, -0.2], [0.3, 0.1, 2.9]])
+
+
+def _real_ylm_scipy(vectors, l_max):
+    """Real harmonics without Condon-Shortley phase from scipy's complex ones."""
+    r = np.linalg.norm(vectors, axis=1)
+    theta = np.arccos(vectors[:, 2] / r)
+    phi = np.arctan2(vectors[:, 1], vectors[:, 0])
+    out = np.empty((len(vectors), (l_max + 1) ** 2))
+    for l in range(l_max + 1):
+        for m in range(-l, l + 1):
+            c = sph_harm_y(l, abs(m), theta, phi) * (-1) ** abs(m)
+            val = c.real if m == 0 else math.sqrt(2) * (c.real if m > 0 else c.imag)
+            out[:, l * l + l + m] = val
+    return out
+
+
+def _total_jacobian(desc):
+    """Dense dX_i/dr_j (N, N, 3, D) from the pair Jacobian, with the implied centre term."""
+    n, d = desc.values.shape
+    jac = np.zeros((n, n, 3, d))
+    centers = desc.pairs.centers
+    for p, (i, j) in enumerate(zip(centers, desc.pairs.neighbors, strict=True)):
+        jac[i, j] += desc.gradients[p]
+        jac[i, i] -= desc.gradients[p]
+    return jac
+
+
+def _finite_difference(positions, numbers, cell, pbc, settings, h=1e-5):
+    n = len(positions)
+    d = settings.n_features
+    fd = np.zeros((n, n, 3, d))
+    for a in range(n):
+        for b in range(3):
+            plus = positions.copy()
+            plus[a, b] += h
+            minus = positions.copy()
+            minus[a, b] -= h
+            xp = compute_descriptors(plus, numbers, cell, pbc, settings).values
+            xm = compute_descriptors(minus, numbers, cell, pbc, settings).values
+            fd[:, a, b] = (xp - xm) / (2 * h)
+    return fd
+
+
+def _rotation(seed):
+    q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
+    return q * np.sign(np.linalg.det(q))
+
+
+# -------------------------------------------------------------------- basis functions
+
+
+def test_real_spherical_harmonics_match_scipy_and_their_gradient_matches_fd():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(30, 3)) * 2.0
+    values, grads = sph_harm_many(vectors, 5)
+    np.testing.assert_allclose(values, _real_ylm_scipy(vectors, 5), atol=1e-13)
+    # Y_1 = sqrt(3/4pi) (y, z, x)/r: the convention the vector descriptor relies on
+    unit = vectors / np.linalg.norm(vectors, axis=1)[:, None]
+    np.testing.assert_allclose(values[:, 1:4], math.sqrt(3 / (4 * math.pi)) * unit[:, [1, 2, 0]],
+                               atol=1e-14)
+    h = 1e-6
+    for b in range(3):
+        step = np.zeros(3)
+        step[b] = h
+        fd = (sph_harm_many(vectors + step, 5)[0] - sph_harm_many(vectors - step, 5)[0]) / (2 * h)
+        np.testing.assert_allclose(grads[:, :, b], fd, atol=1e-8)
+
+
+def test_smeared_projection_matches_brute_force_3d_integral():
+    """c_nlm of one Gaussian at d equals the 3-D integral of the Gaussian times chi_nl Y_lm."""
+    cutoff, sigma = 4.0, 0.5
+    zeros = bessel_zeros(3, 4)
+    d_vec = np.array([0.6, -0.9, 1.1])
+    d = np.linalg.norm(d_vec)
+    r, wr = np.polynomial.legendre.leggauss(120)
+    r, wr = (r + 1) * cutoff / 2, wr * cutoff / 2
+    ct, wt = np.polynomial.legendre.leggauss(40)
+    phi = np.arange(48) * 2 * np.pi / 48
+    rr, cc, pp = np.meshgrid(r, ct, phi, indexing="ij")
+    st = np.sqrt(1 - cc**2)
+    points = np.stack([rr * st * np.cos(pp), rr * st * np.sin(pp), rr * cc], -1).reshape(-1, 3)
+    weights = (wr[:, None, None] * r[:, None, None] ** 2 * wt[None, :, None]
+               * (2 * np.pi / 48) * np.ones_like(rr)).ravel()
+    fcut = 0.5 * (np.cos(np.pi * d / cutoff) + 1)
+    density = fcut * (2 * np.pi * sigma**2) ** -1.5 * np.exp(
+        -((points - d_vec) ** 2).sum(1) / (2 * sigma**2))
+    ylm_points = _real_ylm_scipy(points, 3)
+    ylm_d = _real_ylm_scipy(d_vec[None], 3)[0]
+    h, _ = smeared_radial_integral(np.array([d]), cutoff, sigma, 4, 3)
+    radius = np.linalg.norm(points, axis=1)
+    for l in range(4):
+        for n in range(4):
+            norm = math.sqrt(cutoff**3 / 2) * abs(spherical_jn(l + 1, zeros[l, n]))
+            chi = spherical_jn(l, zeros[l, n] / cutoff * radius) / norm
+            for m in (-l, 0, l):
+                brute = np.sum(weights * density * chi * ylm_points[:, l * l + l + m])
+                assert h[0, n, l] * ylm_d[l * l + l + m] == pytest.approx(brute, abs=1e-10)
+
+
+def test_bessel_basis_is_orthonormal_and_vanishes_at_cutoff():
+    cutoff = 3.5
+    zeros = bessel_zeros(3, 4)
+    r, w = np.polynomial.legendre.leggauss(200)
+    r, w = (r + 1) * cutoff / 2, w * cutoff / 2
+    for l in range(4):
+        norm = np.sqrt(cutoff**3 / 2) * np.abs(spherical_jn(l + 1, zeros[l]))
+        chi = spherical_jn(l, np.outer(zeros[l] / cutoff, r)) / norm[:, None]
+        np.testing.assert_allclose((chi * w * r**2) @ chi.T, np.eye(4), atol=1e-12)
+        np.testing.assert_allclose(spherical_jn(l, zeros[l]), 0.0, atol=1e-14)
+
+
+def test_spline_reproduces_direct_quadrature_between_grid_points():
+    table = radial_table(3.5, 0.5, 4, 3)
+    d = np.linspace(0.013, 3.49, 97)
+    h, dh = smeared_radial_integral(d, 3.5, 0.5, 4, 3)
+    out_h = np.empty(16)
+    out_dh = np.empty(16)
+    for k, dist in enumerate(d):
+        hermite_eval(dist, table.inv_spacing, table.values, table.derivatives, out_h, out_dh)
+        np.testing.assert_allclose(out_h, h[k].ravel(), atol=1e-9 * np.abs(h).max())
+        np.testing.assert_allclose(out_dh, dh[k].ravel(), atol=1e-6 * np.abs(dh).max())
+
+
+# -------------------------------------------------------------------- descriptor values
+
+
+def test_values_match_independent_power_spectrum():
+    """Build c_nlm from direct quadrature and scipy harmonics, then the power spectrum."""
+    s = SETTINGS
+    rng = np.random.default_rng(4)
+    positions = rng.uniform(-1.6, 1.6, size=(5, 3))
+    numbers = np.array([8, 1, 1, 8, 1])
+    desc = compute_descriptors(positions, numbers, None, False, s)
+    assert desc.values.shape == (5, s.n_features)
+    for i in range(5):
+        c2 = np.zeros((2, s.n_radial))
+        c3 = np.zeros((2, s.n_angular, (s.l_max + 1) ** 2))
+        for j in range(5):
+            if j == i:
+                continue
+            vec = positions[j] - positions[i]
+            d = np.linalg.norm(vec)
+            J = 0 if numbers[j] == 1 else 1
+            ylm = _real_ylm_scipy(vec[None], s.l_max)[0]
+            if d < s.cutoff_radial:
+                h2, _ = smeared_radial_integral(np.array([d]), s.cutoff_radial, s.sigma,
+                                                s.n_radial, 0)
+                c2[J] += h2[0, :, 0] * ylm[0]
+            if d < s.cutoff_angular:
+                h3, _ = smeared_radial_integral(np.array([d]), s.cutoff_angular, s.sigma,
+                                                s.n_angular, s.l_max)
+                for l in range(s.l_max + 1):
+                    c3[J, :, l * l:(l + 1) ** 2] += np.outer(h3[0, :, l], ylm[l * l:(l + 1) ** 2])
+        expected = [math.sqrt(s.radial_weight) * c2.ravel()]
+        for ja in range(2):
+            for jb in range(ja, 2):
+                for na in range(s.n_angular):
+                    for nb in range(na if ja == jb else 0, s.n_angular):
+                        sym = 1.0 if (ja, na) == (jb, nb) else math.sqrt(2)
+                        for l in range(s.l_max + 1):
+                            sl = slice(l * l, (l + 1) ** 2)
+                            p = math.sqrt(8 * math.pi**2 / (2 * l + 1)) * c3[ja, na, sl] @ c3[
+                                jb, nb, sl]
+                            expected.append([math.sqrt(1 - s.radial_weight) * sym * p])
+        np.testing.assert_allclose(desc.values[i], np.concatenate(expected), rtol=1e-7,
+                                   atol=1e-9)
+
+
+def test_feature_dimension_for_the_documented_default():
+    s = DescriptorSettings(species=(1, 8), n_radial=8, n_angular=8, l_max=4)
+    assert s.n_features == 696
+    assert DescriptorSettings.from_dict(s.to_dict()) == s
+    with pytest.raises(ValueError, match="unknown"):
+        DescriptorSettings.from_dict({"species": [1], "bogus": 1})
+
+
+# -------------------------------------------------------------------- derivatives
+
+
+@pytest.mark.parametrize("case", ["cluster", "triclinic", "tiny_cell_big_cutoff"])
+def test_jacobian_matches_central_finite_differences(case):
+    rng = np.random.default_rng(1)
+    if case == "cluster":
+        positions = rng.uniform(-1.5, 1.5, size=(5, 3))
+        numbers = np.array([8, 1, 1, 8, 1])
+        cell, pbc = None, False
+    elif case == "triclinic":
+        positions = rng.uniform(0, 1, size=(4, 3)) @ TRICLINIC
+        numbers = np.array([1, 8, 1, 8])
+        cell, pbc = TRICLINIC, True
+    else:
+        cell = np.array([[2.2, 0.0, 0.0], [0.7, 2.0, 0.0], [0.2, -0.3, 2.1]])
+        positions = rng.uniform(0, 1, size=(2, 3)) @ cell
+        numbers = np.array([8, 1])
+        pbc = True
+    desc = compute_descriptors(positions, numbers, cell, pbc, SETTINGS, gradients=True)
+    if case == "tiny_cell_big_cutoff":
+        assert np.sum(desc.pairs.neighbors == desc.pairs.centers) > 10
+    analytic = _total_jacobian(desc)
+    fd = _finite_difference(positions, numbers, cell, pbc, SETTINGS)
+    scale = np.abs(analytic).max()
+    assert scale > 1e-3
+    assert np.abs(fd - analytic).max() / scale < 1e-6
+
+
+def test_adjoint_contractions_equal_explicit_jacobian_contractions():
+    rng = np.random.default_rng(2)
+    cell = np.array([[2.6, 0.0, 0.0], [0.5, 2.4, 0.0], [0.2, -0.3, 2.8]])
+    positions = rng.uniform(0, 1, size=(3, 3)) @ cell
+    numbers = np.array([8, 1, 1])
+    desc = compute_descriptors(positions, numbers, cell, True, SETTINGS, gradients=True)
+    n, d = desc.values.shape
+    nl = desc.pairs
+    centers = nl.centers
+    grad_x = rng.normal(size=(n, d))
+    expected = np.zeros((n, 3, 3))
+    for p in range(nl.n_pairs):
+        dq_drj = desc.gradients[p] @ grad_x[centers[p]]
+        expected[nl.neighbors[p]] += np.outer(-nl.vectors[p], dq_drj)
+    np.testing.assert_allclose(desc.monopole_contraction(grad_x), expected, rtol=0,
+                               atol=1e-10 * np.abs(expected).max())
+    grad_c = rng.normal(size=(n, 3, d))
+    expected = np.einsum("ijbk,ick->jcb", _total_jacobian(desc), grad_c)
+    np.testing.assert_allclose(desc.scalar_contraction(grad_c), expected, rtol=0,
+                               atol=1e-10 * np.abs(expected).max())
+    with pytest.raises(ValueError, match="shape"):
+        desc.monopole_contraction(grad_x[:, :-1])
+
+
+# -------------------------------------------------------------------- invariances
+
+
+def _periodic_structure(seed=5, n=6):
+    rng = np.random.default_rng(seed)
+    positions = rng.uniform(0, 1, size=(n, 3)) @ TRICLINIC
+    numbers = np.array([8, 1, 1, 8, 1, 1])[:n]
+    return positions, numbers
+
+
+def test_rotation_translation_invariance():
+    positions, numbers = _periodic_structure()
+    ref = compute_descriptors(positions, numbers, TRICLINIC, True, SETTINGS).values
+    rot = _rotation(3)
+    rotated = compute_descriptors(positions @ rot.T + [0.3, -1.2, 2.0], numbers,
+                                  TRICLINIC @ rot.T, True, SETTINGS).values
+    np.testing.assert_allclose(rotated, ref, atol=1e-10)
+    cluster = compute_descriptors(positions, numbers, None, False, SETTINGS).values
+    moved = compute_descriptors(positions @ rot.T + 5.0, numbers, None, False, SETTINGS).values
+    np.testing.assert_allclose(moved, cluster, atol=1e-10)
+    assert np.abs(cluster - ref).max() > 1e-3  # periodic images do matter
+
+
+def test_permutation_of_same_species_and_rewrapping():
+    positions, numbers = _periodic_structure()
+    ref = compute_descriptors(positions, numbers, TRICLINIC, True, SETTINGS).values
+    perm = np.array([3, 4, 5, 0, 2, 1])  # swaps O<->O and H<->H
+    assert np.all(numbers[perm] == numbers[[3, 4, 5, 0, 2, 1]])
+    permuted = compute_descriptors(positions[perm], numbers[perm], TRICLINIC, True,
+                                   SETTINGS).values
+    np.testing.assert_allclose(permuted, ref[perm], atol=1e-12)
+    shifts = np.random.default_rng(0).integers(-3, 4, size=(len(positions), 3))
+    rewrapped = compute_descriptors(positions + shifts @ TRICLINIC, numbers, TRICLINIC, True,
+                                    SETTINGS).values
+    np.testing.assert_allclose(rewrapped, ref, atol=1e-11)
+
+
+def test_values_and_derivatives_vanish_smoothly_at_the_cutoff():
+    s = DescriptorSettings(species=(1,), cutoff_radial=3.5, cutoff_angular=3.5, sigma=0.5,
+                           n_radial=4, n_angular=4, l_max=3, radial_weight=0.3)
+    numbers = np.array([1, 1])
+
+    def pair(d):
+        pos = np.array([[0.0, 0.0, 0.0], [d, 0.0, 0.0]])
+        desc = compute_descriptors(pos, numbers, None, False, s, gradients=True)
+        jac = desc.gradients[0] if desc.pairs.n_pairs else np.zeros((3, s.n_features))
+        return desc.values[0], jac
+
+    x_mid, j_mid = pair(1.75)
+    for eps in (1e-2, 1e-3):
+        x, j = pair(3.5 - eps)
+        # f_cut ~ (pi eps / 2R)^2: values and derivatives of order eps^2 and eps
+        assert np.abs(x).max() < 10 * eps**2 * np.abs(x_mid).max()
+        assert np.abs(j).max() < 10 * eps * np.abs(j_mid).max()
+    x_out, j_out = pair(3.5 + 1e-9)
+    assert np.all(x_out == 0.0) and np.all(j_out == 0.0)
+    # quadratic approach: halving the distance to the cutoff quarters the radial part
+    x1, _ = pair(3.5 - 2e-3)
+    x2, _ = pair(3.5 - 1e-3)
+    ratio = x2[: s.n_radial] / x1[: s.n_radial]
+    np.testing.assert_allclose(ratio, 0.25, rtol=1e-2)
+
+
+def test_unknown_species_names_the_atom():
+    with pytest.raises(ValueError, match="atom 1 has species Z=6"):
+        compute_descriptors(np.eye(3), np.array([1, 6, 8]), None, False, SETTINGS)

@@ -1,0 +1,90 @@
+"""Neighbour lists against ASE's reference implementation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.neighborlist import neighbor_list as ase_neighbor_list
+
+from numbec.neighbors import neighbor_list
+
+
+def _sorted_ase(positions, cell, pbc, cutoff):
+    atoms = Atoms(numbers=np.ones(len(positions), int), positions=positions, cell=cell, pbc=pbc)
+    i, j, shifts, vectors = ase_neighbor_list("ijSD", atoms, cutoff)
+    order = np.lexsort((shifts[:, 2], shifts[:, 1], shifts[:, 0], j, i))
+    return i[order], j[order], shifts[order], vectors[order]
+
+
+def _assert_same_as_ase(positions, cell, pbc, cutoff):
+    nl = neighbor_list(positions, cell, pbc, cutoff)
+    i, j, shifts, vectors = _sorted_ase(positions, cell, pbc, cutoff)
+    centers = nl.centers
+    order = np.lexsort((nl.shifts[:, 2], nl.shifts[:, 1], nl.shifts[:, 0], nl.neighbors,
+                        centers))
+    assert nl.n_pairs == len(i)
+    np.testing.assert_array_equal(centers[order], i)
+    np.testing.assert_array_equal(nl.neighbors[order], j)
+    np.testing.assert_array_equal(nl.shifts[order], shifts)
+    np.testing.assert_allclose(nl.vectors[order], vectors, atol=1e-12)
+    np.testing.assert_allclose(nl.distances, np.linalg.norm(nl.vectors, axis=1), rtol=1e-14)
+    # CSR: pairs of each centre are contiguous
+    assert np.all(np.diff(centers) >= 0)
+    assert nl.offsets[-1] == nl.n_pairs
+    return nl
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_triclinic_cells_match_ase(seed):
+    rng = np.random.default_rng(seed)
+    cell = np.eye(3) * rng.uniform(4.0, 7.0) + rng.normal(scale=1.2, size=(3, 3))
+    positions = rng.uniform(-0.5, 1.5, size=(20, 3)) @ cell  # not wrapped
+    for pbc in ([True, True, True], [True, False, True], [False, False, True]):
+        _assert_same_as_ase(positions, cell, pbc, rng.uniform(2.0, 6.0))
+
+
+def test_tiny_cell_big_cutoff_counts_every_image_including_own():
+    rng = np.random.default_rng(7)
+    cell = np.array([[2.1, 0.0, 0.0], [0.9, 1.9, 0.0], [0.3, -0.4, 2.4]])
+    positions = rng.uniform(0, 1, size=(2, 3)) @ cell
+    nl = _assert_same_as_ase(positions, cell, True, 7.5)
+    own = nl.neighbors == nl.centers
+    assert own.sum() > 100  # many images of each atom itself
+    # one atom: only its own images, and they come in +-S pairs
+    nl1 = _assert_same_as_ase(positions[:1], cell, True, 5.0)
+    np.testing.assert_allclose(nl1.vectors.sum(axis=0), 0.0, atol=1e-9)
+
+
+def test_cluster_matches_ase_and_ignores_cell():
+    rng = np.random.default_rng(3)
+    positions = rng.uniform(-4, 4, size=(40, 3))
+    nl = _assert_same_as_ase(positions, np.zeros((3, 3)), False, 3.0)
+    nl2 = neighbor_list(positions, None, False, 3.0)
+    np.testing.assert_array_equal(nl.neighbors, nl2.neighbors)
+    # planar cluster (zero extent along one axis) and a single atom
+    flat = positions.copy()
+    flat[:, 2] = 0.0
+    _assert_same_as_ase(flat, np.zeros((3, 3)), False, 2.5)
+    assert neighbor_list(positions[:1], None, False, 3.0).n_pairs == 0
+
+
+def test_larger_periodic_box_uses_several_bins():
+    rng = np.random.default_rng(11)
+    cell = np.diag([14.0, 15.0, 16.0]) + rng.normal(scale=0.5, size=(3, 3))
+    positions = rng.uniform(0, 1, size=(300, 3)) @ cell
+    _assert_same_as_ase(positions, cell, True, 3.5)
+
+
+def test_bad_input_is_rejected_with_a_clear_message():
+    positions = np.zeros((3, 3))
+    positions[1] = [1.0, 0.0, 0.0]
+    positions[2] = [np.nan, 0.0, 0.0]
+    with pytest.raises(ValueError, match="atom 2"):
+        neighbor_list(positions, np.eye(3) * 5, True, 2.0)
+    with pytest.raises(ValueError, match="overlap"):
+        neighbor_list(np.zeros((2, 3)), np.eye(3) * 5, True, 2.0)
+    with pytest.raises(ValueError, match="cutoff"):
+        neighbor_list(np.zeros((1, 3)), np.eye(3) * 5, True, -1.0)
+    with pytest.raises(ValueError, match="degenerate"):
+        neighbor_list(np.zeros((1, 3)), np.zeros((3, 3)), True, 2.0)
