@@ -396,6 +396,7 @@ def predict(
     dtype=np.float64,
     uncertainty=False,
     dipole_derivative=None,
+    model_file=None,
 ):
     """Predict BECs (and dipole derivatives) for every frame of a trajectory.
 
@@ -428,6 +429,8 @@ def predict(
     dipole_derivative : bool, optional
         None (default): computed when the trajectory has velocities, otherwise omitted
         with a warning. True: required (error without velocities). False: skipped.
+    model_file : str or Path, optional
+        Where the model was loaded from (recorded in the provenance attrs).
 
     Returns
     -------
@@ -489,6 +492,7 @@ def predict(
 
     attrs = _dataset_attrs(ds, model, source, store_path, timestep, pbc, dipole_method,
                            uncertainty, dtype)
+    attrs["model_file"] = str(model_file) if model_file is not None else ""
     blocks = _InputBlocks(ds, chunks, has_velocities and want_dd)
     if out is not None:
         fingerprint = _fingerprint(model, ds, source, store_path, spec, chunk_frames,
@@ -513,7 +517,7 @@ def _dataset_attrs(ds, model, source, store_path, timestep, pbc, dipole_method,
         "timestep_units": "fs",
         "numbec_version": __version__,
         "model_class": type(model).__name__,
-        "model_file": str(getattr(model, "source_file", "") or ""),
+        "model_sha256": model_fingerprint(model)["sha256"] or "",
         "input": store_path or source,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "pbc": [bool(p) for p in pbc],
@@ -893,7 +897,19 @@ def _predict_to_store(model, blocks, spec, bounds, chunk_frames, time, attrs, ou
         if spec.dipole_method == "integrated":
             _integrate_stored_dipole(root, spec, bounds)
         root.attrs["complete"] = True
-    return xr.open_zarr(str(out), consolidated=False, zarr_format=3)
+        _consolidate(out)
+    return xr.open_zarr(str(out), consolidated=True, zarr_format=3)
+
+
+def _consolidate(out: Path):
+    """Consolidate the metadata of a finished store so that readers open it in one read
+    (``xarray.open_zarr(out)`` without warnings). Zarr v3 has no consolidated metadata in
+    its specification yet; zarr-python's extension is used and its warning silenced."""
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(str(out))
 
 
 def _run_eager_chunks(model, blocks, spec, bounds, pending, out, progress, n_chunks):

@@ -1,0 +1,109 @@
+"""``numbec predict`` command line: store in, store out, resumable, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from numbec.cli import main
+from numbec.models.baseline import SpeciesMeanModel
+from numbec.stream import predict
+
+NUMBERS = np.array([8, 1, 1, 8, 1, 1])
+BOX = 7.0
+
+
+def write_trajectory_store(path, n_frames=10, dt=0.5, chunk=4, velocities=True):
+    """Write a store in the Trajectory store contract layout; return the same data as a
+    Dataset for comparison."""
+    rng = np.random.default_rng(11)
+    positions = rng.uniform(0, BOX, (n_frames, NUMBERS.size, 3))
+    vel = rng.normal(0, 0.01, positions.shape)
+    cell = np.tile(BOX * np.eye(3), (n_frames, 1, 1))
+    time = np.arange(n_frames) * dt
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    arrays = {
+        "positions": (positions, ("frame", "atom", "xyz"), "Angstrom"),
+        "cell": (cell, ("frame", "cell_vector", "xyz"), "Angstrom"),
+        "numbers": (NUMBERS.astype(np.int64), ("atom",), None),
+        "time": (time, ("frame",), "fs"),
+        "pbc": (np.ones(3, bool), ("xyz",), None),
+    }
+    if velocities:
+        arrays["velocities"] = (vel, ("frame", "atom", "xyz"), "Angstrom/fs")
+    for name, (data, dims, units) in arrays.items():
+        chunks = (chunk,) + data.shape[1:] if dims[0] == "frame" else data.shape
+        arr = root.create_array(name, shape=data.shape, chunks=chunks, dtype=data.dtype,
+                                dimension_names=dims)
+        arr[...] = data
+        if units:
+            arr.attrs["units"] = units
+    root.attrs.update({
+        "format": "numbec-trajectory", "format_version": 1, "timestep": dt,
+        "source": "synthetic", "numbec_version": "test",
+        "units": {"positions": "Angstrom", "velocities": "Angstrom/fs", "time": "fs"},
+        "frames_complete": n_frames,
+    })
+    data_vars = {name: (dims, data) for name, (data, dims, _u) in arrays.items()
+                 if name != "time"}
+    return xr.Dataset(data_vars, coords={"time": ("frame", time)},
+                      attrs={"timestep": dt, "source": str(path)})
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    model = SpeciesMeanModel([1, 8], np.stack([np.diag([0.4, 0.5, 0.3]),
+                                               -np.diag([0.8, 1.0, 0.6])]))
+    return model, model.save(tmp_path / "model.npz")
+
+
+def test_missing_model_file_is_a_clear_error(tmp_path, capsys):
+    code = main(["predict", str(tmp_path / "nope.npz"), str(tmp_path / "t.zarr"),
+                 "-o", str(tmp_path / "o.zarr")])
+    assert code == 1
+    assert "numbec predict: error:" in capsys.readouterr().err
+
+
+def test_cli_writes_prediction_and_resumes(tmp_path, model_file, capsys):
+    pytest.importorskip("numbec.io.trajectory")
+    model, path = model_file
+    traj = tmp_path / "traj.zarr"
+    ds = write_trajectory_store(traj)
+    out = tmp_path / "out.zarr"
+    args = ["predict", str(path), str(traj), "-o", str(out), "--no-progress"]
+    assert main(args) == 0
+    assert "10 frames x 6 atoms" in capsys.readouterr().out
+    result = xr.open_zarr(out)
+    expected = predict(model, ds, chunk_frames=4, progress=False)
+    for name in ("bec", "dipole_derivative", "dipole_derivative_by_species", "dipole"):
+        np.testing.assert_allclose(result[name].values, expected[name].values, rtol=1e-12)
+    assert result["bec"].encoding["chunks"][0] == 4  # aligned with the input chunks
+    assert result.attrs["model_file"] == str(path)
+    assert result.attrs["volume"] == pytest.approx(BOX**3)
+    assert main(args) == 0  # complete: nothing to do, no error
+
+    assert main(["predict", str(path), str(traj), "-o", str(tmp_path / "f.zarr"),
+                 "--float32", "--workers", "2", "--threads", "--no-progress"]) == 0
+    f32 = xr.open_zarr(tmp_path / "f.zarr")
+    assert f32["bec"].dtype == np.float32
+    np.testing.assert_allclose(f32["bec"].values, expected["bec"].values, rtol=1e-6)
+
+
+def test_cli_refuses_locked_output(tmp_path, model_file, capsys):
+    pytest.importorskip("numbec.io.trajectory")
+    _model, path = model_file
+    traj = tmp_path / "traj.zarr"
+    write_trajectory_store(traj)
+    out = tmp_path / "out.zarr"
+    lock = tmp_path / "out.zarr.lock"
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                "started": "now"}))
+    assert main(["predict", str(path), str(traj), "-o", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "being written by another numbec predict run" in err and str(lock) in err
