@@ -805,9 +805,12 @@ def _create_store(out, spec, chunk_frames, n_chunks, time, attrs):
     coords = {"time": ("frame", time, {"units": "fs"})}
     if "dipole_derivative_by_species" in spec.variables:
         coords["species"] = ("species", spec.species, {"long_name": "atomic number"})
-    template = xr.Dataset(data_vars, coords=coords, attrs=dict(attrs, initialised=False,
-                                                                complete=False))
-    template.to_zarr(str(out), mode="w", compute=False, zarr_format=3, consolidated=False)
+    attrs = dict(attrs, initialised=False, complete=False)
+    # the format attribute goes first, so that a run killed while laying out the store
+    # finds a store it recognises as its own and simply lays it out again
+    zarr.open_group(str(out), mode="w", zarr_format=3, attributes=attrs)
+    template = xr.Dataset(data_vars, coords=coords, attrs=attrs)
+    template.to_zarr(str(out), mode="a", compute=False, zarr_format=3, consolidated=False)
     root = zarr.open_group(str(out), mode="r+", zarr_format=3)
     progress = root.create_group(PROGRESS_GROUP)
     progress.create_array("chunks_done", shape=(n_chunks,), chunks=(1,), dtype=bool,

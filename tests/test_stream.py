@@ -295,6 +295,9 @@ def test_store_matches_in_memory_result(tmp_path):
     assert stored["bec"].encoding["chunks"][0] == 5
     assert stored.attrs["complete"] is True
     assert "_progress" not in stored and "chunks_done" not in stored
+    np.testing.assert_array_equal(stored["time"].values, ds["time"].values)
+    assert "time" in stored.coords and stored["species"].values.tolist() == [1, 8]
+    assert stored.attrs["volume"] == pytest.approx(BOX**3)
     lazy_in = predict(ToyModel(), make_trajectory(n_frames=22, chunks=5),
                       out=tmp_path / "q.zarr", progress=False)
     _assert_same(ref, lazy_in)
@@ -346,6 +349,23 @@ def test_partially_written_chunk_is_never_trusted(tmp_path, monkeypatch):
     result = predict(model, ds, out=out, chunk_frames=4, progress=False)
     assert model.calls == 8
     _assert_same(clean, result)
+
+
+def test_run_killed_while_laying_out_the_store_starts_again(tmp_path, monkeypatch):
+    ds = make_trajectory(n_frames=8)
+    out = tmp_path / "p.zarr"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed during layout")
+
+    monkeypatch.setattr(xr.Dataset, "to_zarr", killed)
+    with pytest.raises(KeyboardInterrupt):
+        predict(ToyModel(), ds, out=out, chunk_frames=4, progress=False)
+    monkeypatch.undo()
+    model = ToyModel()
+    result = predict(model, ds, out=out, chunk_frames=4, progress=False)
+    assert model.calls == 8
+    _assert_same(predict(ToyModel(), ds, chunk_frames=4, progress=False), result)
 
 
 def test_damaged_completion_flag_counts_as_not_done(tmp_path):
