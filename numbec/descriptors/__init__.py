@@ -10,9 +10,12 @@
 
 from numbec.descriptors.scalar import StructureDescriptors, compute_descriptors
 from numbec.descriptors.settings import DescriptorSettings
+from numbec.descriptors.vector import VectorDescriptors, compute_vector_descriptors
 
 __all__ = [
     "DescriptorSettings",
     "StructureDescriptors",
+    "VectorDescriptors",
     "compute_descriptors",
+    "compute_vector_descriptors",
 ]

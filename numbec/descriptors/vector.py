@@ -1,0 +1,153 @@
+"""Vector (lambda = 1) descriptor for the dipole model (method.md §2, §5).
+
+Per centre i and Cartesian component a = x, y, z (the real Y_1mu are ordered (y, z, x); they
+are re-ordered here so that ``values[i, :, k]`` is an ordinary Cartesian vector):
+
+- two-body block, ``n_species * n_radial`` features: ``sqrt(beta) c^J_{i,n1a}`` with the radial
+  basis of ``cutoff_radial``;
+- product block, ``n_species**2 * n_angular**2 * l_max`` features: for every ordered species
+  pair (J, J'), n, n' and l = 0..l_max-1 (the pairing l' = l + 1; l' = l - 1 is the same set
+  with the roles of (J, n) and (J', n') exchanged, so it is not repeated),
+  ``sqrt(1 - beta) sum_{m m'} C^a_{l m, l+1 m'} c^J_{i,nlm} c^{J'}_{i,n'(l+1)m'}``,
+  with the angular-cutoff coefficients. ``C^a`` are the real Gaunt coefficients
+  ``int Y_1a Y_lm Y_{l+1,m'} dOmega`` (real Clebsch-Gordan coefficients for l + l' + 1 even, up
+  to a constant), scaled so that ``sum_{m m'} (C^a_{mm'})**2 = 1``.
+  Order: (J, J') lexicographic, then n, n', then l (fastest).
+
+For 2 species, n_radial = n_angular = 8, l_max = 4: Dv = 16 + 4 * 64 * 4 = 1040.
+
+The descriptor rotates as a vector, ``X(R r) = R X(r)``, and is translation and permutation
+invariant. It is a polar vector (odd under inversion) since l + l' is odd.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from numbec.descriptors import expansion_numba as _ex
+from numbec.descriptors import vector_numba as _vn
+from numbec.descriptors.expansion import Expansion, expand
+from numbec.descriptors.settings import DescriptorSettings
+from numbec.descriptors.spherical_harmonics_numba import sph_harm_many
+from numbec.neighbors import NeighborList
+
+__all__ = ["VectorDescriptors", "compute_vector_descriptors", "vector_coupling_table"]
+
+
+@functools.lru_cache(maxsize=8)
+def vector_coupling_table(l_max: int):
+    """Sparse real coupling of (l, l+1) to a Cartesian vector, l = 0..l_max-1.
+
+    Returns ``start`` (l_max+1,) int64 (entries of l are ``start[l]:start[l+1]``), and per
+    entry ``cart`` (0, 1, 2 = x, y, z), ``m`` (0..2l, offset within l), ``mp`` (0..2l+2, offset
+    within l + 1) int64 and ``value`` float64.
+    """
+    # Gauss-Legendre in cos(theta) x uniform phi integrates degree <= 2 l_max + 1 exactly
+    n_theta = l_max + 4
+    n_phi = 2 * l_max + 6
+    ct, wt = np.polynomial.legendre.leggauss(n_theta)
+    phi = 2.0 * np.pi * np.arange(n_phi) / n_phi
+    st = np.sqrt(1.0 - ct**2)
+    points = np.stack([np.outer(st, np.cos(phi)), np.outer(st, np.sin(phi)),
+                       np.outer(ct, np.ones(n_phi))], axis=-1).reshape(-1, 3)
+    weights = np.repeat(wt, n_phi) * (2.0 * np.pi / n_phi)
+    ylm, _ = sph_harm_many(points, l_max)
+    y1 = ylm[:, [3, 1, 2]]  # Cartesian x, y, z
+    start, cart, m_idx, mp_idx, value = [0], [], [], [], []
+    for l in range(l_max):
+        yl = ylm[:, l * l:(l + 1) ** 2]
+        yl1 = ylm[:, (l + 1) ** 2:(l + 2) ** 2]
+        gaunt = np.einsum("p,pa,pm,pn->amn", weights, y1, yl, yl1)
+        gaunt /= math.sqrt(np.sum(gaunt[0] ** 2))
+        for a, m, mp in zip(*np.nonzero(np.abs(gaunt) > 1e-12), strict=True):
+            cart.append(a)
+            m_idx.append(m)
+            mp_idx.append(mp)
+            value.append(gaunt[a, m, mp])
+        start.append(len(value))
+    out = (np.array(start, np.int64), np.array(cart, np.int64), np.array(m_idx, np.int64),
+           np.array(mp_idx, np.int64), np.array(value, np.float64))
+    for arr in out:
+        arr.flags.writeable = False
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def vector_feature_table(settings: DescriptorSettings):
+    """``row_a``, ``row_b`` (rows J n, J' n' of c3), ``l_of`` and ``weight`` (K,) of the product
+    block in storage order (read-only arrays)."""
+    s, n_ang, l_max = settings.n_species, settings.n_angular, settings.l_max
+    scale = math.sqrt(1.0 - settings.radial_weight)
+    rows = [(ja * n_ang + na, jb * n_ang + nb, l)
+            for ja in range(s) for jb in range(s)
+            for na in range(n_ang) for nb in range(n_ang) for l in range(l_max)]
+    row_a, row_b, l_of = (np.array(col, np.int64) for col in zip(*rows, strict=True))
+    weight = np.full(len(rows), scale)
+    out = (row_a, row_b, l_of, weight)
+    for arr in out:
+        arr.flags.writeable = False
+    assert row_a.size + settings.n_radial_features == settings.n_vector_features
+    return out
+
+
+def _feature_args(settings: DescriptorSettings) -> tuple:
+    return ((math.sqrt(settings.radial_weight),) + vector_feature_table(settings)
+            + vector_coupling_table(settings.l_max))
+
+
+@dataclass
+class VectorDescriptors:
+    """Vector descriptors of one structure.
+
+    Attributes
+    ----------
+    values : (N, 3, Dv) float64, Cartesian x, y, z components (layout in the module docstring).
+    pairs : NeighborList.
+    gradients : (P, 3, 3, Dv) float64, 1/Å, or None; ``[p, a, b, k] = dX^a_{i,k}/dr_{j,b}``
+        for pair p = (centre i, neighbour image j); the centre term is minus the pair sum.
+    settings : DescriptorSettings.
+    """
+
+    values: np.ndarray
+    pairs: NeighborList
+    settings: DescriptorSettings
+    gradients: np.ndarray | None = None
+    _expansion: Expansion | None = field(default=None, repr=False)
+
+    def vector_contraction(self, weights: np.ndarray) -> np.ndarray:
+        """``out[j, a, b] = sum_i sum_k V[i, k] dX^a_{i,k}/dr_{j,b}`` (self terms included):
+        d(sum_i mu_i)_a/dr_{j,b} for ``mu_i = sum_k V[i, k] X_i[:, k]``.
+
+        weights : (N, Dv) V.  Returns (N, 3, 3) float64.
+        """
+        n, _, dv = self.values.shape
+        weights = np.ascontiguousarray(weights, dtype=np.float64)
+        if weights.shape != (n, dv):
+            raise ValueError(f"vector weights must have shape {(n, dv)} (N, Dv), got "
+                             f"{weights.shape}")
+        if not np.isfinite(weights).all():
+            raise ValueError("vector weights contain non-finite values")
+        ex = self._expansion
+        a2, a3 = _vn.vector_adjoint(ex.c2, ex.c3, weights, *_feature_args(self.settings))
+        g = ex.backprop(a2, a3)
+        nl = self.pairs
+        return _ex.scatter_with_self(g, nl.offsets, nl.neighbors)
+
+
+def compute_vector_descriptors(positions, numbers, cell, pbc, settings: DescriptorSettings,
+                               gradients: bool = False) -> VectorDescriptors:
+    """Vector descriptors (and optionally their pair Jacobian) of one structure.
+
+    Arguments as :func:`numbec.descriptors.compute_descriptors`.
+    """
+    ex = expand(positions, numbers, cell, pbc, settings, l2_max=1)
+    feats = _feature_args(settings)
+    values = _vn.vector_features(ex.c2, ex.c3, *feats)
+    jac = None
+    if gradients:
+        jac = _vn.vector_jacobian(ex.c2, ex.c3, *ex.pair_args(), *feats)
+    return VectorDescriptors(values, ex.pairs, settings, jac, ex)

@@ -1,0 +1,151 @@
+"""Numba kernels of the lambda = 1 (vector) descriptor, its Jacobian and adjoint.
+
+Layout (see :mod:`numbec.descriptors.vector`): ``X[i, a, J * n_rad + n] = w2 c2[i, Jn, lm1(a)]``
+(a = x, y, z; lm1 = 3, 1, 2 since Y_1 is ordered (y, z, x)) for the first n2 = S * n_rad
+features, then for product feature k
+``X[i, a, n2 + k] = w[k] sum_{e in coupling(l)} C_e c3[i, A_k, l*l + m_e]
+* c3[i, B_k, (l+1)**2 + m'_e]``
+with the sparse real coupling table (cart_e = a, m_e, m'_e as offsets within l and l + 1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from numbec.descriptors.expansion_numba import CARTESIAN_LM1, pair_coefficient_derivatives
+from numbec.descriptors.spherical_harmonics_numba import sph_harm_prefactors
+
+
+@njit(cache=True, parallel=True)
+def vector_features(c2, c3, w2, row_a, row_b, l_of, weight, cg_start, cg_cart, cg_m, cg_mp,
+                    cg_val):
+    """Vector descriptors (N, 3, n2 + K) from c2 (N, S*n_rad, 4) and c3 (N, S*n_ang, LM3)."""
+    n_atoms = c3.shape[0]
+    n2 = c2.shape[1]
+    n_k = row_a.shape[0]
+    out = np.zeros((n_atoms, 3, n2 + n_k))
+    for i in prange(n_atoms):
+        for r in range(n2):
+            for a in range(3):
+                out[i, a, r] = w2 * c2[i, r, CARTESIAN_LM1[a]]
+        for k in range(n_k):
+            l = l_of[k]
+            ra = row_a[k]
+            rb = row_b[k]
+            oa = l * l
+            ob = (l + 1) * (l + 1)
+            sx = 0.0
+            sy = 0.0
+            sz = 0.0
+            for e in range(cg_start[l], cg_start[l + 1]):
+                v = cg_val[e] * c3[i, ra, oa + cg_m[e]] * c3[i, rb, ob + cg_mp[e]]
+                a = cg_cart[e]
+                if a == 0:
+                    sx += v
+                elif a == 1:
+                    sy += v
+                else:
+                    sz += v
+            w = weight[k]
+            out[i, 0, n2 + k] = w * sx
+            out[i, 1, n2 + k] = w * sy
+            out[i, 2, n2 + k] = w * sz
+    return out
+
+
+@njit(cache=True, parallel=True)
+def vector_adjoint(c2, c3, v, w2, row_a, row_b, l_of, weight, cg_start, cg_cart, cg_m, cg_mp,
+                   cg_val):
+    """Adjoints for ``y_a = sum_k V[i, k] X[i, a, k]``, one channel per Cartesian a.
+
+    v : (N, Dv).  Returns a2 (N, 3, S*n_rad, 4) and a3 (N, 3, S*n_ang, LM3).
+    """
+    n_atoms = c3.shape[0]
+    n2 = c2.shape[1]
+    n_k = row_a.shape[0]
+    a2 = np.zeros((n_atoms, 3, n2, c2.shape[2]))
+    a3 = np.zeros((n_atoms, 3, c3.shape[1], c3.shape[2]))
+    for i in prange(n_atoms):
+        for r in range(n2):
+            for a in range(3):
+                a2[i, a, r, CARTESIAN_LM1[a]] = w2 * v[i, r]
+        for k in range(n_k):
+            gw = v[i, n2 + k] * weight[k]
+            if gw == 0.0:
+                continue
+            l = l_of[k]
+            ra = row_a[k]
+            rb = row_b[k]
+            oa = l * l
+            ob = (l + 1) * (l + 1)
+            for e in range(cg_start[l], cg_start[l + 1]):
+                a = cg_cart[e]
+                f = gw * cg_val[e]
+                ia = oa + cg_m[e]
+                ib = ob + cg_mp[e]
+                a3[i, a, ra, ia] += f * c3[i, rb, ib]
+                a3[i, a, rb, ib] += f * c3[i, ra, ia]
+    return a2, a3
+
+
+@njit(cache=True, parallel=True)
+def vector_jacobian(c2, c3, offsets, neighbors, vectors, distances, channel, rad_cut, rad_inv,
+                    rad_values, rad_derivs, n_rad, l_max, ang_cut, ang_inv, ang_values,
+                    ang_derivs, n_ang, w2, row_a, row_b, l_of, weight, cg_start, cg_cart, cg_m,
+                    cg_mp, cg_val):
+    """Full Jacobian (P, 3, 3, Dv): [p, a, b, k] = dX^a_{i,k}/dr_{j,b}, pair p = (i, j image)."""
+    n_atoms = offsets.shape[0] - 1
+    n2 = c2.shape[1]
+    n_k = row_a.shape[0]
+    n_lm3 = (l_max + 1) ** 2
+    jac = np.zeros((neighbors.shape[0], 3, 3, n2 + n_k))
+    pref = sph_harm_prefactors(l_max)
+    for i in prange(n_atoms):
+        q = np.empty((l_max + 1, l_max + 2))
+        cm = np.empty(l_max + 1)
+        sm = np.empty(l_max + 1)
+        y = np.empty(n_lm3)
+        dy = np.empty((n_lm3, 3))
+        h2 = np.empty(rad_values.shape[1])
+        dh2 = np.empty(rad_values.shape[1])
+        h3 = np.empty(ang_values.shape[1])
+        dh3 = np.empty(ang_values.shape[1])
+        dc2 = np.empty((n_rad, 4, 3))
+        dc3 = np.empty((n_ang, n_lm3, 3))
+        for p in range(offsets[i], offsets[i + 1]):
+            pair_coefficient_derivatives(
+                p, vectors, distances, l_max, pref, q, cm, sm, y, dy, rad_cut, rad_inv,
+                rad_values, rad_derivs, h2, dh2, ang_cut, ang_inv, ang_values, ang_derivs, h3,
+                dh3, n_rad, 1, n_ang, dc2, dc3)
+            jc = channel[neighbors[p]]
+            for n in range(n_rad):
+                for a in range(3):
+                    for b in range(3):
+                        jac[p, a, b, jc * n_rad + n] = w2 * dc2[n, CARTESIAN_LM1[a], b]
+            lo = jc * n_ang
+            hi = lo + n_ang
+            for k in range(n_k):
+                ra = row_a[k]
+                rb = row_b[k]
+                a_hit = lo <= ra < hi
+                b_hit = lo <= rb < hi
+                if not (a_hit or b_hit):
+                    continue
+                l = l_of[k]
+                oa = l * l
+                ob = (l + 1) * (l + 1)
+                w = weight[k]
+                for e in range(cg_start[l], cg_start[l + 1]):
+                    a = cg_cart[e]
+                    ia = oa + cg_m[e]
+                    ib = ob + cg_mp[e]
+                    f = w * cg_val[e]
+                    for b in range(3):
+                        s = 0.0
+                        if a_hit:
+                            s += dc3[ra - lo, ia, b] * c3[i, rb, ib]
+                        if b_hit:
+                            s += c3[i, ra, ia] * dc3[rb - lo, ib, b]
+                        jac[p, a, b, n2 + k] += f * s
+    return jac
