@@ -462,3 +462,51 @@ def test_nan_position_names_frame_and_atom(chunks):
         ds = ds.chunk({"frame": chunks})
     with pytest.raises(ValueError, match="frame 7: position of atom 2 is NaN"):
         predict(ToyModel(), ds, progress=False).compute()
+
+
+def _lazy_big_trajectory(n_frames, chunk, n_atoms=150):
+    """A dask-backed trajectory generated chunk by chunk (nothing large exists up front)."""
+    import dask.array as da
+
+    shape = (n_frames, n_atoms, 3)
+    chunks = da.core.normalize_chunks((chunk, n_atoms, 3), shape)
+
+    def block(kind, block_info=None):
+        (start, stop), _, _ = block_info[None]["array-location"]
+        rng = np.random.default_rng([start, kind])
+        return rng.uniform(0, BOX, (stop - start, n_atoms, 3))
+
+    numbers = np.tile([8, 1, 1], n_atoms // 3)
+    return xr.Dataset(
+        {
+            "positions": (("frame", "atom", "xyz"), da.map_blocks(block, 0, chunks=chunks,
+                                                                  dtype=float)),
+            "velocities": (("frame", "atom", "xyz"), da.map_blocks(block, 1, chunks=chunks,
+                                                                   dtype=float)),
+            "cell": (("frame", "cell_vector", "xyz"),
+                     da.broadcast_to(BOX * np.eye(3), (n_frames, 3, 3), chunks=(chunk, 3, 3))),
+            "numbers": (("atom",), numbers),
+            "pbc": (("xyz",), np.ones(3, bool)),
+        },
+        attrs={"timestep": 1.0, "source": "lazy"},
+    )
+
+
+def test_store_memory_does_not_grow_with_trajectory_length(tmp_path):
+    import tracemalloc
+
+    import dask
+
+    model = SpeciesMeanModel([1, 8], np.stack([0.4 * np.eye(3), -0.8 * np.eye(3)]))
+    peaks = []
+    for run, n_chunks in enumerate((3, 3, 30)):  # the first run pays for imports, caches
+        ds = _lazy_big_trajectory(40 * n_chunks, 40)
+        with dask.config.set(scheduler="synchronous"):
+            tracemalloc.start()
+            predict(model, ds, out=tmp_path / f"m{run}.zarr", progress=False)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+            tracemalloc.stop()
+    chunk_bytes = 40 * 150 * 9 * 8  # one chunk of bec
+    total_bytes = 30 * chunk_bytes
+    # 10x more frames: peak grows by far less than the data (which would add ~27 chunks)
+    assert peaks[2] - peaks[1] < 0.25 * total_bytes, peaks
