@@ -1,0 +1,46 @@
+"""``numbec info STORE``: what a trajectory store holds."""
+
+from __future__ import annotations
+
+import json
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "info",
+        help="describe a trajectory store",
+        description="Frames, atoms, species, time step, duration, chunking and completeness "
+        "of a trajectory store written by 'numbec convert'.",
+    )
+    parser.add_argument("store", metavar="STORE", help="trajectory store directory")
+    parser.add_argument("--json", action="store_true", help="print the facts as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from numbec.io.trajectory import trajectory_summary
+
+    info = trajectory_summary(args.store)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    species = ", ".join(f"{sym} {count}" for sym, count in info["species"].items())
+    dt = info["timestep"]
+    duration = info["duration"]
+    dt_text = "unknown" if dt is None else f"{dt:g} fs"
+    duration_text = "unknown" if duration is None else f"{duration:g} fs"
+    state = "complete" if info["complete"] else "INCOMPLETE (resume with 'numbec convert --append')"
+    lines = [
+        f"store        {info['store']}",
+        f"source       {info['source']}",
+        f"frames       {info['frames']}",
+        f"atoms        {info['atoms']}  ({species})",
+        f"time step    {dt_text}",
+        f"duration     {duration_text}",
+        f"chunking     {info['chunk_frames']} frames per chunk",
+        f"velocities   {'yes' if info['velocities'] else 'no'}",
+        f"pbc          {' '.join('T' if p else 'F' for p in info['pbc'])}",
+        f"status       {state}",
+    ]
+    print("\n".join(lines))
+    return 0

@@ -1,0 +1,461 @@
+"""Trajectory store: conversion, units, resume after a kill, corrupt stores, velocities."""
+
+from __future__ import annotations
+
+import json
+import lzma
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import ase.io
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+from ase import Atoms, units
+
+import numbec
+from numbec.io import trajectory as trajmod
+from numbec.io.trajectory import StoreError, trajectory_summary, velocities_from_positions
+
+AMU_A2_PER_FS2_IN_EV = 1.0 / (units.fs**2)  # 1 amu Å²/fs² in eV (ASE: amu Å²/t² = eV)
+
+
+# --- sources -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def md_traj(tmp_path_factory):
+    """ASE VelocityVerlet MD of fcc Cu (EMT), every 2nd step of 1 fs written."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from ase.md.verlet import VelocityVerlet
+
+    path = tmp_path_factory.mktemp("md") / "cu.traj"
+    atoms = bulk("Cu", cubic=True).repeat(2)
+    atoms.rattle(0.05, seed=1)
+    atoms.calc = EMT()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        MaxwellBoltzmannDistribution(atoms, temperature_K=600, rng=np.random.default_rng(2))
+    Stationary(atoms)
+    md = VelocityVerlet(atoms, timestep=1.0 * units.fs, trajectory=str(path), loginterval=2)
+    md.run(60)
+    return path
+
+
+def _synthetic_frames(n_frames=13, n_atoms=5, seed=0, with_velocities=True, cell=6.0):
+    rng = np.random.default_rng(seed)
+    frames = []
+    for k in range(n_frames):
+        atoms = Atoms(
+            ["O", "H", "H", "Si", "O"][:n_atoms],
+            positions=rng.uniform(0, cell, (n_atoms, 3)),
+            cell=np.diag([cell, cell + 1, cell + 2]) + 0.3 * np.eye(3)[::-1] * (k % 2),
+            pbc=True,
+        )
+        if with_velocities:
+            atoms.set_velocities(rng.normal(0, 0.01, (n_atoms, 3)) / units.fs)  # ASE units
+        frames.append(atoms)
+    return frames
+
+
+def _expected_velocities_fs(frames):
+    return np.array([a.get_velocities() * units.fs for a in frames])
+
+
+@pytest.fixture
+def xyz_source(tmp_path):
+    frames = _synthetic_frames()
+    path = tmp_path / "traj.xyz"
+    ase.io.write(path, frames, format="extxyz")  # ASE writes momenta:R:3
+    return path, ase.io.read(path, ":")  # the reference: ASE's own reader of the file
+
+
+# --- conversion --------------------------------------------------------------------------
+
+
+def test_ase_md_velocities_are_converted_to_A_per_fs(md_traj, tmp_path):
+    store = tmp_path / "cu.zarr"
+    n = numbec.convert_trajectory(md_traj, store, chunk_frames=7)
+    ds = numbec.open_trajectory(store)
+    assert n == ds.sizes["frame"] == 31
+    assert ds.attrs["timestep"] == pytest.approx(2.0)  # 1 fs step x interval 2
+    np.testing.assert_allclose(ds.time.values, 2.0 * np.arange(31))
+    pos = ds.positions.values
+    vel = ds.velocities.values
+    assert ds.velocities.attrs["units"] == "Å/fs"
+    # stored velocities = central differences of positions / fs, to MD accuracy (O(dt^2))
+    fd = (pos[2:] - pos[:-2]) / (2 * 2.0)
+    err = np.abs(fd - vel[1:-1]).max()
+    assert err < 0.01 * np.abs(vel).max()
+    # and the factor ase.units.fs (≈ 0.098) is really applied: ASE-unit values fail
+    ase_units = np.array([a.get_velocities() for a in ase.io.read(md_traj, ":")])
+    assert np.abs(fd - ase_units[1:-1]).max() > 5 * np.abs(vel).max()
+    # kinetic energy from Å/fs and amu equals ASE's own, in eV
+    traj = ase.io.read(md_traj, ":")
+    masses = traj[0].get_masses()
+    for k in (0, 15, 30):
+        kin = 0.5 * np.sum(masses[:, None] * vel[k] ** 2) * AMU_A2_PER_FS2_IN_EV
+        assert kin == pytest.approx(traj[k].get_kinetic_energy(), rel=1e-10)
+
+
+def test_store_layout_matches_contract(xyz_source, tmp_path):
+    import zarr
+
+    src, frames = xyz_source
+    store = tmp_path / "s.zarr"
+    numbec.convert_trajectory(src, store, chunk_frames=4, timestep=0.5)
+    group = zarr.open_group(str(store), mode="r")
+    attrs = dict(group.attrs)
+    assert attrs["format"] == "numbec-trajectory" and attrs["format_version"] == 1
+    assert attrs["frames_complete"] == 13 and attrs["timestep"] == 0.5
+    assert attrs["units"]["velocities"] == "Å/fs" and attrs["source"] == str(src)
+    assert group["positions"].shape == (13, 5, 3) and group["positions"].chunks == (4, 5, 3)
+    assert group["positions"].dtype == np.float64 and group["numbers"].dtype == np.int64
+    assert group["cell"].shape == (13, 3, 3) and group["pbc"].dtype == bool
+    ds = numbec.open_trajectory(store)
+    assert isinstance(ds.positions.data, da.Array) and isinstance(ds.velocities.data, da.Array)
+    assert ds.positions.dims == ("frame", "atom", "xyz")
+    assert ds.cell.dims == ("frame", "cell_vector", "xyz")
+    assert ds.numbers.dims == ("atom",) and ds.pbc.dims == ("xyz",)
+    assert ds.positions.chunks[0] == (4, 4, 4, 1)
+    np.testing.assert_array_equal(ds.positions.values, [a.positions for a in frames])
+    np.testing.assert_array_equal(ds.cell.values, [a.cell[:] for a in frames])
+    np.testing.assert_array_equal(ds.numbers.values, frames[0].numbers)
+    np.testing.assert_allclose(ds.velocities.values, _expected_velocities_fs(frames), rtol=1e-12)
+    np.testing.assert_allclose(ds.time.values, 0.5 * np.arange(13))
+    assert ds.time.attrs["units"] == "fs" and ds.positions.attrs["units"] == "Å"
+    rechunked = numbec.open_trajectory(store, chunks={"frame": 6})
+    assert rechunked.positions.chunks[0] == (6, 6, 1)
+
+
+def test_compressed_extxyz_gives_identical_store(xyz_source, tmp_path):
+    src, _ = xyz_source
+    xz = tmp_path / "traj.xyz.xz"
+    with lzma.open(xz, "wb") as fh:
+        fh.write(src.read_bytes())
+    numbec.convert_trajectory(src, tmp_path / "plain.zarr", chunk_frames=5, timestep=1.0)
+    numbec.convert_trajectory(xz, tmp_path / "xz.zarr", chunk_frames=5, timestep=1.0)
+    a = numbec.open_trajectory(tmp_path / "plain.zarr")
+    b = numbec.open_trajectory(tmp_path / "xz.zarr")
+    for name in ("positions", "velocities", "cell", "numbers", "time", "pbc"):
+        np.testing.assert_array_equal(a[name].values, b[name].values)
+
+
+def test_compressed_source_is_read_forwards_only(xyz_source, tmp_path, monkeypatch):
+    # ASE 3.29 seeks back on every frame; on .xz that re-decompresses from the start.
+    src, _ = xyz_source
+    xz = tmp_path / "traj.xyz.xz"
+    with lzma.open(xz, "wb") as fh:
+        fh.write(src.read_bytes())
+    seeks = []
+    original = lzma.LZMAFile.seek
+
+    def counting_seek(self, *args):
+        seeks.append(args)
+        return original(self, *args)
+
+    monkeypatch.setattr(lzma.LZMAFile, "seek", counting_seek)
+    numbec.convert_trajectory(xz, tmp_path / "xz.zarr", timestep=1.0)
+    assert seeks == []
+
+
+def test_index_selection_and_time(xyz_source, tmp_path):
+    src, frames = xyz_source
+    numbec.convert_trajectory(src, tmp_path / "s.zarr", timestep=0.25, index="2::3")
+    ds = numbec.open_trajectory(tmp_path / "s.zarr")
+    np.testing.assert_array_equal(ds.positions.values, [frames[k].positions for k in (2, 5, 8, 11)])
+    assert ds.attrs["timestep"] == pytest.approx(0.75)
+    numbec.convert_trajectory(src, tmp_path / "t.zarr", index="-3:")
+    ds = numbec.open_trajectory(tmp_path / "t.zarr")
+    np.testing.assert_array_equal(ds.positions.values, [a.positions for a in frames[-3:]])
+    assert "timestep" not in ds.attrs and np.isnan(ds.time.values).all()
+
+
+def test_ase_reader_path_for_other_formats(tmp_path):
+    # non-extxyz sources go through ase.io.iread: an ASE .traj without MD metadata
+    frames = _synthetic_frames(n_frames=6, with_velocities=False)
+    ase.io.write(tmp_path / "plain.traj", frames)
+    numbec.convert_trajectory(tmp_path / "plain.traj", tmp_path / "s.zarr", index="1:5")
+    ds = numbec.open_trajectory(tmp_path / "s.zarr")
+    assert "velocities" not in ds and "timestep" not in ds.attrs
+    np.testing.assert_array_equal(ds.positions.values, [a.positions for a in frames[1:5]])
+
+
+def test_bundled_quartz_subset_converts(tmp_path):
+    src = Path(numbec.__file__).parent / "data" / "sio2_quartz_subset.xyz"
+    numbec.convert_trajectory(src, tmp_path / "q.zarr", timestep=1.0)
+    ds = numbec.open_trajectory(tmp_path / "q.zarr")
+    assert ds.sizes == {"frame": 20, "atom": 72, "xyz": 3, "cell_vector": 3}
+    assert sorted(set(ds.numbers.values.tolist())) == [8, 14]
+    bec = numbec.read_bec(src)
+    assert len(bec) == 20 and max(np.abs(a.arrays["bec"].sum(0)).max() for a in bec) < 1e-6
+
+
+# --- resume and damaged stores -----------------------------------------------------------
+
+
+def _crashing(after):
+    original = trajmod.iter_source_frames
+
+    def frames(src, index=":"):
+        for k, frame in enumerate(original(src, index)):
+            if k == after:
+                raise RuntimeError("simulated crash")
+            yield frame
+
+    return frames
+
+
+def test_resume_after_crash_equals_one_shot(xyz_source, tmp_path, monkeypatch):
+    src, frames = xyz_source
+    store = tmp_path / "s.zarr"
+    monkeypatch.setattr(trajmod, "iter_source_frames", _crashing(after=8))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        numbec.convert_trajectory(src, store, chunk_frames=3, timestep=1.0)
+    monkeypatch.undo()
+    ds = numbec.open_trajectory(store)
+    assert ds.sizes["frame"] == 6  # two complete chunks of 3; frames 6, 7 were in a buffer
+    np.testing.assert_array_equal(ds.positions.values, [a.positions for a in frames[:6]])
+    assert trajectory_summary(store)["complete"] is False
+    numbec.convert_trajectory(src, store, append=True)
+    numbec.convert_trajectory(src, tmp_path / "ref.zarr", chunk_frames=3, timestep=1.0)
+    a, b = numbec.open_trajectory(store), numbec.open_trajectory(tmp_path / "ref.zarr")
+    for name in ("positions", "velocities", "cell", "time"):
+        np.testing.assert_array_equal(a[name].values, b[name].values)
+    assert trajectory_summary(store)["complete"] is True
+    assert json.loads(a.attrs["segments"]) == [
+        {"source": str(src), "index": ":", "start": 0, "frames": 13}
+    ]
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+import numbec
+from numbec.io import trajectory as t
+original = t.iter_source_frames
+def frames(src, index=":"):
+    for k, f in enumerate(original(src, index)):
+        if k == 8:
+            os.kill(os.getpid(), signal.SIGKILL)
+        yield f
+t.iter_source_frames = frames
+numbec.convert_trajectory(sys.argv[1], sys.argv[2], chunk_frames=3, timestep=1.0)
+"""
+
+
+def test_sigkilled_conversion_is_readable_and_resumable(xyz_source, tmp_path):
+    src, frames = xyz_source
+    store = tmp_path / "killed.zarr"
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(src), str(store)])
+    assert proc.returncode == -9
+    ds = numbec.open_trajectory(store)
+    assert ds.sizes["frame"] == 6
+    np.testing.assert_array_equal(ds.positions.values, [a.positions for a in frames[:6]])
+    assert numbec.convert_trajectory(src, store, append=True) == 13
+    ds = numbec.open_trajectory(store)
+    np.testing.assert_array_equal(ds.positions.values, [a.positions for a in frames])
+
+
+def test_frames_beyond_frames_complete_are_ignored_and_overwritten(xyz_source, tmp_path):
+    import zarr
+
+    src, frames = xyz_source
+    store = tmp_path / "s.zarr"
+    numbec.convert_trajectory(src, store, chunk_frames=4, timestep=1.0, index=":8")
+    group = zarr.open_group(str(store), mode="r+")
+    for name in ("positions", "velocities"):  # a half-written chunk of a killed run
+        arr = group[name]
+        arr.resize((10, 5, 3))
+        arr[8:10] = 1e6
+    ds = numbec.open_trajectory(store)
+    assert ds.sizes["frame"] == 8 and np.abs(ds.positions.values).max() < 100
+    assert trajectory_summary(store)["complete"] is False
+    numbec.convert_trajectory(src, store, append=True, index=":8")  # same segment: nothing new
+    assert numbec.open_trajectory(store).sizes["frame"] == 8
+    # a continuation run from another file is appended after frame 8
+    numbec.convert_trajectory(src, store, append=True, index="8:", timestep=1.0)
+    ds = numbec.open_trajectory(store)
+    np.testing.assert_array_equal(ds.positions.values, [a.positions for a in frames])
+    np.testing.assert_allclose(ds.time.values, np.arange(13.0))
+
+
+def _store(tmp_path, xyz_source):
+    store = tmp_path / "s.zarr"
+    numbec.convert_trajectory(xyz_source[0], store, chunk_frames=4, timestep=1.0)
+    return store
+
+
+def _edit_attrs(store, edit):
+    meta_path = store / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    edit(meta["attributes"])
+    meta_path.write_text(json.dumps(meta))
+
+
+def test_corrupt_metadata_is_refused(tmp_path, xyz_source):
+    store = _store(tmp_path, xyz_source)
+    (store / "zarr.json").write_text('{"zarr_format": 3, "node_type": "gro')
+    with pytest.raises(StoreError, match="s.zarr: cannot open as a Zarr group"):
+        numbec.open_trajectory(store)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda a: a.pop("frames_complete"), "frames_complete is missing or invalid"),
+        (lambda a: a.update(frames_complete="7"), "frames_complete is missing or invalid"),
+        (lambda a: a.update(frames_complete=20), "frames_complete = 20 but array positions"),
+        (lambda a: a.update(frames_complete=0), "no complete frame"),
+        (lambda a: a.update(format="other"), "not a numbec trajectory store"),
+        (lambda a: a.clear(), "not a numbec trajectory store"),
+        (lambda a: a.update(format_version=9), "format_version 9 is not supported"),
+    ],
+)
+def test_bad_store_attributes_are_refused(tmp_path, xyz_source, edit, message):
+    store = _store(tmp_path, xyz_source)
+    _edit_attrs(store, edit)
+    with pytest.raises(StoreError, match=message):
+        numbec.open_trajectory(store)
+
+
+def test_inconsistent_arrays_are_refused(tmp_path, xyz_source):
+    import zarr
+
+    store = _store(tmp_path, xyz_source)
+    group = zarr.open_group(str(store), mode="r+")
+    group["cell"].resize((5, 3, 3))
+    with pytest.raises(StoreError, match="frames_complete = 13 but array cell holds only 5"):
+        numbec.open_trajectory(store)
+    del group["cell"]
+    with pytest.raises(StoreError, match="store lacks array.* cell"):
+        numbec.open_trajectory(store)
+    with pytest.raises(FileNotFoundError, match="nowhere.zarr: no such trajectory store"):
+        numbec.open_trajectory(tmp_path / "nowhere.zarr")
+
+
+# --- bad sources -------------------------------------------------------------------------
+
+
+def test_bad_sources(tmp_path, xyz_source):
+    src, frames = xyz_source
+    with pytest.raises(FileNotFoundError, match="missing.xyz: no such trajectory file"):
+        numbec.convert_trajectory(tmp_path / "missing.xyz", tmp_path / "a.zarr")
+    numbec.convert_trajectory(src, tmp_path / "b.zarr")
+    with pytest.raises(FileExistsError, match="b.zarr: store exists"):
+        numbec.convert_trajectory(src, tmp_path / "b.zarr")
+    # atom count changes in frame 3
+    odd = frames[:3] + [frames[3][:4]] + frames[4:]
+    ase.io.write(tmp_path / "odd.xyz", odd)
+    with pytest.raises(ValueError, match=r"odd.xyz, frame 3: has 4 atoms, earlier frames have 5"):
+        numbec.convert_trajectory(tmp_path / "odd.xyz", tmp_path / "c.zarr", chunk_frames=2)
+    # the frames before the bad one are complete and readable
+    assert numbec.open_trajectory(tmp_path / "c.zarr").sizes["frame"] == 2
+    # reordered atoms
+    swapped = [a.copy() for a in frames]
+    swapped[5] = swapped[5][[1, 0, 2, 3, 4]]
+    ase.io.write(tmp_path / "swap.xyz", swapped)
+    with pytest.raises(ValueError, match=r"swap.xyz, frame 5: atom 0 is element 1, was 8"):
+        numbec.convert_trajectory(tmp_path / "swap.xyz", tmp_path / "d.zarr")
+    # NaN position
+    nan = [a.copy() for a in frames]
+    nan[4].positions[2, 1] = np.nan
+    ase.io.write(tmp_path / "nan.xyz", nan)
+    with pytest.raises(ValueError, match=r"nan.xyz, frame 4: position of atom 2"):
+        numbec.convert_trajectory(tmp_path / "nan.xyz", tmp_path / "e.zarr")
+    # velocities in some frames only
+    mixed = [a.copy() for a in frames]
+    for a in mixed[6:]:
+        del a.arrays["momenta"]
+    ase.io.write(tmp_path / "mixed.xyz", mixed)
+    with pytest.raises(ValueError, match=r"mixed.xyz, frame 6: has no velocities"):
+        numbec.convert_trajectory(tmp_path / "mixed.xyz", tmp_path / "f.zarr")
+    with pytest.raises(ValueError, match="time step must be a positive"):
+        numbec.convert_trajectory(src, tmp_path / "g.zarr", timestep=-1.0)
+    with pytest.raises(ValueError, match="no frames selected"):
+        numbec.convert_trajectory(src, tmp_path / "h.zarr", index="100:")
+    with pytest.raises(ValueError, match="invalid frame index"):
+        numbec.convert_trajectory(src, tmp_path / "i.zarr", index="a:b")
+
+
+def test_append_with_other_time_step_is_refused(tmp_path, xyz_source):
+    store = _store(tmp_path, xyz_source)
+    with pytest.raises(ValueError, match="frame spacing 2.0 fs differs from the store's 1.0"):
+        numbec.convert_trajectory(xyz_source[0], store, append=True, timestep=2.0, index="1:")
+
+
+# --- velocities from positions -----------------------------------------------------------
+
+
+def _analytic_dataset(dt, n_frames=60, chunk=7):
+    """Atoms oscillating and drifting across a periodic cell, positions wrapped."""
+    omega = 0.15  # rad/fs
+    cell = np.array([[4.0, 0.0, 0.0], [0.5, 5.0, 0.0], [0.3, -0.4, 6.0]])
+    rng = np.random.default_rng(5)
+    r0 = rng.uniform(0, 4, (4, 3))
+    amp = rng.uniform(0.2, 0.6, (4, 3))
+    drift = rng.normal(0, 0.2, (4, 3))  # Å/fs: atoms cross the cell walls
+    t = dt * np.arange(n_frames)
+    r = r0 + amp * np.sin(omega * t)[:, None, None] + drift * t[:, None, None]
+    v = amp * omega * np.cos(omega * t)[:, None, None] + drift
+    frac = r @ np.linalg.inv(cell)
+    wrapped = (frac - np.floor(frac)) @ cell
+    ds = xr.Dataset(
+        {
+            "positions": (("frame", "atom", "xyz"), da.from_array(wrapped, chunks=(chunk, 4, 3))),
+            "cell": (("frame", "cell_vector", "xyz"), np.broadcast_to(cell, (n_frames, 3, 3))),
+            "pbc": (("xyz",), np.ones(3, bool)),
+        },
+        coords={"time": ("frame", t)},
+        attrs={"timestep": dt},
+    )
+    return ds, v, amp * omega**3
+
+
+def test_velocities_from_positions_is_second_order(tmp_path):
+    errors = []
+    for dt in (0.4, 0.2):
+        ds, exact, third = _analytic_dataset(dt, n_frames=int(24 / dt))
+        vel = velocities_from_positions(ds)
+        assert isinstance(vel.data, da.Array) and vel.attrs["units"] == "Å/fs"
+        err = np.abs(vel.values - exact)
+        # documented bounds: dt^2/6 |r'''| inside, dt^2/3 |r'''| at the ends
+        assert (err[1:-1] <= dt**2 / 6 * third * 1.01 + 1e-12).all()
+        assert (err[[0, -1]] <= dt**2 / 3 * third * 1.05 + 1e-12).all()
+        errors.append(err.max())
+    assert errors[0] / errors[1] == pytest.approx(4.0, rel=0.1)
+
+
+def test_velocities_from_positions_through_a_store(tmp_path):
+    ds, exact, _ = _analytic_dataset(0.2, n_frames=40)
+    frames = [
+        Atoms("H4", positions=p, cell=ds.cell.values[0], pbc=True) for p in ds.positions.values
+    ]
+    ase.io.write(tmp_path / "osc.xyz", frames)
+    numbec.convert_trajectory(tmp_path / "osc.xyz", tmp_path / "o.zarr", chunk_frames=6)
+    stored = numbec.open_trajectory(tmp_path / "o.zarr")
+    with pytest.raises(ValueError, match="no time step known"):
+        velocities_from_positions(stored)
+    vel = velocities_from_positions(stored, timestep=0.2)
+    assert np.abs(vel.values - exact).max() < 0.2**2 / 3 * 0.6 * 0.15**3 * 1.1
+
+
+def test_velocities_for_a_molecule_without_cell():
+    n = 30
+    t = 0.5 * np.arange(n)
+    r = np.zeros((n, 2, 3))
+    r[:, 1, 0] = 1.0 + 0.1 * np.sin(0.2 * t)
+    ds = xr.Dataset(
+        {
+            "positions": (("frame", "atom", "xyz"), r),
+            "cell": (("frame", "cell_vector", "xyz"), np.zeros((n, 3, 3))),
+            "pbc": (("xyz",), np.zeros(3, bool)),
+        },
+        attrs={"timestep": 0.5},
+    )
+    vel = velocities_from_positions(ds).values
+    np.testing.assert_allclose(vel[:, 1, 0], 0.02 * np.cos(0.2 * t), atol=0.5**2 / 3 * 0.1 * 0.008)
