@@ -135,7 +135,7 @@ def parse_frame(count: int, comment: str, lines: list[str], where: str, frame: i
                     f"{where}: atom {k} has {len(line.split())} columns, Properties "
                     f"declares {ncols}"
                 )
-    table = np.array(tokens, dtype=object).reshape(count, ncols).astype(str)
+    table = np.array(tokens).reshape(count, ncols)
     arrays: dict[str, np.ndarray] = {}
     col = 0
     for name, kind, width in props:

@@ -1,0 +1,104 @@
+"""Peak memory and time of ``numbec convert`` versus trajectory length.
+
+Writes synthetic 192-atom extxyz trajectories with velocities (2,000 and 20,000
+frames by default) to a temporary directory, converts each in a fresh subprocess
+and prints the child's peak resident set size (``ru_maxrss``) and wall time. The
+claim checked: peak memory does not grow with the length of the trajectory.
+
+    python benchmarks/convert_memory.py [--frames 2000 20000] [--atoms 192] [--xz]
+"""
+
+from __future__ import annotations
+
+import argparse
+import lzma
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+CHILD = """
+import sys, time
+import numbec
+t0 = time.perf_counter()
+n = numbec.convert_trajectory(sys.argv[1], sys.argv[2], timestep=1.0, progress=False)
+print(n, time.perf_counter() - t0)
+"""
+
+
+def write_trajectory(path: Path, n_frames: int, n_atoms: int, seed: int = 0) -> None:
+    """Random-walk 192-atom trajectory in a 12 Å cubic cell, velocities in Å/fs."""
+    rng = np.random.default_rng(seed)
+    species = np.array(["Zr", "O", "O"] * (n_atoms // 3) + ["O"] * (n_atoms % 3))
+    pos = rng.uniform(0, 12.0, (n_atoms, 3))
+    header = (
+        f'{n_atoms}\nLattice="12.0 0.0 0.0 0.0 12.0 0.0 0.0 0.0 12.0" '
+        'Properties=species:S:1:pos:R:3:vel:R:3 pbc="T T T"\n'
+    )
+    opener = lzma.open if path.suffix == ".xz" else open
+    with opener(path, "wt") as fh:
+        for _ in range(n_frames):
+            vel = rng.normal(0.0, 0.005, (n_atoms, 3))
+            pos = (pos + vel) % 12.0
+            table = np.column_stack([pos, vel])
+            body = "\n".join(
+                f"{s} " + " ".join(f"{x:.6f}" for x in row)
+                for s, row in zip(species, table, strict=True)
+            )
+            fh.write(header + body + "\n")
+
+
+def convert_in_child(src: Path, store: Path) -> tuple[int, float, float]:
+    """Run the conversion in a subprocess; return (frames, seconds, peak RSS in MiB).
+
+    ``os.wait4`` returns the resource usage of exactly that child, so each length
+    gets its own peak (``ru_maxrss``, KiB on Linux).
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(src), str(store)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    out = proc.stdout.read()
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"conversion of {src} failed:\n{err}")
+    frames, seconds = out.split()
+    return int(frames), float(seconds), usage.ru_maxrss / 1024.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, nargs="+", default=[2000, 20000])
+    parser.add_argument("--atoms", type=int, default=192)
+    parser.add_argument("--xz", action="store_true", help="also convert an .xz copy")
+    args = parser.parse_args()
+    print(
+        f"{'frames':>8} {'atoms':>6} {'source':>8} {'MB file':>8} {'seconds':>8} "
+        f"{'frames/s':>9} {'peak RSS MiB':>13}"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        for n_frames in sorted(args.frames):
+            suffixes = [".xyz", ".xyz.xz"] if args.xz else [".xyz"]
+            for suffix in suffixes:
+                src = Path(tmp) / f"traj_{n_frames}{suffix}"
+                write_trajectory(src, n_frames, args.atoms)
+                store = Path(tmp) / f"store_{n_frames}{suffix}.zarr"
+                frames, seconds, peak = convert_in_child(src, store)
+                size = src.stat().st_size / 1e6
+                print(
+                    f"{frames:8d} {args.atoms:6d} {suffix:>8} {size:8.1f} {seconds:8.1f} "
+                    f"{frames / seconds:9.0f} {peak:13.1f}",
+                    flush=True,
+                )
+                src.unlink()
+
+
+if __name__ == "__main__":
+    main()

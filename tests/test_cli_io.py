@@ -1,0 +1,89 @@
+"""``numbec convert`` and ``numbec info`` through ``numbec.cli.main``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+from ase import Atoms, units
+
+import numbec
+from numbec.cli import main
+
+QUARTZ = Path(numbec.__file__).parent / "data" / "sio2_quartz_subset.xyz"
+
+
+@pytest.fixture
+def source(tmp_path):
+    rng = np.random.default_rng(3)
+    frames = []
+    for _ in range(11):
+        atoms = Atoms("OH2", positions=rng.uniform(0, 4, (3, 3)), cell=[4, 4, 4], pbc=True)
+        atoms.set_velocities(rng.normal(0, 0.01, (3, 3)) / units.fs)
+        frames.append(atoms)
+    path = tmp_path / "water.xyz"
+    ase.io.write(path, frames)
+    return path
+
+
+def test_convert_and_info(source, tmp_path, capsys):
+    store = tmp_path / "w.zarr"
+    args = ["convert", str(source), str(store), "--timestep", "0.5", "--chunk-frames", "4"]
+    assert main(args + ["--index", "1:"]) == 0
+    assert "10 frames x 3 atoms (dt = 0.5 fs)" in capsys.readouterr().out
+    assert main(["info", str(store)]) == 0
+    out = capsys.readouterr().out
+    fields = dict(line.split(None, 1) for line in out.replace("time step", "timestep").splitlines())
+    assert fields["frames"] == "10"
+    assert fields["atoms"] == "3  (O 1, H 2)"
+    assert fields["timestep"] == "0.5 fs"
+    assert fields["duration"] == "4.5 fs"
+    assert fields["chunking"] == "4 frames per chunk"
+    assert fields["velocities"] == "yes"
+    assert fields["status"] == "complete"
+    assert main(["info", str(store), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["frames"] == 10 and info["species"] == {"O": 1, "H": 2}
+    ds = numbec.open_trajectory(store)
+    np.testing.assert_allclose(ds.positions.values[0], ase.io.read(source, 1).positions)
+
+
+def test_convert_bundled_data_without_timestep(tmp_path, capsys):
+    store = tmp_path / "q.zarr"
+    assert main(["convert", str(QUARTZ), str(store), "--no-progress"]) == 0
+    assert "unknown time step" in capsys.readouterr().out
+    assert main(["info", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "frames       20" in out and "atoms        72  (Si 24, O 48)" in out
+    assert "time step    unknown" in out and "velocities   no" in out
+
+
+def test_convert_append_resumes(source, tmp_path, capsys):
+    store = tmp_path / "w.zarr"
+    assert main(["convert", str(source), str(store), "--index", ":5", "--timestep", "1"]) == 0
+    assert main(["convert", str(source), str(store), "--index", "5:", "--append"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(store), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["frames"] == 11 and info["duration"] == 10.0
+    assert [s["frames"] for s in info["segments"]] == [5, 6]
+
+
+def test_cli_errors(source, tmp_path, capsys):
+    store = tmp_path / "w.zarr"
+    assert main(["convert", str(source), str(store)]) == 0
+    capsys.readouterr()
+    assert main(["convert", str(source), str(store)]) == 1
+    assert "numbec convert: error:" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "nope.xyz"), str(tmp_path / "x.zarr")]) == 1
+    assert "nope.xyz: no such trajectory file" in capsys.readouterr().err
+    assert main(["info", str(tmp_path / "none.zarr")]) == 1
+    assert "none.zarr: no such trajectory store" in capsys.readouterr().err
+    (store / "zarr.json").write_text("{broken")
+    assert main(["info", str(store)]) == 1
+    assert "w.zarr: cannot open as a Zarr group" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["convert", str(source), str(store), "--timestep", "abc"])
