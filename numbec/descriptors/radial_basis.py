@@ -35,7 +35,7 @@ __all__ = ["RadialTable", "bessel_zeros", "radial_table", "smeared_radial_integr
 
 #: Spline grid spacing (Å) and Gauss-Legendre order of the tabulation.
 GRID_SPACING = 0.005
-QUADRATURE_POINTS = 400
+QUADRATURE_POINTS = 160
 
 
 def bessel_zeros(l_max: int, n_max: int) -> np.ndarray:
