@@ -5,8 +5,11 @@ from __future__ import annotations
 import gzip
 import lzma
 import re
+from pathlib import Path
 
+import ase
 import ase.io
+import ase.units
 import numpy as np
 import pytest
 
@@ -393,3 +396,100 @@ def test_phonopy_born_wrong_cell(shared_data, tmp_path):
     (tmp_path / "BORN").write_text(born.read_text())
     with pytest.raises(FileNotFoundError, match="no unit cell found"):
         numbec.read_bec(tmp_path / "BORN")
+
+
+# --- vasprun.xml and QE ph.x through ASE -------------------------------------------------
+
+
+@pytest.fixture
+def vasprun_dfpt(tmp_path):
+    """ASE's own DFPT vasprun.xml test file (NaCl), with ion 1 made anisotropic."""
+    ref = Path(ase.__file__).parent / "test" / "testdata" / "vasp" / "vasprun_dfpt.xml"
+    if not ref.is_file():
+        pytest.skip("ASE test data not installed")
+    text = ref.read_text()
+    start = text.index('<array name="born_charges"')
+    old = "<v>       1.14672091       0.00000000      -0.00000000 </v>"
+    assert text.index(old, start) > start
+    head, tail = text[:start], text[start:].replace(old, "<v> 1.1 0.3 -0.2 </v>", 1)
+    path = tmp_path / "vasprun.xml"
+    path.write_text(head + tail)
+    return path
+
+
+def test_vasprun_bec_rows_are_field_directions(vasprun_dfpt):
+    atoms = numbec.read_bec(vasprun_dfpt)[0]
+    assert atoms.get_chemical_symbols() == ["Na", "Cl"]
+    # first <v> of ion 1 is the field-x row: Z[0, x, :]
+    np.testing.assert_allclose(atoms.arrays["bec"][0, 0], [1.1, 0.3, -0.2])
+    np.testing.assert_allclose(atoms.arrays["bec"][1], -1.14672091 * np.eye(3), atol=1e-8)
+    np.testing.assert_allclose(atoms.info["eps_inf"], 2.6958435 * np.eye(3), atol=1e-7)
+    other = numbec.read_bec(vasprun_dfpt, layout="disp-pol")[0]
+    np.testing.assert_allclose(other.arrays["bec"][0, :, 0], [1.1, 0.3, -0.2])
+
+
+PH_OUT = """
+     Program PHONON v.7.2 starts on  1Jan2024 at 10:00:00
+
+     Calculation of q =    0.0000000   0.0000000   0.0000000
+
+     celldm(1)=   10.670000  celldm(2)=   0.000000  celldm(3)=   0.000000
+     celldm(4)=   0.000000  celldm(5)=   0.000000  celldm(6)=   0.000000
+
+     crystal axes: (cart. coord. in units of alat)
+               a(1) = (  -0.500000   0.000000   0.500000 )
+               a(2) = (   0.000000   0.500000   0.500000 )
+               a(3) = (  -0.500000   0.500000   0.000000 )
+
+     Cartesian axes
+
+     site n.  atom      mass           positions (alat units)
+        1     Na  22.9900   tau(    1) = (    0.00000    0.00000    0.00000  )
+        2     Cl  35.4500   tau(    2) = (    0.50000    0.00000    0.00000  )
+
+     End of electric fields calculation
+
+          Dielectric constant in cartesian axis
+
+          (       2.490059398       0.000000000       0.000000000 )
+          (       0.000000000       2.490059398      -0.000000000 )
+          (       0.000000000      -0.000000000       2.490059398 )
+
+          Effective charges (d Force / dE) in cartesian axis
+
+           atom      1   Na
+      Ex  (        1.06061        0.20000        0.00000 )
+      Ey  (        0.00000        1.06061        0.00000 )
+      Ez  (        0.00000        0.00000        1.06061 )
+           atom      2   Cl
+      Ex  (       -1.06061       -0.20000        0.00000 )
+      Ey  (        0.00000       -1.06061       -0.00000 )
+      Ez  (       -0.00000       -0.00000       -1.06061 )
+
+
+     Diagonalizing the dynamical matrix
+
+     q = (    0.000000000   0.000000000   0.000000000 )
+
+ **************************************************************************
+     freq (    1) =       0.173268 [THz] =       5.779601 [cm-1]
+ **************************************************************************
+"""
+
+
+def test_qe_ph_output(tmp_path):
+    """QE prints Z*(E_alpha, F_beta) with one line per field direction (Ex, Ey, Ez)."""
+    path = tmp_path / "ph.out"
+    path.write_text(PH_OUT)
+    atoms = numbec.read_bec(path)[0]
+    assert atoms.get_chemical_symbols() == ["Na", "Cl"]
+    np.testing.assert_allclose(atoms.arrays["bec"][0, 0], [1.06061, 0.2, 0.0])
+    np.testing.assert_allclose(atoms.arrays["bec"][1, 1], [0.0, -1.06061, 0.0])
+    np.testing.assert_allclose(atoms.info["eps_inf"], 2.490059398 * np.eye(3), atol=1e-8)
+    # Cl sits at alat/2 along x (ASE wraps it into the fcc cell: compare modulo lattice)
+    alat = 10.67 * ase.units.Bohr
+    shift = np.linalg.solve(atoms.cell[:].T, atoms.positions[1] - [alat / 2, 0, 0])
+    np.testing.assert_allclose(shift, np.round(shift), atol=1e-4)
+    (tmp_path / "ph_noz.out").write_text(PH_OUT.split("Effective charges")[0])
+    with pytest.raises(ValueError, match="ph_noz.out: no effective charges"):
+        numbec.read_bec(tmp_path / "ph_noz.out", format="qe-ph")
