@@ -153,7 +153,8 @@ def neighbor_list(positions, cell, pbc, cutoff) -> NeighborList:
     lower = frac_wrapped.min(axis=0)
     extent = frac_wrapped.max(axis=0) - lower
     thickness = np.where(pbc, plane_spacing, extent * plane_spacing)
-    n_bins = np.maximum(1, np.floor(thickness / cutoff)).astype(np.int64)
+    # bins of about half the cutoff: fewer distance tests than cutoff-wide bins
+    n_bins = np.maximum(1, np.floor(2.0 * thickness / cutoff)).astype(np.int64)
     # keep the number of bins of the order of the number of atoms
     max_bins = max(27, 2 * n_atoms)
     while np.prod(n_bins) > max_bins:
@@ -174,19 +175,17 @@ def neighbor_list(positions, cell, pbc, cutoff) -> NeighborList:
                              bin_atoms, atom_bin)
     offsets = np.zeros(n_atoms + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
-    neighbors, bin_shifts, _ = _nb.fill_pairs(wrapped_positions, eff, cutoff, n_bins, reach, pbc,
-                                              bin_start, bin_atoms, atom_bin, offsets)
-    centers = np.repeat(np.arange(n_atoms, dtype=np.int64), counts)
-    wrap_int = wrap.astype(np.int64)
-    shifts = bin_shifts - wrap_int[neighbors] + wrap_int[centers]
-    # vectors from the input positions so that they are exactly consistent with them
-    vectors = positions[neighbors] + shifts.astype(np.float64) @ cell - positions[centers]
-    distances = np.sqrt(np.einsum("pk,pk->p", vectors, vectors))
+    # vectors are written from the input positions (with the matching integer shifts), so they
+    # are exactly consistent with them; along non-periodic rows eff differs from cell but the
+    # shifts there are zero
+    neighbors, shifts, vectors, distances = _nb.fill_pairs(
+        wrapped_positions, np.where(pbc[:, None], cell, eff), cutoff, n_bins, reach, pbc,
+        bin_start, bin_atoms, atom_bin, offsets, positions, wrap.astype(np.int64))
     overlap = np.flatnonzero(distances < 1e-6)
     if overlap.size:
         p = overlap[0]
+        centers = np.repeat(np.arange(n_atoms, dtype=np.int64), counts)
         raise ValueError(
             f"atoms {centers[p]} and {neighbors[p]} (image {shifts[p].tolist()}) overlap: "
             f"distance {distances[p]:.3g} Å")
-    return NeighborList(offsets, neighbors, shifts, np.ascontiguousarray(vectors), distances,
-                        cutoff)
+    return NeighborList(offsets, neighbors, shifts, vectors, distances, cutoff)

@@ -52,8 +52,12 @@ def bin_atoms(frac, n_bins):
 
 @njit(cache=True)
 def _visit_centre(i, positions, cell, cutoff2, n_bins, bin_reach, periodic, bin_start,
-                  bin_atoms, atom_bin, write, start, neighbors, shifts, vectors):
-    """Count (``write=False``) or write the pairs of centre ``i`` starting at slot ``start``."""
+                  bin_atoms, atom_bin, write, start, neighbors, shifts, vectors, distances,
+                  input_positions, wrap):
+    """Count (``write=False``) or write the pairs of centre ``i`` starting at slot ``start``.
+
+    The cutoff test uses the wrapped ``positions``; written shifts and vectors refer to the
+    ``input_positions`` (wrapped = input - wrap @ cell), so they are exact for the caller."""
     count = 0
     b0 = atom_bin[i, 0]
     b1 = atom_bin[i, 1]
@@ -98,12 +102,18 @@ def _visit_centre(i, positions, cell, cutoff2, n_bins, bin_reach, periodic, bin_
                         if write:
                             p = start + count
                             neighbors[p] = j
-                            shifts[p, 0] = s0
-                            shifts[p, 1] = s1
-                            shifts[p, 2] = s2
-                            vectors[p, 0] = dx
-                            vectors[p, 1] = dy
-                            vectors[p, 2] = dz
+                            t0 = s0 - wrap[j, 0] + wrap[i, 0]
+                            t1 = s1 - wrap[j, 1] + wrap[i, 1]
+                            t2 = s2 - wrap[j, 2] + wrap[i, 2]
+                            shifts[p, 0] = t0
+                            shifts[p, 1] = t1
+                            shifts[p, 2] = t2
+                            for k in range(3):
+                                vectors[p, k] = (input_positions[j, k] - input_positions[i, k]
+                                                 + t0 * cell[0, k] + t1 * cell[1, k]
+                                                 + t2 * cell[2, k])
+                            distances[p] = np.sqrt(vectors[p, 0] ** 2 + vectors[p, 1] ** 2
+                                                   + vectors[p, 2] ** 2)
                         count += 1
     return count
 
@@ -117,25 +127,29 @@ def count_pairs(positions, cell, cutoff, n_bins, bin_reach, periodic, bin_start,
     dummy_i = np.empty(0, dtype=np.int64)
     dummy_s = np.empty((0, 3), dtype=np.int64)
     dummy_v = np.empty((0, 3), dtype=np.float64)
+    dummy_d = np.empty(0, dtype=np.float64)
     for i in prange(n_atoms):
         counts[i] = _visit_centre(i, positions, cell, cutoff * cutoff, n_bins, bin_reach,
                                   periodic, bin_start, bin_atoms, atom_bin, False, 0,
-                                  dummy_i, dummy_s, dummy_v)
+                                  dummy_i, dummy_s, dummy_v, dummy_d, positions, dummy_s)
     return counts
 
 
 @njit(cache=True, parallel=True)
 def fill_pairs(positions, cell, cutoff, n_bins, bin_reach, periodic, bin_start, bin_atoms,
-               atom_bin, offsets):
-    """Second pass: neighbours (P,) int64, bin-level image shifts (P, 3) int64 and vectors
-    (P, 3) float64 Å = r_j + shift @ cell - r_i, in the slots given by ``offsets`` (N+1,)."""
+               atom_bin, offsets, input_positions, wrap):
+    """Second pass, writing the slots given by ``offsets`` (N+1,): neighbours (P,) int64,
+    image shifts S (P, 3) int64, vectors (P, 3) float64 Å = r_j + S @ cell - r_i and distances
+    (P,) float64 Å, with r the ``input_positions`` (= positions + wrap @ cell, wrap (N, 3)
+    int64)."""
     n_atoms = positions.shape[0]
     n_pairs = offsets[n_atoms]
     neighbors = np.empty(n_pairs, dtype=np.int64)
     shifts = np.empty((n_pairs, 3), dtype=np.int64)
     vectors = np.empty((n_pairs, 3), dtype=np.float64)
+    distances = np.empty(n_pairs, dtype=np.float64)
     for i in prange(n_atoms):
         _visit_centre(i, positions, cell, cutoff * cutoff, n_bins, bin_reach, periodic,
                       bin_start, bin_atoms, atom_bin, True, offsets[i], neighbors, shifts,
-                      vectors)
-    return neighbors, shifts, vectors
+                      vectors, distances, input_positions, wrap)
+    return neighbors, shifts, vectors, distances
