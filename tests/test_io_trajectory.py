@@ -459,3 +459,24 @@ def test_velocities_for_a_molecule_without_cell():
     )
     vel = velocities_from_positions(ds).values
     np.testing.assert_allclose(vel[:, 1, 0], 0.02 * np.cos(0.2 * t), atol=0.5**2 / 3 * 0.1 * 0.008)
+
+
+def test_vasp_xdatcar_source(tmp_path):
+    frames = _synthetic_frames(n_frames=5, with_velocities=False)
+    frames = [a[a.numbers.argsort(kind="stable")] for a in frames]  # XDATCAR groups species
+    for a in frames:
+        a.cell = frames[0].cell  # XDATCAR of a fixed cell
+    ase.io.write(tmp_path / "XDATCAR", frames, format="vasp-xdatcar")
+    numbec.convert_trajectory(tmp_path / "XDATCAR", tmp_path / "x.zarr", timestep=2.0)
+    ds = numbec.open_trajectory(tmp_path / "x.zarr")
+    ref = ase.io.read(tmp_path / "XDATCAR", ":", format="vasp-xdatcar")
+    np.testing.assert_allclose(ds.positions.values, [a.positions for a in ref])
+    np.testing.assert_allclose(ds.positions.values, [a.positions for a in frames], atol=1e-6)
+    np.testing.assert_array_equal(ds.numbers.values, frames[0].numbers)
+
+
+def test_progress_bar_on_request(xyz_source, tmp_path, capsys):
+    numbec.convert_trajectory(xyz_source[0], tmp_path / "p.zarr", progress=True)
+    assert "13 frames" in capsys.readouterr().err
+    numbec.convert_trajectory(xyz_source[0], tmp_path / "q.zarr")  # stderr is not a TTY here
+    assert capsys.readouterr().err == ""
