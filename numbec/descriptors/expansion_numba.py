@@ -52,6 +52,16 @@ def pair_basis(p, vectors, distances, l_max, pref, q, cm, sm, y, dy, rad_cut, ra
     return in_rad, in_ang, ux, uy, uz
 
 
+@njit(cache=True)
+def l_of_lm(l_max):
+    """(LM,) int64 angular momentum l of each lm index."""
+    out = np.empty((l_max + 1) ** 2, dtype=np.int64)
+    for l in range(l_max + 1):
+        for lm in range(l * l, (l + 1) * (l + 1)):
+            out[lm] = l
+    return out
+
+
 @njit(cache=True, parallel=True)
 def expansion_coefficients(offsets, neighbors, vectors, distances, channel, n_species,
                            l2_max, rad_cut, rad_inv, rad_values, rad_derivs, n_rad,
@@ -60,9 +70,10 @@ def expansion_coefficients(offsets, neighbors, vectors, distances, channel, n_sp
     n_atoms = offsets.shape[0] - 1
     n_lm2 = (l2_max + 1) ** 2
     n_lm3 = (l_max + 1) ** 2
-    c2 = np.zeros((n_atoms, n_species * n_rad, n_lm2))
-    c3 = np.zeros((n_atoms, n_species * n_ang, n_lm3))
+    c2 = np.empty((n_atoms, n_species * n_rad, n_lm2))
+    c3 = np.empty((n_atoms, n_species * n_ang, n_lm3))
     pref = sph_harm_prefactors(l_max)
+    lm_l = l_of_lm(l_max)
     for i in prange(n_atoms):
         q = np.empty((l_max + 1, l_max + 2))
         cm = np.empty(l_max + 1)
@@ -73,6 +84,9 @@ def expansion_coefficients(offsets, neighbors, vectors, distances, channel, n_sp
         dh2 = np.empty(rad_values.shape[1])
         h3 = np.empty(ang_values.shape[1])
         dh3 = np.empty(ang_values.shape[1])
+        # accumulate in a private block (keeps the sums in cache, no aliasing with outputs)
+        acc2 = np.zeros((n_species * n_rad, n_lm2))
+        acc3 = np.zeros((n_species * n_ang, n_lm3))
         for p in range(offsets[i], offsets[i + 1]):
             in_rad, in_ang, ux, uy, uz = pair_basis(
                 p, vectors, distances, l_max, pref, q, cm, sm, y, dy, rad_cut, rad_inv,
@@ -82,17 +96,16 @@ def expansion_coefficients(offsets, neighbors, vectors, distances, channel, n_sp
             if in_rad:
                 for n in range(n_rad):
                     row = jc * n_rad + n
-                    for l in range(l2_max + 1):
-                        hv = h2[n * 2 + l]
-                        for lm in range(l * l, (l + 1) * (l + 1)):
-                            c2[i, row, lm] += hv * y[lm]
+                    for lm in range(n_lm2):
+                        acc2[row, lm] += h2[n * 2 + lm_l[lm]] * y[lm]
             if in_ang:
                 for n in range(n_ang):
                     row = jc * n_ang + n
-                    for l in range(l_max + 1):
-                        hv = h3[n * (l_max + 1) + l]
-                        for lm in range(l * l, (l + 1) * (l + 1)):
-                            c3[i, row, lm] += hv * y[lm]
+                    base = n * (l_max + 1)
+                    for lm in range(n_lm3):
+                        acc3[row, lm] += h3[base + lm_l[lm]] * y[lm]
+        c2[i] = acc2
+        c3[i] = acc3
     return c2, c3
 
 
@@ -105,14 +118,17 @@ def pair_backprop(a2, a3, offsets, neighbors, vectors, distances, channel, rad_c
     a2 : (N, C, S*n_rad, LM2) adjoint of c2; a3 : (N, C, S*n_ang, LM3) adjoint of c3.
     Returns g (P, C, 3), 1/Å times the units of A*c: the derivative of the contracted
     quantity of centre i with respect to the position of the neighbour image of pair p.
+
+    With dc_nlm/dd = h'_nl u Y_lm + h_nl dY_lm/dd:
+    g = u sum_lm Y_lm (sum_n A_nlm h'_nl) + sum_lm dY_lm/dd (sum_n A_nlm h_nl).
     """
     n_atoms = offsets.shape[0] - 1
     n_ch = a2.shape[1]
     n_lm2 = a2.shape[3]
     n_lm3 = (l_max + 1) ** 2
-    l2_max = 0 if n_lm2 == 1 else 1
     g = np.zeros((neighbors.shape[0], n_ch, 3))
     pref = sph_harm_prefactors(l_max)
+    lm_l = l_of_lm(l_max)
     for i in prange(n_atoms):
         q = np.empty((l_max + 1, l_max + 2))
         cm = np.empty(l_max + 1)
@@ -123,6 +139,8 @@ def pair_backprop(a2, a3, offsets, neighbors, vectors, distances, channel, rad_c
         dh2 = np.empty(rad_values.shape[1])
         h3 = np.empty(ang_values.shape[1])
         dh3 = np.empty(ang_values.shape[1])
+        s_h = np.empty(n_lm3)
+        s_dh = np.empty(n_lm3)
         for p in range(offsets[i], offsets[i + 1]):
             in_rad, in_ang, ux, uy, uz = pair_basis(
                 p, vectors, distances, l_max, pref, q, cm, sm, y, dy, rad_cut, rad_inv,
@@ -130,52 +148,36 @@ def pair_backprop(a2, a3, offsets, neighbors, vectors, distances, channel, rad_c
                 dh3)
             jc = channel[neighbors[p]]
             for c in range(n_ch):
-                # accumulate sum_nl [dh_nl u S0_nl + h_nl S_nl], S0 = sum_m A Y, S = sum_m A dY
-                gx = 0.0
-                gy = 0.0
-                gz = 0.0
+                for lm in range(n_lm3):
+                    s_h[lm] = 0.0
+                    s_dh[lm] = 0.0
                 if in_rad:
                     for n in range(n_rad):
                         row = jc * n_rad + n
-                        for l in range(l2_max + 1):
-                            s0 = 0.0
-                            sx = 0.0
-                            sy = 0.0
-                            sz = 0.0
-                            for lm in range(l * l, (l + 1) * (l + 1)):
-                                av = a2[i, c, row, lm]
-                                s0 += av * y[lm]
-                                sx += av * dy[lm, 0]
-                                sy += av * dy[lm, 1]
-                                sz += av * dy[lm, 2]
-                            hv = h2[n * 2 + l]
-                            dhv = dh2[n * 2 + l] * s0
-                            gx += dhv * ux + hv * sx
-                            gy += dhv * uy + hv * sy
-                            gz += dhv * uz + hv * sz
+                        for lm in range(n_lm2):
+                            av = a2[i, c, row, lm]
+                            s_h[lm] += av * h2[n * 2 + lm_l[lm]]
+                            s_dh[lm] += av * dh2[n * 2 + lm_l[lm]]
                 if in_ang:
                     for n in range(n_ang):
                         row = jc * n_ang + n
-                        for l in range(l_max + 1):
-                            s0 = 0.0
-                            sx = 0.0
-                            sy = 0.0
-                            sz = 0.0
-                            for lm in range(l * l, (l + 1) * (l + 1)):
-                                av = a3[i, c, row, lm]
-                                s0 += av * y[lm]
-                                sx += av * dy[lm, 0]
-                                sy += av * dy[lm, 1]
-                                sz += av * dy[lm, 2]
-                            col = n * (l_max + 1) + l
-                            hv = h3[col]
-                            dhv = dh3[col] * s0
-                            gx += dhv * ux + hv * sx
-                            gy += dhv * uy + hv * sy
-                            gz += dhv * uz + hv * sz
-                g[p, c, 0] = gx
-                g[p, c, 1] = gy
-                g[p, c, 2] = gz
+                        base = n * (l_max + 1)
+                        for lm in range(n_lm3):
+                            av = a3[i, c, row, lm]
+                            s_h[lm] += av * h3[base + lm_l[lm]]
+                            s_dh[lm] += av * dh3[base + lm_l[lm]]
+                radial = 0.0
+                gx = 0.0
+                gy = 0.0
+                gz = 0.0
+                for lm in range(n_lm3):
+                    radial += s_dh[lm] * y[lm]
+                    gx += s_h[lm] * dy[lm, 0]
+                    gy += s_h[lm] * dy[lm, 1]
+                    gz += s_h[lm] * dy[lm, 2]
+                g[p, c, 0] = gx + radial * ux
+                g[p, c, 1] = gy + radial * uy
+                g[p, c, 2] = gz + radial * uz
     return g
 
 
