@@ -71,7 +71,6 @@ def test_missing_model_file_is_a_clear_error(tmp_path, capsys):
 
 
 def test_cli_writes_prediction_and_resumes(tmp_path, model_file, capsys):
-    pytest.importorskip("numbec.io.trajectory")
     model, path = model_file
     traj = tmp_path / "traj.zarr"
     ds = write_trajectory_store(traj)
@@ -96,7 +95,6 @@ def test_cli_writes_prediction_and_resumes(tmp_path, model_file, capsys):
 
 
 def test_cli_refuses_locked_output(tmp_path, model_file, capsys):
-    pytest.importorskip("numbec.io.trajectory")
     _model, path = model_file
     traj = tmp_path / "traj.zarr"
     write_trajectory_store(traj)

@@ -510,3 +510,29 @@ def test_store_memory_does_not_grow_with_trajectory_length(tmp_path):
     total_bytes = 30 * chunk_bytes
     # 10x more frames: peak grows by far less than the data (which would add ~27 chunks)
     assert peaks[2] - peaks[1] < 0.25 * total_bytes, peaks
+
+
+def test_store_converted_by_convert_trajectory(tmp_path):
+    """End to end: ASE trajectory -> numbec.convert_trajectory -> predict(store path)."""
+    import ase
+    import ase.io
+
+    from numbec import convert_trajectory
+
+    ds = make_trajectory(n_frames=14, chunks=None)
+    frames = []
+    for pos, vel in zip(ds["positions"].values, ds["velocities"].values, strict=True):
+        atoms = ase.Atoms(numbers=NUMBERS, positions=pos, cell=BOX * np.eye(3), pbc=True)
+        atoms.set_velocities(vel / ase.units.fs)  # Å/fs -> Å per ASE time unit
+        frames.append(atoms)
+    ase.io.write(tmp_path / "md.traj", frames)
+    store = tmp_path / "md.zarr"
+    convert_trajectory(tmp_path / "md.traj", store, chunk_frames=5, timestep=0.5)
+
+    expected = predict(ToyModel(), ds, chunk_frames=5, progress=False)
+    lazy = predict(ToyModel(), store, progress=False)
+    assert lazy["bec"].chunks[0] == (5, 5, 4)  # aligned with the store's chunks
+    _assert_same(expected, lazy.compute())
+    stored = predict(ToyModel(), str(store), out=tmp_path / "pred.zarr", progress=False)
+    _assert_same(expected, stored)
+    assert stored.attrs["input"] == str(store.resolve())
