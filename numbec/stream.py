@@ -271,6 +271,9 @@ def _open_input(trajectory):
     import xarray as xr
 
     if isinstance(trajectory, xr.Dataset):
+        store = trajectory.attrs.get("store")  # set by open_trajectory
+        if store:
+            return trajectory, str(store), str(Path(store).resolve())
         source = str(trajectory.attrs.get("source") or trajectory.encoding.get("source")
                      or "<dataset>")
         return trajectory, source, None

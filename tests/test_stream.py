@@ -12,6 +12,7 @@ import pytest
 import xarray as xr
 import zarr
 
+import numbec
 from numbec import stream
 from numbec.models.base import BECModel, UnknownSpeciesError
 from numbec.models.baseline import FixedBECModel, SpeciesMeanModel
@@ -536,3 +537,7 @@ def test_store_converted_by_convert_trajectory(tmp_path):
     stored = predict(ToyModel(), str(store), out=tmp_path / "pred.zarr", progress=False)
     _assert_same(expected, stored)
     assert stored.attrs["input"] == str(store.resolve())
+    # the same store opened by hand is recognised as the same input: nothing to redo
+    model = ToyModel()
+    predict(model, numbec.open_trajectory(store), out=tmp_path / "pred.zarr", progress=False)
+    assert model.calls == 0
