@@ -182,11 +182,15 @@ def main(argv=None):
     parser.add_argument("--no-dscribe", action="store_true")
     args = parser.parse_args(argv)
 
+    # numbec sets OMP_WAIT_POLICY=PASSIVE on import; import it before numba starts its threads
     import numba
     from ase import Atoms
 
+    import numbec.descriptors  # noqa: F401
+
     print(f"load average {os.getloadavg()}, cpus {os.cpu_count()}, "
-          f"numba threads {numba.get_num_threads()} ({numba.config.THREADING_LAYER} layer)")
+          f"numba threads {numba.get_num_threads()} ({numba.threading_layer()} layer, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')})")
     if not args.no_cold:
         print(f"numba cold compile (empty cache, incl. imports): {cold_compile_seconds():.1f} s")
     start = time.perf_counter()
