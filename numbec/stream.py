@@ -540,6 +540,8 @@ def _dataset_attrs(ds, model, source, store_path, timestep, pbc, dipole_method,
                                                   else cell, dtype=np.float64)))
         attrs["volume"] = float(volumes.mean())
         attrs["volume_units"] = "Angstrom^3"
+    if "velocities" in ds:
+        attrs["velocities_source"] = str(ds.attrs.get("velocities_source", "trajectory"))
     if "temperature" in ds.attrs:
         attrs["temperature"] = float(ds.attrs["temperature"])
         attrs["temperature_units"] = "K"
@@ -607,6 +609,7 @@ def _fingerprint(model, ds, source, store_path, spec, chunk_frames, n_frames, n_
         "timestep": spec.timestep if np.isfinite(spec.timestep) else None,
         "chunk_frames": int(chunk_frames),
         "variables": list(spec.variables),
+        "velocities_source": ds.attrs.get("velocities_source", "trajectory"),
         "dtype": spec.dtype,
         "uncertainty": spec.uncertainty,
     }

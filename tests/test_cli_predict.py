@@ -21,10 +21,15 @@ BOX = 7.0
 
 def write_trajectory_store(path, n_frames=10, dt=0.5, chunk=4, velocities=True):
     """Write a store in the Trajectory store contract layout; return the same data as a
-    Dataset for comparison."""
+    Dataset for comparison. Atoms vibrate, r = r0 + A sin(omega t + phi), wrapped."""
     rng = np.random.default_rng(11)
-    positions = rng.uniform(0, BOX, (n_frames, NUMBERS.size, 3))
-    vel = rng.normal(0, 0.01, positions.shape)
+    omega = 2 * np.pi / 20.0
+    r0 = rng.uniform(0, BOX, (NUMBERS.size, 3))
+    amp = rng.normal(0, 0.3, (NUMBERS.size, 3))
+    phi = rng.uniform(0, 2 * np.pi, (NUMBERS.size, 3))
+    t = np.arange(n_frames)[:, None, None] * dt
+    positions = np.mod(r0 + amp * np.sin(omega * t + phi), BOX)
+    vel = amp * omega * np.cos(omega * t + phi)
     cell = np.tile(BOX * np.eye(3), (n_frames, 1, 1))
     time = np.arange(n_frames) * dt
     root = zarr.open_group(str(path), mode="w", zarr_format=3)
@@ -105,3 +110,28 @@ def test_cli_refuses_locked_output(tmp_path, model_file, capsys):
     assert main(["predict", str(path), str(traj), "-o", str(out), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "being written by another numbec predict run" in err and str(lock) in err
+
+
+def test_cli_velocities_from_positions(tmp_path, model_file, capsys):
+    _model, path = model_file
+    traj = tmp_path / "traj.zarr"
+    write_trajectory_store(traj, n_frames=16, velocities=False)
+    out = tmp_path / "out.zarr"
+    with pytest.warns(UserWarning, match="no velocities"):
+        assert main(["predict", str(path), str(traj), "-o", str(out), "--no-progress"]) == 0
+    assert "dipole_derivative" not in xr.open_zarr(out)
+    # the same output cannot be resumed with other settings ...
+    args = ["predict", str(path), str(traj), "-o", str(out), "--no-progress",
+            "--velocities-from-positions"]
+    assert main(args) == 1
+    assert "differs in" in capsys.readouterr().err
+    # ... a new one gets dM/dt from central-difference velocities: O((omega dt)^2) error
+    args[4] = str(tmp_path / "derived.zarr")
+    assert main(args) == 0
+    result = xr.open_zarr(tmp_path / "derived.zarr")
+    truth = write_trajectory_store(tmp_path / "v.zarr", n_frames=16)["velocities"].values
+    exact = np.einsum("faij,faj->fi", result["bec"].values, truth)
+    scale = np.abs(exact).max()
+    assert scale > 0.05
+    np.testing.assert_allclose(result["dipole_derivative"].values, exact, atol=0.01 * scale)
+    assert result.attrs["velocities_source"].startswith("central differences")

@@ -10,6 +10,9 @@ Parallelism (``--workers N``):
   process (no start-up cost; pays off where the model releases the GIL, as Numba and
   BLAS kernels do).
 
+Without velocities in the trajectory there is no dipole derivative (a warning says so);
+``--velocities-from-positions`` derives them by second-order central differences.
+
 The run is resumable: start the same command again after a crash or Ctrl-C and only the
 unfinished chunks are computed. A second run on the same output refuses while the first
 holds ``OUT.zarr.lock``.
@@ -39,6 +42,9 @@ def register(subparsers):
     parser.add_argument("--float32", action="store_true", help="store outputs as float32")
     parser.add_argument("--uncertainty", action="store_true",
                         help="also predict bec_std (models with uncertainties)")
+    parser.add_argument("--velocities-from-positions", action="store_true",
+                        help="derive velocities by central differences of the positions "
+                             "(for trajectories stored without velocities)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.set_defaults(func=run)
@@ -79,10 +85,17 @@ def run(args) -> int:
     from numbec.stream import predict
 
     model = load_model(args.model)
+    trajectory = args.trajectory
+    if args.velocities_from_positions:
+        from numbec.io.trajectory import open_trajectory, velocities_from_positions
+
+        trajectory = open_trajectory(args.trajectory)
+        trajectory["velocities"] = velocities_from_positions(trajectory)
+        trajectory.attrs["velocities_source"] = "central differences of positions"
     with _scheduler(args.workers, args.threads) as how:
         result = predict(
             model,
-            args.trajectory,
+            trajectory,
             out=args.out,
             chunk_frames=args.chunk_frames,
             progress=not args.no_progress,
