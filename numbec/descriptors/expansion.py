@@ -10,7 +10,7 @@ import numpy as np
 from numbec.descriptors import expansion_numba as _ex
 from numbec.descriptors.radial_basis import RadialTable, radial_table
 from numbec.descriptors.settings import DescriptorSettings
-from numbec.neighbors import NeighborList, neighbor_list
+from numbec.neighbors import NeighborList, neighbor_list, serial_if_small
 
 __all__ = ["Expansion", "expand", "species_channels"]
 
@@ -60,8 +60,9 @@ class Expansion:
 
     def backprop(self, a2: np.ndarray, a3: np.ndarray) -> np.ndarray:
         """Per-pair gradients (P, C, 3) from coefficient adjoints a2, a3 (N, C, ...)."""
-        return _ex.pair_backprop(np.ascontiguousarray(a2), np.ascontiguousarray(a3),
-                                 *self.pair_args())
+        with serial_if_small(self.pairs.n_pairs):
+            return _ex.pair_backprop(np.ascontiguousarray(a2), np.ascontiguousarray(a3),
+                                     *self.pair_args())
 
 
 def expand(positions, numbers, cell, pbc, settings: DescriptorSettings,
@@ -78,9 +79,10 @@ def expand(positions, numbers, cell, pbc, settings: DescriptorSettings,
     radial = radial_table(settings.cutoff_radial, settings.sigma, settings.n_radial, 1)
     angular = radial_table(settings.cutoff_angular, settings.sigma, settings.n_angular,
                            settings.l_max)
-    c2, c3 = _ex.expansion_coefficients(
-        pairs.offsets, pairs.neighbors, pairs.vectors, pairs.distances, channel,
-        settings.n_species, l2_max, radial.cutoff, radial.inv_spacing, radial.values,
-        radial.derivatives, settings.n_radial, settings.l_max, angular.cutoff,
-        angular.inv_spacing, angular.values, angular.derivatives, settings.n_angular)
+    with serial_if_small(pairs.n_pairs):
+        c2, c3 = _ex.expansion_coefficients(
+            pairs.offsets, pairs.neighbors, pairs.vectors, pairs.distances, channel,
+            settings.n_species, l2_max, radial.cutoff, radial.inv_spacing, radial.values,
+            radial.derivatives, settings.n_radial, settings.l_max, angular.cutoff,
+            angular.inv_spacing, angular.values, angular.derivatives, settings.n_angular)
     return Expansion(settings, pairs, channel, radial, angular, c2, c3)

@@ -38,7 +38,7 @@ from numbec.descriptors import expansion_numba as _ex
 from numbec.descriptors import scalar_numba as _sc
 from numbec.descriptors.expansion import Expansion, expand
 from numbec.descriptors.settings import DescriptorSettings
-from numbec.neighbors import NeighborList
+from numbec.neighbors import NeighborList, serial_if_small
 
 __all__ = ["StructureDescriptors", "compute_descriptors", "angular_feature_table"]
 
@@ -107,7 +107,9 @@ class StructureDescriptors:
 
     def _pair_gradients(self, grad_x: np.ndarray) -> np.ndarray:
         ex = self._expansion
-        a2, a3 = _sc.power_spectrum_adjoint(ex.c2, ex.c3, grad_x, *_feature_args(self.settings))
+        with serial_if_small(self.pairs.n_pairs):
+            a2, a3 = _sc.power_spectrum_adjoint(ex.c2, ex.c3, grad_x,
+                                                *_feature_args(self.settings))
         return ex.backprop(a2, a3)
 
     def monopole_contraction(self, grad_x: np.ndarray) -> np.ndarray:
@@ -146,8 +148,9 @@ def compute_descriptors(positions, numbers, cell, pbc, settings: DescriptorSetti
     """
     ex = expand(positions, numbers, cell, pbc, settings, l2_max=0)
     feats = _feature_args(settings)
-    values = _sc.power_spectrum(ex.c2, ex.c3, *feats)
     jac = None
-    if gradients:
-        jac = _sc.scalar_jacobian(ex.c2, ex.c3, *ex.pair_args(), *feats)
+    with serial_if_small(ex.pairs.n_pairs):
+        values = _sc.power_spectrum(ex.c2, ex.c3, *feats)
+        if gradients:
+            jac = _sc.scalar_jacobian(ex.c2, ex.c3, *ex.pair_args(), *feats)
     return StructureDescriptors(values, ex.pairs, settings, jac, ex)

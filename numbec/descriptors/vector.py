@@ -33,7 +33,7 @@ from numbec.descriptors import vector_numba as _vn
 from numbec.descriptors.expansion import Expansion, expand
 from numbec.descriptors.settings import DescriptorSettings
 from numbec.descriptors.spherical_harmonics_numba import sph_harm_many
-from numbec.neighbors import NeighborList
+from numbec.neighbors import NeighborList, serial_if_small
 
 __all__ = ["VectorDescriptors", "compute_vector_descriptors", "vector_coupling_table"]
 
@@ -132,7 +132,8 @@ class VectorDescriptors:
         if not np.isfinite(weights).all():
             raise ValueError("vector weights contain non-finite values")
         ex = self._expansion
-        a2, a3 = _vn.vector_adjoint(ex.c2, ex.c3, weights, *_feature_args(self.settings))
+        with serial_if_small(self.pairs.n_pairs):
+            a2, a3 = _vn.vector_adjoint(ex.c2, ex.c3, weights, *_feature_args(self.settings))
         g = ex.backprop(a2, a3)
         nl = self.pairs
         return _ex.scatter_with_self(g, nl.offsets, nl.neighbors)
@@ -146,8 +147,9 @@ def compute_vector_descriptors(positions, numbers, cell, pbc, settings: Descript
     """
     ex = expand(positions, numbers, cell, pbc, settings, l2_max=1)
     feats = _feature_args(settings)
-    values = _vn.vector_features(ex.c2, ex.c3, *feats)
     jac = None
-    if gradients:
-        jac = _vn.vector_jacobian(ex.c2, ex.c3, *ex.pair_args(), *feats)
+    with serial_if_small(ex.pairs.n_pairs):
+        values = _vn.vector_features(ex.c2, ex.c3, *feats)
+        if gradients:
+            jac = _vn.vector_jacobian(ex.c2, ex.c3, *ex.pair_args(), *feats)
     return VectorDescriptors(values, ex.pairs, settings, jac, ex)
