@@ -195,7 +195,7 @@ def test_feature_dimension_for_the_documented_default():
 # -------------------------------------------------------------------- derivatives
 
 
-@pytest.mark.parametrize("case", ["cluster", "triclinic", "tiny_cell_big_cutoff"])
+@pytest.mark.parametrize("case", ["cluster", "triclinic", "tiny_cell_big_cutoff", "slab"])
 def test_jacobian_matches_central_finite_differences(case):
     rng = np.random.default_rng(1)
     if case == "cluster":
@@ -206,6 +206,10 @@ def test_jacobian_matches_central_finite_differences(case):
         positions = rng.uniform(0, 1, size=(4, 3)) @ TRICLINIC
         numbers = np.array([1, 8, 1, 8])
         cell, pbc = TRICLINIC, True
+    elif case == "slab":
+        positions = rng.uniform(0, 1, size=(4, 3)) @ TRICLINIC
+        numbers = np.array([1, 8, 1, 8])
+        cell, pbc = TRICLINIC, [True, False, True]
     else:
         cell = np.array([[2.2, 0.0, 0.0], [0.7, 2.0, 0.0], [0.2, -0.3, 2.1]])
         positions = rng.uniform(0, 1, size=(2, 3)) @ cell
@@ -280,6 +284,17 @@ def test_permutation_of_same_species_and_rewrapping():
     rewrapped = compute_descriptors(positions + shifts @ TRICLINIC, numbers, TRICLINIC, True,
                                     SETTINGS).values
     np.testing.assert_allclose(rewrapped, ref, atol=1e-11)
+
+
+def test_supercell_repeats_the_unit_cell_descriptors():
+    positions, numbers = _periodic_structure(seed=8, n=4)
+    ref = compute_descriptors(positions, numbers, TRICLINIC, True, SETTINGS).values
+    reps = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0]])
+    big_positions = np.concatenate([positions + r @ TRICLINIC for r in reps])
+    big_cell = TRICLINIC * np.array([2, 2, 1])[:, None]
+    big = compute_descriptors(big_positions, np.tile(numbers, 4), big_cell, True,
+                              SETTINGS).values
+    np.testing.assert_allclose(big, np.tile(ref, (4, 1)), atol=1e-11)
 
 
 def test_values_and_derivatives_vanish_smoothly_at_the_cutoff():
