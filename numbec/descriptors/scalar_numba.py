@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from numbec.descriptors.expansion_numba import pair_coefficient_derivatives
+from numbec.descriptors.expansion_numba import l_of_lm, pair_coefficient_derivatives
 from numbec.descriptors.spherical_harmonics_numba import sph_harm_prefactors
 
 
@@ -73,14 +73,21 @@ def scalar_jacobian(c2, c3, offsets, neighbors, vectors, distances, channel, rad
                     rad_values, rad_derivs, n_rad, l_max, ang_cut, ang_inv, ang_values,
                     ang_derivs, n_ang, w2, row_a, row_b, l_of, weight):
     """Full Jacobian (P, 3, D): [p, b, k] = dX_{i,k}/dr_{j,b} for pair p = (i, j image), 1/Å
-    times descriptor units (the centre derivative is minus the sum over the pairs of i)."""
+    times descriptor units (the centre derivative is minus the sum over the pairs of i).
+
+    Per pair the contractions ``M[b, l, n, r] = sum_m dc_{nlm,b} c3[i, r, lm]`` (r over all
+    rows J' n') are formed first as small dense products; each angular feature then needs
+    at most two entries of M.
+    """
     n_atoms = offsets.shape[0] - 1
     n2 = c2.shape[1]
+    n_rows = c3.shape[1]
     n_k = row_a.shape[0]
     n_lm3 = (l_max + 1) ** 2
     n_pairs = neighbors.shape[0]
-    jac = np.zeros((n_pairs, 3, n2 + n_k))
+    jac = np.empty((n_pairs, 3, n2 + n_k))
     pref = sph_harm_prefactors(l_max)
+    lm_l = l_of_lm(l_max)
     for i in prange(n_atoms):
         q = np.empty((l_max + 1, l_max + 2))
         cm = np.empty(l_max + 1)
@@ -93,42 +100,49 @@ def scalar_jacobian(c2, c3, offsets, neighbors, vectors, distances, channel, rad
         dh3 = np.empty(ang_values.shape[1])
         dc2 = np.empty((n_rad, 1, 3))
         dc3 = np.empty((n_ang, n_lm3, 3))
+        c3t = np.empty((n_lm3, n_rows))  # c3 of this centre, rows contiguous
+        for r in range(n_rows):
+            for lm in range(n_lm3):
+                c3t[lm, r] = c3[i, r, lm]
+        mat = np.empty((3, l_max + 1, n_ang, n_rows))
         for p in range(offsets[i], offsets[i + 1]):
             pair_coefficient_derivatives(
                 p, vectors, distances, l_max, pref, q, cm, sm, y, dy, rad_cut, rad_inv,
                 rad_values, rad_derivs, h2, dh2, ang_cut, ang_inv, ang_values, ang_derivs, h3,
                 dh3, n_rad, 0, n_ang, dc2, dc3)
             jc = channel[neighbors[p]]
+            for k in range(n2):
+                jac[p, 0, k] = 0.0
+                jac[p, 1, k] = 0.0
+                jac[p, 2, k] = 0.0
             for n in range(n_rad):
                 for b in range(3):
                     jac[p, b, jc * n_rad + n] = w2 * dc2[n, 0, b]
+            mat[:] = 0.0
+            for b in range(3):
+                for n in range(n_ang):
+                    for lm in range(n_lm3):
+                        dv = dc3[n, lm, b]
+                        l = lm_l[lm]
+                        for r in range(n_rows):
+                            mat[b, l, n, r] += dv * c3t[lm, r]
             lo = jc * n_ang
             hi = lo + n_ang
             for k in range(n_k):
                 a = row_a[k]
                 bb = row_b[k]
-                a_hit = lo <= a < hi
-                b_hit = lo <= bb < hi
-                if not (a_hit or b_hit):
-                    continue
                 l = l_of[k]
                 sx = 0.0
                 sy = 0.0
                 sz = 0.0
-                if a_hit:
-                    na = a - lo
-                    for lm in range(l * l, (l + 1) * (l + 1)):
-                        cv = c3[i, bb, lm]
-                        sx += dc3[na, lm, 0] * cv
-                        sy += dc3[na, lm, 1] * cv
-                        sz += dc3[na, lm, 2] * cv
-                if b_hit:
-                    nb = bb - lo
-                    for lm in range(l * l, (l + 1) * (l + 1)):
-                        cv = c3[i, a, lm]
-                        sx += dc3[nb, lm, 0] * cv
-                        sy += dc3[nb, lm, 1] * cv
-                        sz += dc3[nb, lm, 2] * cv
+                if lo <= a < hi:
+                    sx += mat[0, l, a - lo, bb]
+                    sy += mat[1, l, a - lo, bb]
+                    sz += mat[2, l, a - lo, bb]
+                if lo <= bb < hi:
+                    sx += mat[0, l, bb - lo, a]
+                    sy += mat[1, l, bb - lo, a]
+                    sz += mat[2, l, bb - lo, a]
                 w = weight[k]
                 jac[p, 0, n2 + k] = w * sx
                 jac[p, 1, n2 + k] = w * sy
