@@ -9,10 +9,13 @@ centre itself (``j == i``).
 Storage is CSR: pairs of centre ``i`` are ``offsets[i]:offsets[i + 1]``.
 
 How it works: periodic coordinates are wrapped into the cell, atoms are sorted into bins in
-fractional space (bin thickness along each plane normal >= cutoff when the cell allows it), and
-each centre visits ``2 * reach + 1`` bins per direction, where reach covers the cutoff even when
-it is larger than the cell. Pairs are counted in a first parallel pass and written in a second,
-so centres run in parallel without locks.
+fractional space (bin thickness along each plane normal about half the cutoff when the cell
+allows it; non-periodic directions are binned over the atoms' extent), and each centre visits
+``2 * reach + 1`` bins per direction, where reach covers the cutoff even when it is larger than
+the cell. Pairs are counted in a first parallel pass and written in a second, so centres run in
+parallel without locks. Kernels run on one thread for small structures (:func:`serial_if_small`).
+Bad input (non-finite positions, degenerate periodic cell, overlapping atoms, non-positive
+cutoff) raises ValueError naming the atom or quantity.
 """
 
 from __future__ import annotations
