@@ -94,12 +94,19 @@ def vector_jacobian(c2, c3, offsets, neighbors, vectors, distances, channel, rad
                     rad_values, rad_derivs, n_rad, l_max, ang_cut, ang_inv, ang_values,
                     ang_derivs, n_ang, w2, row_a, row_b, l_of, weight, cg_start, cg_cart, cg_m,
                     cg_mp, cg_val):
-    """Full Jacobian (P, 3, 3, Dv): [p, a, b, k] = dX^a_{i,k}/dr_{j,b}, pair p = (i, j image)."""
+    """Full Jacobian (P, 3, 3, Dv): [p, a, b, k] = dX^a_{i,k}/dr_{j,b}, pair p = (i, j image).
+
+    Per pair, the partial contractions with the centre's coefficients
+    ``U[a, b, l, n, r] = sum_e C_e dc_{n, l m_e, b} c3[i, r, (l+1) m'_e]`` and
+    ``V[a, b, l, n, r] = sum_e C_e c3[i, r, l m_e] dc_{n, (l+1) m'_e, b}`` are formed first
+    (dense loops over all rows r); each product feature then reads at most two entries.
+    """
     n_atoms = offsets.shape[0] - 1
     n2 = c2.shape[1]
+    n_rows = c3.shape[1]
     n_k = row_a.shape[0]
     n_lm3 = (l_max + 1) ** 2
-    jac = np.zeros((neighbors.shape[0], 3, 3, n2 + n_k))
+    jac = np.empty((neighbors.shape[0], 3, 3, n2 + n_k))
     pref = sph_harm_prefactors(l_max)
     for i in prange(n_atoms):
         q = np.empty((l_max + 1, l_max + 2))
@@ -113,39 +120,53 @@ def vector_jacobian(c2, c3, offsets, neighbors, vectors, distances, channel, rad
         dh3 = np.empty(ang_values.shape[1])
         dc2 = np.empty((n_rad, 4, 3))
         dc3 = np.empty((n_ang, n_lm3, 3))
+        c3t = np.empty((n_lm3, n_rows))
+        for r in range(n_rows):
+            for lm in range(n_lm3):
+                c3t[lm, r] = c3[i, r, lm]
+        u_mat = np.empty((3, 3, l_max, n_ang, n_rows))
+        v_mat = np.empty((3, 3, l_max, n_ang, n_rows))
         for p in range(offsets[i], offsets[i + 1]):
             pair_coefficient_derivatives(
                 p, vectors, distances, l_max, pref, q, cm, sm, y, dy, rad_cut, rad_inv,
                 rad_values, rad_derivs, h2, dh2, ang_cut, ang_inv, ang_values, ang_derivs, h3,
                 dh3, n_rad, 1, n_ang, dc2, dc3)
             jc = channel[neighbors[p]]
-            for n in range(n_rad):
-                for a in range(3):
-                    for b in range(3):
+            for a in range(3):
+                for b in range(3):
+                    for k in range(n2):
+                        jac[p, a, b, k] = 0.0
+                    for n in range(n_rad):
                         jac[p, a, b, jc * n_rad + n] = w2 * dc2[n, CARTESIAN_LM1[a], b]
-            lo = jc * n_ang
-            hi = lo + n_ang
-            for k in range(n_k):
-                ra = row_a[k]
-                rb = row_b[k]
-                a_hit = lo <= ra < hi
-                b_hit = lo <= rb < hi
-                if not (a_hit or b_hit):
-                    continue
-                l = l_of[k]
+            u_mat[:] = 0.0
+            v_mat[:] = 0.0
+            for l in range(l_max):
                 oa = l * l
                 ob = (l + 1) * (l + 1)
-                w = weight[k]
                 for e in range(cg_start[l], cg_start[l + 1]):
                     a = cg_cart[e]
                     ia = oa + cg_m[e]
                     ib = ob + cg_mp[e]
-                    f = w * cg_val[e]
+                    val = cg_val[e]
                     for b in range(3):
+                        for n in range(n_ang):
+                            fu = val * dc3[n, ia, b]
+                            fv = val * dc3[n, ib, b]
+                            for r in range(n_rows):
+                                u_mat[a, b, l, n, r] += fu * c3t[ib, r]
+                                v_mat[a, b, l, n, r] += fv * c3t[ia, r]
+            lo = jc * n_ang
+            hi = lo + n_ang
+            for a in range(3):
+                for b in range(3):
+                    for k in range(n_k):
+                        ra = row_a[k]
+                        rb = row_b[k]
+                        l = l_of[k]
                         s = 0.0
-                        if a_hit:
-                            s += dc3[ra - lo, ia, b] * c3[i, rb, ib]
-                        if b_hit:
-                            s += c3[i, ra, ia] * dc3[rb - lo, ib, b]
-                        jac[p, a, b, n2 + k] += f * s
+                        if lo <= ra < hi:
+                            s += u_mat[a, b, l, ra - lo, rb]
+                        if lo <= rb < hi:
+                            s += v_mat[a, b, l, rb - lo, ra]
+                        jac[p, a, b, n2 + k] = weight[k] * s
     return jac
