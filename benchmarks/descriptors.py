@@ -6,8 +6,8 @@ Usage::
     python benchmarks/descriptors.py [--repeat 5] [--no-cold] [--no-dscribe]
 
 Systems: (a) a 192-atom periodic water box (64 H2O at 1 g/cm^3, molecules on a 4x4x4 grid with
-random orientations and jitter); (b) the 72-atom alpha-quartz cell, first frame of
-``../shared/data/sio2_quartz_qe/SiO2.xyz``.
+random orientations and jitter, intermolecular distances >= 1.6 Å); (b) the 72-atom
+alpha-quartz cell, first frame of ``../shared/data/sio2_quartz_qe/SiO2.xyz``.
 
 Hyperparameters (as comparable as the three codes allow):
 
@@ -48,20 +48,31 @@ SHARED = Path(os.environ.get("NUMBEC_SHARED_DATA", REPO.parent / "shared" / "dat
 CUTOFF, SIGMA, N_MAX, L_MAX = 5.0, 0.5, 8, 4
 
 
-def water_box(seed: int = 0):
-    """64 H2O in a cubic box at 1 g/cm^3: positions (192, 3) Å, numbers, cell (3, 3)."""
+def water_box(seed: int = 0, min_distance: float = 1.6):
+    """64 H2O in a cubic box at 1 g/cm^3: positions (192, 3) Å, numbers, cell (3, 3).
+
+    Molecules sit on a jittered 4x4x4 grid with random orientations, re-drawn until every
+    intermolecular distance (minimum image) is at least ``min_distance`` Å.
+    """
     rng = np.random.default_rng(seed)
     length = (64 * 18.015 / 6.02214076e23 / 1e-24) ** (1 / 3)
     grid = (np.indices((4, 4, 4)).reshape(3, -1).T + 0.5) * length / 4
     angle = np.deg2rad(104.5)
     local = np.array([[0, 0, 0], [0.9572, 0, 0],
                       [0.9572 * np.cos(angle), 0.9572 * np.sin(angle), 0]])
-    positions, numbers = [], []
+    positions = np.empty((0, 3))
     for centre in grid:
-        rot, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-        positions.extend(centre + rng.normal(scale=0.1, size=3) + local @ rot.T)
-        numbers.extend([8, 1, 1])
-    return np.array(positions), np.array(numbers), np.eye(3) * length
+        for _ in range(1000):
+            rot, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+            molecule = centre + rng.normal(scale=0.1, size=3) + local @ rot.T
+            delta = molecule[:, None, :] - positions[None, :, :]
+            delta -= length * np.round(delta / length)
+            if positions.size == 0 or np.sqrt((delta**2).sum(-1)).min() >= min_distance:
+                break
+        else:
+            raise RuntimeError("could not place a water molecule")
+        positions = np.concatenate([positions, molecule])
+    return positions, np.tile([8, 1, 1], 64), np.eye(3) * length
 
 
 def quartz():
