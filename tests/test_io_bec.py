@@ -493,3 +493,18 @@ def test_qe_ph_output(tmp_path):
     (tmp_path / "ph_noz.out").write_text(PH_OUT.split("Effective charges")[0])
     with pytest.raises(ValueError, match="ph_noz.out: no effective charges"):
         numbec.read_bec(tmp_path / "ph_noz.out", format="qe-ph")
+
+
+def test_format_override_and_path_lists(shared_data, tmp_path):
+    text = _outcar_text(shared_data, 3)
+    (tmp_path / "run3.log").write_text(text)
+    with pytest.raises(ValueError, match="run3.log: cannot tell the BEC file format"):
+        numbec.read_bec(tmp_path / "run3.log")
+    forced = numbec.read_bec(tmp_path / "run3.log", format="outcar")[0]
+    ref = numbec.read_bec(shared_data / ZRO2 / "OUTCAR.3.xz")[0]
+    np.testing.assert_array_equal(forced.arrays["bec"], ref.arrays["bec"])
+    # an explicit list keeps its order and mixes formats
+    mixed = numbec.read_bec(
+        [shared_data / "phonopy_born/MgO/BORN", shared_data / ZRO2 / "OUTCAR.3.xz"]
+    )
+    assert [len(a) for a in mixed] == [8, 96]
