@@ -21,7 +21,8 @@ Hyperparameters (as comparable as the three codes allow):
   DScribe has no analytical derivatives for periodic systems, so its derivatives are numerical;
   they are timed for a few centres only and reported per centre.
 
-Columns, µs per atom (median of ``--repeat`` runs): "values" = descriptors only; "+ Jacobian" =
+Columns, µs per atom (best of ``--repeat`` runs, which is the least sensitive to other jobs on a
+shared machine; the median is printed in brackets): "values" = descriptors only; "+ Jacobian" =
 values and the full pair Jacobian (featomic: position gradients; DScribe: derivatives);
 "+ adjoint" = values and the BEC monopole contraction ``monopole_contraction(G)`` with a random
 G (what predicting BECs needs; never builds the Jacobian). For the vector descriptor, "+ adjoint"
@@ -90,13 +91,21 @@ def settings_for(numbers):
                               n_radial=N_MAX, n_angular=N_MAX, l_max=L_MAX, radial_weight=0.1)
 
 
+class Timing(float):
+    """Best time in seconds (a float), with the median attached."""
+
+    median: float
+
+
 def timed(func, repeat):
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         func()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    out = Timing(min(times))
+    out.median = statistics.median(times)
+    return out
 
 
 def cold_compile_seconds() -> float:
@@ -153,7 +162,14 @@ def bench_numbec(positions, numbers, cell, repeat):
     }
     info = {"pairs/atom": desc.pairs.n_pairs / n, "D": s.n_features,
             "Dv": s.n_vector_features}
-    return {k: tuple(None if v is None else v / n * 1e6 for v in t) for k, t in rows.items()}, info
+    return {k: tuple(None if v is None else _per_atom(v, n) for v in t)
+            for k, t in rows.items()}, info
+
+
+def _per_atom(t: Timing, n: int) -> Timing:
+    out = Timing(t / n * 1e6)
+    out.median = t.median / n * 1e6
+    return out
 
 
 def bench_featomic(atoms, repeat):
@@ -169,7 +185,7 @@ def bench_featomic(atoms, repeat):
     n = len(atoms)
     values = timed(lambda: calc.compute(atoms), repeat)
     grads = timed(lambda: calc.compute(atoms, gradients=["positions"]), max(1, repeat // 2))
-    return {"featomic SoapPowerSpectrum": (values / n * 1e6, grads / n * 1e6, None)}
+    return {"featomic SoapPowerSpectrum": (_per_atom(values, n), _per_atom(grads, n), None)}
 
 
 def bench_dscribe(atoms, repeat, n_centres=4):
@@ -183,7 +199,7 @@ def bench_dscribe(atoms, repeat, n_centres=4):
     centres = list(range(n_centres))
     derivs = timed(lambda: soap.derivatives(atoms, centers=centres, method="auto"), 1)
     return {"DScribe SOAP (derivatives numerical, per centre)":
-            (values / n * 1e6, derivs / n_centres * 1e6, None)}
+            (_per_atom(values, n), _per_atom(derivs, n_centres), None)}
 
 
 def main(argv=None):
@@ -237,11 +253,12 @@ def main(argv=None):
             rows.update(bench_dscribe(atoms, max(1, args.repeat // 2)))
         print(f"\n{name}: {info['pairs/atom']:.1f} pairs/atom within {CUTOFF} Å, "
               f"D = {info['D']}, Dv = {info['Dv']}, radial tables {table_time:.2f} s (once)")
-        print(f"{'µs per atom':<50}{'values':>10}{'+ Jacobian':>12}{'+ adjoint':>12}")
+        print(f"{'µs per atom, best (median)':<48}{'values':>16}{'+ Jacobian':>18}"
+              f"{'+ adjoint':>16}")
         for label, cols in rows.items():
-            text = "".join(f"{'-' if c is None else f'{c:.1f}':>{w}}"
-                           for c, w in zip(cols, (10, 12, 12), strict=True))
-            print(f"{label:<50}{text}")
+            text = "".join(f"{'-' if c is None else f'{c:.0f} ({c.median:.0f})':>{w}}"
+                           for c, w in zip(cols, (16, 18, 16), strict=True))
+            print(f"{label:<48}{text}")
         ref_values = rows["featomic SoapPowerSpectrum"][0]
         ref_grads = rows["featomic SoapPowerSpectrum"][1]
         ours = rows["numbec scalar"]
