@@ -326,3 +326,35 @@ def test_values_and_derivatives_vanish_smoothly_at_the_cutoff():
 def test_unknown_species_names_the_atom():
     with pytest.raises(ValueError, match="atom 1 has species Z=6"):
         compute_descriptors(np.eye(3), np.array([1, 6, 8]), None, False, SETTINGS)
+
+
+def test_parallel_and_serial_runs_agree_on_a_larger_cell():
+    """Above the serial threshold the kernels run in parallel: same numbers as one thread,
+    and the adjoint still equals the explicit contraction of the pair Jacobian."""
+    import numba
+
+    from numbec.neighbors import SERIAL_BELOW
+
+    rng = np.random.default_rng(12)
+    cell = np.diag([7.0, 7.5, 8.0]) + rng.normal(scale=0.3, size=(3, 3))
+    positions = rng.uniform(0, 1, size=(64, 3)) @ cell
+    numbers = rng.choice([1, 8], size=64)
+    desc = compute_descriptors(positions, numbers, cell, True, SETTINGS, gradients=True)
+    assert desc.pairs.n_pairs >= SERIAL_BELOW["pairs"]
+    grad_x = rng.normal(size=desc.values.shape)
+    mono = desc.monopole_contraction(grad_x)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        serial = compute_descriptors(positions, numbers, cell, True, SETTINGS, gradients=True)
+        serial_mono = serial.monopole_contraction(grad_x)
+    finally:
+        numba.set_num_threads(previous)
+    np.testing.assert_array_equal(desc.values, serial.values)
+    np.testing.assert_array_equal(desc.gradients, serial.gradients)
+    np.testing.assert_allclose(mono, serial_mono, rtol=0, atol=1e-12 * np.abs(mono).max())
+    nl = desc.pairs
+    dq = np.einsum("pbk,pk->pb", desc.gradients, grad_x[nl.centers])
+    expected = np.zeros((len(positions), 3, 3))
+    np.add.at(expected, nl.neighbors, -nl.vectors[:, :, None] * dq[:, None, :])
+    np.testing.assert_allclose(mono, expected, rtol=0, atol=1e-10 * np.abs(expected).max())
