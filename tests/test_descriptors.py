@@ -241,6 +241,11 @@ def test_adjoint_contractions_equal_explicit_jacobian_contractions():
         expected[nl.neighbors[p]] += np.outer(-nl.vectors[p], dq_drj)
     np.testing.assert_allclose(desc.monopole_contraction(grad_x), expected, rtol=0,
                                atol=1e-10 * np.abs(expected).max())
+    # several charge models at once: one (N, 3, 3) block per channel
+    stacked = desc.monopole_contraction(np.stack([grad_x, 2 * grad_x], axis=1))
+    assert stacked.shape == (n, 2, 3, 3)
+    np.testing.assert_allclose(stacked[:, 1], 2 * expected, rtol=0,
+                               atol=1e-10 * np.abs(expected).max())
     grad_c = rng.normal(size=(n, 3, d))
     expected = np.einsum("ijbk,ick->jcb", _total_jacobian(desc), grad_c)
     np.testing.assert_allclose(desc.scalar_contraction(grad_c), expected, rtol=0,

@@ -227,15 +227,18 @@ def pair_coefficient_derivatives(p, vectors, distances, l_max, pref, q, cm, sm, 
 
 @njit(cache=True)
 def scatter_monopole(g, offsets, neighbors, vectors):
-    """out[j, a, b] = sum_{pairs p = (i, j image)} (r_i - r_j^image)_a g[p, 0, b], (N, 3, 3)."""
+    """out[j, c, a, b] = sum_{pairs p = (i, j image)} (r_i - r_j^image)_a g[p, c, b],
+    (N, C, 3, 3); r_i - r_j^image = -vectors[p]."""
     n_atoms = offsets.shape[0] - 1
-    out = np.zeros((n_atoms, 3, 3))
+    n_ch = g.shape[1]
+    out = np.zeros((n_atoms, n_ch, 3, 3))
     for i in range(n_atoms):
         for p in range(offsets[i], offsets[i + 1]):
             j = neighbors[p]
-            for a in range(3):
-                for b in range(3):
-                    out[j, a, b] -= vectors[p, a] * g[p, 0, b]
+            for c in range(n_ch):
+                for a in range(3):
+                    for b in range(3):
+                        out[j, c, a, b] -= vectors[p, a] * g[p, c, b]
     return out
 
 

@@ -116,12 +116,16 @@ class StructureDescriptors:
         """BEC charge-transfer term ``out[j, a, b] = sum_i (r_i - r_j^image)_a
         sum_k G[i, k] dX_{i,k}/dr_{j,b}`` (each image a separate term; i = j adds nothing).
 
-        grad_x : (N, D) G[i, k] = dq_i/dX_{i,k}.  Returns (N, 3, 3) float64.
+        grad_x : (N, D) G[i, k] = dq_i/dX_{i,k} -> (N, 3, 3) float64; or (N, C, D) for C
+        independent charge models at once (e.g. design-matrix columns) -> (N, C, 3, 3).
         """
-        grad_x = self._check_grad(grad_x, None)
-        g = self._pair_gradients(grad_x[:, None, :])
+        grad_x = np.asarray(grad_x)
+        channels = grad_x.ndim == 3
+        grad_x = self._check_grad(grad_x, grad_x.shape[1] if channels else None)
+        g = self._pair_gradients(grad_x if channels else grad_x[:, None, :])
         nl = self.pairs
-        return _ex.scatter_monopole(g, nl.offsets, nl.neighbors, nl.vectors)
+        out = _ex.scatter_monopole(g, nl.offsets, nl.neighbors, nl.vectors)
+        return out if channels else out[:, 0]
 
     def scalar_contraction(self, grad_x: np.ndarray) -> np.ndarray:
         """Total derivatives ``out[j, c, b] = sum_i sum_k G[i, c, k] dX_{i,k}/dr_{j,b}``
