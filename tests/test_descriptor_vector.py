@@ -120,5 +120,9 @@ def test_vector_contraction_equals_explicit_jacobian_contraction():
     # translation invariance: the derivatives of sum_i mu_i over all atoms cancel
     np.testing.assert_allclose(desc.vector_contraction(weights).sum(axis=0), 0.0,
                                atol=1e-12 * np.abs(expected).max())
+    stacked = desc.vector_contraction(np.stack([weights, -3 * weights], axis=1))
+    assert stacked.shape == (len(positions), 2, 3, 3)
+    np.testing.assert_allclose(stacked[:, 1], -3 * expected, rtol=0,
+                               atol=1e-10 * np.abs(expected).max())
     with pytest.raises(ValueError, match="shape"):
         desc.vector_contraction(weights[:, :-1])

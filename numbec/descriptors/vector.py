@@ -122,21 +122,27 @@ class VectorDescriptors:
         """``out[j, a, b] = sum_i sum_k V[i, k] dX^a_{i,k}/dr_{j,b}`` (self terms included):
         d(sum_i mu_i)_a/dr_{j,b} for ``mu_i = sum_k V[i, k] X_i[:, k]``.
 
-        weights : (N, Dv) V.  Returns (N, 3, 3) float64.
+        weights : (N, Dv) V -> (N, 3, 3) float64; or (N, C, Dv) for C independent sets of
+        weights at once -> (N, C, 3, 3).
         """
         n, _, dv = self.values.shape
         weights = np.ascontiguousarray(weights, dtype=np.float64)
-        if weights.shape != (n, dv):
-            raise ValueError(f"vector weights must have shape {(n, dv)} (N, Dv), got "
-                             f"{weights.shape}")
+        channels = weights.ndim == 3
+        if not (weights.shape == (n, dv) or (channels and weights.shape[::2] == (n, dv))):
+            raise ValueError(f"vector weights must have shape {(n, dv)} (N, Dv) or (N, C, Dv), "
+                             f"got {weights.shape}")
         if not np.isfinite(weights).all():
             raise ValueError("vector weights contain non-finite values")
+        stacked = weights if channels else weights[:, None, :]
         ex = self._expansion
         with serial_if_small(self.pairs.n_pairs):
-            a2, a3 = _vn.vector_adjoint(ex.c2, ex.c3, weights, *_feature_args(self.settings))
+            a2, a3 = _vn.vector_adjoint(ex.c2, ex.c3, np.ascontiguousarray(stacked),
+                                        *_feature_args(self.settings))
         g = ex.backprop(a2, a3)
         nl = self.pairs
-        return _ex.scatter_with_self(g, nl.offsets, nl.neighbors)
+        out = _ex.scatter_with_self(g, nl.offsets, nl.neighbors)
+        out = out.reshape(n, stacked.shape[1], 3, 3)
+        return out if channels else out[:, 0]
 
 
 def compute_vector_descriptors(positions, numbers, cell, pbc, settings: DescriptorSettings,

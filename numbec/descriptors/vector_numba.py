@@ -57,35 +57,37 @@ def vector_features(c2, c3, w2, row_a, row_b, l_of, weight, cg_start, cg_cart, c
 @njit(cache=True, parallel=True)
 def vector_adjoint(c2, c3, v, w2, row_a, row_b, l_of, weight, cg_start, cg_cart, cg_m, cg_mp,
                    cg_val):
-    """Adjoints for ``y_a = sum_k V[i, k] X[i, a, k]``, one channel per Cartesian a.
+    """Adjoints for ``y_{c,a} = sum_k V[i, c, k] X[i, a, k]``, channel ``3 * c + a``.
 
-    v : (N, Dv).  Returns a2 (N, 3, S*n_rad, 4) and a3 (N, 3, S*n_ang, LM3).
+    v : (N, C, Dv).  Returns a2 (N, 3C, S*n_rad, 4) and a3 (N, 3C, S*n_ang, LM3).
     """
     n_atoms = c3.shape[0]
+    n_sets = v.shape[1]
     n2 = c2.shape[1]
     n_k = row_a.shape[0]
-    a2 = np.zeros((n_atoms, 3, n2, c2.shape[2]))
-    a3 = np.zeros((n_atoms, 3, c3.shape[1], c3.shape[2]))
+    a2 = np.zeros((n_atoms, 3 * n_sets, n2, c2.shape[2]))
+    a3 = np.zeros((n_atoms, 3 * n_sets, c3.shape[1], c3.shape[2]))
     for i in prange(n_atoms):
-        for r in range(n2):
-            for a in range(3):
-                a2[i, a, r, CARTESIAN_LM1[a]] = w2 * v[i, r]
-        for k in range(n_k):
-            gw = v[i, n2 + k] * weight[k]
-            if gw == 0.0:
-                continue
-            l = l_of[k]
-            ra = row_a[k]
-            rb = row_b[k]
-            oa = l * l
-            ob = (l + 1) * (l + 1)
-            for e in range(cg_start[l], cg_start[l + 1]):
-                a = cg_cart[e]
-                f = gw * cg_val[e]
-                ia = oa + cg_m[e]
-                ib = ob + cg_mp[e]
-                a3[i, a, ra, ia] += f * c3[i, rb, ib]
-                a3[i, a, rb, ib] += f * c3[i, ra, ia]
+        for c in range(n_sets):
+            for r in range(n2):
+                for a in range(3):
+                    a2[i, 3 * c + a, r, CARTESIAN_LM1[a]] = w2 * v[i, c, r]
+            for k in range(n_k):
+                gw = v[i, c, n2 + k] * weight[k]
+                if gw == 0.0:
+                    continue
+                l = l_of[k]
+                ra = row_a[k]
+                rb = row_b[k]
+                oa = l * l
+                ob = (l + 1) * (l + 1)
+                for e in range(cg_start[l], cg_start[l + 1]):
+                    ch = 3 * c + cg_cart[e]
+                    f = gw * cg_val[e]
+                    ia = oa + cg_m[e]
+                    ib = ob + cg_mp[e]
+                    a3[i, ch, ra, ia] += f * c3[i, rb, ib]
+                    a3[i, ch, rb, ib] += f * c3[i, ra, ia]
     return a2, a3
 
 
