@@ -146,12 +146,28 @@ def pair_backprop(a2, a3, offsets, neighbors, vectors, distances, channel, rad_c
         dh3 = np.empty(ang_values.shape[1])
         s_h = np.empty(n_lm3)
         s_dh = np.empty(n_lm3)
+        # radial functions spread over lm once per pair, shared by all channels
+        h2lm = np.zeros((n_rad, n_lm2))
+        dh2lm = np.zeros((n_rad, n_lm2))
+        h3lm = np.zeros((n_ang, n_lm3))
+        dh3lm = np.zeros((n_ang, n_lm3))
         for p in range(offsets[i], offsets[i + 1]):
             in_rad, in_ang, ux, uy, uz = pair_basis(
                 p, vectors, distances, l_max, pref, q, cm, sm, y, dy, rad_cut, rad_inv,
                 rad_values, rad_derivs, h2, dh2, ang_cut, ang_inv, ang_values, ang_derivs, h3,
                 dh3)
             jc = channel[neighbors[p]]
+            if in_rad:
+                for n in range(n_rad):
+                    for lm in range(n_lm2):
+                        h2lm[n, lm] = h2[n * 2 + lm_l[lm]]
+                        dh2lm[n, lm] = dh2[n * 2 + lm_l[lm]]
+            if in_ang:
+                for n in range(n_ang):
+                    base = n * (l_max + 1)
+                    for lm in range(n_lm3):
+                        h3lm[n, lm] = h3[base + lm_l[lm]]
+                        dh3lm[n, lm] = dh3[base + lm_l[lm]]
             for c in range(n_ch):
                 for lm in range(n_lm3):
                     s_h[lm] = 0.0
@@ -161,16 +177,15 @@ def pair_backprop(a2, a3, offsets, neighbors, vectors, distances, channel, rad_c
                         row = jc * n_rad + n
                         for lm in range(n_lm2):
                             av = a2[i, c, row, lm]
-                            s_h[lm] += av * h2[n * 2 + lm_l[lm]]
-                            s_dh[lm] += av * dh2[n * 2 + lm_l[lm]]
+                            s_h[lm] += av * h2lm[n, lm]
+                            s_dh[lm] += av * dh2lm[n, lm]
                 if in_ang:
                     for n in range(n_ang):
                         row = jc * n_ang + n
-                        base = n * (l_max + 1)
                         for lm in range(n_lm3):
                             av = a3[i, c, row, lm]
-                            s_h[lm] += av * h3[base + lm_l[lm]]
-                            s_dh[lm] += av * dh3[base + lm_l[lm]]
+                            s_h[lm] += av * h3lm[n, lm]
+                            s_dh[lm] += av * dh3lm[n, lm]
                 radial = 0.0
                 gx = 0.0
                 gy = 0.0
