@@ -17,40 +17,60 @@ from numbec.descriptors.expansion_numba import CARTESIAN_LM1, pair_coefficient_d
 from numbec.descriptors.spherical_harmonics_numba import sph_harm_prefactors
 
 
+@njit(cache=True)
+def _coupled_rows(i, c3, l_max, cg_start, cg_cart, cg_m, cg_mp, cg_val, c3t, w_mat):
+    """c3t[lm, r] = c3[i, r, lm] and
+    w_mat[l, a, m, r] = sum_{e in l, cart_e = a, m_e = m} C_e c3[i, r, (l+1)**2 + m'_e]."""
+    n_rows = c3.shape[1]
+    for r in range(n_rows):
+        for lm in range(c3.shape[2]):
+            c3t[lm, r] = c3[i, r, lm]
+    w_mat[:] = 0.0
+    for l in range(l_max):
+        ob = (l + 1) * (l + 1)
+        for e in range(cg_start[l], cg_start[l + 1]):
+            a = cg_cart[e]
+            m = cg_m[e]
+            ib = ob + cg_mp[e]
+            val = cg_val[e]
+            for r in range(n_rows):
+                w_mat[l, a, m, r] += val * c3t[ib, r]
+
+
 @njit(cache=True, parallel=True)
 def vector_features(c2, c3, w2, row_a, row_b, l_of, weight, cg_start, cg_cart, cg_m, cg_mp,
                     cg_val):
-    """Vector descriptors (N, 3, n2 + K) from c2 (N, S*n_rad, 4) and c3 (N, S*n_ang, LM3)."""
+    """Vector descriptors (N, 3, n2 + K) from c2 (N, S*n_rad, 4) and c3 (N, S*n_ang, LM3).
+
+    Per centre, ``T[l, a, A, B] = sum_m c3[A, l m] W[l, a, m, B]`` with
+    ``W[l, a, m, B] = sum_{m'} C^a_{m m'} c3[B, (l+1) m']`` for all row pairs at once.
+    """
     n_atoms = c3.shape[0]
+    n_rows = c3.shape[1]
+    n_lm3 = c3.shape[2]
+    l_max = int(np.sqrt(n_lm3) + 0.5) - 1
     n2 = c2.shape[1]
     n_k = row_a.shape[0]
-    out = np.zeros((n_atoms, 3, n2 + n_k))
+    out = np.empty((n_atoms, 3, n2 + n_k))
     for i in prange(n_atoms):
         for r in range(n2):
             for a in range(3):
                 out[i, a, r] = w2 * c2[i, r, CARTESIAN_LM1[a]]
-        for k in range(n_k):
-            l = l_of[k]
-            ra = row_a[k]
-            rb = row_b[k]
+        c3t = np.empty((n_lm3, n_rows))
+        w_mat = np.empty((l_max, 3, 2 * l_max - 1, n_rows))
+        _coupled_rows(i, c3, l_max, cg_start, cg_cart, cg_m, cg_mp, cg_val, c3t, w_mat)
+        t_mat = np.zeros((l_max, 3, n_rows, n_rows))
+        for l in range(l_max):
             oa = l * l
-            ob = (l + 1) * (l + 1)
-            sx = 0.0
-            sy = 0.0
-            sz = 0.0
-            for e in range(cg_start[l], cg_start[l + 1]):
-                v = cg_val[e] * c3[i, ra, oa + cg_m[e]] * c3[i, rb, ob + cg_mp[e]]
-                a = cg_cart[e]
-                if a == 0:
-                    sx += v
-                elif a == 1:
-                    sy += v
-                else:
-                    sz += v
-            w = weight[k]
-            out[i, 0, n2 + k] = w * sx
-            out[i, 1, n2 + k] = w * sy
-            out[i, 2, n2 + k] = w * sz
+            for a in range(3):
+                for ra in range(n_rows):
+                    for m in range(2 * l + 1):
+                        cv = c3t[oa + m, ra]
+                        for rb in range(n_rows):
+                            t_mat[l, a, ra, rb] += cv * w_mat[l, a, m, rb]
+        for a in range(3):
+            for k in range(n_k):
+                out[i, a, n2 + k] = weight[k] * t_mat[l_of[k], a, row_a[k], row_b[k]]
     return out
 
 
@@ -60,34 +80,55 @@ def vector_adjoint(c2, c3, v, w2, row_a, row_b, l_of, weight, cg_start, cg_cart,
     """Adjoints for ``y_{c,a} = sum_k V[i, c, k] X[i, a, k]``, channel ``3 * c + a``.
 
     v : (N, C, Dv).  Returns a2 (N, 3C, S*n_rad, 4) and a3 (N, 3C, S*n_ang, LM3).
+    With ``Vw[l, A, B] = w_k V_k`` (k the feature of rows A, B and l):
+    ``dy/dc3[A, l m] = sum_B Vw[l, A, B] W[l, a, m, B]`` and
+    ``dy/dc3[B, (l+1) m'] = sum_e C_e Z[l, m_e, B]``, ``Z[l, m, B] = sum_A Vw[l, A, B] c3[A, l m]``.
     """
     n_atoms = c3.shape[0]
+    n_rows = c3.shape[1]
+    n_lm3 = c3.shape[2]
+    l_max = int(np.sqrt(n_lm3) + 0.5) - 1
     n_sets = v.shape[1]
     n2 = c2.shape[1]
     n_k = row_a.shape[0]
     a2 = np.zeros((n_atoms, 3 * n_sets, n2, c2.shape[2]))
-    a3 = np.zeros((n_atoms, 3 * n_sets, c3.shape[1], c3.shape[2]))
+    a3 = np.zeros((n_atoms, 3 * n_sets, n_rows, n_lm3))
     for i in prange(n_atoms):
+        c3t = np.empty((n_lm3, n_rows))
+        w_mat = np.empty((l_max, 3, 2 * l_max - 1, n_rows))
+        _coupled_rows(i, c3, l_max, cg_start, cg_cart, cg_m, cg_mp, cg_val, c3t, w_mat)
+        vw = np.empty((l_max, n_rows, n_rows))
+        z_mat = np.empty((2 * l_max - 1, n_rows))
         for c in range(n_sets):
             for r in range(n2):
                 for a in range(3):
                     a2[i, 3 * c + a, r, CARTESIAN_LM1[a]] = w2 * v[i, c, r]
             for k in range(n_k):
-                gw = v[i, c, n2 + k] * weight[k]
-                if gw == 0.0:
-                    continue
-                l = l_of[k]
-                ra = row_a[k]
-                rb = row_b[k]
+                vw[l_of[k], row_a[k], row_b[k]] = weight[k] * v[i, c, n2 + k]
+            for l in range(l_max):
                 oa = l * l
                 ob = (l + 1) * (l + 1)
+                for a in range(3):
+                    ch = 3 * c + a
+                    for ra in range(n_rows):
+                        for m in range(2 * l + 1):
+                            s = 0.0
+                            for rb in range(n_rows):
+                                s += vw[l, ra, rb] * w_mat[l, a, m, rb]
+                            a3[i, ch, ra, oa + m] += s
+                z_mat[:] = 0.0
+                for ra in range(n_rows):
+                    for m in range(2 * l + 1):
+                        cv = c3t[oa + m, ra]
+                        for rb in range(n_rows):
+                            z_mat[m, rb] += vw[l, ra, rb] * cv
                 for e in range(cg_start[l], cg_start[l + 1]):
                     ch = 3 * c + cg_cart[e]
-                    f = gw * cg_val[e]
-                    ia = oa + cg_m[e]
+                    m = cg_m[e]
                     ib = ob + cg_mp[e]
-                    a3[i, ch, ra, ia] += f * c3[i, rb, ib]
-                    a3[i, ch, rb, ib] += f * c3[i, ra, ia]
+                    val = cg_val[e]
+                    for rb in range(n_rows):
+                        a3[i, ch, rb, ib] += val * z_mat[m, rb]
     return a2, a3
 
 
