@@ -25,8 +25,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
-from numbec.descriptors.radial_basis_numba import hermite_eval
-from numbec.descriptors.spherical_harmonics_numba import sph_harm_prefactors, sph_harm_unit
+from numbec.descriptors.radial_basis_numba import hermite_eval, hermite_values
+from numbec.descriptors.spherical_harmonics_numba import (
+    sph_harm_prefactors,
+    sph_harm_unit,
+    sph_harm_unit_values,
+)
 
 #: lm index (within l = 1, offset 1) of the Cartesian components x, y, z: Y_1 is (y, z, x).
 CARTESIAN_LM1 = np.array([3, 1, 2], dtype=np.int64)
@@ -84,19 +88,21 @@ def expansion_coefficients(offsets, neighbors, vectors, distances, channel, n_sp
         cm = np.empty(l_max + 1)
         sm = np.empty(l_max + 1)
         y = np.empty(n_lm3)
-        dy = np.empty((n_lm3, 3))
         h2 = np.empty(rad_values.shape[1])
-        dh2 = np.empty(rad_values.shape[1])
         h3 = np.empty(ang_values.shape[1])
-        dh3 = np.empty(ang_values.shape[1])
         # accumulate in a private block (keeps the sums in cache, no aliasing with outputs)
         acc2 = np.zeros((n_species * n_rad, n_lm2))
         acc3 = np.zeros((n_species * n_ang, n_lm3))
         for p in range(offsets[i], offsets[i + 1]):
-            in_rad, in_ang, ux, uy, uz = pair_basis(
-                p, vectors, distances, l_max, pref, q, cm, sm, y, dy, rad_cut, rad_inv,
-                rad_values, rad_derivs, h2, dh2, ang_cut, ang_inv, ang_values, ang_derivs, h3,
-                dh3)
+            d = distances[p]
+            in_rad = d < rad_cut
+            in_ang = d < ang_cut
+            sph_harm_unit_values(vectors[p, 0] / d, vectors[p, 1] / d, vectors[p, 2] / d, l_max,
+                                 pref, q, cm, sm, y)
+            if in_rad:
+                hermite_values(d, rad_inv, rad_values, rad_derivs, h2)
+            if in_ang:
+                hermite_values(d, ang_inv, ang_values, ang_derivs, h3)
             jc = channel[neighbors[p]]
             if in_rad:
                 for n in range(n_rad):

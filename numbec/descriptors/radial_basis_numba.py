@@ -38,3 +38,24 @@ def hermite_eval(d, inv_spacing, values, derivatives, out_h, out_dh):
         m1 = derivatives[k + 1, c]
         out_h[c] = a0 * y0 + a1 * m0 + a2 * y1 + a3 * m1
         out_dh[c] = b0 * y0 + b1 * m0 + b2 * y1 + b3 * m1
+
+
+@njit(cache=True)
+def hermite_values(d, inv_spacing, values, derivatives, out_h):
+    """Values only of :func:`hermite_eval` (same interpolant)."""
+    n_intervals = values.shape[0] - 1
+    s = d * inv_spacing
+    k = int(s)
+    if k >= n_intervals:
+        k = n_intervals - 1
+    t = s - k
+    t2 = t * t
+    t3 = t2 * t
+    spacing = 1.0 / inv_spacing
+    a0 = 2.0 * t3 - 3.0 * t2 + 1.0
+    a1 = (t3 - 2.0 * t2 + t) * spacing
+    a2 = -2.0 * t3 + 3.0 * t2
+    a3 = (t3 - t2) * spacing
+    for c in range(values.shape[1]):
+        out_h[c] = (a0 * values[k, c] + a1 * derivatives[k, c] + a2 * values[k + 1, c]
+                    + a3 * derivatives[k + 1, c])

@@ -107,6 +107,32 @@ def sph_harm_unit(ux, uy, uz, l_max, pref, q, cm, sm, out_y, out_grad):
             out_grad[idx, 2] = gz - l * ys * uz
 
 
+@njit(cache=True)
+def sph_harm_unit_values(ux, uy, uz, l_max, pref, q, cm, sm, out_y):
+    """Values only of :func:`sph_harm_unit` (same conventions and work arrays)."""
+    cm[0] = 1.0
+    sm[0] = 0.0
+    for m in range(1, l_max + 1):
+        cm[m] = ux * cm[m - 1] - uy * sm[m - 1]
+        sm[m] = ux * sm[m - 1] + uy * cm[m - 1]
+    dfact = 1.0
+    for m in range(l_max + 1):
+        if m > 0:
+            dfact *= 2 * m - 1
+        q[m, m] = dfact
+        if m + 1 <= l_max:
+            q[m + 1, m] = (2 * m + 1) * uz * dfact
+        for l in range(m + 2, l_max + 1):
+            q[l, m] = ((2 * l - 1) * uz * q[l - 1, m] - (l + m - 1) * q[l - 2, m]) / (l - m)
+    for l in range(l_max + 1):
+        base = l * l + l
+        out_y[base] = pref[l, 0] * q[l, 0]
+        for m in range(1, l + 1):
+            f = pref[l, m] * q[l, m]
+            out_y[base + m] = f * cm[m]
+            out_y[base - m] = f * sm[m]
+
+
 @njit(cache=True, parallel=True)
 def sph_harm_many(vectors, l_max):
     """Y_lm(r_hat) for many vectors: (P, 3) float64 -> values (P, (l_max+1)**2) and gradients
