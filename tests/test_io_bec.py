@@ -259,6 +259,7 @@ def test_extxyz_key_argument(shared_data, tmp_path):
 def test_write_read_round_trip(shared_data, tmp_path, name):
     frames = numbec.read_bec(shared_data / ZRO2 / "OUTCAR.*[0-9].xz", index=-1)[:3]
     frames += numbec.read_bec(shared_data / "sio2_quartz_qe/SiO2.xyz", index="0:2")
+    frames[-1].info["stress"] = np.arange(9.0).reshape(3, 3)  # not symmetric: order matters
     numbec.write_bec(tmp_path / name, frames)
     back = numbec.read_bec(tmp_path / name)
     assert len(back) == len(frames)
@@ -268,8 +269,9 @@ def test_write_read_round_trip(shared_data, tmp_path, name):
         np.testing.assert_array_equal(b.numbers, a.numbers)
         np.testing.assert_allclose(b.cell[:], a.cell[:], rtol=1e-15, atol=1e-15)
         assert b.info["bec_layout_in_file"] == "pol-disp"
-        if "polarization" in a.info:
-            np.testing.assert_allclose(b.info["polarization"], a.info["polarization"])
+        for key in ("polarization", "stress"):
+            if key in a.info:
+                np.testing.assert_array_equal(b.info[key], a.info[key])
     text = (lzma.open if name.endswith("xz") else gzip.open if name.endswith("gz") else open)(
         tmp_path / name, "rt"
     ).readline()

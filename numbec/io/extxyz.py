@@ -297,7 +297,11 @@ def read_extxyz_bec(path, layout: str = "pol-disp", index=":", key: str | None =
     return out
 
 
-def _format_value(value) -> str | None:
+#: Comment-line keys that extxyz stores as 3x3 matrices in Fortran order.
+_FORTRAN_3X3_KEYS = ("stress", "virial")
+
+
+def _format_value(value, key: str = "") -> str | None:
     """Comment-line text of one ``info`` value, or None when it cannot be written."""
     if isinstance(value, str):
         if not value or any(c in value for c in " =\"'"):
@@ -310,6 +314,8 @@ def _format_value(value) -> str | None:
     if isinstance(value, float | np.floating):
         return repr(float(value))
     arr = np.asarray(value)
+    if key in _FORTRAN_3X3_KEYS and arr.shape == (3, 3):
+        arr = arr.T  # ASE reads these nine numbers back in Fortran order
     if arr.dtype.kind in "biuf" and 0 < arr.size <= 64:
         if arr.dtype.kind == "b":
             return '"' + " ".join("T" if v else "F" for v in arr.ravel()) + '"'
@@ -348,7 +354,7 @@ def format_frame(numbers, positions, cell, pbc, arrays: dict, info: dict) -> str
         head.append('Lattice="' + " ".join(repr(float(v)) for v in np.ravel(cell)) + '"')
     head.append("Properties=" + ":".join(props))
     for key, value in info.items():
-        text = _format_value(value)
+        text = _format_value(value, key)
         if text is not None and key not in ("Lattice", "Properties", "pbc"):
             head.append(f"{key}={text}")
     head.append('pbc="' + " ".join("T" if p else "F" for p in pbc) + '"')
