@@ -126,3 +126,32 @@ def test_vector_contraction_equals_explicit_jacobian_contraction():
                                atol=1e-10 * np.abs(expected).max())
     with pytest.raises(ValueError, match="shape"):
         desc.vector_contraction(weights[:, :-1])
+
+
+def test_l0_products_equal_scalar_times_cartesian_dipole_coefficients():
+    """For l = 0 the coupled product is c^J_{n00} c^J'_{n'1a} (a Cartesian), built here from
+    direct quadrature of the smeared radial integral, independently of the kernels."""
+    s = SETTINGS
+    positions, numbers, _, _ = _structure("cluster", seed=6)
+    desc = compute_vector_descriptors(positions, numbers, None, False, s)
+    n_ang, n2 = s.n_angular, s.n_radial_features
+    for i in range(len(positions)):
+        c00 = np.zeros((2, n_ang))
+        c1 = np.zeros((2, n_ang, 3))  # Cartesian x, y, z
+        for j in range(len(positions)):
+            vec = positions[j] - positions[i]
+            d = np.linalg.norm(vec)
+            if j == i or d >= s.cutoff_angular:
+                continue
+            h, _ = smeared_radial_integral(np.array([d]), s.cutoff_angular, s.sigma, n_ang, 1)
+            J = 0 if numbers[j] == 1 else 1
+            c00[J] += h[0, :, 0] / math.sqrt(4 * math.pi)
+            c1[J] += np.outer(h[0, :, 1], vec / d) * math.sqrt(3 / (4 * math.pi))
+        for ja in range(2):
+            for jb in range(2):
+                for na in range(n_ang):
+                    for nb in range(n_ang):
+                        k = (((ja * 2 + jb) * n_ang + na) * n_ang + nb) * s.l_max  # l = 0
+                        expected = math.sqrt(1 - s.radial_weight) * c00[ja, na] * c1[jb, nb]
+                        np.testing.assert_allclose(desc.values[i, :, n2 + k], expected,
+                                                   rtol=1e-7, atol=1e-10)
