@@ -480,3 +480,30 @@ def test_progress_bar_on_request(xyz_source, tmp_path, capsys):
     assert "13 frames" in capsys.readouterr().err
     numbec.convert_trajectory(xyz_source[0], tmp_path / "q.zarr")  # stderr is not a TTY here
     assert capsys.readouterr().err == ""
+
+
+def test_compressed_sources_read_by_ase(shared_data, tmp_path):
+    # ASE's OUTCAR reader needs a file name, which a decompressing stream lacks
+    src = shared_data / "zro2_vasp_dfpt" / "OUTCAR.7.xz"
+    numbec.convert_trajectory(src, tmp_path / "o.zarr")
+    ds = numbec.open_trajectory(tmp_path / "o.zarr")
+    ref = numbec.read_bec(src)[0]
+    np.testing.assert_array_equal(ds.positions.values[0], ref.positions)
+    np.testing.assert_array_equal(ds.cell.values[0], ref.cell[:])
+    np.testing.assert_array_equal(ds.numbers.values, ref.numbers)
+    # a gzip-compressed XDATCAR equals the plain one
+    import gzip
+
+    frames = [
+        a[a.numbers.argsort(kind="stable")]
+        for a in _synthetic_frames(n_frames=4, with_velocities=False)
+    ]
+    for a in frames:
+        a.cell = frames[0].cell
+    ase.io.write(tmp_path / "XDATCAR", frames, format="vasp-xdatcar")
+    with gzip.open(tmp_path / "XDATCAR.gz", "wb") as fh:
+        fh.write((tmp_path / "XDATCAR").read_bytes())
+    numbec.convert_trajectory(tmp_path / "XDATCAR", tmp_path / "a.zarr")
+    numbec.convert_trajectory(tmp_path / "XDATCAR.gz", tmp_path / "b.zarr")
+    a, b = numbec.open_trajectory(tmp_path / "a.zarr"), numbec.open_trajectory(tmp_path / "b.zarr")
+    np.testing.assert_array_equal(a.positions.values, b.positions.values)

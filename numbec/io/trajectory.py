@@ -105,17 +105,54 @@ def source_timestep(src) -> float | None:
     return float(desc["timestep"]) / ASE_TIME_UNITS_PER_FS * int(desc.get("interval", 1))
 
 
-def _frames_from_ase(src, index) -> Iterator[SourceFrame]:
-    import ase.io
+class _NamedTextStream:
+    """A decompressing text stream that also has a ``name`` (ASE's OUTCAR reader needs it)."""
 
+    def __init__(self, stream, name: str):
+        self._stream = stream
+        self.name = name
+
+    def __getattr__(self, attr):
+        return getattr(self._stream, attr)
+
+    def __iter__(self):
+        return iter(self._stream)
+
+    def __next__(self):
+        return next(self._stream)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._stream.close()
+
+
+def _ase_iread(src, index):
+    """``ase.io.iread`` that also streams compressed files whose ASE reader needs ``name``."""
+    import ase.io
+    from ase.io.formats import filetype
+
+    from numbec.io._files import open_text
+
+    name = os.fspath(src)
+    plain = strip_compression(name)
+    if plain == name:
+        return ase.io.iread(name, index=index)
+    fmt = filetype(name)
+    stream = _NamedTextStream(open_text(name), plain)
+    return ase.io.iread(stream, index=index, format=fmt)
+
+
+def _frames_from_ase(src, index) -> Iterator[SourceFrame]:
     sel = parse_index(index)
     if needs_length(sel):
         # ASE resolves negative indices itself; frame numbers are then unknown
-        for k, atoms in enumerate(ase.io.iread(os.fspath(src), index=sel)):
+        for k, atoms in enumerate(_ase_iread(src, sel)):
             yield _from_atoms(atoms, k)
         return
     wanted = forward_range(sel)
-    for k, atoms in enumerate(ase.io.iread(os.fspath(src), index=":")):
+    for k, atoms in enumerate(_ase_iread(src, slice(None))):
         if k > wanted[-1]:
             break
         if k in wanted:
