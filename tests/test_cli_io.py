@@ -53,12 +53,15 @@ def test_convert_and_info(source, tmp_path, capsys):
 
 def test_convert_bundled_data_without_timestep(tmp_path, capsys):
     store = tmp_path / "q.zarr"
-    assert main(["convert", str(QUARTZ), str(store), "--no-progress"]) == 0
+    assert main(["convert", "example:sio2_quartz_subset", str(store), "--no-progress"]) == 0
     assert "unknown time step" in capsys.readouterr().out
     assert main(["info", str(store)]) == 0
     out = capsys.readouterr().out
     assert "frames       20" in out and "atoms        72  (Si 24, O 48)" in out
     assert "time step    unknown" in out and "velocities   no" in out
+    assert f"source       {QUARTZ}" in out
+    assert main(["convert", "example:nothing", str(tmp_path / "n.zarr")]) == 1
+    assert "no bundled example 'nothing'" in capsys.readouterr().err
 
 
 def test_convert_append_resumes(source, tmp_path, capsys):

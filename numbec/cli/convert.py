@@ -13,7 +13,12 @@ def register(subparsers) -> None:
             "(.gz/.xz/.bz2) is read in linear time. --append resumes a killed conversion."
         ),
     )
-    parser.add_argument("src", metavar="SRC", help="trajectory file")
+    parser.add_argument(
+        "src",
+        metavar="SRC",
+        help="trajectory file, or example:NAME for data bundled with numbec "
+        "(example:sio2_quartz_subset)",
+    )
     parser.add_argument("store", metavar="STORE", help="output store directory")
     parser.add_argument(
         "--timestep",
@@ -37,10 +42,11 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from numbec.io._files import resolve_example
     from numbec.io.trajectory import convert_trajectory, trajectory_summary
 
     done = convert_trajectory(
-        args.src,
+        resolve_example(args.src),
         args.store,
         chunk_frames=args.chunk_frames,
         timestep=args.timestep,

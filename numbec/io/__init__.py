@@ -17,6 +17,7 @@ _LAZY = {
     "open_trajectory": "numbec.io.trajectory",
     "velocities_from_positions": "numbec.io.trajectory",
     "trajectory_summary": "numbec.io.trajectory",
+    "example_file": "numbec.io._files",
 }
 
 __all__ = sorted(_LAZY)

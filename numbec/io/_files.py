@@ -95,3 +95,29 @@ def expand_paths(path_or_paths) -> list[Path]:
         else:
             raise FileNotFoundError(f"{text}: no such file")
     return out
+
+
+#: Prefix that names a file bundled in ``numbec/data`` on the command line.
+EXAMPLE_PREFIX = "example:"
+
+
+def example_file(name: str) -> Path:
+    """Path of a data file bundled with numbec (``numbec/data/NAME``).
+
+    ``name`` may omit the ``.xyz`` suffix, e.g. ``"sio2_quartz_subset"`` (20 frames
+    of the allegro-pol alpha-quartz set, MIT; see ``SIO2_LICENSE_AND_CITATION.txt``).
+    """
+    folder = Path(__file__).resolve().parents[1] / "data"
+    for candidate in (folder / name, folder / f"{name}.xyz"):
+        if candidate.is_file():
+            return candidate
+    available = sorted(p.name for p in folder.glob("*.xyz"))
+    raise FileNotFoundError(f"no bundled example {name!r}; available: {', '.join(available)}")
+
+
+def resolve_example(path):
+    """``"example:NAME"`` -> the bundled file's path; anything else unchanged."""
+    text = os.fspath(path)
+    if text.startswith(EXAMPLE_PREFIX):
+        return example_file(text[len(EXAMPLE_PREFIX) :])
+    return path
