@@ -304,6 +304,13 @@ def test_corrupt_metadata_is_refused(tmp_path, xyz_source):
         numbec.open_trajectory(store)
 
 
+def test_corrupt_array_metadata_is_refused(tmp_path, xyz_source):
+    store = _store(tmp_path, xyz_source)
+    (store / "velocities" / "zarr.json").write_text("{not json")
+    with pytest.raises(StoreError, match="s.zarr: (array velocities is unreadable|cannot list)"):
+        numbec.open_trajectory(store)
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [

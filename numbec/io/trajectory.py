@@ -12,7 +12,10 @@ file), ``numbec_version``, ``units`` (dict), ``frames_complete`` (int) and
 updated only after every array of a chunk has been written, so it is the only
 count a reader trusts. A conversion that is killed leaves a store whose first
 ``frames_complete`` frames are valid; :func:`open_trajectory` reads exactly those,
-and :func:`convert_trajectory` with ``append=True`` resumes after them.
+and :func:`convert_trajectory` with ``append=True`` resumes after them. Zarr's
+local store writes every chunk and metadata file atomically (temporary file, then
+rename), so a kill leaves each file either old or new, never half written; a
+partial last chunk that is rewritten on resume keeps its complete frames.
 
 ========== ======================= ======= ==================================
 array      dims                    dtype   unit / meaning
@@ -530,11 +533,24 @@ def _open_group_readonly(store):
 def _validated_arrays(group, attrs, store) -> dict:
     where = os.fspath(store)
     required = ("positions", "cell", "numbers", "time", "pbc")
-    keys = set(group.array_keys())
+    try:
+        keys = set(group.array_keys())
+    except Exception as exc:
+        raise StoreError(f"{where}: cannot list the store's arrays ({exc})") from exc
     missing = [name for name in required if name not in keys]
     if missing:
         raise StoreError(f"{where}: store lacks array(s) {', '.join(missing)}")
-    arrays = {name: group[name] for name in (*required, "velocities") if name in keys}
+    arrays = {}
+    for name in (*required, "velocities"):
+        if name not in keys:
+            continue
+        try:
+            arrays[name] = group[name]
+        except Exception as exc:
+            raise StoreError(
+                f"{where}: array {name} is unreadable ({type(exc).__name__}: {exc}); the store "
+                f"is corrupt"
+            ) from exc
     n_atoms = arrays["numbers"].shape[0]
     done = attrs["frames_complete"]
     expect = {
