@@ -266,7 +266,7 @@ def test_frames_beyond_frames_complete_are_ignored_and_overwritten(xyz_source, t
 
     src, frames = xyz_source
     store = tmp_path / "s.zarr"
-    numbec.convert_trajectory(src, store, chunk_frames=4, timestep=1.0, index=":8")
+    numbec.convert_trajectory(src, store, chunk_frames=3, timestep=1.0, index=":8")
     group = zarr.open_group(str(store), mode="r+")
     for name in ("positions", "velocities"):  # a half-written chunk of a killed run
         arr = group[name]
