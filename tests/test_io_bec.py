@@ -257,7 +257,7 @@ def test_extxyz_key_argument(shared_data, tmp_path):
 
 @pytest.mark.parametrize("name", ["rt.xyz", "rt.extxyz.gz", "rt.xyz.xz"])
 def test_write_read_round_trip(shared_data, tmp_path, name):
-    frames = numbec.read_bec(shared_data / ZRO2 / "OUTCAR.*[0-9].xz", index=-1)[:3]
+    frames = numbec.read_bec(str(shared_data / ZRO2 / "OUTCAR.11[0-2].xz"), index=-1)
     frames += numbec.read_bec(shared_data / "sio2_quartz_qe/SiO2.xyz", index="0:2")
     frames[-1].info["stress"] = np.arange(9.0).reshape(3, 3)  # not symmetric: order matters
     numbec.write_bec(tmp_path / name, frames)
