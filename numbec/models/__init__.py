@@ -12,6 +12,7 @@ from numbec.models.base import (
     register_model,
 )
 from numbec.models.baseline import FixedBECModel, SpeciesMeanModel
+from numbec.models.evaluate import evaluate
 
 __all__ = [
     "BECModel",
@@ -19,6 +20,7 @@ __all__ = [
     "ModelFileError",
     "SpeciesMeanModel",
     "UnknownSpeciesError",
+    "evaluate",
     "load_model",
     "register_model",
 ]
