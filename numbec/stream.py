@@ -405,8 +405,9 @@ def predict(
 
     Parameters
     ----------
-    model : BECModel
-        Any model of the :mod:`numbec.models.base` protocol.
+    model : BECModel, or str or Path
+        Any model of the :mod:`numbec.models.base` protocol, or a saved model file
+        (read with :func:`numbec.models.load_model`; its path becomes ``model_file``).
     trajectory : str, Path or xarray.Dataset
         A Trajectory store (opened with :func:`numbec.open_trajectory`) or a dataset in
         its layout: ``positions`` (frame, atom, xyz) Å, ``cell`` (frame, cell_vector,
@@ -433,7 +434,9 @@ def predict(
         None (default): computed when the trajectory has velocities, otherwise omitted
         with a warning. True: required (error without velocities). False: skipped.
     model_file : str or Path, optional
-        Where the model was loaded from (recorded in the provenance attrs).
+        Where the model was loaded from, recorded in the provenance attribute
+        ``model_file`` (the model itself is identified by ``model_sha256``, the hash of its
+        state, which is what resuming checks). Set automatically when ``model`` is a path.
 
     Returns
     -------
@@ -441,6 +444,11 @@ def predict(
         The Prediction dataset (see the module docstring): lazy for a dask-backed input
         without ``out``, in memory for an in-memory input, opened from ``out`` otherwise.
     """
+    if isinstance(model, (str, os.PathLike)):
+        from numbec.models.base import load_model
+
+        model_file = model if model_file is None else model_file
+        model = load_model(model)
     ds, source, store_path = _open_input(trajectory)
     _validate(ds, source)
     dtype = np.dtype(dtype)

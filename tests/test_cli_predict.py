@@ -99,6 +99,16 @@ def test_cli_writes_prediction_and_resumes(tmp_path, model_file, capsys):
     np.testing.assert_allclose(f32["bec"].values, expected["bec"].values, rtol=1e-6)
 
 
+def test_predict_takes_a_model_file(tmp_path, model_file):
+    model, path = model_file
+    ds = write_trajectory_store(tmp_path / "traj.zarr")
+    from_file = predict(path, ds, progress=False)
+    np.testing.assert_array_equal(from_file["bec"].values,
+                                  predict(model, ds, progress=False)["bec"].values)
+    assert from_file.attrs["model_file"] == str(path)
+    assert from_file.attrs["model_class"] == "SpeciesMeanModel"
+
+
 def test_cli_refuses_locked_output(tmp_path, model_file, capsys):
     _model, path = model_file
     traj = tmp_path / "traj.zarr"

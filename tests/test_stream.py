@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,16 +40,19 @@ class ToyModel(BECModel):
     outputs = ("bec", "charges", "dipole", "bec_monopole", "bec_dipole", "bec_std")
     species = (1, 8)
 
-    def __init__(self, q_h=0.4, q_o=-0.8, fail_at_call=None):
+    def __init__(self, q_h=0.4, q_o=-0.8, fail_at_call=None, delay=0.0):
         self.q0 = {1: q_h, 8: q_o}
         self.k = 2 * np.pi / BOX * np.array([1.0, 2.0, 0.0])
         self.c = np.array([0.3, -0.2, 0.5])
         self.eps = 0.05
         self.calls = 0
         self.fail_at_call = fail_at_call
+        self.delay = delay  # seconds per frame (not part of the state: same fingerprint)
 
     def predict_arrays(self, positions, numbers, cell, pbc, uncertainty=False):
         self.calls += 1
+        if self.delay:
+            time.sleep(self.delay)
         if self.fail_at_call is not None and self.calls >= self.fail_at_call:
             raise RuntimeError("simulated crash")
         self.check_inputs(positions, numbers)
@@ -323,6 +329,44 @@ def test_resume_after_crash_computes_only_missing_chunks(tmp_path):
     again = ToyModel()
     predict(again, ds, out=out, chunk_frames=4, progress=False)
     assert again.calls == 0
+
+
+def test_resume_after_sigkill_of_a_real_run(tmp_path):
+    """A separate process is SIGKILLed mid-run (no clean-up code runs); the next run
+    removes its stale lock, computes only the chunks not flagged done, and the result
+    equals an uninterrupted run."""
+    n_frames, chunk = 48, 4
+    n_chunks = n_frames // chunk
+    out = tmp_path / "p.zarr"
+    script = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_stream import ToyModel, make_trajectory\n"
+        "from numbec.stream import predict\n"
+        f"predict(ToyModel(delay=0.02), make_trajectory(n_frames={n_frames}), "
+        f"out={str(out)!r}, chunk_frames={chunk}, progress=False)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script])
+    flags = out / "_progress" / "chunks_done" / "c"
+    deadline = time.monotonic() + 120
+    try:
+        while not (flags.is_dir() and len(list(flags.iterdir())) >= 2):
+            assert child.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "the run made no progress"
+            time.sleep(0.005)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    assert (tmp_path / "p.zarr.lock").exists()  # a killed run cannot release its lock
+    done = stream._chunks_done(zarr.open_group(str(out), mode="r"), n_chunks)
+    assert 2 <= done.sum() < n_chunks, done
+
+    ds = make_trajectory(n_frames=n_frames)
+    model = ToyModel()
+    with pytest.warns(UserWarning, match="stale lock"):
+        result = predict(model, ds, out=out, chunk_frames=chunk, progress=False)
+    assert model.calls == chunk * (n_chunks - done.sum())
+    _assert_same(predict(ToyModel(), ds, chunk_frames=chunk, progress=False), result)
 
 
 def test_partially_written_chunk_is_never_trusted(tmp_path, monkeypatch):
