@@ -1,0 +1,67 @@
+"""Shared options of the subcommands that read reference BEC data (``train``, ``evaluate``)."""
+
+from __future__ import annotations
+
+
+def add_data_arguments(parser, what: str = "reference data") -> None:
+    """Add ``DATA...``, ``--format``, ``--layout``, ``--index``, ``--key`` to ``parser``."""
+    from numbec.io.bec import FORMATS
+
+    parser.add_argument(
+        "data",
+        nargs="+",
+        metavar="DATA",
+        help=f"{what}: files or glob patterns read by numbec.read_bec (OUTCAR*, extxyz, "
+        "BORN, vasprun.xml, ph.x output; .gz/.xz/.bz2 allowed), or example:NAME for "
+        "bundled data (example:sio2_quartz_subset)",
+    )
+    parser.add_argument(
+        "--format", choices=FORMATS, default=None, help="file format (default: from the name)"
+    )
+    parser.add_argument(
+        "--layout",
+        choices=("pol-disp", "disp-pol"),
+        default="pol-disp",
+        help="layout of the BECs in the files: pol-disp (row = polarisation/field; VASP, "
+        "phonopy, QE, allegro-pol; default) or disp-pol (row = displacement)",
+    )
+    parser.add_argument(
+        "--index",
+        default=":",
+        metavar="SLICE",
+        help="frames of each file, e.g. ':' (default), '0:150', '-1'",
+    )
+    parser.add_argument(
+        "--key", default=None, help="extxyz: name of the per-atom 9-column BEC array"
+    )
+
+
+def read_frames(args) -> list:
+    """Read the frames ``args`` names; errors become ValueErrors naming the input."""
+    from numbec.io._files import resolve_example
+    from numbec.io.bec import read_bec
+
+    paths = [resolve_example(p) for p in args.data]
+    try:
+        frames = read_bec(paths, format=args.format, layout=args.layout,
+                          index=args.index, key=args.key)
+    except IndexError as exc:  # a frame slice outside a file
+        raise ValueError(f"--index {args.index}: {exc}") from exc
+    if not frames:
+        raise ValueError(
+            f"no frames with BECs in {' '.join(map(str, args.data))} (--index {args.index})"
+        )
+    return frames
+
+
+def describe_frames(frames) -> str:
+    """``"150 frames, 10800 atoms (Si 3600, O 7200)"``."""
+    from collections import Counter
+
+    from ase.data import chemical_symbols
+
+    counts = Counter()
+    for atoms in frames:
+        counts.update(atoms.numbers.tolist())
+    species = ", ".join(f"{chemical_symbols[z]} {n}" for z, n in sorted(counts.items()))
+    return f"{len(frames)} frames, {sum(counts.values())} atoms ({species})"

@@ -1,0 +1,188 @@
+"""``numbec train DATA... --model {monopole,dipole,combined} -o MODEL``: fit a kernel BEC model.
+
+Reads the reference frames with ``numbec.read_bec`` (any format it knows), builds the
+descriptor settings for the species found in the data, fits the model and writes it as a
+``.npz`` model file (``numbec.load_model`` reads it back). The summary gives the training
+time and the training-set error next to a species-mean baseline (``--no-train-error``
+skips that extra prediction pass).
+
+Hyperparameters and their defaults (method.md §2-§6):
+
+* kernel: ``--zeta`` polynomial kernel exponent (4);
+* sparse reference environments per species: ``--n-sparse`` (200, or per species as
+  ``Si:100,O:300``), ``--sparse-method`` cur|fps (cur), ``--seed`` (0);
+* regression: ``--regression`` bayesian|ridge (bayesian: evidence maximisation with
+  predictive variances), ``--ridge`` regulariser of ridge regression (1e-6);
+* descriptors (Å): ``--cutoff-radial`` (6.0), ``--cutoff-angular`` (5.0), ``--sigma`` (0.5),
+  ``--n-radial`` (8), ``--n-angular`` (8), ``--l-max`` (4), ``--radial-weight`` beta of
+  ``[sqrt(beta) X2, sqrt(1-beta) X3]`` (0.1).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import fields
+
+from numbec.cli._bec_data import add_data_arguments, describe_frames, read_frames
+
+#: --model choice -> class name in numbec.models
+MODELS = {"monopole": "MonopoleModel", "dipole": "DipoleModel", "combined": "CombinedModel"}
+
+#: Model hyperparameters (agreed constructor keywords) and their defaults.
+MODEL_DEFAULTS = {
+    "zeta": 4,
+    "n_sparse": 200,
+    "sparse_method": "cur",
+    "regression": "bayesian",
+    "ridge": 1e-6,
+    "seed": 0,
+}
+
+#: Descriptor settings exposed as flags (DescriptorSettings fields except species).
+DESCRIPTOR_FLAGS = (
+    ("cutoff_radial", float, "cutoff R2 of the two-body descriptor, Å"),
+    ("cutoff_angular", float, "cutoff R3 of the three-body descriptor, Å"),
+    ("sigma", float, "Gaussian smearing width, Å"),
+    ("n_radial", int, "radial basis functions of the two-body descriptor"),
+    ("n_angular", int, "radial basis functions per l of the three-body descriptor"),
+    ("l_max", int, "largest angular momentum of the three-body descriptor"),
+    ("radial_weight", float, "weight beta of the two-body block, in [0, 1]"),
+)
+
+
+def _descriptor_defaults() -> dict:
+    from numbec.descriptors.settings import DescriptorSettings
+
+    return {f.name: f.default for f in fields(DescriptorSettings)}
+
+
+def parse_n_sparse(text: str):
+    """``"200"`` -> 200; ``"Si:100,O:300"`` or ``"14:100,8:300"`` -> {14: 100, 8: 300}."""
+    from ase.data import atomic_numbers
+
+    text = str(text).strip()
+    if ":" not in text:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"{text!r}: expected an integer or SYMBOL:N,...") from None
+        if value < 1:
+            raise ValueError(f"must be >= 1, got {value}")
+        return value
+    out = {}
+    for item in text.split(","):
+        name, _, count = item.partition(":")
+        name = name.strip()
+        z = int(name) if name.isdigit() else atomic_numbers.get(name)
+        try:
+            n = int(count)
+        except ValueError:
+            n = 0
+        if z is None or n < 1:
+            raise ValueError(
+                f"cannot read {item!r}; expected SYMBOL:N with N >= 1, e.g. Si:100"
+            )
+        out[int(z)] = n
+    return out
+
+
+def _n_sparse_arg(text: str):
+    import argparse
+
+    try:
+        return parse_n_sparse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "train",
+        help="fit a monopole, dipole or combined kernel model to reference BECs",
+        description=__doc__.split("\n\n", 1)[1],
+    )
+    add_data_arguments(parser, "training data")
+    parser.add_argument("--model", choices=tuple(MODELS), default="monopole",
+                        help="model type (default: monopole)")
+    parser.add_argument("-o", "--out", required=True, metavar="MODEL",
+                        help="output model file (.npz appended if missing)")
+    hyper = parser.add_argument_group("model hyperparameters")
+    hyper.add_argument("--zeta", type=int, default=MODEL_DEFAULTS["zeta"],
+                       help="polynomial kernel exponent (default: %(default)s)")
+    hyper.add_argument("--n-sparse", type=_n_sparse_arg, default=MODEL_DEFAULTS["n_sparse"],
+                       metavar="N|SYM:N,...",
+                       help="sparse reference environments per species (default: %(default)s)")
+    hyper.add_argument("--sparse-method", choices=("cur", "fps"),
+                       default=MODEL_DEFAULTS["sparse_method"],
+                       help="CUR leverage scores or farthest-point sampling (default: %(default)s)")
+    hyper.add_argument("--regression", choices=("bayesian", "ridge"),
+                       default=MODEL_DEFAULTS["regression"],
+                       help="Bayesian evidence maximisation or fixed ridge (default: %(default)s)")
+    hyper.add_argument("--ridge", type=float, default=MODEL_DEFAULTS["ridge"],
+                       help="ridge regulariser for --regression ridge (default: %(default)s)")
+    hyper.add_argument("--seed", type=int, default=MODEL_DEFAULTS["seed"],
+                       help="random seed of the sparse selection (default: %(default)s)")
+    desc = parser.add_argument_group("descriptor hyperparameters")
+    defaults = _descriptor_defaults()
+    for name, kind, text in DESCRIPTOR_FLAGS:
+        desc.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
+                          help=f"{text} (default: {defaults[name]})")
+    parser.add_argument("--no-train-error", action="store_true",
+                        help="skip the training-set error in the summary")
+    parser.add_argument("--progress", action="store_true", help="show fitting progress")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def build_model(args, frames):
+    """The unfitted model ``args`` describe, with descriptor settings for ``frames``' species."""
+    import numpy as np
+
+    import numbec.models
+    from numbec.descriptors.settings import DescriptorSettings
+
+    species = sorted({int(z) for atoms in frames for z in np.unique(atoms.numbers)})
+    overrides = {n: getattr(args, n) for n, _, _ in DESCRIPTOR_FLAGS
+                 if getattr(args, n) is not None}
+    settings = DescriptorSettings(species=tuple(species), **overrides)
+    if isinstance(args.n_sparse, dict):
+        from ase.data import chemical_symbols
+
+        missing = sorted(set(species) - set(args.n_sparse))
+        if missing:
+            names = ", ".join(chemical_symbols[z] for z in missing)
+            raise ValueError(f"--n-sparse gives no count for {names} (species in the data)")
+    name = MODELS[args.model]
+    cls = getattr(numbec.models, name, None)
+    if cls is None:
+        raise ValueError(f"--model {args.model}: numbec.models.{name} is not available")
+    kwargs = {k: getattr(args, k) for k in MODEL_DEFAULTS}
+    return cls(settings=settings, **kwargs), settings
+
+
+def run(args) -> int:
+    from numbec.models import evaluate
+
+    frames = read_frames(args)
+    model, settings = build_model(args, frames)
+    print(f"training {type(model).__name__} on {describe_frames(frames)}")
+    hyper = ", ".join(f"{k}={getattr(args, k)}" for k in MODEL_DEFAULTS)
+    desc = ", ".join(f"{k}={v}" for k, v in settings.to_dict().items() if k != "species")
+    print(f"  hyperparameters: {hyper}")
+    print(f"  descriptors: {desc}")
+    start = time.perf_counter()
+    model.fit(frames, progress=args.progress)
+    seconds = time.perf_counter() - start
+    path = model.save(args.out)
+    print(f"  fitted in {seconds:.1f} s; saved {path}")
+    if not args.no_train_error:
+        res = evaluate(model, frames, baseline=True)
+        base = res["baseline"]
+        print(f"  training-set RMSE {res['rmse']:.4f} e, MAE {res['mae']:.4f} e, "
+              f"R2 {res['r2']:.4f} (species-mean baseline: RMSE {base['rmse']:.4f} e)")
+        for symbol, entry in res["per_species"].items():
+            print(f"    {symbol:<3} RMSE {entry['rmse']:.4f} e  MAE {entry['mae']:.4f} e")
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,115 @@
+"""``numbec train`` and ``numbec evaluate`` through ``numbec.cli.main``."""
+
+from __future__ import annotations
+
+import json
+
+import ase.io
+import numpy as np
+import pytest
+from ase import Atoms
+
+import numbec
+from numbec.cli import main
+from numbec.conventions import asr_project
+from numbec.io import example_file
+from numbec.models import SpeciesMeanModel
+
+QUARTZ = example_file("sio2_quartz_subset")
+# a tiny basis: the test is about the command line, not accuracy
+TINY = ["--n-radial", "3", "--n-angular", "3", "--l-max", "2", "--cutoff-radial", "4.0",
+        "--cutoff-angular", "3.5", "--n-sparse", "12", "--zeta", "2"]
+
+
+CLASSES = {"monopole": "MonopoleModel", "dipole": "DipoleModel", "combined": "CombinedModel"}
+
+
+def _json(capsys):
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("kind", ["monopole", "dipole", "combined"])
+def test_train_then_evaluate_json(kind, tmp_path, capsys):
+    if not hasattr(numbec.models, CLASSES[kind]):  # until the kernel models land
+        pytest.skip(f"numbec.models.{CLASSES[kind]} not available yet")
+    out = tmp_path / "m.npz"
+    args = ["train", "example:sio2_quartz_subset", "--index", "0:10", "--model", kind,
+            "-o", str(out), *TINY]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "10 frames, 720 atoms (O 480, Si 240)" in text
+    assert "training-set RMSE" in text and out.exists()
+    model = numbec.load_model(out)
+    assert type(model).__name__ == CLASSES[kind]
+    assert main(["evaluate", str(out), str(QUARTZ), "--index", "10:", "--json",
+                 "--baseline-data", "example:sio2_quartz_subset"]) == 0
+    res = _json(capsys)
+    for key in ("rmse", "mae", "max_error", "r2", "n_frames", "n_atoms", "per_species",
+                "per_component", "baseline", "baseline_note"):
+        assert key in res
+    assert res["n_frames"] == 10 and res["n_atoms"] == 720
+    assert set(res["per_species"]) == {"Si", "O"}
+    for entry in res["per_species"].values():
+        assert {"rmse", "mae", "max_error", "r2", "n_atoms"} <= set(entry)
+    # a learned model beats predicting every atom by its species' mean on unseen frames
+    assert res["rmse"] < res["baseline"]["rmse"]
+    # the JSON is what the Python API computes for the same model and frames
+    frames = numbec.read_bec(QUARTZ, index="10:")
+    assert res["rmse"] == pytest.approx(numbec.evaluate(model, frames, baseline=False)["rmse"])
+
+
+def test_evaluate_species_mean_against_numpy(tmp_path, capsys):
+    frames = numbec.read_bec(QUARTZ)
+    path = SpeciesMeanModel.fit(frames).save(tmp_path / "mean.npz")
+    assert main(["evaluate", str(path), "example:sio2_quartz_subset", "--json"]) == 0
+    res = _json(capsys)
+    # independent computation: per-species mean tensors, ASR-projected per frame
+    ref = np.stack([f.arrays["bec"] for f in frames])  # (F, N, 3, 3)
+    numbers = frames[0].numbers
+    means = {z: ref[:, numbers == z].mean(axis=(0, 1)) for z in (8, 14)}
+    pred = asr_project(np.stack([means[z] for z in numbers]))
+    err = ref - pred[None]
+    assert res["rmse"] == pytest.approx(np.sqrt((err**2).mean()), rel=1e-10)
+    assert res["per_species"]["Si"]["mae"] == pytest.approx(
+        np.abs(err[:, numbers == 14]).mean(), rel=1e-10)
+    assert "evaluated frames themselves" in res["baseline_note"]
+    assert main(["evaluate", str(path), "example:sio2_quartz_subset", "--index", "0:3"]) == 0
+    table = capsys.readouterr().out
+    assert "on 3 frames, 216 atoms" in table
+    assert [line.split()[0] for line in table.splitlines()[2:7]] == [
+        "all", "O", "Si", "diagonal", "off-diagonal"]
+
+
+def test_bad_input_gives_exit_code_and_message(tmp_path, capsys):
+    model = SpeciesMeanModel([14], [np.eye(3)]).save(tmp_path / "si.npz")
+    # species unknown to the model, named with the frame
+    assert main(["evaluate", str(model), "example:sio2_quartz_subset"]) == 1
+    err = capsys.readouterr().err
+    assert "frame 0" in err and "O (Z=8) not seen in training" in err
+    # a missing data file
+    assert main(["evaluate", str(model), str(tmp_path / "nope.xyz")]) == 1
+    assert "nope.xyz" in capsys.readouterr().err
+    # a damaged model file
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"garbage")
+    assert main(["evaluate", str(bad), "example:sio2_quartz_subset"]) == 1
+    assert "bad.npz: damaged" in capsys.readouterr().err
+    # a frame slice that selects nothing
+    assert main(["evaluate", str(model), "example:sio2_quartz_subset", "--index", "50:"]) == 1
+    assert "no frames with BECs" in capsys.readouterr().err
+    # a structure file without BECs
+    plain = tmp_path / "plain.xyz"
+    first = ase.io.read(QUARTZ, 0)
+    ase.io.write(plain, Atoms(first.numbers, first.positions, cell=first.cell, pbc=True))
+    out = tmp_path / "m.npz"
+    assert main(["train", str(plain), "-o", str(out)]) == 1
+    assert "plain.xyz" in capsys.readouterr().err and not out.exists()
+    # a per-species sparse count that leaves out a species of the data
+    assert main(["train", "example:sio2_quartz_subset", "-o", str(out), "--n-sparse",
+                 "Si:5"]) == 1
+    assert "--n-sparse gives no count for O" in capsys.readouterr().err
+    # unreadable hyperparameters are refused by the parser (exit code 2)
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "example:sio2_quartz_subset", "-o", str(out), "--n-sparse", "Xx:3"])
+    assert exc.value.code == 2
+    assert "cannot read 'Xx:3'" in capsys.readouterr().err
