@@ -1,0 +1,542 @@
+"""Infrared spectra from dipole-derivative time series (method.md §8).
+
+:func:`ir_spectrum` turns ``dM/dt`` (e·Å/fs, from :func:`numbec.predict` or any array)
+into the absorption coefficient times refractive index, in absolute units:
+
+``alpha(omega) n(omega) = F(x) / (6 eps0 V c kB T)``
+``                         * integral dt exp(-i omega t) <Mdot(0) . Mdot(t)>``
+
+(SI; ``F`` the quantum correction of :mod:`numbec.spectra.quantum`, 1 for the default
+``"harmonic"``), ``eps''(omega) = c alpha n / omega`` and, needing no volume, the
+absorption cross-section of the whole simulation cell ``sigma = alpha n V`` (cm^2).
+For one harmonic mode of mode charge ``dM/dQ`` the absorption integrates to
+``integral alpha n d(omega) = pi |dM/dQ|^2 / (6 eps0 c V)``, i.e.
+``integral alpha n d(nu~) = |dM/dQ|^2 / (12 eps0 c^2 V)`` over wavenumbers, and
+``integral sigma d(nu~) * N_A`` is the familiar intensity in km/mol
+(:func:`integrated_intensity`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+
+import numpy as np
+
+from numbec.conventions import (
+    AVOGADRO,
+    BOLTZMANN,
+    ELEMENTARY_CHARGE,
+    INVCM_TO_RAD_PER_FS,
+    MEV_TO_INVCM,
+    SPEED_OF_LIGHT,
+    THZ_TO_INVCM,
+    VACUUM_PERMITTIVITY,
+)
+from numbec.spectra.correlation import (
+    correlations,
+    cosine_transform,
+    lag_window,
+    window_fwhm,
+)
+from numbec.spectra.quantum import correction_factor
+
+#: (e·Å/fs)^2·fs expressed in SI (C^2 m^2 / s).
+_SPECTRUM_TO_SI = ELEMENTARY_CHARGE**2 * 1e-20 / 1e-15
+#: Default longest correlation time (fs) when ``correlation_time`` is not given.
+DEFAULT_MAX_CORRELATION_TIME = 2000.0
+#: Partial kinds accepted by ``ir_spectrum(..., partials=...)``.
+PARTIAL_KINDS = ("species", "partition")
+
+__all__ = ["ir_spectrum", "integrated_intensity", "cross_section_prefactor"]
+
+
+@dataclasses.dataclass
+class _Run:
+    """One independent trajectory: total dM/dt (n, 3), optional parts (P, n, 3)."""
+
+    total: np.ndarray
+    parts: np.ndarray | None
+    part_names: list
+    timestep: float
+    temperature: float | None
+    volume: float | None
+    source: str
+    differentiated: bool = False
+
+
+def cross_section_prefactor(temperature: float) -> float:
+    """``sigma [cm^2] = prefactor * S`` for ``S`` = transform of <Mdot Mdot> in (e·Å/fs)^2·fs.
+
+    ``prefactor = e^2 * 1e-5 / (6 eps0 c kB T) * 1e4`` (SI, then m^2 -> cm^2).
+    """
+    return _SPECTRUM_TO_SI / (6.0 * VACUUM_PERMITTIVITY * SPEED_OF_LIGHT * BOLTZMANN
+                              * float(temperature)) * 1e4
+
+
+# ---------------------------------------------------------------------------- inputs
+def _positive(value, what):
+    if value is None:
+        return None
+    value = float(value)
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"{what} must be a finite number > 0, got {value}")
+    return value
+
+
+def _as_series(values, source, what="dM/dt"):
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise ValueError(f"{source}: {what} must have shape (n_frames, 3), got {arr.shape}")
+    if arr.shape[0] < 4:
+        raise ValueError(f"{source}: {what} has {arr.shape[0]} frames; a spectrum needs more")
+    bad = ~np.isfinite(arr).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{source}: {what} of frame {int(np.argmax(bad))} is NaN or inf")
+    return arr
+
+
+def _timestep_of(ds):
+    dt = ds.attrs.get("timestep")
+    if dt is not None and np.isfinite(float(dt)) and float(dt) > 0:
+        return float(dt)
+    if "time" in ds.coords and ds.sizes.get("frame", 0) > 1:
+        diffs = np.diff(np.asarray(ds["time"].values, dtype=np.float64))
+        if np.allclose(diffs, diffs[0], rtol=1e-9) and diffs[0] > 0:
+            return float(diffs[0])
+    return None
+
+
+def _volume_of(ds):
+    if "volume" in ds.attrs and np.isfinite(float(ds.attrs["volume"])):
+        return float(ds.attrs["volume"])
+    if "cell" in ds and ("pbc" not in ds or bool(np.all(ds["pbc"].values))):
+        cell = np.asarray(ds["cell"].values, dtype=np.float64).reshape(-1, 3, 3)
+        vol = float(np.abs(np.linalg.det(cell)).mean())
+        return vol if vol > 0 else None
+    return None
+
+
+def _species_parts_from_bec(ds, trajectory, source):
+    """dM/dt per species from ``bec`` (frame, atom, pol, disp) and trajectory velocities."""
+    from ase.data import chemical_symbols
+
+    if trajectory is None or "velocities" not in trajectory:
+        raise ValueError(
+            f"{source}: species partials need 'dipole_derivative_by_species' in the "
+            "prediction, or its 'bec' with trajectory=<the trajectory with velocities>"
+        )
+    numbers = np.asarray(trajectory["numbers"].values, dtype=np.int64)
+    n_frames = ds.sizes["frame"]
+    if trajectory.sizes["frame"] != n_frames or trajectory.sizes["atom"] != ds.sizes["atom"]:
+        raise ValueError(
+            f"{source}: the trajectory has {trajectory.sizes['frame']} frames x "
+            f"{trajectory.sizes['atom']} atoms, the prediction {n_frames} x {ds.sizes['atom']}"
+        )
+    species = np.unique(numbers)
+    parts = np.zeros((species.size, n_frames, 3))
+    step = max(1, 2_000_000 // (9 * numbers.size))
+    for start in range(0, n_frames, step):
+        stop = min(n_frames, start + step)
+        z = np.asarray(ds["bec"][start:stop].values, dtype=np.float64)
+        v = np.asarray(trajectory["velocities"][start:stop].values, dtype=np.float64)
+        contrib = np.einsum("faij,faj->fai", z, v)
+        for s, number in enumerate(species):
+            parts[s, start:stop] = contrib[:, numbers == number].sum(axis=1)
+    return parts, [chemical_symbols[int(z)] for z in species]
+
+
+def _parts_of(ds, kind, trajectory, source):
+    from ase.data import chemical_symbols
+
+    if kind == "species":
+        if "dipole_derivative_by_species" in ds:
+            var = ds["dipole_derivative_by_species"].transpose("species", "frame", "pol")
+            numbers = np.asarray(ds["species"].values, dtype=np.int64)
+            return (np.asarray(var.values, dtype=np.float64),
+                    [chemical_symbols[int(z)] for z in numbers])
+        if "bec" in ds:
+            return _species_parts_from_bec(ds, trajectory, source)
+        raise ValueError(
+            f"{source}: species partials need 'dipole_derivative_by_species' or 'bec' "
+            "(a dataset from numbec.predict)"
+        )
+    names = ("dipole_derivative_monopole", "dipole_derivative_dipole")
+    if not all(n in ds for n in names):
+        raise ValueError(
+            f"{source}: partition partials need {names[0]!r} and {names[1]!r}, which "
+            "numbec.predict writes for a combined (monopole + dipole) model only"
+        )
+    return np.stack([np.asarray(ds[n].values, dtype=np.float64) for n in names]), [
+        "monopole", "dipole"]
+
+
+def _run_from_dataset(ds, trajectory, kind, timestep, source):
+    source = str(ds.attrs.get("input") or ds.attrs.get("source") or source)
+    dt = timestep or _timestep_of(ds)
+    if dt is None:
+        raise ValueError(f"{source}: no time step (attrs['timestep'] fs); pass timestep=")
+    temperature = ds.attrs.get("temperature")
+    if temperature is None and trajectory is not None:
+        temperature = trajectory.attrs.get("temperature")
+    volume = _volume_of(ds)
+    if volume is None and trajectory is not None and (
+        "pbc" in trajectory and bool(np.all(trajectory["pbc"].values))
+    ):
+        volume = _volume_of(trajectory)
+    differentiated = False
+    if "dipole_derivative" in ds:
+        total = _as_series(ds["dipole_derivative"].transpose("frame", "pol").values, source)
+    elif "dipole" in ds:
+        dipole = _as_series(ds["dipole"].transpose("frame", "pol").values, source, "dipole")
+        total = np.gradient(dipole, dt, axis=0)
+        differentiated = True
+    else:
+        raise ValueError(
+            f"{source}: the dataset has neither 'dipole_derivative' nor 'dipole' "
+            "(predict with velocities in the trajectory)"
+        )
+    parts, names = (None, [])
+    if kind is not None:
+        if differentiated:
+            raise ValueError(f"{source}: partials need 'dipole_derivative', not only 'dipole'")
+        parts, names = _parts_of(ds, kind, trajectory, source)
+        mismatch = np.abs(parts.sum(axis=0) - total).max()
+        scale = max(np.abs(total).max(), 1e-300)
+        if mismatch > 1e-4 * scale:
+            raise ValueError(
+                f"{source}: the {kind} parts of dM/dt do not sum to dipole_derivative "
+                f"(max difference {mismatch:.3g} e*Angstrom/fs of max {scale:.3g})"
+            )
+    return _Run(total, parts, names, dt, None if temperature is None else float(temperature),
+                volume, source, differentiated)
+
+
+def _runs(data, timestep, kind, trajectory):
+    import xarray as xr
+
+    items = list(data) if isinstance(data, (list, tuple)) else [data]
+    if not items:
+        raise ValueError("no data: pass a prediction dataset, an array or a list of them")
+    trajs = list(trajectory) if isinstance(trajectory, (list, tuple)) else [trajectory] * len(
+        items)
+    if len(trajs) != len(items):
+        raise ValueError(f"{len(trajs)} trajectories for {len(items)} datasets")
+    runs = []
+    for i, (item, traj) in enumerate(zip(items, trajs, strict=True)):
+        source = f"run {i}" if len(items) > 1 else "data"
+        if isinstance(item, xr.Dataset):
+            if traj is not None and not isinstance(traj, xr.Dataset):
+                from numbec.io.trajectory import open_trajectory
+
+                traj = open_trajectory(traj)
+            runs.append(_run_from_dataset(item, traj, kind, timestep, source))
+        else:
+            if kind is not None:
+                raise ValueError(f"{source}: partials need a prediction dataset, not an array")
+            if timestep is None:
+                raise ValueError(f"{source}: an array of dM/dt needs timestep= (fs)")
+            runs.append(_Run(_as_series(item, source), None, [], float(timestep), None, None,
+                             source))
+    dts = {r.timestep for r in runs}
+    if max(dts) - min(dts) > 1e-9 * max(dts):
+        raise ValueError(f"the runs have different time steps {sorted(dts)} fs")
+    names = {tuple(r.part_names) for r in runs}
+    if len(names) > 1:
+        raise ValueError(f"the runs have different partials {sorted(names)}")
+    return runs
+
+
+# ---------------------------------------------------------------------------- the API
+def ir_spectrum(
+    data,
+    timestep=None,
+    temperature=None,
+    volume=None,
+    window="hann",
+    correlation_time=None,
+    blocks=1,
+    quantum_correction="harmonic",
+    zero_padding=8,
+    partials=False,
+    trajectory=None,
+    max_frequency=None,
+):
+    """Infrared absorption spectrum from dM/dt, in absolute units, with error bars.
+
+    Parameters
+    ----------
+    data : xarray.Dataset, array or list of them
+        * a Prediction dataset of :func:`numbec.predict`: uses ``dipole_derivative``
+          (frame, pol) e·Å/fs; time step, temperature and volume from its attrs
+          (``timestep`` fs, ``temperature`` K, ``volume`` Å^3, or the mean ``|det cell|``
+          of a ``cell`` variable). Without ``dipole_derivative`` its ``dipole`` (frame,
+          pol) e·Å is differentiated by second-order central differences; the spectrum
+          is then divided by the transfer function ``(sin(omega dt) / (omega dt))^2`` of
+          the central difference and cut at half the Nyquist frequency, where it is
+          still at least ``4/pi^2``;
+        * an array (n_frames, 3) float of dM/dt in e·Å/fs (``timestep`` required);
+        * a list of those: independent runs, averaged (error bars from their spread).
+    timestep : float, fs
+        Overrides the dataset's.
+    temperature : float, K
+        Overrides the dataset's. Required by every quantum correction: a clear error
+        if neither is given.
+    volume : float, Å^3
+        Overrides the dataset's. Without a volume (a molecule or cluster in vacuum) the
+        result has the cross-section only, no ``absorption`` or ``imag_dielectric``.
+    window : {"hann", "blackman", "gaussian", "cos2", "none"}
+        Lag window (:func:`numbec.spectra.correlation.lag_window`).
+    correlation_time : float, fs
+        Longest lag T; sets the resolution ``1 / (c T)`` (1 ps: 33 cm^-1). Default
+        ``min(block duration / 2, 2000 fs)``.
+    blocks : int
+        Each run is cut into this many contiguous blocks of equal length (a remainder
+        at the end is dropped); the spectrum is the mean over all blocks of all runs and
+        ``*_stderr`` the standard error of that mean (sample standard deviation over
+        blocks / sqrt(number of blocks); NaN for a single block).
+    quantum_correction : {"harmonic", "standard", "schofield", "none"}
+        See :mod:`numbec.spectra.quantum`.
+    zero_padding : int
+        Frequency grid refinement: spacing ``~ 1 / (zero_padding * c * T)`` cm^-1.
+    partials : False, True, "species" or "partition"
+        Partial spectra. ``"species"`` (``True``): from ``dipole_derivative_by_species``
+        (or from ``bec`` and ``trajectory`` velocities); ``"partition"``: monopole vs
+        dipole parts of a combined model. The partial variables cover every diagonal
+        term (``"O"``) and every symmetrised cross term (``"O-Si"`` = transform of
+        ``<Mdot_O(0) . Mdot_Si(t)> + <Mdot_Si(0) . Mdot_O(t)>``), so they sum to the total.
+    trajectory : Trajectory store path or Dataset (or a list, one per run), optional
+        Supplies velocities for species partials computed from ``bec``, and a cell or
+        temperature the prediction lacks.
+    max_frequency : float, cm^-1, optional
+        Crop the output above this frequency.
+
+    Returns
+    -------
+    xarray.Dataset
+        Coordinates ``frequency`` (cm^-1), ``frequency_thz``, ``frequency_mev``;
+        ``cross_section`` and ``cross_section_stderr`` (frequency) cm^2 per simulation
+        cell (``alpha n V``); with a volume also ``absorption`` and
+        ``absorption_stderr`` (frequency) cm^-1 (alpha n) and ``imag_dielectric``
+        (eps'', NaN at 0); with partials ``absorption_partial`` (or
+        ``cross_section_partial``) (partial, frequency) and coordinate ``partial``.
+        attrs: ``units``, ``window``, ``correlation_time`` (fs), ``resolution`` (cm^-1,
+        ``1/(c T)``), ``resolution_fwhm`` (cm^-1, FWHM of the window's line shape),
+        ``temperature`` (K), ``volume`` (Å^3, NaN without), ``quantum_correction``,
+        ``n_blocks``, ``n_runs``, ``timestep`` (fs), ``zero_padding``, ``provenance``.
+    """
+    kind = _partials_kind(partials)
+    blocks = int(blocks)
+    if blocks < 1:
+        raise ValueError(f"blocks must be >= 1, got {blocks}")
+    runs = _runs(data, _positive(timestep, "timestep"), kind, trajectory)
+    temperature = _positive(temperature, "temperature")
+    volume = _positive(volume, "volume")
+    for run in runs:
+        if temperature is not None:
+            run.temperature = temperature
+        if volume is not None:
+            run.volume = volume
+        if run.temperature is None:
+            raise ValueError(
+                f"{run.source}: temperature unknown (no attrs['temperature']); pass "
+                "temperature= in K (the absolute spectrum and quantum corrections need it)"
+            )
+    periodic = {r.volume is not None for r in runs}
+    if len(periodic) > 1:
+        raise ValueError("some runs have a volume and some do not; pass volume=")
+    periodic = periodic.pop()
+    dt = runs[0].timestep
+
+    block_len = min(r.total.shape[0] // blocks for r in runs)
+    if block_len < 4:
+        raise ValueError(f"{blocks} blocks leave {block_len} frames per block; use fewer")
+    if correlation_time is None:
+        n_lags = max(2, min(block_len // 2, int(round(DEFAULT_MAX_CORRELATION_TIME / dt))))
+    else:
+        n_lags = int(round(_positive(correlation_time, "correlation_time") / dt))
+        if not 2 <= n_lags <= block_len:
+            raise ValueError(
+                f"correlation_time {correlation_time} fs is {n_lags} lags; it must be "
+                f"between 2 time steps and the block length ({block_len} frames = "
+                f"{block_len * dt:g} fs)"
+            )
+    w = lag_window(window, n_lags)
+
+    per_block_sigma, per_block_abs, per_block_parts = [], [], []
+    omega = None
+    for run in runs:
+        series = run.total[None] if run.parts is None else np.concatenate(
+            [run.total[None], run.parts])
+        prefactor = cross_section_prefactor(run.temperature)
+        for b in range(blocks):
+            chunk = series[:, b * block_len:(b + 1) * block_len]
+            corr = correlations(chunk, n_lags) * w
+            g = [corr[0, 0]]
+            if run.parts is not None:
+                n_parts = run.parts.shape[0]
+                g += [corr[1 + i, 1 + i] for i in range(n_parts)]
+                g += [corr[1 + i, 1 + j] + corr[1 + j, 1 + i]
+                      for i in range(n_parts) for j in range(i + 1, n_parts)]
+            omega, spectra = cosine_transform(np.array(g), dt, zero_padding)
+            sigma = prefactor * correction_factor(quantum_correction, omega,
+                                                  run.temperature) * spectra
+            if run.differentiated:
+                sigma = sigma / _central_difference_transfer(omega, dt)
+            per_block_sigma.append(sigma[0])
+            per_block_parts.append(sigma[1:])
+            if periodic:
+                per_block_abs.append(sigma / (run.volume * 1e-24))
+
+    wavenumber = omega / INVCM_TO_RAD_PER_FS
+    keep = np.ones(wavenumber.size, dtype=bool)
+    if any(r.differentiated for r in runs):
+        keep &= omega * dt <= 0.5 * np.pi
+    if max_frequency is not None:
+        keep &= wavenumber <= float(max_frequency)
+    return _assemble(
+        wavenumber[keep], keep, per_block_sigma, per_block_parts, per_block_abs, runs,
+        periodic=periodic, window=window, n_lags=n_lags, dt=dt,
+        quantum_correction=quantum_correction, zero_padding=zero_padding, kind=kind,
+    )
+
+
+def _partials_kind(partials):
+    if partials is False or partials is None:
+        return None
+    if partials is True:
+        return "species"
+    if partials in PARTIAL_KINDS:
+        return partials
+    raise ValueError(f"partials must be False, True, 'species' or 'partition', got {partials!r}")
+
+
+def _central_difference_transfer(omega, dt):
+    x = omega * dt
+    return np.where(x > 0, (np.sin(x) / np.where(x > 0, x, 1.0)) ** 2, 1.0)
+
+
+def _mean_stderr(blocks):
+    arr = np.asarray(blocks)
+    n = arr.shape[0]
+    mean = arr.mean(axis=0)
+    if n < 2:
+        return mean, np.full_like(mean, np.nan)
+    return mean, arr.std(axis=0, ddof=1) / np.sqrt(n)
+
+
+def _partial_labels(names):
+    n = len(names)
+    return list(names) + [f"{names[i]}-{names[j]}" for i in range(n) for j in range(i + 1, n)]
+
+
+def _assemble(wavenumber, keep, sigma_blocks, part_blocks, abs_blocks, runs, *, periodic,
+              window, n_lags, dt, quantum_correction, zero_padding, kind):
+    import xarray as xr
+
+    from numbec import __version__
+
+    coords = {
+        "frequency": ("frequency", wavenumber, {"units": "cm^-1", "long_name": "wavenumber"}),
+        "frequency_thz": ("frequency", wavenumber / THZ_TO_INVCM,
+                          {"units": "THz", "long_name": "frequency"}),
+        "frequency_mev": ("frequency", wavenumber / MEV_TO_INVCM,
+                          {"units": "meV", "long_name": "photon energy"}),
+    }
+    data_vars = {}
+    sigma, sigma_err = _mean_stderr([s[keep] for s in sigma_blocks])
+    data_vars["cross_section"] = ("frequency", sigma, {
+        "units": "cm^2", "long_name": "absorption cross-section of the simulation cell "
+        "(alpha*n*V); integral over frequency times N_A = intensity in km/mol"})
+    data_vars["cross_section_stderr"] = ("frequency", sigma_err, {
+        "units": "cm^2", "long_name": "standard error of cross_section over blocks/runs"})
+    if periodic:
+        absorption, abs_err = _mean_stderr([a[0][keep] for a in abs_blocks])
+        data_vars["absorption"] = ("frequency", absorption, {
+            "units": "cm^-1", "long_name": "absorption coefficient times refractive index"})
+        data_vars["absorption_stderr"] = ("frequency", abs_err, {
+            "units": "cm^-1", "long_name": "standard error of absorption over blocks/runs"})
+        with np.errstate(divide="ignore", invalid="ignore"):
+            eps = np.where(wavenumber > 0, absorption / (2 * np.pi * wavenumber), np.nan)
+        data_vars["imag_dielectric"] = ("frequency", eps, {
+            "units": "1", "long_name": "imaginary part of the dielectric function, "
+            "c*alpha*n/omega"})
+    if kind is not None:
+        coords["partial"] = ("partial", _partial_labels(runs[0].part_names))
+        if periodic:
+            parts, parts_err = _mean_stderr([a[1:][:, keep] for a in abs_blocks])
+            name, units = "absorption_partial", "cm^-1"
+        else:
+            parts, parts_err = _mean_stderr([p[:, keep] for p in part_blocks])
+            name, units = "cross_section_partial", "cm^2"
+        data_vars[name] = (("partial", "frequency"), parts, {
+            "units": units, "long_name": f"partial spectra by {kind}: diagonal terms and "
+            "symmetrised cross terms; they sum to the total"})
+        data_vars[f"{name}_stderr"] = (("partial", "frequency"), parts_err, {"units": units})
+
+    temps = [r.temperature for r in runs]
+    vols = [r.volume for r in runs]
+    c_cm = SPEED_OF_LIGHT * 100.0
+    t_corr = n_lags * dt
+    attrs = {
+        "units": "cm^-1" if periodic else "cm^2",
+        "spectrum": "absorption" if periodic else "cross_section",
+        "window": window,
+        "correlation_time": t_corr,
+        "correlation_time_units": "fs",
+        "resolution": 1.0 / (c_cm * t_corr * 1e-15),
+        "resolution_fwhm": window_fwhm(window, n_lags, dt) / INVCM_TO_RAD_PER_FS,
+        "resolution_units": "cm^-1",
+        "temperature": float(np.mean(temps)),
+        "volume": float(np.mean(vols)) if periodic else float("nan"),
+        "volume_units": "Angstrom^3",
+        "quantum_correction": quantum_correction,
+        "n_blocks": len(sigma_blocks),
+        "n_runs": len(runs),
+        "timestep": dt,
+        "zero_padding": int(zero_padding),
+        "provenance": json.dumps({
+            "numbec_version": __version__,
+            "sources": [r.source for r in runs],
+            "temperatures": temps,
+            "volumes": vols if periodic else None,
+            "dipole_derivative": ["central differences of dipole" if r.differentiated
+                                  else "dipole_derivative" for r in runs],
+        }),
+    }
+    if kind is not None:
+        attrs["partial_kind"] = kind
+    if not periodic:
+        attrs["note"] = ("no volume (molecule or cluster): cross_section per system only; "
+                         "pass volume= for absorption and imag_dielectric")
+    if len(set(temps)) > 1:
+        warnings.warn(f"runs at different temperatures {sorted(set(temps))} K averaged",
+                      stacklevel=3)
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+def integrated_intensity(spectrum, fmin=None, fmax=None, variable=None):
+    """Integrate a spectrum over ``fmin <= frequency <= fmax`` (cm^-1, trapezoid rule).
+
+    Parameters
+    ----------
+    spectrum : xarray.Dataset
+        From :func:`ir_spectrum` or :func:`numbec.spectra.harmonic.harmonic_spectrum`.
+    variable : str, optional
+        ``"cross_section"`` (default): returns km/mol of simulation cells
+        (``N_A * integral sigma d(nu~)``); ``"absorption"``: returns cm^-2; or any
+        other variable (its units times cm^-1).
+    """
+    variable = variable or "cross_section"
+    f = np.asarray(spectrum["frequency"].values, dtype=np.float64)
+    sel = np.ones(f.size, dtype=bool)
+    if fmin is not None:
+        sel &= f >= fmin
+    if fmax is not None:
+        sel &= f <= fmax
+    y = np.asarray(spectrum[variable].values, dtype=np.float64)[..., sel]
+    value = np.trapezoid(y, f[sel], axis=-1)
+    if variable.startswith("cross_section"):
+        return value * AVOGADRO * 1e-5  # cm * N_A -> km/mol
+    return value
