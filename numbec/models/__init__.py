@@ -12,12 +12,18 @@ from numbec.models.base import (
     register_model,
 )
 from numbec.models.baseline import FixedBECModel, SpeciesMeanModel
+from numbec.models.combined import CombinedModel
+from numbec.models.dipole import DipoleModel
 from numbec.models.evaluate import evaluate
+from numbec.models.monopole import MonopoleModel
 
 __all__ = [
     "BECModel",
+    "CombinedModel",
+    "DipoleModel",
     "FixedBECModel",
     "ModelFileError",
+    "MonopoleModel",
     "SpeciesMeanModel",
     "UnknownSpeciesError",
     "evaluate",

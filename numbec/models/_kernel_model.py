@@ -1,0 +1,573 @@
+"""Shared machinery of the kernel BEC models: monopole, dipole (lambda = 1) and combined.
+
+The three models differ only in which terms of the cell dipole they carry (method.md §4-§6)::
+
+    P = sum_i q0'_i r_i  +  [monopole]  sum_i q'_i r_i  +  [dipole]  sum_i mu_i
+
+with, for atom i of species J(i) and the sparse reference environments b of the same species,
+
+``q_i = sum_b w_b K(X_i, X_b)``, ``K = (x_i . x_b) ** zeta`` on unit-normalised scalar descriptors
+    (:mod:`numbec.kernels`); the charges are made neutral, ``q'_i = q_i - Q/N``.
+``mu_i = sum_b sum_nu K_{mu nu}(i, b) w_{b nu}``, ``K_{mu nu}(i, b) = (V_i^mu . V_b^nu) / s**2
+    * (x_i . x_b) ** (zeta - 1)`` (V the lambda = 1 vector descriptor, s a fixed scale: the RMS
+    Frobenius norm of the training vector descriptors).
+``q0'_i = q0_J(i) - mean over the structure``: per-species baseline charges.
+
+Neutrality and BECs (the choice documented in docs/models.md):
+
+- molecules (no periodic direction): the mean-charge subtraction is exact, the BECs are the
+  derivative of the model's own dipole: ``Z[j] = q'_j I + sum_i d_ij (x) dq_i/dr_j
+  + (r_j - R_mean) (x) dQ/dr_j`` (+ the dipole-model term ``sum_i dmu_i/dr_j``), where
+  ``R_mean`` is the plain (unweighted) mean position and ``dQ/dr_j`` comes from the adjoint
+  ``scalar_contraction``;
+- periodic cells: the non-local term is dropped, i.e. the local BECs
+  ``q_j I + sum_i d_ij (x) dq_i/dr_j`` (+ dipole term) are projected onto the acoustic sum
+  rule, ``Z[j] - (1/N) sum_k Z[k]``. The error of this against an exact derivative of a
+  neutral-charge model is the spread of ``(1/N) (Q I - dQ/d(strain))`` over the atoms.
+
+Training is linear in the weights: one row per BEC component (atom, i, j) of every frame, built
+from the pair Jacobians of the descriptors with BLAS products and sparse scatter matrices,
+accumulated in :class:`numbec.regression.NormalEquations` frame by frame.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import scipy.sparse
+
+from numbec import kernels, regression, sparsify
+from numbec.conventions import asr_project, to_canonical
+from numbec.descriptors import (
+    DescriptorSettings,
+    compute_descriptors,
+    compute_vector_descriptors,
+)
+from numbec.models.base import BECModel, ModelFileError, UnknownSpeciesError
+
+__all__ = ["KernelBECModel", "REGRESSIONS", "DIPOLE_ROW_WEIGHT"]
+
+#: Regression methods accepted by the models.
+REGRESSIONS = ("bayesian", "ridge")
+#: Weight of a molecular dipole row (e·Å) relative to a BEC row (e) in the least squares.
+DIPOLE_ROW_WEIGHT = 1.0
+#: Pairs per block when the dipole-model design is assembled (bounds the temporary memory to
+#: about ``PAIR_BLOCK * 27 * n_sparse * 8`` bytes).
+PAIR_BLOCK = 256
+
+_DIAG = (np.arange(3), np.arange(3))
+
+
+def _symbol(z: int) -> str:
+    from ase.data import chemical_symbols
+
+    return f"{chemical_symbols[z]} (Z={z})"
+
+
+def _species_number(key) -> int:
+    if isinstance(key, str) and not key.isdigit():
+        from ase.data import atomic_numbers
+
+        if key not in atomic_numbers:
+            raise ValueError(f"n_sparse: unknown element symbol {key!r}")
+        return int(atomic_numbers[key])
+    return int(key)
+
+
+def _check_positions(positions, where: str) -> np.ndarray:
+    positions = np.asarray(positions, dtype=np.float64)
+    bad = ~np.isfinite(positions).all(axis=-1)
+    if bad.any():
+        raise ValueError(f"{where}: position of atom {int(np.flatnonzero(bad)[0])} is NaN or inf")
+    return positions
+
+
+def _incidence(centers, neighbors, n_atoms) -> scipy.sparse.csc_matrix:
+    """(N, P) matrix with +1 at (neighbour, p) and -1 at (centre, p): applied to per-pair
+    derivatives ``dy_i/dr_j`` it gives total derivatives including the centre (self) term."""
+    p = centers.size
+    cols = np.concatenate([np.arange(p), np.arange(p)])
+    rows = np.concatenate([neighbors, centers])
+    vals = np.concatenate([np.ones(p), -np.ones(p)])
+    return scipy.sparse.csc_matrix((vals, (rows, cols)), shape=(n_atoms, p))
+
+
+class KernelBECModel(BECModel):
+    """Base class of :class:`MonopoleModel`, :class:`DipoleModel` and :class:`CombinedModel`.
+
+    Parameters
+    ----------
+    settings : DescriptorSettings or None
+        Descriptor hyperparameters; None: ``DescriptorSettings(species=<training species>)``
+        with the defaults.
+    zeta : int
+        Exponent of the polynomial kernel (>= 1).
+    n_sparse : int or dict
+        Sparse reference environments per central species: one number for all, or
+        ``{Z or symbol: n}``.
+    sparse_method : "cur" or "fps"
+        CUR leverage scores or farthest-point sampling (:mod:`numbec.sparsify`).
+    regression : "bayesian" or "ridge"
+        Evidence maximisation (default) or ridge with the fixed regulariser ``ridge``.
+    ridge : float
+        Ridge regulariser (units of the normal matrix, e^2); used only with "ridge".
+    seed : int
+        Seed of the first FPS point (CUR is deterministic).
+    """
+
+    _monopole = True
+    _dipole = False
+
+    def __init__(self, settings=None, zeta=4, n_sparse=200, sparse_method="cur",
+                 regression="bayesian", ridge=1e-6, seed=0):
+        if settings is not None and not isinstance(settings, DescriptorSettings):
+            raise TypeError("settings must be a numbec.descriptors.DescriptorSettings or None")
+        self.zeta = kernels.check_zeta(zeta)
+        if isinstance(n_sparse, dict):
+            n_sparse = {_species_number(k): int(v) for k, v in n_sparse.items()}
+            if any(v < 1 for v in n_sparse.values()):
+                raise ValueError(f"n_sparse values must be >= 1, got {n_sparse}")
+        else:
+            if int(n_sparse) != n_sparse or int(n_sparse) < 1:
+                raise ValueError(f"n_sparse must be a positive integer or a dict, got {n_sparse}")
+            n_sparse = int(n_sparse)
+        self.n_sparse = n_sparse
+        if sparse_method not in sparsify.SELECTION_METHODS:
+            raise ValueError(f"unknown sparse_method {sparse_method!r}; use one of "
+                             f"{sparsify.SELECTION_METHODS}")
+        self.sparse_method = sparse_method
+        if regression not in REGRESSIONS:
+            raise ValueError(f"unknown regression {regression!r}; use one of {REGRESSIONS}")
+        self.regression = regression
+        self.ridge = float(ridge)
+        if not self.ridge > 0:
+            raise ValueError(f"ridge must be > 0, got {ridge}")
+        self.seed = None if seed is None else int(seed)
+        self.settings = settings
+        self._fitted = False
+
+    # ------------------------------------------------------------------ basic properties
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        out = ["bec", "bec_std", "dipole"]
+        if self._monopole:
+            out.append("charges")
+        if self._monopole and self._dipole:
+            out += ["bec_monopole", "bec_dipole"]
+        return tuple(out)
+
+    @property
+    def cutoff(self) -> float:
+        return 0.0 if self.settings is None else self.settings.cutoff
+
+    @property
+    def n_columns(self) -> int:
+        m = self.sparse_unit.shape[0]
+        return (m if self._monopole else 0) + (3 * m if self._dipole else 0)
+
+    def hyperparameters(self) -> dict:
+        n_sparse = self.n_sparse
+        if isinstance(n_sparse, dict):
+            n_sparse = {str(k): v for k, v in n_sparse.items()}
+        return {"zeta": self.zeta, "n_sparse": n_sparse, "sparse_method": self.sparse_method,
+                "regression": self.regression, "ridge": self.ridge, "seed": self.seed}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
+        state = "fitted" if self._fitted else "not fitted"
+        return f"{type(self).__name__}({args}) [{state}]"
+
+    def _check_fitted(self):
+        if not self._fitted:
+            raise RuntimeError(f"{type(self).__name__} is not fitted; call fit(frames) first")
+
+    def _n_sparse_for(self, z: int) -> int:
+        if isinstance(self.n_sparse, dict):
+            if z not in self.n_sparse:
+                raise ValueError(f"n_sparse has no entry for species {_symbol(z)}; give one "
+                                 f"for every training species")
+            return self.n_sparse[z]
+        return self.n_sparse
+
+    # ------------------------------------------------------------------ environments
+    def _environment(self, positions, numbers, cell, pbc, gradients, where):
+        """Scalar descriptors and kernel ingredients of one structure.
+
+        Returns ``desc``, ``unit`` (N, D), ``norms`` (N,), ``cos`` (N, M) = x_i . x_b and
+        ``mask`` (N, M) bool (centre and sparse point of the same species).
+        """
+        desc = compute_descriptors(positions, numbers, cell, pbc, self.settings,
+                                   gradients=gradients)
+        unit, norms = kernels.normalize(desc.values, where)
+        cos = unit @ self.sparse_unit.T
+        mask = np.asarray(numbers)[:, None] == self.sparse_species[None, :]
+        return desc, unit, norms, cos, mask
+
+    def _baseline(self, numbers) -> np.ndarray:
+        """Neutral baseline charges q0'_i (N,) of one structure, e."""
+        q0 = self.q0[np.searchsorted(self.species, numbers)]
+        return q0 - q0.mean()
+
+    # ------------------------------------------------------------------ prediction
+    def predict_arrays(self, positions, numbers, cell, pbc, uncertainty=False) -> dict:
+        """BECs and the other outputs of one structure (see :mod:`numbec.models.base`).
+
+        Uses the adjoint contractions of the descriptors (no Jacobian) for ``bec``; with
+        ``uncertainty=True`` the design rows are built from the Jacobian (the cost of one
+        training step) for ``bec_std = sqrt(phi^T Sigma phi + sigma_v^2)``.
+        """
+        self._check_fitted()
+        self.check_inputs(positions, numbers)
+        positions = np.asarray(positions, dtype=np.float64)
+        numbers = np.asarray(numbers, dtype=np.int64)
+        pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+        periodic = bool(pbc.any())
+        desc, unit, norms, cos, mask = self._environment(positions, numbers, cell, pbc,
+                                                         False, "predict")
+        n = numbers.size
+        q0n = self._baseline(numbers)
+        z_mono = np.zeros((n, 3, 3))
+        z_mono[:, _DIAG[0], _DIAG[1]] = q0n[:, None]
+        dipole = q0n @ positions
+        charges = q0n.copy()
+        m = self.sparse_unit.shape[0]
+        if self._monopole:
+            w = self.weights[:m]
+            q = np.where(mask, cos ** self.zeta, 0.0) @ w
+            coef = np.where(mask, w[None, :], 0.0)
+            g = kernels.kernel_gradient(unit, norms, self.sparse_unit, coef, self.zeta)
+            qn = q - q.mean()
+            z_mono += desc.monopole_contraction(g)
+            z_mono[:, _DIAG[0], _DIAG[1]] += qn[:, None]
+            charges += qn
+            dipole = dipole + qn @ positions
+            if not periodic:
+                dq = desc.scalar_contraction(g[:, None, :])[:, 0, :]
+                z_mono += (positions - positions.mean(axis=0))[:, :, None] * dq[:, None, :]
+        bec = z_mono
+        out = {}
+        if self._dipole:
+            z_dip, mu = self._predict_dipole(positions, numbers, cell, pbc, desc, unit, norms,
+                                             cos, mask)
+            dipole = dipole + mu.sum(axis=0)
+            if periodic:
+                z_dip = asr_project(z_dip)
+            bec = z_mono + z_dip
+            if self._monopole:
+                out["bec_monopole"] = asr_project(z_mono) if periodic else z_mono
+                out["bec_dipole"] = z_dip
+        if periodic:
+            bec = asr_project(bec)
+        out["bec"] = bec
+        if self._monopole:
+            out["charges"] = charges
+        if not periodic:
+            out["dipole"] = dipole
+        if uncertainty:
+            phi, _ = self._design(positions, numbers, cell, pbc, "predict")
+            var = regression.predictive_variance(phi.reshape(n * 9, -1), self.covariance,
+                                                 self.sigma_v2)
+            out["bec_std"] = np.sqrt(var).reshape(n, 3, 3)
+        return out
+
+    def _predict_dipole(self, positions, numbers, cell, pbc, desc, unit, norms, cos, mask):
+        """Dipole-model BECs ``sum_i dmu_i/dr_j`` (N, 3, 3) and local dipoles mu (N, 3)."""
+        m = self.sparse_unit.shape[0]
+        s = self.vector_scale
+        vdesc = compute_vector_descriptors(positions, numbers, cell, pbc, self.settings)
+        vec = vdesc.values / s                                        # (N, 3, Dv)
+        wd = self.weights[(m if self._monopole else 0):].reshape(m, 3)
+        wb = np.einsum("bn,bnk->bk", wd, self.sparse_vectors)          # (M, Dv)
+        c = np.where(mask, cos ** (self.zeta - 1), 0.0)
+        u = c @ wb                                                     # (N, Dv)
+        mu = np.einsum("iak,ik->ia", vec, u)
+        z_dip = vdesc.vector_contraction(u / s)
+        if self.zeta > 1:
+            coef = np.where(mask[:, None, :], vec @ wb.T, 0.0)         # (N, 3, M)
+            g2 = kernels.kernel_gradient(unit, norms, self.sparse_unit, coef, self.zeta,
+                                         power=self.zeta - 1)
+            z_dip = z_dip + desc.scalar_contraction(g2)
+        return z_dip, mu
+
+    # ------------------------------------------------------------------ design matrix
+    def _design(self, positions, numbers, cell, pbc, where):
+        """Design of one structure: ``phi`` (N, 3, 3, C) with ``bec - baseline = phi @ w``
+        (neutrality scheme applied), and for molecules the dipole rows (3, C), else None."""
+        numbers = np.asarray(numbers, dtype=np.int64)
+        positions = np.asarray(positions, dtype=np.float64)
+        periodic = bool(np.asarray(pbc).any())
+        desc, unit, norms, cos, mask = self._environment(positions, numbers, cell, pbc, True,
+                                                         where)
+        nl = desc.pairs
+        n_pairs, n = nl.n_pairs, numbers.size
+        centers = nl.centers
+        jac = desc.gradients.reshape(n_pairs * 3, -1)
+        crow = np.repeat(centers, 3)
+        proj = jac @ self.sparse_unit.T                                  # (3P, M)
+        radial = np.einsum("rk,rk->r", jac, unit[crow])
+        nrows = norms[crow]
+        parts, dips = [], []
+        rel = positions - positions.mean(axis=0)
+        if self._monopole:
+            phi, dip = self._design_monopole(nl, n, proj, radial, crow, nrows, cos, mask,
+                                             periodic, rel)
+            parts.append(phi)
+            dips.append(dip)
+        if self._dipole:
+            phi, dip = self._design_dipole(positions, numbers, cell, pbc, nl, proj, radial,
+                                           crow, nrows, cos, mask, periodic)
+            parts.append(phi)
+            dips.append(dip)
+        phi = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+        if periodic:
+            phi = phi - phi.mean(axis=0)[None]
+            return phi, None
+        return phi, np.concatenate(dips, axis=-1)
+
+    def _design_monopole(self, nl, n, proj, radial, crow, nrows, cos, mask, periodic, rel):
+        m = cos.shape[1]
+        kmat = np.where(mask, cos ** self.zeta, 0.0)
+        dk = kernels.kernel_gradient_matrix(proj, radial, cos[crow], nrows,
+                                            self.zeta)
+        dk = (dk * mask[crow]).reshape(nl.n_pairs, 3 * m)               # [p, beta, b]
+        phi = np.zeros((n, 3, 3, m))
+        cols = np.arange(nl.n_pairs)
+        for a in range(3):
+            scatter = scipy.sparse.csr_matrix((-nl.vectors[:, a], (nl.neighbors, cols)),
+                                              shape=(n, nl.n_pairs))
+            phi[:, a] = (scatter @ dk).reshape(n, 3, m)
+        phi[:, _DIAG[0], _DIAG[1], :] += kmat[:, None, :]
+        if periodic:
+            return phi, None
+        dq = (_incidence(nl.centers, nl.neighbors, n) @ dk).reshape(n, 3, m)
+        phi += rel[:, :, None, None] * dq[:, None, :, :]
+        phi[:, _DIAG[0], _DIAG[1], :] -= kmat.mean(axis=0)[None, None, :]
+        return phi, rel.T @ kmat
+
+    def _design_dipole(self, positions, numbers, cell, pbc, nl, proj, radial, crow, nrows,
+                       cos, mask, periodic):
+        m = cos.shape[1]
+        n = numbers.size
+        s = self.vector_scale
+        vdesc = compute_vector_descriptors(positions, numbers, cell, pbc, self.settings,
+                                           gradients=True)
+        vec = vdesc.values / s                                           # (N, 3, Dv)
+        dv = vec.shape[-1]
+        c = np.where(mask, cos ** (self.zeta - 1), 0.0)                  # (N, M)
+        if self.zeta > 1:
+            dc = kernels.kernel_gradient_matrix(proj, radial, cos[crow], nrows,
+                                                self.zeta, power=self.zeta - 1)
+            dc = (dc * mask[crow]).reshape(nl.n_pairs, 3, m)             # [p, beta, b]
+        else:
+            dc = None
+        inc = _incidence(nl.centers, nl.neighbors, n)
+        centers = nl.centers
+        phi = np.zeros((n, 3, 3, m, 3))
+        dip = np.zeros((3, m, 3))
+        for z in self.species:
+            cols = np.flatnonzero(self.sparse_species == z)
+            vs = self.sparse_vectors[cols].reshape(-1, dv)               # (3 m_z, Dv)
+            centre_atoms = np.flatnonzero(numbers == z)
+            vv = (vec[centre_atoms].reshape(-1, dv) @ vs.T).reshape(-1, 3, cols.size, 3)
+            dip[:, cols, :] += np.einsum("ib,iabn->abn", c[centre_atoms][:, cols], vv)
+            vv_full = np.zeros((n, 3, cols.size, 3))
+            vv_full[centre_atoms] = vv
+            pairs = np.flatnonzero(numbers[centers] == z)
+            block = np.zeros((n, 3, 3, cols.size, 3))
+            for start in range(0, pairs.size, PAIR_BLOCK):
+                p = pairs[start:start + PAIR_BLOCK]
+                jv = vdesc.gradients[p].reshape(-1, dv) / s              # (9 p, Dv)
+                t = (jv @ vs.T).reshape(p.size, 3, 3, cols.size, 3)
+                t *= c[centers[p]][:, cols][:, None, None, :, None]
+                if dc is not None:
+                    t += (vv_full[centers[p]][:, :, None, :, :]
+                          * dc[p][:, None, :, :][..., cols][..., None])
+                block += (inc[:, p] @ t.reshape(p.size, -1)).reshape(block.shape)
+            phi[:, :, :, cols, :] = block
+        phi = phi.reshape(n, 3, 3, 3 * m)
+        if periodic:
+            return phi, None
+        return phi, dip.reshape(3, 3 * m)
+
+    # ------------------------------------------------------------------ training
+    def fit(self, frames, progress=False):
+        """Fit to reference BECs (and molecular dipoles). Returns self.
+
+        frames : sequence of ase.Atoms with ``arrays["bec"]`` (N, 3, 3) canonical BECs, e;
+        molecules may carry ``info["dipole"]`` (3,) e·Å, then fitted too (weight
+        :data:`DIPOLE_ROW_WEIGHT` per Å). progress : tqdm bar over frames.
+        """
+        from tqdm.auto import tqdm
+
+        t_start = time.perf_counter()
+        frames = list(frames)
+        if not frames:
+            raise ValueError("fit: no training frames")
+        targets = []
+        for k, atoms in enumerate(frames):
+            where = f"frame {k}"
+            if "bec" not in atoms.arrays:
+                raise ValueError(f"{where}: no 'bec' array; every training frame needs reference "
+                                 "BECs (read data with numbec.read_bec)")
+            _check_positions(atoms.positions, where)
+            bec = to_canonical(atoms.arrays["bec"])
+            if bec.shape[0] != len(atoms):
+                raise ValueError(f"{where}: {bec.shape[0]} BEC tensors for {len(atoms)} atoms")
+            targets.append(asr_project(bec))
+        species = sorted({int(z) for atoms in frames for z in atoms.numbers})
+        settings = self.settings or DescriptorSettings(species=tuple(species))
+        missing = sorted(set(species) - set(settings.species))
+        if missing:
+            raise UnknownSpeciesError(
+                "training frames contain species " + ", ".join(_symbol(z) for z in missing)
+                + f" not among the descriptor species {list(settings.species)}")
+        self.settings = settings
+        self.species = tuple(species)
+
+        self.q0 = self._fit_baseline(frames, targets)
+
+        # pass 1: descriptors of all environments -> sparse points
+        t0 = time.perf_counter()
+        units = {z: [] for z in species}
+        origin = {z: [] for z in species}
+        vsq, n_env = 0.0, 0
+        for k, atoms in enumerate(tqdm(frames, desc="descriptors", disable=not progress)):
+            desc = compute_descriptors(atoms.positions, atoms.numbers, np.asarray(atoms.cell),
+                                       atoms.pbc, settings)
+            unit, _ = kernels.normalize(desc.values, f"frame {k}")
+            for z in species:
+                idx = np.flatnonzero(atoms.numbers == z)
+                units[z].append(unit[idx])
+                origin[z].extend((k, int(i)) for i in idx)
+            if self._dipole:
+                v = compute_vector_descriptors(atoms.positions, atoms.numbers,
+                                               np.asarray(atoms.cell), atoms.pbc, settings)
+                vsq += float(np.sum(v.values ** 2))
+                n_env += len(atoms)
+        chosen_unit, chosen_species, chosen_origin = [], [], []
+        for z in species:
+            pool = np.concatenate(units[z])
+            n_sel = self._n_sparse_for(z)
+            if n_sel > pool.shape[0]:
+                raise ValueError(
+                    f"species {_symbol(z)}: n_sparse = {n_sel} but the training frames have "
+                    f"only {pool.shape[0]} environments of it; lower n_sparse or add frames")
+            idx = sparsify.select(pool, n_sel, self.sparse_method, zeta=self.zeta,
+                                  seed=self.seed, where=f"species {_symbol(z)}")
+            chosen_unit.append(pool[idx])
+            chosen_species.append(np.full(idx.size, z, dtype=np.int64))
+            chosen_origin.extend(origin[z][i] for i in idx)
+        self.sparse_unit = np.ascontiguousarray(np.concatenate(chosen_unit))
+        self.sparse_species = np.concatenate(chosen_species)
+        if self._dipole:
+            self.vector_scale = float(np.sqrt(vsq / n_env)) if vsq > 0 else 1.0
+            self.sparse_vectors = self._sparse_vector_descriptors(frames, chosen_origin)
+        else:
+            self.vector_scale = 1.0
+            self.sparse_vectors = None
+        t_sparse = time.perf_counter() - t0
+
+        # pass 2: normal equations, frame by frame
+        t0 = time.perf_counter()
+        eq = regression.NormalEquations(self.n_columns)
+        n_atoms = 0
+        for k, atoms in enumerate(tqdm(frames, desc="design", disable=not progress)):
+            phi, dip = self._design(atoms.positions, atoms.numbers, np.asarray(atoms.cell),
+                                    atoms.pbc, f"frame {k}")
+            n = len(atoms)
+            n_atoms += n
+            q0n = self._baseline(atoms.numbers)
+            y = targets[k].copy()
+            y[:, _DIAG[0], _DIAG[1]] -= q0n[:, None]
+            eq.add(phi.reshape(n * 9, -1), y.ravel())
+            if dip is not None and "dipole" in atoms.info:
+                ref = np.asarray(atoms.info["dipole"], dtype=np.float64).reshape(3)
+                target = ref - q0n @ atoms.positions
+                eq.add(DIPOLE_ROW_WEIGHT * dip, DIPOLE_ROW_WEIGHT * target)
+        t_design = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        if self.regression == "bayesian":
+            result = regression.fit_bayesian(eq)
+        else:
+            result = regression.fit_ridge(eq, self.ridge)
+        t_solve = time.perf_counter() - t0
+        self.weights = result.weights
+        self.covariance = result.covariance
+        self.sigma_v2 = float(result.sigma_v2)
+        self.training = {
+            "n_frames": len(frames), "n_atoms": n_atoms, "n_rows": eq.n_rows,
+            "n_columns": eq.n_columns, **result.summary(),
+            "time_sparse_s": t_sparse, "time_design_s": t_design, "time_solve_s": t_solve,
+            "time_total_s": time.perf_counter() - t_start,
+        }
+        self.training = {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+                         for k, v in self.training.items()}  # JSON has no NaN
+        self._fitted = True
+        return self
+
+    def _fit_baseline(self, frames, targets) -> np.ndarray:
+        """Baseline charges q0 (n_species,) e, in the order of ``self.species``.
+
+        Least squares of the isotropic parts ``tr(Z_a)/3`` of the ASR-projected reference BECs
+        by one charge per species, under the constraint that the training set is neutral:
+        ``q0_J = mean_{a in J} tr(Z_a)/3 - mean_a tr(Z_a)/3``.
+        """
+        trace = np.concatenate([np.trace(t, axis1=1, axis2=2) / 3.0 for t in targets])
+        allz = np.concatenate([atoms.numbers for atoms in frames])
+        q0 = np.array([trace[allz == z].mean() for z in self.species])
+        return q0 - trace.mean()
+
+    def _sparse_vector_descriptors(self, frames, chosen_origin) -> np.ndarray:
+        """(M, 3, Dv) scaled vector descriptors V_b / s of the chosen sparse environments."""
+        out = np.zeros((len(chosen_origin), 3, self.settings.n_vector_features))
+        by_frame: dict[int, list[tuple[int, int]]] = {}
+        for b, (k, i) in enumerate(chosen_origin):
+            by_frame.setdefault(k, []).append((b, i))
+        for k, items in by_frame.items():
+            atoms = frames[k]
+            v = compute_vector_descriptors(atoms.positions, atoms.numbers,
+                                           np.asarray(atoms.cell), atoms.pbc, self.settings)
+            for b, i in items:
+                out[b] = v.values[i] / self.vector_scale
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def _state(self):
+        self._check_fitted()
+        metadata = {
+            "hyperparameters": self.hyperparameters(),
+            "settings": self.settings.to_dict(),
+            "species": list(self.species),
+            "vector_scale": self.vector_scale,
+            "sigma_v2": self.sigma_v2,
+            "training": self.training,
+        }
+        arrays = {"q0": self.q0, "sparse_unit": self.sparse_unit,
+                  "sparse_species": self.sparse_species, "weights": self.weights,
+                  "covariance": self.covariance}
+        if self._dipole:
+            arrays["sparse_vectors"] = self.sparse_vectors
+        return metadata, arrays
+
+    @classmethod
+    def _from_state(cls, metadata, arrays):
+        hyper = dict(metadata["hyperparameters"])
+        model = cls(settings=DescriptorSettings.from_dict(metadata["settings"]), **hyper)
+        model.species = tuple(int(z) for z in metadata["species"])
+        model.vector_scale = float(metadata["vector_scale"])
+        model.sigma_v2 = float(metadata["sigma_v2"])
+        model.training = metadata.get("training", {})
+        model.q0 = np.asarray(arrays["q0"], dtype=np.float64)
+        model.sparse_unit = np.asarray(arrays["sparse_unit"], dtype=np.float64)
+        model.sparse_species = np.asarray(arrays["sparse_species"], dtype=np.int64)
+        model.weights = np.asarray(arrays["weights"], dtype=np.float64)
+        model.covariance = np.asarray(arrays["covariance"], dtype=np.float64)
+        model.sparse_vectors = (np.asarray(arrays["sparse_vectors"], dtype=np.float64)
+                                if cls._dipole else None)
+        if model.weights.shape != (model.n_columns,) or model.q0.shape != (len(model.species),):
+            raise ModelFileError(f"inconsistent {cls.__name__} state: {model.weights.shape[0]} "
+                             f"weights for {model.n_columns} columns")
+        model._fitted = True
+        return model
