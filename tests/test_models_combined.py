@@ -1,0 +1,92 @@
+"""CombinedModel: partition Z = Z_mono + Z_dip, exact derivatives, joint fit, save/load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from kernel_model_checks import (
+    SETTINGS,
+    check_design_matches_prediction,
+    check_molecule_derivative,
+    check_periodic_invariances,
+    check_save_load,
+    check_teacher_student,
+    fitted_random_model,
+    predict,
+    training_frames,
+    water_cell,
+    water_cluster,
+)
+
+from numbec.models import CombinedModel, DipoleModel, MonopoleModel
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(5)
+
+
+def test_molecule_bec_is_derivative_of_dipole_and_partition(rng):
+    model = fitted_random_model(CombinedModel, rng, periodic=False)
+    out = check_molecule_derivative(model, rng)
+    np.testing.assert_allclose(out["bec_monopole"] + out["bec_dipole"], out["bec"], atol=1e-14)
+    for key in ("bec_monopole", "bec_dipole"):
+        np.testing.assert_allclose(out[key].sum(axis=0), 0.0, atol=1e-10)
+        assert np.abs(out[key]).max() > 0.05
+
+
+def test_partition_equals_the_separate_models(rng):
+    """With the weights split, bec_monopole is a MonopoleModel's BEC and bec_dipole a
+    DipoleModel's (without its baseline), for molecules and for periodic cells."""
+    combined = fitted_random_model(CombinedModel, rng, periodic=True)
+    m = combined.sparse_unit.shape[0]
+    parts = {}
+    for cls, weights in ((MonopoleModel, combined.weights[:m]),
+                         (DipoleModel, combined.weights[m:])):
+        metadata, arrays = combined._state()
+        arrays["weights"] = weights
+        parts[cls] = cls._from_state(metadata, arrays)
+    for atoms in (water_cluster(rng, 3), water_cell(rng)):
+        out = predict(combined, atoms)
+        mono = predict(parts[MonopoleModel], atoms)
+        dip = predict(parts[DipoleModel], atoms)
+        np.testing.assert_allclose(out["bec_monopole"], mono["bec"], atol=1e-12)
+        q0n = combined._baseline(atoms.numbers)
+        np.testing.assert_allclose(out["bec_dipole"],
+                                   dip["bec"] - q0n[:, None, None] * np.eye(3), atol=1e-12)
+        np.testing.assert_allclose(out["charges"], mono["charges"], atol=1e-12)
+
+
+def test_periodic_invariances_and_asr(rng):
+    model = fitted_random_model(CombinedModel, rng, periodic=True)
+    ref = check_periodic_invariances(model, rng)
+    np.testing.assert_allclose(ref["bec_monopole"] + ref["bec_dipole"], ref["bec"], atol=1e-14)
+    np.testing.assert_allclose(ref["bec_dipole"].sum(axis=0), 0.0, atol=1e-10)
+
+
+def test_design_matches_adjoint_prediction(rng):
+    for periodic in (False, True):
+        model = fitted_random_model(CombinedModel, rng, periodic=periodic)
+        make = water_cell if periodic else water_cluster
+        check_design_matches_prediction(model, make(rng))
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_fit_recovers_teacher(rng, periodic):
+    check_teacher_student(CombinedModel, rng, periodic)
+
+
+def test_joint_fit_not_worse_than_parts(rng):
+    """The joint model contains both parts, so its training error (same sparse points,
+    ridge) is at most that of either alone."""
+    frames = training_frames(rng, periodic=True, n_frames=4)
+    kwargs = dict(settings=SETTINGS, zeta=2, n_sparse=3, regression="ridge", ridge=1e-8)
+    rmse = {cls: cls(**kwargs).fit(frames).training["train_rmse"]
+            for cls in (MonopoleModel, DipoleModel, CombinedModel)}
+    assert rmse[CombinedModel] <= min(rmse[MonopoleModel], rmse[DipoleModel]) + 1e-12
+    assert rmse[CombinedModel] < 0.05  # the rough targets have 0.05 e noise
+
+
+def test_save_load(rng, tmp_path):
+    model = fitted_random_model(CombinedModel, rng, periodic=True)
+    check_save_load(model, tmp_path, rng)
