@@ -30,8 +30,6 @@ def _json(capsys):
 
 @pytest.mark.parametrize("kind", ["monopole", "dipole", "combined"])
 def test_train_then_evaluate_json(kind, tmp_path, capsys):
-    if not hasattr(numbec.models, CLASSES[kind]):  # until the kernel models land
-        pytest.skip(f"numbec.models.{CLASSES[kind]} not available yet")
     out = tmp_path / "m.npz"
     args = ["train", "example:sio2_quartz_subset", "--index", "0:10", "--model", kind,
             "-o", str(out), *TINY]
