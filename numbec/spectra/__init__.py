@@ -2,6 +2,8 @@
 
 :func:`ir_spectrum`           windowed FFT of <Mdot(0) . Mdot(t)>, absolute units (method.md §8)
 :func:`integrated_intensity`  band integrals (km/mol or cm^-2)
+:func:`spectral_peaks`        refined peak positions
+:func:`harmonic_ir`           phonon route: mode charges, intensities, broadened sticks
 
 See ``docs/spectra.md``. phonopy and matplotlib are imported only where needed.
 """
@@ -9,13 +11,18 @@ See ``docs/spectra.md``. phonopy and matplotlib are imported only where needed.
 from __future__ import annotations
 
 from numbec.spectra.correlation import WINDOWS, lag_window
-from numbec.spectra.ir import integrated_intensity, ir_spectrum
+from numbec.spectra.harmonic import harmonic_ir, harmonic_spectrum, mode_effective_charges
+from numbec.spectra.ir import integrated_intensity, ir_spectrum, spectral_peaks
 from numbec.spectra.quantum import QUANTUM_CORRECTIONS
 
 __all__ = [
     "QUANTUM_CORRECTIONS",
     "WINDOWS",
+    "harmonic_ir",
+    "harmonic_spectrum",
     "integrated_intensity",
     "ir_spectrum",
     "lag_window",
+    "mode_effective_charges",
+    "spectral_peaks",
 ]

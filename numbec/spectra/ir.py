@@ -49,7 +49,7 @@ DEFAULT_MAX_CORRELATION_TIME = 2000.0
 #: Partial kinds accepted by ``ir_spectrum(..., partials=...)``.
 PARTIAL_KINDS = ("species", "partition")
 
-__all__ = ["ir_spectrum", "integrated_intensity", "cross_section_prefactor"]
+__all__ = ["ir_spectrum", "integrated_intensity", "cross_section_prefactor", "spectral_peaks"]
 
 
 @dataclasses.dataclass
@@ -540,3 +540,41 @@ def integrated_intensity(spectrum, fmin=None, fmax=None, variable=None):
     if variable.startswith("cross_section"):
         return value * AVOGADRO * 1e-5  # cm * N_A -> km/mol
     return value
+
+
+def spectral_peaks(spectrum, variable=None, min_height=0.05, fmin=None, fmax=None):
+    """Local maxima of a spectrum, refined by a parabola through the three top points.
+
+    Parameters
+    ----------
+    spectrum : xarray.Dataset
+        From :func:`ir_spectrum` or :func:`numbec.spectra.harmonic.harmonic_spectrum`.
+    variable : str, optional
+        Default ``attrs["spectrum"]`` (``"absorption"`` or ``"cross_section"``).
+    min_height : float
+        Keep maxima above this fraction of the largest value in ``[fmin, fmax]``.
+
+    Returns
+    -------
+    positions : (K,) float64, cm^-1, descending height.   heights : (K,) float64.
+    """
+    variable = variable or spectrum.attrs.get("spectrum", "absorption")
+    f = np.asarray(spectrum["frequency"].values, dtype=np.float64)
+    y = np.asarray(spectrum[variable].values, dtype=np.float64)
+    inside = np.ones(f.size, dtype=bool)
+    if fmin is not None:
+        inside &= f >= fmin
+    if fmax is not None:
+        inside &= f <= fmax
+    top = y[inside].max()
+    j = np.arange(1, f.size - 1)
+    is_max = (y[j] > y[j - 1]) & (y[j] >= y[j + 1]) & inside[j] & (y[j] >= min_height * top)
+    j = j[is_max]
+    a, b, c = y[j - 1], y[j], y[j + 1]
+    curvature = a - 2 * b + c
+    shift = np.where(curvature < 0, 0.5 * (a - c) / np.where(curvature < 0, curvature, -1.0),
+                     0.0)
+    positions = f[j] + shift * (f[j + 1] - f[j])
+    heights = b - 0.25 * (a - c) * shift
+    order = np.argsort(-heights)
+    return positions[order], heights[order]
