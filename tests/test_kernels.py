@@ -1,0 +1,100 @@
+"""Polynomial kernel on normalised descriptors: values and descriptor gradients vs finite
+differences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from numbec.kernels import (
+    check_zeta,
+    kernel_gradient,
+    kernel_gradient_matrix,
+    normalize,
+    polynomial_kernel,
+)
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(5, 7)) + 2.0  # mostly positive cosines, like real descriptors
+    xs = rng.normal(size=(4, 7)) + 2.0
+    unit_s, _ = normalize(xs)
+    return rng, x, unit_s
+
+
+def _y(x, unit_s, coef, power):
+    """y_i (or y_ic) = sum_b A[i, (c,) b] (x_i/|x_i| . x_b)**power, evaluated directly."""
+    k = ((x / np.linalg.norm(x, axis=1)[:, None]) @ unit_s.T) ** power
+    if coef.ndim == 1:
+        return k @ coef
+    if coef.ndim == 2:
+        return np.sum(k * coef, axis=1)
+    return np.einsum("ib,icb->ic", k, coef)
+
+
+@pytest.mark.parametrize("shape", ["shared", "per_atom", "channels"])
+@pytest.mark.parametrize("zeta,power", [(1, None), (2, None), (4, None), (4, 3), (3, 0)])
+def test_kernel_gradient_matches_finite_differences(data, shape, zeta, power):
+    rng, x, unit_s = data
+    coef = {"shared": rng.normal(size=4), "per_atom": rng.normal(size=(5, 4)),
+            "channels": rng.normal(size=(5, 3, 4))}[shape]
+    p = zeta if power is None else power
+    unit, norms = normalize(x)
+    grad = kernel_gradient(unit, norms, unit_s, coef, zeta, power=power)
+    h = 1e-6
+    fd = np.zeros_like(grad)
+    for k in range(x.shape[1]):
+        xp, xm = x.copy(), x.copy()
+        xp[:, k] += h
+        xm[:, k] -= h
+        fd[..., k] = (_y(xp, unit_s, coef, p) - _y(xm, unit_s, coef, p)) / (2 * h)
+    np.testing.assert_allclose(grad, fd, atol=1e-8)
+    if p == 0:
+        assert not grad.any()
+
+
+@pytest.mark.parametrize("power", [None, 2, 0])
+def test_kernel_gradient_matrix_is_directional_derivative(data, power):
+    """Each Jacobian row J_r (a direction in descriptor space) gives d(x_i.x_b)**p/dt along
+    X_i + t J_r."""
+    rng, x, unit_s = data
+    zeta = 3
+    p = zeta if power is None else power
+    centre = np.array([0, 0, 2, 4, 1, 3])
+    jac = rng.normal(size=(centre.size, x.shape[1]))
+    unit, norms = normalize(x)
+    out = kernel_gradient_matrix(jac @ unit_s.T, np.einsum("rk,rk->r", jac, unit[centre]),
+                                 unit[centre] @ unit_s.T, norms[centre], zeta, power=power)
+    h = 1e-6
+    for r, i in enumerate(centre):
+        xp = x[i] + h * jac[r]
+        xm = x[i] - h * jac[r]
+        kp = (xp / np.linalg.norm(xp) @ unit_s.T) ** p
+        km = (xm / np.linalg.norm(xm) @ unit_s.T) ** p
+        np.testing.assert_allclose(out[r], (kp - km) / (2 * h), atol=1e-8)
+
+
+def test_polynomial_kernel_values(data):
+    _, x, unit_s = data
+    unit, _ = normalize(x)
+    k = polynomial_kernel(unit, unit, 4)
+    np.testing.assert_allclose(np.diag(k), 1.0)
+    cos = (x @ x.T) / np.outer(np.linalg.norm(x, axis=1), np.linalg.norm(x, axis=1))
+    np.testing.assert_allclose(k, cos ** 4)
+    # scale invariance of the normalised kernel
+    np.testing.assert_allclose(polynomial_kernel(normalize(3.7 * x)[0], unit_s, 2),
+                               polynomial_kernel(unit, unit_s, 2))
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="zeta"):
+        check_zeta(0)
+    with pytest.raises(ValueError, match="zeta"):
+        check_zeta(2.5)
+    assert check_zeta(3.0) == 3
+    x = np.ones((3, 4))
+    x[1] = 0.0
+    with pytest.raises(ValueError, match="frame 2: atom 1 has no neighbour"):
+        normalize(x, "frame 2")
