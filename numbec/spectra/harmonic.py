@@ -270,6 +270,7 @@ def harmonic_ir(phonon=None, bec=None, *, frequencies=None, eigenvectors=None, m
     spectrum["intensity"] = ("mode", intensity, {"units": "e^2/amu"})
     spectrum["intensity_km_mol"] = ("mode", intensity * KM_PER_MOL_PER_E2_AMU,
                                     {"units": "km/mol"})
+    spectrum.attrs["source"] = "harmonic (Gamma modes and BECs)"
     return spectrum
 
 

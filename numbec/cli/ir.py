@@ -1,0 +1,133 @@
+"""``numbec ir OUT.zarr -o spectrum.csv|.nc [--plot ir.png]``: IR spectrum of a prediction.
+
+Reads the Prediction store written by ``numbec predict`` (its ``dipole_derivative``,
+time step, volume and, when recorded, temperature), computes the absolute IR spectrum
+(alpha*n in cm^-1 for periodic cells, the cross-section in cm^2 per system without a
+volume) and writes it as CSV (``#`` header lines with the settings, then columns) or
+netCDF. Several stores are independent runs: averaged, with error bars from their
+spread. ``--plot`` draws the spectrum, its error band, optional partials and an optional
+reference (a QE IR table, an eps'' curve or another spectrum).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def register(subparsers):
+    from numbec.spectra.correlation import WINDOWS
+    from numbec.spectra.quantum import QUANTUM_CORRECTIONS
+
+    parser = subparsers.add_parser(
+        "ir",
+        help="IR spectrum (absolute units, error bars) from a prediction store",
+        description=__doc__.split("\n\n", 1)[1],
+    )
+    parser.add_argument("prediction", nargs="+", metavar="OUT.zarr",
+                        help="prediction store(s) of numbec predict (several = runs)")
+    parser.add_argument("-o", "--out", required=True, metavar="FILE",
+                        help="spectrum file: .csv or .nc")
+    parser.add_argument("--plot", metavar="PNG", help="also draw the spectrum into this file")
+    parser.add_argument("--temperature", type=float, metavar="K",
+                        help="temperature (default: from the store)")
+    parser.add_argument("--volume", type=float, metavar="A3",
+                        help="cell volume in Å^3 (default: from the store; none for molecules)")
+    parser.add_argument("--timestep", type=float, metavar="FS",
+                        help="time step in fs (default: from the store)")
+    parser.add_argument("--window", default="hann", choices=WINDOWS, help="lag window")
+    parser.add_argument("--correlation-time", type=float, metavar="FS",
+                        help="correlation length; resolution ~ 1/(c T) (default: "
+                             "min(block/2, 2000 fs))")
+    parser.add_argument("--blocks", type=int, default=1, metavar="N",
+                        help="blocks per run for error bars (default 1)")
+    parser.add_argument("--quantum-correction", default="harmonic",
+                        choices=QUANTUM_CORRECTIONS, help="quantum correction factor")
+    parser.add_argument("--partials", nargs="?", const="species", default=None,
+                        choices=("species", "partition"),
+                        help="partial spectra by species (default) or monopole/dipole "
+                             "partition, cross terms included")
+    parser.add_argument("--zero-padding", type=int, default=8, metavar="N",
+                        help="frequency grid refinement (default 8)")
+    parser.add_argument("--max-frequency", type=float, metavar="CM-1",
+                        help="crop the spectrum above this wavenumber")
+    parser.add_argument("--reference", metavar="FILE",
+                        help="reference to plot against (QE IR table, eps'' curve, spectrum)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def open_prediction(path):
+    """Open a finished prediction store (Zarr) or netCDF file as an xarray Dataset."""
+    import xarray as xr
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such prediction store")
+    if path.suffix == ".nc":
+        return xr.open_dataset(path)
+    try:
+        ds = xr.open_zarr(str(path), zarr_format=3)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable Zarr store ({exc})") from exc
+    if ds.attrs.get("format") == "numbec-prediction" and not ds.attrs.get("complete"):
+        raise ValueError(f"{path}: the prediction is incomplete; run numbec predict again "
+                         "to finish it")
+    ds.attrs.setdefault("input", str(path))
+    return ds
+
+
+def run(args) -> int:
+    from numbec.spectra.ir import ir_spectrum, spectral_peaks
+
+    datasets = [open_prediction(p) for p in args.prediction]
+    spectrum = ir_spectrum(
+        datasets if len(datasets) > 1 else datasets[0],
+        timestep=args.timestep,
+        temperature=args.temperature,
+        volume=args.volume,
+        window=args.window,
+        correlation_time=args.correlation_time,
+        blocks=args.blocks,
+        quantum_correction=args.quantum_correction,
+        zero_padding=args.zero_padding,
+        partials=args.partials or False,
+        max_frequency=args.max_frequency,
+    )
+    out = Path(args.out)
+    if out.suffix == ".csv":
+        from numbec.spectra.reference import write_spectrum_csv
+
+        write_spectrum_csv(spectrum, out)
+    elif out.suffix == ".nc":
+        spectrum.to_netcdf(out)
+    else:
+        raise ValueError(f"{out}: the output must end in .csv or .nc")
+    a = spectrum.attrs
+    peaks, _ = spectral_peaks(spectrum, min_height=0.1)
+    print(f"{out}: {a['spectrum']} [{a['units']}] on {spectrum.sizes['frequency']} frequencies "
+          f"(T = {a['temperature']:g} K, {a['window']} window, T_corr = "
+          f"{a['correlation_time']:g} fs, FWHM {a['resolution_fwhm']:.1f} cm^-1, "
+          f"{a['n_blocks']} block(s)); strongest peaks (cm^-1): "
+          + ", ".join(f"{p:.1f}" for p in peaks[:5]), file=sys.stdout)
+    if args.plot:
+        _plot(spectrum, args)
+    return 0
+
+
+def _plot(spectrum, args):
+    from numbec.plot import _pyplot, plot_spectrum
+
+    plt = _pyplot()
+    reference = None
+    if args.reference:
+        from numbec.spectra.reference import read_reference
+
+        reference = read_reference(args.reference)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    plot_spectrum(spectrum, ax=ax, reference=reference, partials=bool(args.partials))
+    fig.tight_layout()
+    fig.savefig(args.plot, dpi=150)
+    plt.close(fig)
+    print(f"{args.plot}: figure written", file=sys.stdout)

@@ -1,0 +1,138 @@
+"""Figures of IR spectra (matplotlib is optional: ``pip install numbec[plot]``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: x axis choices: coordinate name and label.
+_X_AXES = {
+    "cm^-1": ("frequency", "wavenumber (cm$^{-1}$)"),
+    "THz": ("frequency_thz", "frequency (THz)"),
+    "meV": ("frequency_mev", "energy (meV)"),
+}
+
+
+def _pyplot():
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ImportError(
+            "plotting needs matplotlib: pip install 'numbec[plot]' (or pip install matplotlib)"
+        ) from exc
+    return plt
+
+
+def _label(name, units):
+    pretty = {
+        "absorption": r"$\alpha n$",
+        "cross_section": r"$\sigma$ per cell",
+        "imag_dielectric": r"$\varepsilon''$",
+    }.get(name, name)
+    units = {"cm^-1": "cm$^{-1}$", "cm^2": "cm$^2$", "1": ""}.get(units, units)
+    return f"{pretty} ({units})" if units else pretty
+
+
+def plot_spectrum(spectrum, ax=None, reference=None, partials=False, variable=None,
+                  unit="cm^-1", label="numbec", reference_label=None, max_frequency=None):
+    """Plot a spectrum with its error band, optional partials and a reference.
+
+    Parameters
+    ----------
+    spectrum : xarray.Dataset
+        From :func:`numbec.ir_spectrum` (or :func:`numbec.spectra.harmonic_ir`).
+    ax : matplotlib Axes, optional
+    reference : xarray.Dataset, optional
+        From :func:`numbec.spectra.reference.read_reference` or another spectrum: a curve
+        of the same variable is drawn dashed on the same axis; sticks (``mode_frequency``
+        with ``intensity_km_mol``) are drawn on a second y axis in km/mol.
+    partials : bool
+        Draw the partial spectra (``*_partial``) too.
+    variable : str, optional
+        Default ``spectrum.attrs["spectrum"]`` ("absorption" or "cross_section").
+    unit : {"cm^-1", "THz", "meV"}
+        x axis.
+    max_frequency : float, optional
+        Upper x limit in ``unit``.
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    plt = _pyplot()
+    if unit not in _X_AXES:
+        raise ValueError(f"unit must be one of {', '.join(_X_AXES)}, got {unit!r}")
+    xname, xlabel = _X_AXES[unit]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4))
+    variable = variable or spectrum.attrs.get("spectrum", "absorption")
+    if variable not in spectrum:
+        raise ValueError(f"the spectrum has no {variable!r} (it has {list(spectrum.data_vars)})")
+    x = np.asarray(spectrum[xname].values)
+    y = np.asarray(spectrum[variable].values)
+    units = spectrum[variable].attrs.get("units", "")
+    (line,) = ax.plot(x, y, lw=1.4, label=label, zorder=3)
+    err_name = f"{variable}_stderr"
+    if err_name in spectrum:
+        err = np.asarray(spectrum[err_name].values)
+        if np.isfinite(err).any():
+            ax.fill_between(x, y - err, y + err, color=line.get_color(), alpha=0.3, lw=0,
+                            label="standard error", zorder=2)
+    part_name = f"{variable}_partial"
+    if partials:
+        if part_name not in spectrum:
+            raise ValueError(f"the spectrum has no partials ({part_name}); compute it with "
+                             "partials=True")
+        for lab in spectrum["partial"].values:
+            ax.plot(x, spectrum[part_name].sel(partial=lab).values, lw=0.9, label=str(lab))
+    if reference is not None:
+        _plot_reference(ax, reference, variable, xname, unit, reference_label)
+    ax.axhline(0.0, color="0.6", lw=0.5)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(_label(variable, units))
+    ax.set_xlim(0, max_frequency if max_frequency is not None else float(x.max()))
+    title = []
+    for key, fmt in (("temperature", "T = {:g} K"), ("window", "{} window"),
+                     ("resolution_fwhm", "FWHM {:.1f} cm$^{{-1}}$")):
+        if key in spectrum.attrs:
+            title.append(fmt.format(spectrum.attrs[key]))
+    if title:
+        ax.set_title(", ".join(title), fontsize=9)
+    handles, labels = ax.get_legend_handles_labels()
+    for other in getattr(ax, "_numbec_twins", []):
+        h2, l2 = other.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels, fontsize=8, frameon=False)
+    return ax
+
+
+def _plot_reference(ax, reference, variable, xname, unit, label):
+    label = label or str(reference.attrs.get("source", "reference")).rsplit("/", 1)[-1]
+    if "mode_frequency" in reference and "intensity_km_mol" in reference:
+        from numbec.conventions import MEV_TO_INVCM, THZ_TO_INVCM
+
+        scale = {"cm^-1": 1.0, "THz": 1 / THZ_TO_INVCM, "meV": 1 / MEV_TO_INVCM}[unit]
+        twin = ax.twinx()
+        f, h = _merge_degenerate(np.asarray(reference["mode_frequency"].values),
+                                 np.asarray(reference["intensity_km_mol"].values))
+        f = f * scale
+        twin.vlines(f, 0, h, color="k", lw=1.2, label=f"{label} (sticks)")
+        twin.set_ylabel("intensity (km/mol)")
+        twin.set_ylim(bottom=0)
+        ax._numbec_twins = [*getattr(ax, "_numbec_twins", []), twin]
+        return
+    if variable in reference and xname in reference.coords:
+        ax.plot(reference[xname].values, reference[variable].values, "k--", lw=1.0,
+                label=label, zorder=4)
+        return
+    raise ValueError(
+        f"the reference {label} has neither {variable!r} nor sticks (mode_frequency, "
+        "intensity_km_mol)"
+    )
+
+
+def _merge_degenerate(frequency, intensity, tolerance=0.5):
+    """Sum the intensities of modes closer than ``tolerance`` cm^-1 (degenerate sets)."""
+    order = np.argsort(frequency)
+    f, h = frequency[order], intensity[order]
+    starts = np.r_[0, np.nonzero(np.diff(f) > tolerance)[0] + 1]
+    return f[starts], np.add.reduceat(h, starts)

@@ -1,0 +1,115 @@
+"""``numbec ir``: converted trajectory -> numbec.predict store -> spectrum CSV/netCDF/PNG."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+from ase import Atoms
+from ase.io import write
+
+import numbec
+from numbec.cli import main
+from numbec.conventions import ASE_TIME_UNITS_PER_FS, INVCM_TO_RAD_PER_FS
+from numbec.models.baseline import FixedBECModel
+from numbec.spectra.reference import read_reference, read_spectrum_csv
+
+NU0 = 300.0  # cm^-1
+DT = 1.0  # fs
+CELL = 3.0 * np.eye(3)
+
+
+@pytest.fixture(scope="module")
+def prediction(tmp_path_factory):
+    """A rigid-ion diatomic crystal vibrating at NU0 along x and y, converted and predicted."""
+    tmp = tmp_path_factory.mktemp("ir")
+    masses = np.array([22.99, 35.45])
+    w = NU0 * INVCM_TO_RAD_PER_FS
+    t = np.arange(1200) * DT
+    frames = []
+    for k, time in enumerate(t):
+        rel = np.array([0.05 * np.cos(w * time), 0.03 * np.sin(w * time + 1.0), 0.0])
+        relv = np.array([-0.05 * w * np.sin(w * time), 0.03 * w * np.cos(w * time + 1.0), 0.0])
+        share = masses[::-1] / masses.sum()  # centre of mass at rest
+        pos = np.array([[0.0, 0.0, 0.0], [1.5, 1.5, 1.5]]) + np.outer([share[0], -share[1]],
+                                                                       rel)
+        vel = np.outer([share[0], -share[1]], relv)  # Å/fs
+        atoms = Atoms("NaCl", positions=pos, cell=CELL, pbc=True, masses=masses)
+        atoms.set_velocities(vel / ASE_TIME_UNITS_PER_FS)
+        atoms.info["step"] = k
+        frames.append(atoms)
+    write(tmp / "traj.xyz", frames)
+    assert main(["convert", str(tmp / "traj.xyz"), str(tmp / "traj.zarr"), "--timestep",
+                 str(DT), "--no-progress"]) == 0
+    bec = np.array([np.eye(3) * 1.1, -np.eye(3) * 1.1])
+    numbec.predict(FixedBECModel([11, 17], bec), tmp / "traj.zarr", out=tmp / "pred.zarr",
+                   progress=False)
+    return tmp
+
+
+def test_csv_output_matches_api_and_peak(prediction, capsys):
+    out = prediction / "s.csv"
+    assert main(["ir", str(prediction / "pred.zarr"), "-o", str(out), "--temperature", "300",
+                 "--correlation-time", "1000", "--max-frequency", "2000"]) == 0
+    printed = capsys.readouterr().out
+    assert "strongest peaks" in printed and "300." in printed
+    back = read_spectrum_csv(out)
+    api = numbec.ir_spectrum(xr.open_zarr(prediction / "pred.zarr"), temperature=300,
+                             correlation_time=1000, max_frequency=2000)
+    np.testing.assert_allclose(back.absorption.values, api.absorption.values, rtol=1e-8,
+                               atol=1e-9 * float(api.absorption.max()))
+    np.testing.assert_allclose(back.frequency_thz.values, api.frequency_thz.values, rtol=1e-9)
+    assert back.attrs["temperature"] == 300 and back.attrs["window"] == "hann"
+    assert back.attrs["volume"] == pytest.approx(27.0)
+    f = back.frequency.values
+    assert abs(f[np.argmax(back.absorption.values)] - NU0) < 2 * (f[1] - f[0])
+
+
+def test_netcdf_partials_and_plot(prediction):
+    pytest.importorskip("matplotlib")
+    out, png = prediction / "s.nc", prediction / "ir.png"
+    assert main(["ir", str(prediction / "pred.zarr"), "-o", str(out), "--temperature", "300",
+                 "--partials", "--blocks", "2", "--window", "blackman", "--plot",
+                 str(png)]) == 0
+    s = xr.load_dataset(out)
+    assert list(s.partial.values) == ["Na", "Cl", "Na-Cl"]
+    np.testing.assert_allclose(s.absorption_partial.sum("partial"), s.absorption, rtol=1e-8,
+                               atol=1e-9 * float(s.absorption.max()))
+    assert s.attrs["n_blocks"] == 2 and s.attrs["window"] == "blackman"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_plot_with_quartz_references(prediction, shared_data):
+    pytest.importorskip("matplotlib")
+    qe = shared_data / "sio2_quartz_qe"
+    sticks = read_reference(qe / "SiO2-IR-dfpt.dat")
+    # README: strongest modes 1041.5, 1041.6, 1048.3 cm^-1
+    strongest = np.sort(sticks.mode_frequency.values[np.argsort(-sticks.intensity.values)[:3]])
+    np.testing.assert_allclose(strongest, [1041.47, 1041.61, 1048.33])
+    # QE's IR column is in (D/Å)^2/amu: 44.4849 (D/Å)^2/amu = 1879.8 km/mol
+    assert float(sticks.intensity_km_mol.sel(mode=24)) == pytest.approx(44.4849 * 42.2561,
+                                                                        rel=1e-5)
+    curve = read_reference(qe / "SiO2-epsim-dfpt.dat")
+    assert curve.attrs["spectrum"] == "absorption"
+    f = curve.frequency.values
+    np.testing.assert_allclose(curve.absorption.values, 2 * np.pi * f * curve.imag_dielectric)
+    assert abs(f[np.argmax(curve.imag_dielectric.values)] - 1045) < 10
+    for ref, name in ((qe / "SiO2-IR-dfpt.dat", "sticks.png"),
+                      (qe / "SiO2-epsim-dfpt.dat", "curve.png")):
+        png = prediction / name
+        assert main(["ir", str(prediction / "pred.zarr"), "-o", str(prediction / "r.csv"),
+                     "--temperature", "300", "--plot", str(png), "--reference", str(ref)]) == 0
+        assert png.stat().st_size > 10_000
+
+
+def test_errors_are_clear(prediction, capsys):
+    assert main(["ir", str(prediction / "pred.zarr"), "-o", str(prediction / "x.csv")]) == 1
+    assert "temperature" in capsys.readouterr().err
+    assert main(["ir", str(prediction / "pred.zarr"), "-o", str(prediction / "x.txt"),
+                 "--temperature", "300"]) == 1
+    assert ".csv or .nc" in capsys.readouterr().err
+    assert main(["ir", str(prediction / "missing.zarr"), "-o", "x.csv"]) == 1
+    assert "no such prediction store" in capsys.readouterr().err
+    assert main(["ir", str(prediction / "pred.zarr"), "-o", str(prediction / "x.csv"),
+                 "--temperature", "300", "--partials", "partition"]) == 1
+    assert "combined" in capsys.readouterr().err
