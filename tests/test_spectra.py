@@ -13,6 +13,7 @@ import xarray as xr
 from scipy.integrate import quad
 
 import numbec
+from numbec.models.base import BECModel
 from numbec.spectra import correlation
 from numbec.spectra.ir import integrated_intensity
 
@@ -338,3 +339,71 @@ def test_clear_errors():
         numbec.ir_spectrum(dd[:, :2], timestep=1.0, temperature=300)
     with pytest.raises(ValueError, match="partials need a prediction dataset"):
         numbec.ir_spectrum(dd, timestep=1.0, temperature=300, partials=True)
+
+
+# ------------------------------------------------- partials through numbec.predict
+KX, KY, KZ = 3.0, 7.0, 15.0  # eV/Å^2 springs between the two atoms, one per axis
+M_NA, M_CL = 22.99, 35.45
+Q = 1.1
+A = np.array([[0.3, 0.2, 0.0], [-0.1, 0.5, 0.1], [0.0, 0.4, -0.6]])  # dipole part, atom 0
+
+
+class ToyCombined(BECModel):
+    """Constant combined-model BECs: monopole +-Q, dipole part +-A (sum rule holds)."""
+
+    outputs = ("bec", "bec_monopole", "bec_dipole")
+    species = (11, 17)
+
+    def predict_arrays(self, positions, numbers, cell, pbc, uncertainty=False):
+        mono = np.array([Q * np.eye(3), -Q * np.eye(3)])
+        dip = np.array([A, -A])
+        return {"bec": mono + dip, "bec_monopole": mono, "bec_dipole": dip}
+
+    def _state(self):
+        return {}, {"a": A}
+
+    @classmethod
+    def _from_state(cls, metadata, arrays):  # pragma: no cover - not saved
+        return cls()
+
+
+@pytest.fixture(scope="module")
+def diatomic_prediction():
+    from numbec.spectra.harmonic import harmonic_md
+
+    k = np.diag([KX, KY, KZ])
+    fc = np.array([[k, -k], [-k, k]])
+    traj = harmonic_md(fc, [M_NA, M_CL], [[0, 0, 0], [2, 2, 2]], 4 * np.eye(3), [11, 17],
+                       temperature=300.0, timestep=1.0, n_steps=12000, seed=5)
+    return traj, numbec.predict(ToyCombined(), traj, progress=False)
+
+
+def test_partition_and_species_partials_match_closed_forms(diatomic_prediction):
+    traj, pred = diatomic_prediction
+    mu_red = M_NA * M_CL / (M_NA + M_CL)
+    # mode along axis m: eigenvector e_Na = sqrt(m_Cl/M) x_m, e_Cl = -sqrt(m_Na/M) x_m
+    w_na, w_cl = np.sqrt(M_CL / (M_NA + M_CL) / M_NA), np.sqrt(M_NA / (M_NA + M_CL) / M_CL)
+    nu = [np.sqrt(kk * E / 1e-20 / (mu_red * AMU)) / (2 * np.pi * C * 100) for kk in (KX, KY,
+                                                                                      KZ)]
+    edges = [0, 0.5 * (nu[0] + nu[1]), 0.5 * (nu[1] + nu[2]), 3000]
+    expected_terms = {"partition": [], "species": []}
+    for m in range(3):
+        x = np.eye(3)[m]
+        mono, dip = Q * x / np.sqrt(mu_red), A @ x / np.sqrt(mu_red)
+        na, cl = (Q * np.eye(3) + A) @ x * w_na, (Q * np.eye(3) + A) @ x * w_cl
+        expected_terms["partition"].append([mono @ mono, dip @ dip, 2 * mono @ dip])
+        expected_terms["species"].append([na @ na, cl @ cl, 2 * na @ cl])
+    for kind in ("partition", "species"):
+        s = numbec.ir_spectrum(pred, partials=kind, correlation_time=3000)
+        for m in range(3):
+            got = integrated_intensity(s.assign(p=s.absorption_partial), edges[m],
+                                       edges[m + 1], variable="p")
+            exp = np.array(expected_terms[kind][m]) * E**2 / AMU / (
+                12 * EPS0 * C**2 * 64e-30) * 1e-4
+            np.testing.assert_allclose(got, exp, rtol=0.01, atol=1e-3 * np.abs(exp).max())
+    # species partials from bec + trajectory velocities equal the stored per-species sums
+    from_bec = numbec.ir_spectrum(pred.drop_vars(["dipole_derivative_by_species", "species"]),
+                                  partials="species", trajectory=traj, correlation_time=3000)
+    stored = numbec.ir_spectrum(pred, partials="species", correlation_time=3000)
+    np.testing.assert_allclose(from_bec.absorption_partial, stored.absorption_partial,
+                               rtol=1e-9, atol=1e-9 * float(stored.absorption.max()))
