@@ -97,6 +97,7 @@ def plot_spectrum(spectrum, ax=None, reference=None, partials=False, variable=No
             title.append(fmt.format(spectrum.attrs[key]))
     if title:
         ax.set_title(", ".join(title), fontsize=9)
+    _align_twins(ax, float(np.nanmax(y)))
     handles, labels = ax.get_legend_handles_labels()
     for other in getattr(ax, "_numbec_twins", []):
         h2, l2 = other.get_legend_handles_labels()
@@ -117,7 +118,7 @@ def _plot_reference(ax, reference, variable, xname, unit, label):
         f = f * scale
         twin.vlines(f, 0, h, color="k", lw=1.2, label=f"{label} (sticks)")
         twin.set_ylabel("intensity (km/mol)")
-        twin.set_ylim(bottom=0)
+        twin._numbec_max = float(h.max())
         ax._numbec_twins = [*getattr(ax, "_numbec_twins", []), twin]
         return
     if variable in reference and xname in reference.coords:
@@ -136,3 +137,14 @@ def _merge_degenerate(frequency, intensity, tolerance=0.5):
     f, h = frequency[order], intensity[order]
     starts = np.r_[0, np.nonzero(np.diff(f) > tolerance)[0] + 1]
     return f[starts], np.add.reduceat(h, starts)
+
+
+def _align_twins(ax, curve_max):
+    """Put the stick axis's zero on the main axis's zero; tallest stick at the tallest peak."""
+    bottom, top = ax.get_ylim()
+    for twin in getattr(ax, "_numbec_twins", []):
+        if not (curve_max > 0 and top > 0):
+            twin.set_ylim(bottom=0)
+            continue
+        twin_top = twin._numbec_max * top / curve_max
+        twin.set_ylim(bottom / top * twin_top, twin_top)
