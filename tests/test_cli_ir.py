@@ -79,6 +79,23 @@ def test_netcdf_partials_and_plot(prediction):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
+def test_several_runs_and_kinetic_temperature(prediction):
+    pred, traj = str(prediction / "pred.zarr"), str(prediction / "traj.zarr")
+    out = prediction / "runs.nc"
+    assert main(["ir", pred, pred, "-o", str(out), "--trajectory", traj, traj]) == 0
+    s = xr.load_dataset(out)
+    assert s.attrs["n_runs"] == 2
+    assert float(np.abs(s.absorption_stderr).max()) == 0.0  # identical runs
+    # rigid-ion diatomic: <sum m v^2> / (3 kB) from the velocities written in the fixture
+    traj_ds = numbec.open_trajectory(traj)
+    masses = np.array([22.98976928, 35.453])  # standard masses of Na, Cl (tables differ
+    # in the 5th digit, hence rel=1e-4 below)
+    m_v2 = np.einsum("a,fai,fai->f", masses, traj_ds.velocities.values,
+                     traj_ds.velocities.values).mean()
+    kelvin = m_v2 * 1.66053906660e-27 * 1e10 / (3 * 1.380649e-23)
+    assert s.attrs["temperature"] == pytest.approx(kelvin, rel=1e-4)
+
+
 def test_plot_with_quartz_references(prediction, shared_data):
     pytest.importorskip("matplotlib")
     qe = shared_data / "sio2_quartz_qe"

@@ -407,3 +407,16 @@ def test_partition_and_species_partials_match_closed_forms(diatomic_prediction):
     stored = numbec.ir_spectrum(pred, partials="species", correlation_time=3000)
     np.testing.assert_allclose(from_bec.absorption_partial, stored.absorption_partial,
                                rtol=1e-9, atol=1e-9 * float(stored.absorption.max()))
+
+
+def test_kinetic_temperature_from_trajectory_when_attrs_lack_it(diatomic_prediction):
+    traj, pred = diatomic_prediction
+    traj = traj.copy()
+    pred = pred.copy()
+    del traj.attrs["temperature"], pred.attrs["temperature"]
+    with pytest.raises(ValueError, match="temperature"):
+        numbec.ir_spectrum(pred, correlation_time=3000)
+    # equipartition: 3 optical modes with kB T each -> <sum m v^2> = 3 kB T, 3N - 3 = 3
+    s = numbec.ir_spectrum(pred, trajectory=traj, correlation_time=3000)
+    assert s.attrs["temperature"] == pytest.approx(300.0, rel=0.01)
+    assert "kinetic" in s.attrs["provenance"]

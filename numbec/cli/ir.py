@@ -30,7 +30,11 @@ def register(subparsers):
                         help="spectrum file: .csv or .nc")
     parser.add_argument("--plot", metavar="PNG", help="also draw the spectrum into this file")
     parser.add_argument("--temperature", type=float, metavar="K",
-                        help="temperature (default: from the store)")
+                        help="temperature (default: from the store, else the kinetic "
+                             "temperature of --trajectory)")
+    parser.add_argument("--trajectory", nargs="+", metavar="TRAJ.zarr",
+                        help="the trajectory store(s) predicted (one per prediction): "
+                             "velocities for species partials from bec, kinetic temperature")
     parser.add_argument("--volume", type=float, metavar="A3",
                         help="cell volume in Å^3 (default: from the store; none for molecules)")
     parser.add_argument("--timestep", type=float, metavar="FS",
@@ -58,30 +62,16 @@ def register(subparsers):
     return parser
 
 
-def open_prediction(path):
-    """Open a finished prediction store (Zarr) or netCDF file as an xarray Dataset."""
-    import xarray as xr
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such prediction store")
-    if path.suffix == ".nc":
-        return xr.open_dataset(path)
-    try:
-        ds = xr.open_zarr(str(path), zarr_format=3)
-    except Exception as exc:
-        raise ValueError(f"{path}: not a readable Zarr store ({exc})") from exc
-    if ds.attrs.get("format") == "numbec-prediction" and not ds.attrs.get("complete"):
-        raise ValueError(f"{path}: the prediction is incomplete; run numbec predict again "
-                         "to finish it")
-    ds.attrs.setdefault("input", str(path))
-    return ds
-
-
 def run(args) -> int:
-    from numbec.spectra.ir import ir_spectrum, spectral_peaks
+    from numbec.spectra.ir import ir_spectrum, open_prediction, spectral_peaks
 
     datasets = [open_prediction(p) for p in args.prediction]
+    trajectories = None
+    if args.trajectory:
+        if len(args.trajectory) != len(datasets):
+            raise ValueError(f"{len(args.trajectory)} --trajectory stores for "
+                             f"{len(datasets)} predictions")
+        trajectories = args.trajectory if len(datasets) > 1 else args.trajectory[0]
     spectrum = ir_spectrum(
         datasets if len(datasets) > 1 else datasets[0],
         timestep=args.timestep,
@@ -94,6 +84,7 @@ def run(args) -> int:
         zero_padding=args.zero_padding,
         partials=args.partials or False,
         max_frequency=args.max_frequency,
+        trajectory=trajectories,
     )
     out = Path(args.out)
     if out.suffix == ".csv":

@@ -49,7 +49,14 @@ DEFAULT_MAX_CORRELATION_TIME = 2000.0
 #: Partial kinds accepted by ``ir_spectrum(..., partials=...)``.
 PARTIAL_KINDS = ("species", "partition")
 
-__all__ = ["ir_spectrum", "integrated_intensity", "cross_section_prefactor", "spectral_peaks"]
+__all__ = [
+    "cross_section_prefactor",
+    "integrated_intensity",
+    "ir_spectrum",
+    "kinetic_temperature",
+    "open_prediction",
+    "spectral_peaks",
+]
 
 
 @dataclasses.dataclass
@@ -64,6 +71,7 @@ class _Run:
     volume: float | None
     source: str
     differentiated: bool = False
+    temperature_source: str | None = None
 
 
 def cross_section_prefactor(temperature: float) -> float:
@@ -172,14 +180,18 @@ def _parts_of(ds, kind, trajectory, source):
         "monopole", "dipole"]
 
 
-def _run_from_dataset(ds, trajectory, kind, timestep, source):
+def _run_from_dataset(ds, trajectory, kind, timestep, source, need_temperature=True):
     source = str(ds.attrs.get("input") or ds.attrs.get("source") or source)
     dt = timestep or _timestep_of(ds)
     if dt is None:
         raise ValueError(f"{source}: no time step (attrs['timestep'] fs); pass timestep=")
     temperature = ds.attrs.get("temperature")
+    temperature_source = "attrs"
     if temperature is None and trajectory is not None:
         temperature = trajectory.attrs.get("temperature")
+        if temperature is None and need_temperature and "velocities" in trajectory:
+            temperature = kinetic_temperature(trajectory)
+            temperature_source = "kinetic (trajectory velocities)"
     volume = _volume_of(ds)
     if volume is None and trajectory is not None and (
         "pbc" in trajectory and bool(np.all(trajectory["pbc"].values))
@@ -210,13 +222,63 @@ def _run_from_dataset(ds, trajectory, kind, timestep, source):
                 f"(max difference {mismatch:.3g} e*Angstrom/fs of max {scale:.3g})"
             )
     return _Run(total, parts, names, dt, None if temperature is None else float(temperature),
-                volume, source, differentiated)
+                volume, source, differentiated,
+                temperature_source if temperature is not None else None)
 
 
-def _runs(data, timestep, kind, trajectory):
+def kinetic_temperature(trajectory, chunk_frames=1000) -> float:
+    """Mean kinetic temperature (K) of a trajectory with velocities (Å/fs).
+
+    ``T = <sum_a m_a |v_a|^2> / (kB (3N - 3))`` with ASE's standard masses of
+    ``numbers`` (3 degrees of freedom of the centre of mass removed).
+    """
+    from ase.data import atomic_masses
+
+    from numbec.conventions import AMU, ANGSTROM, FEMTOSECOND
+
+    numbers = np.asarray(trajectory["numbers"].values, dtype=np.int64)
+    masses = atomic_masses[numbers]
+    n_frames = trajectory.sizes["frame"]
+    total = 0.0
+    for start in range(0, n_frames, chunk_frames):
+        v = np.asarray(trajectory["velocities"][start:start + chunk_frames].values, float)
+        total += float(np.einsum("a,fai,fai->", masses, v, v))
+    dof = max(3 * numbers.size - 3, 1)
+    two_ke = total / n_frames * AMU * (ANGSTROM / FEMTOSECOND) ** 2
+    return two_ke / (dof * BOLTZMANN)
+
+
+def open_prediction(path):
+    """Open a finished prediction store (Zarr) or a netCDF file as an xarray Dataset."""
+    import os
+    from pathlib import Path
+
+    import xarray as xr
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{os.fspath(path)}: no such prediction store")
+    if path.suffix == ".nc":
+        ds = xr.open_dataset(path)
+    else:
+        try:
+            ds = xr.open_zarr(str(path), zarr_format=3)
+        except Exception as exc:
+            raise ValueError(f"{path}: not a readable Zarr store ({exc})") from exc
+        if ds.attrs.get("format") == "numbec-prediction" and not ds.attrs.get("complete"):
+            raise ValueError(f"{path}: the prediction is incomplete; run numbec predict "
+                             "again to finish it")
+    ds.attrs.setdefault("input", os.fspath(path))
+    return ds
+
+
+def _runs(data, timestep, kind, trajectory, need_temperature=True):
+    import os
+
     import xarray as xr
 
     items = list(data) if isinstance(data, (list, tuple)) else [data]
+    items = [open_prediction(i) if isinstance(i, (str, os.PathLike)) else i for i in items]
     if not items:
         raise ValueError("no data: pass a prediction dataset, an array or a list of them")
     trajs = list(trajectory) if isinstance(trajectory, (list, tuple)) else [trajectory] * len(
@@ -231,7 +293,8 @@ def _runs(data, timestep, kind, trajectory):
                 from numbec.io.trajectory import open_trajectory
 
                 traj = open_trajectory(traj)
-            runs.append(_run_from_dataset(item, traj, kind, timestep, source))
+            runs.append(_run_from_dataset(item, traj, kind, timestep, source,
+                                          need_temperature))
         else:
             if kind is not None:
                 raise ValueError(f"{source}: partials need a prediction dataset, not an array")
@@ -267,22 +330,25 @@ def ir_spectrum(
 
     Parameters
     ----------
-    data : xarray.Dataset, array or list of them
-        * a Prediction dataset of :func:`numbec.predict`: uses ``dipole_derivative``
-          (frame, pol) e·Å/fs; time step, temperature and volume from its attrs
-          (``timestep`` fs, ``temperature`` K, ``volume`` Å^3, or the mean ``|det cell|``
-          of a ``cell`` variable). Without ``dipole_derivative`` its ``dipole`` (frame,
-          pol) e·Å is differentiated by second-order central differences; the spectrum
-          is then divided by the transfer function ``(sin(omega dt) / (omega dt))^2`` of
-          the central difference and cut at half the Nyquist frequency, where it is
-          still at least ``4/pi^2``;
+    data : xarray.Dataset, path, array or list of them
+        * a Prediction dataset of :func:`numbec.predict` (or the path of its store):
+          uses ``dipole_derivative`` (frame, pol) e·Å/fs; time step, temperature and
+          volume from its attrs (``timestep`` fs, ``temperature`` K, ``volume`` Å^3,
+          or the mean ``|det cell|`` of a ``cell`` variable). Without
+          ``dipole_derivative`` its ``dipole`` (frame, pol) e·Å is differentiated by
+          second-order central differences; the spectrum is then divided by the
+          transfer function ``(sin(omega dt) / (omega dt))^2`` of the central
+          difference and cut at half the Nyquist frequency, where it is still at
+          least ``4/pi^2``;
         * an array (n_frames, 3) float of dM/dt in e·Å/fs (``timestep`` required);
         * a list of those: independent runs, averaged (error bars from their spread).
     timestep : float, fs
         Overrides the dataset's.
     temperature : float, K
-        Overrides the dataset's. Required by every quantum correction: a clear error
-        if neither is given.
+        Overrides the dataset's. Without it and without ``attrs["temperature"]``, the
+        mean kinetic temperature of ``trajectory`` velocities is used
+        (:func:`kinetic_temperature`, recorded in ``provenance``); with none of these a
+        clear error (every formula needs ``kB T``).
     volume : float, Å^3
         Overrides the dataset's. Without a volume (a molecule or cluster in vacuum) the
         result has the cross-section only, no ``absorption`` or ``imag_dielectric``.
@@ -330,12 +396,14 @@ def ir_spectrum(
     blocks = int(blocks)
     if blocks < 1:
         raise ValueError(f"blocks must be >= 1, got {blocks}")
-    runs = _runs(data, _positive(timestep, "timestep"), kind, trajectory)
     temperature = _positive(temperature, "temperature")
+    runs = _runs(data, _positive(timestep, "timestep"), kind, trajectory,
+                 need_temperature=temperature is None)
     volume = _positive(volume, "volume")
     for run in runs:
         if temperature is not None:
             run.temperature = temperature
+            run.temperature_source = "argument"
         if volume is not None:
             run.volume = volume
         if run.temperature is None:
@@ -500,6 +568,7 @@ def _assemble(wavenumber, keep, sigma_blocks, part_blocks, abs_blocks, runs, *, 
             "numbec_version": __version__,
             "sources": [r.source for r in runs],
             "temperatures": temps,
+            "temperature_sources": [r.temperature_source for r in runs],
             "volumes": vols if periodic else None,
             "dipole_derivative": ["central differences of dipole" if r.differentiated
                                   else "dipole_derivative" for r in runs],
