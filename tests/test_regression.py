@@ -111,3 +111,35 @@ def test_bad_input():
         eq.add(np.zeros((4, 2)), np.zeros(4))
     with pytest.raises(ValueError, match="NaN"):
         eq.add(np.full((1, 3), np.nan), np.zeros(1))
+
+
+def test_grouped_priors_maximise_the_evidence():
+    """Two column groups whose weights differ by 100x in scale: one prior variance per group,
+    each at a stationary point of the evidence, computed against the Gaussian density
+    y ~ N(0, Phi diag(sigma_w,k^2) Phi^T + sigma_v^2 I)."""
+    rng = np.random.default_rng(6)
+    n, m = 150, 8
+    phi = rng.normal(size=(n, m))
+    groups = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    w_true = np.where(groups == 0, 3.0, 0.03) * rng.normal(size=m)
+    y = phi @ w_true + 0.05 * rng.normal(size=n)
+    eq = _equations(phi, y)
+    res = fit_bayesian(eq, groups=groups)
+    sw2 = np.array(res.sigma_w2_groups)
+    assert sw2[0] > 100 * sw2[1]
+
+    def evidence(sw2, sv2):
+        cov = phi @ np.diag(sw2[groups]) @ phi.T + sv2 * np.eye(n)
+        return multivariate_normal(mean=np.zeros(n), cov=cov).logpdf(y)
+
+    best = evidence(sw2, res.sigma_v2)
+    assert res.log_evidence == pytest.approx(best, rel=1e-9)
+    for factor in ([1.3, 1], [0.77, 1], [1, 1.3], [1, 0.77]):
+        assert evidence(sw2 * np.array(factor), res.sigma_v2) < best
+    for factor in (1.2, 0.83):
+        assert evidence(sw2, res.sigma_v2 * factor) < best
+    single = fit_bayesian(eq)
+    assert res.log_evidence > single.log_evidence
+    # one group is the ordinary fit
+    same = fit_bayesian(eq, groups=np.zeros(m, dtype=int))
+    np.testing.assert_array_equal(same.weights, single.weights)

@@ -489,7 +489,10 @@ class KernelBECModel(BECModel):
 
         t0 = time.perf_counter()
         if self.regression == "bayesian":
-            result = regression.fit_bayesian(eq)
+            m = self.sparse_unit.shape[0]
+            groups = np.concatenate([np.zeros(m if self._monopole else 0, dtype=np.int64),
+                                     np.ones(3 * m if self._dipole else 0, dtype=np.int64)])
+            result = regression.fit_bayesian(eq, groups=groups)
         else:
             result = regression.fit_ridge(eq, self.ridge)
         t_solve = time.perf_counter() - t0
