@@ -420,3 +420,14 @@ def test_kinetic_temperature_from_trajectory_when_attrs_lack_it(diatomic_predict
     s = numbec.ir_spectrum(pred, trajectory=traj, correlation_time=3000)
     assert s.attrs["temperature"] == pytest.approx(300.0, rel=0.01)
     assert "kinetic" in s.attrs["provenance"]
+
+
+def test_runs_of_different_lengths_use_all_their_frames():
+    kwargs = dict(timestep=1.0, temperature=300, volume=100, correlation_time=400)
+    short = damped([(700.0, 50.0, MU1)], 2000, 1.0, 300, seed=1)
+    long = damped([(700.0, 50.0, MU1)], 5000, 1.0, 300, seed=2)
+    both = numbec.ir_spectrum([short, long], blocks=2, **kwargs)
+    parts = [numbec.ir_spectrum(x[i * len(x) // 2:(i + 1) * len(x) // 2], **kwargs)
+             for x in (short, long) for i in range(2)]
+    np.testing.assert_allclose(both.absorption, np.mean([p.absorption for p in parts], axis=0),
+                               rtol=1e-10, atol=1e-12)

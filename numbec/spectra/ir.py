@@ -359,7 +359,9 @@ def ir_spectrum(
         ``min(block duration / 2, 2000 fs)``.
     blocks : int
         Each run is cut into this many contiguous blocks of equal length (a remainder
-        at the end is dropped); the spectrum is the mean over all blocks of all runs and
+        of fewer than ``blocks`` frames at the end is dropped); the correlation time
+        must fit into the shortest block. The spectrum is the (unweighted) mean over all
+        blocks of all runs and
         ``*_stderr`` the standard error of that mean (sample standard deviation over
         blocks / sqrt(number of blocks); NaN for a single block).
     quantum_correction : {"harmonic", "standard", "schofield", "none"}
@@ -439,7 +441,8 @@ def ir_spectrum(
             [run.total[None], run.parts])
         prefactor = cross_section_prefactor(run.temperature)
         for b in range(blocks):
-            chunk = series[:, b * block_len:(b + 1) * block_len]
+            run_block = run.total.shape[0] // blocks  # longer runs: longer blocks
+            chunk = series[:, b * run_block:(b + 1) * run_block]
             corr = correlations(chunk, n_lags) * w
             g = [corr[0, 0]]
             if run.parts is not None:
