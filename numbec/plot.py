@@ -33,7 +33,7 @@ def _label(name, units):
 
 
 def plot_spectrum(spectrum, ax=None, reference=None, partials=False, variable=None,
-                  unit="cm^-1", label="numbec", reference_label=None, max_frequency=None):
+                  unit="cm^-1", label=None, reference_label=None, max_frequency=None):
     """Plot a spectrum with its error band, optional partials and a reference.
 
     Parameters
@@ -51,6 +51,8 @@ def plot_spectrum(spectrum, ax=None, reference=None, partials=False, variable=No
         Default ``spectrum.attrs["spectrum"]`` ("absorption" or "cross_section").
     unit : {"cm^-1", "THz", "meV"}
         x axis.
+    label : str, optional
+        Legend entry of the spectrum (default "total" with partials, else "spectrum").
     max_frequency : float, optional
         Upper x limit in ``unit``.
 
@@ -70,6 +72,8 @@ def plot_spectrum(spectrum, ax=None, reference=None, partials=False, variable=No
     x = np.asarray(spectrum[xname].values)
     y = np.asarray(spectrum[variable].values)
     units = spectrum[variable].attrs.get("units", "")
+    if label is None:
+        label = "total" if partials else "spectrum"
     (line,) = ax.plot(x, y, lw=1.4, label=label, zorder=3)
     err_name = f"{variable}_stderr"
     if err_name in spectrum:

@@ -103,7 +103,11 @@ def run(args) -> int:
           f"{a['n_blocks']} block(s)); strongest peaks (cm^-1): "
           + ", ".join(f"{p:.1f}" for p in peaks[:5]), file=sys.stdout)
     if args.plot:
-        _plot(spectrum, args)
+        try:
+            _plot(spectrum, args)
+        except ImportError as exc:  # matplotlib missing: the spectrum is written anyway
+            print(f"numbec ir: {out} written, but no figure: {exc}", file=sys.stderr)
+            return 3
     return 0
 
 
