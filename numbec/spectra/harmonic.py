@@ -40,6 +40,7 @@ from numbec.conventions import (
     BOLTZMANN,
     ELEMENTARY_CHARGE,
     FEMTOSECOND,
+    INVCM_TO_RAD_PER_FS,
     MEV_TO_INVCM,
     SPEED_OF_LIGHT,
     THZ_TO_INVCM,
@@ -182,8 +183,31 @@ def _lorentzian(x, x0, fwhm):
     return half / np.pi / ((x - x0) ** 2 + half**2)
 
 
-def harmonic_spectrum(mode_frequency, intensity, volume=None, width=5.0, frequency=None):
-    """Stick spectrum broadened by unit-area Lorentzians, in ir_spectrum's units.
+def _gaussian(x, x0, fwhm):
+    sigma = fwhm / np.sqrt(8.0 * np.log(2.0))
+    return np.exp(-0.5 * ((x - x0) / sigma) ** 2) / (sigma * np.sqrt(2.0 * np.pi))
+
+
+def _window_lines(nu, area, window, correlation_time, timestep, zero_padding):
+    """Grid (cm^-1) and sum of area * (unit-area window line at nu), as ir_spectrum."""
+    from numbec.spectra.correlation import cosine_transform, lag_window
+
+    if correlation_time is None:
+        raise ValueError("lineshape='window' needs correlation_time (fs)")
+    dt = float(timestep)
+    n_lags = int(round(float(correlation_time) / dt))
+    t = np.arange(n_lags) * dt
+    g = lag_window(window, n_lags) * (area[:, None] * np.cos(
+        np.outer(nu * INVCM_TO_RAD_PER_FS, t))).sum(axis=0)
+    omega, spectrum = cosine_transform(g, dt, zero_padding)
+    # integral_0^Nyquist of the transform of g is pi g[0]: unit area per unit g[0]
+    return omega / INVCM_TO_RAD_PER_FS, spectrum * INVCM_TO_RAD_PER_FS / np.pi
+
+
+def harmonic_spectrum(mode_frequency, intensity, volume=None, width=5.0, frequency=None,
+                      lineshape="lorentzian", window="hann", correlation_time=None,
+                      timestep=1.0, zero_padding=8):
+    """Stick spectrum broadened to unit-area lines, in ir_spectrum's units.
 
     Parameters
     ----------
@@ -192,9 +216,16 @@ def harmonic_spectrum(mode_frequency, intensity, volume=None, width=5.0, frequen
     volume : float, Å^3, optional
         Cell volume the modes belong to; without it only ``cross_section``.
     width : float, cm^-1
-        FWHM of the Lorentzians.
+        FWHM of the Lorentzian or Gaussian lines.
     frequency : (F,) float, cm^-1, optional
-        Grid; default 0 .. 1.2 max(mode_frequency) + 10 width in steps of width / 10.
+        Grid for "lorentzian"/"gaussian"; default 0 .. 1.2 max(mode_frequency) +
+        10 width in steps of width / 10.
+    lineshape : {"lorentzian", "gaussian", "window"}
+        ``"window"``: the line shape :func:`numbec.ir_spectrum` gives an undamped mode
+        with the same ``window``, ``correlation_time`` (fs), ``timestep`` (fs) and
+        ``zero_padding``, on the same frequency grid: the transform of
+        ``w(t) cos(omega_m t)``, scaled to unit area. An infinitely long classical
+        trajectory of the harmonic system gives exactly this spectrum.
 
     Returns
     -------
@@ -207,22 +238,31 @@ def harmonic_spectrum(mode_frequency, intensity, volume=None, width=5.0, frequen
 
     nu = np.asarray(mode_frequency, dtype=np.float64)
     inten = np.asarray(intensity, dtype=np.float64)
-    if frequency is None:
-        top = 1.2 * max(float(nu.max(initial=0.0)), 0.0) + 10.0 * width
-        frequency = np.arange(0.0, top, width / 10.0)
-    f = np.asarray(frequency, dtype=np.float64)
     # integral sigma d(nu~) = |mu|^2 / (12 eps0 c^2) in m, -> cm: *100
     area_cm = inten * ELEMENTARY_CHARGE**2 / AMU / (
         12.0 * VACUUM_PERMITTIVITY * SPEED_OF_LIGHT**2) * 100.0
     real = nu > 0
-    sigma = (area_cm[real, None] * _lorentzian(f[None, :], nu[real, None], width)).sum(axis=0)
+    if lineshape == "window":
+        f, sigma = _window_lines(nu[real], area_cm[real], window, correlation_time, timestep,
+                                 zero_padding)
+        width = float("nan")
+    elif lineshape in ("lorentzian", "gaussian"):
+        if frequency is None:
+            top = 1.2 * max(float(nu.max(initial=0.0)), 0.0) + 10.0 * width
+            frequency = np.arange(0.0, top, width / 10.0)
+        f = np.asarray(frequency, dtype=np.float64)
+        line = _lorentzian if lineshape == "lorentzian" else _gaussian
+        sigma = (area_cm[real, None] * line(f[None, :], nu[real, None], width)).sum(axis=0)
+    else:
+        raise ValueError(f"lineshape must be 'lorentzian', 'gaussian' or 'window', got "
+                         f"{lineshape!r}")
     coords = {
         "frequency": ("frequency", f, {"units": "cm^-1"}),
         "frequency_thz": ("frequency", f / THZ_TO_INVCM, {"units": "THz"}),
         "frequency_mev": ("frequency", f / MEV_TO_INVCM, {"units": "meV"}),
     }
     data = {"cross_section": ("frequency", sigma, {"units": "cm^2"})}
-    attrs = {"units": "cm^2", "spectrum": "cross_section", "lineshape": "lorentzian",
+    attrs = {"units": "cm^2", "spectrum": "cross_section", "lineshape": lineshape,
              "width": float(width), "width_units": "cm^-1", "volume": float("nan")}
     if volume is not None:
         absorption = sigma / (float(volume) * 1e-24)
@@ -235,12 +275,14 @@ def harmonic_spectrum(mode_frequency, intensity, volume=None, width=5.0, frequen
 
 
 def harmonic_ir(phonon=None, bec=None, *, frequencies=None, eigenvectors=None, masses=None,
-                volume=None, width=5.0, frequency=None):
+                volume=None, width=5.0, frequency=None, **lines):
     """IR intensities per Gamma mode and the broadened harmonic spectrum.
 
     Either ``phonon`` (a ``phonopy.Phonopy``, or a path for :func:`load_phonopy`, whose
     BORN supplies ``bec`` when not given) or the arrays ``frequencies`` (M,) cm^-1,
     ``eigenvectors`` (M, N, 3), ``masses`` (N,) amu with ``bec`` (N, 3, 3) e.
+    ``width``, ``frequency`` and ``**lines`` (``lineshape``, ``window``,
+    ``correlation_time``, ``timestep``, ``zero_padding``) go to :func:`harmonic_spectrum`.
 
     Returns
     -------
@@ -262,7 +304,7 @@ def harmonic_ir(phonon=None, bec=None, *, frequencies=None, eigenvectors=None, m
                          "eigenvectors= and masses=)")
     mu = mode_effective_charges(bec, eigenvectors, masses)
     intensity = np.sum(np.abs(mu) ** 2, axis=1)
-    spectrum = harmonic_spectrum(frequencies, intensity, volume, width, frequency)
+    spectrum = harmonic_spectrum(frequencies, intensity, volume, width, frequency, **lines)
     spectrum = spectrum.assign_coords(mode=np.arange(len(intensity)))
     spectrum["mode_frequency"] = ("mode", np.asarray(frequencies, float), {"units": "cm^-1"})
     spectrum["mode_charge"] = (("mode", "pol"), mu.real if np.isrealobj(mu) else mu,
