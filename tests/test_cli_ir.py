@@ -130,3 +130,25 @@ def test_errors_are_clear(prediction, capsys):
     assert main(["ir", str(prediction / "pred.zarr"), "-o", str(prediction / "x.csv"),
                  "--temperature", "300", "--partials", "partition"]) == 1
     assert "combined" in capsys.readouterr().err
+
+
+def test_csv_round_trip_with_partials_and_plot_errors(prediction):
+    pytest.importorskip("matplotlib")
+    from numbec.plot import plot_spectrum
+
+    out = prediction / "p.csv"
+    assert main(["ir", str(prediction / "pred.zarr"), "-o", str(out), "--temperature", "300",
+                 "--partials", "species"]) == 0
+    back = read_spectrum_csv(out)
+    api = numbec.ir_spectrum(str(prediction / "pred.zarr"), temperature=300, partials=True)
+    assert list(back.partial.values) == ["Na", "Cl", "Na-Cl"]
+    np.testing.assert_allclose(back.absorption_partial.values, api.absorption_partial.values,
+                               rtol=1e-8, atol=1e-9 * float(api.absorption.max()))
+    assert back.absorption_partial.attrs["units"] == "cm^-1"
+    no_partials = numbec.ir_spectrum(str(prediction / "pred.zarr"), temperature=300)
+    with pytest.raises(ValueError, match="partials"):
+        plot_spectrum(no_partials, partials=True)
+    with pytest.raises(ValueError, match="unit"):
+        plot_spectrum(no_partials, unit="Hz")
+    ax = plot_spectrum(back, partials=True, unit="THz")
+    assert ax.get_xlabel() == "frequency (THz)" and len(ax.get_lines()) >= 4

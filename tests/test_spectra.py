@@ -460,3 +460,14 @@ def test_quartz_dfpt_references_agree_with_each_other(shared_data):
         got = np.trapezoid(curve.absorption.values[band], f[band])
         assert got / area[(nu >= lo) & (nu < hi)].sum() == pytest.approx(np.sqrt(3) / 2,
                                                                            rel=1e-4)
+
+
+def test_molecule_partials_are_cross_sections():
+    parts = np.stack([undamped([(1600.0, MU1)], 4000, 0.5, 300, seed=1),
+                      undamped([(3600.0, MU2)], 4000, 0.5, 300, seed=2)])
+    ds = prediction_like(parts, [1, 8], dt=0.5)
+    s = numbec.ir_spectrum(ds, partials=True, correlation_time=1000)
+    assert "absorption_partial" not in s
+    np.testing.assert_allclose(s.cross_section_partial.sum("partial"), s.cross_section,
+                               rtol=1e-9, atol=1e-9 * float(s.cross_section.max()))
+    assert s.cross_section_partial.attrs["units"] == "cm^2"
