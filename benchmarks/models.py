@@ -20,11 +20,14 @@ all BEC components (e) overall and per species, the wall time of ``fit`` and of 
 test set. The reference BECs are compared raw (not ASR-projected; see numbec.models.evaluate).
 
 Learning curve: test RMSE of one model (``--curve-model``) on quartz against the number of
-training frames, evenly spaced over frames 0-149 (``n_sparse`` is capped at the number of
-training environments of each species).
+training frames (``--curve-sizes``), evenly spaced over frames 0-149 (``n_sparse`` is capped at
+the number of training environments of each species); its last point is the quartz fit of the
+side-by-side table.
 
-``--quick`` trains on every 5th training frame (ZrO2: every 4th), tests on every 3rd test
-frame, with at most 100 sparse points per species and a 3-point learning curve.
+Training frames: every ``train_stride``-th frame of the training range (per system in
+:data:`SYSTEMS`, ``--train-stride`` overrides). ``--quick`` trains on at most every 4th
+training frame, tests on every 3rd test frame, with at most 100 sparse points per species and
+a 3-point learning curve.
 
 The machine may be shared: wall times depend on the load (printed at the start); Numba
 compilation is warmed up before the first timed fit.
@@ -48,42 +51,46 @@ SHARED = Path(os.environ.get("NUMBEC_SHARED_DATA", REPO.parent / "shared" / "dat
 MODELS = ("monopole", "dipole", "combined")
 CLASSES = {"monopole": "MonopoleModel", "dipole": "DipoleModel", "combined": "CombinedModel"}
 
-#: Per system: data, train/test split and hyperparameters (model keywords and descriptor
-#: settings). Chosen by the scans recorded in docs/benchmarks_models.md.
+#: Per system: data, train/test split, training-frame stride and hyperparameters (model
+#: keywords and descriptor settings). Sized so that the whole run fits in about an hour on 2
+#: shared cores; see docs/benchmarks_models.md for what was tried.
 SYSTEMS = {
     "quartz": {
         "title": "alpha-quartz SiO2 (QE)",
         "data": "sio2_quartz_qe/SiO2.xyz",
         "train": slice(0, 150),
+        "train_stride": 3,
         "test": slice(150, 201),
-        "model": {"zeta": 4, "n_sparse": 300, "sparse_method": "cur",
+        "model": {"zeta": 4, "n_sparse": 150, "sparse_method": "cur",
                   "regression": "bayesian"},
         "descriptors": {"cutoff_radial": 6.0, "cutoff_angular": 5.0, "sigma": 0.5,
-                        "n_radial": 8, "n_angular": 8, "l_max": 4, "radial_weight": 0.1},
+                        "n_radial": 8, "n_angular": 6, "l_max": 3, "radial_weight": 0.1},
     },
     "zro2": {
         "title": "ZrO2 (VASP DFPT)",
         "data": "zro2_vasp_dfpt/OUTCAR.{}.xz",
         "train": range(1, 81),
+        "train_stride": 1,
         "test": range(81, 120),
-        "model": {"zeta": 4, "n_sparse": 300, "sparse_method": "cur",
+        "model": {"zeta": 4, "n_sparse": 100, "sparse_method": "cur",
                   "regression": "bayesian"},
         "descriptors": {"cutoff_radial": 6.0, "cutoff_angular": 5.0, "sigma": 0.5,
-                        "n_radial": 8, "n_angular": 8, "l_max": 4, "radial_weight": 0.1},
+                        "n_radial": 8, "n_angular": 6, "l_max": 3, "radial_weight": 0.1},
     },
     "batio3": {
         "title": "BaTiO3 (QE)",
         "data": "batio3_qe/BaTiO3.xyz",
         "train": slice(0, 40),
+        "train_stride": 2,
         "test": slice(40, None),
-        "model": {"zeta": 4, "n_sparse": 300, "sparse_method": "cur",
+        "model": {"zeta": 4, "n_sparse": 100, "sparse_method": "cur",
                   "regression": "bayesian"},
         "descriptors": {"cutoff_radial": 6.0, "cutoff_angular": 5.0, "sigma": 0.5,
-                        "n_radial": 8, "n_angular": 8, "l_max": 4, "radial_weight": 0.1},
+                        "n_radial": 8, "n_angular": 6, "l_max": 3, "radial_weight": 0.1},
     },
 }
 
-CURVE_SIZES = (10, 20, 40, 75, 150)
+CURVE_SIZES = (5, 10, 20)
 QUICK_CURVE_SIZES = (5, 10, 20)
 
 
@@ -94,27 +101,30 @@ def _slice_text(sel) -> str:
     return f"{sel.start}-{stop}"
 
 
-def load_split(name: str, quick: bool):
-    """(train frames, test frames, description) of system ``name``, read from SHARED."""
+def load_split(name: str, quick: bool, train_stride: int | None = None):
+    """(train frames, test frames, description) of system ``name``, read from SHARED.
+
+    Training frames: every ``train_stride``-th of the training range (default: the system's
+    ``train_stride``; ``quick``: at least 4); test frames: all (``quick``: every 3rd).
+    """
     import numbec
 
     spec = SYSTEMS[name]
     train_sel, test_sel = spec["train"], spec["test"]
+    stride = train_stride or spec.get("train_stride", 1)
+    test_stride = 1
+    if quick:
+        stride, test_stride = max(stride, 4), 3
     if isinstance(train_sel, range):  # one file per frame
-        train_ids, test_ids = list(train_sel), list(test_sel)
-        if quick:
-            train_ids, test_ids = train_ids[::4], test_ids[::3]
         path = str(SHARED / spec["data"])
-        train = numbec.read_bec([path.format(i) for i in train_ids])
-        test = numbec.read_bec([path.format(i) for i in test_ids])
+        train = numbec.read_bec([path.format(i) for i in train_sel[::stride]])
+        test = numbec.read_bec([path.format(i) for i in test_sel[::test_stride]])
     else:
-        path = SHARED / spec["data"]
-        frames = numbec.read_bec(path)
-        train, test = frames[train_sel], frames[test_sel]
-        if quick:
-            train, test = train[::5], test[::3]
-    text = (f"train {len(train)} frames from {_slice_text(train_sel)}, "
-            f"test {len(test)} frames from {_slice_text(test_sel)}")
+        frames = numbec.read_bec(SHARED / spec["data"])
+        train, test = frames[train_sel][::stride], frames[test_sel][::test_stride]
+    every = lambda k: f" (every {k}{'th' if k > 3 else 'rd' if k == 3 else 'nd'})" if k > 1 else ""
+    text = (f"train {len(train)} frames from {_slice_text(train_sel)}{every(stride)}, "
+            f"test {len(test)} frames from {_slice_text(test_sel)}{every(test_stride)}")
     return train, test, text
 
 
@@ -186,7 +196,7 @@ def _table(title: str, rows: dict, species) -> str:
 
 def run_system(name: str, models, args) -> dict:
     spec = SYSTEMS[name]
-    train, test, split = load_split(name, args.quick)
+    train, test, split = load_split(name, args.quick, args.train_stride)
     model_kw = {**spec["model"], **_overrides(args, MODEL_KEYS)}
     descriptors = {**spec["descriptors"], **_overrides(args, DESCRIPTOR_KEYS)}
     if args.quick:
@@ -207,12 +217,12 @@ def run_system(name: str, models, args) -> dict:
             "descriptors": descriptors, "results": rows}
 
 
-def learning_curve(args) -> dict:
+def learning_curve(args, table: dict | None = None) -> dict:
     spec = SYSTEMS["quartz"]
-    train, test, split = load_split("quartz", False)
+    train, test, split = load_split("quartz", False, 1)
     if args.quick:
         test = test[::3]
-    sizes = QUICK_CURVE_SIZES if args.quick else CURVE_SIZES
+    sizes = args.curve_sizes or (QUICK_CURVE_SIZES if args.quick else CURVE_SIZES)
     model_kw = {**spec["model"], **_overrides(args, MODEL_KEYS)}
     descriptors = {**spec["descriptors"], **_overrides(args, DESCRIPTOR_KEYS)}
     if args.quick:
@@ -231,6 +241,14 @@ def learning_curve(args) -> dict:
                        "per_species_rmse": {s: e["rmse"] for s, e in r["per_species"].items()}})
         print(f"  {len(subset):4d} frames: RMSE {r['rmse']:.4f} e (fit {r['fit_seconds']:.1f} s)",
               flush=True)
+    if table and args.curve_model in table["results"] and not args.quick:
+        # the side-by-side table's fit (same hyperparameters, same test frames) as last point
+        r = table["results"][args.curve_model]
+        points.append({"n_train": table["n_train"], "rmse": r["rmse"], "mae": r["mae"],
+                       "r2": r["r2"], "baseline_rmse": table["results"]["mean"]["rmse"],
+                       "fit_seconds": r["fit_seconds"], "n_sparse": r["n_sparse"],
+                       "per_species_rmse": {s: e["rmse"] for s, e in r["per_species"].items()},
+                       "note": "the fit of the side-by-side table (" + table["split"] + ")"})
     lines = [f"### Learning curve: quartz, {args.curve_model}, test frames 150-200", "",
              "| training frames | test RMSE | MAE | R2 | species-mean RMSE | fit s |",
              "|---|---|---|---|---|---|"]
@@ -261,7 +279,13 @@ def main(argv=None) -> int:
     parser.add_argument("--curve-model", default="combined", choices=MODELS,
                         help="model of the quartz learning curve (default: combined)")
     parser.add_argument("--no-curve", action="store_true", help="skip the learning curve")
+    parser.add_argument("--curve-sizes", type=lambda t: [int(x) for x in t.split(",")],
+                        default=None, metavar="N,N,...",
+                        help=f"training-set sizes of the learning curve (default: "
+                             f"{','.join(map(str, CURVE_SIZES))})")
     parser.add_argument("--json", metavar="OUT", help="also write all results as JSON")
+    parser.add_argument("--train-stride", type=int, default=None,
+                        help="use every k-th training frame (default: per system, SYSTEMS)")
     for key in MODEL_KEYS + DESCRIPTOR_KEYS:
         kind = str if key in ("sparse_method", "regression") else (
             int if key in ("zeta", "n_sparse", "n_radial", "n_angular", "l_max") else float)
@@ -291,9 +315,11 @@ def main(argv=None) -> int:
     out = {"command": sys.argv, "quick": args.quick, "load_average": load, "systems": {}}
     for name in systems:
         out["systems"][name] = run_system(name, models, args)
+        if name == "quartz" and not args.no_curve:  # the curve right after its system
+            out["learning_curve"] = learning_curve(args, out["systems"]["quartz"])
         if args.json:  # write as we go: a long run keeps what it finished
             Path(args.json).write_text(json.dumps(out, indent=1))
-    if not args.no_curve:
+    if "quartz" not in systems and not args.no_curve:
         out["learning_curve"] = learning_curve(args)
     out["total_seconds"] = time.perf_counter() - t0
     print(f"total wall time {out['total_seconds']:.0f} s", flush=True)
