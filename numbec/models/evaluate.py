@@ -89,8 +89,12 @@ def _predict_all(model: BECModel, frames, what: str) -> tuple[np.ndarray, float]
         where = _where(k, atoms)
         try:
             result = model.predict(atoms)
-        except ValueError as exc:
-            raise type(exc)(f"{where}: {exc}") from exc
+        except ValueError as exc:  # name the frame; keep the class (UnknownSpeciesError, ...)
+            try:
+                named = type(exc)(f"{where}: {exc}")
+            except TypeError:  # an exception class with another constructor
+                named = ValueError(f"{where}: {exc}")
+            raise named from exc
         bec = np.asarray(result["bec"], dtype=np.float64)
         if bec.shape != (len(atoms), 3, 3):
             raise ValueError(
