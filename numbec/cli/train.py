@@ -176,7 +176,12 @@ def run(args) -> int:
     model.fit(frames, progress=args.progress)
     seconds = time.perf_counter() - start
     path = model.save(args.out)
-    print(f"  fitted in {seconds:.1f} s; saved {path}")
+    parts = getattr(model, "training", None) or {}
+    detail = ""
+    if {"time_sparse_s", "time_design_s", "time_solve_s"} <= set(parts):
+        detail = (f" (descriptors and sparse points {parts['time_sparse_s']:.1f} s, design "
+                  f"{parts['time_design_s']:.1f} s, regression {parts['time_solve_s']:.1f} s)")
+    print(f"  fitted in {seconds:.1f} s{detail}; saved {path}")
     if not args.no_train_error:
         res = evaluate(model, frames, baseline=True)
         base = res["baseline"]
