@@ -63,10 +63,10 @@ def randomized(model, rng, scale=0.3):
     return model
 
 
-def fitted_random_model(cls, rng, periodic, zeta=3, **kwargs):
+def fitted_random_model(cls, rng, periodic, zeta=3, n_sparse=3):
     frames = training_frames(rng, periodic)
-    model = cls(settings=SETTINGS, zeta=zeta, n_sparse=3, regression="ridge", ridge=1e-3,
-                **kwargs).fit(frames)
+    model = cls(settings=SETTINGS, zeta=zeta, n_sparse=n_sparse, regression="ridge",
+                ridge=1e-3).fit(frames)
     return randomized(model, rng)
 
 

@@ -83,8 +83,9 @@ def test_vector_scale_and_sparse_vectors(rng):
 
 
 def test_save_load(rng, tmp_path):
-    model = fitted_random_model(DipoleModel, rng, periodic=False)
+    model = fitted_random_model(DipoleModel, rng, periodic=False, n_sparse={"H": 3, 8: 2})
     check_save_load(model, tmp_path, rng)
+    assert model.hyperparameters()["n_sparse"] == {"1": 3, "8": 2}  # JSON keys
 
 
 def test_unknown_species(rng):
