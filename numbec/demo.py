@@ -72,7 +72,8 @@ class DemoConfig:
     Attributes
     ----------
     train_sizes : tuple of int
-        Cluster sizes n of (H2O)_n in the training set, one cluster per size.
+        Cluster sizes n of (H2O)_n in the training set, one cluster (its own random
+        geometry and trajectory) per entry; repeat a size for more of its environments.
     snapshots_per_size : int
         Training structures taken from each cluster's MD.
     train_temperature : float, K
@@ -100,8 +101,8 @@ class DemoConfig:
         Seed of every random choice (cluster geometries, velocities, Langevin noise, models).
     """
 
-    train_sizes: tuple = (2, 3, 4, 5, 6)
-    snapshots_per_size: int = 6
+    train_sizes: tuple = (2, 4, 5, 6, 6)
+    snapshots_per_size: int = 8
     train_temperature: float = 400.0
     sample_every: int = 40
     md_size: int = 6
@@ -307,8 +308,8 @@ def generate_reference(config: DemoConfig, cache: Path, log=print) -> list:
     calc = xtb_calculator()
     frames = []
     t0 = time.perf_counter()
-    for n in config.train_sizes:
-        rng = np.random.default_rng([config.seed, n])
+    for k, n in enumerate(config.train_sizes):
+        rng = np.random.default_rng([config.seed, k, n])  # a new cluster for every entry
         atoms = water_cluster(n, seed=int(rng.integers(2**31)), calc=calc)
         _thermal_momenta(atoms, config.train_temperature, rng)
         dyn = _langevin(atoms, config.timestep, config.train_temperature, rng)
