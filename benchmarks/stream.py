@@ -1,20 +1,42 @@
 """Benchmark of streaming prediction (numbec.predict): throughput, memory, schedulers.
 
+Usage::
+
+    python benchmarks/stream.py            # the table in docs/streaming.md
+    python benchmarks/stream.py --quick    # fewer frames, for a smoke run
+    python benchmarks/stream.py --model-dir /tmp/models  # fit once, reuse next time
+
 Prints markdown tables:
 
-1. throughput in atom-frames/s of full BEC prediction (bec + dipole derivative) for the
-   available models on a 192-atom water box and the 72-atom alpha-quartz cell
-   (../shared/data/sio2_quartz_qe/SiO2.xyz), with 1 and 2 cores, next to featomic's SOAP
-   power spectrum values + position gradients on the same frames;
-2. peak resident memory of ``predict(..., out=store)`` for a short and a 10x longer
-   trajectory (should not grow with the length);
-3. wall time of the same run serially and on a dask.distributed LocalCluster (2 workers).
+1. Throughput in atom-frames/s of full BEC prediction (``predict`` on an in-memory
+   trajectory: bec, the dipole derivative sum_a Z_a v_a and the integrated dipole) on the
+   192-atom water box of ``benchmarks/descriptors.py`` and the 72-atom alpha-quartz cell
+   (``../shared/data/sio2_quartz_qe/SiO2.xyz``), with 1 and 2 cores, next to featomic's
+   SoapPowerSpectrum values + position gradients on the same frames, measured in the same
+   run; the ratio columns divide the two at the same core count.
+2. Peak resident memory (``ru_maxrss``) of ``predict(..., out=store)`` on a dask-backed
+   trajectory of 2,000 and 20,000 frames (should not grow with the length).
+3. Wall time of one ``predict(..., out=store)`` of a learned model serially and on a
+   ``dask.distributed.LocalCluster`` of 2 worker processes (start-up of the cluster and a
+   warm-up prediction on every worker, which loads the Numba kernels, timed apart).
 
-Every measurement runs in its own subprocess (so that NUMBA_NUM_THREADS / RAYON_NUM_THREADS
-take effect and peak RSS is per measurement).
+Models: ``SpeciesMeanModel`` (no descriptors; measures the streaming machinery alone) and,
+when numbec provides them, ``MonopoleModel`` and ``CombinedModel``, fitted here on a few
+frames with the default hyperparameters (``DescriptorSettings()`` defaults: n_radial =
+n_angular = 8, l_max = 4, cutoff_radial 6 Å, cutoff_angular 5 Å, sigma 0.5 Å; n_sparse =
+200 per species, zeta = 4). Speed does not depend on the fitted weights, only on these
+sizes. Labels: DFT BECs for quartz; for water (no DFT data here) rigid-ion charges
+O -0.8 e, H 0.4 e plus 0.05 e Gaussian noise. The models are saved and every measurement
+loads them from file (``numbec.load_model``), as ``numbec predict`` does.
 
-    python benchmarks/stream.py            # full: 2,000 vs 20,000 frames
-    python benchmarks/stream.py --quick    # reduced sizes, ~2 minutes on 2 cores
+featomic: ``SoapPowerSpectrum`` with cutoff 5 Å (ShiftedCosine width 0.5), Gaussian
+density width 0.5 Å, TensorProduct basis max_angular 4, Gto max_radial 7 (8 radial
+functions): the sizes of numbec's angular descriptor.
+
+Every measurement runs in its own subprocess (so that NUMBA_NUM_THREADS /
+RAYON_NUM_THREADS / OMP_NUM_THREADS take effect and ru_maxrss is per measurement); each
+throughput is the best of ``--repeat`` timings inside that process, after a warm-up
+(Numba compilation, loaded from the on-disk cache after the first run).
 """
 
 from __future__ import annotations
@@ -22,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -31,34 +54,29 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-QUARTZ = Path(os.environ.get("NUMBEC_SHARED_DATA", REPO.parent / "shared" / "data")) / (
-    "sio2_quartz_qe/SiO2.xyz"
-)
-WATER_BOX = 12.42  # Å: 64 molecules at 0.997 g/cm^3
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from descriptors import water_box  # noqa: E402  (the same 192-atom box as that benchmark)
+
+SHARED = Path(os.environ.get("NUMBEC_SHARED_DATA", REPO.parent / "shared" / "data"))
+QUARTZ = SHARED / "sio2_quartz_qe" / "SiO2.xyz"
 MODELS = ("SpeciesMeanModel", "MonopoleModel", "CombinedModel")
+SYSTEMS = {"water": "water, 192 atoms", "quartz": "alpha-quartz, 72 atoms"}
+N_SPARSE, ZETA = 200, 4
+THREAD_VARS = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+               "MKL_NUM_THREADS", "RAYON_NUM_THREADS")
 
 
 # ------------------------------------------------------------------------- systems
-def water_frame(rng):
-    """One 192-atom water box (positions (192, 3) Å, numbers, cell (3, 3))."""
-    angle = np.deg2rad(104.5)
-    local = np.array([[0, 0, 0], [0.9572, 0, 0],
-                      [0.9572 * np.cos(angle), 0.9572 * np.sin(angle), 0]])
-    grid = (np.stack(np.meshgrid(*(np.arange(4),) * 3, indexing="ij"), -1).reshape(-1, 3)
-            + 0.5) * WATER_BOX / 4
-    positions = []
-    for centre in grid:
-        q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-        positions.append(centre + local @ q.T)
-    numbers = np.tile([8, 1, 1], 64)
-    return np.concatenate(positions), numbers, WATER_BOX * np.eye(3)
-
-
 def system_frames(system, n_frames, seed=0):
-    """(positions (F, N, 3), velocities (F, N, 3), numbers (N,), cells (F, 3, 3))."""
+    """Frames of ``system``: positions (F, N, 3) Å, velocities (F, N, 3) Å/fs,
+    numbers (N,) int64, cells (F, 3, 3) Å.
+
+    water: the water box with 0.05 Å Gaussian displacements per frame; quartz: the DFT
+    snapshots of SiO2.xyz in order (repeated if ``n_frames`` > 201). Velocities are
+    Gaussian, 0.01 Å/fs (their values do not change the cost)."""
     rng = np.random.default_rng(seed)
     if system == "water":
-        base, numbers, cell = water_frame(rng)
+        base, numbers, cell = water_box()
         positions = base + rng.normal(0, 0.05, (n_frames,) + base.shape)
         cells = np.tile(cell, (n_frames, 1, 1))
     else:
@@ -73,44 +91,10 @@ def system_frames(system, n_frames, seed=0):
     return positions, velocities, np.asarray(numbers, dtype=np.int64), cells
 
 
-def as_dataset(positions, velocities, numbers, cells, timestep=0.5, chunks=None):
+def as_dataset(positions, velocities, numbers, cells, timestep=0.5):
+    """An in-memory dataset in the Trajectory store layout."""
     import xarray as xr
 
-    n = positions.shape[0]
-    ds = xr.Dataset(
-        {
-            "positions": (("frame", "atom", "xyz"), positions),
-            "velocities": (("frame", "atom", "xyz"), velocities),
-            "cell": (("frame", "cell_vector", "xyz"), cells),
-            "numbers": (("atom",), numbers),
-            "pbc": (("xyz",), np.ones(3, bool)),
-        },
-        coords={"time": ("frame", np.arange(n) * timestep)},
-        attrs={"timestep": timestep, "source": "benchmark"},
-    )
-    return ds.chunk({"frame": chunks}) if chunks else ds
-
-
-def lazy_water(n_frames, chunk):
-    """A dask-backed synthetic water trajectory generated chunk by chunk (no big arrays)."""
-    import dask.array as da
-    import xarray as xr
-
-    base, numbers, cell = water_frame(np.random.default_rng(0))
-    shape = (n_frames,) + base.shape
-    chunks = (chunk, base.shape[0], 3)
-
-    def block(kind, block_info=None):
-        (start, stop), _, _ = block_info[None]["array-location"]
-        rng = np.random.default_rng([start, kind])
-        noise = rng.normal(0, 0.05 if kind == 0 else 0.01, (stop - start,) + base.shape)
-        return base + noise if kind == 0 else noise
-
-    positions = da.map_blocks(block, 0, chunks=da.core.normalize_chunks(chunks, shape),
-                              dtype=np.float64)
-    velocities = da.map_blocks(block, 1, chunks=da.core.normalize_chunks(chunks, shape),
-                               dtype=np.float64)
-    cells = da.broadcast_to(cell, (n_frames, 3, 3), chunks=(chunk, 3, 3))
     return xr.Dataset(
         {
             "positions": (("frame", "atom", "xyz"), positions),
@@ -119,68 +103,119 @@ def lazy_water(n_frames, chunk):
             "numbers": (("atom",), numbers),
             "pbc": (("xyz",), np.ones(3, bool)),
         },
+        coords={"time": ("frame", np.arange(positions.shape[0]) * timestep)},
+        attrs={"timestep": timestep, "source": "benchmark"},
+    )
+
+
+def lazy_water(n_frames, chunk):
+    """A dask-backed water trajectory generated chunk by chunk (no array of the whole
+    trajectory ever exists): the water box plus 0.05 Å noise, velocities 0.01 Å/fs."""
+    import dask.array as da
+    import xarray as xr
+
+    base, numbers, cell = water_box()
+    shape = (n_frames,) + base.shape
+    chunks = da.core.normalize_chunks((chunk, base.shape[0], 3), shape)
+
+    def block(kind, block_info=None):
+        (start, stop), _, _ = block_info[None]["array-location"]
+        noise = np.random.default_rng([start, kind]).normal(
+            0, 0.05 if kind == 0 else 0.01, (stop - start,) + base.shape)
+        return base + noise if kind == 0 else noise
+
+    return xr.Dataset(
+        {
+            "positions": (("frame", "atom", "xyz"),
+                          da.map_blocks(block, 0, chunks=chunks, dtype=np.float64)),
+            "velocities": (("frame", "atom", "xyz"),
+                           da.map_blocks(block, 1, chunks=chunks, dtype=np.float64)),
+            "cell": (("frame", "cell_vector", "xyz"),
+                     da.broadcast_to(cell, (n_frames, 3, 3), chunks=(chunk, 3, 3))),
+            "numbers": (("atom",), numbers),
+            "pbc": (("xyz",), np.ones(3, bool)),
+        },
         coords={"time": ("frame", np.arange(n_frames) * 0.5)},
-        attrs={"timestep": 0.5, "source": "benchmark-lazy-water"},
+        attrs={"timestep": 0.5, "source": f"benchmark-lazy-water-{n_frames}"},
     )
 
 
 # ------------------------------------------------------------------------- models
-def build_model(name, system):
-    """A model of class ``name`` for ``system``; raises ImportError if not available."""
-    from numbec.models import SpeciesMeanModel
+def training_frames(system):
+    """A few labelled frames (list of ase.Atoms with arrays["bec"]) for fitting."""
+    import ase
 
-    if system == "water":
-        species, mean = [1, 8], np.stack([0.4 * np.eye(3), -0.8 * np.eye(3)])
-    else:
-        import ase.io
+    if system == "quartz":
+        from numbec.io import read_bec
 
-        frames = ase.io.read(QUARTZ, index=":20")
-        z = np.concatenate([a.numbers for a in frames])
-        bec = np.concatenate([a.arrays["born_charge"].reshape(-1, 3, 3) for a in frames])
-        species = [8, 14]
-        mean = np.stack([bec[z == s].mean(axis=0) for s in species])
-    if name == "SpeciesMeanModel":
-        return SpeciesMeanModel(species, mean)
+        return read_bec(str(QUARTZ), index="::20")  # 11 frames: 264 Si, 528 O
+    positions, _, numbers, cells = system_frames("water", 4, seed=1)
+    rng = np.random.default_rng(2)
+    frames = []
+    for p, c in zip(positions, cells, strict=True):
+        atoms = ase.Atoms(numbers=numbers, positions=p, cell=c, pbc=True)
+        q = np.where(numbers == 8, -0.8, 0.4)
+        atoms.arrays["bec"] = q[:, None, None] * np.eye(3) + rng.normal(0, 0.05, (len(q), 3, 3))
+        frames.append(atoms)
+    return frames
+
+
+def fit_models(directory, reuse=False):
+    """Fit every available model for both systems; save to ``directory``.
+
+    With ``reuse``, a model file already in ``directory`` is used as it is. Returns
+    {"<system>/<model>": {"file": path, "fit_s": seconds or None} or {"error": message}}.
+    """
     import numbec.models as models
+    from numbec.descriptors import DescriptorSettings
 
-    if not hasattr(models, name):
-        raise ImportError(f"numbec.models.{name} not available")
-    return _fit_learned(getattr(models, name), system)
-
-
-def _fit_learned(cls, system):  # pragma: no cover - depends on the models helper's API
-    """Fit a learned model on a few frames (labels: DFT BECs for quartz, rigid ions for
-    water); throughput does not depend on the label values."""
-    import ase.io
-
-    if system == "water":
-        positions, _, numbers, cells = system_frames("water", 4, seed=1)
-        frames = []
-        import ase
-
-        for p, c in zip(positions, cells, strict=True):
-            atoms = ase.Atoms(numbers=numbers, positions=p, cell=c, pbc=True)
-            q = np.where(numbers == 8, -0.8, 0.4)
-            atoms.arrays["bec"] = q[:, None, None] * np.eye(3)
-            frames.append(atoms)
-    else:
-        frames = ase.io.read(QUARTZ, index=":8")
-        for a in frames:
-            a.arrays["bec"] = a.arrays["born_charge"].reshape(-1, 3, 3)
-    return cls.fit(frames) if hasattr(cls, "fit") else cls().fit(frames)
+    results = {}
+    for system in SYSTEMS:
+        frames = training_frames(system)
+        species = sorted({int(z) for a in frames for z in a.numbers})
+        for name in MODELS:
+            key = f"{system}/{name}"
+            path = Path(directory) / f"{system}-{name}.npz"
+            if reuse and path.exists():
+                results[key] = {"file": str(path), "fit_s": None}
+                continue
+            cls = getattr(models, name, None)
+            if cls is None:
+                results[key] = {"error": f"numbec.models.{name} not available"}
+                continue
+            t0 = time.perf_counter()
+            try:
+                if name == "SpeciesMeanModel":
+                    model = cls.fit(frames)
+                else:
+                    model = cls(settings=DescriptorSettings(species=species),
+                                zeta=ZETA, n_sparse=N_SPARSE).fit(frames)
+            except Exception as exc:  # noqa: BLE001 - reported in the table
+                results[key] = {"error": f"{type(exc).__name__}: {exc}"}
+                continue
+            model.save(path)
+            results[key] = {"file": str(path), "fit_s": time.perf_counter() - t0}
+    return results
 
 
 # ------------------------------------------------------------------------- measurements
-def measure_throughput(system, model_name, n_frames):
+def best_of(func, repeat):
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def measure_throughput(system, model_file, n_frames, repeat):
     from numbec.stream import predict
 
-    model = build_model(model_name, system)
     data = system_frames(system, n_frames)
     ds = as_dataset(*data)
-    predict(model, ds.isel(frame=slice(0, 2)), progress=False)  # Numba compilation
-    t0 = time.perf_counter()
-    predict(model, ds, progress=False, chunk_frames=min(n_frames, 256))
-    wall = time.perf_counter() - t0
+    predict(model_file, ds.isel(frame=slice(0, 2)), progress=False)  # warm-up, compilation
+    wall = best_of(lambda: predict(model_file, ds, progress=False, chunk_frames=n_frames),
+                   repeat)
     return {"atom_frames_per_s": n_frames * data[2].size / wall, "wall_s": wall}
 
 
@@ -189,37 +224,35 @@ def featomic_calculator():
 
     return SoapPowerSpectrum(
         cutoff={"radius": 5.0, "smoothing": {"type": "ShiftedCosine", "width": 0.5}},
-        density={"type": "Gaussian", "width": 0.3},
+        density={"type": "Gaussian", "width": 0.5},
         basis={"type": "TensorProduct", "max_angular": 4,
-               "radial": {"type": "Gto", "max_radial": 5}},
+               "radial": {"type": "Gto", "max_radial": 7}},
     )
 
 
-def measure_featomic(system, n_frames):
+def measure_featomic(system, n_frames, repeat):
     import ase
 
     calc = featomic_calculator()
     positions, _, numbers, cells = system_frames(system, n_frames)
     frames = [ase.Atoms(numbers=numbers, positions=p, cell=c, pbc=True)
               for p, c in zip(positions, cells, strict=True)]
-    calc.compute(frames[:1], gradients=["positions"])
-    t0 = time.perf_counter()
-    for k in range(0, n_frames, 4):
-        calc.compute(frames[k:k + 4], gradients=["positions"])
-    wall = time.perf_counter() - t0
+    calc.compute(frames[:1], gradients=["positions"])  # warm-up
+    wall = best_of(lambda: calc.compute(frames, gradients=["positions"]), repeat)
     return {"atom_frames_per_s": n_frames * numbers.size / wall, "wall_s": wall}
 
 
 def measure_memory(n_frames, chunk, out):
+    """Peak RSS of one predict(out=store) of the streaming machinery (SpeciesMeanModel)."""
     import resource
+
+    import dask
 
     from numbec.models import SpeciesMeanModel
     from numbec.stream import predict
 
     model = SpeciesMeanModel([1, 8], np.stack([0.4 * np.eye(3), -0.8 * np.eye(3)]))
     ds = lazy_water(n_frames, chunk)
-    import dask
-
     t0 = time.perf_counter()
     with dask.config.set(scheduler="synchronous"):
         predict(model, ds, out=out, progress=False, dtype=np.float32)
@@ -228,43 +261,59 @@ def measure_memory(n_frames, chunk, out):
     return {"peak_rss_mib": peak_kib / 1024, "wall_s": wall}
 
 
-def measure_cluster(n_frames, chunk, out, workers):
-    from numbec.models import SpeciesMeanModel
+def measure_cluster(model_file, n_frames, chunk, out, workers):
+    """Wall time of predict(out=store) on a lazy water trajectory: ``workers`` = 0 runs
+    serially (Dask synchronous scheduler), else on a LocalCluster of that many processes."""
     from numbec.stream import predict
 
-    model = SpeciesMeanModel([1, 8], np.stack([0.4 * np.eye(3), -0.8 * np.eye(3)]))
     ds = lazy_water(n_frames, chunk)
+    two_frames = as_dataset(*system_frames("water", 2))
     if workers == 0:
         import dask
 
         t0 = time.perf_counter()
+        warm_up(model_file, two_frames)
+        t1 = time.perf_counter()
         with dask.config.set(scheduler="synchronous"):
-            predict(model, ds, out=out, progress=False, dtype=np.float32)
-        return {"wall_s": time.perf_counter() - t0, "startup_s": 0.0}
+            predict(model_file, ds, out=out, progress=False)
+        return {"wall_s": time.perf_counter() - t1, "startup_s": t1 - t0}
     from distributed import Client, LocalCluster
 
     t0 = time.perf_counter()
-    env = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    env = {var: "1" for var in THREAD_VARS}
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None, env=env) as cluster, Client(cluster):
+                      dashboard_address=None, env=env) as cluster, Client(cluster) as client:
+        # every worker: imports, Numba kernels from the cache
+        client.run(warm_up, model_file, two_frames)
         t1 = time.perf_counter()
-        predict(model, ds, out=out, progress=False, dtype=np.float32)
+        predict(model_file, ds, out=out, progress=False)
         t2 = time.perf_counter()
     return {"wall_s": t2 - t1, "startup_s": t1 - t0}
+
+
+def warm_up(model_file, frames):
+    """Import numbec and load its Numba kernels (from the on-disk cache) by predicting
+    ``frames`` (a small in-memory trajectory). Self-contained: runs on Dask workers."""
+    from numbec.stream import predict
+
+    predict(model_file, frames, progress=False)
+
+
+CHILDREN = {"fit": fit_models, "throughput": measure_throughput,
+            "featomic": measure_featomic, "memory": measure_memory,
+            "cluster": measure_cluster}
 
 
 # ------------------------------------------------------------------------- driver
 def child(kind, cores=1, **kwargs):
     """Run one measurement in a fresh interpreter with ``cores`` threads; parse its JSON."""
-    env = dict(os.environ)
-    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                "MKL_NUM_THREADS", "RAYON_NUM_THREADS"):
-        env[var] = str(cores)
+    env = dict(os.environ, **{var: str(cores) for var in THREAD_VARS})
     cmd = [sys.executable, __file__, "--child", kind, "--kwargs", json.dumps(kwargs)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        print(f"<!-- {kind} {kwargs}: {tail} -->", file=sys.stderr)
         return {"error": tail}
     return json.loads(lines[-1])
 
@@ -273,70 +322,94 @@ def fmt(value, spec="{:,.0f}"):
     return "n/a" if value is None else spec.format(value)
 
 
+def throughput_table(files, n_frames, n_featomic, repeat):
+    print("### Throughput (atom-frames/s, higher is better)\n")
+    print(f"numbec: `predict` on {n_frames} in-memory frames (bec + dipole derivative + "
+          f"integrated dipole), best of {repeat}. featomic: SoapPowerSpectrum values + "
+          f"position gradients on the first {n_featomic} of the same frames, best of "
+          f"{repeat}. x featomic = numbec / featomic at the same core count.\n")
+    print("| system | model | 1 core | 2 cores | x featomic (1 core) | x featomic (2 cores) |")
+    print("|---|---|---:|---:|---:|---:|")
+    for system, label in SYSTEMS.items():
+        ref = [child("featomic", cores, system=system, n_frames=n_featomic, repeat=repeat)
+               .get("atom_frames_per_s") for cores in (1, 2)]
+        for name in MODELS:
+            entry = files.get(f"{system}/{name}", {})
+            if "file" not in entry:
+                print(f"| {label} | {name} | n/a | n/a | | |")
+                continue
+            rates = [child("throughput", cores, system=system, model_file=entry["file"],
+                           n_frames=n_frames, repeat=repeat).get("atom_frames_per_s")
+                     for cores in (1, 2)]
+            ratios = [None if r is None or f is None else r / f
+                      for r, f in zip(rates, ref, strict=True)]
+            print(f"| {label} | {name} | {fmt(rates[0])} | {fmt(rates[1])} | "
+                  f"{fmt(ratios[0], '{:,.1f}')} | {fmt(ratios[1], '{:,.1f}')} |")
+        print(f"| {label} | featomic values+gradients | {fmt(ref[0])} | {fmt(ref[1])} | "
+              f"1 | 1 |")
+
+
+def memory_table(tmp, frames, chunk):
+    print(f"\n### Peak memory of predict(out=store), dask-backed water trajectory, "
+          f"chunks of {chunk} frames, float32 output, SpeciesMeanModel\n")
+    print("| frames | peak RSS (MiB) | wall (s) |")
+    print("|---:|---:|---:|")
+    for n in frames:
+        res = child("memory", 1, n_frames=n, chunk=chunk, out=f"{tmp}/mem{n}.zarr")
+        print(f"| {n:,} | {fmt(res.get('peak_rss_mib'), '{:.0f}')} | "
+              f"{fmt(res.get('wall_s'), '{:.1f}')} |")
+
+
+def cluster_table(tmp, files, n_frames, chunk):
+    name = next((m for m in reversed(MODELS[:2]) if "file" in files.get(f"water/{m}", {})),
+                None)
+    if name is None:
+        print("\n(no model to run serial vs LocalCluster)")
+        return
+    model_file = files[f"water/{name}"]["file"]
+    print(f"\n### Serial vs dask.distributed LocalCluster: predict(out=store), {name}, "
+          f"{n_frames} frames of water in chunks of {chunk}\n")
+    print("| scheduler | wall (s) | start-up + warm-up (s) |")
+    print("|---|---:|---:|")
+    for label, workers, cores in (("serial, 1 thread", 0, 1), ("serial, 2 threads", 0, 2),
+                                  ("LocalCluster, 2 processes x 1 thread", 2, 1)):
+        res = child("cluster", cores, model_file=model_file, n_frames=n_frames, chunk=chunk,
+                    out=f"{tmp}/cl{workers}-{cores}.zarr", workers=workers)
+        print(f"| {label} | {fmt(res.get('wall_s'), '{:.1f}')} | "
+              f"{fmt(res.get('startup_s'), '{:.1f}')} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="reduced sizes")
-    parser.add_argument("--child")
+    parser.add_argument("--quick", action="store_true", help="fewer frames (smoke run)")
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--model-dir", help="keep the fitted models here and reuse them "
+                        "on the next run (default: a temporary directory, fitted every run)")
+    parser.add_argument("--child", choices=sorted(CHILDREN))
     parser.add_argument("--kwargs", default="{}")
     args = parser.parse_args()
     if args.child:
-        kwargs = json.loads(args.kwargs)
-        result = {"throughput": measure_throughput, "featomic": measure_featomic,
-                  "memory": measure_memory, "cluster": measure_cluster}[args.child](**kwargs)
-        print(json.dumps(result))
+        print(json.dumps(CHILDREN[args.child](**json.loads(args.kwargs))))
         return
 
-    quick = args.quick
-    n_predict = 100 if quick else 1000
-    n_featomic = 8 if quick else 40
-    memory_frames = (1000, 10000) if quick else (2000, 20000)
-    cluster_frames = 2000 if quick else 20000
-    chunk = 250 if quick else 500
-
-    import platform
-
-    print(f"numbec streaming benchmark ({'quick' if quick else 'full'}); "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores\n")
-    print("### Throughput (atom-frames/s; BEC + dipole derivative, in-memory input)\n")
-    print(f"{n_predict} frames per model, featomic SOAP power spectrum (r_c = 5 Å, "
-          f"n_max = 6, l_max = 4) values + position gradients on {n_featomic} frames.\n")
-    print("| system | model | 1 core | 2 cores |")
-    print("|---|---|---:|---:|")
-    for system in ("water", "quartz"):
-        label = "water 192 atoms" if system == "water" else "alpha-quartz 72 atoms"
-        rows = [(name, "throughput", {"system": system, "model_name": name,
-                                      "n_frames": n_predict}) for name in MODELS]
-        rows.append(("featomic values+gradients", "featomic",
-                     {"system": system, "n_frames": n_featomic}))
-        for name, kind, kwargs in rows:
-            cells = []
-            for cores in (1, 2):
-                res = child(kind, cores, **kwargs)
-                cells.append(fmt(res.get("atom_frames_per_s")))
-                if "error" in res and cores == 1:
-                    print(f"<!-- {name} {system}: {res['error']} -->", file=sys.stderr)
-            print(f"| {label} | {name} | {cells[0]} | {cells[1]} |")
-
-    print(f"\n### Peak memory of predict(out=store), synthetic lazy water (192 atoms), "
-          f"chunks of {chunk} frames, float32 output\n")
-    print("| frames | peak RSS (MiB) | wall (s) |")
-    print("|---:|---:|---:|")
+    n_frames, n_featomic, cluster_frames = (8, 2, 16) if args.quick else (40, 8, 96)
+    load = os.getloadavg()[0]
+    print(f"numbec streaming benchmark ({'quick' if args.quick else 'full'}): "
+          f"`python benchmarks/stream.py{' --quick' if args.quick else ''}`; "
+          f"{platform.machine()}, {os.cpu_count()} cores, load average {load:.1f}\n")
     with tempfile.TemporaryDirectory() as tmp:
-        for n in memory_frames:
-            res = child("memory", 1, n_frames=n, chunk=chunk, out=f"{tmp}/mem{n}.zarr")
-            print(f"| {n:,} | {fmt(res.get('peak_rss_mib'), '{:.0f}')} | "
-                  f"{fmt(res.get('wall_s'), '{:.1f}')} |")
-
-        print(f"\n### Serial vs dask.distributed LocalCluster, {cluster_frames:,} frames of "
-              f"water, predict(out=store)\n")
-        print("| scheduler | wall (s) | cluster start-up (s) |")
-        print("|---|---:|---:|")
-        for workers, label in ((0, "serial (synchronous)"),
-                               (2, "LocalCluster, 2 processes x 1 thread")):
-            res = child("cluster", 1 if workers else 1, n_frames=cluster_frames, chunk=chunk,
-                        out=f"{tmp}/cl{workers}.zarr", workers=workers)
-            print(f"| {label} | {fmt(res.get('wall_s'), '{:.1f}')} | "
-                  f"{fmt(res.get('startup_s'), '{:.1f}')} |")
+        if args.model_dir:
+            Path(args.model_dir).mkdir(parents=True, exist_ok=True)
+        files = child("fit", 2, directory=args.model_dir or tmp, reuse=bool(args.model_dir))
+        for key, entry in files.items():
+            if "error" in entry:
+                print(f"<!-- {key}: {entry['error']} -->")
+            elif entry.get("fit_s") is not None:
+                print(f"<!-- fitted {key} in {entry['fit_s']:.1f} s -->")
+        print()
+        throughput_table(files, n_frames, n_featomic, args.repeat)
+        memory_table(tmp, (2000, 20000), chunk=500)
+        cluster_table(tmp, files, cluster_frames, chunk=cluster_frames // 4)
 
 
 if __name__ == "__main__":

@@ -180,26 +180,7 @@ def _predict_chunk(model, positions, cell, velocities, spec: _ChunkSpec, frame0:
     for key in model_keys:
         per_frame[key] = np.empty((n_frames,) + shapes.get(key, (n_atoms, 3, 3)))
     for f in range(n_frames):
-        frame = frame0 + f
-        try:
-            result = model.predict_arrays(
-                positions[f], spec.numbers, cell[f], spec.pbc, uncertainty=spec.uncertainty
-            )
-        except ValueError as exc:
-            raise ValueError(f"{spec.source}: frame {frame}: {exc}") from exc
-        for key in model_keys:
-            if key not in result:
-                raise ValueError(
-                    f"{spec.source}: frame {frame}: {type(model).__name__}.predict_arrays "
-                    f"returned no {key!r} although the model lists it in its outputs"
-                )
-            value = np.asarray(result[key], dtype=np.float64)
-            if value.shape != per_frame[key].shape[1:]:
-                raise ValueError(
-                    f"{spec.source}: frame {frame}: model output {key!r} has shape "
-                    f"{value.shape}, expected {per_frame[key].shape[1:]}"
-                )
-            per_frame[key][f] = value
+        _model_frame(model, positions[f], cell[f], spec, frame0 + f, f, model_keys, per_frame)
 
     out = dict(per_frame)
     if "dipole_derivative" in spec.variables:
@@ -225,6 +206,49 @@ def _predict_chunk(model, positions, cell, velocities, spec: _ChunkSpec, frame0:
         if key in out:
             out[key] = out[key].astype(dtype, copy=False)
     return out
+
+
+def _model_frame(model, positions, cell, spec, frame, f, model_keys, per_frame):
+    """Predict one frame (trajectory index ``frame``) into row ``f`` of ``per_frame``."""
+    try:
+        result = model.predict_arrays(positions, spec.numbers, cell, spec.pbc,
+                                      uncertainty=spec.uncertainty)
+    except ValueError as exc:
+        raise ValueError(f"{spec.source}: frame {frame}: {exc}") from exc
+    for key in model_keys:
+        if key not in result:
+            raise ValueError(
+                f"{spec.source}: frame {frame}: {type(model).__name__}.predict_arrays "
+                f"returned no {key!r} although the model lists it in its outputs"
+            )
+        value = np.asarray(result[key], dtype=np.float64)
+        if value.shape != per_frame[key].shape[1:]:
+            raise ValueError(
+                f"{spec.source}: frame {frame}: model output {key!r} has shape "
+                f"{value.shape}, expected {per_frame[key].shape[1:]}"
+            )
+        per_frame[key][f] = value
+
+
+def _blas_limit(n_threads):
+    """Context in which BLAS runs on at most ``n_threads`` threads (None: unchanged).
+
+    Per-frame model matrices have a few hundred rows; a multi-threaded BLAS spends longer
+    synchronising than computing (2.5x slower per frame measured on a busy 2-core
+    machine), and streaming parallelises over atoms (Numba) and chunks (Dask) already.
+    OpenBLAS takes the setting only from the main thread, where it then holds for every
+    thread (the threaded Dask scheduler included); distributed workers need
+    ``OPENBLAS_NUM_THREADS=1`` in their environment (``numbec predict --workers`` sets
+    it). Needs threadpoolctl; without it, a no-op.
+    """
+    if n_threads is not None:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # pragma: no cover - optional
+            pass
+        else:
+            return threadpool_limits(limits=int(n_threads), user_api="blas")
+    return contextlib.nullcontext()
 
 
 def _check_finite(array, what, source, frame0):
@@ -400,6 +424,7 @@ def predict(
     uncertainty=False,
     dipole_derivative=None,
     model_file=None,
+    blas_threads=1,
 ):
     """Predict BECs (and dipole derivatives) for every frame of a trajectory.
 
@@ -433,6 +458,14 @@ def predict(
     dipole_derivative : bool, optional
         None (default): computed when the trajectory has velocities, otherwise omitted
         with a warning. True: required (error without velocities). False: skipped.
+    blas_threads : int or None
+        Threads of the BLAS library (numpy's matrix products) while ``predict`` computes,
+        default 1: per-frame matrices are too small for threaded BLAS to pay off, and the
+        parallelism is over atoms (Numba, ``NUMBA_NUM_THREADS``) and chunks (Dask
+        workers). None leaves the BLAS setting alone. Applies to what runs inside this
+        call (eager and ``out=`` runs on local schedulers), not to a lazy result computed
+        later nor to distributed workers (set ``OPENBLAS_NUM_THREADS=1`` there). Needs
+        threadpoolctl (else ignored).
     model_file : str or Path, optional
         Where the model was loaded from, recorded in the provenance attribute
         ``model_file`` (the model itself is identified by ``model_sha256``, the hash of its
@@ -509,11 +542,13 @@ def predict(
         fingerprint = _fingerprint(model, ds, source, store_path, spec, chunk_frames,
                                    n_frames, n_atoms, blocks)
         attrs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
-        return _predict_to_store(model, blocks, spec, bounds, chunk_frames, time, attrs,
-                                 Path(out), fingerprint, progress)
+        with _blas_limit(blas_threads):
+            return _predict_to_store(model, blocks, spec, bounds, chunk_frames, time, attrs,
+                                     Path(out), fingerprint, progress)
     if blocks.lazy:
         return _predict_lazy(model, blocks, spec, bounds, time, attrs)
-    return _predict_eager(model, blocks, spec, bounds, time, attrs, progress)
+    with _blas_limit(blas_threads):
+        return _predict_eager(model, blocks, spec, bounds, time, attrs, progress)
 
 
 def _dataset_attrs(ds, model, source, store_path, timestep, pbc, dipole_method,

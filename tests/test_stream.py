@@ -250,6 +250,36 @@ def test_lazy_result_matches_eager_on_local_schedulers():
             _assert_same(serial, lazy.compute())
 
 
+def test_blas_on_one_thread_while_predicting_then_restored(tmp_path):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas_threads():
+        return {i["num_threads"] for i in threadpoolctl.threadpool_info()
+                if i["user_api"] == "blas"}
+
+    class Probe(ToyModel):
+        seen = []
+
+        def predict_arrays(self, *args, **kwargs):
+            self.seen.append(blas_threads())
+            return super().predict_arrays(*args, **kwargs)
+
+    import dask
+
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        if blas_threads() != {2}:
+            pytest.skip("BLAS cannot run two threads here")
+        with dask.config.set(scheduler="threads", num_workers=2):  # model in pool threads
+            predict(Probe(), make_trajectory(chunks=6), out=tmp_path / "p.zarr",
+                    progress=False)
+        predict(Probe(), make_trajectory(n_frames=3), progress=False)
+        assert len(Probe.seen) == 27 and all(s == {1} for s in Probe.seen), Probe.seen
+        assert blas_threads() == {2}  # the caller's setting is back
+        Probe.seen.clear()
+        predict(Probe(), make_trajectory(n_frames=3), progress=False, blas_threads=None)
+        assert Probe.seen == [{2}] * 3
+
+
 class CountingToyModel(ToyModel):
     """Counts how often it is pickled (in this process)."""
 
