@@ -55,7 +55,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from descriptors import water_box  # noqa: E402  (the same 192-atom box as that benchmark)
+from descriptors import timed, water_box  # noqa: E402  (the same 192-atom box)
 
 SHARED = Path(os.environ.get("NUMBEC_SHARED_DATA", REPO.parent / "shared" / "data"))
 QUARTZ = SHARED / "sio2_quartz_qe" / "SiO2.xyz"
@@ -199,23 +199,14 @@ def fit_models(directory, reuse=False):
 
 
 # ------------------------------------------------------------------------- measurements
-def best_of(func, repeat):
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
 def measure_throughput(system, model_file, n_frames, repeat):
     from numbec.stream import predict
 
     data = system_frames(system, n_frames)
     ds = as_dataset(*data)
     predict(model_file, ds.isel(frame=slice(0, 2)), progress=False)  # warm-up, compilation
-    wall = best_of(lambda: predict(model_file, ds, progress=False, chunk_frames=n_frames),
-                   repeat)
+    wall = timed(lambda: predict(model_file, ds, progress=False, chunk_frames=n_frames),
+                 repeat)
     return {"atom_frames_per_s": n_frames * data[2].size / wall, "wall_s": wall}
 
 
@@ -238,7 +229,7 @@ def measure_featomic(system, n_frames, repeat):
     frames = [ase.Atoms(numbers=numbers, positions=p, cell=c, pbc=True)
               for p, c in zip(positions, cells, strict=True)]
     calc.compute(frames[:1], gradients=["positions"])  # warm-up
-    wall = best_of(lambda: calc.compute(frames, gradients=["positions"]), repeat)
+    wall = timed(lambda: calc.compute(frames, gradients=["positions"]), repeat)
     return {"atom_frames_per_s": n_frames * numbers.size / wall, "wall_s": wall}
 
 
