@@ -97,10 +97,11 @@ def analytic_path(t):
 
 
 def make_trajectory(n_frames=24, dt=0.5, periodic=True, wrap=True, velocities=True,
-                    chunks=None, numbers=NUMBERS):
-    """A dataset in the Trajectory store layout (see the Trajectory store contract)."""
+                    chunks=None, numbers=NUMBERS, path=analytic_path):
+    """A dataset in the Trajectory store layout (see the Trajectory store contract);
+    ``path(t)`` gives positions and velocities."""
     time = np.arange(n_frames) * dt
-    pos, vel = analytic_path(time)
+    pos, vel = path(time)
     if wrap:
         pos = np.mod(pos, BOX)
     data = {
@@ -140,6 +141,46 @@ def test_dipole_derivative_is_time_derivative_of_model_dipole():
     assert res.attrs["dipole_method"].startswith("model")
     np.testing.assert_allclose(res["dipole"].values, toy_dipole(model, analytic_path(t)[0]))
     assert "volume" not in res.attrs
+
+
+def test_learned_combined_model_dipole_derivative_is_time_derivative():
+    """A real CombinedModel (tiny basis, random weights of order one) through predict:
+    dM/dt = sum_a Z_a v_a matches the finite-difference time derivative of the model's
+    own dipole; the monopole/dipole partition sums to the total; lazy threaded == eager."""
+    import dask
+    from kernel_model_checks import fitted_random_model, water_cluster
+
+    from numbec.models import CombinedModel
+
+    rng = np.random.default_rng(5)
+    model = fitted_random_model(CombinedModel, rng, periodic=False)
+    r0 = water_cluster(rng).positions  # two water molecules, O H H O H H like NUMBERS
+    amp, phi = rng.normal(0, 0.1, r0.shape), rng.uniform(0, 2 * np.pi, r0.shape)
+
+    def vibrating(tt):
+        arg = OMEGA * np.asarray(tt)[:, None, None] + phi
+        return r0 + amp * np.sin(arg), amp * OMEGA * np.cos(arg)
+
+    ds = make_trajectory(n_frames=12, periodic=False, wrap=False, path=vibrating)
+    res = predict(model, ds, chunk_frames=5, progress=False)
+    assert {"charges", "bec_monopole", "bec_dipole", "dipole_derivative_monopole"} <= set(res)
+    assert res.attrs["dipole_method"].startswith("model")
+
+    def dipole(tt):
+        return np.array([model.predict_arrays(p, NUMBERS, BOX * np.eye(3), np.zeros(3, bool))
+                         ["dipole"] for p in vibrating(tt)[0]])
+
+    t, h = ds["time"].values, 1e-4
+    fd = (dipole(t + h) - dipole(t - h)) / (2 * h)
+    assert np.abs(fd).max() > 0.05
+    np.testing.assert_allclose(res["dipole_derivative"].values, fd, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(res["dipole"].values, dipole(t), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        res["dipole_derivative_monopole"] + res["dipole_derivative_dipole"],
+        res["dipole_derivative"], rtol=1e-12, atol=1e-12)
+    with dask.config.set(scheduler="threads", num_workers=2):
+        lazy = predict(model, ds.chunk({"frame": 5}), progress=False).compute()
+    _assert_same(res, lazy)
 
 
 def test_fixed_bec_dipole_derivative_exact_for_linear_dipole():
