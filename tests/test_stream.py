@@ -181,6 +181,12 @@ def test_learned_combined_model_dipole_derivative_is_time_derivative():
     with dask.config.set(scheduler="threads", num_workers=2):
         lazy = predict(model, ds.chunk({"frame": 5}), progress=False).compute()
     _assert_same(res, lazy)
+    # the predictive standard deviation is streamed too: that of each frame, positive
+    std = predict(model, ds.isel(frame=slice(0, 2)), progress=False, uncertainty=True)
+    expected = model.predict_arrays(ds["positions"].values[1], NUMBERS, BOX * np.eye(3),
+                                    np.zeros(3, bool), uncertainty=True)["bec_std"]
+    np.testing.assert_allclose(std["bec_std"].values[1], expected, rtol=1e-12)
+    assert np.all(std["bec_std"].values > 0)
 
 
 def test_fixed_bec_dipole_derivative_exact_for_linear_dipole():
