@@ -109,6 +109,17 @@ def test_predict_takes_a_model_file(tmp_path, model_file):
     assert from_file.attrs["model_class"] == "SpeciesMeanModel"
 
 
+def test_cli_chunk_frames_and_progress_bar(tmp_path, model_file, capsys):
+    _model, path = model_file
+    traj = tmp_path / "traj.zarr"
+    write_trajectory_store(traj, n_frames=10, chunk=4)
+    out = tmp_path / "out.zarr"
+    assert main(["predict", str(path), str(traj), "-o", str(out), "--chunk-frames", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "numbec predict" in err and "4/4" in err  # 10 frames in chunks of 3
+    assert xr.open_zarr(out)["bec"].encoding["chunks"][0] == 3
+
+
 def test_cli_refuses_locked_output(tmp_path, model_file, capsys):
     _model, path = model_file
     traj = tmp_path / "traj.zarr"
