@@ -117,6 +117,25 @@ def test_fit_charges_from_dipoles_and_becs(rng):
     assert out["bec_std"].shape == (len(atoms), 3, 3)
 
 
+def test_neutrality_rows_make_raw_charges_neutral(rng, monkeypatch):
+    """With the optional neutrality rows the fitted kernel charges of periodic training frames
+    sum to about zero."""
+    import numbec.models._kernel_model as km
+
+    frames = training_frames(rng, periodic=True, n_frames=4)
+    for atoms in frames:  # BECs from a non-neutral charge model: q = 0.3 + geometry term
+        atoms.arrays["bec"] = asr_project(atoms.arrays["bec"] + 0.3 * np.eye(3))
+
+    def total(model):
+        return [float(model._charge_row(a, "test")[0] @ model.weights) for a in frames]
+
+    monkeypatch.setattr(km, "NEUTRALITY_ROW_WEIGHT", 10.0)
+    model = MonopoleModel(settings=SETTINGS, n_sparse=4, zeta=2, regression="ridge",
+                          ridge=1e-6).fit(frames)
+    assert model.training["n_rows"] == 4 * 6 * 9 + 4
+    np.testing.assert_allclose(total(model), 0.0, atol=1e-3)
+
+
 def test_uncertainty_grows_away_from_training_data(rng):
     frames = training_frames(rng, periodic=False, n_frames=4)
     model = MonopoleModel(settings=SETTINGS, n_sparse=4, zeta=2).fit(frames)
