@@ -17,7 +17,12 @@ import time
 import numpy as np
 
 from numbec import CombinedModel, DipoleModel, MonopoleModel
-from numbec.demo import _settings, finite_difference_apt, water_cluster, xtb_calculator
+from numbec.demo import finite_difference_apt, water_cluster, xtb_calculator
+from numbec.descriptors import DescriptorSettings
+
+#: The demo's small basis (clusters of a few molecules).
+SETTINGS = DescriptorSettings(species=(1, 8), cutoff_radial=6.0, cutoff_angular=4.5, sigma=0.5,
+                              n_radial=6, n_angular=6, l_max=3)
 
 
 def reference_frames(n: int, sigma: float, seed: int) -> list:
@@ -58,7 +63,7 @@ def main(argv=None) -> None:
           f"{'fit (s)':>8}")
     for cls in (MonopoleModel, DipoleModel, CombinedModel):
         t0 = time.perf_counter()
-        model = cls(settings=_settings(), n_sparse=args.n_sparse).fit(train)
+        model = cls(settings=SETTINGS, n_sparse=args.n_sparse).fit(train)
         fit_time = time.perf_counter() - t0
         pred = [model.predict(a) for a in test]
         bec = np.concatenate([p["bec"] for p in pred])
