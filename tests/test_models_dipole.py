@@ -13,6 +13,7 @@ from kernel_model_checks import (
     check_teacher_student,
     fitted_random_model,
     predict,
+    randomized,
     training_frames,
     water_cell,
     water_cluster,
@@ -62,6 +63,21 @@ def test_design_matches_adjoint_prediction(rng, zeta):
         model = fitted_random_model(DipoleModel, rng, periodic=periodic, zeta=zeta)
         make = water_cell if periodic else water_cluster
         check_design_matches_prediction(model, make(rng))
+
+
+@pytest.mark.parametrize("cutoffs", [(3.0, 3.5), (3.5, 3.5)])
+def test_design_with_other_cutoff_orders(rng, cutoffs):
+    """The design skips the Jacobian blocks a pair cannot move (beyond one of the cutoffs);
+    with the angular cutoff the larger, or equal cutoffs, it still matches the adjoint path."""
+    from dataclasses import replace
+
+    settings = replace(SETTINGS, cutoff_radial=cutoffs[0], cutoff_angular=cutoffs[1])
+    for periodic in (False, True):
+        frames = training_frames(rng, periodic)
+        model = DipoleModel(settings=settings, zeta=3, n_sparse=3, regression="ridge",
+                            ridge=1e-3).fit(frames)
+        randomized(model, rng)
+        check_design_matches_prediction(model, (water_cell if periodic else water_cluster)(rng))
 
 
 @pytest.mark.parametrize("periodic", [False, True])

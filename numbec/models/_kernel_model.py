@@ -379,22 +379,40 @@ class KernelBECModel(BECModel):
             dip[:, cols, :] += np.einsum("ib,iabn->abn", c[centre_atoms][:, cols], vv)
             vv_full = np.zeros((n, 3, cols.size, 3))
             vv_full[centre_atoms] = vv
-            pairs = np.flatnonzero(numbers[centers] == z)
             block = np.zeros((n, 3, 3, cols.size, 3))
-            for start in range(0, pairs.size, PAIR_BLOCK):
-                p = pairs[start:start + PAIR_BLOCK]
-                jv = vdesc.gradients[p].reshape(-1, dv) / s              # (9 p, Dv)
-                t = (jv @ vs.T).reshape(p.size, 3, 3, cols.size, 3)
-                t *= c[centers[p]][:, cols][:, None, None, :, None]
-                if dc is not None:
-                    t += (vv_full[centers[p]][:, :, None, :, :]
-                          * dc[p][:, None, :, :][..., cols][..., None])
-                block += (inc[:, p] @ t.reshape(p.size, -1)).reshape(block.shape)
+            for pairs, feats in self._pair_groups(nl, numbers[centers] == z):
+                vs_f = vs[:, feats]
+                for start in range(0, pairs.size, PAIR_BLOCK):
+                    p = pairs[start:start + PAIR_BLOCK]
+                    jv = vdesc.gradients[p][..., feats].reshape(-1, vs_f.shape[1]) / s
+                    t = (jv @ vs_f.T).reshape(p.size, 3, 3, cols.size, 3)
+                    t *= c[centers[p]][:, cols][:, None, None, :, None]
+                    if dc is not None:
+                        t += (vv_full[centers[p]][:, :, None, :, :]
+                              * dc[p][:, None, :, :][..., cols][..., None])
+                    block += (inc[:, p] @ t.reshape(p.size, -1)).reshape(block.shape)
             phi[:, :, :, cols, :] = block
         phi = phi.reshape(n, 3, 3, 3 * m)
         if periodic:
             return phi, None
         return phi, dip.reshape(3, 3 * m)
+
+    def _pair_groups(self, nl, selected):
+        """Split the selected pairs by which vector-descriptor block can depend on them: a
+        neighbour beyond ``cutoff_angular`` moves only the two-body features, one beyond
+        ``cutoff_radial`` only the product features. Yields ``(pair indices, feature slice)``;
+        the Jacobian outside the slice is exactly zero, so the products skip it."""
+        st = self.settings
+        n_rad = st.n_radial_features
+        inside_rad = nl.distances < st.cutoff_radial
+        inside_ang = nl.distances < st.cutoff_angular
+        groups = ((inside_rad & inside_ang, slice(None)),
+                  (inside_rad & ~inside_ang, slice(0, n_rad)),
+                  (~inside_rad & inside_ang, slice(n_rad, None)))
+        for keep, feats in groups:
+            pairs = np.flatnonzero(selected & keep)
+            if pairs.size:
+                yield pairs, feats
 
     # ------------------------------------------------------------------ training
     def fit(self, frames, progress=False):
