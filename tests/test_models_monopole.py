@@ -212,6 +212,29 @@ def test_frame_without_becs(rng):
         MonopoleModel(settings=SETTINGS, n_sparse=2).fit(frames)
 
 
+def test_bad_bec_arrays(rng):
+    frames = training_frames(rng, periodic=True)
+    frames[1].arrays["bec"] = np.full((6, 3, 3), np.nan)
+    with pytest.raises(ValueError, match="frame 1: BEC of atom 0"):
+        MonopoleModel(settings=SETTINGS, n_sparse=2).fit(frames)
+    frames = training_frames(rng, periodic=True)
+    frames[2].new_array("bec_wrong", np.zeros((6, 4)))
+    frames[2].arrays["bec"] = frames[2].arrays.pop("bec_wrong")
+    with pytest.raises(ValueError, match=r"frame 2: BEC array of shape \(6, 4\)"):
+        MonopoleModel(settings=SETTINGS, n_sparse=2).fit(frames)
+
+
+def test_refit_on_other_species(rng):
+    """Default settings follow the species of each fit, not of the first one."""
+    model = MonopoleModel(n_sparse=2, zeta=2)
+    model.fit(training_frames(rng, periodic=False, n_frames=2))
+    frames = training_frames(rng, periodic=False, n_frames=2)
+    for atoms in frames:
+        atoms.numbers[atoms.numbers == 8] = 7
+    model.fit(frames)
+    assert model.settings.species == (1, 7) == model.species
+
+
 def test_too_few_environments(rng):
     frames = training_frames(rng, periodic=False, n_frames=2)  # 4 O, 8 H
     with pytest.raises(ValueError, match=r"O \(Z=8\): n_sparse = 5 .* only 4 environments"):

@@ -38,7 +38,7 @@ import numpy as np
 import scipy.sparse
 
 from numbec import kernels, regression, sparsify
-from numbec.conventions import asr_project, to_canonical
+from numbec.conventions import as_bec_array, asr_project
 from numbec.descriptors import (
     DescriptorSettings,
     compute_descriptors,
@@ -151,6 +151,7 @@ class KernelBECModel(BECModel):
             raise ValueError(f"ridge must be > 0, got {ridge}")
         self.seed = None if seed is None else int(seed)
         self.settings = settings
+        self._given_settings = settings
         self._fitted = False
 
     # ------------------------------------------------------------------ basic properties
@@ -435,12 +436,10 @@ class KernelBECModel(BECModel):
                 raise ValueError(f"{where}: no 'bec' array; every training frame needs reference "
                                  "BECs (read data with numbec.read_bec)")
             _check_positions(atoms.positions, where)
-            bec = to_canonical(atoms.arrays["bec"])
-            if bec.shape[0] != len(atoms):
-                raise ValueError(f"{where}: {bec.shape[0]} BEC tensors for {len(atoms)} atoms")
+            bec = as_bec_array(atoms.arrays["bec"], len(atoms), where=where)  # canonical
             targets.append(asr_project(bec))
         species = sorted({int(z) for atoms in frames for z in atoms.numbers})
-        settings = self.settings or DescriptorSettings(species=tuple(species))
+        settings = self._given_settings or DescriptorSettings(species=tuple(species))
         missing = sorted(set(species) - set(settings.species))
         if missing:
             raise UnknownSpeciesError(
