@@ -102,7 +102,10 @@ def kernel_gradient(unit: np.ndarray, norms: np.ndarray, unit_sparse: np.ndarray
         grad = a @ unit_sparse - np.sum(a * cos, axis=1)[:, None] * unit
         return grad / norms[:, None]
     a = dpow[:, None, :] * coef                                  # (N, C, M)
-    grad = a @ unit_sparse - np.sum(a * cos[:, None, :], axis=2)[:, :, None] * unit[:, None, :]
+    n, c, m = a.shape
+    # one (N*C, M) @ (M, D) GEMM: the stacked (N, C, M) @ (M, D) product is ~5x slower
+    grad = (a.reshape(n * c, m) @ unit_sparse).reshape(n, c, -1)
+    grad -= np.einsum("icm,im->ic", a, cos)[:, :, None] * unit[:, None, :]
     return grad / norms[:, None, None]
 
 

@@ -278,20 +278,32 @@ class KernelBECModel(BECModel):
             out["bec_std"] = np.sqrt(var).reshape(n, 3, 3)
         return out
 
+    def _dipole_sparse_weights(self) -> np.ndarray:
+        """``wb[b] = sum_nu w_{b nu} V_b^nu`` (M, Dv): constant once fitted, so computed once
+        per weight vector (it was a third of the dipole model's prediction time)."""
+        cached = getattr(self, "_wb_cache", None)
+        if cached is None or cached[0] is not self.weights:
+            m = self.sparse_unit.shape[0]
+            wd = self.weights[(m if self._monopole else 0):].reshape(m, 3)
+            cached = (self.weights, np.einsum("bn,bnk->bk", wd, self.sparse_vectors))
+            self._wb_cache = cached
+        return cached[1]
+
     def _predict_dipole(self, positions, numbers, cell, pbc, desc, unit, norms, cos, mask):
         """Dipole-model BECs ``sum_i dmu_i/dr_j`` (N, 3, 3) and local dipoles mu (N, 3)."""
         m = self.sparse_unit.shape[0]
         s = self.vector_scale
         vdesc = compute_vector_descriptors(positions, numbers, cell, pbc, self.settings)
         vec = vdesc.values / s                                        # (N, 3, Dv)
-        wd = self.weights[(m if self._monopole else 0):].reshape(m, 3)
-        wb = np.einsum("bn,bnk->bk", wd, self.sparse_vectors)          # (M, Dv)
+        wb = self._dipole_sparse_weights()                             # (M, Dv)
         c = np.where(mask, cos ** (self.zeta - 1), 0.0)
         u = c @ wb                                                     # (N, Dv)
         mu = np.einsum("iak,ik->ia", vec, u)
         z_dip = vdesc.vector_contraction(u / s)
         if self.zeta > 1:
-            coef = np.where(mask[:, None, :], vec @ wb.T, 0.0)         # (N, 3, M)
+            n = vec.shape[0]
+            vw = (vec.reshape(3 * n, -1) @ wb.T).reshape(n, 3, m)      # one GEMM, not N small
+            coef = np.where(mask[:, None, :], vw, 0.0)                 # (N, 3, M)
             g2 = kernels.kernel_gradient(unit, norms, self.sparse_unit, coef, self.zeta,
                                          power=self.zeta - 1)
             z_dip = z_dip + desc.scalar_contraction(g2)
