@@ -68,7 +68,8 @@ def polynomial_kernel(unit_a: np.ndarray, unit_b: np.ndarray, zeta: int) -> np.n
 
 
 def kernel_gradient(unit: np.ndarray, norms: np.ndarray, unit_sparse: np.ndarray,
-                    coefficients: np.ndarray, zeta: int, power: int | None = None) -> np.ndarray:
+                    coefficients: np.ndarray, zeta: int, power: int | None = None,
+                    cos: np.ndarray | None = None) -> np.ndarray:
     """Gradient of ``y_i = sum_b A[i, ..., b] (x_i . x_b) ** power`` with respect to X_i.
 
     Parameters
@@ -78,6 +79,7 @@ def kernel_gradient(unit: np.ndarray, norms: np.ndarray, unit_sparse: np.ndarray
     coefficients : (M,) weights w_b (the same for every i), or (N, M) / (N, C, M) per-atom
         coefficients ``A`` (C channels, e.g. Cartesian components).
     zeta : int, the kernel exponent; power : exponent used (default zeta).
+    cos : (N, M) ``unit @ unit_sparse.T`` if the caller has it already (saves one GEMM).
 
     Returns
     -------
@@ -86,7 +88,8 @@ def kernel_gradient(unit: np.ndarray, norms: np.ndarray, unit_sparse: np.ndarray
     """
     zeta = check_zeta(zeta)
     p = zeta if power is None else int(power)
-    cos = unit @ unit_sparse.T                                   # (N, M)
+    if cos is None:
+        cos = unit @ unit_sparse.T                               # (N, M)
     coef = np.asarray(coefficients, dtype=np.float64)
     if p == 0:
         shape = (unit.shape[0],) + coef.shape[1:-1] + (unit.shape[1],) if coef.ndim > 1 \

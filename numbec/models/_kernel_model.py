@@ -243,7 +243,7 @@ class KernelBECModel(BECModel):
             w = self.weights[:m]
             q = np.where(mask, cos ** self.zeta, 0.0) @ w
             coef = np.where(mask, w[None, :], 0.0)
-            g = kernels.kernel_gradient(unit, norms, self.sparse_unit, coef, self.zeta)
+            g = kernels.kernel_gradient(unit, norms, self.sparse_unit, coef, self.zeta, cos=cos)
             qn = q - q.mean()
             z_mono += desc.monopole_contraction(g)
             z_mono[:, _DIAG[0], _DIAG[1]] += qn[:, None]
@@ -305,7 +305,7 @@ class KernelBECModel(BECModel):
             vw = (vec.reshape(3 * n, -1) @ wb.T).reshape(n, 3, m)      # one GEMM, not N small
             coef = np.where(mask[:, None, :], vw, 0.0)                 # (N, 3, M)
             g2 = kernels.kernel_gradient(unit, norms, self.sparse_unit, coef, self.zeta,
-                                         power=self.zeta - 1)
+                                         power=self.zeta - 1, cos=cos)
             z_dip = z_dip + desc.scalar_contraction(g2)
         return z_dip, mu
 
