@@ -230,8 +230,9 @@ class KernelBECModel(BECModel):
         numbers = np.asarray(numbers, dtype=np.int64)
         pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
         periodic = bool(pbc.any())
-        desc, unit, norms, cos, mask = self._environment(positions, numbers, cell, pbc,
-                                                         False, "predict")
+        desc = compute_descriptors(positions, numbers, cell, pbc, self.settings)
+        unit, norms = kernels.normalize(desc.values, "predict")
+        blocks = self._species_blocks(numbers, unit)
         n = numbers.size
         q0n = self._baseline(numbers)
         z_mono = np.zeros((n, 3, 3))
@@ -241,9 +242,12 @@ class KernelBECModel(BECModel):
         m = self.sparse_unit.shape[0]
         if self._monopole:
             w = self.weights[:m]
-            q = np.where(mask, cos ** self.zeta, 0.0) @ w
-            coef = np.where(mask, w[None, :], 0.0)
-            g = kernels.kernel_gradient(unit, norms, self.sparse_unit, coef, self.zeta, cos=cos)
+            q = np.zeros(n)
+            g = np.zeros_like(unit)
+            for rows, cols, cos in blocks:
+                q[rows] = cos ** self.zeta @ w[cols]
+                g[rows] = kernels.kernel_gradient(unit[rows], norms[rows], self.sparse_unit[cols],
+                                                  w[cols], self.zeta, cos=cos)
             qn = q - q.mean()
             z_mono += desc.monopole_contraction(g)
             z_mono[:, _DIAG[0], _DIAG[1]] += qn[:, None]
@@ -256,7 +260,7 @@ class KernelBECModel(BECModel):
         out = {}
         if self._dipole:
             z_dip, mu = self._predict_dipole(positions, numbers, cell, pbc, desc, unit, norms,
-                                             cos, mask)
+                                             blocks)
             dipole = dipole + mu.sum(axis=0)
             if periodic:
                 z_dip = asr_project(z_dip)
@@ -289,23 +293,39 @@ class KernelBECModel(BECModel):
             self._wb_cache = cached
         return cached[1]
 
-    def _predict_dipole(self, positions, numbers, cell, pbc, desc, unit, norms, cos, mask):
+    def _species_blocks(self, numbers, unit) -> list:
+        """Kernel blocks of one structure: ``[(rows, cols, cos)]`` per species present, with
+        ``rows`` the atoms of the species, ``cols`` its sparse points and ``cos`` (len(rows),
+        len(cols)) = x_i . x_b. The kernel between different species is zero, so working per
+        block skips the zero part of every (N, M) product (half of it for two species)."""
+        blocks = []
+        for z in np.unique(numbers):
+            rows = np.flatnonzero(numbers == z)
+            cols = np.flatnonzero(self.sparse_species == z)
+            blocks.append((rows, cols, unit[rows] @ self.sparse_unit[cols].T))
+        return blocks
+
+    def _predict_dipole(self, positions, numbers, cell, pbc, desc, unit, norms, blocks):
         """Dipole-model BECs ``sum_i dmu_i/dr_j`` (N, 3, 3) and local dipoles mu (N, 3)."""
-        m = self.sparse_unit.shape[0]
         s = self.vector_scale
         vdesc = compute_vector_descriptors(positions, numbers, cell, pbc, self.settings)
         vec = vdesc.values / s                                        # (N, 3, Dv)
         wb = self._dipole_sparse_weights()                             # (M, Dv)
-        c = np.where(mask, cos ** (self.zeta - 1), 0.0)
-        u = c @ wb                                                     # (N, Dv)
+        n = vec.shape[0]
+        u = np.zeros((n, wb.shape[1]))                                 # (N, Dv)
+        g2 = np.zeros((n, 3, unit.shape[1]))                           # (N, 3, D)
+        for rows, cols, cos in blocks:
+            u[rows] = cos ** (self.zeta - 1) @ wb[cols]
+            if self.zeta > 1:
+                nr = rows.size
+                # (x_i . x_b)^(zeta-1) factor of the matrix kernel: one GEMM per species
+                coef = (vec[rows].reshape(3 * nr, -1) @ wb[cols].T).reshape(nr, 3, cols.size)
+                g2[rows] = kernels.kernel_gradient(unit[rows], norms[rows],
+                                                   self.sparse_unit[cols], coef, self.zeta,
+                                                   power=self.zeta - 1, cos=cos)
         mu = np.einsum("iak,ik->ia", vec, u)
         z_dip = vdesc.vector_contraction(u / s)
         if self.zeta > 1:
-            n = vec.shape[0]
-            vw = (vec.reshape(3 * n, -1) @ wb.T).reshape(n, 3, m)      # one GEMM, not N small
-            coef = np.where(mask[:, None, :], vw, 0.0)                 # (N, 3, M)
-            g2 = kernels.kernel_gradient(unit, norms, self.sparse_unit, coef, self.zeta,
-                                         power=self.zeta - 1, cos=cos)
             z_dip = z_dip + desc.scalar_contraction(g2)
         return z_dip, mu
 
