@@ -10,16 +10,8 @@ becomes an image shift; along a non-periodic direction it is skipped.
 
 from __future__ import annotations
 
-import os
-
-# Numba's OpenMP workers spin while waiting; on a shared or oversubscribed machine they starve
-# each other (measured: 6x slower at load 2 on 2 cores). Passive waiting costs nothing
-# measurable on an idle machine. Must be set before the first parallel kernel starts the
-# OpenMP runtime; an explicit user setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import numpy as np  # noqa: E402
-from numba import njit, prange  # noqa: E402
+import numpy as np
+from numba import njit, prange
 
 
 @njit(cache=True)

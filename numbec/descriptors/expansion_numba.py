@@ -17,13 +17,8 @@ Array conventions (all float64 unless stated):
 
 from __future__ import annotations
 
-import os
-
-# passive OpenMP waiting on shared machines: see numbec.neighbors_numba
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import numpy as np  # noqa: E402
-from numba import njit, prange  # noqa: E402
+import numpy as np
+from numba import njit, prange
 
 from numbec.descriptors.radial_basis_numba import hermite_eval, hermite_values
 from numbec.descriptors.spherical_harmonics_numba import (
