@@ -156,3 +156,21 @@ def test_cli_velocities_from_positions(tmp_path, model_file, capsys):
     assert scale > 0.05
     np.testing.assert_allclose(result["dipole_derivative"].values, exact, atol=0.01 * scale)
     assert result.attrs["velocities_source"].startswith("central differences")
+
+
+def test_cli_local_cluster_equals_serial(tmp_path, model_file, capsys):
+    """``--workers 2`` runs on a dask.distributed LocalCluster of two processes; the stored
+    result equals the in-process prediction exactly."""
+    pytest.importorskip("distributed")
+    model, path = model_file
+    traj = tmp_path / "traj.zarr"
+    ds = write_trajectory_store(traj, n_frames=12, chunk=3)
+    out = tmp_path / "out.zarr"
+    assert main(["predict", str(path), str(traj), "-o", str(out), "--workers", "2",
+                 "--no-progress"]) == 0
+    assert "LocalCluster with 2 worker processes" in capsys.readouterr().out
+    result = xr.open_zarr(out)
+    expected = predict(model, ds, chunk_frames=3, progress=False)
+    for name in ("bec", "dipole_derivative", "dipole"):
+        np.testing.assert_array_equal(result[name].values, expected[name].values)
+    assert result.attrs["complete"]
