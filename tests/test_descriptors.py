@@ -11,7 +11,11 @@ from scipy.special import sph_harm_y, spherical_jn
 from numbec.descriptors import DescriptorSettings, compute_descriptors
 from numbec.descriptors.radial_basis import bessel_zeros, radial_table, smeared_radial_integral
 from numbec.descriptors.radial_basis_numba import hermite_eval
-from numbec.descriptors.spherical_harmonics_numba import sph_harm_many
+from numbec.descriptors.spherical_harmonics_numba import (
+    sph_harm_many,
+    sph_harm_prefactors,
+    sph_harm_unit_values,
+)
 
 SETTINGS = DescriptorSettings(species=(1, 8), cutoff_radial=4.0, cutoff_angular=3.5, sigma=0.5,
                               n_radial=4, n_angular=4, l_max=3, radial_weight=0.3)
@@ -20,8 +24,8 @@ TRICLINIC = np.array([[3.1, 0.2, 0.1], [0.4, 3.3, -0.2], [0.3, 0.1, 2.9]])
 
 def _real_ylm_scipy(vectors, l_max):
     """Real harmonics without Condon-Shortley phase from scipy's complex ones."""
-    r = np.linalg.norm(vectors, axis=1)
-    theta = np.arccos(vectors[:, 2] / r)
+    # arctan2 keeps theta accurate next to the poles (arccos(z/r) does not)
+    theta = np.arctan2(np.hypot(vectors[:, 0], vectors[:, 1]), vectors[:, 2])
     phi = np.arctan2(vectors[:, 1], vectors[:, 0])
     out = np.empty((len(vectors), (l_max + 1) ** 2))
     for l in range(l_max + 1):
@@ -82,6 +86,34 @@ def test_real_spherical_harmonics_match_scipy_and_their_gradient_matches_fd():
         step[b] = h
         fd = (sph_harm_many(vectors + step, 5)[0] - sph_harm_many(vectors - step, 5)[0]) / (2 * h)
         np.testing.assert_allclose(grads[:, :, b], fd, atol=1e-8)
+
+
+@pytest.mark.parametrize("l_max", [0, 1, 2, 6])
+def test_harmonics_every_l_max_and_poles_values_only_kernel_agrees(l_max):
+    """Both kernels vs scipy for small and large l_max, on the poles and axes too; the
+    gradient vs central differences of the values."""
+    rng = np.random.default_rng(l_max)
+    vectors = np.concatenate([rng.normal(size=(12, 3)) * 1.7,
+                              [[0, 0, 1.3], [0, 0, -0.8], [2.0, 0, 0], [0, -1.1, 0],
+                               [1e-9, 0, 1.0]]])
+    values, grads = sph_harm_many(vectors, l_max)
+    np.testing.assert_allclose(values, _real_ylm_scipy(vectors, l_max), atol=1e-13)
+    pref = sph_harm_prefactors(l_max)
+    q = np.empty((l_max + 1, l_max + 2))
+    cm = np.empty(l_max + 1)
+    sm = np.empty(l_max + 1)
+    for v, expected in zip(vectors, values, strict=True):
+        u = v / np.linalg.norm(v)
+        out = np.full((l_max + 1) ** 2, np.nan)
+        sph_harm_unit_values(u[0], u[1], u[2], l_max, pref, q, cm, sm, out)
+        np.testing.assert_allclose(out, expected, rtol=1e-14, atol=1e-15)
+    h = 1e-6
+    for b in range(3):
+        step = np.zeros(3)
+        step[b] = h
+        fd = (sph_harm_many(vectors + step, l_max)[0]
+              - sph_harm_many(vectors - step, l_max)[0]) / (2 * h)
+        np.testing.assert_allclose(grads[:, :, b], fd, atol=1e-7)
 
 
 def test_smeared_projection_matches_brute_force_3d_integral():

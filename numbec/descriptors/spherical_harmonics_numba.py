@@ -6,8 +6,10 @@ Convention: orthonormal real harmonics without the Condon-Shortley phase, index
 ``Y_l,-m = ... Im(x+iy)^m``, with ``Q_l^m(z, r)`` the polynomial part of the associated Legendre
 function. So ``Y_1,(-1,0,1) = sqrt(3/4pi) (y, z, x) / r``.
 
-The gradient uses the polynomial (solid-harmonic) identities
-``dQ_l^m/dx = -x Q_{l-1}^{m+1}``, ``dQ_l^m/dy = -y Q_{l-1}^{m+1}``, ``dQ_l^m/dz = (l+m) Q_{l-1}^m``.
+On the unit sphere ``Q_l^m`` is a polynomial in z alone; the normalised ``F Q_l^m`` and its
+z-derivative follow one three-term recurrence per m (coefficients tabulated by
+:func:`sph_harm_prefactors`), and the tangential gradient is that of the extension
+``F Q_l^m(z) Re/Im (x+iy)^m`` minus its radial part (see :func:`sph_harm_unit`).
 """
 
 from __future__ import annotations
@@ -17,120 +19,154 @@ import math
 import numpy as np
 from numba import njit, prange
 
+# error_model="numpy": no ZeroDivisionError branches (they block the removal of the array
+# reference counting at each call); "contract" lets LLVM fuse multiply-adds. Indices written as
+# np.uint64 skip Numba's negative-index wraparound code in the inner loops.
+_FLAGS = {"contract"}
 
-@njit(cache=True)
+
+@njit(cache=True, error_model="numpy", fastmath=_FLAGS)
 def sph_harm_prefactors(l_max):
-    """(l_max+1, l_max+1) float64 normalisation F[l, m] (m >= 0) of the real harmonics."""
-    pref = np.zeros((l_max + 1, l_max + 1))
+    """((l_max+1)(l_max+2)/2, 2) float64 recurrence coefficients of the normalised Legendre
+    functions ``P[l, m] = F[l, m] Q_l^m(z)`` (``F[l, m]`` the normalisation of ``Y_l,+-m`` in
+    the module docstring, sqrt(2) included for m > 0), dimensionless.
+
+    One row per (l, m >= 0) in evaluation order m = 0..l_max, and within each m, l = m..l_max.
+    Row (m, m): ``[P[m, m], 0]`` with ``P[m, m] = F[m, m] (2m-1)!!`` (a constant);
+    row (l > m): ``[a, b]`` with ``a = F[l, m]/F[l-1, m] (2l-1)/(l-m)``,
+    ``b = F[l, m]/F[l-2, m] (l+m-1)/(l-m)`` (0 for l = m + 1), so that
+    ``P[l, m] = a z P[l-1, m] - b P[l-2, m]``.
+    Create once per kernel call and pass to :func:`sph_harm_unit` / :func:`sph_harm_unit_values`
+    as ``pref``.
+    """
+    norm = np.zeros((l_max + 1, l_max + 1))
     for l in range(l_max + 1):
-        pref[l, 0] = math.sqrt((2 * l + 1) / (4.0 * math.pi))
+        norm[l, 0] = math.sqrt((2 * l + 1) / (4.0 * math.pi))
         ratio = 1.0
         for m in range(1, l + 1):
             # (l-m)!/(l+m)! built incrementally
             ratio /= (l + m) * (l - m + 1)
-            pref[l, m] = math.sqrt(2.0 * (2 * l + 1) / (4.0 * math.pi) * ratio)
-    return pref
-
-
-@njit(cache=True)
-def sph_harm_unit(ux, uy, uz, l_max, pref, q, cm, sm, out_y, out_grad):
-    """Real harmonics Y_lm(u) and the tangential gradient on the unit sphere.
-
-    ux, uy, uz : components of a unit vector u.
-    pref : (l_max+1, l_max+1) from :func:`sph_harm_prefactors`.
-    q : (l_max+1, l_max+2) work array; cm, sm : (l_max+1,) work arrays.
-    out_y : ((l_max+1)**2,) Y_lm(u).
-    out_grad : ((l_max+1)**2, 3) the gradient of Y_lm(d / |d|) with respect to d, times |d|
-        (i.e. ``(I - u u^T) grad R_lm(u)``); divide by |d| for the gradient.
-    """
-    cm[0] = 1.0
-    sm[0] = 0.0
-    for m in range(1, l_max + 1):
-        cm[m] = ux * cm[m - 1] - uy * sm[m - 1]
-        sm[m] = ux * sm[m - 1] + uy * cm[m - 1]
-    for l in range(l_max + 1):
-        for m in range(l_max + 2):
-            q[l, m] = 0.0
-    for m in range(l_max + 1):
-        dfact = 1.0
-        for k in range(1, 2 * m, 2):
-            dfact *= k
-        q[m, m] = dfact
-        if m + 1 <= l_max:
-            q[m + 1, m] = (2 * m + 1) * uz * dfact
-        for l in range(m + 2, l_max + 1):
-            q[l, m] = ((2 * l - 1) * uz * q[l - 1, m] - (l + m - 1) * q[l - 2, m]) / (l - m)
-    for l in range(l_max + 1):
-        base = l * l + l
-        # m = 0
-        f = pref[l, 0]
-        out_y[base] = f * q[l, 0]
-        gx = 0.0
-        gy = 0.0
-        gz = 0.0
-        if l >= 1:
-            gx = -ux * q[l - 1, 1] * f
-            gy = -uy * q[l - 1, 1] * f
-            gz = l * q[l - 1, 0] * f
-        # project out the radial part: grad - l * Y * u (Euler, degree-l homogeneity)
-        yv = out_y[base]
-        out_grad[base, 0] = gx - l * yv * ux
-        out_grad[base, 1] = gy - l * yv * uy
-        out_grad[base, 2] = gz - l * yv * uz
-        for m in range(1, l + 1):
-            f = pref[l, m]
-            qlm = q[l, m]
-            qx = 0.0
-            qz = 0.0
-            if l >= 1:
-                qx = -q[l - 1, m + 1]  # d/dx = ux * qx, d/dy = uy * qx
-                qz = (l + m) * q[l - 1, m]
-            # cosine (m > 0)
-            yc = f * qlm * cm[m]
-            gx = f * (ux * qx * cm[m] + qlm * m * cm[m - 1])
-            gy = f * (uy * qx * cm[m] - qlm * m * sm[m - 1])
-            gz = f * qz * cm[m]
-            idx = base + m
-            out_y[idx] = yc
-            out_grad[idx, 0] = gx - l * yc * ux
-            out_grad[idx, 1] = gy - l * yc * uy
-            out_grad[idx, 2] = gz - l * yc * uz
-            # sine (m < 0)
-            ys = f * qlm * sm[m]
-            gx = f * (ux * qx * sm[m] + qlm * m * sm[m - 1])
-            gy = f * (uy * qx * sm[m] + qlm * m * cm[m - 1])
-            gz = f * qz * sm[m]
-            idx = base - m
-            out_y[idx] = ys
-            out_grad[idx, 0] = gx - l * ys * ux
-            out_grad[idx, 1] = gy - l * ys * uy
-            out_grad[idx, 2] = gz - l * ys * uz
-
-
-@njit(cache=True)
-def sph_harm_unit_values(ux, uy, uz, l_max, pref, q, cm, sm, out_y):
-    """Values only of :func:`sph_harm_unit` (same conventions and work arrays)."""
-    cm[0] = 1.0
-    sm[0] = 0.0
-    for m in range(1, l_max + 1):
-        cm[m] = ux * cm[m - 1] - uy * sm[m - 1]
-        sm[m] = ux * sm[m - 1] + uy * cm[m - 1]
+            norm[l, m] = math.sqrt(2.0 * (2 * l + 1) / (4.0 * math.pi) * ratio)
+    table = np.zeros(((l_max + 1) * (l_max + 2) // 2, 2))
+    j = 0
     dfact = 1.0
     for m in range(l_max + 1):
         if m > 0:
             dfact *= 2 * m - 1
-        q[m, m] = dfact
-        if m + 1 <= l_max:
-            q[m + 1, m] = (2 * m + 1) * uz * dfact
-        for l in range(m + 2, l_max + 1):
-            q[l, m] = ((2 * l - 1) * uz * q[l - 1, m] - (l + m - 1) * q[l - 2, m]) / (l - m)
-    for l in range(l_max + 1):
-        base = l * l + l
-        out_y[base] = pref[l, 0] * q[l, 0]
-        for m in range(1, l + 1):
-            f = pref[l, m] * q[l, m]
-            out_y[base + m] = f * cm[m]
-            out_y[base - m] = f * sm[m]
+        table[j, 0] = norm[m, m] * dfact
+        j += 1
+        for l in range(m + 1, l_max + 1):
+            table[j, 0] = norm[l, m] / norm[l - 1, m] * (2 * l - 1) / (l - m)
+            if l >= m + 2:
+                table[j, 1] = norm[l, m] / norm[l - 2, m] * (l + m - 1) / (l - m)
+            j += 1
+    return table
+
+
+@njit(cache=True, error_model="numpy", fastmath=_FLAGS)
+def sph_harm_unit(ux, uy, uz, l_max, pref, q, cm, sm, out_y, out_grad):
+    """Real harmonics Y_lm(u) and the tangential gradient on the unit sphere.
+
+    ux, uy, uz : components of a unit vector u.
+    pref : ((l_max+1)(l_max+2)/2, 2) table from :func:`sph_harm_prefactors`.
+    q : (l_max+1, l_max+2), cm, sm : (l_max+1,) work arrays (kept for the calling convention;
+        not used).
+    out_y : ((l_max+1)**2,) Y_lm(u).
+    out_grad : ((l_max+1)**2, 3) the gradient of Y_lm(d / |d|) with respect to d, times |d|
+        (i.e. ``(I - u u^T) grad R_lm(u)``); divide by |d| for the gradient.
+
+    The tangential gradient only depends on the values on the sphere, so it is taken of the
+    extension ``g = P(z) C_m`` (cosine; ``S_m`` for the sine), ``C_m + i S_m = (ux + i uy)^m``,
+    ``P = P[l, m]``, ``P' = dP/dz`` (its own recurrence): ``grad g = (m P C_{m-1},
+    -m P S_{m-1}, P' C_m)`` (sine: ``(m P S_{m-1}, m P C_{m-1}, P' S_m)``), radial part
+    ``u . grad g = k C_m`` (``k S_m``) with ``k = m P + z P'``.
+    """
+    # (c, s) = (C_m, S_m), (c1, s1) = (C_{m-1}, S_{m-1}); the m = 0 terms vanish with c1 = s1 = 0
+    c = 1.0
+    s = 0.0
+    c1 = 0.0
+    s1 = 0.0
+    j = 0
+    for m in range(l_max + 1):
+        fm = float(m)
+        # l = m: P' = 0; sine first: for m = 0 the cosine overwrites the same index
+        p1 = pref[np.uint64(j), 0]
+        j += 1
+        mp = fm * p1
+        idx = np.uint64(m * m)
+        out_y[idx] = p1 * s
+        out_grad[idx, 0] = mp * (s1 - s * ux)
+        out_grad[idx, 1] = mp * (c1 - s * uy)
+        out_grad[idx, 2] = -mp * s * uz
+        idx = np.uint64(m * m + 2 * m)
+        out_y[idx] = p1 * c
+        out_grad[idx, 0] = mp * (c1 - c * ux)
+        out_grad[idx, 1] = -mp * (s1 + c * uy)
+        out_grad[idx, 2] = -mp * c * uz
+        d1 = 0.0
+        p2 = 0.0
+        d2 = 0.0
+        for l in range(m + 1, l_max + 1):
+            a = pref[np.uint64(j), 0]
+            b = pref[np.uint64(j), 1]
+            j += 1
+            p0 = a * uz * p1 - b * p2
+            d0 = a * (p1 + uz * d1) - b * d2
+            mp = fm * p0
+            k = mp + uz * d0
+            kc = k * c
+            ks = k * s
+            base = l * l + l
+            idx = np.uint64(base - m)
+            out_y[idx] = p0 * s
+            out_grad[idx, 0] = mp * s1 - ks * ux
+            out_grad[idx, 1] = mp * c1 - ks * uy
+            out_grad[idx, 2] = d0 * s - ks * uz
+            idx = np.uint64(base + m)
+            out_y[idx] = p0 * c
+            out_grad[idx, 0] = mp * c1 - kc * ux
+            out_grad[idx, 1] = -mp * s1 - kc * uy
+            out_grad[idx, 2] = d0 * c - kc * uz
+            p2 = p1
+            p1 = p0
+            d2 = d1
+            d1 = d0
+        c1 = c
+        s1 = s
+        c = ux * c1 - uy * s1
+        s = ux * s1 + uy * c1
+
+
+@njit(cache=True, error_model="numpy", fastmath=_FLAGS)
+def sph_harm_unit_values(ux, uy, uz, l_max, pref, q, cm, sm, out_y):
+    """Values only of :func:`sph_harm_unit` (same conventions and arguments)."""
+    p1 = pref[0, 0]
+    p2 = 0.0
+    out_y[0] = p1
+    j = 1
+    for l in range(1, l_max + 1):
+        p0 = pref[np.uint64(j), 0] * uz * p1 - pref[np.uint64(j), 1] * p2
+        j += 1
+        out_y[np.uint64(l * l + l)] = p0
+        p2 = p1
+        p1 = p0
+    c = 1.0
+    s = 0.0
+    for m in range(1, l_max + 1):
+        c, s = ux * c - uy * s, ux * s + uy * c
+        p1 = pref[j, 0]
+        j += 1
+        p2 = 0.0
+        out_y[np.uint64(m * m + 2 * m)] = p1 * c
+        out_y[np.uint64(m * m)] = p1 * s
+        for l in range(m + 1, l_max + 1):
+            p0 = pref[np.uint64(j), 0] * uz * p1 - pref[np.uint64(j), 1] * p2
+            j += 1
+            base = l * l + l
+            out_y[np.uint64(base + m)] = p0 * c
+            out_y[np.uint64(base - m)] = p0 * s
+            p2 = p1
+            p1 = p0
 
 
 @njit(cache=True, parallel=True)
