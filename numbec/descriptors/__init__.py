@@ -6,16 +6,24 @@
   ``scalar_contraction``.
 - :func:`compute_vector_descriptors` -> :class:`VectorDescriptors`: the lambda = 1 descriptor
   (N, 3, Dv), its Jacobian (P, 3, 3, Dv) and ``vector_contraction``.
+- :func:`compute_scalar_and_vector_descriptors`: both from one neighbour list and expansion;
+  their ``add_adjoint`` methods add into one set of coefficient adjoints
+  (``Expansion.adjoint_arrays``), back-propagated through the pairs once.
 """
 
 from numbec.descriptors.scalar import StructureDescriptors, compute_descriptors
 from numbec.descriptors.settings import DescriptorSettings
-from numbec.descriptors.vector import VectorDescriptors, compute_vector_descriptors
+from numbec.descriptors.vector import (
+    VectorDescriptors,
+    compute_scalar_and_vector_descriptors,
+    compute_vector_descriptors,
+)
 
 __all__ = [
     "DescriptorSettings",
     "StructureDescriptors",
     "VectorDescriptors",
     "compute_descriptors",
+    "compute_scalar_and_vector_descriptors",
     "compute_vector_descriptors",
 ]

@@ -3,6 +3,7 @@ species channels, radial tables and the neighbour-density expansion coefficients
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,11 +39,16 @@ class Expansion:
 
     c2 : (N, S*n_radial, (l2_max+1)**2) two-body coefficients (cutoff_radial).
     c3 : (N, S*n_angular, (l_max+1)**2) three-body coefficients (cutoff_angular).
+    pairs : the neighbour list, its pairs ordered by centre and then neighbour species channel.
+    channel : (N,) int64 species channel of each atom.
+    groups : (N, S+1) int64, pairs of centre i with neighbours of channel J are
+        ``groups[i, J]:groups[i, J + 1]``.
     """
 
     settings: DescriptorSettings
     pairs: NeighborList
     channel: np.ndarray
+    groups: np.ndarray
     radial: RadialTable
     angular: RadialTable
     c2: np.ndarray
@@ -58,12 +64,53 @@ class Expansion:
                 self.angular.inv_spacing, self.angular.values, self.angular.derivatives,
                 s.n_angular)
 
-    def backprop(self, a2: np.ndarray, a3: np.ndarray) -> np.ndarray:
-        """Per-pair gradients (P, C, 3) from coefficient adjoints a2, a3 (N, C, ...)."""
-        with serial_if_small(self.pairs.n_pairs):
-            return _ex.pair_backprop(np.ascontiguousarray(a2), np.ascontiguousarray(a3),
-                                     *self.pair_args())
+    def block_args(self) -> tuple:
+        """Arguments of the pair-block kernels (``expansion_coefficients``, ``pair_backprop``)."""
+        s = self.settings
+        nl = self.pairs
+        return (nl.offsets, self.groups, nl.vectors, nl.distances, self.radial.cutoff,
+                self.radial.inv_spacing, self.radial.values, self.radial.derivatives,
+                s.n_radial, s.l_max, self.angular.cutoff, self.angular.inv_spacing,
+                self.angular.values, self.angular.derivatives, s.n_angular)
 
+    def adjoint_arrays(self, n_channels: int) -> tuple[np.ndarray, np.ndarray]:
+        """Zeroed coefficient adjoints a2 (N, S*n_radial, C, LM2) and a3 (N, S*n_angular, C,
+        LM3) for C channels: the descriptors' ``add_adjoint`` methods add into them and
+        :meth:`backprop` turns them into pair gradients."""
+        n = self.c2.shape[0]
+        return (np.zeros((n, self.c2.shape[1], n_channels, self.c2.shape[2])),
+                np.zeros((n, self.c3.shape[1], n_channels, self.c3.shape[2])))
+
+    def check_adjoint_arrays(self, a2, a3, channel: int, n_channels: int) -> None:
+        """ValueError unless a2, a3 are float64 C-contiguous adjoint arrays of this expansion
+        with room for channels ``channel .. channel + n_channels - 1``."""
+        for name, arr, coef in (("a2", a2, self.c2), ("a3", a3, self.c3)):
+            if (not isinstance(arr, np.ndarray) or arr.dtype != np.float64 or arr.ndim != 4
+                    or not arr.flags.c_contiguous or arr.shape[::3] != coef.shape[::2]
+                    or arr.shape[1] != coef.shape[1]):
+                raise ValueError(f"{name} must be a C-contiguous float64 array of shape "
+                                 f"{(coef.shape[0], coef.shape[1], 'C', coef.shape[2])} "
+                                 "(Expansion.adjoint_arrays)")
+        if a2.shape[2] != a3.shape[2] or not 0 <= channel <= a2.shape[2] - n_channels:
+            raise ValueError(f"channels {channel}..{channel + n_channels - 1} do not fit "
+                             f"adjoint arrays with {a2.shape[2]} channels")
+
+    def backprop(self, a2: np.ndarray, a3: np.ndarray) -> np.ndarray:
+        """Per-pair gradients (P, C, 3) from coefficient adjoints a2, a3 (N, rows, C, LM)."""
+        with serial_if_small(self.pairs.n_pairs):
+            return _ex.pair_backprop(a2, a3, *self.block_args())
+
+    def scatter_monopole(self, g: np.ndarray) -> np.ndarray:
+        """``out[j, c, a, b] = sum_{pairs p = (i, j image)} (r_i - r_j^image)_a g[p, c, b]``:
+        (P, C, 3) pair gradients -> (N, C, 3, 3)."""
+        nl = self.pairs
+        return _ex.scatter_monopole(np.ascontiguousarray(g), nl.offsets, nl.neighbors,
+                                    nl.vectors)
+
+    def scatter_with_self(self, g: np.ndarray) -> np.ndarray:
+        """Total derivatives including the centre terms: (P, C, 3) -> (N, C, 3)."""
+        nl = self.pairs
+        return _ex.scatter_with_self(np.ascontiguousarray(g), nl.offsets, nl.neighbors)
 
 def expand(positions, numbers, cell, pbc, settings: DescriptorSettings,
            l2_max: int) -> Expansion:
@@ -76,13 +123,18 @@ def expand(positions, numbers, cell, pbc, settings: DescriptorSettings,
         raise ValueError(f"positions must have shape ({channel.size}, 3) to match numbers, got "
                          f"{positions.shape}")
     pairs = neighbor_list(positions, cell, pbc, settings.cutoff)
+    order, groups = _ex.group_pairs_by_species(pairs.offsets, pairs.neighbors, channel,
+                                               settings.n_species)
+    pairs = dataclasses.replace(pairs, neighbors=pairs.neighbors[order],
+                                shifts=pairs.shifts[order], vectors=pairs.vectors[order],
+                                distances=pairs.distances[order])
     radial = radial_table(settings.cutoff_radial, settings.sigma, settings.n_radial, 1)
     angular = radial_table(settings.cutoff_angular, settings.sigma, settings.n_angular,
                            settings.l_max)
     with serial_if_small(pairs.n_pairs):
         c2, c3 = _ex.expansion_coefficients(
-            pairs.offsets, pairs.neighbors, pairs.vectors, pairs.distances, channel,
-            settings.n_species, l2_max, radial.cutoff, radial.inv_spacing, radial.values,
-            radial.derivatives, settings.n_radial, settings.l_max, angular.cutoff,
-            angular.inv_spacing, angular.values, angular.derivatives, settings.n_angular)
-    return Expansion(settings, pairs, channel, radial, angular, c2, c3)
+            pairs.offsets, groups, pairs.vectors, pairs.distances, l2_max, radial.cutoff,
+            radial.inv_spacing, radial.values, radial.derivatives, settings.n_radial,
+            settings.l_max, angular.cutoff, angular.inv_spacing, angular.values,
+            angular.derivatives, settings.n_angular)
+    return Expansion(settings, pairs, channel, groups, radial, angular, c2, c3)

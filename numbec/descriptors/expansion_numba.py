@@ -20,12 +20,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from numbec.descriptors.radial_basis_numba import hermite_eval, hermite_values
-from numbec.descriptors.spherical_harmonics_numba import (
-    sph_harm_prefactors,
-    sph_harm_unit,
-    sph_harm_unit_values,
-)
+from numbec.descriptors.pair_block_numba import FASTMATH, centre_block, legendre_tables
+from numbec.descriptors.radial_basis_numba import hermite_eval
+from numbec.descriptors.spherical_harmonics_numba import sph_harm_unit
 
 #: lm index (within l = 1, offset 1) of the Cartesian components x, y, z: Y_1 is (y, z, x).
 CARTESIAN_LM1 = np.array([3, 1, 2], dtype=np.int64)
@@ -66,139 +63,176 @@ def l_of_lm(l_max):
     return out
 
 
-@njit(cache=True, parallel=True)
-def expansion_coefficients(offsets, neighbors, vectors, distances, channel, n_species,
-                           l2_max, rad_cut, rad_inv, rad_values, rad_derivs, n_rad,
-                           l_max, ang_cut, ang_inv, ang_values, ang_derivs, n_ang):
-    """Expansion coefficients c2 (N, S*n_rad, (l2_max+1)**2) and c3 (N, S*n_ang, (l_max+1)**2)."""
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _dot(a, b):
+    """sum_q a[q] b[q] (1-D views of equal length)."""
+    acc = 0.0
+    for q in range(a.shape[0]):
+        acc += a[q] * b[q]
+    return acc
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _axpy2(alpha, x1, x2, y1, y2):
+    """y1 += alpha x1 and y2 += alpha x2 (1-D views of equal length)."""
+    for q in range(x1.shape[0]):
+        y1[q] += alpha * x1[q]
+        y2[q] += alpha * x2[q]
+
+
+@njit(cache=True)
+def group_pairs_by_species(offsets, neighbors, channel, n_species):
+    """Order of the pairs by centre, then neighbour species channel (stable).
+
+    Returns ``order`` (P,) int64 (new pair q is old pair ``order[q]``) and ``groups``
+    (N, S+1) int64: after reordering, the pairs of centre i with a neighbour of channel J are
+    ``groups[i, J]:groups[i, J + 1]`` (``groups[i, 0] = offsets[i]``, ``groups[i, S] =
+    offsets[i + 1]``).
+    """
     n_atoms = offsets.shape[0] - 1
+    order = np.empty(neighbors.shape[0], dtype=np.int64)
+    groups = np.empty((n_atoms, n_species + 1), dtype=np.int64)
+    pos = np.empty(n_species, dtype=np.int64)
+    for i in range(n_atoms):
+        pos[:] = 0
+        for p in range(offsets[i], offsets[i + 1]):
+            pos[channel[neighbors[p]]] += 1
+        groups[i, 0] = offsets[i]
+        for j in range(n_species):
+            groups[i, j + 1] = groups[i, j] + pos[j]
+            pos[j] = groups[i, j]
+        for p in range(offsets[i], offsets[i + 1]):
+            j = channel[neighbors[p]]
+            order[pos[j]] = p
+            pos[j] += 1
+    return order, groups
+
+
+@njit(cache=True)
+def _max_pairs(offsets):
+    k = 0
+    for i in range(offsets.shape[0] - 1):
+        k = max(k, offsets[i + 1] - offsets[i])
+    return k
+
+
+@njit(cache=True, parallel=True, fastmath=FASTMATH, error_model="numpy")
+def expansion_coefficients(offsets, groups, vectors, distances, l2_max, rad_cut, rad_inv,
+                           rad_values, rad_derivs, n_rad, l_max, ang_cut, ang_inv, ang_values,
+                           ang_derivs, n_ang):
+    """Expansion coefficients c2 (N, S*n_rad, (l2_max+1)**2) and c3 (N, S*n_ang, (l_max+1)**2).
+
+    Pairs must be grouped by neighbour species (``groups`` from :func:`group_pairs_by_species`,
+    S = groups.shape[1] - 1); the basis functions of all pairs of a centre are evaluated at once
+    (:mod:`numbec.descriptors.pair_block_numba`) and each coefficient is one dot product over
+    the pairs of a species group.
+    """
+    n_atoms = offsets.shape[0] - 1
+    n_species = groups.shape[1] - 1
     n_lm2 = (l2_max + 1) ** 2
     n_lm3 = (l_max + 1) ** 2
     c2 = np.empty((n_atoms, n_species * n_rad, n_lm2))
     c3 = np.empty((n_atoms, n_species * n_ang, n_lm3))
-    pref = sph_harm_prefactors(l_max)
-    lm_l = l_of_lm(l_max)
+    tables = legendre_tables(l_max)
+    kmax = _max_pairs(offsets)
     for i in prange(n_atoms):
-        q = np.empty((l_max + 1, l_max + 2))
-        cm = np.empty(l_max + 1)
-        sm = np.empty(l_max + 1)
-        y = np.empty(n_lm3)
-        h2 = np.empty(rad_values.shape[1])
-        h3 = np.empty(ang_values.shape[1])
-        # accumulate in a private block (keeps the sums in cache, no aliasing with outputs)
-        acc2 = np.zeros((n_species * n_rad, n_lm2))
-        acc3 = np.zeros((n_species * n_ang, n_lm3))
-        for p in range(offsets[i], offsets[i + 1]):
-            d = distances[p]
-            in_rad = d < rad_cut
-            in_ang = d < ang_cut
-            sph_harm_unit_values(vectors[p, 0] / d, vectors[p, 1] / d, vectors[p, 2] / d, l_max,
-                                 pref, q, cm, sm, y)
-            if in_rad:
-                hermite_values(d, rad_inv, rad_values, rad_derivs, h2)
-            if in_ang:
-                hermite_values(d, ang_inv, ang_values, ang_derivs, h3)
-            jc = channel[neighbors[p]]
-            if in_rad:
-                for n in range(n_rad):
-                    row = jc * n_rad + n
-                    for lm in range(n_lm2):
-                        acc2[row, lm] += h2[n * 2 + lm_l[lm]] * y[lm]
-            if in_ang:
-                for n in range(n_ang):
-                    row = jc * n_ang + n
-                    base = n * (l_max + 1)
-                    for lm in range(n_lm3):
-                        acc3[row, lm] += h3[base + lm_l[lm]] * y[lm]
-        c2[i] = acc2
-        c3[i] = acc3
+        p0 = offsets[i]
+        _, _, _, y, _, h2, _, h3, _ = centre_block(
+            vectors, distances, p0, offsets[i + 1], kmax, l_max, tables, rad_cut, rad_inv,
+            rad_values, rad_derivs, ang_cut, ang_inv, ang_values, ang_derivs, False)
+        for jc in range(n_species):
+            g0 = groups[i, jc] - p0
+            g1 = groups[i, jc + 1] - p0
+            for n in range(n_rad):
+                for l in range(l2_max + 1):
+                    col = n * 2 + l
+                    hr = h2[col, g0:g1]
+                    for lm in range(l * l, (l + 1) * (l + 1)):
+                        c2[i, jc * n_rad + n, lm] = _dot(hr, y[lm, g0:g1])
+            for n in range(n_ang):
+                for l in range(l_max + 1):
+                    col = n * (l_max + 1) + l
+                    hr = h3[col, g0:g1]
+                    for lm in range(l * l, (l + 1) * (l + 1)):
+                        c3[i, jc * n_ang + n, lm] = _dot(hr, y[lm, g0:g1])
     return c2, c3
 
 
-@njit(cache=True, parallel=True)
-def pair_backprop(a2, a3, offsets, neighbors, vectors, distances, channel, rad_cut, rad_inv,
-                  rad_values, rad_derivs, n_rad, l_max, ang_cut, ang_inv, ang_values,
-                  ang_derivs, n_ang):
-    """Per-pair gradients g[p, c, b] = sum_{Jnlm} A[i, c, Jnlm] dc_{ij,Jnlm}/dr_{j,b}.
+@njit(cache=True, parallel=True, fastmath=FASTMATH, error_model="numpy")
+def pair_backprop(a2, a3, offsets, groups, vectors, distances, rad_cut, rad_inv, rad_values,
+                  rad_derivs, n_rad, l_max, ang_cut, ang_inv, ang_values, ang_derivs, n_ang):
+    """Per-pair gradients g[p, c, b] = sum_{Jnlm} A[i, Jn, c, lm] dc_{ij,Jnlm}/dr_{j,b}.
 
-    a2 : (N, C, S*n_rad, LM2) adjoint of c2; a3 : (N, C, S*n_ang, LM3) adjoint of c3.
+    a2 : (N, S*n_rad, C, LM2) adjoint of c2; a3 : (N, S*n_ang, C, LM3) adjoint of c3.
+    Pairs grouped by neighbour species as in :func:`expansion_coefficients`.
     Returns g (P, C, 3), 1/Å times the units of A*c: the derivative of the contracted
     quantity of centre i with respect to the position of the neighbour image of pair p.
 
     With dc_nlm/dd = h'_nl u Y_lm + h_nl dY_lm/dd:
-    g = u sum_lm Y_lm (sum_n A_nlm h'_nl) + sum_lm dY_lm/dd (sum_n A_nlm h_nl).
+    g = u sum_lm Y_lm (sum_n A_nlm h'_nl) + sum_lm dY_lm/dd (sum_n A_nlm h_nl); the sums over
+    n are formed for all pairs of a species group at once (loops over the pairs innermost,
+    which the compiler vectorises).
     """
     n_atoms = offsets.shape[0] - 1
-    n_ch = a2.shape[1]
-    n_lm2 = a2.shape[3]
+    n_species = groups.shape[1] - 1
+    n_ch = a2.shape[2]
+    l2_max = int(np.sqrt(a2.shape[3]) + 0.5) - 1
     n_lm3 = (l_max + 1) ** 2
-    g = np.zeros((neighbors.shape[0], n_ch, 3))
-    pref = sph_harm_prefactors(l_max)
-    lm_l = l_of_lm(l_max)
+    g = np.empty((vectors.shape[0], n_ch, 3))
+    tables = legendre_tables(l_max)
+    kmax = _max_pairs(offsets)
     for i in prange(n_atoms):
-        q = np.empty((l_max + 1, l_max + 2))
-        cm = np.empty(l_max + 1)
-        sm = np.empty(l_max + 1)
-        y = np.empty(n_lm3)
-        dy = np.empty((n_lm3, 3))
-        h2 = np.empty(rad_values.shape[1])
-        dh2 = np.empty(rad_values.shape[1])
-        h3 = np.empty(ang_values.shape[1])
-        dh3 = np.empty(ang_values.shape[1])
-        s_h = np.empty(n_lm3)
-        s_dh = np.empty(n_lm3)
-        # radial functions spread over lm once per pair, shared by all channels
-        h2lm = np.zeros((n_rad, n_lm2))
-        dh2lm = np.zeros((n_rad, n_lm2))
-        h3lm = np.zeros((n_ang, n_lm3))
-        dh3lm = np.zeros((n_ang, n_lm3))
-        for p in range(offsets[i], offsets[i + 1]):
-            in_rad, in_ang, ux, uy, uz = pair_basis(
-                p, vectors, distances, l_max, pref, q, cm, sm, y, dy, rad_cut, rad_inv,
-                rad_values, rad_derivs, h2, dh2, ang_cut, ang_inv, ang_values, ang_derivs, h3,
-                dh3)
-            jc = channel[neighbors[p]]
-            if in_rad:
+        p0 = offsets[i]
+        k = offsets[i + 1] - p0
+        ux, uy, uz, y, dy, h2, dh2, h3, dh3 = centre_block(
+            vectors, distances, p0, p0 + k, kmax, l_max, tables, rad_cut, rad_inv, rad_values,
+            rad_derivs, ang_cut, ang_inv, ang_values, ang_derivs, True)
+        s_h = np.empty((n_lm3, kmax))
+        s_dh = np.empty((n_lm3, kmax))
+        acc = np.empty((4, kmax))
+        for c in range(n_ch):
+            s_h[:, :k] = 0.0
+            s_dh[:, :k] = 0.0
+            for jc in range(n_species):
+                g0 = groups[i, jc] - p0
+                g1 = groups[i, jc + 1] - p0
                 for n in range(n_rad):
-                    for lm in range(n_lm2):
-                        h2lm[n, lm] = h2[n * 2 + lm_l[lm]]
-                        dh2lm[n, lm] = dh2[n * 2 + lm_l[lm]]
-            if in_ang:
+                    arow = a2[i, jc * n_rad + n, c]
+                    for l in range(l2_max + 1):
+                        col = n * 2 + l
+                        for lm in range(l * l, (l + 1) * (l + 1)):
+                            if arow[lm] != 0.0:
+                                _axpy2(arow[lm], h2[col, g0:g1], dh2[col, g0:g1],
+                                       s_h[lm, g0:g1], s_dh[lm, g0:g1])
                 for n in range(n_ang):
-                    base = n * (l_max + 1)
-                    for lm in range(n_lm3):
-                        h3lm[n, lm] = h3[base + lm_l[lm]]
-                        dh3lm[n, lm] = dh3[base + lm_l[lm]]
-            for c in range(n_ch):
-                for lm in range(n_lm3):
-                    s_h[lm] = 0.0
-                    s_dh[lm] = 0.0
-                if in_rad:
-                    for n in range(n_rad):
-                        row = jc * n_rad + n
-                        for lm in range(n_lm2):
-                            av = a2[i, c, row, lm]
-                            s_h[lm] += av * h2lm[n, lm]
-                            s_dh[lm] += av * dh2lm[n, lm]
-                if in_ang:
-                    for n in range(n_ang):
-                        row = jc * n_ang + n
-                        for lm in range(n_lm3):
-                            av = a3[i, c, row, lm]
-                            s_h[lm] += av * h3lm[n, lm]
-                            s_dh[lm] += av * dh3lm[n, lm]
-                radial = 0.0
-                gx = 0.0
-                gy = 0.0
-                gz = 0.0
-                for lm in range(n_lm3):
-                    radial += s_dh[lm] * y[lm]
-                    gx += s_h[lm] * dy[lm, 0]
-                    gy += s_h[lm] * dy[lm, 1]
-                    gz += s_h[lm] * dy[lm, 2]
-                g[p, c, 0] = gx + radial * ux
-                g[p, c, 1] = gy + radial * uy
-                g[p, c, 2] = gz + radial * uz
+                    arow = a3[i, jc * n_ang + n, c]
+                    for l in range(l_max + 1):
+                        col = n * (l_max + 1) + l
+                        for lm in range(l * l, (l + 1) * (l + 1)):
+                            if arow[lm] != 0.0:
+                                _axpy2(arow[lm], h3[col, g0:g1], dh3[col, g0:g1],
+                                       s_h[lm, g0:g1], s_dh[lm, g0:g1])
+            acc[:, :k] = 0.0
+            ar = acc[0, :k]
+            ax = acc[1, :k]
+            ay = acc[2, :k]
+            az = acc[3, :k]
+            for lm in range(n_lm3):
+                sh = s_h[lm, :k]
+                sdh = s_dh[lm, :k]
+                yl = y[lm, :k]
+                dyx = dy[lm, 0, :k]
+                dyy = dy[lm, 1, :k]
+                dyz = dy[lm, 2, :k]
+                for q in range(k):
+                    ar[q] += sdh[q] * yl[q]
+                    ax[q] += sh[q] * dyx[q]
+                    ay[q] += sh[q] * dyy[q]
+                    az[q] += sh[q] * dyz[q]
+            for q in range(k):
+                g[p0 + q, c, 0] = ax[q] + ar[q] * ux[q]
+                g[p0 + q, c, 1] = ay[q] + ar[q] * uy[q]
+                g[p0 + q, c, 2] = az[q] + ar[q] * uz[q]
     return g
 
 

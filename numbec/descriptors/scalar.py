@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from numbec.descriptors import expansion_numba as _ex
 from numbec.descriptors import scalar_numba as _sc
 from numbec.descriptors.expansion import Expansion, expand
 from numbec.descriptors.settings import DescriptorSettings
@@ -94,6 +93,12 @@ class StructureDescriptors:
     gradients: np.ndarray | None = None
     _expansion: Expansion | None = field(default=None, repr=False)
 
+    @property
+    def expansion(self) -> Expansion:
+        """The neighbour list, species grouping and expansion coefficients behind the values
+        (``adjoint_arrays``, ``backprop``, ``scatter_monopole``, ``scatter_with_self``)."""
+        return self._expansion
+
     def _check_grad(self, grad_x: np.ndarray, n_channels: int | None) -> np.ndarray:
         n, d = self.values.shape
         grad_x = np.ascontiguousarray(grad_x, dtype=np.float64)
@@ -105,11 +110,26 @@ class StructureDescriptors:
             raise ValueError("descriptor gradient contains non-finite values")
         return grad_x
 
+    def add_adjoint(self, grad_x: np.ndarray, a2: np.ndarray, a3: np.ndarray,
+                    channel: int = 0) -> None:
+        """Add the coefficient adjoints of ``y_{i,c} = G[i, c] . X_i`` to channels
+        ``channel .. channel + C - 1`` of a2, a3 (from ``Expansion.adjoint_arrays``).
+
+        grad_x : (N, C, D) float64 G. Several contractions (e.g. of scalar and vector
+        descriptors sharing one expansion) can add into the same arrays and share one
+        back-propagation through the pairs.
+        """
+        grad_x = np.asarray(grad_x)
+        grad_x = self._check_grad(grad_x, grad_x.shape[1] if grad_x.ndim == 3 else -1)
+        self._expansion.check_adjoint_arrays(a2, a3, channel, grad_x.shape[1])
+        with serial_if_small(self.pairs.n_pairs):
+            _sc.power_spectrum_adjoint(self._expansion.c2, self._expansion.c3, grad_x,
+                                       *_feature_args(self.settings), a2, a3, channel)
+
     def _pair_gradients(self, grad_x: np.ndarray) -> np.ndarray:
         ex = self._expansion
-        with serial_if_small(self.pairs.n_pairs):
-            a2, a3 = _sc.power_spectrum_adjoint(ex.c2, ex.c3, grad_x,
-                                                *_feature_args(self.settings))
+        a2, a3 = ex.adjoint_arrays(grad_x.shape[1])
+        self.add_adjoint(grad_x, a2, a3)
         return ex.backprop(a2, a3)
 
     def monopole_contraction(self, grad_x: np.ndarray) -> np.ndarray:
@@ -123,8 +143,7 @@ class StructureDescriptors:
         channels = grad_x.ndim == 3
         grad_x = self._check_grad(grad_x, grad_x.shape[1] if channels else None)
         g = self._pair_gradients(grad_x if channels else grad_x[:, None, :])
-        nl = self.pairs
-        out = _ex.scatter_monopole(g, nl.offsets, nl.neighbors, nl.vectors)
+        out = self._expansion.scatter_monopole(g)
         return out if channels else out[:, 0]
 
     def scalar_contraction(self, grad_x: np.ndarray) -> np.ndarray:
@@ -137,9 +156,7 @@ class StructureDescriptors:
         if grad_x.ndim != 3:
             raise ValueError(f"descriptor gradient must have shape (N, C, D), got {grad_x.shape}")
         grad_x = self._check_grad(grad_x, grad_x.shape[1])
-        g = self._pair_gradients(grad_x)
-        nl = self.pairs
-        return _ex.scatter_with_self(g, nl.offsets, nl.neighbors)
+        return self._expansion.scatter_with_self(self._pair_gradients(grad_x))
 
 
 def compute_descriptors(positions, numbers, cell, pbc, settings: DescriptorSettings,
@@ -151,10 +168,18 @@ def compute_descriptors(positions, numbers, cell, pbc, settings: DescriptorSetti
     pbc : (3,) bool; settings : DescriptorSettings; gradients : also compute (P, 3, D).
     """
     ex = expand(positions, numbers, cell, pbc, settings, l2_max=0)
-    feats = _feature_args(settings)
+    return descriptors_from_expansion(ex, gradients)
+
+
+def descriptors_from_expansion(ex: Expansion, gradients: bool = False) -> StructureDescriptors:
+    """Scalar descriptors from an expansion of any ``l2_max`` (only the l = 0 two-body
+    coefficients enter), e.g. one shared with the vector descriptors."""
+    feats = _feature_args(ex.settings)
     jac = None
     with serial_if_small(ex.pairs.n_pairs):
         values = _sc.power_spectrum(ex.c2, ex.c3, *feats)
         if gradients:
+            if ex.c2.shape[2] != 1:
+                raise ValueError("the scalar Jacobian needs an expansion with l2_max = 0")
             jac = _sc.scalar_jacobian(ex.c2, ex.c3, *ex.pair_args(), *feats)
-    return StructureDescriptors(values, ex.pairs, settings, jac, ex)
+    return StructureDescriptors(values, ex.pairs, ex.settings, jac, ex)

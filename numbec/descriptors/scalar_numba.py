@@ -14,6 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from numbec.descriptors.expansion_numba import l_of_lm, pair_coefficient_derivatives
+from numbec.descriptors.pair_block_numba import FASTMATH
 from numbec.descriptors.spherical_harmonics_numba import sph_harm_prefactors
 
 
@@ -38,34 +39,51 @@ def power_spectrum(c2, c3, w2, row_a, row_b, l_of, weight):
     return out
 
 
-@njit(cache=True, parallel=True)
-def power_spectrum_adjoint(c2, c3, grad_x, w2, row_a, row_b, l_of, weight):
-    """Adjoints A2 = sum_k G_k dX_k/dc2 and A3 = sum_k G_k dX_k/dc3 per centre and channel.
+@njit(cache=True, parallel=True, fastmath=FASTMATH, error_model="numpy")
+def power_spectrum_adjoint(c2, c3, grad_x, w2, row_a, row_b, l_of, weight, a2, a3, c0):
+    """Add the adjoints sum_k G_k dX_k/dc2 and sum_k G_k dX_k/dc3 of every centre and channel.
 
     grad_x : (N, C, D) G[i, c, k] = dy_{i,c}/dX_{i,k}.
-    Returns a2 (N, C, S*n_rad, LM2) and a3 (N, C, S*n_ang, LM3).
+    a2 : (N, S*n_rad, C_total, LM2), a3 : (N, S*n_ang, C_total, LM3) (the layout of
+    :func:`numbec.descriptors.expansion_numba.pair_backprop`); channel c of G
+    is added to channel ``c0 + c``, so several contractions can share one back-propagation.
+
+    Per centre, channel and l the angular part is a product with the symmetric matrix
+    ``M_l[r, s] = sum_{k: l_k = l} G_k w_k (d_{r a_k} d_{s b_k} + d_{r b_k} d_{s a_k})``:
+    ``dy/dc3[r, lm] = sum_s M_l[r, s] c3[s, lm]``.
     """
     n_atoms = c3.shape[0]
+    n_rows = c3.shape[1]
+    n_lm3 = c3.shape[2]
+    l_max = int(np.sqrt(n_lm3) + 0.5) - 1
     n_ch = grad_x.shape[1]
     n2 = c2.shape[1]
     n_k = row_a.shape[0]
-    a2 = np.zeros((n_atoms, n_ch, n2, c2.shape[2]))
-    a3 = np.zeros((n_atoms, n_ch, c3.shape[1], c3.shape[2]))
     for i in prange(n_atoms):
+        c3t = np.empty((n_lm3, n_rows))
+        for r in range(n_rows):
+            for lm in range(n_lm3):
+                c3t[lm, r] = c3[i, r, lm]
+        mat = np.empty((l_max + 1, n_rows, n_rows))
         for c in range(n_ch):
+            ch = c0 + c
             for r in range(n2):
-                a2[i, c, r, 0] = w2 * grad_x[i, c, r]
+                a2[i, r, ch, 0] += w2 * grad_x[i, c, r]
+            mat[:] = 0.0
             for k in range(n_k):
                 gw = grad_x[i, c, n2 + k] * weight[k]
-                if gw == 0.0:
-                    continue
-                l = l_of[k]
-                a = row_a[k]
-                b = row_b[k]
+                mat[l_of[k], row_a[k], row_b[k]] += gw
+                mat[l_of[k], row_b[k], row_a[k]] += gw
+            for l in range(l_max + 1):
+                ml = mat[l]
                 for lm in range(l * l, (l + 1) * (l + 1)):
-                    a3[i, c, a, lm] += gw * c3[i, b, lm]
-                    a3[i, c, b, lm] += gw * c3[i, a, lm]
-    return a2, a3
+                    cl = c3t[lm]
+                    for r in range(n_rows):
+                        mr = ml[r]
+                        acc = 0.0
+                        for t in range(n_rows):
+                            acc += mr[t] * cl[t]
+                        a3[i, r, ch, lm] += acc
 
 
 @njit(cache=True, parallel=True)

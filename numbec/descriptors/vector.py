@@ -28,14 +28,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from numbec.descriptors import expansion_numba as _ex
 from numbec.descriptors import vector_numba as _vn
 from numbec.descriptors.expansion import Expansion, expand
+from numbec.descriptors.scalar import descriptors_from_expansion
 from numbec.descriptors.settings import DescriptorSettings
 from numbec.descriptors.spherical_harmonics_numba import sph_harm_many
 from numbec.neighbors import NeighborList, serial_if_small
 
-__all__ = ["VectorDescriptors", "compute_vector_descriptors", "vector_coupling_table"]
+__all__ = ["VectorDescriptors", "compute_vector_descriptors",
+           "compute_scalar_and_vector_descriptors", "vector_coupling_table"]
 
 
 @functools.lru_cache(maxsize=8)
@@ -118,6 +119,12 @@ class VectorDescriptors:
     gradients: np.ndarray | None = None
     _expansion: Expansion | None = field(default=None, repr=False)
 
+    @property
+    def expansion(self) -> Expansion:
+        """The neighbour list, species grouping and expansion coefficients behind the values
+        (``adjoint_arrays``, ``backprop``, ``scatter_monopole``, ``scatter_with_self``)."""
+        return self._expansion
+
     def vector_contraction(self, weights: np.ndarray) -> np.ndarray:
         """``out[j, a, b] = sum_i sum_k V[i, k] dX^a_{i,k}/dr_{j,b}`` (self terms included):
         d(sum_i mu_i)_a/dr_{j,b} for ``mu_i = sum_k V[i, k] X_i[:, k]``.
@@ -135,15 +142,31 @@ class VectorDescriptors:
             raise ValueError("vector weights contain non-finite values")
         stacked = weights if channels else weights[:, None, :]
         ex = self._expansion
-        with serial_if_small(self.pairs.n_pairs):
-            a2, a3 = _vn.vector_adjoint(ex.c2, ex.c3, np.ascontiguousarray(stacked),
-                                        *_feature_args(self.settings))
-        g = ex.backprop(a2, a3)
-        nl = self.pairs
-        out = _ex.scatter_with_self(g, nl.offsets, nl.neighbors)
-        out = out.reshape(n, stacked.shape[1], 3, 3)
+        a2, a3 = ex.adjoint_arrays(3 * stacked.shape[1])
+        self.add_adjoint(stacked, a2, a3)
+        out = ex.scatter_with_self(ex.backprop(a2, a3)).reshape(n, stacked.shape[1], 3, 3)
         return out if channels else out[:, 0]
 
+    def add_adjoint(self, weights: np.ndarray, a2: np.ndarray, a3: np.ndarray,
+                    channel: int = 0) -> None:
+        """Add the coefficient adjoints of ``y_{i,c,a} = V[i, c] . X^a_i`` to channel
+        ``channel + 3 c + a`` of a2, a3 (from ``Expansion.adjoint_arrays``).
+
+        weights : (N, C, Dv) float64 V, C-contiguous (see ``StructureDescriptors.add_adjoint``
+        for sharing one back-propagation).
+        """
+        n, _, dv = self.values.shape
+        weights = np.ascontiguousarray(weights, dtype=np.float64)
+        if weights.ndim != 3 or weights.shape[::2] != (n, dv):
+            raise ValueError(f"vector weights must have shape (N, C, Dv) = ({n}, C, {dv}), "
+                             f"got {weights.shape}")
+        if not np.isfinite(weights).all():
+            raise ValueError("vector weights contain non-finite values")
+        ex = self._expansion
+        ex.check_adjoint_arrays(a2, a3, channel, 3 * weights.shape[1])
+        with serial_if_small(self.pairs.n_pairs):
+            _vn.vector_adjoint(ex.c2, ex.c3, weights, *_feature_args(self.settings), a2, a3,
+                               channel)
 
 def compute_vector_descriptors(positions, numbers, cell, pbc, settings: DescriptorSettings,
                                gradients: bool = False) -> VectorDescriptors:
@@ -152,10 +175,28 @@ def compute_vector_descriptors(positions, numbers, cell, pbc, settings: Descript
     Arguments as :func:`numbec.descriptors.compute_descriptors`.
     """
     ex = expand(positions, numbers, cell, pbc, settings, l2_max=1)
-    feats = _feature_args(settings)
+    return vector_descriptors_from_expansion(ex, gradients)
+
+
+def vector_descriptors_from_expansion(ex: Expansion, gradients: bool = False
+                                      ) -> VectorDescriptors:
+    """Vector descriptors from an expansion with ``l2_max = 1`` (shared, e.g., with the scalar
+    descriptors: :func:`numbec.descriptors.scalar.descriptors_from_expansion`)."""
+    if ex.c2.shape[2] != 4:
+        raise ValueError("vector descriptors need an expansion with l2_max = 1")
+    feats = _feature_args(ex.settings)
     jac = None
     with serial_if_small(ex.pairs.n_pairs):
         values = _vn.vector_features(ex.c2, ex.c3, *feats)
         if gradients:
             jac = _vn.vector_jacobian(ex.c2, ex.c3, *ex.pair_args(), *feats)
-    return VectorDescriptors(values, ex.pairs, settings, jac, ex)
+    return VectorDescriptors(values, ex.pairs, ex.settings, jac, ex)
+
+
+def compute_scalar_and_vector_descriptors(positions, numbers, cell, pbc,
+                                          settings: DescriptorSettings):
+    """Scalar and vector descriptors of one structure from one neighbour list and one
+    expansion (l2_max = 1): ``(StructureDescriptors, VectorDescriptors)``, both without
+    Jacobians. Their ``add_adjoint`` methods can share one back-propagation."""
+    ex = expand(positions, numbers, cell, pbc, settings, l2_max=1)
+    return descriptors_from_expansion(ex), vector_descriptors_from_expansion(ex)

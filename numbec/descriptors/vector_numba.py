@@ -76,10 +76,11 @@ def vector_features(c2, c3, w2, row_a, row_b, l_of, weight, cg_start, cg_cart, c
 
 @njit(cache=True, parallel=True)
 def vector_adjoint(c2, c3, v, w2, row_a, row_b, l_of, weight, cg_start, cg_cart, cg_m, cg_mp,
-                   cg_val):
-    """Adjoints for ``y_{c,a} = sum_k V[i, c, k] X[i, a, k]``, channel ``3 * c + a``.
+                   cg_val, a2, a3, c0):
+    """Add the adjoints of ``y_{c,a} = sum_k V[i, c, k] X[i, a, k]`` to channel ``c0 + 3c + a``.
 
-    v : (N, C, Dv).  Returns a2 (N, 3C, S*n_rad, 4) and a3 (N, 3C, S*n_ang, LM3).
+    v : (N, C, Dv). a2 : (N, S*n_rad, C_total, 4), a3 : (N, S*n_ang, C_total, LM3) (see
+    :func:`numbec.descriptors.scalar_numba.power_spectrum_adjoint`).
     With ``Vw[l, A, B] = w_k V_k`` (k the feature of rows A, B and l):
     ``dy/dc3[A, l m] = sum_B Vw[l, A, B] W[l, a, m, B]`` and
     ``dy/dc3[B, (l+1) m'] = sum_e C_e Z[l, m_e, B]``, ``Z[l, m, B] = sum_A Vw[l, A, B] c3[A, l m]``.
@@ -91,8 +92,6 @@ def vector_adjoint(c2, c3, v, w2, row_a, row_b, l_of, weight, cg_start, cg_cart,
     n_sets = v.shape[1]
     n2 = c2.shape[1]
     n_k = row_a.shape[0]
-    a2 = np.zeros((n_atoms, 3 * n_sets, n2, c2.shape[2]))
-    a3 = np.zeros((n_atoms, 3 * n_sets, n_rows, n_lm3))
     for i in prange(n_atoms):
         c3t = np.empty((n_lm3, n_rows))
         w_mat = np.empty((l_max, 3, 2 * l_max - 1, n_rows))
@@ -102,20 +101,20 @@ def vector_adjoint(c2, c3, v, w2, row_a, row_b, l_of, weight, cg_start, cg_cart,
         for c in range(n_sets):
             for r in range(n2):
                 for a in range(3):
-                    a2[i, 3 * c + a, r, CARTESIAN_LM1[a]] = w2 * v[i, c, r]
+                    a2[i, r, c0 + 3 * c + a, CARTESIAN_LM1[a]] += w2 * v[i, c, r]
             for k in range(n_k):
                 vw[l_of[k], row_a[k], row_b[k]] = weight[k] * v[i, c, n2 + k]
             for l in range(l_max):
                 oa = l * l
                 ob = (l + 1) * (l + 1)
                 for a in range(3):
-                    ch = 3 * c + a
+                    ch = c0 + 3 * c + a
                     for ra in range(n_rows):
                         for m in range(2 * l + 1):
                             s = 0.0
                             for rb in range(n_rows):
                                 s += vw[l, ra, rb] * w_mat[l, a, m, rb]
-                            a3[i, ch, ra, oa + m] += s
+                            a3[i, ra, ch, oa + m] += s
                 z_mat[:] = 0.0
                 for ra in range(n_rows):
                     for m in range(2 * l + 1):
@@ -123,13 +122,12 @@ def vector_adjoint(c2, c3, v, w2, row_a, row_b, l_of, weight, cg_start, cg_cart,
                         for rb in range(n_rows):
                             z_mat[m, rb] += vw[l, ra, rb] * cv
                 for e in range(cg_start[l], cg_start[l + 1]):
-                    ch = 3 * c + cg_cart[e]
+                    ch = c0 + 3 * c + cg_cart[e]
                     m = cg_m[e]
                     ib = ob + cg_mp[e]
                     val = cg_val[e]
                     for rb in range(n_rows):
-                        a3[i, ch, rb, ib] += val * z_mat[m, rb]
-    return a2, a3
+                        a3[i, rb, ch, ib] += val * z_mat[m, rb]
 
 
 @njit(cache=True, parallel=True)

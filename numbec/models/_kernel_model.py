@@ -42,6 +42,7 @@ from numbec.conventions import as_bec_array, asr_project
 from numbec.descriptors import (
     DescriptorSettings,
     compute_descriptors,
+    compute_scalar_and_vector_descriptors,
     compute_vector_descriptors,
 )
 from numbec.models.base import BECModel, ModelFileError, UnknownSpeciesError
@@ -230,7 +231,12 @@ class KernelBECModel(BECModel):
         numbers = np.asarray(numbers, dtype=np.int64)
         pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
         periodic = bool(pbc.any())
-        desc = compute_descriptors(positions, numbers, cell, pbc, self.settings)
+        if self._dipole:
+            desc, vdesc = compute_scalar_and_vector_descriptors(positions, numbers, cell, pbc,
+                                                                self.settings)
+        else:
+            desc, vdesc = compute_descriptors(positions, numbers, cell, pbc, self.settings), None
+        ex = desc.expansion
         unit, norms = kernels.normalize(desc.values, "predict")
         blocks = self._species_blocks(numbers, unit)
         n = numbers.size
@@ -239,29 +245,39 @@ class KernelBECModel(BECModel):
         z_mono[:, _DIAG[0], _DIAG[1]] = q0n[:, None]
         dipole = q0n @ positions
         charges = q0n.copy()
+        # every contraction adds its coefficient adjoints to one set of channels (monopole: 0,
+        # dipole model: the next three), back-propagated through the pairs once
+        c_dip = 1 if self._monopole else 0
+        n_ch = c_dip + (3 if self._dipole else 0)
+        a2, a3 = ex.adjoint_arrays(n_ch)
+        scalar_grad = np.zeros((n, n_ch, unit.shape[1]))    # dy_{i,c}/dX_i of every channel
         m = self.sparse_unit.shape[0]
         if self._monopole:
             w = self.weights[:m]
             q = np.zeros(n)
-            g = np.zeros_like(unit)
             for rows, cols, cos in blocks:
                 q[rows] = cos ** self.zeta @ w[cols]
-                g[rows] = kernels.kernel_gradient(unit[rows], norms[rows], self.sparse_unit[cols],
-                                                  w[cols], self.zeta, cos=cos)
+                scalar_grad[rows, 0] = kernels.kernel_gradient(
+                    unit[rows], norms[rows], self.sparse_unit[cols], w[cols], self.zeta, cos=cos)
             qn = q - q.mean()
-            z_mono += desc.monopole_contraction(g)
             z_mono[:, _DIAG[0], _DIAG[1]] += qn[:, None]
             charges += qn
             dipole = dipole + qn @ positions
+        if self._dipole:
+            mu = self._dipole_adjoint(vdesc, unit, norms, blocks, a2, a3,
+                                      scalar_grad[:, c_dip:])
+            dipole = dipole + mu.sum(axis=0)
+        desc.add_adjoint(scalar_grad, a2, a3, 0)
+        pair_grad = ex.backprop(a2, a3)
+        if self._monopole:
+            z_mono += ex.scatter_monopole(pair_grad[:, :1])[:, 0]
             if not periodic:
-                dq = desc.scalar_contraction(g[:, None, :])[:, 0, :]
+                dq = ex.scatter_with_self(pair_grad[:, :1])[:, 0]
                 z_mono += (positions - positions.mean(axis=0))[:, :, None] * dq[:, None, :]
         bec = z_mono
         out = {}
         if self._dipole:
-            z_dip, mu = self._predict_dipole(positions, numbers, cell, pbc, desc, unit, norms,
-                                             blocks)
-            dipole = dipole + mu.sum(axis=0)
+            z_dip = ex.scatter_with_self(pair_grad[:, c_dip:])
             if periodic:
                 z_dip = asr_project(z_dip)
             bec = z_mono + z_dip
@@ -305,29 +321,28 @@ class KernelBECModel(BECModel):
             blocks.append((rows, cols, unit[rows] @ self.sparse_unit[cols].T))
         return blocks
 
-    def _predict_dipole(self, positions, numbers, cell, pbc, desc, unit, norms, blocks):
-        """Dipole-model BECs ``sum_i dmu_i/dr_j`` (N, 3, 3) and local dipoles mu (N, 3)."""
+    def _dipole_adjoint(self, vdesc, unit, norms, blocks, a2, a3, scalar_grad):
+        """Local dipoles mu (N, 3) of the dipole model. The BECs ``sum_i dmu_i/dr_j`` are
+        prepared for one back-propagation through the pairs: the vector-descriptor part is added
+        to the last three channels of a2, a3, and the scalar-descriptor gradient of the kernel
+        factor is written to ``scalar_grad`` (N, 3, D)."""
         s = self.vector_scale
-        vdesc = compute_vector_descriptors(positions, numbers, cell, pbc, self.settings)
         vec = vdesc.values / s                                        # (N, 3, Dv)
         wb = self._dipole_sparse_weights()                             # (M, Dv)
         n = vec.shape[0]
         u = np.zeros((n, wb.shape[1]))                                 # (N, Dv)
-        g2 = np.zeros((n, 3, unit.shape[1]))                           # (N, 3, D)
         for rows, cols, cos in blocks:
             u[rows] = cos ** (self.zeta - 1) @ wb[cols]
             if self.zeta > 1:
                 nr = rows.size
                 # (x_i . x_b)^(zeta-1) factor of the matrix kernel: one GEMM per species
                 coef = (vec[rows].reshape(3 * nr, -1) @ wb[cols].T).reshape(nr, 3, cols.size)
-                g2[rows] = kernels.kernel_gradient(unit[rows], norms[rows],
-                                                   self.sparse_unit[cols], coef, self.zeta,
-                                                   power=self.zeta - 1, cos=cos)
+                scalar_grad[rows] = kernels.kernel_gradient(
+                    unit[rows], norms[rows], self.sparse_unit[cols], coef, self.zeta,
+                    power=self.zeta - 1, cos=cos)
         mu = np.einsum("iak,ik->ia", vec, u)
-        z_dip = vdesc.vector_contraction(u / s)
-        if self.zeta > 1:
-            z_dip = z_dip + desc.scalar_contraction(g2)
-        return z_dip, mu
+        vdesc.add_adjoint((u / s)[:, None, :], a2, a3, a2.shape[2] - 3)
+        return mu
 
     # ------------------------------------------------------------------ design matrix
     def _design(self, positions, numbers, cell, pbc, where):
