@@ -10,7 +10,7 @@ from scipy.special import sph_harm_y, spherical_jn
 
 from numbec.descriptors import DescriptorSettings, compute_descriptors
 from numbec.descriptors.radial_basis import bessel_zeros, radial_table, smeared_radial_integral
-from numbec.descriptors.radial_basis_numba import hermite_eval
+from numbec.descriptors.radial_basis_numba import hermite_eval, hermite_values
 from numbec.descriptors.spherical_harmonics_numba import (
     sph_harm_many,
     sph_harm_prefactors,
@@ -169,6 +169,33 @@ def test_spline_reproduces_direct_quadrature_between_grid_points():
         hermite_eval(dist, table.inv_spacing, table.values, table.derivatives, out_h, out_dh)
         np.testing.assert_allclose(out_h, h[k].ravel(), atol=1e-9 * np.abs(h).max())
         np.testing.assert_allclose(out_dh, dh[k].ravel(), atol=1e-6 * np.abs(dh).max())
+
+
+def test_spline_interpolates_the_table_and_its_derivative_is_exact():
+    """At grid points (and the cutoff) the spline returns the tabulated h and h'; between them
+    out_dh is the derivative of out_h (central differences); the values-only kernel is the
+    same interpolant."""
+    table = radial_table(3.5, 0.5, 4, 3)
+    spacing = 1.0 / table.inv_spacing
+    n_grid, n_col = table.values.shape
+    out_h, out_dh, out_v = np.empty(n_col), np.empty(n_col), np.empty(n_col)
+    for k in (0, 1, 57, n_grid // 2, n_grid - 2, n_grid - 1):
+        hermite_eval(k * spacing, table.inv_spacing, table.values, table.derivatives, out_h,
+                     out_dh)
+        np.testing.assert_allclose(out_h, table.values[k], rtol=1e-12,
+                                   atol=1e-14 * np.abs(table.values).max())
+        np.testing.assert_allclose(out_dh, table.derivatives[k], rtol=1e-9,
+                                   atol=1e-12 * np.abs(table.derivatives).max())
+    step = 1e-6 * spacing
+    for dist in (0.37 * spacing, 0.2 * 3.5 + 0.61 * spacing, 3.5 - 0.45 * spacing):
+        hermite_eval(dist, table.inv_spacing, table.values, table.derivatives, out_h, out_dh)
+        hermite_values(dist, table.inv_spacing, table.values, table.derivatives, out_v)
+        np.testing.assert_allclose(out_v, out_h, rtol=1e-15, atol=1e-300)
+        plus, minus = np.empty(n_col), np.empty(n_col)
+        hermite_values(dist + step, table.inv_spacing, table.values, table.derivatives, plus)
+        hermite_values(dist - step, table.inv_spacing, table.values, table.derivatives, minus)
+        np.testing.assert_allclose(out_dh, (plus - minus) / (2 * step),
+                                   atol=1e-6 * np.abs(table.derivatives).max())
 
 
 # -------------------------------------------------------------------- descriptor values

@@ -1,11 +1,25 @@
-"""Cubic Hermite spline evaluation of the tabulated radial functions (Numba)."""
+"""Cubic Hermite spline evaluation of the tabulated radial functions (Numba).
+
+On the interval ``[k, k+1]`` of the grid (spacing ``1/inv_spacing``), at ``t = d inv_spacing - k``
+and with ``dy = y_{k+1} - y_k``, the interpolant and its d-derivative are
+
+    h  = y_k + t^2 (3 - 2t) dy + t (t-1)^2 spacing m_k + t^2 (t-1) spacing m_{k+1},
+    h' = 6 t (1-t) inv_spacing dy + (t-1)(3t-1) m_k + t (3t-2) m_{k+1},
+
+(y tabulated values, m tabulated d-derivatives): the usual Hermite basis with
+``h00 = 1 - h01``, written on the difference dy so that h' has no cancellation between two
+large ``inv_spacing * y`` terms.
+
+error_model="numpy" removes the ZeroDivisionError branch of ``1 / inv_spacing``, which would
+otherwise keep the reference counting of the four array arguments at every call.
+"""
 
 from __future__ import annotations
 
 from numba import njit
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
 def hermite_eval(d, inv_spacing, values, derivatives, out_h, out_dh):
     """Spline values and d-derivatives of all tabulated columns at distance d.
 
@@ -21,26 +35,28 @@ def hermite_eval(d, inv_spacing, values, derivatives, out_h, out_dh):
         k = n_intervals - 1
     t = s - k
     t2 = t * t
-    t3 = t2 * t
     spacing = 1.0 / inv_spacing
-    a0 = 2.0 * t3 - 3.0 * t2 + 1.0
-    a1 = (t3 - 2.0 * t2 + t) * spacing
-    a2 = -2.0 * t3 + 3.0 * t2
-    a3 = (t3 - t2) * spacing
-    b0 = (6.0 * t2 - 6.0 * t) * inv_spacing
-    b1 = 3.0 * t2 - 4.0 * t + 1.0
-    b2 = (-6.0 * t2 + 6.0 * t) * inv_spacing
-    b3 = 3.0 * t2 - 2.0 * t
-    for c in range(values.shape[1]):
-        y0 = values[k, c]
-        y1 = values[k + 1, c]
-        m0 = derivatives[k, c]
-        m1 = derivatives[k + 1, c]
-        out_h[c] = a0 * y0 + a1 * m0 + a2 * y1 + a3 * m1
-        out_dh[c] = b0 * y0 + b1 * m0 + b2 * y1 + b3 * m1
+    a_dy = t2 * (3.0 - 2.0 * t)
+    a_m0 = t * (t - 1.0) * (t - 1.0) * spacing
+    a_m1 = t2 * (t - 1.0) * spacing
+    b_dy = 6.0 * t * (1.0 - t) * inv_spacing
+    b_m0 = (t - 1.0) * (3.0 * t - 1.0)
+    b_m1 = t * (3.0 * t - 2.0)
+    y0 = values[k]
+    y1 = values[k + 1]
+    m0 = derivatives[k]
+    m1 = derivatives[k + 1]
+    for c in range(out_h.shape[0]):
+        # loads before the stores (the outputs could alias the table as far as LLVM knows)
+        y = y0[c]
+        dy = y1[c] - y
+        g0 = m0[c]
+        g1 = m1[c]
+        out_h[c] = y + a_dy * dy + a_m0 * g0 + a_m1 * g1
+        out_dh[c] = b_dy * dy + b_m0 * g0 + b_m1 * g1
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
 def hermite_values(d, inv_spacing, values, derivatives, out_h):
     """Values only of :func:`hermite_eval` (same interpolant)."""
     n_intervals = values.shape[0] - 1
@@ -50,12 +66,13 @@ def hermite_values(d, inv_spacing, values, derivatives, out_h):
         k = n_intervals - 1
     t = s - k
     t2 = t * t
-    t3 = t2 * t
     spacing = 1.0 / inv_spacing
-    a0 = 2.0 * t3 - 3.0 * t2 + 1.0
-    a1 = (t3 - 2.0 * t2 + t) * spacing
-    a2 = -2.0 * t3 + 3.0 * t2
-    a3 = (t3 - t2) * spacing
-    for c in range(values.shape[1]):
-        out_h[c] = (a0 * values[k, c] + a1 * derivatives[k, c] + a2 * values[k + 1, c]
-                    + a3 * derivatives[k + 1, c])
+    a_dy = t2 * (3.0 - 2.0 * t)
+    a_m0 = t * (t - 1.0) * (t - 1.0) * spacing
+    a_m1 = t2 * (t - 1.0) * spacing
+    y0 = values[k]
+    y1 = values[k + 1]
+    m0 = derivatives[k]
+    m1 = derivatives[k + 1]
+    for c in range(out_h.shape[0]):
+        out_h[c] = y0[c] + a_dy * (y1[c] - y0[c]) + a_m0 * m0[c] + a_m1 * m1[c]
