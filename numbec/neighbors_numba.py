@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def bin_atoms(frac, n_bins):
     """Assign atoms to bins (counting sort).
 
@@ -50,7 +50,7 @@ def bin_atoms(frac, n_bins):
     return counts, sorted_atoms, atom_bin
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _visit_centre(i, positions, cell, cutoff2, n_bins, bin_reach, periodic, bin_start,
                   bin_atoms, atom_bin, write, start, neighbors, shifts, vectors, distances,
                   input_positions, wrap):
@@ -118,7 +118,7 @@ def _visit_centre(i, positions, cell, cutoff2, n_bins, bin_reach, periodic, bin_
     return count
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def count_pairs(positions, cell, cutoff, n_bins, bin_reach, periodic, bin_start, bin_atoms,
                 atom_bin):
     """Number of pairs per centre, (N,) int64 (first pass of the two-pass build)."""
@@ -135,7 +135,7 @@ def count_pairs(positions, cell, cutoff, n_bins, bin_reach, periodic, bin_start,
     return counts
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def fill_pairs(positions, cell, cutoff, n_bins, bin_reach, periodic, bin_start, bin_atoms,
                atom_bin, offsets, input_positions, wrap):
     """Second pass, writing the slots given by ``offsets`` (N+1,): neighbours (P,) int64,

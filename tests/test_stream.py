@@ -181,6 +181,10 @@ def test_learned_combined_model_dipole_derivative_is_time_derivative():
     with dask.config.set(scheduler="threads", num_workers=2):
         lazy = predict(model, ds.chunk({"frame": 5}), progress=False).compute()
     _assert_same(res, lazy)
+    # frames of a chunk on concurrent threads (Numba kernels released from the GIL): the
+    # same numbers as one frame after the other
+    for threads in (1, 3):
+        _assert_same(res, predict(model, ds, chunk_frames=12, progress=False, threads=threads))
     # the predictive standard deviation is streamed too: that of each frame, positive
     std = predict(model, ds.isel(frame=slice(0, 2)), progress=False, uncertainty=True)
     expected = model.predict_arrays(ds["positions"].values[1], NUMBERS, BOX * np.eye(3),
@@ -584,6 +588,27 @@ def test_nan_position_names_frame_and_atom(chunks):
         ds = ds.chunk({"frame": chunks})
     with pytest.raises(ValueError, match="frame 7: position of atom 2 is NaN"):
         predict(ToyModel(), ds, progress=False).compute()
+
+
+class _FailsOnOneFrame(ToyModel):
+    def __init__(self, bad_positions):
+        super().__init__()
+        self.bad_positions = bad_positions
+
+    def predict_arrays(self, positions, numbers, cell, pbc, uncertainty=False):
+        if np.array_equal(positions, self.bad_positions):
+            raise ValueError("cannot predict this geometry")
+        return super().predict_arrays(positions, numbers, cell, pbc, uncertainty)
+
+
+def test_model_error_on_concurrent_frame_threads_names_the_frame():
+    ds = make_trajectory(n_frames=12)
+    model = _FailsOnOneFrame(ds["positions"].values[7])
+    for threads in (1, 4):
+        with pytest.raises(ValueError, match="frame 7: cannot predict this geometry"):
+            predict(model, ds, progress=False, threads=threads)
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        predict(ToyModel(), ds, progress=False, threads=0)
 
 
 def _lazy_big_trajectory(n_frames, chunk, n_atoms=150):

@@ -42,13 +42,16 @@ class Expansion:
     pairs : the neighbour list, its pairs ordered by centre and then neighbour species channel.
     channel : (N,) int64 species channel of each atom.
     groups : (N, S+1) int64, pairs of centre i with neighbours of channel J are
-        ``groups[i, J]:groups[i, J + 1]``.
+        ``groups[i, J]:groups[i, J + 1]``, sorted by distance; ``ends`` (N, S, 2) int64: the
+        first ``ends[i, J, 0] - groups[i, J]`` of them are within the radial cutoff, the first
+        ``ends[i, J, 1] - groups[i, J]`` within the angular one.
     """
 
     settings: DescriptorSettings
     pairs: NeighborList
     channel: np.ndarray
     groups: np.ndarray
+    ends: np.ndarray
     radial: RadialTable
     angular: RadialTable
     c2: np.ndarray
@@ -68,7 +71,7 @@ class Expansion:
         """Arguments of the pair-block kernels (``expansion_coefficients``, ``pair_backprop``)."""
         s = self.settings
         nl = self.pairs
-        return (nl.offsets, self.groups, nl.vectors, nl.distances, self.radial.cutoff,
+        return (nl.offsets, self.groups, self.ends, nl.vectors, nl.distances, self.radial.cutoff,
                 self.radial.inv_spacing, self.radial.values, self.radial.derivatives,
                 s.n_radial, s.l_max, self.angular.cutoff, self.angular.inv_spacing,
                 self.angular.values, self.angular.derivatives, s.n_angular)
@@ -123,8 +126,9 @@ def expand(positions, numbers, cell, pbc, settings: DescriptorSettings,
         raise ValueError(f"positions must have shape ({channel.size}, 3) to match numbers, got "
                          f"{positions.shape}")
     pairs = neighbor_list(positions, cell, pbc, settings.cutoff)
-    order, groups = _ex.group_pairs_by_species(pairs.offsets, pairs.neighbors, channel,
-                                               settings.n_species)
+    order, groups, ends = _ex.group_pairs_by_species(
+        pairs.offsets, pairs.neighbors, pairs.distances, channel, settings.n_species,
+        settings.cutoff_radial, settings.cutoff_angular)
     pairs = dataclasses.replace(pairs, neighbors=pairs.neighbors[order],
                                 shifts=pairs.shifts[order], vectors=pairs.vectors[order],
                                 distances=pairs.distances[order])
@@ -133,8 +137,8 @@ def expand(positions, numbers, cell, pbc, settings: DescriptorSettings,
                            settings.l_max)
     with serial_if_small(pairs.n_pairs):
         c2, c3 = _ex.expansion_coefficients(
-            pairs.offsets, groups, pairs.vectors, pairs.distances, l2_max, radial.cutoff,
+            pairs.offsets, groups, ends, pairs.vectors, pairs.distances, l2_max, radial.cutoff,
             radial.inv_spacing, radial.values, radial.derivatives, settings.n_radial,
             settings.l_max, angular.cutoff, angular.inv_spacing, angular.values,
             angular.derivatives, settings.n_angular)
-    return Expansion(settings, pairs, channel, groups, radial, angular, c2, c3)
+    return Expansion(settings, pairs, channel, groups, ends, radial, angular, c2, c3)

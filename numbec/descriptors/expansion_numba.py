@@ -28,7 +28,7 @@ from numbec.descriptors.spherical_harmonics_numba import sph_harm_unit
 CARTESIAN_LM1 = np.array([3, 1, 2], dtype=np.int64)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def pair_basis(p, vectors, distances, l_max, pref, q, cm, sm, y, dy, rad_cut, rad_inv,
                rad_values, rad_derivs, h2, dh2, ang_cut, ang_inv, ang_values, ang_derivs, h3,
                dh3):
@@ -53,7 +53,7 @@ def pair_basis(p, vectors, distances, l_max, pref, q, cm, sm, y, dy, rad_cut, ra
     return in_rad, in_ang, ux, uy, uz
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def l_of_lm(l_max):
     """(LM,) int64 angular momentum l of each lm index."""
     out = np.empty((l_max + 1) ** 2, dtype=np.int64)
@@ -80,18 +80,22 @@ def _axpy2(alpha, x1, x2, y1, y2):
         y2[q] += alpha * x2[q]
 
 
-@njit(cache=True)
-def group_pairs_by_species(offsets, neighbors, channel, n_species):
-    """Order of the pairs by centre, then neighbour species channel (stable).
+@njit(cache=True, nogil=True)
+def group_pairs_by_species(offsets, neighbors, distances, channel, n_species, rad_cut,
+                           ang_cut):
+    """Order of the pairs by centre, then neighbour species channel, then distance.
 
-    Returns ``order`` (P,) int64 (new pair q is old pair ``order[q]``) and ``groups``
-    (N, S+1) int64: after reordering, the pairs of centre i with a neighbour of channel J are
-    ``groups[i, J]:groups[i, J + 1]`` (``groups[i, 0] = offsets[i]``, ``groups[i, S] =
-    offsets[i + 1]``).
+    Returns ``order`` (P,) int64 (new pair q is old pair ``order[q]``), ``groups``
+    (N, S+1) int64 and ``ends`` (N, S, 2) int64: after reordering, the pairs of centre i with
+    a neighbour of channel J are ``groups[i, J]:groups[i, J + 1]`` (``groups[i, 0] =
+    offsets[i]``, ``groups[i, S] = offsets[i + 1]``), of which ``groups[i, J]:ends[i, J, 0]``
+    are closer than ``rad_cut`` and ``groups[i, J]:ends[i, J, 1]`` closer than ``ang_cut``
+    (so the kernels skip the pairs a basis does not reach).
     """
     n_atoms = offsets.shape[0] - 1
     order = np.empty(neighbors.shape[0], dtype=np.int64)
     groups = np.empty((n_atoms, n_species + 1), dtype=np.int64)
+    ends = np.empty((n_atoms, n_species, 2), dtype=np.int64)
     pos = np.empty(n_species, dtype=np.int64)
     for i in range(n_atoms):
         pos[:] = 0
@@ -105,7 +109,22 @@ def group_pairs_by_species(offsets, neighbors, channel, n_species):
             j = channel[neighbors[p]]
             order[pos[j]] = p
             pos[j] += 1
-    return order, groups
+        for j in range(n_species):
+            g0 = groups[i, j]
+            g1 = groups[i, j + 1]
+            block = order[g0:g1]
+            sorted_block = block[np.argsort(distances[block])]
+            order[g0:g1] = sorted_block
+            n_rad = 0
+            n_ang = 0
+            for p in sorted_block:
+                if distances[p] < rad_cut:
+                    n_rad += 1
+                if distances[p] < ang_cut:
+                    n_ang += 1
+            ends[i, j, 0] = g0 + n_rad
+            ends[i, j, 1] = g0 + n_ang
+    return order, groups, ends
 
 
 @njit(cache=True)
@@ -116,16 +135,16 @@ def _max_pairs(offsets):
     return k
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH, error_model="numpy")
-def expansion_coefficients(offsets, groups, vectors, distances, l2_max, rad_cut, rad_inv,
-                           rad_values, rad_derivs, n_rad, l_max, ang_cut, ang_inv, ang_values,
-                           ang_derivs, n_ang):
+@njit(cache=True, parallel=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
+def expansion_coefficients(offsets, groups, ends, vectors, distances, l2_max, rad_cut,
+                           rad_inv, rad_values, rad_derivs, n_rad, l_max, ang_cut, ang_inv,
+                           ang_values, ang_derivs, n_ang):
     """Expansion coefficients c2 (N, S*n_rad, (l2_max+1)**2) and c3 (N, S*n_ang, (l_max+1)**2).
 
-    Pairs must be grouped by neighbour species (``groups`` from :func:`group_pairs_by_species`,
-    S = groups.shape[1] - 1); the basis functions of all pairs of a centre are evaluated at once
-    (:mod:`numbec.descriptors.pair_block_numba`) and each coefficient is one dot product over
-    the pairs of a species group.
+    Pairs must be grouped by neighbour species and sorted by distance (``groups``, ``ends``
+    from :func:`group_pairs_by_species`, S = groups.shape[1] - 1); the basis functions of all
+    pairs of a centre are evaluated at once (:mod:`numbec.descriptors.pair_block_numba`) and
+    each coefficient is one dot product over the pairs of a species group within the cutoff.
     """
     n_atoms = offsets.shape[0] - 1
     n_species = groups.shape[1] - 1
@@ -142,13 +161,14 @@ def expansion_coefficients(offsets, groups, vectors, distances, l2_max, rad_cut,
             rad_values, rad_derivs, ang_cut, ang_inv, ang_values, ang_derivs, False)
         for jc in range(n_species):
             g0 = groups[i, jc] - p0
-            g1 = groups[i, jc + 1] - p0
+            g1 = ends[i, jc, 0] - p0
             for n in range(n_rad):
                 for l in range(l2_max + 1):
                     col = n * 2 + l
                     hr = h2[col, g0:g1]
                     for lm in range(l * l, (l + 1) * (l + 1)):
                         c2[i, jc * n_rad + n, lm] = _dot(hr, y[lm, g0:g1])
+            g1 = ends[i, jc, 1] - p0
             for n in range(n_ang):
                 for l in range(l_max + 1):
                     col = n * (l_max + 1) + l
@@ -158,13 +178,15 @@ def expansion_coefficients(offsets, groups, vectors, distances, l2_max, rad_cut,
     return c2, c3
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH, error_model="numpy")
-def pair_backprop(a2, a3, offsets, groups, vectors, distances, rad_cut, rad_inv, rad_values,
-                  rad_derivs, n_rad, l_max, ang_cut, ang_inv, ang_values, ang_derivs, n_ang):
+@njit(cache=True, parallel=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
+def pair_backprop(a2, a3, offsets, groups, ends, vectors, distances, rad_cut, rad_inv,
+                  rad_values, rad_derivs, n_rad, l_max, ang_cut, ang_inv, ang_values, ang_derivs,
+                  n_ang):
     """Per-pair gradients g[p, c, b] = sum_{Jnlm} A[i, Jn, c, lm] dc_{ij,Jnlm}/dr_{j,b}.
 
     a2 : (N, S*n_rad, C, LM2) adjoint of c2; a3 : (N, S*n_ang, C, LM3) adjoint of c3.
-    Pairs grouped by neighbour species as in :func:`expansion_coefficients`.
+    Pairs grouped by neighbour species and sorted by distance as in
+    :func:`expansion_coefficients`.
     Returns g (P, C, 3), 1/Å times the units of A*c: the derivative of the contracted
     quantity of centre i with respect to the position of the neighbour image of pair p.
 
@@ -195,7 +217,7 @@ def pair_backprop(a2, a3, offsets, groups, vectors, distances, rad_cut, rad_inv,
             s_dh[:, :k] = 0.0
             for jc in range(n_species):
                 g0 = groups[i, jc] - p0
-                g1 = groups[i, jc + 1] - p0
+                g1 = ends[i, jc, 0] - p0
                 for n in range(n_rad):
                     arow = a2[i, jc * n_rad + n, c]
                     for l in range(l2_max + 1):
@@ -204,6 +226,7 @@ def pair_backprop(a2, a3, offsets, groups, vectors, distances, rad_cut, rad_inv,
                             if arow[lm] != 0.0:
                                 _axpy2(arow[lm], h2[col, g0:g1], dh2[col, g0:g1],
                                        s_h[lm, g0:g1], s_dh[lm, g0:g1])
+                g1 = ends[i, jc, 1] - p0
                 for n in range(n_ang):
                     arow = a3[i, jc * n_ang + n, c]
                     for l in range(l_max + 1):
@@ -236,7 +259,7 @@ def pair_backprop(a2, a3, offsets, groups, vectors, distances, rad_cut, rad_inv,
     return g
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def pair_coefficient_derivatives(p, vectors, distances, l_max, pref, q, cm, sm, y, dy, rad_cut,
                                  rad_inv, rad_values, rad_derivs, h2, dh2, ang_cut, ang_inv,
                                  ang_values, ang_derivs, h3, dh3, n_rad, l2_max, n_ang, dc2,
@@ -275,7 +298,7 @@ def pair_coefficient_derivatives(p, vectors, distances, l_max, pref, q, cm, sm, 
                     dc3[n, lm, 2] = 0.0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def scatter_monopole(g, offsets, neighbors, vectors):
     """out[j, c, a, b] = sum_{pairs p = (i, j image)} (r_i - r_j^image)_a g[p, c, b],
     (N, C, 3, 3); r_i - r_j^image = -vectors[p]."""
@@ -292,7 +315,7 @@ def scatter_monopole(g, offsets, neighbors, vectors):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def scatter_with_self(g, offsets, neighbors):
     """out[j, c, b] = sum_{pairs p with neighbour j} g[p, c, b] - sum_{pairs p of centre j}
     g[p, c, b]: the total derivative including the implied centre term, (N, C, 3)."""

@@ -18,7 +18,7 @@ from numbec.descriptors.pair_block_numba import FASTMATH
 from numbec.descriptors.spherical_harmonics_numba import sph_harm_prefactors
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
 def power_spectrum(c2, c3, w2, row_a, row_b, l_of, weight):
     """Scalar descriptors X (N, n2 + K) from c2 (N, S*n_rad, LM2) and c3 (N, S*n_ang, LM3)."""
     n_atoms = c3.shape[0]
@@ -39,7 +39,7 @@ def power_spectrum(c2, c3, w2, row_a, row_b, l_of, weight):
     return out
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH, error_model="numpy")
+@njit(cache=True, parallel=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
 def power_spectrum_adjoint(c2, c3, grad_x, w2, row_a, row_b, l_of, weight, a2, a3, c0):
     """Add the adjoints sum_k G_k dX_k/dc2 and sum_k G_k dX_k/dc3 of every centre and channel.
 
@@ -86,7 +86,7 @@ def power_spectrum_adjoint(c2, c3, grad_x, w2, row_a, row_b, l_of, weight, a2, a
                         a3[i, r, ch, lm] += acc
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True, error_model="numpy")
 def scalar_jacobian(c2, c3, offsets, neighbors, vectors, distances, channel, rad_cut, rad_inv,
                     rad_values, rad_derivs, n_rad, l_max, ang_cut, ang_inv, ang_values,
                     ang_derivs, n_ang, w2, row_a, row_b, l_of, weight):

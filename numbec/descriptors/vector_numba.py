@@ -14,10 +14,11 @@ import numpy as np
 from numba import njit, prange
 
 from numbec.descriptors.expansion_numba import CARTESIAN_LM1, pair_coefficient_derivatives
+from numbec.descriptors.pair_block_numba import FASTMATH
 from numbec.descriptors.spherical_harmonics_numba import sph_harm_prefactors
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _coupled_rows(i, c3, l_max, cg_start, cg_cart, cg_m, cg_mp, cg_val, c3t, w_mat):
     """c3t[lm, r] = c3[i, r, lm] and
     w_mat[l, a, m, r] = sum_{e in l, cart_e = a, m_e = m} C_e c3[i, r, (l+1)**2 + m'_e]."""
@@ -37,7 +38,7 @@ def _coupled_rows(i, c3, l_max, cg_start, cg_cart, cg_m, cg_mp, cg_val, c3t, w_m
                 w_mat[l, a, m, r] += val * c3t[ib, r]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
 def vector_features(c2, c3, w2, row_a, row_b, l_of, weight, cg_start, cg_cart, cg_m, cg_mp,
                     cg_val):
     """Vector descriptors (N, 3, n2 + K) from c2 (N, S*n_rad, 4) and c3 (N, S*n_ang, LM3).
@@ -74,7 +75,7 @@ def vector_features(c2, c3, w2, row_a, row_b, l_of, weight, cg_start, cg_cart, c
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
 def vector_adjoint(c2, c3, v, w2, row_a, row_b, l_of, weight, cg_start, cg_cart, cg_m, cg_mp,
                    cg_val, a2, a3, c0):
     """Add the adjoints of ``y_{c,a} = sum_k V[i, c, k] X[i, a, k]`` to channel ``c0 + 3c + a``.
@@ -130,7 +131,7 @@ def vector_adjoint(c2, c3, v, w2, row_a, row_b, l_of, weight, cg_start, cg_cart,
                         a3[i, rb, ch, ib] += val * z_mat[m, rb]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True, error_model="numpy")
 def vector_jacobian(c2, c3, offsets, neighbors, vectors, distances, channel, rad_cut, rad_inv,
                     rad_values, rad_derivs, n_rad, l_max, ang_cut, ang_inv, ang_values,
                     ang_derivs, n_ang, w2, row_a, row_b, l_of, weight, cg_start, cg_cart, cg_m,

@@ -90,6 +90,14 @@ def _check_positions(positions, where: str) -> np.ndarray:
     return positions
 
 
+def _as_slice(index: np.ndarray):
+    """A slice equal to the sorted, unique integer array ``index`` if it is contiguous, else
+    ``index`` itself (a slice indexes numpy arrays without copying)."""
+    if index.size and index[-1] - index[0] + 1 == index.size:
+        return slice(int(index[0]), int(index[-1]) + 1)
+    return index
+
+
 def _incidence(centers, neighbors, n_atoms) -> scipy.sparse.csc_matrix:
     """(N, P) matrix with +1 at (neighbour, p) and -1 at (centre, p): applied to per-pair
     derivatives ``dy_i/dr_j`` it gives total derivatives including the centre (self) term."""
@@ -313,11 +321,14 @@ class KernelBECModel(BECModel):
         """Kernel blocks of one structure: ``[(rows, cols, cos)]`` per species present, with
         ``rows`` the atoms of the species, ``cols`` its sparse points and ``cos`` (len(rows),
         len(cols)) = x_i . x_b. The kernel between different species is zero, so working per
-        block skips the zero part of every (N, M) product (half of it for two species)."""
+        block skips the zero part of every (N, M) product (half of it for two species).
+        ``rows`` and ``cols`` are slices where the indices are contiguous (the sparse points
+        always are, and atoms sorted by species): views instead of copies of the (M, D)
+        sparse matrices at every frame."""
         blocks = []
         for z in np.unique(numbers):
-            rows = np.flatnonzero(numbers == z)
-            cols = np.flatnonzero(self.sparse_species == z)
+            rows = _as_slice(np.flatnonzero(numbers == z))
+            cols = _as_slice(np.flatnonzero(self.sparse_species == z))
             blocks.append((rows, cols, unit[rows] @ self.sparse_unit[cols].T))
         return blocks
 
@@ -334,9 +345,9 @@ class KernelBECModel(BECModel):
         for rows, cols, cos in blocks:
             u[rows] = cos ** (self.zeta - 1) @ wb[cols]
             if self.zeta > 1:
-                nr = rows.size
+                nr = cos.shape[0]
                 # (x_i . x_b)^(zeta-1) factor of the matrix kernel: one GEMM per species
-                coef = (vec[rows].reshape(3 * nr, -1) @ wb[cols].T).reshape(nr, 3, cols.size)
+                coef = (vec[rows].reshape(3 * nr, -1) @ wb[cols].T).reshape(nr, 3, -1)
                 scalar_grad[rows] = kernels.kernel_gradient(
                     unit[rows], norms[rows], self.sparse_unit[cols], coef, self.zeta,
                     power=self.zeta - 1, cos=cos)
