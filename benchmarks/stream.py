@@ -210,6 +210,44 @@ def measure_throughput(system, model_file, n_frames, repeat):
     return {"atom_frames_per_s": n_frames * data[2].size / wall, "wall_s": wall}
 
 
+def measure_dense_bound(system, model_file, repeat):
+    """Upper bound on the throughput of ``model_file`` set by its dense kernel products alone.
+
+    Times, with random matrices of the model's shapes on this BLAS, the matrix products
+    every frame needs whatever the descriptor code costs, per species block of r atoms and
+    m sparse points (D scalar, Dv vector features): x_i . x_b (r x D x m), the kernel gradient
+    (r x m x D); for the dipole model also u_i = sum_b K wb_b (r x m x Dv), V_i . wb_b
+    (3r x Dv x m) and its kernel gradient (3r x m x D). Returns atom-frames/s if a frame
+    cost nothing else.
+    """
+    from numbec.models import load_model
+
+    model = load_model(model_file)
+    numbers = system_frames(system, 1)[2]
+    rng = np.random.default_rng(0)
+    d = model.sparse_unit.shape[1]
+    products = []
+    for z in np.unique(numbers):
+        r = int(np.sum(numbers == z))
+        m = int(np.sum(model.sparse_species == z))
+        shapes = [(r, d, m), (r, m, d)]
+        if getattr(model, "sparse_vectors", None) is not None:
+            dv = model.sparse_vectors.shape[-1]
+            shapes += [(r, m, dv), (3 * r, dv, m), (3 * r, m, d)]
+        products += [(rng.random((a, b)), rng.random((b, c))) for a, b, c in shapes]
+
+    def all_products():
+        for a, b in products:
+            a @ b
+
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, "blas"):
+        all_products()
+        wall = timed(all_products, max(repeat, 5))
+    return {"atom_frames_per_s": numbers.size / wall, "ms_per_frame": wall * 1e3}
+
+
 def featomic_calculator():
     from featomic import SoapPowerSpectrum
 
@@ -290,7 +328,7 @@ def warm_up(model_file, frames):
     predict(model_file, frames, progress=False)
 
 
-CHILDREN = {"fit": fit_models, "throughput": measure_throughput,
+CHILDREN = {"fit": fit_models, "throughput": measure_throughput, "bound": measure_dense_bound,
             "featomic": measure_featomic, "memory": measure_memory,
             "cluster": measure_cluster}
 
@@ -321,6 +359,7 @@ def throughput_table(files, n_frames, n_featomic, repeat):
           f"{repeat}. x featomic = numbec / featomic at the same core count.\n")
     print("| system | model | 1 core | 2 cores | x featomic (1 core) | x featomic (2 cores) |")
     print("|---|---|---:|---:|---:|---:|")
+    bounds = {}
     for system, label in SYSTEMS.items():
         ref = [child("featomic", cores, system=system, n_frames=n_featomic, repeat=repeat)
                .get("atom_frames_per_s") for cores in (1, 2)]
@@ -338,6 +377,24 @@ def throughput_table(files, n_frames, n_featomic, repeat):
                   f"{fmt(ratios[0], '{:,.1f}')} | {fmt(ratios[1], '{:,.1f}')} |")
         print(f"| {label} | featomic values+gradients | {fmt(ref[0])} | {fmt(ref[1])} | "
               f"1 | 1 |")
+        bounds[system] = ref[0]
+    print("\n### Ceiling set by the kernel's dense matrix products (1 core)\n")
+    print("The model's per-frame matrix products alone (`measure_dense_bound`: the shapes of "
+          "the fitted model, random entries, one BLAS thread), as if the descriptors, their "
+          "adjoints and everything else cost nothing.\n")
+    print("| system | model | products (ms/frame) | ceiling (atom-frames/s) | "
+          "ceiling x featomic (1 core) |")
+    print("|---|---|---:|---:|---:|")
+    for system, label in SYSTEMS.items():
+        for name in MODELS[1:]:
+            entry = files.get(f"{system}/{name}", {})
+            if "file" not in entry:
+                continue
+            res = child("bound", 1, system=system, model_file=entry["file"], repeat=repeat)
+            rate, ref = res.get("atom_frames_per_s"), bounds.get(system)
+            print(f"| {label} | {name} | {fmt(res.get('ms_per_frame'), '{:.1f}')} | "
+                  f"{fmt(rate)} | "
+                  f"{fmt(None if rate is None or ref is None else rate / ref, '{:.1f}')} |")
 
 
 def memory_table(tmp, frames, chunk):

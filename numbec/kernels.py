@@ -35,6 +35,7 @@ __all__ = [
     "polynomial_kernel",
     "kernel_gradient",
     "kernel_gradient_matrix",
+    "gradient_from_derivatives",
 ]
 
 
@@ -104,11 +105,22 @@ def kernel_gradient(unit: np.ndarray, norms: np.ndarray, unit_sparse: np.ndarray
         a = dpow * coef
         grad = a @ unit_sparse - np.sum(a * cos, axis=1)[:, None] * unit
         return grad / norms[:, None]
-    a = dpow[:, None, :] * coef                                  # (N, C, M)
-    n, c, m = a.shape
+    return gradient_from_derivatives(dpow[:, None, :] * coef, cos, unit, norms, unit_sparse)
+
+
+def gradient_from_derivatives(dk: np.ndarray, cos: np.ndarray, unit: np.ndarray,
+                              norms: np.ndarray, unit_sparse: np.ndarray) -> np.ndarray:
+    """Gradient of ``y_{i,c} = sum_b k_{icb}(x_i . x_b)`` with respect to X_i, given the
+    derivatives ``dk`` (N, C, M) = ``k'_{icb}(x_i . x_b)``.
+
+    cos : (N, M) x_i . x_b; unit : (N, D) x_i; norms : (N,) |X_i|; unit_sparse : (M, D) x_b.
+    Returns (N, C, D) float64 ``sum_b dk_{icb} (x_b - (x_i . x_b) x_i) / |X_i|``: one
+    (N*C, M) @ (M, D) product for all channels.
+    """
+    n, c, m = dk.shape
     # one (N*C, M) @ (M, D) GEMM: the stacked (N, C, M) @ (M, D) product is ~5x slower
-    grad = (a.reshape(n * c, m) @ unit_sparse).reshape(n, c, -1)
-    grad -= np.einsum("icm,im->ic", a, cos)[:, :, None] * unit[:, None, :]
+    grad = (dk.reshape(n * c, m) @ unit_sparse).reshape(n, c, -1)
+    grad -= np.einsum("icm,im->ic", dk, cos)[:, :, None] * unit[:, None, :]
     return grad / norms[:, None, None]
 
 

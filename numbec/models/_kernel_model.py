@@ -258,23 +258,17 @@ class KernelBECModel(BECModel):
         c_dip = 1 if self._monopole else 0
         n_ch = c_dip + (3 if self._dipole else 0)
         a2, a3 = ex.adjoint_arrays(n_ch)
-        scalar_grad = np.zeros((n, n_ch, unit.shape[1]))    # dy_{i,c}/dX_i of every channel
-        m = self.sparse_unit.shape[0]
+        q, scalar_grad, u = self._kernel_terms(blocks, unit, norms, vdesc, n_ch)
         if self._monopole:
-            w = self.weights[:m]
-            q = np.zeros(n)
-            for rows, cols, cos in blocks:
-                q[rows] = cos ** self.zeta @ w[cols]
-                scalar_grad[rows, 0] = kernels.kernel_gradient(
-                    unit[rows], norms[rows], self.sparse_unit[cols], w[cols], self.zeta, cos=cos)
             qn = q - q.mean()
             z_mono[:, _DIAG[0], _DIAG[1]] += qn[:, None]
             charges += qn
             dipole = dipole + qn @ positions
         if self._dipole:
-            mu = self._dipole_adjoint(vdesc, unit, norms, blocks, a2, a3,
-                                      scalar_grad[:, c_dip:])
-            dipole = dipole + mu.sum(axis=0)
+            # mu_i = V_i . u_i; the vector-descriptor part of sum_i dmu_i/dr_j enters the last
+            # three channels through the adjoint of V with weights u
+            dipole = dipole + np.einsum("iak,ik->a", vdesc.values, u)
+            vdesc.add_adjoint(u[:, None, :], a2, a3, c_dip)
         desc.add_adjoint(scalar_grad, a2, a3, 0)
         pair_grad = ex.backprop(a2, a3)
         if self._monopole:
@@ -307,15 +301,56 @@ class KernelBECModel(BECModel):
         return out
 
     def _dipole_sparse_weights(self) -> np.ndarray:
-        """``wb[b] = sum_nu w_{b nu} V_b^nu`` (M, Dv): constant once fitted, so computed once
-        per weight vector (it was a third of the dipole model's prediction time)."""
+        """``wb[b] = sum_nu w_{b nu} V_b^nu / s**2`` (M, Dv), so that the local dipole is
+        ``mu_i = V_i . sum_b K_b wb[b]`` with the raw vector descriptor V_i: constant once
+        fitted, so computed once per weight vector."""
         cached = getattr(self, "_wb_cache", None)
         if cached is None or cached[0] is not self.weights:
             m = self.sparse_unit.shape[0]
             wd = self.weights[(m if self._monopole else 0):].reshape(m, 3)
-            cached = (self.weights, np.einsum("bn,bnk->bk", wd, self.sparse_vectors))
+            wb = np.einsum("bn,bnk->bk", wd, self.sparse_vectors) / self.vector_scale
+            cached = (self.weights, wb)
             self._wb_cache = cached
         return cached[1]
+
+    def _kernel_terms(self, blocks, unit, norms, vdesc, n_channels):
+        """Kernel part of one prediction, per species block.
+
+        Returns ``q`` (N,) kernel charges (monopole model; zeros otherwise), ``scalar_grad``
+        (N, C, D) the derivatives of the channel quantities with respect to the scalar
+        descriptors (channel 0: q_i; the last three: the Cartesian components of
+        ``mu_i = V_i . u_i`` through the factor (x_i . x_b)**(zeta - 1) of the dipole kernel),
+        and ``u`` (N, Dv) with ``u_i = sum_b (x_i . x_b)**(zeta - 1) wb_b``
+        (:meth:`_dipole_sparse_weights`; None without the dipole model). All channels of a
+        block share one product with the sparse descriptors
+        (:func:`numbec.kernels.gradient_from_derivatives`).
+        """
+        n, d = unit.shape
+        zeta = self.zeta
+        m = self.sparse_unit.shape[0]
+        q = np.zeros(n)
+        scalar_grad = np.zeros((n, n_channels, d))
+        u = None
+        if self._dipole:
+            wb = self._dipole_sparse_weights()
+            u = np.zeros((n, wb.shape[1]))
+        for rows, cols, cos in blocks:
+            nr = cos.shape[0]
+            c_low = cos ** (zeta - 2) if zeta >= 2 else None
+            c_dip = cos ** (zeta - 1) if zeta >= 2 else np.ones_like(cos)
+            dk = np.zeros((nr, n_channels, cos.shape[1]))      # d k_{i c b} / d(x_i . x_b)
+            if self._monopole:
+                w = self.weights[:m][cols]
+                q[rows] = (c_dip * cos) @ w
+                dk[:, 0, :] = zeta * c_dip * w
+            if self._dipole:
+                u[rows] = c_dip @ wb[cols]
+                if zeta >= 2:
+                    coef = (vdesc.values[rows].reshape(3 * nr, -1) @ wb[cols].T)
+                    dk[:, -3:, :] = (zeta - 1) * c_low[:, None, :] * coef.reshape(nr, 3, -1)
+            scalar_grad[rows] = kernels.gradient_from_derivatives(
+                dk, cos, unit[rows], norms[rows], self.sparse_unit[cols])
+        return q, scalar_grad, u
 
     def _species_blocks(self, numbers, unit) -> list:
         """Kernel blocks of one structure: ``[(rows, cols, cos)]`` per species present, with
@@ -331,29 +366,6 @@ class KernelBECModel(BECModel):
             cols = _as_slice(np.flatnonzero(self.sparse_species == z))
             blocks.append((rows, cols, unit[rows] @ self.sparse_unit[cols].T))
         return blocks
-
-    def _dipole_adjoint(self, vdesc, unit, norms, blocks, a2, a3, scalar_grad):
-        """Local dipoles mu (N, 3) of the dipole model. The BECs ``sum_i dmu_i/dr_j`` are
-        prepared for one back-propagation through the pairs: the vector-descriptor part is added
-        to the last three channels of a2, a3, and the scalar-descriptor gradient of the kernel
-        factor is written to ``scalar_grad`` (N, 3, D)."""
-        s = self.vector_scale
-        vec = vdesc.values / s                                        # (N, 3, Dv)
-        wb = self._dipole_sparse_weights()                             # (M, Dv)
-        n = vec.shape[0]
-        u = np.zeros((n, wb.shape[1]))                                 # (N, Dv)
-        for rows, cols, cos in blocks:
-            u[rows] = cos ** (self.zeta - 1) @ wb[cols]
-            if self.zeta > 1:
-                nr = cos.shape[0]
-                # (x_i . x_b)^(zeta-1) factor of the matrix kernel: one GEMM per species
-                coef = (vec[rows].reshape(3 * nr, -1) @ wb[cols].T).reshape(nr, 3, -1)
-                scalar_grad[rows] = kernels.kernel_gradient(
-                    unit[rows], norms[rows], self.sparse_unit[cols], coef, self.zeta,
-                    power=self.zeta - 1, cos=cos)
-        mu = np.einsum("iak,ik->ia", vec, u)
-        vdesc.add_adjoint((u / s)[:, None, :], a2, a3, a2.shape[2] - 3)
-        return mu
 
     # ------------------------------------------------------------------ design matrix
     def _design(self, positions, numbers, cell, pbc, where):
