@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 
+from numbec import kernels
+
 __all__ = ["SELECTION_METHODS", "cur_select", "fps_select", "select"]
 
 SELECTION_METHODS = ("cur", "fps")
@@ -77,12 +79,12 @@ def fps_select(unit: np.ndarray, n_select: int, zeta: int = 1, seed: int | None 
         chosen = [first]
     dist = np.full(n, np.inf)
     for i in chosen:
-        dist = np.minimum(dist, 2.0 - 2.0 * (unit @ unit[i]) ** zeta)
+        dist = np.minimum(dist, 2.0 - 2.0 * kernels.int_power(unit @ unit[i], zeta))
     dist[chosen] = -np.inf
     while len(chosen) < n_select:
         nxt = int(np.argmax(dist))
         chosen.append(nxt)
-        dist = np.minimum(dist, 2.0 - 2.0 * (unit @ unit[nxt]) ** zeta)
+        dist = np.minimum(dist, 2.0 - 2.0 * kernels.int_power(unit @ unit[nxt], zeta))
         dist[nxt] = -np.inf
     return np.asarray(chosen, dtype=np.int64)
 

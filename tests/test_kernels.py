@@ -8,6 +8,7 @@ import pytest
 
 from numbec.kernels import (
     check_zeta,
+    int_power,
     kernel_gradient,
     kernel_gradient_matrix,
     normalize,
@@ -98,3 +99,12 @@ def test_bad_input():
     x[1] = 0.0
     with pytest.raises(ValueError, match="frame 2: atom 1 has no neighbour"):
         normalize(x, "frame 2")
+
+
+def test_int_power_equals_numpy_power():
+    x = np.random.default_rng(3).uniform(-1.2, 1.2, (7, 5))
+    for p in range(8):
+        np.testing.assert_allclose(int_power(x, p), x ** float(p), rtol=1e-14, atol=0)
+    assert int_power(x, 1) is not x  # a new array, never a view of the input
+    with pytest.raises(ValueError, match="p >= 0"):
+        int_power(x, -1)

@@ -336,8 +336,8 @@ class KernelBECModel(BECModel):
             u = np.zeros((n, wb.shape[1]))
         for rows, cols, cos in blocks:
             nr = cos.shape[0]
-            c_low = cos ** (zeta - 2) if zeta >= 2 else None
-            c_dip = cos ** (zeta - 1) if zeta >= 2 else np.ones_like(cos)
+            c_low = kernels.int_power(cos, zeta - 2) if zeta >= 2 else None
+            c_dip = c_low * cos if zeta >= 2 else np.ones_like(cos)
             dk = np.zeros((nr, n_channels, cos.shape[1]))      # d k_{i c b} / d(x_i . x_b)
             if self._monopole:
                 w = self.weights[:m][cols]
@@ -404,7 +404,7 @@ class KernelBECModel(BECModel):
 
     def _design_monopole(self, nl, n, proj, radial, crow, nrows, cos, mask, periodic, rel):
         m = cos.shape[1]
-        kmat = np.where(mask, cos ** self.zeta, 0.0)
+        kmat = np.where(mask, kernels.int_power(cos, self.zeta), 0.0)
         dk = kernels.kernel_gradient_matrix(proj, radial, cos[crow], nrows,
                                             self.zeta)
         dk = (dk * mask[crow]).reshape(nl.n_pairs, 3 * m)               # [p, beta, b]
@@ -431,7 +431,7 @@ class KernelBECModel(BECModel):
                                            gradients=True)
         vec = vdesc.values / s                                           # (N, 3, Dv)
         dv = vec.shape[-1]
-        c = np.where(mask, cos ** (self.zeta - 1), 0.0)                  # (N, M)
+        c = np.where(mask, kernels.int_power(cos, self.zeta - 1), 0.0)   # (N, M)
         if self.zeta > 1:
             dc = kernels.kernel_gradient_matrix(proj, radial, cos[crow], nrows,
                                                 self.zeta, power=self.zeta - 1)
@@ -611,7 +611,7 @@ class KernelBECModel(BECModel):
         _, _, _, cos, mask = self._environment(atoms.positions, atoms.numbers,
                                                np.asarray(atoms.cell), atoms.pbc, False, where)
         row = np.zeros((1, self.n_columns))
-        row[0, :cos.shape[1]] = np.where(mask, cos ** self.zeta, 0.0).sum(axis=0)
+        row[0, :cos.shape[1]] = np.where(mask, kernels.int_power(cos, self.zeta), 0.0).sum(axis=0)
         return row
 
     def _fit_baseline(self, frames, targets) -> np.ndarray:
