@@ -210,12 +210,13 @@ def _predict_chunk(model, positions, cell, velocities, spec: _ChunkSpec, frame0:
     return out
 
 
-def _frame_threads(spec: _ChunkSpec, n_frames: int) -> int:
+def _frame_threads(model, spec: _ChunkSpec, n_frames: int) -> int:
     """Threads that compute the frames of a chunk concurrently.
 
-    Automatic (``spec.frame_threads == 0``): ``numba.get_num_threads()`` in the main thread
-    (eager runs, ``out=`` runs on the synchronous scheduler), 1 inside Dask tasks on other
-    threads or workers (they parallelise over chunks). Threads need a thread-safe Numba
+    Automatic (``spec.frame_threads == 0``), for models that declare ``concurrent_frames``
+    (the kernel models): ``numba.get_num_threads()`` in the main thread (eager runs, ``out=``
+    runs on the synchronous scheduler), 1 inside Dask tasks on other threads or workers (they
+    parallelise over chunks). Threads need a thread-safe Numba
     threading layer (OpenMP or TBB; with 'workqueue', concurrent kernels would abort the
     process), so with any other layer frames run one after another.
     """
@@ -223,6 +224,8 @@ def _frame_threads(spec: _ChunkSpec, n_frames: int) -> int:
 
     n = spec.frame_threads
     if n == 0:
+        if not getattr(model, "concurrent_frames", False):
+            return 1
         n = numba.get_num_threads() if threading.current_thread() is threading.main_thread() \
             else 1
     if n < 2 or n_frames < 3:
@@ -241,7 +244,7 @@ def _model_frames(model, positions, cell, spec, frame0, model_keys, per_frame):
     n_frames = positions.shape[0]
     # the first frame alone: compiles or loads the kernels and fixes the threading layer
     _model_frame(model, positions[0], cell[0], spec, frame0, 0, model_keys, per_frame)
-    n_threads = _frame_threads(spec, n_frames)
+    n_threads = _frame_threads(model, spec, n_frames)
     if n_threads == 1:
         for f in range(1, n_frames):
             _model_frame(model, positions[f], cell[f], spec, frame0 + f, f, model_keys,
@@ -538,11 +541,12 @@ def predict(
     threads : int, optional
         Frames of a chunk computed concurrently, each with its Numba kernels on one thread
         (frames are independent: this parallelises better than the atoms of one frame, and
-        the results are the same). Default: ``numba.get_num_threads()`` (set by
-        ``NUMBA_NUM_THREADS``) when the chunk is computed in the main thread (eager and
-        ``out=`` runs on the synchronous scheduler), 1 inside Dask tasks elsewhere (those
-        parallelise over chunks). Needs Numba's OpenMP or TBB threading layer (the usual
-        ones); with the 'workqueue' fallback frames run one after another.
+        the results are the same). Default: for models with ``concurrent_frames`` (the kernel
+        models), ``numba.get_num_threads()`` (set by ``NUMBA_NUM_THREADS``) when the chunk is
+        computed in the main thread (eager and ``out=`` runs on the synchronous scheduler), 1
+        inside Dask tasks elsewhere (those parallelise over chunks); 1 for other models.
+        Needs Numba's OpenMP or TBB threading layer (the usual ones); with the 'workqueue'
+        fallback frames run one after another.
     model_file : str or Path, optional
         Where the model was loaded from, recorded in the provenance attribute
         ``model_file`` (the model itself is identified by ``model_sha256``, the hash of its

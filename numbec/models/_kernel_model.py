@@ -133,6 +133,7 @@ class KernelBECModel(BECModel):
 
     _monopole = True
     _dipole = False
+    concurrent_frames = True  # Numba kernels release the GIL, BLAS too
 
     def __init__(self, settings=None, zeta=4, n_sparse=200, sparse_method="cur",
                  regression="bayesian", ridge=1e-6, seed=0):

@@ -75,6 +75,11 @@ class BECModel(ABC):
     species: tuple[int, ...] = ()
     #: Largest cutoff radius (Å) the model looks at; 0 for purely local (per-atom) models.
     cutoff: float = 0.0
+    #: True if :meth:`predict_arrays` may run for several frames at once on different threads
+    #: and spends its time in code that releases the GIL (Numba ``nogil`` kernels, BLAS):
+    #: :func:`numbec.predict` then computes the frames of a chunk concurrently. False (the
+    #: default) for models whose time is Python, where threads only add contention.
+    concurrent_frames: bool = False
 
     # ------------------------------------------------------------------ prediction
     @abstractmethod
