@@ -17,10 +17,11 @@ Block layout (``k`` = number of pairs of the centre, pair index last everywhere)
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit
+
+from numbec.descriptors.radial_basis_numba import hermite_weights
+from numbec.descriptors.spherical_harmonics_numba import sph_harm_normalisation
 
 #: Fast-math flags that allow reductions to be vectorised (re-association, contraction to FMA)
 #: without assuming finite values, so NaN and inf still propagate to the checks.
@@ -35,7 +36,7 @@ def legendre_tables(l_max):
     (m phi)`` (including sqrt(2) for m > 0); ``diag`` (l_max+1,): ``Q_m^m = (2m-1)!!``;
     ``ca``, ``cb`` (l_max+1, l_max+1): ``Q_l^m = ca[l, m] z Q_{l-1}^m - cb[l, m] Q_{l-2}^m``.
     """
-    norm = np.zeros((l_max + 1, l_max + 1))
+    norm = sph_harm_normalisation(l_max)
     diag = np.zeros(l_max + 1)
     ca = np.zeros((l_max + 1, l_max + 1))
     cb = np.zeros((l_max + 1, l_max + 1))
@@ -45,11 +46,6 @@ def legendre_tables(l_max):
             dfact *= 2 * m - 1
         diag[m] = dfact
     for l in range(l_max + 1):
-        norm[l, 0] = math.sqrt((2 * l + 1) / (4.0 * math.pi))
-        ratio = 1.0
-        for m in range(1, l + 1):
-            ratio /= (l + m) * (l - m + 1)
-            norm[l, m] = math.sqrt(2.0 * (2 * l + 1) / (4.0 * math.pi) * ratio)
         for m in range(l + 1):
             if l > m:
                 ca[l, m] = (2 * l - 1) / (l - m)
@@ -157,11 +153,11 @@ def splines_block(distances, p0, p1, cutoff, inv_spacing, values, derivatives, h
     """Cubic Hermite spline values h (K, >= k) and, with ``gradients``, d-derivatives dh of
     the K tabulated columns for the pairs p0 <= p < p1; zero at or beyond ``cutoff``.
 
-    The interpolant is the one of :func:`numbec.descriptors.radial_basis_numba.hermite_eval`.
+    The interpolant of :func:`numbec.descriptors.radial_basis_numba.hermite_eval` (same
+    weights), written into column q of h, dh.
     """
     n_intervals = values.shape[0] - 1
     n_col = values.shape[1]
-    spacing = 1.0 / inv_spacing
     for q in range(p1 - p0):
         d = distances[p0 + q]
         if not d < cutoff:
@@ -171,28 +167,23 @@ def splines_block(distances, p0, p1, cutoff, inv_spacing, values, derivatives, h
                 for c in range(n_col):
                     dh[c, q] = 0.0
             continue
-        s = d * inv_spacing
-        j = int(s)
-        if j >= n_intervals:
-            j = n_intervals - 1
-        t = s - j
-        t2 = t * t
-        t3 = t2 * t
-        a0 = 2.0 * t3 - 3.0 * t2 + 1.0
-        a1 = (t3 - 2.0 * t2 + t) * spacing
-        a2 = -2.0 * t3 + 3.0 * t2
-        a3 = (t3 - t2) * spacing
-        for c in range(n_col):
-            h[c, q] = (a0 * values[j, c] + a1 * derivatives[j, c] + a2 * values[j + 1, c]
-                       + a3 * derivatives[j + 1, c])
+        k, a_dy, a_m0, a_m1, b_dy, b_m0, b_m1 = hermite_weights(d, inv_spacing, n_intervals)
+        y0 = values[k]
+        y1 = values[k + 1]
+        m0 = derivatives[k]
+        m1 = derivatives[k + 1]
         if gradients:
-            b0 = (6.0 * t2 - 6.0 * t) * inv_spacing
-            b1 = 3.0 * t2 - 4.0 * t + 1.0
-            b2 = (-6.0 * t2 + 6.0 * t) * inv_spacing
-            b3 = 3.0 * t2 - 2.0 * t
             for c in range(n_col):
-                dh[c, q] = (b0 * values[j, c] + b1 * derivatives[j, c] + b2 * values[j + 1, c]
-                            + b3 * derivatives[j + 1, c])
+                y = y0[c]
+                dy = y1[c] - y
+                g0 = m0[c]
+                g1 = m1[c]
+                h[c, q] = y + a_dy * dy + a_m0 * g0 + a_m1 * g1
+                dh[c, q] = b_dy * dy + b_m0 * g0 + b_m1 * g1
+        else:
+            for c in range(n_col):
+                y = y0[c]
+                h[c, q] = y + a_dy * (y1[c] - y) + a_m0 * m0[c] + a_m1 * m1[c]
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")

@@ -20,6 +20,23 @@ from numba import njit
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
+def hermite_weights(d, inv_spacing, n_intervals):
+    """Interval ``k`` of distance d and the weights of the interpolant (module docstring):
+    ``h = y_k + a_dy dy + a_m0 m_k + a_m1 m_{k+1}``, ``h' = b_dy dy + b_m0 m_k + b_m1 m_{k+1}``.
+    Returns ``(k, a_dy, a_m0, a_m1, b_dy, b_m0, b_m1)``."""
+    s = d * inv_spacing
+    k = int(s)
+    if k >= n_intervals:
+        k = n_intervals - 1
+    t = s - k
+    t2 = t * t
+    spacing = 1.0 / inv_spacing
+    return (k, t2 * (3.0 - 2.0 * t), t * (t - 1.0) * (t - 1.0) * spacing,
+            t2 * (t - 1.0) * spacing, 6.0 * t * (1.0 - t) * inv_spacing,
+            (t - 1.0) * (3.0 * t - 1.0), t * (3.0 * t - 2.0))
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
 def hermite_eval(d, inv_spacing, values, derivatives, out_h, out_dh):
     """Spline values and d-derivatives of all tabulated columns at distance d.
 
@@ -28,20 +45,8 @@ def hermite_eval(d, inv_spacing, values, derivatives, out_h, out_dh):
     values, derivatives : (G, K) float64 tabulated h and dh/dd.
     out_h, out_dh : (K,) float64 outputs; out_dh is the exact derivative of the interpolant.
     """
-    n_intervals = values.shape[0] - 1
-    s = d * inv_spacing
-    k = int(s)
-    if k >= n_intervals:
-        k = n_intervals - 1
-    t = s - k
-    t2 = t * t
-    spacing = 1.0 / inv_spacing
-    a_dy = t2 * (3.0 - 2.0 * t)
-    a_m0 = t * (t - 1.0) * (t - 1.0) * spacing
-    a_m1 = t2 * (t - 1.0) * spacing
-    b_dy = 6.0 * t * (1.0 - t) * inv_spacing
-    b_m0 = (t - 1.0) * (3.0 * t - 1.0)
-    b_m1 = t * (3.0 * t - 2.0)
+    k, a_dy, a_m0, a_m1, b_dy, b_m0, b_m1 = hermite_weights(d, inv_spacing,
+                                                            values.shape[0] - 1)
     y0 = values[k]
     y1 = values[k + 1]
     m0 = derivatives[k]
@@ -59,17 +64,7 @@ def hermite_eval(d, inv_spacing, values, derivatives, out_h, out_dh):
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
 def hermite_values(d, inv_spacing, values, derivatives, out_h):
     """Values only of :func:`hermite_eval` (same interpolant)."""
-    n_intervals = values.shape[0] - 1
-    s = d * inv_spacing
-    k = int(s)
-    if k >= n_intervals:
-        k = n_intervals - 1
-    t = s - k
-    t2 = t * t
-    spacing = 1.0 / inv_spacing
-    a_dy = t2 * (3.0 - 2.0 * t)
-    a_m0 = t * (t - 1.0) * (t - 1.0) * spacing
-    a_m1 = t2 * (t - 1.0) * spacing
+    k, a_dy, a_m0, a_m1, _, _, _ = hermite_weights(d, inv_spacing, values.shape[0] - 1)
     y0 = values[k]
     y1 = values[k + 1]
     m0 = derivatives[k]

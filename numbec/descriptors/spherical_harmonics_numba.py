@@ -25,6 +25,21 @@ from numba import njit, prange
 _FLAGS = {"contract"}
 
 
+@njit(cache=True, error_model="numpy")
+def sph_harm_normalisation(l_max):
+    """(l_max+1, l_max+1) float64 ``F[l, m]`` (m >= 0): ``Y_l,+-m = F[l, m] Q_l^m(z)
+    {cos, sin}(m phi)``, with sqrt(2) included for m > 0 (module docstring)."""
+    norm = np.zeros((l_max + 1, l_max + 1))
+    for l in range(l_max + 1):
+        norm[l, 0] = math.sqrt((2 * l + 1) / (4.0 * math.pi))
+        ratio = 1.0
+        for m in range(1, l + 1):
+            # (l-m)!/(l+m)! built incrementally
+            ratio /= (l + m) * (l - m + 1)
+            norm[l, m] = math.sqrt(2.0 * (2 * l + 1) / (4.0 * math.pi) * ratio)
+    return norm
+
+
 @njit(cache=True, error_model="numpy", fastmath=_FLAGS)
 def sph_harm_prefactors(l_max):
     """((l_max+1)(l_max+2)/2, 2) float64 recurrence coefficients of the normalised Legendre
@@ -39,14 +54,7 @@ def sph_harm_prefactors(l_max):
     Create once per kernel call and pass to :func:`sph_harm_unit` / :func:`sph_harm_unit_values`
     as ``pref``.
     """
-    norm = np.zeros((l_max + 1, l_max + 1))
-    for l in range(l_max + 1):
-        norm[l, 0] = math.sqrt((2 * l + 1) / (4.0 * math.pi))
-        ratio = 1.0
-        for m in range(1, l + 1):
-            # (l-m)!/(l+m)! built incrementally
-            ratio /= (l + m) * (l - m + 1)
-            norm[l, m] = math.sqrt(2.0 * (2 * l + 1) / (4.0 * math.pi) * ratio)
+    norm = sph_harm_normalisation(l_max)
     table = np.zeros(((l_max + 1) * (l_max + 2) // 2, 2))
     j = 0
     dfact = 1.0
