@@ -18,8 +18,9 @@ Neutrality and BECs (the choice documented in docs/models.md):
 - molecules (no periodic direction): the mean-charge subtraction is exact, the BECs are the
   derivative of the model's own dipole: ``Z[j] = q'_j I + sum_i d_ij (x) dq_i/dr_j
   + (r_j - R_mean) (x) dQ/dr_j`` (+ the dipole-model term ``sum_i dmu_i/dr_j``), where
-  ``R_mean`` is the plain (unweighted) mean position and ``dQ/dr_j`` comes from the adjoint
-  ``scalar_contraction``;
+  ``R_mean`` is the plain (unweighted) mean position and ``dQ/dr_j`` comes from the same
+  adjoint pair gradients as the charge-transfer term, scattered with the centre terms
+  (``Expansion.scatter_with_self``, i.e. ``scalar_contraction``);
 - periodic cells: the non-local term is dropped, i.e. the local BECs
   ``q_j I + sum_i d_ij (x) dq_i/dr_j`` (+ dipole term) are projected onto the acoustic sum
   rule, ``Z[j] - (1/N) sum_k Z[k]``. The error of this against an exact derivative of a
