@@ -108,3 +108,45 @@ def test_int_power_equals_numpy_power():
     assert int_power(x, 1) is not x  # a new array, never a view of the input
     with pytest.raises(ValueError, match="p >= 0"):
         int_power(x, -1)
+
+
+@pytest.mark.parametrize("zeta", [1, 2, 4])
+@pytest.mark.parametrize("channels", ["monopole", "dipole", "both"])
+def test_block_kernel_kernels_match_finite_differences(data, zeta, channels):
+    """The Numba block kernels of a prediction (kernels_numba) against central differences of
+    the kernel sums they differentiate: q_i = sum_b w_b c_ib**zeta and, per Cartesian a,
+    y_ia = sum_b A[i, a, b] c_ib**(zeta - 1), c_ib = x_i . x_b with x_i = X_i / |X_i|."""
+    from numbec.kernels_numba import block_kernel_derivatives, finish_gradient
+
+    rng, x, unit_s = data
+    mono, dip = channels in ("monopole", "both"), channels in ("dipole", "both")
+    n_ch = int(mono) + 3 * int(dip)
+    w = rng.normal(size=4) if mono else np.zeros(0)
+    coef = rng.normal(size=(5, 3, 4))
+    unit, norms = normalize(x)
+    cos = unit @ unit_s.T
+    dk = np.zeros((5, n_ch, 4))
+    q, c_dip, radial = np.empty(5), np.empty((5, 4)), np.empty((5, n_ch))
+    block_kernel_derivatives(cos, zeta, w, coef if dip and zeta >= 2 else np.zeros((0, 3, 0)),
+                             dk, q, c_dip, radial)
+    grad = (dk.reshape(5 * n_ch, 4) @ unit_s).reshape(5, n_ch, -1)
+    finish_gradient(grad, radial, unit, norms)
+    np.testing.assert_allclose(c_dip, cos ** (zeta - 1), rtol=1e-14)
+    if mono:
+        np.testing.assert_allclose(q, _y(x, unit_s, w, zeta), rtol=1e-13)
+
+    def channels_of(xx):
+        parts = [_y(xx, unit_s, w, zeta)[:, None]] if mono else []
+        if dip:
+            parts.append(_y(xx, unit_s, coef, zeta - 1))
+        return np.concatenate(parts, axis=1)
+
+    h = 1e-6
+    fd = np.zeros_like(grad)
+    for k in range(x.shape[1]):
+        xp, xm = x.copy(), x.copy()
+        xp[:, k] += h
+        xm[:, k] -= h
+        fd[..., k] = (channels_of(xp) - channels_of(xm)) / (2 * h)
+    np.testing.assert_allclose(grad, fd, atol=1e-8)
+    assert np.abs(fd).max() > 1e-3 or (zeta == 1 and not mono)

@@ -2,7 +2,9 @@
 
 Parallelism (``--workers N``):
 
-* ``N = 1`` (default): one process, chunks one after the other (Dask "synchronous").
+* ``N = 1`` (default): one process, chunks one after the other (Dask "synchronous"); the
+  frames of a chunk run concurrently on ``NUMBA_NUM_THREADS`` threads (all cores unless set)
+  for the kernel models.
 * ``N > 1``: a ``dask.distributed.LocalCluster`` of ``N`` worker *processes* with one
   thread each (the model is shipped to each worker once; ``NUMBA_NUM_THREADS=1`` in the
   workers so they do not oversubscribe the cores).

@@ -39,6 +39,7 @@ import numpy as np
 import scipy.sparse
 
 from numbec import kernels, regression, sparsify
+from numbec import kernels_numba as _kn
 from numbec.conventions import as_bec_array, asr_project
 from numbec.descriptors import (
     DescriptorSettings,
@@ -269,7 +270,8 @@ class KernelBECModel(BECModel):
         if self._dipole:
             # mu_i = V_i . u_i; the vector-descriptor part of sum_i dmu_i/dr_j enters the last
             # three channels through the adjoint of V with weights u
-            dipole = dipole + np.einsum("iak,ik->a", vdesc.values, u)
+            if not periodic:
+                dipole = dipole + np.einsum("iak,ik->a", vdesc.values, u)
             vdesc.add_adjoint(u[:, None, :], a2, a3, c_dip)
         desc.add_adjoint(scalar_grad, a2, a3, 0)
         pair_grad = ex.backprop(a2, a3)
@@ -324,34 +326,37 @@ class KernelBECModel(BECModel):
         ``mu_i = V_i . u_i`` through the factor (x_i . x_b)**(zeta - 1) of the dipole kernel),
         and ``u`` (N, Dv) with ``u_i = sum_b (x_i . x_b)**(zeta - 1) wb_b``
         (:meth:`_dipole_sparse_weights`; None without the dipole model). All channels of a
-        block share one product with the sparse descriptors
-        (:func:`numbec.kernels.gradient_from_derivatives`).
+        block share one product with the sparse descriptors; the element-wise work between the
+        products is one Numba pass (:mod:`numbec.kernels_numba`, which releases the GIL).
         """
         n, d = unit.shape
         zeta = self.zeta
         m = self.sparse_unit.shape[0]
         q = np.zeros(n)
-        scalar_grad = np.zeros((n, n_channels, d))
+        scalar_grad = np.empty((n, n_channels, d))
         u = None
+        no_coef = np.zeros((0, 3, 0))
         if self._dipole:
             wb = self._dipole_sparse_weights()
-            u = np.zeros((n, wb.shape[1]))
+            u = np.empty((n, wb.shape[1]))
+        w_all = self.weights[:m] if self._monopole else np.zeros(0)
         for rows, cols, cos in blocks:
-            nr = cos.shape[0]
-            c_low = kernels.int_power(cos, zeta - 2) if zeta >= 2 else None
-            c_dip = c_low * cos if zeta >= 2 else np.ones_like(cos)
-            dk = np.zeros((nr, n_channels, cos.shape[1]))      # d k_{i c b} / d(x_i . x_b)
-            if self._monopole:
-                w = self.weights[:m][cols]
-                q[rows] = (c_dip * cos) @ w
-                dk[:, 0, :] = zeta * c_dip * w
+            nr, mz = cos.shape
+            coef = no_coef
+            if self._dipole and zeta >= 2:
+                coef = (vdesc.values[rows].reshape(3 * nr, -1) @ wb[cols].T).reshape(nr, 3, mz)
+            # dk[i, c, b] = d k_icb / d(x_i . x_b); dipole channels stay zero for zeta = 1
+            dk = (np.zeros if self._dipole and zeta == 1 else np.empty)((nr, n_channels, mz))
+            q_block, c_dip, radial = np.empty(nr), np.empty((nr, mz)), np.empty((nr, n_channels))
+            _kn.block_kernel_derivatives(cos, zeta, w_all[cols] if self._monopole else w_all,
+                                         coef, dk, q_block, c_dip, radial)
+            q[rows] = q_block
             if self._dipole:
                 u[rows] = c_dip @ wb[cols]
-                if zeta >= 2:
-                    coef = (vdesc.values[rows].reshape(3 * nr, -1) @ wb[cols].T)
-                    dk[:, -3:, :] = (zeta - 1) * c_low[:, None, :] * coef.reshape(nr, 3, -1)
-            scalar_grad[rows] = kernels.gradient_from_derivatives(
-                dk, cos, unit[rows], norms[rows], self.sparse_unit[cols])
+            grad = (dk.reshape(nr * n_channels, mz) @ self.sparse_unit[cols]).reshape(
+                nr, n_channels, d)
+            _kn.finish_gradient(grad, radial, unit[rows], norms[rows])
+            scalar_grad[rows] = grad
         return q, scalar_grad, u
 
     def _species_blocks(self, numbers, unit) -> list:
