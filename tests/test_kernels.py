@@ -35,6 +35,17 @@ def _y(x, unit_s, coef, power):
     return np.einsum("ib,icb->ic", k, coef)
 
 
+def _central_differences(f, x, shape, h=1e-6):
+    """d f(x)[i, ...] / d x[i, k] by central differences, all atoms i at once (f is per atom)."""
+    fd = np.zeros(shape)
+    for k in range(x.shape[1]):
+        xp, xm = x.copy(), x.copy()
+        xp[:, k] += h
+        xm[:, k] -= h
+        fd[..., k] = (f(xp) - f(xm)) / (2 * h)
+    return fd
+
+
 @pytest.mark.parametrize("shape", ["shared", "per_atom", "channels"])
 @pytest.mark.parametrize("zeta,power", [(1, None), (2, None), (4, None), (4, 3), (3, 0)])
 def test_kernel_gradient_matches_finite_differences(data, shape, zeta, power):
@@ -44,13 +55,7 @@ def test_kernel_gradient_matches_finite_differences(data, shape, zeta, power):
     p = zeta if power is None else power
     unit, norms = normalize(x)
     grad = kernel_gradient(unit, norms, unit_s, coef, zeta, power=power)
-    h = 1e-6
-    fd = np.zeros_like(grad)
-    for k in range(x.shape[1]):
-        xp, xm = x.copy(), x.copy()
-        xp[:, k] += h
-        xm[:, k] -= h
-        fd[..., k] = (_y(xp, unit_s, coef, p) - _y(xm, unit_s, coef, p)) / (2 * h)
+    fd = _central_differences(lambda xx: _y(xx, unit_s, coef, p), x, grad.shape)
     np.testing.assert_allclose(grad, fd, atol=1e-8)
     if p == 0:
         assert not grad.any()
@@ -141,12 +146,6 @@ def test_block_kernel_kernels_match_finite_differences(data, zeta, channels):
             parts.append(_y(xx, unit_s, coef, zeta - 1))
         return np.concatenate(parts, axis=1)
 
-    h = 1e-6
-    fd = np.zeros_like(grad)
-    for k in range(x.shape[1]):
-        xp, xm = x.copy(), x.copy()
-        xp[:, k] += h
-        xm[:, k] -= h
-        fd[..., k] = (channels_of(xp) - channels_of(xm)) / (2 * h)
+    fd = _central_differences(channels_of, x, grad.shape)
     np.testing.assert_allclose(grad, fd, atol=1e-8)
     assert np.abs(fd).max() > 1e-3 or (zeta == 1 and not mono)
