@@ -71,6 +71,28 @@ def angular_feature_table(settings: DescriptorSettings):
     return out
 
 
+@functools.lru_cache(maxsize=32)
+def dense_feature_map(settings: DescriptorSettings):
+    """The angular features as dense symmetric matrices: ``index`` (int64) and ``weight``
+    (float64), both ((l_max+1) * R * R,) over (l, r, s) flattened (R = S * n_angular rows of c3),
+    with ``index`` the feature k of rows {r, s} and that l, and ``weight`` its weight w_k, twice
+    on the diagonal r = s (the derivative of ``c_r . c_r``). Every (l, r, s) is a feature.
+    Read-only arrays."""
+    row_a, row_b, l_of, weight = angular_feature_table(settings)
+    n_rows = settings.n_species * settings.n_angular
+    index = np.full((settings.l_max + 1, n_rows, n_rows), -1, dtype=np.int64)
+    dense = np.zeros((settings.l_max + 1, n_rows, n_rows))
+    index[l_of, row_a, row_b] = np.arange(row_a.size)
+    index[l_of, row_b, row_a] = np.arange(row_a.size)
+    np.add.at(dense, (l_of, row_a, row_b), weight)
+    np.add.at(dense, (l_of, row_b, row_a), weight)
+    assert (index >= 0).all()
+    out = (index.ravel(), dense.ravel())
+    for arr in out:
+        arr.flags.writeable = False
+    return out
+
+
 def _feature_args(settings: DescriptorSettings) -> tuple:
     return (math.sqrt(settings.radial_weight),) + angular_feature_table(settings)
 
@@ -124,7 +146,8 @@ class StructureDescriptors:
         self._expansion.check_adjoint_arrays(a2, a3, channel, grad_x.shape[1])
         with serial_if_small(self.pairs.n_pairs):
             _sc.power_spectrum_adjoint(self._expansion.c2, self._expansion.c3, grad_x,
-                                       *_feature_args(self.settings), a2, a3, channel)
+                                       math.sqrt(self.settings.radial_weight),
+                                       *dense_feature_map(self.settings), a2, a3, channel)
 
     def _pair_gradients(self, grad_x: np.ndarray) -> np.ndarray:
         ex = self._expansion
