@@ -6,13 +6,19 @@ Array conventions (all float64 unless stated):
 
 - Neighbour list in CSR form: ``offsets`` (N+1,) int64, ``neighbors`` (P,) int64, ``vectors``
   (P, 3) Å (r_j + image shift - r_i), ``distances`` (P,) Å; ``channel`` (N,) int64 maps each
-  atom to its species channel 0..S-1.
+  atom to its species channel 0..S-1. The prediction kernels (``expansion_coefficients``,
+  ``pair_backprop``) need the pairs of each centre grouped by neighbour channel and sorted by
+  distance, described by ``groups`` (N, S+1) and ``ends`` (N, S, 2)
+  (:func:`group_pairs_by_species`); the Jacobian kernels take any order.
 - Two-body expansion ``c2`` (N, S * n_rad, LM2): index ``[i, J * n_rad + n, lm]`` with
   ``LM2 = (l2_max + 1)**2`` (l2_max = 0 for the scalar descriptor, 1 for the vector one); radial
   table columns ``n * 2 + l`` (tabulated for l = 0, 1).
 - Three-body expansion ``c3`` (N, S * n_ang, LM3): ``[i, J * n_ang + n, l*l + l + m]``,
   ``LM3 = (l_max + 1)**2``; angular table columns ``n * (l_max + 1) + l``.
 - ``c_{i,Jnlm} = sum_{pairs (i, j image), j in J, d_ij < R} h_nl(d_ij) Y_lm(d_ij / |d_ij|)``.
+- Coefficient adjoints ``a2`` (N, S * n_rad, C, LM2) and ``a3`` (N, S * n_ang, C, LM3): C
+  channels (independent contracted quantities), index ``[i, J * n_rad + n, c, lm]`` (a3 with
+  n_ang).
 """
 
 from __future__ import annotations
