@@ -80,7 +80,9 @@ def vector_coupling_table(l_max: int):
 @functools.lru_cache(maxsize=32)
 def vector_feature_table(settings: DescriptorSettings):
     """``row_a``, ``row_b`` (rows J n, J' n' of c3), ``l_of`` and ``weight`` (K,) of the product
-    block in storage order (read-only arrays)."""
+    block in storage order, and ``dense_index`` (K,) int64 = ``(l_of * R + row_a) * R + row_b``
+    (R = S * n_angular), the position of each feature in a dense (l, A, B) array (read-only
+    arrays)."""
     s, n_ang, l_max = settings.n_species, settings.n_angular, settings.l_max
     scale = math.sqrt(1.0 - settings.radial_weight)
     rows = [(ja * n_ang + na, jb * n_ang + nb, l)
@@ -88,7 +90,9 @@ def vector_feature_table(settings: DescriptorSettings):
             for na in range(n_ang) for nb in range(n_ang) for l in range(l_max)]
     row_a, row_b, l_of = (np.array(col, np.int64) for col in zip(*rows, strict=True))
     weight = np.full(len(rows), scale)
-    out = (row_a, row_b, l_of, weight)
+    n_rows = s * n_ang
+    dense_index = (l_of * n_rows + row_a) * n_rows + row_b
+    out = (row_a, row_b, l_of, weight, dense_index)
     for arr in out:
         arr.flags.writeable = False
     assert row_a.size + settings.n_radial_features == settings.n_vector_features
@@ -96,7 +100,17 @@ def vector_feature_table(settings: DescriptorSettings):
 
 
 def _feature_args(settings: DescriptorSettings) -> tuple:
-    return ((math.sqrt(settings.radial_weight),) + vector_feature_table(settings)
+    """Arguments of the Jacobian kernel after the coefficients: w2, row_a, row_b, l_of,
+    weight and the coupling table."""
+    return ((math.sqrt(settings.radial_weight),) + vector_feature_table(settings)[:4]
+            + vector_coupling_table(settings.l_max))
+
+
+def _dense_feature_args(settings: DescriptorSettings) -> tuple:
+    """Arguments of the value and adjoint kernels after the coefficients: w2, dense_index,
+    weight and the coupling table."""
+    _, _, _, weight, dense_index = vector_feature_table(settings)
+    return ((math.sqrt(settings.radial_weight), dense_index, weight)
             + vector_coupling_table(settings.l_max))
 
 
@@ -165,8 +179,9 @@ class VectorDescriptors:
         ex = self._expansion
         ex.check_adjoint_arrays(a2, a3, channel, 3 * weights.shape[1])
         with serial_if_small(self.pairs.n_pairs):
-            _vn.vector_adjoint(ex.c2, ex.c3, weights, *_feature_args(self.settings), a2, a3,
-                               channel)
+            _vn.vector_adjoint(ex.c2, ex.c3, weights, *_dense_feature_args(self.settings), a2,
+                               a3, channel)
+
 
 def compute_vector_descriptors(positions, numbers, cell, pbc, settings: DescriptorSettings,
                                gradients: bool = False) -> VectorDescriptors:
@@ -184,12 +199,11 @@ def vector_descriptors_from_expansion(ex: Expansion, gradients: bool = False
     descriptors: :func:`numbec.descriptors.scalar.descriptors_from_expansion`)."""
     if ex.c2.shape[2] != 4:
         raise ValueError("vector descriptors need an expansion with l2_max = 1")
-    feats = _feature_args(ex.settings)
     jac = None
     with serial_if_small(ex.pairs.n_pairs):
-        values = _vn.vector_features(ex.c2, ex.c3, *feats)
+        values = _vn.vector_features(ex.c2, ex.c3, *_dense_feature_args(ex.settings))
         if gradients:
-            jac = _vn.vector_jacobian(ex.c2, ex.c3, *ex.pair_args(), *feats)
+            jac = _vn.vector_jacobian(ex.c2, ex.c3, *ex.pair_args(), *_feature_args(ex.settings))
     return VectorDescriptors(values, ex.pairs, ex.settings, jac, ex)
 
 

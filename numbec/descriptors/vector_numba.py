@@ -39,19 +39,21 @@ def _coupled_rows(i, c3, l_max, cg_start, cg_cart, cg_m, cg_mp, cg_val, c3t, w_m
 
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
-def vector_features(c2, c3, w2, row_a, row_b, l_of, weight, cg_start, cg_cart, cg_m, cg_mp,
-                    cg_val):
+def vector_features(c2, c3, w2, dense_index, weight, cg_start, cg_cart, cg_m, cg_mp, cg_val):
     """Vector descriptors (N, 3, n2 + K) from c2 (N, S*n_rad, 4) and c3 (N, S*n_ang, LM3).
 
-    Per centre, ``T[l, a, A, B] = sum_m c3[A, l m] W[l, a, m, B]`` with
-    ``W[l, a, m, B] = sum_{m'} C^a_{m m'} c3[B, (l+1) m']`` for all row pairs at once.
+    Per centre, ``T[a, l, A, B] = sum_m c3[A, l m] W[l, a, m, B]`` with
+    ``W[l, a, m, B] = sum_{m'} C^a_{m m'} c3[B, (l+1) m']`` for all row pairs at once; product
+    feature k is ``weight[k] T[a].flat[dense_index[k]]`` (``dense_index[k] = (l_k R + A_k) R
+    + B_k``, R = S*n_ang rows, :func:`numbec.descriptors.vector.vector_feature_table`).
     """
     n_atoms = c3.shape[0]
     n_rows = c3.shape[1]
     n_lm3 = c3.shape[2]
     l_max = int(np.sqrt(n_lm3) + 0.5) - 1
     n2 = c2.shape[1]
-    n_k = row_a.shape[0]
+    n_k = dense_index.shape[0]
+    n_pairs = n_rows * n_rows
     out = np.empty((n_atoms, 3, n2 + n_k))
     for i in prange(n_atoms):
         for r in range(n2):
@@ -60,28 +62,38 @@ def vector_features(c2, c3, w2, row_a, row_b, l_of, weight, cg_start, cg_cart, c
         c3t = np.empty((n_lm3, n_rows))
         w_mat = np.empty((l_max, 3, 2 * l_max - 1, n_rows))
         _coupled_rows(i, c3, l_max, cg_start, cg_cart, cg_m, cg_mp, cg_val, c3t, w_mat)
-        t_mat = np.zeros((l_max, 3, n_rows, n_rows))
+        t_mat = np.empty((3, l_max * n_pairs))
         for l in range(l_max):
             oa = l * l
             for a in range(3):
                 for ra in range(n_rows):
-                    for m in range(2 * l + 1):
+                    lo = l * n_pairs + ra * n_rows
+                    t = t_mat[a, lo:lo + n_rows]
+                    cv = c3t[oa, ra]
+                    w0 = w_mat[l, a, 0]
+                    for rb in range(n_rows):
+                        t[rb] = cv * w0[rb]
+                    for m in range(1, 2 * l + 1):
                         cv = c3t[oa + m, ra]
+                        wm = w_mat[l, a, m]
                         for rb in range(n_rows):
-                            t_mat[l, a, ra, rb] += cv * w_mat[l, a, m, rb]
+                            t[rb] += cv * wm[rb]
         for a in range(3):
+            ta = t_mat[a]
+            oa_ = out[i, a, n2:]
             for k in range(n_k):
-                out[i, a, n2 + k] = weight[k] * t_mat[l_of[k], a, row_a[k], row_b[k]]
+                oa_[k] = weight[k] * ta[dense_index[k]]
     return out
 
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
-def vector_adjoint(c2, c3, v, w2, row_a, row_b, l_of, weight, cg_start, cg_cart, cg_m, cg_mp,
+def vector_adjoint(c2, c3, v, w2, dense_index, weight, cg_start, cg_cart, cg_m, cg_mp,
                    cg_val, a2, a3, c0):
     """Add the adjoints of ``y_{c,a} = sum_k V[i, c, k] X[i, a, k]`` to channel ``c0 + 3c + a``.
 
     v : (N, C, Dv). a2 : (N, S*n_rad, C_total, 4), a3 : (N, S*n_ang, C_total, LM3) (see
-    :func:`numbec.descriptors.scalar_numba.power_spectrum_adjoint`).
+    :func:`numbec.descriptors.scalar_numba.power_spectrum_adjoint`). dense_index, weight:
+    as in :func:`vector_features`.
     With ``Vw[l, A, B] = w_k V_k`` (k the feature of rows A, B and l):
     ``dy/dc3[A, l m] = sum_B Vw[l, A, B] W[l, a, m, B]`` and
     ``dy/dc3[B, (l+1) m'] = sum_e C_e Z[l, m_e, B]``, ``Z[l, m, B] = sum_A Vw[l, A, B] c3[A, l m]``.
@@ -92,43 +104,53 @@ def vector_adjoint(c2, c3, v, w2, row_a, row_b, l_of, weight, cg_start, cg_cart,
     l_max = int(np.sqrt(n_lm3) + 0.5) - 1
     n_sets = v.shape[1]
     n2 = c2.shape[1]
-    n_k = row_a.shape[0]
+    n_k = dense_index.shape[0]
     for i in prange(n_atoms):
         c3t = np.empty((n_lm3, n_rows))
         w_mat = np.empty((l_max, 3, 2 * l_max - 1, n_rows))
         _coupled_rows(i, c3, l_max, cg_start, cg_cart, cg_m, cg_mp, cg_val, c3t, w_mat)
-        vw = np.empty((l_max, n_rows, n_rows))
+        vw_flat = np.empty(l_max * n_rows * n_rows)
+        vw = vw_flat.reshape((l_max, n_rows, n_rows))
         z_mat = np.empty((2 * l_max - 1, n_rows))
         for c in range(n_sets):
+            vc = v[i, c]
             for r in range(n2):
                 for a in range(3):
-                    a2[i, r, c0 + 3 * c + a, CARTESIAN_LM1[a]] += w2 * v[i, c, r]
+                    a2[i, r, c0 + 3 * c + a, CARTESIAN_LM1[a]] += w2 * vc[r]
             for k in range(n_k):
-                vw[l_of[k], row_a[k], row_b[k]] = weight[k] * v[i, c, n2 + k]
+                vw_flat[dense_index[k]] = weight[k] * vc[n2 + k]
             for l in range(l_max):
                 oa = l * l
                 ob = (l + 1) * (l + 1)
                 for a in range(3):
                     ch = c0 + 3 * c + a
                     for ra in range(n_rows):
+                        vrow = vw[l, ra]
                         for m in range(2 * l + 1):
+                            wm = w_mat[l, a, m]
                             s = 0.0
                             for rb in range(n_rows):
-                                s += vw[l, ra, rb] * w_mat[l, a, m, rb]
+                                s += vrow[rb] * wm[rb]
                             a3[i, ra, ch, oa + m] += s
-                z_mat[:] = 0.0
-                for ra in range(n_rows):
-                    for m in range(2 * l + 1):
+                for m in range(2 * l + 1):
+                    zm = z_mat[m]
+                    cv = c3t[oa + m, 0]
+                    v0 = vw[l, 0]
+                    for rb in range(n_rows):
+                        zm[rb] = v0[rb] * cv
+                    for ra in range(1, n_rows):
                         cv = c3t[oa + m, ra]
+                        vr = vw[l, ra]
                         for rb in range(n_rows):
-                            z_mat[m, rb] += vw[l, ra, rb] * cv
+                            zm[rb] += vr[rb] * cv
                 for e in range(cg_start[l], cg_start[l + 1]):
                     ch = c0 + 3 * c + cg_cart[e]
                     m = cg_m[e]
                     ib = ob + cg_mp[e]
                     val = cg_val[e]
+                    zm = z_mat[m]
                     for rb in range(n_rows):
-                        a3[i, rb, ch, ib] += val * z_mat[m, rb]
+                        a3[i, rb, ch, ib] += val * zm[rb]
 
 
 @njit(cache=True, parallel=True, nogil=True, error_model="numpy")
