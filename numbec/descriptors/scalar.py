@@ -72,6 +72,17 @@ def angular_feature_table(settings: DescriptorSettings):
 
 
 @functools.lru_cache(maxsize=32)
+def angular_gram_index(settings: DescriptorSettings) -> np.ndarray:
+    """(K,) int64 ``(l_k R + a_k) R + b_k`` (R = S * n_angular rows of c3): the position of
+    each angular feature in the flattened per-l Gram matrices of the rows (read-only)."""
+    row_a, row_b, l_of, _ = angular_feature_table(settings)
+    n_rows = settings.n_species * settings.n_angular
+    out = (l_of * n_rows + row_a) * n_rows + row_b
+    out.flags.writeable = False
+    return out
+
+
+@functools.lru_cache(maxsize=32)
 def dense_feature_map(settings: DescriptorSettings):
     """The angular features as dense symmetric matrices: ``index`` (int64) and ``weight``
     (float64), both ((l_max+1) * R * R,) over (l, r, s) flattened (R = S * n_angular rows of c3),
@@ -200,7 +211,8 @@ def descriptors_from_expansion(ex: Expansion, gradients: bool = False) -> Struct
     feats = _feature_args(ex.settings)
     jac = None
     with serial_if_small(ex.pairs.n_pairs):
-        values = _sc.power_spectrum(ex.c2, ex.c3, *feats)
+        values = _sc.power_spectrum(ex.c2, ex.c3, feats[0], angular_gram_index(ex.settings),
+                                    feats[4])
         if gradients:
             if ex.c2.shape[2] != 1:
                 raise ValueError("the scalar Jacobian needs an expansion with l2_max = 0")

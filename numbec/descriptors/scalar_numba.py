@@ -19,23 +19,46 @@ from numbec.descriptors.spherical_harmonics_numba import sph_harm_prefactors
 
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
-def power_spectrum(c2, c3, w2, row_a, row_b, l_of, weight):
-    """Scalar descriptors X (N, n2 + K) from c2 (N, S*n_rad, LM2) and c3 (N, S*n_ang, LM3)."""
+def power_spectrum(c2, c3, w2, gram_index, weight):
+    """Scalar descriptors X (N, n2 + K) from c2 (N, S*n_rad, LM2) and c3 (N, S*n_ang, LM3).
+
+    Per centre and l, the Gram matrix ``G_l[r, s] = sum_m c3[r, l m] c3[s, l m]`` of all row
+    pairs (vectorised over s), from which angular feature k is ``weight[k] G.flat[gram_index[k]]``
+    with ``gram_index[k] = (l_k R + a_k) R + b_k`` (R = S*n_ang rows,
+    :func:`numbec.descriptors.scalar.angular_feature_table`). Computing both triangles costs
+    twice the multiplications of the feature list, but in loops that vectorise.
+    """
     n_atoms = c3.shape[0]
+    n_rows = c3.shape[1]
+    n_lm3 = c3.shape[2]
+    l_max = int(np.sqrt(n_lm3) + 0.5) - 1
     n2 = c2.shape[1]
-    n_k = row_a.shape[0]
+    n_k = gram_index.shape[0]
     out = np.empty((n_atoms, n2 + n_k))
     for i in prange(n_atoms):
         for r in range(n2):
             out[i, r] = w2 * c2[i, r, 0]
+        c3t = np.empty((n_lm3, n_rows))
+        for r in range(n_rows):
+            for lm in range(n_lm3):
+                c3t[lm, r] = c3[i, r, lm]
+        gram = np.empty((l_max + 1) * n_rows * n_rows)
+        for l in range(l_max + 1):
+            for ra in range(n_rows):
+                lo = (l * n_rows + ra) * n_rows
+                g = gram[lo:lo + n_rows]
+                cv = c3t[l * l, ra]
+                x = c3t[l * l]
+                for rb in range(n_rows):
+                    g[rb] = cv * x[rb]
+                for lm in range(l * l + 1, (l + 1) * (l + 1)):
+                    cv = c3t[lm, ra]
+                    x = c3t[lm]
+                    for rb in range(n_rows):
+                        g[rb] += cv * x[rb]
+        o = out[i, n2:]
         for k in range(n_k):
-            l = l_of[k]
-            a = row_a[k]
-            b = row_b[k]
-            s = 0.0
-            for lm in range(l * l, (l + 1) * (l + 1)):
-                s += c3[i, a, lm] * c3[i, b, lm]
-            out[i, n2 + k] = weight[k] * s
+            o[k] = weight[k] * gram[gram_index[k]]
     return out
 
 
