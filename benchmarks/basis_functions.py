@@ -3,6 +3,7 @@
 Usage::
 
     NUMBA_NUM_THREADS=1 python benchmarks/basis_functions.py [--repeat 20] [--l-max 4]
+    python benchmarks/basis_functions.py --quick     # smoke run: 3 timed runs per function
 
 Inputs are the real neighbour pairs of the 72-atom alpha-quartz cell (first frame of
 ``../shared/data/sio2_quartz_qe/SiO2.xyz``, default ``DescriptorSettings(species=(8, 14))``:
@@ -82,14 +83,21 @@ def best_ns(func, n_pairs, repeat):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeat", type=int, default=20, help="timed runs per function")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="timed runs per function (default 20; --quick: 3)")
     parser.add_argument("--l-max", type=int, default=4, help="spherical harmonics degree")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 3 timed runs")
     args = parser.parse_args()
+    if args.repeat is None:
+        args.repeat = 3 if args.quick else 20
+    quartz = SHARED / "sio2_quartz_qe" / "SiO2.xyz"
+    if not quartz.is_file():
+        parser.error(f"reference data not found: {quartz} (set NUMBEC_SHARED_DATA)")
 
     import numbec
     from numbec.descriptors import DescriptorSettings, compute_descriptors
 
-    atoms = numbec.read_bec(str(SHARED / "sio2_quartz_qe" / "SiO2.xyz"), index="0:1")[0]
+    atoms = numbec.read_bec(str(quartz), index="0:1")[0]
     settings = DescriptorSettings(species=(8, 14), l_max=args.l_max)
     desc = compute_descriptors(atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc,
                                settings)

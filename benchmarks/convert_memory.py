@@ -7,6 +7,9 @@ and the conversion's wall time (imports excluded). The
 claim checked: peak memory does not grow with the length of the trajectory.
 
     python benchmarks/convert_memory.py [--frames 2000 20000] [--atoms 192] [--xz]
+    python benchmarks/convert_memory.py --quick [--xz]   # smoke run: 100 and 1000 frames, 48 atoms
+
+Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -93,14 +96,20 @@ def write_in_child(path: Path, n_frames: int, n_atoms: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, nargs="+", default=[2000, 20000])
-    parser.add_argument("--atoms", type=int, default=192)
+    parser.add_argument("--frames", type=int, nargs="+", default=None,
+                        help="trajectory lengths (default 2000 20000; --quick: 100 1000)")
+    parser.add_argument("--atoms", type=int, default=None,
+                        help="atoms per frame (default 192; --quick: 48)")
     parser.add_argument("--xz", action="store_true", help="also convert an .xz copy")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: short trajectories of few atoms (seconds)")
     args = parser.parse_args()
-    print(
-        f"{'frames':>8} {'atoms':>6} {'source':>8} {'MB file':>8} {'seconds':>8} "
-        f"{'frames/s':>9} {'peak RSS MiB':>13}"
-    )
+    if args.frames is None:
+        args.frames = [100, 1000] if args.quick else [2000, 20000]
+    if args.atoms is None:
+        args.atoms = 48 if args.quick else 192
+    print("| frames | atoms | source | MB file | seconds | frames/s | peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for n_frames in sorted(args.frames):
             suffixes = [".xyz", ".xyz.xz"] if args.xz else [".xyz"]
@@ -111,8 +120,8 @@ def main() -> None:
                 frames, seconds, peak = convert_in_child(src, store)
                 size = src.stat().st_size / 1e6
                 print(
-                    f"{frames:8d} {args.atoms:6d} {suffix:>8} {size:8.1f} {seconds:8.1f} "
-                    f"{frames / seconds:9.0f} {peak:13.1f}",
+                    f"| {frames} | {args.atoms} | {suffix} | {size:.1f} | {seconds:.1f} "
+                    f"| {frames / seconds:.0f} | {peak:.1f} |",
                     flush=True,
                 )
                 src.unlink()

@@ -4,6 +4,7 @@ SoapPowerSpectrum and DScribe's SOAP on the same structures.
 Usage::
 
     python benchmarks/descriptors.py [--repeat 5] [--no-cold] [--no-dscribe]
+    python benchmarks/descriptors.py --quick     # smoke run: --repeat 1 --no-cold (seconds)
 
 Systems: (a) a 192-atom periodic water box (64 H2O at 1 g/cm^3, molecules on a 4x4x4 grid with
 random orientations and jitter, intermolecular distances >= 1.6 Å); (b) the 72-atom
@@ -29,6 +30,8 @@ G (what predicting BECs needs; never builds the Jacobian). For the vector descri
 is ``vector_contraction``. Numba compile time is measured in a subprocess with an empty
 ``NUMBA_CACHE_DIR`` (cold) and as the first call of this process (on-disk cache warm).
 The machine may be shared: timings fluctuate with the load (printed at the start).
+featomic and DScribe are optional (``pip install numbec[bench]``): without them their rows
+print "n/a".
 """
 
 from __future__ import annotations
@@ -202,12 +205,35 @@ def bench_dscribe(atoms, repeat, n_centres=4):
             (_per_atom(values, n), _per_atom(derivs, n_centres), None)}
 
 
+def optional(name: str) -> bool:
+    """Whether the optional comparison package ``name`` imports; prints a note if not."""
+    try:
+        __import__(name)
+    except ImportError as err:
+        print(f"{name} not available ({err}): its rows print n/a")
+        return False
+    return True
+
+
+def cell_text(value) -> str:
+    """One table cell: best (median) µs, "-" when not applicable, "n/a" when not measured."""
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    return f"{value:.0f} ({value.median:.0f})"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--no-cold", action="store_true", help="skip the cold-compile run")
     parser.add_argument("--no-dscribe", action="store_true")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: one repeat, no cold-compile run")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.repeat, args.no_cold = 1, True
 
     # numbec sets OMP_WAIT_POLICY=PASSIVE on import; import it before numba starts its threads
     import numba
@@ -218,6 +244,8 @@ def main(argv=None):
     print(f"load average {os.getloadavg()}, cpus {os.cpu_count()}, "
           f"numba threads {numba.get_num_threads()} ({numba.threading_layer()} layer, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')})")
+    have_featomic = optional("featomic")
+    have_dscribe = not args.no_dscribe and optional("dscribe")
     if not args.no_cold:
         print(f"numba cold compile (empty cache, incl. imports): {cold_compile_seconds():.1f} s")
     start = time.perf_counter()
@@ -248,22 +276,26 @@ def main(argv=None):
         radial_table(CUTOFF, SIGMA, N_MAX, 1)
         table_time = time.perf_counter() - t0
         rows, info = bench_numbec(positions, numbers, cell, args.repeat)
-        rows.update(bench_featomic(atoms, args.repeat))
-        if not args.no_dscribe:
+        if have_featomic:
+            rows.update(bench_featomic(atoms, args.repeat))
+        else:
+            rows["featomic SoapPowerSpectrum"] = ("n/a", "n/a", None)
+        if have_dscribe:
             rows.update(bench_dscribe(atoms, max(1, args.repeat // 2)))
+        elif not args.no_dscribe:
+            rows["DScribe SOAP (derivatives numerical, per centre)"] = ("n/a", "n/a", None)
         print(f"\n{name}: {info['pairs/atom']:.1f} pairs/atom within {CUTOFF} Å, "
               f"D = {info['D']}, Dv = {info['Dv']}, radial tables {table_time:.2f} s (once)")
-        print(f"{'µs per atom, best (median)':<48}{'values':>16}{'+ Jacobian':>18}"
-              f"{'+ adjoint':>16}")
+        print("\n| µs per atom, best (median) | values | + Jacobian | + adjoint |")
+        print("|---|---|---|---|")
         for label, cols in rows.items():
-            text = "".join(f"{'-' if c is None else f'{c:.0f} ({c.median:.0f})':>{w}}"
-                           for c, w in zip(cols, (16, 18, 16), strict=True))
-            print(f"{label:<48}{text}")
-        ref_values = rows["featomic SoapPowerSpectrum"][0]
-        ref_grads = rows["featomic SoapPowerSpectrum"][1]
+            print(f"| {label} | " + " | ".join(cell_text(c) for c in cols) + " |")
+        ref_values, ref_grads = rows["featomic SoapPowerSpectrum"][:2]
         ours = rows["numbec scalar"]
-        print(f"featomic values / numbec values = {ref_values / ours[0]:.1f}; "
-              f"featomic values+gradients / numbec values+adjoint = {ref_grads / ours[2]:.1f}")
+        ratio = (lambda ref, num: ref if isinstance(ref, str) else f"{ref / num:.1f}")
+        print(f"\nfeatomic values / numbec values = {ratio(ref_values, ours[0])}; "
+              f"featomic values+gradients / numbec values+adjoint = "
+              f"{ratio(ref_grads, ours[2])}")
 
 
 if __name__ == "__main__":

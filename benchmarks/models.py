@@ -27,7 +27,8 @@ side-by-side table.
 Training frames: every ``train_stride``-th frame of the training range (per system in
 :data:`SYSTEMS`, ``--train-stride`` overrides). ``--quick`` trains on at most every 4th
 training frame, tests on every 3rd test frame, with at most 100 sparse points per species and
-a 3-point learning curve.
+a 3-point learning curve. The smoke run of tests/test_benchmarks.py (about 30 s) adds
+``--train-stride 20 --n-sparse 20 --curve-sizes 3,6 --curve-model monopole``.
 
 The machine may be shared: wall times depend on the load (printed at the start); Numba
 compilation is warmed up before the first timed fit.

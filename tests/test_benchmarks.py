@@ -1,0 +1,229 @@
+"""Smoke tests of benchmarks/*.py in their reduced (--quick) form, so the benchmarks never rot.
+
+Each script runs as a subprocess (as a user runs it). Its printed markdown tables are parsed:
+the expected headers must be there, numbec's own timings must be positive finite numbers, and
+relations that can fail are checked (two independent routes to the same spectrum agree, a
+learned model beats the species-mean baseline, a model trained on BECs alone predicts the
+dipole). Timings are never compared with fixed numbers: speed is read off the tables by
+people, not asserted here.
+
+benchmarks/stream.py is not smoke-run yet: its --quick run takes minutes (memory table on
+2,000 and 20,000 frames).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
+#: where the scripts look for ../shared/data (the same expression as in benchmarks/*.py)
+SHARED_DATA = Path(os.environ.get("NUMBEC_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def run_benchmark(name, *args, cwd, env=None, timeout=600):
+    env = dict(os.environ, MPLBACKEND="Agg", **(env or {}))
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / name), *map(str, args)], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def markdown_tables(text):
+    """Every markdown table in ``text``: list of (header cells, list of row cells)."""
+    tables, block = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            block.append([c.strip() for c in line.strip().strip("|").split("|")])
+            continue
+        if block:
+            assert len(block) >= 2 and set("".join(block[1])) <= set("-:"), block
+            assert all(len(row) == len(block[0]) for row in block), block
+            tables.append((block[0], block[2:]))
+            block = []
+    return tables
+
+
+def table(text, header):
+    """The rows (dicts header -> cell) of every table whose header is ``header``."""
+    found = [[dict(zip(head, row, strict=True)) for row in rows]
+             for head, rows in markdown_tables(text) if head == header]
+    assert found, f"no table with header {header} in:\n{text}"
+    return found
+
+
+def number(cell):
+    """The leading number of a cell ("37 (41)", "0.023 s", "6x", "100,000", "3.9%")."""
+    match = re.match(r"[-+]?[\d,]*\.?\d+(?:e[-+]?\d+)?", cell)
+    assert match, f"not a number: {cell!r}"
+    return float(match.group().replace(",", ""))
+
+
+def positive(cell):
+    value = number(cell)
+    assert math.isfinite(value) and value > 0, cell
+    return value
+
+
+def best_median(cell):
+    """A "best (median)" timing cell; both positive, best <= median."""
+    match = re.fullmatch(r"(\S+) \((\S+)\)", cell)
+    assert match, f"not 'best (median)': {cell!r}"
+    best, median = positive(match.group(1)), positive(match.group(2))
+    assert best <= median, cell
+    return best
+
+
+def needs_shared_data():
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"reference data not found at {SHARED_DATA} (set NUMBEC_SHARED_DATA)")
+
+
+def test_spectra_benchmark(tmp_path):
+    out = run_benchmark("spectra.py", "--quick", cwd=tmp_path)
+    (row,) = table(out, ["frames", "simulated time", "ir_spectrum (1 block)",
+                         "ir_spectrum (10 blocks)", "direct lag sum", "direct / numbec",
+                         "max rel. diff"])[0]
+    assert number(row["frames"]) == 100_000
+    for key in ("ir_spectrum (1 block)", "ir_spectrum (10 blocks)", "direct lag sum"):
+        positive(row[key])
+    # FFT autocorrelation and the lag-by-lag sum are two routes to the same spectrum
+    assert number(row["max rel. diff"]) < 1e-10
+
+
+def test_convert_memory_benchmark(tmp_path):
+    out = run_benchmark("convert_memory.py", "--quick", "--xz", cwd=tmp_path)
+    (rows,) = table(out, ["frames", "atoms", "source", "MB file", "seconds", "frames/s",
+                          "peak RSS MiB"])
+    assert [(r["frames"], r["atoms"], r["source"]) for r in rows] == [
+        ("100", "48", ".xyz"), ("100", "48", ".xyz.xz"),
+        ("1000", "48", ".xyz"), ("1000", "48", ".xyz.xz")]
+    for r in rows:
+        for key in ("MB file", "frames/s", "peak RSS MiB"):
+            positive(r[key])
+    size = {(r["frames"], r["source"]): number(r["MB file"]) for r in rows}
+    peak = {(r["frames"], r["source"]): number(r["peak RSS MiB"]) for r in rows}
+    for frames in ("100", "1000"):  # random coordinates still compress
+        assert size[frames, ".xyz.xz"] < size[frames, ".xyz"]
+    assert size["1000", ".xyz"] > 5 * size["100", ".xyz"]
+    # the claim of the benchmark: peak memory does not grow with the trajectory's length
+    for source in (".xyz", ".xyz.xz"):
+        assert peak["1000", source] < 1.25 * peak["100", source]
+
+
+def _blocked_path(tmp_path):
+    """A PYTHONPATH on which ``import featomic`` and ``import dscribe`` fail."""
+    block = tmp_path / "block"
+    for name in ("featomic", "dscribe"):
+        (block / name).mkdir(parents=True)
+        (block / name / "__init__.py").write_text("raise ImportError('blocked by the test')\n")
+    return os.pathsep.join(filter(None, [str(block), os.environ.get("PYTHONPATH")]))
+
+
+@pytest.mark.parametrize("comparison", ["installed", "blocked"])
+def test_descriptors_benchmark(tmp_path, comparison):
+    if comparison == "installed":
+        for name in ("featomic", "dscribe"):
+            if importlib.util.find_spec(name) is None:
+                pytest.skip(f"{name} not installed (extra 'bench')")
+        env = None
+    else:
+        env = {"PYTHONPATH": _blocked_path(tmp_path)}
+    out = run_benchmark("descriptors.py", "--quick", cwd=tmp_path, env=env)
+    tables = table(out, ["µs per atom, best (median)", "values", "+ Jacobian", "+ adjoint"])
+    assert len(tables) == (2 if SHARED_DATA.is_dir() else 1)  # water box (+ quartz)
+    for rows in tables:
+        rows = {r["µs per atom, best (median)"]: r for r in rows}
+        scalar, vector = rows["numbec scalar"], rows["numbec vector"]
+        values = best_median(scalar["values"])
+        # values + the full pair Jacobian cost more than the values alone
+        assert best_median(scalar["+ Jacobian"]) > values
+        best_median(scalar["+ adjoint"])
+        best_median(vector["values"])
+        best_median(vector["+ adjoint"])
+        assert vector["+ Jacobian"] == "-"
+        featomic = rows["featomic SoapPowerSpectrum"]
+        dscribe = rows["DScribe SOAP (derivatives numerical, per centre)"]
+        for row in (featomic, dscribe):
+            assert row["+ adjoint"] == "-"
+            for key in ("values", "+ Jacobian"):
+                if comparison == "blocked":
+                    assert row[key] == "n/a"
+                else:
+                    best_median(row[key])
+    if comparison == "blocked":
+        assert "featomic not available" in out and "dscribe not available" in out
+        assert "featomic values / numbec values = n/a" in out
+    else:
+        lines = [line for line in out.splitlines() if line.startswith("featomic values /")]
+        assert len(lines) == len(tables)
+        for line in lines:
+            ratios = re.findall(r"= ([^;\s]+)", line)
+            assert len(ratios) == 2 and all(positive(r) for r in ratios), line
+
+
+def test_basis_functions_benchmark(tmp_path):
+    needs_shared_data()
+    out = run_benchmark("basis_functions.py", "--quick", cwd=tmp_path)
+    (rows,) = table(out, ["function", "ns per pair, best (median)"])
+    names = [r["function"].split(" ")[0] for r in rows]
+    assert names == ["sph_harm_unit", "sph_harm_unit_values", "hermite_eval", "hermite_values",
+                     "hermite_eval", "hermite_values"]
+    for r in rows:
+        best_median(r["ns per pair, best (median)"])
+
+
+@pytest.mark.slow
+def test_water_dimer_dipole_benchmark(tmp_path):
+    pytest.importorskip("tblite")
+    out = run_benchmark("water_dimer_dipole.py", "--quick", cwd=tmp_path)
+    (rows,) = table(out, ["model", "BEC RMSE (e)", "dipole error RMSE (e·Å)",
+                          "relative dipole error, mean", "fit (s)"])
+    rows = {r["model"]: r for r in rows}
+    assert list(rows) == ["MonopoleModel", "DipoleModel", "CombinedModel"]
+    for r in rows.values():
+        positive(r["BEC RMSE (e)"])
+        positive(r["dipole error RMSE (e·Å)"])
+        # the dipole is never shown to the models: it follows from the BECs they learned
+        assert number(r["relative dipole error, mean"]) < 20.0  # percent
+    # the lambda = 1 model with bond dipoles: a few per cent at most (the paper: ~1 %)
+    assert number(rows["CombinedModel"]["relative dipole error, mean"]) < 5.0
+
+
+@pytest.mark.slow
+def test_models_benchmark(tmp_path):
+    needs_shared_data()
+    out = run_benchmark("models.py", "--quick", "--train-stride", "20", "--n-sparse", "20",
+                        "--curve-sizes", "3,6", "--curve-model", "monopole",
+                        "--json", tmp_path / "models.json", cwd=tmp_path)
+    titles = re.findall(r"^### (.+?) — ", out, flags=re.M)
+    assert titles == ["alpha-quartz SiO2 (QE)", "ZrO2 (VASP DFPT)", "BaTiO3 (QE)"]
+    species = [["O", "Si"], ["O", "Zr"], ["O", "Ti", "Ba"]]
+    for (head, rows), symbols in zip(
+            [t for t in markdown_tables(out) if t[0][0] == "model"], species, strict=True):
+        assert head == ["model", "fit s", "predict s", "RMSE", "MAE", "R2"] + [
+            f"{m} {s}" for s in symbols for m in ("RMSE", "MAE", "R2")]
+        rows = {r[0]: dict(zip(head, r, strict=True)) for r in rows}
+        assert list(rows) == ["mean", "monopole", "dipole", "combined"]
+        baseline = positive(rows["mean"]["RMSE"])
+        for name in ("monopole", "dipole", "combined"):
+            r = rows[name]
+            positive(r["fit s"])
+            assert positive(r["MAE"]) <= positive(r["RMSE"])
+            assert number(r["R2"]) <= 1.0
+            # held-out frames: even a tiny learned model halves the species-mean error
+            assert positive(r["RMSE"]) < 0.5 * baseline, (name, r["RMSE"], baseline)
+    (curve,) = table(out, ["training frames", "test RMSE", "MAE", "R2", "species-mean RMSE",
+                           "fit s"])
+    assert [r["training frames"] for r in curve] == ["3", "6"]
+    for r in curve:
+        assert positive(r["test RMSE"]) < 0.5 * positive(r["species-mean RMSE"])
+    assert (tmp_path / "models.json").stat().st_size > 0
