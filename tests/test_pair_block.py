@@ -66,3 +66,37 @@ def test_splines_block_equals_one_pair_spline_and_is_zero_beyond_the_cutoff():
             np.testing.assert_allclose(dh[:, q], ref_dh, rtol=0, atol=1e-13)
         else:
             assert not h[:, q].any() and not dh[:, q].any()
+
+
+@pytest.mark.parametrize("n_channels", [1, 3, 4, 5, 8])
+@pytest.mark.parametrize("periodic, cutoffs", [(True, (4.5, 3.5)), (False, (3.0, 3.8))])
+def test_channel_block_backprop_equals_per_channel_backprop(n_channels, periodic, cutoffs):
+    """The two pair back-propagation kernels (one pass per channel, and channels four at a
+    time per pair) agree for any channel count, with the radial cutoff beyond the angular one
+    and the other way round (pairs within only one of the two)."""
+    from numbec.descriptors import DescriptorSettings
+    from numbec.descriptors import expansion_numba as _ex
+    from numbec.descriptors.expansion import expand
+
+    rng = np.random.default_rng(n_channels)
+    if periodic:
+        from numbec.io import example_file, read_bec
+
+        atoms = read_bec(example_file("sio2_quartz_subset"), index=0)[0]
+        positions, numbers, cell = atoms.positions, atoms.numbers, np.asarray(atoms.cell)
+    else:  # a three-species cluster
+        positions = rng.uniform(0, 6.0, (30, 3))
+        numbers = rng.choice([1, 6, 8], 30)
+        cell = None
+    settings = DescriptorSettings(species=sorted(set(numbers.tolist())), n_radial=5,
+                                  n_angular=4, l_max=3, cutoff_radial=cutoffs[0],
+                                  cutoff_angular=cutoffs[1])
+    ex = expand(positions, numbers, cell, periodic, settings, l2_max=1)
+    a2, a3 = ex.adjoint_arrays(n_channels)
+    a2[:] = rng.normal(size=a2.shape)
+    a3[:] = rng.normal(size=a3.shape)
+    per_channel = _ex.pair_backprop(a2, a3, *ex.block_args())
+    blocks = _ex.pair_backprop_channel_blocks(a2, a3, *ex.block_args())
+    assert np.abs(per_channel).max() > 0.1
+    np.testing.assert_allclose(blocks, per_channel, rtol=0,
+                               atol=1e-12 * np.abs(per_channel).max())

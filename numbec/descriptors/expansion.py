@@ -100,8 +100,10 @@ class Expansion:
 
     def backprop(self, a2: np.ndarray, a3: np.ndarray) -> np.ndarray:
         """Per-pair gradients (P, C, 3) from coefficient adjoints a2, a3 (N, rows, C, LM)."""
+        # four channels at once per pair from four channels on (the combined model's)
+        kernel = (_ex.pair_backprop_channel_blocks if a2.shape[2] >= 4 else _ex.pair_backprop)
         with serial_if_small(self.pairs.n_pairs):
-            return _ex.pair_backprop(a2, a3, *self.block_args())
+            return kernel(a2, a3, *self.block_args())
 
     def scatter_monopole(self, g: np.ndarray) -> np.ndarray:
         """``out[j, c, a, b] = sum_{pairs p = (i, j image)} (r_i - r_j^image)_a g[p, c, b]``:
