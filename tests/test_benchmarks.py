@@ -6,9 +6,6 @@ relations that can fail are checked (two independent routes to the same spectrum
 learned model beats the species-mean baseline, a model trained on BECs alone predicts the
 dipole). Timings are never compared with fixed numbers: speed is read off the tables by
 people, not asserted here.
-
-benchmarks/stream.py is not smoke-run yet: its --quick run takes minutes (memory table on
-2,000 and 20,000 frames).
 """
 
 from __future__ import annotations
@@ -227,3 +224,51 @@ def test_models_benchmark(tmp_path):
     for r in curve:
         assert positive(r["test RMSE"]) < 0.5 * positive(r["species-mean RMSE"])
     assert (tmp_path / "models.json").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_stream_benchmark(tmp_path):
+    """benchmarks/stream.py --quick (small models, few frames; about two minutes, most of it
+    starting the ~30 measurement processes), with featomic blocked so that its cells are n/a
+    whether or not it is installed."""
+    needs_shared_data()
+    out = run_benchmark("stream.py", "--quick", cwd=tmp_path, timeout=900,
+                        env={"PYTHONPATH": _blocked_path(tmp_path)})
+    (rows,) = table(out, ["system", "model", "1 core", "2 cores", "x featomic (1 core)",
+                          "x featomic (2 cores)"])
+    rates = {}
+    for r in rows:
+        if r["model"] == "featomic values+gradients":
+            assert r["1 core"] == r["2 cores"] == "n/a"
+            continue
+        rates[r["system"].split(",")[0], r["model"]] = positive(r["1 core"])
+        positive(r["2 cores"])
+        assert r["x featomic (1 core)"] == "n/a"
+    assert set(rates) == {(s, m) for s in ("water", "alpha-quartz")
+                          for m in ("SpeciesMeanModel", "MonopoleModel", "CombinedModel")}
+    for system in ("water", "alpha-quartz"):
+        # no descriptors at all against descriptors, kernels and back-propagation: an order
+        # of magnitude apart, so the order survives a noisy machine
+        assert rates[system, "SpeciesMeanModel"] > rates[system, "MonopoleModel"]
+    (ceiling,) = table(out, ["system", "model", "products (ms/frame)", "ceiling (atom-frames/s)",
+                             "ceiling x featomic (1 core)"])
+    assert len(ceiling) == 4
+    for r in ceiling:
+        positive(r["products (ms/frame)"])
+    (stages,) = table(out, ["stage", "water MonopoleModel", "water CombinedModel",
+                            "quartz MonopoleModel", "quartz CombinedModel"])
+    by_stage = {r["stage"]: r for r in stages}
+    assert len(by_stage) == 7
+    for label, r in by_stage.items():
+        if not label.startswith("scatter"):  # the remainder: total minus the timed stages
+            for key, cell in r.items():
+                if key != "stage":
+                    positive(cell)
+    (memory,) = table(out, ["frames", "peak RSS (MiB)", "wall (s)"])
+    peak = {number(r["frames"]): positive(r["peak RSS (MiB)"]) for r in memory}
+    assert sorted(peak) == [100, 400]
+    assert peak[400] < 1.25 * peak[100]  # memory set by the chunk, not the length
+    (cluster,) = table(out, ["scheduler", "wall (s)", "start-up + warm-up (s)"])
+    assert len(cluster) == 3
+    for r in cluster:
+        positive(r["wall (s)"])
