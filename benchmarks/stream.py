@@ -502,7 +502,10 @@ STAGES = (("expansion", "neighbour list, species grouping, expansion coefficient
 
 def stages_table(files, repeat):
     print("\n### Where a frame's time goes (ms per frame, 1 core, first frame)\n")
-    print("`measure_stages`: the steps of one `predict_arrays`, each timed alone.\n")
+    print("`measure_stages`: the steps of one `predict_arrays`, each timed alone in a loop "
+          "(best of 20); the last-but-one row is the whole call minus the others, so it also "
+          "carries their noise and what a step costs more when the one before it has taken "
+          "the caches.\n")
     columns = [(system, name) for system in SYSTEMS for name in MODELS[1:]
                if "file" in files.get(f"{system}/{name}", {})]
     results = [child("stages", 1, system=system, repeat=repeat,
