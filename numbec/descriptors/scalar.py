@@ -209,10 +209,10 @@ def descriptors_from_expansion(ex: Expansion, gradients: bool = False) -> Struct
     """Scalar descriptors from an expansion of any ``l2_max`` (only the l = 0 two-body
     coefficients enter), e.g. one shared with the vector descriptors."""
     feats = _feature_args(ex.settings)
+    w2, _, _, _, weight = feats
     jac = None
     with serial_if_small(ex.pairs.n_pairs):
-        values = _sc.power_spectrum(ex.c2, ex.c3, feats[0], angular_gram_index(ex.settings),
-                                    feats[4])
+        values = _sc.power_spectrum(ex.c2, ex.c3, w2, angular_gram_index(ex.settings), weight)
         if gradients:
             if ex.c2.shape[2] != 1:
                 raise ValueError("the scalar Jacobian needs an expansion with l2_max = 0")
