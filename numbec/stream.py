@@ -615,12 +615,14 @@ def predict(
     else:
         time = np.arange(n_frames) * (timestep if np.isfinite(timestep) else 1.0)
 
-    attrs = _dataset_attrs(ds, model, source, store_path, timestep, pbc, dipole_method,
-                           uncertainty, dtype)
+    # hashed once per call (the state of a learned model is megabytes)
+    model_fp = model_fingerprint(model)
+    attrs = _dataset_attrs(ds, model, model_fp, source, store_path, timestep, pbc,
+                           dipole_method, uncertainty, dtype)
     attrs["model_file"] = str(model_file) if model_file is not None else ""
     blocks = _InputBlocks(ds, chunks, has_velocities and want_dd)
     if out is not None:
-        fingerprint = _fingerprint(model, ds, source, store_path, spec, chunk_frames,
+        fingerprint = _fingerprint(model_fp, ds, source, store_path, spec, chunk_frames,
                                    n_frames, n_atoms, blocks)
         attrs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
         with _blas_limit(blas_threads):
@@ -640,7 +642,7 @@ def _check_threads(threads) -> int:
     return int(threads)
 
 
-def _dataset_attrs(ds, model, source, store_path, timestep, pbc, dipole_method,
+def _dataset_attrs(ds, model, model_fp, source, store_path, timestep, pbc, dipole_method,
                    uncertainty, dtype):
     from numbec import __version__
 
@@ -652,7 +654,7 @@ def _dataset_attrs(ds, model, source, store_path, timestep, pbc, dipole_method,
         "timestep_units": "fs",
         "numbec_version": __version__,
         "model_class": type(model).__name__,
-        "model_sha256": model_fingerprint(model)["sha256"] or "",
+        "model_sha256": model_fp["sha256"] or "",
         "input": store_path or source,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "pbc": [bool(p) for p in pbc],
@@ -729,11 +731,11 @@ def _is_dask(data):
     return type(data).__module__.startswith("dask")
 
 
-def _fingerprint(model, ds, source, store_path, spec, chunk_frames, n_frames, n_atoms,
+def _fingerprint(model_fp, ds, source, store_path, spec, chunk_frames, n_frames, n_atoms,
                  blocks):
     first, last = blocks.first_last_frames()
     return {
-        "model": model_fingerprint(model),
+        "model": model_fp,
         "input": store_path or source,
         "n_frames": int(n_frames),
         "n_atoms": int(n_atoms),
@@ -788,12 +790,12 @@ def _graph_token(spec, blocks, model_token):
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _model_node(model):
-    """The model as one node of the Dask graph, so it is shipped to each worker once."""
+def _model_node(model, model_sha256):
+    """The model as one node of the Dask graph, so it is shipped to each worker once
+    (``model_sha256``: its fingerprint, "" if it has none)."""
     import dask
 
-    fp = model_fingerprint(model)
-    token = fp["sha256"] or f"{id(model):x}"
+    token = model_sha256 or f"{id(model):x}"
     return dask.delayed(model, name=f"numbec-model-{token}", traverse=False), token
 
 
@@ -801,7 +803,7 @@ def _predict_lazy(model, blocks, spec, bounds, time, attrs):
     import dask
     import dask.array as da
 
-    model_node, model_token = _model_node(model)
+    model_node, model_token = _model_node(model, attrs["model_sha256"])
     token = _graph_token(spec, blocks, model_token)
     chunk_task = dask.delayed(_predict_chunk, pure=True)
     getitem = dask.delayed(operator.getitem, pure=True)
@@ -1031,7 +1033,8 @@ def _predict_to_store(model, blocks, spec, bounds, chunk_frames, time, attrs, ou
         pending = [c for c in range(n_chunks) if not done[c]]
         if pending:
             if blocks.lazy:
-                _run_lazy_chunks(model, blocks, spec, bounds, pending, out, progress)
+                _run_lazy_chunks(model, attrs["model_sha256"], blocks, spec, bounds, pending,
+                                 out, progress)
             else:
                 _run_eager_chunks(model, blocks, spec, bounds, pending, out, progress,
                                   n_chunks)
@@ -1066,11 +1069,11 @@ def _run_eager_chunks(model, blocks, spec, bounds, pending, out, progress, n_chu
             bar.update()
 
 
-def _run_lazy_chunks(model, blocks, spec, bounds, pending, out, progress):
+def _run_lazy_chunks(model, model_sha256, blocks, spec, bounds, pending, out, progress):
     import dask
     from tqdm.auto import tqdm
 
-    model_node, model_token = _model_node(model)
+    model_node, model_token = _model_node(model, model_sha256)
     token = _graph_token(spec, blocks, model_token)
     task = dask.delayed(_compute_and_write, pure=True)
     tasks = []
