@@ -174,3 +174,18 @@ def test_cli_local_cluster_equals_serial(tmp_path, model_file, capsys):
     for name in ("bec", "dipole_derivative", "dipole"):
         np.testing.assert_array_equal(result[name].values, expected[name].values)
     assert result.attrs["complete"]
+
+
+def test_cli_precision_is_passed_and_checked(tmp_path, model_file, capsys):
+    """--precision reaches predict: a model without a dipole kernel refuses "mixed" with a
+    clear message; float64 is the default and is not recorded as anything else."""
+    _, path = model_file
+    traj = tmp_path / "traj.zarr"
+    write_trajectory_store(traj, n_frames=4)
+    code = main(["predict", str(path), str(traj), "-o", str(tmp_path / "m.zarr"),
+                 "--precision", "mixed", "--no-progress"])
+    assert code == 1
+    assert "precision='mixed': SpeciesMeanModel offers float64" in capsys.readouterr().err
+    assert main(["predict", str(path), str(traj), "-o", str(tmp_path / "d.zarr"),
+                 "--precision", "float64", "--no-progress"]) == 0
+    assert "precision" not in xr.open_zarr(tmp_path / "d.zarr").attrs

@@ -90,3 +90,32 @@ def test_joint_fit_not_worse_than_parts(rng):
 def test_save_load(rng, tmp_path):
     model = fitted_random_model(CombinedModel, rng, periodic=True)
     check_save_load(model, tmp_path, rng)
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_mixed_precision_moves_only_the_dipole_part_and_by_float32_rounding(rng, periodic):
+    """precision="mixed": the monopole part (charges, bec_monopole) is the float64 result
+    exactly, the dipole part differs (so float32 is really used) by float32 rounding only,
+    and the sum rule and, for a molecule, bec = d(dipole)/dr still hold."""
+    model = fitted_random_model(CombinedModel, rng, periodic=periodic)
+    atoms = water_cell(rng) if periodic else water_cluster(rng, 3)
+    ref = predict(model, atoms)
+    out = predict(model, atoms, precision="mixed")
+    np.testing.assert_array_equal(out["charges"], ref["charges"])
+    np.testing.assert_array_equal(out["bec_monopole"], ref["bec_monopole"])
+    scale = np.abs(ref["bec_dipole"]).max()
+    assert scale > 0.05
+    diff = np.abs(out["bec_dipole"] - ref["bec_dipole"]).max()
+    assert 0 < diff < 1e-5 * scale
+    np.testing.assert_allclose(out["bec"].sum(axis=0), 0.0, atol=1e-10)
+    if not periodic:
+        np.testing.assert_allclose(out["dipole"], ref["dipole"], rtol=1e-5)
+    # DipoleModel offers it too; the monopole model has no dipole kernel and refuses
+    dipole = fitted_random_model(DipoleModel, rng, periodic=periodic)
+    np.testing.assert_allclose(predict(dipole, atoms, precision="mixed")["bec"],
+                               predict(dipole, atoms)["bec"], rtol=0, atol=1e-5)
+    mono = fitted_random_model(MonopoleModel, rng, periodic=periodic)
+    with pytest.raises(ValueError, match="float64 only"):
+        predict(mono, atoms, precision="mixed")
+    with pytest.raises(ValueError, match="float16"):
+        predict(model, atoms, precision="float16")

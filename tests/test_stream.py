@@ -143,7 +143,7 @@ def test_dipole_derivative_is_time_derivative_of_model_dipole():
     assert "volume" not in res.attrs
 
 
-def test_learned_combined_model_dipole_derivative_is_time_derivative():
+def test_learned_combined_model_dipole_derivative_is_time_derivative(tmp_path):
     """A real CombinedModel (tiny basis, random weights of order one) through predict:
     dM/dt = sum_a Z_a v_a matches the finite-difference time derivative of the model's
     own dipole; the monopole/dipole partition sums to the total; lazy threaded == eager."""
@@ -185,6 +185,19 @@ def test_learned_combined_model_dipole_derivative_is_time_derivative():
     # same numbers as one frame after the other
     for threads in (1, 3):
         _assert_same(res, predict(model, ds, chunk_frames=12, progress=False, threads=threads))
+    # precision="mixed" goes to the model and into the provenance: charges as in float64,
+    # BECs and dM/dt to float32 rounding
+    mixed = predict(model, ds, chunk_frames=5, progress=False, precision="mixed")
+    assert mixed.attrs["precision"] == "mixed" and "precision" not in res.attrs
+    np.testing.assert_array_equal(mixed["charges"].values, res["charges"].values)
+    assert 0 < np.abs(mixed["bec"] - res["bec"]).max() < 1e-5 * np.abs(res["bec"]).max()
+    np.testing.assert_allclose(mixed["dipole_derivative"], res["dipole_derivative"], rtol=1e-4,
+                               atol=1e-6)
+    # resuming a float64 store in mixed precision would mix the two: refused
+    predict(model, ds.isel(frame=slice(0, 5)), out=tmp_path / "p.zarr", progress=False)
+    with pytest.raises(OutputMismatchError, match="precision"):
+        predict(model, ds.isel(frame=slice(0, 5)), out=tmp_path / "p.zarr", progress=False,
+                precision="mixed")
     # the predictive standard deviation is streamed too: that of each frame, positive
     std = predict(model, ds.isel(frame=slice(0, 2)), progress=False, uncertainty=True)
     expected = model.predict_arrays(ds["positions"].values[1], NUMBERS, BOX * np.eye(3),
@@ -549,6 +562,10 @@ def test_resume_refuses_store_of_other_model_or_input(tmp_path):
         predict(ToyModel(), moved, out=out, chunk_frames=4, progress=False)
     with pytest.raises(OutputMismatchError, match="chunk_frames"):
         predict(ToyModel(), ds, out=out, chunk_frames=2, progress=False)
+    # a model without mixed precision says so before anything is written
+    with pytest.raises(ValueError, match="precision='mixed': ToyModel offers float64"):
+        predict(ToyModel(), ds, out=tmp_path / "q.zarr", progress=False, precision="mixed")
+    assert not (tmp_path / "q.zarr").exists()
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "data.txt").write_text("x")

@@ -42,6 +42,10 @@ def register(subparsers):
     parser.add_argument("--threads", action="store_true",
                         help="use N threads in this process instead of N worker processes")
     parser.add_argument("--float32", action="store_true", help="store outputs as float32")
+    parser.add_argument("--precision", choices=("float64", "mixed"), default="float64",
+                        help="arithmetic of the model: float64 (default), or mixed (the "
+                             "dipole kernel's matrix products in float32; DipoleModel and "
+                             "CombinedModel, about 15%% faster, BECs within ~1e-5 e)")
     parser.add_argument("--uncertainty", action="store_true",
                         help="also predict bec_std (models with uncertainties)")
     parser.add_argument("--velocities-from-positions", action="store_true",
@@ -104,6 +108,7 @@ def run(args) -> int:
             dtype=np.float32 if args.float32 else np.float64,
             uncertainty=args.uncertainty,
             model_file=args.model,
+            precision=args.precision,
         )
     names = ", ".join(result.data_vars)
     print(f"{args.out}: {result.sizes['frame']} frames x {result.sizes['atom']} atoms "

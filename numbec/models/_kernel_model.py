@@ -177,6 +177,10 @@ class KernelBECModel(BECModel):
         return tuple(out)
 
     @property
+    def precisions(self) -> tuple[str, ...]:
+        return ("float64", "mixed") if self._dipole else ("float64",)
+
+    @property
     def cutoff(self) -> float:
         return 0.0 if self.settings is None else self.settings.cutoff
 
@@ -229,13 +233,24 @@ class KernelBECModel(BECModel):
         return q0 - q0.mean()
 
     # ------------------------------------------------------------------ prediction
-    def predict_arrays(self, positions, numbers, cell, pbc, uncertainty=False) -> dict:
+    def predict_arrays(self, positions, numbers, cell, pbc, uncertainty=False,
+                       precision="float64") -> dict:
         """BECs and the other outputs of one structure (see :mod:`numbec.models.base`).
 
         Uses the adjoint contractions of the descriptors (no Jacobian) for ``bec``; with
         ``uncertainty=True`` the design rows are built from the Jacobian (the cost of one
         training step) for ``bec_std = sqrt(phi^T Sigma phi + sigma_v^2)``.
+
+        ``precision="mixed"`` (models with the dipole kernel) computes the dipole model's three
+        large products in float32: ``V_i . wb_b``, ``u_i = sum_b k_ib wb_b`` and the dipole
+        channels' kernel gradients ``sum_b dk_iab x_b``, about 80 % of the multiply-adds of a
+        combined-model frame. The scalar kernel ``x_i . x_b``, the monopole charges and their
+        gradients, the descriptors and everything else stay float64 (float32 there moves the
+        monopole charges by up to 5e-3 e: their weights are large and cancel). Measured on
+        quartz: BECs within 2e-5 e of float64, charges identical (docs/streaming.md).
         """
+        if precision not in self.precisions:
+            self.precision_arguments(precision)  # raises the explanatory error
         self._check_fitted()
         self.check_inputs(positions, numbers)
         positions = np.asarray(positions, dtype=np.float64)
@@ -261,7 +276,8 @@ class KernelBECModel(BECModel):
         c_dip = 1 if self._monopole else 0
         n_ch = c_dip + (3 if self._dipole else 0)
         a2, a3 = ex.adjoint_arrays(n_ch)
-        q, scalar_grad, u = self._kernel_terms(blocks, unit, norms, vdesc, n_ch)
+        q, scalar_grad, u = self._kernel_terms(blocks, unit, norms, vdesc, n_ch,
+                                               precision == "mixed")
         if self._monopole:
             qn = q - q.mean()
             z_mono[:, _DIAG[0], _DIAG[1]] += qn[:, None]
@@ -317,7 +333,18 @@ class KernelBECModel(BECModel):
             self._wb_cache = cached
         return cached[1]
 
-    def _kernel_terms(self, blocks, unit, norms, vdesc, n_channels):
+    def _single_precision_copies(self):
+        """float32 copies of ``wb`` (:meth:`_dipole_sparse_weights`) and of the unit sparse
+        descriptors, for ``precision="mixed"``; made once per weight vector (one tuple
+        assignment, so frames on concurrent threads never see half of it)."""
+        cached = getattr(self, "_single_cache", None)
+        if cached is None or cached[0] is not self.weights:
+            cached = (self.weights, self._dipole_sparse_weights().astype(np.float32),
+                      self.sparse_unit.astype(np.float32))
+            self._single_cache = cached
+        return cached[1], cached[2]
+
+    def _kernel_terms(self, blocks, unit, norms, vdesc, n_channels, single=False):
         """Kernel part of one prediction, per species block.
 
         Returns ``q`` (N,) kernel charges (monopole model; zeros otherwise), ``scalar_grad``
@@ -328,6 +355,7 @@ class KernelBECModel(BECModel):
         (:meth:`_dipole_sparse_weights`; None without the dipole model). All channels of a
         block share one product with the sparse descriptors; the element-wise work between the
         products is one Numba pass (:mod:`numbec.kernels_numba`, which releases the GIL).
+        ``single``: the dipole model's products in float32 (``precision="mixed"``).
         """
         n, d = unit.shape
         zeta = self.zeta
@@ -336,25 +364,40 @@ class KernelBECModel(BECModel):
         scalar_grad = np.empty((n, n_channels, d))
         u = None
         no_coef = np.zeros((0, 3, 0))
+        single = single and self._dipole
         if self._dipole:
             wb = self._dipole_sparse_weights()
             u = np.empty((n, wb.shape[1]))
+            if single:
+                wb, sparse32 = self._single_precision_copies()
         w_all = self.weights[:m] if self._monopole else np.zeros(0)
+        # dipole channels: c_dip .. n_channels - 1
+        c_dip = n_channels - 3
         for rows, cols, cos in blocks:
             nr, mz = cos.shape
             coef = no_coef
             if self._dipole and zeta >= 2:
-                coef = (vdesc.values[rows].reshape(3 * nr, -1) @ wb[cols].T).reshape(nr, 3, mz)
+                v = vdesc.values[rows].reshape(3 * nr, -1)
+                coef = (v.astype(np.float32) if single else v) @ wb[cols].T
+                coef = coef.reshape(nr, 3, mz).astype(np.float64, copy=False)
             # dk[i, c, b] = d k_icb / d(x_i . x_b); dipole channels stay zero for zeta = 1
             dk = (np.zeros if self._dipole and zeta == 1 else np.empty)((nr, n_channels, mz))
-            q_block, c_dip, radial = np.empty(nr), np.empty((nr, mz)), np.empty((nr, n_channels))
+            q_block, k_dip, radial = np.empty(nr), np.empty((nr, mz)), np.empty((nr, n_channels))
             _kn.block_kernel_derivatives(cos, zeta, w_all[cols] if self._monopole else w_all,
-                                         coef, dk, q_block, c_dip, radial)
+                                         coef, dk, q_block, k_dip, radial)
             q[rows] = q_block
-            if self._dipole:
-                u[rows] = c_dip @ wb[cols]
-            grad = (dk.reshape(nr * n_channels, mz) @ self.sparse_unit[cols]).reshape(
-                nr, n_channels, d)
+            if single:
+                u[rows] = k_dip.astype(np.float32) @ wb[cols]
+                grad = np.empty((nr, n_channels, d))
+                if c_dip:  # the monopole channel
+                    grad[:, 0] = dk[:, 0] @ self.sparse_unit[cols]
+                grad[:, c_dip:] = (dk[:, c_dip:].reshape(3 * nr, mz).astype(np.float32)
+                                   @ sparse32[cols]).reshape(nr, 3, d)
+            else:
+                if self._dipole:
+                    u[rows] = k_dip @ wb[cols]
+                grad = (dk.reshape(nr * n_channels, mz) @ self.sparse_unit[cols]).reshape(
+                    nr, n_channels, d)
             _kn.finish_gradient(grad, radial, unit[rows], norms[rows])
             scalar_grad[rows] = grad
         return q, scalar_grad, u

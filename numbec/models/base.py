@@ -6,6 +6,9 @@ A model maps one structure (plain arrays) to a dict of numpy arrays::
 
     model.predict_arrays(positions, numbers, cell, pbc, uncertainty=False) -> dict
 
+(models listing more than ``"float64"`` in :attr:`BECModel.precisions` also take
+``precision=``; see there)
+
 with inputs
 
 ``positions`` (N, 3) float64, Å, Cartesian; need not be wrapped into the cell.
@@ -80,13 +83,19 @@ class BECModel(ABC):
     #: :func:`numbec.predict` then computes the frames of a chunk concurrently. False (the
     #: default) for models whose time is Python, where threads only add contention.
     concurrent_frames: bool = False
+    #: Arithmetic precisions :meth:`predict_arrays` accepts as ``precision=``. ``"float64"``
+    #: (every model, the default) computes everything in double precision. ``"mixed"``
+    #: (models with a dipole kernel) runs the dipole model's large matrix products in float32,
+    #: everything else (descriptors, the scalar kernel x_i . x_b, the monopole charges and
+    #: their gradients) in float64: see :class:`numbec.models.CombinedModel`.
+    precisions: tuple[str, ...] = ("float64",)
 
     # ------------------------------------------------------------------ prediction
     @abstractmethod
     def predict_arrays(self, positions, numbers, cell, pbc, uncertainty=False) -> dict:
         """Predict one structure from plain arrays; see the module docstring."""
 
-    def predict(self, atoms, uncertainty=False) -> dict:
+    def predict(self, atoms, uncertainty=False, precision="float64") -> dict:
         """Predict one :class:`ase.Atoms`; returns the dict of :meth:`predict_arrays`."""
         return self.predict_arrays(
             atoms.get_positions(),
@@ -94,7 +103,20 @@ class BECModel(ABC):
             np.asarray(atoms.get_cell()),
             atoms.get_pbc(),
             uncertainty=uncertainty,
+            **self.precision_arguments(precision),
         )
+
+    def precision_arguments(self, precision: str) -> dict:
+        """Keyword arguments of :meth:`predict_arrays` for ``precision`` (empty for
+        ``"float64"``, so that models written before ``precision=`` existed keep working);
+        a clear error for a precision this model does not offer."""
+        if precision not in self.precisions:
+            raise ValueError(
+                f"{type(self).__name__} computes in {' or '.join(self.precisions)} only, not "
+                f"{precision!r} (mixed precision applies to the products of a dipole kernel: "
+                "DipoleModel, CombinedModel)"
+            )
+        return {} if precision == "float64" else {"precision": precision}
 
     def check_inputs(self, positions, numbers, where: str = "") -> None:
         """Raise a clear error for non-finite positions or species unknown to the model."""
