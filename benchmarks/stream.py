@@ -16,7 +16,10 @@ Prints markdown tables:
    run; the ratio columns divide the two at the same core count. featomic and the numbec
    models are measured in alternating rounds (``--rounds``), so that the machine's drifting
    load reaches both sides of a ratio alike; the best round of each is kept and the range of
-   the per-round ratios is printed next to the ratio.
+   the per-round ratios is printed next to the ratio. The combined model runs twice: in
+   float64 (the default) and with ``precision="mixed"`` (its dipole kernel's matrix products
+   in float32). Below it, the ceiling that the dense matrix products alone set, and the
+   time of each stage of a frame.
 2. Peak resident memory (``ru_maxrss``) of ``predict(..., out=store)`` on a dask-backed
    trajectory of 2,000 and 20,000 frames (should not grow with the length).
 3. Wall time of one ``predict(..., out=store)`` of a learned model serially and on a
@@ -30,7 +33,8 @@ n_angular = 8, l_max = 4, cutoff_radial 6 Å, cutoff_angular 5 Å, sigma 0.5 Å;
 200 per species, zeta = 4). Speed does not depend on the fitted weights, only on these
 sizes. Labels: DFT BECs for quartz; for water (no DFT data here) rigid-ion charges
 O -0.8 e, H 0.4 e plus 0.05 e Gaussian noise. The models are saved and every measurement
-loads them from file (``numbec.load_model``), as ``numbec predict`` does.
+loads them from file (``numbec.load_model``) once before it is timed, as ``numbec predict``
+does once per run.
 
 featomic: ``SoapPowerSpectrum`` with cutoff 5 Å (ShiftedCosine width 0.5), Gaussian
 density width 0.5 Å, TensorProduct basis max_angular 4, Gto max_radial 7 (8 radial
@@ -63,6 +67,10 @@ from descriptors import timed, water_box  # noqa: E402  (the same 192-atom box)
 SHARED = Path(os.environ.get("NUMBEC_SHARED_DATA", REPO.parent / "shared" / "data"))
 QUARTZ = SHARED / "sio2_quartz_qe" / "SiO2.xyz"
 MODELS = ("SpeciesMeanModel", "MonopoleModel", "CombinedModel")
+#: Rows of the throughput table: (label, model, precision of predict). The combined model runs
+#: a second time with precision="mixed" (its dipole kernel's products in float32).
+ROWS = tuple((name, name, "float64") for name in MODELS) + (
+    ("CombinedModel, mixed precision", "CombinedModel", "mixed"),)
 SYSTEMS = {"water": "water, 192 atoms", "quartz": "alpha-quartz, 72 atoms"}
 N_SPARSE, ZETA = 200, 4
 THREAD_VARS = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
@@ -204,26 +212,34 @@ def fit_models(directory, reuse=False, quick=False):
 
 
 # ------------------------------------------------------------------------- measurements
-def measure_throughput(system, model_file, n_frames, repeat):
+def measure_throughput(system, model_file, n_frames, repeat, precision="float64"):
+    """Rate of ``predict`` on ``n_frames`` in-memory frames. The model is loaded from its
+    file once, before the timing, as ``numbec predict`` does once per run: loading it (about
+    30 ms, 1 ms per frame of these short runs) is a start-up cost that a real trajectory of
+    10^5 frames amortises; the rest of ``predict``'s per-call work (the model hash for the
+    provenance, chunk set-up) is timed."""
+    from numbec.models import load_model
     from numbec.stream import predict
 
+    model = load_model(model_file)
     data = system_frames(system, n_frames)
     ds = as_dataset(*data)
-    predict(model_file, ds.isel(frame=slice(0, 2)), progress=False)  # warm-up, compilation
-    wall = timed(lambda: predict(model_file, ds, progress=False, chunk_frames=n_frames),
-                 repeat)
+    predict(model, ds.isel(frame=slice(0, 2)), progress=False,
+            precision=precision)  # warm-up, compilation
+    wall = timed(lambda: predict(model, ds, progress=False, chunk_frames=n_frames,
+                                 precision=precision, model_file=model_file), repeat)
     return {"atom_frames_per_s": n_frames * data[2].size / wall, "wall_s": wall}
 
 
-def measure_dense_bound(system, model_file, repeat):
+def measure_dense_bound(system, model_file, repeat, precision="float64"):
     """Upper bound on the throughput of ``model_file`` set by its dense kernel products alone.
 
     Times, with random matrices of the model's shapes on this BLAS, the matrix products
     every frame needs whatever the descriptor code costs, per species block of r atoms and
     m sparse points (D scalar, Dv vector features): x_i . x_b (r x D x m), the kernel gradient
     (r x m x D); for the dipole model also u_i = sum_b K wb_b (r x m x Dv), V_i . wb_b
-    (3r x Dv x m) and its kernel gradient (3r x m x D). Returns atom-frames/s if a frame
-    cost nothing else.
+    (3r x Dv x m) and its kernel gradient (3r x m x D); with ``precision="mixed"`` these
+    last three in float32. Returns atom-frames/s if a frame cost nothing else.
     """
     from numbec.models import load_model
 
@@ -236,10 +252,14 @@ def measure_dense_bound(system, model_file, repeat):
         r = int(np.sum(numbers == z))
         m = int(np.sum(model.sparse_species == z))
         shapes = [(r, d, m), (r, m, d)]
+        dipole = []
         if getattr(model, "sparse_vectors", None) is not None:
             dv = model.sparse_vectors.shape[-1]
-            shapes += [(r, m, dv), (3 * r, dv, m), (3 * r, m, d)]
+            dipole = [(r, m, dv), (3 * r, dv, m), (3 * r, m, d)]
+        single = np.float32 if precision == "mixed" else np.float64
         products += [(rng.random((a, b)), rng.random((b, c))) for a, b, c in shapes]
+        products += [(rng.random((a, b)).astype(single), rng.random((b, c)).astype(single))
+                     for a, b, c in dipole]
 
     def all_products():
         for a, b in products:
@@ -437,23 +457,24 @@ def throughput_table(files, n_frames, n_featomic, repeat, rounds):
     print("|---|---|---:|---:|---:|---:|")
     bounds = {}
     for system, label in SYSTEMS.items():
-        names = [n for n in MODELS if "file" in files.get(f"{system}/{n}", {})]
-        # rates[name][cores] = one rate per round; featomic and the models alternate so that
+        rows = [(row, name, precision) for row, name, precision in ROWS
+                if "file" in files.get(f"{system}/{name}", {})]
+        # rates[row][cores] = one rate per round; featomic and the models alternate so that
         # the machine's drifting load hits both sides of every ratio alike
-        rates = {name: {1: [], 2: []} for name in ["featomic"] + names}
+        rates = {row: {1: [], 2: []} for row in ["featomic"] + [r[0] for r in rows]}
         for _ in range(rounds):
             for cores in (1, 2):
                 rates["featomic"][cores].append(child(
                     "featomic", cores, system=system, n_frames=n_featomic,
                     repeat=repeat).get("atom_frames_per_s"))
-                for name in names:
-                    rates[name][cores].append(child(
+                for row, name, precision in rows:
+                    rates[row][cores].append(child(
                         "throughput", cores, system=system,
                         model_file=files[f"{system}/{name}"]["file"], n_frames=n_frames,
-                        repeat=repeat).get("atom_frames_per_s"))
+                        repeat=repeat, precision=precision).get("atom_frames_per_s"))
         ref = {cores: best(rates["featomic"][cores]) for cores in (1, 2)}
-        for name in MODELS:
-            if name not in names:
+        for name, *_ in ROWS:
+            if name not in rates:
                 print(f"| {label} | {name} | n/a | n/a | | |")
                 continue
             cells = []
@@ -479,11 +500,12 @@ def throughput_table(files, n_frames, n_featomic, repeat, rounds):
           "ceiling x featomic (1 core) |")
     print("|---|---|---:|---:|---:|")
     for system, label in SYSTEMS.items():
-        for name in MODELS[1:]:
-            entry = files.get(f"{system}/{name}", {})
+        for name, model, precision in ROWS[1:]:
+            entry = files.get(f"{system}/{model}", {})
             if "file" not in entry:
                 continue
-            res = child("bound", 1, system=system, model_file=entry["file"], repeat=repeat)
+            res = child("bound", 1, system=system, model_file=entry["file"], repeat=repeat,
+                        precision=precision)
             rate, ref = res.get("atom_frames_per_s"), bounds.get(system)
             print(f"| {label} | {name} | {fmt(res.get('ms_per_frame'), '{:.1f}')} | "
                   f"{fmt(rate)} | "

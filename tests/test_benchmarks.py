@@ -245,14 +245,15 @@ def test_stream_benchmark(tmp_path):
         positive(r["2 cores"])
         assert r["x featomic (1 core)"] == "n/a"
     assert set(rates) == {(s, m) for s in ("water", "alpha-quartz")
-                          for m in ("SpeciesMeanModel", "MonopoleModel", "CombinedModel")}
+                          for m in ("SpeciesMeanModel", "MonopoleModel", "CombinedModel",
+                                    "CombinedModel, mixed precision")}
     for system in ("water", "alpha-quartz"):
         # no descriptors at all against descriptors, kernels and back-propagation: an order
         # of magnitude apart, so the order survives a noisy machine
         assert rates[system, "SpeciesMeanModel"] > rates[system, "MonopoleModel"]
     (ceiling,) = table(out, ["system", "model", "products (ms/frame)", "ceiling (atom-frames/s)",
                              "ceiling x featomic (1 core)"])
-    assert len(ceiling) == 4
+    assert len(ceiling) == 6  # monopole, combined, combined in mixed precision
     for r in ceiling:
         positive(r["products (ms/frame)"])
     (stages,) = table(out, ["stage", "water MonopoleModel", "water CombinedModel",
