@@ -249,8 +249,7 @@ class KernelBECModel(BECModel):
         monopole charges by up to 5e-3 e: their weights are large and cancel). Measured on
         quartz: BECs within 2e-5 e of float64, charges identical (docs/streaming.md).
         """
-        if precision not in self.precisions:
-            self.precision_arguments(precision)  # raises the explanatory error
+        self.precision_arguments(precision)  # a clear error for a precision not offered
         self._check_fitted()
         self.check_inputs(positions, numbers)
         positions = np.asarray(positions, dtype=np.float64)
