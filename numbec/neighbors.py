@@ -13,7 +13,8 @@ fractional space (bin thickness along each plane normal about half the cutoff wh
 allows it; non-periodic directions are binned over the atoms' extent), and each centre visits
 ``2 * reach + 1`` bins per direction, where reach covers the cutoff even when it is larger than
 the cell. Pairs are counted in a first parallel pass and written in a second, so centres run in
-parallel without locks. Kernels run on one thread for small structures (:func:`serial_if_small`).
+parallel without locks. Kernels run on one thread for small structures (:func:`serial_if_small`),
+and small clusters skip the bins and test every pair (:data:`DIRECT_BELOW`).
 Bad input (non-finite positions, degenerate periodic cell, overlapping atoms, non-positive
 cutoff) raises ValueError naming the atom or quantity.
 """
@@ -35,6 +36,11 @@ __all__ = ["NeighborList", "neighbor_list", "serial_if_small"]
 #: structure takes 260 µs on one thread, 370-550 µs on two).
 SERIAL_BELOW = {"atoms": 48, "pairs": 1500}
 
+#: Clusters (no periodic direction) with fewer atoms than this test every pair directly, in one
+#: small serial kernel, instead of binning: a water dimer's list took 300 µs with the bins,
+#: most of it the Python set-up of the search.
+DIRECT_BELOW = 256
+
 
 @contextmanager
 def serial_if_small(n_items: int, kind: str = "pairs"):
@@ -43,6 +49,9 @@ def serial_if_small(n_items: int, kind: str = "pairs"):
         yield
         return
     previous = numba.get_num_threads()
+    if previous == 1:  # e.g. frames on concurrent threads: nothing to switch (10 µs saved)
+        yield
+        return
     numba.set_num_threads(1)
     try:
         yield
@@ -164,6 +173,26 @@ def neighbor_list(positions, cell, pbc, cutoff) -> NeighborList:
     if n_atoms == 0:
         return NeighborList(np.zeros(1, np.int64), np.zeros(0, np.int64),
                             np.zeros((0, 3), np.int64), np.zeros((0, 3)), np.zeros(0), cutoff)
+    if not pbc.any() and n_atoms < DIRECT_BELOW:
+        offsets, neighbors, vectors, distances = _nb.cluster_pairs(positions, cutoff)
+        shifts = np.zeros((neighbors.shape[0], 3), dtype=np.int64)
+    else:
+        offsets, neighbors, shifts, vectors, distances = _binned_pairs(positions, cell, pbc,
+                                                                        cutoff)
+    overlap = np.flatnonzero(distances < 1e-6)
+    if overlap.size:
+        p = overlap[0]
+        centers = np.repeat(np.arange(n_atoms, dtype=np.int64), np.diff(offsets))
+        raise ValueError(
+            f"atoms {centers[p]} and {neighbors[p]} (image {shifts[p].tolist()}) overlap: "
+            f"distance {distances[p]:.3g} Å")
+    return NeighborList(offsets, neighbors, shifts, vectors, distances, cutoff)
+
+
+def _binned_pairs(positions, cell, pbc, cutoff):
+    """offsets, neighbors, shifts, vectors, distances by the linked-cell search (checked
+    inputs, at least one atom)."""
+    n_atoms = positions.shape[0]
     eff = _effective_cell(cell, pbc)
     frac = positions @ np.linalg.inv(eff)
     wrap = np.where(pbc, np.floor(frac), 0.0)
@@ -206,11 +235,4 @@ def neighbor_list(positions, cell, pbc, cutoff) -> NeighborList:
         neighbors, shifts, vectors, distances = _nb.fill_pairs(
             wrapped_positions, np.where(pbc[:, None], cell, eff), cutoff, n_bins, reach, pbc,
             bin_start, bin_atoms, atom_bin, offsets, positions, wrap.astype(np.int64))
-    overlap = np.flatnonzero(distances < 1e-6)
-    if overlap.size:
-        p = overlap[0]
-        centers = np.repeat(np.arange(n_atoms, dtype=np.int64), counts)
-        raise ValueError(
-            f"atoms {centers[p]} and {neighbors[p]} (image {shifts[p].tolist()}) overlap: "
-            f"distance {distances[p]:.3g} Å")
-    return NeighborList(offsets, neighbors, shifts, vectors, distances, cutoff)
+    return offsets, neighbors, shifts, vectors, distances

@@ -153,3 +153,48 @@ def fill_pairs(positions, cell, cutoff, n_bins, bin_reach, periodic, bin_start, 
                       bin_start, bin_atoms, atom_bin, True, offsets[i], neighbors, shifts,
                       vectors, distances, input_positions, wrap)
     return neighbors, shifts, vectors, distances
+
+
+@njit(cache=True, nogil=True)
+def cluster_pairs(positions, cutoff):
+    """All pairs (i, j != i) of a non-periodic structure closer than ``cutoff``, by testing
+    every pair: O(N^2) in one serial call, for small clusters, where setting up the bins costs
+    more than it saves.
+
+    positions (N, 3) float64, Å. Returns ``offsets`` (N + 1,) int64, ``neighbors`` (P,) int64
+    (ascending within each centre), ``vectors`` (P, 3) float64 Å = r_j - r_i and
+    ``distances`` (P,) float64 Å, in the CSR layout of the binned search.
+    """
+    n_atoms = positions.shape[0]
+    cutoff2 = cutoff * cutoff
+    offsets = np.zeros(n_atoms + 1, dtype=np.int64)
+    for write in range(2):
+        if write:
+            for i in range(n_atoms):
+                offsets[i + 1] += offsets[i]
+            n_pairs = offsets[n_atoms]
+        else:
+            n_pairs = 0
+        neighbors = np.empty(n_pairs, dtype=np.int64)
+        vectors = np.empty((n_pairs, 3), dtype=np.float64)
+        distances = np.empty(n_pairs, dtype=np.float64)
+        for i in range(n_atoms):
+            p = offsets[i]
+            for j in range(n_atoms):
+                if j == i:
+                    continue
+                dx = positions[j, 0] - positions[i, 0]
+                dy = positions[j, 1] - positions[i, 1]
+                dz = positions[j, 2] - positions[i, 2]
+                r2 = dx * dx + dy * dy + dz * dz
+                if r2 < cutoff2:
+                    if write:
+                        neighbors[p] = j
+                        vectors[p, 0] = dx
+                        vectors[p, 1] = dy
+                        vectors[p, 2] = dz
+                        distances[p] = np.sqrt(r2)
+                        p += 1
+                    else:
+                        offsets[i + 1] += 1
+    return offsets, neighbors, vectors, distances

@@ -7,6 +7,7 @@ import pytest
 from ase import Atoms
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 
+import numbec.neighbors
 from numbec.neighbors import neighbor_list
 
 
@@ -56,7 +57,10 @@ def test_tiny_cell_big_cutoff_counts_every_image_including_own():
     np.testing.assert_allclose(nl1.vectors.sum(axis=0), 0.0, atol=1e-9)
 
 
-def test_cluster_matches_ase_and_ignores_cell():
+@pytest.mark.parametrize("direct_below", [0, 10**6], ids=["binned", "every-pair"])
+def test_cluster_matches_ase_and_ignores_cell(direct_below, monkeypatch):
+    """Both searches of a cluster: the bins and the direct test of every pair (small clusters)."""
+    monkeypatch.setattr(numbec.neighbors, "DIRECT_BELOW", direct_below)
     rng = np.random.default_rng(3)
     positions = rng.uniform(-4, 4, size=(40, 3))
     nl = _assert_same_as_ase(positions, np.zeros((3, 3)), False, 3.0)
@@ -67,6 +71,8 @@ def test_cluster_matches_ase_and_ignores_cell():
     flat[:, 2] = 0.0
     _assert_same_as_ase(flat, np.zeros((3, 3)), False, 2.5)
     assert neighbor_list(positions[:1], None, False, 3.0).n_pairs == 0
+    with pytest.raises(ValueError, match="atoms 0 and 1 .* overlap"):
+        neighbor_list(np.zeros((2, 3)), None, False, 2.0)
 
 
 def test_larger_periodic_box_uses_several_bins():
