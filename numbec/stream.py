@@ -53,6 +53,7 @@ import socket
 import threading
 import warnings
 from pathlib import Path
+from time import perf_counter
 
 import numpy as np
 
@@ -238,16 +239,32 @@ def _frame_threads(model, spec: _ChunkSpec, n_frames: int) -> int:
     return min(n, n_frames) if layer in ("omp", "tbb") else 1
 
 
+#: With the automatic number of threads, frames run on concurrent threads only if one frame
+#: alone takes at least this long (s). Shorter frames are mostly Python between the kernels,
+#: which holds the GIL: for water clusters two threads ran at 0.5-0.8x the speed of one up to
+#: 24 atoms (1-2.4 ms per frame) and at 1.2-1.6x from 48 atoms (2.4-11 ms per frame).
+MIN_THREADED_FRAME_S = 3e-3
+
+
 def _model_frames(model, positions, cell, spec, frame0, model_keys, per_frame):
     """All frames of a chunk, on :func:`_frame_threads` threads: each frame is independent
     and its Numba kernels run on one thread (splitting frames parallelises better than
-    splitting the atoms of one frame, and gives identical results)."""
+    splitting the atoms of one frame, and gives identical results). With the automatic
+    choice, a chunk whose second frame took less than :data:`MIN_THREADED_FRAME_S` runs
+    serially."""
     n_frames = positions.shape[0]
     # the first frame alone: compiles or loads the kernels and fixes the threading layer
     _model_frame(model, positions[0], cell[0], spec, frame0, 0, model_keys, per_frame)
     n_threads = _frame_threads(model, spec, n_frames)
+    start = 1
+    if n_threads > 1 and spec.frame_threads == 0:
+        started = perf_counter()
+        _model_frame(model, positions[1], cell[1], spec, frame0 + 1, 1, model_keys, per_frame)
+        start = 2
+        if perf_counter() - started < MIN_THREADED_FRAME_S:
+            n_threads = 1
     if n_threads == 1:
-        for f in range(1, n_frames):
+        for f in range(start, n_frames):
             _model_frame(model, positions[f], cell[f], spec, frame0 + f, f, model_keys,
                          per_frame)
         return
@@ -258,7 +275,7 @@ def _model_frames(model, positions, cell, spec, frame0, model_keys, per_frame):
                          per_frame)
 
     with concurrent.futures.ThreadPoolExecutor(n_threads) as pool:
-        futures = [pool.submit(one_frame, f) for f in range(1, n_frames)]
+        futures = [pool.submit(one_frame, f) for f in range(start, n_frames)]
         try:
             for future in futures:  # in frame order: the first bad frame is reported
                 future.result()
@@ -549,7 +566,9 @@ def predict(
         the results are the same). Default: for models with ``concurrent_frames`` (the kernel
         models), ``numba.get_num_threads()`` (set by ``NUMBA_NUM_THREADS``) when the chunk is
         computed in the main thread (eager and ``out=`` runs on the synchronous scheduler), 1
-        inside Dask tasks elsewhere (those parallelise over chunks); 1 for other models.
+        inside Dask tasks elsewhere (those parallelise over chunks); 1 for other models; and
+        1 for a chunk whose second frame took less than 3 ms (``MIN_THREADED_FRAME_S``: small
+        molecules, where two threads were slower than one).
         Needs Numba's OpenMP or TBB threading layer (the usual ones); with the 'workqueue'
         fallback frames run one after another.
     model_file : str or Path, optional

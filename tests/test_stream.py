@@ -628,6 +628,43 @@ def test_model_error_on_concurrent_frame_threads_names_the_frame():
         predict(ToyModel(), ds, progress=False, threads=0)
 
 
+class _ConcurrentToyModel(ToyModel):
+    concurrent_frames = True  # as the kernel models: frames may run on concurrent threads
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.06])
+def test_automatic_threads_only_for_frames_long_enough_to_gain(delay, monkeypatch):
+    """threads=None: frames shorter than MIN_THREADED_FRAME_S (small molecules, mostly Python
+    holding the GIL) run one after the other, where two threads were slower; longer frames run
+    concurrently. The numbers are the same either way. (The threshold is raised from 3 to
+    30 ms here so that a toy frame of 0.1 ms stays under it on a loaded machine.)"""
+    monkeypatch.setattr(stream, "MIN_THREADED_FRAME_S", 0.03)
+    import concurrent.futures
+
+    import numba
+
+    from numbec.neighbors import neighbor_list
+
+    rng = np.random.default_rng(0)
+    neighbor_list(rng.uniform(0, 12, (200, 3)), 12 * np.eye(3), True, 3.0)  # a parallel kernel
+    if numba.get_num_threads() < 2 or numba.threading_layer() not in ("omp", "tbb"):
+        pytest.skip("frames run serially without two Numba threads of a thread-safe layer")
+    pools = []
+
+    class RecordingPool(concurrent.futures.ThreadPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            pools.append(args)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", RecordingPool)
+    ds = make_trajectory(n_frames=8)
+    serial = predict(_ConcurrentToyModel(delay=delay), ds, progress=False, threads=1)
+    assert pools == []
+    auto = predict(_ConcurrentToyModel(delay=delay), ds, progress=False)
+    _assert_same(serial, auto)
+    assert (len(pools) == 1) == (delay > 0)
+
+
 def _lazy_big_trajectory(n_frames, chunk, n_atoms=150):
     """A dask-backed trajectory generated chunk by chunk (nothing large exists up front)."""
     import dask.array as da
