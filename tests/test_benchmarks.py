@@ -273,3 +273,26 @@ def test_stream_benchmark(tmp_path):
     assert len(cluster) == 3
     for r in cluster:
         positive(r["wall (s)"])
+
+
+@pytest.mark.parametrize("comparison", ["installed", "blocked"])
+def test_molecule_stream_benchmark(tmp_path, comparison):
+    """benchmarks/molecule_stream.py --quick: a water dimer streamed with 1, 2 and the
+    automatic number of threads; featomic's row is n/a when it cannot be imported."""
+    if comparison == "installed":
+        pytest.importorskip("featomic")
+    env = {"PYTHONPATH": _blocked_path(tmp_path)} if comparison == "blocked" else None
+    out = run_benchmark("molecule_stream.py", "--quick", cwd=tmp_path, env=env)
+    (rows,) = table(out, ["what", "threads", "ms per frame", "atom-frames/s"])
+    by_row = {(r["what"], r["threads"].split(" ")[0]): r for r in rows}
+    for model in ("MonopoleModel", "CombinedModel"):
+        for threads in ("1", "2", "automatic"):
+            r = by_row[f"numbec.predict, {model}", threads]
+            ms = positive(r["ms per frame"])
+            # 6 atoms per frame: the two columns are the same measurement
+            assert number(r["atom-frames/s"]) == pytest.approx(6e3 / ms, rel=0.01)
+    (featomic,) = [r for r in rows if r["what"] == "featomic values+gradients"]
+    if comparison == "blocked":
+        assert featomic["ms per frame"] == featomic["atom-frames/s"] == "n/a"
+    else:
+        positive(featomic["ms per frame"])

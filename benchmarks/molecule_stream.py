@@ -1,0 +1,158 @@
+"""Streaming prediction over a small molecule: per-frame cost where the fixed cost of a frame
+dominates.
+
+Usage::
+
+    python benchmarks/molecule_stream.py            # 2,000 frames of a water dimer, best of 3
+    python benchmarks/molecule_stream.py --quick    # smoke run: 100 frames, one timing
+
+A gas-phase IR spectrum needs 10^5-10^6 frames of a molecule of a few atoms. Each frame's
+arithmetic is then tiny (a water dimer has 30 neighbour pairs), so what a frame costs is the
+fixed work of a prediction: the calls into the neighbour search, the descriptors, the kernel
+products with the sparse set and the back-propagation, and the Python between them. This
+script measures it for the models of ``numbec demo`` / ``benchmarks/water_dimer_dipole.py``
+(the demo's small basis: n_radial = n_angular = 6, l_max = 3, cutoffs 6 and 4.5 Å; n_sparse =
+20 per species, zeta = 4), fitted on 16 displaced dimers with synthetic labels (rigid-ion
+charges O -0.8 e, H 0.4 e plus 0.05 e noise: speed does not depend on the fitted weights).
+
+Rows: ``numbec.predict`` on an in-memory trajectory of displaced dimers (bec, dipole,
+dipole derivative), with ``threads=1``, ``threads=2`` (frames on concurrent threads) and the
+automatic choice (``threads=None``: frames this short run one after the other, see
+``numbec.stream.MIN_THREADED_FRAME_S``), BLAS on one thread; and, where featomic is
+installed, featomic's SoapPowerSpectrum values + position gradients of the first 200 of the
+same frames with the same sizes (cutoff 4.5 Å, 6 radial functions, max_angular 3), on the
+Rayon threads this process was started with (``RAYON_NUM_THREADS``).
+Everything runs in this one process, after a warm-up (Numba compilation or cache load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stream import as_dataset  # noqa: E402  (the in-memory trajectory layout)
+
+N_SPARSE = 20
+
+
+def dimer():
+    """A water dimer (ase.Atoms, 6 atoms, no cell), O-O about 2.9 Å."""
+    from ase.build import molecule
+
+    first, second = molecule("H2O"), molecule("H2O")
+    second.positions += [2.9, 0.2, 0.1]
+    return first + second
+
+
+def settings():
+    from numbec.descriptors import DescriptorSettings
+
+    return DescriptorSettings(species=(1, 8), cutoff_radial=6.0, cutoff_angular=4.5, sigma=0.5,
+                              n_radial=6, n_angular=6, l_max=3)
+
+
+def training_frames(base, n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n):
+        atoms = base.copy()
+        atoms.positions += rng.normal(0.0, 0.06, atoms.positions.shape)
+        q = np.where(atoms.numbers == 8, -0.8, 0.4)
+        atoms.arrays["bec"] = (q[:, None, None] * np.eye(3)
+                               + rng.normal(0.0, 0.05, (len(atoms), 3, 3)))
+        frames.append(atoms)
+    return frames
+
+
+def trajectory(base, n_frames, seed=1):
+    """In-memory dataset of ``n_frames`` displaced dimers (no periodicity)."""
+    rng = np.random.default_rng(seed)
+    positions = base.positions + rng.normal(0.0, 0.05, (n_frames,) + base.positions.shape)
+    velocities = rng.normal(0.0, 0.01, positions.shape)
+    ds = as_dataset(positions, velocities, np.asarray(base.numbers, dtype=np.int64),
+                    np.zeros((n_frames, 3, 3)))
+    ds["pbc"] = (("xyz",), np.zeros(3, bool))
+    return ds
+
+
+def best_time(func, repeat):
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        func()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def featomic_rate(frames, repeat):
+    """atom-frames/s of featomic's values + position gradients, or None without featomic."""
+    try:
+        from featomic import SoapPowerSpectrum
+    except ImportError:
+        return None
+    calc = SoapPowerSpectrum(
+        cutoff={"radius": 4.5, "smoothing": {"type": "ShiftedCosine", "width": 0.5}},
+        density={"type": "Gaussian", "width": 0.5},
+        basis={"type": "TensorProduct", "max_angular": 3,
+               "radial": {"type": "Gto", "max_radial": 5}},
+    )
+    calc.compute(frames[:1], gradients=["positions"])
+    wall = best_time(lambda: calc.compute(frames, gradients=["positions"]), repeat)
+    return len(frames) * len(frames[0]) / wall
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="100 frames, one timing")
+    parser.add_argument("--frames", type=int, default=None, help="frames (default 2,000)")
+    parser.add_argument("--repeat", type=int, default=None, help="timings (best kept; 3)")
+    args = parser.parse_args()
+    n_frames = args.frames or (100 if args.quick else 2000)
+    repeat = args.repeat or (1 if args.quick else 3)
+
+    import ase
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    import numbec
+    import numbec.models as models
+
+    print(f"numbec molecule streaming benchmark: `python benchmarks/molecule_stream.py"
+          f"{' --quick' if args.quick else ''}`; {platform.machine()}, {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.1f}\n")
+    base = dimer()
+    ds = trajectory(base, n_frames)
+    train = training_frames(base)
+    print(f"### Water dimer (6 atoms, no cell): {n_frames:,} frames, best of {repeat}\n")
+    print("| what | threads | ms per frame | atom-frames/s |")
+    print("|---|---:|---:|---:|")
+    with threadpool_limits(1, "blas"):
+        for name in ("MonopoleModel", "CombinedModel"):
+            model = getattr(models, name)(settings=settings(), n_sparse=N_SPARSE).fit(train)
+            numbec.predict(model, ds.isel(frame=slice(0, 4)), progress=False)  # warm-up
+            for threads in (1, 2, None):
+                wall = best_time(lambda m=model, t=threads: numbec.predict(
+                    m, ds, progress=False, threads=t), repeat)
+                label = threads or f"automatic ({numba.get_num_threads()} available)"
+                print(f"| numbec.predict, {name} | {label} | {1e3 * wall / n_frames:.3f} | "
+                      f"{n_frames * len(base) / wall:,.0f} |")
+    frames = [ase.Atoms(numbers=base.numbers, positions=p)
+              for p in ds["positions"].values[:min(n_frames, 200)]]
+    rate = featomic_rate(frames, repeat)
+    threads = os.environ.get("RAYON_NUM_THREADS", "all")
+    if rate is None:
+        print(f"| featomic values+gradients | {threads} | n/a | n/a |")
+    else:
+        print(f"| featomic values+gradients | {threads} | {1e3 * len(base) / rate:.3f} | "
+              f"{rate:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
