@@ -31,12 +31,12 @@ import argparse
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from descriptors import timed  # noqa: E402  (best of N, shared by the benchmarks)
 from stream import as_dataset  # noqa: E402  (the in-memory trajectory layout)
 
 N_SPARSE = 20
@@ -82,15 +82,6 @@ def trajectory(base, n_frames, seed=1):
     return ds
 
 
-def best_time(func, repeat):
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        func()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def featomic_rate(frames, repeat):
     """atom-frames/s of featomic's values + position gradients, or None without featomic."""
     try:
@@ -104,7 +95,7 @@ def featomic_rate(frames, repeat):
                "radial": {"type": "Gto", "max_radial": 5}},
     )
     calc.compute(frames[:1], gradients=["positions"])
-    wall = best_time(lambda: calc.compute(frames, gradients=["positions"]), repeat)
+    wall = timed(lambda: calc.compute(frames, gradients=["positions"]), repeat)
     return len(frames) * len(frames[0]) / wall
 
 
@@ -138,7 +129,7 @@ def main():
             model = getattr(models, name)(settings=settings(), n_sparse=N_SPARSE).fit(train)
             numbec.predict(model, ds.isel(frame=slice(0, 4)), progress=False)  # warm-up
             for threads in (1, 2, None):
-                wall = best_time(lambda m=model, t=threads: numbec.predict(
+                wall = timed(lambda m=model, t=threads: numbec.predict(
                     m, ds, progress=False, threads=t), repeat)
                 label = threads or f"automatic ({numba.get_num_threads()} available)"
                 print(f"| numbec.predict, {name} | {label} | {1e3 * wall / n_frames:.3f} | "
