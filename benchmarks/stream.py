@@ -357,11 +357,10 @@ def measure_stages(system, model_file, repeat):
     """
     from threadpoolctl import threadpool_limits
 
-    from numbec import kernels
     from numbec.descriptors.expansion import expand
     from numbec.descriptors.scalar import descriptors_from_expansion
     from numbec.descriptors.vector import vector_descriptors_from_expansion
-    from numbec.models import load_model
+    from numbec.models import kernels, load_model
 
     model = load_model(model_file)
     positions, _, numbers, cells = system_frames(system, 1)

@@ -397,7 +397,7 @@ def test_parallel_and_serial_runs_agree_on_a_larger_cell():
     and the adjoint still equals the explicit contraction of the pair Jacobian."""
     import numba
 
-    from numbec.neighbors import SERIAL_BELOW
+    from numbec.descriptors.neighbors import SERIAL_BELOW
 
     rng = np.random.default_rng(12)
     cell = np.diag([7.0, 7.5, 8.0]) + rng.normal(scale=0.3, size=(3, 3))

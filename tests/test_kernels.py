@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from numbec.kernels import (
+from numbec.models.kernels import (
     check_zeta,
     int_power,
     kernel_gradient,
@@ -121,7 +121,7 @@ def test_block_kernel_kernels_match_finite_differences(data, zeta, channels):
     """The Numba block kernels of a prediction (kernels_numba) against central differences of
     the kernel sums they differentiate: q_i = sum_b w_b c_ib**zeta and, per Cartesian a,
     y_ia = sum_b A[i, a, b] c_ib**(zeta - 1), c_ib = x_i . x_b with x_i = X_i / |X_i|."""
-    from numbec.kernels_numba import block_kernel_derivatives, finish_gradient
+    from numbec.models.kernels_numba import block_kernel_derivatives, finish_gradient
 
     rng, x, unit_s = data
     mono, dip = channels in ("monopole", "both"), channels in ("dipole", "both")

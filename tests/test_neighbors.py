@@ -7,8 +7,8 @@ import pytest
 from ase import Atoms
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 
-import numbec.neighbors
-from numbec.neighbors import neighbor_list
+import numbec.descriptors.neighbors
+from numbec.descriptors.neighbors import neighbor_list
 
 
 def _sorted_ase(positions, cell, pbc, cutoff):
@@ -60,7 +60,7 @@ def test_tiny_cell_big_cutoff_counts_every_image_including_own():
 @pytest.mark.parametrize("direct_below", [0, 10**6], ids=["binned", "every-pair"])
 def test_cluster_matches_ase_and_ignores_cell(direct_below, monkeypatch):
     """Both searches of a cluster: the bins and the direct test of every pair (small clusters)."""
-    monkeypatch.setattr(numbec.neighbors, "DIRECT_BELOW", direct_below)
+    monkeypatch.setattr(numbec.descriptors.neighbors, "DIRECT_BELOW", direct_below)
     rng = np.random.default_rng(3)
     positions = rng.uniform(-4, 4, size=(40, 3))
     nl = _assert_same_as_ase(positions, np.zeros((3, 3)), False, 3.0)

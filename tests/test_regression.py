@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from numbec.regression import (
+from numbec.models.regression import (
     NormalEquations,
     fit_bayesian,
     fit_ridge,

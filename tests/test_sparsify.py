@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from numbec.kernels import normalize
-from numbec.sparsify import cur_select, fps_select, select
+from numbec.models.kernels import normalize
+from numbec.models.sparsify import cur_select, fps_select, select
 
 
 def _clusters(rng, n_clusters=4, per_cluster=(30, 3, 12, 5), dim=10, spread=0.01):

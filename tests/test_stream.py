@@ -643,7 +643,7 @@ def test_automatic_threads_only_for_frames_long_enough_to_gain(delay, monkeypatc
 
     import numba
 
-    from numbec.neighbors import neighbor_list
+    from numbec.descriptors.neighbors import neighbor_list
 
     rng = np.random.default_rng(0)
     neighbor_list(rng.uniform(0, 12, (200, 3)), 12 * np.eye(3), True, 3.0)  # a parallel kernel

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from numbec.descriptors import expansion_numba as _ex
+from numbec.descriptors.neighbors import NeighborList, neighbor_list, serial_if_small
 from numbec.descriptors.radial_basis import RadialTable, radial_table
 from numbec.descriptors.settings import DescriptorSettings
-from numbec.neighbors import NeighborList, neighbor_list, serial_if_small
 
 __all__ = ["Expansion", "expand", "species_channels"]
 

@@ -36,8 +36,8 @@ import numpy as np
 
 from numbec.descriptors import scalar_numba as _sc
 from numbec.descriptors.expansion import Expansion, expand
+from numbec.descriptors.neighbors import NeighborList, serial_if_small
 from numbec.descriptors.settings import DescriptorSettings
-from numbec.neighbors import NeighborList, serial_if_small
 
 __all__ = ["StructureDescriptors", "compute_descriptors", "angular_feature_table"]
 

@@ -30,10 +30,10 @@ import numpy as np
 
 from numbec.descriptors import vector_numba as _vn
 from numbec.descriptors.expansion import Expansion, expand
+from numbec.descriptors.neighbors import NeighborList, serial_if_small
 from numbec.descriptors.scalar import descriptors_from_expansion
 from numbec.descriptors.settings import DescriptorSettings
 from numbec.descriptors.spherical_harmonics_numba import sph_harm_many
-from numbec.neighbors import NeighborList, serial_if_small
 
 __all__ = ["VectorDescriptors", "compute_vector_descriptors",
            "compute_scalar_and_vector_descriptors", "vector_coupling_table"]

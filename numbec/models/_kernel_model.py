@@ -7,7 +7,7 @@ The three models differ only in which terms of the cell dipole they carry (metho
 with, for atom i of species J(i) and the sparse reference environments b of the same species,
 
 ``q_i = sum_b w_b K(X_i, X_b)``, ``K = (x_i . x_b) ** zeta`` on unit-normalised scalar descriptors
-    (:mod:`numbec.kernels`); the charges are made neutral, ``q'_i = q_i - Q/N``.
+    (:mod:`numbec.models.kernels`); the charges are made neutral, ``q'_i = q_i - Q/N``.
 ``mu_i = sum_b sum_nu K_{mu nu}(i, b) w_{b nu}``, ``K_{mu nu}(i, b) = (V_i^mu . V_b^nu) / s**2
     * (x_i . x_b) ** (zeta - 1)`` (V the lambda = 1 vector descriptor, s a fixed scale: the RMS
     Frobenius norm of the training vector descriptors).
@@ -28,7 +28,7 @@ Neutrality and BECs (the choice documented in docs/models.md):
 
 Training is linear in the weights: one row per BEC component (atom, i, j) of every frame, built
 from the pair Jacobians of the descriptors with BLAS products and sparse scatter matrices,
-accumulated in :class:`numbec.regression.NormalEquations` frame by frame.
+accumulated in :class:`numbec.models.regression.NormalEquations` frame by frame.
 """
 
 from __future__ import annotations
@@ -38,8 +38,6 @@ import time
 import numpy as np
 import scipy.sparse
 
-from numbec import kernels, regression, sparsify
-from numbec import kernels_numba as _kn
 from numbec.conventions import as_bec_array, asr_project
 from numbec.descriptors import (
     DescriptorSettings,
@@ -47,6 +45,8 @@ from numbec.descriptors import (
     compute_scalar_and_vector_descriptors,
     compute_vector_descriptors,
 )
+from numbec.models import kernels, regression, sparsify
+from numbec.models import kernels_numba as _kn
 from numbec.models.base import BECModel, ModelFileError, UnknownSpeciesError
 
 __all__ = ["KernelBECModel", "REGRESSIONS", "DIPOLE_ROW_WEIGHT", "NEUTRALITY_ROW_WEIGHT"]
@@ -124,7 +124,7 @@ class KernelBECModel(BECModel):
         Sparse reference environments per central species: one number for all, or
         ``{Z or symbol: n}``.
     sparse_method : "cur" or "fps"
-        CUR leverage scores or farthest-point sampling (:mod:`numbec.sparsify`).
+        CUR leverage scores or farthest-point sampling (:mod:`numbec.models.sparsify`).
     regression : "bayesian" or "ridge"
         Evidence maximisation (default) or ridge with the fixed regulariser ``ridge``.
     ridge : float
@@ -353,7 +353,7 @@ class KernelBECModel(BECModel):
         and ``u`` (N, Dv) with ``u_i = sum_b (x_i . x_b)**(zeta - 1) wb_b``
         (:meth:`_dipole_sparse_weights`; None without the dipole model). All channels of a
         block share one product with the sparse descriptors; the element-wise work between the
-        products is one Numba pass (:mod:`numbec.kernels_numba`, which releases the GIL).
+        products is one Numba pass (:mod:`numbec.models.kernels_numba`, which releases the GIL).
         ``single``: the dipole model's products in float32 (``precision="mixed"``).
         """
         n, d = unit.shape

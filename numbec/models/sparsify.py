@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 
-from numbec import kernels
+from numbec.models import kernels
 
 __all__ = ["SELECTION_METHODS", "cur_select", "fps_select", "select"]
 

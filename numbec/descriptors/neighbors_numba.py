@@ -1,4 +1,4 @@
-"""Numba kernels of the linked-cell neighbour search (see :mod:`numbec.neighbors`).
+"""Numba kernels of the linked-cell neighbour search (see :mod:`numbec.descriptors.neighbors`).
 
 All kernels work on *fractional* coordinates in an effective cell whose rows are the lattice
 vectors (non-periodic directions are replaced by orthonormal vectors by the caller). Bins are

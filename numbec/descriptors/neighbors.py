@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from numbec import neighbors_numba as _nb
+from numbec.descriptors import neighbors_numba as _nb
 
 __all__ = ["NeighborList", "neighbor_list", "serial_if_small"]
 
