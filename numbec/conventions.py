@@ -104,10 +104,9 @@ def as_bec_array(values, n_atoms: int | None = None, *, where: str = "") -> np.n
         )
     if n_atoms is not None and out.shape[0] != n_atoms:
         raise LayoutError(f"{prefix}BEC array has {out.shape[0]} atoms, structure has {n_atoms}")
-    bad = ~np.isfinite(out)
-    if bad.any():
-        atom = int(np.argwhere(bad)[0][0])
-        raise ValueError(f"{prefix}BEC of atom {atom} (0-based) contains NaN or inf")
+    atom = first_non_finite(out, 1)
+    if atom is not None:
+        raise ValueError(f"{prefix}BEC of atom {atom[0]} (0-based) contains NaN or inf")
     return out
 
 
@@ -145,3 +144,18 @@ def asr_project(bec, weights=None) -> np.ndarray:
     n = z.shape[0]
     w = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, float) / np.sum(weights)
     return z - w[:, None, None] * total[None]
+
+
+def first_non_finite(array, n_index: int = 1) -> tuple[int, ...] | None:
+    """Index of the first entry of ``array`` that holds a NaN or inf, or None.
+
+    The first ``n_index`` axes are the ones named in an error message (e.g. 1 for
+    ``(atom, xyz)`` arrays: the atom; 2 for ``(frame, atom, xyz)``: frame and atom); the
+    remaining axes are reduced. Returns a tuple of ``n_index`` ints, in C order.
+    """
+    finite = np.isfinite(np.asarray(array))
+    if finite.ndim > n_index:
+        finite = finite.all(axis=tuple(range(n_index, finite.ndim)))
+    if finite.all():
+        return None
+    return tuple(int(i) for i in np.argwhere(~finite)[0])

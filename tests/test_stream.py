@@ -17,6 +17,7 @@ import zarr
 
 import numbec
 from numbec import stream
+from numbec.io import prediction as prediction_store
 from numbec.models.base import BECModel, UnknownSpeciesError
 from numbec.models.baseline import FixedBECModel, SpeciesMeanModel
 from numbec.stream import OutputLockedError, OutputMismatchError, predict
@@ -452,7 +453,7 @@ def test_resume_after_sigkill_of_a_real_run(tmp_path):
         child.wait()
     assert child.returncode == -signal.SIGKILL
     assert (tmp_path / "p.zarr.lock").exists()  # a killed run cannot release its lock
-    done = stream._chunks_done(zarr.open_group(str(out), mode="r"), n_chunks)
+    done = prediction_store.chunks_done(zarr.open_group(str(out), mode="r"), n_chunks)
     assert 2 <= done.sum() < n_chunks, done
 
     ds = make_trajectory(n_frames=n_frames)
@@ -469,17 +470,17 @@ def test_partially_written_chunk_is_never_trusted(tmp_path, monkeypatch):
     clean = predict(ToyModel(), ds, chunk_frames=4, progress=False)
 
     # die after chunk 1's data are written but before its completion flag
-    real_fsync = stream._fsync_tree
+    real_fsync = prediction_store.fsync_tree
 
     def dying_fsync(path):
         if "/c/1" in str(path):
             raise KeyboardInterrupt("killed while flushing chunk 1")
         return real_fsync(path)
 
-    monkeypatch.setattr(stream, "_fsync_tree", dying_fsync)
+    monkeypatch.setattr(prediction_store, "fsync_tree", dying_fsync)
     with pytest.raises(KeyboardInterrupt):
         predict(ToyModel(), ds, out=out, chunk_frames=4, progress=False)
-    monkeypatch.setattr(stream, "_fsync_tree", real_fsync)
+    monkeypatch.setattr(prediction_store, "fsync_tree", real_fsync)
     root = zarr.open_group(str(out), mode="r+")
     assert root["_progress"]["chunks_done"][:].tolist() == [True, False, False]
     # chunk 1 holds data but is not trusted; scribble over it to be sure it is rewritten
@@ -534,7 +535,7 @@ def test_second_concurrent_run_refuses(tmp_path):
             return super().predict_arrays(*args, **kwargs)
 
     predict(Intruder(), ds, out=out, chunk_frames=4, progress=False)
-    assert "being written by another numbec predict run" in seen["error"]
+    assert "locked by pid" in seen["error"]
     assert f"pid {os.getpid()}" in seen["error"]
 
 
@@ -741,3 +742,85 @@ def test_store_converted_by_convert_trajectory(tmp_path):
     model = ToyModel()
     predict(model, numbec.open_trajectory(store), out=tmp_path / "pred.zarr", progress=False)
     assert model.calls == 0
+
+
+# ------------------------------------------------------------------------ stores of 38415df
+#: What numbec at commit 38415df (before the Prediction store got its own module) wrote for
+#: ``predict(ToyModel(), make_trajectory(n_frames=12), out=..., chunk_frames=4)``: the
+#: resume fingerprint and the layout (array -> shape, chunks, dtype, dims, units). A store of
+#: that version resumes exactly when both are unchanged (checked by hand at the change: such a
+#: store, killed after one chunk, was finished by the new code and equalled a fresh run).
+FINGERPRINT_38415DF = {
+    "chunk_frames": 4, "dtype": "<f8", "input": "analytic-toy",
+    "model": {"class": "ToyModel",
+              "sha256": "211c41799b7e1b7fc3c5f1e582b79a78dbf0e3a1a192f5040b7e8b9383071ea9"},
+    "n_atoms": 6, "n_frames": 12,
+    "numbers_positions_sha256":
+        "5dd3f0523d3411d7707c84a4dc7588511c1bef791f3888a62a597658a648edb4",
+    "timestep": 0.5, "uncertainty": False,
+    "variables": ["bec", "bec_monopole", "bec_dipole", "charges", "dipole_derivative",
+                  "dipole_derivative_by_species", "dipole_derivative_monopole",
+                  "dipole_derivative_dipole", "dipole"],
+    "velocities_source": "trajectory",
+}
+_BEC4 = [[12, 6, 3, 3], [4, 6, 3, 3], "float64", ["frame", "atom", "pol", "disp"], "e"]
+_VEC4 = [[12, 3], [4, 3], "float64", ["frame", "pol"], "e*Angstrom/fs"]
+LAYOUT_38415DF = {
+    "_progress/chunks_done": [[3], [1], "bool", [], None],
+    "_progress/dd_first": [[3, 3], [1, 3], "float64", [], None],
+    "_progress/dd_last": [[3, 3], [1, 3], "float64", [], None],
+    "_progress/dipole_local": [[12, 3], [4, 3], "float64", [], None],
+    "bec": _BEC4, "bec_dipole": _BEC4, "bec_monopole": _BEC4,
+    "charges": [[12, 6], [4, 6], "float64", ["frame", "atom"], "e"],
+    "dipole": [[12, 3], [4, 3], "float64", ["frame", "pol"], "e*Angstrom"],
+    "dipole_derivative": _VEC4, "dipole_derivative_dipole": _VEC4,
+    "dipole_derivative_monopole": _VEC4,
+    "dipole_derivative_by_species": [[12, 2, 3], [4, 2, 3], "float64",
+                                     ["frame", "species", "pol"], "e*Angstrom/fs"],
+    "species": [[2], [2], "int64", ["species"], None],
+    "time": [[12], [12], "float64", ["frame"], "fs"],
+}
+ATTRS_38415DF = {
+    "bec_convention", "complete", "created", "dipole_method", "fingerprint", "format",
+    "format_version", "initialised", "input", "model_class", "model_file", "model_sha256",
+    "numbec_version", "pbc", "storage_dtype", "temperature", "temperature_units", "timestep",
+    "timestep_units", "uncertainty", "velocities_source", "volume", "volume_units"}
+
+
+def store_layout(path):
+    """{array path: [shape, chunks, dtype, dimension names, units]} and the group's
+    attribute names of a Zarr v3 store."""
+    root = zarr.open_group(str(path), mode="r")
+    layout = {}
+
+    def walk(group, prefix):
+        for name, array in group.arrays():
+            layout[prefix + name] = [list(array.shape), list(array.chunks), str(array.dtype),
+                                     list(array.metadata.dimension_names or []),
+                                     array.attrs.get("units")]
+        for name, sub in group.groups():
+            walk(sub, prefix + name + "/")
+
+    walk(root, "")
+    return layout, set(root.attrs)
+
+
+def test_prediction_store_of_38415df_resumes(tmp_path):
+    ds = make_trajectory(n_frames=12)
+    out = tmp_path / "p.zarr"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        predict(ToyModel(fail_at_call=6), ds, out=out, chunk_frames=4, progress=False)
+    root = zarr.open_group(str(out), mode="r")
+    assert json.loads(root.attrs["fingerprint"]) == FINGERPRINT_38415DF
+    layout, attrs = store_layout(out)
+    assert {k: layout[k] for k in LAYOUT_38415DF} == LAYOUT_38415DF
+    assert ATTRS_38415DF <= attrs
+    # a store holding the old arrays only (new coordinates removed) still resumes
+    for extra in set(layout) - set(LAYOUT_38415DF):
+        import shutil
+
+        shutil.rmtree(out / extra)
+    model = ToyModel()
+    result = predict(model, ds, out=out, chunk_frames=4, progress=False)
+    assert model.calls == 8
+    _assert_same(predict(ToyModel(), ds, chunk_frames=4, progress=False), result)

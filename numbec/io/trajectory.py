@@ -44,22 +44,28 @@ from pathlib import Path
 
 import numpy as np
 
-from numbec.conventions import ASE_TIME_UNITS_PER_FS
+from numbec.conventions import ASE_TIME_UNITS_PER_FS, first_non_finite
 from numbec.io._files import strip_compression
 from numbec.io._index import forward_range, needs_length, parse_index
 
 STORE_FORMAT = "numbec-trajectory"
 STORE_FORMAT_VERSION = 1
-UNITS = {
-    "positions": "Å",
-    "velocities": "Å/fs",
-    "cell": "Å",
-    "time": "fs",
-    "timestep": "fs",
+#: The store's arrays (and the variables of a Trajectory dataset): name -> (dims, dtype,
+#: units or None). ``velocities`` is optional.
+LAYOUT = {
+    "positions": (("frame", "atom", "xyz"), "float64", "Å"),
+    "velocities": (("frame", "atom", "xyz"), "float64", "Å/fs"),
+    "cell": (("frame", "cell_vector", "xyz"), "float64", "Å"),
+    "time": (("frame",), "float64", "fs"),
+    "numbers": (("atom",), "int64", None),
+    "pbc": (("xyz",), "bool", None),
 }
+UNITS = {name: units for name, (_dims, _dtype, units) in LAYOUT.items() if units}
+UNITS["timestep"] = "fs"
 #: Target size of one positions chunk when ``chunk_frames`` is not given (bytes).
 DEFAULT_CHUNK_BYTES = 4 * 2**20
-_FRAME_ARRAYS = ("positions", "velocities", "cell", "time")
+_FRAME_ARRAYS = tuple(name for name, (dims, _dtype, _units) in LAYOUT.items()
+                      if dims[0] == "frame")
 
 
 class StoreError(ValueError):
@@ -242,24 +248,20 @@ def _create_store(store, first: SourceFrame, chunk_frames: int, timestep, src, h
 
     n_atoms = len(first.numbers)
     group = zarr.open_group(os.fspath(store), mode="w-")
-    frame_arrays = {
-        "positions": ((n_atoms, 3), ("frame", "atom", "xyz")),
-        "cell": ((3, 3), ("frame", "cell_vector", "xyz")),
-        "time": ((), ("frame",)),
-    }
-    if has_vel:
-        frame_arrays["velocities"] = ((n_atoms, 3), ("frame", "atom", "xyz"))
-    for name, (tail, dims) in frame_arrays.items():
+    for name in ("positions", "cell", "time", "velocities"):
+        if name == "velocities" and not has_vel:
+            continue
+        dims, dtype, units = LAYOUT[name]
+        tail = _frame_tail(name, n_atoms)
         arr = group.create_array(
             name,
             shape=(0, *tail),
             chunks=(chunk_frames, *tail),
-            dtype="float64",
+            dtype=dtype,
             dimension_names=dims,
             fill_value=np.nan,
         )
-        if name in UNITS:
-            arr.attrs["units"] = UNITS[name]
+        arr.attrs["units"] = units
     numbers = group.create_array(
         "numbers", shape=(n_atoms,), dtype="int64", dimension_names=("atom",), fill_value=0
     )
@@ -279,6 +281,12 @@ def _create_store(store, first: SourceFrame, chunk_frames: int, timestep, src, h
         attrs["timestep"] = float(timestep)
     group.attrs.update(attrs)
     return group, attrs
+
+
+def _frame_tail(name: str, n_atoms: int) -> tuple:
+    """Shape of one frame of array ``name`` (dims after ``frame`` in :data:`LAYOUT`)."""
+    sizes = {"atom": n_atoms, "xyz": 3, "cell_vector": 3}
+    return tuple(sizes[d] for d in LAYOUT[name][0][1:])
 
 
 def _auto_chunk_frames(n_atoms: int) -> int:
@@ -302,10 +310,9 @@ def _check_frame(frame: SourceFrame, ref_numbers, ref_pbc, has_vel: bool, where:
         raise ValueError(f"{where}: pbc {frame.pbc.tolist()} differs from {ref_pbc.tolist()}")
     for name, value in (("position", frame.positions), ("velocity", frame.velocities)):
         if value is not None:
-            bad = ~np.isfinite(value)
-            if bad.any():
-                atom = int(np.argwhere(bad)[0][0])
-                raise ValueError(f"{where}: {name} of atom {atom} (0-based) is NaN or inf")
+            bad = first_non_finite(value, 1)
+            if bad is not None:
+                raise ValueError(f"{where}: {name} of atom {bad[0]} (0-based) is NaN or inf")
     if not np.isfinite(frame.cell).all():
         raise ValueError(f"{where}: cell contains NaN or inf")
     if has_vel and frame.velocities is None:
@@ -553,15 +560,10 @@ def _validated_arrays(group, attrs, store) -> dict:
             ) from exc
     n_atoms = arrays["numbers"].shape[0]
     done = attrs["frames_complete"]
-    expect = {
-        "positions": (n_atoms, 3),
-        "velocities": (n_atoms, 3),
-        "cell": (3, 3),
-        "time": (),
-    }
-    for name, tail in expect.items():
+    for name in _FRAME_ARRAYS:
         if name not in arrays:
             continue
+        tail = _frame_tail(name, n_atoms)
         shape = arrays[name].shape
         if tuple(shape[1:]) != tail:
             raise StoreError(
@@ -610,7 +612,6 @@ def open_trajectory(store, chunks=None):
         ``frames_complete`` or of the wrong shape, or no complete frame.
     """
     import dask.array as da
-    import xarray as xr
 
     where = os.fspath(store)
     group, attrs = _open_group_readonly(store)
@@ -632,22 +633,14 @@ def open_trajectory(store, chunks=None):
         data = da.from_array(arr, chunks=(store_chunk, *arr.shape[1:]), lock=False)[:done]
         return data.rechunk((frame_chunk, *arr.shape[1:])) if frame_chunk != store_chunk else data
 
-    data_vars = {
-        "positions": (("frame", "atom", "xyz"), lazy(arrays["positions"])),
-        "cell": (("frame", "cell_vector", "xyz"), lazy(arrays["cell"])),
-        "numbers": (("atom",), np.asarray(arrays["numbers"][:], dtype=np.int64)),
-        "pbc": (("xyz",), np.asarray(arrays["pbc"][:], dtype=bool)),
-    }
-    if "velocities" in arrays:
-        data_vars["velocities"] = (("frame", "atom", "xyz"), lazy(arrays["velocities"]))
-    time = np.asarray(arrays["time"][:done], dtype=np.float64)
-    ds = xr.Dataset(data_vars, coords={"time": ("frame", time)})
-    for name in ("positions", "cell", "velocities"):
-        if name in ds:
-            ds[name].attrs["units"] = UNITS[name]
-    ds["time"].attrs["units"] = "fs"
-    ds["numbers"].attrs["long_name"] = "atomic numbers"
-    ds["cell"].attrs["long_name"] = "cell, rows = lattice vectors"
+    ds = trajectory_dataset(
+        positions=lazy(arrays["positions"]),
+        velocities=lazy(arrays["velocities"]) if "velocities" in arrays else None,
+        cell=lazy(arrays["cell"]),
+        numbers=np.asarray(arrays["numbers"][:], dtype=np.int64),
+        pbc=np.asarray(arrays["pbc"][:], dtype=bool),
+        time=np.asarray(arrays["time"][:done], dtype=np.float64),
+    )
     ds.attrs.update(
         {
             "format": STORE_FORMAT,
@@ -662,6 +655,46 @@ def open_trajectory(store, chunks=None):
     if attrs.get("timestep") is not None:
         ds.attrs["timestep"] = float(attrs["timestep"])
     return ds
+
+
+def trajectory_dataset(positions, cell, numbers, pbc, time, velocities=None, attrs=None):
+    """A Trajectory dataset (the layout :func:`open_trajectory` returns, :data:`LAYOUT`)
+    from arrays: positions (F, N, 3) Å, cell (F, 3, 3) Å rows = lattice vectors, numbers
+    (N,) int, pbc (3,) bool, time (F,) fs, velocities (F, N, 3) Å/fs or None; numpy or
+    dask. ``attrs``: dataset attributes (e.g. ``timestep`` fs, ``temperature`` K)."""
+    import xarray as xr
+
+    values = {"positions": positions, "cell": cell,
+              "numbers": np.asarray(numbers, dtype=np.int64),
+              "pbc": np.asarray(pbc, dtype=bool), "velocities": velocities}
+    data_vars = {}
+    for name, data in values.items():
+        if data is None:
+            continue
+        dims, _dtype, units = LAYOUT[name]
+        data_vars[name] = (dims, data, {"units": units} if units else {})
+    ds = xr.Dataset(data_vars, coords={"time": ("frame", np.asarray(time, dtype=np.float64),
+                                                {"units": LAYOUT["time"][2]})},
+                    attrs=dict(attrs or {}))
+    ds["numbers"].attrs["long_name"] = "atomic numbers"
+    ds["cell"].attrs["long_name"] = "cell, rows = lattice vectors"
+    return ds
+
+
+def dataset_timestep(ds) -> float | None:
+    """Frame spacing in fs of a Trajectory or Prediction dataset, or None if unknown.
+
+    From ``attrs["timestep"]`` when it is a finite number > 0, else from a uniformly spaced
+    ``time`` coordinate (fs).
+    """
+    dt = ds.attrs.get("timestep")
+    if dt is not None and np.isfinite(float(dt)) and float(dt) > 0:
+        return float(dt)
+    if "time" in ds.coords and ds.sizes.get("frame", 0) > 1:
+        diffs = np.diff(np.asarray(ds["time"].values, dtype=np.float64))
+        if diffs.size and np.allclose(diffs, diffs[0], rtol=1e-9) and diffs[0] > 0:
+            return float(diffs[0])
+    return None
 
 
 def velocities_from_positions(ds, timestep: float | None = None):

@@ -34,6 +34,7 @@ from numbec.conventions import (
     THZ_TO_INVCM,
     VACUUM_PERMITTIVITY,
 )
+from numbec.io.prediction import open_prediction
 from numbec.spectra.correlation import (
     correlations,
     cosine_transform,
@@ -106,14 +107,9 @@ def _as_series(values, source, what="dM/dt"):
 
 
 def _timestep_of(ds):
-    dt = ds.attrs.get("timestep")
-    if dt is not None and np.isfinite(float(dt)) and float(dt) > 0:
-        return float(dt)
-    if "time" in ds.coords and ds.sizes.get("frame", 0) > 1:
-        diffs = np.diff(np.asarray(ds["time"].values, dtype=np.float64))
-        if np.allclose(diffs, diffs[0], rtol=1e-9) and diffs[0] > 0:
-            return float(diffs[0])
-    return None
+    from numbec.io.trajectory import dataset_timestep
+
+    return dataset_timestep(ds)
 
 
 def _volume_of(ds):
@@ -246,30 +242,6 @@ def kinetic_temperature(trajectory, chunk_frames=1000) -> float:
     dof = max(3 * numbers.size - 3, 1)
     two_ke = total / n_frames * AMU * (ANGSTROM / FEMTOSECOND) ** 2
     return two_ke / (dof * BOLTZMANN)
-
-
-def open_prediction(path):
-    """Open a finished prediction store (Zarr) or a netCDF file as an xarray Dataset."""
-    import os
-    from pathlib import Path
-
-    import xarray as xr
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{os.fspath(path)}: no such prediction store")
-    if path.suffix == ".nc":
-        ds = xr.open_dataset(path)
-    else:
-        try:
-            ds = xr.open_zarr(str(path), zarr_format=3)
-        except Exception as exc:
-            raise ValueError(f"{path}: not a readable Zarr store ({exc})") from exc
-        if ds.attrs.get("format") == "numbec-prediction" and not ds.attrs.get("complete"):
-            raise ValueError(f"{path}: the prediction is incomplete; run numbec predict "
-                             "again to finish it")
-    ds.attrs.setdefault("input", os.fspath(path))
-    return ds
 
 
 def _runs(data, timestep, kind, trajectory, need_temperature=True):
