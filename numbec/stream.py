@@ -686,7 +686,7 @@ def _check_threads(threads) -> int:
 
 def _dataset(arrays, plan):
     return store_format.prediction_dataset(arrays, plan.spec.variables, plan.time,
-                                           plan.spec.species, plan.attrs)
+                                           plan.spec.species, plan.attrs, plan.spec.numbers)
 
 
 # ---------------------------------------------------------------------------- executors
@@ -781,8 +781,6 @@ def _predict_in_memory(model, plan, progress):
 
 
 def _predict_to_store(model, plan, out: Path, progress, ds, store_path):
-    import xarray as xr
-
     spec, bounds = plan.spec, plan.bounds
     n_chunks = len(bounds)
     first, last = plan.inputs.first_last_frames()
@@ -799,7 +797,7 @@ def _predict_to_store(model, plan, out: Path, progress, ds, store_path):
         if root is None:
             root = store_format.create_store(
                 out, variables=spec.variables, integrated_dipole=spec.integrated_dipole,
-                n_atoms=spec.numbers.size, species=spec.species,
+                numbers=spec.numbers, species=spec.species,
                 chunk_frames=plan.chunk_frames, n_chunks=n_chunks, time=plan.time,
                 attrs=attrs, dtype=spec.dtype)
         done = store_format.chunks_done(root, n_chunks)
@@ -814,7 +812,7 @@ def _predict_to_store(model, plan, out: Path, progress, ds, store_path):
             store_format.integrate_dipole(root, spec.timestep, spec.dtype, bounds)
         root.attrs["complete"] = True
         store_format.consolidate(out)
-    return xr.open_zarr(str(out), consolidated=True, zarr_format=3)
+    return store_format.open_store(out)
 
 
 # ---------------------------------------------------------------------------- lazy graph

@@ -824,3 +824,36 @@ def test_prediction_store_of_38415df_resumes(tmp_path):
     result = predict(model, ds, out=out, chunk_frames=4, progress=False)
     assert model.calls == 8
     _assert_same(predict(ToyModel(), ds, chunk_frames=4, progress=False), result)
+
+
+def test_selecting_frames_of_a_lazy_result_computes_only_their_chunks():
+    """The integrated dipole of chunk c needs chunks 0..c only: a slice of the first frames
+    runs the model on the chunks holding them and on no later one."""
+    import dask
+
+    model = ToyModel()
+    lazy = predict(model, make_trajectory(n_frames=24, chunks=5), progress=False)
+    assert lazy.attrs["dipole_method"].startswith("integrated") and model.calls == 0
+    with dask.config.set(scheduler="synchronous"):
+        head = lazy.isel(frame=slice(0, 7)).compute()
+        assert model.calls == 10  # chunks 0 and 1 of 5 frames
+        model.calls = 0
+        tail = lazy.isel(frame=slice(20, 24))["bec"].compute()
+        assert model.calls == 4  # the last chunk alone: bec does not need the offsets
+    full = predict(ToyModel(), make_trajectory(n_frames=24), chunk_frames=5, progress=False)
+    _assert_same(full.isel(frame=slice(0, 7)), head)
+    np.testing.assert_array_equal(full["bec"][20:].values, tail.values)
+
+
+def test_prediction_coordinates_label_axes_and_atoms(tmp_path):
+    ds = make_trajectory(n_frames=6)
+    for result in (predict(ToyModel(), ds, progress=False),
+                   predict(ToyModel(), ds, out=tmp_path / "p.zarr", progress=False)):
+        assert result["pol"].values.tolist() == ["x", "y", "z"]
+        assert result["disp"].values.tolist() == ["x", "y", "z"]
+        assert result["symbol"].values.tolist() == ["O", "H", "H", "O", "H", "H"]
+        by_symbol = result["charges"].groupby("symbol").mean()
+        np.testing.assert_allclose(
+            by_symbol.sel(symbol="H").values,
+            result["charges"].values[:, NUMBERS == 1].mean(axis=1))
+        assert result["bec"].sel(pol="x", disp="y").shape == (6, 6)

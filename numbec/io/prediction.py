@@ -114,10 +114,17 @@ def variable_shape(name, n_frames, n_atoms, n_species) -> tuple:
     return tuple(sizes[d] for d in VARIABLES[name][0])
 
 
-def prediction_dataset(arrays, variables, time, species, attrs):
+#: Labels of the Cartesian dimensions ``pol`` (polarisation / field) and ``disp``
+#: (displacement).
+CARTESIAN = ("x", "y", "z")
+
+
+def prediction_dataset(arrays, variables, time, species, attrs, numbers=None):
     """The Prediction dataset of ``arrays`` (name -> numpy or dask array, shapes as in
-    :data:`VARIABLES`): every variable with its units and description, coordinate ``time``
-    (frame) fs and, with per-species sums, ``species`` (atomic numbers)."""
+    :data:`VARIABLES`): every variable with its units and description; coordinates ``time``
+    (frame) fs, ``pol`` and ``disp`` labelled x, y, z, ``symbol`` (atom) the chemical
+    symbol of every atom (given ``numbers``, so that ``ds.bec.groupby("symbol")`` works)
+    and, with per-species sums, ``species`` (atomic numbers)."""
     import xarray as xr
 
     data_vars = {}
@@ -126,6 +133,16 @@ def prediction_dataset(arrays, variables, time, species, attrs):
         data_vars[name] = xr.Variable(dims, arrays[name],
                                       attrs={"units": units, "long_name": description})
     coords = {"time": ("frame", time, {"units": "fs"})}
+    dims = {d for name in variables for d in VARIABLES[name][0]}
+    for dim, meaning in (("pol", "polarisation (field) direction"),
+                         ("disp", "displacement direction")):
+        if dim in dims:
+            coords[dim] = (dim, np.array(CARTESIAN, dtype=object), {"long_name": meaning})
+    if numbers is not None and "atom" in dims:
+        from ase.data import chemical_symbols
+
+        coords["symbol"] = ("atom", np.array([chemical_symbols[int(z)] for z in numbers],
+                                             dtype=object), {"long_name": "chemical symbol"})
     if "dipole_derivative_by_species" in variables:
         coords["species"] = ("species", species, {"long_name": "atomic number"})
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
@@ -234,7 +251,7 @@ def open_for_resume(out: Path, expected_fingerprint):
     if not out.exists() or not any(out.iterdir()):
         return None
     try:
-        root = zarr.open_group(str(out), mode="r+", zarr_format=3)
+        root = zarr.open_group(str(out), mode="r+", zarr_format=3, use_consolidated=False)
     except Exception as exc:  # noqa: BLE001 - any failure means: not our store
         raise OutputMismatchError(
             f"{out} exists and is not a numbec prediction store ({exc}); choose another "
@@ -259,7 +276,7 @@ def open_for_resume(out: Path, expected_fingerprint):
     return root
 
 
-def create_store(out: Path, *, variables, integrated_dipole, n_atoms, species, chunk_frames,
+def create_store(out: Path, *, variables, integrated_dipole, numbers, species, chunk_frames,
                  n_chunks, time, attrs, dtype):
     """Lay out an empty Prediction store at ``out`` (see the module docstring)."""
     import dask.array as da
@@ -268,13 +285,13 @@ def create_store(out: Path, *, variables, integrated_dipole, n_atoms, species, c
     n_frames = time.size
     arrays = {}
     for name in variables:
-        shape = variable_shape(name, n_frames, n_atoms, species.size)
+        shape = variable_shape(name, n_frames, len(numbers), species.size)
         arrays[name] = da.zeros(shape, chunks=(chunk_frames,) + shape[1:], dtype=dtype)
     attrs = dict(attrs, initialised=False, complete=False)
     # the format attribute goes first, so that a run killed while laying out the store
     # finds a store it recognises as its own and simply lays it out again
     zarr.open_group(str(out), mode="w", zarr_format=3, attributes=attrs)
-    template = prediction_dataset(arrays, variables, time, species, attrs)
+    template = prediction_dataset(arrays, variables, time, species, attrs, numbers)
     template.to_zarr(str(out), mode="a", compute=False, zarr_format=3, consolidated=False)
     root = zarr.open_group(str(out), mode="r+", zarr_format=3)
     progress = root.create_group(PROGRESS_GROUP)
@@ -401,6 +418,16 @@ def locked(out: Path):
 
 
 # ---------------------------------------------------------------------------- reading
+def open_store(path):
+    """A finished Prediction store as a lazy dataset, its small coordinates in memory (so
+    that ``groupby("symbol")`` works)."""
+    import xarray as xr
+
+    ds = xr.open_zarr(str(path), zarr_format=3)
+    small = [name for name in ("symbol", "pol", "disp") if name in ds.coords]
+    return ds.assign_coords({name: ds[name].load() for name in small})
+
+
 def open_prediction(path):
     """Open a finished Prediction store (Zarr) or a netCDF file as an xarray Dataset.
 
@@ -420,7 +447,7 @@ def open_prediction(path):
         ds = xr.open_dataset(path)
     else:
         try:
-            ds = xr.open_zarr(str(path), zarr_format=3)
+            ds = open_store(path)
         except Exception as exc:
             raise ValueError(f"{path}: not a readable Zarr store ({exc})") from exc
         kind = ds.attrs.get("format")

@@ -53,9 +53,9 @@ STORE_FORMAT_VERSION = 1
 #: The store's arrays (and the variables of a Trajectory dataset): name -> (dims, dtype,
 #: units or None). ``velocities`` is optional.
 LAYOUT = {
-    "positions": (("frame", "atom", "xyz"), "float64", "Å"),
-    "velocities": (("frame", "atom", "xyz"), "float64", "Å/fs"),
-    "cell": (("frame", "cell_vector", "xyz"), "float64", "Å"),
+    "positions": (("frame", "atom", "xyz"), "float64", "Angstrom"),
+    "velocities": (("frame", "atom", "xyz"), "float64", "Angstrom/fs"),
+    "cell": (("frame", "cell_vector", "xyz"), "float64", "Angstrom"),
     "time": (("frame",), "float64", "fs"),
     "numbers": (("atom",), "int64", None),
     "pbc": (("xyz",), "bool", None),
@@ -213,7 +213,7 @@ def _open_existing(store) -> tuple[object, dict]:
     import zarr
 
     try:
-        group = zarr.open_group(os.fspath(store), mode="r+")
+        group = zarr.open_group(os.fspath(store), mode="r+", use_consolidated=False)
         attrs = dict(group.attrs)
     except Exception as exc:
         raise StoreError(f"{os.fspath(store)}: cannot open as a Zarr group ({exc})") from exc
@@ -505,6 +505,9 @@ def convert_trajectory(
                 flush()
         flush()
         group.attrs.update({"finished": True})
+        from numbec.io.prediction import consolidate
+
+        consolidate(store)
     finally:
         if bar is not None:
             bar.close()
@@ -526,7 +529,7 @@ def _open_group_readonly(store):
     if not os.path.exists(where):
         raise FileNotFoundError(f"{where}: no such trajectory store")
     try:
-        group = zarr.open_group(where, mode="r")
+        group = zarr.open_group(where, mode="r", use_consolidated=False)
         attrs = dict(group.attrs)
     except (json.JSONDecodeError, Exception) as exc:
         raise StoreError(
@@ -768,7 +771,7 @@ def velocities_from_positions(ds, timestep: float | None = None):
         coords={"time": ds["time"]} if "time" in ds.coords else None,
         name="velocities",
         attrs={
-            "units": "Å/fs",
+            "units": LAYOUT["velocities"][2],
             "method": "central differences of minimum-image displacements, "
             "second-order one-sided at the ends; error O(dt^2)",
             "timestep": float(dt),
