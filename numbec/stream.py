@@ -496,6 +496,7 @@ def predict(
     blas_threads: int | None = 1,
     threads: int | None = None,
     precision: str = "float64",
+    overwrite: bool = False,
 ):
     """Predict BECs (and dipole derivatives) for every frame of a trajectory.
 
@@ -558,6 +559,10 @@ def predict(
         float64; about 15 % faster for the combined model on quartz, BECs within 2e-5 e of
         float64 there and charges identical (docs/streaming.md). Recorded in the attribute
         ``precision``; resuming checks it.
+    overwrite : bool
+        Replace an existing Prediction store at ``out`` (any model, input, settings or
+        state) instead of resuming it. Anything at ``out`` that is not a Prediction store
+        is never replaced.
 
     Returns
     -------
@@ -594,7 +599,8 @@ def predict(
     with parallel.blas_limit(plan.spec.blas_threads):
         if out is None:
             return _predict_in_memory(model, plan, progress)
-        return _predict_to_store(model, plan, Path(out), progress, ds, store_path)
+        return _predict_to_store(model, plan, Path(out), progress, ds, store_path,
+                                 overwrite)
 
 
 def _make_plan(model, ds, source, store_path, *, chunk_frames, dtype, uncertainty,
@@ -780,7 +786,7 @@ def _predict_in_memory(model, plan, progress):
     return _dataset(_combine_in_memory(ordered, plan.spec), plan)
 
 
-def _predict_to_store(model, plan, out: Path, progress, ds, store_path):
+def _predict_to_store(model, plan, out: Path, progress, ds, store_path, overwrite):
     spec, bounds = plan.spec, plan.bounds
     n_chunks = len(bounds)
     first, last = plan.inputs.first_last_frames()
@@ -793,7 +799,7 @@ def _predict_to_store(model, plan, out: Path, progress, ds, store_path):
         uncertainty=spec.uncertainty, precision=spec.precision)
     attrs = dict(plan.attrs, fingerprint=json.dumps(expected, sort_keys=True))
     with store_format.locked(out):
-        root = store_format.open_for_resume(out, expected)
+        root = store_format.open_for_resume(out, expected, overwrite=overwrite)
         if root is None:
             root = store_format.create_store(
                 out, variables=spec.variables, integrated_dipole=spec.integrated_dipole,

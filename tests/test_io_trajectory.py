@@ -87,7 +87,7 @@ def test_ase_md_velocities_are_converted_to_A_per_fs(md_traj, tmp_path):
     np.testing.assert_allclose(ds.time.values, 2.0 * np.arange(31))
     pos = ds.positions.values
     vel = ds.velocities.values
-    assert ds.velocities.attrs["units"] == "Å/fs"
+    assert ds.velocities.attrs["units"] == "Angstrom/fs"
     # stored velocities = central differences of positions / fs, to MD accuracy (O(dt^2))
     fd = (pos[2:] - pos[:-2]) / (2 * 2.0)
     err = np.abs(fd - vel[1:-1]).max()
@@ -113,7 +113,7 @@ def test_store_layout_matches_contract(xyz_source, tmp_path):
     attrs = dict(group.attrs)
     assert attrs["format"] == "numbec-trajectory" and attrs["format_version"] == 1
     assert attrs["frames_complete"] == 13 and attrs["timestep"] == 0.5
-    assert attrs["units"]["velocities"] == "Å/fs" and attrs["source"] == str(src)
+    assert attrs["units"]["velocities"] == "Angstrom/fs" and attrs["source"] == str(src)
     assert group["positions"].shape == (13, 5, 3) and group["positions"].chunks == (4, 5, 3)
     assert group["positions"].dtype == np.float64 and group["numbers"].dtype == np.int64
     assert group["cell"].shape == (13, 3, 3) and group["pbc"].dtype == bool
@@ -128,7 +128,7 @@ def test_store_layout_matches_contract(xyz_source, tmp_path):
     np.testing.assert_array_equal(ds.numbers.values, frames[0].numbers)
     np.testing.assert_allclose(ds.velocities.values, _expected_velocities_fs(frames), rtol=1e-12)
     np.testing.assert_allclose(ds.time.values, 0.5 * np.arange(13))
-    assert ds.time.attrs["units"] == "fs" and ds.positions.attrs["units"] == "Å"
+    assert ds.time.attrs["units"] == "fs" and ds.positions.attrs["units"] == "Angstrom"
     rechunked = numbec.open_trajectory(store, chunks={"frame": 6})
     assert rechunked.positions.chunks[0] == (6, 6, 1)
 
@@ -428,7 +428,7 @@ def test_velocities_from_positions_is_second_order(tmp_path):
     for dt in (0.4, 0.2):
         ds, exact, third = _analytic_dataset(dt, n_frames=int(24 / dt))
         vel = velocities_from_positions(ds)
-        assert isinstance(vel.data, da.Array) and vel.attrs["units"] == "Å/fs"
+        assert isinstance(vel.data, da.Array) and vel.attrs["units"] == "Angstrom/fs"
         err = np.abs(vel.values - exact)
         # documented bounds: dt^2/6 |r'''| inside, dt^2/3 |r'''| at the ends
         assert (err[1:-1] <= dt**2 / 6 * third * 1.01 + 1e-12).all()

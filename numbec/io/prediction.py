@@ -238,8 +238,9 @@ def fingerprint(*, model_fp, input_name, n_frames, n_atoms, numbers, first_posit
 
 
 # ---------------------------------------------------------------------------- writing
-def open_for_resume(out: Path, expected_fingerprint):
-    """The zarr group of a resumable store at ``out``, or None if a new one must be made.
+def open_for_resume(out: Path, expected_fingerprint, overwrite=False):
+    """The zarr group of a resumable store at ``out``, or None if a new one must be made
+    (always None for a Prediction store with ``overwrite``: it is laid out anew).
 
     Raises
     ------
@@ -263,15 +264,16 @@ def open_for_resume(out: Path, expected_fingerprint):
             f"{out} exists and is not a numbec prediction store; choose another output "
             "or delete it"
         )
-    if not attrs.get("initialised"):
-        return None  # a run died while creating the layout: no chunk can be done yet
+    if overwrite or not attrs.get("initialised"):
+        return None  # replaced; or a run died while laying it out: no chunk is done yet
     stored = json.loads(attrs.get("fingerprint", "{}"))
     if stored != expected_fingerprint:
         keys = sorted(k for k in set(stored) | set(expected_fingerprint)
                       if stored.get(k) != expected_fingerprint.get(k))
         raise OutputMismatchError(
             f"{out} was made by another model, input or settings (differs in: "
-            f"{', '.join(keys)}); it cannot be resumed. Delete it or choose another output"
+            f"{', '.join(keys)}); it cannot be resumed. Replace it (overwrite=True, "
+            "--overwrite) or choose another output"
         )
     return root
 
@@ -454,7 +456,9 @@ def open_prediction(path):
         if kind == PREDICTION_FORMAT and not ds.attrs.get("complete"):
             raise ValueError(f"{path}: the prediction is incomplete; run numbec predict "
                              "again to finish it")
-        if kind == "numbec-trajectory":
+        from numbec.io.trajectory import STORE_FORMAT
+
+        if kind == STORE_FORMAT:
             raise ValueError(f"{path} is a trajectory store, not a prediction; run "
                              f"'numbec predict MODEL {path} -o PREDICTION.zarr' first")
     ds.attrs.setdefault("input", os.fspath(path))

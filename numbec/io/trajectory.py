@@ -35,9 +35,13 @@ is in Å per ASE time unit; multiplying by ``ase.units.fs`` (=
 
 from __future__ import annotations
 
+import errno
+import gzip
 import json
+import lzma
 import os
 import sys
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +49,12 @@ from pathlib import Path
 import numpy as np
 
 from numbec.conventions import ASE_TIME_UNITS_PER_FS, first_non_finite
-from numbec.io._files import strip_compression
+from numbec.io._files import (
+    OutputLockedError,  # noqa: F401 - raised by convert_trajectory, documented there
+    check_output_location,
+    store_lock,
+    strip_compression,
+)
 from numbec.io._index import forward_range, needs_length, parse_index
 
 STORE_FORMAT = "numbec-trajectory"
@@ -223,6 +232,14 @@ def _open_existing(store) -> tuple[object, dict]:
 
 def _check_attrs(attrs: dict, store) -> None:
     where = os.fspath(store)
+    from numbec.io.prediction import PREDICTION_FORMAT
+
+    if attrs.get("format") == PREDICTION_FORMAT:
+        made_from = attrs.get("input")
+        raise StoreError(
+            f"{where} is a prediction store (written by numbec predict), not a trajectory "
+            "store" + (f"; its trajectory store is {made_from}" if made_from else "")
+        )
     if attrs.get("format") != STORE_FORMAT:
         raise StoreError(
             f"{where}: not a numbec trajectory store (attribute format="
@@ -334,11 +351,13 @@ def _progress(enabled):
 def convert_trajectory(
     src,
     store,
+    *,
     chunk_frames: int | None = None,
     timestep: float | None = None,
     index=":",
     append: bool = False,
     progress: bool | None = None,
+    time_series: bool | None = None,
 ) -> int:
     """Stream a trajectory file into a chunked Zarr v3 trajectory store.
 
@@ -370,6 +389,11 @@ def convert_trajectory(
         after the existing ones (a continuation run: same atoms, same time step).
     progress : bool, optional
         Show a tqdm progress bar; default only when stderr is a terminal.
+    time_series : bool, optional
+        True: the frames are a time series, so a time step is required (from the file or
+        ``timestep``; ``numbec convert`` without ``--no-time``). False or None: a store
+        without a time step is allowed (``time`` is NaN; ``numbec predict`` will refuse
+        it until ``numbec info --set-timestep`` sets one).
 
     Returns
     -------
@@ -380,10 +404,17 @@ def convert_trajectory(
     ------
     FileExistsError
         ``store`` exists and ``append`` is false.
+    FileNotFoundError
+        ``src`` does not exist, or the directory of ``store`` does not.
+    OutputLockedError
+        Another process is writing ``store``.
+    OSError
+        The disk is full (the message names the store; the frames written are kept).
     ValueError
         Frames with a different number/order of atoms, NaN positions, velocities in
-        some frames only, a time step that differs from the store's; the message
-        names the source file and frame.
+        some frames only, a time step that differs from the store's (or none with
+        ``time_series=True``), a truncated compressed file; the message names the
+        source file and frame.
     """
     src_name = os.fspath(src)
     if not os.path.isfile(src_name):
@@ -399,6 +430,24 @@ def convert_trajectory(
         str(index) if not isinstance(index, slice) else f"{sel.start}:{sel.stop}:{sel.step}"
     )
 
+    if chunk_frames is not None and (int(chunk_frames) != chunk_frames or chunk_frames < 1):
+        raise ValueError(f"chunk_frames must be a positive number of frames, got "
+                         f"{chunk_frames!r}")
+    check_output_location(store, "trajectory store")
+    with store_lock(store, "numbec convert"):
+        try:
+            return _convert_locked(src, src_name, store, index, index_text, frame_dt,
+                                   chunk_frames, append, progress, time_series)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                raise OSError(exc.errno, f"{os.fspath(store)}: cannot write "
+                              f"({os.strerror(exc.errno)}); the frames written so far are "
+                              "kept: free space and run again with --append") from exc
+            raise
+
+
+def _convert_locked(src, src_name, store, index, index_text, frame_dt, chunk_frames, append,
+                    progress, time_series) -> int:
     frames = iter_source_frames(src, index)
     store_exists = os.path.exists(os.fspath(store))
     if store_exists and not append:
@@ -407,11 +456,12 @@ def convert_trajectory(
             f"it, or remove it"
         )
     skip = 0
+    first = None
     if store_exists:
         group, attrs = _open_existing(store)
         done = attrs["frames_complete"]
         segments = list(attrs.get("segments", []))
-        stored_dt = attrs.get("timestep")
+        stored_dt = _stored_timestep(attrs, store)
         if frame_dt is not None and stored_dt is not None and not np.isclose(frame_dt, stored_dt):
             raise ValueError(
                 f"{src_name}: frame spacing {frame_dt} fs differs from the store's {stored_dt} fs"
@@ -421,6 +471,7 @@ def convert_trajectory(
                 f"{src_name}: the store has no time step but this source has {frame_dt} fs"
             )
         frame_dt = stored_dt if stored_dt is not None else frame_dt
+        _require_timestep(frame_dt, time_series, src_name)
         last = segments[-1] if segments else None
         if last and last["source"] == src_name and last["index"] == index_text:
             skip = done - last["start"]
@@ -430,52 +481,51 @@ def convert_trajectory(
         pbc = np.asarray(group["pbc"][:])
         has_vel = "velocities" in group
         chunk = group["positions"].chunks[0]
-        if done == 0 and frame_dt is not None:
-            attrs["timestep"] = frame_dt
+        names = ["positions", "cell", "time"] + (["velocities"] if has_vel else [])
+        arrays = {name: group[name] for name in names}
+        # drop anything a killed run wrote beyond the last complete chunk
+        for arr in arrays.values():
+            if arr.shape[0] != done:
+                arr.resize((done, *arr.shape[1:]))
+        group.attrs.update({"finished": False})
     else:
+        _require_timestep(frame_dt, time_series, src_name)
         try:
-            first = next(frames)
+            first = _next_frame(frames, src_name, -1)
         except StopIteration:
             raise ValueError(f"{src_name}: no frames selected by index {index!r}") from None
         has_vel = first.velocities is not None
         chunk = chunk_frames or _auto_chunk_frames(len(first.numbers))
-        if chunk < 1:
-            raise ValueError(f"chunk_frames must be positive, got {chunk}")
-        group, attrs = _create_store(store, first, chunk, frame_dt, src, has_vel)
+        group = arrays = None  # the store is created at the first flush
         segments = [{"source": src_name, "index": index_text, "start": 0, "frames": 0}]
         numbers, pbc = first.numbers, first.pbc
         done = 0
         frames = _chain([first], frames)
 
     names = ["positions", "cell", "time"] + (["velocities"] if has_vel else [])
-    arrays = {name: group[name] for name in names}
-    # drop anything a killed run wrote beyond the last complete chunk
-    for arr in arrays.values():
-        if arr.shape[0] != done:
-            arr.resize((done, *arr.shape[1:]))
-    n_atoms = len(numbers)
-    buffers = {
-        "positions": np.empty((chunk, n_atoms, 3)),
-        "cell": np.empty((chunk, 3, 3)),
-        "time": np.empty(chunk),
-    }
-    if has_vel:
-        buffers["velocities"] = np.empty((chunk, n_atoms, 3))
+    buffers = {name: [] for name in names}  # frames of the chunk being filled
     # the first flush fills the partial chunk at the end of the store, so that later
     # chunks are written whole
     capacity = chunk - done % chunk
-    fill = 0
     bar = _progress(progress)
     segment = segments[-1]
 
-    def flush():
-        nonlocal done, fill, capacity
+    def flush(final):
+        nonlocal done, capacity, group, arrays
+        fill = len(buffers["positions"])
         if fill == 0:
             return
+        if group is None:
+            # a request larger than the whole source gets chunks of the source's length
+            size = min(chunk, fill) if final else chunk
+            group, _attrs = _create_store(store, first, size, frame_dt, src, has_vel)
+            group.attrs.update({"finished": False})
+            arrays = {name: group[name] for name in names}
         new_total = done + fill
         for name, arr in arrays.items():
             arr.resize((new_total, *arr.shape[1:]))
-            arr[done:new_total] = buffers[name][:fill]
+            arr[done:new_total] = np.stack(buffers[name])
+            buffers[name].clear()
         done = new_total
         segment["frames"] = done - segment["start"]
         # advanced only now that every array of the chunk is on disk
@@ -485,25 +535,31 @@ def convert_trajectory(
         group.attrs.update(update)
         if bar is not None:
             bar.update(fill)
-        fill = 0
         capacity = chunk
 
-    group.attrs.update({"finished": False})
     try:
-        for k, frame in enumerate(frames):
+        k = -1
+        source_frame = -1
+        while True:
+            try:
+                frame = _next_frame(frames, src_name, source_frame)
+            except StopIteration:
+                break
+            k += 1
             if k < skip:
                 continue
+            source_frame = frame.frame
             where = f"{src_name}, frame {frame.frame}"
             _check_frame(frame, numbers, pbc, has_vel, where)
-            buffers["positions"][fill] = frame.positions
-            buffers["cell"][fill] = frame.cell
-            buffers["time"][fill] = np.nan if frame_dt is None else (done + fill) * frame_dt
+            buffers["positions"].append(frame.positions)
+            buffers["cell"].append(frame.cell)
+            fill = len(buffers["positions"])
+            buffers["time"].append(np.nan if frame_dt is None else (done + fill - 1) * frame_dt)
             if has_vel:
-                buffers["velocities"][fill] = frame.velocities
-            fill += 1
+                buffers["velocities"].append(frame.velocities)
             if fill == capacity:
-                flush()
-        flush()
+                flush(final=False)
+        flush(final=True)
         group.attrs.update({"finished": True})
         from numbec.io.prediction import consolidate
 
@@ -512,6 +568,39 @@ def convert_trajectory(
         if bar is not None:
             bar.close()
     return done
+
+
+def _require_timestep(frame_dt, time_series, src_name):
+    if frame_dt is None and time_series:
+        raise ValueError(
+            f"{src_name}: the file records no time step; give the time between its frames "
+            "(timestep=FS, --timestep FS), or say that the frames are not a time series "
+            "(time_series=False, --no-time)"
+        )
+
+
+def _next_frame(frames, src_name, previous):
+    """The next frame of a source; a truncated or corrupt (compressed) file raises a
+    ValueError naming the file and the last frame read."""
+    try:
+        return next(frames)
+    except (EOFError, lzma.LZMAError, zlib.error, gzip.BadGzipFile) as exc:
+        after = "before its first frame" if previous < 0 else f"after frame {previous}"
+        raise ValueError(f"{src_name}: the file is truncated or corrupt {after} "
+                         f"({type(exc).__name__}: {exc})") from exc
+
+
+def _stored_timestep(attrs, store):
+    """The store's ``timestep`` attribute (fs) or None; anything but a positive number is
+    an error naming the store."""
+    dt = attrs.get("timestep")
+    if dt is None:
+        return None
+    if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not (
+            np.isfinite(dt) and dt > 0):
+        raise StoreError(f"{os.fspath(store)}: attribute timestep = {dt!r} is not a positive "
+                         "number of fs; fix it with 'numbec info --set-timestep FS STORE'")
+    return float(dt)
 
 
 def _chain(head, tail):
@@ -528,6 +617,9 @@ def _open_group_readonly(store):
     where = os.fspath(store)
     if not os.path.exists(where):
         raise FileNotFoundError(f"{where}: no such trajectory store")
+    if os.path.isfile(where):
+        raise StoreError(f"{where} is a trajectory file, not a trajectory store: run "
+                         f"'numbec convert {where} STORE.zarr' first and use STORE.zarr")
     try:
         group = zarr.open_group(where, mode="r", use_consolidated=False)
         attrs = dict(group.attrs)
@@ -655,9 +747,26 @@ def open_trajectory(store, chunks=None):
             "store": where,
         }
     )
-    if attrs.get("timestep") is not None:
-        ds.attrs["timestep"] = float(attrs["timestep"])
+    dt = _stored_timestep(attrs, store)
+    if dt is not None:
+        ds.attrs["timestep"] = dt
+        _check_time_coordinate(ds["time"].values, dt, where)
     return ds
+
+
+def _check_time_coordinate(time, dt, where):
+    """Warn when the ``time`` coordinate's spacing contradicts the ``timestep`` attribute."""
+    spacing = np.diff(np.asarray(time, dtype=np.float64))
+    spacing = spacing[np.isfinite(spacing)]
+    if spacing.size and not np.allclose(spacing, dt, rtol=1e-6, atol=0.0):
+        import warnings
+
+        warnings.warn(
+            f"{where}: the time coordinate advances by {spacing.min():g} to {spacing.max():g} "
+            f"fs per frame, but the attribute timestep says {dt:g} fs; the attribute is used. "
+            "Fix the store with 'numbec info --set-timestep FS STORE'",
+            stacklevel=3,
+        )
 
 
 def trajectory_dataset(positions, cell, numbers, pbc, time, velocities=None, attrs=None):
@@ -787,6 +896,39 @@ def _safe_inverse(cells):
     return out
 
 
+def set_timestep(store, timestep: float) -> None:
+    """Set the time step of an existing trajectory store in place (under its lock).
+
+    Rewrites the ``timestep`` attribute (fs between stored frames) and the ``time``
+    coordinate of the complete frames (``time[k] = k * timestep``), e.g. for a store
+    converted without a time step.
+
+    Raises
+    ------
+    ValueError
+        ``timestep`` is not a positive number of fs.
+    StoreError, FileNotFoundError
+        ``store`` is not a trajectory store.
+    OutputLockedError
+        Another process is writing ``store``.
+    """
+    if isinstance(timestep, bool) or not (np.isfinite(timestep) and timestep > 0):
+        raise ValueError(f"time step must be a positive number of fs, got {timestep!r}")
+    _open_group_readonly(store)  # a clear error for what is not a trajectory store
+    with store_lock(store, "numbec info --set-timestep"):
+        group, attrs = _open_existing(store)
+        done = attrs["frames_complete"]
+        time = group["time"]
+        if time.shape[0] > done:
+            time.resize((done,))  # frames beyond the complete ones are rewritten on resume
+        time[:done] = np.arange(done) * float(timestep)
+        group.attrs.update({"timestep": float(timestep)})
+        if attrs.get("finished"):
+            from numbec.io.prediction import consolidate
+
+            consolidate(store)
+
+
 def trajectory_summary(store) -> dict:
     """Facts about a store for ``numbec info``, without reading frame data.
 
@@ -805,7 +947,7 @@ def trajectory_summary(store) -> dict:
     species: dict[str, int] = {}
     for z in numbers:
         species[chemical_symbols[int(z)]] = species.get(chemical_symbols[int(z)], 0) + 1
-    dt = attrs.get("timestep")
+    dt = _stored_timestep(attrs, store)
     allocated = max(arrays[name].shape[0] for name in _FRAME_ARRAYS if name in arrays)
     return {
         "store": os.fspath(store),
