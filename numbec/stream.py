@@ -60,6 +60,7 @@ import numpy as np
 from numbec import parallel
 from numbec.conventions import first_non_finite
 from numbec.io import prediction as store_format
+from numbec.io._files import naming_disk_full
 from numbec.io.prediction import (
     VARIABLES,
     OutputLockedError,
@@ -798,7 +799,9 @@ def _predict_to_store(model, plan, out: Path, progress, ds, store_path, overwrit
         velocities_source=ds.attrs.get("velocities_source", "trajectory"), dtype=spec.dtype,
         uncertainty=spec.uncertainty, precision=spec.precision)
     attrs = dict(plan.attrs, fingerprint=json.dumps(expected, sort_keys=True))
-    with store_format.locked(out):
+    with store_format.locked(out), naming_disk_full(
+            out, "the chunks written so far are kept: free space and run the same command "
+            "again to resume"):
         root = store_format.open_for_resume(out, expected, overwrite=overwrite)
         if root is None:
             root = store_format.create_store(

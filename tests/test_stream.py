@@ -857,3 +857,24 @@ def test_prediction_coordinates_label_axes_and_atoms(tmp_path):
             by_symbol.sel(symbol="H").values,
             result["charges"].values[:, NUMBERS == 1].mean(axis=1))
         assert result["bec"].sel(pol="x", disp="y").shape == (6, 6)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00garbage{"])
+def test_empty_or_garbled_lock_never_blocks_predict(tmp_path, content):
+    out = tmp_path / "p.zarr"
+    (tmp_path / "p.zarr.lock").write_bytes(content)  # e.g. left by a full disk
+    predict(ToyModel(), make_trajectory(n_frames=4), out=out, progress=False)
+    assert not (tmp_path / "p.zarr.lock").exists()
+
+
+def test_full_disk_names_the_prediction_store(tmp_path, monkeypatch):
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(prediction_store, "write_chunk", full)
+    with pytest.raises(OSError, match=r"p\.zarr: cannot write \(No space left on device\); "
+                                      "the chunks written so far are kept"):
+        predict(ToyModel(), make_trajectory(n_frames=4), out=tmp_path / "p.zarr",
+                progress=False)

@@ -166,9 +166,10 @@ def atomic_write(path, write: Callable[[Path], object]) -> Path:
 
     Raises
     ------
+    FileNotFoundError
+        The parent directory does not exist.
     OSError
-        The parent directory does not exist or cannot be written, or the disk is full
-        (``ENOSPC``/``EFBIG``): the message names ``path``.
+        The disk is full (``ENOSPC``/``EFBIG``): the message names ``path``.
     """
     path = Path(path)
     tmp = partial_path(path)
@@ -176,17 +177,32 @@ def atomic_write(path, write: Callable[[Path], object]) -> Path:
         raise FileNotFoundError(f"{path}: the directory {path.parent} does not exist")
     _remove(tmp)
     try:
-        write(tmp)
-        if path.is_dir() and not path.is_symlink() and tmp.is_dir():
-            shutil.rmtree(path)
-        tmp.replace(path)
-    except BaseException as exc:
+        with naming_disk_full(path):
+            write(tmp)
+            if path.is_dir() and not path.is_symlink() and tmp.is_dir():
+                shutil.rmtree(path)
+            tmp.replace(path)
+    except BaseException:
         _remove(tmp)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG):
-            raise OSError(exc.errno, f"{path}: cannot write ({os.strerror(exc.errno)})") \
-                from exc
         raise
     return path
+
+
+#: errno values of a full disk or a file-size limit.
+DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def naming_disk_full(path, advice: str = ""):
+    """Re-raise a full-disk error (ENOSPC, EFBIG, EDQUOT) inside the block as an OSError
+    whose message names ``path`` (and gives ``advice``); other errors pass unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        raise OSError(exc.errno, f"{os.fspath(path)}: cannot write "
+                      f"({os.strerror(exc.errno)}){'; ' + advice if advice else ''}") from exc
 
 
 def check_output_location(path, what: str = "output") -> Path:

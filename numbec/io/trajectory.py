@@ -35,7 +35,6 @@ is in Å per ASE time unit; multiplying by ``ase.units.fs`` (=
 
 from __future__ import annotations
 
-import errno
 import gzip
 import json
 import lzma
@@ -52,6 +51,7 @@ from numbec.conventions import ASE_TIME_UNITS_PER_FS, first_non_finite
 from numbec.io._files import (
     OutputLockedError,  # noqa: F401 - raised by convert_trajectory, documented there
     check_output_location,
+    naming_disk_full,
     store_lock,
     strip_compression,
 )
@@ -434,16 +434,11 @@ def convert_trajectory(
         raise ValueError(f"chunk_frames must be a positive number of frames, got "
                          f"{chunk_frames!r}")
     check_output_location(store, "trajectory store")
-    with store_lock(store, "numbec convert"):
-        try:
-            return _convert_locked(src, src_name, store, index, index_text, frame_dt,
-                                   chunk_frames, append, progress, time_series)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-                raise OSError(exc.errno, f"{os.fspath(store)}: cannot write "
-                              f"({os.strerror(exc.errno)}); the frames written so far are "
-                              "kept: free space and run again with --append") from exc
-            raise
+    with store_lock(store, "numbec convert"), naming_disk_full(
+            store, "the frames written so far are kept: free space and run again with "
+            "--append"):
+        return _convert_locked(src, src_name, store, index, index_text, frame_dt,
+                               chunk_frames, append, progress, time_series)
 
 
 def _convert_locked(src, src_name, store, index, index_text, frame_dt, chunk_frames, append,
