@@ -138,16 +138,17 @@ def _species_parts_from_bec(ds, trajectory, source):
             f"{source}: the trajectory has {trajectory.sizes['frame']} frames x "
             f"{trajectory.sizes['atom']} atoms, the prediction {n_frames} x {ds.sizes['atom']}"
         )
+    from numbec.stream import default_chunk_frames, species_sums
+
     species = np.unique(numbers)
     parts = np.zeros((species.size, n_frames, 3))
-    step = max(1, 2_000_000 // (9 * numbers.size))
+    step = default_chunk_frames(numbers.size)
     for start in range(0, n_frames, step):
         stop = min(n_frames, start + step)
         z = np.asarray(ds["bec"][start:stop].values, dtype=np.float64)
         v = np.asarray(trajectory["velocities"][start:stop].values, dtype=np.float64)
         contrib = np.einsum("faij,faj->fai", z, v)
-        for s, number in enumerate(species):
-            parts[s, start:stop] = contrib[:, numbers == number].sum(axis=1)
+        parts[:, start:stop] = species_sums(contrib, numbers, species).transpose(1, 0, 2)
     return parts, [chemical_symbols[int(z)] for z in species]
 
 
