@@ -259,11 +259,11 @@ def _xtb_with_field(atoms, field=None):
 
 
 def test_field_forces_agree_with_tblite_finite_field(water):
-    from numbec.demo import finite_difference_apt, xtb_calculator
+    from numbec.demo import finite_difference_apt, water_cluster, xtb_calculator
 
-    model, frames = water
-    atoms = Atoms(frames[-2].numbers, frames[-2].positions)
-    atoms.calc = xtb_calculator()
+    model, _ = water
+    # a relaxed trimer: not one of the (400 K) training geometries
+    atoms = water_cluster(3, seed=11, calc=xtb_calculator(), fmax=0.02, steps=300)
     exact_bec, _ = finite_difference_apt(atoms)
     field = np.array([0.02, -0.01, 0.03])  # V/Å
     _, f0 = _xtb_with_field(atoms)
@@ -278,7 +278,8 @@ def test_field_forces_agree_with_tblite_finite_field(water):
     assert scale > 0.01
     # exact APTs: the physical sign and size; the rest is polarisability, O(E^2)
     assert np.abs(xtb_response - exact).max() < 0.005 * scale
-    # learned APTs: to the accuracy of the model (BEC RMSE ~0.02 e on training clusters)
+    # learned APTs: to the accuracy of the model (here BEC RMSE 0.014 e, max 0.04 e; measured
+    # force difference 3.5e-4 eV/Å of 7.9e-3, relative RMS 4 %)
     bec_error = np.abs(calc.results["bec"] - exact_bec).max()
     assert np.abs(xtb_response - learned).max() < bec_error * np.abs(field).sum() + 1e-4
     assert np.abs(xtb_response - learned).max() < 0.1 * scale
