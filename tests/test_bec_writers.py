@@ -176,3 +176,26 @@ def test_extxyz_flavours_round_trip(tmp_path, flavour):
         np.testing.assert_array_equal(frame.info["REF_electric_field"], [0.0, 0.0, 0.1])
     back = numbec.read_bec(path, key=key)[0]
     np.testing.assert_array_equal(back.arrays["bec"], z)
+
+
+@pytest.mark.parametrize("fmt", ["ipi", "extxyz", "allegro-pol", "mace-field"])
+def test_born_command_other_formats(tmp_path, fmt):
+    from ase.build import bulk
+
+    from numbec import read_bec
+    from numbec.cli import main
+    from numbec.models import FixedBECModel
+
+    atoms = bulk("NaCl", "rocksalt", a=5.6)
+    z = np.random.default_rng(3).normal(size=(2, 3, 3))
+    FixedBECModel(atoms.numbers, z).save(tmp_path / "m.npz")
+    atoms.write(tmp_path / "POSCAR", format="vasp")
+    out = tmp_path / ("bec.txt" if fmt == "ipi" else "bec.xyz")
+    assert main(["born", str(tmp_path / "m.npz"), str(tmp_path / "POSCAR"), "--format", fmt,
+                 "-o", str(out)]) == 0
+    if fmt == "ipi":
+        back = read_ipi_bec(out, n_atoms=2)
+    else:
+        key = EXTXYZ_FLAVOURS["numbec" if fmt == "extxyz" else fmt][0]
+        back = read_bec(out, key=key)[0].arrays["bec"]
+    np.testing.assert_allclose(back, z, rtol=1e-15)  # unsymmetrised, as predicted

@@ -243,7 +243,7 @@ def _xtb_with_field(atoms, field=None):
     """GFN2-xTB energy (eV) and forces (eV/Å) with a homogeneous field (V/Å) in tblite.
 
     tblite's ASE calculator passes its ``electric_field`` as a NumPy array to a C pointer
-    argument and fails (tblite 0.4/0.5); its library interface takes a cffi buffer."""
+    argument and fails (tblite 0.8.0); its library interface takes a cffi buffer."""
     from ase.units import Bohr, Hartree
     from tblite.interface import Calculator
     from tblite.library import ffi
