@@ -187,13 +187,69 @@ class _BlasLimit:
 blas_limit = _BlasLimit()
 
 
+#: Graph key prefixes of lazy numbec results -> BLAS threads their tasks want.
+_LAZY_GRAPHS: dict[str, int] = {}
+_lazy_callback = None
+
+
+def limit_blas_for_graph(key_prefix: str, blas_threads) -> None:
+    """Apply ``blas_limit(blas_threads)`` whenever a Dask graph holding keys that start
+    with ``key_prefix`` is computed on a local scheduler (threads, processes, synchronous).
+
+    OpenBLAS takes its thread count from the main thread only: a limit set inside a task on
+    a pool thread does not hold. So a Dask callback sets it in the thread that calls
+    ``compute`` (normally the main thread) for the duration of the computation, and only
+    for graphs of numbec predictions. ``distributed`` workers get one BLAS thread from
+    their environment (:data:`SINGLE_THREAD_ENV`, set by ``numbec predict --workers``).
+    """
+    global _lazy_callback
+    if blas_threads is None:
+        return
+    _LAZY_GRAPHS[key_prefix] = int(blas_threads)
+    if _lazy_callback is None:
+        from dask.callbacks import Callback
+
+        class _LazyBlasLimit(Callback):
+            def __init__(self):
+                super().__init__()
+                self._active = []
+
+            def _start(self, dsk):
+                wanted = _wanted_blas_threads(dsk)
+                stack = contextlib.ExitStack()
+                if wanted is not None:
+                    stack.enter_context(blas_limit(wanted))
+                self._active.append(stack)
+
+            def _finish(self, dsk, state, errored):
+                if self._active:
+                    self._active.pop().close()
+
+        _lazy_callback = _LazyBlasLimit()
+        _lazy_callback.register()
+
+
+def _wanted_blas_threads(dsk):
+    if not _LAZY_GRAPHS:
+        return None
+    for key in dsk:
+        name = key[0] if isinstance(key, tuple) else key
+        if isinstance(name, str) and name.startswith("numbec-"):
+            for prefix, n in _LAZY_GRAPHS.items():
+                if name.startswith(prefix):
+                    return n
+    return None
+
+
 @contextlib.contextmanager
 def chunk_task_threads(blas_threads):
     """The thread policy of one chunk task, on whatever scheduler runs it.
 
-    BLAS on ``blas_threads`` threads (None: unchanged); and, outside the main thread of the
-    main process (Dask worker threads and processes, ``distributed`` workers), Numba kernels
-    on one thread: the tasks themselves are the parallelism there.
+    BLAS on ``blas_threads`` threads (None: unchanged; this holds where the task runs in a
+    main thread, and on pool threads when the main thread holds the limit as well: numbec's
+    own executors and, for lazy results, :func:`limit_blas_for_graph`); and, outside the
+    main thread of the main process (Dask worker threads and processes, ``distributed``
+    workers), Numba kernels on one thread: the tasks themselves are the parallelism there.
     """
     with blas_limit(blas_threads):
         if in_main_thread():

@@ -847,6 +847,7 @@ def _lazy_dataset(model, plan):
 
     spec, bounds = plan.spec, plan.bounds
     model_node, token = plan_model_node(model, plan)
+    parallel.limit_blas_for_graph(f"numbec-predict-{token}", spec.blas_threads)
     chunk_task = dask.delayed(predict_chunk, pure=True)
     getitem = dask.delayed(operator.getitem, pure=True)
     results = []

@@ -878,3 +878,49 @@ def test_full_disk_names_the_prediction_store(tmp_path, monkeypatch):
                                       "the chunks written so far are kept"):
         predict(ToyModel(), make_trajectory(n_frames=4), out=tmp_path / "p.zarr",
                 progress=False)
+
+
+def test_lazy_result_computed_later_runs_blas_on_one_thread():
+    """The thread policy travels with every chunk task: a lazy result computed after
+    predict() returned (threaded and synchronous schedulers) runs BLAS on one thread, as the
+    CLI does, and the caller's setting is back afterwards."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import dask
+
+    def blas_threads():
+        return {i["num_threads"] for i in threadpoolctl.threadpool_info()
+                if i["user_api"] == "blas"}
+
+    seen = []
+
+    class Probe(ToyModel):
+        def predict_arrays(self, *args, **kwargs):
+            seen.append(blas_threads())
+            return super().predict_arrays(*args, **kwargs)
+
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        if blas_threads() != {2}:
+            pytest.skip("BLAS cannot run two threads here")
+        lazy = predict(Probe(), make_trajectory(chunks=6), progress=False)
+        for scheduler in ("threads", "synchronous"):
+            with dask.config.set(scheduler=scheduler, num_workers=2):
+                lazy.compute()
+        assert len(seen) == 48 and all(s == {1} for s in seen), seen
+        assert blas_threads() == {2}
+
+
+def test_threading_layer_without_concurrent_kernels_warns_once(monkeypatch):
+    import numba
+
+    from numbec import parallel
+
+    monkeypatch.setattr(numba, "threading_layer", lambda: "workqueue")
+    monkeypatch.setattr(parallel, "_warned_layer", False)
+    with pytest.warns(RuntimeWarning, match="'workqueue'.*one after another"):
+        assert parallel.frame_threads(2, True, 8) == 1
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert parallel.frame_threads(2, True, 8) == 1
+    assert parallel.frame_threads(1, True, 8) == 1
