@@ -444,9 +444,13 @@ class _InputChunks:
         self._delayed = None
         self.dask_names = []
         if self.lazy:
+            import dask
             import dask.array as da
+            from dask.core import flatten
 
             self._delayed = {}
+            self._keys = {}
+            arrays = []
             for name in self.names:
                 data = ds[name].data
                 if not _is_dask(data):
@@ -454,15 +458,24 @@ class _InputChunks:
                 data = data.rechunk((tuple(chunks), -1, -1))
                 self.dask_names.append(data.name)
                 self._delayed[name] = list(data.to_delayed().ravel())
+                arrays.append(data)
+            # one optimised graph of the inputs; each chunk computes only its own part of
+            # it (a whole-graph compute per chunk would cost time and memory in proportion
+            # to the number of chunks, for every chunk)
+            self._graph = {}
+            for name, data in zip(self.names, dask.optimize(*arrays), strict=True):
+                self._graph.update(dict(data.__dask_graph__()))
+                self._keys[name] = list(flatten(data.__dask_keys__()))
         self.with_velocities = with_velocities
 
     def numpy(self, c, start, stop):
         """(positions, cell, velocities or None) of chunk ``c`` as numpy arrays."""
         if self.lazy:
-            import dask
+            from dask.local import get_sync
+            from dask.optimization import cull
 
-            values = dask.compute(*(self._delayed[n][c] for n in self.names),
-                                  scheduler="synchronous")
+            keys = [self._keys[n][c] for n in self.names]
+            values = get_sync(cull(self._graph, keys)[0], keys)
         else:
             values = [np.asarray(self.ds[n].values[start:stop]) for n in self.names]
         return values[0], values[1], (values[2] if self.with_velocities else None)

@@ -309,9 +309,9 @@ def create_store(out: Path, *, variables, integrated_dipole, numbers, species, c
     return root
 
 
-def fsync_tree(path: Path):
-    """Flush every file under ``path`` to disk (no-op if it does not exist)."""
-    if not path.exists():
+def fsync_tree(path):
+    """Flush every file under ``path`` (a str) to disk (no-op if it does not exist)."""
+    if not os.path.exists(path):
         return
     for dirpath, _dirnames, filenames in os.walk(path):
         for name in filenames:
@@ -340,13 +340,15 @@ def write_chunk(out: str, variables, integrated_dipole, c: int, start: int, stop
         progress["dipole_local"][start:stop] = result["dipole_local"]
         progress["dd_first"][c] = result["dd_first"]
         progress["dd_last"][c] = result["dd_last"]
-    base = Path(out)
+    # plain strings, not pathlib: Path interns every part, and thousands of chunk paths
+    # would grow the interpreter's table of interned strings
+    join = os.path.join
     for name in variables:
-        fsync_tree(base / name / "c" / str(c))
+        fsync_tree(join(out, name, "c", str(c)))
     for name in ("dipole_local", "dd_first", "dd_last"):
-        fsync_tree(base / PROGRESS_GROUP / name / "c" / str(c))
+        fsync_tree(join(out, PROGRESS_GROUP, name, "c", str(c)))
     progress["chunks_done"][c] = True
-    fsync_tree(base / PROGRESS_GROUP / "chunks_done" / "c" / str(c))
+    fsync_tree(join(out, PROGRESS_GROUP, "chunks_done", "c", str(c)))
 
 
 def chunks_done(root, n_chunks) -> np.ndarray:

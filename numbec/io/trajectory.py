@@ -17,6 +17,14 @@ local store writes every chunk and metadata file atomically (temporary file, the
 rename), so a kill leaves each file either old or new, never half written; a
 partial last chunk that is rewritten on resume keeps its complete frames.
 
+One writer at a time: :func:`convert_trajectory` and :func:`set_timestep` hold the
+store's lock (:func:`numbec.io._files.store_lock`, the same operating-system lock as
+``numbec predict``). A finished conversion consolidates the metadata (so that
+``xarray.open_zarr`` opens the store without a warning); numbec's own readers ignore
+consolidated metadata, which the next append invalidates. The ``units`` attributes are
+spelled ``Angstrom``, ``Angstrom/fs``, ``fs`` (as in prediction stores; stores written
+before numbec 0.1 say ``Å``). Arrays: :data:`LAYOUT`.
+
 ========== ======================= ======= ==================================
 array      dims                    dtype   unit / meaning
 ========== ======================= ======= ==================================
