@@ -14,9 +14,10 @@ core, or the machine oversubscribes (threads wait for each other instead of comp
   (:func:`chunk_task_threads`).
 
 BLAS (numpy's matrix products) always runs on one thread while numbec predicts
-(:func:`blas_limit`): per-frame matrices have a few hundred rows, and a multi-threaded BLAS
-spent longer synchronising than computing (2.5x slower per frame on a busy 2-core machine,
-10x for the demo's water clusters).
+(:func:`blas_limit`, in the driving thread and in every chunk task): per-frame matrices
+have a few hundred rows, and a multi-threaded BLAS spent longer synchronising than
+computing (2.5x slower per frame on a busy 2-core machine, 10x for the demo's water
+clusters).
 
 Nothing here imports Numba, threadpoolctl or Dask at module level: ``import numbec`` stays
 light.
@@ -144,47 +145,26 @@ def frame_threads(requested: int, concurrent_frames: bool, n_frames: int) -> int
 
 
 # ------------------------------------------------------------------------------ BLAS
-class _BlasLimit:
-    """Process-wide BLAS thread limit, shared by concurrent users.
+@contextlib.contextmanager
+def blas_limit(n_threads):
+    """``with blas_limit(n):`` BLAS runs on at most ``n`` threads (None: unchanged), set in
+    the calling thread and restored on exit. Needs threadpoolctl; without it, a no-op.
 
-    threadpoolctl sets the library's global thread count, so two threads that each set and
-    restore it would undo each other's limit mid-run. Here the first user sets the limit, the
-    last one to leave restores the original setting.
+    OpenBLAS builds differ in whether the setting is per thread or process-wide (and older
+    ones take it from the main thread only), so numbec sets it both in the thread that
+    drives a run (the main thread: :func:`numbec.predict`, or :func:`limit_blas_for_graph`
+    for a lazy result) and in every chunk task (:func:`chunk_task_threads`).
     """
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._users = 0
-        self._limiter = None
-
-    @contextlib.contextmanager
-    def __call__(self, n_threads):
-        if n_threads is None:
-            yield
-            return
-        with self._lock:
-            if self._users == 0:
-                try:
-                    from threadpoolctl import threadpool_limits
-                except ImportError:  # pragma: no cover - optional dependency
-                    self._limiter = None
-                else:
-                    self._limiter = threadpool_limits(limits=int(n_threads), user_api="blas")
-            self._users += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._users -= 1
-                if self._users == 0 and self._limiter is not None:
-                    self._limiter.restore_original_limits()
-                    self._limiter = None
-
-
-#: ``with blas_limit(n):`` BLAS runs on at most ``n`` threads (None: unchanged) in this
-#: process, and the previous setting is restored when the last concurrent user leaves. Needs
-#: threadpoolctl; without it, a no-op.
-blas_limit = _BlasLimit()
+    if n_threads is None:
+        yield
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - optional dependency
+        yield
+        return
+    with threadpool_limits(limits=int(n_threads), user_api="blas"):
+        yield
 
 
 #: Graph key prefixes of lazy numbec results -> BLAS threads their tasks want.
@@ -218,7 +198,7 @@ def limit_blas_for_graph(key_prefix: str, blas_threads) -> None:
                 wanted = _wanted_blas_threads(dsk)
                 stack = contextlib.ExitStack()
                 if wanted is not None:
-                    stack.enter_context(blas_limit(wanted))
+                    stack.enter_context(blas_limit(wanted))  # in the computing thread
                 self._active.append(stack)
 
             def _finish(self, dsk, state, errored):
