@@ -124,6 +124,19 @@ def test_errors_from_reading_a_file_name_it(tmp_path, monkeypatch, capsys):
     assert str(garbage) in line and "not a text file" in line
 
 
+def test_errors_without_a_file_name_the_inputs(tmp_path, monkeypatch, capsys):
+    model, store = tmp_path / "m.npz", tmp_path / "t.zarr"
+    model.write_bytes(b"")
+    store.mkdir()
+    _fail_with(monkeypatch, KeyError("n_radial"), numbec.cli.predict)
+    assert main(["predict", str(model), str(store), "-o", str(tmp_path / "p.zarr")]) == 1
+    line = _one_error_line(capsys, "numbec predict: error: ")
+    assert line.endswith(f"missing entry 'n_radial' (while reading {model}, {store})")
+    _fail_with(monkeypatch, KeyError("n_radial"), numbec.cli.info)
+    assert main(["info", str(store)]) == 1
+    assert _one_error_line(capsys).endswith(f"{store}: missing entry 'n_radial'")
+
+
 def test_memory_error_names_the_size_option(monkeypatch, capsys):
     _fail_with(monkeypatch, MemoryError(), numbec.cli.predict)
     assert main(["predict", "m.npz", "t.zarr", "-o", "p.zarr", "--chunk-frames",

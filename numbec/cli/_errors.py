@@ -77,8 +77,13 @@ def describe(exc: BaseException, parser: argparse.ArgumentParser, args=None, arg
     if flag and flag not in message:
         message = f"{flag}: {message}"
     if _is_about_file_content(exc):
-        source = _file_in_traceback(exc) or _single_input(parser, args)
-        if source and source not in message and os.path.basename(source) not in message:
+        source = _file_in_traceback(exc)
+        inputs = _existing_inputs(parser, args)
+        if source is None and len(inputs) == 1:
+            source = inputs[0]
+        if source is None and inputs:
+            message = f"{message} (while reading {', '.join(inputs)})"
+        elif source and source not in message and os.path.basename(source) not in message:
             message = f"{source}: {message}"
     return message
 
@@ -136,12 +141,11 @@ def _is_about_file_content(exc: BaseException) -> bool:
     return isinstance(exc, EOFError | UnicodeDecodeError | KeyError | zlib.error | lzma.LZMAError)
 
 
-def _single_input(parser, args) -> str | None:
-    """The command's only existing input path, if it has exactly one."""
+def _existing_inputs(parser, args) -> list[str]:
+    """The input paths the command was given that exist."""
     if args is None:
-        return None
-    paths = [p for p in _input_values(parser, args) if os.path.exists(p)]
-    return paths[0] if len(paths) == 1 else None
+        return []
+    return [p for p in _input_values(parser, args) if os.path.exists(p)]
 
 
 def _file_in_traceback(exc: BaseException) -> str | None:
