@@ -82,7 +82,8 @@ def best_median(cell):
 
 def needs_shared_data():
     if not SHARED_DATA.is_dir():
-        missing_data("the full reference data (quartz, ZrO2 and BaTiO3 BEC sets)")
+        missing_data("the full reference data sets (all 201 quartz and 59 BaTiO3 frames, "
+                     "and the ZrO2 OUTCARs, which numbec cannot ship)")
 
 
 def test_spectra_benchmark(tmp_path):
