@@ -41,10 +41,10 @@ def test_partition_equals_the_separate_models(rng):
     combined = fitted_random_model(CombinedModel, rng, periodic=True)
     m = combined.sparse_unit.shape[0]
     parts = {}
-    for cls, weights in ((MonopoleModel, combined.weights[:m]),
-                         (DipoleModel, combined.weights[m:])):
-        metadata, arrays = combined._state()
-        arrays["weights"] = weights
+    for cls, columns in ((MonopoleModel, slice(None, m)), (DipoleModel, slice(m, None))):
+        metadata, arrays = combined.state()
+        arrays["weights"] = combined.weights[columns]
+        arrays["covariance"] = combined.covariance[columns, columns]
         parts[cls] = cls._from_state(metadata, arrays)
     for atoms in (water_cluster(rng, 3), water_cell(rng)):
         out = predict(combined, atoms)
