@@ -29,6 +29,7 @@ def rng():
 def test_molecule_bec_is_derivative_of_dipole_and_partition(rng):
     model = fitted_random_model(CombinedModel, rng, periodic=False)
     out = check_molecule_derivative(model, rng)
+    # plumbing check (bec is computed as this sum): the parts reach the output unchanged
     np.testing.assert_allclose(out["bec_monopole"] + out["bec_dipole"], out["bec"], atol=1e-14)
     for key in ("bec_monopole", "bec_dipole"):
         np.testing.assert_allclose(out[key].sum(axis=0), 0.0, atol=1e-10)
@@ -60,6 +61,7 @@ def test_partition_equals_the_separate_models(rng):
 def test_periodic_invariances_and_asr(rng):
     model = fitted_random_model(CombinedModel, rng, periodic=True)
     ref = check_periodic_invariances(model, rng)
+    # plumbing check (bec is computed as this sum)
     np.testing.assert_allclose(ref["bec_monopole"] + ref["bec_dipole"], ref["bec"], atol=1e-14)
     np.testing.assert_allclose(ref["bec_dipole"].sum(axis=0), 0.0, atol=1e-10)
 

@@ -35,6 +35,7 @@ def test_molecule_bec_is_derivative_of_dipole(rng, zeta):
     model = fitted_random_model(MonopoleModel, rng, periodic=False, zeta=zeta)
     out = check_molecule_derivative(model, rng)
     # neutral charges and the dipole they carry
+    # plumbing check: the charges are neutralised by construction
     np.testing.assert_allclose(out["charges"].sum(), 0.0, atol=1e-12)
     atoms = water_cluster(np.random.default_rng(7 + 1), 3)
     out = predict(model, atoms)
@@ -44,6 +45,7 @@ def test_molecule_bec_is_derivative_of_dipole(rng, zeta):
 def test_periodic_invariances_and_asr(rng):
     model = fitted_random_model(MonopoleModel, rng, periodic=True)
     ref = check_periodic_invariances(model, rng)
+    # plumbing check: the charges are neutralised by construction
     np.testing.assert_allclose(ref["charges"].sum(), 0.0, atol=1e-12)
 
 

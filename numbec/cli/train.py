@@ -58,7 +58,7 @@ DESCRIPTOR_FLAGS = (
     ("n_radial", int, "radial basis functions of the two-body descriptor"),
     ("n_angular", int, "radial basis functions per l of the three-body descriptor"),
     ("l_max", int, "largest angular momentum of the three-body descriptor"),
-    ("radial_weight", float, "weight beta of the two-body block, in [0, 1]"),
+    ("radial_weight", float, "weight beta of the two-body part, in [0, 1]"),
 )
 
 
@@ -166,10 +166,7 @@ def build_model(args, frames):
         if missing:
             names = ", ".join(chemical_symbols[z] for z in missing)
             raise ValueError(f"--n-sparse gives no count for {names} (species in the data)")
-    name = MODELS[args.model]
-    cls = getattr(numbec.models, name, None)
-    if cls is None:
-        raise ValueError(f"--model {args.model}: numbec.models.{name} is not available")
+    cls = getattr(numbec.models, MODELS[args.model])
     kwargs = {k: getattr(args, k) for k in HYPERPARAMETERS}
     return cls(settings=settings, **kwargs), settings
 

@@ -212,7 +212,8 @@ class BECModel(ABC):
             )
         return {} if precision == "float64" else {"precision": precision}
 
-    def check_inputs(self, positions, numbers, where: str = "") -> None:
+    def check_inputs(self, positions: np.ndarray, numbers: np.ndarray, where: str = ""
+                     ) -> None:
         """Raise a clear error for non-finite positions or species unknown to the model."""
         prefix = f"{where}: " if where else ""
         positions = np.asarray(positions)
@@ -264,7 +265,7 @@ class BECModel(ABC):
         """Rebuild a model from what :meth:`state` returned; raise :class:`ModelFileError`
         (or KeyError, TypeError, ValueError) for entries that do not fit together."""
 
-    def save(self, path) -> Path:
+    def save(self, path: str | Path) -> Path:
         """Write the model to ``path`` (``.npz`` appended if missing); returns the path.
 
         The file is written under a temporary name and renamed, so ``path`` never holds a
@@ -324,7 +325,7 @@ def charge_arguments(atoms) -> dict:
     return {"total_charge": charge} if charge != 0.0 else {}
 
 
-def load_model(path) -> BECModel:
+def load_model(path: str | Path) -> BECModel:
     """Load a model written by :meth:`BECModel.save`.
 
     Every array is checked against the metadata (shapes, dtypes, finite values, species)

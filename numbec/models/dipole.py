@@ -2,7 +2,8 @@
 
 ``P = sum_i q0_J(i) r_i + sum_i mu_i`` with ``mu_i^mu = sum_b sum_nu K_{mu nu}(i, b) w_{b nu}``,
 ``K_{mu nu}(i, b) = (V_i^mu . V_b^nu) / s**2 * (x_i . x_b) ** (zeta - 1)``; BECs by the chain
-rule through the adjoint ``vector_contraction`` and ``scalar_contraction``. Fitted to BECs
+rule through the adjoints of the vector and scalar descriptors (``add_adjoint`` into one set of
+coefficient adjoints, one ``Expansion.backprop``, ``scatter_with_self``). Fitted to BECs
 ("derivative learning"); molecular dipoles are fitted too when present.
 """
 
