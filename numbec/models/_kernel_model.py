@@ -154,6 +154,20 @@ def _total_charge(value) -> float:
     return charge
 
 
+def _has_extreme_atoms(pairs) -> bool:
+    """False if every atom with neighbours has one on each side along x and along y: then
+    no atom is outermost, so the structure cannot be a finite cluster. O(pairs), vectorised:
+    decides condensed phases without the graph search of :func:`_unwrapped_cluster`."""
+    counts = np.diff(pairs.offsets)
+    starts = pairs.offsets[:-1][counts > 0]
+    for axis in (0, 1):
+        d = pairs.vectors[:, axis]
+        if not ((np.maximum.reduceat(d, starts) <= 0.0).any()
+                and (np.minimum.reduceat(d, starts) >= 0.0).any()):
+            return False
+    return True
+
+
 def _unwrapped_cluster(pairs, positions, cell) -> np.ndarray | None:
     """Positions of a periodic structure that is one finite cluster, unwrapped; else None.
 
@@ -167,6 +181,8 @@ def _unwrapped_cluster(pairs, positions, cell) -> np.ndarray | None:
     pairs : NeighborList of the structure; positions : (N, 3) Å; cell : (3, 3) Å.
     Returns (N, 3) float64 unwrapped positions (Å), or None.
     """
+    if pairs.n_pairs and not _has_extreme_atoms(pairs):
+        return None  # the quick answer for condensed phases
     centers, neighbors, shifts = pairs.centers, pairs.neighbors, pairs.shifts
     n = positions.shape[0]
     if np.any(centers == neighbors):  # an atom sees its own image: the cell is not a cluster
