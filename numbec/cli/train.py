@@ -9,14 +9,15 @@ three (docs/models.md); ``monopole`` is the cheapest.
 
 Hyperparameters and their defaults (method.md §2-§6):
 
-* kernel: ``--zeta`` polynomial kernel exponent (4);
-* sparse reference environments per species: ``--n-sparse`` (200, or per species as
-  ``Si:100,O:300``), ``--sparse-method`` cur|fps (cur), ``--seed`` (0);
+* kernel: ``--zeta`` polynomial kernel exponent;
+* sparse reference environments per species: ``--n-sparse`` (one count, or per species as
+  ``Si:100,O:300``), ``--sparse-method`` cur|fps, ``--seed``;
 * regression: ``--regression`` bayesian|ridge (bayesian: evidence maximisation with
-  predictive variances), ``--ridge`` regulariser of ridge regression (1e-6);
-* descriptors (Å): ``--cutoff-radial`` (6.0), ``--cutoff-angular`` (5.0), ``--sigma`` (0.5),
-  ``--n-radial`` (8), ``--n-angular`` (8), ``--l-max`` (4), ``--radial-weight`` beta of
-  ``[sqrt(beta) X2, sqrt(1-beta) X3]`` (0.1).
+  predictive variances), ``--ridge`` regulariser of ridge regression;
+* descriptors (Å): ``--cutoff-radial``, ``--cutoff-angular``, ``--sigma``, ``--n-radial``,
+  ``--n-angular``, ``--l-max``, ``--radial-weight`` beta of ``[sqrt(beta) X2, sqrt(1-beta) X3]``.
+
+Each option below shows its default, taken from the model and descriptor classes.
 """
 
 from __future__ import annotations
