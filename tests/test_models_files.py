@@ -147,11 +147,22 @@ def test_constructors_take_keywords_only():
     assert CombinedModel(zeta=2).zeta == 2
 
 
-def test_save_leaves_no_temporary_file_behind(tmp_path):
+def test_save_leaves_no_temporary_file_behind(tmp_path, monkeypatch):
+    """A write that fails half-way (a full disk) leaves neither the model nor its temporary."""
+    import numbec.models.base as base
+
     model = load_model(OLD / "MonopoleModel.npz")
-    with pytest.raises(OSError):
-        model.save(tmp_path / "missing" / "m.npz")
-    assert not list(tmp_path.rglob("*.partial"))
-    warnings.simplefilter("error")  # saving a fitted model emits no warning
-    model.save(tmp_path / "m.npz")
+
+    def full_disk(fh, **arrays):
+        fh.write(b"PK\x03\x04 half a zip")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(base.np, "savez", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        model.save(tmp_path / "m.npz")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # saving a fitted model emits no warning
+        model.save(tmp_path / "m.npz")
     assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]
