@@ -33,6 +33,7 @@ COMMANDS = {
     "evaluate": "RMSE/MAE/R2 of a saved model on reference BECs, with a species-mean baseline",
     "predict": "predict BECs and dipole derivatives along a trajectory store",
     "ir": "IR spectrum (absolute units, error bars) from a prediction store",
+    "born": "predict the BECs of one structure and write them for phonopy (BORN), i-PI, ...",
 }
 
 #: Environment variable that turns on tracebacks like ``--debug``.
