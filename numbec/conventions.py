@@ -138,10 +138,11 @@ def asr_project(bec, weights=None) -> np.ndarray:
     """Project BECs onto the acoustic sum rule: ``Z[a] - w_a * sum_b Z[b]``.
 
     With ``weights=None`` the violation is spread evenly (``w_a = 1/N``), the
-    projection used for training targets. Returns a new ``(N, 3, 3)`` array.
+    projection used for training targets. ``bec`` is ``(N, 3, 3)`` or ``(..., N, 3, 3)``
+    (frames first, each projected on its own); returns a new array of the same shape.
     """
     z = np.asarray(bec, dtype=np.float64)
-    total = z.sum(axis=0)
-    n = z.shape[0]
+    total = z.sum(axis=-3)
+    n = z.shape[-3]
     w = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, float) / np.sum(weights)
-    return z - w[:, None, None] * total[None]
+    return z - w[:, None, None] * total[..., None, :, :]

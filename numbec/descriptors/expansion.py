@@ -118,8 +118,12 @@ class Expansion:
         return _ex.scatter_with_self(np.ascontiguousarray(g), nl.offsets, nl.neighbors)
 
 def expand(positions, numbers, cell, pbc, settings: DescriptorSettings,
-           l2_max: int) -> Expansion:
-    """Neighbour list and coefficients c2 (l <= l2_max), c3 (l <= settings.l_max)."""
+           l2_max: int, pairs: NeighborList | None = None) -> Expansion:
+    """Neighbour list and coefficients c2 (l <= l2_max), c3 (l <= settings.l_max).
+
+    ``pairs``: a neighbour list already made for these positions with ``settings.cutoff``
+    (e.g. :func:`neighbor_list_frames` of a chunk of frames); ``cell`` and ``pbc`` are then
+    not used."""
     if not isinstance(settings, DescriptorSettings):
         raise TypeError("settings must be a DescriptorSettings")
     channel = species_channels(numbers, settings)
@@ -127,7 +131,12 @@ def expand(positions, numbers, cell, pbc, settings: DescriptorSettings,
     if positions.shape != (channel.size, 3):
         raise ValueError(f"positions must have shape ({channel.size}, 3) to match numbers, got "
                          f"{positions.shape}")
-    pairs = neighbor_list(positions, cell, pbc, settings.cutoff)
+    if pairs is None:
+        pairs = neighbor_list(positions, cell, pbc, settings.cutoff)
+    elif pairs.n_atoms != channel.size or pairs.cutoff != settings.cutoff:
+        raise ValueError(f"the neighbour list has {pairs.n_atoms} atoms and cutoff "
+                         f"{pairs.cutoff} Å; the structure has {channel.size} atoms and the "
+                         f"descriptors need {settings.cutoff} Å")
     order, groups, ends = _ex.group_pairs_by_species(
         pairs.offsets, pairs.neighbors, pairs.distances, channel, settings.n_species,
         settings.cutoff_radial, settings.cutoff_angular)
