@@ -100,8 +100,10 @@ class Expansion:
 
     def backprop(self, a2: np.ndarray, a3: np.ndarray) -> np.ndarray:
         """Per-pair gradients (P, C, 3) from coefficient adjoints a2, a3 (N, rows, C, LM)."""
-        # four channels at once per pair from four channels on (the combined model's)
-        kernel = (_ex.pair_backprop_channel_blocks if a2.shape[2] >= 4 else _ex.pair_backprop)
+        # four channels at once per pair from two channels on (the dipole and combined
+        # models); one pass per channel for one (the monopole model): water dimers, 2026-12-03,
+        # pair part per frame 66 us per channel one at a time, 20 us for a block of four
+        kernel = (_ex.pair_backprop_channel_blocks if a2.shape[2] >= 2 else _ex.pair_backprop)
         with serial_if_small(self.pairs.n_pairs):
             return kernel(a2, a3, *self.block_args())
 
