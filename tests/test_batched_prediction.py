@@ -87,3 +87,25 @@ def test_default_batch_of_models_without_one():
     for f in range(3):
         single = model.predict_arrays(positions[f], base.numbers, None, False)
         np.testing.assert_array_equal(batch["bec"][f], single["bec"])
+
+
+@pytest.mark.parametrize("cls", [MonopoleModel, CombinedModel], ids=lambda c: c.__name__)
+def test_molecules_in_a_box_and_charged_frames(cls, monkeypatch):
+    """Frames of one molecule in a large periodic box get the molecular treatment frame by
+    frame (wrapped differently in every frame), and a total charge reaches every frame."""
+    rng = np.random.default_rng(11)
+    model = fitted_random_model(cls, rng, False)
+    base, positions, _ = _frames(rng, False, 5)
+    cells = np.stack([np.eye(3) * 30.0] * 5)
+    # wrap some atoms of some frames across the box: the molecule stays one cluster
+    boxed = positions.copy()
+    boxed[1, 0] += cells[1, 0]
+    boxed[3, 2:] -= cells[3, 1]
+    monkeypatch.setattr(kernel_model, "BATCH_ATOMS", 2 * len(base))
+    batch = model.predict_frames(boxed, base.numbers, cells, True, total_charge=1.0)
+    free = model.predict_frames(positions, base.numbers, None, False, total_charge=1.0)
+    np.testing.assert_allclose(batch["bec"], free["bec"], atol=1e-10)
+    np.testing.assert_allclose(batch["bec"].sum(axis=1), np.broadcast_to(np.eye(3), (5, 3, 3)),
+                               atol=1e-10)
+    if "charges" in batch:
+        np.testing.assert_allclose(batch["charges"].sum(axis=1), 1.0, atol=1e-12)
