@@ -569,7 +569,7 @@ def _rmse(a, b) -> float:
 
 
 def compare(models: dict, store, md: dict, checks: list, config: DemoConfig, cache: Path,
-            log=print) -> dict:
+            log=print, progress: bool = False) -> dict:
     """Stream every model over the test trajectory and compare with the exact xTB results.
 
     Parameters
@@ -578,6 +578,8 @@ def compare(models: dict, store, md: dict, checks: list, config: DemoConfig, cac
     store : path of the Zarr trajectory store of the test MD
     md : dict from :func:`run_md` (exact ``dipole_dt`` (F, 3) e·Å/fs)
     checks : frames from :func:`exact_check_frames` (exact APTs at some MD frames)
+    progress : bool
+        Progress bars of the streamed predictions (on stderr).
 
     Returns
     -------
@@ -612,7 +614,8 @@ def compare(models: dict, store, md: dict, checks: list, config: DemoConfig, cac
     for name, model in models.items():
         t0 = time.perf_counter()
         out = cache / f"pred-{name}-{Path(store).stem}-{_model_hash(model)}.zarr"
-        pred = numbec.predict(model, store, out=out, progress=False)
+        log(f"  {name} model: streaming BEC predictions over {md['n_frames']} frames")
+        pred = numbec.predict(model, store, out=out, progress=progress)
         bec = np.asarray(pred["bec"].values)
         dd = np.asarray(pred["dipole_derivative"].values)
         z_pred = bec[idx]
@@ -689,7 +692,8 @@ def _plot(spectra: dict, path: Path, title: str) -> None:
 
 
 # ------------------------------------------------------------------------------ driver
-def run_demo(out="numbec-demo", quick: bool = False, fresh: bool = False, log=print) -> dict:
+def run_demo(out="numbec-demo", quick: bool = False, fresh: bool = False, log=print,
+             progress: bool = False) -> dict:
     """Run the whole demo; write ``ir.png``, ``spectra.csv`` and ``results.json`` to ``out``.
 
     Parameters
@@ -703,6 +707,8 @@ def run_demo(out="numbec-demo", quick: bool = False, fresh: bool = False, log=pr
         Ignore (delete) the cache of this configuration first.
     log : callable
         Receives one progress line at a time.
+    progress : bool
+        Also show progress bars (stderr) for the streamed predictions, the longest step.
 
     Returns
     -------
@@ -718,10 +724,11 @@ def run_demo(out="numbec-demo", quick: bool = False, fresh: bool = False, log=pr
 
     with _single_blas_thread():
         return _run(DemoConfig.quick() if quick else DemoConfig.full(), Path(out), quick,
-                    fresh, log)
+                    fresh, log, progress)
 
 
-def _run(config: DemoConfig, out: Path, quick: bool, fresh: bool, log) -> dict:
+def _run(config: DemoConfig, out: Path, quick: bool, fresh: bool, log,
+         progress: bool = False) -> dict:
     import shutil
 
     import numbec
@@ -759,7 +766,7 @@ def _run(config: DemoConfig, out: Path, quick: bool, fresh: bool, log) -> dict:
 
     log("4. IR spectra: predicted sum_a Z_a v_a vs the exact xTB dipole derivative")
     t0 = time.perf_counter()
-    comparison = compare(models, store, md, checks, config, cache, log)
+    comparison = compare(models, store, md, checks, config, cache, log, progress)
     spectra = comparison.pop("spectra")
     _plot(spectra, out / "ir.png",
           f"(H$_2$O)$_{{{config.md_size}}}$, GFN2-xTB NVE MD, "

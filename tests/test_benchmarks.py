@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import missing_data
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
@@ -81,7 +82,8 @@ def best_median(cell):
 
 def needs_shared_data():
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"reference data not found at {SHARED_DATA} (set NUMBEC_SHARED_DATA)")
+        missing_data("the full reference data sets (all 201 quartz and 59 BaTiO3 frames, "
+                     "and the ZrO2 OUTCARs, which numbec cannot ship)")
 
 
 def test_spectra_benchmark(tmp_path):
