@@ -109,8 +109,14 @@ def load_xtb(quick: bool, cache: Path, log=print):
     md = demo.run_md(config, cache, log=log)
     test = demo.exact_check_frames(config, md, cache, log=log)
     store = cache / f"{Path(md['traj']).stem}.zarr"
-    if not store.exists():
-        numbec.convert_trajectory(md["traj"], store, progress=False)
+    if not store.exists():  # converted under a temporary name: never a partial store
+        tmp = store.with_name(store.name + ".partial")
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        numbec.convert_trajectory(md["traj"], tmp, timestep=md["frame_dt"], progress=False)
+        tmp.replace(store)
     temperature = demo._kinetic_temperature(store)
     freq, exact = demo._spectrum(md["dipole_dt"], md["frame_dt"], temperature)
     band = freq <= 4200.0

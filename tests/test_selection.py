@@ -229,3 +229,10 @@ def test_cli_select_writes_folders(model, store, tmp_path):
     assert all(abs(a - b) >= 3 for a, b in itertools.combinations(frames, 2))  # 6 fs = 3 frames
     assert sorted(p.name for p in out.glob("frame_*")) == sorted(f"frame_{k:06d}"
                                                                  for k in frames)
+    # a second round: no model for stride, the first round's frames excluded via its json
+    out2 = tmp_path / "picked2"
+    assert main(["select", "-", str(store), "-n", "2", "-o", str(out2), "--strategy", "stride",
+                 "--exclude", str(out / "selection.json"), "0,1", "--no-progress"]) == 0
+    frames2 = json.loads((out2 / "selection.json").read_text())["selection"]["frames"]
+    assert len(frames2) == 2 and not set(frames2) & (set(frames) | {0, 1})
+    assert main(["select", "-", str(store), "-n", "2", "-o", str(tmp_path / "x")]) == 1

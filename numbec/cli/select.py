@@ -8,7 +8,8 @@ writes the N chosen ones for DFT (numbec.selection.select, numbec.io.dft_inputs)
   the picks are not neighbours of each other; ``diverse``: farthest-point sampling in
   descriptor space among the most uncertain frames; ``random``, ``stride``: baselines.
 * ``--min-separation T``: no two picked frames closer than T fs (frames if the store has no
-  time), nor closer than T to a frame listed in ``--exclude`` (frames already labelled).
+  time), nor closer than T to a frame listed in ``--exclude`` (frames already labelled:
+  indices, or the ``selection.json`` of earlier rounds).
 * Output in PICKED/: ``selected.extxyz`` (every frame with its index and time),
   ``selection.json`` and with ``--format vasp`` one folder per frame with a POSCAR and the
   files given by ``--template`` (INCAR, KPOINTS, POTCAR, or a directory of them), with
@@ -35,7 +36,7 @@ def register(subparsers):
     from numbec.io.dft_inputs import FORMATS
     from numbec.selection import STRATEGIES
 
-    parser.add_argument("model", help="saved model (.npz)")
+    parser.add_argument("model", help="saved model (.npz); '-' for --strategy random or stride")
     parser.add_argument("trajectory", help="trajectory store (.zarr, from numbec convert)")
     parser.add_argument("-n", "--n-frames", type=int, required=True, dest="n",
                         help="number of frames to pick")
@@ -44,8 +45,9 @@ def register(subparsers):
                         help="how to rank the frames (default: uncertainty)")
     parser.add_argument("--min-separation", type=float, default=0.0, metavar="FS",
                         help="smallest time between two picked frames, fs (default 0)")
-    parser.add_argument("--exclude", default="", metavar="I,J,...",
-                        help="frame indices already labelled (never picked)")
+    parser.add_argument("--exclude", nargs="+", default=[], metavar="I,J,...|selection.json",
+                        help="frames already labelled (never picked): indices, or the "
+                             "selection.json of earlier rounds")
     parser.add_argument("--candidates", type=int, default=None,
                         help="frames kept after the scoring pass (default: 20 N, at least 200, "
                              "for uncertainty; 4 N, at least 20, for diverse)")
@@ -64,17 +66,30 @@ def register(subparsers):
     return parser
 
 
-def _indices(text: str) -> list[int]:
+def _excluded(items) -> list[int]:
+    """Frame indices from ``3,17 21`` and/or earlier ``selection.json`` files."""
+    import json
+    from pathlib import Path
+
     out = []
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
+    for item in items:
+        if item.endswith(".json"):
+            try:
+                frames = json.loads(Path(item).read_text())["selection"]["frames"]
+                out.extend(int(k) for k in frames)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"--exclude {item}: not a selection.json of numbec select "
+                                 f"({exc})") from None
             continue
-        try:
-            out.append(int(item))
-        except ValueError:
-            raise ValueError(f"--exclude: {item!r} is not a frame index") from None
-    return out
+        for part in item.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                out.append(int(part))
+            except ValueError:
+                raise ValueError(f"--exclude: {part!r} is not a frame index") from None
+    return sorted(set(out))
 
 
 def run(args) -> int:
@@ -82,14 +97,21 @@ def run(args) -> int:
     from numbec.models import load_model
     from numbec.selection import _Frames, select
 
-    model = load_model(args.model)
+    if args.model == "-":
+        if args.strategy in ("uncertainty", "diverse"):
+            raise ValueError(f"--strategy {args.strategy} needs a model file (MODEL '-' is "
+                             "for random and stride)")
+        model = None
+    else:
+        model = load_model(args.model)
+    exclude = _excluded(args.exclude)
     template = args.template
     if template is not None and args.fmt == "espresso":
         if len(template) != 1:
             raise ValueError("--format espresso takes one --template file (a pw.x input)")
         template = template[0]
     result = select(model, args.trajectory, args.n, args.strategy,
-                    min_separation=args.min_separation, exclude=_indices(args.exclude),
+                    min_separation=args.min_separation, exclude=exclude,
                     candidates=args.candidates, seed=args.seed,
                     progress=not args.no_progress)
     frames = _Frames(args.trajectory)
@@ -98,7 +120,7 @@ def run(args) -> int:
                              metadata={"model": str(args.model),
                                        "trajectory": str(args.trajectory),
                                        "min_separation": args.min_separation,
-                                       "exclude": _indices(args.exclude),
+                                       "exclude": exclude,
                                        "selection": result.to_dict()},
                              overwrite=args.overwrite)
     print(f"{summary.parent}: {len(picked)} of {result.n_frames} frames ({args.strategy}, "
