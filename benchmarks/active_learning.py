@@ -208,11 +208,18 @@ def summarise(name, result, args, log=print) -> dict:
         half = sizes[-1] // 2
         met = any(reached[s] is not None and reached[s] <= half
                   for s in ("uncertainty", "diverse") if s in reached)
-        out.update({"target_rmse": target, "frames_to_reach": reached, "target_met": met})
+        # a curve that does not fall cannot tell strategies apart: the first model is as good
+        flat = table["random"]["rmse"][0] <= target
+        out.update({"target_rmse": target, "frames_to_reach": reached, "target_met": met,
+                    "learning_curve_flat": flat})
+        verdict = "met" if met else "missed"
+        if flat:
+            verdict += (" trivially: the initial model is already as good as random's last "
+                        "(flat learning curve: the model's capacity, not the data, limits it)")
         log(f"random at {sizes[-1]} frames: {target:.4f} e; frames to reach it: "
             + ", ".join(f"{s} {reached[s] if reached[s] is not None else '>' + str(sizes[-1])}"
                         for s in args.strategies)
-            + f"; target (active <= {half}): {'met' if met else 'missed'}")
+            + f"; target (active <= {half}): {verdict}")
     return out
 
 
