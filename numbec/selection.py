@@ -295,8 +295,8 @@ def select(model, trajectory, n: int, strategy: str = "uncertainty", *,
         ``stride`` any model or None.
     trajectory : trajectory store path, xarray.Dataset (:func:`numbec.open_trajectory`) or a
         list of ase.Atoms (``info["time"]`` in fs used where every frame has it).
-    n : number of frames to pick (fewer are returned, with a warning-free shortfall, only when
-        ``exclude`` and ``min_separation`` leave fewer eligible frames).
+    n : number of frames to pick; fewer are returned only when ``exclude`` and
+        ``min_separation`` leave fewer eligible frames (the CLI says so).
     strategy : one of :data:`STRATEGIES`.
     min_separation : fs (frames where the trajectory has no time): smallest allowed distance
         in time between two picked frames and between a picked and an excluded frame.

@@ -105,3 +105,26 @@ def test_active_learning_example_runs(tmp_path):
         assert max(curve["test_rmse"]) < 0.3
     # both runs start from the same frames; xTB labels each frame once
     assert summary["xtb_labels"] <= 9 + 6
+
+
+@pytest.mark.slow
+def test_active_learning_benchmark_smoke(tmp_path, shared_data):
+    """benchmarks/active_learning.py in a tiny form: the table is printed and every strategy
+    starts from the same frames, so from the same error."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "active_learning.py"
+    out = tmp_path / "al.json"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--systems", "quartz", "--quick", "--start", "3",
+         "--step", "3", "--max", "6", "--seeds", "1", "--n-sparse", "20",
+         "--strategies", "uncertainty,random,stride", "--json", str(out)],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| frames | uncertainty | random | stride |" in proc.stdout
+    runs = json.loads(out.read_text())["systems"]["quartz"]["runs"]
+    first = {name: rounds[0]["test_rmse"] for name, rounds in runs.items()}
+    assert len(set(first.values())) == 1, first
+    for rounds in runs.values():
+        assert [r["n_train"] for r in rounds] == [3, 6]
+        assert all(0 < r["test_rmse"] < 0.2 for r in rounds)  # species mean: 0.42 e

@@ -43,6 +43,12 @@ def _score(model, atoms):
     return frame_score(model, atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)
 
 
+def test_score_is_the_epistemic_part_of_the_predicted_bec_variance(model, quartz):
+    atoms = quartz[12]
+    std = model.predict(atoms, uncertainty=True)["bec_std"]
+    assert _score(model, atoms) == pytest.approx(np.mean(std**2) - model.sigma_v2, rel=1e-9)
+
+
 def test_far_frame_ranks_above_training_frame(model, quartz):
     train = quartz[0]
     far = _displaced(quartz[10], 0.15, seed=1)  # 0.15 Å random displacements: hot, distorted
