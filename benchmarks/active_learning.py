@@ -8,8 +8,8 @@ Usage::
 
 On pools whose every frame is already labelled, :func:`numbec.active_learning` starts from
 ``--start`` evenly spaced frames and adds ``--step`` frames per round up to ``--max``, with
-each strategy (uncertainty, diverse, random with ``--seeds`` seeds, stride); every round's
-model is scored on a held-out test set. Systems:
+each strategy (uncertainty, reduction, diverse, random with ``--seeds`` seeds, stride);
+every round's model is scored on a held-out test set. Systems:
 
 ``quartz``  alpha-quartz SiO2 (QE): pool = frames 0-149 of SiO2.xyz, test = 150-200.
 ``zro2``    ZrO2 (VASP DFPT): pool = OUTCAR.1-80, test = OUTCAR.81-119.
@@ -49,7 +49,7 @@ DESCRIPTORS = {"cutoff_radial": 5.0, "cutoff_angular": 4.0, "sigma": 0.5, "n_rad
                "n_angular": 4, "l_max": 2, "radial_weight": 0.1}
 XTB_DESCRIPTORS = {"cutoff_radial": 6.0, "cutoff_angular": 4.5, "sigma": 0.5, "n_radial": 6,
                    "n_angular": 6, "l_max": 3}
-STRATEGIES = ("uncertainty", "diverse", "random", "stride")
+STRATEGIES = ("uncertainty", "reduction", "diverse", "random", "stride")
 
 
 # ---------------------------------------------------------------------------- data
@@ -207,7 +207,7 @@ def summarise(name, result, args, log=print) -> dict:
             reached[s] = hit[0] if hit else None
         half = sizes[-1] // 2
         met = any(reached[s] is not None and reached[s] <= half
-                  for s in ("uncertainty", "diverse") if s in reached)
+                  for s in ("uncertainty", "reduction", "diverse") if s in reached)
         # a curve that does not fall cannot tell strategies apart: the first model is as good
         flat = table["random"]["rmse"][0] <= target
         out.update({"target_rmse": target, "frames_to_reach": reached, "target_met": met,

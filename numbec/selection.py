@@ -12,6 +12,13 @@ fitted kernel model and returns the ``n`` frames to label next, by one of four s
     the posterior becomes that of the model retrained with the frame,
     ``Sigma^-1 <- Sigma^-1 + G_f / sigma_v^2`` (hyperparameters fixed), so the frames that
     resemble it lose their score: N picks are not N neighbours.
+``reduction``
+    Greedy as ``uncertainty``, but each pick maximises the expected reduction of the mean
+    epistemic variance over the whole trajectory, ``(1/F) sum_g [v_g(Sigma) - v_g(Sigma')]``
+    with ``Sigma'`` the posterior after adding the candidate (a V-optimal design): it prefers
+    frames that teach the model about many frames over isolated outliers. The pool enters as
+    one (M, M) matrix ``sum_g G_g / R_g`` accumulated while streaming; each candidate costs
+    one M x M Cholesky per pick.
 ``diverse``
     Farthest-point sampling among the most uncertain frames (the ``candidates`` frames of
     highest ``v_f``) in a frame descriptor space: per species, the mean of the unit scalar
@@ -62,7 +69,7 @@ __all__ = [
 ]
 
 #: Selection strategies of :func:`select`.
-STRATEGIES = ("uncertainty", "diverse", "random", "stride")
+STRATEGIES = ("uncertainty", "reduction", "diverse", "random", "stride")
 #: Default memory bound (bytes) of the candidates' Gram matrices in the ``uncertainty`` strategy.
 MAX_MEMORY = 2**30
 
@@ -302,7 +309,8 @@ def select(model, trajectory, n: int, strategy: str = "uncertainty", *,
         in time between two picked frames and between a picked and an excluded frame.
     exclude : frame indices already labelled (never picked).
     candidates : frames kept after the scoring pass; default ``min(F, max(20 n, 200))`` for
-        ``uncertainty`` (memory-capped) and ``max(4 n, 20)`` for ``diverse``.
+        ``uncertainty`` and ``reduction`` (memory-capped) and ``max(4 n, 20)`` for
+        ``diverse``.
     seed : seed of ``random``.
     score : ``score(model, positions, numbers, cell, pbc, where) -> float`` (e^2, larger = more
         worth labelling); default :func:`frame_score`.
@@ -338,17 +346,18 @@ def select(model, trajectory, n: int, strategy: str = "uncertainty", *,
     else:
         _needs_posterior(model, strategy)
         if candidates is None:
-            candidates = max(20 * n, 200) if strategy == "uncertainty" else max(4 * n, 20)
+            candidates = max(4 * n, 20) if strategy == "diverse" else max(20 * n, 200)
         candidates = int(candidates)
         if candidates < n:
             raise ValueError(f"candidates ({candidates}) must be >= n ({n})")
-        if strategy == "uncertainty":
+        if strategy != "diverse":
             m = model.covariance.shape[0]
             cap = max(n, int(max_memory // (8 * m * m)))
             candidates = min(candidates, cap)
         scan = _scan(model, frames, excluded, strategy, candidates, score, progress)
-        if strategy == "uncertainty":
-            picked, scores = _greedy_posterior(model, frames, scan, n, sep)
+        if strategy != "diverse":
+            picked, scores = _greedy_posterior(model, frames, scan, n, sep,
+                                               pool_gain=strategy == "reduction")
         else:
             picked, scores = _farthest_points(scan, n, sep)
         result = Selection(np.asarray(picked, dtype=np.int64), frames.times[picked],
@@ -409,6 +418,7 @@ def _scan(model, frames, excluded, strategy, n_keep, score, progress) -> dict:
     custom = score is not None
     score = score or frame_score
     heap: list = []  # (variance, index, payload), a min-heap of the best n_keep
+    pool_gram = None  # sum over scanned frames of G_f / R_f (``reduction``), (M, M)
     total, worst, count = 0.0, 0.0, 0
     excluded_prints = []
     bar = tqdm(total=frames.n_frames, desc="scoring", disable=not progress)
@@ -427,7 +437,8 @@ def _scan(model, frames, excluded, strategy, n_keep, score, progress) -> dict:
                 phi = frame_design(model, pos, numbers, cell, pbc, where)
                 gram = phi.T @ phi
                 var = _variance_from_gram(model.covariance, gram, phi.shape[0])
-                payload = (gram, phi.shape[0]) if strategy == "uncertainty" else None
+                payload = (gram, phi.shape[0]) if strategy != "diverse" else None
+                pool_gram = gram / phi.shape[0] + (0.0 if pool_gram is None else pool_gram)
             if not math.isfinite(var):
                 raise ValueError(f"{where}: score is {var}")
             total += var
@@ -449,12 +460,15 @@ def _scan(model, frames, excluded, strategy, n_keep, score, progress) -> dict:
     return {"index": np.array([-item[1] for item in heap], dtype=np.int64),
             "variance": np.array([item[0] for item in heap]),
             "payload": [item[2] for item in heap], "custom": custom,
-            "excluded_prints": excluded_prints,
+            "excluded_prints": excluded_prints, "pool_gram": pool_gram, "count": count,
             "mean": total / count, "max": worst}
 
 
-def _greedy_posterior(model, frames, scan, n, sep):
-    """Greedy maximum of the posterior variance, the posterior updated after each pick."""
+def _greedy_posterior(model, frames, scan, n, sep, pool_gain=False):
+    """Greedy selection under the posterior, updated after each pick: the candidate of largest
+    own variance ``v_f``, or (``pool_gain``) of largest reduction of the pool's mean variance
+    ``(1/F) sum_g [v_g(Sigma) - v_g(Sigma'_f)]`` with ``Sigma'_f = (Sigma^-1 + G_f /
+    sigma_v^2)^-1``. Returns picked indices and each one's own ``v_f`` when picked."""
     index = scan["index"]
     if scan["custom"]:  # a custom score gave no design rows: build them for the candidates
         payload = []
@@ -467,26 +481,42 @@ def _greedy_posterior(model, frames, scan, n, sep):
     grams = np.stack([g for g, _ in payload])                    # (C, M, M)
     rows = np.array([r for _, r in payload], dtype=np.float64)   # (C,)
     cov = np.array(model.covariance, dtype=np.float64)
-    factor = scipy.linalg.cho_factor(cov)
-    precision = scipy.linalg.cho_solve(factor, np.eye(cov.shape[0]))
+    m = cov.shape[0]
+    precision = scipy.linalg.cho_solve(scipy.linalg.cho_factor(cov), np.eye(m))
     noise = float(model.sigma_v2)
+    pool_gram = None
+    if pool_gain:
+        pool_gram = scan["pool_gram"]
+        if pool_gram is None:  # custom score: the pool mean over the candidates instead
+            pool_gram = np.einsum("cij,c->ij", grams, 1.0 / rows)
+            pool_size = index.size
+        else:
+            pool_size = scan["count"]
+        pool_gram = pool_gram / pool_size
     alive = np.ones(index.size, dtype=bool)
     picked, scores = [], []
     while len(picked) < n:
         alive &= sep.ok_many(index)
         if not alive.any():
             break
-        var = np.einsum("ij,cij->c", cov, grams) / rows
-        var = np.where(alive, np.clip(var, 0.0, None), -np.inf)
-        c = int(np.argmax(var))
+        var = np.clip(np.einsum("ij,cij->c", cov, grams) / rows, 0.0, None)
+        if pool_gain:
+            now = float(np.einsum("ij,ij->", cov, pool_gram))
+            key = np.full(index.size, -np.inf)
+            for c in np.flatnonzero(alive):
+                after = scipy.linalg.cho_solve(
+                    scipy.linalg.cho_factor(precision + grams[c] / noise), pool_gram)
+                key[c] = now - float(np.trace(after))
+        else:
+            key = np.where(alive, var, -np.inf)
+        c = int(np.argmax(key))
         picked.append(int(index[c]))
         scores.append(float(var[c]))
         alive[c] = False
         sep.take(int(index[c]))
         precision = precision + grams[c] / noise
         precision = 0.5 * (precision + precision.T)
-        cov = scipy.linalg.cho_solve(scipy.linalg.cho_factor(precision),
-                                     np.eye(precision.shape[0]))
+        cov = scipy.linalg.cho_solve(scipy.linalg.cho_factor(precision), np.eye(m))
     return picked, scores
 
 

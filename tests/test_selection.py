@@ -69,6 +69,29 @@ def test_greedy_update_makes_a_duplicate_as_known_as_training_data(model, quartz
     assert picked.scores[1] < 1.5 * train_std
 
 
+def test_reduction_picks_the_frame_that_lowers_the_pool_variance_most(model, quartz):
+    """Brute force: for every candidate, the posterior after adding it (hyperparameters
+    fixed), and the mean frame_score over the pool under that posterior."""
+    import copy
+
+    from numbec.selection import frame_design
+
+    pool = [_displaced(quartz[k], amp, seed=k) for k, amp in
+            ((4, 0.02), (6, 0.06), (8, 0.1), (11, 0.14), (13, 0.2))]
+    precision = np.linalg.inv(model.covariance)
+    mean_now = np.mean([_score(model, a) for a in pool])
+    gains = []
+    for atoms in pool:
+        phi = frame_design(model, atoms.positions, atoms.numbers, np.asarray(atoms.cell),
+                           atoms.pbc)
+        updated = copy.copy(model)
+        updated.covariance = np.linalg.inv(precision + phi.T @ phi / model.sigma_v2)
+        gains.append(mean_now - np.mean([_score(updated, a) for a in pool]))
+    assert min(gains) > 0
+    picked = select(model, pool, 1, "reduction")
+    assert picked.indices[0] == int(np.argmax(gains))
+
+
 def test_non_kernel_model_refused_for_uncertainty(quartz):
     from numbec.models import SpeciesMeanModel
 

@@ -5,7 +5,8 @@ writes the N chosen ones for DFT (numbec.selection.select, numbec.io.dft_inputs)
 
 * ``--strategy uncertainty`` (default): greedy, largest posterior BEC variance first, the
   posterior updated after each pick as if the frame were already in the training set, so
-  the picks are not neighbours of each other; ``diverse``: farthest-point sampling in
+  the picks are not neighbours of each other; ``reduction``: greedy, largest expected
+  reduction of the whole trajectory's mean variance; ``diverse``: farthest-point sampling in
   descriptor space among the most uncertain frames; ``random``, ``stride``: baselines.
 * ``--min-separation T``: no two picked frames closer than T fs (frames if the store has no
   time), nor closer than T to a frame listed in ``--exclude`` (frames already labelled:
