@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/active_learning.py                       # all systems (about an hour)
+    python benchmarks/active_learning.py                       # all systems (1.5-2 hours)
     python benchmarks/active_learning.py --systems quartz --quick   # reduced (~3 min)
     python benchmarks/active_learning.py --systems zro2 --model combined --n-sparse 100
 
