@@ -57,7 +57,6 @@ import time as _time
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import scipy.linalg
 
 __all__ = [
     "STRATEGIES",
@@ -469,6 +468,8 @@ def _greedy_posterior(model, frames, scan, n, sep, pool_gain=False):
     own variance ``v_f``, or (``pool_gain``) of largest reduction of the pool's mean variance
     ``(1/F) sum_g [v_g(Sigma) - v_g(Sigma'_f)]`` with ``Sigma'_f = (Sigma^-1 + G_f /
     sigma_v^2)^-1``. Returns picked indices and each one's own ``v_f`` when picked."""
+    import scipy.linalg
+
     index = scan["index"]
     if scan["custom"]:  # a custom score gave no design rows: build them for the candidates
         payload = []
