@@ -32,6 +32,7 @@ COMMANDS = {
     "train": "fit a monopole, dipole or combined kernel model to reference BECs",
     "evaluate": "RMSE/MAE/R2 of a saved model on reference BECs, with a species-mean baseline",
     "predict": "predict BECs and dipole derivatives along a trajectory store",
+    "select": "choose the trajectory frames to compute reference BECs for (active learning)",
     "ir": "IR spectrum (absolute units, error bars) from a prediction store",
     "born": "predict the BECs of one structure and write them for phonopy (BORN), i-PI, ...",
 }
