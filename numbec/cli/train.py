@@ -6,7 +6,7 @@ descriptor settings for the species found in the data, fits the model and writes
 time and the training-set error next to a species-mean baseline (``--no-train-error``
 skips that extra prediction pass).
 
-Hyperparameters and their defaults (method.md §2-§6):
+Hyperparameters and their defaults (docs/method.md, sections Descriptors to Bayesian regression):
 
 * kernel: ``--zeta`` polynomial kernel exponent (4);
 * sparse reference environments per species: ``--n-sparse`` (200, or per species as

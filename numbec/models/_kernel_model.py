@@ -1,6 +1,7 @@
 """Shared machinery of the kernel BEC models: monopole, dipole (lambda = 1) and combined.
 
-The three models differ only in which terms of the cell dipole they carry (method.md §4-§6)::
+The three models differ only in which terms of the cell dipole they carry (docs/method.md,
+sections Monopole model to Neutrality and the acoustic sum rule)::
 
     P = sum_i q0'_i r_i  +  [monopole]  sum_i q'_i r_i  +  [dipole]  sum_i mu_i
 
@@ -21,10 +22,11 @@ Neutrality and BECs (the choice documented in docs/models.md):
   ``R_mean`` is the plain (unweighted) mean position and ``dQ/dr_j`` comes from the same
   adjoint pair gradients as the charge-transfer term, scattered with the centre terms
   (``Expansion.scatter_with_self``, i.e. ``scalar_contraction``);
-- periodic cells: the non-local term is dropped, i.e. the local BECs
-  ``q_j I + sum_i d_ij (x) dq_i/dr_j`` (+ dipole term) are projected onto the acoustic sum
-  rule, ``Z[j] - (1/N) sum_k Z[k]``. The error of this against an exact derivative of a
-  neutral-charge model is the spread of ``(1/N) (Q I - dQ/d(strain))`` over the atoms.
+- periodic cells: the local BECs ``q'_j I + sum_i d_ij (x) dq_i/dr_j`` (+ dipole term), whose
+  sum over atoms is ``-(dQ/d eps)^T`` (eps the strain), are projected onto the acoustic sum
+  rule, ``Z[j] - (1/N) sum_k Z[k]``: the non-local term is replaced by its mean over the atoms
+  (not simply dropped), error ``T[j] - mean(T)`` with ``T[j] = (r_j - R_mean) (x) dQ/dr_j``;
+  docs/method.md#neutrality-and-the-acoustic-sum-rule.
 
 Training is linear in the weights: one row per BEC component (atom, i, j) of every frame, built
 from the pair Jacobians of the descriptors with BLAS products and sparse scatter matrices,

@@ -1,4 +1,6 @@
-"""Infrared spectra from dipole-derivative time series (method.md §8).
+"""Infrared spectra from dipole-derivative time series.
+
+Equations: docs/method.md#ir-spectrum-from-a-trajectory.
 
 :func:`ir_spectrum` turns ``dM/dt`` (e·Å/fs, from :func:`numbec.predict` or any array)
 into the absorption coefficient times refractive index, in absolute units:
