@@ -59,7 +59,7 @@ def test_csv_output_matches_api_and_peak(prediction, capsys):
     np.testing.assert_allclose(back.absorption.values, api.absorption.values, rtol=1e-8,
                                atol=1e-9 * float(api.absorption.max()))
     np.testing.assert_allclose(back.frequency_thz.values, api.frequency_thz.values, rtol=1e-9)
-    assert back.attrs["temperature"] == 300 and back.attrs["window"] == "hann"
+    assert back.attrs["temperature"] == 300 and back.attrs["window"] == "parzen"
     assert back.attrs["volume"] == pytest.approx(27.0)
     f = back.frequency.values
     assert abs(f[np.argmax(back.absorption.values)] - NU0) < 2 * (f[1] - f[0])

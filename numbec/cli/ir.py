@@ -39,7 +39,8 @@ def register(subparsers):
                         help="cell volume in Å^3 (default: from the store; none for molecules)")
     parser.add_argument("--timestep", type=float, metavar="FS",
                         help="time step in fs (default: from the store)")
-    parser.add_argument("--window", default="hann", choices=WINDOWS, help="lag window")
+    parser.add_argument("--window", default=WINDOWS[0], choices=WINDOWS,
+                        help="lag window (parzen: spectrum >= 0 for any data)")
     parser.add_argument("--correlation-time", type=float, metavar="FS",
                         help="correlation length; resolution ~ 1/(c T) (default: "
                              "min(block/2, 2000 fs))")

@@ -205,7 +205,7 @@ def _window_lines(nu, area, window, correlation_time, timestep, zero_padding):
 
 
 def harmonic_spectrum(mode_frequency, intensity, volume=None, width=5.0, frequency=None,
-                      lineshape="lorentzian", window="hann", correlation_time=None,
+                      lineshape="lorentzian", window="parzen", correlation_time=None,
                       timestep=1.0, zero_padding=8):
     """Stick spectrum broadened to unit-area lines, in ir_spectrum's units.
 

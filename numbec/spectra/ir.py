@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -37,12 +39,17 @@ from numbec.conventions import (
     VACUUM_PERMITTIVITY,
 )
 from numbec.spectra.correlation import (
+    NON_NEGATIVE_WINDOWS,
     correlations,
     cosine_transform,
     lag_window,
+    segment_spectra,
     window_fwhm,
 )
 from numbec.spectra.quantum import correction_factor
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 #: (e·Å/fs)^2·fs expressed in SI (C^2 m^2 / s).
 _SPECTRUM_TO_SI = ELEMENTARY_CHARGE**2 * 1e-20 / 1e-15
@@ -50,12 +57,19 @@ _SPECTRUM_TO_SI = ELEMENTARY_CHARGE**2 * 1e-20 / 1e-15
 DEFAULT_MAX_CORRELATION_TIME = 2000.0
 #: Partial kinds accepted by ``ir_spectrum(..., partials=...)``.
 PARTIAL_KINDS = ("species", "partition")
+#: Fewer blocks (over all runs) than this: the standard error is itself too uncertain to use.
+MIN_BLOCKS_FOR_ERRORS = 4
+#: A nominal and the kinetic temperature further apart than this many standard errors of the
+#: kinetic mean are reported.
+TEMPERATURE_MISMATCH_STDERRS = 3.0
 
 __all__ = [
     "cross_section_prefactor",
     "integrated_intensity",
     "ir_spectrum",
+    "KineticTemperature",
     "kinetic_temperature",
+    "kinetic_temperature_statistics",
     "open_prediction",
     "spectral_peaks",
 ]
@@ -74,6 +88,7 @@ class _Run:
     source: str
     differentiated: bool = False
     temperature_source: str | None = None
+    kinetic: KineticTemperature | None = None
 
 
 def cross_section_prefactor(temperature: float) -> float:
@@ -86,13 +101,30 @@ def cross_section_prefactor(temperature: float) -> float:
 
 
 # ---------------------------------------------------------------------------- inputs
-def _positive(value, what):
+def _positive(value, what, where=None):
+    """``value`` as a finite float > 0 (None stays None); ValueError naming ``where`` (a
+    file and attribute, or the argument) otherwise: the same check for command-line options,
+    keyword arguments and attributes read from stores."""
     if value is None:
         return None
+    prefix = f"{where}: " if where else ""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        raise ValueError(f"{prefix}{what} must be a number, got {value!r} "
+                         f"({type(value).__name__})")
     value = float(value)
     if not (np.isfinite(value) and value > 0):
-        raise ValueError(f"{what} must be a finite number > 0, got {value}")
+        raise ValueError(f"{prefix}{what} must be a finite number > 0, got {value}")
     return value
+
+
+def _attribute(ds, name, what, source):
+    """Attribute ``name`` of a store, validated like the option it stands for (or None)."""
+    value = ds.attrs.get(name)
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    return _positive(value, what, f"{source}: attrs[{name!r}]")
 
 
 def _as_series(values, source, what="dM/dt"):
@@ -118,14 +150,26 @@ def _timestep_of(ds):
     return None
 
 
-def _volume_of(ds):
-    if "volume" in ds.attrs and np.isfinite(float(ds.attrs["volume"])):
-        return float(ds.attrs["volume"])
+def _volume_of(ds, source):
+    if "volume" in ds.attrs:
+        return _attribute(ds, "volume", "volume (Å^3)", source)
     if "cell" in ds and ("pbc" not in ds or bool(np.all(ds["pbc"].values))):
         cell = np.asarray(ds["cell"].values, dtype=np.float64).reshape(-1, 3, 3)
         vol = float(np.abs(np.linalg.det(cell)).mean())
-        return vol if vol > 0 else None
+        return _positive(vol, "volume (Å^3, mean |det cell|)", f"{source}: cell")
     return None
+
+
+def _source_of(ds, fallback):
+    """How errors name a dataset: the prediction store the user passed (recorded by
+    :func:`open_prediction`), else what the dataset says it was made from."""
+    attrs = ds.attrs
+    if attrs.get("prediction_store"):
+        return str(attrs["prediction_store"])
+    made_from = attrs.get("input") or attrs.get("source")
+    if made_from and attrs.get("format") == "numbec-prediction":
+        return f"prediction of {made_from}"
+    return str(made_from or fallback)
 
 
 def _species_parts_from_bec(ds, trajectory, source):
@@ -182,23 +226,35 @@ def _parts_of(ds, kind, trajectory, source):
         "monopole", "dipole"]
 
 
-def _run_from_dataset(ds, trajectory, kind, timestep, source, need_temperature=True):
-    source = str(ds.attrs.get("input") or ds.attrs.get("source") or source)
+def _run_from_dataset(ds, trajectory, kind, timestep, source, need_temperature=True,
+                      need_volume=True):
+    source = _source_of(ds, source)
+    if timestep is None:
+        _attribute(ds, "timestep", "timestep (fs)", source)
     dt = timestep or _timestep_of(ds)
     if dt is None:
         raise ValueError(f"{source}: no time step (attrs['timestep'] fs); pass timestep=")
-    temperature = ds.attrs.get("temperature")
-    temperature_source = "attrs"
-    if temperature is None and trajectory is not None:
-        temperature = trajectory.attrs.get("temperature")
-        if temperature is None and need_temperature and "velocities" in trajectory:
-            temperature = kinetic_temperature(trajectory)
-            temperature_source = "kinetic (trajectory velocities)"
-    volume = _volume_of(ds)
-    if volume is None and trajectory is not None and (
+    temperature, temperature_source = None, None
+    if need_temperature:
+        temperature = _attribute(ds, "temperature", "temperature (K)", source)
+        temperature_source = f"attrs of {source}"
+    kinetic = None
+    if trajectory is not None:
+        traj_source = str(trajectory.attrs.get("source") or "the trajectory")
+        if temperature is None and need_temperature:
+            temperature = _attribute(trajectory, "temperature", "temperature (K)",
+                                     traj_source)
+            temperature_source = f"attrs of {traj_source}"
+        if "velocities" in trajectory:
+            kinetic = kinetic_temperature_statistics(trajectory)
+            if temperature is None and need_temperature:
+                temperature = kinetic.mean
+                temperature_source = f"kinetic (trajectory velocities, {kinetic.how})"
+    volume = _volume_of(ds, source) if need_volume else None
+    if need_volume and volume is None and trajectory is not None and (
         "pbc" in trajectory and bool(np.all(trajectory["pbc"].values))
     ):
-        volume = _volume_of(trajectory)
+        volume = _volume_of(trajectory, str(trajectory.attrs.get("source") or "trajectory"))
     differentiated = False
     if "dipole_derivative" in ds:
         total = _as_series(ds["dipole_derivative"].transpose("frame", "pol").values, source)
@@ -225,34 +281,170 @@ def _run_from_dataset(ds, trajectory, kind, timestep, source, need_temperature=T
             )
     return _Run(total, parts, names, dt, None if temperature is None else float(temperature),
                 volume, source, differentiated,
-                temperature_source if temperature is not None else None)
+                temperature_source if temperature is not None else None, kinetic)
 
 
-def kinetic_temperature(trajectory, chunk_frames=1000) -> float:
-    """Mean kinetic temperature (K) of a trajectory with velocities (Å/fs).
+@dataclasses.dataclass(frozen=True)
+class KineticTemperature:
+    """Kinetic temperature of a trajectory (:func:`kinetic_temperature_statistics`).
 
-    ``T = <sum_a m_a |v_a|^2> / (kB (3N - 3))`` with ASE's standard masses of
-    ``numbers`` (3 degrees of freedom of the centre of mass removed).
+    mean : float, K, the mean over frames; stderr : float, K, its standard error from block
+    averages (NaN with fewer than 2 frames); degrees_of_freedom : int; how : str, which masses
+    and constraints were used (for provenance and messages).
     """
+
+    mean: float
+    stderr: float
+    degrees_of_freedom: int
+    how: str
+
+
+#: A conserved quantity is taken as constrained to zero when its share of the kinetic energy
+#: stays below this in every frame (removed momenta leave ~1e-30; thermal ones ~1/N).
+_CONSTRAINED_FRACTION = 1e-8
+
+
+def _trajectory_masses(trajectory, masses, source):
+    """(N,) float64 amu: ``masses`` if given, else the trajectory's ``masses`` variable, else
+    ASE's standard masses of ``numbers``; and a word on which."""
     from ase.data import atomic_masses
 
+    numbers = np.asarray(trajectory["numbers"].values, dtype=np.int64)
+    if masses is not None:
+        how = "given masses"
+    elif "masses" in trajectory:
+        masses, how = trajectory["masses"].values, "trajectory masses"
+    else:
+        return atomic_masses[numbers], "standard masses"
+    masses = np.asarray(masses, dtype=np.float64)
+    if masses.ndim == 2:  # (frame, atom): the masses of a trajectory do not change
+        masses = masses[0]
+    if masses.shape != numbers.shape:
+        raise ValueError(f"{source}: masses have shape {masses.shape}, expected "
+                         f"{numbers.shape} (one per atom)")
+    bad = ~(np.isfinite(masses) & (masses > 0))
+    if bad.any():
+        a = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{source}: mass of atom {a} is {masses[a]} amu; masses must be > 0")
+    return masses, how
+
+
+def kinetic_temperature_statistics(trajectory, *, masses=None,
+                                   chunk_frames: int = 1000) -> KineticTemperature:
+    """Kinetic temperature of a trajectory with velocities, with its standard error.
+
+    Parameters
+    ----------
+    trajectory : xarray.Dataset
+        A trajectory store (:func:`numbec.open_trajectory`): ``velocities`` (frame, atom,
+        xyz) Å/fs, ``numbers`` (atom,), ``positions`` (frame, atom, xyz) Å and ``pbc``
+        (3,); optionally ``masses`` (atom,) amu.
+    masses : (N,) array of float, amu, optional
+        Overrides the trajectory's masses. Without either, ASE's standard masses of
+        ``numbers`` (wrong for isotope-substituted MD, e.g. deuterated water: pass them).
+    chunk_frames : int
+        Frames read at a time.
+
+    Returns
+    -------
+    KineticTemperature
+        ``T = <sum_a m_a |v_a|^2> / (kB f)``. The degrees of freedom ``f`` are those the data
+        actually have: ``3N``, minus 3 when the centre-of-mass momentum is zero in every
+        frame (an MD run with the drift removed, the usual case for periodic cells and
+        isolated molecules alike), minus 3 more (2 for a linear molecule) when the system
+        has no periodic direction and its angular momentum about the centre of mass is zero
+        in every frame too (an isolated molecule or cluster started without rotation and
+        run without a thermostat, which conserves it). A thermostat that lets the system
+        rotate or drift keeps those degrees of freedom, and so does this count. The
+        standard error is that of the mean of up to 10 contiguous blocks of frames.
+
+    Raises
+    ------
+    ValueError
+        No velocities, non-positive or misshaped masses, or no degree of freedom left
+        (the message names the trajectory).
+    """
     from numbec.conventions import AMU, ANGSTROM, FEMTOSECOND
 
-    numbers = np.asarray(trajectory["numbers"].values, dtype=np.int64)
-    masses = atomic_masses[numbers]
+    source = str(trajectory.attrs.get("source") or "trajectory")
+    if "velocities" not in trajectory:
+        raise ValueError(f"{source}: no velocities; the kinetic temperature needs them")
+    masses, how = _trajectory_masses(trajectory, masses, source)
+    n_atoms = masses.size
     n_frames = trajectory.sizes["frame"]
-    total = 0.0
+    pbc = np.asarray(trajectory["pbc"].values, dtype=bool) if "pbc" in trajectory else \
+        np.zeros(3, dtype=bool)
+    isolated = not pbc.any() and "positions" in trajectory and n_atoms > 1
+    two_ke = np.empty(n_frames)
+    com_free, rotation_free, linear = True, isolated, isolated
+    total_mass = masses.sum()
     for start in range(0, n_frames, chunk_frames):
         v = np.asarray(trajectory["velocities"][start:start + chunk_frames].values, float)
-        total += float(np.einsum("a,fai,fai->", masses, v, v))
-    dof = max(3 * numbers.size - 3, 1)
-    two_ke = total / n_frames * AMU * (ANGSTROM / FEMTOSECOND) ** 2
-    return two_ke / (dof * BOLTZMANN)
+        ke = np.einsum("a,fai,fai->f", masses, v, v)
+        two_ke[start:start + v.shape[0]] = ke
+        momentum = np.einsum("a,fai->fi", masses, v)
+        scale = np.where(ke > 0, ke, 1.0)
+        com_free &= bool(np.all(np.einsum("fi,fi->f", momentum, momentum) / total_mass
+                                <= _CONSTRAINED_FRACTION * scale))
+        if rotation_free or linear:
+            r = np.asarray(trajectory["positions"][start:start + chunk_frames].values, float)
+            r = r - np.einsum("a,fai->fi", masses, r)[:, None, :] / total_mass
+            spin = np.einsum("a,faj->fj", masses, np.cross(r, v))
+            inertia = np.einsum("a,fai,fai->f", masses, r, r)
+            rotation_free &= bool(np.all(np.einsum("fi,fi->f", spin, spin)
+                                         <= _CONSTRAINED_FRACTION * scale * inertia))
+            gyration = np.einsum("a,fai,faj->fij", masses, r, r)
+            smallest = np.linalg.eigvalsh(gyration)[:, 1]  # two zero eigenvalues if linear
+            linear &= bool(np.all(smallest <= 1e-10 * inertia))
+    dof = 3 * n_atoms
+    removed = []
+    if com_free:
+        dof -= 3
+        removed.append("centre-of-mass momentum")
+    if com_free and rotation_free:
+        dof -= 2 if linear else 3
+        removed.append("angular momentum")
+    if dof < 1:
+        raise ValueError(f"{source}: no kinetic degree of freedom left ({n_atoms} atoms, "
+                         f"{' and '.join(removed)} constrained)")
+    frame_t = two_ke * AMU * (ANGSTROM / FEMTOSECOND) ** 2 / (dof * BOLTZMANN)
+    n_blocks = min(10, n_frames)
+    if n_blocks < 2:
+        stderr = float("nan")
+    else:
+        means = [b.mean() for b in np.array_split(frame_t, n_blocks)]
+        stderr = float(np.std(means, ddof=1) / np.sqrt(n_blocks))
+    how += f", {dof} = 3N" + "".join(f" - {k}" for k in ([3] if com_free else [])
+                                     + ([2 if linear else 3] if com_free and rotation_free
+                                        else [])) + " degrees of freedom"
+    return KineticTemperature(float(frame_t.mean()), stderr, dof, how)
+
+
+def kinetic_temperature(trajectory, *, masses=None, chunk_frames: int = 1000) -> float:
+    """Mean kinetic temperature (K) of a trajectory with velocities (Å/fs).
+
+    ``T = <sum_a m_a |v_a|^2> / (kB f)`` with the trajectory's masses and the degrees of
+    freedom ``f`` the data have; see :func:`kinetic_temperature_statistics` (same
+    parameters, and why ``f`` is ``3N - 3`` or ``3N - 6``).
+    """
+    return kinetic_temperature_statistics(trajectory, masses=masses,
+                                          chunk_frames=chunk_frames).mean
 
 
 def open_prediction(path):
-    """Open a finished prediction store (Zarr) or a netCDF file as an xarray Dataset."""
-    import os
+    """Open a finished prediction store (Zarr) or a netCDF file as an xarray Dataset.
+
+    ``attrs["prediction_store"]`` records ``path``, so that errors about the data name it
+    (``attrs["input"]`` is the trajectory the prediction was made from).
+
+    Raises
+    ------
+    FileNotFoundError
+        No such path.
+    ValueError
+        Not a readable Zarr store or netCDF file, a trajectory store instead of a
+        prediction, or an unfinished prediction (each naming ``path``).
+    """
     from pathlib import Path
 
     import xarray as xr
@@ -261,7 +453,10 @@ def open_prediction(path):
     if not path.exists():
         raise FileNotFoundError(f"{os.fspath(path)}: no such prediction store")
     if path.suffix == ".nc":
-        ds = xr.open_dataset(path)
+        try:
+            ds = xr.open_dataset(path)
+        except Exception as exc:
+            raise ValueError(f"{path}: not a readable netCDF file ({exc})") from exc
     else:
         try:
             ds = xr.open_zarr(str(path), zarr_format=3)
@@ -270,13 +465,14 @@ def open_prediction(path):
         if ds.attrs.get("format") == "numbec-prediction" and not ds.attrs.get("complete"):
             raise ValueError(f"{path}: the prediction is incomplete; run numbec predict "
                              "again to finish it")
-    ds.attrs.setdefault("input", os.fspath(path))
+    if ds.attrs.get("format") == "numbec-trajectory":
+        raise ValueError(f"{path}: this is a trajectory store, not a prediction; run "
+                         f"numbec predict MODEL {path} -o OUT.zarr first")
+    ds.attrs["prediction_store"] = os.fspath(path)
     return ds
 
 
-def _runs(data, timestep, kind, trajectory, need_temperature=True):
-    import os
-
+def _runs(data, timestep, kind, trajectory, need_temperature=True, need_volume=True):
     import xarray as xr
 
     items = list(data) if isinstance(data, (list, tuple)) else [data]
@@ -296,7 +492,7 @@ def _runs(data, timestep, kind, trajectory, need_temperature=True):
 
                 traj = open_trajectory(traj)
             runs.append(_run_from_dataset(item, traj, kind, timestep, source,
-                                          need_temperature))
+                                          need_temperature, need_volume))
         else:
             if kind is not None:
                 raise ValueError(f"{source}: partials need a prediction dataset, not an array")
@@ -316,18 +512,19 @@ def _runs(data, timestep, kind, trajectory, need_temperature=True):
 # ---------------------------------------------------------------------------- the API
 def ir_spectrum(
     data,
-    timestep=None,
-    temperature=None,
-    volume=None,
-    window="hann",
-    correlation_time=None,
-    blocks=1,
-    quantum_correction="harmonic",
-    zero_padding=8,
-    partials=False,
+    *,
+    timestep: float | None = None,
+    temperature: float | None = None,
+    volume: float | None = None,
+    window: str = "parzen",
+    correlation_time: float | None = None,
+    blocks: int = 1,
+    quantum_correction: str = "harmonic",
+    zero_padding: int = 8,
+    partials: bool | str = False,
     trajectory=None,
-    max_frequency=None,
-):
+    max_frequency: float | None = None,
+) -> xr.Dataset:
     """Infrared absorption spectrum from dM/dt, in absolute units, with error bars.
 
     Parameters
@@ -350,12 +547,17 @@ def ir_spectrum(
         Overrides the dataset's. Without it and without ``attrs["temperature"]``, the
         mean kinetic temperature of ``trajectory`` velocities is used
         (:func:`kinetic_temperature`, recorded in ``provenance``); with none of these a
-        clear error (every formula needs ``kB T``).
+        clear error (every formula needs ``kB T``). With ``trajectory`` velocities and a
+        nominal temperature (argument or attrs) that differs from the kinetic one by more
+        than three standard errors, a warning.
     volume : float, Å^3
         Overrides the dataset's. Without a volume (a molecule or cluster in vacuum) the
         result has the cross-section only, no ``absorption`` or ``imag_dielectric``.
-    window : {"hann", "blackman", "gaussian", "cos2", "none"}
-        Lag window (:func:`numbec.spectra.correlation.lag_window`).
+    window : {"parzen", "hann", "blackman", "gaussian", "cos2", "none"}
+        Lag window (:func:`numbec.spectra.correlation.lag_window`). ``"parzen"`` (default)
+        is applied to the biased correlation and gives a spectrum ``>= 0`` for any data
+        (``attrs["non_negative"]``); the others can dip below zero by their side-lobe
+        level (docs/method.md#ir-spectrum-from-a-trajectory).
     correlation_time : float, fs
         Longest lag T; sets the resolution ``1 / (c T)`` (1 ps: 33 cm^-1). Default
         ``min(block duration / 2, 2000 fs)``.
@@ -365,7 +567,8 @@ def ir_spectrum(
         must fit into the shortest block. The spectrum is the (unweighted) mean over all
         blocks of all runs and
         ``*_stderr`` the standard error of that mean (sample standard deviation over
-        blocks / sqrt(number of blocks); NaN for a single block).
+        blocks / sqrt(number of blocks); NaN for a single block; 2 or 3 blocks in all
+        give a warning: such an error bar is itself uncertain by 40-70 %).
     quantum_correction : {"harmonic", "standard", "schofield", "none"}
         See :mod:`numbec.spectra.quantum`.
     zero_padding : int
@@ -380,7 +583,7 @@ def ir_spectrum(
         Supplies velocities for species partials computed from ``bec``, and a cell or
         temperature the prediction lacks.
     max_frequency : float, cm^-1, optional
-        Crop the output above this frequency.
+        Crop the output above this frequency (> 0).
 
     Returns
     -------
@@ -394,16 +597,28 @@ def ir_spectrum(
         attrs: ``units``, ``window``, ``correlation_time`` (fs), ``resolution`` (cm^-1,
         ``1/(c T)``), ``resolution_fwhm`` (cm^-1, FWHM of the window's line shape),
         ``temperature`` (K), ``volume`` (Å^3, NaN without), ``quantum_correction``,
-        ``n_blocks``, ``n_runs``, ``timestep`` (fs), ``zero_padding``, ``provenance``.
+        ``n_blocks``, ``n_runs``, ``timestep`` (fs), ``zero_padding``, ``non_negative``
+        (1 if the window guarantees a spectrum >= 0, else 0), ``provenance``.
+
+    Raises
+    ------
+    ValueError
+        Invalid arguments, or invalid values read from a store (time step, temperature,
+        volume <= 0, non-finite or not numbers; NaN/inf in dM/dt): the message names the
+        prediction store (or argument) and the value.
+    FileNotFoundError
+        A path that does not exist.
     """
     kind = _partials_kind(partials)
     blocks = int(blocks)
     if blocks < 1:
         raise ValueError(f"blocks must be >= 1, got {blocks}")
-    temperature = _positive(temperature, "temperature")
-    runs = _runs(data, _positive(timestep, "timestep"), kind, trajectory,
-                 need_temperature=temperature is None)
-    volume = _positive(volume, "volume")
+    temperature = _positive(temperature, "temperature (K)", "temperature")
+    volume = _positive(volume, "volume (Å^3)", "volume")
+    max_frequency = _positive(max_frequency, "max_frequency (cm^-1)", "max_frequency")
+    lag_window(window, 1)  # an unknown window fails before any data is read
+    runs = _runs(data, _positive(timestep, "timestep (fs)", "timestep"), kind, trajectory,
+                 need_temperature=temperature is None, need_volume=volume is None)
     for run in runs:
         if temperature is not None:
             run.temperature = temperature
@@ -415,6 +630,8 @@ def ir_spectrum(
                 f"{run.source}: temperature unknown (no attrs['temperature']); pass "
                 "temperature= in K (the absolute spectrum and quantum corrections need it)"
             )
+    for run in runs:
+        _check_against_kinetic(run)
     periodic = {r.volume is not None for r in runs}
     if len(periodic) > 1:
         raise ValueError("some runs have a volume and some do not; pass volume=")
@@ -435,6 +652,11 @@ def ir_spectrum(
                 f"{block_len * dt:g} fs)"
             )
     w = lag_window(window, n_lags)
+    n_blocks_total = blocks * len(runs)
+    if 1 < n_blocks_total < MIN_BLOCKS_FOR_ERRORS:
+        warnings.warn(f"the standard error comes from only {n_blocks_total} blocks: it is "
+                      f"itself unreliable; use at least {MIN_BLOCKS_FOR_ERRORS} "
+                      "(blocks= per run, or more runs)", stacklevel=2)
 
     per_block_sigma, per_block_abs, per_block_parts = [], [], []
     omega = None
@@ -445,14 +667,13 @@ def ir_spectrum(
         for b in range(blocks):
             run_block = run.total.shape[0] // blocks  # longer runs: longer blocks
             chunk = series[:, b * run_block:(b + 1) * run_block]
-            corr = correlations(chunk, n_lags) * w
-            g = [corr[0, 0]]
-            if run.parts is not None:
-                n_parts = run.parts.shape[0]
-                g += [corr[1 + i, 1 + i] for i in range(n_parts)]
-                g += [corr[1 + i, 1 + j] + corr[1 + j, 1 + i]
-                      for i in range(n_parts) for j in range(i + 1, n_parts)]
-            omega, spectra = cosine_transform(np.array(g), dt, zero_padding)
+            if window in NON_NEGATIVE_WINDOWS:
+                omega, cross = segment_spectra(chunk, n_lags, dt, zero_padding, window)
+                spectra = _diagonal_and_symmetrised(cross, run.parts)
+            else:
+                corr = correlations(chunk, n_lags) * w
+                omega, spectra = cosine_transform(_diagonal_and_symmetrised(corr, run.parts),
+                                                  dt, zero_padding)
             sigma = prefactor * correction_factor(quantum_correction, omega,
                                                   run.temperature) * spectra
             if run.differentiated:
@@ -470,9 +691,36 @@ def ir_spectrum(
         keep &= wavenumber <= float(max_frequency)
     return _assemble(
         wavenumber[keep], keep, per_block_sigma, per_block_parts, per_block_abs, runs,
-        periodic=periodic, window=window, n_lags=n_lags, dt=dt,
+        periodic=periodic, window=window, n_lags=n_lags, block_len=block_len, dt=dt,
         quantum_correction=quantum_correction, zero_padding=zero_padding, kind=kind,
     )
+
+
+def _diagonal_and_symmetrised(pairs, parts):
+    """(1 + P + P(P-1)/2, L) rows from (S, S, L) pair quantities (correlations or cross
+    spectra) of [total, part 0, ...]: the total, each part, each symmetrised cross term."""
+    rows = [pairs[0, 0]]
+    if parts is not None:
+        n_parts = parts.shape[0]
+        rows += [pairs[1 + i, 1 + i] for i in range(n_parts)]
+        rows += [pairs[1 + i, 1 + j] + pairs[1 + j, 1 + i]
+                 for i in range(n_parts) for j in range(i + 1, n_parts)]
+    return np.array(rows)
+
+
+def _check_against_kinetic(run):
+    """Warn when a nominal temperature and the kinetic temperature of the run's trajectory
+    differ by more than :data:`TEMPERATURE_MISMATCH_STDERRS` standard errors."""
+    kin = run.kinetic
+    if kin is None or run.temperature is None or run.temperature_source.startswith("kinetic"):
+        return
+    spread = TEMPERATURE_MISMATCH_STDERRS * kin.stderr
+    if np.isfinite(spread) and abs(run.temperature - kin.mean) > spread:
+        warnings.warn(
+            f"{run.source}: the spectrum uses T = {run.temperature:g} K "
+            f"({run.temperature_source}), but the trajectory velocities give "
+            f"{kin.mean:.1f} +- {kin.stderr:.1f} K ({kin.how}); check the temperature",
+            stacklevel=3)
 
 
 def _partials_kind(partials):
@@ -505,7 +753,7 @@ def _partial_labels(names):
 
 
 def _assemble(wavenumber, keep, sigma_blocks, part_blocks, abs_blocks, runs, *, periodic,
-              window, n_lags, dt, quantum_correction, zero_padding, kind):
+              window, n_lags, block_len, dt, quantum_correction, zero_padding, kind):
     import xarray as xr
 
     from numbec import __version__
@@ -569,6 +817,7 @@ def _assemble(wavenumber, keep, sigma_blocks, part_blocks, abs_blocks, runs, *, 
         "n_runs": len(runs),
         "timestep": dt,
         "zero_padding": int(zero_padding),
+        "non_negative": int(window in NON_NEGATIVE_WINDOWS),
         "provenance": json.dumps({
             "numbec_version": __version__,
             "sources": [r.source for r in runs],
