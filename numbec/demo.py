@@ -657,7 +657,7 @@ def _plot(spectra: dict, path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7.0, 4.0))
     f = spectra["frequency"]
     sel = f <= 4200.0
-    scale = spectra["exact"][sel].max()
+    scale = 1e-18  # cm^2: absolute cross-sections of one cluster, readable tick labels
     ax.plot(f[sel], spectra["exact"][sel] / scale, color="black", lw=2.0,
             label="exact xTB dipole")
     styles = {"monopole": "C0", "dipole": "C1", "combined": "C3", "species-mean": "0.6"}
@@ -666,7 +666,7 @@ def _plot(spectra: dict, path: Path, title: str) -> None:
             ax.plot(f[sel], spectra[name][sel] / scale, color=color, lw=1.0,
                     ls="--" if name == "species-mean" else "-", label=f"{name} model")
     ax.set_xlabel("frequency (cm$^{-1}$)")
-    ax.set_ylabel("absorption cross-section (normalised)")
+    ax.set_ylabel("absorption cross-section per cluster (10$^{-18}$ cm$^2$)")
     ax.set_xlim(0.0, 4200.0)
     ax.set_title(title, fontsize=10)
     ax.legend(frameon=False, fontsize=8)

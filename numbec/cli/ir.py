@@ -55,7 +55,9 @@ def register(subparsers):
     parser.add_argument("--zero-padding", type=int, default=8, metavar="N",
                         help="frequency grid refinement (default 8)")
     parser.add_argument("--max-frequency", type=float, metavar="CM-1",
-                        help="crop the spectrum above this wavenumber")
+                        help="crop the spectrum and the figure above this wavenumber "
+                             "(default: all frequencies in the file; the figure ends where "
+                             "the signal does)")
     parser.add_argument("--reference", metavar="FILE",
                         help="reference to plot against (QE IR table, eps'' curve, spectrum)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -63,9 +65,36 @@ def register(subparsers):
     return parser
 
 
+#: Options that must be finite numbers > 0 when given (flag, attribute of ``args``).
+_POSITIVE_OPTIONS = (("--temperature", "temperature"), ("--volume", "volume"),
+                     ("--timestep", "timestep"), ("--correlation-time", "correlation_time"),
+                     ("--max-frequency", "max_frequency"))
+
+
+def _check_options(args) -> None:
+    """Reject impossible option values before any file is read, naming the flag."""
+    import math
+
+    for flag, name in _POSITIVE_OPTIONS:
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{flag} must be a number > 0, got {value:g}")
+    for flag, name in (("--blocks", "blocks"), ("--zero-padding", "zero_padding")):
+        if getattr(args, name) < 1:
+            raise ValueError(f"{flag} must be >= 1, got {getattr(args, name)}")
+    if Path(args.out).suffix not in (".csv", ".nc"):
+        raise ValueError(f"{args.out}: the output (-o) must end in .csv or .nc")
+
+
 def run(args) -> int:
     from numbec.spectra.ir import ir_spectrum, open_prediction, spectral_peaks
 
+    _check_options(args)
+    reference = None
+    if args.plot and args.reference:  # a bad reference fails before the spectrum is computed
+        from numbec.spectra.reference import read_reference
+
+        reference = read_reference(args.reference)
     datasets = [open_prediction(p) for p in args.prediction]
     trajectories = None
     if args.trajectory:
@@ -105,24 +134,20 @@ def run(args) -> int:
           + ", ".join(f"{p:.1f}" for p in peaks[:5]), file=sys.stdout)
     if args.plot:
         try:
-            _plot(spectrum, args)
+            _plot(spectrum, args, reference)
         except ImportError as exc:  # matplotlib missing: the spectrum is written anyway
             print(f"numbec ir: {out} written, but no figure: {exc}", file=sys.stderr)
             return 3
     return 0
 
 
-def _plot(spectrum, args):
+def _plot(spectrum, args, reference):
     from numbec.plot import _pyplot, plot_spectrum
 
     plt = _pyplot()
-    reference = None
-    if args.reference:
-        from numbec.spectra.reference import read_reference
-
-        reference = read_reference(args.reference)
     fig, ax = plt.subplots(figsize=(7, 4))
-    plot_spectrum(spectrum, ax=ax, reference=reference, partials=bool(args.partials))
+    plot_spectrum(spectrum, ax=ax, reference=reference, partials=bool(args.partials),
+                  max_frequency=args.max_frequency)
     fig.tight_layout()
     fig.savefig(args.plot, dpi=150)
     plt.close(fig)

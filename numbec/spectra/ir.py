@@ -89,6 +89,8 @@ class _Run:
     differentiated: bool = False
     temperature_source: str | None = None
     kinetic: KineticTemperature | None = None
+    system: str = ""
+    model: str = ""
 
 
 def cross_section_prefactor(temperature: float) -> float:
@@ -281,7 +283,39 @@ def _run_from_dataset(ds, trajectory, kind, timestep, source, need_temperature=T
             )
     return _Run(total, parts, names, dt, None if temperature is None else float(temperature),
                 volume, source, differentiated,
-                temperature_source if temperature is not None else None, kinetic)
+                temperature_source if temperature is not None else None, kinetic,
+                *_system_and_model(ds, trajectory))
+
+
+def _system_and_model(ds, trajectory):
+    """Chemical formula of the cell (e.g. "Si3O6") and the model's name (class and file)
+    as recorded in a prediction, for labels; "" where unknown."""
+    from ase import Atoms
+
+    system = ""
+    for source in (ds, trajectory, ds.attrs.get("input")):
+        if isinstance(source, (str, os.PathLike)):  # the trajectory the prediction came from
+            try:
+                from numbec.io.trajectory import open_trajectory
+
+                source = open_trajectory(source)
+            except Exception:  # moved or deleted since: the label only loses the formula
+                continue
+        if source is None:
+            continue
+        if "numbers" in source:
+            numbers = np.asarray(source["numbers"].values, dtype=np.int64).ravel()
+            system = Atoms(numbers=numbers).get_chemical_formula(mode="metal")
+            break
+        if "symbol" in source.coords and "atom" in source["symbol"].dims:
+            symbols = [str(s) for s in np.asarray(source["symbol"].values).ravel()]
+            system = Atoms(symbols=symbols).get_chemical_formula(mode="metal")
+            break
+    model = str(ds.attrs.get("model_class") or "")
+    model_file = str(ds.attrs.get("model_file") or "")
+    if model_file:
+        model += f" ({os.path.basename(model_file)})"
+    return system, model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -598,7 +632,8 @@ def ir_spectrum(
         ``1/(c T)``), ``resolution_fwhm`` (cm^-1, FWHM of the window's line shape),
         ``temperature`` (K), ``volume`` (Å^3, NaN without), ``quantum_correction``,
         ``n_blocks``, ``n_runs``, ``timestep`` (fs), ``zero_padding``, ``non_negative``
-        (1 if the window guarantees a spectrum >= 0, else 0), ``provenance``.
+        (1 if the window guarantees a spectrum >= 0, else 0), ``system`` (chemical
+        formula) and ``model`` (class and file) where the data record them, ``provenance``.
 
     Raises
     ------
@@ -818,6 +853,9 @@ def _assemble(wavenumber, keep, sigma_blocks, part_blocks, abs_blocks, runs, *, 
         "timestep": dt,
         "zero_padding": int(zero_padding),
         "non_negative": int(window in NON_NEGATIVE_WINDOWS),
+        "temperature_units": "K",
+        "timestep_units": "fs",
+
         "provenance": json.dumps({
             "numbec_version": __version__,
             "sources": [r.source for r in runs],
@@ -828,6 +866,10 @@ def _assemble(wavenumber, keep, sigma_blocks, part_blocks, abs_blocks, runs, *, 
                                   else "dipole_derivative" for r in runs],
         }),
     }
+    for key in ("system", "model"):  # for labels; runs of several systems or models: all
+        names = " + ".join(dict.fromkeys(getattr(r, key) for r in runs if getattr(r, key)))
+        if names:
+            attrs[key] = names
     if kind is not None:
         attrs["partial_kind"] = kind
     if not periodic:
