@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-#: 1 Debye in e·Å.
-DEBYE_IN_E_ANGSTROM = 0.20819433622621247
+from numbec.conventions import DEBYE_IN_E_ANGSTROM
 
 
 def _frequency_coords(f):
