@@ -65,8 +65,9 @@ def curve_label(spectrum, fallback: str = "spectrum") -> str:
     return ", ".join(parts) if parts else fallback
 
 
-def plot_spectrum(spectrum, ax=None, reference=None, partials=False, variable=None,
-                  unit="cm^-1", label=None, reference_label=None, max_frequency=None):
+def plot_spectrum(spectrum, ax=None, *, reference=None, partials: bool = False,
+                  variable: str | None = None, unit: str = "cm^-1", label: str | None = None,
+                  reference_label: str | None = None, max_frequency: float | None = None):
     """Plot a spectrum with its error band, optional partials and a reference.
 
     Parameters

@@ -165,7 +165,7 @@ def test_windows_do_not_shift_peaks(window):
     for nu, _ in modes:
         assert peak(s, nu) == pytest.approx(nu, abs=0.1)
     # the intensity is window independent (w[0] = 1 fixes the area)
-    assert integrated_intensity(s, 900, 1200, "absorption") == pytest.approx(
+    assert integrated_intensity(s, 900, 1200, variable="absorption") == pytest.approx(
         mode_area_si(MU2, 80), rel=0.01)
 
 
@@ -293,7 +293,7 @@ def test_dipole_only_dataset_is_differentiated_and_corrected():
                     attrs={"timestep": dt, "temperature": 300.0, "volume": 64.0})
     s = numbec.ir_spectrum(ds, correlation_time=4000)
     # central differences lose 1 - sinc^2(omega dt) = 2.6 % at 1500 cm^-1; corrected here
-    assert integrated_intensity(s, 1300, 1700, "absorption") == pytest.approx(
+    assert integrated_intensity(s, 1300, 1700, variable="absorption") == pytest.approx(
         mode_area_si(MU1, 64.0), rel=2e-3)
     assert s.frequency.max() <= 0.5 / (2 * C * 100 * dt * 1e-15) + 1e-9  # half Nyquist
 
@@ -513,7 +513,7 @@ def test_parzen_band_area_and_expected_line_shape():
     w[0] = 1 and the FWHM of lag_window("parzen") (attrs["resolution_fwhm"])."""
     s = numbec.ir_spectrum(undamped([(500.0, MU1)], 16000, 1.0, 300), timestep=1.0,
                            temperature=300, volume=80, correlation_time=1000)
-    assert integrated_intensity(s, 0, 1500, "absorption") == pytest.approx(
+    assert integrated_intensity(s, 0, 1500, variable="absorption") == pytest.approx(
         mode_area_si(MU1, 80), rel=2e-3)
     f, y = s.frequency.values, s.absorption.values
     above = f[(np.abs(f - 500) < 100) & (y > 0.5 * y.max())]

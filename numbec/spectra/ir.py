@@ -881,7 +881,8 @@ def _assemble(wavenumber, keep, sigma_blocks, part_blocks, abs_blocks, runs, *, 
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
 
-def integrated_intensity(spectrum, fmin=None, fmax=None, variable=None):
+def integrated_intensity(spectrum, fmin: float | None = None, fmax: float | None = None, *,
+                         variable: str | None = None) -> float | np.ndarray:
     """Integrate a spectrum over ``fmin <= frequency <= fmax`` (cm^-1, trapezoid rule).
 
     Parameters
@@ -907,7 +908,9 @@ def integrated_intensity(spectrum, fmin=None, fmax=None, variable=None):
     return value
 
 
-def spectral_peaks(spectrum, variable=None, min_height=0.05, fmin=None, fmax=None):
+def spectral_peaks(spectrum, *, variable: str | None = None, min_height: float = 0.05,
+                   fmin: float | None = None, fmax: float | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Local maxima of a spectrum, refined by a parabola through the three top points.
 
     Parameters

@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from numbec.conventions import DEBYE_IN_E_ANGSTROM
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 
 def _frequency_coords(f):
@@ -64,7 +68,7 @@ def _text_of(path) -> str:
                          f"{data[exc.start:exc.start + 1]!r})") from None
 
 
-def read_reference(path, kind=None):
+def read_reference(path, *, kind: str | None = None) -> xr.Dataset:
     """Read a reference spectrum (see the module docstring) as an xarray Dataset.
 
     Parameters
@@ -192,7 +196,7 @@ def write_spectrum_csv(spectrum, path) -> None:
         np.savetxt(fh, np.column_stack(columns), delimiter=",", fmt="%.10g")
 
 
-def read_spectrum_csv(path):
+def read_spectrum_csv(path) -> xr.Dataset:
     """Read a CSV written by :func:`write_spectrum_csv` back into a Dataset."""
     import io
 
