@@ -430,17 +430,15 @@ def kinetic_temperature_statistics(trajectory, *, masses=None,
             gyration = np.einsum("a,fai,faj->fij", masses, r, r)
             smallest = np.linalg.eigvalsh(gyration)[:, 1]  # two zero eigenvalues if linear
             linear &= bool(np.all(smallest <= 1e-10 * inertia))
-    dof = 3 * n_atoms
-    removed = []
+    removed = []  # (degrees of freedom, the conserved quantity that is zero)
     if com_free:
-        dof -= 3
-        removed.append("centre-of-mass momentum")
-    if com_free and rotation_free:
-        dof -= 2 if linear else 3
-        removed.append("angular momentum")
+        removed.append((3, "centre-of-mass momentum"))
+        if rotation_free:
+            removed.append((2 if linear else 3, "angular momentum"))
+    dof = 3 * n_atoms - sum(n for n, _ in removed)
     if dof < 1:
         raise ValueError(f"{source}: no kinetic degree of freedom left ({n_atoms} atoms, "
-                         f"{' and '.join(removed)} constrained)")
+                         f"{' and '.join(what for _, what in removed)} zero)")
     frame_t = two_ke * AMU * (ANGSTROM / FEMTOSECOND) ** 2 / (dof * BOLTZMANN)
     n_blocks = min(10, n_frames)
     if n_blocks < 2:
@@ -448,9 +446,8 @@ def kinetic_temperature_statistics(trajectory, *, masses=None,
     else:
         means = [b.mean() for b in np.array_split(frame_t, n_blocks)]
         stderr = float(np.std(means, ddof=1) / np.sqrt(n_blocks))
-    how += f", {dof} = 3N" + "".join(f" - {k}" for k in ([3] if com_free else [])
-                                     + ([2 if linear else 3] if com_free and rotation_free
-                                        else [])) + " degrees of freedom"
+    how += f", {dof} = 3N" + "".join(f" - {n} ({what} zero)" for n, what in removed)
+    how += " degrees of freedom"
     return KineticTemperature(float(frame_t.mean()), stderr, dof, how)
 
 
