@@ -389,8 +389,10 @@ def kinetic_temperature_statistics(trajectory, *, masses=None,
         has no periodic direction and its angular momentum about the centre of mass is zero
         in every frame too (an isolated molecule or cluster started without rotation and
         run without a thermostat, which conserves it). A thermostat that lets the system
-        rotate or drift keeps those degrees of freedom, and so does this count. The
-        standard error is that of the mean of up to 10 contiguous blocks of frames.
+        rotate or drift keeps those degrees of freedom, and so does this count. Holonomic
+        constraints (rigid bonds or molecules, SHAKE/RATTLE) are not detected: with them,
+        pass the thermostat temperature instead. The standard error is that of the mean of
+        up to 10 contiguous blocks of frames.
 
     Raises
     ------
@@ -462,7 +464,7 @@ def kinetic_temperature(trajectory, *, masses=None, chunk_frames: int = 1000) ->
                                           chunk_frames=chunk_frames).mean
 
 
-def open_prediction(path):
+def open_prediction(path) -> xr.Dataset:
     """Open a finished prediction store (Zarr) or a netCDF file as an xarray Dataset.
 
     ``attrs["prediction_store"]`` records ``path``, so that errors about the data name it
