@@ -253,8 +253,3 @@ def test_garbage_reference_files_are_named(prediction, capsys, content):
     err = capsys.readouterr().err
     assert f"{ref}:" in err and "Traceback" not in err, err
 
-
-def test_a_trajectory_store_is_not_a_prediction(prediction, capsys):
-    assert main(["ir", str(prediction / "traj.zarr"), "-o", str(prediction / "x.csv"),
-                 "--temperature", "300"]) == 1
-    assert "trajectory store, not a prediction" in capsys.readouterr().err

@@ -87,7 +87,7 @@ def _check_options(args) -> None:
 
 
 def run(args) -> int:
-    from numbec.spectra.ir import ir_spectrum, open_prediction, spectral_peaks
+    from numbec.spectra.ir import ir_spectrum, spectral_peaks
 
     _check_options(args)
     reference = None
@@ -95,15 +95,15 @@ def run(args) -> int:
         from numbec.spectra.reference import read_reference
 
         reference = read_reference(args.reference)
-    datasets = [open_prediction(p) for p in args.prediction]
+    stores = args.prediction  # paths: ir_spectrum opens them and names them in errors
     trajectories = None
     if args.trajectory:
-        if len(args.trajectory) != len(datasets):
+        if len(args.trajectory) != len(stores):
             raise ValueError(f"{len(args.trajectory)} --trajectory stores for "
-                             f"{len(datasets)} predictions")
-        trajectories = args.trajectory if len(datasets) > 1 else args.trajectory[0]
+                             f"{len(stores)} predictions")
+        trajectories = args.trajectory if len(stores) > 1 else args.trajectory[0]
     spectrum = ir_spectrum(
-        datasets if len(datasets) > 1 else datasets[0],
+        stores if len(stores) > 1 else stores[0],
         timestep=args.timestep,
         temperature=args.temperature,
         volume=args.volume,
