@@ -6,7 +6,9 @@ time step, volume and, when recorded, temperature), computes the absolute IR spe
 volume) and writes it as CSV (``#`` header lines with the settings, then columns) or
 netCDF. Several stores are independent runs: averaged, with error bars from their
 spread. ``--plot`` draws the spectrum, its error band, optional partials and an optional
-reference (a QE IR table, an eps'' curve or another spectrum).
+reference (a QE IR table, an eps'' curve or another spectrum), up to where the signal ends
+(``--max-frequency`` to choose), labelled with the system and the model. The default window
+gives a spectrum that is never negative (docs/spectra.md).
 """
 
 from __future__ import annotations
