@@ -241,17 +241,54 @@ def test_help_keeps_paragraphs_and_shows_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["ir", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "lag window (default: hann)" in text
+    assert "lag window (parzen: spectrum >= 0 for any data) (default: parzen)" in text
     assert "quantum correction factor (default: harmonic)" in text
     assert "(default: None)" not in text and "(default: False)" not in text
 
 
+HEAVY_MODULES = ("numba", "scipy", "xarray", "zarr", "dask", "ase")
+
+
 def test_help_does_not_import_the_numerical_stack():
-    code = ("import sys\nfrom numbec.cli import main\ntry:\n    main(['--help'])\n"
-            "except SystemExit:\n    pass\n"
-            "print(sorted(m for m in ('numba', 'scipy', 'xarray', 'zarr', 'dask', 'ase')"
-            " if m in sys.modules))")
+    """``numbec --help`` and every ``numbec COMMAND --help``: none of the numerical stack.
+
+    One fresh interpreter runs them in turn and reports, after each, the heavy modules
+    loaded so far (a command that imports one is the first to report it).
+    """
+    code = ("import sys\nfrom numbec.cli import COMMANDS, main\n"
+            "for argv in [['--help']] + [[name, '--help'] for name in COMMANDS]:\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            f"    heavy = sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules)\n"
+            "    print('RESULT', ' '.join(argv), heavy, file=sys.stderr)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "[]"
+    reports = [line.split(" ", 1)[1] for line in result.stderr.splitlines()
+               if line.startswith("RESULT ")]
+    expected = ["--help []"] + [f"{name} --help []" for name in COMMANDS]
+    assert reports == expected
+
+
+def test_help_constants_agree_with_the_library():
+    """Choices and defaults the parsers keep as constants (so --help stays light)."""
+    import inspect
+
+    import numbec.cli._bec_data
+    import numbec.cli.ir
+    import numbec.cli.select
+    import numbec.cli.train
+    import numbec.io.bec
+    import numbec.io.dft_inputs
+    import numbec.selection
+    import numbec.spectra
+    from numbec.models import CombinedModel, DipoleModel, MonopoleModel
+
+    assert numbec.cli._bec_data.FORMATS == numbec.io.bec.FORMATS
+    assert numbec.cli.ir.WINDOWS == numbec.spectra.WINDOWS
+    assert numbec.cli.ir.QUANTUM_CORRECTIONS == numbec.spectra.QUANTUM_CORRECTIONS
+    assert numbec.cli.select.STRATEGIES == numbec.selection.STRATEGIES
+    assert numbec.cli.select.FORMATS == numbec.io.dft_inputs.FORMATS
+    for cls in (MonopoleModel, DipoleModel, CombinedModel):
+        params = inspect.signature(cls).parameters
+        assert numbec.cli.train.MODEL_DEFAULTS == {
+            name: params[name].default for name in numbec.cli.train.HYPERPARAMETERS}, cls

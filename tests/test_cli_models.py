@@ -133,13 +133,3 @@ def test_default_model_is_combined_and_evaluate_baseline_is_the_training_mean(tm
     assert res["baseline"]["rmse"] == pytest.approx(expected, rel=1e-12)
     optimistic = numbec.evaluate(SpeciesMeanModel.fit(test), test, baseline=False)["rmse"]
     assert res["baseline"]["rmse"] != pytest.approx(optimistic, rel=1e-6)
-
-
-def test_train_defaults_come_from_the_model_constructor():
-    import inspect
-
-    from numbec.cli.train import HYPERPARAMETERS, model_defaults
-    from numbec.models import CombinedModel
-
-    params = inspect.signature(CombinedModel).parameters
-    assert model_defaults() == {k: params[k].default for k in HYPERPARAMETERS}
