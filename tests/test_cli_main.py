@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import numbec.cli
@@ -122,6 +123,45 @@ def test_errors_from_reading_a_file_name_it(tmp_path, monkeypatch, capsys):
     assert main(["info", str(tmp_path / "other.zarr")]) == 1
     line = _one_error_line(capsys)
     assert str(garbage) in line and "not a text file" in line
+
+
+def _is_printable_ascii(text: str) -> bool:
+    return text.isascii() and text.isprintable()
+
+
+@pytest.mark.parametrize("command", ["train", "convert"])
+def test_binary_input_is_named_in_printable_text(tmp_path, command):
+    """A binary file given as ``.xyz``: one printable line naming it and saying it is not text
+    (it used to print the undecodable bytes as they were read)."""
+    rng = np.random.default_rng(3)
+    garbage = tmp_path / "garbage.xyz"
+    garbage.write_bytes(b"\x93\xfe\x1b[31m" + rng.bytes(4000))
+    # the same after 8 KiB of good frames: the reader quotes the line, escaped
+    late = tmp_path / "late.xyz"
+    frame = ('1\nLattice="9 0 0 0 9 0 0 0 9" Properties=species:S:1:pos:R:3:bec:R:9 '
+             'pbc="T T T"\nH 1 2 3 1 0 0 0 1 0 0 0 1\n')
+    late.write_bytes(frame.encode() * 80 + b"\x93\xfe\x1b[31m\x00\n")
+    for path, expected in ((garbage, "not a text file (binary data at byte 0: 93 fe 1b 5b"),
+                           (late, "frame 80: expected the number of atoms, got "
+                                  "'\\ufffd\\ufffd\\x1b[31m\\x00'")):
+        args = ([str(path), "-o", str(tmp_path / "m.npz")] if command == "train" else
+                [str(path), str(tmp_path / f"{path.stem}.zarr"), "--timestep", "1"])
+        result = _run_cli(command, *args)
+        assert result.returncode == 1, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert _is_printable_ascii(lines[0]), repr(lines[0])
+        assert lines[0].startswith(f"numbec {command}: error: {path}")
+        assert expected in lines[0], lines[0]
+
+
+def test_error_lines_escape_what_is_not_text(monkeypatch, capsys):
+    _fail_with(monkeypatch, ValueError("x.zarr: got '\x1b[2J\ufffd\x00' in line 3"))
+    assert main(["info", "x.zarr"]) == 1
+    assert _one_error_line(capsys).endswith(r"x.zarr: got '\x1b[2J\ufffd\x00' in line 3")
+    _fail_with(monkeypatch, AttributeError("\x07bell"))
+    assert main(["info", "x.zarr"]) == 1
+    assert r"AttributeError: \x07bell" in _one_error_line(capsys, "numbec info: internal error")
 
 
 def test_errors_without_a_file_name_the_inputs(tmp_path, monkeypatch, capsys):

@@ -601,15 +601,21 @@ def test_format_override_and_path_lists(shared_data, tmp_path):
 
 GARBAGE = {
     "binary": bytes(range(256)) * 40,
+    "random bytes": np.random.default_rng(5).bytes(5000),
+    "control characters": b"\x1b[2J\x07 2\x1b[31m\n" * 40,
     "bad utf-8": b"2\nLattice=\"5 0 0 0 5 0 0 0 5\" \xff\xfe\xfd\nH 0 0 0\n" * 3,
     "text": "this is not a BEC file\n" * 30,
 }
 
 
+#: The garbage that is binary data, and the readers that open their file as text (numbec's).
+BINARY = ("binary", "random bytes", "control characters")
+TEXT_READERS = [("OUTCAR", None), ("data.xyz", None), ("run.dat", "extxyz"),
+                ("run.dat", "outcar"), ("run.dat", "qe-ph")]
+
+
 @pytest.mark.parametrize("kind", sorted(GARBAGE))
-@pytest.mark.parametrize("name, fmt", [("OUTCAR", None), ("data.xyz", None), ("BORN", None),
-                                       ("vasprun.xml", None), ("run.dat", "extxyz"),
-                                       ("run.dat", "outcar"), ("run.dat", "qe-ph")])
+@pytest.mark.parametrize("name, fmt", TEXT_READERS + [("BORN", None), ("vasprun.xml", None)])
 def test_garbage_files_give_one_clean_error_naming_the_file(tmp_path, kind, name, fmt):
     """Binary, non-UTF-8 and nonsense text in every reader: a ValueError or OSError whose
     message names the file, never a UnicodeDecodeError or an unrelated traceback."""
@@ -623,7 +629,28 @@ def test_garbage_files_give_one_clean_error_naming_the_file(tmp_path, kind, name
     with pytest.raises((ValueError, OSError)) as info:
         numbec.read_bec(path, format=fmt)
     assert not isinstance(info.value, UnicodeDecodeError)
-    assert str(path) in str(info.value), (type(info.value), str(info.value))
+    message = str(info.value)
+    assert str(path) in message, (type(info.value), message)
+    # printable text: no control characters, no undecodable bytes shown as they were read
+    assert message.isprintable() and "\ufffd" not in message, repr(message)
+    if kind in BINARY and (name, fmt) in TEXT_READERS:
+        assert "not a text file (binary data at byte" in message, message
+
+
+def test_text_with_a_few_stray_bytes_is_still_text(tmp_path):
+    """A Latin-1 comment (``Å`` as one byte) is not binary data: the file is read."""
+    path = _small_frame(tmp_path)
+    path.write_bytes(path.read_bytes().replace(b'pbc="T T T"', b'pbc="T T T" note="5 \xc5"'))
+    frame = numbec.read_bec(path)[0]
+    assert frame.info["note"] == "5 \ufffd" and frame.arrays["bec"].shape == (2, 3, 3)
+
+
+def test_quoted_file_content_is_short_and_printable():
+    from numbec.io._files import quote
+
+    assert quote("  12 atoms \n") == "'12 atoms'"
+    assert quote("\x00\x1b[31m\ufffdÅ") == r"'\x00\x1b[31m\ufffdÅ'"
+    assert quote("x" * 100, limit=10) == "'xxxxxxxxxx'... (100 characters)"
 
 
 def test_cli_layout_contradicting_the_file_is_an_error(tmp_path, capsys):
