@@ -17,8 +17,9 @@ The BEC convention everywhere: ``Z[a, i, j] = dP_i / dr_{a,j}`` in e (see
 
 from __future__ import annotations
 
-import importlib
 import os
+
+from numbec._lazy import lazy_exports
 
 # Numba's OpenMP workers spin while waiting; on a shared or oversubscribed machine they starve
 # each other (measured: 6x slower at load 2 on 2 cores). Passive waiting costs nothing
@@ -49,13 +50,4 @@ _LAZY = {
 __all__ = sorted(_LAZY) + ["__version__"]
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'numbec' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

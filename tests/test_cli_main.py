@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import numbec.cli
@@ -122,6 +123,45 @@ def test_errors_from_reading_a_file_name_it(tmp_path, monkeypatch, capsys):
     assert main(["info", str(tmp_path / "other.zarr")]) == 1
     line = _one_error_line(capsys)
     assert str(garbage) in line and "not a text file" in line
+
+
+def _is_printable_ascii(text: str) -> bool:
+    return text.isascii() and text.isprintable()
+
+
+@pytest.mark.parametrize("command", ["train", "convert"])
+def test_binary_input_is_named_in_printable_text(tmp_path, command):
+    """A binary file given as ``.xyz``: one printable line naming it and saying it is not text
+    (it used to print the undecodable bytes as they were read)."""
+    rng = np.random.default_rng(3)
+    garbage = tmp_path / "garbage.xyz"
+    garbage.write_bytes(b"\x93\xfe\x1b[31m" + rng.bytes(4000))
+    # the same after 8 KiB of good frames: the reader quotes the line, escaped
+    late = tmp_path / "late.xyz"
+    frame = ('1\nLattice="9 0 0 0 9 0 0 0 9" Properties=species:S:1:pos:R:3:bec:R:9 '
+             'pbc="T T T"\nH 1 2 3 1 0 0 0 1 0 0 0 1\n')
+    late.write_bytes(frame.encode() * 80 + b"\x93\xfe\x1b[31m\x00\n")
+    for path, expected in ((garbage, "not a text file (binary data at byte 0: 93 fe 1b 5b"),
+                           (late, "frame 80: expected the number of atoms, got "
+                                  "'\\ufffd\\ufffd\\x1b[31m\\x00'")):
+        args = ([str(path), "-o", str(tmp_path / "m.npz")] if command == "train" else
+                [str(path), str(tmp_path / f"{path.stem}.zarr"), "--timestep", "1"])
+        result = _run_cli(command, *args)
+        assert result.returncode == 1, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert _is_printable_ascii(lines[0]), repr(lines[0])
+        assert lines[0].startswith(f"numbec {command}: error: {path}")
+        assert expected in lines[0], lines[0]
+
+
+def test_error_lines_escape_what_is_not_text(monkeypatch, capsys):
+    _fail_with(monkeypatch, ValueError("x.zarr: got '\x1b[2J\ufffd\x00' in line 3"))
+    assert main(["info", "x.zarr"]) == 1
+    assert _one_error_line(capsys).endswith(r"x.zarr: got '\x1b[2J\ufffd\x00' in line 3")
+    _fail_with(monkeypatch, AttributeError("\x07bell"))
+    assert main(["info", "x.zarr"]) == 1
+    assert r"AttributeError: \x07bell" in _one_error_line(capsys, "numbec info: internal error")
 
 
 def test_errors_without_a_file_name_the_inputs(tmp_path, monkeypatch, capsys):
@@ -241,17 +281,54 @@ def test_help_keeps_paragraphs_and_shows_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["ir", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "lag window (default: hann)" in text
+    assert "lag window (parzen: spectrum >= 0 for any data) (default: parzen)" in text
     assert "quantum correction factor (default: harmonic)" in text
     assert "(default: None)" not in text and "(default: False)" not in text
 
 
+HEAVY_MODULES = ("numba", "scipy", "xarray", "zarr", "dask", "ase")
+
+
 def test_help_does_not_import_the_numerical_stack():
-    code = ("import sys\nfrom numbec.cli import main\ntry:\n    main(['--help'])\n"
-            "except SystemExit:\n    pass\n"
-            "print(sorted(m for m in ('numba', 'scipy', 'xarray', 'zarr', 'dask', 'ase')"
-            " if m in sys.modules))")
+    """``numbec --help`` and every ``numbec COMMAND --help``: none of the numerical stack.
+
+    One fresh interpreter runs them in turn and reports, after each, the heavy modules
+    loaded so far (a command that imports one is the first to report it).
+    """
+    code = ("import sys\nfrom numbec.cli import COMMANDS, main\n"
+            "for argv in [['--help']] + [[name, '--help'] for name in COMMANDS]:\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            f"    heavy = sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules)\n"
+            "    print('RESULT', ' '.join(argv), heavy, file=sys.stderr)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "[]"
+    reports = [line.split(" ", 1)[1] for line in result.stderr.splitlines()
+               if line.startswith("RESULT ")]
+    expected = ["--help []"] + [f"{name} --help []" for name in COMMANDS]
+    assert reports == expected
+
+
+def test_help_constants_agree_with_the_library():
+    """Choices and defaults the parsers keep as constants (so --help stays light)."""
+    import inspect
+
+    import numbec.cli._bec_data
+    import numbec.cli.ir
+    import numbec.cli.select
+    import numbec.cli.train
+    import numbec.io.bec
+    import numbec.io.dft_inputs
+    import numbec.selection
+    import numbec.spectra
+    from numbec.models import CombinedModel, DipoleModel, MonopoleModel
+
+    assert numbec.cli._bec_data.FORMATS == numbec.io.bec.FORMATS
+    assert numbec.cli.ir.WINDOWS == numbec.spectra.WINDOWS
+    assert numbec.cli.ir.QUANTUM_CORRECTIONS == numbec.spectra.QUANTUM_CORRECTIONS
+    assert numbec.cli.select.STRATEGIES == numbec.selection.STRATEGIES
+    assert numbec.cli.select.FORMATS == numbec.io.dft_inputs.FORMATS
+    for cls in (MonopoleModel, DipoleModel, CombinedModel):
+        params = inspect.signature(cls).parameters
+        assert numbec.cli.train.MODEL_DEFAULTS == {
+            name: params[name].default for name in numbec.cli.train.HYPERPARAMETERS}, cls

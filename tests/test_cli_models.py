@@ -8,6 +8,7 @@ import ase.io
 import numpy as np
 import pytest
 from ase import Atoms
+from outcar_factory import make_outcar, write_outcar
 
 import numbec
 from numbec.cli import main
@@ -135,11 +136,32 @@ def test_default_model_is_combined_and_evaluate_baseline_is_the_training_mean(tm
     assert res["baseline"]["rmse"] != pytest.approx(optimistic, rel=1e-6)
 
 
-def test_train_defaults_come_from_the_model_constructor():
-    import inspect
-
-    from numbec.cli.train import HYPERPARAMETERS, model_defaults
-    from numbec.models import CombinedModel
-
-    params = inspect.signature(CombinedModel).parameters
-    assert model_defaults() == {k: params[k].default for k in HYPERPARAMETERS}
+def test_train_and_evaluate_on_vasp_outcars(tmp_path, capsys):
+    """OUTCARs through the command line (a glob of .xz files, a .gz), on synthetic OUTCARs:
+    the numbers the commands report come from the BECs that were written."""
+    written = [make_outcar(seed=k) for k in range(4)]
+    for k, synthetic in enumerate(written[:3], start=1):
+        write_outcar(tmp_path / f"OUTCAR.{k}.xz", synthetic.text)
+    (tmp_path / "test").mkdir()
+    test = write_outcar(tmp_path / "test" / "OUTCAR.gz", written[3].text)
+    model = tmp_path / "m.npz"
+    assert main(["train", str(tmp_path / "OUTCAR.*.xz"), "--model", "monopole",
+                 "-o", str(model), *TINY, "--n-sparse", "4"]) == 0
+    assert "3 frames, 36 atoms (O 24, Zr 12)" in capsys.readouterr().out
+    assert main(["evaluate", str(model), str(test), "--json"]) == 0
+    res = _json(capsys)
+    assert res["n_frames"] == 1 and res["n_atoms"] == 12
+    # the species-mean baseline of the training BECs against the test BECs, by hand
+    numbers = np.array([8 if s == "O" else 40 for s in written[0].symbols])
+    train = np.stack([w.bec for w in written[:3]])
+    means = {z: train[:, numbers == z].mean(axis=(0, 1)) for z in (8, 40)}
+    pred = asr_project(np.stack([means[z] for z in numbers]))
+    expected = np.sqrt(((written[3].bec - pred) ** 2).mean())
+    assert res["baseline"]["rmse"] == pytest.approx(expected, rel=1e-10)
+    # a truncated BEC block: one line naming the file
+    text = written[3].text
+    write_outcar(test, text[: text.index(" ion    7")])
+    assert main(["evaluate", str(model), str(test)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(test) in err
+    assert "6 ions but the structure has 12" in err

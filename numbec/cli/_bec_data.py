@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+#: ``numbec.io.bec.FORMATS``, kept here so that ``--help`` does not import NumPy, SciPy and ASE
+#: (``tests/test_cli_main.py`` checks that they agree).
+FORMATS = ("outcar", "vasprun", "extxyz", "born", "qe-ph")
+
 
 def add_data_arguments(parser, what: str = "reference data") -> None:
     """Add ``DATA...``, ``--format``, ``--layout``, ``--index``, ``--key`` to ``parser``."""
-    from numbec.io.bec import FORMATS
-
     parser.add_argument(
         "data",
         nargs="+",

@@ -6,8 +6,9 @@ numbec's own errors and the ``ValueError``, ``OSError``, ``KeyError``, ``EOFErro
 the file when the error does not (found from the open file in the traceback, or the
 command's input arguments) and the command-line flag instead of the Python keyword
 (``pass temperature=`` becomes ``use --temperature``; an error with a ``parameter``
-attribute holding a keyword name is prefixed with that keyword's flag). Anything else is
-a bug: one line that says so and how to get the traceback.
+attribute holding a keyword name is prefixed with that keyword's flag), with any
+character that is not printable text escaped. Anything else is a bug: one line that says
+so and how to get the traceback.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import os
 import re
 import sys
 import zlib
+
+from numbec.io._files import printable
 
 #: Exit status of a failed command (argparse uses 2 for a misused option).
 FAILED = 1
@@ -46,7 +49,7 @@ def report(exc: BaseException, parser: argparse.ArgumentParser, args, argv) -> i
         message = describe(exc, parser, args, argv)
         print(f"{parser.prog}: error: {message}", file=sys.stderr)
     else:
-        print(f"{parser.prog}: internal error: {type(exc).__name__}: {_one_line(exc)} "
+        print(f"{parser.prog}: internal error: {type(exc).__name__}: {printable(_one_line(exc))} "
               f"(this is a bug in numbec; run again with --debug, or NUMBEC_DEBUG=1, for the "
               f"traceback and report it)", file=sys.stderr)
     return FAILED
@@ -85,7 +88,9 @@ def describe(exc: BaseException, parser: argparse.ArgumentParser, args=None, arg
             message = f"{message} (while reading {', '.join(inputs)})"
         elif source and source not in message and os.path.basename(source) not in message:
             message = f"{source}: {message}"
-    return message
+    # file content quoted by a library underneath may hold control characters or bytes
+    # that are not text: never send them to the terminal
+    return printable(message)
 
 
 def _is_numbec_error(exc: BaseException) -> bool:

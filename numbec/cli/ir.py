@@ -16,11 +16,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+#: ``numbec.spectra.WINDOWS`` and ``numbec.spectra.QUANTUM_CORRECTIONS`` (first = default),
+#: kept here so that ``numbec ir --help`` does not import SciPy and ASE
+#: (``tests/test_cli_main.py`` checks that they agree).
+WINDOWS = ("parzen", "hann", "blackman", "gaussian", "cos2", "none")
+QUANTUM_CORRECTIONS = ("harmonic", "standard", "schofield", "none")
+
 
 def register(subparsers):
-    from numbec.spectra.correlation import WINDOWS
-    from numbec.spectra.quantum import QUANTUM_CORRECTIONS
-
     parser = subparsers.add_parser(
         "ir",
         help="IR spectrum (absolute units, error bars) from a prediction store",

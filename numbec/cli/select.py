@@ -27,6 +27,12 @@ from __future__ import annotations
 
 import sys
 
+#: ``numbec.selection.STRATEGIES`` and ``numbec.io.dft_inputs.FORMATS``, kept here so that
+#: ``numbec select --help`` does not import NumPy (``tests/test_cli_main.py`` checks that
+#: they agree).
+STRATEGIES = ("uncertainty", "reduction", "diverse", "random", "stride")
+FORMATS = ("extxyz", "vasp", "espresso")
+
 
 def register(subparsers):
     parser = subparsers.add_parser(
@@ -34,9 +40,6 @@ def register(subparsers):
         help="choose the trajectory frames to compute reference BECs for (active learning)",
         description=__doc__.split("\n\n", 1)[1],
     )
-    from numbec.io.dft_inputs import FORMATS
-    from numbec.selection import STRATEGIES
-
     parser.add_argument("model", help="saved model (.npz); '-' for --strategy random or stride")
     parser.add_argument("trajectory", help="trajectory store (.zarr, from numbec convert)")
     parser.add_argument("-n", "--n-frames", type=int, required=True, dest="n",

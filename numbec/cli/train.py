@@ -22,7 +22,6 @@ Each option below shows its default, taken from the model and descriptor classes
 
 from __future__ import annotations
 
-import inspect
 import sys
 import time
 from dataclasses import fields
@@ -44,12 +43,11 @@ DEFAULT_MODEL = "combined"
 HYPERPARAMETERS = ("zeta", "n_sparse", "sparse_method", "regression", "ridge", "seed")
 
 
-def model_defaults() -> dict:
-    """Defaults of :data:`HYPERPARAMETERS`, read from the kernel models' constructor."""
-    from numbec.models._kernel_model import KernelBECModel
-
-    params = inspect.signature(KernelBECModel.__init__).parameters
-    return {name: params[name].default for name in HYPERPARAMETERS}
+#: Defaults of :data:`HYPERPARAMETERS`: those of the kernel models' constructor
+#: (``numbec.models._kernel_model.KernelBECModel``), kept here so that ``numbec train --help``
+#: does not import Numba; ``tests/test_cli_main.py`` checks that they agree.
+MODEL_DEFAULTS = {"zeta": 4, "n_sparse": 200, "sparse_method": "cur", "regression": "bayesian",
+                  "ridge": 1e-6, "seed": 0}
 
 #: Descriptor settings exposed as flags (DescriptorSettings fields except species).
 DESCRIPTOR_FLAGS = (
@@ -120,7 +118,7 @@ def register(subparsers):
     parser.add_argument("-o", "--out", required=True, metavar="MODEL",
                         help="output model file (.npz appended if missing)")
     hyper = parser.add_argument_group("model hyperparameters")
-    defaults = model_defaults()
+    defaults = MODEL_DEFAULTS
     hyper.add_argument("--zeta", type=int, default=defaults["zeta"],
                        help="polynomial kernel exponent (default: %(default)s)")
     hyper.add_argument("--n-sparse", type=_n_sparse_arg, default=defaults["n_sparse"],

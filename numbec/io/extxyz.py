@@ -28,7 +28,7 @@ from ase.data import atomic_masses, atomic_numbers
 from ase.io.extxyz import key_val_str_to_dict
 
 from numbec.conventions import ASE_TIME_UNITS_PER_FS, check_layout
-from numbec.io._files import open_text
+from numbec.io._files import open_text, quote
 from numbec.io._index import forward_range, needs_length, parse_index
 
 #: Per-atom array names searched (in this order) for nine BEC components.
@@ -94,12 +94,13 @@ class XYZFrame:
 def _parse_properties(text: str, where: str) -> list[tuple[str, str, int]]:
     parts = text.split(":")
     if len(parts) % 3:
-        raise ExtXYZError(f"{where}: malformed Properties string {text!r}")
+        raise ExtXYZError(f"{where}: malformed Properties string {quote(text)}")
     props = []
     for k in range(0, len(parts), 3):
         name, kind, ncols = parts[k : k + 3]
         if kind not in _DTYPES or not ncols.isdigit():
-            raise ExtXYZError(f"{where}: malformed Properties entry {name}:{kind}:{ncols}")
+            raise ExtXYZError(
+                f"{where}: malformed Properties entry {quote(f'{name}:{kind}:{ncols}')}")
         props.append((name, kind, int(ncols)))
     return props
 
@@ -145,7 +146,8 @@ def parse_frame(count: int, comment: str, lines: list[str], where: str, frame: i
         try:
             numbers = np.array([atomic_numbers[s] for s in arrays.pop("species")], dtype=np.int64)
         except KeyError as exc:
-            raise ExtXYZError(f"{where}: unknown chemical species {str(exc.args[0])!r}") from None
+            raise ExtXYZError(
+                f"{where}: unknown chemical species {quote(str(exc.args[0]))}") from None
         arrays.pop("Z", None)
     elif "Z" in arrays:
         numbers = np.asarray(arrays.pop("Z"), dtype=np.int64)
@@ -174,7 +176,7 @@ def _read_count(line: str, where: str) -> int:
     try:
         count = int(line.split()[0])
     except (ValueError, IndexError):
-        raise ExtXYZError(f"{where}: expected the number of atoms, got {line.strip()!r}") from None
+        raise ExtXYZError(f"{where}: expected the number of atoms, got {quote(line)}") from None
     if count < 0:
         raise ExtXYZError(f"{where}: negative number of atoms {count}")
     return count

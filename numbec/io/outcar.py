@@ -17,7 +17,7 @@ import ase.io
 import numpy as np
 
 from numbec.conventions import as_bec_array, to_canonical
-from numbec.io._files import read_text
+from numbec.io._files import quote, read_text
 
 _BLOCK_HEADER = re.compile(r"^\s*BORN EFFECTIVE CHARGES\b.*$", re.MULTILINE)
 _ION_LINE = re.compile(r"^\s*ion\s+(\d+)\s*$")
@@ -81,14 +81,14 @@ def parse_outcar_bec_block(text: str, where: str = "OUTCAR") -> np.ndarray:
                 raise BECBlockError(
                     f"{where}: BEC block truncated or malformed at ion {number} "
                     f"(expected row {direction} as 'direction Zx Zy Zz', got "
-                    f"{lines[line_no].strip() if line_no < len(lines) else 'end of file'!r})"
+                    f"{quote(lines[line_no]) if line_no < len(lines) else 'end of file'})"
                 )
             try:
                 rows.append([float(t) for t in tokens[1:]])
             except ValueError as exc:
                 raise BECBlockError(
                     f"{where}: BEC of ion {number}, row {direction} is not numeric: "
-                    f"{lines[line_no].strip()!r}"
+                    f"{quote(lines[line_no])}"
                 ) from exc
         ions.append(np.array(rows))
         pos += 4
