@@ -136,6 +136,9 @@ class KernelBECModel(BECModel):
     _monopole = True
     _dipole = False
     concurrent_frames = True  # Numba kernels release the GIL, BLAS too
+    #: Factor of the predictive variance learned by cross-validation on the training frames
+    #: (:func:`numbec.models.uncertainty.recalibrate`); 1 = the plain Bayesian variance.
+    variance_scale = 1.0
 
     def __init__(self, settings=None, zeta=4, n_sparse=200, sparse_method="cur",
                  regression="bayesian", ridge=1e-6, seed=0):
@@ -239,7 +242,8 @@ class KernelBECModel(BECModel):
 
         Uses the adjoint contractions of the descriptors (no Jacobian) for ``bec``; with
         ``uncertainty=True`` the design rows are built from the Jacobian (the cost of one
-        training step) for ``bec_std = sqrt(phi^T Sigma phi + sigma_v^2)``.
+        training step) for ``bec_std = sqrt(s (phi^T Sigma phi + sigma_v^2))``, s =
+        :attr:`variance_scale` (:mod:`numbec.models.uncertainty`).
 
         ``precision="mixed"`` (models with the dipole kernel) computes the dipole model's three
         large products in float32: ``V_i . wb_b``, ``u_i = sum_b k_ib wb_b`` and the dipole
@@ -314,8 +318,8 @@ class KernelBECModel(BECModel):
             out["dipole"] = dipole
         if uncertainty:
             phi, _ = self._design(positions, numbers, cell, pbc, "predict")
-            var = regression.predictive_variance(phi.reshape(n * 9, -1), self.covariance,
-                                                 self.sigma_v2)
+            var = self.variance_scale * regression.predictive_variance(
+                phi.reshape(n * 9, -1), self.covariance, self.sigma_v2)
             out["bec_std"] = np.sqrt(var).reshape(n, 3, 3)
         return out
 
@@ -698,6 +702,7 @@ class KernelBECModel(BECModel):
             "species": list(self.species),
             "vector_scale": self.vector_scale,
             "sigma_v2": self.sigma_v2,
+            "variance_scale": self.variance_scale,
             "training": self.training,
         }
         arrays = {"q0": self.q0, "sparse_unit": self.sparse_unit,
@@ -714,6 +719,10 @@ class KernelBECModel(BECModel):
         model.species = tuple(int(z) for z in metadata["species"])
         model.vector_scale = float(metadata["vector_scale"])
         model.sigma_v2 = float(metadata["sigma_v2"])
+        model.variance_scale = float(metadata.get("variance_scale", 1.0))  # absent before 0.2
+        if not (np.isfinite(model.variance_scale) and model.variance_scale > 0):
+            raise ModelFileError(f"variance_scale must be a finite number > 0, got "
+                                 f"{metadata['variance_scale']!r}")
         model.training = metadata.get("training", {})
         model.q0 = np.asarray(arrays["q0"], dtype=np.float64)
         model.sparse_unit = np.asarray(arrays["sparse_unit"], dtype=np.float64)

@@ -1,0 +1,395 @@
+"""Uncertainty of the kernel BEC models: calibration, recalibration, and a low-rank posterior.
+
+The kernel models are linear in their weights ``w`` (C,): the BECs of a structure are
+``Z = Z0 + Phi w`` with ``Phi`` (N*9, C) the design rows and ``Z0`` the baseline charges. The
+Bayesian regression gives a Gaussian posterior ``w ~ N(w_mean, Sigma)`` (docs/method.md,
+"Regression and variances"), hence the predictive variance of a BEC component
+``phi^T Sigma phi + sigma_v^2`` and, for any weight vector ``u``, the BECs ``Phi u`` of "a model
+with weights u" through the same adjoint channels as a plain prediction.
+
+This module holds
+
+- :func:`calibration_metrics`: coverage of the nominal 68 % / 95 % intervals, Gaussian negative
+  log likelihood and the rank correlation between each frame's predicted uncertainty and its
+  actual error;
+- :func:`fit_variance_scale` / :func:`recalibrate`: a K-fold cross-validated scale ``s`` of the
+  predictive variance learned from the training frames only (``Var -> s Var``), stored in the
+  model file (``variance_scale``; absent in older files, then 1);
+- :class:`PosteriorFactor` / :func:`posterior_factor`: ``Sigma ~ L L^T`` with ``L`` (C, K) the
+  leading K directions of the posterior covariance in the metric of the training design;
+- :func:`direction_becs`: the BECs ``Phi u_k`` of several weight vectors from one descriptor
+  pass (extra adjoint channels);
+- :func:`predict_uncertainty`: per-atom ``bec_std`` and a per-frame uncertainty from the
+  low-rank factor at a fraction of the cost of the design rows;
+- :func:`sample_weights`: weight vectors drawn from the (recalibrated) posterior.
+
+These are the entry points for uncertainty-driven selection (per-frame predicted uncertainty:
+:func:`predict_uncertainty` ``["frame_std"]``; posterior covariance: :func:`posterior_factor`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from numbec.conventions import asr_project
+
+__all__ = [
+    "PosteriorFactor",
+    "calibration_metrics",
+    "direction_becs",
+    "exact_bec_std",
+    "fit_variance_scale",
+    "posterior_factor",
+    "predict_uncertainty",
+    "recalibrate",
+    "sample_weights",
+    "variance_scale",
+]
+
+#: Half widths of the central 68.27 % and 95 % intervals of a standard normal variable.
+_Z68, _Z95 = 1.0, 1.959963984540054
+_DIAG = (np.arange(3), np.arange(3))
+
+
+def variance_scale(model) -> float:
+    """The model's recalibration factor of the predictive variance (1 if never recalibrated)."""
+    return float(getattr(model, "variance_scale", 1.0) or 1.0)
+
+
+# ---------------------------------------------------------------------- calibration metrics
+def calibration_metrics(predicted, std, reference, frame_sizes=None) -> dict:
+    """Calibration of predicted standard deviations against actual errors.
+
+    Parameters
+    ----------
+    predicted, reference : array_like (M, 3, 3) float64, e
+        Predicted and reference BECs of all atoms of all frames, concatenated.
+    std : array_like (M, 3, 3) float64, e
+        Predicted standard deviation of every component (``bec_std``), > 0.
+    frame_sizes : sequence of int, optional
+        Atoms per frame (summing to M), for the per-frame rank correlation.
+
+    Returns
+    -------
+    dict
+        ``coverage_68``, ``coverage_95``: fraction of components with ``|err| <= 1 std`` and
+        ``|err| <= 1.96 std`` (nominal 0.6827 and 0.95); ``nll``: mean Gaussian negative log
+        likelihood per component, ``0.5 ln(2 pi std^2) + err^2 / (2 std^2)`` (nats; lower is
+        better); ``z_rms``: RMS of ``err / std`` (1 for a calibrated model); ``mean_std`` (e);
+        with ``frame_sizes``: ``frame_rank_correlation``, Spearman's rho between each frame's
+        predicted uncertainty ``sqrt(mean std^2)`` and its actual RMSE over its components
+        (nan for fewer than 3 frames), and ``n_frames``.
+    """
+    pred = np.asarray(predicted, dtype=np.float64)
+    ref = np.asarray(reference, dtype=np.float64)
+    std = np.asarray(std, dtype=np.float64)
+    if not (pred.shape == ref.shape == std.shape):
+        raise ValueError(f"predicted {pred.shape}, std {std.shape} and reference {ref.shape} "
+                         "must have the same shape")
+    if not (np.isfinite(std).all() and (std > 0).all()):
+        raise ValueError("std must be finite and > 0 everywhere")
+    err = (pred - ref).reshape(pred.shape[0], -1) if pred.ndim > 1 else pred - ref
+    sd = std.reshape(err.shape)
+    z = np.abs(err) / sd
+    out = {
+        "coverage_68": float(np.mean(z <= _Z68)),
+        "coverage_95": float(np.mean(z <= _Z95)),
+        "nll": float(np.mean(0.5 * np.log(2.0 * np.pi * sd ** 2) + 0.5 * z ** 2)),
+        "z_rms": float(np.sqrt(np.mean(z ** 2))),
+        "mean_std": float(np.mean(sd)),
+    }
+    if frame_sizes is not None:
+        sizes = np.asarray(frame_sizes, dtype=np.int64)
+        if sizes.sum() != err.shape[0]:
+            raise ValueError(f"frame sizes sum to {sizes.sum()}, not {err.shape[0]} atoms")
+        edges = np.concatenate([[0], np.cumsum(sizes)])
+        spans = list(zip(edges[:-1], edges[1:], strict=True))
+        pred_u = np.array([np.sqrt(np.mean(sd[a:b] ** 2)) for a, b in spans])
+        actual = np.array([np.sqrt(np.mean(err[a:b] ** 2)) for a, b in spans])
+        out["frame_rank_correlation"] = _spearman(pred_u, actual)
+        out["n_frames"] = int(sizes.size)
+    return out
+
+
+def _spearman(a, b) -> float:
+    if a.size < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+# ---------------------------------------------------------------------- recalibration
+def exact_bec_std(model, positions, numbers, cell, pbc) -> np.ndarray:
+    """``bec_std`` (N, 3, 3) e from the full design rows and the full covariance (the cost of
+    one training step), recalibrated: ``sqrt(s (phi^T Sigma phi + sigma_v^2))``."""
+    return model.predict_arrays(positions, numbers, cell, pbc, uncertainty=True)["bec_std"]
+
+
+def _fold_model(model, frames):
+    """An unfitted copy of ``model``'s type and hyperparameters, ``n_sparse`` capped at the
+    environments of each species in ``frames``."""
+    hyper = dict(model.hyperparameters())
+    counts = {}
+    for atoms in frames:
+        for z, c in zip(*np.unique(atoms.numbers, return_counts=True), strict=True):
+            counts[int(z)] = counts.get(int(z), 0) + int(c)
+    n_sparse = hyper["n_sparse"]
+    hyper["n_sparse"] = {z: min(c, int(n_sparse[str(z)]) if isinstance(n_sparse, dict)
+                                else int(n_sparse)) for z, c in counts.items()}
+    return type(model)(settings=model.settings, **hyper)
+
+
+def fit_variance_scale(model, frames, folds: int = 5) -> dict:
+    """K-fold cross-validated scale of the predictive variance, from training frames only.
+
+    The frames are split into ``folds`` contiguous blocks (MD frames are correlated in time;
+    interleaved folds would make the held-out frames look like training frames). For each
+    block a model with the same hyperparameters is fitted on the other blocks and predicts the
+    held-out block with its exact ``bec_std``; the maximum-likelihood scale of a Gaussian
+    variance, ``s = mean(err^2 / std^2)`` over all held-out components, is returned.
+
+    Returns dict ``scale``, ``folds``, ``n_values`` and the held-out ``coverage_95`` before
+    scaling. Needs at least 2 frames.
+    """
+    frames = list(frames)
+    folds = min(int(folds), len(frames))
+    if folds < 2:
+        raise ValueError(f"fit_variance_scale: need at least 2 frames and 2 folds, got "
+                         f"{len(frames)} frames")
+    edges = np.linspace(0, len(frames), folds + 1).round().astype(int)
+    z2 = []
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        train = frames[:a] + frames[b:]
+        sub = _fold_model(model, train).fit(train)
+        for atoms in frames[a:b]:
+            out = sub.predict_arrays(atoms.positions, atoms.numbers, np.asarray(atoms.cell),
+                                     atoms.pbc, uncertainty=True)
+            ref = asr_project(np.asarray(atoms.arrays["bec"], dtype=np.float64))
+            if not atoms.pbc.any():
+                ref = np.asarray(atoms.arrays["bec"], dtype=np.float64)
+            z2.append(((out["bec"] - ref) / out["bec_std"]).ravel() ** 2)
+    z2 = np.concatenate(z2)
+    return {"scale": float(np.mean(z2)), "folds": folds, "n_values": int(z2.size),
+            "coverage_95_unscaled": float(np.mean(z2 <= _Z95 ** 2))}
+
+
+def recalibrate(model, frames, folds: int = 5):
+    """Set ``model.variance_scale`` from :func:`fit_variance_scale` on its training ``frames``
+    (saved with the model); returns the model. Drops a cached :class:`PosteriorFactor`."""
+    info = fit_variance_scale(model, frames, folds)
+    model.variance_scale = info["scale"]
+    model.training = dict(getattr(model, "training", {}) or {}, variance_scale_fit=info)
+    model._posterior_factor_cache = None
+    return model
+
+
+# ---------------------------------------------------------------------- low-rank posterior
+@dataclass
+class PosteriorFactor:
+    """Low-rank factor of the (recalibrated) posterior covariance, ``Sigma ~ L L^T``.
+
+    factor : (C, K) float64, units of the weights. Columns ordered by decreasing predictive
+        variance on training-like design rows.
+    captured : float, in (0, 1]: fraction of ``tr(G Sigma)`` the K columns carry (G the
+        training Gram matrix), i.e. of the mean epistemic variance over training-like rows.
+    rescaled : bool: the columns were divided by ``sqrt(captured)`` so that the mean epistemic
+        variance over training-like rows is preserved (the residual ``Sigma - L L^T``
+        is then accounted for on average, not per row).
+    noise_variance : float, e^2: ``s sigma_v^2``, added to every component's variance.
+    """
+
+    factor: np.ndarray
+    captured: float
+    rescaled: bool
+    noise_variance: float
+
+    @property
+    def rank(self) -> int:
+        return self.factor.shape[1]
+
+
+def _training_metric(model, cov) -> np.ndarray:
+    """The Gram matrix ``A = Phi^T Phi`` of the training design up to a positive factor,
+    recovered from the posterior precision ``Sigma^-1 = A / sigma_v^2 + diag(alpha)``."""
+    train = getattr(model, "training", {}) or {}
+    m = model.sparse_unit.shape[0]
+    groups = np.concatenate([np.zeros(m if model._monopole else 0, dtype=np.int64),
+                             np.ones(3 * m if model._dipole else 0, dtype=np.int64)])
+    sw2 = train.get("sigma_w2_groups")
+    if sw2 is not None and len(sw2) == groups.max() + 1:
+        alpha = 1.0 / np.asarray(sw2, dtype=np.float64)[groups]
+    elif train.get("sigma_w2"):
+        alpha = np.full(cov.shape[0], 1.0 / float(train["sigma_w2"]))
+    else:
+        return np.eye(cov.shape[0])
+    lam, vecs = np.linalg.eigh(cov)
+    lam = np.clip(lam, lam.max() * 1e-15, None)
+    precision = (vecs / lam) @ vecs.T
+    gram = precision - np.diag(alpha)
+    lam_g, vec_g = np.linalg.eigh(0.5 * (gram + gram.T))
+    return (vec_g * np.clip(lam_g, 0.0, None)) @ vec_g.T
+
+
+def posterior_factor(model, rank: int | None = 32, rescale: bool = True) -> PosteriorFactor:
+    """Leading ``rank`` directions of the posterior covariance, ``Sigma ~ L L^T``.
+
+    With ``Sigma = S S^T`` (symmetric square root) and ``G`` the training Gram matrix, the
+    eigenvectors ``e_k`` of ``S^T G S`` give the columns ``L_k = S e_k``; all of them together
+    reproduce ``Sigma`` exactly (``phi^T Sigma phi = sum_k (phi . L_k)^2`` for any row), and the
+    first K carry the most predictive variance on rows like the training rows. ``rank=None``
+    or >= C: full rank (exact). Includes the recalibration scale. Cached per model and weights.
+    """
+    cov = np.asarray(model.covariance, dtype=np.float64)
+    c = cov.shape[0]
+    k = c if rank is None else min(int(rank), c)
+    if k < 1:
+        raise ValueError(f"rank must be >= 1, got {rank}")
+    key = (id(model.weights), k, bool(rescale), variance_scale(model))
+    cached = getattr(model, "_posterior_factor_cache", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    scale = variance_scale(model)
+    lam, vecs = np.linalg.eigh(cov)
+    root = (vecs * np.sqrt(np.clip(lam, 0.0, None))) @ vecs.T        # S, symmetric
+    metric = _training_metric(model, cov)
+    mu, e = np.linalg.eigh(root @ metric @ root)
+    order = np.argsort(mu)[::-1]
+    mu, e = np.clip(mu[order], 0.0, None), e[:, order]
+    total = float(mu.sum())
+    captured = float(mu[:k].sum() / total) if total > 0 else 1.0
+    factor = np.sqrt(scale) * (root @ e[:, :k])
+    rescaled = bool(rescale and k < c and captured > 0)
+    if rescaled:
+        factor /= np.sqrt(captured)
+    out = PosteriorFactor(factor=np.ascontiguousarray(factor), captured=captured,
+                          rescaled=rescaled, noise_variance=scale * float(model.sigma_v2))
+    model._posterior_factor_cache = (key, out)
+    return out
+
+
+def sample_weights(model, n_samples: int, seed=None, rank: int | None = None) -> np.ndarray:
+    """(S, C) weight vectors drawn from the recalibrated posterior ``N(w, s Sigma)`` (with
+    ``rank``: from the low-rank factor, ``w + L xi``, xi ~ N(0, I_K)). ``seed``: an int or a
+    numpy Generator; the same seed gives the same samples."""
+    rng = np.random.default_rng(seed)
+    factor = posterior_factor(model, rank, rescale=rank is not None).factor
+    xi = rng.standard_normal((int(n_samples), factor.shape[1]))
+    return model.weights[None, :] + xi @ factor.T
+
+
+# ---------------------------------------------------------------------- channel BECs
+def direction_becs(model, positions, numbers, cell, pbc, weight_matrix) -> np.ndarray:
+    """BECs ``Phi u_k`` (K, N, 3, 3) e of K weight vectors ``u_k`` (rows of ``weight_matrix``,
+    (K, C)) of a fitted kernel model, without the baseline charges: one descriptor pass, one
+    back-propagation with ``K * (1 + 3)`` adjoint channels (monopole charge, dipole vector).
+    Linear in each ``u_k``; ``Phi @ model.weights`` plus the baseline is ``predict(...)["bec"]``.
+    """
+    from numbec.descriptors import compute_descriptors, compute_scalar_and_vector_descriptors
+    from numbec.models import kernels
+    from numbec.models import kernels_numba as _kn
+
+    model._check_fitted()
+    model.check_inputs(positions, numbers)
+    positions = np.asarray(positions, dtype=np.float64)
+    numbers = np.asarray(numbers, dtype=np.int64)
+    pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+    periodic = bool(pbc.any())
+    wm = np.atleast_2d(np.asarray(weight_matrix, dtype=np.float64))
+    if wm.shape[1] != model.n_columns:
+        raise ValueError(f"weight_matrix must have {model.n_columns} columns, got {wm.shape}")
+    n_w, n = wm.shape[0], numbers.size
+    mono, dip = model._monopole, model._dipole
+    m = model.sparse_unit.shape[0]
+    if dip:
+        desc, vdesc = compute_scalar_and_vector_descriptors(positions, numbers, cell, pbc,
+                                                            model.settings)
+        wd = wm[:, (m if mono else 0):].reshape(n_w, m, 3)
+        wb = np.einsum("kbn,bnd->kbd", wd, model.sparse_vectors) / model.vector_scale
+    else:
+        desc, vdesc = compute_descriptors(positions, numbers, cell, pbc, model.settings), None
+    ex = desc.expansion
+    unit, norms = kernels.normalize(desc.values, "predict")
+    per = int(mono) + (3 if dip else 0)          # channels per weight vector
+    n_mono = n_w if mono else 0                  # monopole channels first, then 3 per vector
+    q = np.zeros((n, n_w))
+    scalar_grad = np.empty((n, n_w * per, unit.shape[1]))
+    u = np.empty((n, n_w, vdesc.values.shape[-1])) if dip else None
+    zeta = model.zeta
+    for rows, cols, cos in model._species_blocks(numbers, unit):
+        nr, mz = cos.shape
+        dk = np.zeros((nr, n_w, per, mz))
+        radial = np.zeros((nr, n_w, per))
+        k_dip = np.empty((nr, mz))
+        coef = np.zeros((0, 3, 0))
+        for k in range(n_w):
+            if dip and zeta >= 2:
+                v = vdesc.values[rows].reshape(3 * nr, -1)
+                coef = (v @ wb[k, cols].T).reshape(nr, 3, mz)
+            w_k = wm[k, :m][cols] if mono else np.zeros(0)
+            q_k = np.empty(nr)
+            _kn.block_kernel_derivatives(cos, zeta, w_k, coef, dk[:, k], q_k, k_dip,
+                                         radial[:, k])
+            q[rows, k] = q_k
+            if dip:
+                u[rows, k] = k_dip @ wb[k, cols]
+        grad = (dk.reshape(-1, mz) @ model.sparse_unit[cols]).reshape(nr, n_w * per, -1)
+        _kn.finish_gradient(grad, radial.reshape(nr, n_w * per), unit[rows], norms[rows])
+        grad = grad.reshape(nr, n_w, per, -1)
+        if mono:
+            scalar_grad[rows, :n_w] = grad[:, :, 0]
+        if dip:
+            scalar_grad[rows, n_mono:] = grad[:, :, per - 3:].reshape(nr, 3 * n_w, -1)
+    a2, a3 = ex.adjoint_arrays(n_w * per)
+    if dip:
+        vdesc.add_adjoint(u, a2, a3, n_mono)
+    desc.add_adjoint(scalar_grad, a2, a3, 0)
+    pair_grad = ex.backprop(a2, a3)
+    bec = np.zeros((n_w, n, 3, 3))
+    if mono:
+        qn = q - q.mean(axis=0)
+        z = ex.scatter_monopole(pair_grad[:, :n_w]).transpose(1, 0, 2, 3)
+        z[:, :, _DIAG[0], _DIAG[1]] += qn.T[:, :, None]
+        if not periodic:
+            dq = ex.scatter_with_self(pair_grad[:, :n_w]).transpose(1, 0, 2)   # (K, N, 3)
+            rel = positions - positions.mean(axis=0)
+            z += rel[None, :, :, None] * dq[:, :, None, :]
+        bec += z
+    if dip:
+        z = ex.scatter_with_self(pair_grad[:, n_mono:]).reshape(n, n_w, 3, 3)
+        bec += z.transpose(1, 0, 2, 3)
+    if periodic:
+        bec = np.stack([asr_project(b) for b in bec])
+    return bec
+
+
+def predict_uncertainty(model, positions, numbers, cell, pbc, rank: int | None = 32,
+                        n_samples: int = 0, seed=None) -> dict:
+    """BECs with a streamed uncertainty from the low-rank posterior (one descriptor pass).
+
+    Returns dict ``bec`` (N, 3, 3) e (as ``predict``); ``bec_std`` (N, 3, 3) e,
+    ``sqrt(sum_k (Phi L_k)^2 + s sigma_v^2)``; ``frame_std`` float e, the per-frame predicted
+    uncertainty ``sqrt(mean bec_std^2)``; ``bec_directions`` (K, N, 3, 3) e, the BECs of the
+    factor columns ``Phi L_k`` (for sampling: ``bec + sum_k xi_k bec_directions[k]`` is a BEC
+    of a posterior weight sample); with ``n_samples``: ``bec_samples`` (S, N, 3, 3) e and the
+    standard normal ``xi`` (S, K) used.
+    """
+    fac = posterior_factor(model, rank)
+    wm = np.concatenate([model.weights[None, :], fac.factor.T])
+    becs = direction_becs(model, positions, numbers, cell, pbc, wm)
+    base = np.zeros((len(numbers), 3, 3))
+    base[:, _DIAG[0], _DIAG[1]] = model._baseline(np.asarray(numbers))[:, None]
+    if np.asarray(pbc).any():
+        base = asr_project(base)
+    bec = base + becs[0]
+    dirs = becs[1:]
+    std = np.sqrt(np.einsum("knij,knij->nij", dirs, dirs) + fac.noise_variance)
+    out = {"bec": bec, "bec_std": std, "frame_std": float(np.sqrt(np.mean(std ** 2))),
+           "bec_directions": dirs}
+    if n_samples:
+        xi = np.random.default_rng(seed).standard_normal((int(n_samples), fac.rank))
+        out["xi"] = xi
+        out["bec_samples"] = bec[None] + np.einsum("sk,knij->snij", xi, dirs)
+    return out
