@@ -81,14 +81,15 @@ def _reference(frames) -> tuple[list, np.ndarray, np.ndarray]:
     return frames, np.concatenate(refs), np.concatenate(numbers)
 
 
-def _predict_all(model: BECModel, frames, what: str) -> tuple[np.ndarray, float]:
-    """Predicted BECs of all frames, (M, 3, 3), and the wall time of the predictions (s)."""
+def _predict_all(model: BECModel, frames, what: str, std=None) -> tuple[np.ndarray, float]:
+    """Predicted BECs of all frames, (M, 3, 3), and the wall time of the predictions (s).
+    ``std``: a list that receives each frame's ``bec_std`` (then predicted with uncertainty)."""
     out = []
     start = time.perf_counter()
     for k, atoms in enumerate(frames):
         where = _where(k, atoms)
         try:
-            result = model.predict(atoms)
+            result = model.predict(atoms, **({} if std is None else {"uncertainty": True}))
         except ValueError as exc:  # name the frame; keep the class (UnknownSpeciesError, ...)
             try:
                 named = type(exc)(f"{where}: {exc}")
@@ -105,6 +106,8 @@ def _predict_all(model: BECModel, frames, what: str) -> tuple[np.ndarray, float]
             atom = int(np.argwhere(~np.isfinite(bec))[0][0])
             raise ValueError(f"{where}: {what} predicted a NaN/inf BEC for atom {atom}")
         out.append(bec)
+        if std is not None:
+            std.append(np.asarray(result["bec_std"], dtype=np.float64))
     return np.concatenate(out), time.perf_counter() - start
 
 
@@ -187,7 +190,8 @@ def _resolve_baseline(model, baseline, baseline_frames, frames):
     )
 
 
-def evaluate(model: BECModel, frames, baseline=True, baseline_frames=None) -> dict:
+def evaluate(model: BECModel, frames, baseline=True, baseline_frames=None,
+             calibration=None) -> dict:
     """Compare a model's BECs with the reference BECs of ``frames``.
 
     Parameters
@@ -206,6 +210,13 @@ def evaluate(model: BECModel, frames, baseline=True, baseline_frames=None) -> di
         normally the training frames. Without them the model's own ``baseline_model``
         attribute is used if it has one, else the baseline is fitted on ``frames``
         themselves; ``"baseline_note"`` says which.
+    calibration : bool, optional
+        Also predict ``bec_std`` and report its calibration
+        (:func:`numbec.models.uncertainty.calibration_metrics`: coverage of the nominal 68 %
+        and 95 % intervals, negative log likelihood, rank correlation between each frame's
+        predicted uncertainty and its actual error). Default: when the model lists
+        ``bec_std`` in its outputs. Costs one design-row build per frame (``predict_seconds``
+        then includes it).
 
     Returns
     -------
@@ -215,7 +226,8 @@ def evaluate(model: BECModel, frames, baseline=True, baseline_frames=None) -> di
         ``per_component`` {``"diagonal"``, ``"off_diagonal"``}; ``per_cartesian``
         {``"xx"``, ..., ``"zz"``}; ``model`` (class name); ``reference``
         (``"raw"``); ``reference_asr_max`` (e, largest ``|sum_a Z_ref[a]|`` component of
-        any frame); ``predict_seconds`` (wall time of the predictions); with a baseline:
+        any frame); ``predict_seconds`` (wall time of the predictions); with calibration:
+        ``calibration`` (dict, see ``calibration``); with a baseline:
         ``baseline`` (same metric structure) and ``baseline_note``.
 
     Raises
@@ -228,8 +240,16 @@ def evaluate(model: BECModel, frames, baseline=True, baseline_frames=None) -> di
         model does not know, naming the frame.
     """
     frames, ref, numbers = _reference(frames)
-    pred, seconds = _predict_all(model, frames, type(model).__name__)
+    if calibration is None:
+        calibration = "bec_std" in getattr(model, "outputs", ())
+    std = [] if calibration else None
+    pred, seconds = _predict_all(model, frames, type(model).__name__, std)
     result = _metric_tree(pred, ref, numbers)
+    if calibration:
+        from numbec.models.uncertainty import calibration_metrics
+
+        result["calibration"] = calibration_metrics(pred, np.concatenate(std), ref,
+                                                    [len(f) for f in frames])
     asr = max(float(np.abs(f.arrays["bec"].reshape(-1, 3, 3).sum(axis=0)).max()) for f in frames)
     result.update(
         n_frames=len(frames),
