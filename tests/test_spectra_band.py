@@ -68,3 +68,21 @@ def test_band_from_a_prediction_dataset_with_volume():
         ir_spectrum(ds.assign(dipole_derivative_samples=(("frame", "sample", "pol"), bad)))
     with pytest.raises(ValueError, match="samples"):
         ir_spectrum(dd, timestep=1.0, temperature=300.0, samples=samples[:10])
+
+
+def test_plot_draws_the_model_band_next_to_the_standard_error():
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from numbec.plot import plot_spectrum
+
+    dd = _series()
+    samples = dd[:, None, :] * np.linspace(0.8, 1.2, 5)[None, :, None]
+    spec = ir_spectrum(dd, timestep=1.0, temperature=300.0, samples=samples, blocks=2)
+    ax = plot_spectrum(spec)
+    labels = [c.get_label() for c in ax.collections]
+    assert "standard error" in labels and "model band (16-84 %)" in labels
+    band = ax.collections[labels.index("model band (16-84 %)")]
+    top = band.get_paths()[0].vertices[:, 1].max()
+    assert top == pytest.approx(spec["cross_section_model_p84"].values.max(), rel=1e-6)
