@@ -323,18 +323,21 @@ def direction_becs(model, positions, numbers, cell, pbc, weight_matrix) -> np.nd
         dk = np.zeros((nr, n_w, per, mz))
         radial = np.zeros((nr, n_w, per))
         k_dip = np.empty((nr, mz))
-        coef = np.zeros((0, 3, 0))
+        no_coef = coef = np.zeros((0, 3, 0))
+        if dip:
+            wb_block = wb[:, cols].reshape(n_w * mz, -1)                 # (K mz, Dv)
+        if dip and zeta >= 2:  # V_i^a . wb_kb for all vectors in one product
+            v = vdesc.values[rows].reshape(3 * nr, -1)
+            coef = (v @ wb_block.T).reshape(nr, 3, n_w, mz)
         for k in range(n_w):
-            if dip and zeta >= 2:
-                v = vdesc.values[rows].reshape(3 * nr, -1)
-                coef = (v @ wb[k, cols].T).reshape(nr, 3, mz)
             w_k = wm[k, :m][cols] if mono else np.zeros(0)
             q_k = np.empty(nr)
-            _kn.block_kernel_derivatives(cos, zeta, w_k, coef, dk[:, k], q_k, k_dip,
-                                         radial[:, k])
+            _kn.block_kernel_derivatives(cos, zeta, w_k, coef[:, :, k] if coef.size else no_coef,
+                                         dk[:, k], q_k, k_dip, radial[:, k])
             q[rows, k] = q_k
-            if dip:
-                u[rows, k] = k_dip @ wb[k, cols]
+        if dip:  # u_ik = sum_b c_ib^(zeta-1) wb_kb, all vectors in one product
+            wb_t = wb_block.reshape(n_w, mz, -1).transpose(1, 0, 2).reshape(mz, -1)
+            u[rows] = (k_dip @ wb_t).reshape(nr, n_w, -1)
         grad = (dk.reshape(-1, mz) @ model.sparse_unit[cols]).reshape(nr, n_w * per, -1)
         _kn.finish_gradient(grad, radial.reshape(nr, n_w * per), unit[rows], norms[rows])
         grad = grad.reshape(nr, n_w, per, -1)
