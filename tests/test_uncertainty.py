@@ -40,10 +40,12 @@ def test_direction_becs_equal_design_rows_times_weights(cls, periodic, zeta, rng
                              atoms.pbc, wm)
     want = np.einsum("nijc,kc->knij", _design_rows(model, atoms), wm)
     np.testing.assert_allclose(got, want, atol=1e-10 * np.abs(want).max())
-    # the model's own weights plus the baseline give its prediction
+    # the model's own weights plus the baseline give every output of its prediction
     out = unc.predict_uncertainty(model, atoms.positions, atoms.numbers,
                                   np.asarray(atoms.cell), atoms.pbc, rank=4)
-    np.testing.assert_allclose(out["bec"], predict(model, atoms)["bec"], atol=1e-11)
+    plain = predict(model, atoms)
+    for key, value in plain.items():
+        np.testing.assert_allclose(out[key], value, atol=1e-10, err_msg=key)
 
 
 @pytest.mark.parametrize("cls", MODELS)
@@ -143,3 +145,28 @@ def test_recalibration_scale_is_saved_and_old_files_load(rng, tmp_path):
     meta.pop("variance_scale")
     old = MonopoleModel._from_state(meta, arrays)
     assert old.variance_scale == 1.0
+
+
+def test_streamed_wrapper_is_deterministic_and_consistent(rng):
+    model, _ = _bayesian_model(CombinedModel, rng, False)
+    atoms = training_frames(rng, False, 1)[0]
+    args = (atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)
+    wrapped = unc.StreamedUncertaintyModel(model, rank=5, n_samples=4, seed=11)
+    assert wrapped.outputs[-1] == "bec_samples" and wrapped.species == model.species
+    a = wrapped.predict_arrays(*args, uncertainty=True)
+    b = wrapped.predict_arrays(*args)
+    assert "bec_std" in a and "bec_std" not in b
+    np.testing.assert_array_equal(a["bec_samples"], b["bec_samples"])
+    other = unc.StreamedUncertaintyModel(model, rank=5, n_samples=4, seed=12)
+    assert not np.allclose(other.predict_arrays(*args)["bec_samples"], a["bec_samples"])
+    # sample s is the BEC of one fixed weight vector: the same for every frame
+    fac = unc.posterior_factor(model, rank=5)
+    xi = np.random.default_rng(11).standard_normal((4, 5))
+    weights = model.weights + xi @ fac.factor.T
+    atoms2 = training_frames(rng, False, 1)[0]
+    args2 = (atoms2.positions, atoms2.numbers, np.asarray(atoms2.cell), atoms2.pbc)
+    mean = unc.direction_becs(model, *args2, model.weights[None])
+    np.testing.assert_allclose(wrapped.predict_arrays(*args2)["bec_samples"]
+                               - predict(model, atoms2)["bec"][None],
+                               unc.direction_becs(model, *args2, weights) - mean, atol=1e-10)
+    assert wrapped._state()[0]["streamed_uncertainty"] == {"rank": 5, "samples": 4, "seed": 11}

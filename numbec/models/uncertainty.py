@@ -37,6 +37,8 @@ from numbec.conventions import asr_project
 
 __all__ = [
     "PosteriorFactor",
+    "StreamedUncertaintyModel",
+    "channel_outputs",
     "calibration_metrics",
     "direction_becs",
     "exact_bec_std",
@@ -287,6 +289,14 @@ def direction_becs(model, positions, numbers, cell, pbc, weight_matrix) -> np.nd
     back-propagation with ``K * (1 + 3)`` adjoint channels (monopole charge, dipole vector).
     Linear in each ``u_k``; ``Phi @ model.weights`` plus the baseline is ``predict(...)["bec"]``.
     """
+    return channel_outputs(model, positions, numbers, cell, pbc, weight_matrix)["bec"]
+
+
+def channel_outputs(model, positions, numbers, cell, pbc, weight_matrix) -> dict:
+    """All weight-linear outputs of K weight vectors (rows of ``weight_matrix``, (K, C)) from
+    one descriptor pass, without the baseline: ``bec`` (K, N, 3, 3) e; models with both parts
+    ``bec_monopole`` (K, N, 3, 3) (``bec_dipole = bec - bec_monopole``); monopole models
+    ``charges`` (K, N) e (neutral kernel charges); molecules ``dipole`` (K, 3) e·Å."""
     from numbec.descriptors import compute_descriptors, compute_scalar_and_vector_descriptors
     from numbec.models import kernels
     from numbec.models import kernels_numba as _kn
@@ -351,6 +361,8 @@ def direction_becs(model, positions, numbers, cell, pbc, weight_matrix) -> np.nd
     desc.add_adjoint(scalar_grad, a2, a3, 0)
     pair_grad = ex.backprop(a2, a3)
     bec = np.zeros((n_w, n, 3, 3))
+    out = {}
+    dipole = np.zeros((n_w, 3))
     if mono:
         qn = q - q.mean(axis=0)
         z = ex.scatter_monopole(pair_grad[:, :n_w]).transpose(1, 0, 2, 3)
@@ -359,20 +371,38 @@ def direction_becs(model, positions, numbers, cell, pbc, weight_matrix) -> np.nd
             dq = ex.scatter_with_self(pair_grad[:, :n_w]).transpose(1, 0, 2)   # (K, N, 3)
             rel = positions - positions.mean(axis=0)
             z += rel[None, :, :, None] * dq[:, :, None, :]
+            dipole += qn.T @ positions
         bec += z
+        out["charges"] = qn.T
+        if dip:
+            out["bec_monopole"] = z.copy()
     if dip:
         z = ex.scatter_with_self(pair_grad[:, n_mono:]).reshape(n, n_w, 3, 3)
         bec += z.transpose(1, 0, 2, 3)
+        if not periodic:
+            dipole += np.einsum("iad,ikd->ka", vdesc.values, u)
     if periodic:
-        bec = np.stack([asr_project(b) for b in bec])
-    return bec
+        bec = asr_project_stack(bec)
+        if "bec_monopole" in out:
+            out["bec_monopole"] = asr_project_stack(out["bec_monopole"])
+    else:
+        out["dipole"] = dipole
+    out["bec"] = bec
+    return out
+
+
+def asr_project_stack(bec) -> np.ndarray:
+    """:func:`numbec.conventions.asr_project` of each of K BEC sets (K, N, 3, 3)."""
+    return bec - bec.mean(axis=1, keepdims=True)
 
 
 def predict_uncertainty(model, positions, numbers, cell, pbc, rank: int | None = 32,
                         n_samples: int = 0, seed=None) -> dict:
     """BECs with a streamed uncertainty from the low-rank posterior (one descriptor pass).
 
-    Returns dict ``bec`` (N, 3, 3) e (as ``predict``); ``bec_std`` (N, 3, 3) e,
+    Returns dict with every output of ``model.predict_arrays`` (``bec`` (N, 3, 3) e, and as
+    the model has them ``bec_monopole``, ``bec_dipole``, ``charges``, ``dipole``); ``bec_std``
+    (N, 3, 3) e,
     ``sqrt(sum_k (Phi L_k)^2 + s sigma_v^2)``; ``frame_std`` float e, the per-frame predicted
     uncertainty ``sqrt(mean bec_std^2)``; ``bec_directions`` (K, N, 3, 3) e, the BECs of the
     factor columns ``Phi L_k`` (for sampling: ``bec + sum_k xi_k bec_directions[k]`` is a BEC
@@ -381,18 +411,78 @@ def predict_uncertainty(model, positions, numbers, cell, pbc, rank: int | None =
     """
     fac = posterior_factor(model, rank)
     wm = np.concatenate([model.weights[None, :], fac.factor.T])
-    becs = direction_becs(model, positions, numbers, cell, pbc, wm)
+    parts = channel_outputs(model, positions, numbers, cell, pbc, wm)
+    periodic = bool(np.asarray(pbc).any())
+    q0n = model._baseline(np.asarray(numbers))
     base = np.zeros((len(numbers), 3, 3))
-    base[:, _DIAG[0], _DIAG[1]] = model._baseline(np.asarray(numbers))[:, None]
-    if np.asarray(pbc).any():
+    base[:, _DIAG[0], _DIAG[1]] = q0n[:, None]
+    if periodic:
         base = asr_project(base)
-    bec = base + becs[0]
-    dirs = becs[1:]
+    bec = base + parts["bec"][0]
+    dirs = parts["bec"][1:]
     std = np.sqrt(np.einsum("knij,knij->nij", dirs, dirs) + fac.noise_variance)
     out = {"bec": bec, "bec_std": std, "frame_std": float(np.sqrt(np.mean(std ** 2))),
            "bec_directions": dirs}
+    if "bec_monopole" in parts:
+        out["bec_monopole"] = base + parts["bec_monopole"][0]
+        out["bec_dipole"] = bec - out["bec_monopole"]
+    if "charges" in parts:
+        out["charges"] = q0n + parts["charges"][0]
+    if not periodic:
+        out["dipole"] = q0n @ np.asarray(positions, dtype=np.float64) + parts["dipole"][0]
     if n_samples:
         xi = np.random.default_rng(seed).standard_normal((int(n_samples), fac.rank))
         out["xi"] = xi
         out["bec_samples"] = bec[None] + np.einsum("sk,knij->snij", xi, dirs)
     return out
+
+
+class StreamedUncertaintyModel:
+    """A fitted kernel model whose ``bec_std`` and posterior samples come from the low-rank
+    factor through adjoint channels (:func:`predict_uncertainty`), for :func:`numbec.predict`.
+
+    model : fitted MonopoleModel, DipoleModel or CombinedModel. rank : K of
+    :func:`posterior_factor`. n_samples : S posterior weight samples (0: none), drawn once
+    from ``seed``, the same for every frame (sample s is one weight vector over the whole
+    trajectory). ``predict_arrays`` returns the model's outputs, ``bec_std`` with
+    ``uncertainty=True``, and ``bec_samples`` (S, N, 3, 3) e when S > 0. Everything else
+    (species, cutoff, saved state) is the wrapped model's; the state's metadata gains
+    ``streamed_uncertainty`` (rank, samples, seed) so that stores of other settings differ.
+    """
+
+    precisions = ("float64",)
+
+    def __init__(self, model, rank: int = 32, n_samples: int = 0, seed: int = 0):
+        if not hasattr(model, "covariance"):
+            raise TypeError(f"{type(model).__name__} has no posterior covariance; streamed "
+                            "uncertainty needs a fitted kernel model")
+        if int(n_samples) < 0 or int(rank) < 1:
+            raise ValueError(f"need rank >= 1 and n_samples >= 0, got {rank}, {n_samples}")
+        self.model, self.rank, self.n_samples, self.seed = model, int(rank), int(n_samples), \
+            int(seed)
+
+    def __getattr__(self, name):  # species, cutoff, concurrent_frames, ...
+        if name == "model":
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    @property
+    def outputs(self) -> tuple:
+        return tuple(self.model.outputs) + (("bec_samples",) if self.n_samples else ())
+
+    def predict_arrays(self, positions, numbers, cell, pbc, uncertainty=False,
+                       precision="float64") -> dict:
+        if precision != "float64":
+            raise ValueError("streamed uncertainty computes in float64 only")
+        out = predict_uncertainty(self.model, positions, numbers, cell, pbc, rank=self.rank,
+                                  n_samples=self.n_samples, seed=self.seed)
+        for key in ("frame_std", "bec_directions", "xi") + (() if uncertainty
+                                                           else ("bec_std",)):
+            out.pop(key, None)
+        return out
+
+    def _state(self):
+        metadata, arrays = self.model._state()
+        metadata = dict(metadata, streamed_uncertainty={
+            "rank": self.rank, "samples": self.n_samples, "seed": self.seed})
+        return metadata, arrays
