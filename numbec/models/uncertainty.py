@@ -316,8 +316,7 @@ def channel_outputs(model, positions, numbers, cell, pbc, weight_matrix) -> dict
     if dip:
         desc, vdesc = compute_scalar_and_vector_descriptors(positions, numbers, cell, pbc,
                                                             model.settings)
-        wd = wm[:, (m if mono else 0):].reshape(n_w, m, 3)
-        wb = np.einsum("kbn,bnd->kbd", wd, model.sparse_vectors) / model.vector_scale
+        wb = _sparse_dipole_weights(model, wm)
     else:
         desc, vdesc = compute_descriptors(positions, numbers, cell, pbc, model.settings), None
     ex = desc.expansion
@@ -391,6 +390,23 @@ def channel_outputs(model, positions, numbers, cell, pbc, weight_matrix) -> dict
     return out
 
 
+def _sparse_dipole_weights(model, wm) -> np.ndarray:
+    """``wb[k, b] = sum_nu u_{k, b nu} V_b^nu / s**2`` (K, M, Dv) of the dipole weights of each
+    row of ``wm``; cached for the weight matrix of :func:`predict_uncertainty` (built once
+    per posterior factor, never modified), computed afresh for any other matrix."""
+    own = getattr(model, "_weight_matrix_cache", None)
+    own = own is not None and own[1] is wm
+    cached = getattr(model, "_direction_wb_cache", None)
+    if own and cached is not None and cached[0] is wm:
+        return cached[1]
+    m = model.sparse_unit.shape[0]
+    wd = wm[:, (m if model._monopole else 0):].reshape(wm.shape[0], m, 3)
+    wb = np.einsum("kbn,bnd->kbd", wd, model.sparse_vectors) / model.vector_scale
+    if own:
+        model._direction_wb_cache = (wm, wb)
+    return wb
+
+
 def asr_project_stack(bec) -> np.ndarray:
     """:func:`numbec.conventions.asr_project` of each of K BEC sets (K, N, 3, 3)."""
     return bec - bec.mean(axis=1, keepdims=True)
@@ -410,7 +426,12 @@ def predict_uncertainty(model, positions, numbers, cell, pbc, rank: int | None =
     standard normal ``xi`` (S, K) used.
     """
     fac = posterior_factor(model, rank)
-    wm = np.concatenate([model.weights[None, :], fac.factor.T])
+    cached = getattr(model, "_weight_matrix_cache", None)
+    if cached is None or cached[0] is not fac:  # one matrix per factor: cached products
+        cached = (fac, np.ascontiguousarray(np.concatenate([model.weights[None, :],
+                                                            fac.factor.T])))
+        model._weight_matrix_cache = cached
+    wm = cached[1]
     parts = channel_outputs(model, positions, numbers, cell, pbc, wm)
     periodic = bool(np.asarray(pbc).any())
     q0n = model._baseline(np.asarray(numbers))
