@@ -28,6 +28,7 @@ mass amu, frequency cm^-1 (THz and meV on request), temperature K.
 from __future__ import annotations
 
 import numpy as np
+from ase import units as _ase_units
 
 #: Canonical layout name: row = polarisation/field direction, column = displacement.
 CANONICAL_LAYOUT = "pol-disp"
@@ -56,12 +57,7 @@ INVCM_TO_RAD_PER_FS = 2.0 * np.pi * 100.0 * SPEED_OF_LIGHT * FEMTOSECOND
 
 #: ASE's time unit expressed in fs: ``1 fs = ase.units.fs`` ASE time units, so an ASE
 #: velocity (Å per ASE time unit) times ``ase.units.fs`` is in Å/fs.
-try:  # ase is a hard dependency; the fallback only keeps this module importable alone
-    from ase import units as _ase_units
-
-    ASE_TIME_UNITS_PER_FS = float(_ase_units.fs)
-except Exception:  # pragma: no cover
-    ASE_TIME_UNITS_PER_FS = 0.09822694788464063
+ASE_TIME_UNITS_PER_FS = float(_ase_units.fs)
 
 
 class LayoutError(ValueError):
@@ -130,18 +126,28 @@ def from_canonical(bec, layout: str = CANONICAL_LAYOUT) -> np.ndarray:
 
 
 def acoustic_sum(bec) -> np.ndarray:
-    """Return ``sum_a Z[a]``, shape (3, 3), e. Zero for a neutral system (the ASR)."""
+    """Return ``sum_a Z[a]``, shape (3, 3), e: zero for a neutral system, ``Q I`` for one of
+    total charge Q (the acoustic sum rule, ASR)."""
     return np.asarray(bec, dtype=np.float64).sum(axis=0)
 
 
-def asr_project(bec, weights=None) -> np.ndarray:
-    """Project BECs onto the acoustic sum rule: ``Z[a] - w_a * sum_b Z[b]``.
+def asr_project(bec, total_charge: float = 0.0) -> np.ndarray:
+    """Project BECs onto the acoustic sum rule ``sum_a Z[a] = Q I``.
 
-    With ``weights=None`` the violation is spread evenly (``w_a = 1/N``), the
-    projection used for training targets. Returns a new ``(N, 3, 3)`` array.
+    Parameters
+    ----------
+    bec : array_like, shape (N, 3, 3), e
+        Canonical BECs ``Z[a, i, j] = dP_i/dr_{a,j}``.
+    total_charge : float, e
+        Total charge Q of the structure (0: neutral).
+
+    Returns
+    -------
+    numpy.ndarray, shape (N, 3, 3), float64, e
+        A new array ``Z[a] - (1/N) (sum_b Z[b] - Q I)``: the violation is spread evenly over
+        the atoms (the projection used for training targets and periodic predictions).
     """
     z = np.asarray(bec, dtype=np.float64)
-    total = z.sum(axis=0)
-    n = z.shape[0]
-    w = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, float) / np.sum(weights)
-    return z - w[:, None, None] * total[None]
+    excess = z.sum(axis=0) - float(total_charge) * np.eye(3)
+    share = 1.0 / z.shape[0]  # multiplied, not divided: the numbers of numbec <= 0.1 exactly
+    return z - share * excess[None]

@@ -195,6 +195,18 @@ def test_water_dimer_dipole_benchmark(tmp_path):
     assert number(rows["CombinedModel"]["relative dipole error, mean"]) < 5.0
 
 
+#: Bounds on test RMSE / species-mean RMSE of test_models_benchmark's reduced setting, keyed by
+#: the data set's last species symbol (Si quartz, Zr ZrO2, Ba BaTiO3): 1.35 times the ratio
+#: measured 2026-12-03 at commit f60c43e (quartz 0.189 / 0.078 / 0.076, ZrO2 0.42 / 0.31 /
+#: 0.196, BaTiO3 0.267 / 0.137 / 0.133 for monopole / dipole / combined), never above the
+#: former 0.5.
+MODEL_RMSE_BOUND = {
+    "Si": {"monopole": 0.26, "dipole": 0.11, "combined": 0.11},
+    "Zr": {"monopole": 0.5, "dipole": 0.42, "combined": 0.27},
+    "Ba": {"monopole": 0.36, "dipole": 0.19, "combined": 0.18},
+}
+
+
 @pytest.mark.slow
 def test_models_benchmark(tmp_path):
     needs_shared_data()
@@ -216,13 +228,15 @@ def test_models_benchmark(tmp_path):
             positive(r["fit s"])
             assert positive(r["MAE"]) <= positive(r["RMSE"])
             assert number(r["R2"]) <= 1.0
-            # held-out frames: even a tiny learned model halves the species-mean error
-            assert positive(r["RMSE"]) < 0.5 * baseline, (name, r["RMSE"], baseline)
+            # held-out frames: the test RMSE relative to the species-mean one stays at what
+            # this reduced setting achieves (MODEL_RMSE_BOUND)
+            bound = MODEL_RMSE_BOUND[symbols[-1]][name]
+            assert positive(r["RMSE"]) < bound * baseline, (name, r["RMSE"], baseline)
     (curve,) = table(out, ["training frames", "test RMSE", "MAE", "R2", "species-mean RMSE",
                            "fit s"])
     assert [r["training frames"] for r in curve] == ["3", "6"]
-    for r in curve:
-        assert positive(r["test RMSE"]) < 0.5 * positive(r["species-mean RMSE"])
+    for r in curve:  # measured 0.195 (3 frames) and 0.189 (6 frames) of the species mean
+        assert positive(r["test RMSE"]) < 0.27 * positive(r["species-mean RMSE"])
     assert (tmp_path / "models.json").stat().st_size > 0
 
 

@@ -130,3 +130,35 @@ def test_train_with_calibration_folds_stores_the_scale_evaluate_reports_it(tmp_p
     cal = _json(capsys)["calibration"]
     assert {"coverage_68", "coverage_95", "nll", "frame_rank_correlation"} <= set(cal)
     assert 0.0 <= cal["coverage_68"] <= cal["coverage_95"] <= 1.0
+
+
+def test_default_model_is_combined_and_evaluate_baseline_is_the_training_mean(tmp_path, capsys):
+    """``numbec train`` without --model fits the recommended CombinedModel; ``numbec evaluate``
+    compares with the species means of the *training* frames stored in the model file, not a
+    baseline fitted on the test frames."""
+    out = tmp_path / "m.npz"
+    assert main(["train", "example:sio2_quartz_subset", "--index", "0:6", "-o", str(out),
+                 "--no-progress", "--no-train-error", *TINY]) == 0
+    capsys.readouterr()
+    model = numbec.load_model(out)
+    assert type(model).__name__ == "CombinedModel"
+    assert main(["evaluate", str(out), str(QUARTZ), "--index", "10:14", "--json",
+                 "--no-progress"]) == 0
+    res = _json(capsys)
+    assert "training data" in res["baseline_note"]
+    train = numbec.read_bec(QUARTZ, index="0:6")
+    test = numbec.read_bec(QUARTZ, index="10:14")
+    expected = numbec.evaluate(SpeciesMeanModel.fit(train), test, baseline=False)["rmse"]
+    assert res["baseline"]["rmse"] == pytest.approx(expected, rel=1e-12)
+    optimistic = numbec.evaluate(SpeciesMeanModel.fit(test), test, baseline=False)["rmse"]
+    assert res["baseline"]["rmse"] != pytest.approx(optimistic, rel=1e-6)
+
+
+def test_train_defaults_come_from_the_model_constructor():
+    import inspect
+
+    from numbec.cli.train import HYPERPARAMETERS, model_defaults
+    from numbec.models import CombinedModel
+
+    params = inspect.signature(CombinedModel).parameters
+    assert model_defaults() == {k: params[k].default for k in HYPERPARAMETERS}

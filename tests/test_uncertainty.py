@@ -46,6 +46,10 @@ def test_direction_becs_equal_design_rows_times_weights(cls, periodic, zeta, rng
     plain = predict(model, atoms)
     for key, value in plain.items():
         np.testing.assert_allclose(out[key], value, atol=1e-10, err_msg=key)
+    charged = unc.predict_uncertainty(model, atoms.positions, atoms.numbers,
+                                      np.asarray(atoms.cell), atoms.pbc, rank=4, total_charge=1.0)
+    for key, value in predict(model, atoms, total_charge=1.0).items():
+        np.testing.assert_allclose(charged[key], value, atol=1e-10, err_msg=key)
 
 
 @pytest.mark.parametrize("cls", MODELS)
@@ -141,7 +145,7 @@ def test_recalibration_scale_is_saved_and_old_files_load(rng, tmp_path):
     model.save(path)
     assert load_model(path).variance_scale == s
     # a file without the entry (written before recalibration existed) loads with scale 1
-    meta, arrays = model._state()
+    meta, arrays = model.state()
     meta.pop("variance_scale")
     old = MonopoleModel._from_state(meta, arrays)
     assert old.variance_scale == 1.0
@@ -169,4 +173,4 @@ def test_streamed_wrapper_is_deterministic_and_consistent(rng):
     np.testing.assert_allclose(wrapped.predict_arrays(*args2)["bec_samples"]
                                - predict(model, atoms2)["bec"][None],
                                unc.direction_becs(model, *args2, weights) - mean, atol=1e-10)
-    assert wrapped._state()[0]["streamed_uncertainty"] == {"rank": 5, "samples": 4, "seed": 11}
+    assert wrapped.state()[0]["streamed_uncertainty"] == {"rank": 5, "samples": 4, "seed": 11}

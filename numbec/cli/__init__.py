@@ -11,7 +11,7 @@ import importlib
 import sys
 
 #: Subcommand modules, in the order ``numbec --help`` lists them.
-COMMANDS = ("demo", "convert", "info", "train", "evaluate", "predict", "ir")
+COMMANDS = ("demo", "convert", "info", "train", "evaluate", "predict", "ir", "born")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -65,3 +65,14 @@ def describe_frames(frames) -> str:
         counts.update(atoms.numbers.tolist())
     species = ", ".join(f"{chemical_symbols[z]} {n}" for z, n in sorted(counts.items()))
     return f"{len(frames)} frames, {sum(counts.values())} atoms ({species})"
+
+
+def add_progress_argument(parser) -> None:
+    """``--no-progress``: progress bars are on by default when stderr is a terminal."""
+    parser.add_argument("--no-progress", action="store_true", default=None,
+                        help="no progress bars (default: shown when stderr is a terminal)")
+
+
+def progress_choice(args) -> bool | None:
+    """False with ``--no-progress``, else None (the library decides: on for a terminal)."""
+    return False if getattr(args, "no_progress", None) else None

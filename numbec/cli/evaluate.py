@@ -2,8 +2,10 @@
 
 Compares the model's BECs with the raw reference BECs of DATA (not ASR-projected) and prints
 RMSE, MAE, max error and R^2 overall, per species and for diagonal/off-diagonal components,
-next to a species-mean baseline. The baseline is fitted on ``--baseline-data`` (normally the
-training data) when given, else on DATA itself (an optimistic baseline; the output says so).
+next to a species-mean baseline: the mean BEC per species of the model's own training data
+(stored in the model file), or of ``--baseline-data`` when given; a model file written before
+numbec stored those means falls back to DATA itself (an optimistic baseline; the output says
+so).
 ``--json`` prints one JSON object (keys as ``numbec.evaluate`` returns them: ``rmse``,
 ``mae``, ``max_error``, ``r2``, ``n_frames``, ``n_atoms``, ``per_species``,
 ``per_component``, ``per_cartesian``, ``baseline``, ``baseline_note``, and for models with
@@ -16,7 +18,12 @@ from __future__ import annotations
 import json
 import math
 
-from numbec.cli._bec_data import add_data_arguments, read_frames
+from numbec.cli._bec_data import (
+    add_data_arguments,
+    add_progress_argument,
+    progress_choice,
+    read_frames,
+)
 
 
 def register(subparsers):
@@ -32,6 +39,7 @@ def register(subparsers):
                              "the same --format/--layout/--key, all frames)")
     parser.add_argument("--no-baseline", action="store_true", help="no baseline")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_progress_argument(parser)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.set_defaults(func=run)
     return parser
@@ -93,7 +101,7 @@ def run(args) -> int:
         baseline_frames = read_bec(paths, format=args.format, layout=args.layout,
                                    key=args.key)
     res = evaluate(model, frames, baseline=not args.no_baseline,
-                   baseline_frames=baseline_frames)
+                   baseline_frames=baseline_frames, progress=progress_choice(args))
     res["model_file"] = str(args.model)
     if args.json:
         print(json.dumps(_finite(res), indent=1, allow_nan=False))

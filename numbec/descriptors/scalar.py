@@ -1,4 +1,4 @@
-"""Scalar (rotation-invariant) descriptors: radial block X2 and angular power spectrum X3.
+"""Scalar (rotation-invariant) descriptors: radial part X2 and angular power spectrum X3.
 
 For centre i, neighbour species channel J (the centre's own species does not enter; models
 keep separate references per centre species):

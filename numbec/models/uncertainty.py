@@ -33,8 +33,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from numbec.conventions import asr_project
-
 __all__ = [
     "PosteriorFactor",
     "StreamedUncertaintyModel",
@@ -150,7 +148,8 @@ def fit_variance_scale(model, frames, folds: int = 5) -> dict:
     The frames are split into ``folds`` contiguous blocks (MD frames are correlated in time;
     interleaved folds would make the held-out frames look like training frames). For each
     block a model with the same hyperparameters is fitted on the other blocks and predicts the
-    held-out block with its exact ``bec_std``; the maximum-likelihood scale of a Gaussian
+    held-out block with its exact ``bec_std``, compared with the raw reference BECs (as
+    :func:`numbec.evaluate` does); the maximum-likelihood scale of a Gaussian
     variance, ``s = mean(err^2 / std^2)`` over all held-out components, is returned.
 
     Returns dict ``scale``, ``folds``, ``n_values`` and the held-out ``coverage_95`` before
@@ -167,11 +166,8 @@ def fit_variance_scale(model, frames, folds: int = 5) -> dict:
         train = frames[:a] + frames[b:]
         sub = _fold_model(model, train).fit(train)
         for atoms in frames[a:b]:
-            out = sub.predict_arrays(atoms.positions, atoms.numbers, np.asarray(atoms.cell),
-                                     atoms.pbc, uncertainty=True)
-            ref = asr_project(np.asarray(atoms.arrays["bec"], dtype=np.float64))
-            if not atoms.pbc.any():
-                ref = np.asarray(atoms.arrays["bec"], dtype=np.float64)
+            out = sub.predict(atoms, uncertainty=True)
+            ref = np.asarray(atoms.arrays["bec"], dtype=np.float64)  # raw, as evaluate
             z2.append(((out["bec"] - ref) / out["bec_std"]).ravel() ** 2)
     z2 = np.concatenate(z2)
     return {"scale": float(np.mean(z2)), "folds": folds, "n_values": int(z2.size),
@@ -296,17 +292,20 @@ def channel_outputs(model, positions, numbers, cell, pbc, weight_matrix) -> dict
     """All weight-linear outputs of K weight vectors (rows of ``weight_matrix``, (K, C)) from
     one descriptor pass, without the baseline: ``bec`` (K, N, 3, 3) e; models with both parts
     ``bec_monopole`` (K, N, 3, 3) (``bec_dipole = bec - bec_monopole``); monopole models
-    ``charges`` (K, N) e (neutral kernel charges); molecules ``dipole`` (K, 3) e·Å."""
+    ``charges`` (K, N) e (neutral kernel charges); ``pbc`` all False: ``dipole`` (K, 3) e·Å;
+    ``asr_violation`` (K, 3, 3) e, the acoustic sum before the projection of periodic cells.
+    The molecule/cell decision is that of ``predict_arrays`` (a periodic cell holding one
+    finite cluster is treated as a molecule)."""
     from numbec.descriptors import compute_descriptors, compute_scalar_and_vector_descriptors
     from numbec.models import kernels
     from numbec.models import kernels_numba as _kn
+    from numbec.models._kernel_model import _unwrapped_cluster
 
     model._check_fitted()
     model.check_inputs(positions, numbers)
     positions = np.asarray(positions, dtype=np.float64)
     numbers = np.asarray(numbers, dtype=np.int64)
     pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
-    periodic = bool(pbc.any())
     wm = np.atleast_2d(np.asarray(weight_matrix, dtype=np.float64))
     if wm.shape[1] != model.n_columns:
         raise ValueError(f"weight_matrix must have {model.n_columns} columns, got {wm.shape}")
@@ -319,15 +318,20 @@ def channel_outputs(model, positions, numbers, cell, pbc, weight_matrix) -> dict
         wb = _sparse_dipole_weights(model, wm)
     else:
         desc, vdesc = compute_descriptors(positions, numbers, cell, pbc, model.settings), None
+    # as predict_arrays: a periodic cell holding one finite cluster is a molecule
+    periodic, unwrapped = bool(pbc.any()), positions
+    if periodic:
+        unwrapped = _unwrapped_cluster(desc.pairs, positions, cell)
+        periodic = unwrapped is None
     ex = desc.expansion
-    unit, norms = kernels.normalize(desc.values, "predict")
+    unit, norms = kernels.normalize(desc.values, "predict", allow_isolated=True)
     per = int(mono) + (3 if dip else 0)          # channels per weight vector
     n_mono = n_w if mono else 0                  # monopole channels first, then 3 per vector
     q = np.zeros((n, n_w))
     scalar_grad = np.empty((n, n_w * per, unit.shape[1]))
     u = np.empty((n, n_w, vdesc.values.shape[-1])) if dip else None
     zeta = model.zeta
-    for rows, cols, cos in model._species_blocks(numbers, unit):
+    for rows, cols, cos in model._species_kernels(numbers, unit):
         nr, mz = cos.shape
         dk = np.zeros((nr, n_w, per, mz))
         radial = np.zeros((nr, n_w, per))
@@ -341,7 +345,7 @@ def channel_outputs(model, positions, numbers, cell, pbc, weight_matrix) -> dict
         for k in range(n_w):
             w_k = wm[k, :m][cols] if mono else np.zeros(0)
             q_k = np.empty(nr)
-            _kn.block_kernel_derivatives(cos, zeta, w_k, coef[:, :, k] if coef.size else no_coef,
+            _kn.species_kernel_derivatives(cos, zeta, w_k, coef[:, :, k] if coef.size else no_coef,
                                          dk[:, k], q_k, k_dip, radial[:, k])
             q[rows, k] = q_k
         if dip:  # u_ik = sum_b c_ib^(zeta-1) wb_kb, all vectors in one product
@@ -368,7 +372,7 @@ def channel_outputs(model, positions, numbers, cell, pbc, weight_matrix) -> dict
         z[:, :, _DIAG[0], _DIAG[1]] += qn.T[:, :, None]
         if not periodic:
             dq = ex.scatter_with_self(pair_grad[:, :n_w]).transpose(1, 0, 2)   # (K, N, 3)
-            rel = positions - positions.mean(axis=0)
+            rel = unwrapped - unwrapped.mean(axis=0)
             z += rel[None, :, :, None] * dq[:, :, None, :]
             dipole += qn.T @ positions
         bec += z
@@ -380,11 +384,12 @@ def channel_outputs(model, positions, numbers, cell, pbc, weight_matrix) -> dict
         bec += z.transpose(1, 0, 2, 3)
         if not periodic:
             dipole += np.einsum("iad,ikd->ka", vdesc.values, u)
+    out["asr_violation"] = bec.sum(axis=1)
     if periodic:
         bec = asr_project_stack(bec)
         if "bec_monopole" in out:
             out["bec_monopole"] = asr_project_stack(out["bec_monopole"])
-    else:
+    if not pbc.any():
         out["dipole"] = dipole
     out["bec"] = bec
     return out
@@ -413,7 +418,7 @@ def asr_project_stack(bec) -> np.ndarray:
 
 
 def predict_uncertainty(model, positions, numbers, cell, pbc, rank: int | None = 32,
-                        n_samples: int = 0, seed=None) -> dict:
+                        n_samples: int = 0, seed=None, total_charge: float = 0.0) -> dict:
     """BECs with a streamed uncertainty from the low-rank posterior (one descriptor pass).
 
     Returns dict with every output of ``model.predict_arrays`` (``bec`` (N, 3, 3) e, and as
@@ -425,7 +430,10 @@ def predict_uncertainty(model, positions, numbers, cell, pbc, rank: int | None =
     of a posterior weight sample); with ``n_samples``: ``bec_samples`` (S, N, 3, 3) e and the
     standard normal ``xi`` (S, K) used.
     """
+    from numbec.models._kernel_model import _total_charge
+
     fac = posterior_factor(model, rank)
+    total_charge = _total_charge(total_charge)
     cached = getattr(model, "_weight_matrix_cache", None)
     if cached is None or cached[0] is not fac:  # one matrix per factor: cached products
         cached = (fac, np.ascontiguousarray(np.concatenate([model.weights[None, :],
@@ -433,12 +441,9 @@ def predict_uncertainty(model, positions, numbers, cell, pbc, rank: int | None =
         model._weight_matrix_cache = cached
     wm = cached[1]
     parts = channel_outputs(model, positions, numbers, cell, pbc, wm)
-    periodic = bool(np.asarray(pbc).any())
-    q0n = model._baseline(np.asarray(numbers))
+    q0n = model._baseline(np.asarray(numbers)) + total_charge / len(numbers)
     base = np.zeros((len(numbers), 3, 3))
-    base[:, _DIAG[0], _DIAG[1]] = q0n[:, None]
-    if periodic:
-        base = asr_project(base)
+    base[:, _DIAG[0], _DIAG[1]] = q0n[:, None]  # sums to Q I: the projection keeps it
     bec = base + parts["bec"][0]
     dirs = parts["bec"][1:]
     std = np.sqrt(np.einsum("knij,knij->nij", dirs, dirs) + fac.noise_variance)
@@ -449,8 +454,9 @@ def predict_uncertainty(model, positions, numbers, cell, pbc, rank: int | None =
         out["bec_dipole"] = bec - out["bec_monopole"]
     if "charges" in parts:
         out["charges"] = q0n + parts["charges"][0]
-    if not periodic:
+    if "dipole" in parts:
         out["dipole"] = q0n @ np.asarray(positions, dtype=np.float64) + parts["dipole"][0]
+    out["asr_violation"] = parts["asr_violation"][0]
     if n_samples:
         xi = np.random.default_rng(seed).standard_normal((int(n_samples), fac.rank))
         out["xi"] = xi
@@ -491,19 +497,20 @@ class StreamedUncertaintyModel:
     def outputs(self) -> tuple:
         return tuple(self.model.outputs) + (("bec_samples",) if self.n_samples else ())
 
-    def predict_arrays(self, positions, numbers, cell, pbc, uncertainty=False,
-                       precision="float64") -> dict:
+    def predict_arrays(self, positions, numbers, cell, pbc, uncertainty=False, *,
+                       precision="float64", total_charge=0.0) -> dict:
         if precision != "float64":
             raise ValueError("streamed uncertainty computes in float64 only")
         out = predict_uncertainty(self.model, positions, numbers, cell, pbc, rank=self.rank,
-                                  n_samples=self.n_samples, seed=self.seed)
+                                  n_samples=self.n_samples, seed=self.seed,
+                                  total_charge=total_charge)
         for key in ("frame_std", "bec_directions", "xi") + (() if uncertainty
                                                            else ("bec_std",)):
             out.pop(key, None)
         return out
 
-    def _state(self):
-        metadata, arrays = self.model._state()
+    def state(self):
+        metadata, arrays = self.model.state()
         metadata = dict(metadata, streamed_uncertainty={
             "rank": self.rank, "samples": self.n_samples, "seed": self.seed})
         return metadata, arrays

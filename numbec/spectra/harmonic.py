@@ -63,6 +63,8 @@ __all__ = [
     "harmonic_spectrum",
     "load_phonopy",
     "mode_effective_charges",
+    "mode_oscillator_strengths",
+    "static_dielectric",
     "supercell_bec",
 ]
 
@@ -406,3 +408,74 @@ def supercell_bec(phonon, bec) -> np.ndarray:
     prim = phonon.primitive
     index = np.array([prim.p2p_map[s] for s in prim.s2p_map])
     return as_bec_array(bec)[index]
+
+
+def mode_oscillator_strengths(mode_charge, mode_frequency, volume, acoustic_below=5.0):
+    """Dielectric oscillator strength of every mode, shape (M, 3, 3), dimensionless.
+
+    ``S[m, i, j] = mu[m, i] mu[m, j] / (eps0 V omega_m^2)`` (SI: ``mu`` the mode charge in
+    C/kg^0.5, ``omega_m = 2 pi c nu~_m``, ``V`` the cell volume), the step mode ``m`` adds to
+    the dielectric tensor below its frequency: ``eps0 = eps_inf + sum_m S[m]``.
+
+    Parameters
+    ----------
+    mode_charge : (M, 3) float, e/amu^0.5 (:func:`mode_effective_charges`).
+    mode_frequency : (M,) float, cm^-1 (TO modes, no non-analytical term).
+    volume : float, Å^3, of the cell the modes belong to.
+    acoustic_below : float, cm^-1
+        Modes with ``|nu~| <`` this are acoustic (zero strength: their mode charge vanishes by
+        the acoustic sum rule and the division would not). Imaginary modes above it are an
+        error.
+    """
+    mu = np.asarray(mode_charge, dtype=np.float64)
+    nu = np.asarray(mode_frequency, dtype=np.float64)
+    if mu.ndim != 2 or mu.shape[1] != 3 or nu.shape != (mu.shape[0],):
+        raise ValueError(f"mode_charge {mu.shape} and mode_frequency {nu.shape} must be "
+                         "(M, 3) and (M,)")
+    unstable = nu <= -acoustic_below
+    if unstable.any():
+        raise ValueError(f"mode {int(np.argmax(unstable))} is imaginary ({nu[unstable][0]:.1f} "
+                         "cm^-1): no static dielectric constant of an unstable structure")
+    optical = np.abs(nu) >= acoustic_below
+    omega = nu * 2.0 * np.pi * SPEED_OF_LIGHT * 100.0  # rad/s
+    mu_si = mu * ELEMENTARY_CHARGE / np.sqrt(AMU)
+    weight = np.zeros_like(nu)
+    weight[optical] = 1.0 / (VACUUM_PERMITTIVITY * float(volume) * ANGSTROM**3
+                             * omega[optical] ** 2)
+    return weight[:, None, None] * mu_si[:, :, None] * mu_si[:, None, :]
+
+
+def static_dielectric(phonon=None, bec=None, eps_inf=None, *, frequencies=None,
+                      eigenvectors=None, masses=None, volume=None, acoustic_below=5.0):
+    """The static dielectric tensor of the harmonic crystal, ``eps0 = eps_inf + sum_m S_m``.
+
+    Inputs as :func:`harmonic_ir` (a ``phonopy.Phonopy`` or a path, whose BORN supplies
+    ``bec`` and ``eps_inf`` when not given; or the mode arrays with ``bec`` and ``volume``).
+    ``eps_inf`` is a number or (3, 3) tensor (dimensionless). Oscillator strengths are those
+    of :func:`mode_oscillator_strengths`, so the result obeys the generalised
+    Lyddane-Sachs-Teller relation with the LO frequencies phonopy gives with the same BECs
+    and ``eps_inf``.
+
+    Returns
+    -------
+    (3, 3) float64, dimensionless
+    """
+    if phonon is not None:
+        if isinstance(phonon, (str, os.PathLike)):
+            path = Path(phonon)
+            phonon, born_bec = load_phonopy(path)
+            bec = born_bec if bec is None else bec
+            if eps_inf is None:
+                born = (path if path.is_dir() else path.parent) / "BORN"
+                _, parse_born = _import_phonopy()
+                eps_inf = parse_born(phonon.primitive, filename=os.fspath(born))["dielectric"]
+        frequencies, eigenvectors, masses = gamma_modes(phonon)
+        if volume is None:
+            volume = float(phonon.primitive.volume)
+    if bec is None or frequencies is None or eigenvectors is None or masses is None \
+            or volume is None or eps_inf is None:
+        raise ValueError("static_dielectric needs bec, eps_inf, the modes and the volume")
+    eps = np.asarray(eps_inf, dtype=np.float64)
+    eps = eps * np.eye(3) if eps.shape in ((), (1,)) else eps.reshape(3, 3)
+    mu = mode_effective_charges(bec, eigenvectors, masses).real
+    return eps + mode_oscillator_strengths(mu, frequencies, volume, acoustic_below).sum(axis=0)
