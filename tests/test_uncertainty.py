@@ -139,6 +139,12 @@ def test_recalibration_scale_is_saved_and_old_files_load(rng, tmp_path):
     unc.recalibrate(model, frames, folds=2)
     s = model.variance_scale
     assert s > 0 and s != 1.0
+    # samples use the weight scale of the same cross-validation
+    fit = model.training["variance_scale_fit"]
+    assert unc.sample_scale(model) == fit["weight_scale"] > 0
+    w = unc.sample_weights(model, 20000, seed=0)
+    np.testing.assert_allclose(np.var(w, axis=0), fit["weight_scale"] * np.diag(model.covariance),
+                               rtol=0.05)
     np.testing.assert_allclose(predict(model, frames[0], uncertainty=True)["bec_std"],
                                np.sqrt(s) * before, rtol=1e-12)
     path = tmp_path / "m.npz"

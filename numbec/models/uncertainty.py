@@ -44,6 +44,7 @@ __all__ = [
     "posterior_factor",
     "predict_uncertainty",
     "recalibrate",
+    "sample_scale",
     "sample_weights",
     "variance_scale",
 ]
@@ -56,6 +57,17 @@ _DIAG = (np.arange(3), np.arange(3))
 def variance_scale(model) -> float:
     """The model's recalibration factor of the predictive variance (1 if never recalibrated)."""
     return float(getattr(model, "variance_scale", 1.0) or 1.0)
+
+
+def sample_scale(model) -> float:
+    """Scale of the weight covariance for posterior samples: ``weight_scale`` of the model's
+    cross-validation (saved in ``training["variance_scale_fit"]``) when it has one, else
+    :func:`variance_scale`. The samples carry no per-component noise, so the weight
+    posterior alone has to account for the held-out error; with the noise term the spectrum's
+    band under-covered the exact spectrum (docs/benchmarks_models.md)."""
+    fit = (getattr(model, "training", None) or {}).get("variance_scale_fit") or {}
+    value = fit.get("weight_scale")
+    return float(value) if value and np.isfinite(value) and value > 0 else variance_scale(model)
 
 
 # ---------------------------------------------------------------------- calibration metrics
@@ -152,8 +164,11 @@ def fit_variance_scale(model, frames, folds: int = 5) -> dict:
     :func:`numbec.evaluate` does); the maximum-likelihood scale of a Gaussian
     variance, ``s = mean(err^2 / std^2)`` over all held-out components, is returned.
 
-    Returns dict ``scale``, ``folds``, ``n_values`` and the held-out ``coverage_95`` before
-    scaling. Needs at least 2 frames.
+    Returns dict ``scale``, ``folds``, ``n_values``, the held-out ``coverage_95_unscaled``
+    and ``weight_scale = sum(err^2) / sum(phi^T Sigma phi)``: the scale of the weight
+    posterior alone that accounts for the whole held-out error (used for posterior samples and
+    the spectrum's model band, which carry no per-component noise term; see
+    :func:`sample_scale`). Needs at least 2 frames.
     """
     frames = list(frames)
     folds = min(int(folds), len(frames))
@@ -161,7 +176,7 @@ def fit_variance_scale(model, frames, folds: int = 5) -> dict:
         raise ValueError(f"fit_variance_scale: need at least 2 frames and 2 folds, got "
                          f"{len(frames)} frames")
     edges = np.linspace(0, len(frames), folds + 1).round().astype(int)
-    z2 = []
+    z2, err2, epi = [], 0.0, 0.0
     for a, b in zip(edges[:-1], edges[1:], strict=True):
         train = frames[:a] + frames[b:]
         sub = _fold_model(model, train).fit(train)
@@ -169,9 +184,12 @@ def fit_variance_scale(model, frames, folds: int = 5) -> dict:
             out = sub.predict(atoms, uncertainty=True)
             ref = np.asarray(atoms.arrays["bec"], dtype=np.float64)  # raw, as evaluate
             z2.append(((out["bec"] - ref) / out["bec_std"]).ravel() ** 2)
+            err2 += float(np.sum((out["bec"] - ref) ** 2))
+            epi += float(np.sum(np.clip(out["bec_std"] ** 2 - sub.sigma_v2, 0.0, None)))
     z2 = np.concatenate(z2)
     return {"scale": float(np.mean(z2)), "folds": folds, "n_values": int(z2.size),
-            "coverage_95_unscaled": float(np.mean(z2 <= _Z95 ** 2))}
+            "coverage_95_unscaled": float(np.mean(z2 <= _Z95 ** 2)),
+            "weight_scale": err2 / epi if epi > 0 else float(np.mean(z2))}
 
 
 def recalibrate(model, frames, folds: int = 5):
@@ -269,12 +287,14 @@ def posterior_factor(model, rank: int | None = 32, rescale: bool = True) -> Post
 
 
 def sample_weights(model, n_samples: int, seed=None, rank: int | None = None) -> np.ndarray:
-    """(S, C) weight vectors drawn from the recalibrated posterior ``N(w, s Sigma)`` (with
+    """(S, C) weight vectors drawn from the recalibrated posterior ``N(w, s_w Sigma)``,
+    ``s_w`` = :func:`sample_scale` (with
     ``rank``: from the low-rank factor, ``w + L xi``, xi ~ N(0, I_K)). ``seed``: an int or a
     numpy Generator; the same seed gives the same samples."""
     rng = np.random.default_rng(seed)
     factor = posterior_factor(model, rank, rescale=rank is not None).factor
     xi = rng.standard_normal((int(n_samples), factor.shape[1]))
+    xi *= np.sqrt(sample_scale(model) / variance_scale(model))
     return model.weights[None, :] + xi @ factor.T
 
 
@@ -428,7 +448,8 @@ def predict_uncertainty(model, positions, numbers, cell, pbc, rank: int | None =
     uncertainty ``sqrt(mean bec_std^2)``; ``bec_directions`` (K, N, 3, 3) e, the BECs of the
     factor columns ``Phi L_k`` (for sampling: ``bec + sum_k xi_k bec_directions[k]`` is a BEC
     of a posterior weight sample); with ``n_samples``: ``bec_samples`` (S, N, 3, 3) e and the
-    standard normal ``xi`` (S, K) used.
+    coefficients ``xi`` (S, K) used: standard normal times ``sqrt(sample_scale /
+    variance_scale)``, so that the samples follow ``N(w, s_w Sigma)`` (:func:`sample_scale`).
     """
     from numbec.models._kernel_model import _total_charge
 
@@ -459,6 +480,7 @@ def predict_uncertainty(model, positions, numbers, cell, pbc, rank: int | None =
     out["asr_violation"] = parts["asr_violation"][0]
     if n_samples:
         xi = np.random.default_rng(seed).standard_normal((int(n_samples), fac.rank))
+        xi *= np.sqrt(sample_scale(model) / variance_scale(model))
         out["xi"] = xi
         out["bec_samples"] = bec[None] + np.einsum("sk,knij->snij", xi, dirs)
     return out
