@@ -15,7 +15,9 @@ For each training size n (evenly spaced over the 40 clusters) the combined model
 (the demo's descriptors, n_sparse 60), its variance scale learned by 5-fold cross-validation
 on those n clusters (``numbec.models.uncertainty.recalibrate``), and dM/dt predicted over the
 MD with ``--samples`` posterior weight samples (low-rank factor of rank ``--rank``;
-:func:`numbec.models.uncertainty.predict_uncertainty`). The spectra (``numbec.ir_spectrum``,
+:func:`numbec.models.uncertainty.predict_uncertainty`; the samples use the weight scale
+``s_w`` of the cross-validation, :func:`numbec.models.uncertainty.sample_scale`).
+The spectra (``numbec.ir_spectrum``,
 300 K, Hann window, 1 ps correlation time) of the prediction, its samples and the exact dM/dt
 are compared over the frequencies where the exact spectrum exceeds ``--threshold`` of its
 maximum (0-4200 cm^-1):
@@ -136,6 +138,8 @@ def plot(pred, ref, path, title):
 
 
 def main(argv=None) -> int:
+    from numbec.models.uncertainty import sample_scale
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="5,10,20,40")
     parser.add_argument("--samples", type=int, default=32)
@@ -147,14 +151,15 @@ def main(argv=None) -> int:
                         help="NVE steps of the (H2O)_6 test MD (0.5 fs; the demo's has 5000)")
     parser.add_argument("--cache", default="numbec-demo/cache")
     parser.add_argument("--plot", default=None, help="PNG path with {n} for the size")
+    parser.add_argument("--plot-sizes", default="5,40", help="sizes to draw")
     args = parser.parse_args(argv)
     train_all, frames, velocities, exact, dt = load(Path(args.cache), args.max_frames,
                                                          args.md_steps)
     print(f"MD: {len(frames)} frames of {len(frames[0])} atoms, {dt:g} fs apart; "
           f"{args.samples} samples, rank {args.rank}")
-    print("| training frames | BEC-scale s | dd rel. RMSE | cov68 | cov95 | band width "
-          "| error | frequencies | predict s |")
-    print("|---" * 9 + "|")
+    print("| training frames | scale s | weight scale s_w | dd rel. RMSE | cov68 | cov95 "
+          "| band width | error | frequencies | predict s |")
+    print("|---" * 10 + "|")
     for n in (int(s) for s in args.sizes.split(",")):
         idx = np.linspace(0, len(train_all) - 1, n).round().astype(int)
         model = fit([train_all[i] for i in idx])
@@ -165,10 +170,12 @@ def main(argv=None) -> int:
         pred, ref = spectra(dd, samples, exact, dt)
         s = score(pred, ref, args.threshold)
         rel = float(np.sqrt(np.mean((dd - exact) ** 2) / np.mean(exact ** 2)))
-        print(f"| {n} | {model.variance_scale:.3g} | {rel:.3f} | {100 * s['cov68']:.0f} % "
+        s_w = sample_scale(model)
+        print(f"| {n} | {model.variance_scale:.3g} | {s_w:.3g} | {rel:.3f} "
+              f"| {100 * s['cov68']:.0f} % "
               f"| {100 * s['cov95']:.0f} % | {100 * s['width']:.0f} % "
               f"| {100 * s['error']:.0f} % | {s['n_freq']} | {seconds:.0f} |", flush=True)
-        if args.plot:
+        if args.plot and str(n) in args.plot_sizes.split(","):
             plot(pred, ref, args.plot.format(n=n),
                  f"(H2O)6 xTB MD, combined model trained on {n} clusters")
     return 0
