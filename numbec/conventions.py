@@ -127,8 +127,9 @@ def from_canonical(bec, layout: str = CANONICAL_LAYOUT) -> np.ndarray:
 
 def acoustic_sum(bec) -> np.ndarray:
     """Return ``sum_a Z[a]``, shape (3, 3), e: zero for a neutral system, ``Q I`` for one of
-    total charge Q (the acoustic sum rule, ASR)."""
-    return np.asarray(bec, dtype=np.float64).sum(axis=0)
+    total charge Q (the acoustic sum rule, ASR). ``bec`` (N, 3, 3), or (F, N, 3, 3) for
+    frames, giving (F, 3, 3)."""
+    return np.asarray(bec, dtype=np.float64).sum(axis=-3)
 
 
 def asr_project(bec, total_charge: float = 0.0) -> np.ndarray:
@@ -136,18 +137,18 @@ def asr_project(bec, total_charge: float = 0.0) -> np.ndarray:
 
     Parameters
     ----------
-    bec : array_like, shape (N, 3, 3), e
-        Canonical BECs ``Z[a, i, j] = dP_i/dr_{a,j}``.
+    bec : array_like, shape (N, 3, 3) or (F, N, 3, 3), e
+        Canonical BECs ``Z[a, i, j] = dP_i/dr_{a,j}`` (of F frames: each projected alone).
     total_charge : float, e
         Total charge Q of the structure (0: neutral).
 
     Returns
     -------
-    numpy.ndarray, shape (N, 3, 3), float64, e
+    numpy.ndarray, the shape of ``bec``, float64, e
         A new array ``Z[a] - (1/N) (sum_b Z[b] - Q I)``: the violation is spread evenly over
         the atoms (the projection used for training targets and periodic predictions).
     """
     z = np.asarray(bec, dtype=np.float64)
-    excess = z.sum(axis=0) - float(total_charge) * np.eye(3)
-    share = 1.0 / z.shape[0]  # multiplied, not divided: the numbers of numbec <= 0.1 exactly
-    return z - share * excess[None]
+    excess = z.sum(axis=-3) - float(total_charge) * np.eye(3)
+    share = 1.0 / z.shape[-3]  # multiplied, not divided: the numbers of numbec <= 0.1 exactly
+    return z - share * excess[..., None, :, :]

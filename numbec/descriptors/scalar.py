@@ -194,14 +194,15 @@ class StructureDescriptors:
 
 
 def compute_descriptors(positions, numbers, cell, pbc, settings: DescriptorSettings,
-                        gradients: bool = False) -> StructureDescriptors:
+                        gradients: bool = False, pairs=None) -> StructureDescriptors:
     """Scalar descriptors (and optionally the pair Jacobian) of one structure.
 
     positions : (N, 3) float64, Å (need not be wrapped); numbers : (N,) int atomic numbers;
     cell : (3, 3) float64, Å, rows = lattice vectors (ignored where pbc is False);
-    pbc : (3,) bool; settings : DescriptorSettings; gradients : also compute (P, 3, D).
+    pbc : (3,) bool; settings : DescriptorSettings; gradients : also compute (P, 3, D);
+    pairs : a ready neighbour list (see :func:`numbec.descriptors.expansion.expand`).
     """
-    ex = expand(positions, numbers, cell, pbc, settings, l2_max=0)
+    ex = expand(positions, numbers, cell, pbc, settings, l2_max=0, pairs=pairs)
     return descriptors_from_expansion(ex, gradients)
 
 

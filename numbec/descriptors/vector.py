@@ -208,9 +208,10 @@ def vector_descriptors_from_expansion(ex: Expansion, gradients: bool = False
 
 
 def compute_scalar_and_vector_descriptors(positions, numbers, cell, pbc,
-                                          settings: DescriptorSettings):
+                                          settings: DescriptorSettings, pairs=None):
     """Scalar and vector descriptors of one structure from one neighbour list and one
     expansion (l2_max = 1): ``(StructureDescriptors, VectorDescriptors)``, both without
-    Jacobians. Their ``add_adjoint`` methods can share one back-propagation."""
-    ex = expand(positions, numbers, cell, pbc, settings, l2_max=1)
+    Jacobians. Their ``add_adjoint`` methods can share one back-propagation. ``pairs``: a
+    ready neighbour list (see :func:`numbec.descriptors.expansion.expand`)."""
+    ex = expand(positions, numbers, cell, pbc, settings, l2_max=1, pairs=pairs)
     return descriptors_from_expansion(ex), vector_descriptors_from_expansion(ex)

@@ -61,6 +61,7 @@ from numbec.descriptors import (
     compute_scalar_and_vector_descriptors,
     compute_vector_descriptors,
 )
+from numbec.descriptors.neighbors import NeighborList, neighbor_list_frames
 from numbec.models import kernels, regression, sparsify
 from numbec.models import kernels_numba as _kn
 from numbec.models.base import (
@@ -85,6 +86,11 @@ DIPOLE_ROW_WEIGHT = 1.0
 #: the ASR projection removes almost nothing. It made the quartz test RMSE 3 % worse
 #: (measured 2026-11-25 at numbec commit fd23a4b; docs/models.md), hence off by default.
 NEUTRALITY_ROW_WEIGHT = 0.0
+#: Atoms per batch of :meth:`KernelBECModel.predict_frames`: frames are stacked up to about
+#: this many atoms, so that the kernel products are large enough for BLAS and their
+#: temporaries still fit in cache (water dimers, 1 thread, 2026-12-03, numba 0.68, numpy
+#: 2.4's OpenBLAS: the kernel part took 91, 68 and 189 us per frame for 192, 768, 3072 atoms).
+BATCH_ATOMS = 768
 #: Pairs per batch when the dipole-model design is assembled (bounds the temporary memory to
 #: about ``PAIR_BATCH * 27 * n_sparse * 8`` bytes).
 PAIR_BATCH = 256
@@ -210,6 +216,14 @@ def _unwrapped_cluster(pairs, positions, cell) -> np.ndarray | None:
             "pbc=False, or predict each molecule on its own", stacklevel=3)
         return None
     return positions + offsets @ np.asarray(cell, dtype=np.float64)
+
+
+def _frame_pairs(pairs, frame: int, n_atoms: int) -> NeighborList:
+    """The pairs of one frame of a :func:`neighbor_list_frames` list, renumbered from 0."""
+    first, last = pairs.offsets[frame * n_atoms], pairs.offsets[(frame + 1) * n_atoms]
+    return NeighborList(pairs.offsets[frame * n_atoms:(frame + 1) * n_atoms + 1] - first,
+                        pairs.neighbors[first:last] - frame * n_atoms, pairs.shifts[first:last],
+                        pairs.vectors[first:last], pairs.distances[first:last], pairs.cutoff)
 
 
 def _show_progress(progress) -> bool:
@@ -452,32 +466,115 @@ class KernelBECModel(BECModel):
         self.precision_arguments(precision)  # a clear error for a precision not offered
         self._check_fitted()
         self.check_inputs(positions, numbers)
+        positions = np.asarray(positions, dtype=np.float64)
+        numbers = np.asarray(numbers, dtype=np.int64)
+        cells = None if cell is None else np.asarray(cell, dtype=np.float64)[None]
+        frames = self.predict_frames(positions[None], numbers, cells, pbc, precision=precision,
+                                     total_charge=total_charge)
+        out = {key: value[0] for key, value in frames.items()}
+        if uncertainty:
+            n = numbers.size
+            pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+            phi, _ = self._design(positions, numbers, cell, pbc, "predict")
+            var = self.variance_scale * regression.predictive_variance(
+                phi.reshape(n * 9, -1), self.covariance, self.sigma_v2)
+            out["bec_std"] = np.sqrt(var).reshape(n, 3, 3)
+        return out
+
+    def predict_frames(self, positions, numbers, cells, pbc, *, precision: str = "float64",
+                       total_charge: float = 0.0) -> dict:
+        """BECs and the other outputs of F frames of the same atoms, computed in batches.
+
+        Frames are stacked into structures of about :data:`BATCH_ATOMS` atoms whose pairs
+        never join two frames (:func:`numbec.descriptors.neighbors.neighbor_list_frames`):
+        the expansion, the kernel products and the back-propagation then run once per batch
+        instead of once per frame, which is what frames of a few atoms need. Neutrality, the
+        dipole, the molecule-in-a-box test and the sum-rule projection are applied frame by
+        frame. The numbers are those of :meth:`predict_arrays` frame by frame (the same
+        arithmetic in the same order; :meth:`predict_arrays` is this method for one frame).
+
+        Parameters
+        ----------
+        positions : (F, N, 3) float64, Å
+        numbers : (N,) int, atomic numbers, the same in every frame
+        cells : (F, 3, 3) float64, Å, rows = lattice vectors, or None for clusters
+        pbc : (3,) bool or bool, shared by the frames
+        precision, total_charge : as for :meth:`predict_arrays`
+
+        Returns
+        -------
+        dict of the arrays of :meth:`predict_arrays` (without ``bec_std``) with a leading
+        frame axis: ``bec`` (F, N, 3, 3) e, ``asr_violation`` (F, 3, 3) e, ``charges``
+        (F, N) e, ``bec_monopole``/``bec_dipole`` (F, N, 3, 3) e, ``dipole`` (F, 3) e·Å.
+
+        Raises
+        ------
+        ValueError
+            Non-finite positions or overlapping atoms (naming the frame and atom), a bad
+            shape, a precision the model does not offer.
+        UnknownSpeciesError
+            A species the model was not trained on.
+        """
+        self.precision_arguments(precision)
+        self._check_fitted()
         total_charge = _total_charge(total_charge)
         positions = np.asarray(positions, dtype=np.float64)
         numbers = np.asarray(numbers, dtype=np.int64)
+        if positions.ndim != 3 or positions.shape[1:] != (numbers.size, 3):
+            raise ValueError(f"positions must have shape (F, {numbers.size}, 3) to match "
+                             f"numbers, got {positions.shape}")
+        self.check_inputs(np.zeros((0, 3)), numbers)
         pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+        n_frames = positions.shape[0]
+        step = max(1, BATCH_ATOMS // max(1, numbers.size))
+        parts = []
+        for start in range(0, n_frames, step):
+            stop = min(start + step, n_frames)
+            try:
+                parts.append(self._predict_batch(
+                    positions[start:stop], numbers, None if cells is None else cells[start:stop],
+                    pbc, precision, total_charge))
+            except ValueError as err:
+                if n_frames == 1 or not str(err).startswith("frame "):
+                    raise
+                # name the frame of the whole call, not of the batch
+                f, rest = str(err)[len("frame "):].split(":", 1)
+                raise ValueError(f"frame {start + int(f)}:{rest}") from None
+        if len(parts) == 1:
+            return parts[0]
+        return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+    def _predict_batch(self, positions, numbers, cells, pbc, precision, total_charge) -> dict:
+        """:meth:`predict_frames` of one batch (checked inputs)."""
+        f, n = positions.shape[:2]
+        pairs = neighbor_list_frames(positions, cells, pbc, self.settings.cutoff)
+        flat = positions.reshape(f * n, 3)
+        stacked = np.tile(numbers, f)
         if self._dipole:
-            desc, vdesc = compute_scalar_and_vector_descriptors(positions, numbers, cell, pbc,
-                                                                self.settings)
+            desc, vdesc = compute_scalar_and_vector_descriptors(flat, stacked, None, pbc,
+                                                                self.settings, pairs=pairs)
         else:
-            desc, vdesc = compute_descriptors(positions, numbers, cell, pbc, self.settings), None
+            desc = compute_descriptors(flat, stacked, None, pbc, self.settings, pairs=pairs)
+            vdesc = None
         # a periodic cell holding one finite cluster is a molecule: same descriptors, and then
         # the exact molecular derivative replaces the sum-rule projection
-        periodic = bool(pbc.any())
-        unwrapped = positions
-        if periodic:
-            unwrapped = _unwrapped_cluster(desc.pairs, positions, cell)
-            periodic = unwrapped is None
+        periodic = np.full(f, bool(pbc.any()))
+        unwrapped = positions.copy()
+        for k in np.flatnonzero(periodic):
+            cluster = _unwrapped_cluster(_frame_pairs(pairs, k, n), positions[k], cells[k])
+            if cluster is not None:
+                periodic[k] = False
+                unwrapped[k] = cluster
         ex = desc.expansion
         unit, norms = kernels.normalize(desc.values, "predict", allow_isolated=True)
-        species_kernels = self._species_kernels(numbers, unit)
-        n = numbers.size
+        species_kernels = self._species_kernels(stacked, unit)
         q0n = self._baseline(numbers)
         if total_charge:
             q0n = q0n + total_charge / n
-        z_mono = np.zeros((n, 3, 3))
+        q0n = np.tile(q0n, f)
+        z_mono = np.zeros((f * n, 3, 3))
         z_mono[:, _DIAG[0], _DIAG[1]] = q0n[:, None]
-        dipole = q0n @ positions
+        dipole = np.einsum("fi,fia->fa", q0n.reshape(f, n), positions)
         charges = q0n.copy()
         # every contraction adds its coefficient adjoints to one set of channels (monopole: 0,
         # dipole model: the next three), back-propagated through the pairs once
@@ -487,48 +584,54 @@ class KernelBECModel(BECModel):
         q, scalar_grad, u = self._kernel_terms(species_kernels, unit, norms, vdesc, n_channels,
                                                precision == "mixed")
         if self._monopole:
-            qn = q - q.mean()
+            q = q.reshape(f, n)
+            qn = (q - q.mean(axis=1, keepdims=True)).reshape(f * n)
             z_mono[:, _DIAG[0], _DIAG[1]] += qn[:, None]
             charges += qn
-            dipole = dipole + qn @ positions
+            dipole = dipole + np.einsum("fi,fia->fa", qn.reshape(f, n), positions)
         if self._dipole:
             # mu_i = V_i . u_i; the vector-descriptor part of sum_i dmu_i/dr_j enters the last
             # three channels through the adjoint of V with weights u
-            if not periodic:
-                dipole = dipole + np.einsum("iak,ik->a", vdesc.values, u)
+            if not pbc.any():
+                dipole = dipole + np.einsum("fiak,fik->fa", vdesc.values.reshape(f, n, 3, -1),
+                                            u.reshape(f, n, -1))
             vdesc.add_adjoint(u[:, None, :], a2, a3, dipole_channel)
         desc.add_adjoint(scalar_grad, a2, a3, 0)
         pair_grad = ex.backprop(a2, a3)
+        z_mono = z_mono.reshape(f, n, 3, 3)
         if self._monopole:
-            z_mono += ex.scatter_monopole(pair_grad[:, :1])[:, 0]
-            if not periodic:
-                dq = ex.scatter_with_self(pair_grad[:, :1])[:, 0]
-                z_mono += (unwrapped - unwrapped.mean(axis=0))[:, :, None] * dq[:, None, :]
+            z_mono += ex.scatter_monopole(pair_grad[:, :1])[:, 0].reshape(f, n, 3, 3)
+            molecular = np.flatnonzero(~periodic)
+            if molecular.size:
+                dq = ex.scatter_with_self(pair_grad[:, :1])[:, 0].reshape(f, n, 3)[molecular]
+                centred = unwrapped[molecular] - unwrapped[molecular].mean(axis=1, keepdims=True)
+                z_mono[molecular] += centred[..., :, None] * dq[..., None, :]
+
+        def projected(z, charge=0.0):
+            """Sum-rule projection of the periodic frames of z (F, N, 3, 3)."""
+            if not periodic.any():
+                return z
+            z = z.copy()
+            z[periodic] = asr_project(z[periodic], charge)
+            return z
+
         bec = z_mono
         violation = acoustic_sum(z_mono)
         out = {}
         if self._dipole:
-            z_dip = ex.scatter_with_self(pair_grad[:, dipole_channel:])
+            z_dip = ex.scatter_with_self(pair_grad[:, dipole_channel:]).reshape(f, n, 3, 3)
             violation = violation + acoustic_sum(z_dip)
-            if periodic:
-                z_dip = asr_project(z_dip)
+            z_dip = projected(z_dip)
             bec = z_mono + z_dip
             if self._monopole:
-                out["bec_monopole"] = asr_project(z_mono, total_charge) if periodic else z_mono
+                out["bec_monopole"] = projected(z_mono, total_charge)
                 out["bec_dipole"] = z_dip
-        if periodic:
-            bec = asr_project(bec, total_charge)
-        out["bec"] = bec
+        out["bec"] = projected(bec, total_charge)
         out["asr_violation"] = violation - total_charge * np.eye(3)
         if self._monopole:
-            out["charges"] = charges
+            out["charges"] = charges.reshape(f, n)
         if not pbc.any():
             out["dipole"] = dipole
-        if uncertainty:
-            phi, _ = self._design(positions, numbers, cell, pbc, "predict")
-            var = self.variance_scale * regression.predictive_variance(
-                phi.reshape(n * 9, -1), self.covariance, self.sigma_v2)
-            out["bec_std"] = np.sqrt(var).reshape(n, 3, 3)
         return out
 
     def _dipole_sparse_weights(self) -> np.ndarray:

@@ -177,6 +177,36 @@ class BECModel(ABC):
     def predict_arrays(self, positions, numbers, cell, pbc, uncertainty=False) -> Prediction:
         """Predict one structure from plain arrays; see the module docstring."""
 
+    def predict_frames(self, positions, numbers, cells, pbc, *, precision: str = "float64",
+                       total_charge: float = 0.0) -> dict:
+        """Predict F frames of the same atoms: the arrays of :meth:`predict_arrays` stacked
+        on a leading frame axis (``bec`` (F, N, 3, 3), ``charges`` (F, N), ``dipole``
+        (F, 3), ...).
+
+        positions : (F, N, 3) float64, Å; numbers : (N,) int; cells : (F, 3, 3) float64, Å,
+        or None; pbc : (3,) bool; precision, total_charge : as for :meth:`predict_arrays`.
+        This default calls :meth:`predict_arrays` once per frame; the kernel models override
+        it with one computation per batch of frames, which is what makes streaming frames of
+        a few atoms fast (:func:`numbec.predict` uses it for them).
+
+        Raises
+        ------
+        ValueError
+            As :meth:`predict_arrays`, with the frame named.
+        """
+        positions = np.asarray(positions, dtype=np.float64)
+        extra = self.precision_arguments(precision)
+        if total_charge:
+            extra["total_charge"] = total_charge
+        results = []
+        for f in range(positions.shape[0]):
+            try:
+                results.append(self.predict_arrays(
+                    positions[f], numbers, None if cells is None else cells[f], pbc, **extra))
+            except ValueError as err:
+                raise type(err)(f"frame {f}: {err}") from None
+        return {key: np.stack([r[key] for r in results]) for key in results[0]}
+
     def predict(self, atoms, uncertainty: bool = False, precision: str = "float64"
                 ) -> Prediction:
         """Predict one :class:`ase.Atoms`; returns the dict of :meth:`predict_arrays`.
