@@ -180,3 +180,55 @@ def test_streamed_wrapper_is_deterministic_and_consistent(rng):
                                - predict(model, atoms2)["bec"][None],
                                unc.direction_becs(model, *args2, weights) - mean, atol=1e-10)
     assert wrapped.state()[0]["streamed_uncertainty"] == {"rank": 5, "samples": 4, "seed": 11}
+
+
+def _cluster_trajectory(rng, n_frames=10, dt=0.5):
+    """Two vibrating water molecules (no cell) in the Trajectory store layout."""
+    import xarray as xr
+    from kernel_model_checks import water_cluster
+
+    r0 = water_cluster(rng)
+    amp = rng.normal(0, 0.05, (len(r0), 3))
+    omega = 2 * np.pi / 20.0
+    t = np.arange(n_frames) * dt
+    pos = r0.positions + amp * np.sin(omega * t)[:, None, None]
+    vel = amp * omega * np.cos(omega * t)[:, None, None]
+    data = {"positions": (("frame", "atom", "xyz"), pos),
+            "cell": (("frame", "cell_vector", "xyz"), np.zeros((n_frames, 3, 3))),
+            "numbers": (("atom",), r0.numbers.astype(np.int64)),
+            "pbc": (("xyz",), np.zeros(3, bool)),
+            "velocities": (("frame", "atom", "xyz"), vel)}
+    return xr.Dataset(data, coords={"time": ("frame", t)},
+                      attrs={"timestep": dt, "temperature": 300.0})
+
+
+def test_predict_streams_posterior_samples_and_channel_std(rng, tmp_path):
+    from numbec import ir_spectrum, predict
+
+    model, _ = _bayesian_model(CombinedModel, rng, False)
+    ds = _cluster_trajectory(rng)
+    exact = predict(model, ds, uncertainty=True, progress=False)
+    # full rank: the channel bec_std equals the design-row one
+    full = predict(model, ds, uncertainty=True, uncertainty_rank=10_000, progress=False)
+    np.testing.assert_allclose(full["bec_std"].values, exact["bec_std"].values, rtol=1e-8)
+    np.testing.assert_allclose(full["bec"].values, exact["bec"].values, atol=1e-10)
+    res = predict(model, ds, posterior_samples=5, uncertainty_rank=6, seed=3, chunk_frames=4,
+                  progress=False)
+    samples = res["dipole_derivative_samples"]
+    assert samples.dims == ("frame", "sample", "pol") and samples.shape == (10, 5, 3)
+    assert res.attrs["posterior_samples"] == 5
+    # frame by frame: sum_a Z_s v_a with the same weight samples in every chunk
+    for f in (0, 5, 9):
+        out = unc.predict_uncertainty(model, ds["positions"].values[f], ds["numbers"].values,
+                                      np.zeros((3, 3)), np.zeros(3, bool), rank=6, n_samples=5,
+                                      seed=3)
+        want = np.einsum("saij,aj->si", out["bec_samples"], ds["velocities"].values[f])
+        np.testing.assert_allclose(samples.values[f], want, atol=1e-12)
+    stored = predict(model, ds, posterior_samples=5, uncertainty_rank=6, seed=3,
+                     chunk_frames=3, out=tmp_path / "p.zarr", progress=False)
+    np.testing.assert_allclose(stored["dipole_derivative_samples"].values, samples.values,
+                               atol=1e-12)
+    spec = ir_spectrum(stored, correlation_time=2.0)
+    assert "cross_section_model_p84" in spec
+    with pytest.raises(ValueError, match="velocities"):
+        predict(model, ds.drop_vars("velocities"), posterior_samples=2, progress=False)

@@ -536,3 +536,5 @@ class StreamedUncertaintyModel:
         metadata = dict(metadata, streamed_uncertainty={
             "rank": self.rank, "samples": self.n_samples, "seed": self.seed})
         return metadata, arrays
+
+    _state = state  # the name numbec.stream.model_fingerprint used before state()
