@@ -9,6 +9,7 @@ Models         :class:`MonopoleModel`, :class:`DipoleModel`, :class:`CombinedMod
                :func:`load_model`, :func:`evaluate`
 Streaming      :func:`predict`
 Spectra        :func:`ir_spectrum`
+Next frames    :func:`select`, :func:`active_learning`
 
 The BEC convention everywhere: ``Z[a, i, j] = dP_i / dr_{a,j}`` in e (see
 :mod:`numbec.conventions`).
@@ -41,6 +42,8 @@ _LAZY = {
     "evaluate": "numbec.models",
     "predict": "numbec.stream",
     "ir_spectrum": "numbec.spectra",
+    "select": "numbec.selection",
+    "active_learning": "numbec.learning_loop",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -28,6 +28,7 @@ mass amu, frequency cm^-1 (THz and meV on request), temperature K.
 from __future__ import annotations
 
 import numpy as np
+import scipy.constants as _si
 from ase import units as _ase_units
 
 #: Canonical layout name: row = polarisation/field direction, column = displacement.
@@ -35,17 +36,19 @@ CANONICAL_LAYOUT = "pol-disp"
 #: All layouts readers accept.
 LAYOUTS = ("pol-disp", "disp-pol")
 
-# --- physical constants (CODATA 2018, SI) -------------------------------------------------
-ELEMENTARY_CHARGE = 1.602176634e-19  # C
-SPEED_OF_LIGHT = 2.99792458e8  # m/s
-VACUUM_PERMITTIVITY = 8.8541878128e-12  # F/m
-BOLTZMANN = 1.380649e-23  # J/K
-HBAR = 1.054571817e-34  # J s
-PLANCK = 6.62607015e-34  # J s
-AVOGADRO = 6.02214076e23  # 1/mol
-AMU = 1.66053906660e-27  # kg
-ANGSTROM = 1e-10  # m
-FEMTOSECOND = 1e-15  # s
+# --- physical constants (SI), from scipy.constants (CODATA of the installed scipy) --------
+ELEMENTARY_CHARGE = _si.elementary_charge  # C
+SPEED_OF_LIGHT = _si.speed_of_light  # m/s
+VACUUM_PERMITTIVITY = _si.epsilon_0  # F/m
+BOLTZMANN = _si.Boltzmann  # J/K
+HBAR = _si.hbar  # J s
+PLANCK = _si.Planck  # J s
+AVOGADRO = _si.Avogadro  # 1/mol
+AMU = _si.atomic_mass  # kg
+ANGSTROM = _si.angstrom  # m
+FEMTOSECOND = _si.femto  # s
+#: 1 debye in e·Å (1e-21 / c C m).
+DEBYE_IN_E_ANGSTROM = 1e-21 / SPEED_OF_LIGHT / ELEMENTARY_CHARGE / ANGSTROM
 
 # --- frequency conversions ----------------------------------------------------------------
 #: 1 THz in cm^-1 (= 1e12 / (100 c)).

@@ -109,8 +109,9 @@ def test_predict_takes_a_model_file(tmp_path, model_file):
     assert from_file.attrs["model_class"] == "SpeciesMeanModel"
 
 
-def test_cli_chunk_frames_and_progress_bar(tmp_path, model_file, capsys):
+def test_cli_chunk_frames_and_progress_bar(tmp_path, model_file, capsys, monkeypatch):
     _model, path = model_file
+    monkeypatch.setattr("numbec.cli._stderr_is_terminal", lambda: True)  # bars on a terminal
     traj = tmp_path / "traj.zarr"
     write_trajectory_store(traj, n_frames=10, chunk=4)
     out = tmp_path / "out.zarr"

@@ -19,10 +19,12 @@ def _series(n=2000, dt=1.0, seed=0):
             + rng.normal(0.0, 0.005, (n, 3)))
 
 
-def test_band_has_zero_width_for_identical_samples():
+@pytest.mark.parametrize("window", ["parzen", "hann"])  # Welch and correlation estimators
+def test_band_has_zero_width_for_identical_samples(window):
     dd = _series()
     samples = np.repeat(dd[:, None, :], 4, axis=1)
-    spec = ir_spectrum(dd, timestep=1.0, temperature=300.0, samples=samples, blocks=2)
+    spec = ir_spectrum(dd, timestep=1.0, temperature=300.0, samples=samples, blocks=4,
+                       window=window, correlation_time=200.0)
     sigma = spec["cross_section"].values
     for stat in ("p16", "p84"):
         np.testing.assert_allclose(spec[f"cross_section_model_{stat}"].values, sigma,
@@ -79,7 +81,8 @@ def test_plot_draws_the_model_band_next_to_the_standard_error():
 
     dd = _series()
     samples = dd[:, None, :] * np.linspace(0.8, 1.2, 5)[None, :, None]
-    spec = ir_spectrum(dd, timestep=1.0, temperature=300.0, samples=samples, blocks=2)
+    spec = ir_spectrum(dd, timestep=1.0, temperature=300.0, samples=samples, blocks=4,
+                       correlation_time=200.0)
     ax = plot_spectrum(spec)
     labels = [c.get_label() for c in ax.collections]
     assert "standard error" in labels and "model band (16-84 %)" in labels

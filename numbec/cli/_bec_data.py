@@ -21,9 +21,10 @@ def add_data_arguments(parser, what: str = "reference data") -> None:
     parser.add_argument(
         "--layout",
         choices=("pol-disp", "disp-pol"),
-        default="pol-disp",
+        default=None,
         help="layout of the BECs in the files: pol-disp (row = polarisation/field; VASP, "
-        "phonopy, QE, allegro-pol; default) or disp-pol (row = displacement)",
+        "phonopy, QE, allegro-pol) or disp-pol (row = displacement); default: an extxyz "
+        "comment line's layout=, else pol-disp; contradicting the file is an error",
     )
     parser.add_argument(
         "--index",

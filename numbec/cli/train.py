@@ -7,7 +7,7 @@ time and the training-set error next to a species-mean baseline (``--no-train-er
 skips that extra prediction pass). The default model is ``combined``, the most accurate of the
 three (docs/models.md); ``monopole`` is the cheapest.
 
-Hyperparameters and their defaults (method.md §2-§6):
+Hyperparameters and their defaults (docs/method.md, sections Descriptors to Bayesian regression):
 
 * kernel: ``--zeta`` polynomial kernel exponent;
 * sparse reference environments per species: ``--n-sparse`` (one count, or per species as

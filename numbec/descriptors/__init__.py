@@ -1,4 +1,6 @@
-"""Descriptors of atomic environments and their derivatives (method.md §2, §7).
+"""Descriptors of atomic environments and their derivatives.
+
+Equations: docs/method.md#descriptors and docs/method.md#adjoint-derivatives.
 
 - :class:`DescriptorSettings`: the hyperparameters (saved with every model).
 - :func:`compute_descriptors` -> :class:`StructureDescriptors`: scalar descriptors (N, D), the

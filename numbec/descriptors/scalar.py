@@ -23,7 +23,8 @@ neighbours like any other atom (and enter the channel of its species).
 Derivatives: ``gradients[p, b, k] = dX_{i,k}/dr_{j,b}`` for pair p = (centre i, neighbour
 image j), moving only that image; the centre derivative is ``-sum_p`` over the pairs of i.
 The adjoint contractions push ``G = dy/dX`` back to the expansion coefficients
-(dy/dc) and then once through every pair (method.md §7); the Jacobian is never stored.
+(dy/dc) and then once through every pair (docs/method.md#adjoint-derivatives); the Jacobian
+is never stored.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Vector (lambda = 1) descriptor for the dipole model (method.md §2, §5).
+"""Vector (lambda = 1) descriptor for the dipole model (docs/method.md#descriptors).
 
 Per centre i and Cartesian component a = x, y, z (the real Y_1mu are ordered (y, z, x); they
 are re-ordered here so that ``values[i, :, k]`` is an ordinary Cartesian vector):

@@ -97,7 +97,7 @@ def parse_outcar_bec_block(text: str, where: str = "OUTCAR") -> np.ndarray:
     return np.array(ions)
 
 
-def read_outcar_bec(path, layout: str = "pol-disp"):
+def read_outcar_bec(path, *, layout: str = "pol-disp") -> ase.Atoms:
     """Read the final structure and BEC block of a VASP OUTCAR.
 
     Parameters
@@ -114,6 +114,14 @@ def read_outcar_bec(path, layout: str = "pol-disp"):
         Final structure (Å, cell rows = lattice vectors) with
         ``atoms.arrays["bec"]`` of shape (N, 3, 3), float64, e, canonical
         ``Z[a, i, j] = dP_i/dr_{a,j}``, and ``atoms.info["source"]``.
+
+    Raises
+    ------
+    OSError
+        Missing, unreadable or undecompressible file (named).
+    ValueError (BECBlockError)
+        No or a truncated BEC block, NaN/inf, an unreadable structure, a block whose ion
+        count differs from the structure's; naming the file.
     """
     where = os.fspath(path)
     text = read_text(path)

@@ -1,6 +1,7 @@
 """Shared machinery of the kernel BEC models: monopole, dipole (lambda = 1) and combined.
 
-The three models differ only in which terms of the cell dipole they carry (method.md §4-§6)::
+The three models differ only in which terms of the cell dipole they carry (docs/method.md,
+sections Monopole model to Neutrality and the acoustic sum rule)::
 
     P = sum_i q0'_i r_i  +  [monopole]  sum_i q'_i r_i  +  [dipole]  sum_i mu_i
 
@@ -33,9 +34,10 @@ the sum of the kernel charges:
   rule. numbec therefore also projects onto the sum rule: every atom gets
   ``Z[j] = Z_loc[j] - (1/N) (sum_k Z_loc[k] - Q I) = Z_loc[j] + (1/N) dQ_raw/d(strain)``
   (:func:`numbec.conventions.asr_project`). The violation ``sum_k Z_loc[k] - Q I`` is returned
-  per structure as ``asr_violation`` (3, 3) e. The error of the result against an exact
-  derivative of a model with neutral charges is the spread over the atoms of
-  ``(1/N) (Q_raw I - dQ_raw/d(strain))``, small when the kernel charges are nearly neutral.
+  per structure as ``asr_violation`` (3, 3) e. Against the exact derivative of the same
+  charges (the molecular formula, where it exists) atom j is off by ``T[j] - mean_k T[k]``,
+  ``T[j] = (r_j - R_mean) (x) dQ_raw/dr_j``: the projection replaces the non-local term by
+  its mean over the atoms (docs/method.md#neutrality-and-the-acoustic-sum-rule).
 - an isolated atom (no neighbour within the cutoff) has a zero descriptor and no kernel
   charge, dipole or charge transfer: it keeps its baseline charge q0 (shifted with the others).
 

@@ -1,4 +1,6 @@
-"""Combined monopole + dipole kernel model with charge partitioning: method.md §6.
+"""Combined monopole + dipole kernel model with charge partitioning.
+
+Equations: docs/method.md#combined-model-and-charge-partitioning.
 
 ``P = sum_i q_i r_i + sum_i mu_i``, both terms fitted jointly in one regression (concatenated
 weights: first the monopole weights, then the dipole weights). The prediction carries the

@@ -1,4 +1,4 @@
-"""Dipole (tensorial, lambda = 1) kernel model: method.md §5, docs/models.md.
+"""Dipole (tensorial, lambda = 1) kernel model: docs/method.md#dipole-model, docs/models.md.
 
 ``P = sum_i q0_J(i) r_i + sum_i mu_i`` with ``mu_i^mu = sum_b sum_nu K_{mu nu}(i, b) w_{b nu}``,
 ``K_{mu nu}(i, b) = (V_i^mu . V_b^nu) / s**2 * (x_i . x_b) ** (zeta - 1)``; BECs by the chain

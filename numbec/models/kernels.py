@@ -1,4 +1,6 @@
-"""Polynomial kernels on normalised descriptors and their descriptor gradients (method.md §3).
+"""Polynomial kernels on normalised descriptors and their descriptor gradients.
+
+Equations: docs/method.md#kernels.
 
 Scalar kernel (every model)::
 
@@ -12,7 +14,7 @@ so the gradient of a local scalar ``y_i = sum_b w_b K(X_i, X_b)`` over all atoms
 products (BLAS) around one element-wise pass (:mod:`numbec.models.kernels_numba`); for training
 rows see :func:`kernel_gradient_matrix`.
 
-Matrix (lambda = 1) kernel of the dipole model (method.md §5), choice made here::
+Matrix (lambda = 1) kernel of the dipole model (docs/method.md#kernels), choice made here::
 
     K_{mu nu}(i, b) = (V_i^mu . V_b^nu) / s**2  *  K(X_i, X_b) ** ((zeta - 1) / zeta)
                     = (V_i^mu . V_b^nu) / s**2  *  (x_i . x_b) ** (zeta - 1)

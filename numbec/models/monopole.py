@@ -1,4 +1,4 @@
-"""Monopole (scalar charge) kernel model: method.md §4, docs/models.md.
+"""Monopole (scalar charge) kernel model: docs/method.md#monopole-model, docs/models.md.
 
 ``q_i = q0_J(i) + sum_b w_b (x_i . x_b) ** zeta`` (made neutral), ``P = sum_i q_i r_i`` and the
 local BEC formula ``Z[j] = q_j I + sum_i d_ij (x) dq_i/dr_j`` evaluated with the adjoint of the

@@ -4,9 +4,9 @@ The models are linear in their weights, ``y = Phi w + noise``. The design matrix
 held in memory: :class:`NormalEquations` accumulates ``A = Phi^T Phi``, ``b = Phi^T y`` and
 ``y^T y`` from the rows of one structure at a time, which is all either solver needs.
 
-Bayesian linear regression (method.md §3, VASP's scheme): prior ``w ~ N(0, sigma_w^2 I)``,
-noise ``N(0, sigma_v^2)``. With ``alpha = 1/sigma_w^2``, ``beta = 1/sigma_v^2`` and the
-eigendecomposition ``A = V diag(lam) V^T``::
+Bayesian linear regression (docs/method.md#bayesian-regression, VASP's scheme): prior
+``w ~ N(0, sigma_w^2 I)``, noise ``N(0, sigma_v^2)``. With ``alpha = 1/sigma_w^2``,
+``beta = 1/sigma_v^2`` and the eigendecomposition ``A = V diag(lam) V^T``::
 
     Sigma = (beta A + alpha I)^-1,   w = beta Sigma b,
     gamma = sum_k beta lam_k / (beta lam_k + alpha)   (number of well-determined weights)

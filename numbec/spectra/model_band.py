@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from numbec.spectra.correlation import correlations, cosine_transform
 from numbec.spectra.quantum import correction_factor
 
 __all__ = ["BAND_PERCENTILES", "band_statistics", "sample_spectra"]
@@ -31,29 +30,30 @@ __all__ = ["BAND_PERCENTILES", "band_statistics", "sample_spectra"]
 BAND_PERCENTILES = (15.865525393145708, 84.13447460685429)
 
 
-def sample_spectra(samples, *, timestep, n_lags, window, blocks, prefactor, temperature,
-                   quantum_correction, zero_padding, transfer=None) -> np.ndarray:
+def sample_spectra(samples, block_spectrum, *, blocks, prefactor, temperature,
+                   quantum_correction, transfer=None) -> np.ndarray:
     """Spectrum of every sample, averaged over ``blocks`` like the main spectrum.
 
-    samples : (S, n_frames, 3) float64 e·Å/fs. window : (n_lags,) lag window values.
-    prefactor : cross-section prefactor (cm^2 per (e·Å/fs)^2·fs). transfer : optional
-    function of omega dividing the spectrum (central-difference correction).
-    Returns (S, n_frequencies) float64 on the grid of :func:`cosine_transform`.
+    samples : (S, n_frames, 3) float64 e·Å/fs. block_spectrum : function of one block
+    (n_block, 3) returning ``(omega, spectrum)``, the estimator of the main spectrum
+    (``numbec.spectra.ir._block_spectrum``). prefactor : cross-section prefactor (cm^2 per
+    (e·Å/fs)^2·fs). transfer : optional function of omega dividing the spectrum
+    (central-difference correction). Returns (S, n_frequencies) float64, cm^2.
     """
     samples = np.asarray(samples, dtype=np.float64)
     block_len = samples.shape[1] // blocks
-    out = None
+    total = None
     for b in range(blocks):
-        chunk = samples[:, b * block_len:(b + 1) * block_len]
-        # one sample at a time: the cross-correlations between samples are not needed
-        g = np.stack([correlations(chunk[s:s + 1], n_lags)[0, 0] * window
-                      for s in range(samples.shape[0])])
-        omega, spectra = cosine_transform(g, timestep, zero_padding)
-        spectra = prefactor * correction_factor(quantum_correction, omega, temperature) * spectra
+        rows = []
+        for s in range(samples.shape[0]):
+            omega, spectrum = block_spectrum(samples[s, b * block_len:(b + 1) * block_len])
+            rows.append(spectrum)
+        spectra = prefactor * correction_factor(quantum_correction, omega,
+                                                temperature) * np.array(rows)
         if transfer is not None:
             spectra = spectra / transfer(omega)
-        out = spectra if out is None else out + spectra
-    return out / blocks
+        total = spectra if total is None else total + spectra
+    return total / blocks
 
 
 def band_statistics(spectra) -> dict:
