@@ -730,7 +730,7 @@ def _dataset_attrs(ds, model, model_fp, source, store_path, timestep, pbc, dipol
         "timestep": timestep,
         "timestep_units": "fs",
         "numbec_version": __version__,
-        "model_class": type(model).__name__,
+        "model_class": getattr(model, "class_name", type(model).__name__),
         "model_sha256": model_fp["sha256"] or "",
         "input": store_path or source,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),

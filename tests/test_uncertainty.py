@@ -217,6 +217,7 @@ def test_predict_streams_posterior_samples_and_channel_std(rng, tmp_path):
     samples = res["dipole_derivative_samples"]
     assert samples.dims == ("frame", "sample", "pol") and samples.shape == (10, 5, 3)
     assert res.attrs["posterior_samples"] == 5
+    assert res.attrs["model_class"] == "CombinedModel"
     # frame by frame: sum_a Z_s v_a with the same weight samples in every chunk
     for f in (0, 5, 9):
         out = unc.predict_uncertainty(model, ds["positions"].values[f], ds["numbers"].values,

@@ -516,6 +516,11 @@ class StreamedUncertaintyModel:
         return getattr(self.model, name)
 
     @property
+    def class_name(self) -> str:
+        """The wrapped model's class name (recorded as the prediction's ``model_class``)."""
+        return type(self.model).__name__
+
+    @property
     def outputs(self) -> tuple:
         return tuple(self.model.outputs) + (("bec_samples",) if self.n_samples else ())
 
