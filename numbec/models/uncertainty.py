@@ -3,7 +3,7 @@
 The kernel models are linear in their weights ``w`` (C,): the BECs of a structure are
 ``Z = Z0 + Phi w`` with ``Phi`` (N*9, C) the design rows and ``Z0`` the baseline charges. The
 Bayesian regression gives a Gaussian posterior ``w ~ N(w_mean, Sigma)`` (docs/method.md,
-"Regression and variances"), hence the predictive variance of a BEC component
+"Bayesian regression"), hence the predictive variance of a BEC component
 ``phi^T Sigma phi + sigma_v^2`` and, for any weight vector ``u``, the BECs ``Phi u`` of "a model
 with weights u" through the same adjoint channels as a plain prediction.
 
