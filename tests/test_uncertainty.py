@@ -163,6 +163,7 @@ def test_streamed_wrapper_is_deterministic_and_consistent(rng):
     args = (atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)
     wrapped = unc.StreamedUncertaintyModel(model, rank=5, n_samples=4, seed=11)
     assert wrapped.outputs[-1] == "bec_samples" and wrapped.species == model.species
+    assert not hasattr(wrapped, "predict_frames")  # batching would drop the samples
     a = wrapped.predict_arrays(*args, uncertainty=True)
     b = wrapped.predict_arrays(*args)
     assert "bec_std" in a and "bec_std" not in b

@@ -511,7 +511,8 @@ class StreamedUncertaintyModel:
             int(seed)
 
     def __getattr__(self, name):  # species, cutoff, concurrent_frames, ...
-        if name == "model":
+        # the wrapped model's batched or exact paths would silently drop the samples
+        if name in ("model", "predict_frames", "predict"):
             raise AttributeError(name)
         return getattr(self.model, name)
 
