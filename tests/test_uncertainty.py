@@ -234,3 +234,11 @@ def test_predict_streams_posterior_samples_and_channel_std(rng, tmp_path):
     assert "cross_section_model_p84" in spec
     with pytest.raises(ValueError, match="velocities"):
         predict(model, ds.drop_vars("velocities"), posterior_samples=2, progress=False)
+
+
+def test_recalibration_needs_two_folds_and_frames(rng):
+    model, frames = _bayesian_model(MonopoleModel, rng, True, n_frames=3)
+    with pytest.raises(ValueError, match="folds=1"):
+        unc.fit_variance_scale(model, frames, folds=1)
+    with pytest.raises(ValueError, match="1 frames"):
+        unc.fit_variance_scale(model, frames[:1], folds=5)

@@ -171,10 +171,10 @@ def fit_variance_scale(model, frames, folds: int = 5) -> dict:
     :func:`sample_scale`). Needs at least 2 frames.
     """
     frames = list(frames)
+    if int(folds) < 2 or len(frames) < 2:
+        raise ValueError(f"fit_variance_scale: need at least 2 folds and 2 frames, got "
+                         f"folds={folds} and {len(frames)} frames")
     folds = min(int(folds), len(frames))
-    if folds < 2:
-        raise ValueError(f"fit_variance_scale: need at least 2 frames and 2 folds, got "
-                         f"{len(frames)} frames")
     edges = np.linspace(0, len(frames), folds + 1).round().astype(int)
     z2, err2, epi = [], 0.0, 0.0
     for a, b in zip(edges[:-1], edges[1:], strict=True):
