@@ -68,7 +68,11 @@ def curve_label(spectrum, fallback: str = "spectrum") -> str:
 def plot_spectrum(spectrum, ax=None, *, reference=None, partials: bool = False,
                   variable: str | None = None, unit: str = "cm^-1", label: str | None = None,
                   reference_label: str | None = None, max_frequency: float | None = None):
-    """Plot a spectrum with its error band, optional partials and a reference.
+    """Plot a spectrum with its error band, its model band, optional partials and a reference.
+
+    The block standard error (``*_stderr``) is a shaded band; the model-uncertainty band
+    (``*_model_p16`` to ``*_model_p84``, present when the prediction has posterior samples) is
+    hatched.
 
     Parameters
     ----------
@@ -118,6 +122,11 @@ def plot_spectrum(spectrum, ax=None, *, reference=None, partials: bool = False,
         if np.isfinite(err).any():
             ax.fill_between(x, y - err, y + err, color=line.get_color(), alpha=0.3, lw=0,
                             label="standard error", zorder=2)
+    if f"{variable}_model_p16" in spectrum:  # posterior samples (numbec.spectra.model_band)
+        lo = np.asarray(spectrum[f"{variable}_model_p16"].values)
+        hi = np.asarray(spectrum[f"{variable}_model_p84"].values)
+        ax.fill_between(x, lo, hi, facecolor="none", edgecolor=line.get_color(), hatch="////",
+                        lw=0.0, alpha=0.6, label="model band (16-84 %)", zorder=1)
     part_name = f"{variable}_partial"
     if partials:
         if part_name not in spectrum:

@@ -83,6 +83,11 @@ VARIABLES = {
     "dipole_derivative_monopole": (("frame", "pol"), "e*Angstrom/fs", "sum_a Z^monopole_a v_a"),
     "dipole_derivative_dipole": (("frame", "pol"), "e*Angstrom/fs", "sum_a Z^dipole_a v_a"),
     "dipole": (("frame", "pol"), "e*Angstrom", "dipole moment"),
+    "dipole_derivative_samples": (
+        ("frame", "sample", "pol"),
+        "e*Angstrom/fs",
+        "dM/dt of posterior weight samples (predict(posterior_samples=S))",
+    ),
 }
 _PER_ATOM_TENSORS = ("bec", "bec_std", "bec_monopole", "bec_dipole")
 
@@ -118,6 +123,7 @@ class _ChunkSpec:
     dtype: str
     precision: str = "float64"  # arithmetic of the model (BECModel.precisions)
     frame_threads: int = 0  # frames computed concurrently; 0: automatic (_frame_threads)
+    n_samples: int = 0  # posterior weight samples (numbec.models.uncertainty)
 
 
 def _model_outputs(model) -> tuple:
@@ -143,6 +149,8 @@ def _plan_variables(model, has_velocities, want_dd, periodic, uncertainty):
         names += ["dipole_derivative", "dipole_derivative_by_species"]
         if combined:
             names += ["dipole_derivative_monopole", "dipole_derivative_dipole"]
+        if "bec_samples" in outputs:
+            names.append("dipole_derivative_samples")
     if "dipole" in outputs and not periodic:
         method = "model"
     elif want_dd:
@@ -181,7 +189,10 @@ def _predict_chunk(model, positions, cell, velocities, spec: _ChunkSpec, frame0:
                   if k in spec.variables]
     if spec.dipole_method == "model":
         model_keys.append("dipole")
-    shapes = {"charges": (n_atoms,), "dipole": (3,)}
+    if "dipole_derivative_samples" in spec.variables:
+        model_keys.append("bec_samples")
+    shapes = {"charges": (n_atoms,), "dipole": (3,),
+              "bec_samples": (spec.n_samples, n_atoms, 3, 3)}
     for key in model_keys:
         per_frame[key] = np.empty((n_frames,) + shapes.get(key, (n_atoms, 3, 3)))
     _model_frames(model, positions, cell, spec, frame0, model_keys, per_frame)
@@ -197,6 +208,9 @@ def _predict_chunk(model, positions, cell, velocities, spec: _ChunkSpec, frame0:
             name = f"dipole_derivative_{part}"
             if name in spec.variables:
                 out[name] = np.einsum("faij,faj->fi", per_frame[f"bec_{part}"], velocities)
+        if "bec_samples" in out:
+            out["dipole_derivative_samples"] = np.einsum(
+                "fsaij,faj->fsi", out.pop("bec_samples"), velocities)
         if spec.dipole_method == "integrated":
             dd = out["dipole_derivative"]
             steps = 0.5 * spec.timestep * (dd[1:] + dd[:-1])
@@ -518,6 +532,9 @@ def predict(
     blas_threads=1,
     threads=None,
     precision="float64",
+    posterior_samples=0,
+    uncertainty_rank=None,
+    seed=0,
 ):
     """Predict BECs (and dipole derivatives) for every frame of a trajectory.
 
@@ -582,6 +599,19 @@ def predict(
         float64; about 15 % faster for the combined model on quartz, BECs within 2e-5 e of
         float64 there and charges identical (docs/streaming.md). Recorded in the attribute
         ``precision``; resuming checks it.
+    posterior_samples : int
+        S > 0 (kernel models): also ``dipole_derivative_samples`` (frame, sample, pol)
+        e·Å/fs, dM/dt of S weight vectors drawn once (``seed``) from the model's recalibrated
+        posterior, the same for every frame; :func:`numbec.ir_spectrum` turns them into a
+        model-uncertainty band. Computed as extra adjoint channels of the same descriptor pass
+        through a rank-``uncertainty_rank`` factor of the posterior (default 32;
+        :mod:`numbec.models.uncertainty`). Needs velocities; float64 precision.
+    uncertainty_rank : int, optional
+        Compute ``bec_std`` (with ``uncertainty=True``) and the samples from the leading K
+        directions of the posterior (adjoint channels) instead of the design rows: much
+        cheaper than the exact ``bec_std``, accurate to a few % per frame (docs/models.md).
+    seed : int
+        Seed of the posterior samples.
 
     Returns
     -------
@@ -594,6 +624,11 @@ def predict(
 
         model_file = model if model_file is None else model_file
         model = load_model(model)
+    if posterior_samples or uncertainty_rank:
+        from numbec.models.uncertainty import StreamedUncertaintyModel
+
+        model = StreamedUncertaintyModel(model, rank=uncertainty_rank or 32,
+                                         n_samples=int(posterior_samples), seed=seed)
     ds, source, store_path = _open_input(trajectory)
     _validate(ds, source)
     dtype = np.dtype(dtype)
@@ -628,6 +663,9 @@ def predict(
         want_dd = True
     else:
         want_dd = False
+    if posterior_samples and not want_dd:
+        raise ValueError(f"{source}: posterior_samples need dM/dt, i.e. velocities and "
+                         "dipole_derivative not False")
     variables, dipole_method = _plan_variables(model, has_velocities, want_dd, periodic,
                                                uncertainty)
     timestep = _timestep(ds, source)
@@ -644,6 +682,7 @@ def predict(
         source=source, numbers=numbers, pbc=pbc, species=species, variables=variables,
         dipole_method=dipole_method, timestep=timestep, uncertainty=bool(uncertainty),
         dtype=dtype.str, frame_threads=_check_threads(threads), precision=precision,
+        n_samples=int(posterior_samples),
     )
     if "time" in ds.coords:
         time = np.asarray(ds["time"].values, dtype=np.float64)
@@ -655,6 +694,9 @@ def predict(
     attrs = _dataset_attrs(ds, model, model_fp, source, store_path, timestep, pbc,
                            dipole_method, uncertainty, dtype, precision)
     attrs["model_file"] = str(model_file) if model_file is not None else ""
+    if posterior_samples or uncertainty_rank:
+        attrs.update(posterior_samples=int(posterior_samples), seed=int(seed),
+                     uncertainty_rank=int(uncertainty_rank or 32))
     blocks = _InputBlocks(ds, chunks, has_velocities and want_dd)
     if out is not None:
         fingerprint = _fingerprint(model_fp, ds, source, store_path, spec, chunk_frames,
@@ -688,7 +730,7 @@ def _dataset_attrs(ds, model, model_fp, source, store_path, timestep, pbc, dipol
         "timestep": timestep,
         "timestep_units": "fs",
         "numbec_version": __version__,
-        "model_class": type(model).__name__,
+        "model_class": getattr(model, "class_name", type(model).__name__),
         "model_sha256": model_fp["sha256"] or "",
         "input": store_path or source,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -851,7 +893,8 @@ def _predict_lazy(model, blocks, spec, bounds, time, attrs):
         results.append(chunk_task(model_node, positions, cell, velocities, spec, start,
                                   dask_key_name=f"numbec-predict-{token}-{c}"))
     n_atoms, n_species = spec.numbers.size, spec.species.size
-    tails = {"atom": n_atoms, "pol": 3, "disp": 3, "species": n_species}
+    tails = {"atom": n_atoms, "pol": 3, "disp": 3, "species": n_species,
+             "sample": spec.n_samples}
     arrays = {}
     for name in spec.variables:
         if name == "dipole" and spec.dipole_method == "integrated":
@@ -971,7 +1014,8 @@ def _create_store(out, spec, chunk_frames, n_chunks, time, attrs):
     import zarr
 
     n_frames = time.size
-    tails = {"atom": spec.numbers.size, "pol": 3, "disp": 3, "species": spec.species.size}
+    tails = {"atom": spec.numbers.size, "pol": 3, "disp": 3, "species": spec.species.size,
+             "sample": spec.n_samples}
     data_vars = {}
     for name in spec.variables:
         dims, units, description = VARIABLES[name]

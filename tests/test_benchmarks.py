@@ -313,3 +313,25 @@ def test_molecule_stream_benchmark(tmp_path, comparison):
         assert featomic["ms per frame"] == featomic["atom-frames/s"] == "n/a"
     else:
         positive(featomic["ms per frame"])
+
+
+@pytest.mark.slow
+def test_calibration_and_uncertainty_cost_benchmarks(tmp_path):
+    needs_shared_data()
+    out = run_benchmark("calibration.py", "--systems", "quartz", "--quick", "--models",
+                        "monopole", "--sizes", "small", "--n-sparse", "10", "--max-test", "3",
+                        "--folds", "2", "--rank", "4", cwd=tmp_path)
+    (head, rows), = markdown_tables(out)
+    assert head[:5] == ["system", "model", "train", "test", "RMSE e"]
+    row = dict(zip(head, rows[0], strict=True))
+    for key in ("cov68 raw", "cov95 raw", "cov68 cal", "cov95 cal"):
+        assert 0.0 <= number(row[key]) <= 100.0
+    assert number(row["cov68 cal"]) <= number(row["cov95 cal"])
+    assert positive(row["scale"])
+    out = run_benchmark("uncertainty_cost.py", "--systems", "quartz", "--ranks", "4",
+                        "--frames", "1", cwd=tmp_path)
+    (head, rows), = markdown_tables(out)
+    assert head == ["system", "C", "plain per frame", "uncertainty", "cost vs plain",
+                    "max frame dev", "captured"]
+    assert [r[3] for r in rows] == ["exact", "K = 4"]
+    assert positive(rows[1][4].rstrip("x"))

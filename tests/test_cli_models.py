@@ -114,6 +114,25 @@ def test_bad_input_gives_exit_code_and_message(tmp_path, capsys):
     assert "cannot read 'Xx:3'" in capsys.readouterr().err
 
 
+def test_train_with_calibration_folds_stores_the_scale_evaluate_reports_it(tmp_path, capsys):
+    from numbec.models.uncertainty import fit_variance_scale
+
+    out = tmp_path / "m.npz"
+    assert main(["train", "example:sio2_quartz_subset", "--index", "0:6", "--model",
+                 "monopole", "-o", str(out), "--calibrate-folds", "3", *TINY]) == 0
+    assert "variance scale" in capsys.readouterr().out
+    model = numbec.load_model(out)
+    frames = numbec.read_bec(QUARTZ, index="0:6")
+    # the stored scale is the cross-validated one, learned from the training frames only
+    fresh = type(model)(settings=model.settings, **model.hyperparameters())
+    assert model.variance_scale == pytest.approx(
+        fit_variance_scale(fresh.fit(frames), frames, folds=3)["scale"], rel=1e-10)
+    assert main(["evaluate", str(out), str(QUARTZ), "--index", "6:9", "--json"]) == 0
+    cal = _json(capsys)["calibration"]
+    assert {"coverage_68", "coverage_95", "nll", "frame_rank_correlation"} <= set(cal)
+    assert 0.0 <= cal["coverage_68"] <= cal["coverage_95"] <= 1.0
+
+
 def test_default_model_is_combined_and_evaluate_baseline_is_the_training_mean(tmp_path, capsys):
     """``numbec train`` without --model fits the recommended CombinedModel; ``numbec evaluate``
     compares with the species means of the *training* frames stored in the model file, not a

@@ -8,7 +8,9 @@ numbec stored those means falls back to DATA itself (an optimistic baseline; the
 so).
 ``--json`` prints one JSON object (keys as ``numbec.evaluate`` returns them: ``rmse``,
 ``mae``, ``max_error``, ``r2``, ``n_frames``, ``n_atoms``, ``per_species``,
-``per_component``, ``per_cartesian``, ``baseline``, ``baseline_note``, ...).
+``per_component``, ``per_cartesian``, ``baseline``, ``baseline_note``, and for models with
+``bec_std`` ``calibration``: ``coverage_68``, ``coverage_95``, ``nll``,
+``frame_rank_correlation``, ...).
 """
 
 from __future__ import annotations
@@ -67,6 +69,12 @@ def format_table(res: dict) -> str:
         lines.append(line)
     if base:
         lines.append(f"baseline: {res['baseline_note']}")
+    cal = res.get("calibration")
+    if cal:
+        lines.append(
+            f"calibration of bec_std: coverage {100 * cal['coverage_68']:.1f} % (nominal 68.3)"
+            f", {100 * cal['coverage_95']:.1f} % (nominal 95), NLL {cal['nll']:.3f}, frame rank "
+            f"correlation {cal.get('frame_rank_correlation', float('nan')):.2f}")
     return "\n".join(lines)
 
 

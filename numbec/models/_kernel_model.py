@@ -301,6 +301,9 @@ class KernelBECModel(BECModel):
     _monopole = True
     _dipole = False
     concurrent_frames = True  # Numba kernels release the GIL, BLAS too
+    #: Factor of the predictive variance learned by cross-validation on the training frames
+    #: (:func:`numbec.models.uncertainty.recalibrate`); 1 = the plain Bayesian variance.
+    variance_scale = 1.0
 
     def __init__(self, *, settings: DescriptorSettings | None = None, zeta: int = 4,
                  n_sparse: int | dict = 200, sparse_method: str = "cur",
@@ -426,7 +429,8 @@ class KernelBECModel(BECModel):
         pbc : (3,) bool
             Periodic directions.
         uncertainty : bool
-            Also return ``bec_std = sqrt(phi^T Sigma phi + sigma_v^2)``; the design rows phi
+            Also return ``bec_std = sqrt(s (phi^T Sigma phi + sigma_v^2))``, s =
+            :attr:`variance_scale` (:mod:`numbec.models.uncertainty`); the design rows phi
             are built from the descriptor Jacobian (the cost of one training step).
         precision : {"float64", "mixed"}
             ``"mixed"`` (models with the dipole kernel) computes the dipole model's three
@@ -474,8 +478,8 @@ class KernelBECModel(BECModel):
             n = numbers.size
             pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
             phi, _ = self._design(positions, numbers, cell, pbc, "predict")
-            var = regression.predictive_variance(phi.reshape(n * 9, -1), self.covariance,
-                                                 self.sigma_v2)
+            var = self.variance_scale * regression.predictive_variance(
+                phi.reshape(n * 9, -1), self.covariance, self.sigma_v2)
             out["bec_std"] = np.sqrt(var).reshape(n, 3, 3)
         return out
 
@@ -1102,6 +1106,7 @@ class KernelBECModel(BECModel):
             "species": list(self.species),
             "vector_scale": self.vector_scale,
             "sigma_v2": self.sigma_v2,
+            "variance_scale": self.variance_scale,
             "training": self.training,
         }
         arrays = {"q0": self.q0, "sparse_unit": self.sparse_unit,
@@ -1136,6 +1141,10 @@ class KernelBECModel(BECModel):
             raise ModelFileError(f"vector_scale = {model.vector_scale} is not positive")
         if not (np.isfinite(model.sigma_v2) and model.sigma_v2 >= 0):
             raise ModelFileError(f"sigma_v2 = {model.sigma_v2} is not a variance")
+        model.variance_scale = float(metadata.get("variance_scale", 1.0))  # absent before 0.2
+        if not (np.isfinite(model.variance_scale) and model.variance_scale > 0):
+            raise ModelFileError(f"variance_scale = {model.variance_scale} is not a positive "
+                                 "number")
         model.training = metadata.get("training", {})
         if not isinstance(model.training, dict):
             raise ModelFileError("metadata 'training' is not a JSON object")

@@ -79,9 +79,10 @@ def _reference(frames) -> tuple[list, np.ndarray, np.ndarray]:
     return frames, np.concatenate(refs), np.concatenate(numbers)
 
 
-def _predict_all(model: BECModel, frames, what: str, progress: bool = False
+def _predict_all(model: BECModel, frames, what: str, progress: bool = False, std=None
                  ) -> tuple[np.ndarray, float]:
-    """Predicted BECs of all frames, (M, 3, 3), and the wall time of the predictions (s)."""
+    """Predicted BECs of all frames, (M, 3, 3), and the wall time of the predictions (s).
+    ``std``: a list that receives each frame's ``bec_std`` (then predicted with uncertainty)."""
     from tqdm.auto import tqdm
 
     out = []
@@ -89,7 +90,7 @@ def _predict_all(model: BECModel, frames, what: str, progress: bool = False
     for k, atoms in enumerate(tqdm(frames, desc=what, disable=not progress, leave=False)):
         where = _where(k, atoms)
         try:
-            result = model.predict(atoms)
+            result = model.predict(atoms, **({} if std is None else {"uncertainty": True}))
         except ValueError as exc:  # name the frame; keep the class (UnknownSpeciesError, ...)
             try:
                 named = type(exc)(f"{where}: {exc}")
@@ -106,6 +107,8 @@ def _predict_all(model: BECModel, frames, what: str, progress: bool = False
             atom = int(np.argwhere(~np.isfinite(bec))[0][0])
             raise ValueError(f"{where}: {what} predicted a NaN/inf BEC for atom {atom}")
         out.append(bec)
+        if std is not None:
+            std.append(np.asarray(result["bec_std"], dtype=np.float64))
     return np.concatenate(out), time.perf_counter() - start
 
 
@@ -190,7 +193,8 @@ def _resolve_baseline(model, baseline, baseline_frames, frames):
 
 
 def evaluate(model: BECModel, frames, *, baseline: bool | BECModel = True,
-             baseline_frames=None, progress: bool | None = None) -> dict:
+             baseline_frames=None, progress: bool | None = None,
+             calibration: bool | None = None) -> dict:
     """Compare a model's BECs with the reference BECs of ``frames``.
 
     Parameters
@@ -211,6 +215,13 @@ def evaluate(model: BECModel, frames, *, baseline: bool | BECModel = True,
         fitted on ``frames`` themselves (optimistic); ``"baseline_note"`` says which.
     progress : bool or None
         A progress bar over the frames (tqdm, stderr); None: when stderr is a terminal.
+    calibration : bool, optional
+        Also predict ``bec_std`` and report its calibration
+        (:func:`numbec.models.uncertainty.calibration_metrics`: coverage of the nominal 68 %
+        and 95 % intervals, negative log likelihood, rank correlation between each frame's
+        predicted uncertainty and its actual error). Default: when the model lists
+        ``bec_std`` in its outputs. Costs one design-row build per frame (``predict_seconds``
+        then includes it).
 
     Returns
     -------
@@ -221,7 +232,8 @@ def evaluate(model: BECModel, frames, *, baseline: bool | BECModel = True,
         {``"xx"``, ..., ``"zz"``}; ``model`` (class name); ``reference``
         (``"raw"``); ``reference_asr_max`` (e, largest ``|sum_a Z_ref[a] - Q I|`` component
         of any frame, Q from ``info["charge"]``); ``predict_seconds`` (wall time of the
-        predictions); with a baseline:
+        predictions); with calibration: ``calibration`` (dict, see ``calibration``); with a
+        baseline:
         ``baseline`` (same metric structure) and ``baseline_note``.
 
     Raises
@@ -238,8 +250,16 @@ def evaluate(model: BECModel, frames, *, baseline: bool | BECModel = True,
 
     show = _show_progress(progress)
     frames, ref, numbers = _reference(frames)
-    pred, seconds = _predict_all(model, frames, type(model).__name__, show)
+    if calibration is None:
+        calibration = "bec_std" in getattr(model, "outputs", ())
+    std = [] if calibration else None
+    pred, seconds = _predict_all(model, frames, type(model).__name__, show, std)
     result = _metric_tree(pred, ref, numbers)
+    if calibration:
+        from numbec.models.uncertainty import calibration_metrics
+
+        result["calibration"] = calibration_metrics(pred, np.concatenate(std), ref,
+                                                    [len(f) for f in frames])
     asr = max(float(np.abs(f.arrays["bec"].reshape(-1, 3, 3).sum(axis=0)
                            - charge_arguments(f).get("total_charge", 0.0) * np.eye(3)).max())
               for f in frames)

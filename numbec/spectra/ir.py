@@ -96,6 +96,7 @@ class _Run:
     kinetic: KineticTemperature | None = None
     system: str = ""
     model: str = ""
+    samples: np.ndarray | None = None  # (S, n, 3) dM/dt of posterior weight samples
 
 
 def cross_section_prefactor(temperature: float) -> float:
@@ -286,10 +287,28 @@ def _run_from_dataset(ds, trajectory, kind, timestep, source, need_temperature=T
                 f"{source}: the {kind} parts of dM/dt do not sum to dipole_derivative "
                 f"(max difference {mismatch:.3g} e*Angstrom/fs of max {scale:.3g})"
             )
-    return _Run(total, parts, names, dt, None if temperature is None else float(temperature),
-                volume, source, differentiated,
-                temperature_source if temperature is not None else None, kinetic,
-                *_system_and_model(ds, trajectory))
+    run = _Run(total, parts, names, dt, None if temperature is None else float(temperature),
+               volume, source, differentiated,
+               temperature_source if temperature is not None else None, kinetic,
+               *_system_and_model(ds, trajectory))
+    if "dipole_derivative_samples" in ds and not differentiated:
+        run.samples = _checked_samples(
+            ds["dipole_derivative_samples"].transpose("frame", "sample", "pol").values,
+            total.shape[0], source)
+    return run
+
+
+def _checked_samples(samples, n_frames, source):
+    """(frame, sample, pol) dM/dt samples -> (sample, frame, pol) float64, validated."""
+    arr = np.asarray(samples, dtype=np.float64)
+    if arr.ndim != 3 or arr.shape[0] != n_frames or arr.shape[2] != 3 or arr.shape[1] < 1:
+        raise ValueError(f"{source}: dM/dt samples must be (frames={n_frames}, samples, 3), "
+                         f"got {arr.shape}")
+    bad = ~np.isfinite(arr).all(axis=(1, 2))
+    if bad.any():
+        raise ValueError(f"{source}: dM/dt samples of frame {int(np.flatnonzero(bad)[0])} "
+                         "are NaN or inf")
+    return np.ascontiguousarray(arr.transpose(1, 0, 2))
 
 
 def _system_and_model(ds, trajectory):
@@ -407,6 +426,7 @@ def ir_spectrum(
     partials: bool | str = False,
     trajectory=None,
     max_frequency: float | None = None,
+    samples=None,
 ) -> xr.Dataset:
     """Infrared absorption spectrum from dM/dt, in absolute units, with error bars.
 
@@ -467,6 +487,11 @@ def ir_spectrum(
         temperature the prediction lacks.
     max_frequency : float, cm^-1, optional
         Crop the output above this frequency (> 0).
+    samples : array (n_frames, S, 3) float, e·Å/fs, optional
+        dM/dt of S posterior weight samples for an array ``data`` (a prediction dataset
+        brings its own ``dipole_derivative_samples``, from ``predict(...,
+        posterior_samples=S)``). Adds the model-uncertainty band
+        (:mod:`numbec.spectra.model_band`).
 
     Returns
     -------
@@ -477,6 +502,10 @@ def ir_spectrum(
         ``absorption_stderr`` (frequency) cm^-1 (alpha n) and ``imag_dielectric``
         (eps'', NaN at 0); with partials ``absorption_partial`` (or
         ``cross_section_partial``) (partial, frequency) and coordinate ``partial``.
+        With posterior samples (every run must have the same number S, drawn with the same
+        seed): the model band ``cross_section_model_p16``, ``cross_section_model_p84``,
+        ``cross_section_model_std`` (and ``absorption_model_*`` with a volume), per
+        frequency over the S sample spectra; attrs ``n_posterior_samples``.
         attrs: ``units``, ``window``, ``correlation_time`` (fs), ``resolution`` (cm^-1,
         ``1/(c T)``), ``resolution_fwhm`` (cm^-1, FWHM of the window's line shape),
         ``temperature`` (K), ``volume`` (Å^3, NaN without), ``quantum_correction``,
@@ -503,6 +532,11 @@ def ir_spectrum(
     lag_window(window, 1)  # an unknown window fails before any data is read
     runs = _runs(data, _positive(timestep, "timestep (fs)", "timestep"), kind, trajectory,
                  need_temperature=temperature is None, need_volume=volume is None)
+    if samples is not None:
+        if len(runs) != 1 or runs[0].samples is not None:
+            raise ValueError("samples= goes with one array of dM/dt (datasets bring "
+                             "their own dipole_derivative_samples)")
+        runs[0].samples = _checked_samples(samples, runs[0].total.shape[0], runs[0].source)
     for run in runs:
         if temperature is not None:
             run.temperature = temperature
@@ -573,11 +607,62 @@ def ir_spectrum(
         keep &= omega * dt <= 0.5 * np.pi
     if max_frequency is not None:
         keep &= wavenumber <= float(max_frequency)
-    return _assemble(
+    out = _assemble(
         wavenumber[keep], keep, per_block_sigma, per_block_parts, per_block_abs, runs,
         periodic=periodic, window=window, n_lags=n_lags, block_len=block_len, dt=dt,
         quantum_correction=quantum_correction, zero_padding=zero_padding, kind=kind,
     )
+    if any(r.samples is not None for r in runs):
+        _add_model_band(out, runs, keep, blocks=blocks, n_lags=n_lags, window=window, dt=dt,
+                        quantum_correction=quantum_correction, zero_padding=zero_padding)
+    return out
+
+
+def _block_spectrum(chunk, n_lags, dt, zero_padding, window):
+    """(omega, spectrum) of one block of one dM/dt series (n, 3), the estimator of
+    :func:`ir_spectrum` (Welch for non-negative windows, else windowed correlations)."""
+    if window in NON_NEGATIVE_WINDOWS:
+        omega, cross = segment_spectra(chunk[None], n_lags, dt, zero_padding, window)
+        return omega, cross[0, 0]
+    corr = correlations(chunk[None], n_lags)[0, 0] * lag_window(window, n_lags)
+    omega, spectra = cosine_transform(corr[None], dt, zero_padding)
+    return omega, spectra[0]
+
+
+def _add_model_band(out, runs, keep, **settings):
+    """Add the model band of the posterior samples of all runs to ``out`` (in place)."""
+    from numbec.spectra.model_band import band_statistics, sample_spectra
+
+    counts = {None if r.samples is None else r.samples.shape[0] for r in runs}
+    if len(counts) != 1:
+        raise ValueError(f"runs have different numbers of posterior samples {counts}; all "
+                         "or none need them, drawn with the same seed")
+    dt = settings["dt"]
+    sigma = abs_ = 0.0
+    for run in runs:
+        transfer = ((lambda om: _central_difference_transfer(om, dt))
+                    if run.differentiated else None)
+
+        def block_spectrum(chunk):
+            return _block_spectrum(chunk, settings["n_lags"], dt, settings["zero_padding"],
+                                   settings["window"])
+
+        spec = sample_spectra(
+            run.samples, block_spectrum, blocks=settings["blocks"],
+            prefactor=cross_section_prefactor(run.temperature), temperature=run.temperature,
+            quantum_correction=settings["quantum_correction"], transfer=transfer)[:, keep]
+        sigma = sigma + spec / len(runs)
+        if run.volume is not None:
+            abs_ = abs_ + spec / (run.volume * 1e-24) / len(runs)
+    targets = [("cross_section", sigma, "cm^2")]
+    if "absorption" in out:
+        targets.append(("absorption", abs_, "cm^-1"))
+    for name, spectra, units in targets:
+        for stat, values in band_statistics(spectra).items():
+            out[f"{name}_model_{stat}"] = ("frequency", values, {
+                "units": units,
+                "long_name": f"{stat} of {name} over posterior weight samples (model band)"})
+    out.attrs["n_posterior_samples"] = int(counts.pop())
 
 
 def _diagonal_and_symmetrised(pairs, parts):
