@@ -162,7 +162,7 @@ def fit_and_test(kind: str, train, test, model_kw: dict, descriptors: dict) -> d
         model.fit(train)
         fit_s = time.perf_counter() - start
         extra = {"training": getattr(model, "training", {}), "n_sparse": kw["n_sparse"]}
-    res = numbec.evaluate(model, test, baseline=False)
+    res = numbec.evaluate(model, test, baseline=False, calibration=False)
     res.pop("per_cartesian", None)
     res.update(fit_seconds=fit_s, **extra)
     return res

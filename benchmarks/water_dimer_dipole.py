@@ -1,4 +1,4 @@
-"""Dipoles of the water dimer from models trained on BECs alone (method.md §5).
+"""Dipoles of the water dimer from models trained on BECs alone (docs/method.md#dipole-model).
 
 The predecessor paper reports about 1 % error of the water-dimer dipole for the lambda = 1 model
 trained on BECs only ("derivative learning"): the dipole is never shown to the model, it follows

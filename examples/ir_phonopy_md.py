@@ -50,8 +50,10 @@ def validate(folder, dt, n_steps, t_corr, plot_dir=None):
     traj = harmonic_md(phonon.force_constants, sc.masses, sc.positions, sc.cell, sc.numbers,
                        temperature=300.0, timestep=dt, n_steps=n_steps, seed=0)
     mdot = np.einsum("aij,faj->fi", supercell_bec(phonon, bec), traj.velocities.values)
+    # Hann, not the default Parzen: its 27 % narrower line resolves the Al2O3 pair 7 cm^-1
+    # apart at this correlation time; its small negative side lobes do not matter for areas
     spectrum = numbec.ir_spectrum(mdot, timestep=dt, temperature=300.0, volume=sc.volume,
-                                  correlation_time=t_corr)
+                                  correlation_time=t_corr, window="hann")
     seconds = time.perf_counter() - start
     h = harmonic_ir(phonon, bec, width=spectrum.attrs["resolution_fwhm"])
     inten = h.intensity.values

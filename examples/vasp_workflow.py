@@ -118,7 +118,7 @@ def main(argv=None) -> dict:
                           model_file=model_path)
     charges = pred["charges"].mean("frame").values if "charges" in pred else None
 
-    # 5. spectrum: volume from the MD cell, harmonic quantum correction, Hann window
+    # 5. spectrum: volume from the MD cell, harmonic quantum correction, Parzen window
     spectrum = numbec.ir_spectrum(pred, temperature=args.temperature)
     freq = spectrum["frequency"].values
     alpha = spectrum["absorption"].values

@@ -9,6 +9,7 @@ Models         :class:`MonopoleModel`, :class:`DipoleModel`, :class:`CombinedMod
                :func:`load_model`, :func:`evaluate`
 Streaming      :func:`predict`
 Spectra        :func:`ir_spectrum`
+Next frames    :func:`select`, :func:`active_learning`
 
 The BEC convention everywhere: ``Z[a, i, j] = dP_i / dr_{a,j}`` in e (see
 :mod:`numbec.conventions`).
@@ -16,10 +17,9 @@ The BEC convention everywhere: ``Z[a, i, j] = dP_i / dr_{a,j}`` in e (see
 
 from __future__ import annotations
 
-import importlib
-
 # the thread policy: sets OMP_WAIT_POLICY before any numbec kernel starts the OpenMP runtime
-import numbec.parallel  # noqa: F401
+import numbec.parallel  # noqa: F401, E402
+from numbec._lazy import lazy_exports
 
 __version__ = "0.1.0.dev0"
 
@@ -37,18 +37,11 @@ _LAZY = {
     "evaluate": "numbec.models",
     "predict": "numbec.stream",
     "ir_spectrum": "numbec.spectra",
+    "select": "numbec.selection",
+    "active_learning": "numbec.learning_loop",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'numbec' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

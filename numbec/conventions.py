@@ -28,23 +28,27 @@ mass amu, frequency cm^-1 (THz and meV on request), temperature K.
 from __future__ import annotations
 
 import numpy as np
+import scipy.constants as _si
+from ase import units as _ase_units
 
 #: Canonical layout name: row = polarisation/field direction, column = displacement.
 CANONICAL_LAYOUT = "pol-disp"
 #: All layouts readers accept.
 LAYOUTS = ("pol-disp", "disp-pol")
 
-# --- physical constants (CODATA 2018, SI) -------------------------------------------------
-ELEMENTARY_CHARGE = 1.602176634e-19  # C
-SPEED_OF_LIGHT = 2.99792458e8  # m/s
-VACUUM_PERMITTIVITY = 8.8541878128e-12  # F/m
-BOLTZMANN = 1.380649e-23  # J/K
-HBAR = 1.054571817e-34  # J s
-PLANCK = 6.62607015e-34  # J s
-AVOGADRO = 6.02214076e23  # 1/mol
-AMU = 1.66053906660e-27  # kg
-ANGSTROM = 1e-10  # m
-FEMTOSECOND = 1e-15  # s
+# --- physical constants (SI), from scipy.constants (CODATA of the installed scipy) --------
+ELEMENTARY_CHARGE = _si.elementary_charge  # C
+SPEED_OF_LIGHT = _si.speed_of_light  # m/s
+VACUUM_PERMITTIVITY = _si.epsilon_0  # F/m
+BOLTZMANN = _si.Boltzmann  # J/K
+HBAR = _si.hbar  # J s
+PLANCK = _si.Planck  # J s
+AVOGADRO = _si.Avogadro  # 1/mol
+AMU = _si.atomic_mass  # kg
+ANGSTROM = _si.angstrom  # m
+FEMTOSECOND = _si.femto  # s
+#: 1 debye in e·Å (1e-21 / c C m).
+DEBYE_IN_E_ANGSTROM = 1e-21 / SPEED_OF_LIGHT / ELEMENTARY_CHARGE / ANGSTROM
 
 # --- frequency conversions ----------------------------------------------------------------
 #: 1 THz in cm^-1 (= 1e12 / (100 c)).
@@ -56,12 +60,7 @@ INVCM_TO_RAD_PER_FS = 2.0 * np.pi * 100.0 * SPEED_OF_LIGHT * FEMTOSECOND
 
 #: ASE's time unit expressed in fs: ``1 fs = ase.units.fs`` ASE time units, so an ASE
 #: velocity (Å per ASE time unit) times ``ase.units.fs`` is in Å/fs.
-try:  # ase is a hard dependency; the fallback only keeps this module importable alone
-    from ase import units as _ase_units
-
-    ASE_TIME_UNITS_PER_FS = float(_ase_units.fs)
-except Exception:  # pragma: no cover
-    ASE_TIME_UNITS_PER_FS = 0.09822694788464063
+ASE_TIME_UNITS_PER_FS = float(_ase_units.fs)
 
 
 class LayoutError(ValueError):
@@ -129,21 +128,32 @@ def from_canonical(bec, layout: str = CANONICAL_LAYOUT) -> np.ndarray:
 
 
 def acoustic_sum(bec) -> np.ndarray:
-    """Return ``sum_a Z[a]``, shape (3, 3), e. Zero for a neutral system (the ASR)."""
-    return np.asarray(bec, dtype=np.float64).sum(axis=0)
+    """Return ``sum_a Z[a]``, shape (3, 3), e: zero for a neutral system, ``Q I`` for one of
+    total charge Q (the acoustic sum rule, ASR). ``bec`` (N, 3, 3), or (F, N, 3, 3) for
+    frames, giving (F, 3, 3)."""
+    return np.asarray(bec, dtype=np.float64).sum(axis=-3)
 
 
-def asr_project(bec, weights=None) -> np.ndarray:
-    """Project BECs onto the acoustic sum rule: ``Z[a] - w_a * sum_b Z[b]``.
+def asr_project(bec, total_charge: float = 0.0) -> np.ndarray:
+    """Project BECs onto the acoustic sum rule ``sum_a Z[a] = Q I``.
 
-    With ``weights=None`` the violation is spread evenly (``w_a = 1/N``), the
-    projection used for training targets. Returns a new ``(N, 3, 3)`` array.
+    Parameters
+    ----------
+    bec : array_like, shape (N, 3, 3) or (F, N, 3, 3), e
+        Canonical BECs ``Z[a, i, j] = dP_i/dr_{a,j}`` (of F frames: each projected alone).
+    total_charge : float, e
+        Total charge Q of the structure (0: neutral).
+
+    Returns
+    -------
+    numpy.ndarray, the shape of ``bec``, float64, e
+        A new array ``Z[a] - (1/N) (sum_b Z[b] - Q I)``: the violation is spread evenly over
+        the atoms (the projection used for training targets and periodic predictions).
     """
     z = np.asarray(bec, dtype=np.float64)
-    total = z.sum(axis=0)
-    n = z.shape[0]
-    w = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, float) / np.sum(weights)
-    return z - w[:, None, None] * total[None]
+    excess = z.sum(axis=-3) - float(total_charge) * np.eye(3)
+    share = 1.0 / z.shape[-3]  # multiplied, not divided: the numbers of numbec <= 0.1 exactly
+    return z - share * excess[..., None, :, :]
 
 
 def first_non_finite(array, n_index: int = 1) -> tuple[int, ...] | None:

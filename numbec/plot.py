@@ -32,9 +32,47 @@ def _label(name, units):
     return f"{pretty} ({units})" if units else pretty
 
 
-def plot_spectrum(spectrum, ax=None, reference=None, partials=False, variable=None,
-                  unit="cm^-1", label=None, reference_label=None, max_frequency=None):
-    """Plot a spectrum with its error band, optional partials and a reference.
+def signal_extent(spectrum, variable: str | None = None, threshold: float = 0.01) -> float:
+    """Upper end (cm^-1) of the frequency range where a spectrum has its signal.
+
+    The highest frequency where ``variable`` (default ``attrs["spectrum"]``) or any of its
+    partials exceeds ``threshold`` times the largest value, plus a margin of three line
+    widths (``attrs["resolution_fwhm"]``, else 5 % of it), rounded up to a multiple of
+    100 cm^-1 (10 below 200 cm^-1) and never beyond the last frequency. A crystal's phonons
+    then fill the axis instead of its left tenth (the Nyquist limit of a 1 fs step is
+    16,678 cm^-1).
+    """
+    variable = variable or spectrum.attrs.get("spectrum", "absorption")
+    f = np.asarray(spectrum["frequency"].values, dtype=np.float64)
+    curves = [np.asarray(spectrum[variable].values, dtype=np.float64)[None]]
+    if f"{variable}_partial" in spectrum:
+        curves.append(np.abs(np.asarray(spectrum[f"{variable}_partial"].values, float)))
+    y = np.nanmax(np.concatenate(curves), axis=0)
+    top = np.nanmax(y) if np.isfinite(y).any() else 0.0
+    if not top > 0:
+        return float(f.max())
+    high = float(f[np.flatnonzero(y > threshold * top)[-1]])
+    width = float(spectrum.attrs.get("resolution_fwhm", np.nan))
+    margin = 3.0 * width if np.isfinite(width) and width > 0 else 0.05 * high
+    step = 100.0 if high + margin >= 200.0 else 10.0
+    return float(min(np.ceil((high + margin) / step) * step, f.max()))
+
+
+def curve_label(spectrum, fallback: str = "spectrum") -> str:
+    """Legend text of a spectrum: its system and model (``attrs["system"]``,
+    ``attrs["model"]``, written by :func:`numbec.ir_spectrum`), else ``fallback``."""
+    parts = [str(spectrum.attrs[k]) for k in ("system", "model") if spectrum.attrs.get(k)]
+    return ", ".join(parts) if parts else fallback
+
+
+def plot_spectrum(spectrum, ax=None, *, reference=None, partials: bool = False,
+                  variable: str | None = None, unit: str = "cm^-1", label: str | None = None,
+                  reference_label: str | None = None, max_frequency: float | None = None):
+    """Plot a spectrum with its error band, its model band, optional partials and a reference.
+
+    The block standard error (``*_stderr``) is a shaded band; the model-uncertainty band
+    (``*_model_p16`` to ``*_model_p84``, present when the prediction has posterior samples) is
+    hatched.
 
     Parameters
     ----------
@@ -52,9 +90,10 @@ def plot_spectrum(spectrum, ax=None, reference=None, partials=False, variable=No
     unit : {"cm^-1", "THz", "meV"}
         x axis.
     label : str, optional
-        Legend entry of the spectrum (default "total" with partials, else "spectrum").
+        Legend entry of the spectrum (default: system and model, :func:`curve_label`;
+        with partials prefixed by "total: ").
     max_frequency : float, optional
-        Upper x limit in ``unit``.
+        Upper x limit in ``unit`` (default: where the signal is, :func:`signal_extent`).
 
     Returns
     -------
@@ -73,7 +112,9 @@ def plot_spectrum(spectrum, ax=None, reference=None, partials=False, variable=No
     y = np.asarray(spectrum[variable].values)
     units = spectrum[variable].attrs.get("units", "")
     if label is None:
-        label = "total" if partials else "spectrum"
+        label = curve_label(spectrum)
+        if partials:
+            label = f"total: {label}"
     (line,) = ax.plot(x, y, lw=1.4, label=label, zorder=3)
     err_name = f"{variable}_stderr"
     if err_name in spectrum:
@@ -81,6 +122,11 @@ def plot_spectrum(spectrum, ax=None, reference=None, partials=False, variable=No
         if np.isfinite(err).any():
             ax.fill_between(x, y - err, y + err, color=line.get_color(), alpha=0.3, lw=0,
                             label="standard error", zorder=2)
+    if f"{variable}_model_p16" in spectrum:  # posterior samples (numbec.spectra.model_band)
+        lo = np.asarray(spectrum[f"{variable}_model_p16"].values)
+        hi = np.asarray(spectrum[f"{variable}_model_p84"].values)
+        ax.fill_between(x, lo, hi, facecolor="none", edgecolor=line.get_color(), hatch="////",
+                        lw=0.0, alpha=0.6, label="model band (16-84 %)", zorder=1)
     part_name = f"{variable}_partial"
     if partials:
         if part_name not in spectrum:
@@ -93,7 +139,13 @@ def plot_spectrum(spectrum, ax=None, reference=None, partials=False, variable=No
     ax.axhline(0.0, color="0.6", lw=0.5)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(_label(variable, units))
-    ax.set_xlim(0, max_frequency if max_frequency is not None else float(x.max()))
+    if max_frequency is None:  # the same place on every x axis: scale cm^-1 to ``unit``
+        f_cm = np.asarray(spectrum["frequency"].values, dtype=np.float64)
+        max_frequency = signal_extent(spectrum, variable) * (x[-1] / f_cm[-1] if f_cm[-1] > 0
+                                                             else 1.0)
+    elif not (np.isfinite(max_frequency) and max_frequency > 0):
+        raise ValueError(f"max_frequency must be a number > 0, got {max_frequency}")
+    ax.set_xlim(0, float(max_frequency))
     title = []
     for key, fmt in (("temperature", "T = {:g} K"), ("window", "{} window"),
                      ("resolution_fwhm", "FWHM {:.1f} cm$^{{-1}}$")):

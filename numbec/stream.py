@@ -99,6 +99,7 @@ class _ChunkSpec:
     precision: str = "float64"  # arithmetic of the model (BECModel.precisions)
     frame_threads: int = 0  # frames computed concurrently; 0: automatic
     blas_threads: int | None = 1  # BLAS threads inside the task (None: unchanged)
+    n_samples: int = 0  # posterior weight samples (numbec.models.uncertainty)
 
     @property
     def integrated_dipole(self) -> bool:
@@ -139,6 +140,8 @@ def _plan_variables(model, want_dd, periodic, uncertainty):
         names += ["dipole_derivative", "dipole_derivative_by_species"]
         if combined:
             names += ["dipole_derivative_monopole", "dipole_derivative_dipole"]
+        if "bec_samples" in outputs:
+            names.append("dipole_derivative_samples")
     if "dipole" in outputs and not periodic:
         method = "model"
     elif want_dd:
@@ -210,7 +213,10 @@ def _predict_chunk(model, positions, cell, velocities, spec, frame0, on_frame):
                   if k in spec.variables]
     if spec.dipole_method == "model":
         model_keys.append("dipole")
-    shapes = {"charges": (n_atoms,), "dipole": (3,)}
+    if "dipole_derivative_samples" in spec.variables:
+        model_keys.append("bec_samples")
+    shapes = {"charges": (n_atoms,), "dipole": (3,),
+              "bec_samples": (spec.n_samples, n_atoms, 3, 3)}
     for key in model_keys:
         per_frame[key] = np.empty((n_frames,) + shapes.get(key, (n_atoms, 3, 3)))
     _model_frames(model, positions, cell, spec, frame0, model_keys, per_frame, on_frame)
@@ -225,6 +231,9 @@ def _predict_chunk(model, positions, cell, velocities, spec, frame0, on_frame):
             name = f"dipole_derivative_{part}"
             if name in spec.variables:
                 out[name] = np.einsum("faij,faj->fi", per_frame[f"bec_{part}"], velocities)
+        if "bec_samples" in out:
+            out["dipole_derivative_samples"] = np.einsum(
+                "fsaij,faj->fsi", out.pop("bec_samples"), velocities)
         if spec.integrated_dipole:
             dd = out["dipole_derivative"]
             steps = 0.5 * spec.timestep * (dd[1:] + dd[:-1])
@@ -511,6 +520,9 @@ def predict(
     threads: int | None = None,
     precision: str = "float64",
     overwrite: bool = False,
+    posterior_samples: int = 0,
+    uncertainty_rank: int | None = None,
+    seed: int = 0,
 ):
     """Predict BECs (and dipole derivatives) for every frame of a trajectory.
 
@@ -577,6 +589,19 @@ def predict(
         Replace an existing Prediction store at ``out`` (any model, input, settings or
         state) instead of resuming it. Anything at ``out`` that is not a Prediction store
         is never replaced.
+    posterior_samples : int
+        S > 0 (kernel models): also ``dipole_derivative_samples`` (frame, sample, pol)
+        e·Å/fs, dM/dt of S weight vectors drawn once (``seed``) from the model's recalibrated
+        posterior, the same for every frame; :func:`numbec.ir_spectrum` turns them into a
+        model-uncertainty band. Computed as extra adjoint channels of the same descriptor pass
+        through a rank-``uncertainty_rank`` factor of the posterior (default 32;
+        :mod:`numbec.models.uncertainty`). Needs velocities; float64 precision.
+    uncertainty_rank : int, optional
+        Compute ``bec_std`` (with ``uncertainty=True``) and the samples from the leading K
+        directions of the posterior (adjoint channels) instead of the design rows: much
+        cheaper than the exact ``bec_std``, accurate to a few % per frame (docs/models.md).
+    seed : int
+        Seed of the posterior samples.
 
     Returns
     -------
@@ -601,11 +626,19 @@ def predict(
 
         model_file = model if model_file is None else model_file
         model = load_model(model)
+    if posterior_samples or uncertainty_rank:
+        from numbec.models.uncertainty import StreamedUncertaintyModel
+
+        model = StreamedUncertaintyModel(model, rank=uncertainty_rank or 32,
+                                         n_samples=int(posterior_samples), seed=seed)
     ds, source, store_path = _open_input(trajectory)
     plan = _make_plan(model, ds, source, store_path, chunk_frames=chunk_frames, dtype=dtype,
                       uncertainty=uncertainty, dipole_derivative=dipole_derivative,
                       model_file=model_file, blas_threads=blas_threads, threads=threads,
-                      precision=precision)
+                      precision=precision, posterior_samples=int(posterior_samples))
+    if posterior_samples or uncertainty_rank:
+        plan.attrs.update(posterior_samples=int(posterior_samples), seed=int(seed),
+                          uncertainty_rank=int(uncertainty_rank or 32))
     if progress is None:
         progress = sys.stderr.isatty()
     if out is None and plan.inputs.lazy:
@@ -618,7 +651,8 @@ def predict(
 
 
 def _make_plan(model, ds, source, store_path, *, chunk_frames, dtype, uncertainty,
-               dipole_derivative, model_file, blas_threads, threads, precision) -> _Plan:
+               dipole_derivative, model_file, blas_threads, threads, precision,
+               posterior_samples=0) -> _Plan:
     import warnings
 
     from numbec.io.trajectory import dataset_timestep
@@ -654,6 +688,9 @@ def _make_plan(model, ds, source, store_path, *, chunk_frames, dtype, uncertaint
         want_dd = True
     else:
         want_dd = False
+    if posterior_samples and not want_dd:
+        raise ValueError(f"{source}: posterior_samples need dM/dt, i.e. velocities and "
+                         "dipole_derivative not False")
     variables, dipole_method = _plan_variables(model, want_dd, bool(pbc.any()), uncertainty)
     timestep = dataset_timestep(ds)
     timestep = float("nan") if timestep is None else timestep
@@ -669,6 +706,7 @@ def _make_plan(model, ds, source, store_path, *, chunk_frames, dtype, uncertaint
         variables=variables, dipole_method=dipole_method, timestep=timestep,
         uncertainty=bool(uncertainty), dtype=dtype.str, frame_threads=_check_threads(threads),
         precision=precision, blas_threads=None if blas_threads is None else int(blas_threads),
+        n_samples=int(posterior_samples),
     )
     if "time" in ds.coords:
         time = np.asarray(ds["time"].values, dtype=np.float64)
@@ -684,7 +722,8 @@ def _make_plan(model, ds, source, store_path, *, chunk_frames, dtype, uncertaint
                                                   else cell, dtype=np.float64)))
         volume = float(volumes.mean())
     attrs = store_format.prediction_attrs(
-        model_class=type(model).__name__, model_sha256=model_fp["sha256"],
+        model_class=getattr(model, "class_name", type(model).__name__),
+        model_sha256=model_fp["sha256"],
         model_file=model_file, input_name=store_path or source, timestep=timestep, pbc=pbc,
         dipole_method=dipole_method, uncertainty=uncertainty, dtype=dtype,
         precision=precision, volume=volume,
@@ -821,7 +860,7 @@ def _predict_to_store(model, plan, out: Path, progress, ds, store_path, overwrit
                 out, variables=spec.variables, integrated_dipole=spec.integrated_dipole,
                 numbers=spec.numbers, species=spec.species,
                 chunk_frames=plan.chunk_frames, n_chunks=n_chunks, time=plan.time,
-                attrs=attrs, dtype=spec.dtype)
+                attrs=attrs, dtype=spec.dtype, n_samples=spec.n_samples)
         done = store_format.chunks_done(root, n_chunks)
         pending = [c for c in range(n_chunks) if not done[c]]
         if pending:
@@ -876,7 +915,8 @@ def _lazy_dataset(model, plan):
         arrays[name] = da.concatenate([
             da.from_delayed(getitem(r, name), dtype=spec.dtype,
                             shape=store_format.variable_shape(name, stop - start,
-                                                              spec.numbers.size, n_species))
+                                                              spec.numbers.size, n_species,
+                                                              spec.n_samples))
             for r, (start, stop) in zip(results, bounds, strict=True)
         ])
     if spec.integrated_dipole:

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import missing_data
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
@@ -81,16 +82,18 @@ def best_median(cell):
 
 def needs_shared_data():
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"reference data not found at {SHARED_DATA} (set NUMBEC_SHARED_DATA)")
+        missing_data("the full reference data sets (all 201 quartz and 59 BaTiO3 frames, "
+                     "and the ZrO2 OUTCARs, which numbec cannot ship)")
 
 
 def test_spectra_benchmark(tmp_path):
     out = run_benchmark("spectra.py", "--quick", cwd=tmp_path)
     (row,) = table(out, ["frames", "simulated time", "ir_spectrum (1 block)",
-                         "ir_spectrum (10 blocks)", "direct lag sum", "direct / numbec",
-                         "max rel. diff"])[0]
+                         "ir_spectrum (10 blocks)", "parzen (1 block)", "direct lag sum",
+                         "direct / numbec", "max rel. diff"])[0]
     assert number(row["frames"]) == 100_000
-    for key in ("ir_spectrum (1 block)", "ir_spectrum (10 blocks)", "direct lag sum"):
+    for key in ("ir_spectrum (1 block)", "ir_spectrum (10 blocks)", "parzen (1 block)",
+                "direct lag sum"):
         positive(row[key])
     # FFT autocorrelation and the lag-by-lag sum are two routes to the same spectrum
     assert number(row["max rel. diff"]) < 1e-10
@@ -195,6 +198,18 @@ def test_water_dimer_dipole_benchmark(tmp_path):
     assert number(rows["CombinedModel"]["relative dipole error, mean"]) < 5.0
 
 
+#: Bounds on test RMSE / species-mean RMSE of test_models_benchmark's reduced setting, keyed by
+#: the data set's last species symbol (Si quartz, Zr ZrO2, Ba BaTiO3): 1.35 times the ratio
+#: measured 2026-12-03 at commit f60c43e (quartz 0.189 / 0.078 / 0.076, ZrO2 0.42 / 0.31 /
+#: 0.196, BaTiO3 0.267 / 0.137 / 0.133 for monopole / dipole / combined), never above the
+#: former 0.5.
+MODEL_RMSE_BOUND = {
+    "Si": {"monopole": 0.26, "dipole": 0.11, "combined": 0.11},
+    "Zr": {"monopole": 0.5, "dipole": 0.42, "combined": 0.27},
+    "Ba": {"monopole": 0.36, "dipole": 0.19, "combined": 0.18},
+}
+
+
 @pytest.mark.slow
 def test_models_benchmark(tmp_path):
     needs_shared_data()
@@ -216,13 +231,15 @@ def test_models_benchmark(tmp_path):
             positive(r["fit s"])
             assert positive(r["MAE"]) <= positive(r["RMSE"])
             assert number(r["R2"]) <= 1.0
-            # held-out frames: even a tiny learned model halves the species-mean error
-            assert positive(r["RMSE"]) < 0.5 * baseline, (name, r["RMSE"], baseline)
+            # held-out frames: the test RMSE relative to the species-mean one stays at what
+            # this reduced setting achieves (MODEL_RMSE_BOUND)
+            bound = MODEL_RMSE_BOUND[symbols[-1]][name]
+            assert positive(r["RMSE"]) < bound * baseline, (name, r["RMSE"], baseline)
     (curve,) = table(out, ["training frames", "test RMSE", "MAE", "R2", "species-mean RMSE",
                            "fit s"])
     assert [r["training frames"] for r in curve] == ["3", "6"]
-    for r in curve:
-        assert positive(r["test RMSE"]) < 0.5 * positive(r["species-mean RMSE"])
+    for r in curve:  # measured 0.195 (3 frames) and 0.189 (6 frames) of the species mean
+        assert positive(r["test RMSE"]) < 0.27 * positive(r["species-mean RMSE"])
     assert (tmp_path / "models.json").stat().st_size > 0
 
 
@@ -296,3 +313,25 @@ def test_molecule_stream_benchmark(tmp_path, comparison):
         assert featomic["ms per frame"] == featomic["atom-frames/s"] == "n/a"
     else:
         positive(featomic["ms per frame"])
+
+
+@pytest.mark.slow
+def test_calibration_and_uncertainty_cost_benchmarks(tmp_path):
+    needs_shared_data()
+    out = run_benchmark("calibration.py", "--systems", "quartz", "--quick", "--models",
+                        "monopole", "--sizes", "small", "--n-sparse", "10", "--max-test", "3",
+                        "--folds", "2", "--rank", "4", cwd=tmp_path)
+    (head, rows), = markdown_tables(out)
+    assert head[:5] == ["system", "model", "train", "test", "RMSE e"]
+    row = dict(zip(head, rows[0], strict=True))
+    for key in ("cov68 raw", "cov95 raw", "cov68 cal", "cov95 cal"):
+        assert 0.0 <= number(row[key]) <= 100.0
+    assert number(row["cov68 cal"]) <= number(row["cov95 cal"])
+    assert positive(row["scale"])
+    out = run_benchmark("uncertainty_cost.py", "--systems", "quartz", "--ranks", "4",
+                        "--frames", "1", cwd=tmp_path)
+    (head, rows), = markdown_tables(out)
+    assert head == ["system", "C", "plain per frame", "uncertainty", "cost vs plain",
+                    "max frame dev", "captured"]
+    assert [r[3] for r in rows] == ["exact", "K = 4"]
+    assert positive(rows[1][4].rstrip("x"))

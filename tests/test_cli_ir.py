@@ -59,7 +59,7 @@ def test_csv_output_matches_api_and_peak(prediction, capsys):
     np.testing.assert_allclose(back.absorption.values, api.absorption.values, rtol=1e-8,
                                atol=1e-9 * float(api.absorption.max()))
     np.testing.assert_allclose(back.frequency_thz.values, api.frequency_thz.values, rtol=1e-9)
-    assert back.attrs["temperature"] == 300 and back.attrs["window"] == "hann"
+    assert back.attrs["temperature"] == 300 and back.attrs["window"] == "parzen"
     assert back.attrs["volume"] == pytest.approx(27.0)
     f = back.frequency.values
     assert abs(f[np.argmax(back.absorption.values)] - NU0) < 2 * (f[1] - f[0])
@@ -152,3 +152,104 @@ def test_csv_round_trip_with_partials_and_plot_errors(prediction):
         plot_spectrum(no_partials, unit="Hz")
     ax = plot_spectrum(back, partials=True, unit="THz")
     assert ax.get_xlabel() == "frequency (THz)" and len(ax.get_lines()) >= 4
+
+
+def test_plot_crops_to_the_signal_and_labels_system_and_model(prediction):
+    pytest.importorskip("matplotlib")
+    from numbec.plot import plot_spectrum, signal_extent
+
+    s = numbec.ir_spectrum(str(prediction / "pred.zarr"), temperature=300)
+    nyquist = float(s.frequency.max())
+    assert nyquist > 16000  # 1 fs step: the axis used to run to here
+    extent = signal_extent(s)
+    # the 300 cm^-1 line with its window tails (FWHM attrs) fits, the empty rest does not
+    assert NU0 + s.attrs["resolution_fwhm"] < extent <= 1000
+    ax = plot_spectrum(s)
+    assert ax.get_xlim() == (0.0, extent)
+    _, labels = ax.get_legend_handles_labels()
+    assert labels[0] == "NaCl, FixedBECModel" and "spectrum" not in labels
+    assert s.attrs["system"] == "NaCl" and s.attrs["model"] == "FixedBECModel"
+    # THz axis: the same place
+    ax = plot_spectrum(s, unit="THz")
+    assert ax.get_xlim()[1] == pytest.approx(extent / 33.35641, rel=1e-4)
+    # --max-frequency overrides the figure and the file
+    png, out = prediction / "crop.png", prediction / "crop.csv"
+    assert main(["ir", str(prediction / "pred.zarr"), "-o", str(out), "--temperature", "300",
+                 "--plot", str(png), "--max-frequency", "2500"]) == 0
+    assert read_spectrum_csv(out).frequency.max() <= 2500
+
+
+def test_csv_headers_carry_units(prediction):
+    out = prediction / "units.csv"
+    assert main(["ir", str(prediction / "pred.zarr"), "-o", str(out), "--temperature",
+                 "300", "--partials"]) == 0
+    lines = out.read_text().splitlines()
+    header = next(line for line in lines if not line.startswith("#")).split(",")
+    assert all(h.endswith("]") and " [" in h for h in header), header
+    assert "imag_dielectric [1]" in header and "absorption [cm^-1]" in header
+    attrs = [line[2:].split(": ")[0] for line in lines if line.startswith("# ")]
+    for quantity in ("temperature", "timestep", "volume", "correlation_time", "resolution"):
+        assert f"{quantity}_units" in attrs, quantity
+
+
+def _copy_prediction(prediction, name):
+    import shutil
+
+    bad = prediction / name
+    if bad.exists():
+        shutil.rmtree(bad)
+    shutil.copytree(prediction / "pred.zarr", bad)
+    return bad
+
+
+@pytest.mark.parametrize("name, value", [("volume", -500.0), ("volume", 0.0),
+                                         ("temperature", -300.0), ("timestep", "1 fs")])
+def test_store_attributes_are_checked_and_the_store_named(prediction, capsys, name, value):
+    import zarr
+
+    bad = _copy_prediction(prediction, f"bad_{name}.zarr")
+    group = zarr.open_group(str(bad), mode="r+")
+    group.attrs[name] = value
+    zarr.consolidate_metadata(str(bad))
+    args = ["ir", str(bad), "-o", str(prediction / "x.csv")]
+    if name != "temperature":
+        args += ["--temperature", "300"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}: attrs['{name}']" in err, err
+    assert "traj.zarr" not in err
+
+
+def test_errors_name_the_prediction_store_not_the_trajectory(prediction, capsys):
+    import zarr
+
+    bad = _copy_prediction(prediction, "nan.zarr")
+    dd = zarr.open_group(str(bad), mode="r+")["dipole_derivative"]
+    values = dd[:]
+    values[10, 1] = np.nan
+    dd[:] = values
+    assert main(["ir", str(bad), "-o", str(prediction / "x.csv"), "--temperature", "300"]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}: dM/dt of frame 10 is NaN or inf" in err, err
+
+
+@pytest.mark.parametrize("flag", ["--max-frequency", "--temperature", "--volume",
+                                  "--correlation-time", "--timestep"])
+def test_impossible_options_are_clean_errors(prediction, capsys, flag):
+    assert main(["ir", str(prediction / "pred.zarr"), "-o", str(prediction / "x.csv"),
+                 "--temperature", "300", flag, "-1"]) == 1
+    assert f"{flag} must be a number > 0, got -1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [b"\x00\x01\x02garbage\x00" * 50,
+                                     b"100 0.5\n200 \xff\xfe\n", b"# numbec x\nfrequency\n\x01"])
+def test_garbage_reference_files_are_named(prediction, capsys, content):
+    pytest.importorskip("matplotlib")
+    ref = prediction / "garbage.dat"
+    ref.write_bytes(content)
+    assert main(["ir", str(prediction / "pred.zarr"), "-o", str(prediction / "x.csv"),
+                 "--temperature", "300", "--plot", str(prediction / "g.png"),
+                 "--reference", str(ref)]) == 1
+    err = capsys.readouterr().err
+    assert f"{ref}:" in err and "Traceback" not in err, err
+

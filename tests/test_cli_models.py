@@ -8,6 +8,7 @@ import ase.io
 import numpy as np
 import pytest
 from ase import Atoms
+from outcar_factory import make_outcar, write_outcar
 
 import numbec
 from numbec.cli import main
@@ -111,3 +112,75 @@ def test_bad_input_gives_exit_code_and_message(tmp_path, capsys):
         main(["train", "example:sio2_quartz_subset", "-o", str(out), "--n-sparse", "Xx:3"])
     assert exc.value.code == 2
     assert "cannot read 'Xx:3'" in capsys.readouterr().err
+
+
+def test_train_with_calibration_folds_stores_the_scale_evaluate_reports_it(tmp_path, capsys):
+    from numbec.models.uncertainty import fit_variance_scale
+
+    out = tmp_path / "m.npz"
+    assert main(["train", "example:sio2_quartz_subset", "--index", "0:6", "--model",
+                 "monopole", "-o", str(out), "--calibrate-folds", "3", *TINY]) == 0
+    assert "variance scale" in capsys.readouterr().out
+    model = numbec.load_model(out)
+    frames = numbec.read_bec(QUARTZ, index="0:6")
+    # the stored scale is the cross-validated one, learned from the training frames only
+    fresh = type(model)(settings=model.settings, **model.hyperparameters())
+    assert model.variance_scale == pytest.approx(
+        fit_variance_scale(fresh.fit(frames), frames, folds=3)["scale"], rel=1e-10)
+    assert main(["evaluate", str(out), str(QUARTZ), "--index", "6:9", "--json"]) == 0
+    cal = _json(capsys)["calibration"]
+    assert {"coverage_68", "coverage_95", "nll", "frame_rank_correlation"} <= set(cal)
+    assert 0.0 <= cal["coverage_68"] <= cal["coverage_95"] <= 1.0
+
+
+def test_default_model_is_combined_and_evaluate_baseline_is_the_training_mean(tmp_path, capsys):
+    """``numbec train`` without --model fits the recommended CombinedModel; ``numbec evaluate``
+    compares with the species means of the *training* frames stored in the model file, not a
+    baseline fitted on the test frames."""
+    out = tmp_path / "m.npz"
+    assert main(["train", "example:sio2_quartz_subset", "--index", "0:6", "-o", str(out),
+                 "--no-progress", "--no-train-error", *TINY]) == 0
+    capsys.readouterr()
+    model = numbec.load_model(out)
+    assert type(model).__name__ == "CombinedModel"
+    assert main(["evaluate", str(out), str(QUARTZ), "--index", "10:14", "--json",
+                 "--no-progress"]) == 0
+    res = _json(capsys)
+    assert "training data" in res["baseline_note"]
+    train = numbec.read_bec(QUARTZ, index="0:6")
+    test = numbec.read_bec(QUARTZ, index="10:14")
+    expected = numbec.evaluate(SpeciesMeanModel.fit(train), test, baseline=False)["rmse"]
+    assert res["baseline"]["rmse"] == pytest.approx(expected, rel=1e-12)
+    optimistic = numbec.evaluate(SpeciesMeanModel.fit(test), test, baseline=False)["rmse"]
+    assert res["baseline"]["rmse"] != pytest.approx(optimistic, rel=1e-6)
+
+
+def test_train_and_evaluate_on_vasp_outcars(tmp_path, capsys):
+    """OUTCARs through the command line (a glob of .xz files, a .gz), on synthetic OUTCARs:
+    the numbers the commands report come from the BECs that were written."""
+    written = [make_outcar(seed=k) for k in range(4)]
+    for k, synthetic in enumerate(written[:3], start=1):
+        write_outcar(tmp_path / f"OUTCAR.{k}.xz", synthetic.text)
+    (tmp_path / "test").mkdir()
+    test = write_outcar(tmp_path / "test" / "OUTCAR.gz", written[3].text)
+    model = tmp_path / "m.npz"
+    assert main(["train", str(tmp_path / "OUTCAR.*.xz"), "--model", "monopole",
+                 "-o", str(model), *TINY, "--n-sparse", "4"]) == 0
+    assert "3 frames, 36 atoms (O 24, Zr 12)" in capsys.readouterr().out
+    assert main(["evaluate", str(model), str(test), "--json"]) == 0
+    res = _json(capsys)
+    assert res["n_frames"] == 1 and res["n_atoms"] == 12
+    # the species-mean baseline of the training BECs against the test BECs, by hand
+    numbers = np.array([8 if s == "O" else 40 for s in written[0].symbols])
+    train = np.stack([w.bec for w in written[:3]])
+    means = {z: train[:, numbers == z].mean(axis=(0, 1)) for z in (8, 40)}
+    pred = asr_project(np.stack([means[z] for z in numbers]))
+    expected = np.sqrt(((written[3].bec - pred) ** 2).mean())
+    assert res["baseline"]["rmse"] == pytest.approx(expected, rel=1e-10)
+    # a truncated BEC block: one line naming the file
+    text = written[3].text
+    write_outcar(test, text[: text.index(" ion    7")])
+    assert main(["evaluate", str(model), str(test)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(test) in err
+    assert "6 ions but the structure has 12" in err

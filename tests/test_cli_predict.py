@@ -111,6 +111,7 @@ def test_predict_takes_a_model_file(tmp_path, model_file):
 
 def test_cli_chunk_frames_and_progress_bar(tmp_path, model_file, capsys, monkeypatch):
     _model, path = model_file
+    monkeypatch.setattr("numbec.cli._stderr_is_terminal", lambda: True)  # bars on a terminal
     traj = tmp_path / "traj.zarr"
     write_trajectory_store(traj, n_frames=10, chunk=4)
     assert main(["predict", str(path), str(traj), "-o", str(tmp_path / "quiet.zarr")]) == 0

@@ -35,8 +35,16 @@ def test_asr_projection_removes_the_sum_and_nothing_else():
     z = rng.normal(size=(6, 3, 3))
     p = cv.asr_project(z)
     assert np.abs(cv.acoustic_sum(p)).max() < 1e-14
+    # what is removed from every atom is the mean tensor, nothing else
+    removed = z - p
+    np.testing.assert_allclose(removed, np.broadcast_to(z.mean(axis=0), z.shape), atol=1e-15)
     # projecting twice changes nothing; an ASR-satisfying input is left alone
     assert np.allclose(cv.asr_project(p), p, atol=1e-15)
+    # a charged structure: the sum becomes Q I, again by removing one tensor from every atom
+    q = cv.asr_project(z, total_charge=-2.0)
+    np.testing.assert_allclose(cv.acoustic_sum(q), -2.0 * np.eye(3), atol=1e-14)
+    np.testing.assert_allclose(z - q, np.broadcast_to((z.sum(0) + 2.0 * np.eye(3)) / 6,
+                                                      z.shape), atol=1e-15)
 
 
 def test_unit_constants_against_textbook_values():

@@ -189,3 +189,34 @@ def test_unknown_species_and_bad_predictions_are_named():
         evaluate(nan, frames)
     with pytest.raises(ValueError, match="no frames"):
         evaluate(nan, [])
+
+
+class NoisyModel(OffsetModel):
+    """Reference plus Gaussian errors of a known, per-frame std; reports that std."""
+
+    outputs = ("bec", "bec_std")
+
+    def __init__(self, stds, claimed, seed=0):
+        super().__init__(lambda a: 0.0)
+        self.stds, self.claimed = list(stds), list(claimed)
+        self.rng = np.random.default_rng(seed)
+
+    def predict(self, atoms, uncertainty=False):
+        k = int(atoms.info["source"].split("@")[1])
+        shape = (len(atoms), 3, 3)
+        out = {"bec": atoms.arrays["bec"] + self.rng.normal(0.0, self.stds[k], shape)}
+        if uncertainty:
+            out["bec_std"] = np.full(shape, self.claimed[k])
+        return out
+
+
+def test_calibration_of_a_calibrated_and_an_overconfident_model():
+    frames = _frames(n=60, seed=3)
+    stds = np.linspace(0.05, 1.0, 60)
+    good = evaluate(NoisyModel(stds, stds), frames, baseline=False)["calibration"]
+    assert good["coverage_95"] == pytest.approx(0.95, abs=0.02)
+    assert good["coverage_68"] == pytest.approx(0.683, abs=0.03)
+    assert good["frame_rank_correlation"] > 0.9
+    bad = evaluate(NoisyModel(stds, stds / 3), frames, baseline=False)["calibration"]
+    assert bad["coverage_95"] < 0.65 and bad["nll"] > good["nll"] + 1.0
+    assert "calibration" not in evaluate(OffsetModel(lambda a: 0.0), frames, baseline=False)

@@ -29,6 +29,7 @@ def rng():
 def test_molecule_bec_is_derivative_of_dipole_and_partition(rng):
     model = fitted_random_model(CombinedModel, rng, periodic=False)
     out = check_molecule_derivative(model, rng)
+    # plumbing check (bec is computed as this sum): the parts reach the output unchanged
     np.testing.assert_allclose(out["bec_monopole"] + out["bec_dipole"], out["bec"], atol=1e-14)
     for key in ("bec_monopole", "bec_dipole"):
         np.testing.assert_allclose(out[key].sum(axis=0), 0.0, atol=1e-10)
@@ -41,10 +42,10 @@ def test_partition_equals_the_separate_models(rng):
     combined = fitted_random_model(CombinedModel, rng, periodic=True)
     m = combined.sparse_unit.shape[0]
     parts = {}
-    for cls, weights in ((MonopoleModel, combined.weights[:m]),
-                         (DipoleModel, combined.weights[m:])):
-        metadata, arrays = combined._state()
-        arrays["weights"] = weights
+    for cls, columns in ((MonopoleModel, slice(None, m)), (DipoleModel, slice(m, None))):
+        metadata, arrays = combined.state()
+        arrays["weights"] = combined.weights[columns]
+        arrays["covariance"] = combined.covariance[columns, columns]
         parts[cls] = cls._from_state(metadata, arrays)
     for atoms in (water_cluster(rng, 3), water_cell(rng)):
         out = predict(combined, atoms)
@@ -60,6 +61,7 @@ def test_partition_equals_the_separate_models(rng):
 def test_periodic_invariances_and_asr(rng):
     model = fitted_random_model(CombinedModel, rng, periodic=True)
     ref = check_periodic_invariances(model, rng)
+    # plumbing check (bec is computed as this sum)
     np.testing.assert_allclose(ref["bec_monopole"] + ref["bec_dipole"], ref["bec"], atol=1e-14)
     np.testing.assert_allclose(ref["bec_dipole"].sum(axis=0), 0.0, atol=1e-10)
 

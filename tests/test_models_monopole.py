@@ -15,6 +15,7 @@ from kernel_model_checks import (
     predict,
     training_frames,
     water_cell,
+    water_chain,
     water_cluster,
     with_rough_becs,
 )
@@ -34,6 +35,7 @@ def test_molecule_bec_is_derivative_of_dipole(rng, zeta):
     model = fitted_random_model(MonopoleModel, rng, periodic=False, zeta=zeta)
     out = check_molecule_derivative(model, rng)
     # neutral charges and the dipole they carry
+    # plumbing check: the charges are neutralised by construction
     np.testing.assert_allclose(out["charges"].sum(), 0.0, atol=1e-12)
     atoms = water_cluster(np.random.default_rng(7 + 1), 3)
     out = predict(model, atoms)
@@ -43,6 +45,7 @@ def test_molecule_bec_is_derivative_of_dipole(rng, zeta):
 def test_periodic_invariances_and_asr(rng):
     model = fitted_random_model(MonopoleModel, rng, periodic=True)
     ref = check_periodic_invariances(model, rng)
+    # plumbing check: the charges are neutralised by construction
     np.testing.assert_allclose(ref["charges"].sum(), 0.0, atol=1e-12)
 
 
@@ -59,10 +62,10 @@ def _raw_charges(model, positions, atoms):
 def test_periodic_bec_is_asr_projection_of_local_formula(rng):
     """Periodic BECs = ASR projection of ``q_j I + sum_i d_ij (x) dq_i/dr_j`` with the raw
     charges evaluated independently and differentiated by central differences. The cell is
-    larger than twice the cutoff, so each pair has one image: d_ij is the minimum image."""
+    larger than twice the cutoff, so each pair has one image: d_ij is the minimum image; the
+    chain of three molecules runs around the cell along x, so it is periodic, not a cluster."""
     model = fitted_random_model(MonopoleModel, rng, periodic=True)
-    atoms = water_cell(rng)
-    atoms.set_cell(atoms.cell.array * 2.0, scale_atoms=False)
+    atoms = water_chain(rng)
     cell = atoms.cell.array
     n, h = len(atoms), 1e-4
     q = _raw_charges(model, atoms.positions, atoms)
@@ -81,6 +84,10 @@ def test_periodic_bec_is_asr_projection_of_local_formula(rng):
     out = predict(model, atoms)
     assert np.abs(local - local.mean(axis=0)).max() > 0.1
     np.testing.assert_allclose(out["bec"], asr_project(local), atol=1e-7)
+    # the reported violation is what the projection removed
+    np.testing.assert_allclose(out["asr_violation"], local.sum(axis=0) - q.sum() * np.eye(3),
+                               atol=1e-7)
+    assert np.abs(out["asr_violation"]).max() > 1e-3
     np.testing.assert_allclose(out["charges"], q - q.mean(), atol=1e-12)
 
 
@@ -173,14 +180,14 @@ def test_save_load(rng, tmp_path):
     check_save_load(model, tmp_path, rng)
     # a damaged state (weights of the wrong length) is a clear error
     path = tmp_path / "bad.npz"
-    metadata, arrays = model._state()
+    metadata, arrays = model.state()
     arrays["weights"] = arrays["weights"][:-1]
     import json
 
     header = {"format": "numbec-model", "format_version": 1, "model": "MonopoleModel",
               "metadata": metadata}
     np.savez(path, __numbec__=np.array(json.dumps(header)), **arrays)
-    with pytest.raises(ModelFileError, match="inconsistent"):
+    with pytest.raises(ModelFileError, match="bad.npz: MonopoleModel: array 'weights' has shape"):
         load_model(path)
 
 
@@ -235,10 +242,12 @@ def test_refit_on_other_species(rng):
     assert model.settings.species == (1, 7) == model.species
 
 
-def test_too_few_environments(rng):
+def test_too_few_environments_lower_n_sparse_for_that_species(rng):
     frames = training_frames(rng, periodic=False, n_frames=2)  # 4 O, 8 H
-    with pytest.raises(ValueError, match=r"O \(Z=8\): n_sparse = 5 .* only 4 environments"):
-        MonopoleModel(settings=SETTINGS, n_sparse=5).fit(frames)
+    with pytest.warns(UserWarning, match=r"O \(Z=8\): n_sparse = 5 .* only 4 environments"):
+        model = MonopoleModel(settings=SETTINGS, n_sparse=5, regression="ridge").fit(frames)
+    assert model.training["n_sparse_used"] == {"H": 5, "O": 4}
+    assert np.sum(model.sparse_species == 8) == 4 and np.sum(model.sparse_species == 1) == 5
     with pytest.raises(ValueError, match="no entry for species O"):
         MonopoleModel(settings=SETTINGS, n_sparse={"H": 2}).fit(frames)
 

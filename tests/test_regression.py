@@ -107,7 +107,7 @@ def test_bad_input():
     eq = NormalEquations(3)
     with pytest.raises(ValueError, match="no training rows"):
         fit_bayesian(eq)
-    with pytest.raises(ValueError, match="does not match"):
+    with pytest.raises(ValueError, match="do not match"):
         eq.add(np.zeros((4, 2)), np.zeros(4))
     with pytest.raises(ValueError, match="NaN"):
         eq.add(np.full((1, 3), np.nan), np.zeros(1))

@@ -22,7 +22,7 @@ E = 1.602176634e-19
 C = 2.99792458e8
 EPS0 = 8.8541878128e-12
 KB = 1.380649e-23
-HBAR = 1.054571817e-34
+HBAR = 6.62607015e-34 / (2 * np.pi)  # exact since 2019 (h exact); 1.054571817e-34 is rounded
 AMU = 1.66053906660e-27
 NA = 6.02214076e23
 
@@ -165,7 +165,7 @@ def test_windows_do_not_shift_peaks(window):
     for nu, _ in modes:
         assert peak(s, nu) == pytest.approx(nu, abs=0.1)
     # the intensity is window independent (w[0] = 1 fixes the area)
-    assert integrated_intensity(s, 900, 1200, "absorption") == pytest.approx(
+    assert integrated_intensity(s, 900, 1200, variable="absorption") == pytest.approx(
         mode_area_si(MU2, 80), rel=0.01)
 
 
@@ -293,7 +293,7 @@ def test_dipole_only_dataset_is_differentiated_and_corrected():
                     attrs={"timestep": dt, "temperature": 300.0, "volume": 64.0})
     s = numbec.ir_spectrum(ds, correlation_time=4000)
     # central differences lose 1 - sinc^2(omega dt) = 2.6 % at 1500 cm^-1; corrected here
-    assert integrated_intensity(s, 1300, 1700, "absorption") == pytest.approx(
+    assert integrated_intensity(s, 1300, 1700, variable="absorption") == pytest.approx(
         mode_area_si(MU1, 64.0), rel=2e-3)
     assert s.frequency.max() <= 0.5 / (2 * C * 100 * dt * 1e-15) + 1e-9  # half Nyquist
 
@@ -471,3 +471,175 @@ def test_molecule_partials_are_cross_sections():
     np.testing.assert_allclose(s.cross_section_partial.sum("partial"), s.cross_section,
                                rtol=1e-9, atol=1e-9 * float(s.cross_section.max()))
     assert s.cross_section_partial.attrs["units"] == "cm^2"
+
+
+# ------------------------------------------------- sign of the spectrum, blocks, attributes
+def noisy_series(n=6000, dt=1.0, seed=11):
+    """Damped modes plus white noise and a slow drift: a spectrum with strong bands, a
+    noise floor and low-frequency power, where side lobes of a window show up."""
+    rng = np.random.default_rng(seed)
+    dd = damped([(350.0, 8.0, MU1), (1050.0, 4.0, MU2)], n, dt, 300, seed=seed)
+    dd += 0.02 * np.abs(dd).max() * rng.standard_normal(dd.shape)
+    dd += 0.3 * np.abs(dd).max() * np.sin(2 * np.pi * np.arange(n) / n)[:, None]
+    return dd
+
+
+@pytest.mark.parametrize("correlation_time", [300, 1000, 3000])
+def test_default_window_spectrum_is_never_negative(correlation_time):
+    dd = noisy_series()
+    kwargs = dict(timestep=1.0, temperature=300, volume=80, correlation_time=correlation_time)
+    s = numbec.ir_spectrum(dd, **kwargs)
+    assert s.attrs["window"] == "parzen" and s.attrs["non_negative"] == 1
+    top = float(s.absorption.max())
+    assert float(s.absorption.min()) >= -1e-12 * top
+    # the windows with negative side lobes do go below zero on the same data: the check
+    # above can fail (it did for the old default, "hann")
+    hann = numbec.ir_spectrum(dd, window="hann", **kwargs)
+    assert hann.attrs["non_negative"] == 0
+    assert float(hann.absorption.min()) < -1e-4 * float(hann.absorption.max())
+
+
+def test_default_window_partials_diagonal_terms_are_non_negative(diatomic_prediction):
+    _, pred = diatomic_prediction
+    s = numbec.ir_spectrum(pred, partials="species", correlation_time=3000)
+    top = float(s.absorption.max())
+    for label in ("Na", "Cl"):
+        assert float(s.absorption_partial.sel(partial=label).min()) >= -1e-12 * top
+    assert float(s.absorption.min()) >= -1e-12 * top
+
+
+def test_parzen_band_area_and_expected_line_shape():
+    """Welch segments average to the lag-window formula: an undamped line has the area of
+    w[0] = 1 and the FWHM of lag_window("parzen") (attrs["resolution_fwhm"])."""
+    s = numbec.ir_spectrum(undamped([(500.0, MU1)], 16000, 1.0, 300), timestep=1.0,
+                           temperature=300, volume=80, correlation_time=1000)
+    assert integrated_intensity(s, 0, 1500, variable="absorption") == pytest.approx(
+        mode_area_si(MU1, 80), rel=2e-3)
+    f, y = s.frequency.values, s.absorption.values
+    above = f[(np.abs(f - 500) < 100) & (y > 0.5 * y.max())]
+    assert above[-1] - above[0] == pytest.approx(s.attrs["resolution_fwhm"],
+                                                 abs=2 * (f[1] - f[0]))
+
+
+def test_fewer_than_four_blocks_warn_that_errors_are_unreliable():
+    dd = noisy_series()
+    kwargs = dict(timestep=1.0, temperature=300, volume=80, correlation_time=500)
+    with pytest.warns(UserWarning, match="only 3 blocks"):
+        numbec.ir_spectrum(dd, blocks=3, **kwargs)
+    with pytest.warns(UserWarning, match="only 2 blocks"):
+        numbec.ir_spectrum([dd[:3000], dd[3000:]], **kwargs)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        numbec.ir_spectrum(dd, blocks=4, **kwargs)
+        numbec.ir_spectrum(dd, blocks=1, **kwargs)  # no error bar at all: nothing to warn
+
+
+@pytest.mark.parametrize("name, value, match", [
+    ("volume", 0.0, "volume"), ("volume", -500.0, "volume"), ("volume", np.nan, "volume"),
+    ("temperature", -300.0, "temperature"), ("temperature", np.inf, "temperature"),
+    ("temperature", "300 K", "must be a number"), ("timestep", "2 fs", "must be a number"),
+    ("timestep", -1.0, "timestep"),
+])
+def test_store_attributes_are_validated_like_options(name, value, match):
+    ds = xr.Dataset({"dipole_derivative": (("frame", "pol"), noisy_series(2000))},
+                    attrs={"timestep": 1.0, "temperature": 300.0, "volume": 80.0,
+                           "prediction_store": "pred.zarr"})
+    ds.attrs[name] = value
+    with pytest.raises(ValueError, match=match) as info:
+        numbec.ir_spectrum(ds, correlation_time=500)
+    assert f"pred.zarr: attrs['{name}']" in str(info.value)
+    # an explicit value replaces the attribute, which is then not used (nor checked)
+    if name != "timestep":
+        numbec.ir_spectrum(ds, correlation_time=500, **{name: 300.0})
+
+
+def test_max_frequency_must_be_positive():
+    with pytest.raises(ValueError, match="max_frequency"):
+        numbec.ir_spectrum(noisy_series(2000), timestep=1.0, temperature=300,
+                           max_frequency=-1)
+
+
+# ------------------------------------------------- kinetic temperature
+def thermal_trajectory(masses, positions, temperature, n_frames, pbc, remove, seed=0):
+    """Trajectory Dataset with Maxwell-Boltzmann velocities (Å/fs) at ``temperature``,
+    with the centre-of-mass momentum and/or the angular momentum projected out exactly."""
+    rng = np.random.default_rng(seed)
+    masses = np.asarray(masses, float)
+    n = masses.size
+    sqrt_m = np.sqrt(masses)[:, None]
+    rel = positions - (masses @ positions) / masses.sum()
+    constraints = []
+    if "translation" in remove:
+        constraints += [(sqrt_m * np.eye(3)[k]).ravel() for k in range(3)]
+    if "rotation" in remove:
+        constraints += [(sqrt_m * np.cross(np.eye(3)[k], rel)).ravel() for k in range(3)]
+    basis = np.zeros((3 * n, 0))
+    if constraints:  # orthonormal basis of their span (a linear molecule has 5, not 6)
+        left, sing, _ = np.linalg.svd(np.array(constraints).T, full_matrices=False)
+        basis = left[:, sing > 1e-10 * sing.max()]
+    u = rng.standard_normal((n_frames, 3 * n)) * np.sqrt(kt_code(temperature))
+    u -= (u @ basis) @ basis.T
+    v = u.reshape(n_frames, n, 3) / sqrt_m
+    return xr.Dataset({
+        "velocities": (("frame", "atom", "xyz"), v),
+        "positions": (("frame", "atom", "xyz"), np.broadcast_to(positions, v.shape)),
+        "numbers": (("atom",), np.array([8] + [1] * (n - 1))),
+        "masses": (("atom",), masses),
+        "pbc": (("xyz",), np.array([pbc] * 3)),
+    }, attrs={"source": "traj.zarr"})
+
+
+WATER = np.array([[0.0, 0.0, 0.0], [0.757, 0.586, 0.0], [-0.757, 0.586, 0.0]])
+D2O = [15.999, 2.014, 2.014]
+
+
+@pytest.mark.parametrize("pbc, remove, dof", [
+    (False, ("translation", "rotation"), 3),   # isolated molecule, no drift, no spin: 3N - 6
+    (True, ("translation",), 6),              # periodic cell, drift removed: 3N - 3
+    (False, ("translation",), 6),             # a thermostat that lets it spin: 3N - 3
+    (False, (), 9),                           # nothing constrained: 3N
+])
+def test_kinetic_temperature_counts_the_degrees_of_freedom_the_data_have(pbc, remove, dof):
+    from numbec.spectra.ir import kinetic_temperature_statistics
+
+    traj = thermal_trajectory(D2O, WATER, 300.0, 4000, pbc, remove)
+    kin = kinetic_temperature_statistics(traj)
+    assert kin.degrees_of_freedom == dof
+    # equipartition over the free degrees only: 300 K within statistics (~1.2 % here)
+    assert kin.mean == pytest.approx(300.0, abs=4 * kin.stderr + 1.0)
+    assert abs(kin.mean - 300.0) < 0.05 * 300
+
+
+def test_kinetic_temperature_of_a_linear_molecule_has_3n_minus_5():
+    from numbec.spectra.ir import kinetic_temperature_statistics
+
+    co2 = np.array([[0.0, 0, 0], [1.16, 0, 0], [-1.16, 0, 0]])
+    traj = thermal_trajectory([12.0, 16.0, 16.0], co2, 300.0, 3000, False,
+                              ("translation", "rotation"))
+    kin = kinetic_temperature_statistics(traj)
+    assert kin.degrees_of_freedom == 4
+    assert kin.mean == pytest.approx(300.0, rel=0.05)
+
+
+def test_kinetic_temperature_uses_the_trajectory_masses():
+    from numbec.spectra.ir import kinetic_temperature
+
+    traj = thermal_trajectory(D2O, WATER, 300.0, 4000, True, ("translation",))
+    assert kinetic_temperature(traj) == pytest.approx(300.0, rel=0.05)
+    # with standard (hydrogen) masses the same velocities would read ~ 2x too cold for H
+    light = traj.drop_vars("masses")
+    assert kinetic_temperature(light) < 0.8 * kinetic_temperature(traj)
+    assert kinetic_temperature(light, masses=D2O) == pytest.approx(kinetic_temperature(traj))
+
+
+def test_nominal_and_kinetic_temperature_disagreeing_warn(diatomic_prediction):
+    traj, pred = diatomic_prediction
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 300 K nominal, 300 K kinetic: silent
+        numbec.ir_spectrum(pred, trajectory=traj, correlation_time=3000)
+    with pytest.warns(UserWarning, match="trajectory velocities give"):
+        numbec.ir_spectrum(pred, trajectory=traj, correlation_time=3000, temperature=450)

@@ -108,17 +108,18 @@ def verlet_frequency(nu, dt):
     return 2 / dt * np.arcsin(w * dt / 2) / (2 * np.pi * 2.99792458e10 * 1e-15)
 
 
-def md_spectrum(phonon, bec, dt, n_steps, correlation_time, through_predict=False):
+def md_spectrum(phonon, bec, dt, n_steps, correlation_time, through_predict=False,
+                window="parzen"):
     sc = phonon.supercell
     traj = harmonic_md(phonon.force_constants, sc.masses, sc.positions, sc.cell, sc.numbers,
                        temperature=300.0, timestep=dt, n_steps=n_steps, seed=1)
     z = supercell_bec(phonon, bec)
     if through_predict:
         pred = numbec.predict(FixedBECModel(sc.numbers, z), traj, progress=False)
-        return numbec.ir_spectrum(pred, correlation_time=correlation_time)
+        return numbec.ir_spectrum(pred, correlation_time=correlation_time, window=window)
     dd = np.einsum("aij,faj->fi", z, traj.velocities.values)
     return numbec.ir_spectrum(dd, timestep=dt, temperature=300.0, volume=sc.volume,
-                              correlation_time=correlation_time)
+                              correlation_time=correlation_time, window=window)
 
 
 def compare_md_harmonic(s, h, dt, n_cells, peak_tol, intensity_tol):
@@ -169,7 +170,7 @@ def assert_pointwise(s, phonon, bec, dt, tolerance):
     freq, vec, masses = gamma_modes(phonon)
     mu = mode_effective_charges(bec, vec, masses)
     h = harmonic_spectrum(verlet_frequency(np.clip(freq, 0, None), dt), (mu**2).sum(axis=1),
-                          phonon.primitive.volume, lineshape="window", window="hann",
+                          phonon.primitive.volume, lineshape="window", window=s.attrs["window"],
                           correlation_time=s.attrs["correlation_time"], timestep=dt)
     np.testing.assert_allclose(h.frequency, s.frequency, rtol=1e-12)
     peak = s.absorption.values.max()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+#: ``numbec.io.bec.FORMATS``, kept here so that ``--help`` does not import NumPy, SciPy and ASE
+#: (``tests/test_cli_main.py`` checks that they agree).
+FORMATS = ("outcar", "vasprun", "extxyz", "born", "qe-ph")
+
 
 def add_data_arguments(parser, what: str = "reference data") -> None:
     """Add ``DATA...``, ``--format``, ``--layout``, ``--index``, ``--key`` to ``parser``."""
-    from numbec.io.bec import FORMATS
-
     parser.add_argument(
         "data",
         nargs="+",
@@ -21,9 +23,10 @@ def add_data_arguments(parser, what: str = "reference data") -> None:
     parser.add_argument(
         "--layout",
         choices=("pol-disp", "disp-pol"),
-        default="pol-disp",
+        default=None,
         help="layout of the BECs in the files: pol-disp (row = polarisation/field; VASP, "
-        "phonopy, QE, allegro-pol; default) or disp-pol (row = displacement)",
+        "phonopy, QE, allegro-pol) or disp-pol (row = displacement); default: an extxyz "
+        "comment line's layout=, else pol-disp; contradicting the file is an error",
     )
     parser.add_argument(
         "--index",
@@ -65,3 +68,14 @@ def describe_frames(frames) -> str:
         counts.update(atoms.numbers.tolist())
     species = ", ".join(f"{chemical_symbols[z]} {n}" for z, n in sorted(counts.items()))
     return f"{len(frames)} frames, {sum(counts.values())} atoms ({species})"
+
+
+def add_progress_argument(parser) -> None:
+    """``--no-progress``: progress bars are on by default when stderr is a terminal."""
+    parser.add_argument("--no-progress", action="store_true", default=None,
+                        help="no progress bars (default: shown when stderr is a terminal)")
+
+
+def progress_choice(args) -> bool | None:
+    """False with ``--no-progress``, else None (the library decides: on for a terminal)."""
+    return False if getattr(args, "no_progress", None) else None

@@ -24,7 +24,6 @@ def register(subparsers):
                         help="reduced run (smaller clusters, shorter MD; about a minute)")
     parser.add_argument("--fresh", action="store_true",
                         help="ignore the cached xTB data, models and predictions")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.set_defaults(func=run)
     return parser
 
@@ -34,7 +33,7 @@ def run(args) -> int:
 
     try:
         run_demo(args.out, quick=args.quick, fresh=args.fresh,
-                 log=lambda line: print(line, flush=True))
+                 log=lambda line: print(line, flush=True), progress=args.progress)
     except MissingDependencyError as exc:
         print(f"numbec demo: {exc}", file=sys.stderr)
         return 3

@@ -2,11 +2,15 @@
 
 Compares the model's BECs with the raw reference BECs of DATA (not ASR-projected) and prints
 RMSE, MAE, max error and R^2 overall, per species and for diagonal/off-diagonal components,
-next to a species-mean baseline. The baseline is fitted on ``--baseline-data`` (normally the
-training data) when given, else on DATA itself (an optimistic baseline; the output says so).
+next to a species-mean baseline: the mean BEC per species of the model's own training data
+(stored in the model file), or of ``--baseline-data`` when given; a model file written before
+numbec stored those means falls back to DATA itself (an optimistic baseline; the output says
+so).
 ``--json`` prints one JSON object (keys as ``numbec.evaluate`` returns them: ``rmse``,
 ``mae``, ``max_error``, ``r2``, ``n_frames``, ``n_atoms``, ``per_species``,
-``per_component``, ``per_cartesian``, ``baseline``, ``baseline_note``, ...).
+``per_component``, ``per_cartesian``, ``baseline``, ``baseline_note``, and for models with
+``bec_std`` ``calibration``: ``coverage_68``, ``coverage_95``, ``nll``,
+``frame_rank_correlation``, ...).
 """
 
 from __future__ import annotations
@@ -14,7 +18,12 @@ from __future__ import annotations
 import json
 import math
 
-from numbec.cli._bec_data import add_data_arguments, read_frames
+from numbec.cli._bec_data import (
+    add_data_arguments,
+    add_progress_argument,
+    progress_choice,
+    read_frames,
+)
 
 
 def register(subparsers):
@@ -30,6 +39,7 @@ def register(subparsers):
                              "the same --format/--layout/--key, all frames)")
     parser.add_argument("--no-baseline", action="store_true", help="no baseline")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_progress_argument(parser)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.set_defaults(func=run)
     return parser
@@ -59,6 +69,12 @@ def format_table(res: dict) -> str:
         lines.append(line)
     if base:
         lines.append(f"baseline: {res['baseline_note']}")
+    cal = res.get("calibration")
+    if cal:
+        lines.append(
+            f"calibration of bec_std: coverage {100 * cal['coverage_68']:.1f} % (nominal 68.3)"
+            f", {100 * cal['coverage_95']:.1f} % (nominal 95), NLL {cal['nll']:.3f}, frame rank "
+            f"correlation {cal.get('frame_rank_correlation', float('nan')):.2f}")
     return "\n".join(lines)
 
 
@@ -85,7 +101,7 @@ def run(args) -> int:
         baseline_frames = read_bec(paths, format=args.format, layout=args.layout,
                                    key=args.key)
     res = evaluate(model, frames, baseline=not args.no_baseline,
-                   baseline_frames=baseline_frames)
+                   baseline_frames=baseline_frames, progress=progress_choice(args))
     res["model_file"] = str(args.model)
     if args.json:
         print(json.dumps(_finite(res), indent=1, allow_nan=False))

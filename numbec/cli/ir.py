@@ -6,7 +6,9 @@ time step, volume and, when recorded, temperature), computes the absolute IR spe
 volume) and writes it as CSV (``#`` header lines with the settings, then columns) or
 netCDF. Several stores are independent runs: averaged, with error bars from their
 spread. ``--plot`` draws the spectrum, its error band, optional partials and an optional
-reference (a QE IR table, an eps'' curve or another spectrum).
+reference (a QE IR table, an eps'' curve or another spectrum), up to where the signal ends
+(``--max-frequency`` to choose), labelled with the system and the model. The default window
+gives a spectrum that is never negative (docs/spectra.md).
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+#: ``numbec.spectra.WINDOWS`` and ``numbec.spectra.QUANTUM_CORRECTIONS`` (first = default),
+#: kept here so that ``numbec ir --help`` does not import SciPy and ASE
+#: (``tests/test_cli_main.py`` checks that they agree).
+WINDOWS = ("parzen", "hann", "blackman", "gaussian", "cos2", "none")
+QUANTUM_CORRECTIONS = ("harmonic", "standard", "schofield", "none")
+
 
 def register(subparsers):
-    from numbec.spectra.correlation import WINDOWS
-    from numbec.spectra.quantum import QUANTUM_CORRECTIONS
-
     parser = subparsers.add_parser(
         "ir",
         help="IR spectrum (absolute units, error bars) from a prediction store",
@@ -39,7 +44,8 @@ def register(subparsers):
                         help="cell volume in Å^3 (default: from the store; none for molecules)")
     parser.add_argument("--timestep", type=float, metavar="FS",
                         help="time step in fs (default: from the store)")
-    parser.add_argument("--window", default="hann", choices=WINDOWS, help="lag window")
+    parser.add_argument("--window", default=WINDOWS[0], choices=WINDOWS,
+                        help="lag window (parzen: spectrum >= 0 for any data)")
     parser.add_argument("--correlation-time", type=float, metavar="FS",
                         help="correlation length; resolution ~ 1/(c T) (default: "
                              "min(block/2, 2000 fs))")
@@ -54,7 +60,9 @@ def register(subparsers):
     parser.add_argument("--zero-padding", type=int, default=8, metavar="N",
                         help="frequency grid refinement (default 8)")
     parser.add_argument("--max-frequency", type=float, metavar="CM-1",
-                        help="crop the spectrum above this wavenumber")
+                        help="crop the spectrum and the figure above this wavenumber "
+                             "(default: all frequencies in the file; the figure ends where "
+                             "the signal does)")
     parser.add_argument("--reference", metavar="FILE",
                         help="reference to plot against (QE IR table, eps'' curve, spectrum)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -62,18 +70,45 @@ def register(subparsers):
     return parser
 
 
-def run(args) -> int:
-    from numbec.spectra.ir import ir_spectrum, open_prediction, spectral_peaks
+#: Options that must be finite numbers > 0 when given (flag, attribute of ``args``).
+_POSITIVE_OPTIONS = (("--temperature", "temperature"), ("--volume", "volume"),
+                     ("--timestep", "timestep"), ("--correlation-time", "correlation_time"),
+                     ("--max-frequency", "max_frequency"))
 
-    datasets = [open_prediction(p) for p in args.prediction]
+
+def _check_options(args) -> None:
+    """Reject impossible option values before any file is read, naming the flag."""
+    import math
+
+    for flag, name in _POSITIVE_OPTIONS:
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{flag} must be a number > 0, got {value:g}")
+    for flag, name in (("--blocks", "blocks"), ("--zero-padding", "zero_padding")):
+        if getattr(args, name) < 1:
+            raise ValueError(f"{flag} must be >= 1, got {getattr(args, name)}")
+    if Path(args.out).suffix not in (".csv", ".nc"):
+        raise ValueError(f"{args.out}: the output (-o) must end in .csv or .nc")
+
+
+def run(args) -> int:
+    from numbec.spectra.ir import ir_spectrum, spectral_peaks
+
+    _check_options(args)
+    reference = None
+    if args.plot and args.reference:  # a bad reference fails before the spectrum is computed
+        from numbec.spectra.reference import read_reference
+
+        reference = read_reference(args.reference)
+    stores = args.prediction  # paths: ir_spectrum opens them and names them in errors
     trajectories = None
     if args.trajectory:
-        if len(args.trajectory) != len(datasets):
+        if len(args.trajectory) != len(stores):
             raise ValueError(f"{len(args.trajectory)} --trajectory stores for "
-                             f"{len(datasets)} predictions")
-        trajectories = args.trajectory if len(datasets) > 1 else args.trajectory[0]
+                             f"{len(stores)} predictions")
+        trajectories = args.trajectory if len(stores) > 1 else args.trajectory[0]
     spectrum = ir_spectrum(
-        datasets if len(datasets) > 1 else datasets[0],
+        stores if len(stores) > 1 else stores[0],
         timestep=args.timestep,
         temperature=args.temperature,
         volume=args.volume,
@@ -104,24 +139,20 @@ def run(args) -> int:
           + ", ".join(f"{p:.1f}" for p in peaks[:5]), file=sys.stdout)
     if args.plot:
         try:
-            _plot(spectrum, args)
+            _plot(spectrum, args, reference)
         except ImportError as exc:  # matplotlib missing: the spectrum is written anyway
             print(f"numbec ir: {out} written, but no figure: {exc}", file=sys.stderr)
             return 3
     return 0
 
 
-def _plot(spectrum, args):
+def _plot(spectrum, args, reference):
     from numbec.plot import _pyplot, plot_spectrum
 
     plt = _pyplot()
-    reference = None
-    if args.reference:
-        from numbec.spectra.reference import read_reference
-
-        reference = read_reference(args.reference)
     fig, ax = plt.subplots(figsize=(7, 4))
-    plot_spectrum(spectrum, ax=ax, reference=reference, partials=bool(args.partials))
+    plot_spectrum(spectrum, ax=ax, reference=reference, partials=bool(args.partials),
+                  max_frequency=args.max_frequency)
     fig.tight_layout()
     fig.savefig(args.plot, dpi=150)
     plt.close(fig)

@@ -53,6 +53,15 @@ def register(subparsers):
                              "CombinedModel, about 15%% faster, BECs within ~1e-5 e)")
     parser.add_argument("--uncertainty", action="store_true",
                         help="also predict bec_std (models with uncertainties)")
+    parser.add_argument("--posterior-samples", type=int, default=0, metavar="S",
+                        help="also store dM/dt of S weight vectors drawn from the model's "
+                             "posterior (dipole_derivative_samples; numbec ir then draws a "
+                             "model-uncertainty band); kernel models, needs velocities")
+    parser.add_argument("--uncertainty-rank", type=int, default=None, metavar="K",
+                        help="bec_std and samples from the K leading posterior directions "
+                             "(extra adjoint channels, much cheaper than the exact bec_std; "
+                             "default with --posterior-samples: 32)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the posterior samples")
     parser.add_argument("--velocities-from-positions", action="store_true",
                         help="derive velocities by central differences of the positions "
                              "(for trajectories stored without velocities)")
@@ -119,6 +128,9 @@ def run(args) -> int:
             uncertainty=args.uncertainty,
             model_file=args.model,
             precision=args.precision,
+            **({"posterior_samples": args.posterior_samples,
+                "uncertainty_rank": args.uncertainty_rank, "seed": args.seed}
+               if args.posterior_samples or args.uncertainty_rank else {}),
         )
     names = ", ".join(result.data_vars)
     print(f"{args.out}: {result.sizes['frame']} frames x {result.sizes['atom']} atoms "

@@ -1,21 +1,23 @@
-"""``numbec train DATA... --model {monopole,dipole,combined} -o MODEL``: fit a kernel BEC model.
+"""``numbec train DATA... [--model {combined,monopole,dipole}] -o MODEL``: fit a kernel BEC model.
 
 Reads the reference frames with ``numbec.read_bec`` (any format it knows), builds the
 descriptor settings for the species found in the data, fits the model and writes it as a
 ``.npz`` model file (``numbec.load_model`` reads it back). The summary gives the training
 time and the training-set error next to a species-mean baseline (``--no-train-error``
-skips that extra prediction pass).
+skips that extra prediction pass). The default model is ``combined``, the most accurate of the
+three (docs/models.md); ``monopole`` is the cheapest.
 
-Hyperparameters and their defaults (method.md §2-§6):
+Hyperparameters and their defaults (docs/method.md, sections Descriptors to Bayesian regression):
 
-* kernel: ``--zeta`` polynomial kernel exponent (4);
-* sparse reference environments per species: ``--n-sparse`` (200, or per species as
-  ``Si:100,O:300``), ``--sparse-method`` cur|fps (cur), ``--seed`` (0);
+* kernel: ``--zeta`` polynomial kernel exponent;
+* sparse reference environments per species: ``--n-sparse`` (one count, or per species as
+  ``Si:100,O:300``), ``--sparse-method`` cur|fps, ``--seed``;
 * regression: ``--regression`` bayesian|ridge (bayesian: evidence maximisation with
-  predictive variances), ``--ridge`` regulariser of ridge regression (1e-6);
-* descriptors (Å): ``--cutoff-radial`` (6.0), ``--cutoff-angular`` (5.0), ``--sigma`` (0.5),
-  ``--n-radial`` (8), ``--n-angular`` (8), ``--l-max`` (4), ``--radial-weight`` beta of
-  ``[sqrt(beta) X2, sqrt(1-beta) X3]`` (0.1).
+  predictive variances), ``--ridge`` regulariser of ridge regression;
+* descriptors (Å): ``--cutoff-radial``, ``--cutoff-angular``, ``--sigma``, ``--n-radial``,
+  ``--n-angular``, ``--l-max``, ``--radial-weight`` beta of ``[sqrt(beta) X2, sqrt(1-beta) X3]``.
+
+Each option below shows its default, taken from the model and descriptor classes.
 """
 
 from __future__ import annotations
@@ -24,20 +26,28 @@ import sys
 import time
 from dataclasses import fields
 
-from numbec.cli._bec_data import add_data_arguments, describe_frames, read_frames
+from numbec.cli._bec_data import (
+    add_data_arguments,
+    add_progress_argument,
+    describe_frames,
+    progress_choice,
+    read_frames,
+)
 
 #: --model choice -> class name in numbec.models
 MODELS = {"monopole": "MonopoleModel", "dipole": "DipoleModel", "combined": "CombinedModel"}
 
-#: Model hyperparameters (agreed constructor keywords) and their defaults.
-MODEL_DEFAULTS = {
-    "zeta": 4,
-    "n_sparse": 200,
-    "sparse_method": "cur",
-    "regression": "bayesian",
-    "ridge": 1e-6,
-    "seed": 0,
-}
+#: Default --model: the one docs/models.md recommends.
+DEFAULT_MODEL = "combined"
+#: Model hyperparameters exposed as flags (constructor keywords of the kernel models).
+HYPERPARAMETERS = ("zeta", "n_sparse", "sparse_method", "regression", "ridge", "seed")
+
+
+#: Defaults of :data:`HYPERPARAMETERS`: those of the kernel models' constructor
+#: (``numbec.models._kernel_model.KernelBECModel``), kept here so that ``numbec train --help``
+#: does not import Numba; ``tests/test_cli_main.py`` checks that they agree.
+MODEL_DEFAULTS = {"zeta": 4, "n_sparse": 200, "sparse_method": "cur", "regression": "bayesian",
+                  "ridge": 1e-6, "seed": 0}
 
 #: Descriptor settings exposed as flags (DescriptorSettings fields except species).
 DESCRIPTOR_FLAGS = (
@@ -47,7 +57,7 @@ DESCRIPTOR_FLAGS = (
     ("n_radial", int, "radial basis functions of the two-body descriptor"),
     ("n_angular", int, "radial basis functions per l of the three-body descriptor"),
     ("l_max", int, "largest angular momentum of the three-body descriptor"),
-    ("radial_weight", float, "weight beta of the two-body block, in [0, 1]"),
+    ("radial_weight", float, "weight beta of the two-body part, in [0, 1]"),
 )
 
 
@@ -103,34 +113,39 @@ def register(subparsers):
         description=__doc__.split("\n\n", 1)[1],
     )
     add_data_arguments(parser, "training data")
-    parser.add_argument("--model", choices=tuple(MODELS), default="monopole",
-                        help="model type (default: monopole)")
+    parser.add_argument("--model", choices=tuple(MODELS), default=DEFAULT_MODEL,
+                        help=f"model type (default: {DEFAULT_MODEL})")
     parser.add_argument("-o", "--out", required=True, metavar="MODEL",
                         help="output model file (.npz appended if missing)")
     hyper = parser.add_argument_group("model hyperparameters")
-    hyper.add_argument("--zeta", type=int, default=MODEL_DEFAULTS["zeta"],
+    defaults = MODEL_DEFAULTS
+    hyper.add_argument("--zeta", type=int, default=defaults["zeta"],
                        help="polynomial kernel exponent (default: %(default)s)")
-    hyper.add_argument("--n-sparse", type=_n_sparse_arg, default=MODEL_DEFAULTS["n_sparse"],
+    hyper.add_argument("--n-sparse", type=_n_sparse_arg, default=defaults["n_sparse"],
                        metavar="N|SYM:N,...",
                        help="sparse reference environments per species (default: %(default)s)")
     hyper.add_argument("--sparse-method", choices=("cur", "fps"),
-                       default=MODEL_DEFAULTS["sparse_method"],
+                       default=defaults["sparse_method"],
                        help="CUR leverage scores or farthest-point sampling (default: %(default)s)")
     hyper.add_argument("--regression", choices=("bayesian", "ridge"),
-                       default=MODEL_DEFAULTS["regression"],
+                       default=defaults["regression"],
                        help="Bayesian evidence maximisation or fixed ridge (default: %(default)s)")
-    hyper.add_argument("--ridge", type=float, default=MODEL_DEFAULTS["ridge"],
+    hyper.add_argument("--ridge", type=float, default=defaults["ridge"],
                        help="ridge regulariser for --regression ridge (default: %(default)s)")
-    hyper.add_argument("--seed", type=int, default=MODEL_DEFAULTS["seed"],
+    hyper.add_argument("--seed", type=int, default=defaults["seed"],
                        help="random seed of the sparse selection (default: %(default)s)")
     desc = parser.add_argument_group("descriptor hyperparameters")
-    defaults = _descriptor_defaults()
+    descriptor_defaults = _descriptor_defaults()
     for name, kind, text in DESCRIPTOR_FLAGS:
         desc.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
-                          help=f"{text} (default: {defaults[name]})")
+                          help=f"{text} (default: {descriptor_defaults[name]})")
+    parser.add_argument("--calibrate-folds", type=int, default=0, metavar="K",
+                        help="learn a scale of the predictive variance (bec_std) by K-fold "
+                             "cross-validation over the training frames (K more fits; saved "
+                             "with the model; 0: no recalibration, default)")
     parser.add_argument("--no-train-error", action="store_true",
                         help="skip the training-set error in the summary")
-    parser.add_argument("--progress", action="store_true", help="show fitting progress")
+    add_progress_argument(parser)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.set_defaults(func=run)
     return parser
@@ -154,11 +169,8 @@ def build_model(args, frames):
         if missing:
             names = ", ".join(chemical_symbols[z] for z in missing)
             raise ValueError(f"--n-sparse gives no count for {names} (species in the data)")
-    name = MODELS[args.model]
-    cls = getattr(numbec.models, name, None)
-    if cls is None:
-        raise ValueError(f"--model {args.model}: numbec.models.{name} is not available")
-    kwargs = {k: getattr(args, k) for k in MODEL_DEFAULTS}
+    cls = getattr(numbec.models, MODELS[args.model])
+    kwargs = {k: getattr(args, k) for k in HYPERPARAMETERS}
     return cls(settings=settings, **kwargs), settings
 
 
@@ -168,12 +180,20 @@ def run(args) -> int:
     frames = read_frames(args)
     model, settings = build_model(args, frames)
     print(f"training {type(model).__name__} on {describe_frames(frames)}")
-    hyper = ", ".join(f"{k}={getattr(args, k)}" for k in MODEL_DEFAULTS)
+    hyper = ", ".join(f"{k}={getattr(args, k)}" for k in HYPERPARAMETERS)
     desc = ", ".join(f"{k}={v}" for k, v in settings.to_dict().items() if k != "species")
     print(f"  hyperparameters: {hyper}")
     print(f"  descriptors: {desc}")
     start = time.perf_counter()
-    model.fit(frames, progress=args.progress)
+    model.fit(frames, progress=progress_choice(args))
+    if args.calibrate_folds:
+        from numbec.models.uncertainty import recalibrate
+
+        recalibrate(model, frames, folds=args.calibrate_folds)
+        info = model.training["variance_scale_fit"]
+        print(f"  variance scale {model.variance_scale:.3g} from {info['folds']}-fold "
+              f"cross-validation (held-out 95 % coverage before: "
+              f"{100 * info['coverage_95_unscaled']:.1f} %)")
     seconds = time.perf_counter() - start
     path = model.save(args.out)
     parts = getattr(model, "training", None) or {}
@@ -183,7 +203,8 @@ def run(args) -> int:
                   f"{parts['time_design_s']:.1f} s, regression {parts['time_solve_s']:.1f} s)")
     print(f"  fitted in {seconds:.1f} s{detail}; saved {path}")
     if not args.no_train_error:
-        res = evaluate(model, frames, baseline=True)
+        res = evaluate(model, frames, baseline=True, progress=progress_choice(args),
+                       calibration=False)
         base = res["baseline"]
         print(f"  training-set RMSE {res['rmse']:.4f} e, MAE {res['mae']:.4f} e, "
               f"R2 {res['r2']:.4f} (species-mean baseline: RMSE {base['rmse']:.4f} e)")

@@ -1,4 +1,6 @@
-"""Descriptors of atomic environments and their derivatives (method.md §2, §7).
+"""Descriptors of atomic environments and their derivatives.
+
+Equations: docs/method.md#descriptors and docs/method.md#adjoint-derivatives.
 
 - :class:`DescriptorSettings`: the hyperparameters (saved with every model).
 - :func:`compute_descriptors` -> :class:`StructureDescriptors`: scalar descriptors (N, D), the
@@ -11,19 +13,22 @@
   (``Expansion.adjoint_arrays``), back-propagated through the pairs once.
 """
 
-from numbec.descriptors.scalar import StructureDescriptors, compute_descriptors
-from numbec.descriptors.settings import DescriptorSettings
-from numbec.descriptors.vector import (
-    VectorDescriptors,
-    compute_scalar_and_vector_descriptors,
-    compute_vector_descriptors,
-)
+from __future__ import annotations
 
-__all__ = [
-    "DescriptorSettings",
-    "StructureDescriptors",
-    "VectorDescriptors",
-    "compute_descriptors",
-    "compute_scalar_and_vector_descriptors",
-    "compute_vector_descriptors",
-]
+from numbec._lazy import lazy_exports
+
+# Exported lazily: DescriptorSettings (plain Python) is read without importing Numba, e.g. for
+# the defaults that ``numbec train --help`` shows.
+_LAZY = {
+    "DescriptorSettings": "numbec.descriptors.settings",
+    "StructureDescriptors": "numbec.descriptors.scalar",
+    "compute_descriptors": "numbec.descriptors.scalar",
+    "VectorDescriptors": "numbec.descriptors.vector",
+    "compute_scalar_and_vector_descriptors": "numbec.descriptors.vector",
+    "compute_vector_descriptors": "numbec.descriptors.vector",
+}
+
+__all__ = sorted(_LAZY)
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

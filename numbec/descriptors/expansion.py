@@ -100,8 +100,10 @@ class Expansion:
 
     def backprop(self, a2: np.ndarray, a3: np.ndarray) -> np.ndarray:
         """Per-pair gradients (P, C, 3) from coefficient adjoints a2, a3 (N, rows, C, LM)."""
-        # four channels at once per pair from four channels on (the combined model's)
-        kernel = (_ex.pair_backprop_channel_blocks if a2.shape[2] >= 4 else _ex.pair_backprop)
+        # four channels at once per pair from two channels on (the dipole and combined
+        # models); one pass per channel for one (the monopole model): water dimers, 2026-12-03,
+        # pair part per frame 66 us per channel one at a time, 20 us for a block of four
+        kernel = (_ex.pair_backprop_channel_blocks if a2.shape[2] >= 2 else _ex.pair_backprop)
         with serial_if_small(self.pairs.n_pairs):
             return kernel(a2, a3, *self.block_args())
 
@@ -118,8 +120,12 @@ class Expansion:
         return _ex.scatter_with_self(np.ascontiguousarray(g), nl.offsets, nl.neighbors)
 
 def expand(positions, numbers, cell, pbc, settings: DescriptorSettings,
-           l2_max: int) -> Expansion:
-    """Neighbour list and coefficients c2 (l <= l2_max), c3 (l <= settings.l_max)."""
+           l2_max: int, pairs: NeighborList | None = None) -> Expansion:
+    """Neighbour list and coefficients c2 (l <= l2_max), c3 (l <= settings.l_max).
+
+    ``pairs``: a neighbour list already made for these positions with ``settings.cutoff``
+    (e.g. :func:`neighbor_list_frames` of a chunk of frames); ``cell`` and ``pbc`` are then
+    not used."""
     if not isinstance(settings, DescriptorSettings):
         raise TypeError("settings must be a DescriptorSettings")
     channel = species_channels(numbers, settings)
@@ -127,7 +133,12 @@ def expand(positions, numbers, cell, pbc, settings: DescriptorSettings,
     if positions.shape != (channel.size, 3):
         raise ValueError(f"positions must have shape ({channel.size}, 3) to match numbers, got "
                          f"{positions.shape}")
-    pairs = neighbor_list(positions, cell, pbc, settings.cutoff)
+    if pairs is None:
+        pairs = neighbor_list(positions, cell, pbc, settings.cutoff)
+    elif pairs.n_atoms != channel.size or pairs.cutoff != settings.cutoff:
+        raise ValueError(f"the neighbour list has {pairs.n_atoms} atoms and cutoff "
+                         f"{pairs.cutoff} Å; the structure has {channel.size} atoms and the "
+                         f"descriptors need {settings.cutoff} Å")
     order, groups, ends = _ex.group_pairs_by_species(
         pairs.offsets, pairs.neighbors, pairs.distances, channel, settings.n_species,
         settings.cutoff_radial, settings.cutoff_angular)

@@ -29,7 +29,8 @@ from numbec.conventions import first_non_finite
 from numbec.descriptors import neighbors_numba as _nb
 from numbec.parallel import SERIAL_BELOW, serial_if_small
 
-__all__ = ["SERIAL_BELOW", "NeighborList", "neighbor_list", "serial_if_small"]
+__all__ = ["SERIAL_BELOW", "NeighborList", "neighbor_list", "neighbor_list_frames",
+           "serial_if_small"]
 
 #: Clusters (no periodic direction) with fewer atoms than this test every pair directly, in one
 #: small serial kernel, instead of binning: a water dimer's list took 300 µs with the bins,
@@ -152,19 +153,85 @@ def neighbor_list(positions, cell, pbc, cutoff) -> NeighborList:
         return NeighborList(np.zeros(1, np.int64), np.zeros(0, np.int64),
                             np.zeros((0, 3), np.int64), np.zeros((0, 3)), np.zeros(0), cutoff)
     if not pbc.any() and n_atoms < DIRECT_BELOW:
-        offsets, neighbors, vectors, distances = _nb.cluster_pairs(positions, cutoff)
+        offsets, neighbors, vectors, distances = _nb.cluster_pairs(positions, cutoff, n_atoms)
         shifts = np.zeros((neighbors.shape[0], 3), dtype=np.int64)
     else:
         offsets, neighbors, shifts, vectors, distances = _binned_pairs(positions, cell, pbc,
                                                                         cutoff)
-    overlap = np.flatnonzero(distances < 1e-6)
-    if overlap.size:
-        p = overlap[0]
-        centers = np.repeat(np.arange(n_atoms, dtype=np.int64), np.diff(offsets))
-        raise ValueError(
-            f"atoms {centers[p]} and {neighbors[p]} (image {shifts[p].tolist()}) overlap: "
-            f"distance {distances[p]:.3g} Å")
+    _check_overlap(offsets, neighbors, shifts, distances)
     return NeighborList(offsets, neighbors, shifts, vectors, distances, cutoff)
+
+
+def _check_overlap(offsets, neighbors, shifts, distances, frame_size=0):
+    """ValueError naming the first pair of atoms closer than 1e-6 Å (and its frame when the
+    pairs are those of consecutive frames of ``frame_size`` atoms)."""
+    overlap = np.flatnonzero(distances < 1e-6)
+    if not overlap.size:
+        return
+    p = overlap[0]
+    i = int(np.searchsorted(offsets, p, side="right") - 1)
+    j = int(neighbors[p])
+    where = ""
+    if frame_size:
+        where = f"frame {i // frame_size}: "
+        i, j = i % frame_size, j % frame_size
+    raise ValueError(f"{where}atoms {i} and {j} (image {shifts[p].tolist()}) overlap: "
+                     f"distance {distances[p]:.3g} Å")
+
+
+def neighbor_list_frames(positions, cells, pbc, cutoff) -> NeighborList:
+    """Pairs of F frames of the same N atoms as those of one structure of F * N atoms.
+
+    Atom ``a`` of frame ``f`` is atom ``f * N + a`` of the result, and no pair joins two
+    frames: the descriptors, kernels and adjoints of a whole chunk of small frames then run as
+    one call each instead of one Python round per frame (the batched prediction path).
+
+    Parameters
+    ----------
+    positions : (F, N, 3) float64, Å
+    cells : (F, 3, 3) float64, Å, rows are lattice vectors, or None for clusters
+    pbc : (3,) bool or bool, shared by the frames
+    cutoff : float, Å
+
+    Returns
+    -------
+    NeighborList over F * N atoms. Clusters below :data:`DIRECT_BELOW` atoms per frame take
+    every pair in one call; other structures get one neighbour search per frame, joined.
+
+    Raises
+    ------
+    ValueError
+        Non-finite positions (naming frame and atom), overlapping atoms, a bad cell or cutoff.
+    """
+    positions = np.asarray(positions, dtype=np.float64)
+    if positions.ndim != 3 or positions.shape[2] != 3:
+        raise ValueError(f"positions must have shape (F, N, 3), got {positions.shape}")
+    n_frames, n_atoms = positions.shape[:2]
+    bad = ~np.isfinite(positions).all(axis=2)
+    if bad.any():
+        f, a = (int(k) for k in np.argwhere(bad)[0])
+        raise ValueError(f"frame {f}: positions of atom {a} are not finite: {positions[f, a]}")
+    pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+    flat = np.ascontiguousarray(positions.reshape(n_frames * n_atoms, 3))
+    if not pbc.any() and 0 < n_atoms < DIRECT_BELOW:
+        _, _, _, cutoff = _check_inputs(flat[:1], None, pbc, cutoff)
+        offsets, neighbors, vectors, distances = _nb.cluster_pairs(flat, cutoff, n_atoms)
+        shifts = np.zeros((neighbors.shape[0], 3), dtype=np.int64)
+        _check_overlap(offsets, neighbors, shifts, distances, n_atoms)
+        return NeighborList(offsets, neighbors, shifts, vectors, distances, cutoff)
+    lists = []
+    for f in range(n_frames):
+        try:
+            lists.append(neighbor_list(positions[f], None if cells is None else cells[f], pbc,
+                                       cutoff))
+        except ValueError as err:
+            raise ValueError(f"frame {f}: {err}") from None
+    counts = np.concatenate([[0]] + [np.diff(nl.offsets) for nl in lists])
+    return NeighborList(
+        np.cumsum(counts), np.concatenate([nl.neighbors + f * n_atoms
+                                           for f, nl in enumerate(lists)]),
+        np.concatenate([nl.shifts for nl in lists]), np.concatenate([nl.vectors for nl in lists]),
+        np.concatenate([nl.distances for nl in lists]), lists[0].cutoff)
 
 
 def _binned_pairs(positions, cell, pbc, cutoff):

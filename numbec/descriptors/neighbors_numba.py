@@ -156,14 +156,16 @@ def fill_pairs(positions, cell, cutoff, n_bins, bin_reach, periodic, bin_start, 
 
 
 @njit(cache=True, nogil=True)
-def cluster_pairs(positions, cutoff):
-    """All pairs (i, j != i) of a non-periodic structure closer than ``cutoff``, by testing
+def cluster_pairs(positions, cutoff, frame_size):
+    """All pairs (i, j != i) of non-periodic structures closer than ``cutoff``, by testing
     every pair: O(N^2) in one serial call, for small clusters, where setting up the bins costs
     more than it saves.
 
-    positions (N, 3) float64, Å. Returns ``offsets`` (N + 1,) int64, ``neighbors`` (P,) int64
-    (ascending within each centre), ``vectors`` (P, 3) float64 Å = r_j - r_i and
-    ``distances`` (P,) float64 Å, in the CSR layout of the binned search.
+    positions (F * frame_size, 3) float64, Å: F frames of ``frame_size`` atoms one after the
+    other (F = 1 for one structure); pairs never join atoms of different frames. Returns
+    ``offsets`` (N + 1,) int64, ``neighbors`` (P,) int64 (ascending within each centre),
+    ``vectors`` (P, 3) float64 Å = r_j - r_i and ``distances`` (P,) float64 Å, in the CSR layout
+    of the binned search, N = F * frame_size.
     """
     n_atoms = positions.shape[0]
     cutoff2 = cutoff * cutoff
@@ -180,7 +182,8 @@ def cluster_pairs(positions, cutoff):
         distances = np.empty(n_pairs, dtype=np.float64)
         for i in range(n_atoms):
             p = offsets[i]
-            for j in range(n_atoms):
+            first = (i // frame_size) * frame_size
+            for j in range(first, first + frame_size):
                 if j == i:
                     continue
                 dx = positions[j, 0] - positions[i, 0]

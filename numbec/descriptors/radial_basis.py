@@ -1,6 +1,7 @@
 """Spherical Bessel radial basis with analytic Gaussian smearing, tabulated for splines.
 
-Basis (method.md §2): ``chi_nl(r) = j_l(q_nl r) / N_nl`` on ``[0, R]`` with ``j_l(q_nl R) = 0``
+Basis (docs/method.md#descriptors): ``chi_nl(r) = j_l(q_nl r) / N_nl`` on ``[0, R]`` with
+``j_l(q_nl R) = 0``
 (``q_nl = z_nl / R``, z_nl the n-th positive zero of j_l) and
 ``N_nl**2 = int_0^R j_l(q_nl r)**2 r**2 dr = R**3 / 2 * j_{l+1}(z_nl)**2``.
 

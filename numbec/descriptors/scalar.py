@@ -1,4 +1,4 @@
-"""Scalar (rotation-invariant) descriptors: radial block X2 and angular power spectrum X3.
+"""Scalar (rotation-invariant) descriptors: radial part X2 and angular power spectrum X3.
 
 For centre i, neighbour species channel J (the centre's own species does not enter; models
 keep separate references per centre species):
@@ -23,7 +23,8 @@ neighbours like any other atom (and enter the channel of its species).
 Derivatives: ``gradients[p, b, k] = dX_{i,k}/dr_{j,b}`` for pair p = (centre i, neighbour
 image j), moving only that image; the centre derivative is ``-sum_p`` over the pairs of i.
 The adjoint contractions push ``G = dy/dX`` back to the expansion coefficients
-(dy/dc) and then once through every pair (method.md §7); the Jacobian is never stored.
+(dy/dc) and then once through every pair (docs/method.md#adjoint-derivatives); the Jacobian
+is never stored.
 """
 
 from __future__ import annotations
@@ -194,14 +195,15 @@ class StructureDescriptors:
 
 
 def compute_descriptors(positions, numbers, cell, pbc, settings: DescriptorSettings,
-                        gradients: bool = False) -> StructureDescriptors:
+                        gradients: bool = False, pairs=None) -> StructureDescriptors:
     """Scalar descriptors (and optionally the pair Jacobian) of one structure.
 
     positions : (N, 3) float64, Å (need not be wrapped); numbers : (N,) int atomic numbers;
     cell : (3, 3) float64, Å, rows = lattice vectors (ignored where pbc is False);
-    pbc : (3,) bool; settings : DescriptorSettings; gradients : also compute (P, 3, D).
+    pbc : (3,) bool; settings : DescriptorSettings; gradients : also compute (P, 3, D);
+    pairs : a ready neighbour list (see :func:`numbec.descriptors.expansion.expand`).
     """
-    ex = expand(positions, numbers, cell, pbc, settings, l2_max=0)
+    ex = expand(positions, numbers, cell, pbc, settings, l2_max=0, pairs=pairs)
     return descriptors_from_expansion(ex, gradients)
 
 

@@ -1,4 +1,4 @@
-"""Numba kernels of the scalar descriptor: radial block, angular power spectrum, their full
+"""Numba kernels of the scalar descriptor: radial part, angular power spectrum, their full
 Jacobian and the adjoint (vector-Jacobian) push-back to the expansion coefficients.
 
 Feature layout (see :mod:`numbec.descriptors.scalar`): ``X[i, J * n_rad + n] = w2 c2[i, Jn, 0]``

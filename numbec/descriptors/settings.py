@@ -77,12 +77,12 @@ class DescriptorSettings:
 
     @property
     def n_radial_features(self) -> int:
-        """Length of the two-body block X2: ``n_species * n_radial``."""
+        """Length of the two-body part X2: ``n_species * n_radial``."""
         return self.n_species * self.n_radial
 
     @property
     def n_angular_features(self) -> int:
-        """Length of the three-body block X3 (species pairs J <= J', n <= n' when J == J')."""
+        """Length of the three-body part X3 (species pairs J <= J', n <= n' when J == J')."""
         s, n, n_l = self.n_species, self.n_angular, self.l_max + 1
         return (s * n * (n + 1) // 2 + s * (s - 1) // 2 * n * n) * n_l
 

@@ -1,11 +1,11 @@
-"""Vector (lambda = 1) descriptor for the dipole model (method.md §2, §5).
+"""Vector (lambda = 1) descriptor for the dipole model (docs/method.md#descriptors).
 
 Per centre i and Cartesian component a = x, y, z (the real Y_1mu are ordered (y, z, x); they
 are re-ordered here so that ``values[i, :, k]`` is an ordinary Cartesian vector):
 
-- two-body block, ``n_species * n_radial`` features: ``sqrt(beta) c^J_{i,n1a}`` with the radial
+- two-body part, ``n_species * n_radial`` features: ``sqrt(beta) c^J_{i,n1a}`` with the radial
   basis of ``cutoff_radial``;
-- product block, ``n_species**2 * n_angular**2 * l_max`` features: for every ordered species
+- product part, ``n_species**2 * n_angular**2 * l_max`` features: for every ordered species
   pair (J, J'), n, n' and l = 0..l_max-1 (the pairing l' = l + 1; l' = l - 1 is the same set
   with the roles of (J, n) and (J', n') exchanged, so it is not repeated),
   ``sqrt(1 - beta) sum_{m m'} C^a_{l m, l+1 m'} c^J_{i,nlm} c^{J'}_{i,n'(l+1)m'}``,
@@ -80,7 +80,7 @@ def vector_coupling_table(l_max: int):
 @functools.lru_cache(maxsize=32)
 def vector_feature_table(settings: DescriptorSettings):
     """``row_a``, ``row_b`` (rows J n, J' n' of c3), ``l_of`` and ``weight`` (K,) of the product
-    block in storage order, and ``dense_index`` (K,) int64 = ``(l_of * R + row_a) * R + row_b``
+    part in storage order, and ``dense_index`` (K,) int64 = ``(l_of * R + row_a) * R + row_b``
     (R = S * n_angular), the position of each feature in a dense (l, A, B) array (read-only
     arrays)."""
     s, n_ang, l_max = settings.n_species, settings.n_angular, settings.l_max
@@ -208,9 +208,10 @@ def vector_descriptors_from_expansion(ex: Expansion, gradients: bool = False
 
 
 def compute_scalar_and_vector_descriptors(positions, numbers, cell, pbc,
-                                          settings: DescriptorSettings):
+                                          settings: DescriptorSettings, pairs=None):
     """Scalar and vector descriptors of one structure from one neighbour list and one
     expansion (l2_max = 1): ``(StructureDescriptors, VectorDescriptors)``, both without
-    Jacobians. Their ``add_adjoint`` methods can share one back-propagation."""
-    ex = expand(positions, numbers, cell, pbc, settings, l2_max=1)
+    Jacobians. Their ``add_adjoint`` methods can share one back-propagation. ``pairs``: a
+    ready neighbour list (see :func:`numbec.descriptors.expansion.expand`)."""
+    ex = expand(positions, numbers, cell, pbc, settings, l2_max=1, pairs=pairs)
     return descriptors_from_expansion(ex), vector_descriptors_from_expansion(ex)

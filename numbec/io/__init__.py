@@ -7,7 +7,7 @@ BECs are always returned in the canonical layout ``Z[a, i, j] = dP_i/dr_{a,j}``
 
 from __future__ import annotations
 
-import importlib
+from numbec._lazy import lazy_exports
 
 _LAZY = {
     "read_bec": "numbec.io.bec",
@@ -23,9 +23,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'numbec.io' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

@@ -3,9 +3,10 @@ writing whole or not at all.
 
 Turn what a user passes (a path, a glob pattern, a list of either) into an ordered list
 of existing files, and open any of them as a text stream whether it is plain or
-compressed with gzip, xz or bzip2. Write every output through :func:`atomic_write` (a
-temporary name beside the target, then a rename), so that a crash or a full disk never
-leaves a half-written file under the target's name.
+compressed with gzip, xz or bzip2 -- refusing binary data with a message that names the
+file, and quoting file content in messages as printable text (:func:`quote`). Write every
+output through :func:`atomic_write` (a temporary name beside the target, then a rename),
+so that a crash or a full disk never leaves a half-written file under the target's name.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import os
 import re
 import shutil
 import socket
+import unicodedata
 import warnings
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,6 +38,71 @@ _MAGIC = (
     (b"\xfd7zXZ\x00", lzma.open),
     (b"BZh", bz2.open),
 )
+
+
+#: Bytes at the start of a (decompressed) file examined to tell text from binary data.
+SNIFF_BYTES = 8192
+
+#: Share of undecodable or control characters above which the start of a file is binary.
+#: Text with a few stray non-UTF-8 bytes (a Latin-1 comment) stays below it.
+BINARY_SHARE = 0.1
+
+
+class NotTextError(ValueError):
+    """A file read as text holds binary data."""
+
+
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would not show as text escaped.
+
+    Control characters and undecodable bytes (read as U+FFFD) become ``\\x00``,
+    ``\\ufffd`` etc.; printable characters, non-ASCII letters included, stay as they are.
+    """
+    return "".join(c if c.isprintable() and c != "\ufffd"
+                   else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def quote(text: str, limit: int = 60) -> str:
+    """``text`` read from a file, quoted for an error message.
+
+    Stripped, at most ``limit`` characters (then ``... (N characters)``), with
+    non-printable characters escaped (:func:`printable`).
+    """
+    text = text.strip()
+    shown = printable(repr(text[:limit]))
+    if len(text) > limit:
+        shown += f"... ({len(text)} characters)"
+    return shown
+
+
+def _binary_offset(head: bytes) -> int | None:
+    """Offset of the first byte that is not text when ``head`` is binary data; None for text.
+
+    Binary: a NUL byte (no text format numbec reads has one), or more than
+    :data:`BINARY_SHARE` of the characters undecodable as UTF-8 or control characters
+    other than whitespace.
+    """
+    text = head.decode("utf-8", errors="replace")
+    bad = [k for k, c in enumerate(text) if c == "\ufffd"
+           or (unicodedata.category(c) == "Cc" and c not in "\t\n\r\f\v")]
+    if b"\0" in head or len(bad) > BINARY_SHARE * len(text):
+        return len(text[:bad[0]].encode("utf-8"))  # no U+FFFD before bad[0]: exact
+    return None
+
+
+def _refuse_binary(path: str, opener, compressed: bool) -> None:
+    """Raise :class:`NotTextError` naming ``path`` when its content starts as binary data."""
+    try:
+        with opener(path, "rb") as fh:
+            head = fh.read(SNIFF_BYTES)
+    except (EOFError, OSError, lzma.LZMAError, zlib.error):
+        return  # damaged: reading the text reports it, in the reader's words
+    offset = _binary_offset(head)
+    if offset is not None:
+        where = " of the decompressed content" if compressed else ""
+        raise NotTextError(
+            f"{path}: not a text file (binary data at byte {offset}{where}: "
+            f"{head[offset:offset + 8].hex(' ')})")
 
 
 def strip_compression(name: str) -> str:
@@ -50,7 +118,9 @@ def open_text(path) -> io.TextIOBase:
 
     The compression is recognised by the file's magic bytes (not only its suffix),
     so a misnamed file still opens. Raises :class:`OSError` naming the file when it
-    does not exist or cannot be read.
+    does not exist or cannot be read, and :class:`NotTextError` (a ``ValueError``) naming
+    it when its (decompressed) start is binary data. Stray bytes that are not UTF-8 are
+    read as U+FFFD.
     """
     path = os.fspath(path)
     try:
@@ -60,7 +130,9 @@ def open_text(path) -> io.TextIOBase:
         raise OSError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
     for magic, opener in _MAGIC:
         if head.startswith(magic):
+            _refuse_binary(path, opener, compressed=True)
             return opener(path, "rt", encoding="utf-8", errors="replace")
+    _refuse_binary(path, open, compressed=False)
     return open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from numbec.conventions import as_bec_array, check_layout, to_canonical
+from numbec.conventions import CANONICAL_LAYOUT, as_bec_array, check_layout, to_canonical
 from numbec.io._files import expand_paths, strip_compression
 from numbec.io._index import forward_range, parse_index
 
@@ -135,14 +135,15 @@ def _read_qe_ph(path, layout, index):
 
 
 def _read_one(path, fmt, layout, index, key):
-    if fmt == "outcar":
-        from numbec.io.outcar import read_outcar_bec
-
-        return _select([read_outcar_bec(path, layout)], index, os.fspath(path))
-    if fmt == "extxyz":
+    if fmt == "extxyz":  # the only format that can say its layout itself
         from numbec.io.extxyz import read_extxyz_bec
 
         return read_extxyz_bec(path, layout=layout, index=index, key=key)
+    layout = layout or CANONICAL_LAYOUT
+    if fmt == "outcar":
+        from numbec.io.outcar import read_outcar_bec
+
+        return _select([read_outcar_bec(path, layout=layout)], index, os.fspath(path))
     if fmt == "born":
         from numbec.io.phonopy_born import read_phonopy_born
 
@@ -154,7 +155,8 @@ def _read_one(path, fmt, layout, index, key):
     raise ValueError(f"unknown BEC file format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
-def read_bec(path_or_paths, format=None, layout="pol-disp", index=":", key=None):
+def read_bec(path_or_paths, *, format: str | None = None, layout: str | None = None,
+             index: str | int | slice = ":", key: str | None = None) -> list:
     """Read structures with Born effective charges from one or many files.
 
     Parameters
@@ -164,10 +166,12 @@ def read_bec(path_or_paths, format=None, layout="pol-disp", index=":", key=None)
         ``OUTCAR.10.xz``), explicit lists keep their order.
     format : {"outcar", "vasprun", "extxyz", "born", "qe-ph"}, optional
         File format; detected from each file name when omitted.
-    layout : {"pol-disp", "disp-pol"}
+    layout : {"pol-disp", "disp-pol"} or None
         Layout of the BEC numbers in the files: ``"pol-disp"`` (row =
         polarisation/field; VASP, phonopy, QE, allegro-pol) or ``"disp-pol"``
-        (row = displacement). An extxyz comment-line ``layout=`` key overrides it.
+        (row = displacement). None (default): what an extxyz comment line says
+        (``layout=...``), else ``"pol-disp"``. An explicit layout that contradicts a
+        comment line is an error.
     index : str, int or slice
         Frame selection within each file (``":"`` all, ``-1`` last, ``"0:10"``).
     key : str, optional
@@ -186,10 +190,12 @@ def read_bec(path_or_paths, format=None, layout="pol-disp", index=":", key=None)
     FileNotFoundError, OSError
         Missing or unreadable file (named).
     ValueError
-        Unknown layout or format, a missing/truncated BEC block, NaN/inf values,
-        atom-count mismatches; the message names the file, frame and atom.
+        Unknown layout or format, a layout contradicting the file's own, a missing or
+        truncated BEC block, NaN/inf values, atom-count mismatches, binary or garbled
+        files; the message names the file, frame and atom.
     """
-    check_layout(layout)
+    if layout is not None:
+        check_layout(layout)
     if format is not None and format not in FORMATS:
         raise ValueError(f"unknown BEC file format {format!r}; use one of {', '.join(FORMATS)}")
     frames = []

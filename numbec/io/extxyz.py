@@ -28,7 +28,7 @@ from ase.data import atomic_masses, atomic_numbers
 from ase.io.extxyz import key_val_str_to_dict
 
 from numbec.conventions import ASE_TIME_UNITS_PER_FS, check_layout, first_non_finite
-from numbec.io._files import open_text
+from numbec.io._files import open_text, quote
 from numbec.io._index import forward_range, needs_length, parse_index
 
 #: Per-atom array names searched (in this order) for nine BEC components.
@@ -94,12 +94,13 @@ class XYZFrame:
 def _parse_properties(text: str, where: str) -> list[tuple[str, str, int]]:
     parts = text.split(":")
     if len(parts) % 3:
-        raise ExtXYZError(f"{where}: malformed Properties string {text!r}")
+        raise ExtXYZError(f"{where}: malformed Properties string {quote(text)}")
     props = []
     for k in range(0, len(parts), 3):
         name, kind, ncols = parts[k : k + 3]
         if kind not in _DTYPES or not ncols.isdigit():
-            raise ExtXYZError(f"{where}: malformed Properties entry {name}:{kind}:{ncols}")
+            raise ExtXYZError(
+                f"{where}: malformed Properties entry {quote(f'{name}:{kind}:{ncols}')}")
         props.append((name, kind, int(ncols)))
     return props
 
@@ -145,7 +146,8 @@ def parse_frame(count: int, comment: str, lines: list[str], where: str, frame: i
         try:
             numbers = np.array([atomic_numbers[s] for s in arrays.pop("species")], dtype=np.int64)
         except KeyError as exc:
-            raise ExtXYZError(f"{where}: unknown chemical species {str(exc.args[0])!r}") from None
+            raise ExtXYZError(
+                f"{where}: unknown chemical species {quote(str(exc.args[0]))}") from None
         arrays.pop("Z", None)
     elif "Z" in arrays:
         numbers = np.asarray(arrays.pop("Z"), dtype=np.int64)
@@ -173,7 +175,7 @@ def _read_count(line: str, where: str) -> int:
     try:
         count = int(line.split()[0])
     except (ValueError, IndexError):
-        raise ExtXYZError(f"{where}: expected the number of atoms, got {line.strip()!r}") from None
+        raise ExtXYZError(f"{where}: expected the number of atoms, got {quote(line)}") from None
     if count < 0:
         raise ExtXYZError(f"{where}: negative number of atoms {count}")
     return count
@@ -251,16 +253,18 @@ def find_bec_key(frame: XYZFrame, key: str | None, where: str) -> str:
     return name
 
 
-def read_extxyz_bec(path, layout: str = "pol-disp", index=":", key: str | None = None):
+def read_extxyz_bec(path, *, layout: str | None = None, index: str | int | slice = ":",
+                    key: str | None = None) -> list:
     """Read BECs and structures from an extxyz file.
 
     Parameters
     ----------
     path : str or PathLike
         Plain or compressed extxyz file with a per-atom 9-column array.
-    layout : {"pol-disp", "disp-pol"}
-        Layout of the nine numbers (row-major 3x3 per atom). A comment-line key
-        ``layout=...`` in a frame overrides this argument for that frame.
+    layout : {"pol-disp", "disp-pol"} or None
+        Layout of the nine numbers (row-major 3x3 per atom). None (default): the
+        comment-line key ``layout=...`` of each frame, else ``"pol-disp"``. A layout given
+        here that contradicts a frame's comment line is an error naming both.
     index : str, int or slice
         Frame selection.
     key : str, optional
@@ -273,20 +277,36 @@ def read_extxyz_bec(path, layout: str = "pol-disp", index=":", key: str | None =
         ``Z[a, i, j] = dP_i/dr_{a,j}``; per-frame comment-line values in ``info``
         (``polarization``/``dipole`` in e·Å where present) and
         ``info["source"] = "file@frame"``.
-    """
-    from numbec.conventions import as_bec_array, to_canonical
 
-    check_layout(layout)
+    Raises
+    ------
+    ValueError (ExtXYZError, LayoutError)
+        Unknown layout, a ``layout`` contradicting a comment line, malformed or truncated
+        frames, a missing BEC array, NaN/inf; naming the file and frame.
+    OSError
+        Missing or unreadable file.
+    """
+    from numbec.conventions import CANONICAL_LAYOUT, LayoutError, as_bec_array, to_canonical
+
+    if layout is not None:
+        check_layout(layout)
     name = os.fspath(path)
     out = []
     for frame in iter_extxyz(path, index):
         where = f"{name}, frame {frame.frame}"
         bec_key = find_bec_key(frame, key, where)
-        frame_layout = frame.info.pop("layout", layout)
-        try:
-            check_layout(str(frame_layout))
-        except ValueError as exc:
-            raise type(exc)(f"{where}: comment-line {exc}") from None
+        frame_layout = frame.info.pop("layout", None)
+        if frame_layout is not None:
+            try:
+                check_layout(str(frame_layout))
+            except ValueError as exc:
+                raise type(exc)(f"{where}: comment-line {exc}") from None
+            if layout is not None and str(frame_layout) != layout:
+                raise LayoutError(
+                    f"{where}: the comment line says layout={frame_layout} but "
+                    f"layout={layout} was given (--layout); drop the option to use the "
+                    "file's, or fix the file")
+        frame_layout = frame_layout or layout or CANONICAL_LAYOUT
         raw = as_bec_array(frame.arrays.pop(bec_key), len(frame.numbers), where=where)
         atoms = frame.to_atoms()
         atoms.arrays["bec"] = to_canonical(raw, str(frame_layout))

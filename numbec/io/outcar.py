@@ -17,7 +17,7 @@ import ase.io
 import numpy as np
 
 from numbec.conventions import as_bec_array, to_canonical
-from numbec.io._files import read_text
+from numbec.io._files import quote, read_text
 
 _BLOCK_HEADER = re.compile(r"^\s*BORN EFFECTIVE CHARGES\b.*$", re.MULTILINE)
 _ION_LINE = re.compile(r"^\s*ion\s+(\d+)\s*$")
@@ -81,14 +81,14 @@ def parse_outcar_bec_block(text: str, where: str = "OUTCAR") -> np.ndarray:
                 raise BECBlockError(
                     f"{where}: BEC block truncated or malformed at ion {number} "
                     f"(expected row {direction} as 'direction Zx Zy Zz', got "
-                    f"{lines[line_no].strip() if line_no < len(lines) else 'end of file'!r})"
+                    f"{quote(lines[line_no]) if line_no < len(lines) else 'end of file'})"
                 )
             try:
                 rows.append([float(t) for t in tokens[1:]])
             except ValueError as exc:
                 raise BECBlockError(
                     f"{where}: BEC of ion {number}, row {direction} is not numeric: "
-                    f"{lines[line_no].strip()!r}"
+                    f"{quote(lines[line_no])}"
                 ) from exc
         ions.append(np.array(rows))
         pos += 4
@@ -97,7 +97,7 @@ def parse_outcar_bec_block(text: str, where: str = "OUTCAR") -> np.ndarray:
     return np.array(ions)
 
 
-def read_outcar_bec(path, layout: str = "pol-disp"):
+def read_outcar_bec(path, *, layout: str = "pol-disp") -> ase.Atoms:
     """Read the final structure and BEC block of a VASP OUTCAR.
 
     Parameters
@@ -114,6 +114,14 @@ def read_outcar_bec(path, layout: str = "pol-disp"):
         Final structure (Å, cell rows = lattice vectors) with
         ``atoms.arrays["bec"]`` of shape (N, 3, 3), float64, e, canonical
         ``Z[a, i, j] = dP_i/dr_{a,j}``, and ``atoms.info["source"]``.
+
+    Raises
+    ------
+    OSError
+        Missing, unreadable or undecompressible file (named).
+    ValueError (BECBlockError)
+        No or a truncated BEC block, NaN/inf, an unreadable structure, a block whose ion
+        count differs from the structure's; naming the file.
     """
     where = os.fspath(path)
     text = read_text(path)

@@ -45,7 +45,8 @@ def find_unitcell(born_path) -> Path:
     )
 
 
-def read_phonopy_born(path, unitcell=None, layout: str = "pol-disp", symprec: float = 1e-5):
+def read_phonopy_born(path, unitcell=None, *, layout: str = "pol-disp",
+                      symprec: float = 1e-5) -> list:
     """Read a phonopy ``BORN`` file and expand its BECs to every atom of the unit cell.
 
     Parameters
@@ -66,6 +67,16 @@ def read_phonopy_born(path, unitcell=None, layout: str = "pol-disp", symprec: fl
         The unit cell with ``arrays["bec"]`` (N, 3, 3) float64 e, canonical
         ``Z[a, i, j] = dP_i/dr_{a,j}``; ``info["eps_inf"]`` (3, 3) the
         high-frequency dielectric tensor (dimensionless) and ``info["source"]``.
+
+    Raises
+    ------
+    FileNotFoundError
+        No unit cell beside ``path`` and none given.
+    OSError
+        Unreadable file (named).
+    ValueError
+        An unreadable unit cell, or a BORN file that does not parse for that cell
+        (binary or garbled content included); naming the files.
     """
     get_born_parameters, read_crystal_structure, Symmetry = _import_phonopy()
     where = os.fspath(path)

@@ -89,6 +89,11 @@ VARIABLES = {
     "dipole_derivative_monopole": (("frame", "pol"), "e*Angstrom/fs", "sum_a Z^monopole_a v_a"),
     "dipole_derivative_dipole": (("frame", "pol"), "e*Angstrom/fs", "sum_a Z^dipole_a v_a"),
     "dipole": (("frame", "pol"), "e*Angstrom", "dipole moment"),
+    "dipole_derivative_samples": (
+        ("frame", "sample", "pol"),
+        "e*Angstrom/fs",
+        "dM/dt of posterior weight samples (predict(posterior_samples=S))",
+    ),
 }
 
 __all__ = [
@@ -108,9 +113,10 @@ class OutputMismatchError(ValueError):
 
 
 # ---------------------------------------------------------------------------- dataset
-def variable_shape(name, n_frames, n_atoms, n_species) -> tuple:
+def variable_shape(name, n_frames, n_atoms, n_species, n_samples=0) -> tuple:
     """Shape of variable ``name`` for ``n_frames`` frames (dims in :data:`VARIABLES`)."""
-    sizes = {"frame": n_frames, "atom": n_atoms, "pol": 3, "disp": 3, "species": n_species}
+    sizes = {"frame": n_frames, "atom": n_atoms, "pol": 3, "disp": 3, "species": n_species,
+             "sample": n_samples}
     return tuple(sizes[d] for d in VARIABLES[name][0])
 
 
@@ -279,7 +285,7 @@ def open_for_resume(out: Path, expected_fingerprint, overwrite=False):
 
 
 def create_store(out: Path, *, variables, integrated_dipole, numbers, species, chunk_frames,
-                 n_chunks, time, attrs, dtype):
+                 n_chunks, time, attrs, dtype, n_samples=0):
     """Lay out an empty Prediction store at ``out`` (see the module docstring)."""
     import dask.array as da
     import zarr
@@ -287,7 +293,7 @@ def create_store(out: Path, *, variables, integrated_dipole, numbers, species, c
     n_frames = time.size
     arrays = {}
     for name in variables:
-        shape = variable_shape(name, n_frames, len(numbers), species.size)
+        shape = variable_shape(name, n_frames, len(numbers), species.size, n_samples)
         arrays[name] = da.zeros(shape, chunks=(chunk_frames,) + shape[1:], dtype=dtype)
     attrs = dict(attrs, initialised=False, complete=False)
     # the format attribute goes first, so that a run killed while laying out the store

@@ -1,6 +1,7 @@
 """Shared machinery of the kernel BEC models: monopole, dipole (lambda = 1) and combined.
 
-The three models differ only in which terms of the cell dipole they carry (method.md §4-§6)::
+The three models differ only in which terms of the cell dipole they carry (docs/method.md,
+sections Monopole model to Neutrality and the acoustic sum rule)::
 
     P = sum_i q0'_i r_i  +  [monopole]  sum_i q'_i r_i  +  [dipole]  sum_i mu_i
 
@@ -13,18 +14,32 @@ with, for atom i of species J(i) and the sparse reference environments b of the 
     Frobenius norm of the training vector descriptors).
 ``q0'_i = q0_J(i) - mean over the structure``: per-species baseline charges.
 
-Neutrality and BECs (the choice documented in docs/models.md):
+Neutrality and BECs (the choice documented in docs/models.md). Q is the total charge of the
+structure (0 unless given; ``atoms.info["charge"]`` or ``total_charge=``), ``Q_raw = sum_i q_i``
+the sum of the kernel charges:
 
-- molecules (no periodic direction): the mean-charge subtraction is exact, the BECs are the
-  derivative of the model's own dipole: ``Z[j] = q'_j I + sum_i d_ij (x) dq_i/dr_j
-  + (r_j - R_mean) (x) dQ/dr_j`` (+ the dipole-model term ``sum_i dmu_i/dr_j``), where
-  ``R_mean`` is the plain (unweighted) mean position and ``dQ/dr_j`` comes from the same
-  adjoint pair gradients as the charge-transfer term, scattered with the centre terms
-  (``Expansion.scatter_with_self``, i.e. ``scalar_contraction``);
-- periodic cells: the non-local term is dropped, i.e. the local BECs
-  ``q_j I + sum_i d_ij (x) dq_i/dr_j`` (+ dipole term) are projected onto the acoustic sum
-  rule, ``Z[j] - (1/N) sum_k Z[k]``. The error of this against an exact derivative of a
-  neutral-charge model is the spread of ``(1/N) (Q I - dQ/d(strain))`` over the atoms.
+- molecules (no periodic direction, or a periodic cell in which no pair of atoms within the
+  cutoff involves a periodic image, so that the descriptors are exactly those of the isolated
+  structure): the charges are shifted to sum to Q, ``q'_i = q_i - (Q_raw - Q)/N``, which is
+  exact for a finite system, and the BECs are the derivative of the model's own dipole:
+  ``Z[j] = q'_j I + sum_i d_ij (x) dq_i/dr_j + (r_j - R_mean) (x) dQ_raw/dr_j`` (+ the
+  dipole-model term ``sum_i dmu_i/dr_j``), where ``R_mean`` is the plain (unweighted) mean
+  position and ``dQ_raw/dr_j`` comes from the same adjoint pair gradients as the
+  charge-transfer term, scattered with the centre terms (``Expansion.scatter_with_self``).
+  ``sum_j Z[j] = Q I`` holds exactly.
+- periodic cells: ``sum_i q'_i r_i`` is not a function of the periodic positions, so the
+  non-local last term is dropped, leaving the local formula ``Z_loc[j] = q'_j I
+  + sum_i d_ij (x) dq_i/dr_j`` (+ dipole term) with minimum-image-free pair vectors d_ij.
+  Dropping the term alone would leave ``sum_j Z_loc[j] = Q I - dQ_raw/d(strain)``, not the sum
+  rule. numbec therefore also projects onto the sum rule: every atom gets
+  ``Z[j] = Z_loc[j] - (1/N) (sum_k Z_loc[k] - Q I) = Z_loc[j] + (1/N) dQ_raw/d(strain)``
+  (:func:`numbec.conventions.asr_project`). The violation ``sum_k Z_loc[k] - Q I`` is returned
+  per structure as ``asr_violation`` (3, 3) e. Against the exact derivative of the same
+  charges (the molecular formula, where it exists) atom j is off by ``T[j] - mean_k T[k]``,
+  ``T[j] = (r_j - R_mean) (x) dQ_raw/dr_j``: the projection replaces the non-local term by
+  its mean over the atoms (docs/method.md#neutrality-and-the-acoustic-sum-rule).
+- an isolated atom (no neighbour within the cutoff) has a zero descriptor and no kernel
+  charge, dipole or charge transfer: it keeps its baseline charge q0 (shifted with the others).
 
 Training is linear in the weights: one row per BEC component (atom, i, j) of every frame, built
 from the pair Jacobians of the descriptors with BLAS products and sparse scatter matrices,
@@ -33,23 +48,35 @@ accumulated in :class:`numbec.models.regression.NormalEquations` frame by frame.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
+import warnings
 
 import numpy as np
 import scipy.sparse
 
-from numbec.conventions import as_bec_array, asr_project, first_non_finite
+from numbec.conventions import acoustic_sum, as_bec_array, asr_project, first_non_finite
 from numbec.descriptors import (
     DescriptorSettings,
     compute_descriptors,
     compute_scalar_and_vector_descriptors,
     compute_vector_descriptors,
 )
+from numbec.descriptors.neighbors import NeighborList, neighbor_list_frames
 from numbec.models import kernels, regression, sparsify
 from numbec.models import kernels_numba as _kn
-from numbec.models.base import BECModel, ModelFileError, UnknownSpeciesError
+from numbec.models.base import (
+    BECModel,
+    ModelFileError,
+    Prediction,
+    UnknownSpeciesError,
+    charge_arguments,
+    checked_array,
+)
 
-__all__ = ["KernelBECModel", "REGRESSIONS", "DIPOLE_ROW_WEIGHT", "NEUTRALITY_ROW_WEIGHT"]
+__all__ = ["KernelBECModel", "REGRESSIONS", "DIPOLE_ROW_WEIGHT", "NEUTRALITY_ROW_WEIGHT",
+           "PARAMETERS_DOC"]
 
 #: Regression methods accepted by the models.
 REGRESSIONS = ("bayesian", "ridge")
@@ -58,12 +85,20 @@ DIPOLE_ROW_WEIGHT = 1.0
 #: Weight of a per-frame neutrality row ``sum_i (q_i - q0_J(i)) = 0`` (kernel charges, e) of
 #: periodic frames, relative to a BEC row; 0 = no such row (default). The ASR-projected targets
 #: do not see the total charge; with a positive weight the raw charges are fitted neutral, so
-#: the ASR projection removes almost nothing. Measured on quartz it makes the test RMSE 3 %
-#: worse (docs/models.md), hence off by default.
+#: the ASR projection removes almost nothing. It made the quartz test RMSE 3 % worse
+#: (measured 2026-11-25 at numbec commit fd23a4b; docs/models.md), hence off by default.
 NEUTRALITY_ROW_WEIGHT = 0.0
-#: Pairs per block when the dipole-model design is assembled (bounds the temporary memory to
-#: about ``PAIR_BLOCK * 27 * n_sparse * 8`` bytes).
-PAIR_BLOCK = 256
+#: Atoms per batch of :meth:`KernelBECModel.predict_frames`: frames are stacked up to about
+#: this many atoms, so that the kernel products are large enough for BLAS and their
+#: temporaries still fit in cache (water dimers, 1 thread, 2026-12-03, numba 0.68, numpy
+#: 2.4's OpenBLAS: the kernel part took 91, 68 and 189 us per frame for 192, 768, 3072 atoms).
+BATCH_ATOMS = 768
+#: Pairs per batch when the dipole-model design is assembled (bounds the temporary memory to
+#: about ``PAIR_BATCH * 27 * n_sparse * 8`` bytes).
+PAIR_BATCH = 256
+#: Largest ``|sum_a Z_ref[a] - Q I|`` component (e) of a training frame accepted without a
+#: warning: more than this looks like a charged structure without ``info["charge"]``.
+ASR_WARNING = 0.5
 
 _DIAG = (np.arange(3), np.arange(3))
 
@@ -72,6 +107,12 @@ def _symbol(z: int) -> str:
     from ase.data import chemical_symbols
 
     return f"{chemical_symbols[z]} (Z={z})"
+
+
+def _symbol_key(z: int) -> str:
+    from ase.data import chemical_symbols
+
+    return chemical_symbols[z]
 
 
 def _species_number(key) -> int:
@@ -92,12 +133,155 @@ def _check_positions(positions, where: str) -> np.ndarray:
     return positions
 
 
+def _where(k: int, atoms) -> str:
+    """``"frame 3 (OUTCAR@0)"``: the frame index and, if known, its file."""
+    source = atoms.info.get("source") if hasattr(atoms, "info") else None
+    return f"frame {k}" + (f" ({source})" if source else "")
+
+
+@contextlib.contextmanager
+def _naming(where: str):
+    """Prefix ``where`` to a ValueError raised inside (geometry errors from the neighbour
+    search name atoms, not the frame), keeping the exception class."""
+    try:
+        yield
+    except ValueError as exc:
+        if str(exc).startswith(where):
+            raise
+        try:
+            named = type(exc)(f"{where}: {exc}")
+        except TypeError:  # an exception class with another constructor
+            named = ValueError(f"{where}: {exc}")
+        raise named from exc
+
+
+def _total_charge(value) -> float:
+    charge = float(value)
+    if not np.isfinite(charge):
+        raise ValueError(f"total_charge must be a finite number of e, got {value!r}")
+    return charge
+
+
+def _has_extreme_atoms(pairs) -> bool:
+    """False if every atom with neighbours has one on each side along x and along y: then
+    no atom is outermost, so the structure cannot be a finite cluster. O(pairs), vectorised:
+    decides condensed phases without the graph search of :func:`_unwrapped_cluster`."""
+    counts = np.diff(pairs.offsets)
+    starts = pairs.offsets[:-1][counts > 0]
+    for axis in (0, 1):
+        d = pairs.vectors[:, axis]
+        if not ((np.maximum.reduceat(d, starts) <= 0.0).any()
+                and (np.minimum.reduceat(d, starts) >= 0.0).any()):
+            return False
+    return True
+
+
+def _unwrapped_cluster(pairs, positions, cell) -> np.ndarray | None:
+    """Positions of a periodic structure that is one finite cluster, unwrapped; else None.
+
+    The structure is one finite cluster when the pairs within the cutoff connect all atoms and
+    lattice offsets ``o_a`` exist with ``o_j - o_i = S`` for every pair (i, j, image S): then
+    the positions ``r_a + o_a @ cell`` reproduce every pair without periodic images, and the
+    descriptors are exactly those of the isolated cluster, whatever the wrapping. A cell with
+    several separate clusters is not one (their mean-charge shift would depend on how each is
+    wrapped): it keeps the periodic treatment, with a warning.
+
+    pairs : NeighborList of the structure; positions : (N, 3) Å; cell : (3, 3) Å.
+    Returns (N, 3) float64 unwrapped positions (Å), or None.
+    """
+    if pairs.n_pairs and not _has_extreme_atoms(pairs):
+        return None  # the quick answer for condensed phases
+    centers, neighbors, shifts = pairs.centers, pairs.neighbors, pairs.shifts
+    n = positions.shape[0]
+    if np.any(centers == neighbors):  # an atom sees its own image: the cell is not a cluster
+        return None
+    from scipy.sparse.csgraph import breadth_first_order, connected_components
+
+    graph = scipy.sparse.csr_matrix((np.ones(centers.size), (centers, neighbors)), shape=(n, n))
+    n_clusters, labels = connected_components(graph, directed=False)
+    offsets = np.zeros((n, 3), dtype=np.int64)
+    # the shift of the pair from each atom's BFS parent to it, then offsets down each tree
+    for root in np.unique(labels, return_index=True)[1]:
+        order, parent = breadth_first_order(graph, int(root), directed=False)
+        is_tree_edge = parent[neighbors] == centers
+        tree_pair = np.full(n, -1, dtype=np.int64)
+        tree_pair[neighbors[is_tree_edge][::-1]] = np.flatnonzero(is_tree_edge)[::-1]
+        for atom in order[1:]:
+            offsets[atom] = offsets[parent[atom]] + shifts[tree_pair[atom]]
+    if not np.array_equal(offsets[neighbors] - offsets[centers], shifts):
+        return None  # a chain of pairs runs around the cell: periodic
+    if n_clusters > 1:
+        warnings.warn(
+            f"the periodic cell holds {n_clusters} separate clusters (atoms or molecules) with "
+            "no periodic image within the cutoff; their BECs use the periodic sum-rule "
+            "projection, not the exact molecular derivative: for gas-phase structures set "
+            "pbc=False, or predict each molecule on its own", stacklevel=3)
+        return None
+    return positions + offsets @ np.asarray(cell, dtype=np.float64)
+
+
+def _frame_pairs(pairs, frame: int, n_atoms: int) -> NeighborList:
+    """The pairs of one frame of a :func:`neighbor_list_frames` list, renumbered from 0."""
+    first, last = pairs.offsets[frame * n_atoms], pairs.offsets[(frame + 1) * n_atoms]
+    return NeighborList(pairs.offsets[frame * n_atoms:(frame + 1) * n_atoms + 1] - first,
+                        pairs.neighbors[first:last] - frame * n_atoms, pairs.shifts[first:last],
+                        pairs.vectors[first:last], pairs.distances[first:last], pairs.cutoff)
+
+
+def _show_progress(progress) -> bool:
+    """``progress=None``: on when stderr is a terminal."""
+    if progress is None:
+        return bool(getattr(sys.stderr, "isatty", lambda: False)())
+    return bool(progress)
+
+
 def _as_slice(index: np.ndarray):
     """A slice equal to the sorted, unique integer array ``index`` if it is contiguous, else
     ``index`` itself (a slice indexes numpy arrays without copying)."""
     if index.size and index[-1] - index[0] + 1 == index.size:
         return slice(int(index[0]), int(index[-1]) + 1)
     return index
+
+
+_FIT_AND_PREDICT = """
+    Fitted with :meth:`fit` (frames with reference BECs; ``progress``); predicted with
+    :meth:`predict` (one :class:`ase.Atoms`, total charge from ``info["charge"]``) or
+    :meth:`predict_arrays` (plain arrays), both returning a
+    :class:`numbec.models.base.Prediction` dict; saved with :meth:`save`, its content given
+    by :meth:`state`.
+"""
+
+#: The constructor parameters, shared by the docstrings of the three public model classes.
+PARAMETERS_DOC = """
+    Parameters
+    ----------
+    settings : DescriptorSettings or None
+        Descriptor hyperparameters (cutoffs, basis sizes); None: the defaults of
+        :class:`numbec.descriptors.DescriptorSettings` for the species of the training frames.
+    zeta : int, default 4
+        Exponent of the polynomial kernel ``(x_i . x_b) ** zeta`` (>= 1).
+    n_sparse : int or dict, default 200
+        Sparse reference environments per central species: one number for all species, or
+        ``{atomic number or symbol: n}`` with an entry for every training species. A species
+        with fewer training environments uses all of them (with a warning).
+    sparse_method : {"cur", "fps"}, default "cur"
+        CUR leverage scores (deterministic) or farthest-point sampling
+        (:mod:`numbec.models.sparsify`).
+    regression : {"bayesian", "ridge"}, default "bayesian"
+        Evidence maximisation (noise and prior variances from the data, predictive variances)
+        or ridge regression with the fixed regulariser ``ridge``.
+    ridge : float, default 1e-6
+        Ridge regulariser, in units of the normal matrix (e^2); used only with "ridge".
+    seed : int or None, default 0
+        Seed of the first farthest-point sample (CUR uses no random numbers).
+
+    Raises
+    ------
+    TypeError
+        ``settings`` is not a DescriptorSettings.
+    ValueError
+        A parameter outside its range, an unknown method or element symbol.
+"""
 
 
 def _incidence(centers, neighbors, n_atoms) -> scipy.sparse.csc_matrix:
@@ -111,34 +295,19 @@ def _incidence(centers, neighbors, n_atoms) -> scipy.sparse.csc_matrix:
 
 
 class KernelBECModel(BECModel):
-    """Base class of :class:`MonopoleModel`, :class:`DipoleModel` and :class:`CombinedModel`.
-
-    Parameters
-    ----------
-    settings : DescriptorSettings or None
-        Descriptor hyperparameters; None: ``DescriptorSettings(species=<training species>)``
-        with the defaults.
-    zeta : int
-        Exponent of the polynomial kernel (>= 1).
-    n_sparse : int or dict
-        Sparse reference environments per central species: one number for all, or
-        ``{Z or symbol: n}``.
-    sparse_method : "cur" or "fps"
-        CUR leverage scores or farthest-point sampling (:mod:`numbec.models.sparsify`).
-    regression : "bayesian" or "ridge"
-        Evidence maximisation (default) or ridge with the fixed regulariser ``ridge``.
-    ridge : float
-        Ridge regulariser (units of the normal matrix, e^2); used only with "ridge".
-    seed : int
-        Seed of the first FPS point (CUR is deterministic).
-    """
+    """Base class of :class:`MonopoleModel`, :class:`DipoleModel` and :class:`CombinedModel`
+    (their docstrings list the parameters, :data:`PARAMETERS_DOC`)."""
 
     _monopole = True
     _dipole = False
     concurrent_frames = True  # Numba kernels release the GIL, BLAS too
+    #: Factor of the predictive variance learned by cross-validation on the training frames
+    #: (:func:`numbec.models.uncertainty.recalibrate`); 1 = the plain Bayesian variance.
+    variance_scale = 1.0
 
-    def __init__(self, settings=None, zeta=4, n_sparse=200, sparse_method="cur",
-                 regression="bayesian", ridge=1e-6, seed=0):
+    def __init__(self, *, settings: DescriptorSettings | None = None, zeta: int = 4,
+                 n_sparse: int | dict = 200, sparse_method: str = "cur",
+                 regression: str = "bayesian", ridge: float = 1e-6, seed: int | None = 0):
         if settings is not None and not isinstance(settings, DescriptorSettings):
             raise TypeError("settings must be a numbec.descriptors.DescriptorSettings or None")
         self.zeta = kernels.check_zeta(zeta)
@@ -169,7 +338,7 @@ class KernelBECModel(BECModel):
     # ------------------------------------------------------------------ basic properties
     @property
     def outputs(self) -> tuple[str, ...]:
-        out = ["bec", "bec_std", "dipole"]
+        out = ["bec", "bec_std", "dipole", "asr_violation"]
         if self._monopole:
             out.append("charges")
         if self._monopole and self._dipole:
@@ -205,6 +374,18 @@ class KernelBECModel(BECModel):
         if not self._fitted:
             raise RuntimeError(f"{type(self).__name__} is not fitted; call fit(frames) first")
 
+    @property
+    def baseline_model(self):
+        """Species-mean model of the training BECs (:class:`~numbec.models.SpeciesMeanModel`),
+        the baseline :func:`numbec.evaluate` compares with; None for models saved before it
+        was stored."""
+        means = getattr(self, "training_mean_bec", None)
+        if means is None:
+            return None
+        from numbec.models.baseline import SpeciesMeanModel
+
+        return SpeciesMeanModel(self.species, means)
+
     def _n_sparse_for(self, z: int) -> int:
         if isinstance(self.n_sparse, dict):
             if z not in self.n_sparse:
@@ -222,7 +403,7 @@ class KernelBECModel(BECModel):
         """
         desc = compute_descriptors(positions, numbers, cell, pbc, self.settings,
                                    gradients=gradients)
-        unit, norms = kernels.normalize(desc.values, where)
+        unit, norms = kernels.normalize(desc.values, where, allow_isolated=True)
         cos = unit @ self.sparse_unit.T
         mask = np.asarray(numbers)[:, None] == self.sparse_species[None, :]
         return desc, unit, norms, cos, mask
@@ -233,90 +414,226 @@ class KernelBECModel(BECModel):
         return q0 - q0.mean()
 
     # ------------------------------------------------------------------ prediction
-    def predict_arrays(self, positions, numbers, cell, pbc, uncertainty=False,
-                       precision="float64") -> dict:
-        """BECs and the other outputs of one structure (see :mod:`numbec.models.base`).
+    def predict_arrays(self, positions, numbers, cell, pbc, uncertainty: bool = False, *,
+                       precision: str = "float64", total_charge: float = 0.0) -> Prediction:
+        """BECs and the other outputs of one structure.
 
-        Uses the adjoint contractions of the descriptors (no Jacobian) for ``bec``; with
-        ``uncertainty=True`` the design rows are built from the Jacobian (the cost of one
-        training step) for ``bec_std = sqrt(phi^T Sigma phi + sigma_v^2)``.
+        Parameters
+        ----------
+        positions : (N, 3) float64, Å
+            Cartesian positions; need not be wrapped into the cell.
+        numbers : (N,) int
+            Atomic numbers.
+        cell : (3, 3) float64, Å
+            Lattice vectors as rows (ignored along non-periodic directions).
+        pbc : (3,) bool
+            Periodic directions.
+        uncertainty : bool
+            Also return ``bec_std = sqrt(s (phi^T Sigma phi + sigma_v^2))``, s =
+            :attr:`variance_scale` (:mod:`numbec.models.uncertainty`); the design rows phi
+            are built from the descriptor Jacobian (the cost of one training step).
+        precision : {"float64", "mixed"}
+            ``"mixed"`` (models with the dipole kernel) computes the dipole model's three
+            large products in float32: ``V_i . wb_b``, ``u_i = sum_b k_ib wb_b`` and the
+            dipole channels' kernel gradients ``sum_b dk_iab x_b``, about 80 % of the
+            multiply-adds of a combined-model frame. The scalar kernel ``x_i . x_b``, the
+            monopole charges and their gradients, the descriptors and everything else stay
+            float64 (float32 there moves the monopole charges by up to 5e-3 e: their weights
+            are large and cancel). On quartz, BECs came within 2e-5 e of float64 and the
+            charges were identical (measured 2026-11-25 at numbec commit adc116a;
+            docs/streaming.md).
+        total_charge : float, e
+            Total charge Q; the charges sum to Q and the BECs to ``Q I``.
 
-        ``precision="mixed"`` (models with the dipole kernel) computes the dipole model's three
-        large products in float32: ``V_i . wb_b``, ``u_i = sum_b k_ib wb_b`` and the dipole
-        channels' kernel gradients ``sum_b dk_iab x_b``, about 80 % of the multiply-adds of a
-        combined-model frame. The scalar kernel ``x_i . x_b``, the monopole charges and their
-        gradients, the descriptors and everything else stay float64 (float32 there moves the
-        monopole charges by up to 5e-3 e: their weights are large and cancel). Measured on
-        quartz: BECs within 2e-5 e of float64, charges identical (docs/streaming.md).
+        Returns
+        -------
+        Prediction
+            ``bec`` (N, 3, 3) e, canonical ``Z[a, i, j] = dP_i/dr_{a,j}``; ``asr_violation``
+            (3, 3) e, ``sum_a Z_loc[a] - Q I`` of the local formula before the projection
+            (module docstring); ``charges`` (N,) e (models with the monopole kernel);
+            ``bec_monopole``, ``bec_dipole`` (N, 3, 3) e (combined model); ``dipole`` (3,)
+            e·Å (``pbc`` all False only; of a charged molecule it depends on the origin);
+            ``bec_std`` (N, 3, 3) e with ``uncertainty=True``.
+
+        Raises
+        ------
+        RuntimeError
+            The model is not fitted.
+        ValueError
+            Non-finite positions or total charge, a precision the model does not offer,
+            overlapping atoms or a degenerate cell (from the neighbour search).
+        UnknownSpeciesError
+            A species the model was not trained on.
         """
         self.precision_arguments(precision)  # a clear error for a precision not offered
         self._check_fitted()
         self.check_inputs(positions, numbers)
         positions = np.asarray(positions, dtype=np.float64)
         numbers = np.asarray(numbers, dtype=np.int64)
+        cells = None if cell is None else np.asarray(cell, dtype=np.float64)[None]
+        frames = self.predict_frames(positions[None], numbers, cells, pbc, precision=precision,
+                                     total_charge=total_charge)
+        out = {key: value[0] for key, value in frames.items()}
+        if uncertainty:
+            n = numbers.size
+            pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+            phi, _ = self._design(positions, numbers, cell, pbc, "predict")
+            var = self.variance_scale * regression.predictive_variance(
+                phi.reshape(n * 9, -1), self.covariance, self.sigma_v2)
+            out["bec_std"] = np.sqrt(var).reshape(n, 3, 3)
+        return out
+
+    def predict_frames(self, positions, numbers, cells, pbc, *, precision: str = "float64",
+                       total_charge: float = 0.0) -> dict:
+        """BECs and the other outputs of F frames of the same atoms, computed in batches.
+
+        Frames are stacked into structures of about :data:`BATCH_ATOMS` atoms whose pairs
+        never join two frames (:func:`numbec.descriptors.neighbors.neighbor_list_frames`):
+        the expansion, the kernel products and the back-propagation then run once per batch
+        instead of once per frame, which is what frames of a few atoms need. Neutrality, the
+        dipole, the molecule-in-a-box test and the sum-rule projection are applied frame by
+        frame. The numbers are those of :meth:`predict_arrays` frame by frame (the same
+        arithmetic in the same order; :meth:`predict_arrays` is this method for one frame).
+
+        Parameters
+        ----------
+        positions : (F, N, 3) float64, Å
+        numbers : (N,) int, atomic numbers, the same in every frame
+        cells : (F, 3, 3) float64, Å, rows = lattice vectors, or None for clusters
+        pbc : (3,) bool or bool, shared by the frames
+        precision, total_charge : as for :meth:`predict_arrays`
+
+        Returns
+        -------
+        dict of the arrays of :meth:`predict_arrays` (without ``bec_std``) with a leading
+        frame axis: ``bec`` (F, N, 3, 3) e, ``asr_violation`` (F, 3, 3) e, ``charges``
+        (F, N) e, ``bec_monopole``/``bec_dipole`` (F, N, 3, 3) e, ``dipole`` (F, 3) e·Å.
+
+        Raises
+        ------
+        ValueError
+            Non-finite positions or overlapping atoms (naming the frame and atom), a bad
+            shape, a precision the model does not offer.
+        UnknownSpeciesError
+            A species the model was not trained on.
+        """
+        self.precision_arguments(precision)
+        self._check_fitted()
+        total_charge = _total_charge(total_charge)
+        positions = np.asarray(positions, dtype=np.float64)
+        numbers = np.asarray(numbers, dtype=np.int64)
+        if positions.ndim != 3 or positions.shape[1:] != (numbers.size, 3):
+            raise ValueError(f"positions must have shape (F, {numbers.size}, 3) to match "
+                             f"numbers, got {positions.shape}")
+        self.check_inputs(np.zeros((0, 3)), numbers)
         pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
-        periodic = bool(pbc.any())
+        n_frames = positions.shape[0]
+        step = max(1, BATCH_ATOMS // max(1, numbers.size))
+        parts = []
+        for start in range(0, n_frames, step):
+            stop = min(start + step, n_frames)
+            try:
+                parts.append(self._predict_batch(
+                    positions[start:stop], numbers, None if cells is None else cells[start:stop],
+                    pbc, precision, total_charge))
+            except ValueError as err:
+                if n_frames == 1 or not str(err).startswith("frame "):
+                    raise
+                # name the frame of the whole call, not of the batch
+                f, rest = str(err)[len("frame "):].split(":", 1)
+                raise ValueError(f"frame {start + int(f)}:{rest}") from None
+        if len(parts) == 1:
+            return parts[0]
+        return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+    def _predict_batch(self, positions, numbers, cells, pbc, precision, total_charge) -> dict:
+        """:meth:`predict_frames` of one batch (checked inputs)."""
+        f, n = positions.shape[:2]
+        pairs = neighbor_list_frames(positions, cells, pbc, self.settings.cutoff)
+        flat = positions.reshape(f * n, 3)
+        stacked = np.tile(numbers, f)
         if self._dipole:
-            desc, vdesc = compute_scalar_and_vector_descriptors(positions, numbers, cell, pbc,
-                                                                self.settings)
+            desc, vdesc = compute_scalar_and_vector_descriptors(flat, stacked, None, pbc,
+                                                                self.settings, pairs=pairs)
         else:
-            desc, vdesc = compute_descriptors(positions, numbers, cell, pbc, self.settings), None
+            desc = compute_descriptors(flat, stacked, None, pbc, self.settings, pairs=pairs)
+            vdesc = None
+        # a periodic cell holding one finite cluster is a molecule: same descriptors, and then
+        # the exact molecular derivative replaces the sum-rule projection
+        periodic = np.full(f, bool(pbc.any()))
+        unwrapped = positions.copy()
+        for k in np.flatnonzero(periodic):
+            cluster = _unwrapped_cluster(_frame_pairs(pairs, k, n), positions[k], cells[k])
+            if cluster is not None:
+                periodic[k] = False
+                unwrapped[k] = cluster
         ex = desc.expansion
-        unit, norms = kernels.normalize(desc.values, "predict")
-        blocks = self._species_blocks(numbers, unit)
-        n = numbers.size
+        unit, norms = kernels.normalize(desc.values, "predict", allow_isolated=True)
+        species_kernels = self._species_kernels(stacked, unit)
         q0n = self._baseline(numbers)
-        z_mono = np.zeros((n, 3, 3))
+        if total_charge:
+            q0n = q0n + total_charge / n
+        q0n = np.tile(q0n, f)
+        z_mono = np.zeros((f * n, 3, 3))
         z_mono[:, _DIAG[0], _DIAG[1]] = q0n[:, None]
-        dipole = q0n @ positions
+        dipole = np.einsum("fi,fia->fa", q0n.reshape(f, n), positions)
         charges = q0n.copy()
         # every contraction adds its coefficient adjoints to one set of channels (monopole: 0,
         # dipole model: the next three), back-propagated through the pairs once
-        c_dip = 1 if self._monopole else 0
-        n_ch = c_dip + (3 if self._dipole else 0)
-        a2, a3 = ex.adjoint_arrays(n_ch)
-        q, scalar_grad, u = self._kernel_terms(blocks, unit, norms, vdesc, n_ch,
+        dipole_channel = 1 if self._monopole else 0
+        n_channels = dipole_channel + (3 if self._dipole else 0)
+        a2, a3 = ex.adjoint_arrays(n_channels)
+        q, scalar_grad, u = self._kernel_terms(species_kernels, unit, norms, vdesc, n_channels,
                                                precision == "mixed")
         if self._monopole:
-            qn = q - q.mean()
+            q = q.reshape(f, n)
+            qn = (q - q.mean(axis=1, keepdims=True)).reshape(f * n)
             z_mono[:, _DIAG[0], _DIAG[1]] += qn[:, None]
             charges += qn
-            dipole = dipole + qn @ positions
+            dipole = dipole + np.einsum("fi,fia->fa", qn.reshape(f, n), positions)
         if self._dipole:
             # mu_i = V_i . u_i; the vector-descriptor part of sum_i dmu_i/dr_j enters the last
             # three channels through the adjoint of V with weights u
-            if not periodic:
-                dipole = dipole + np.einsum("iak,ik->a", vdesc.values, u)
-            vdesc.add_adjoint(u[:, None, :], a2, a3, c_dip)
+            if not pbc.any():
+                dipole = dipole + np.einsum("fiak,fik->fa", vdesc.values.reshape(f, n, 3, -1),
+                                            u.reshape(f, n, -1))
+            vdesc.add_adjoint(u[:, None, :], a2, a3, dipole_channel)
         desc.add_adjoint(scalar_grad, a2, a3, 0)
         pair_grad = ex.backprop(a2, a3)
+        z_mono = z_mono.reshape(f, n, 3, 3)
         if self._monopole:
-            z_mono += ex.scatter_monopole(pair_grad[:, :1])[:, 0]
-            if not periodic:
-                dq = ex.scatter_with_self(pair_grad[:, :1])[:, 0]
-                z_mono += (positions - positions.mean(axis=0))[:, :, None] * dq[:, None, :]
+            z_mono += ex.scatter_monopole(pair_grad[:, :1])[:, 0].reshape(f, n, 3, 3)
+            molecular = np.flatnonzero(~periodic)
+            if molecular.size:
+                dq = ex.scatter_with_self(pair_grad[:, :1])[:, 0].reshape(f, n, 3)[molecular]
+                centred = unwrapped[molecular] - unwrapped[molecular].mean(axis=1, keepdims=True)
+                z_mono[molecular] += centred[..., :, None] * dq[..., None, :]
+
+        def projected(z, charge=0.0):
+            """Sum-rule projection of the periodic frames of z (F, N, 3, 3)."""
+            if not periodic.any():
+                return z
+            z = z.copy()
+            z[periodic] = asr_project(z[periodic], charge)
+            return z
+
         bec = z_mono
+        violation = acoustic_sum(z_mono)
         out = {}
         if self._dipole:
-            z_dip = ex.scatter_with_self(pair_grad[:, c_dip:])
-            if periodic:
-                z_dip = asr_project(z_dip)
+            z_dip = ex.scatter_with_self(pair_grad[:, dipole_channel:]).reshape(f, n, 3, 3)
+            violation = violation + acoustic_sum(z_dip)
+            z_dip = projected(z_dip)
             bec = z_mono + z_dip
             if self._monopole:
-                out["bec_monopole"] = asr_project(z_mono) if periodic else z_mono
+                out["bec_monopole"] = projected(z_mono, total_charge)
                 out["bec_dipole"] = z_dip
-        if periodic:
-            bec = asr_project(bec)
-        out["bec"] = bec
+        out["bec"] = projected(bec, total_charge)
+        out["asr_violation"] = violation - total_charge * np.eye(3)
         if self._monopole:
-            out["charges"] = charges
-        if not periodic:
+            out["charges"] = charges.reshape(f, n)
+        if not pbc.any():
             out["dipole"] = dipole
-        if uncertainty:
-            phi, _ = self._design(positions, numbers, cell, pbc, "predict")
-            var = regression.predictive_variance(phi.reshape(n * 9, -1), self.covariance,
-                                                 self.sigma_v2)
-            out["bec_std"] = np.sqrt(var).reshape(n, 3, 3)
         return out
 
     def _dipole_sparse_weights(self) -> np.ndarray:
@@ -332,19 +649,20 @@ class KernelBECModel(BECModel):
             self._wb_cache = cached
         return cached[1]
 
-    def _single_precision_copies(self):
+    def _float32_copies(self):
         """float32 copies of ``wb`` (:meth:`_dipole_sparse_weights`) and of the unit sparse
         descriptors, for ``precision="mixed"``; made once per weight vector (one tuple
         assignment, so frames on concurrent threads never see half of it)."""
-        cached = getattr(self, "_single_cache", None)
+        cached = getattr(self, "_float32_cache", None)
         if cached is None or cached[0] is not self.weights:
             cached = (self.weights, self._dipole_sparse_weights().astype(np.float32),
                       self.sparse_unit.astype(np.float32))
-            self._single_cache = cached
+            self._float32_cache = cached
         return cached[1], cached[2]
 
-    def _kernel_terms(self, blocks, unit, norms, vdesc, n_channels, single=False):
-        """Kernel part of one prediction, per species block.
+    def _kernel_terms(self, species_kernels, unit, norms, vdesc, n_channels,
+                      float32_products=False):
+        """Kernel part of one prediction, species by species (:meth:`_species_kernels`).
 
         Returns ``q`` (N,) kernel charges (monopole model; zeros otherwise), ``scalar_grad``
         (N, C, D) the derivatives of the channel quantities with respect to the scalar
@@ -352,9 +670,10 @@ class KernelBECModel(BECModel):
         ``mu_i = V_i . u_i`` through the factor (x_i . x_b)**(zeta - 1) of the dipole kernel),
         and ``u`` (N, Dv) with ``u_i = sum_b (x_i . x_b)**(zeta - 1) wb_b``
         (:meth:`_dipole_sparse_weights`; None without the dipole model). All channels of a
-        block share one product with the sparse descriptors; the element-wise work between the
-        products is one Numba pass (:mod:`numbec.models.kernels_numba`, which releases the GIL).
-        ``single``: the dipole model's products in float32 (``precision="mixed"``).
+        species share one product with the sparse descriptors; the element-wise work between
+        the products is one Numba pass (:mod:`numbec.models.kernels_numba`, which releases the
+        GIL). ``float32_products``: the dipole model's products in float32
+        (``precision="mixed"``).
         """
         n, d = unit.shape
         zeta = self.zeta
@@ -363,58 +682,63 @@ class KernelBECModel(BECModel):
         scalar_grad = np.empty((n, n_channels, d))
         u = None
         no_coef = np.zeros((0, 3, 0))
-        single = single and self._dipole
+        float32_products = float32_products and self._dipole
         if self._dipole:
             wb = self._dipole_sparse_weights()
             u = np.empty((n, wb.shape[1]))
-            if single:
-                wb, sparse32 = self._single_precision_copies()
+            if float32_products:
+                wb, sparse32 = self._float32_copies()
         w_all = self.weights[:m] if self._monopole else np.zeros(0)
-        # dipole channels: c_dip .. n_channels - 1
-        c_dip = n_channels - 3
-        for rows, cols, cos in blocks:
+        # dipole channels: dipole_channel .. n_channels - 1
+        dipole_channel = n_channels - 3
+        for rows, cols, cos in species_kernels:
             nr, mz = cos.shape
             coef = no_coef
             if self._dipole and zeta >= 2:
                 v = vdesc.values[rows].reshape(3 * nr, -1)
-                coef = (v.astype(np.float32) if single else v) @ wb[cols].T
+                coef = (v.astype(np.float32) if float32_products else v) @ wb[cols].T
                 coef = coef.reshape(nr, 3, mz).astype(np.float64, copy=False)
-            # dk[i, c, b] = d k_icb / d(x_i . x_b); dipole channels stay zero for zeta = 1
+            # dk[i, ch, b] = d k_ich / d(x_i . x_b); dipole channels stay zero for zeta = 1
             dk = (np.zeros if self._dipole and zeta == 1 else np.empty)((nr, n_channels, mz))
-            q_block, k_dip, radial = np.empty(nr), np.empty((nr, mz)), np.empty((nr, n_channels))
-            _kn.block_kernel_derivatives(cos, zeta, w_all[cols] if self._monopole else w_all,
-                                         coef, dk, q_block, k_dip, radial)
-            q[rows] = q_block
-            if single:
-                u[rows] = k_dip.astype(np.float32) @ wb[cols]
+            q_species = np.empty(nr)
+            kernel_pow, radial = np.empty((nr, mz)), np.empty((nr, n_channels))
+            _kn.species_kernel_derivatives(cos, zeta, w_all[cols] if self._monopole else w_all,
+                                           coef, dk, q_species, kernel_pow, radial)
+            q[rows] = q_species
+            if float32_products:
+                u[rows] = kernel_pow.astype(np.float32) @ wb[cols]
                 grad = np.empty((nr, n_channels, d))
-                if c_dip:  # the monopole channel
+                if dipole_channel:  # the monopole channel
                     grad[:, 0] = dk[:, 0] @ self.sparse_unit[cols]
-                grad[:, c_dip:] = (dk[:, c_dip:].reshape(3 * nr, mz).astype(np.float32)
-                                   @ sparse32[cols]).reshape(nr, 3, d)
+                grad[:, dipole_channel:] = (
+                    dk[:, dipole_channel:].reshape(3 * nr, mz).astype(np.float32)
+                    @ sparse32[cols]).reshape(nr, 3, d)
             else:
                 if self._dipole:
-                    u[rows] = k_dip @ wb[cols]
+                    u[rows] = kernel_pow @ wb[cols]
                 grad = (dk.reshape(nr * n_channels, mz) @ self.sparse_unit[cols]).reshape(
                     nr, n_channels, d)
             _kn.finish_gradient(grad, radial, unit[rows], norms[rows])
             scalar_grad[rows] = grad
         return q, scalar_grad, u
 
-    def _species_blocks(self, numbers, unit) -> list:
-        """Kernel blocks of one structure: ``[(rows, cols, cos)]`` per species present, with
-        ``rows`` the atoms of the species, ``cols`` its sparse points and ``cos`` (len(rows),
-        len(cols)) = x_i . x_b. The kernel between different species is zero, so working per
-        block skips the zero part of every (N, M) product (half of it for two species).
+    def _species_kernels(self, numbers, unit) -> list:
+        """Per-species kernel inputs of one structure: ``[(rows, cols, cos)]`` per species
+        present, with ``rows`` the atoms of the species, ``cols`` its sparse points and ``cos``
+        (len(rows), len(cols)) = x_i . x_b. The kernel between different species is zero, so
+        working species by species skips the zero part of every (N, M) product (half of it
+        for two species).
         ``rows`` and ``cols`` are slices where the indices are contiguous (the sparse points
         always are, and atoms sorted by species): views instead of copies of the (M, D)
         sparse matrices at every frame."""
-        blocks = []
+        out = []
         for z in np.unique(numbers):
             rows = _as_slice(np.flatnonzero(numbers == z))
             cols = _as_slice(np.flatnonzero(self.sparse_species == z))
-            blocks.append((rows, cols, unit[rows] @ self.sparse_unit[cols].T))
-        return blocks
+            out.append((rows, cols, unit[rows] @ self.sparse_unit[cols].T))
+        return out
+
+    _species_blocks = _species_kernels  # old name, used by benchmarks/stream.py until merged
 
     # ------------------------------------------------------------------ design matrix
     def _design(self, positions, numbers, cell, pbc, where):
@@ -422,39 +746,47 @@ class KernelBECModel(BECModel):
         (neutrality scheme applied), and for molecules the dipole rows (3, C), else None."""
         numbers = np.asarray(numbers, dtype=np.int64)
         positions = np.asarray(positions, dtype=np.float64)
-        periodic = bool(np.asarray(pbc).any())
+        has_pbc = bool(np.asarray(pbc).any())
         desc, unit, norms, cos, mask = self._environment(positions, numbers, cell, pbc, True,
                                                          where)
         nl = desc.pairs
+        periodic = has_pbc
+        if has_pbc:
+            unwrapped = _unwrapped_cluster(nl, positions, cell)
+            periodic = unwrapped is None
+            if not periodic:
+                positions = unwrapped
         n_pairs, n = nl.n_pairs, numbers.size
         centers = nl.centers
         jac = desc.gradients.reshape(n_pairs * 3, -1)
         crow = np.repeat(centers, 3)
         proj = jac @ self.sparse_unit.T                                  # (3P, M)
         radial = np.einsum("rk,rk->r", jac, unit[crow])
-        nrows = norms[crow]
+        row_norms = norms[crow]
         parts, dips = [], []
         rel = positions - positions.mean(axis=0)
         if self._monopole:
-            phi, dip = self._design_monopole(nl, n, proj, radial, crow, nrows, cos, mask,
+            phi, dip = self._design_monopole(nl, n, proj, radial, crow, row_norms, cos, mask,
                                              periodic, rel)
             parts.append(phi)
             dips.append(dip)
         if self._dipole:
             phi, dip = self._design_dipole(positions, numbers, cell, pbc, nl, proj, radial,
-                                           crow, nrows, cos, mask, periodic)
+                                           crow, row_norms, cos, mask, periodic)
             parts.append(phi)
             dips.append(dip)
         phi = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
         if periodic:
             phi = phi - phi.mean(axis=0)[None]
             return phi, None
-        return phi, np.concatenate(dips, axis=-1)
+        # a periodic cell without image pairs is a molecule for the BECs, but its dipole is
+        # not fitted (periodic codes report it only modulo a polarisation quantum)
+        return phi, (None if has_pbc else np.concatenate(dips, axis=-1))
 
-    def _design_monopole(self, nl, n, proj, radial, crow, nrows, cos, mask, periodic, rel):
+    def _design_monopole(self, nl, n, proj, radial, crow, row_norms, cos, mask, periodic, rel):
         m = cos.shape[1]
         kmat = np.where(mask, kernels.int_power(cos, self.zeta), 0.0)
-        dk = kernels.kernel_gradient_matrix(proj, radial, cos[crow], nrows,
+        dk = kernels.kernel_gradient_matrix(proj, radial, cos[crow], row_norms,
                                             self.zeta)
         dk = (dk * mask[crow]).reshape(nl.n_pairs, 3 * m)               # [p, beta, b]
         phi = np.zeros((n, 3, 3, m))
@@ -471,7 +803,7 @@ class KernelBECModel(BECModel):
         phi[:, _DIAG[0], _DIAG[1], :] -= kmat.mean(axis=0)[None, None, :]
         return phi, rel.T @ kmat
 
-    def _design_dipole(self, positions, numbers, cell, pbc, nl, proj, radial, crow, nrows,
+    def _design_dipole(self, positions, numbers, cell, pbc, nl, proj, radial, crow, row_norms,
                        cos, mask, periodic):
         m = cos.shape[1]
         n = numbers.size
@@ -480,13 +812,13 @@ class KernelBECModel(BECModel):
                                            gradients=True)
         vec = vdesc.values / s                                           # (N, 3, Dv)
         dv = vec.shape[-1]
-        c = np.where(mask, kernels.int_power(cos, self.zeta - 1), 0.0)   # (N, M)
+        kernel_pow = np.where(mask, kernels.int_power(cos, self.zeta - 1), 0.0)   # (N, M)
         if self.zeta > 1:
-            dc = kernels.kernel_gradient_matrix(proj, radial, cos[crow], nrows,
-                                                self.zeta, power=self.zeta - 1)
-            dc = (dc * mask[crow]).reshape(nl.n_pairs, 3, m)             # [p, beta, b]
+            d_kernel_pow = kernels.kernel_gradient_matrix(proj, radial, cos[crow], row_norms,
+                                                          self.zeta, power=self.zeta - 1)
+            d_kernel_pow = (d_kernel_pow * mask[crow]).reshape(nl.n_pairs, 3, m)  # [p, beta, b]
         else:
-            dc = None
+            d_kernel_pow = None
         inc = _incidence(nl.centers, nl.neighbors, n)
         centers = nl.centers
         phi = np.zeros((n, 3, 3, m, 3))
@@ -496,29 +828,29 @@ class KernelBECModel(BECModel):
             vs = self.sparse_vectors[cols].reshape(-1, dv)               # (3 m_z, Dv)
             centre_atoms = np.flatnonzero(numbers == z)
             vv = (vec[centre_atoms].reshape(-1, dv) @ vs.T).reshape(-1, 3, cols.size, 3)
-            dip[:, cols, :] += np.einsum("ib,iabn->abn", c[centre_atoms][:, cols], vv)
+            dip[:, cols, :] += np.einsum("ib,iabn->abn", kernel_pow[centre_atoms][:, cols], vv)
             vv_full = np.zeros((n, 3, cols.size, 3))
             vv_full[centre_atoms] = vv
-            block = np.zeros((n, 3, 3, cols.size, 3))
+            phi_z = np.zeros((n, 3, 3, cols.size, 3))  # the columns of species z
             for pairs, feats in self._pair_groups(nl, numbers[centers] == z):
                 vs_f = vs[:, feats]
-                for start in range(0, pairs.size, PAIR_BLOCK):
-                    p = pairs[start:start + PAIR_BLOCK]
+                for start in range(0, pairs.size, PAIR_BATCH):
+                    p = pairs[start:start + PAIR_BATCH]
                     jv = vdesc.gradients[p][..., feats].reshape(-1, vs_f.shape[1]) / s
                     t = (jv @ vs_f.T).reshape(p.size, 3, 3, cols.size, 3)
-                    t *= c[centers[p]][:, cols][:, None, None, :, None]
-                    if dc is not None:
+                    t *= kernel_pow[centers[p]][:, cols][:, None, None, :, None]
+                    if d_kernel_pow is not None:
                         t += (vv_full[centers[p]][:, :, None, :, :]
-                              * dc[p][:, None, :, :][..., cols][..., None])
-                    block += (inc[:, p] @ t.reshape(p.size, -1)).reshape(block.shape)
-            phi[:, :, :, cols, :] = block
+                              * d_kernel_pow[p][:, None, :, :][..., cols][..., None])
+                    phi_z += (inc[:, p] @ t.reshape(p.size, -1)).reshape(phi_z.shape)
+            phi[:, :, :, cols, :] = phi_z
         phi = phi.reshape(n, 3, 3, 3 * m)
         if periodic:
             return phi, None
         return phi, dip.reshape(3, 3 * m)
 
     def _pair_groups(self, nl, selected):
-        """Split the selected pairs by which vector-descriptor block can depend on them: a
+        """Split the selected pairs by which vector-descriptor part can depend on them: a
         neighbour beyond ``cutoff_angular`` moves only the two-body features, one beyond
         ``cutoff_radial`` only the product features. Yields ``(pair indices, feature slice)``;
         the Jacobian outside the slice is exactly zero, so the products skip it."""
@@ -535,28 +867,60 @@ class KernelBECModel(BECModel):
                 yield pairs, feats
 
     # ------------------------------------------------------------------ training
-    def fit(self, frames, progress=False):
+    def fit(self, frames, progress: bool | None = None) -> KernelBECModel:
         """Fit to reference BECs (and molecular dipoles). Returns self.
 
-        frames : sequence of ase.Atoms with ``arrays["bec"]`` (N, 3, 3) canonical BECs, e;
-        molecules may carry ``info["dipole"]`` (3,) e·Å, then fitted too (weight
-        :data:`DIPOLE_ROW_WEIGHT` per Å). progress : tqdm bar over frames.
+        Parameters
+        ----------
+        frames : sequence of ase.Atoms
+            Each with ``arrays["bec"]`` (N, 3, 3) float64 canonical BECs
+            ``Z[a, i, j] = dP_i/dr_{a,j}``, e (as :func:`numbec.read_bec` returns them). They
+            are projected onto the acoustic sum rule ``sum_a Z[a] = Q I`` before fitting (Q from
+            ``info["charge"]``, default 0); the largest violation is recorded as
+            ``training["asr_violation_max"]`` (e). Molecules (pbc all False) may carry
+            ``info["dipole"]`` (3,) e·Å, then fitted too (weight :data:`DIPOLE_ROW_WEIGHT`
+            per Å).
+        progress : bool or None
+            Progress bars (tqdm, on stderr) for the descriptors, the sparse selection, the
+            design rows and the evidence iterations; None: when stderr is a terminal.
+
+        Raises
+        ------
+        ValueError
+            No frames; a frame without BECs, with BECs of the wrong shape, NaN positions, a
+            non-numeric charge, overlapping atoms or a degenerate cell (the message names the
+            frame and its file); a species none of whose atoms has a neighbour within the
+            cutoff.
+        UnknownSpeciesError
+            Species outside the given descriptor settings.
         """
         from tqdm.auto import tqdm
 
+        show = _show_progress(progress)
         t_start = time.perf_counter()
         frames = list(frames)
         if not frames:
             raise ValueError("fit: no training frames")
-        targets = []
+        targets, charges, violations = [], [], []
         for k, atoms in enumerate(frames):
-            where = f"frame {k}"
+            where = _where(k, atoms)
             if "bec" not in atoms.arrays:
                 raise ValueError(f"{where}: no 'bec' array; every training frame needs reference "
                                  "BECs (read data with numbec.read_bec)")
             _check_positions(atoms.positions, where)
             bec = as_bec_array(atoms.arrays["bec"], len(atoms), where=where)  # canonical
+            with _naming(where):
+                charge = charge_arguments(atoms).get("total_charge", 0.0)
+            violations.append(float(np.abs(acoustic_sum(bec) - charge * np.eye(3)).max()))
+            # the kernel part is fitted to the neutral part; predictions add Q/N I back
             targets.append(asr_project(bec))
+            charges.append(charge)
+        worst = int(np.argmax(violations))
+        if violations[worst] > ASR_WARNING:
+            warnings.warn(
+                f"{_where(worst, frames[worst])}: the reference BECs violate the acoustic sum "
+                f"rule by up to {violations[worst]:.3g} e (sum over atoms minus Q I); if the "
+                "structure is charged, give its charge in atoms.info['charge']", stacklevel=2)
         species = sorted({int(z) for atoms in frames for z in atoms.numbers})
         settings = self._given_settings or DescriptorSettings(species=tuple(species))
         missing = sorted(set(species) - set(settings.species))
@@ -568,35 +932,49 @@ class KernelBECModel(BECModel):
         self.species = tuple(species)
 
         self.q0 = self._fit_baseline(frames, targets)
+        self.training_mean_bec = self._training_mean_bec(frames)
 
         # pass 1: descriptors of all environments -> sparse points
         t0 = time.perf_counter()
         units = {z: [] for z in species}
         origin = {z: [] for z in species}
         vsq, n_env = 0.0, 0
-        for k, atoms in enumerate(tqdm(frames, desc="descriptors", disable=not progress)):
-            desc = compute_descriptors(atoms.positions, atoms.numbers, np.asarray(atoms.cell),
-                                       atoms.pbc, settings)
-            unit, _ = kernels.normalize(desc.values, f"frame {k}")
+        for k, atoms in enumerate(tqdm(frames, desc="descriptors", disable=not show)):
+            where = _where(k, atoms)
+            with _naming(where):
+                desc = compute_descriptors(atoms.positions, atoms.numbers,
+                                           np.asarray(atoms.cell), atoms.pbc, settings)
+                unit, norms = kernels.normalize(desc.values, where, allow_isolated=True)
+            has_neighbours = np.linalg.norm(desc.values, axis=1) > 0.0
             for z in species:
-                idx = np.flatnonzero(atoms.numbers == z)
+                # isolated atoms (zero descriptor) have no direction: never sparse points
+                idx = np.flatnonzero((atoms.numbers == z) & has_neighbours)
                 units[z].append(unit[idx])
                 origin[z].extend((k, int(i)) for i in idx)
             if self._dipole:
-                v = compute_vector_descriptors(atoms.positions, atoms.numbers,
-                                               np.asarray(atoms.cell), atoms.pbc, settings)
+                with _naming(where):
+                    v = compute_vector_descriptors(atoms.positions, atoms.numbers,
+                                                   np.asarray(atoms.cell), atoms.pbc, settings)
                 vsq += float(np.sum(v.values ** 2))
                 n_env += len(atoms)
         chosen_unit, chosen_species, chosen_origin = [], [], []
-        for z in species:
+        n_sparse_used = {}
+        for z in tqdm(species, desc="sparse points", disable=not show):
             pool = np.concatenate(units[z])
             n_sel = self._n_sparse_for(z)
-            if n_sel > pool.shape[0]:
+            if pool.shape[0] == 0:
                 raise ValueError(
+                    f"species {_symbol(z)}: no atom of it has a neighbour within the descriptor "
+                    "cutoff in the training frames, so the kernel has no reference environment")
+            if n_sel > pool.shape[0]:
+                warnings.warn(
                     f"species {_symbol(z)}: n_sparse = {n_sel} but the training frames have "
-                    f"only {pool.shape[0]} environments of it; lower n_sparse or add frames")
+                    f"only {pool.shape[0]} environments of it; using all {pool.shape[0]}",
+                    stacklevel=2)
+                n_sel = pool.shape[0]
             idx = sparsify.select(pool, n_sel, self.sparse_method, zeta=self.zeta,
                                   seed=self.seed, where=f"species {_symbol(z)}")
+            n_sparse_used[_symbol_key(z)] = int(idx.size)
             chosen_unit.append(pool[idx])
             chosen_species.append(np.full(idx.size, z, dtype=np.int64))
             chosen_origin.extend(origin[z][i] for i in idx)
@@ -614,9 +992,11 @@ class KernelBECModel(BECModel):
         t0 = time.perf_counter()
         eq = regression.NormalEquations(self.n_columns)
         n_atoms = 0
-        for k, atoms in enumerate(tqdm(frames, desc="design", disable=not progress)):
-            phi, dip = self._design(atoms.positions, atoms.numbers, np.asarray(atoms.cell),
-                                    atoms.pbc, f"frame {k}")
+        for k, atoms in enumerate(tqdm(frames, desc="design rows", disable=not show)):
+            where = _where(k, atoms)
+            with _naming(where):
+                phi, dip = self._design(atoms.positions, atoms.numbers, np.asarray(atoms.cell),
+                                        atoms.pbc, where)
             n = len(atoms)
             n_atoms += n
             q0n = self._baseline(atoms.numbers)
@@ -624,11 +1004,10 @@ class KernelBECModel(BECModel):
             y[:, _DIAG[0], _DIAG[1]] -= q0n[:, None]
             eq.add(phi.reshape(n * 9, -1), y.ravel())
             if dip is None and self._monopole and NEUTRALITY_ROW_WEIGHT > 0:
-                eq.add(NEUTRALITY_ROW_WEIGHT * self._charge_row(atoms, f"frame {k}"),
-                       np.zeros(1))
+                eq.add(NEUTRALITY_ROW_WEIGHT * self._charge_row(atoms, where), np.zeros(1))
             if dip is not None and "dipole" in atoms.info:
                 ref = np.asarray(atoms.info["dipole"], dtype=np.float64).reshape(3)
-                target = ref - q0n @ atoms.positions
+                target = ref - (q0n + charges[k] / n) @ atoms.positions
                 eq.add(DIPOLE_ROW_WEIGHT * dip, DIPOLE_ROW_WEIGHT * target)
         t_design = time.perf_counter() - t0
 
@@ -637,7 +1016,7 @@ class KernelBECModel(BECModel):
             m = self.sparse_unit.shape[0]
             groups = np.concatenate([np.zeros(m if self._monopole else 0, dtype=np.int64),
                                      np.ones(3 * m if self._dipole else 0, dtype=np.int64)])
-            result = regression.fit_bayesian(eq, groups=groups)
+            result = regression.fit_bayesian(eq, groups=groups, progress=show)
         else:
             result = regression.fit_ridge(eq, self.ridge)
         t_solve = time.perf_counter() - t0
@@ -647,6 +1026,8 @@ class KernelBECModel(BECModel):
         self.training = {
             "n_frames": len(frames), "n_atoms": n_atoms, "n_rows": eq.n_rows,
             "n_columns": eq.n_columns, **result.summary(),
+            "n_sparse_used": n_sparse_used,
+            "asr_violation_max": max(violations),
             "time_sparse_s": t_sparse, "time_design_s": t_design, "time_solve_s": t_solve,
             "time_total_s": time.perf_counter() - t_start,
         }
@@ -675,6 +1056,14 @@ class KernelBECModel(BECModel):
         q0 = np.array([trace[allz == z].mean() for z in self.species])
         return q0 - trace.mean()
 
+    @staticmethod
+    def _training_mean_bec(frames) -> np.ndarray:
+        """(n_species, 3, 3) mean raw reference BEC per species (e), the species-mean
+        baseline of :attr:`baseline_model`."""
+        from numbec.models.baseline import SpeciesMeanModel
+
+        return SpeciesMeanModel.fit(frames).mean_bec
+
     def _sparse_vector_descriptors(self, frames, chosen_origin) -> np.ndarray:
         """(M, 3, Dv) scaled vector descriptors V_b / s of the chosen sparse environments."""
         out = np.zeros((len(chosen_origin), 3, self.settings.n_vector_features))
@@ -690,7 +1079,26 @@ class KernelBECModel(BECModel):
         return out
 
     # ------------------------------------------------------------------ persistence
-    def _state(self):
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """The saved state ``(metadata, arrays)`` (see :meth:`BECModel.state`).
+
+        metadata: ``hyperparameters``, ``settings`` (descriptor settings), ``species`` (sorted
+        atomic numbers), ``vector_scale`` (s of the dipole kernel, 1 without it), ``sigma_v2``
+        (noise variance, e^2) and ``training`` (summary of the fit).
+        arrays, with M sparse points, D = ``settings.n_features``, Dv =
+        ``settings.n_vector_features`` and C = :attr:`n_columns`:
+        ``q0`` (n_species,) float64 baseline charges, e; ``sparse_unit`` (M, D) float64 unit
+        sparse descriptors; ``sparse_species`` (M,) int64 their species; ``weights`` (C,)
+        float64; ``covariance`` (C, C) float64 posterior covariance; ``sparse_vectors``
+        (M, 3, Dv) float64 scaled vector descriptors (dipole kernel only);
+        ``training_mean_bec`` (n_species, 3, 3) float64 mean reference BEC per species, e
+        (models fitted after numbec 0.1's first release; the evaluation baseline).
+
+        Raises
+        ------
+        RuntimeError
+            The model is not fitted.
+        """
         self._check_fitted()
         metadata = {
             "hyperparameters": self.hyperparameters(),
@@ -698,6 +1106,7 @@ class KernelBECModel(BECModel):
             "species": list(self.species),
             "vector_scale": self.vector_scale,
             "sigma_v2": self.sigma_v2,
+            "variance_scale": self.variance_scale,
             "training": self.training,
         }
         arrays = {"q0": self.q0, "sparse_unit": self.sparse_unit,
@@ -705,25 +1114,63 @@ class KernelBECModel(BECModel):
                   "covariance": self.covariance}
         if self._dipole:
             arrays["sparse_vectors"] = self.sparse_vectors
+        if getattr(self, "training_mean_bec", None) is not None:
+            arrays["training_mean_bec"] = self.training_mean_bec
         return metadata, arrays
 
     @classmethod
     def _from_state(cls, metadata, arrays):
-        hyper = dict(metadata["hyperparameters"])
-        model = cls(settings=DescriptorSettings.from_dict(metadata["settings"]), **hyper)
-        model.species = tuple(int(z) for z in metadata["species"])
+        hyper = metadata["hyperparameters"]
+        if not isinstance(hyper, dict):
+            raise ModelFileError("metadata 'hyperparameters' is not a JSON object")
+        settings = metadata["settings"]
+        if not isinstance(settings, dict):
+            raise ModelFileError("metadata 'settings' is not a JSON object")
+        model = cls(settings=DescriptorSettings.from_dict(settings), **hyper)
+        species = [int(z) for z in metadata["species"]]
+        if not species or species != sorted(set(species)):
+            raise ModelFileError(f"species {species} are not distinct and sorted")
+        outside = sorted(set(species) - set(model.settings.species))
+        if outside:
+            raise ModelFileError(f"species {outside} are not among the descriptor species "
+                                 f"{list(model.settings.species)}")
+        model.species = tuple(species)
         model.vector_scale = float(metadata["vector_scale"])
         model.sigma_v2 = float(metadata["sigma_v2"])
+        if not (np.isfinite(model.vector_scale) and model.vector_scale > 0):
+            raise ModelFileError(f"vector_scale = {model.vector_scale} is not positive")
+        if not (np.isfinite(model.sigma_v2) and model.sigma_v2 >= 0):
+            raise ModelFileError(f"sigma_v2 = {model.sigma_v2} is not a variance")
+        model.variance_scale = float(metadata.get("variance_scale", 1.0))  # absent before 0.2
+        if not (np.isfinite(model.variance_scale) and model.variance_scale > 0):
+            raise ModelFileError(f"variance_scale = {model.variance_scale} is not a positive "
+                                 "number")
         model.training = metadata.get("training", {})
-        model.q0 = np.asarray(arrays["q0"], dtype=np.float64)
-        model.sparse_unit = np.asarray(arrays["sparse_unit"], dtype=np.float64)
-        model.sparse_species = np.asarray(arrays["sparse_species"], dtype=np.int64)
-        model.weights = np.asarray(arrays["weights"], dtype=np.float64)
-        model.covariance = np.asarray(arrays["covariance"], dtype=np.float64)
-        model.sparse_vectors = (np.asarray(arrays["sparse_vectors"], dtype=np.float64)
-                                if cls._dipole else None)
-        if model.weights.shape != (model.n_columns,) or model.q0.shape != (len(model.species),):
-            raise ModelFileError(f"inconsistent {cls.__name__} state: {model.weights.shape[0]} "
-                             f"weights for {model.n_columns} columns")
+        if not isinstance(model.training, dict):
+            raise ModelFileError("metadata 'training' is not a JSON object")
+        n_species = len(species)
+        model.q0 = checked_array(arrays, "q0", (n_species,), "float")
+        model.sparse_unit = checked_array(arrays, "sparse_unit",
+                                          (None, model.settings.n_features), "float")
+        m = model.sparse_unit.shape[0]
+        norms = np.linalg.norm(model.sparse_unit, axis=1)
+        if m == 0 or np.abs(norms - 1.0).max() > 1e-6:
+            raise ModelFileError("array 'sparse_unit' must hold unit-length rows")
+        model.sparse_species = checked_array(arrays, "sparse_species", (m,), "int")
+        unknown = sorted(set(model.sparse_species.tolist()) - set(species))
+        if unknown:
+            raise ModelFileError(f"array 'sparse_species' holds {unknown}, not among the "
+                                 f"model's species {species}")
+        if np.any(np.diff(model.sparse_species) < 0):
+            raise ModelFileError("array 'sparse_species' is not grouped by species (sorted)")
+        model.weights = checked_array(arrays, "weights", (model.n_columns,), "float")
+        n_cols = model.n_columns
+        model.covariance = checked_array(arrays, "covariance", (n_cols, n_cols), "float")
+        model.sparse_vectors = (
+            checked_array(arrays, "sparse_vectors", (m, 3, model.settings.n_vector_features),
+                          "float") if cls._dipole else None)
+        model.training_mean_bec = (
+            checked_array(arrays, "training_mean_bec", (n_species, 3, 3), "float")
+            if "training_mean_bec" in arrays else None)
         model._fitted = True
         return model

@@ -4,7 +4,8 @@ Prediction protocol
 -------------------
 A model maps one structure (plain arrays) to a dict of numpy arrays::
 
-    model.predict_arrays(positions, numbers, cell, pbc, uncertainty=False) -> dict
+    model.predict_arrays(positions, numbers, cell, pbc, *, uncertainty=False,
+                         total_charge=0.0) -> Prediction
 
 (models listing more than ``"float64"`` in :attr:`BECModel.precisions` also take
 ``precision=``; see there)
@@ -15,6 +16,9 @@ with inputs
 ``numbers`` (N,) int, atomic numbers.
 ``cell`` (3, 3) float64, Å, rows are lattice vectors (ASE convention); ignored where pbc is False.
 ``pbc`` (3,) bool.
+``total_charge`` float, e: the total charge Q of the structure (0 for a neutral one); the
+    BECs then obey ``sum_a Z[a] = Q I``. :meth:`BECModel.predict` reads it from
+    ``atoms.info["charge"]``.
 
 and outputs (only the keys the model defines; see :attr:`BECModel.outputs`)
 
@@ -25,6 +29,13 @@ and outputs (only the keys the model defines; see :attr:`BECModel.outputs`)
     quantum and is integrated from the BECs by :mod:`numbec.stream` instead).
 ``bec_monopole``, ``bec_dipole`` (N, 3, 3): the charge partition of a combined model.
 ``bec_std`` (N, 3, 3): predictive standard deviation of ``bec`` (with ``uncertainty=True``).
+``asr_violation`` (3, 3) float64, e: ``sum_a Z_local[a] - Q I`` of the BECs the model's local
+    formula gives *before* they are projected onto the acoustic sum rule (kernel models).
+    The projection subtracts ``asr_violation / N`` from every atom; when this is comparable
+    with the BECs themselves, the projection is doing more than removing a small constant.
+    Zero to round-off for molecules, whose BECs are exact derivatives of a dipole.
+
+:class:`Prediction` is the ``TypedDict`` of these keys.
 
 Saved-model format (``.npz``, no pickle)
 ----------------------------------------
@@ -35,16 +46,19 @@ entry ``__numbec__`` holds a UTF-8 JSON document (as a 0-d unicode array) with k
 ``model``: class name (registry key); ``numbec_version``; ``created``: ISO time;
 ``metadata``: model-specific JSON (hyperparameters, species, training summary).
 
-Every other entry is a named float64/int64 array of the model's state.
+Every other entry is a named float64/int64 array of the model's state (:meth:`BECModel.state`);
+:func:`load_model` checks each against the metadata before the model is used.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import warnings
 import zipfile
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
@@ -64,6 +78,74 @@ class ModelFileError(ValueError):
 
 class UnknownSpeciesError(ValueError):
     """A structure contains a species the model was not trained on."""
+
+
+class Prediction(TypedDict, total=False):
+    """What :meth:`BECModel.predict_arrays` returns (only the keys in :attr:`BECModel.outputs`).
+
+    Shapes for a structure of N atoms; units e and Å; BECs in the canonical layout
+    ``Z[a, i, j] = dP_i/dr_{a,j}`` (row i polarisation, column j displacement).
+    """
+
+    #: (N, 3, 3) float64, e.
+    bec: np.ndarray
+    #: (N, 3, 3) float64, e: predictive standard deviation (``uncertainty=True``).
+    bec_std: np.ndarray
+    #: (N,) float64, e: monopole charges, summing to the total charge.
+    charges: np.ndarray
+    #: (3,) float64, e·Å: the dipole of a non-periodic structure.
+    dipole: np.ndarray
+    #: (N, 3, 3) float64, e: static-charge + charge-transfer part of a combined model.
+    bec_monopole: np.ndarray
+    #: (N, 3, 3) float64, e: local-dipole part of a combined model.
+    bec_dipole: np.ndarray
+    #: (3, 3) float64, e: sum-rule violation of the local formula before projection.
+    asr_violation: np.ndarray
+
+
+def checked_array(arrays: dict, name: str, shape: tuple, kind: str) -> np.ndarray:
+    """``arrays[name]`` after checking it as a model file entry.
+
+    Parameters
+    ----------
+    arrays : dict of str to numpy.ndarray
+        The entries of a model file.
+    name : str
+        Entry to check.
+    shape : tuple of int or None
+        Expected shape; None in a position accepts any length there.
+    kind : "float" or "int"
+        Expected dtype family; float entries must also be finite.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 or int64 copy-free view of the entry.
+
+    Raises
+    ------
+    ModelFileError
+        Missing entry, wrong shape or dtype, or NaN/inf values (the message names the entry;
+        :func:`load_model` adds the file name).
+    """
+    if name not in arrays:
+        raise ModelFileError(f"array {name!r} is missing")
+    arr = np.asarray(arrays[name])
+    if arr.ndim != len(shape) or any(
+            e is not None and e != n for e, n in zip(shape, arr.shape, strict=True)):
+        expected = "(" + ", ".join("*" if e is None else str(e) for e in shape) + ")"
+        raise ModelFileError(f"array {name!r} has shape {arr.shape}, the model's metadata "
+                             f"needs {expected}")
+    family = np.floating if kind == "float" else np.integer
+    if not np.issubdtype(arr.dtype, family):
+        raise ModelFileError(f"array {name!r} has dtype {arr.dtype}, expected {kind}")
+    if kind == "float":
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            raise ModelFileError(f"array {name!r} holds NaN or inf (first at index "
+                                 f"{tuple(int(i) for i in np.argwhere(bad)[0])})")
+        return arr.astype(np.float64, copy=False)
+    return arr.astype(np.int64, copy=False)
 
 
 def register_model(cls):
@@ -95,11 +177,52 @@ class BECModel(ABC):
 
     # ------------------------------------------------------------------ prediction
     @abstractmethod
-    def predict_arrays(self, positions, numbers, cell, pbc, uncertainty=False) -> dict:
+    def predict_arrays(self, positions, numbers, cell, pbc, uncertainty=False) -> Prediction:
         """Predict one structure from plain arrays; see the module docstring."""
 
-    def predict(self, atoms, uncertainty=False, precision="float64") -> dict:
-        """Predict one :class:`ase.Atoms`; returns the dict of :meth:`predict_arrays`."""
+    def predict_frames(self, positions, numbers, cells, pbc, *, precision: str = "float64",
+                       total_charge: float = 0.0) -> dict:
+        """Predict F frames of the same atoms: the arrays of :meth:`predict_arrays` stacked
+        on a leading frame axis (``bec`` (F, N, 3, 3), ``charges`` (F, N), ``dipole``
+        (F, 3), ...).
+
+        positions : (F, N, 3) float64, Å; numbers : (N,) int; cells : (F, 3, 3) float64, Å,
+        or None; pbc : (3,) bool; precision, total_charge : as for :meth:`predict_arrays`.
+        This default calls :meth:`predict_arrays` once per frame; the kernel models override
+        it with one computation per batch of frames, which is what makes streaming frames of
+        a few atoms fast (:func:`numbec.predict` uses it for them).
+
+        Raises
+        ------
+        ValueError
+            As :meth:`predict_arrays`, with the frame named.
+        """
+        positions = np.asarray(positions, dtype=np.float64)
+        extra = self.precision_arguments(precision)
+        if total_charge:
+            extra["total_charge"] = total_charge
+        results = []
+        for f in range(positions.shape[0]):
+            try:
+                results.append(self.predict_arrays(
+                    positions[f], numbers, None if cells is None else cells[f], pbc, **extra))
+            except ValueError as err:
+                raise type(err)(f"frame {f}: {err}") from None
+        return {key: np.stack([r[key] for r in results]) for key in results[0]}
+
+    def predict(self, atoms, uncertainty: bool = False, precision: str = "float64"
+                ) -> Prediction:
+        """Predict one :class:`ase.Atoms`; returns the dict of :meth:`predict_arrays`.
+
+        A total charge in ``atoms.info["charge"]`` (e) is passed on as ``total_charge``.
+
+        Raises
+        ------
+        ValueError
+            Non-finite positions, a precision the model does not offer, a non-numeric
+            ``info["charge"]``; :class:`UnknownSpeciesError` for species the model does not
+            know.
+        """
         return self.predict_arrays(
             atoms.get_positions(),
             atoms.get_atomic_numbers(),
@@ -107,6 +230,7 @@ class BECModel(ABC):
             atoms.get_pbc(),
             uncertainty=uncertainty,
             **self.precision_arguments(precision),
+            **charge_arguments(atoms),
         )
 
     def precision_arguments(self, precision: str) -> dict:
@@ -121,7 +245,8 @@ class BECModel(ABC):
             )
         return {} if precision == "float64" else {"precision": precision}
 
-    def check_inputs(self, positions, numbers, where: str = "") -> None:
+    def check_inputs(self, positions: np.ndarray, numbers: np.ndarray, where: str = ""
+                     ) -> None:
         """Raise a clear error for non-finite positions or species unknown to the model."""
         prefix = f"{where}: " if where else ""
         positions = np.asarray(positions)
@@ -140,23 +265,57 @@ class BECModel(ABC):
             )
 
     # ------------------------------------------------------------------ persistence
-    @abstractmethod
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """The model's saved state: ``(metadata, arrays)``.
+
+        ``metadata`` is a JSON-serialisable dict (hyperparameters, species, training summary)
+        and ``arrays`` maps names to float64/int64 numpy arrays. :meth:`save` writes exactly
+        this, :func:`load_model` rebuilds the model from it, and
+        :func:`numbec.stream.model_fingerprint` hashes it, so two models with equal states
+        predict the same numbers. Subclasses implement it.
+
+        Raises
+        ------
+        RuntimeError
+            The model is not fitted.
+        NotImplementedError
+            The class has no saved state.
+        """
+        if type(self)._state is not BECModel._state:  # a subclass still using the old name
+            return self._state()
+        raise NotImplementedError(f"{type(self).__name__} has no saved state")
+
     def _state(self) -> tuple[dict, dict[str, np.ndarray]]:
-        """Return ``(metadata, arrays)``: JSON-serialisable metadata and named arrays."""
+        """Deprecated name of :meth:`state` (numbec 0.1); kept for code that calls it."""
+        warnings.warn("BECModel._state() is deprecated; use BECModel.state()",
+                      DeprecationWarning, stacklevel=2)
+        return self.state()
 
     @classmethod
     @abstractmethod
     def _from_state(cls, metadata: dict, arrays: dict[str, np.ndarray]) -> BECModel:
-        """Rebuild a model from what :meth:`_state` returned."""
+        """Rebuild a model from what :meth:`state` returned; raise :class:`ModelFileError`
+        (or KeyError, TypeError, ValueError) for entries that do not fit together."""
 
-    def save(self, path) -> Path:
-        """Write the model to ``path`` (``.npz`` appended if missing); returns the path."""
+    def save(self, path: str | Path) -> Path:
+        """Write the model to ``path`` (``.npz`` appended if missing); returns the path.
+
+        The file is written under a temporary name and renamed, so ``path`` never holds a
+        half-written model.
+
+        Raises
+        ------
+        RuntimeError
+            The model is not fitted.
+        OSError
+            The file cannot be written (the temporary file is removed).
+        """
         from numbec import __version__
 
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
-        metadata, arrays = self._state()
+        metadata, arrays = self.state()
         header = {
             "format": MODEL_FORMAT,
             "format_version": MODEL_FORMAT_VERSION,
@@ -176,11 +335,39 @@ class BECModel(ABC):
         return path
 
 
-def load_model(path) -> BECModel:
+def charge_arguments(atoms) -> dict:
+    """``{"total_charge": Q}`` for an :class:`ase.Atoms` with a non-zero ``info["charge"]``
+    (e), else ``{}`` (so that models without the keyword keep working for neutral input).
+
+    Raises
+    ------
+    ValueError
+        ``info["charge"]`` is not a finite number.
+    """
+    value = atoms.info.get("charge", 0.0) if hasattr(atoms, "info") else 0.0
+    try:
+        charge = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"info['charge'] = {value!r} is not a number (total charge in e)"
+                         ) from None
+    if not np.isfinite(charge):
+        raise ValueError(f"info['charge'] = {value!r} is not finite")
+    return {"total_charge": charge} if charge != 0.0 else {}
+
+
+def load_model(path: str | Path) -> BECModel:
     """Load a model written by :meth:`BECModel.save`.
 
-    Raises :class:`ModelFileError` naming the file for a missing or damaged file, a
-    file that is not a numbec model, another format version, or an unknown model class.
+    Every array is checked against the metadata (shapes, dtypes, finite values, species)
+    before the model is returned, so a damaged or edited file fails here and not later in a
+    prediction.
+
+    Raises
+    ------
+    ModelFileError
+        Naming the file: missing or damaged file, not a numbec model, another format version,
+        an unknown model class, a header that is not a JSON object or lacks a key, or
+        arrays that do not fit the metadata.
     """
     # make sure every model class has registered itself
     import numbec.models  # noqa: F401
@@ -198,6 +385,9 @@ def load_model(path) -> BECModel:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, json.JSONDecodeError, EOFError) as exc:
         raise ModelFileError(f"{path}: damaged or unreadable model file ({exc})") from exc
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{path}: the '__numbec__' header is a JSON "
+                             f"{type(header).__name__}, not an object")
     if header.get("format") != MODEL_FORMAT:
         raise ModelFileError(f"{path}: not a numbec model file (format={header.get('format')!r})")
     version = header.get("format_version")
@@ -206,7 +396,21 @@ def load_model(path) -> BECModel:
             f"{path}: model file format version {version}, this numbec reads version "
             f"{MODEL_FORMAT_VERSION}; retrain or convert with the numbec that wrote it"
         )
-    name = header.get("model")
-    if name not in _REGISTRY:
+    for key in ("model", "metadata"):
+        if key not in header:
+            raise ModelFileError(f"{path}: the model header has no {key!r} entry")
+    name = header["model"]
+    if not isinstance(name, str) or name not in _REGISTRY:
         raise ModelFileError(f"{path}: unknown model class {name!r}; known: {sorted(_REGISTRY)}")
-    return _REGISTRY[name]._from_state(header.get("metadata", {}), arrays)
+    metadata = header["metadata"]
+    if not isinstance(metadata, dict):
+        raise ModelFileError(f"{path}: the model metadata is a JSON "
+                             f"{type(metadata).__name__}, not an object")
+    try:
+        return _REGISTRY[name]._from_state(metadata, arrays)
+    except ModelFileError as exc:
+        raise ModelFileError(f"{path}: {name}: {exc}") from exc
+    except KeyError as exc:
+        raise ModelFileError(f"{path}: {name}: metadata entry {exc} is missing") from exc
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ModelFileError(f"{path}: {name}: inconsistent model state ({exc})") from exc

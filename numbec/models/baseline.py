@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from numbec.conventions import asr_project, to_canonical
-from numbec.models.base import BECModel, register_model
+from numbec.models.base import BECModel, ModelFileError, Prediction, checked_array, register_model
 
 
 @register_model
@@ -34,7 +34,13 @@ class SpeciesMeanModel(BECModel):
 
     @classmethod
     def fit(cls, frames) -> SpeciesMeanModel:
-        """Average ``atoms.arrays["bec"]`` (canonical layout) over all atoms of each species."""
+        """Average ``atoms.arrays["bec"]`` (canonical layout) over all atoms of each species.
+
+        Raises
+        ------
+        ValueError
+            No frames, or a frame without a ``bec`` array (named by its index).
+        """
         sums: dict[int, np.ndarray] = {}
         counts: dict[int, int] = {}
         for k, atoms in enumerate(frames):
@@ -50,17 +56,23 @@ class SpeciesMeanModel(BECModel):
         species = sorted(sums)
         return cls(species, np.stack([sums[z] / counts[z] for z in species]))
 
-    def predict_arrays(self, positions, numbers, cell, pbc, uncertainty=False) -> dict:
+    def predict_arrays(self, positions, numbers, cell, pbc, uncertainty=False, *,
+                       total_charge: float = 0.0) -> Prediction:
+        """``bec`` (N, 3, 3) e: the species means, projected onto ``sum_a Z[a] = Q I``
+        (Q = ``total_charge``, e)."""
         self.check_inputs(positions, numbers)
         index = np.searchsorted(self.species, numbers)
-        return {"bec": asr_project(self.mean_bec[index])}
+        return {"bec": asr_project(self.mean_bec[index], total_charge)}
 
-    def _state(self):
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
         return {"species": list(self.species)}, {"mean_bec": self.mean_bec}
 
     @classmethod
     def _from_state(cls, metadata, arrays):
-        return cls(metadata["species"], arrays["mean_bec"])
+        species = [int(z) for z in metadata["species"]]
+        if not species or species != sorted(set(species)) or species[0] < 1:
+            raise ModelFileError(f"species {species} are not distinct sorted atomic numbers")
+        return cls(species, checked_array(arrays, "mean_bec", (len(species), 3, 3), "float"))
 
 
 @register_model
@@ -84,7 +96,16 @@ class FixedBECModel(BECModel):
             raise ValueError(f"{self.bec.shape[0]} BEC tensors for {self.numbers.size} atoms")
         self.species = tuple(sorted(set(self.numbers.tolist())))
 
-    def predict_arrays(self, positions, numbers, cell, pbc, uncertainty=False) -> dict:
+    def predict_arrays(self, positions, numbers, cell, pbc, uncertainty=False, *,
+                       total_charge: float = 0.0) -> Prediction:
+        """``bec`` (N, 3, 3) e: the stored tensors, as given (``total_charge`` is accepted
+        for the protocol; the tensors carry their own sum rule).
+
+        Raises
+        ------
+        ValueError
+            The structure's atoms differ from the model's in number or order.
+        """
         self.check_inputs(positions, numbers)
         if not np.array_equal(np.asarray(numbers), self.numbers):
             raise ValueError(
@@ -93,9 +114,12 @@ class FixedBECModel(BECModel):
             )
         return {"bec": self.bec.copy()}
 
-    def _state(self):
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
         return {}, {"numbers": self.numbers, "bec": self.bec}
 
     @classmethod
     def _from_state(cls, metadata, arrays):
-        return cls(arrays["numbers"], arrays["bec"])
+        numbers = checked_array(arrays, "numbers", (None,), "int")
+        if numbers.size and numbers.min() < 1:
+            raise ModelFileError(f"array 'numbers' holds atomic number {numbers.min()}")
+        return cls(numbers, checked_array(arrays, "bec", (numbers.size, 3, 3), "float"))

@@ -54,11 +54,9 @@ def _reference(frames) -> tuple[list, np.ndarray, np.ndarray]:
     """Check the frames; return (frames, reference BECs (M, 3, 3), numbers (M,))."""
     if frames is None:
         raise ValueError("evaluate: no frames given")
-    try:
-        from ase import Atoms
-    except ImportError:  # pragma: no cover
-        Atoms = ()
-    if Atoms and isinstance(frames, Atoms):
+    from ase import Atoms
+
+    if isinstance(frames, Atoms):
         frames = [frames]
     frames = list(frames)
     if not frames:
@@ -81,14 +79,18 @@ def _reference(frames) -> tuple[list, np.ndarray, np.ndarray]:
     return frames, np.concatenate(refs), np.concatenate(numbers)
 
 
-def _predict_all(model: BECModel, frames, what: str) -> tuple[np.ndarray, float]:
-    """Predicted BECs of all frames, (M, 3, 3), and the wall time of the predictions (s)."""
+def _predict_all(model: BECModel, frames, what: str, progress: bool = False, std=None
+                 ) -> tuple[np.ndarray, float]:
+    """Predicted BECs of all frames, (M, 3, 3), and the wall time of the predictions (s).
+    ``std``: a list that receives each frame's ``bec_std`` (then predicted with uncertainty)."""
+    from tqdm.auto import tqdm
+
     out = []
     start = time.perf_counter()
-    for k, atoms in enumerate(frames):
+    for k, atoms in enumerate(tqdm(frames, desc=what, disable=not progress, leave=False)):
         where = _where(k, atoms)
         try:
-            result = model.predict(atoms)
+            result = model.predict(atoms, **({} if std is None else {"uncertainty": True}))
         except ValueError as exc:  # name the frame; keep the class (UnknownSpeciesError, ...)
             try:
                 named = type(exc)(f"{where}: {exc}")
@@ -105,6 +107,8 @@ def _predict_all(model: BECModel, frames, what: str) -> tuple[np.ndarray, float]
         if bad is not None:
             raise ValueError(f"{where}: {what} predicted a NaN/inf BEC for atom {bad[0]}")
         out.append(bec)
+        if std is not None:
+            std.append(np.asarray(result["bec_std"], dtype=np.float64))
     return np.concatenate(out), time.perf_counter() - start
 
 
@@ -180,14 +184,17 @@ def _resolve_baseline(model, baseline, baseline_frames, frames):
         return fitted, f"SpeciesMeanModel fitted on the {n} given baseline frames"
     own = getattr(model, "baseline_model", None)
     if isinstance(own, BECModel):
-        return own, f"the model's own baseline ({type(own).__name__})"
+        return own, (f"the model's own baseline ({type(own).__name__}: species means of its "
+                     "training data)")
     return SpeciesMeanModel.fit(frames), (
         f"SpeciesMeanModel fitted on the {len(frames)} evaluated frames themselves (no "
         "baseline_frames given): an optimistic baseline, its species means include the test data"
     )
 
 
-def evaluate(model: BECModel, frames, baseline=True, baseline_frames=None) -> dict:
+def evaluate(model: BECModel, frames, *, baseline: bool | BECModel = True,
+             baseline_frames=None, progress: bool | None = None,
+             calibration: bool | None = None) -> dict:
     """Compare a model's BECs with the reference BECs of ``frames``.
 
     Parameters
@@ -202,10 +209,19 @@ def evaluate(model: BECModel, frames, baseline=True, baseline_frames=None) -> di
         ``True`` (default): also evaluate a species-mean baseline (see ``baseline_frames``);
         a :class:`BECModel`: evaluate that one as the baseline; ``False``: no baseline.
     baseline_frames : list of ase.Atoms, optional
-        Frames to fit the :class:`~numbec.models.baseline.SpeciesMeanModel` baseline on,
-        normally the training frames. Without them the model's own ``baseline_model``
-        attribute is used if it has one, else the baseline is fitted on ``frames``
-        themselves; ``"baseline_note"`` says which.
+        Frames to fit the :class:`~numbec.models.baseline.SpeciesMeanModel` baseline on.
+        Without them the model's own ``baseline_model`` is used (kernel models: the species
+        means of their training data, stored in the model file), else the baseline is
+        fitted on ``frames`` themselves (optimistic); ``"baseline_note"`` says which.
+    progress : bool or None
+        A progress bar over the frames (tqdm, stderr); None: when stderr is a terminal.
+    calibration : bool, optional
+        Also predict ``bec_std`` and report its calibration
+        (:func:`numbec.models.uncertainty.calibration_metrics`: coverage of the nominal 68 %
+        and 95 % intervals, negative log likelihood, rank correlation between each frame's
+        predicted uncertainty and its actual error). Default: when the model lists
+        ``bec_std`` in its outputs. Costs one design-row build per frame (``predict_seconds``
+        then includes it).
 
     Returns
     -------
@@ -214,8 +230,10 @@ def evaluate(model: BECModel, frames, baseline=True, baseline_frames=None) -> di
         ``n_frames``, ``n_atoms``; ``per_species`` {symbol: metrics + ``n_atoms``};
         ``per_component`` {``"diagonal"``, ``"off_diagonal"``}; ``per_cartesian``
         {``"xx"``, ..., ``"zz"``}; ``model`` (class name); ``reference``
-        (``"raw"``); ``reference_asr_max`` (e, largest ``|sum_a Z_ref[a]|`` component of
-        any frame); ``predict_seconds`` (wall time of the predictions); with a baseline:
+        (``"raw"``); ``reference_asr_max`` (e, largest ``|sum_a Z_ref[a] - Q I|`` component
+        of any frame, Q from ``info["charge"]``); ``predict_seconds`` (wall time of the
+        predictions); with calibration: ``calibration`` (dict, see ``calibration``); with a
+        baseline:
         ``baseline`` (same metric structure) and ``baseline_note``.
 
     Raises
@@ -227,10 +245,24 @@ def evaluate(model: BECModel, frames, baseline=True, baseline_frames=None) -> di
         :class:`~numbec.models.base.UnknownSpeciesError` (a ValueError) for species the
         model does not know, naming the frame.
     """
+    from numbec.models._kernel_model import _show_progress
+    from numbec.models.base import charge_arguments
+
+    show = _show_progress(progress)
     frames, ref, numbers = _reference(frames)
-    pred, seconds = _predict_all(model, frames, type(model).__name__)
+    if calibration is None:
+        calibration = "bec_std" in getattr(model, "outputs", ())
+    std = [] if calibration else None
+    pred, seconds = _predict_all(model, frames, type(model).__name__, show, std)
     result = _metric_tree(pred, ref, numbers)
-    asr = max(float(np.abs(f.arrays["bec"].reshape(-1, 3, 3).sum(axis=0)).max()) for f in frames)
+    if calibration:
+        from numbec.models.uncertainty import calibration_metrics
+
+        result["calibration"] = calibration_metrics(pred, np.concatenate(std), ref,
+                                                    [len(f) for f in frames])
+    asr = max(float(np.abs(f.arrays["bec"].reshape(-1, 3, 3).sum(axis=0)
+                           - charge_arguments(f).get("total_charge", 0.0) * np.eye(3)).max())
+              for f in frames)
     result.update(
         n_frames=len(frames),
         n_atoms=int(numbers.size),
@@ -242,7 +274,7 @@ def evaluate(model: BECModel, frames, baseline=True, baseline_frames=None) -> di
     base, note = _resolve_baseline(model, baseline, baseline_frames, frames)
     if base is not None:
         try:
-            base_pred, _ = _predict_all(base, frames, "baseline " + type(base).__name__)
+            base_pred, _ = _predict_all(base, frames, "baseline " + type(base).__name__, show)
         except ValueError as exc:
             raise ValueError(f"baseline: {exc}") from exc
         result["baseline"] = _metric_tree(base_pred, ref, numbers)

@@ -2,11 +2,11 @@
 
 The models are linear in their weights, ``y = Phi w + noise``. The design matrix Phi is never
 held in memory: :class:`NormalEquations` accumulates ``A = Phi^T Phi``, ``b = Phi^T y`` and
-``y^T y`` block by block (one structure at a time), which is all either solver needs.
+``y^T y`` from the rows of one structure at a time, which is all either solver needs.
 
-Bayesian linear regression (method.md §3, VASP's scheme): prior ``w ~ N(0, sigma_w^2 I)``,
-noise ``N(0, sigma_v^2)``. With ``alpha = 1/sigma_w^2``, ``beta = 1/sigma_v^2`` and the
-eigendecomposition ``A = V diag(lam) V^T``::
+Bayesian linear regression (docs/method.md#bayesian-regression, VASP's scheme): prior
+``w ~ N(0, sigma_w^2 I)``, noise ``N(0, sigma_v^2)``. With ``alpha = 1/sigma_w^2``,
+``beta = 1/sigma_v^2`` and the eigendecomposition ``A = V diag(lam) V^T``::
 
     Sigma = (beta A + alpha I)^-1,   w = beta Sigma b,
     gamma = sum_k beta lam_k / (beta lam_k + alpha)   (number of well-determined weights)
@@ -47,14 +47,20 @@ class NormalEquations:
         self.n_rows = 0
 
     def add(self, phi: np.ndarray, y: np.ndarray) -> None:
-        """Add a block of rows: phi (R, M) float64, y (R,) float64."""
+        """Add rows: phi (R, M) float64 design rows, y (R,) float64 targets.
+
+        Raises
+        ------
+        ValueError
+            Shapes that do not match, or NaN/inf values.
+        """
         phi = np.asarray(phi, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64).ravel()
         if phi.ndim != 2 or phi.shape != (y.size, self.n_columns):
-            raise ValueError(f"design block of shape {phi.shape} does not match "
+            raise ValueError(f"design rows of shape {phi.shape} do not match "
                              f"{y.size} targets and {self.n_columns} columns")
         if not (np.isfinite(phi).all() and np.isfinite(y).all()):
-            raise ValueError("design block or targets contain NaN or inf")
+            raise ValueError("design rows or targets contain NaN or inf")
         self.gram += phi.T @ phi
         self.rhs += phi.T @ y
         self.yy += float(y @ y)
@@ -120,7 +126,8 @@ def _log_evidence_eig(eq, lam, w, sigma_w2, sigma_v2) -> float:
 
 
 def fit_bayesian(eq: NormalEquations, sigma_w2: float = 1.0, sigma_v2: float | None = None,
-                 max_iter: int = 200, tol: float = 1e-8, groups=None) -> RegressionResult:
+                 max_iter: int = 200, tol: float = 1e-8, groups=None,
+                 progress: bool = False) -> RegressionResult:
     """Bayesian linear regression with evidence maximisation (fixed-point iteration).
 
     sigma_w2, sigma_v2 : starting values (sigma_v2 default: 1 % of the mean square target).
@@ -130,13 +137,19 @@ def fit_bayesian(eq: NormalEquations, sigma_w2: float = 1.0, sigma_v2: float | N
         ``gamma_g = sum_{k in g} (1 - Sigma_kk / sigma_w,g^2)``), e.g. the monopole and dipole
         weights of a combined model, whose columns have different scales. Started from the
         shared-prior optimum; converged at a relative change of ``max(tol, 1e-6)``.
+    progress : a tqdm bar of the iterations (on stderr).
+
+    Raises
+    ------
+    ValueError
+        No rows were added.
     """
     _check_equations(eq)
     if groups is not None and np.unique(np.asarray(groups)).size > 1:
         # start from the optimum with one shared prior (cheap: one eigendecomposition)
-        start = fit_bayesian(eq, sigma_w2, sigma_v2, max_iter, tol)
+        start = fit_bayesian(eq, sigma_w2, sigma_v2, max_iter, tol, progress=progress)
         return _fit_bayesian_groups(eq, np.asarray(groups, dtype=np.int64), start.sigma_w2,
-                                    start.sigma_v2, max_iter, max(tol, 1e-6))
+                                    start.sigma_v2, max_iter, max(tol, 1e-6), progress)
     lam, vecs = np.linalg.eigh(eq.gram)
     lam = np.clip(lam, 0.0, None)
     proj = vecs.T @ eq.rhs
@@ -144,7 +157,9 @@ def fit_bayesian(eq: NormalEquations, sigma_w2: float = 1.0, sigma_v2: float | N
         sigma_v2 = max(0.01 * eq.yy / eq.n_rows, 1e-12)
     sw2, sv2 = float(sigma_w2), float(sigma_v2)
     n_iter = 0
+    bar = _iteration_bar("evidence", max_iter, progress)
     for n_iter in range(1, max_iter + 1):  # noqa: B007
+        bar.update()
         alpha, beta = 1.0 / sw2, 1.0 / sv2
         w = vecs @ (beta * proj / (beta * lam + alpha))
         gamma = float(np.sum(beta * lam / (beta * lam + alpha)))
@@ -157,6 +172,7 @@ def fit_bayesian(eq: NormalEquations, sigma_w2: float = 1.0, sigma_v2: float | N
         sw2, sv2 = new_sw2, new_sv2
         if done:
             break
+    bar.close()
     alpha, beta = 1.0 / sw2, 1.0 / sv2
     w = vecs @ (beta * proj / (beta * lam + alpha))
     gamma = float(np.sum(beta * lam / (beta * lam + alpha)))
@@ -168,7 +184,15 @@ def fit_bayesian(eq: NormalEquations, sigma_w2: float = 1.0, sigma_v2: float | N
         rmse=float(np.sqrt(rss / eq.n_rows)), method="bayesian")
 
 
-def _fit_bayesian_groups(eq, groups, sigma_w2, sigma_v2, max_iter, tol) -> RegressionResult:
+def _iteration_bar(label: str, max_iter: int, show: bool):
+    """tqdm bar counting iterations (at most ``max_iter``); disabled unless ``show``."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=max_iter, desc=label, unit="it", disable=not show, leave=False)
+
+
+def _fit_bayesian_groups(eq, groups, sigma_w2, sigma_v2, max_iter, tol,
+                         progress=False) -> RegressionResult:
     """Evidence maximisation with one prior variance per column group (dense Cholesky per
     iteration, O(M^3))."""
     m = eq.n_columns
@@ -194,7 +218,9 @@ def _fit_bayesian_groups(eq, groups, sigma_w2, sigma_v2, max_iter, tol) -> Regre
         return alpha, cov, w, logdet
 
     n_iter = 0
+    bar = _iteration_bar("evidence (per-group priors)", max_iter, progress)
     for n_iter in range(1, max_iter + 1):  # noqa: B007
+        bar.update()
         alpha, cov_diag, w, _ = solve(sw2, sv2)
         well = 1.0 - alpha * cov_diag
         gamma_g = np.bincount(groups, weights=well, minlength=n_groups)
@@ -208,6 +234,7 @@ def _fit_bayesian_groups(eq, groups, sigma_w2, sigma_v2, max_iter, tol) -> Regre
         sw2, sv2 = new_sw2, new_sv2
         if done:
             break
+    bar.close()
     alpha, cov, w, logdet = solve(sw2, sv2, full=True)
     rss = eq.residual_sum_of_squares(w)
     n = eq.n_rows

@@ -1,4 +1,4 @@
-"""Selection of sparse reference environments (method.md §3).
+"""Selection of sparse reference environments (docs/method.md#sparse-reference-environments).
 
 Both methods work on unit-normalised descriptors ``x`` (rows), the space in which the kernel
 ``(x_i . x_b) ** zeta`` lives, and return indices into the rows, in selection order.

@@ -1,6 +1,7 @@
 """Infrared spectra: from dM/dt time series (MD) and from harmonic phonons.
 
-:func:`ir_spectrum`           windowed FFT of <Mdot(0) . Mdot(t)>, absolute units (method.md §8)
+:func:`ir_spectrum`           windowed FFT of <Mdot(0) . Mdot(t)>, absolute units
+                              (docs/method.md#ir-spectrum-from-a-trajectory)
 :func:`integrated_intensity`  band integrals (km/mol or cm^-2)
 :func:`spectral_peaks`        refined peak positions
 :func:`harmonic_ir`           phonon route: mode charges, intensities, broadened sticks

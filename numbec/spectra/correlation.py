@@ -20,6 +20,16 @@ sum ``C_xy + C_yx`` of a cross term) is
 with a lag window ``w`` (``w[0] = 1``, tapering to 0 at the correlation time). It is
 evaluated on the grid ``omega_j = 2 pi j / (P dt)`` by one real FFT of length ``P``
 (``P`` = ``zero_padding`` times the number of lags, rounded up to a fast FFT length).
+
+That estimate can dip below zero for real data: the unbiased ``C`` is not a
+positive-definite sequence, and the transforms of these windows have negative side lobes.
+The windows of :data:`NON_NEGATIVE_WINDOWS` are computed differently
+(:func:`segment_spectra`, Welch's method): the mean over half-overlapping segments of
+``T`` frames of ``|FFT(h x)|^2 dt / sum h^2``, with ``h`` a taper of ``T`` points. Each
+term is a squared modulus, so the spectrum is ``>= 0`` for any data; for stationary data
+its expectation is the lag-window formula above with ``w`` the normalised autocorrelation
+of ``h`` (:func:`lag_window` gives that ``w``), and the band areas are those of ``w[0] = 1``
+(docs/method.md#ir-spectrum-from-a-trajectory).
 """
 
 from __future__ import annotations
@@ -27,8 +37,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import fft as _fft
 
-#: Lag windows accepted by :func:`lag_window`.
-WINDOWS = ("hann", "blackman", "gaussian", "cos2", "none")
+#: Lag windows accepted by :func:`lag_window`; the first is the default.
+WINDOWS = ("parzen", "hann", "blackman", "gaussian", "cos2", "none")
+#: Windows computed by :func:`segment_spectra`: spectra >= 0 for any data; their taper.
+NON_NEGATIVE_WINDOWS = ("parzen",)
 
 
 def lag_window(name: str, n_lags: int) -> np.ndarray:
@@ -36,6 +48,10 @@ def lag_window(name: str, n_lags: int) -> np.ndarray:
 
     With ``s = k / n_lags`` (0 at lag 0, 1 at the correlation time):
 
+    ``"parzen"``    the autocorrelation of a discrete triangle of ``n_lags`` points
+                    (:func:`taper`), normalised to ``w[0] = 1`` (the discrete Parzen
+                    window, a cubic B-spline in ``s``): its transform is the squared
+                    transform of the triangle, ``>= 0``, side lobes falling as ``omega^-4``
     ``"hann"``      ``(1 + cos(pi s)) / 2`` (the right half of a Hann window of width 2 T)
     ``"blackman"``  ``0.42 + 0.5 cos(pi s) + 0.08 cos(2 pi s)``
     ``"gaussian"``  ``exp(-(3 s)^2 / 2)`` (standard deviation T/3; 0.011 at T, truncated)
@@ -50,6 +66,11 @@ def lag_window(name: str, n_lags: int) -> np.ndarray:
     if n_lags < 1:
         raise ValueError(f"the window needs at least one lag, got {n_lags}")
     s = np.arange(n_lags, dtype=np.float64) / n_lags
+    if name in NON_NEGATIVE_WINDOWS:
+        size = _fft.next_fast_len(2 * n_lags, real=True)
+        power = np.abs(_fft.rfft(taper(name, n_lags), n=size)) ** 2
+        w = _fft.irfft(power, n=size)[:n_lags]
+        return np.clip(w / w[0], 0.0, None)  # the true values are >= 0; clip FFT rounding
     if name == "hann":
         return 0.5 * (1.0 + np.cos(np.pi * s))
     if name == "blackman":
@@ -59,6 +80,64 @@ def lag_window(name: str, n_lags: int) -> np.ndarray:
     if name == "cos2":
         return np.where(s < 0.5, 1.0, np.cos(np.pi * (s - 0.5)) ** 2)
     return np.ones(n_lags)
+
+
+def taper(name: str, n_points: int) -> np.ndarray:
+    """Data taper ``h`` (n_points,) float64 of a window of :data:`NON_NEGATIVE_WINDOWS`:
+    ``"parzen"``: the triangle ``min(t + 1, n_points - t)``."""
+    if name not in NON_NEGATIVE_WINDOWS:
+        raise ValueError(f"window {name!r} has no data taper; tapers exist for "
+                         f"{', '.join(NON_NEGATIVE_WINDOWS)}")
+    t = np.arange(int(n_points))
+    return np.minimum(t + 1, n_points - t).astype(np.float64)
+
+
+def segment_spectra(series, n_lags: int, dt: float, zero_padding: int,
+                    window: str = "parzen"):
+    """Cross-spectra of several vector time series by Welch's method (non-negative).
+
+    Parameters
+    ----------
+    series : array, shape (S, n, c), float64
+        ``S`` time series of ``n`` frames and ``c`` components each.
+    n_lags : int
+        Segment length ``T`` in frames (``2 <= n_lags <= n``); consecutive segments overlap
+        by half (starts spread evenly over the block, so no frame is left out).
+    dt : float
+        Frame spacing (fs).
+    zero_padding : int
+        As :func:`cosine_transform`: the same transform length and frequency grid.
+    window : str
+        One of :data:`NON_NEGATIVE_WINDOWS` (its :func:`taper`).
+
+    Returns
+    -------
+    omega : array, shape (P // 2 + 1,), float64, rad/fs (the grid of :func:`cosine_transform`).
+    spectra : array, shape (S, S, P // 2 + 1), float64
+        ``dt / sum h^2 * mean_segments Re sum_c conj(X_a,c) X_b,c``, ``X = FFT(h x)``, unit of
+        ``x^2`` times fs: the diagonal is ``>= 0``; ``spectra[a, b] + spectra[b, a]`` is the
+        transform of ``C_ab + C_ba`` (a symmetrised cross term).
+    """
+    x = np.asarray(series, dtype=np.float64)
+    if x.ndim != 3:
+        raise ValueError(f"series must be (S, n_frames, components), got shape {x.shape}")
+    n = x.shape[1]
+    n_lags = int(n_lags)
+    if not 2 <= n_lags <= n:
+        raise ValueError(f"segment length {n_lags} must be between 2 and the {n} frames")
+    zero_padding = int(zero_padding)
+    if zero_padding < 1:
+        raise ValueError(f"zero_padding must be an integer >= 1, got {zero_padding}")
+    size = _fft.next_fast_len(max(2 * n_lags, zero_padding * n_lags), real=True)
+    h = taper(window, n_lags)
+    n_segments = 1 + int(np.ceil(2 * (n - n_lags) / n_lags))
+    starts = np.round(np.linspace(0, n - n_lags, n_segments)).astype(np.int64)
+    total = np.zeros((x.shape[0], x.shape[0], size // 2 + 1))
+    for s in starts:
+        f = _fft.rfft(x[:, s:s + n_lags] * h[None, :, None], n=size, axis=1)  # (S, F, c)
+        total += np.einsum("afc,bfc->abf", f.conj(), f).real
+    omega = 2.0 * np.pi * np.arange(size // 2 + 1) / (size * dt)
+    return omega, total * (dt / (starts.size * float(h @ h)))
 
 
 def correlations(series, n_lags: int) -> np.ndarray:

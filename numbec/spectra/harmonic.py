@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -47,6 +48,9 @@ from numbec.conventions import (
     VACUUM_PERMITTIVITY,
     as_bec_array,
 )
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 #: km/mol of IR intensity per e^2/amu of |dM/dQ|^2: N_A e^2 / (12 eps0 c^2 amu) / 1000.
 KM_PER_MOL_PER_E2_AMU = (AVOGADRO * ELEMENTARY_CHARGE**2
@@ -206,9 +210,10 @@ def _window_lines(nu, area, window, correlation_time, timestep, zero_padding):
     return omega / INVCM_TO_RAD_PER_FS, spectrum * INVCM_TO_RAD_PER_FS / np.pi
 
 
-def harmonic_spectrum(mode_frequency, intensity, volume=None, width=5.0, frequency=None,
-                      lineshape="lorentzian", window="hann", correlation_time=None,
-                      timestep=1.0, zero_padding=8):
+def harmonic_spectrum(mode_frequency, intensity, volume: float | None = None, *,
+                      width: float = 5.0, frequency=None, lineshape: str = "lorentzian",
+                      window: str = "parzen", correlation_time: float | None = None,
+                      timestep: float = 1.0, zero_padding: int = 8) -> xr.Dataset:
     """Stick spectrum broadened to unit-area lines, in ir_spectrum's units.
 
     Parameters
@@ -306,7 +311,8 @@ def harmonic_ir(phonon=None, bec=None, *, frequencies=None, eigenvectors=None, m
                          "eigenvectors= and masses=)")
     mu = mode_effective_charges(bec, eigenvectors, masses)
     intensity = np.sum(np.abs(mu) ** 2, axis=1)
-    spectrum = harmonic_spectrum(frequencies, intensity, volume, width, frequency, **lines)
+    spectrum = harmonic_spectrum(frequencies, intensity, volume, width=width,
+                                 frequency=frequency, **lines)
     spectrum = spectrum.assign_coords(mode=np.arange(len(intensity)))
     spectrum["mode_frequency"] = ("mode", np.asarray(frequencies, float), {"units": "cm^-1"})
     spectrum["mode_charge"] = (("mode", "pol"), mu.real if np.isrealobj(mu) else mu,

@@ -1,4 +1,6 @@
-"""Infrared spectra from dipole-derivative time series (method.md §8).
+"""Infrared spectra from dipole-derivative time series.
+
+Equations: docs/method.md#ir-spectrum-from-a-trajectory.
 
 :func:`ir_spectrum` turns ``dM/dt`` (e·Å/fs, from :func:`numbec.predict` or any array)
 into the absorption coefficient times refractive index, in absolute units:
@@ -20,7 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,12 +40,22 @@ from numbec.conventions import (
 )
 from numbec.io.prediction import open_prediction
 from numbec.spectra.correlation import (
+    NON_NEGATIVE_WINDOWS,
     correlations,
     cosine_transform,
     lag_window,
+    segment_spectra,
     window_fwhm,
 )
 from numbec.spectra.quantum import correction_factor
+from numbec.spectra.temperature import (
+    KineticTemperature,
+    kinetic_temperature,
+    kinetic_temperature_statistics,
+)
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 #: (e·Å/fs)^2·fs expressed in SI (C^2 m^2 / s).
 _SPECTRUM_TO_SI = ELEMENTARY_CHARGE**2 * 1e-20 / 1e-15
@@ -49,12 +63,19 @@ _SPECTRUM_TO_SI = ELEMENTARY_CHARGE**2 * 1e-20 / 1e-15
 DEFAULT_MAX_CORRELATION_TIME = 2000.0
 #: Partial kinds accepted by ``ir_spectrum(..., partials=...)``.
 PARTIAL_KINDS = ("species", "partition")
+#: Fewer blocks (over all runs) than this: the standard error is itself too uncertain to use.
+MIN_BLOCKS_FOR_ERRORS = 4
+#: A nominal and the kinetic temperature further apart than this many standard errors of the
+#: kinetic mean are reported.
+TEMPERATURE_MISMATCH_STDERRS = 3.0
 
 __all__ = [
     "cross_section_prefactor",
     "integrated_intensity",
     "ir_spectrum",
+    "KineticTemperature",
     "kinetic_temperature",
+    "kinetic_temperature_statistics",
     "open_prediction",
     "spectral_peaks",
 ]
@@ -73,6 +94,10 @@ class _Run:
     source: str
     differentiated: bool = False
     temperature_source: str | None = None
+    kinetic: KineticTemperature | None = None
+    system: str = ""
+    model: str = ""
+    samples: np.ndarray | None = None  # (S, n, 3) dM/dt of posterior weight samples
 
 
 def cross_section_prefactor(temperature: float) -> float:
@@ -85,13 +110,30 @@ def cross_section_prefactor(temperature: float) -> float:
 
 
 # ---------------------------------------------------------------------------- inputs
-def _positive(value, what):
+def _positive(value, what, where=None):
+    """``value`` as a finite float > 0 (None stays None); ValueError naming ``where`` (a
+    file and attribute, or the argument) otherwise: the same check for command-line options,
+    keyword arguments and attributes read from stores."""
     if value is None:
         return None
+    prefix = f"{where}: " if where else ""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        raise ValueError(f"{prefix}{what} must be a number, got {value!r} "
+                         f"({type(value).__name__})")
     value = float(value)
     if not (np.isfinite(value) and value > 0):
-        raise ValueError(f"{what} must be a finite number > 0, got {value}")
+        raise ValueError(f"{prefix}{what} must be a finite number > 0, got {value}")
     return value
+
+
+def _attribute(ds, name, what, source):
+    """Attribute ``name`` of a store, validated like the option it stands for (or None)."""
+    value = ds.attrs.get(name)
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    return _positive(value, what, f"{source}: attrs[{name!r}]")
 
 
 def _as_series(values, source, what="dM/dt"):
@@ -112,14 +154,26 @@ def _timestep_of(ds):
     return dataset_timestep(ds)
 
 
-def _volume_of(ds):
-    if "volume" in ds.attrs and np.isfinite(float(ds.attrs["volume"])):
-        return float(ds.attrs["volume"])
+def _volume_of(ds, source):
+    if "volume" in ds.attrs:
+        return _attribute(ds, "volume", "volume (Å^3)", source)
     if "cell" in ds and ("pbc" not in ds or bool(np.all(ds["pbc"].values))):
         cell = np.asarray(ds["cell"].values, dtype=np.float64).reshape(-1, 3, 3)
         vol = float(np.abs(np.linalg.det(cell)).mean())
-        return vol if vol > 0 else None
+        return _positive(vol, "volume (Å^3, mean |det cell|)", f"{source}: cell")
     return None
+
+
+def _source_of(ds, fallback):
+    """How errors name a dataset: the prediction store the user passed (recorded by
+    :func:`open_prediction`), else what the dataset says it was made from."""
+    attrs = ds.attrs
+    if attrs.get("prediction_store"):
+        return str(attrs["prediction_store"])
+    made_from = attrs.get("input") or attrs.get("source")
+    if made_from and attrs.get("format") == "numbec-prediction":
+        return f"prediction of {made_from}"
+    return str(made_from or fallback)
 
 
 def _species_parts_from_bec(ds, trajectory, source):
@@ -177,23 +231,35 @@ def _parts_of(ds, kind, trajectory, source):
         "monopole", "dipole"]
 
 
-def _run_from_dataset(ds, trajectory, kind, timestep, source, need_temperature=True):
-    source = str(ds.attrs.get("input") or ds.attrs.get("source") or source)
+def _run_from_dataset(ds, trajectory, kind, timestep, source, need_temperature=True,
+                      need_volume=True):
+    source = _source_of(ds, source)
+    if timestep is None:
+        _attribute(ds, "timestep", "timestep (fs)", source)
     dt = timestep or _timestep_of(ds)
     if dt is None:
         raise ValueError(f"{source}: no time step (attrs['timestep'] fs); pass timestep=")
-    temperature = ds.attrs.get("temperature")
-    temperature_source = "attrs"
-    if temperature is None and trajectory is not None:
-        temperature = trajectory.attrs.get("temperature")
-        if temperature is None and need_temperature and "velocities" in trajectory:
-            temperature = kinetic_temperature(trajectory)
-            temperature_source = "kinetic (trajectory velocities)"
-    volume = _volume_of(ds)
-    if volume is None and trajectory is not None and (
+    temperature, temperature_source = None, None
+    if need_temperature:
+        temperature = _attribute(ds, "temperature", "temperature (K)", source)
+        temperature_source = f"attrs of {source}"
+    kinetic = None
+    if trajectory is not None:
+        traj_source = str(trajectory.attrs.get("source") or "the trajectory")
+        if temperature is None and need_temperature:
+            temperature = _attribute(trajectory, "temperature", "temperature (K)",
+                                     traj_source)
+            temperature_source = f"attrs of {traj_source}"
+        if "velocities" in trajectory:
+            kinetic = kinetic_temperature_statistics(trajectory)
+            if temperature is None and need_temperature:
+                temperature = kinetic.mean
+                temperature_source = f"kinetic (trajectory velocities, {kinetic.how})"
+    volume = _volume_of(ds, source) if need_volume else None
+    if need_volume and volume is None and trajectory is not None and (
         "pbc" in trajectory and bool(np.all(trajectory["pbc"].values))
     ):
-        volume = _volume_of(trajectory)
+        volume = _volume_of(trajectory, str(trajectory.attrs.get("source") or "trajectory"))
     differentiated = False
     if "dipole_derivative" in ds:
         total = _as_series(ds["dipole_derivative"].transpose("frame", "pol").values, source)
@@ -218,40 +284,74 @@ def _run_from_dataset(ds, trajectory, kind, timestep, source, need_temperature=T
                 f"{source}: the {kind} parts of dM/dt do not sum to dipole_derivative "
                 f"(max difference {mismatch:.3g} e*Angstrom/fs of max {scale:.3g})"
             )
-    return _Run(total, parts, names, dt, None if temperature is None else float(temperature),
-                volume, source, differentiated,
-                temperature_source if temperature is not None else None)
+    run = _Run(total, parts, names, dt, None if temperature is None else float(temperature),
+               volume, source, differentiated,
+               temperature_source if temperature is not None else None, kinetic,
+               *_system_and_model(ds, trajectory))
+    if "dipole_derivative_samples" in ds and not differentiated:
+        run.samples = _checked_samples(
+            ds["dipole_derivative_samples"].transpose("frame", "sample", "pol").values,
+            total.shape[0], source)
+    return run
 
 
-def kinetic_temperature(trajectory, chunk_frames=1000) -> float:
-    """Mean kinetic temperature (K) of a trajectory with velocities (Å/fs).
-
-    ``T = <sum_a m_a |v_a|^2> / (kB (3N - 3))`` with ASE's standard masses of
-    ``numbers`` (3 degrees of freedom of the centre of mass removed).
-    """
-    from ase.data import atomic_masses
-
-    from numbec.conventions import AMU, ANGSTROM, FEMTOSECOND
-
-    numbers = np.asarray(trajectory["numbers"].values, dtype=np.int64)
-    masses = atomic_masses[numbers]
-    n_frames = trajectory.sizes["frame"]
-    total = 0.0
-    for start in range(0, n_frames, chunk_frames):
-        v = np.asarray(trajectory["velocities"][start:start + chunk_frames].values, float)
-        total += float(np.einsum("a,fai,fai->", masses, v, v))
-    dof = max(3 * numbers.size - 3, 1)
-    two_ke = total / n_frames * AMU * (ANGSTROM / FEMTOSECOND) ** 2
-    return two_ke / (dof * BOLTZMANN)
+def _checked_samples(samples, n_frames, source):
+    """(frame, sample, pol) dM/dt samples -> (sample, frame, pol) float64, validated."""
+    arr = np.asarray(samples, dtype=np.float64)
+    if arr.ndim != 3 or arr.shape[0] != n_frames or arr.shape[2] != 3 or arr.shape[1] < 1:
+        raise ValueError(f"{source}: dM/dt samples must be (frames={n_frames}, samples, 3), "
+                         f"got {arr.shape}")
+    bad = ~np.isfinite(arr).all(axis=(1, 2))
+    if bad.any():
+        raise ValueError(f"{source}: dM/dt samples of frame {int(np.flatnonzero(bad)[0])} "
+                         "are NaN or inf")
+    return np.ascontiguousarray(arr.transpose(1, 0, 2))
 
 
-def _runs(data, timestep, kind, trajectory, need_temperature=True):
-    import os
+def _system_and_model(ds, trajectory):
+    """Chemical formula of the cell (e.g. "Si3O6") and the model's name (class and file)
+    as recorded in a prediction, for labels; "" where unknown."""
+    from ase import Atoms
 
+    system = ""
+    for source in (ds, trajectory, ds.attrs.get("input")):
+        if isinstance(source, (str, os.PathLike)):  # the trajectory the prediction came from
+            try:
+                from numbec.io.trajectory import open_trajectory
+
+                source = open_trajectory(source)
+            except Exception:  # moved or deleted since: the label only loses the formula
+                continue
+        if source is None:
+            continue
+        if "numbers" in source:
+            numbers = np.asarray(source["numbers"].values, dtype=np.int64).ravel()
+            system = Atoms(numbers=numbers).get_chemical_formula(mode="metal")
+            break
+        if "symbol" in source.coords and "atom" in source["symbol"].dims:
+            symbols = [str(s) for s in np.asarray(source["symbol"].values).ravel()]
+            system = Atoms(symbols=symbols).get_chemical_formula(mode="metal")
+            break
+    model = str(ds.attrs.get("model_class") or "")
+    model_file = str(ds.attrs.get("model_file") or "")
+    if model_file:
+        model += f" ({os.path.basename(model_file)})"
+    return system, model
+
+
+def _open_named(path):
+    """:func:`open_prediction`, recording ``path`` in ``attrs["prediction_store"]`` so that
+    errors about the data name it (``attrs["input"]`` is the trajectory it came from)."""
+    ds = open_prediction(path)
+    ds.attrs["prediction_store"] = os.fspath(path)
+    return ds
+
+
+def _runs(data, timestep, kind, trajectory, need_temperature=True, need_volume=True):
     import xarray as xr
 
     items = list(data) if isinstance(data, (list, tuple)) else [data]
-    items = [open_prediction(i) if isinstance(i, (str, os.PathLike)) else i for i in items]
+    items = [_open_named(i) if isinstance(i, (str, os.PathLike)) else i for i in items]
     if not items:
         raise ValueError("no data: pass a prediction dataset, an array or a list of them")
     trajs = list(trajectory) if isinstance(trajectory, (list, tuple)) else [trajectory] * len(
@@ -267,7 +367,7 @@ def _runs(data, timestep, kind, trajectory, need_temperature=True):
 
                 traj = open_trajectory(traj)
             runs.append(_run_from_dataset(item, traj, kind, timestep, source,
-                                          need_temperature))
+                                          need_temperature, need_volume))
         else:
             if kind is not None:
                 raise ValueError(f"{source}: partials need a prediction dataset, not an array")
@@ -287,18 +387,20 @@ def _runs(data, timestep, kind, trajectory, need_temperature=True):
 # ---------------------------------------------------------------------------- the API
 def ir_spectrum(
     data,
-    timestep=None,
-    temperature=None,
-    volume=None,
-    window="hann",
-    correlation_time=None,
-    blocks=1,
-    quantum_correction="harmonic",
-    zero_padding=8,
-    partials=False,
+    *,
+    timestep: float | None = None,
+    temperature: float | None = None,
+    volume: float | None = None,
+    window: str = "parzen",
+    correlation_time: float | None = None,
+    blocks: int = 1,
+    quantum_correction: str = "harmonic",
+    zero_padding: int = 8,
+    partials: bool | str = False,
     trajectory=None,
-    max_frequency=None,
-):
+    max_frequency: float | None = None,
+    samples=None,
+) -> xr.Dataset:
     """Infrared absorption spectrum from dM/dt, in absolute units, with error bars.
 
     Parameters
@@ -321,12 +423,17 @@ def ir_spectrum(
         Overrides the dataset's. Without it and without ``attrs["temperature"]``, the
         mean kinetic temperature of ``trajectory`` velocities is used
         (:func:`kinetic_temperature`, recorded in ``provenance``); with none of these a
-        clear error (every formula needs ``kB T``).
+        clear error (every formula needs ``kB T``). With ``trajectory`` velocities and a
+        nominal temperature (argument or attrs) that differs from the kinetic one by more
+        than three standard errors, a warning.
     volume : float, Å^3
         Overrides the dataset's. Without a volume (a molecule or cluster in vacuum) the
         result has the cross-section only, no ``absorption`` or ``imag_dielectric``.
-    window : {"hann", "blackman", "gaussian", "cos2", "none"}
-        Lag window (:func:`numbec.spectra.correlation.lag_window`).
+    window : {"parzen", "hann", "blackman", "gaussian", "cos2", "none"}
+        Lag window (:func:`numbec.spectra.correlation.lag_window`). ``"parzen"`` (default)
+        is applied to the biased correlation and gives a spectrum ``>= 0`` for any data
+        (``attrs["non_negative"]``); the others can dip below zero by their side-lobe
+        level (docs/method.md#ir-spectrum-from-a-trajectory).
     correlation_time : float, fs
         Longest lag T; sets the resolution ``1 / (c T)`` (1 ps: 33 cm^-1). Default
         ``min(block duration / 2, 2000 fs)``.
@@ -336,7 +443,8 @@ def ir_spectrum(
         must fit into the shortest block. The spectrum is the (unweighted) mean over all
         blocks of all runs and
         ``*_stderr`` the standard error of that mean (sample standard deviation over
-        blocks / sqrt(number of blocks); NaN for a single block).
+        blocks / sqrt(number of blocks); NaN for a single block; 2 or 3 blocks in all
+        give a warning: such an error bar is itself uncertain by 40-70 %).
     quantum_correction : {"harmonic", "standard", "schofield", "none"}
         See :mod:`numbec.spectra.quantum`.
     zero_padding : int
@@ -351,7 +459,12 @@ def ir_spectrum(
         Supplies velocities for species partials computed from ``bec``, and a cell or
         temperature the prediction lacks.
     max_frequency : float, cm^-1, optional
-        Crop the output above this frequency.
+        Crop the output above this frequency (> 0).
+    samples : array (n_frames, S, 3) float, e·Å/fs, optional
+        dM/dt of S posterior weight samples for an array ``data`` (a prediction dataset
+        brings its own ``dipole_derivative_samples``, from ``predict(...,
+        posterior_samples=S)``). Adds the model-uncertainty band
+        (:mod:`numbec.spectra.model_band`).
 
     Returns
     -------
@@ -362,19 +475,41 @@ def ir_spectrum(
         ``absorption_stderr`` (frequency) cm^-1 (alpha n) and ``imag_dielectric``
         (eps'', NaN at 0); with partials ``absorption_partial`` (or
         ``cross_section_partial``) (partial, frequency) and coordinate ``partial``.
+        With posterior samples (every run must have the same number S, drawn with the same
+        seed): the model band ``cross_section_model_p16``, ``cross_section_model_p84``,
+        ``cross_section_model_std`` (and ``absorption_model_*`` with a volume), per
+        frequency over the S sample spectra; attrs ``n_posterior_samples``.
         attrs: ``units``, ``window``, ``correlation_time`` (fs), ``resolution`` (cm^-1,
         ``1/(c T)``), ``resolution_fwhm`` (cm^-1, FWHM of the window's line shape),
         ``temperature`` (K), ``volume`` (Å^3, NaN without), ``quantum_correction``,
-        ``n_blocks``, ``n_runs``, ``timestep`` (fs), ``zero_padding``, ``provenance``.
+        ``n_blocks``, ``n_runs``, ``timestep`` (fs), ``zero_padding``, ``non_negative``
+        (1 if the window guarantees a spectrum >= 0, else 0), ``system`` (chemical
+        formula) and ``model`` (class and file) where the data record them, ``provenance``.
+
+    Raises
+    ------
+    ValueError
+        Invalid arguments, or invalid values read from a store (time step, temperature,
+        volume <= 0, non-finite or not numbers; NaN/inf in dM/dt): the message names the
+        prediction store (or argument) and the value.
+    FileNotFoundError
+        A path that does not exist.
     """
     kind = _partials_kind(partials)
     blocks = int(blocks)
     if blocks < 1:
         raise ValueError(f"blocks must be >= 1, got {blocks}")
-    temperature = _positive(temperature, "temperature")
-    runs = _runs(data, _positive(timestep, "timestep"), kind, trajectory,
-                 need_temperature=temperature is None)
-    volume = _positive(volume, "volume")
+    temperature = _positive(temperature, "temperature (K)", "temperature")
+    volume = _positive(volume, "volume (Å^3)", "volume")
+    max_frequency = _positive(max_frequency, "max_frequency (cm^-1)", "max_frequency")
+    lag_window(window, 1)  # an unknown window fails before any data is read
+    runs = _runs(data, _positive(timestep, "timestep (fs)", "timestep"), kind, trajectory,
+                 need_temperature=temperature is None, need_volume=volume is None)
+    if samples is not None:
+        if len(runs) != 1 or runs[0].samples is not None:
+            raise ValueError("samples= goes with one array of dM/dt (datasets bring "
+                             "their own dipole_derivative_samples)")
+        runs[0].samples = _checked_samples(samples, runs[0].total.shape[0], runs[0].source)
     for run in runs:
         if temperature is not None:
             run.temperature = temperature
@@ -386,6 +521,8 @@ def ir_spectrum(
                 f"{run.source}: temperature unknown (no attrs['temperature']); pass "
                 "temperature= in K (the absolute spectrum and quantum corrections need it)"
             )
+    for run in runs:
+        _check_against_kinetic(run)
     periodic = {r.volume is not None for r in runs}
     if len(periodic) > 1:
         raise ValueError("some runs have a volume and some do not; pass volume=")
@@ -406,6 +543,11 @@ def ir_spectrum(
                 f"{block_len * dt:g} fs)"
             )
     w = lag_window(window, n_lags)
+    n_blocks_total = blocks * len(runs)
+    if 1 < n_blocks_total < MIN_BLOCKS_FOR_ERRORS:
+        warnings.warn(f"the standard error comes from only {n_blocks_total} blocks: it is "
+                      f"itself unreliable; use at least {MIN_BLOCKS_FOR_ERRORS} "
+                      "(blocks= per run, or more runs)", stacklevel=2)
 
     per_block_sigma, per_block_abs, per_block_parts = [], [], []
     omega = None
@@ -416,14 +558,13 @@ def ir_spectrum(
         for b in range(blocks):
             run_block = run.total.shape[0] // blocks  # longer runs: longer blocks
             chunk = series[:, b * run_block:(b + 1) * run_block]
-            corr = correlations(chunk, n_lags) * w
-            g = [corr[0, 0]]
-            if run.parts is not None:
-                n_parts = run.parts.shape[0]
-                g += [corr[1 + i, 1 + i] for i in range(n_parts)]
-                g += [corr[1 + i, 1 + j] + corr[1 + j, 1 + i]
-                      for i in range(n_parts) for j in range(i + 1, n_parts)]
-            omega, spectra = cosine_transform(np.array(g), dt, zero_padding)
+            if window in NON_NEGATIVE_WINDOWS:
+                omega, cross = segment_spectra(chunk, n_lags, dt, zero_padding, window)
+                spectra = _diagonal_and_symmetrised(cross, run.parts)
+            else:
+                corr = correlations(chunk, n_lags) * w
+                omega, spectra = cosine_transform(_diagonal_and_symmetrised(corr, run.parts),
+                                                  dt, zero_padding)
             sigma = prefactor * correction_factor(quantum_correction, omega,
                                                   run.temperature) * spectra
             if run.differentiated:
@@ -439,11 +580,89 @@ def ir_spectrum(
         keep &= omega * dt <= 0.5 * np.pi
     if max_frequency is not None:
         keep &= wavenumber <= float(max_frequency)
-    return _assemble(
+    out = _assemble(
         wavenumber[keep], keep, per_block_sigma, per_block_parts, per_block_abs, runs,
-        periodic=periodic, window=window, n_lags=n_lags, dt=dt,
+        periodic=periodic, window=window, n_lags=n_lags, block_len=block_len, dt=dt,
         quantum_correction=quantum_correction, zero_padding=zero_padding, kind=kind,
     )
+    if any(r.samples is not None for r in runs):
+        _add_model_band(out, runs, keep, blocks=blocks, n_lags=n_lags, window=window, dt=dt,
+                        quantum_correction=quantum_correction, zero_padding=zero_padding)
+    return out
+
+
+def _block_spectrum(chunk, n_lags, dt, zero_padding, window):
+    """(omega, spectrum) of one block of one dM/dt series (n, 3), the estimator of
+    :func:`ir_spectrum` (Welch for non-negative windows, else windowed correlations)."""
+    if window in NON_NEGATIVE_WINDOWS:
+        omega, cross = segment_spectra(chunk[None], n_lags, dt, zero_padding, window)
+        return omega, cross[0, 0]
+    corr = correlations(chunk[None], n_lags)[0, 0] * lag_window(window, n_lags)
+    omega, spectra = cosine_transform(corr[None], dt, zero_padding)
+    return omega, spectra[0]
+
+
+def _add_model_band(out, runs, keep, **settings):
+    """Add the model band of the posterior samples of all runs to ``out`` (in place)."""
+    from numbec.spectra.model_band import band_statistics, sample_spectra
+
+    counts = {None if r.samples is None else r.samples.shape[0] for r in runs}
+    if len(counts) != 1:
+        raise ValueError(f"runs have different numbers of posterior samples {counts}; all "
+                         "or none need them, drawn with the same seed")
+    dt = settings["dt"]
+    sigma = abs_ = 0.0
+    for run in runs:
+        transfer = ((lambda om: _central_difference_transfer(om, dt))
+                    if run.differentiated else None)
+
+        def block_spectrum(chunk):
+            return _block_spectrum(chunk, settings["n_lags"], dt, settings["zero_padding"],
+                                   settings["window"])
+
+        spec = sample_spectra(
+            run.samples, block_spectrum, blocks=settings["blocks"],
+            prefactor=cross_section_prefactor(run.temperature), temperature=run.temperature,
+            quantum_correction=settings["quantum_correction"], transfer=transfer)[:, keep]
+        sigma = sigma + spec / len(runs)
+        if run.volume is not None:
+            abs_ = abs_ + spec / (run.volume * 1e-24) / len(runs)
+    targets = [("cross_section", sigma, "cm^2")]
+    if "absorption" in out:
+        targets.append(("absorption", abs_, "cm^-1"))
+    for name, spectra, units in targets:
+        for stat, values in band_statistics(spectra).items():
+            out[f"{name}_model_{stat}"] = ("frequency", values, {
+                "units": units,
+                "long_name": f"{stat} of {name} over posterior weight samples (model band)"})
+    out.attrs["n_posterior_samples"] = int(counts.pop())
+
+
+def _diagonal_and_symmetrised(pairs, parts):
+    """(1 + P + P(P-1)/2, L) rows from (S, S, L) pair quantities (correlations or cross
+    spectra) of [total, part 0, ...]: the total, each part, each symmetrised cross term."""
+    rows = [pairs[0, 0]]
+    if parts is not None:
+        n_parts = parts.shape[0]
+        rows += [pairs[1 + i, 1 + i] for i in range(n_parts)]
+        rows += [pairs[1 + i, 1 + j] + pairs[1 + j, 1 + i]
+                 for i in range(n_parts) for j in range(i + 1, n_parts)]
+    return np.array(rows)
+
+
+def _check_against_kinetic(run):
+    """Warn when a nominal temperature and the kinetic temperature of the run's trajectory
+    differ by more than :data:`TEMPERATURE_MISMATCH_STDERRS` standard errors."""
+    kin = run.kinetic
+    if kin is None or run.temperature is None or run.temperature_source.startswith("kinetic"):
+        return
+    spread = TEMPERATURE_MISMATCH_STDERRS * kin.stderr
+    if np.isfinite(spread) and abs(run.temperature - kin.mean) > spread:
+        warnings.warn(
+            f"{run.source}: the spectrum uses T = {run.temperature:g} K "
+            f"({run.temperature_source}), but the trajectory velocities give "
+            f"{kin.mean:.1f} +- {kin.stderr:.1f} K ({kin.how}); check the temperature",
+            stacklevel=3)
 
 
 def _partials_kind(partials):
@@ -476,7 +695,7 @@ def _partial_labels(names):
 
 
 def _assemble(wavenumber, keep, sigma_blocks, part_blocks, abs_blocks, runs, *, periodic,
-              window, n_lags, dt, quantum_correction, zero_padding, kind):
+              window, n_lags, block_len, dt, quantum_correction, zero_padding, kind):
     import xarray as xr
 
     from numbec import __version__
@@ -540,6 +759,10 @@ def _assemble(wavenumber, keep, sigma_blocks, part_blocks, abs_blocks, runs, *, 
         "n_runs": len(runs),
         "timestep": dt,
         "zero_padding": int(zero_padding),
+        "non_negative": int(window in NON_NEGATIVE_WINDOWS),
+        "temperature_units": "K",
+        "timestep_units": "fs",
+
         "provenance": json.dumps({
             "numbec_version": __version__,
             "sources": [r.source for r in runs],
@@ -550,6 +773,10 @@ def _assemble(wavenumber, keep, sigma_blocks, part_blocks, abs_blocks, runs, *, 
                                   else "dipole_derivative" for r in runs],
         }),
     }
+    for key in ("system", "model"):  # for labels; runs of several systems or models: all
+        names = " + ".join(dict.fromkeys(getattr(r, key) for r in runs if getattr(r, key)))
+        if names:
+            attrs[key] = names
     if kind is not None:
         attrs["partial_kind"] = kind
     if not periodic:
@@ -561,7 +788,8 @@ def _assemble(wavenumber, keep, sigma_blocks, part_blocks, abs_blocks, runs, *, 
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
 
-def integrated_intensity(spectrum, fmin=None, fmax=None, variable=None):
+def integrated_intensity(spectrum, fmin: float | None = None, fmax: float | None = None, *,
+                         variable: str | None = None) -> float | np.ndarray:
     """Integrate a spectrum over ``fmin <= frequency <= fmax`` (cm^-1, trapezoid rule).
 
     Parameters
@@ -587,7 +815,9 @@ def integrated_intensity(spectrum, fmin=None, fmax=None, variable=None):
     return value
 
 
-def spectral_peaks(spectrum, variable=None, min_height=0.05, fmin=None, fmax=None):
+def spectral_peaks(spectrum, *, variable: str | None = None, min_height: float = 0.05,
+                   fmin: float | None = None, fmax: float | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Local maxima of a spectrum, refined by a parabola through the three top points.
 
     Parameters

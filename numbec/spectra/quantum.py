@@ -23,8 +23,8 @@ correction      ``Q(x)``                   ``F(x)`` (factor applied here)
 ``none``        ``1``                      ``(1 - exp(-x)) / x``
 ==============  =========================  ====================================
 
-so ``harmonic`` (the default) is the formula of method.md §8. Every correction needs the
-temperature.
+so ``harmonic`` (the default) is the formula of docs/method.md#ir-spectrum-from-a-trajectory.
+Every correction needs the temperature.
 """
 
 from __future__ import annotations

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-#: 1 Debye in e·Å.
-DEBYE_IN_E_ANGSTROM = 0.20819433622621247
+from numbec.conventions import DEBYE_IN_E_ANGSTROM
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 
 def _frequency_coords(f):
@@ -51,7 +54,21 @@ def _numeric_rows(path, lines):
     return np.array(rows)
 
 
-def read_reference(path, kind=None):
+def _text_of(path) -> str:
+    """The text of a reference file; ValueError naming it when it is binary or not UTF-8."""
+    where = os.fspath(path)
+    data = Path(path).read_bytes()
+    if b"\0" in data[:65536]:
+        raise ValueError(f"{where}: a binary file, not a text reference (QE IR table, "
+                         "two-column curve or numbec CSV); netCDF files must end in .nc")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{where}: not UTF-8 text (byte {exc.start}: "
+                         f"{data[exc.start:exc.start + 1]!r})") from None
+
+
+def read_reference(path, *, kind: str | None = None) -> xr.Dataset:
     """Read a reference spectrum (see the module docstring) as an xarray Dataset.
 
     Parameters
@@ -64,6 +81,14 @@ def read_reference(path, kind=None):
     -------
     xarray.Dataset
         attrs ``source`` (the path) and ``reference_kind``.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        Binary or non-UTF-8 content, rows that are not numbers, wrong column counts, an
+        unreadable netCDF file, an unknown ``kind``; the message names the file (and line).
     """
     import xarray as xr
 
@@ -71,14 +96,21 @@ def read_reference(path, kind=None):
     where = os.fspath(path)
     if not path.is_file():
         raise FileNotFoundError(f"{where}: no such reference file")
+    kinds = ("qe-ir", "epsim", "epsre", "curve", "numbec-csv", "netcdf")
     if kind is None:
         kind = _guess_kind(path)
+    elif kind not in kinds:
+        raise ValueError(f"{where}: unknown reference kind {kind!r}; use one of "
+                         f"{', '.join(kinds)}")
     if kind == "netcdf":
-        ds = xr.load_dataset(path)
+        try:
+            ds = xr.load_dataset(path)
+        except Exception as exc:
+            raise ValueError(f"{where}: not a readable netCDF file ({exc})") from exc
     elif kind == "numbec-csv":
         ds = read_spectrum_csv(path)
     else:
-        lines = path.read_text().splitlines()
+        lines = _text_of(path).splitlines()
         data = _numeric_rows(where, lines)
         if kind == "qe-ir":
             if data.shape[1] < 4:
@@ -122,8 +154,7 @@ def _guess_kind(path: Path) -> str:
     name = path.name.lower()
     if name.endswith((".nc", ".nc4", ".netcdf")):
         return "netcdf"
-    with open(path) as fh:
-        head = fh.readline()
+    head = _text_of(path).split("\n", 1)[0]
     if head.startswith("# numbec"):
         return "numbec-csv"
     if "mode" in head.lower() and "ir" in head.lower():
@@ -136,18 +167,20 @@ def _guess_kind(path: Path) -> str:
 
 
 # ---------------------------------------------------------------------------- CSV
-def write_spectrum_csv(spectrum, path):
+def write_spectrum_csv(spectrum, path) -> None:
     """Write a spectrum Dataset as CSV: ``#`` header lines with the attrs, then columns.
 
     Columns: every variable on the ``frequency`` dimension (name ``[units]``), partial
-    variables as ``name[label] [units]``.
+    variables as ``name[label] [units]``; a variable without units is written ``[1]``
+    (dimensionless) so that every column header states its unit. Attributes with units
+    have a companion ``*_units`` line.
     """
     columns, names = [], []
     for coord in ("frequency", "frequency_thz", "frequency_mev"):
         columns.append(np.asarray(spectrum[coord].values))
         names.append(f"{coord} [{spectrum[coord].attrs.get('units', '')}]")
     for name, var in spectrum.data_vars.items():
-        units = var.attrs.get("units", "")
+        units = var.attrs.get("units") or "1"
         if var.dims == ("frequency",):
             columns.append(np.asarray(var.values))
             names.append(f"{name} [{units}]")
@@ -163,24 +196,29 @@ def write_spectrum_csv(spectrum, path):
         np.savetxt(fh, np.column_stack(columns), delimiter=",", fmt="%.10g")
 
 
-def read_spectrum_csv(path):
+def read_spectrum_csv(path) -> xr.Dataset:
     """Read a CSV written by :func:`write_spectrum_csv` back into a Dataset."""
+    import io
+
     import xarray as xr
 
     where = os.fspath(path)
     attrs, header = {}, None
-    with open(path) as fh:
-        for line in fh:
-            if line.startswith("#"):
-                if ": " in line:
-                    key, value = line[1:].strip().split(": ", 1)
-                    attrs[key] = value
-                continue
-            header = line.strip().split(",")
-            break
-        if header is None:
-            raise ValueError(f"{where}: no column header")
+    fh = io.StringIO(_text_of(path))
+    for line in fh:
+        if line.startswith("#"):
+            key, sep, value = line[1:].strip().partition(": ")
+            if sep:
+                attrs[key] = value
+            continue
+        header = line.strip().split(",")
+        break
+    if header is None:
+        raise ValueError(f"{where}: no column header")
+    try:
         data = np.loadtxt(fh, delimiter=",", ndmin=2)
+    except ValueError as exc:
+        raise ValueError(f"{where}: not a numbec spectrum CSV ({exc})") from None
     if data.shape[1] != len(header):
         raise ValueError(f"{where}: {len(header)} column names but {data.shape[1]} columns")
     names = [h.split(" [")[0] for h in header]

@@ -1,0 +1,266 @@
+"""Retrospective active-learning benchmark: which frames to label, and how much they buy.
+
+Usage::
+
+    python benchmarks/active_learning.py                       # all systems (1.5-2 hours)
+    python benchmarks/active_learning.py --systems quartz --quick   # reduced (~3 min)
+    python benchmarks/active_learning.py --systems zro2 --model combined --n-sparse 100
+
+On pools whose every frame is already labelled, :func:`numbec.active_learning` starts from
+``--start`` evenly spaced frames and adds ``--step`` frames per round up to ``--max``, with
+each strategy (uncertainty, reduction, diverse, random with ``--seeds`` seeds, stride);
+every round's model is scored on a held-out test set. Systems:
+
+``quartz``  alpha-quartz SiO2 (QE): pool = frames 0-149 of SiO2.xyz, test = 150-200.
+``zro2``    ZrO2 (VASP DFPT): pool = OUTCAR.1-80, test = OUTCAR.81-119.
+``xtb``     water clusters (H2O)_n, n = 2-6, GFN2-xTB (tblite): pool = snapshots of Langevin
+            MDs at 400 K labelled with exact finite-difference APTs; test = the independent
+            NVE MD of numbec's demo: BEC RMSE at its check frames with exact APTs, and the
+            error of the IR spectrum against the spectrum of the exact xTB dipole (relative L2
+            over 0-4200 cm^-1). Generated once into ``--cache`` (several minutes of xTB).
+
+Reference data: ``../shared/data`` (or ``$NUMBEC_SHARED_DATA``), read in place.
+
+Target (issue 19): an active strategy reaches the test error that random selection has at
+``--max`` frames (mean over seeds) with at most half as many frames. The summary prints, per
+strategy, the first training-set size at which its error is at or below that value.
+
+Models: ``--model`` monopole (default: the cheapest, the machine may be shared), dipole or
+combined, ``--n-sparse`` per species (capped at the training environments), descriptors of
+:data:`DESCRIPTORS`. ``--quick``: quartz/zro2 pools and test sets thinned (every 2nd / 3rd
+frame), up to 20 frames, 2 random seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("NUMBEC_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+#: Modest descriptors: the benchmark fits one model per round and strategy.
+DESCRIPTORS = {"cutoff_radial": 5.0, "cutoff_angular": 4.0, "sigma": 0.5, "n_radial": 6,
+               "n_angular": 4, "l_max": 2, "radial_weight": 0.1}
+XTB_DESCRIPTORS = {"cutoff_radial": 6.0, "cutoff_angular": 4.5, "sigma": 0.5, "n_radial": 6,
+                   "n_angular": 6, "l_max": 3}
+STRATEGIES = ("uncertainty", "reduction", "diverse", "random", "stride")
+
+
+# ---------------------------------------------------------------------------- data
+def load_quartz(quick: bool):
+    import numbec
+
+    frames = numbec.read_bec(SHARED / "sio2_quartz_qe" / "SiO2.xyz")
+    pool, test = frames[0:150], frames[150:201]
+    if quick:
+        pool, test = pool[::2], test[::3]
+    return pool, test, {}
+
+
+def load_zro2(quick: bool):
+    import numbec
+
+    path = str(SHARED / "zro2_vasp_dfpt" / "OUTCAR.{}.xz")
+    pool_ids, test_ids = list(range(1, 81)), list(range(81, 120))
+    if quick:
+        pool_ids, test_ids = pool_ids[::2], test_ids[::3]
+    pool = numbec.read_bec([path.format(i) for i in pool_ids])
+    test = numbec.read_bec([path.format(i) for i in test_ids])
+    return pool, test, {}
+
+
+def load_xtb(quick: bool, cache: Path, log=print):
+    """Pool of xTB-labelled cluster snapshots, the demo's test MD and its exact spectrum."""
+    import numbec
+    from numbec import demo
+
+    cache.mkdir(parents=True, exist_ok=True)
+    sizes = (2, 3, 4, 5, 6)
+    per_size = 12 if quick else 24
+    path = cache / f"xtb-pool-{per_size}.extxyz"
+    if path.exists():
+        pool = numbec.read_bec(path)
+    else:
+        calc = demo.xtb_calculator()
+        pool = []
+        t0 = time.perf_counter()
+        for n in sizes:
+            rng = np.random.default_rng([11, n])
+            atoms = demo.water_cluster(n, seed=int(rng.integers(2**31)), calc=calc)
+            demo._thermal_momenta(atoms, 400.0, rng)
+            dyn = demo._langevin(atoms, 0.5, 400.0, rng)
+            for _ in range(per_size):
+                dyn.run(20)
+                bec, dipole = demo.finite_difference_apt(atoms, 0.005)
+                snap = atoms.copy()
+                snap.set_momenta(None)
+                snap.arrays["bec"] = bec
+                snap.info["dipole"] = dipole
+                pool.append(snap)
+        demo._atomic_write(path, lambda tmp: numbec.write_bec(tmp, pool))
+        log(f"xtb pool: {len(pool)} snapshots labelled in {time.perf_counter() - t0:.0f} s")
+    config = demo.DemoConfig.quick() if quick else demo.DemoConfig.full()
+    md = demo.run_md(config, cache, log=log)
+    test = demo.exact_check_frames(config, md, cache, log=log)
+    store = cache / f"{Path(md['traj']).stem}.zarr"
+    if not store.exists():  # converted under a temporary name: never a partial store
+        tmp = store.with_name(store.name + ".partial")
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        numbec.convert_trajectory(md["traj"], tmp, timestep=md["frame_dt"], progress=False)
+        tmp.replace(store)
+    temperature = demo._kinetic_temperature(store)
+    freq, exact = demo._spectrum(md["dipole_dt"], md["frame_dt"], temperature)
+    band = freq <= 4200.0
+
+    def spectral_error(model, record):
+        pred = numbec.predict(model, store, progress=False)
+        _, spec = demo._spectrum(np.asarray(pred["dipole_derivative"].values), md["frame_dt"],
+                                 temperature)
+        rel = float(np.linalg.norm(spec[band] - exact[band]) / np.linalg.norm(exact[band]))
+        return {"spectrum_rel_l2": rel}
+
+    return pool, test, {"callback": spectral_error}
+
+
+LOADERS = {"quartz": load_quartz, "zro2": load_zro2, "xtb": load_xtb}
+
+
+# ---------------------------------------------------------------------------- runs
+def run_system(name, args, log=print) -> dict:
+    import numbec
+    from numbec.descriptors import DescriptorSettings
+    from numbec.learning_loop import kernel_trainer
+
+    t0 = time.perf_counter()
+    if name == "xtb":
+        pool, test, extra = load_xtb(args.quick, Path(args.cache), log)
+        descriptors = XTB_DESCRIPTORS
+    else:
+        pool, test, extra = LOADERS[name](args.quick)
+        descriptors = DESCRIPTORS
+    species = sorted({int(z) for a in pool for z in a.numbers})
+    settings = DescriptorSettings(species=tuple(species), **descriptors)
+    train = kernel_trainer(args.model, n_sparse=args.n_sparse, settings=settings)
+    log(f"\n## {name}: pool {len(pool)} frames, test {len(test)} frames, model {args.model} "
+        f"(n_sparse {args.n_sparse}), {args.start} + {args.step}/round up to {args.max} "
+        f"(data read in {time.perf_counter() - t0:.0f} s)")
+    runs = {}
+    for strategy in args.strategies:
+        seeds = range(args.seeds) if strategy == "random" else [0]
+        for seed in seeds:
+            label = strategy if strategy != "random" else f"random/{seed}"
+            t1 = time.perf_counter()
+            result = numbec.active_learning(
+                pool, lambda k, atoms: pool[k], train, strategy=strategy,
+                n_initial=args.start, n_per_round=args.step, n_max=args.max, test=test,
+                seed=seed, callback=extra.get("callback"))
+            runs[label] = [r.to_dict() for r in result.records]
+            curve = ", ".join(f"{r.n_train}: {r.test_rmse:.4f}" for r in result.records)
+            log(f"  {label:12s} {time.perf_counter() - t1:6.0f} s  {curve}")
+    return {"pool": len(pool), "test": len(test), "runs": runs}
+
+
+def summarise(name, result, args, log=print) -> dict:
+    runs = result["runs"]
+    sizes = [r["n_train"] for r in next(iter(runs.values()))]
+    table = {}
+    for strategy in args.strategies:
+        keys = [k for k in runs if k == strategy or k.startswith(strategy + "/")]
+        err = np.array([[r["test_rmse"] for r in runs[k]] for k in keys])
+        row = {"rmse": err.mean(axis=0).tolist(), "rmse_min": err.min(axis=0).tolist(),
+               "rmse_max": err.max(axis=0).tolist()}
+        spec = [[r["extra"].get("spectrum_rel_l2") for r in runs[k]] for k in keys]
+        if all(v is not None for s in spec for v in s):
+            row["spectrum_rel_l2"] = np.mean(np.array(spec, dtype=float), axis=0).tolist()
+        table[strategy] = row
+    out = {"sizes": sizes, "strategies": table}
+    lines = ["| frames | " + " | ".join(args.strategies) + " |",
+             "|---|" + "---|" * len(args.strategies)]
+    for i, n in enumerate(sizes):
+        cells = []
+        for s in args.strategies:
+            row = table[s]
+            cell = f"{row['rmse'][i]:.4f}"
+            if s == "random" and len(runs) > 1 and row["rmse_max"][i] > row["rmse_min"][i]:
+                cell += f" ({row['rmse_min'][i]:.4f}-{row['rmse_max'][i]:.4f})"
+            if "spectrum_rel_l2" in row:
+                cell += f" / {row['spectrum_rel_l2'][i]:.3f}"
+            cells.append(cell)
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    log(f"\n{name}: BEC test RMSE (e)" + (" / spectrum relative L2 error" if any(
+        "spectrum_rel_l2" in r for r in table.values()) else "") + " against training frames")
+    log("\n".join(lines))
+    if "random" in table:
+        target = table["random"]["rmse"][-1]
+        reached = {}
+        for s in args.strategies:
+            hit = [n for n, e in zip(sizes, table[s]["rmse"], strict=True) if e <= target]
+            reached[s] = hit[0] if hit else None
+        half = sizes[-1] // 2
+        met = any(reached[s] is not None and reached[s] <= half
+                  for s in ("uncertainty", "reduction", "diverse") if s in reached)
+        # a curve that does not fall cannot tell strategies apart: the first model is as good
+        flat = table["random"]["rmse"][0] <= target
+        out.update({"target_rmse": target, "frames_to_reach": reached, "target_met": met,
+                    "learning_curve_flat": flat})
+        verdict = "met" if met else "missed"
+        if flat:
+            verdict += (" trivially: the initial model is already as good as random's last "
+                        "(flat learning curve: the model's capacity, not the data, limits it)")
+        log(f"random at {sizes[-1]} frames: {target:.4f} e; frames to reach it: "
+            + ", ".join(f"{s} {reached[s] if reached[s] is not None else '>' + str(sizes[-1])}"
+                        for s in args.strategies)
+            + f"; target (active <= {half}): {verdict}")
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--systems", default="quartz,zro2,xtb")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--model", choices=("monopole", "dipole", "combined"),
+                        default="monopole")
+    parser.add_argument("--n-sparse", type=int, default=60)
+    parser.add_argument("--start", type=int, default=5)
+    parser.add_argument("--step", type=int, default=5)
+    parser.add_argument("--max", type=int, default=None, help="default 40 (--quick: 20)")
+    parser.add_argument("--seeds", type=int, default=None, help="default 3 (--quick: 2)")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--cache", default="numbec-al-cache",
+                        help="directory of the generated xTB data")
+    parser.add_argument("--json", default=None, help="write all rounds to this file")
+    args = parser.parse_args(argv)
+    args.strategies = [s for s in args.strategies.split(",") if s]
+    unknown = set(args.strategies) - set(STRATEGIES)
+    if unknown:
+        parser.error(f"unknown strategies {sorted(unknown)}")
+    args.max = args.max or (20 if args.quick else 40)
+    args.seeds = args.seeds or (2 if args.quick else 3)
+    systems = [s for s in args.systems.split(",") if s]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"# active learning benchmark: {', '.join(systems)}; load average {load:.1f}")
+    report = {"arguments": {k: v for k, v in vars(args).items()}, "systems": {}}
+    t0 = time.perf_counter()
+    for name in systems:
+        if name not in LOADERS:
+            parser.error(f"unknown system {name!r}; use {sorted(LOADERS)}")
+        result = run_system(name, args)
+        result["summary"] = summarise(name, result, args)
+        report["systems"][name] = result
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,173 @@
+"""Calibration of the predicted BEC uncertainty (bec_std) and of its streamed low-rank form.
+
+Usage::
+
+    python benchmarks/calibration.py                  # the table of docs/benchmarks_models.md
+    python benchmarks/calibration.py --quick          # fewer frames, small models (minutes)
+    python benchmarks/calibration.py --systems quartz,xtb --models combined --sizes small
+
+Systems: the splits of ``benchmarks/models.py`` (quartz: train 0-149, test 150-200; ZrO2:
+OUTCAR.1-80 / 81-119; BaTiO3: first 40 / rest; read from ``../shared/data`` or
+``$NUMBEC_SHARED_DATA``) and ``xtb``: GFN2-xTB water clusters with exact finite-difference
+APTs (the demo's 40 reference clusters, ``numbec.demo.generate_reference``, cached in
+``--cache``, needs tblite): train on the first 32 (clusters of 2-6 molecules), test on the last
+8 (MD snapshots of an (H2O)_6 cluster no training frame comes from).
+
+For every system, model and training size (``small``: 5 training frames; ``large``: the
+training range at the stride of ``benchmarks/models.py``) the model is fitted, its variance
+scale learned by ``--folds``-fold cross-validation over the training frames only
+(:func:`numbec.models.uncertainty.recalibrate`), and the test frames are predicted with the
+exact ``bec_std`` (design rows). Printed per row: test RMSE (e); coverage of the nominal
+68 % / 95 % intervals and NLL with the plain Bayesian variance (``raw``) and recalibrated
+(``cal``); the frame rank correlation (Spearman, predicted frame uncertainty vs actual frame
+RMSE; a scale does not change it); the learned scale; and the streamed low-rank uncertainty
+(:func:`numbec.models.uncertainty.predict_uncertainty`, rank ``--rank``): the largest
+relative deviation of the per-frame uncertainty from the exact one over the test frames and
+its cost relative to a plain prediction (best of 3 per frame, summed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+# per-frame matrices are small: a threaded BLAS on a shared machine only adds contention
+# (numbec.predict limits it the same way)
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from models import CLASSES, SYSTEMS, _capped_n_sparse, load_split  # noqa: E402
+
+SMALL = 5
+
+
+def load_xtb(cache: Path):
+    """Training frames (the first 32 of the demo's reference clusters) and test frames (the
+    last 8: snapshots of one (H2O)_6 cluster) of GFN2-xTB water clusters."""
+    from numbec import demo
+
+    cache.mkdir(parents=True, exist_ok=True)
+    frames = demo.generate_reference(demo.DemoConfig.full(), cache, log=lambda *a: None)
+    return frames[:32], frames[32:], "train 32 clusters, test 8"
+
+
+def _fit(kind, train, hyper, descriptors):
+    import numbec
+    from numbec.descriptors import DescriptorSettings
+
+    species = sorted({int(z) for a in train for z in a.numbers})
+    kw = dict(hyper)
+    kw["n_sparse"] = _capped_n_sparse(train, int(kw["n_sparse"]))
+    settings = DescriptorSettings(species=tuple(species), **descriptors)
+    return getattr(numbec, CLASSES[kind])(settings=settings, **kw).fit(train)
+
+
+def _best_of(fn, repeat=3):
+    best = np.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def row(kind, train, test, hyper, descriptors, folds, rank) -> dict:
+    from numbec.models import uncertainty as unc
+
+    t0 = time.perf_counter()
+    model = _fit(kind, train, hyper, descriptors)
+    unc.recalibrate(model, train, folds=folds)
+    fit_s = time.perf_counter() - t0
+    scale = model.variance_scale
+    preds, stds, refs, sizes, frame_exact, frame_low = [], [], [], [], [], []
+    t_plain = t_low = 0.0
+    for atoms in test:
+        args = (atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)
+        out = model.predict_arrays(*args, uncertainty=True)
+        preds.append(out["bec"])
+        stds.append(out["bec_std"])
+        refs.append(np.asarray(atoms.arrays["bec"], dtype=np.float64))
+        sizes.append(len(atoms))
+        frame_exact.append(float(np.sqrt(np.mean(out["bec_std"] ** 2))))
+        frame_low.append(unc.predict_uncertainty(model, *args, rank=rank)["frame_std"])
+        t_plain += _best_of(lambda a=args: model.predict_arrays(*a))
+        t_low += _best_of(lambda a=args: unc.predict_uncertainty(model, *a, rank=rank))
+    pred, std, ref = (np.concatenate(x) for x in (preds, stds, refs))
+    raw = unc.calibration_metrics(pred, std / np.sqrt(scale), ref, sizes)
+    cal = unc.calibration_metrics(pred, std, ref, sizes)
+    dev = np.abs(np.array(frame_low) / np.array(frame_exact) - 1.0)
+    return {"rmse": float(np.sqrt(np.mean((pred - ref) ** 2))), "raw": raw, "cal": cal,
+            "scale": scale, "n_train": len(train), "n_test": len(test), "fit_s": fit_s,
+            "lowrank_max_dev": float(dev.max()), "lowrank_cost": t_low / t_plain,
+            "rank": rank}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--systems", default="quartz,zro2,batio3,xtb")
+    parser.add_argument("--models", default="monopole,dipole,combined")
+    parser.add_argument("--sizes", default="small,large")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--rank", type=int, default=32)
+    parser.add_argument("--n-sparse", type=int, default=None,
+                        help="sparse points per species (default: benchmarks/models.py's)")
+    parser.add_argument("--quick", action="store_true",
+                        help="every 4th training / 3rd test frame, at most 50 sparse points")
+    parser.add_argument("--max-test", type=int, default=None, help="at most this many test "
+                        "frames (evenly spaced)")
+    parser.add_argument("--cache", default="numbec-demo/cache", help="xTB data cache")
+    parser.add_argument("--json", default=None, help="also write all rows to this file")
+    args = parser.parse_args(argv)
+    print("| system | model | train | test | RMSE e | cov68 raw | cov95 raw | NLL raw "
+          "| scale | cov68 cal | cov95 cal | NLL cal | frame rank corr | low-rank max dev "
+          "| low-rank cost |")
+    print("|---" * 15 + "|")
+    rows = []
+    for system in args.systems.split(","):
+        if system == "xtb":
+            from numbec.demo import _settings
+
+            train_all, test, _ = load_xtb(Path(args.cache))
+            hyper = {"zeta": 4, "n_sparse": 60, "seed": 7}
+            descriptors = {k: v for k, v in _settings().to_dict().items() if k != "species"}
+        else:
+            train_all, test, _ = load_split(system, args.quick)
+            hyper = {k: v for k, v in SYSTEMS[system]["model"].items()}
+            descriptors = SYSTEMS[system]["descriptors"]
+        if args.n_sparse or args.quick:
+            hyper["n_sparse"] = args.n_sparse or min(50, hyper["n_sparse"])
+        if args.max_test and len(test) > args.max_test:
+            idx = np.linspace(0, len(test) - 1, args.max_test).round().astype(int)
+            test = [test[i] for i in idx]
+        for size in args.sizes.split(","):
+            if size == "small":
+                idx = np.linspace(0, len(train_all) - 1, SMALL).round().astype(int)
+                train = [train_all[i] for i in idx]
+            else:
+                train = train_all
+            for kind in args.models.split(","):
+                r = row(kind, train, test, hyper, descriptors, args.folds, args.rank)
+                r.update(system=system, model=kind, size=size)
+                rows.append(r)
+                raw, cal = r["raw"], r["cal"]
+                print(f"| {system} | {kind} | {r['n_train']} | {r['n_test']} | {r['rmse']:.4f} "
+                      f"| {100 * raw['coverage_68']:.1f} | {100 * raw['coverage_95']:.1f} "
+                      f"| {raw['nll']:.2f} | {r['scale']:.3g} "
+                      f"| {100 * cal['coverage_68']:.1f} | {100 * cal['coverage_95']:.1f} "
+                      f"| {cal['nll']:.2f} | {cal['frame_rank_correlation']:.2f} "
+                      f"| {100 * r['lowrank_max_dev']:.1f} % | {r['lowrank_cost']:.2f}x |",
+                      flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,27 @@
+"""Lazy exports of a package (PEP 562): names imported from their module on first use.
+
+Keeps ``import numbec`` and the ``--help`` of every command free of Numba, SciPy and xarray.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+
+def lazy_exports(package: str, exports: dict[str, str], namespace: dict):
+    """Module ``__getattr__`` and ``__dir__`` for ``package``.
+
+    ``exports`` maps an exported name to the module that defines it; ``namespace`` is the
+    package's ``globals()``, where a name is cached once imported.
+    """
+    def __getattr__(name):
+        if name in exports:
+            value = getattr(importlib.import_module(exports[name]), name)
+            namespace[name] = value
+            return value
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def __dir__():  # what the package holds so far, and what it will import on use
+        return sorted(set(namespace) | set(exports))
+
+    return __getattr__, __dir__

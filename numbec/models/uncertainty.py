@@ -1,0 +1,546 @@
+"""Uncertainty of the kernel BEC models: calibration, recalibration, and a low-rank posterior.
+
+The kernel models are linear in their weights ``w`` (C,): the BECs of a structure are
+``Z = Z0 + Phi w`` with ``Phi`` (N*9, C) the design rows and ``Z0`` the baseline charges. The
+Bayesian regression gives a Gaussian posterior ``w ~ N(w_mean, Sigma)`` (docs/method.md,
+"Bayesian regression"), hence the predictive variance of a BEC component
+``phi^T Sigma phi + sigma_v^2`` and, for any weight vector ``u``, the BECs ``Phi u`` of "a model
+with weights u" through the same adjoint channels as a plain prediction.
+
+This module holds
+
+- :func:`calibration_metrics`: coverage of the nominal 68 % / 95 % intervals, Gaussian negative
+  log likelihood and the rank correlation between each frame's predicted uncertainty and its
+  actual error;
+- :func:`fit_variance_scale` / :func:`recalibrate`: a K-fold cross-validated scale ``s`` of the
+  predictive variance learned from the training frames only (``Var -> s Var``), stored in the
+  model file (``variance_scale``; absent in older files, then 1);
+- :class:`PosteriorFactor` / :func:`posterior_factor`: ``Sigma ~ L L^T`` with ``L`` (C, K) the
+  leading K directions of the posterior covariance in the metric of the training design;
+- :func:`direction_becs`: the BECs ``Phi u_k`` of several weight vectors from one descriptor
+  pass (extra adjoint channels);
+- :func:`predict_uncertainty`: per-atom ``bec_std`` and a per-frame uncertainty from the
+  low-rank factor at a fraction of the cost of the design rows;
+- :func:`sample_weights`: weight vectors drawn from the (recalibrated) posterior.
+
+These are the entry points for uncertainty-driven selection (per-frame predicted uncertainty:
+:func:`predict_uncertainty` ``["frame_std"]``; posterior covariance: :func:`posterior_factor`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "PosteriorFactor",
+    "StreamedUncertaintyModel",
+    "channel_outputs",
+    "calibration_metrics",
+    "direction_becs",
+    "exact_bec_std",
+    "fit_variance_scale",
+    "posterior_factor",
+    "predict_uncertainty",
+    "recalibrate",
+    "sample_scale",
+    "sample_weights",
+    "variance_scale",
+]
+
+#: Half widths of the central 68.27 % and 95 % intervals of a standard normal variable.
+_Z68, _Z95 = 1.0, 1.959963984540054
+_DIAG = (np.arange(3), np.arange(3))
+
+
+def variance_scale(model) -> float:
+    """The model's recalibration factor of the predictive variance (1 if never recalibrated)."""
+    return float(getattr(model, "variance_scale", 1.0) or 1.0)
+
+
+def sample_scale(model) -> float:
+    """Scale of the weight covariance for posterior samples: ``weight_scale`` of the model's
+    cross-validation (saved in ``training["variance_scale_fit"]``) when it has one, else
+    :func:`variance_scale`. The samples carry no per-component noise, so the weight
+    posterior alone has to account for the held-out error; with the noise term the spectrum's
+    band under-covered the exact spectrum (docs/benchmarks_models.md)."""
+    fit = (getattr(model, "training", None) or {}).get("variance_scale_fit") or {}
+    value = fit.get("weight_scale")
+    return float(value) if value and np.isfinite(value) and value > 0 else variance_scale(model)
+
+
+# ---------------------------------------------------------------------- calibration metrics
+def calibration_metrics(predicted, std, reference, frame_sizes=None) -> dict:
+    """Calibration of predicted standard deviations against actual errors.
+
+    Parameters
+    ----------
+    predicted, reference : array_like (M, 3, 3) float64, e
+        Predicted and reference BECs of all atoms of all frames, concatenated.
+    std : array_like (M, 3, 3) float64, e
+        Predicted standard deviation of every component (``bec_std``), > 0.
+    frame_sizes : sequence of int, optional
+        Atoms per frame (summing to M), for the per-frame rank correlation.
+
+    Returns
+    -------
+    dict
+        ``coverage_68``, ``coverage_95``: fraction of components with ``|err| <= 1 std`` and
+        ``|err| <= 1.96 std`` (nominal 0.6827 and 0.95); ``nll``: mean Gaussian negative log
+        likelihood per component, ``0.5 ln(2 pi std^2) + err^2 / (2 std^2)`` (nats; lower is
+        better); ``z_rms``: RMS of ``err / std`` (1 for a calibrated model); ``mean_std`` (e);
+        with ``frame_sizes``: ``frame_rank_correlation``, Spearman's rho between each frame's
+        predicted uncertainty ``sqrt(mean std^2)`` and its actual RMSE over its components
+        (nan for fewer than 3 frames), and ``n_frames``.
+    """
+    pred = np.asarray(predicted, dtype=np.float64)
+    ref = np.asarray(reference, dtype=np.float64)
+    std = np.asarray(std, dtype=np.float64)
+    if not (pred.shape == ref.shape == std.shape):
+        raise ValueError(f"predicted {pred.shape}, std {std.shape} and reference {ref.shape} "
+                         "must have the same shape")
+    if not (np.isfinite(std).all() and (std > 0).all()):
+        raise ValueError("std must be finite and > 0 everywhere")
+    err = (pred - ref).reshape(pred.shape[0], -1) if pred.ndim > 1 else pred - ref
+    sd = std.reshape(err.shape)
+    z = np.abs(err) / sd
+    out = {
+        "coverage_68": float(np.mean(z <= _Z68)),
+        "coverage_95": float(np.mean(z <= _Z95)),
+        "nll": float(np.mean(0.5 * np.log(2.0 * np.pi * sd ** 2) + 0.5 * z ** 2)),
+        "z_rms": float(np.sqrt(np.mean(z ** 2))),
+        "mean_std": float(np.mean(sd)),
+    }
+    if frame_sizes is not None:
+        sizes = np.asarray(frame_sizes, dtype=np.int64)
+        if sizes.sum() != err.shape[0]:
+            raise ValueError(f"frame sizes sum to {sizes.sum()}, not {err.shape[0]} atoms")
+        edges = np.concatenate([[0], np.cumsum(sizes)])
+        spans = list(zip(edges[:-1], edges[1:], strict=True))
+        pred_u = np.array([np.sqrt(np.mean(sd[a:b] ** 2)) for a, b in spans])
+        actual = np.array([np.sqrt(np.mean(err[a:b] ** 2)) for a, b in spans])
+        out["frame_rank_correlation"] = _spearman(pred_u, actual)
+        out["n_frames"] = int(sizes.size)
+    return out
+
+
+def _spearman(a, b) -> float:
+    if a.size < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+# ---------------------------------------------------------------------- recalibration
+def exact_bec_std(model, positions, numbers, cell, pbc) -> np.ndarray:
+    """``bec_std`` (N, 3, 3) e from the full design rows and the full covariance (the cost of
+    one training step), recalibrated: ``sqrt(s (phi^T Sigma phi + sigma_v^2))``."""
+    return model.predict_arrays(positions, numbers, cell, pbc, uncertainty=True)["bec_std"]
+
+
+def _fold_model(model, frames):
+    """An unfitted copy of ``model``'s type and hyperparameters, ``n_sparse`` capped at the
+    environments of each species in ``frames``."""
+    hyper = dict(model.hyperparameters())
+    counts = {}
+    for atoms in frames:
+        for z, c in zip(*np.unique(atoms.numbers, return_counts=True), strict=True):
+            counts[int(z)] = counts.get(int(z), 0) + int(c)
+    n_sparse = hyper["n_sparse"]
+    hyper["n_sparse"] = {z: min(c, int(n_sparse[str(z)]) if isinstance(n_sparse, dict)
+                                else int(n_sparse)) for z, c in counts.items()}
+    return type(model)(settings=model.settings, **hyper)
+
+
+def fit_variance_scale(model, frames, folds: int = 5) -> dict:
+    """K-fold cross-validated scale of the predictive variance, from training frames only.
+
+    The frames are split into ``folds`` contiguous blocks (MD frames are correlated in time;
+    interleaved folds would make the held-out frames look like training frames). For each
+    block a model with the same hyperparameters is fitted on the other blocks and predicts the
+    held-out block with its exact ``bec_std``, compared with the raw reference BECs (as
+    :func:`numbec.evaluate` does); the maximum-likelihood scale of a Gaussian
+    variance, ``s = mean(err^2 / std^2)`` over all held-out components, is returned.
+
+    Returns dict ``scale``, ``folds``, ``n_values``, the held-out ``coverage_95_unscaled``
+    and ``weight_scale = sum(err^2) / sum(phi^T Sigma phi)``: the scale of the weight
+    posterior alone that accounts for the whole held-out error (used for posterior samples and
+    the spectrum's model band, which carry no per-component noise term; see
+    :func:`sample_scale`). Needs at least 2 frames.
+    """
+    frames = list(frames)
+    if int(folds) < 2 or len(frames) < 2:
+        raise ValueError(f"fit_variance_scale: need at least 2 folds and 2 frames, got "
+                         f"folds={folds} and {len(frames)} frames")
+    folds = min(int(folds), len(frames))
+    edges = np.linspace(0, len(frames), folds + 1).round().astype(int)
+    z2, err2, epi = [], 0.0, 0.0
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        train = frames[:a] + frames[b:]
+        sub = _fold_model(model, train).fit(train)
+        for atoms in frames[a:b]:
+            out = sub.predict(atoms, uncertainty=True)
+            ref = np.asarray(atoms.arrays["bec"], dtype=np.float64)  # raw, as evaluate
+            z2.append(((out["bec"] - ref) / out["bec_std"]).ravel() ** 2)
+            err2 += float(np.sum((out["bec"] - ref) ** 2))
+            epi += float(np.sum(np.clip(out["bec_std"] ** 2 - sub.sigma_v2, 0.0, None)))
+    z2 = np.concatenate(z2)
+    return {"scale": float(np.mean(z2)), "folds": folds, "n_values": int(z2.size),
+            "coverage_95_unscaled": float(np.mean(z2 <= _Z95 ** 2)),
+            "weight_scale": err2 / epi if epi > 0 else float(np.mean(z2))}
+
+
+def recalibrate(model, frames, folds: int = 5):
+    """Set ``model.variance_scale`` from :func:`fit_variance_scale` on its training ``frames``
+    (saved with the model); returns the model. Drops a cached :class:`PosteriorFactor`."""
+    info = fit_variance_scale(model, frames, folds)
+    model.variance_scale = info["scale"]
+    model.training = dict(getattr(model, "training", {}) or {}, variance_scale_fit=info)
+    model._posterior_factor_cache = None
+    return model
+
+
+# ---------------------------------------------------------------------- low-rank posterior
+@dataclass
+class PosteriorFactor:
+    """Low-rank factor of the (recalibrated) posterior covariance, ``Sigma ~ L L^T``.
+
+    factor : (C, K) float64, units of the weights. Columns ordered by decreasing predictive
+        variance on training-like design rows.
+    captured : float, in (0, 1]: fraction of ``tr(G Sigma)`` the K columns carry (G the
+        training Gram matrix), i.e. of the mean epistemic variance over training-like rows.
+    rescaled : bool: the columns were divided by ``sqrt(captured)`` so that the mean epistemic
+        variance over training-like rows is preserved (the residual ``Sigma - L L^T``
+        is then accounted for on average, not per row).
+    noise_variance : float, e^2: ``s sigma_v^2``, added to every component's variance.
+    """
+
+    factor: np.ndarray
+    captured: float
+    rescaled: bool
+    noise_variance: float
+
+    @property
+    def rank(self) -> int:
+        return self.factor.shape[1]
+
+
+def _training_metric(model, cov) -> np.ndarray:
+    """The Gram matrix ``A = Phi^T Phi`` of the training design up to a positive factor,
+    recovered from the posterior precision ``Sigma^-1 = A / sigma_v^2 + diag(alpha)``."""
+    train = getattr(model, "training", {}) or {}
+    m = model.sparse_unit.shape[0]
+    groups = np.concatenate([np.zeros(m if model._monopole else 0, dtype=np.int64),
+                             np.ones(3 * m if model._dipole else 0, dtype=np.int64)])
+    sw2 = train.get("sigma_w2_groups")
+    if sw2 is not None and len(sw2) == groups.max() + 1:
+        alpha = 1.0 / np.asarray(sw2, dtype=np.float64)[groups]
+    elif train.get("sigma_w2"):
+        alpha = np.full(cov.shape[0], 1.0 / float(train["sigma_w2"]))
+    else:
+        return np.eye(cov.shape[0])
+    lam, vecs = np.linalg.eigh(cov)
+    lam = np.clip(lam, lam.max() * 1e-15, None)
+    precision = (vecs / lam) @ vecs.T
+    gram = precision - np.diag(alpha)
+    lam_g, vec_g = np.linalg.eigh(0.5 * (gram + gram.T))
+    return (vec_g * np.clip(lam_g, 0.0, None)) @ vec_g.T
+
+
+def posterior_factor(model, rank: int | None = 32, rescale: bool = True) -> PosteriorFactor:
+    """Leading ``rank`` directions of the posterior covariance, ``Sigma ~ L L^T``.
+
+    With ``Sigma = S S^T`` (symmetric square root) and ``G`` the training Gram matrix, the
+    eigenvectors ``e_k`` of ``S^T G S`` give the columns ``L_k = S e_k``; all of them together
+    reproduce ``Sigma`` exactly (``phi^T Sigma phi = sum_k (phi . L_k)^2`` for any row), and the
+    first K carry the most predictive variance on rows like the training rows. ``rank=None``
+    or >= C: full rank (exact). Includes the recalibration scale. Cached per model and weights.
+    """
+    cov = np.asarray(model.covariance, dtype=np.float64)
+    c = cov.shape[0]
+    k = c if rank is None else min(int(rank), c)
+    if k < 1:
+        raise ValueError(f"rank must be >= 1, got {rank}")
+    key = (id(model.weights), k, bool(rescale), variance_scale(model))
+    cached = getattr(model, "_posterior_factor_cache", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    scale = variance_scale(model)
+    lam, vecs = np.linalg.eigh(cov)
+    root = (vecs * np.sqrt(np.clip(lam, 0.0, None))) @ vecs.T        # S, symmetric
+    metric = _training_metric(model, cov)
+    mu, e = np.linalg.eigh(root @ metric @ root)
+    order = np.argsort(mu)[::-1]
+    mu, e = np.clip(mu[order], 0.0, None), e[:, order]
+    total = float(mu.sum())
+    captured = float(mu[:k].sum() / total) if total > 0 else 1.0
+    factor = np.sqrt(scale) * (root @ e[:, :k])
+    rescaled = bool(rescale and k < c and captured > 0)
+    if rescaled:
+        factor /= np.sqrt(captured)
+    out = PosteriorFactor(factor=np.ascontiguousarray(factor), captured=captured,
+                          rescaled=rescaled, noise_variance=scale * float(model.sigma_v2))
+    model._posterior_factor_cache = (key, out)
+    return out
+
+
+def sample_weights(model, n_samples: int, seed=None, rank: int | None = None) -> np.ndarray:
+    """(S, C) weight vectors drawn from the recalibrated posterior ``N(w, s_w Sigma)``,
+    ``s_w`` = :func:`sample_scale` (with
+    ``rank``: from the low-rank factor, ``w + L xi``, xi ~ N(0, I_K)). ``seed``: an int or a
+    numpy Generator; the same seed gives the same samples."""
+    rng = np.random.default_rng(seed)
+    factor = posterior_factor(model, rank, rescale=rank is not None).factor
+    xi = rng.standard_normal((int(n_samples), factor.shape[1]))
+    xi *= np.sqrt(sample_scale(model) / variance_scale(model))
+    return model.weights[None, :] + xi @ factor.T
+
+
+# ---------------------------------------------------------------------- channel BECs
+def direction_becs(model, positions, numbers, cell, pbc, weight_matrix) -> np.ndarray:
+    """BECs ``Phi u_k`` (K, N, 3, 3) e of K weight vectors ``u_k`` (rows of ``weight_matrix``,
+    (K, C)) of a fitted kernel model, without the baseline charges: one descriptor pass, one
+    back-propagation with ``K * (1 + 3)`` adjoint channels (monopole charge, dipole vector).
+    Linear in each ``u_k``; ``Phi @ model.weights`` plus the baseline is ``predict(...)["bec"]``.
+    """
+    return channel_outputs(model, positions, numbers, cell, pbc, weight_matrix)["bec"]
+
+
+def channel_outputs(model, positions, numbers, cell, pbc, weight_matrix) -> dict:
+    """All weight-linear outputs of K weight vectors (rows of ``weight_matrix``, (K, C)) from
+    one descriptor pass, without the baseline: ``bec`` (K, N, 3, 3) e; models with both parts
+    ``bec_monopole`` (K, N, 3, 3) (``bec_dipole = bec - bec_monopole``); monopole models
+    ``charges`` (K, N) e (neutral kernel charges); ``pbc`` all False: ``dipole`` (K, 3) e·Å;
+    ``asr_violation`` (K, 3, 3) e, the acoustic sum before the projection of periodic cells.
+    The molecule/cell decision is that of ``predict_arrays`` (a periodic cell holding one
+    finite cluster is treated as a molecule)."""
+    from numbec.descriptors import compute_descriptors, compute_scalar_and_vector_descriptors
+    from numbec.models import kernels
+    from numbec.models import kernels_numba as _kn
+    from numbec.models._kernel_model import _unwrapped_cluster
+
+    model._check_fitted()
+    model.check_inputs(positions, numbers)
+    positions = np.asarray(positions, dtype=np.float64)
+    numbers = np.asarray(numbers, dtype=np.int64)
+    pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+    wm = np.atleast_2d(np.asarray(weight_matrix, dtype=np.float64))
+    if wm.shape[1] != model.n_columns:
+        raise ValueError(f"weight_matrix must have {model.n_columns} columns, got {wm.shape}")
+    n_w, n = wm.shape[0], numbers.size
+    mono, dip = model._monopole, model._dipole
+    m = model.sparse_unit.shape[0]
+    if dip:
+        desc, vdesc = compute_scalar_and_vector_descriptors(positions, numbers, cell, pbc,
+                                                            model.settings)
+        wb = _sparse_dipole_weights(model, wm)
+    else:
+        desc, vdesc = compute_descriptors(positions, numbers, cell, pbc, model.settings), None
+    # as predict_arrays: a periodic cell holding one finite cluster is a molecule
+    periodic, unwrapped = bool(pbc.any()), positions
+    if periodic:
+        unwrapped = _unwrapped_cluster(desc.pairs, positions, cell)
+        periodic = unwrapped is None
+    ex = desc.expansion
+    unit, norms = kernels.normalize(desc.values, "predict", allow_isolated=True)
+    per = int(mono) + (3 if dip else 0)          # channels per weight vector
+    n_mono = n_w if mono else 0                  # monopole channels first, then 3 per vector
+    q = np.zeros((n, n_w))
+    scalar_grad = np.empty((n, n_w * per, unit.shape[1]))
+    u = np.empty((n, n_w, vdesc.values.shape[-1])) if dip else None
+    zeta = model.zeta
+    for rows, cols, cos in model._species_kernels(numbers, unit):
+        nr, mz = cos.shape
+        dk = np.zeros((nr, n_w, per, mz))
+        radial = np.zeros((nr, n_w, per))
+        k_dip = np.empty((nr, mz))
+        no_coef = coef = np.zeros((0, 3, 0))
+        if dip:
+            wb_block = wb[:, cols].reshape(n_w * mz, -1)                 # (K mz, Dv)
+        if dip and zeta >= 2:  # V_i^a . wb_kb for all vectors in one product
+            v = vdesc.values[rows].reshape(3 * nr, -1)
+            coef = (v @ wb_block.T).reshape(nr, 3, n_w, mz)
+        for k in range(n_w):
+            w_k = wm[k, :m][cols] if mono else np.zeros(0)
+            q_k = np.empty(nr)
+            _kn.species_kernel_derivatives(cos, zeta, w_k, coef[:, :, k] if coef.size else no_coef,
+                                         dk[:, k], q_k, k_dip, radial[:, k])
+            q[rows, k] = q_k
+        if dip:  # u_ik = sum_b c_ib^(zeta-1) wb_kb, all vectors in one product
+            wb_t = wb_block.reshape(n_w, mz, -1).transpose(1, 0, 2).reshape(mz, -1)
+            u[rows] = (k_dip @ wb_t).reshape(nr, n_w, -1)
+        grad = (dk.reshape(-1, mz) @ model.sparse_unit[cols]).reshape(nr, n_w * per, -1)
+        _kn.finish_gradient(grad, radial.reshape(nr, n_w * per), unit[rows], norms[rows])
+        grad = grad.reshape(nr, n_w, per, -1)
+        if mono:
+            scalar_grad[rows, :n_w] = grad[:, :, 0]
+        if dip:
+            scalar_grad[rows, n_mono:] = grad[:, :, per - 3:].reshape(nr, 3 * n_w, -1)
+    a2, a3 = ex.adjoint_arrays(n_w * per)
+    if dip:
+        vdesc.add_adjoint(u, a2, a3, n_mono)
+    desc.add_adjoint(scalar_grad, a2, a3, 0)
+    pair_grad = ex.backprop(a2, a3)
+    bec = np.zeros((n_w, n, 3, 3))
+    out = {}
+    dipole = np.zeros((n_w, 3))
+    if mono:
+        qn = q - q.mean(axis=0)
+        z = ex.scatter_monopole(pair_grad[:, :n_w]).transpose(1, 0, 2, 3)
+        z[:, :, _DIAG[0], _DIAG[1]] += qn.T[:, :, None]
+        if not periodic:
+            dq = ex.scatter_with_self(pair_grad[:, :n_w]).transpose(1, 0, 2)   # (K, N, 3)
+            rel = unwrapped - unwrapped.mean(axis=0)
+            z += rel[None, :, :, None] * dq[:, :, None, :]
+            dipole += qn.T @ positions
+        bec += z
+        out["charges"] = qn.T
+        if dip:
+            out["bec_monopole"] = z.copy()
+    if dip:
+        z = ex.scatter_with_self(pair_grad[:, n_mono:]).reshape(n, n_w, 3, 3)
+        bec += z.transpose(1, 0, 2, 3)
+        if not periodic:
+            dipole += np.einsum("iad,ikd->ka", vdesc.values, u)
+    out["asr_violation"] = bec.sum(axis=1)
+    if periodic:
+        bec = asr_project_stack(bec)
+        if "bec_monopole" in out:
+            out["bec_monopole"] = asr_project_stack(out["bec_monopole"])
+    if not pbc.any():
+        out["dipole"] = dipole
+    out["bec"] = bec
+    return out
+
+
+def _sparse_dipole_weights(model, wm) -> np.ndarray:
+    """``wb[k, b] = sum_nu u_{k, b nu} V_b^nu / s**2`` (K, M, Dv) of the dipole weights of each
+    row of ``wm``; cached for the weight matrix of :func:`predict_uncertainty` (built once
+    per posterior factor, never modified), computed afresh for any other matrix."""
+    own = getattr(model, "_weight_matrix_cache", None)
+    own = own is not None and own[1] is wm
+    cached = getattr(model, "_direction_wb_cache", None)
+    if own and cached is not None and cached[0] is wm:
+        return cached[1]
+    m = model.sparse_unit.shape[0]
+    wd = wm[:, (m if model._monopole else 0):].reshape(wm.shape[0], m, 3)
+    wb = np.einsum("kbn,bnd->kbd", wd, model.sparse_vectors) / model.vector_scale
+    if own:
+        model._direction_wb_cache = (wm, wb)
+    return wb
+
+
+def asr_project_stack(bec) -> np.ndarray:
+    """:func:`numbec.conventions.asr_project` of each of K BEC sets (K, N, 3, 3)."""
+    return bec - bec.mean(axis=1, keepdims=True)
+
+
+def predict_uncertainty(model, positions, numbers, cell, pbc, rank: int | None = 32,
+                        n_samples: int = 0, seed=None, total_charge: float = 0.0) -> dict:
+    """BECs with a streamed uncertainty from the low-rank posterior (one descriptor pass).
+
+    Returns dict with every output of ``model.predict_arrays`` (``bec`` (N, 3, 3) e, and as
+    the model has them ``bec_monopole``, ``bec_dipole``, ``charges``, ``dipole``); ``bec_std``
+    (N, 3, 3) e,
+    ``sqrt(sum_k (Phi L_k)^2 + s sigma_v^2)``; ``frame_std`` float e, the per-frame predicted
+    uncertainty ``sqrt(mean bec_std^2)``; ``bec_directions`` (K, N, 3, 3) e, the BECs of the
+    factor columns ``Phi L_k`` (for sampling: ``bec + sum_k xi_k bec_directions[k]`` is a BEC
+    of a posterior weight sample); with ``n_samples``: ``bec_samples`` (S, N, 3, 3) e and the
+    coefficients ``xi`` (S, K) used: standard normal times ``sqrt(sample_scale /
+    variance_scale)``, so that the samples follow ``N(w, s_w Sigma)`` (:func:`sample_scale`).
+    """
+    from numbec.models._kernel_model import _total_charge
+
+    fac = posterior_factor(model, rank)
+    total_charge = _total_charge(total_charge)
+    cached = getattr(model, "_weight_matrix_cache", None)
+    if cached is None or cached[0] is not fac:  # one matrix per factor: cached products
+        cached = (fac, np.ascontiguousarray(np.concatenate([model.weights[None, :],
+                                                            fac.factor.T])))
+        model._weight_matrix_cache = cached
+    wm = cached[1]
+    parts = channel_outputs(model, positions, numbers, cell, pbc, wm)
+    q0n = model._baseline(np.asarray(numbers)) + total_charge / len(numbers)
+    base = np.zeros((len(numbers), 3, 3))
+    base[:, _DIAG[0], _DIAG[1]] = q0n[:, None]  # sums to Q I: the projection keeps it
+    bec = base + parts["bec"][0]
+    dirs = parts["bec"][1:]
+    std = np.sqrt(np.einsum("knij,knij->nij", dirs, dirs) + fac.noise_variance)
+    out = {"bec": bec, "bec_std": std, "frame_std": float(np.sqrt(np.mean(std ** 2))),
+           "bec_directions": dirs}
+    if "bec_monopole" in parts:
+        out["bec_monopole"] = base + parts["bec_monopole"][0]
+        out["bec_dipole"] = bec - out["bec_monopole"]
+    if "charges" in parts:
+        out["charges"] = q0n + parts["charges"][0]
+    if "dipole" in parts:
+        out["dipole"] = q0n @ np.asarray(positions, dtype=np.float64) + parts["dipole"][0]
+    out["asr_violation"] = parts["asr_violation"][0]
+    if n_samples:
+        xi = np.random.default_rng(seed).standard_normal((int(n_samples), fac.rank))
+        xi *= np.sqrt(sample_scale(model) / variance_scale(model))
+        out["xi"] = xi
+        out["bec_samples"] = bec[None] + np.einsum("sk,knij->snij", xi, dirs)
+    return out
+
+
+class StreamedUncertaintyModel:
+    """A fitted kernel model whose ``bec_std`` and posterior samples come from the low-rank
+    factor through adjoint channels (:func:`predict_uncertainty`), for :func:`numbec.predict`.
+
+    model : fitted MonopoleModel, DipoleModel or CombinedModel. rank : K of
+    :func:`posterior_factor`. n_samples : S posterior weight samples (0: none), drawn once
+    from ``seed``, the same for every frame (sample s is one weight vector over the whole
+    trajectory). ``predict_arrays`` returns the model's outputs, ``bec_std`` with
+    ``uncertainty=True``, and ``bec_samples`` (S, N, 3, 3) e when S > 0. Everything else
+    (species, cutoff, saved state) is the wrapped model's; the state's metadata gains
+    ``streamed_uncertainty`` (rank, samples, seed) so that stores of other settings differ.
+    """
+
+    precisions = ("float64",)
+
+    def __init__(self, model, rank: int = 32, n_samples: int = 0, seed: int = 0):
+        if not hasattr(model, "covariance"):
+            raise TypeError(f"{type(model).__name__} has no posterior covariance; streamed "
+                            "uncertainty needs a fitted kernel model")
+        if int(n_samples) < 0 or int(rank) < 1:
+            raise ValueError(f"need rank >= 1 and n_samples >= 0, got {rank}, {n_samples}")
+        self.model, self.rank, self.n_samples, self.seed = model, int(rank), int(n_samples), \
+            int(seed)
+
+    def __getattr__(self, name):  # species, cutoff, concurrent_frames, ...
+        # the wrapped model's batched or exact paths would silently drop the samples
+        if name in ("model", "predict_frames", "predict"):
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    @property
+    def class_name(self) -> str:
+        """The wrapped model's class name (recorded as the prediction's ``model_class``)."""
+        return type(self.model).__name__
+
+    @property
+    def outputs(self) -> tuple:
+        return tuple(self.model.outputs) + (("bec_samples",) if self.n_samples else ())
+
+    def predict_arrays(self, positions, numbers, cell, pbc, uncertainty=False, *,
+                       precision="float64", total_charge=0.0) -> dict:
+        if precision != "float64":
+            raise ValueError("streamed uncertainty computes in float64 only")
+        out = predict_uncertainty(self.model, positions, numbers, cell, pbc, rank=self.rank,
+                                  n_samples=self.n_samples, seed=self.seed,
+                                  total_charge=total_charge)
+        for key in ("frame_std", "bec_directions", "xi") + (() if uncertainty
+                                                           else ("bec_std",)):
+            out.pop(key, None)
+        return out
+
+    def state(self):
+        metadata, arrays = self.model.state()
+        metadata = dict(metadata, streamed_uncertainty={
+            "rank": self.rank, "samples": self.n_samples, "seed": self.seed})
+        return metadata, arrays
+
+    _state = state  # the name numbec.stream.model_fingerprint used before state()

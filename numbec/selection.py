@@ -1,0 +1,548 @@
+"""Choose the frames of a trajectory whose reference BECs (DFPT, finite fields) are worth most.
+
+:func:`select` ranks the frames of a trajectory store (or of a list of structures) for a
+fitted kernel model and returns the ``n`` frames to label next, by one of four strategies:
+
+``uncertainty`` (default)
+    Greedy selection under the Bayesian posterior, updated after every pick. The score of a
+    frame is its mean *epistemic* predictive variance per BEC component,
+    ``v_f = tr(Sigma G_f) / R_f`` with ``G_f = Phi_f^T Phi_f`` (M, M) the Gram matrix of the
+    frame's ``R_f = 9 N`` design rows and ``Sigma`` (M, M) the posterior covariance of the
+    weights (noise ``sigma_v^2`` excluded: it does not shrink with more data). After a pick
+    the posterior becomes that of the model retrained with the frame,
+    ``Sigma^-1 <- Sigma^-1 + G_f / sigma_v^2`` (hyperparameters fixed), so the frames that
+    resemble it lose their score: N picks are not N neighbours.
+``reduction``
+    Greedy as ``uncertainty``, but each pick maximises the expected reduction of the mean
+    epistemic variance over the whole trajectory, ``(1/F) sum_g [v_g(Sigma) - v_g(Sigma')]``
+    with ``Sigma'`` the posterior after adding the candidate (a V-optimal design): it prefers
+    frames that teach the model about many frames over isolated outliers. The pool enters as
+    one (M, M) matrix ``sum_g G_g / R_g`` accumulated while streaming; each candidate costs
+    one M x M Cholesky per pick.
+``diverse``
+    Farthest-point sampling among the most uncertain frames (the ``candidates`` frames of
+    highest ``v_f``) in a frame descriptor space: per species, the mean of the unit scalar
+    descriptors of its atoms (:func:`frame_fingerprint`). It starts from the frames that are
+    already labelled (``exclude``), else from the most uncertain frame.
+``random``, ``stride``
+    Uniformly random (seeded) or evenly spaced frames: the baselines.
+
+Every strategy skips the frames in ``exclude`` and honours ``min_separation``: no two picked
+frames, and no picked and excluded frame, closer in time than that (fs; in frames where the
+trajectory has no time).
+
+Streaming and memory
+--------------------
+The first pass reads the trajectory chunk by chunk (a store is never loaded whole) and keeps
+only the ``candidates`` best-scoring frames with what the second stage needs (the Gram
+matrix for ``uncertainty``, the fingerprint for ``diverse``): memory is
+``candidates * M^2 * 8`` bytes for ``uncertainty``, capped by ``max_memory``, whatever the
+length of the trajectory. The greedy stage then works on the candidates only.
+
+The score
+---------
+:func:`frame_score` (model, one frame) -> mean epistemic variance per BEC component (e^2)
+is the one function that defines what "uncertain" means; ``select(..., score=...)`` takes
+another (e.g. a streamed, recalibrated uncertainty) with the same signature. Today it builds
+the frame's design rows (the cost of one training step per frame); with a custom ``score``
+the Gram matrices of the candidates are computed in a second, short pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import math
+import time as _time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "STRATEGIES",
+    "Selection",
+    "frame_design",
+    "frame_fingerprint",
+    "frame_score",
+    "select",
+]
+
+#: Selection strategies of :func:`select`.
+STRATEGIES = ("uncertainty", "reduction", "diverse", "random", "stride")
+#: Default memory bound (bytes) of the candidates' Gram matrices in the ``uncertainty`` strategy.
+MAX_MEMORY = 2**30
+
+
+# ---------------------------------------------------------------------------- per frame
+def _needs_posterior(model, strategy: str) -> None:
+    if not (hasattr(model, "covariance") and hasattr(model, "_design")):
+        raise ValueError(
+            f"strategy {strategy!r} needs a model with a posterior covariance (MonopoleModel, "
+            f"DipoleModel, CombinedModel), got {type(model).__name__}; use strategy 'random' "
+            "or 'stride' for models without one")
+    if getattr(model, "covariance", None) is None:
+        raise ValueError(f"{type(model).__name__} is not fitted")
+
+
+def frame_design(model, positions, numbers, cell, pbc, where: str = "") -> np.ndarray:
+    """Design rows of one frame: (9 N, M) float64 with ``bec - baseline = Phi @ weights``.
+
+    Rows are the BEC components ``Z[a, i, j]`` in C order (atom, pol, disp), e per unit weight;
+    M = the model's number of weights. The dipole rows of a molecule are left out: the score is
+    about BECs.
+    """
+    numbers = np.asarray(numbers, dtype=np.int64)
+    model.check_inputs(positions, numbers, where)
+    phi, _ = model._design(np.asarray(positions, dtype=np.float64), numbers,
+                           np.asarray(cell, dtype=np.float64), pbc, where or "select")
+    return phi.reshape(numbers.size * 9, -1)
+
+
+def _variance_from_gram(covariance: np.ndarray, gram: np.ndarray, n_rows: int) -> float:
+    """``tr(Sigma G) / R``: mean epistemic variance per BEC component, e^2."""
+    return max(float(np.einsum("ij,ij->", covariance, gram)) / n_rows, 0.0)
+
+
+def frame_score(model, positions, numbers, cell, pbc, where: str = "") -> float:
+    """Mean epistemic predictive variance per BEC component of one frame, e^2.
+
+    ``tr(Sigma Phi^T Phi) / (9 N)`` with Phi the frame's design rows (:func:`frame_design`)
+    and Sigma the model's posterior covariance: the mean over atoms and components of
+    ``bec_std**2 - sigma_v^2``. 0 for a model that knows its weights exactly.
+
+    positions (N, 3) Å; numbers (N,) int; cell (3, 3) Å, rows = lattice vectors; pbc (3,) bool.
+    """
+    _needs_posterior(model, "uncertainty")
+    phi = frame_design(model, positions, numbers, cell, pbc, where)
+    return _variance_from_gram(model.covariance, phi.T @ phi, phi.shape[0])
+
+
+def frame_fingerprint(model, positions, numbers, cell, pbc, where: str = "") -> np.ndarray:
+    """Descriptor-space summary of one frame: (S * D,) float64, dimensionless.
+
+    For each of the model's S species (sorted atomic numbers) the mean unit scalar descriptor
+    (D features, the model's descriptor settings) of its atoms, zeros for a species absent from
+    the frame. Euclidean distances between fingerprints measure how different two frames'
+    environments are.
+    """
+    from numbec.descriptors import compute_descriptors
+    from numbec.models import kernels
+
+    numbers = np.asarray(numbers, dtype=np.int64)
+    desc = compute_descriptors(np.asarray(positions, dtype=np.float64), numbers,
+                               np.asarray(cell, dtype=np.float64), pbc, model.settings)
+    unit, _ = kernels.normalize(desc.values, where or "select")
+    parts = []
+    for z in model.species:
+        rows = numbers == z
+        parts.append(unit[rows].mean(axis=0) if rows.any() else np.zeros(unit.shape[1]))
+    return np.concatenate(parts)
+
+
+# ---------------------------------------------------------------------------- frame sources
+class _Frames:
+    """Frames of a trajectory store, an xarray Dataset in its layout, or a list of ase.Atoms.
+
+    ``times`` (F,) fs (NaN where unknown); :meth:`chunks` yields ``(first index, [(positions,
+    numbers, cell, pbc), ...])`` a store chunk at a time; :meth:`frame` reads one frame.
+    """
+
+    def __init__(self, source, chunk_frames=None):
+        from ase import Atoms
+
+        if isinstance(source, Atoms):
+            source = [source]
+        if isinstance(source, Sequence) and not isinstance(source, (str, bytes)):
+            self.atoms = list(source)
+            if not self.atoms:
+                raise ValueError("select: no frames given (empty list)")
+            self.name = "<frames>"
+            self.ds = None
+            self.n_frames = len(self.atoms)
+            times = [a.info.get("time", np.nan) for a in self.atoms]
+            self.times = np.asarray(times, dtype=np.float64)
+            self.chunk = 1
+            return
+        from numbec.stream import _open_input, _validate
+
+        ds, name, _ = _open_input(source)
+        _validate(ds, name)
+        self.atoms = None
+        self.ds = ds
+        self.name = name
+        self.n_frames = int(ds.sizes["frame"])
+        self.numbers = np.asarray(ds["numbers"].values, dtype=np.int64)
+        self.pbc = np.asarray(ds["pbc"].values, dtype=bool)
+        self.times = (np.asarray(ds["time"].values, dtype=np.float64) if "time" in ds.coords
+                      else np.full(self.n_frames, np.nan))
+        store_chunk = ds.attrs.get("chunk_frames")
+        self.chunk = int(chunk_frames or store_chunk or 64)
+
+    def where(self, k: int) -> str:
+        return f"{self.name}: frame {k}"
+
+    def frame(self, k: int):
+        if self.atoms is not None:
+            a = self.atoms[k]
+            return a.positions, a.numbers, np.asarray(a.cell), a.pbc
+        pos = np.asarray(self.ds["positions"][k].values, dtype=np.float64)
+        cell = np.asarray(self.ds["cell"][k].values, dtype=np.float64)
+        return pos, self.numbers, cell, self.pbc
+
+    def chunks(self):
+        if self.atoms is not None:
+            for k in range(self.n_frames):
+                yield k, [self.frame(k)]
+            return
+        for start in range(0, self.n_frames, self.chunk):
+            stop = min(start + self.chunk, self.n_frames)
+            pos = np.asarray(self.ds["positions"][start:stop].values, dtype=np.float64)
+            cell = np.asarray(self.ds["cell"][start:stop].values, dtype=np.float64)
+            bad = ~np.isfinite(pos).all(axis=(1, 2))
+            if bad.any():
+                k = start + int(np.flatnonzero(bad)[0])
+                raise ValueError(f"{self.where(k)}: positions contain NaN or inf")
+            yield start, [(pos[f], self.numbers, cell[f], self.pbc) for f in range(stop - start)]
+
+    def to_atoms(self, k: int):
+        """The frame as an ase.Atoms with ``info["frame"]`` and ``info["time"]`` (fs, if known)."""
+        from ase import Atoms
+
+        if self.atoms is not None:
+            atoms = self.atoms[k].copy()
+        else:
+            pos, numbers, cell, pbc = self.frame(k)
+            atoms = Atoms(numbers=numbers, positions=pos, cell=cell, pbc=pbc)
+        atoms.info["frame"] = int(k)
+        if np.isfinite(self.times[k]):
+            atoms.info["time"] = float(self.times[k])
+        return atoms
+
+
+# ---------------------------------------------------------------------------- result
+@dataclasses.dataclass
+class Selection:
+    """Frames chosen by :func:`select`, in the order they were picked.
+
+    indices (n,) int64 frame indices of the trajectory; times (n,) float64 fs (NaN unknown);
+    scores (n,) float64 e: for ``uncertainty``/``diverse`` the RMS epistemic BEC standard
+    deviation ``sqrt(v_f)`` of the frame when it was picked (for ``uncertainty`` after the
+    earlier picks were added to the posterior), NaN for ``random``/``stride``;
+    pool_score_mean / pool_score_max (e): ``sqrt`` of the mean and largest ``v_f`` over all
+    frames scanned (NaN when not scored); strategy; n_frames scanned; seconds of wall time.
+    """
+
+    indices: np.ndarray
+    times: np.ndarray
+    scores: np.ndarray
+    strategy: str
+    n_frames: int
+    pool_score_mean: float = math.nan
+    pool_score_max: float = math.nan
+    seconds: float = 0.0
+    source: str = ""
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary (NaN -> None)."""
+        def clean(x):
+            return None if isinstance(x, float) and not math.isfinite(x) else x
+
+        return {
+            "strategy": self.strategy, "source": self.source, "n_frames": self.n_frames,
+            "frames": [int(i) for i in self.indices],
+            "times_fs": [clean(float(t)) for t in self.times],
+            "scores_e": [clean(float(s)) for s in self.scores],
+            "pool_score_mean_e": clean(float(self.pool_score_mean)),
+            "pool_score_max_e": clean(float(self.pool_score_max)),
+            "seconds": self.seconds,
+        }
+
+
+# ---------------------------------------------------------------------------- separation
+class _Separation:
+    """Minimum time separation between picked (and excluded) frames."""
+
+    def __init__(self, times: np.ndarray, min_separation: float):
+        self.min = float(min_separation)
+        if not self.min >= 0:
+            raise ValueError(f"min_separation must be >= 0, got {min_separation}")
+        known = np.isfinite(times).all()
+        # without a time axis the separation counts frames
+        self.axis = times if known else np.arange(times.size, dtype=np.float64)
+        self.unit = "fs" if known else "frames"
+        self.taken: list[float] = []
+
+    def ok(self, k: int) -> bool:
+        if self.min == 0 or not self.taken:
+            return True
+        t = self.axis[k]
+        return all(abs(t - s) >= self.min for s in self.taken)
+
+    def ok_many(self, ks: np.ndarray) -> np.ndarray:
+        if self.min == 0 or not self.taken:
+            return np.ones(len(ks), dtype=bool)
+        t = self.axis[np.asarray(ks)]
+        return (np.abs(t[:, None] - np.asarray(self.taken)[None, :]) >= self.min).all(axis=1)
+
+    def take(self, k: int) -> None:
+        self.taken.append(float(self.axis[k]))
+
+
+# ---------------------------------------------------------------------------- select
+def select(model, trajectory, n: int, strategy: str = "uncertainty", *,
+           min_separation: float = 0.0, exclude=(), candidates: int | None = None,
+           seed: int = 0, score: Callable | None = None, chunk_frames: int | None = None,
+           max_memory: int = MAX_MEMORY, progress: bool = False) -> Selection:
+    """Pick ``n`` frames of ``trajectory`` to label next (see the module docstring).
+
+    Parameters
+    ----------
+    model : fitted kernel model (MonopoleModel, DipoleModel, CombinedModel); for ``random`` and
+        ``stride`` any model or None.
+    trajectory : trajectory store path, xarray.Dataset (:func:`numbec.open_trajectory`) or a
+        list of ase.Atoms (``info["time"]`` in fs used where every frame has it).
+    n : number of frames to pick; fewer are returned only when ``exclude`` and
+        ``min_separation`` leave fewer eligible frames (the CLI says so).
+    strategy : one of :data:`STRATEGIES`.
+    min_separation : fs (frames where the trajectory has no time): smallest allowed distance
+        in time between two picked frames and between a picked and an excluded frame.
+    exclude : frame indices already labelled (never picked).
+    candidates : frames kept after the scoring pass; default ``min(F, max(20 n, 200))`` for
+        ``uncertainty`` and ``reduction`` (memory-capped) and ``max(4 n, 20)`` for
+        ``diverse``.
+    seed : seed of ``random``.
+    score : ``score(model, positions, numbers, cell, pbc, where) -> float`` (e^2, larger = more
+        worth labelling); default :func:`frame_score`.
+    chunk_frames : frames read at a time from a store (default: its chunks).
+    max_memory : bytes allowed for the candidates' Gram matrices (``uncertainty``).
+
+    Returns
+    -------
+    Selection
+    """
+    t0 = _time.perf_counter()
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; use one of {STRATEGIES}")
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    frames = _Frames(trajectory, chunk_frames)
+    excluded = np.zeros(frames.n_frames, dtype=bool)
+    for k in exclude:
+        k = int(k)
+        if not 0 <= k < frames.n_frames:
+            raise ValueError(f"exclude: frame {k} is outside the {frames.n_frames} frames of "
+                             f"{frames.name}")
+        excluded[k] = True
+    sep = _Separation(frames.times, min_separation)
+    for k in np.flatnonzero(excluded):
+        sep.take(int(k))
+
+    if strategy in ("random", "stride"):
+        picked = _baseline_pick(strategy, n, excluded, sep, seed)
+        result = Selection(np.asarray(picked, dtype=np.int64), frames.times[picked],
+                           np.full(len(picked), np.nan), strategy, frames.n_frames)
+    else:
+        _needs_posterior(model, strategy)
+        if candidates is None:
+            candidates = max(4 * n, 20) if strategy == "diverse" else max(20 * n, 200)
+        candidates = int(candidates)
+        if candidates < n:
+            raise ValueError(f"candidates ({candidates}) must be >= n ({n})")
+        if strategy != "diverse":
+            m = model.covariance.shape[0]
+            cap = max(n, int(max_memory // (8 * m * m)))
+            candidates = min(candidates, cap)
+        scan = _scan(model, frames, excluded, strategy, candidates, score, progress)
+        if strategy != "diverse":
+            picked, scores = _greedy_posterior(model, frames, scan, n, sep,
+                                               pool_gain=strategy == "reduction")
+        else:
+            picked, scores = _farthest_points(scan, n, sep)
+        result = Selection(np.asarray(picked, dtype=np.int64), frames.times[picked],
+                           np.sqrt(np.asarray(scores, dtype=np.float64)), strategy,
+                           frames.n_frames, math.sqrt(scan["mean"]), math.sqrt(scan["max"]))
+    result.seconds = _time.perf_counter() - t0
+    result.source = frames.name
+    return result
+
+
+def _baseline_pick(strategy, n, excluded, sep, seed) -> list[int]:
+    eligible = np.flatnonzero(~excluded)
+    if strategy == "random":
+        order = np.random.default_rng(seed).permutation(eligible)
+        picked = []
+        for k in order:
+            if len(picked) == n:
+                break
+            if sep.ok(int(k)):
+                picked.append(int(k))
+                sep.take(int(k))
+        return picked
+    if not excluded.any():  # evenly spaced over the whole trajectory
+        first = np.unique(np.linspace(0, excluded.size - 1, min(n, excluded.size))
+                          .round().astype(np.int64))
+        picked = []
+        for k in first:
+            if sep.ok(int(k)):
+                picked.append(int(k))
+                sep.take(int(k))
+        if len(picked) == n:
+            return picked
+    else:
+        picked = []
+    # fill the largest gaps: each pick is the eligible frame farthest (in frames) from every
+    # labelled and picked frame
+    taken = np.concatenate([np.flatnonzero(excluded), np.asarray(picked, dtype=np.int64)])
+    gap = np.min(np.abs(np.arange(excluded.size)[:, None] - taken[None, :]), axis=1)
+    alive = ~excluded
+    alive[picked] = False
+    while len(picked) < n:
+        alive &= sep.ok_many(np.arange(excluded.size))
+        if not alive.any():
+            break
+        k = int(np.argmax(np.where(alive, gap, -1)))
+        picked.append(k)
+        sep.take(k)
+        alive[k] = False
+        gap = np.minimum(gap, np.abs(np.arange(excluded.size) - k))
+    return sorted(picked)
+
+
+def _scan(model, frames, excluded, strategy, n_keep, score, progress) -> dict:
+    """First pass over every frame: score, keep the ``n_keep`` best (with their Gram matrix or
+    fingerprint); fingerprints of excluded frames too (``diverse``)."""
+    from tqdm.auto import tqdm
+
+    custom = score is not None
+    score = score or frame_score
+    heap: list = []  # (variance, index, payload), a min-heap of the best n_keep
+    pool_gram = None  # sum over scanned frames of G_f / R_f (``reduction``), (M, M)
+    total, worst, count = 0.0, 0.0, 0
+    excluded_prints = []
+    bar = tqdm(total=frames.n_frames, desc="scoring", disable=not progress)
+    for start, chunk in frames.chunks():
+        for f, (pos, numbers, cell, pbc) in enumerate(chunk):
+            k = start + f
+            where = frames.where(k)
+            if excluded[k]:
+                if strategy == "diverse":
+                    excluded_prints.append(frame_fingerprint(model, pos, numbers, cell, pbc,
+                                                             where))
+                continue
+            if custom:
+                var, payload = float(score(model, pos, numbers, cell, pbc, where)), None
+            else:
+                phi = frame_design(model, pos, numbers, cell, pbc, where)
+                gram = phi.T @ phi
+                var = _variance_from_gram(model.covariance, gram, phi.shape[0])
+                payload = (gram, phi.shape[0]) if strategy != "diverse" else None
+                pool_gram = gram / phi.shape[0] + (0.0 if pool_gram is None else pool_gram)
+            if not math.isfinite(var):
+                raise ValueError(f"{where}: score is {var}")
+            total += var
+            worst = max(worst, var)
+            count += 1
+            if len(heap) < n_keep or var > heap[0][0]:
+                if strategy == "diverse":
+                    payload = frame_fingerprint(model, pos, numbers, cell, pbc, where)
+                item = (var, -k, payload)
+                if len(heap) < n_keep:
+                    heapq.heappush(heap, item)
+                else:
+                    heapq.heapreplace(heap, item)
+        bar.update(len(chunk))
+    bar.close()
+    if count == 0:
+        raise ValueError(f"{frames.name}: every frame is excluded; nothing to select")
+    heap.sort(key=lambda item: (-item[0], -item[1]))
+    return {"index": np.array([-item[1] for item in heap], dtype=np.int64),
+            "variance": np.array([item[0] for item in heap]),
+            "payload": [item[2] for item in heap], "custom": custom,
+            "excluded_prints": excluded_prints, "pool_gram": pool_gram, "count": count,
+            "mean": total / count, "max": worst}
+
+
+def _greedy_posterior(model, frames, scan, n, sep, pool_gain=False):
+    """Greedy selection under the posterior, updated after each pick: the candidate of largest
+    own variance ``v_f``, or (``pool_gain``) of largest reduction of the pool's mean variance
+    ``(1/F) sum_g [v_g(Sigma) - v_g(Sigma'_f)]`` with ``Sigma'_f = (Sigma^-1 + G_f /
+    sigma_v^2)^-1``. Returns picked indices and each one's own ``v_f`` when picked."""
+    import scipy.linalg
+
+    index = scan["index"]
+    if scan["custom"]:  # a custom score gave no design rows: build them for the candidates
+        payload = []
+        for k in index:
+            pos, numbers, cell, pbc = frames.frame(int(k))
+            phi = frame_design(model, pos, numbers, cell, pbc, frames.where(int(k)))
+            payload.append((phi.T @ phi, phi.shape[0]))
+    else:
+        payload = scan["payload"]
+    grams = np.stack([g for g, _ in payload])                    # (C, M, M)
+    rows = np.array([r for _, r in payload], dtype=np.float64)   # (C,)
+    cov = np.array(model.covariance, dtype=np.float64)
+    m = cov.shape[0]
+    precision = scipy.linalg.cho_solve(scipy.linalg.cho_factor(cov), np.eye(m))
+    noise = float(model.sigma_v2)
+    pool_gram = None
+    if pool_gain:
+        pool_gram = scan["pool_gram"]
+        if pool_gram is None:  # custom score: the pool mean over the candidates instead
+            pool_gram = np.einsum("cij,c->ij", grams, 1.0 / rows)
+            pool_size = index.size
+        else:
+            pool_size = scan["count"]
+        pool_gram = pool_gram / pool_size
+    alive = np.ones(index.size, dtype=bool)
+    picked, scores = [], []
+    while len(picked) < n:
+        alive &= sep.ok_many(index)
+        if not alive.any():
+            break
+        var = np.clip(np.einsum("ij,cij->c", cov, grams) / rows, 0.0, None)
+        if pool_gain:
+            now = float(np.einsum("ij,ij->", cov, pool_gram))
+            key = np.full(index.size, -np.inf)
+            for c in np.flatnonzero(alive):
+                after = scipy.linalg.cho_solve(
+                    scipy.linalg.cho_factor(precision + grams[c] / noise), pool_gram)
+                key[c] = now - float(np.trace(after))
+        else:
+            key = np.where(alive, var, -np.inf)
+        c = int(np.argmax(key))
+        picked.append(int(index[c]))
+        scores.append(float(var[c]))
+        alive[c] = False
+        sep.take(int(index[c]))
+        precision = precision + grams[c] / noise
+        precision = 0.5 * (precision + precision.T)
+        cov = scipy.linalg.cho_solve(scipy.linalg.cho_factor(precision), np.eye(m))
+    return picked, scores
+
+
+def _farthest_points(scan, n, sep):
+    """Farthest-point sampling in fingerprint space among the candidates."""
+    index = scan["index"]
+    prints = np.stack(scan["payload"])
+    var = scan["variance"]
+    dist = np.full(index.size, np.inf)
+    for ref in scan["excluded_prints"]:
+        dist = np.minimum(dist, np.linalg.norm(prints - ref, axis=1))
+    alive = np.ones(index.size, dtype=bool)
+    picked, scores = [], []
+    while len(picked) < n:
+        alive &= sep.ok_many(index)
+        if not alive.any():
+            break
+        if np.isinf(dist[alive]).all():  # nothing labelled yet: the most uncertain first
+            key = np.where(alive, var, -np.inf)
+        else:
+            key = np.where(alive, dist, -np.inf)
+        c = int(np.argmax(key))
+        picked.append(int(index[c]))
+        scores.append(float(var[c]))
+        alive[c] = False
+        sep.take(int(index[c]))
+        dist = np.minimum(dist, np.linalg.norm(prints - prints[c], axis=1))
+    return picked, scores

@@ -1,0 +1,267 @@
+"""Frame selection for the next reference calculations (numbec.selection, numbec.io.dft_inputs).
+
+Physics checked: the posterior variance ranks a frame far from the training data above one
+identical to a training frame; the greedy posterior update makes a duplicate of a picked frame
+worthless; no strategy ever picks two frames closer than the minimum separation; streaming in
+chunks changes nothing; POSCAR and pw.x inputs read back through ASE to the same structures.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+import numbec
+from numbec.descriptors import DescriptorSettings
+from numbec.io.dft_inputs import read_espresso_template, write_selected
+from numbec.selection import STRATEGIES, frame_score, select
+
+SETTINGS = DescriptorSettings(species=(8, 14), cutoff_radial=5.0, cutoff_angular=4.0,
+                              n_radial=6, n_angular=4, l_max=2)
+
+
+@pytest.fixture(scope="module")
+def quartz():
+    return numbec.read_bec(numbec.io.example_file("sio2_quartz_subset"))
+
+
+@pytest.fixture(scope="module")
+def model(quartz):
+    return numbec.MonopoleModel(settings=SETTINGS, n_sparse=30).fit(quartz[:3])
+
+
+def _displaced(atoms, amplitude, seed):
+    out = atoms.copy()
+    out.positions += np.random.default_rng(seed).normal(0.0, amplitude, out.positions.shape)
+    return out
+
+
+def _score(model, atoms):
+    return frame_score(model, atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)
+
+
+def test_score_is_the_epistemic_part_of_the_predicted_bec_variance(model, quartz):
+    atoms = quartz[12]
+    std = model.predict(atoms, uncertainty=True)["bec_std"]
+    assert _score(model, atoms) == pytest.approx(np.mean(std**2) - model.sigma_v2, rel=1e-9)
+
+
+def test_far_frame_ranks_above_training_frame(model, quartz):
+    train = quartz[0]
+    far = _displaced(quartz[10], 0.15, seed=1)  # 0.15 Å random displacements: hot, distorted
+    assert _score(model, far) > 3.0 * _score(model, train)
+    for strategy in ("uncertainty", "diverse"):
+        picked = select(model, [train, far], 1, strategy)
+        assert list(picked.indices) == [1], strategy
+        assert picked.scores[0] == pytest.approx(np.sqrt(_score(model, far)), rel=1e-12)
+
+
+def test_greedy_update_makes_a_duplicate_as_known_as_training_data(model, quartz):
+    far = _displaced(quartz[10], 0.15, seed=1)
+    train_std = np.sqrt(_score(model, quartz[0]))
+    picked = select(model, [far, far.copy()], 2, "uncertainty")
+    # before: 3x the uncertainty of a training frame; after adding the first copy to the
+    # posterior, the second is about as well known as the training frames
+    assert picked.scores[0] > 3.0 * train_std
+    assert picked.scores[1] < 1.5 * train_std
+
+
+def test_reduction_picks_the_frame_that_lowers_the_pool_variance_most(model, quartz):
+    """Brute force: for every candidate, the posterior after adding it (hyperparameters
+    fixed), and the mean frame_score over the pool under that posterior."""
+    import copy
+
+    from numbec.selection import frame_design
+
+    pool = [_displaced(quartz[k], amp, seed=k) for k, amp in
+            ((4, 0.02), (6, 0.06), (8, 0.1), (11, 0.14), (13, 0.2))]
+    precision = np.linalg.inv(model.covariance)
+    mean_now = np.mean([_score(model, a) for a in pool])
+    gains = []
+    for atoms in pool:
+        phi = frame_design(model, atoms.positions, atoms.numbers, np.asarray(atoms.cell),
+                           atoms.pbc)
+        updated = copy.copy(model)
+        updated.covariance = np.linalg.inv(precision + phi.T @ phi / model.sigma_v2)
+        gains.append(mean_now - np.mean([_score(updated, a) for a in pool]))
+    assert min(gains) > 0
+    picked = select(model, pool, 1, "reduction")
+    assert picked.indices[0] == int(np.argmax(gains))
+
+
+def test_non_kernel_model_refused_for_uncertainty(quartz):
+    from numbec.models import SpeciesMeanModel
+
+    mean = SpeciesMeanModel.fit(quartz[:3])
+    with pytest.raises(ValueError, match="posterior covariance"):
+        select(mean, quartz[:4], 1, "uncertainty")
+    assert len(select(mean, quartz[:4], 2, "random").indices) == 2
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sel") / "quartz.zarr"
+    numbec.convert_trajectory(numbec.io.example_file("sio2_quartz_subset"), path,
+                              chunk_frames=6, timestep=2.0, progress=False)
+    return path
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_min_separation_is_never_violated(model, store, strategy):
+    exclude = [9]
+    sel = select(model, store, 4, strategy, min_separation=5.0, exclude=exclude, seed=3)
+    times = np.concatenate([sel.times, 2.0 * np.asarray(exclude, dtype=float)])
+    assert len(sel.indices) == 4 and not set(sel.indices) & set(exclude)
+    for a, b in itertools.combinations(times, 2):
+        assert abs(a - b) >= 5.0
+    # 20 frames 2 fs apart with 15 fs separation: at most 3 frames fit (0, 15+, 30+ fs)
+    few = select(model, store, 10, strategy, min_separation=15.0)
+    assert 1 <= len(few.indices) <= 3
+    for a, b in itertools.combinations(few.times, 2):
+        assert abs(a - b) >= 15.0
+
+
+def test_streaming_chunks_do_not_change_the_selection(model, store, quartz):
+    whole = select(model, store, 3, "uncertainty", chunk_frames=20)
+    chunked = select(model, store, 3, "uncertainty", chunk_frames=3)
+    frames = select(model, quartz, 3, "uncertainty")
+    assert list(whole.indices) == list(chunked.indices) == list(frames.indices)
+    np.testing.assert_allclose(whole.scores, chunked.scores, rtol=1e-10)
+    # few candidates kept: the same first pick (the most uncertain frame)
+    small = select(model, store, 1, "uncertainty", candidates=2)
+    assert small.indices[0] == whole.indices[0]
+
+
+def test_stride_spreads_frames_and_fills_gaps(store):
+    sel = select(None, store, 4, "stride")
+    assert list(sel.indices) == [0, 6, 13, 19]
+    fill = select(None, store, 1, "stride", exclude=[0, 19])
+    assert abs(int(fill.indices[0]) - 9.5) <= 0.5
+
+
+# ---------------------------------------------------------------------------- DFT inputs
+PW_TEMPLATE = """&control
+  calculation = 'scf'
+  lelfield = .true.
+  nberrycyc = 3
+  pseudo_dir = './pseudo'
+/
+&system
+  ibrav = 0
+  nat = 9
+  ntyp = 2
+  ecutwfc = 60.0
+/
+&electrons
+  conv_thr = 1e-10
+/
+ATOMIC_SPECIES
+Si 28.086 Si.pbe-n-rrkjus_psl.1.0.0.UPF
+O 15.999 O.pbe-n-kjpaw_psl.0.1.UPF
+K_POINTS automatic
+2 2 2 0 0 0
+"""
+
+
+def _picked(quartz, ks, shuffle=False):
+    out = []
+    for k in ks:
+        atoms = quartz[k].copy()
+        if shuffle:  # species not in blocks: O and Si interleaved
+            atoms = atoms[np.random.default_rng(k).permutation(len(atoms))]
+        atoms.info["frame"] = k
+        atoms.info["time"] = 2.0 * k
+        out.append(atoms)
+    return out
+
+
+def _same_structure(a, b, order=None):
+    ref_pos = a.positions if order is None else a.positions[order]
+    ref_num = a.numbers if order is None else a.numbers[order]
+    np.testing.assert_allclose(b.positions, ref_pos, atol=1e-8)
+    np.testing.assert_array_equal(b.numbers, ref_num)
+    np.testing.assert_allclose(np.asarray(b.cell), np.asarray(a.cell), atol=1e-10)
+    np.testing.assert_array_equal(b.pbc, a.pbc)
+
+
+def test_poscar_folders_read_back_to_the_same_structures(quartz, tmp_path):
+    import ase.io
+
+    template = tmp_path / "tpl"
+    template.mkdir()
+    (template / "INCAR").write_text("LEPSILON = .TRUE.\nIBRION = 8\n")
+    (template / "KPOINTS").write_text("auto\n0\nGamma\n2 2 2\n")
+    frames = _picked(quartz, [4, 11]) + _picked(quartz, [7], shuffle=True)
+    summary = write_selected(tmp_path / "out", frames, "vasp", template=template)
+    meta = json.loads(summary.read_text())
+    assert meta["folders"] == ["frame_000004", "frame_000011", "frame_000007"]
+    for atoms in frames:
+        folder = tmp_path / "out" / f"frame_{atoms.info['frame']:06d}"
+        info = json.loads((folder / "frame.json").read_text())
+        assert info["frame"] == atoms.info["frame"] and info["time_fs"] == atoms.info["time"]
+        order = None if info["atom_order"] is None else np.asarray(info["atom_order"])
+        back = ase.io.read(folder / "POSCAR", format="vasp")
+        _same_structure(atoms, back, order)
+        if order is not None:  # POSCAR needs one block per species
+            assert np.count_nonzero(np.diff(back.numbers)) == 1
+        assert (folder / "INCAR").read_text() == (template / "INCAR").read_text()
+    xyz = ase.io.read(tmp_path / "out" / "selected.extxyz", ":")
+    for a, b in zip(frames, xyz, strict=True):
+        _same_structure(a, b)
+        assert b.info["frame"] == a.info["frame"] and b.info["time"] == a.info["time"]
+    with pytest.raises(FileExistsError, match="selection.json"):
+        write_selected(tmp_path / "out", frames, "vasp", template=template)
+
+
+def test_pw_inputs_read_back_with_the_template_settings(quartz, tmp_path):
+    import ase.io
+
+    tpl = tmp_path / "pw.in"
+    tpl.write_text(PW_TEMPLATE)
+    settings = read_espresso_template(tpl)
+    assert "nat" not in settings["input_data"]["system"] and settings["kpts"] == (2, 2, 2)
+    frames = _picked(quartz, [3, 15], shuffle=True)
+    write_selected(tmp_path / "qe", frames, "espresso", template=tpl)
+    for atoms in frames:
+        path = tmp_path / "qe" / f"frame_{atoms.info['frame']:06d}" / "pw.in"
+        _same_structure(atoms, ase.io.read(path, format="espresso-in"))
+        text = path.read_text()
+        assert "lelfield" in text and "ecutwfc" in text and "nat              = 72" in text
+        assert "Si.pbe-n-rrkjus_psl.1.0.0.UPF" in text and "2 2 2" in text
+
+
+def test_pw_template_errors_name_the_file(quartz, tmp_path):
+    tpl = tmp_path / "pw.in"
+    tpl.write_text(PW_TEMPLATE.replace("Si 28.086 Si.pbe-n-rrkjus_psl.1.0.0.UPF\n", ""))
+    with pytest.raises(ValueError, match=r"pw.in: ATOMIC_SPECIES has no pseudopotential for Si"):
+        write_selected(tmp_path / "qe", _picked(quartz, [1]), "espresso", template=tpl)
+    assert not list((tmp_path / "qe").glob("frame_*"))  # nothing half written
+    with pytest.raises(ValueError, match="needs a template"):
+        write_selected(tmp_path / "qe2", _picked(quartz, [1]), "espresso")
+
+
+def test_cli_select_writes_folders(model, store, tmp_path):
+    from numbec.cli import main
+
+    model_path = model.save(tmp_path / "m.npz")
+    out = tmp_path / "picked"
+    code = main(["select", str(model_path), str(store), "-n", "3", "-o", str(out),
+                 "--format", "vasp", "--min-separation", "6", "--exclude", "0,1",
+                 "--no-progress"])
+    assert code == 0
+    meta = json.loads((out / "selection.json").read_text())
+    frames = meta["selection"]["frames"]
+    assert len(frames) == 3 and not set(frames) & {0, 1}
+    assert all(abs(a - b) >= 3 for a, b in itertools.combinations(frames, 2))  # 6 fs = 3 frames
+    assert sorted(p.name for p in out.glob("frame_*")) == sorted(f"frame_{k:06d}"
+                                                                 for k in frames)
+    # a second round: no model for stride, the first round's frames excluded via its json
+    out2 = tmp_path / "picked2"
+    assert main(["select", "-", str(store), "-n", "2", "-o", str(out2), "--strategy", "stride",
+                 "--exclude", str(out / "selection.json"), "0,1", "--no-progress"]) == 0
+    frames2 = json.loads((out2 / "selection.json").read_text())["selection"]["frames"]
+    assert len(frames2) == 2 and not set(frames2) & (set(frames) | {0, 1})
+    assert main(["select", "-", str(store), "-n", "2", "-o", str(tmp_path / "x")]) == 1

@@ -1,0 +1,244 @@
+"""Uncertainty of the kernel models: channel BECs, low-rank posterior, sampling, calibration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from kernel_model_checks import SETTINGS, predict, training_frames
+
+from numbec.models import CombinedModel, DipoleModel, MonopoleModel, load_model
+from numbec.models import uncertainty as unc
+
+MODELS = (MonopoleModel, DipoleModel, CombinedModel)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(7)
+
+
+def _bayesian_model(cls, rng, periodic, zeta=3, n_frames=4):
+    frames = training_frames(rng, periodic, n_frames)
+    model = cls(settings=SETTINGS, zeta=zeta, n_sparse=3).fit(frames)
+    return model, frames
+
+
+def _design_rows(model, atoms):
+    phi, _ = model._design(atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc,
+                           "test")
+    return phi.reshape(len(atoms), 3, 3, -1)
+
+
+@pytest.mark.parametrize("cls", MODELS)
+@pytest.mark.parametrize("periodic", [False, True])
+@pytest.mark.parametrize("zeta", [1, 3])
+def test_direction_becs_equal_design_rows_times_weights(cls, periodic, zeta, rng):
+    model, frames = _bayesian_model(cls, rng, periodic, zeta)
+    atoms = training_frames(rng, periodic, 1)[0]
+    wm = rng.normal(0.0, 1.0, (5, model.n_columns))
+    got = unc.direction_becs(model, atoms.positions, atoms.numbers, np.asarray(atoms.cell),
+                             atoms.pbc, wm)
+    want = np.einsum("nijc,kc->knij", _design_rows(model, atoms), wm)
+    np.testing.assert_allclose(got, want, atol=1e-10 * np.abs(want).max())
+    # the model's own weights plus the baseline give every output of its prediction
+    out = unc.predict_uncertainty(model, atoms.positions, atoms.numbers,
+                                  np.asarray(atoms.cell), atoms.pbc, rank=4)
+    plain = predict(model, atoms)
+    for key, value in plain.items():
+        np.testing.assert_allclose(out[key], value, atol=1e-10, err_msg=key)
+    charged = unc.predict_uncertainty(model, atoms.positions, atoms.numbers,
+                                      np.asarray(atoms.cell), atoms.pbc, rank=4, total_charge=1.0)
+    for key, value in predict(model, atoms, total_charge=1.0).items():
+        np.testing.assert_allclose(charged[key], value, atol=1e-10, err_msg=key)
+
+
+@pytest.mark.parametrize("cls", MODELS)
+@pytest.mark.parametrize("periodic", [False, True])
+def test_full_rank_channel_std_equals_design_row_formula(cls, periodic, rng):
+    model, _ = _bayesian_model(cls, rng, periodic)
+    model.variance_scale = 2.5  # the recalibration enters both the same way
+    atoms = training_frames(rng, periodic, 1)[0]
+    args = (atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)
+    exact = predict(model, atoms, uncertainty=True)["bec_std"]
+    # independent check of the design-row formula itself
+    phi = _design_rows(model, atoms)
+    var = np.einsum("nijc,cd,nijd->nij", phi, model.covariance, phi) + model.sigma_v2
+    np.testing.assert_allclose(exact, np.sqrt(2.5 * var), rtol=1e-10)
+    full = unc.predict_uncertainty(model, *args, rank=None)
+    np.testing.assert_allclose(full["bec_std"], exact, rtol=1e-8)
+    # a truncated factor, rescaled on average, is not exact but of the right size
+    low = unc.predict_uncertainty(model, *args, rank=2)
+    epi_exact = exact ** 2 - 2.5 * model.sigma_v2
+    epi_low = low["bec_std"] ** 2 - 2.5 * model.sigma_v2
+    assert 0.2 < epi_low.sum() / epi_exact.sum() < 5.0
+
+
+def test_factor_reproduces_covariance_at_full_rank(rng):
+    model, _ = _bayesian_model(CombinedModel, rng, False)
+    fac = unc.posterior_factor(model, rank=None)
+    np.testing.assert_allclose(fac.factor @ fac.factor.T, model.covariance,
+                               atol=1e-10 * np.abs(model.covariance).max())
+    assert fac.captured == pytest.approx(1.0)
+    # the captured fraction grows with the rank and the leading columns carry the most
+    caps = [unc.posterior_factor(model, rank=k).captured for k in (1, 3, 6)]
+    assert caps[0] < caps[1] < caps[2] <= 1.0 + 1e-12
+
+
+def test_sampled_weights_have_posterior_mean_and_covariance(rng):
+    model, _ = _bayesian_model(MonopoleModel, rng, True)
+    model.variance_scale = 3.0
+    samples = unc.sample_weights(model, 40000, seed=3)
+    cov = 3.0 * model.covariance
+    sd = np.sqrt(np.diag(cov))
+    # mean within 5 standard errors, covariance (as correlation) within 0.03
+    assert np.all(np.abs(samples.mean(axis=0) - model.weights) < 5 * sd / np.sqrt(40000))
+    emp = np.cov(samples.T)
+    np.testing.assert_allclose(np.sqrt(np.diag(emp)), sd, rtol=0.03)
+    np.testing.assert_allclose(emp / np.outer(sd, sd), cov / np.outer(sd, sd), atol=0.03)
+    np.testing.assert_array_equal(samples[:5], unc.sample_weights(model, 5, seed=3)[:5])
+    assert not np.array_equal(samples[:5], unc.sample_weights(model, 5, seed=4))
+
+
+def test_samples_are_becs_of_sampled_weights(rng):
+    model, _ = _bayesian_model(CombinedModel, rng, False)
+    atoms = training_frames(rng, False, 1)[0]
+    args = (atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)
+    out = unc.predict_uncertainty(model, *args, rank=6, n_samples=3, seed=1)
+    fac = unc.posterior_factor(model, rank=6)
+    weights = model.weights + out["xi"] @ fac.factor.T
+    direct = unc.direction_becs(model, *args, weights)
+    mean = unc.direction_becs(model, *args, model.weights[None])
+    np.testing.assert_allclose(out["bec_samples"] - out["bec"][None], direct - mean,
+                               atol=1e-10)
+
+
+def test_calibration_metrics_on_known_gaussian(rng):
+    n = 20000
+    std = rng.uniform(0.5, 2.0, (n, 3, 3))
+    ref = np.zeros((n, 3, 3))
+    pred = rng.normal(0.0, std)
+    res = unc.calibration_metrics(pred, std, ref, frame_sizes=[100] * (n // 100))
+    assert res["coverage_68"] == pytest.approx(0.6827, abs=0.01)
+    assert res["coverage_95"] == pytest.approx(0.95, abs=0.005)
+    assert res["z_rms"] == pytest.approx(1.0, abs=0.01)
+    expected_nll = np.mean(0.5 * np.log(2 * np.pi * std ** 2)) + 0.5
+    assert res["nll"] == pytest.approx(expected_nll, abs=0.02)
+    # frames whose errors scale with their predicted std: perfect rank order
+    scale = np.repeat(np.linspace(0.1, 3.0, 50), 10)
+    std2 = np.broadcast_to(scale[:, None, None], (500, 3, 3))
+    pred2 = std2 * rng.choice([-1.0, 1.0], (500, 3, 3))
+    res2 = unc.calibration_metrics(pred2, std2, np.zeros_like(pred2), [10] * 50)
+    assert res2["frame_rank_correlation"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="> 0"):
+        unc.calibration_metrics(pred, np.zeros_like(std), ref)
+
+
+def test_recalibration_scale_is_saved_and_old_files_load(rng, tmp_path):
+    model, frames = _bayesian_model(MonopoleModel, rng, True, n_frames=4)
+    before = predict(model, frames[0], uncertainty=True)["bec_std"]
+    unc.recalibrate(model, frames, folds=2)
+    s = model.variance_scale
+    assert s > 0 and s != 1.0
+    # samples use the weight scale of the same cross-validation
+    fit = model.training["variance_scale_fit"]
+    assert unc.sample_scale(model) == fit["weight_scale"] > 0
+    w = unc.sample_weights(model, 20000, seed=0)
+    np.testing.assert_allclose(np.var(w, axis=0), fit["weight_scale"] * np.diag(model.covariance),
+                               rtol=0.05)
+    np.testing.assert_allclose(predict(model, frames[0], uncertainty=True)["bec_std"],
+                               np.sqrt(s) * before, rtol=1e-12)
+    path = tmp_path / "m.npz"
+    model.save(path)
+    assert load_model(path).variance_scale == s
+    # a file without the entry (written before recalibration existed) loads with scale 1
+    meta, arrays = model.state()
+    meta.pop("variance_scale")
+    old = MonopoleModel._from_state(meta, arrays)
+    assert old.variance_scale == 1.0
+
+
+def test_streamed_wrapper_is_deterministic_and_consistent(rng):
+    model, _ = _bayesian_model(CombinedModel, rng, False)
+    atoms = training_frames(rng, False, 1)[0]
+    args = (atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)
+    wrapped = unc.StreamedUncertaintyModel(model, rank=5, n_samples=4, seed=11)
+    assert wrapped.outputs[-1] == "bec_samples" and wrapped.species == model.species
+    assert not hasattr(wrapped, "predict_frames")  # batching would drop the samples
+    a = wrapped.predict_arrays(*args, uncertainty=True)
+    b = wrapped.predict_arrays(*args)
+    assert "bec_std" in a and "bec_std" not in b
+    np.testing.assert_array_equal(a["bec_samples"], b["bec_samples"])
+    other = unc.StreamedUncertaintyModel(model, rank=5, n_samples=4, seed=12)
+    assert not np.allclose(other.predict_arrays(*args)["bec_samples"], a["bec_samples"])
+    # sample s is the BEC of one fixed weight vector: the same for every frame
+    fac = unc.posterior_factor(model, rank=5)
+    xi = np.random.default_rng(11).standard_normal((4, 5))
+    weights = model.weights + xi @ fac.factor.T
+    atoms2 = training_frames(rng, False, 1)[0]
+    args2 = (atoms2.positions, atoms2.numbers, np.asarray(atoms2.cell), atoms2.pbc)
+    mean = unc.direction_becs(model, *args2, model.weights[None])
+    np.testing.assert_allclose(wrapped.predict_arrays(*args2)["bec_samples"]
+                               - predict(model, atoms2)["bec"][None],
+                               unc.direction_becs(model, *args2, weights) - mean, atol=1e-10)
+    assert wrapped.state()[0]["streamed_uncertainty"] == {"rank": 5, "samples": 4, "seed": 11}
+
+
+def _cluster_trajectory(rng, n_frames=10, dt=0.5):
+    """Two vibrating water molecules (no cell) in the Trajectory store layout."""
+    import xarray as xr
+    from kernel_model_checks import water_cluster
+
+    r0 = water_cluster(rng)
+    amp = rng.normal(0, 0.05, (len(r0), 3))
+    omega = 2 * np.pi / 20.0
+    t = np.arange(n_frames) * dt
+    pos = r0.positions + amp * np.sin(omega * t)[:, None, None]
+    vel = amp * omega * np.cos(omega * t)[:, None, None]
+    data = {"positions": (("frame", "atom", "xyz"), pos),
+            "cell": (("frame", "cell_vector", "xyz"), np.zeros((n_frames, 3, 3))),
+            "numbers": (("atom",), r0.numbers.astype(np.int64)),
+            "pbc": (("xyz",), np.zeros(3, bool)),
+            "velocities": (("frame", "atom", "xyz"), vel)}
+    return xr.Dataset(data, coords={"time": ("frame", t)},
+                      attrs={"timestep": dt, "temperature": 300.0})
+
+
+def test_predict_streams_posterior_samples_and_channel_std(rng, tmp_path):
+    from numbec import ir_spectrum, predict
+
+    model, _ = _bayesian_model(CombinedModel, rng, False)
+    ds = _cluster_trajectory(rng)
+    exact = predict(model, ds, uncertainty=True, progress=False)
+    # full rank: the channel bec_std equals the design-row one
+    full = predict(model, ds, uncertainty=True, uncertainty_rank=10_000, progress=False)
+    np.testing.assert_allclose(full["bec_std"].values, exact["bec_std"].values, rtol=1e-8)
+    np.testing.assert_allclose(full["bec"].values, exact["bec"].values, atol=1e-10)
+    res = predict(model, ds, posterior_samples=5, uncertainty_rank=6, seed=3, chunk_frames=4,
+                  progress=False)
+    samples = res["dipole_derivative_samples"]
+    assert samples.dims == ("frame", "sample", "pol") and samples.shape == (10, 5, 3)
+    assert res.attrs["posterior_samples"] == 5
+    assert res.attrs["model_class"] == "CombinedModel"
+    # frame by frame: sum_a Z_s v_a with the same weight samples in every chunk
+    for f in (0, 5, 9):
+        out = unc.predict_uncertainty(model, ds["positions"].values[f], ds["numbers"].values,
+                                      np.zeros((3, 3)), np.zeros(3, bool), rank=6, n_samples=5,
+                                      seed=3)
+        want = np.einsum("saij,aj->si", out["bec_samples"], ds["velocities"].values[f])
+        np.testing.assert_allclose(samples.values[f], want, atol=1e-12)
+    stored = predict(model, ds, posterior_samples=5, uncertainty_rank=6, seed=3,
+                     chunk_frames=3, out=tmp_path / "p.zarr", progress=False)
+    np.testing.assert_allclose(stored["dipole_derivative_samples"].values, samples.values,
+                               atol=1e-12)
+    spec = ir_spectrum(stored, correlation_time=2.0)
+    assert "cross_section_model_p84" in spec
+    with pytest.raises(ValueError, match="velocities"):
+        predict(model, ds.drop_vars("velocities"), posterior_samples=2, progress=False)
+
+
+def test_recalibration_needs_two_folds_and_frames(rng):
+    model, frames = _bayesian_model(MonopoleModel, rng, True, n_frames=3)
+    with pytest.raises(ValueError, match="folds=1"):
+        unc.fit_variance_scale(model, frames, folds=1)
+    with pytest.raises(ValueError, match="1 frames"):
+        unc.fit_variance_scale(model, frames[:1], folds=5)
