@@ -210,8 +210,11 @@ def sha256_arrays(*arrays) -> str:
 def model_fingerprint(model) -> dict:
     """Class name and SHA-256 of a model's saved state (metadata JSON and arrays); the
     hash is None for a model without a saved state."""
+    state = getattr(model, "state", None) or getattr(model, "_state", None)
     try:
-        metadata, arrays = model._state()
+        if state is None:
+            raise AttributeError
+        metadata, arrays = state()
     except (AttributeError, NotImplementedError):
         return {"class": type(model).__name__, "sha256": None}
     h = hashlib.sha256(json.dumps(metadata, sort_keys=True, default=str).encode())
