@@ -4,7 +4,8 @@ Usage::
 
     python benchmarks/stream.py            # the table in docs/streaming.md
     python benchmarks/stream.py --quick    # smoke run: few frames, small models
-    python benchmarks/stream.py --model-dir /tmp/models  # fit once, reuse next time
+    python benchmarks/stream.py --model-dir DIR  # fit once, reuse next time
+    python benchmarks/stream.py --only paths     # eager / out= / lazy / cluster / CLI
 
 Prints markdown tables:
 
@@ -25,6 +26,11 @@ Prints markdown tables:
 3. Wall time of one ``predict(..., out=store)`` of a learned model serially and on a
    ``dask.distributed.LocalCluster`` of 2 worker processes (start-up of the cluster and a
    warm-up prediction on every worker, which loads the Numba kernels, timed apart).
+4. One prediction of a water trajectory store, five ways side by side (``--only paths`` runs
+   this table alone): eager (the store loaded into memory), ``out=``, lazy then
+   ``.compute()`` on the threaded scheduler and on a 2-process ``LocalCluster``, and the
+   ``numbec predict`` CLI (a subprocess, start-up included). Target: each within 1.2x of the
+   fastest.
 
 Models: ``SpeciesMeanModel`` (no descriptors; measures the streaming machinery alone) and,
 when numbec provides them, ``MonopoleModel`` and ``CombinedModel``, fitted here on a few
@@ -413,10 +419,75 @@ def warm_up(model_file, frames):
     predict(model_file, frames, progress=False)
 
 
+def make_store(path, n_frames, chunk):
+    """A water trajectory store of ``n_frames`` frames (chunks of ``chunk``) at ``path``."""
+    import ase
+    import ase.io
+
+    from numbec.io.trajectory import convert_trajectory
+
+    positions, velocities, numbers, cells = system_frames("water", n_frames)
+    frames = []
+    for p, v, c in zip(positions, velocities, cells, strict=True):
+        atoms = ase.Atoms(numbers=numbers, positions=p, cell=c, pbc=True)
+        atoms.set_velocities(v / ase.units.fs)  # Å/fs -> ASE units
+        frames.append(atoms)
+    xyz = Path(path).with_suffix(".xyz")
+    ase.io.write(xyz, frames)
+    convert_trajectory(xyz, path, chunk_frames=chunk, timestep=0.5, progress=False)
+    return {"path": str(path)}
+
+
+#: The ways of running one prediction that the paths table compares.
+PATHS = ("eager", "out", "lazy-threads", "lazy-cluster", "cli")
+
+
+def measure_path(path_kind, model_file, store, out):
+    """Wall time of one prediction of the trajectory store ``store`` by path ``kind``:
+    eager (the store loaded into memory first), out= (into a new store), lazy then
+    .compute() on Dask's threaded scheduler or on a 2-process LocalCluster, or the CLI
+    (``numbec predict``, a subprocess; its time includes start-up and loading). Kernels are
+    loaded by a warm-up prediction before the clock starts (on every worker for the
+    cluster; the CLI pays for its own)."""
+    import dask
+
+    from numbec.io.trajectory import open_trajectory
+    from numbec.stream import predict
+
+    kind = path_kind
+    two_frames = as_dataset(*system_frames("water", 2))
+    if kind == "cli":
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "numbec.cli", "predict", model_file, store,
+                        "-o", out, "--no-progress"], check=True, capture_output=True)
+        return {"wall_s": time.perf_counter() - t0}
+    if kind == "lazy-cluster":
+        from distributed import Client, LocalCluster
+
+        env = {var: "1" for var in THREAD_VARS}
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                          dashboard_address=None, env=env) as cluster, \
+                Client(cluster) as client:
+            client.run(warm_up, model_file, two_frames)
+            t0 = time.perf_counter()
+            predict(model_file, store, progress=False).compute()
+            return {"wall_s": time.perf_counter() - t0}
+    warm_up(model_file, two_frames)
+    t0 = time.perf_counter()
+    if kind == "eager":
+        predict(model_file, open_trajectory(store).load(), progress=False)
+    elif kind == "out":
+        predict(model_file, store, out=out, progress=False)
+    else:
+        with dask.config.set(scheduler="threads"):
+            predict(model_file, store, progress=False).compute()
+    return {"wall_s": time.perf_counter() - t0}
+
+
 CHILDREN = {"fit": fit_models, "throughput": measure_throughput, "bound": measure_dense_bound,
             "stages": measure_stages,
             "featomic": measure_featomic, "memory": measure_memory,
-            "cluster": measure_cluster}
+            "cluster": measure_cluster, "store": make_store, "path": measure_path}
 
 
 # ------------------------------------------------------------------------- driver
@@ -567,6 +638,39 @@ def cluster_table(tmp, files, n_frames, chunk):
               f"{fmt(res.get('startup_s'), '{:.1f}')} |")
 
 
+def paths_table(tmp, files, n_frames, chunk, rounds):
+    """Every way of running one prediction, side by side (issue: the lazy path was 10x
+    slower than the CLI). Target: each within 1.2x of the fastest."""
+    name = next((m for m in reversed(MODELS[:2]) if "file" in files.get(f"water/{m}", {})),
+                None)
+    if name is None:
+        print("\n(no model for the paths table)")
+        return
+    model_file = files[f"water/{name}"]["file"]
+    store = f"{tmp}/paths-water.zarr"
+    child("store", 1, path=store, n_frames=n_frames, chunk=chunk)
+    print(f"\n### One prediction, five ways: {name}, {n_frames} frames of water (192 atoms) "
+          f"in chunks of {chunk}, 2 cores, best of {rounds} rounds\n")
+    print("| path | wall (s) | x fastest |")
+    print("|---|---:|---:|")
+    walls = {}
+    for r in range(rounds):
+        for kind in PATHS:
+            res = child("path", os.cpu_count() or 1, path_kind=kind, model_file=model_file,
+                        store=store, out=f"{tmp}/path-{kind}-{r}.zarr")
+            if res.get("wall_s") is not None:
+                walls[kind] = min(walls.get(kind, np.inf), res["wall_s"])
+    fastest = min(walls.values()) if walls else None
+    labels = {"eager": "eager (in-memory input)", "out": "predict(..., out=store)",
+              "lazy-threads": "lazy, .compute() on the threaded scheduler",
+              "lazy-cluster": "lazy, .compute() on a 2-process LocalCluster",
+              "cli": "numbec predict (CLI, incl. start-up)"}
+    for kind in PATHS:
+        wall = walls.get(kind)
+        ratio = None if wall is None else wall / fastest
+        print(f"| {labels[kind]} | {fmt(wall, '{:.2f}')} | {fmt(ratio, '{:.2f}')} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -579,6 +683,8 @@ def main():
                         "(the best round of each is kept; default 3, 1 with --quick)")
     parser.add_argument("--model-dir", help="keep the fitted models here and reuse them "
                         "on the next run (default: a temporary directory, fitted every run)")
+    parser.add_argument("--only", choices=("paths",),
+                        help="run only this table (paths: one prediction, five ways)")
     parser.add_argument("--child", choices=sorted(CHILDREN))
     parser.add_argument("--kwargs", default="{}")
     args = parser.parse_args()
@@ -603,10 +709,14 @@ def main():
                 print(f"<!-- fitted {key} in {entry['fit_s']:.1f} s -->")
         print()
         rounds = args.rounds or (1 if args.quick else 3)
+        if args.only == "paths":
+            paths_table(tmp, files, 24 if args.quick else 200, 6 if args.quick else 25, rounds)
+            return
         throughput_table(files, n_frames, n_featomic, args.repeat, rounds)
         memory_table(tmp, (100, 400) if args.quick else (2000, 20000),
                      chunk=50 if args.quick else 500)
         cluster_table(tmp, files, cluster_frames, chunk=cluster_frames // 4)
+        paths_table(tmp, files, 24 if args.quick else 200, 6 if args.quick else 25, rounds)
 
 
 if __name__ == "__main__":

@@ -17,15 +17,9 @@ The BEC convention everywhere: ``Z[a, i, j] = dP_i / dr_{a,j}`` in e (see
 
 from __future__ import annotations
 
-import os
-
+# the thread policy: sets OMP_WAIT_POLICY before any numbec kernel starts the OpenMP runtime
+import numbec.parallel  # noqa: F401, E402
 from numbec._lazy import lazy_exports
-
-# Numba's OpenMP workers spin while waiting; on a shared or oversubscribed machine they starve
-# each other (measured: 6x slower at load 2 on 2 cores). Passive waiting costs nothing
-# measurable on an idle machine. Set here, before any numbec kernel starts the OpenMP runtime;
-# an explicit user setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0.dev0"
 

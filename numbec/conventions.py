@@ -103,10 +103,9 @@ def as_bec_array(values, n_atoms: int | None = None, *, where: str = "") -> np.n
         )
     if n_atoms is not None and out.shape[0] != n_atoms:
         raise LayoutError(f"{prefix}BEC array has {out.shape[0]} atoms, structure has {n_atoms}")
-    bad = ~np.isfinite(out)
-    if bad.any():
-        atom = int(np.argwhere(bad)[0][0])
-        raise ValueError(f"{prefix}BEC of atom {atom} (0-based) contains NaN or inf")
+    atom = first_non_finite(out, 1)
+    if atom is not None:
+        raise ValueError(f"{prefix}BEC of atom {atom[0]} (0-based) contains NaN or inf")
     return out
 
 
@@ -155,3 +154,18 @@ def asr_project(bec, total_charge: float = 0.0) -> np.ndarray:
     excess = z.sum(axis=-3) - float(total_charge) * np.eye(3)
     share = 1.0 / z.shape[-3]  # multiplied, not divided: the numbers of numbec <= 0.1 exactly
     return z - share * excess[..., None, :, :]
+
+
+def first_non_finite(array, n_index: int = 1) -> tuple[int, ...] | None:
+    """Index of the first entry of ``array`` that holds a NaN or inf, or None.
+
+    The first ``n_index`` axes are the ones named in an error message (e.g. 1 for
+    ``(atom, xyz)`` arrays: the atom; 2 for ``(frame, atom, xyz)``: frame and atom); the
+    remaining axes are reduced. Returns a tuple of ``n_index`` ints, in C order.
+    """
+    finite = np.isfinite(np.asarray(array))
+    if finite.ndim > n_index:
+        finite = finite.all(axis=tuple(range(n_index, finite.ndim)))
+    if finite.all():
+        return None
+    return tuple(int(i) for i in np.argwhere(~finite)[0])

@@ -38,6 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
+from numbec.io._files import atomic_write
+from numbec.io.prediction import model_fingerprint
+from numbec.parallel import blas_limit
+
 __all__ = [
     "DemoConfig",
     "MissingDependencyError",
@@ -158,21 +162,6 @@ def _single_openmp_thread() -> None:
         pass
 
 
-def _single_blas_thread():
-    """Context in which BLAS runs on one thread (threadpoolctl, when installed).
-
-    The kernel models multiply matrices of a few dozen rows per frame; a multi-threaded
-    BLAS spends far longer synchronising its threads than computing (10x slower on a busy
-    2-core machine)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        import contextlib
-
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
-
-
 def xtb_calculator(accuracy: float = 0.01):
     """A GFN2-xTB ASE calculator (``tblite.ase.TBLite``), quiet and on one thread.
 
@@ -277,14 +266,6 @@ def _langevin(atoms, timestep: float, temperature: float, rng):
                     friction=0.02 / units.fs, fixcm=False, rng=rng)
 
 
-def _atomic_write(path: Path, write) -> Path:
-    """Call ``write(tmp)`` on a temporary name beside ``path``, then rename it into place."""
-    tmp = path.with_name(path.name + ".partial")
-    write(tmp)
-    tmp.replace(path)
-    return path
-
-
 def generate_reference(config: DemoConfig, cache: Path, log=print) -> list:
     """Training structures with exact xTB APTs and dipoles (cached as extxyz).
 
@@ -321,7 +302,7 @@ def generate_reference(config: DemoConfig, cache: Path, log=print) -> list:
             snapshot.arrays["bec"] = bec
             snapshot.info["dipole"] = dipole
             frames.append(snapshot)
-    _atomic_write(path, lambda tmp: numbec.write_bec(tmp, frames))
+    atomic_write(path, lambda tmp: numbec.write_bec(tmp, frames))
     asr = max(float(np.abs(f.arrays["bec"].sum(axis=0)).max()) for f in frames)
     log(f"  reference APTs: {len(frames)} clusters (H2O)_n, n = "
         f"{','.join(map(str, config.train_sizes))}, max |ASR| {asr:.1e} e "
@@ -377,25 +358,27 @@ def run_md(config: DemoConfig, cache: Path, log=print) -> dict:
     n_steps = 2 + (n_frames - 1) * config.stride + 3
     dipoles = np.empty((n_steps, 3))
     dyn = VelocityVerlet(atoms, config.timestep * _ase_fs())
-    tmp = traj_path.with_name(traj_path.name + ".partial")
-    with Trajectory(tmp, "w") as traj:
-        for step in range(n_steps):
-            if step:
-                dyn.step()
-            else:
-                atoms.get_forces()
-            dipoles[step] = atoms.get_dipole_moment()
-            if step >= 2 and (step - 2) % config.stride == 0 and (step - 2) // config.stride \
-                    < n_frames:
-                frame = atoms.copy()  # without the calculator: positions and momenta only
-                traj.write(frame)
-    tmp.replace(traj_path)
+
+    def write_md(tmp):
+        with Trajectory(tmp, "w") as traj:
+            for step in range(n_steps):
+                if step:
+                    dyn.step()
+                else:
+                    atoms.get_forces()
+                dipoles[step] = atoms.get_dipole_moment()
+                if step >= 2 and (step - 2) % config.stride == 0 \
+                        and (step - 2) // config.stride < n_frames:
+                    frame = atoms.copy()  # without the calculator: positions and momenta only
+                    traj.write(frame)
+
+    atomic_write(traj_path, write_md)
     dipole_dt = exact_dipole_derivative(dipoles, config.timestep)[2::config.stride][:n_frames]
     def write_dipoles(tmp):
         with open(tmp, "wb") as fh:
             np.savez(fh, dipole_derivative=dipole_dt, dipole=dipoles, timestep=config.timestep)
 
-    _atomic_write(dip_path, write_dipoles)
+    atomic_write(dip_path, write_dipoles)
     log(f"  test MD: (H2O)_{config.md_size}, {config.thermal_steps} Langevin + {n_steps} NVE "
         f"steps of {config.timestep:g} fs, {n_frames} frames "
         f"({time.perf_counter() - t0:.0f} s)")
@@ -459,7 +442,7 @@ def exact_check_frames(config: DemoConfig, md: dict, cache: Path, log=print) -> 
         snapshot.info["dipole"] = dipole
         snapshot.info["frame"] = int(k)
         frames.append(snapshot)
-    _atomic_write(path, lambda tmp: numbec.write_bec(tmp, frames))
+    atomic_write(path, lambda tmp: numbec.write_bec(tmp, frames))
     log(f"  exact APTs along the MD: {len(frames)} frames ({time.perf_counter() - t0:.0f} s)")
     return numbec.read_bec(path)
 
@@ -617,7 +600,8 @@ def compare(models: dict, store, md: dict, checks: list, config: DemoConfig, cac
     spectra = {"frequency": freq, "exact": exact_spec}
     for name, model in models.items():
         t0 = time.perf_counter()
-        out = cache / f"pred-{name}-{Path(store).stem}-{_model_hash(model)}.zarr"
+        model_hash = model_fingerprint(model)["sha256"][:10]
+        out = cache / f"pred-{name}-{Path(store).stem}-{model_hash}.zarr"
         log(f"  {name} model: streaming BEC predictions over {md['n_frames']} frames")
         pred = numbec.predict(model, store, out=out, progress=progress)
         bec = np.asarray(pred["bec"].values)
@@ -643,13 +627,6 @@ def compare(models: dict, store, md: dict, checks: list, config: DemoConfig, cac
     return results
 
 
-def _model_hash(model) -> str:
-    metadata, arrays = model._state()
-    digest = hashlib.sha256(json.dumps(metadata, sort_keys=True, default=str).encode())
-    for name in sorted(arrays):
-        digest.update(name.encode())
-        digest.update(np.ascontiguousarray(arrays[name]).tobytes())
-    return digest.hexdigest()[:10]
 
 
 def _plot(spectra: dict, path: Path, title: str) -> None:
@@ -675,10 +652,10 @@ def _plot(spectra: dict, path: Path, title: str) -> None:
     ax.set_title(title, fontsize=10)
     ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".partial" + path.suffix)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
+    finally:
+        plt.close(fig)
 
 
 # ------------------------------------------------------------------------------ driver
@@ -712,7 +689,7 @@ def run_demo(out="numbec-demo", quick: bool = False, fresh: bool = False, log=pr
     except ImportError as exc:
         raise MissingDependencyError(INSTALL_HINT) from exc
 
-    with _single_blas_thread():
+    with blas_limit(1):
         return _run(DemoConfig.quick() if quick else DemoConfig.full(), Path(out), quick,
                     fresh, log, progress)
 
@@ -746,11 +723,8 @@ def _run(config: DemoConfig, out: Path, quick: bool, fresh: bool, log,
     md = run_md(config, cache, log)
     store = cache / (Path(md["traj"]).stem + ".zarr")
     if not store.exists():
-        tmp = store.with_name(store.name + ".partial")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        numbec.convert_trajectory(md["traj"], tmp, timestep=md["frame_dt"], progress=False)
-        tmp.replace(store)
+        atomic_write(store, lambda tmp: numbec.convert_trajectory(
+            md["traj"], tmp, timestep=md["frame_dt"], progress=False))
     checks = exact_check_frames(config, md, cache, log)
     timings["md"] = time.perf_counter() - t0
 

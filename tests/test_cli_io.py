@@ -53,7 +53,13 @@ def test_convert_and_info(source, tmp_path, capsys):
 
 def test_convert_bundled_data_without_timestep(tmp_path, capsys):
     store = tmp_path / "q.zarr"
-    assert main(["convert", "example:sio2_quartz_subset", str(store), "--no-progress"]) == 0
+    # no time step in the file: refused unless --no-time says it is not a time series
+    assert main(["convert", "example:sio2_quartz_subset", str(store), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "records no time step" in err and "--timestep FS" in err and "--no-time" in err
+    assert not store.exists()
+    assert main(["convert", "example:sio2_quartz_subset", str(store), "--no-progress",
+                 "--no-time"]) == 0
     assert "unknown time step" in capsys.readouterr().out
     assert main(["info", str(store)]) == 0
     out = capsys.readouterr().out
@@ -77,11 +83,12 @@ def test_convert_append_resumes(source, tmp_path, capsys):
 
 def test_cli_errors(source, tmp_path, capsys):
     store = tmp_path / "w.zarr"
-    assert main(["convert", str(source), str(store)]) == 0
+    assert main(["convert", str(source), str(store), "--no-time"]) == 0
     capsys.readouterr()
-    assert main(["convert", str(source), str(store)]) == 1
+    assert main(["convert", str(source), str(store), "--no-time"]) == 1
     assert "numbec convert: error:" in capsys.readouterr().err
-    assert main(["convert", str(tmp_path / "nope.xyz"), str(tmp_path / "x.zarr")]) == 1
+    assert main(["convert", str(tmp_path / "nope.xyz"), str(tmp_path / "x.zarr"),
+                 "--no-time"]) == 1
     assert "nope.xyz: no such trajectory file" in capsys.readouterr().err
     assert main(["info", str(tmp_path / "none.zarr")]) == 1
     assert "none.zarr: no such trajectory store" in capsys.readouterr().err
@@ -90,3 +97,55 @@ def test_cli_errors(source, tmp_path, capsys):
     assert "w.zarr: cannot open as a Zarr group" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["convert", str(source), str(store), "--timestep", "abc"])
+
+
+def test_set_timestep_fixes_a_store_in_place(tmp_path, capsys):
+    store = tmp_path / "q.zarr"
+    assert main(["convert", "example:sio2_quartz_subset", str(store), "--no-progress",
+                 "--no-time"]) == 0
+    assert main(["info", "--set-timestep", "2.5", str(store)]) == 0
+    assert "time step    2.5 fs" in capsys.readouterr().out
+    ds = numbec.open_trajectory(store)
+    assert ds.attrs["timestep"] == 2.5
+    np.testing.assert_array_equal(ds.time.values, 2.5 * np.arange(20))
+    assert main(["info", "--set-timestep", "-1", str(store)]) == 1
+    assert "positive number of fs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_chunk_frames_below_one_is_an_error_in_convert_and_predict(source, tmp_path, value,
+                                                                 capsys):
+    for argv in (["convert", str(source), str(tmp_path / "c.zarr"), "--timestep", "1"],
+                 ["predict", "m.npz", "t.zarr", "-o", str(tmp_path / "p.zarr")]):
+        with pytest.raises(SystemExit):
+            main(argv + ["--chunk-frames", value])
+        assert "must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "c.zarr").exists()
+
+
+def test_huge_chunk_request_is_capped_at_the_source(source, tmp_path):
+    store = tmp_path / "c.zarr"
+    assert main(["convert", str(source), str(store), "--timestep", "1",
+                 "--chunk-frames", "1000000000", "--no-progress"]) == 0
+    ds = numbec.open_trajectory(store)
+    assert ds.sizes["frame"] == 11 and ds.attrs["chunk_frames"] == 11
+
+
+def test_convert_output_directory_checked_first(source, tmp_path, capsys):
+    assert main(["convert", str(source), str(tmp_path / "no" / "dir" / "c.zarr"),
+                 "--timestep", "1"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
+
+
+def test_truncated_compressed_source_names_file_and_frame(source, tmp_path, capsys):
+    import gzip
+
+    data = gzip.compress(source.read_bytes())
+    cut = tmp_path / "cut.xyz.gz"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    assert main(["convert", str(cut), str(tmp_path / "c.zarr"), "--timestep", "1",
+                 "--chunk-frames", "2", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "cut.xyz.gz: the file is truncated or corrupt after frame" in err
+    assert "Traceback" not in err

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
+import sys
 
 import numpy as np
 import pytest
@@ -114,10 +114,13 @@ def test_cli_chunk_frames_and_progress_bar(tmp_path, model_file, capsys, monkeyp
     monkeypatch.setattr("numbec.cli._stderr_is_terminal", lambda: True)  # bars on a terminal
     traj = tmp_path / "traj.zarr"
     write_trajectory_store(traj, n_frames=10, chunk=4)
+    assert main(["predict", str(path), str(traj), "-o", str(tmp_path / "quiet.zarr")]) == 0
+    assert "numbec predict" not in capsys.readouterr().err  # stderr is no terminal
     out = tmp_path / "out.zarr"
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     assert main(["predict", str(path), str(traj), "-o", str(out), "--chunk-frames", "3"]) == 0
     err = capsys.readouterr().err
-    assert "numbec predict" in err and "4/4" in err  # 10 frames in chunks of 3
+    assert "numbec predict" in err and "10/10" in err and "frame" in err  # per frame
     assert xr.open_zarr(out)["bec"].encoding["chunks"][0] == 3
 
 
@@ -126,12 +129,12 @@ def test_cli_refuses_locked_output(tmp_path, model_file, capsys):
     traj = tmp_path / "traj.zarr"
     write_trajectory_store(traj)
     out = tmp_path / "out.zarr"
-    lock = tmp_path / "out.zarr.lock"
-    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                "started": "now"}))
-    assert main(["predict", str(path), str(traj), "-o", str(out), "--no-progress"]) == 1
+    from numbec.io._files import store_lock
+
+    with store_lock(out, "numbec predict"):  # a second open of the lock file conflicts
+        assert main(["predict", str(path), str(traj), "-o", str(out), "--no-progress"]) == 1
     err = capsys.readouterr().err
-    assert "being written by another numbec predict run" in err and str(lock) in err
+    assert f"locked by pid {os.getpid()} on host {socket.gethostname()}" in err
 
 
 def test_cli_velocities_from_positions(tmp_path, model_file, capsys):
@@ -190,3 +193,47 @@ def test_cli_precision_is_passed_and_checked(tmp_path, model_file, capsys):
     assert main(["predict", str(path), str(traj), "-o", str(tmp_path / "d.zarr"),
                  "--precision", "float64", "--no-progress"]) == 0
     assert "precision" not in xr.open_zarr(tmp_path / "d.zarr").attrs
+
+
+def test_predict_says_what_its_input_is(tmp_path, model_file, capsys):
+    _model, path = model_file
+    raw = tmp_path / "md.xyz"
+    raw.write_text("1\n\nH 0 0 0\n")
+    assert main(["predict", str(path), str(raw), "-o", str(tmp_path / "p.zarr")]) == 1
+    err = capsys.readouterr().err
+    assert "md.xyz is a trajectory file, not a trajectory store" in err
+    assert "numbec convert" in err and not (tmp_path / "p.zarr").exists()
+    traj = tmp_path / "traj.zarr"
+    write_trajectory_store(traj)
+    first = tmp_path / "p.zarr"
+    assert main(["predict", str(path), str(traj), "-o", str(first), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(path), str(first), "-o", str(tmp_path / "q.zarr")]) == 1
+    err = capsys.readouterr().err
+    assert "p.zarr is a prediction store (written by numbec predict), not a trajectory" in err
+    assert str(traj.resolve()) in err
+    assert main(["predict", str(path), str(traj), "-o", str(tmp_path / "no" / "p.zarr")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_overwrite_replaces_a_finished_store(tmp_path, model_file, capsys):
+    model, path = model_file
+    traj = tmp_path / "traj.zarr"
+    write_trajectory_store(traj)
+    out = tmp_path / "p.zarr"
+    assert main(["predict", str(path), str(traj), "-o", str(out), "--no-progress"]) == 0
+    other = SpeciesMeanModel([1, 8], np.stack([np.eye(3), -2 * np.eye(3)]))
+    other_path = other.save(tmp_path / "other.npz")
+    args = ["predict", str(other_path), str(traj), "-o", str(out), "--no-progress"]
+    assert main(args) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0
+    stored = xr.open_zarr(out)
+    np.testing.assert_array_equal(stored["bec"].values[0, 0], -2 * np.eye(3))
+    # never replaces what is not a prediction store
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("x")
+    args[args.index(str(out))] = str(foreign)
+    assert main(args + ["--overwrite"]) == 1
+    assert (foreign / "keep.txt").exists()

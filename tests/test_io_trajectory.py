@@ -89,7 +89,7 @@ def test_ase_md_velocities_are_converted_to_A_per_fs(md_traj, tmp_path):
     np.testing.assert_allclose(ds.time.values, 2.0 * np.arange(31))
     pos = ds.positions.values
     vel = ds.velocities.values
-    assert ds.velocities.attrs["units"] == "Å/fs"
+    assert ds.velocities.attrs["units"] == "Angstrom/fs"
     # stored velocities = central differences of positions / fs, to MD accuracy (O(dt^2))
     fd = (pos[2:] - pos[:-2]) / (2 * 2.0)
     err = np.abs(fd - vel[1:-1]).max()
@@ -115,7 +115,7 @@ def test_store_layout_matches_contract(xyz_source, tmp_path):
     attrs = dict(group.attrs)
     assert attrs["format"] == "numbec-trajectory" and attrs["format_version"] == 1
     assert attrs["frames_complete"] == 13 and attrs["timestep"] == 0.5
-    assert attrs["units"]["velocities"] == "Å/fs" and attrs["source"] == str(src)
+    assert attrs["units"]["velocities"] == "Angstrom/fs" and attrs["source"] == str(src)
     assert group["positions"].shape == (13, 5, 3) and group["positions"].chunks == (4, 5, 3)
     assert group["positions"].dtype == np.float64 and group["numbers"].dtype == np.int64
     assert group["cell"].shape == (13, 3, 3) and group["pbc"].dtype == bool
@@ -130,7 +130,7 @@ def test_store_layout_matches_contract(xyz_source, tmp_path):
     np.testing.assert_array_equal(ds.numbers.values, frames[0].numbers)
     np.testing.assert_allclose(ds.velocities.values, _expected_velocities_fs(frames), rtol=1e-12)
     np.testing.assert_allclose(ds.time.values, 0.5 * np.arange(13))
-    assert ds.time.attrs["units"] == "fs" and ds.positions.attrs["units"] == "Å"
+    assert ds.time.attrs["units"] == "fs" and ds.positions.attrs["units"] == "Angstrom"
     rechunked = numbec.open_trajectory(store, chunks={"frame": 6})
     assert rechunked.positions.chunks[0] == (6, 6, 1)
 
@@ -430,7 +430,7 @@ def test_velocities_from_positions_is_second_order(tmp_path):
     for dt in (0.4, 0.2):
         ds, exact, third = _analytic_dataset(dt, n_frames=int(24 / dt))
         vel = velocities_from_positions(ds)
-        assert isinstance(vel.data, da.Array) and vel.attrs["units"] == "Å/fs"
+        assert isinstance(vel.data, da.Array) and vel.attrs["units"] == "Angstrom/fs"
         err = np.abs(vel.values - exact)
         # documented bounds: dt^2/6 |r'''| inside, dt^2/3 |r'''| at the ends
         assert (err[1:-1] <= dt**2 / 6 * third * 1.01 + 1e-12).all()
@@ -516,3 +516,108 @@ def test_compressed_sources_read_by_ase(tmp_path):
     numbec.convert_trajectory(tmp_path / "XDATCAR.gz", tmp_path / "b.zarr")
     a, b = numbec.open_trajectory(tmp_path / "a.zarr"), numbec.open_trajectory(tmp_path / "b.zarr")
     np.testing.assert_array_equal(a.positions.values, b.positions.values)
+
+
+# --- writers: locks, full disks, attributes read back ------------------------------------
+SLOW_APPEND = """
+import sys, time
+import numbec
+from numbec.io import trajectory as t
+original = t.iter_source_frames
+def slow(src, index=":"):
+    for f in original(src, index):
+        time.sleep(0.3)
+        yield f
+t.iter_source_frames = slow
+numbec.convert_trajectory(sys.argv[1], sys.argv[2], append=True, chunk_frames=3)
+"""
+
+
+def test_concurrent_appends_take_turns(xyz_source, tmp_path):
+    """Two processes append to one store at once: the second refuses with the holder's
+    pid, the first completes, and the store holds exactly the base plus its frames."""
+    import os
+    import time
+
+    src, frames = xyz_source
+    store = tmp_path / "s.zarr"
+    numbec.convert_trajectory(src, store, chunk_frames=3, timestep=1.0, index=":4")
+    first = subprocess.Popen([sys.executable, "-c", SLOW_APPEND, str(src), str(store)])
+    lock = tmp_path / "s.zarr.lock"
+    deadline = time.monotonic() + 60
+    while not (lock.exists() and str(first.pid) in lock.read_text()):
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    second = subprocess.run([sys.executable, "-m", "numbec.cli", "convert", str(src), str(store),
+                             "--append", "--index", "4:"], capture_output=True, text=True,
+                            env=dict(os.environ))
+    assert second.returncode == 1
+    assert f"s.zarr is locked by pid {first.pid}" in second.stderr
+    assert "numbec convert" in second.stderr
+    assert first.wait(timeout=120) == 0
+    ds = numbec.open_trajectory(store)
+    np.testing.assert_array_equal(ds.positions.values,
+                                  [a.positions for a in frames[:4] + frames])
+    info = trajectory_summary(store)
+    assert info["complete"] and [s["frames"] for s in info["segments"]] == [4, 13]
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00garbage{", b'{"pid": 1'])
+def test_empty_or_garbled_lock_file_never_blocks(xyz_source, tmp_path, content):
+    src, _frames = xyz_source
+    (tmp_path / "s.zarr.lock").write_bytes(content)
+    assert numbec.convert_trajectory(src, tmp_path / "s.zarr", timestep=1.0) == 13
+    assert not (tmp_path / "s.zarr.lock").exists()
+
+
+def test_lock_is_keyed_on_the_resolved_store(xyz_source, tmp_path):
+    from numbec.io._files import OutputLockedError, store_lock
+
+    src, _frames = xyz_source
+    store = _store(tmp_path, xyz_source)
+    link = tmp_path / "link.zarr"
+    link.symlink_to(store)
+    with store_lock(store, "numbec convert"), pytest.raises(OutputLockedError,
+                                                             match="locked by pid"):
+        numbec.convert_trajectory(src, link, append=True)
+
+
+def test_full_disk_names_the_store(xyz_source, tmp_path, monkeypatch):
+    import errno
+
+    import zarr
+
+    src, _frames = xyz_source
+
+    def full(self, key, value):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", full)
+    with pytest.raises(OSError, match=r"f\.zarr: cannot write \(No space left on device\); "
+                                      r"the frames written so far are kept"):
+        numbec.convert_trajectory(src, tmp_path / "f.zarr", timestep=1.0)
+
+
+@pytest.mark.parametrize("value", ["2", [1.0], -1.0, True])
+def test_bad_timestep_attribute_is_a_clean_error(tmp_path, xyz_source, value):
+    store = _store(tmp_path, xyz_source)
+    _edit_attrs(store, lambda a: a.update(timestep=value))
+    with pytest.raises(StoreError, match="attribute timestep = .* is not a positive number"):
+        numbec.open_trajectory(store)
+    with pytest.raises(StoreError, match="--set-timestep"):
+        trajectory_summary(store)
+
+
+def test_timestep_contradicting_time_warns(tmp_path, xyz_source):
+    store = _store(tmp_path, xyz_source)  # time = 0, 1, 2, ... fs
+    _edit_attrs(store, lambda a: a.update(timestep=2.0))
+    with pytest.warns(UserWarning, match="advances by 1 to 1 fs per frame, but the attribute "
+                                         "timestep says 2 fs"):
+        numbec.open_trajectory(store)
+    from numbec.io.trajectory import set_timestep
+
+    set_timestep(store, 2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = numbec.open_trajectory(store)
+    np.testing.assert_array_equal(ds.time.values, 2.0 * np.arange(13))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from numbec.cli.predict import positive_int
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -24,10 +26,18 @@ def register(subparsers) -> None:
         "--timestep",
         type=float,
         metavar="FS",
-        help="time between consecutive frames of SRC in fs (default: from an ASE MD .traj)",
+        help="time between consecutive frames of SRC in fs (default: from an ASE MD .traj; "
+        "required otherwise, unless --no-time)",
     )
     parser.add_argument(
-        "--chunk-frames", type=int, metavar="N", help="frames per chunk (default: ~4 MiB)"
+        "--no-time",
+        action="store_true",
+        help="the frames are not a time series: store them without a time step (numbec "
+        "predict needs one; set it later with numbec info --set-timestep)",
+    )
+    parser.add_argument(
+        "--chunk-frames", type=positive_int, metavar="N",
+        help="frames per chunk (default: ~4 MiB)"
     )
     parser.add_argument(
         "--index", default=":", metavar="SLICE", help="frames of SRC, e.g. ':' or '1000::2'"
@@ -42,9 +52,11 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from numbec.io._files import resolve_example
+    from numbec.io._files import check_output_location, resolve_example
     from numbec.io.trajectory import convert_trajectory, trajectory_summary
 
+    if not args.append:
+        check_output_location(args.store, "trajectory store")
     done = convert_trajectory(
         resolve_example(args.src),
         args.store,
@@ -53,6 +65,7 @@ def run(args) -> int:
         index=args.index,
         append=args.append,
         progress=False if args.no_progress else None,
+        time_series=not args.no_time,
     )
     info = trajectory_summary(args.store)
     dt = "unknown time step" if info["timestep"] is None else f"dt = {info['timestep']:g} fs"

@@ -14,12 +14,17 @@ def register(subparsers) -> None:
     )
     parser.add_argument("store", metavar="STORE", help="trajectory store directory")
     parser.add_argument("--json", action="store_true", help="print the facts as JSON")
+    parser.add_argument("--set-timestep", type=float, metavar="FS",
+                        help="first set the store's time step (fs between stored frames) in "
+                             "place, e.g. for a store converted with --no-time")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from numbec.io.trajectory import trajectory_summary
+    from numbec.io.trajectory import set_timestep, trajectory_summary
 
+    if args.set_timestep is not None:
+        set_timestep(args.store, args.set_timestep)
     info = trajectory_summary(args.store)
     if args.json:
         print(json.dumps(info, indent=2))

@@ -17,7 +17,8 @@ Without velocities in the trajectory there is no dipole derivative (a warning sa
 
 The run is resumable: start the same command again after a crash or Ctrl-C and only the
 unfinished chunks are computed. A second run on the same output refuses while the first
-holds ``OUT.zarr.lock``.
+holds the lock ``OUT.zarr.lock`` (an operating-system lock, released when its process ends
+in any way). ``--overwrite`` replaces an existing prediction store instead.
 """
 
 from __future__ import annotations
@@ -35,8 +36,12 @@ def register(subparsers):
     parser.add_argument("model", help="saved model (.npz)")
     parser.add_argument("trajectory", help="trajectory store (.zarr, from numbec convert)")
     parser.add_argument("-o", "--out", required=True, help="output Zarr store")
-    parser.add_argument("--chunk-frames", type=int, default=None,
+    parser.add_argument("--chunk-frames", type=positive_int, default=None,
                         help="frames per chunk (default: the trajectory's chunks)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing prediction store made by another model, "
+                             "input or settings (without it, a store of the same run is "
+                             "resumed and any other one refused)")
     parser.add_argument("--workers", type=int, default=1,
                         help="parallel workers (processes; threads with --threads)")
     parser.add_argument("--threads", action="store_true",
@@ -86,25 +91,29 @@ def _scheduler(workers: int, threads: bool):
                 "--workers N > 1 needs dask.distributed (pip install distributed), "
                 "or add --threads"
             ) from exc
-        env = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-               "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        from numbec.parallel import SINGLE_THREAD_ENV
+
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                          dashboard_address=None, env=env) as cluster, Client(cluster):
+                          dashboard_address=None, env=dict(SINGLE_THREAD_ENV)) as cluster, \
+                Client(cluster):
             yield f"LocalCluster with {workers} worker processes"
 
 
 def run(args) -> int:
     import numpy as np
 
+    from numbec.io._files import check_output_location
+    from numbec.io.trajectory import open_trajectory
     from numbec.models import load_model
     from numbec.stream import predict
 
+    # everything that can be checked before the work starts: output location, input kind
+    check_output_location(args.out, "prediction store")
+    trajectory = open_trajectory(args.trajectory)
     model = load_model(args.model)
-    trajectory = args.trajectory
     if args.velocities_from_positions:
-        from numbec.io.trajectory import open_trajectory, velocities_from_positions
+        from numbec.io.trajectory import velocities_from_positions
 
-        trajectory = open_trajectory(args.trajectory)
         trajectory["velocities"] = velocities_from_positions(trajectory)
         trajectory.attrs["velocities_source"] = "central differences of positions"
     with _scheduler(args.workers, args.threads) as how:
@@ -113,7 +122,8 @@ def run(args) -> int:
             trajectory,
             out=args.out,
             chunk_frames=args.chunk_frames,
-            progress=not args.no_progress,
+            progress=False if args.no_progress else None,
+            overwrite=args.overwrite,
             dtype=np.float32 if args.float32 else np.float64,
             uncertainty=args.uncertainty,
             model_file=args.model,
@@ -126,3 +136,16 @@ def run(args) -> int:
     print(f"{args.out}: {result.sizes['frame']} frames x {result.sizes['atom']} atoms "
           f"({how}); variables: {names}", file=sys.stdout)
     return 0
+
+
+def positive_int(text: str) -> int:
+    """argparse type of ``--chunk-frames`` (predict and convert): an integer >= 1."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

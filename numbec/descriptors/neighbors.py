@@ -21,42 +21,21 @@ cutoff) raises ValueError naming the atom or quantity.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
+from numbec.conventions import first_non_finite
 from numbec.descriptors import neighbors_numba as _nb
+from numbec.parallel import SERIAL_BELOW, serial_if_small
 
-__all__ = ["NeighborList", "neighbor_list", "neighbor_list_frames", "serial_if_small"]
-
-#: Below this many work items (atoms for the neighbour search, pairs for descriptors) kernels
-#: run on one thread: starting the thread team costs more than it saves (measured: a 6-atom
-#: structure takes 260 µs on one thread, 370-550 µs on two).
-SERIAL_BELOW = {"atoms": 48, "pairs": 1500}
+__all__ = ["SERIAL_BELOW", "NeighborList", "neighbor_list", "neighbor_list_frames",
+           "serial_if_small"]
 
 #: Clusters (no periodic direction) with fewer atoms than this test every pair directly, in one
 #: small serial kernel, instead of binning: a water dimer's list took 300 µs with the bins,
 #: most of it the Python set-up of the search.
 DIRECT_BELOW = 256
-
-
-@contextmanager
-def serial_if_small(n_items: int, kind: str = "pairs"):
-    """Context in which Numba parallel kernels use one thread if ``n_items`` is small."""
-    if n_items >= SERIAL_BELOW[kind]:
-        yield
-        return
-    previous = numba.get_num_threads()
-    if previous == 1:  # e.g. frames on concurrent threads: nothing to switch (10 µs saved)
-        yield
-        return
-    numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
 
 
 @dataclass(frozen=True)
@@ -103,8 +82,8 @@ def _check_inputs(positions, cell, pbc, cutoff):
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     if positions.ndim != 2 or positions.shape[1] != 3:
         raise ValueError(f"positions must have shape (N, 3), got {positions.shape}")
-    bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
-    if bad.size:
+    bad = first_non_finite(positions, 1)
+    if bad is not None:
         raise ValueError(f"positions of atom {bad[0]} are not finite: {positions[bad[0]]}")
     pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
     if cell is None:

@@ -1,22 +1,33 @@
-"""Opening (possibly compressed) text files and expanding path patterns.
+"""Files in and out: opening (possibly compressed) text, expanding path patterns,
+writing whole or not at all.
 
-One job: turn what a user passes (a path, a glob pattern, a list of either) into
-an ordered list of existing files, and open any of them as a text stream whether
-it is plain or compressed with gzip, xz or bzip2 -- refusing binary data with a message
-that names the file, and quoting file content in messages as printable text (:func:`quote`).
+Turn what a user passes (a path, a glob pattern, a list of either) into an ordered list
+of existing files, and open any of them as a text stream whether it is plain or
+compressed with gzip, xz or bzip2 -- refusing binary data with a message that names the
+file, and quoting file content in messages as printable text (:func:`quote`). Write every
+output through :func:`atomic_write` (a temporary name beside the target, then a rename),
+so that a crash or a full disk never leaves a half-written file under the target's name.
 """
 
 from __future__ import annotations
 
 import bz2
+import contextlib
+import datetime as _dt
+import errno
 import glob
 import gzip
 import io
+import json
 import lzma
 import os
 import re
+import shutil
+import socket
 import unicodedata
+import warnings
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 #: Compression suffixes understood everywhere numbec reads text files.
@@ -193,3 +204,182 @@ def resolve_example(path):
     if text.startswith(EXAMPLE_PREFIX):
         return example_file(text[len(EXAMPLE_PREFIX) :])
     return path
+
+
+#: Suffix of the temporary name an output is written under before it is renamed.
+PARTIAL_SUFFIX = ".partial"
+
+
+def partial_path(path) -> Path:
+    """The temporary name :func:`atomic_write` writes ``path`` under: beside it, with
+    :data:`PARTIAL_SUFFIX` before the file suffix (``ir.partial.csv``), so that writers
+    that choose the format from the suffix (matplotlib, xarray) still recognise it."""
+    path = Path(path)
+    return path.with_name(path.stem + PARTIAL_SUFFIX + path.suffix)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def atomic_write(path, write: Callable[[Path], object]) -> Path:
+    """Write ``path`` whole or not at all: ``write(tmp)`` on a temporary name, then rename.
+
+    ``write`` receives the temporary path (:func:`partial_path`) and creates a file or a
+    directory there (a Zarr store, say). Only when it returns is the result renamed onto
+    ``path`` (atomic on one file system; an existing file is replaced, an existing
+    directory is removed first). If ``write`` raises, the temporary is removed and the
+    error propagates: the target keeps its old content (or stays absent). A temporary left
+    by a killed process is removed before writing.
+
+    Raises
+    ------
+    FileNotFoundError
+        The parent directory does not exist.
+    OSError
+        The disk is full (``ENOSPC``/``EFBIG``): the message names ``path``.
+    """
+    path = Path(path)
+    tmp = partial_path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{path}: the directory {path.parent} does not exist")
+    _remove(tmp)
+    try:
+        with naming_disk_full(path):
+            write(tmp)
+            if path.is_dir() and not path.is_symlink() and tmp.is_dir():
+                shutil.rmtree(path)
+            tmp.replace(path)
+    except BaseException:
+        _remove(tmp)
+        raise
+    return path
+
+
+#: errno values of a full disk or a file-size limit.
+DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def naming_disk_full(path, advice: str = ""):
+    """Re-raise a full-disk error (ENOSPC, EFBIG, EDQUOT) inside the block as an OSError
+    whose message names ``path`` (and gives ``advice``); other errors pass unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        raise OSError(exc.errno, f"{os.fspath(path)}: cannot write "
+                      f"({os.strerror(exc.errno)}){'; ' + advice if advice else ''}") from exc
+
+
+def check_output_location(path, what: str = "output") -> Path:
+    """Check, before any work starts, that ``path`` can be created: its directory exists
+    and is writable. Returns ``path`` as a Path.
+
+    Raises
+    ------
+    FileNotFoundError
+        The directory does not exist.
+    PermissionError
+        The directory is not writable.
+    """
+    path = Path(path)
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise FileNotFoundError(f"{path}: cannot write the {what}: directory {parent} does "
+                                "not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"{path}: cannot write the {what}: directory {parent} is not "
+                              "writable")
+    return path
+
+
+# ------------------------------------------------------------------------------ locks
+#: Suffix of the lock file beside a store (``md.zarr`` -> ``md.zarr.lock``).
+LOCK_SUFFIX = ".lock"
+
+
+class OutputLockedError(OSError):
+    """Another process is writing the same store."""
+
+
+def lock_path(store) -> Path:
+    """The lock file of ``store``, beside the *resolved* store (symlinks followed), so that
+    two names of one store share one lock."""
+    target = Path(store).resolve()
+    return target.with_name(target.name + LOCK_SUFFIX)
+
+
+def _read_holder(fd: int) -> dict:
+    """The JSON a lock holder wrote into the lock file; {} if empty or unreadable."""
+    try:
+        text = os.pread(fd, 4096, 0).decode("utf-8", errors="replace")
+        holder = json.loads(text) if text.strip() else {}
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+@contextlib.contextmanager
+def store_lock(store, command: str = "numbec"):
+    """Hold the writer's lock of ``store`` for the duration of a run.
+
+    The lock is an operating-system lock (``flock``) on ``<resolved store>.lock``: the
+    kernel releases it when the holding process ends in any way (a kill included), so a
+    lock file left behind, empty or garbled, never blocks a later run. The file holds the
+    holder's pid, host, command and start time, for the message of a run that finds the
+    store locked, and is removed on release.
+
+    Raises
+    ------
+    OutputLockedError
+        Another live process holds the lock (the message names it).
+    """
+    import fcntl
+
+    lock = lock_path(store)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+            "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
+    for _attempt in range(10):
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            who = (f"pid {holder.get('pid')} on host {holder.get('host')} "
+                   f"({holder.get('command', 'numbec')}, since {holder.get('started')})"
+                   if holder else "another process")
+            raise OutputLockedError(
+                f"{store} is locked by {who}: another numbec run is writing it; wait for it "
+                "to finish"
+            ) from None
+        try:  # the file may have been removed by its previous holder meanwhile: retry
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    else:  # pragma: no cover - the lock file kept disappearing
+        raise OutputLockedError(f"{store}: could not take the lock {lock}")
+    try:
+        previous = _read_holder(fd)
+        if previous.get("pid") is not None:
+            warnings.warn(f"{lock}: taking over the stale lock of process "
+                          f"{previous.get('pid')}, which ended without releasing it",
+                          stacklevel=3)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        yield lock
+    finally:
+        with contextlib.suppress(OSError):
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                lock.unlink()
+        os.close(fd)

@@ -27,7 +27,7 @@ from ase import Atoms
 from ase.data import atomic_masses, atomic_numbers
 from ase.io.extxyz import key_val_str_to_dict
 
-from numbec.conventions import ASE_TIME_UNITS_PER_FS, check_layout
+from numbec.conventions import ASE_TIME_UNITS_PER_FS, check_layout, first_non_finite
 from numbec.io._files import open_text, quote
 from numbec.io._index import forward_range, needs_length, parse_index
 
@@ -156,10 +156,9 @@ def parse_frame(count: int, comment: str, lines: list[str], where: str, frame: i
     if "pos" not in arrays:
         raise ExtXYZError(f"{where}: no 'pos' column")
     positions = np.asarray(arrays.pop("pos"), dtype=np.float64).reshape(count, 3)
-    bad = ~np.isfinite(positions)
-    if bad.any():
-        atom = int(np.argwhere(bad)[0][0])
-        raise ExtXYZError(f"{where}: position of atom {atom} (0-based) is NaN or inf")
+    bad = first_non_finite(positions, 1)
+    if bad is not None:
+        raise ExtXYZError(f"{where}: position of atom {bad[0]} (0-based) is NaN or inf")
     lattice = info.pop("Lattice", None)
     # ASE's key_val_str_to_dict reshapes Lattice in Fortran order: transpose to rows
     cell = np.zeros((3, 3)) if lattice is None else np.asarray(lattice, float).reshape(3, 3).T

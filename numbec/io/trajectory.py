@@ -17,6 +17,14 @@ local store writes every chunk and metadata file atomically (temporary file, the
 rename), so a kill leaves each file either old or new, never half written; a
 partial last chunk that is rewritten on resume keeps its complete frames.
 
+One writer at a time: :func:`convert_trajectory` and :func:`set_timestep` hold the
+store's lock (:func:`numbec.io._files.store_lock`, the same operating-system lock as
+``numbec predict``). A finished conversion consolidates the metadata (so that
+``xarray.open_zarr`` opens the store without a warning); numbec's own readers ignore
+consolidated metadata, which the next append invalidates. The ``units`` attributes are
+spelled ``Angstrom``, ``Angstrom/fs``, ``fs`` (as in prediction stores; stores written
+before numbec 0.1 say ``Å``). Arrays: :data:`LAYOUT`.
+
 ========== ======================= ======= ==================================
 array      dims                    dtype   unit / meaning
 ========== ======================= ======= ==================================
@@ -35,31 +43,46 @@ is in Å per ASE time unit; multiplying by ``ase.units.fs`` (=
 
 from __future__ import annotations
 
+import gzip
 import json
+import lzma
 import os
 import sys
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from numbec.conventions import ASE_TIME_UNITS_PER_FS
-from numbec.io._files import strip_compression
+from numbec.conventions import ASE_TIME_UNITS_PER_FS, first_non_finite
+from numbec.io._files import (
+    OutputLockedError,  # noqa: F401 - raised by convert_trajectory, documented there
+    check_output_location,
+    naming_disk_full,
+    store_lock,
+    strip_compression,
+)
 from numbec.io._index import forward_range, needs_length, parse_index
 
 STORE_FORMAT = "numbec-trajectory"
 STORE_FORMAT_VERSION = 1
-UNITS = {
-    "positions": "Å",
-    "velocities": "Å/fs",
-    "cell": "Å",
-    "time": "fs",
-    "timestep": "fs",
+#: The store's arrays (and the variables of a Trajectory dataset): name -> (dims, dtype,
+#: units or None). ``velocities`` is optional.
+LAYOUT = {
+    "positions": (("frame", "atom", "xyz"), "float64", "Angstrom"),
+    "velocities": (("frame", "atom", "xyz"), "float64", "Angstrom/fs"),
+    "cell": (("frame", "cell_vector", "xyz"), "float64", "Angstrom"),
+    "time": (("frame",), "float64", "fs"),
+    "numbers": (("atom",), "int64", None),
+    "pbc": (("xyz",), "bool", None),
 }
+UNITS = {name: units for name, (_dims, _dtype, units) in LAYOUT.items() if units}
+UNITS["timestep"] = "fs"
 #: Target size of one positions chunk when ``chunk_frames`` is not given (bytes).
 DEFAULT_CHUNK_BYTES = 4 * 2**20
-_FRAME_ARRAYS = ("positions", "velocities", "cell", "time")
+_FRAME_ARRAYS = tuple(name for name, (dims, _dtype, _units) in LAYOUT.items()
+                      if dims[0] == "frame")
 
 
 class StoreError(ValueError):
@@ -207,7 +230,7 @@ def _open_existing(store) -> tuple[object, dict]:
     import zarr
 
     try:
-        group = zarr.open_group(os.fspath(store), mode="r+")
+        group = zarr.open_group(os.fspath(store), mode="r+", use_consolidated=False)
         attrs = dict(group.attrs)
     except Exception as exc:
         raise StoreError(f"{os.fspath(store)}: cannot open as a Zarr group ({exc})") from exc
@@ -217,6 +240,14 @@ def _open_existing(store) -> tuple[object, dict]:
 
 def _check_attrs(attrs: dict, store) -> None:
     where = os.fspath(store)
+    from numbec.io.prediction import PREDICTION_FORMAT
+
+    if attrs.get("format") == PREDICTION_FORMAT:
+        made_from = attrs.get("input")
+        raise StoreError(
+            f"{where} is a prediction store (written by numbec predict), not a trajectory "
+            "store" + (f"; its trajectory store is {made_from}" if made_from else "")
+        )
     if attrs.get("format") != STORE_FORMAT:
         raise StoreError(
             f"{where}: not a numbec trajectory store (attribute format="
@@ -242,24 +273,20 @@ def _create_store(store, first: SourceFrame, chunk_frames: int, timestep, src, h
 
     n_atoms = len(first.numbers)
     group = zarr.open_group(os.fspath(store), mode="w-")
-    frame_arrays = {
-        "positions": ((n_atoms, 3), ("frame", "atom", "xyz")),
-        "cell": ((3, 3), ("frame", "cell_vector", "xyz")),
-        "time": ((), ("frame",)),
-    }
-    if has_vel:
-        frame_arrays["velocities"] = ((n_atoms, 3), ("frame", "atom", "xyz"))
-    for name, (tail, dims) in frame_arrays.items():
+    for name in ("positions", "cell", "time", "velocities"):
+        if name == "velocities" and not has_vel:
+            continue
+        dims, dtype, units = LAYOUT[name]
+        tail = _frame_tail(name, n_atoms)
         arr = group.create_array(
             name,
             shape=(0, *tail),
             chunks=(chunk_frames, *tail),
-            dtype="float64",
+            dtype=dtype,
             dimension_names=dims,
             fill_value=np.nan,
         )
-        if name in UNITS:
-            arr.attrs["units"] = UNITS[name]
+        arr.attrs["units"] = units
     numbers = group.create_array(
         "numbers", shape=(n_atoms,), dtype="int64", dimension_names=("atom",), fill_value=0
     )
@@ -279,6 +306,12 @@ def _create_store(store, first: SourceFrame, chunk_frames: int, timestep, src, h
         attrs["timestep"] = float(timestep)
     group.attrs.update(attrs)
     return group, attrs
+
+
+def _frame_tail(name: str, n_atoms: int) -> tuple:
+    """Shape of one frame of array ``name`` (dims after ``frame`` in :data:`LAYOUT`)."""
+    sizes = {"atom": n_atoms, "xyz": 3, "cell_vector": 3}
+    return tuple(sizes[d] for d in LAYOUT[name][0][1:])
 
 
 def _auto_chunk_frames(n_atoms: int) -> int:
@@ -302,10 +335,9 @@ def _check_frame(frame: SourceFrame, ref_numbers, ref_pbc, has_vel: bool, where:
         raise ValueError(f"{where}: pbc {frame.pbc.tolist()} differs from {ref_pbc.tolist()}")
     for name, value in (("position", frame.positions), ("velocity", frame.velocities)):
         if value is not None:
-            bad = ~np.isfinite(value)
-            if bad.any():
-                atom = int(np.argwhere(bad)[0][0])
-                raise ValueError(f"{where}: {name} of atom {atom} (0-based) is NaN or inf")
+            bad = first_non_finite(value, 1)
+            if bad is not None:
+                raise ValueError(f"{where}: {name} of atom {bad[0]} (0-based) is NaN or inf")
     if not np.isfinite(frame.cell).all():
         raise ValueError(f"{where}: cell contains NaN or inf")
     if has_vel and frame.velocities is None:
@@ -327,11 +359,13 @@ def _progress(enabled):
 def convert_trajectory(
     src,
     store,
+    *,
     chunk_frames: int | None = None,
     timestep: float | None = None,
     index=":",
     append: bool = False,
     progress: bool | None = None,
+    time_series: bool | None = None,
 ) -> int:
     """Stream a trajectory file into a chunked Zarr v3 trajectory store.
 
@@ -363,6 +397,11 @@ def convert_trajectory(
         after the existing ones (a continuation run: same atoms, same time step).
     progress : bool, optional
         Show a tqdm progress bar; default only when stderr is a terminal.
+    time_series : bool, optional
+        True: the frames are a time series, so a time step is required (from the file or
+        ``timestep``; ``numbec convert`` without ``--no-time``). False or None: a store
+        without a time step is allowed (``time`` is NaN; ``numbec predict`` will refuse
+        it until ``numbec info --set-timestep`` sets one).
 
     Returns
     -------
@@ -373,10 +412,17 @@ def convert_trajectory(
     ------
     FileExistsError
         ``store`` exists and ``append`` is false.
+    FileNotFoundError
+        ``src`` does not exist, or the directory of ``store`` does not.
+    OutputLockedError
+        Another process is writing ``store``.
+    OSError
+        The disk is full (the message names the store; the frames written are kept).
     ValueError
         Frames with a different number/order of atoms, NaN positions, velocities in
-        some frames only, a time step that differs from the store's; the message
-        names the source file and frame.
+        some frames only, a time step that differs from the store's (or none with
+        ``time_series=True``), a truncated compressed file; the message names the
+        source file and frame.
     """
     src_name = os.fspath(src)
     if not os.path.isfile(src_name):
@@ -392,6 +438,19 @@ def convert_trajectory(
         str(index) if not isinstance(index, slice) else f"{sel.start}:{sel.stop}:{sel.step}"
     )
 
+    if chunk_frames is not None and (int(chunk_frames) != chunk_frames or chunk_frames < 1):
+        raise ValueError(f"chunk_frames must be a positive number of frames, got "
+                         f"{chunk_frames!r}")
+    check_output_location(store, "trajectory store")
+    with store_lock(store, "numbec convert"), naming_disk_full(
+            store, "the frames written so far are kept: free space and run again with "
+            "--append"):
+        return _convert_locked(src, src_name, store, index, index_text, frame_dt,
+                               chunk_frames, append, progress, time_series)
+
+
+def _convert_locked(src, src_name, store, index, index_text, frame_dt, chunk_frames, append,
+                    progress, time_series) -> int:
     frames = iter_source_frames(src, index)
     store_exists = os.path.exists(os.fspath(store))
     if store_exists and not append:
@@ -400,11 +459,12 @@ def convert_trajectory(
             f"it, or remove it"
         )
     skip = 0
+    first = None
     if store_exists:
         group, attrs = _open_existing(store)
         done = attrs["frames_complete"]
         segments = list(attrs.get("segments", []))
-        stored_dt = attrs.get("timestep")
+        stored_dt = _stored_timestep(attrs, store)
         if frame_dt is not None and stored_dt is not None and not np.isclose(frame_dt, stored_dt):
             raise ValueError(
                 f"{src_name}: frame spacing {frame_dt} fs differs from the store's {stored_dt} fs"
@@ -414,6 +474,7 @@ def convert_trajectory(
                 f"{src_name}: the store has no time step but this source has {frame_dt} fs"
             )
         frame_dt = stored_dt if stored_dt is not None else frame_dt
+        _require_timestep(frame_dt, time_series, src_name)
         last = segments[-1] if segments else None
         if last and last["source"] == src_name and last["index"] == index_text:
             skip = done - last["start"]
@@ -423,52 +484,51 @@ def convert_trajectory(
         pbc = np.asarray(group["pbc"][:])
         has_vel = "velocities" in group
         chunk = group["positions"].chunks[0]
-        if done == 0 and frame_dt is not None:
-            attrs["timestep"] = frame_dt
+        names = ["positions", "cell", "time"] + (["velocities"] if has_vel else [])
+        arrays = {name: group[name] for name in names}
+        # drop anything a killed run wrote beyond the last complete chunk
+        for arr in arrays.values():
+            if arr.shape[0] != done:
+                arr.resize((done, *arr.shape[1:]))
+        group.attrs.update({"finished": False})
     else:
+        _require_timestep(frame_dt, time_series, src_name)
         try:
-            first = next(frames)
+            first = _next_frame(frames, src_name, -1)
         except StopIteration:
             raise ValueError(f"{src_name}: no frames selected by index {index!r}") from None
         has_vel = first.velocities is not None
         chunk = chunk_frames or _auto_chunk_frames(len(first.numbers))
-        if chunk < 1:
-            raise ValueError(f"chunk_frames must be positive, got {chunk}")
-        group, attrs = _create_store(store, first, chunk, frame_dt, src, has_vel)
+        group = arrays = None  # the store is created at the first flush
         segments = [{"source": src_name, "index": index_text, "start": 0, "frames": 0}]
         numbers, pbc = first.numbers, first.pbc
         done = 0
         frames = _chain([first], frames)
 
     names = ["positions", "cell", "time"] + (["velocities"] if has_vel else [])
-    arrays = {name: group[name] for name in names}
-    # drop anything a killed run wrote beyond the last complete chunk
-    for arr in arrays.values():
-        if arr.shape[0] != done:
-            arr.resize((done, *arr.shape[1:]))
-    n_atoms = len(numbers)
-    buffers = {
-        "positions": np.empty((chunk, n_atoms, 3)),
-        "cell": np.empty((chunk, 3, 3)),
-        "time": np.empty(chunk),
-    }
-    if has_vel:
-        buffers["velocities"] = np.empty((chunk, n_atoms, 3))
+    buffers = {name: [] for name in names}  # frames of the chunk being filled
     # the first flush fills the partial chunk at the end of the store, so that later
     # chunks are written whole
     capacity = chunk - done % chunk
-    fill = 0
     bar = _progress(progress)
     segment = segments[-1]
 
-    def flush():
-        nonlocal done, fill, capacity
+    def flush(final):
+        nonlocal done, capacity, group, arrays
+        fill = len(buffers["positions"])
         if fill == 0:
             return
+        if group is None:
+            # a request larger than the whole source gets chunks of the source's length
+            size = min(chunk, fill) if final else chunk
+            group, _attrs = _create_store(store, first, size, frame_dt, src, has_vel)
+            group.attrs.update({"finished": False})
+            arrays = {name: group[name] for name in names}
         new_total = done + fill
         for name, arr in arrays.items():
             arr.resize((new_total, *arr.shape[1:]))
-            arr[done:new_total] = buffers[name][:fill]
+            arr[done:new_total] = np.stack(buffers[name])
+            buffers[name].clear()
         done = new_total
         segment["frames"] = done - segment["start"]
         # advanced only now that every array of the chunk is on disk
@@ -478,30 +538,72 @@ def convert_trajectory(
         group.attrs.update(update)
         if bar is not None:
             bar.update(fill)
-        fill = 0
         capacity = chunk
 
-    group.attrs.update({"finished": False})
     try:
-        for k, frame in enumerate(frames):
+        k = -1
+        source_frame = -1
+        while True:
+            try:
+                frame = _next_frame(frames, src_name, source_frame)
+            except StopIteration:
+                break
+            k += 1
             if k < skip:
                 continue
+            source_frame = frame.frame
             where = f"{src_name}, frame {frame.frame}"
             _check_frame(frame, numbers, pbc, has_vel, where)
-            buffers["positions"][fill] = frame.positions
-            buffers["cell"][fill] = frame.cell
-            buffers["time"][fill] = np.nan if frame_dt is None else (done + fill) * frame_dt
+            buffers["positions"].append(frame.positions)
+            buffers["cell"].append(frame.cell)
+            fill = len(buffers["positions"])
+            buffers["time"].append(np.nan if frame_dt is None else (done + fill - 1) * frame_dt)
             if has_vel:
-                buffers["velocities"][fill] = frame.velocities
-            fill += 1
+                buffers["velocities"].append(frame.velocities)
             if fill == capacity:
-                flush()
-        flush()
+                flush(final=False)
+        flush(final=True)
         group.attrs.update({"finished": True})
+        from numbec.io.prediction import consolidate
+
+        consolidate(store)
     finally:
         if bar is not None:
             bar.close()
     return done
+
+
+def _require_timestep(frame_dt, time_series, src_name):
+    if frame_dt is None and time_series:
+        raise ValueError(
+            f"{src_name}: the file records no time step; give the time between its frames "
+            "(timestep=FS, --timestep FS), or say that the frames are not a time series "
+            "(time_series=False, --no-time)"
+        )
+
+
+def _next_frame(frames, src_name, previous):
+    """The next frame of a source; a truncated or corrupt (compressed) file raises a
+    ValueError naming the file and the last frame read."""
+    try:
+        return next(frames)
+    except (EOFError, lzma.LZMAError, zlib.error, gzip.BadGzipFile) as exc:
+        after = "before its first frame" if previous < 0 else f"after frame {previous}"
+        raise ValueError(f"{src_name}: the file is truncated or corrupt {after} "
+                         f"({type(exc).__name__}: {exc})") from exc
+
+
+def _stored_timestep(attrs, store):
+    """The store's ``timestep`` attribute (fs) or None; anything but a positive number is
+    an error naming the store."""
+    dt = attrs.get("timestep")
+    if dt is None:
+        return None
+    if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not (
+            np.isfinite(dt) and dt > 0):
+        raise StoreError(f"{os.fspath(store)}: attribute timestep = {dt!r} is not a positive "
+                         "number of fs; fix it with 'numbec info --set-timestep FS STORE'")
+    return float(dt)
 
 
 def _chain(head, tail):
@@ -518,8 +620,11 @@ def _open_group_readonly(store):
     where = os.fspath(store)
     if not os.path.exists(where):
         raise FileNotFoundError(f"{where}: no such trajectory store")
+    if os.path.isfile(where):
+        raise StoreError(f"{where} is a trajectory file, not a trajectory store: run "
+                         f"'numbec convert {where} STORE.zarr' first and use STORE.zarr")
     try:
-        group = zarr.open_group(where, mode="r")
+        group = zarr.open_group(where, mode="r", use_consolidated=False)
         attrs = dict(group.attrs)
     except (json.JSONDecodeError, Exception) as exc:
         raise StoreError(
@@ -553,15 +658,10 @@ def _validated_arrays(group, attrs, store) -> dict:
             ) from exc
     n_atoms = arrays["numbers"].shape[0]
     done = attrs["frames_complete"]
-    expect = {
-        "positions": (n_atoms, 3),
-        "velocities": (n_atoms, 3),
-        "cell": (3, 3),
-        "time": (),
-    }
-    for name, tail in expect.items():
+    for name in _FRAME_ARRAYS:
         if name not in arrays:
             continue
+        tail = _frame_tail(name, n_atoms)
         shape = arrays[name].shape
         if tuple(shape[1:]) != tail:
             raise StoreError(
@@ -610,7 +710,6 @@ def open_trajectory(store, chunks=None):
         ``frames_complete`` or of the wrong shape, or no complete frame.
     """
     import dask.array as da
-    import xarray as xr
 
     where = os.fspath(store)
     group, attrs = _open_group_readonly(store)
@@ -632,22 +731,14 @@ def open_trajectory(store, chunks=None):
         data = da.from_array(arr, chunks=(store_chunk, *arr.shape[1:]), lock=False)[:done]
         return data.rechunk((frame_chunk, *arr.shape[1:])) if frame_chunk != store_chunk else data
 
-    data_vars = {
-        "positions": (("frame", "atom", "xyz"), lazy(arrays["positions"])),
-        "cell": (("frame", "cell_vector", "xyz"), lazy(arrays["cell"])),
-        "numbers": (("atom",), np.asarray(arrays["numbers"][:], dtype=np.int64)),
-        "pbc": (("xyz",), np.asarray(arrays["pbc"][:], dtype=bool)),
-    }
-    if "velocities" in arrays:
-        data_vars["velocities"] = (("frame", "atom", "xyz"), lazy(arrays["velocities"]))
-    time = np.asarray(arrays["time"][:done], dtype=np.float64)
-    ds = xr.Dataset(data_vars, coords={"time": ("frame", time)})
-    for name in ("positions", "cell", "velocities"):
-        if name in ds:
-            ds[name].attrs["units"] = UNITS[name]
-    ds["time"].attrs["units"] = "fs"
-    ds["numbers"].attrs["long_name"] = "atomic numbers"
-    ds["cell"].attrs["long_name"] = "cell, rows = lattice vectors"
+    ds = trajectory_dataset(
+        positions=lazy(arrays["positions"]),
+        velocities=lazy(arrays["velocities"]) if "velocities" in arrays else None,
+        cell=lazy(arrays["cell"]),
+        numbers=np.asarray(arrays["numbers"][:], dtype=np.int64),
+        pbc=np.asarray(arrays["pbc"][:], dtype=bool),
+        time=np.asarray(arrays["time"][:done], dtype=np.float64),
+    )
     ds.attrs.update(
         {
             "format": STORE_FORMAT,
@@ -659,9 +750,66 @@ def open_trajectory(store, chunks=None):
             "store": where,
         }
     )
-    if attrs.get("timestep") is not None:
-        ds.attrs["timestep"] = float(attrs["timestep"])
+    dt = _stored_timestep(attrs, store)
+    if dt is not None:
+        ds.attrs["timestep"] = dt
+        _check_time_coordinate(ds["time"].values, dt, where)
     return ds
+
+
+def _check_time_coordinate(time, dt, where):
+    """Warn when the ``time`` coordinate's spacing contradicts the ``timestep`` attribute."""
+    spacing = np.diff(np.asarray(time, dtype=np.float64))
+    spacing = spacing[np.isfinite(spacing)]
+    if spacing.size and not np.allclose(spacing, dt, rtol=1e-6, atol=0.0):
+        import warnings
+
+        warnings.warn(
+            f"{where}: the time coordinate advances by {spacing.min():g} to {spacing.max():g} "
+            f"fs per frame, but the attribute timestep says {dt:g} fs; the attribute is used. "
+            "Fix the store with 'numbec info --set-timestep FS STORE'",
+            stacklevel=3,
+        )
+
+
+def trajectory_dataset(positions, cell, numbers, pbc, time, velocities=None, attrs=None):
+    """A Trajectory dataset (the layout :func:`open_trajectory` returns, :data:`LAYOUT`)
+    from arrays: positions (F, N, 3) Å, cell (F, 3, 3) Å rows = lattice vectors, numbers
+    (N,) int, pbc (3,) bool, time (F,) fs, velocities (F, N, 3) Å/fs or None; numpy or
+    dask. ``attrs``: dataset attributes (e.g. ``timestep`` fs, ``temperature`` K)."""
+    import xarray as xr
+
+    values = {"positions": positions, "cell": cell,
+              "numbers": np.asarray(numbers, dtype=np.int64),
+              "pbc": np.asarray(pbc, dtype=bool), "velocities": velocities}
+    data_vars = {}
+    for name, data in values.items():
+        if data is None:
+            continue
+        dims, _dtype, units = LAYOUT[name]
+        data_vars[name] = (dims, data, {"units": units} if units else {})
+    ds = xr.Dataset(data_vars, coords={"time": ("frame", np.asarray(time, dtype=np.float64),
+                                                {"units": LAYOUT["time"][2]})},
+                    attrs=dict(attrs or {}))
+    ds["numbers"].attrs["long_name"] = "atomic numbers"
+    ds["cell"].attrs["long_name"] = "cell, rows = lattice vectors"
+    return ds
+
+
+def dataset_timestep(ds) -> float | None:
+    """Frame spacing in fs of a Trajectory or Prediction dataset, or None if unknown.
+
+    From ``attrs["timestep"]`` when it is a finite number > 0, else from a uniformly spaced
+    ``time`` coordinate (fs).
+    """
+    dt = ds.attrs.get("timestep")
+    if dt is not None and np.isfinite(float(dt)) and float(dt) > 0:
+        return float(dt)
+    if "time" in ds.coords and ds.sizes.get("frame", 0) > 1:
+        diffs = np.diff(np.asarray(ds["time"].values, dtype=np.float64))
+        if diffs.size and np.allclose(diffs, diffs[0], rtol=1e-9) and diffs[0] > 0:
+            return float(diffs[0])
+    return None
 
 
 def velocities_from_positions(ds, timestep: float | None = None):
@@ -735,7 +883,7 @@ def velocities_from_positions(ds, timestep: float | None = None):
         coords={"time": ds["time"]} if "time" in ds.coords else None,
         name="velocities",
         attrs={
-            "units": "Å/fs",
+            "units": LAYOUT["velocities"][2],
             "method": "central differences of minimum-image displacements, "
             "second-order one-sided at the ends; error O(dt^2)",
             "timestep": float(dt),
@@ -749,6 +897,39 @@ def _safe_inverse(cells):
     ok = np.abs(np.linalg.det(cells)) > 1e-12
     out[ok] = np.linalg.inv(cells[ok])
     return out
+
+
+def set_timestep(store, timestep: float) -> None:
+    """Set the time step of an existing trajectory store in place (under its lock).
+
+    Rewrites the ``timestep`` attribute (fs between stored frames) and the ``time``
+    coordinate of the complete frames (``time[k] = k * timestep``), e.g. for a store
+    converted without a time step.
+
+    Raises
+    ------
+    ValueError
+        ``timestep`` is not a positive number of fs.
+    StoreError, FileNotFoundError
+        ``store`` is not a trajectory store.
+    OutputLockedError
+        Another process is writing ``store``.
+    """
+    if isinstance(timestep, bool) or not (np.isfinite(timestep) and timestep > 0):
+        raise ValueError(f"time step must be a positive number of fs, got {timestep!r}")
+    _open_group_readonly(store)  # a clear error for what is not a trajectory store
+    with store_lock(store, "numbec info --set-timestep"):
+        group, attrs = _open_existing(store)
+        done = attrs["frames_complete"]
+        time = group["time"]
+        if time.shape[0] > done:
+            time.resize((done,))  # frames beyond the complete ones are rewritten on resume
+        time[:done] = np.arange(done) * float(timestep)
+        group.attrs.update({"timestep": float(timestep)})
+        if attrs.get("finished"):
+            from numbec.io.prediction import consolidate
+
+            consolidate(store)
 
 
 def trajectory_summary(store) -> dict:
@@ -769,7 +950,7 @@ def trajectory_summary(store) -> dict:
     species: dict[str, int] = {}
     for z in numbers:
         species[chemical_symbols[int(z)]] = species.get(chemical_symbols[int(z)], 0) + 1
-    dt = attrs.get("timestep")
+    dt = _stored_timestep(attrs, store)
     allocated = max(arrays[name].shape[0] for name in _FRAME_ARRAYS if name in arrays)
     return {
         "store": os.fspath(store),

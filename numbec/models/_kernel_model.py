@@ -56,7 +56,7 @@ import warnings
 import numpy as np
 import scipy.sparse
 
-from numbec.conventions import acoustic_sum, as_bec_array, asr_project
+from numbec.conventions import acoustic_sum, as_bec_array, asr_project, first_non_finite
 from numbec.descriptors import (
     DescriptorSettings,
     compute_descriptors,
@@ -127,9 +127,9 @@ def _species_number(key) -> int:
 
 def _check_positions(positions, where: str) -> np.ndarray:
     positions = np.asarray(positions, dtype=np.float64)
-    bad = ~np.isfinite(positions).all(axis=-1)
-    if bad.any():
-        raise ValueError(f"{where}: position of atom {int(np.flatnonzero(bad)[0])} is NaN or inf")
+    bad = first_non_finite(positions, 1)
+    if bad is not None:
+        raise ValueError(f"{where}: position of atom {bad[0]} is NaN or inf")
     return positions
 
 

@@ -62,6 +62,9 @@ from typing import TypedDict
 
 import numpy as np
 
+from numbec.conventions import first_non_finite
+from numbec.io._files import atomic_write
+
 MODEL_FORMAT = "numbec-model"
 #: Version of the saved-model layout; bump when the meaning of stored entries changes.
 MODEL_FORMAT_VERSION = 1
@@ -247,10 +250,9 @@ class BECModel(ABC):
         """Raise a clear error for non-finite positions or species unknown to the model."""
         prefix = f"{where}: " if where else ""
         positions = np.asarray(positions)
-        bad = ~np.isfinite(positions).all(axis=-1)
-        if bad.any():
-            atom = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{prefix}position of atom {atom} is NaN or inf")
+        bad = first_non_finite(positions, 1)
+        if bad is not None:
+            raise ValueError(f"{prefix}position of atom {bad[0]} is NaN or inf")
         known = set(self.species)
         unknown = sorted(set(np.asarray(numbers).tolist()) - known)
         if unknown:
@@ -324,14 +326,12 @@ class BECModel(ABC):
         }
         if "__numbec__" in arrays:
             raise ValueError("'__numbec__' is reserved in a model's arrays")
-        tmp = path.with_name(path.name + ".partial")
-        try:
+
+        def write(tmp):
             with open(tmp, "wb") as fh:
                 np.savez(fh, __numbec__=np.array(json.dumps(header)), **arrays)
-            tmp.replace(path)  # atomic: a crash never leaves a half-written model under `path`
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+
+        atomic_write(path, write)  # a crash never leaves a half-written model under `path`
         return path
 
 

@@ -37,7 +37,7 @@ import time
 
 import numpy as np
 
-from numbec.conventions import as_bec_array
+from numbec.conventions import as_bec_array, first_non_finite
 from numbec.models.base import BECModel
 
 __all__ = ["bec_metrics", "evaluate"]
@@ -103,9 +103,9 @@ def _predict_all(model: BECModel, frames, what: str, progress: bool = False, std
                 f"{where}: {what} returned BECs of shape {bec.shape}, expected "
                 f"({len(atoms)}, 3, 3)"
             )
-        if not np.isfinite(bec).all():
-            atom = int(np.argwhere(~np.isfinite(bec))[0][0])
-            raise ValueError(f"{where}: {what} predicted a NaN/inf BEC for atom {atom}")
+        bad = first_non_finite(bec, 1)
+        if bad is not None:
+            raise ValueError(f"{where}: {what} predicted a NaN/inf BEC for atom {bad[0]}")
         out.append(bec)
         if std is not None:
             std.append(np.asarray(result["bec_std"], dtype=np.float64))

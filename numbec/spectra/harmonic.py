@@ -353,7 +353,7 @@ def harmonic_md(force_constants, masses, positions, cell, numbers, temperature, 
         ``velocities`` (Å/fs), ``cell``, ``numbers``, ``pbc``, ``time``; attrs
         ``timestep`` fs, ``temperature`` K.
     """
-    import xarray as xr
+    from numbec.io.trajectory import trajectory_dataset
 
     phi = np.asarray(force_constants, dtype=np.float64)
     masses = np.asarray(masses, dtype=np.float64)
@@ -395,15 +395,13 @@ def harmonic_md(force_constants, masses, positions, cell, numbers, temperature, 
         v = v_half + 0.5 * dt * a
     eq = np.asarray(positions, dtype=np.float64).reshape(1, n, 3)
     cell = np.asarray(cell, dtype=np.float64)
-    return xr.Dataset(
-        {
-            "positions": (("frame", "atom", "xyz"), eq + pos.reshape(n_steps, n, 3)),
-            "velocities": (("frame", "atom", "xyz"), vel.reshape(n_steps, n, 3)),
-            "cell": (("frame", "cell_vector", "xyz"), np.broadcast_to(cell, (n_steps, 3, 3))),
-            "numbers": (("atom",), np.asarray(numbers, dtype=np.int64)),
-            "pbc": (("xyz",), np.ones(3, dtype=bool)),
-        },
-        coords={"time": ("frame", np.arange(n_steps) * dt, {"units": "fs"})},
+    return trajectory_dataset(
+        positions=eq + pos.reshape(n_steps, n, 3),
+        velocities=vel.reshape(n_steps, n, 3),
+        cell=np.broadcast_to(cell, (n_steps, 3, 3)),
+        numbers=numbers,
+        pbc=np.ones(3, dtype=bool),
+        time=np.arange(n_steps) * dt,
         attrs={"timestep": dt, "temperature": float(temperature),
                "source": "numbec.spectra.harmonic.harmonic_md"},
     )

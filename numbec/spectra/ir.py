@@ -38,6 +38,7 @@ from numbec.conventions import (
     THZ_TO_INVCM,
     VACUUM_PERMITTIVITY,
 )
+from numbec.io.prediction import open_prediction
 from numbec.spectra.correlation import (
     NON_NEGATIVE_WINDOWS,
     correlations,
@@ -148,14 +149,9 @@ def _as_series(values, source, what="dM/dt"):
 
 
 def _timestep_of(ds):
-    dt = ds.attrs.get("timestep")
-    if dt is not None and np.isfinite(float(dt)) and float(dt) > 0:
-        return float(dt)
-    if "time" in ds.coords and ds.sizes.get("frame", 0) > 1:
-        diffs = np.diff(np.asarray(ds["time"].values, dtype=np.float64))
-        if np.allclose(diffs, diffs[0], rtol=1e-9) and diffs[0] > 0:
-            return float(diffs[0])
-    return None
+    from numbec.io.trajectory import dataset_timestep
+
+    return dataset_timestep(ds)
 
 
 def _volume_of(ds, source):
@@ -196,16 +192,17 @@ def _species_parts_from_bec(ds, trajectory, source):
             f"{source}: the trajectory has {trajectory.sizes['frame']} frames x "
             f"{trajectory.sizes['atom']} atoms, the prediction {n_frames} x {ds.sizes['atom']}"
         )
+    from numbec.stream import default_chunk_frames, species_sums
+
     species = np.unique(numbers)
     parts = np.zeros((species.size, n_frames, 3))
-    step = max(1, 2_000_000 // (9 * numbers.size))
+    step = default_chunk_frames(numbers.size)
     for start in range(0, n_frames, step):
         stop = min(n_frames, start + step)
         z = np.asarray(ds["bec"][start:stop].values, dtype=np.float64)
         v = np.asarray(trajectory["velocities"][start:stop].values, dtype=np.float64)
         contrib = np.einsum("faij,faj->fai", z, v)
-        for s, number in enumerate(species):
-            parts[s, start:stop] = contrib[:, numbers == number].sum(axis=1)
+        parts[:, start:stop] = species_sums(contrib, numbers, species).transpose(1, 0, 2)
     return parts, [chemical_symbols[int(z)] for z in species]
 
 
@@ -340,30 +337,6 @@ def _system_and_model(ds, trajectory):
     if model_file:
         model += f" ({os.path.basename(model_file)})"
     return system, model
-
-
-def open_prediction(path):
-    """Open a finished prediction store (Zarr) or a netCDF file as an xarray Dataset."""
-    import os
-    from pathlib import Path
-
-    import xarray as xr
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{os.fspath(path)}: no such prediction store")
-    if path.suffix == ".nc":
-        ds = xr.open_dataset(path)
-    else:
-        try:
-            ds = xr.open_zarr(str(path), zarr_format=3)
-        except Exception as exc:
-            raise ValueError(f"{path}: not a readable Zarr store ({exc})") from exc
-        if ds.attrs.get("format") == "numbec-prediction" and not ds.attrs.get("complete"):
-            raise ValueError(f"{path}: the prediction is incomplete; run numbec predict "
-                             "again to finish it")
-    ds.attrs.setdefault("input", os.fspath(path))
-    return ds
 
 
 def _open_named(path):

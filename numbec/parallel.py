@@ -1,0 +1,282 @@
+"""Thread and process policy: who runs on how many threads, decided in one place.
+
+numbec parallelises at three levels, and only one of them may be active at a time on a
+core, or the machine oversubscribes (threads wait for each other instead of computing):
+
+* **atoms** of one structure: Numba ``parallel=True`` kernels (neighbour search,
+  descriptors) on ``numba.get_num_threads()`` threads, one thread below
+  :data:`SERIAL_BELOW` work items (:func:`serial_if_small`);
+* **frames** of one chunk: concurrent threads, each with its Numba kernels on one thread
+  (:func:`frame_threads`, :func:`numba_threads`);
+* **chunks**: Dask tasks on threads, processes or ``distributed`` workers
+  (:func:`chunk_executor_kind`); a chunk task that is not the main thread of the main
+  process is one of several concurrent tasks and keeps to one thread
+  (:func:`chunk_task_threads`).
+
+BLAS (numpy's matrix products) always runs on one thread while numbec predicts
+(:func:`blas_limit`, in the driving thread and in every chunk task): per-frame matrices
+have a few hundred rows, and a multi-threaded BLAS spent longer synchronising than
+computing (2.5x slower per frame on a busy 2-core machine, 10x for the demo's water
+clusters).
+
+Nothing here imports Numba, threadpoolctl or Dask at module level: ``import numbec`` stays
+light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import threading
+import warnings
+
+# Numba's OpenMP workers spin while waiting; on a shared or oversubscribed machine they starve
+# each other (measured: 6x slower at load 2 on 2 cores). Passive waiting costs nothing
+# measurable on an idle machine. Set when numbec is imported (numbec/__init__ imports this
+# module), before any numbec kernel starts the OpenMP runtime; an explicit user setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+#: Below this many work items (atoms for the neighbour search, pairs for descriptors) Numba
+#: kernels run on one thread: starting the thread team costs more than it saves (measured: a
+#: 6-atom structure takes 260 µs on one thread, 370-550 µs on two).
+SERIAL_BELOW = {"atoms": 48, "pairs": 1500}
+
+#: With the automatic number of frame threads, frames run on concurrent threads only if one
+#: frame alone takes at least this long (s). Shorter frames are mostly Python between the
+#: kernels, which holds the GIL: for water clusters two threads ran at 0.5-0.8x the speed of
+#: one up to 24 atoms (1-2.4 ms per frame) and at 1.2-1.6x from 48 atoms (2.4-11 ms per
+#: frame). Measured at commit 6fe8735 (numbec 0.1.0.dev0, numba 0.61, 2 cores).
+MIN_THREADED_FRAME_S = 3e-3
+
+#: Environment of ``dask.distributed`` worker processes started by numbec: one thread per
+#: library, the parallelism is over workers.
+SINGLE_THREAD_ENV = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+                     "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+__all__ = [
+    "MIN_THREADED_FRAME_S",
+    "SERIAL_BELOW",
+    "SINGLE_THREAD_ENV",
+    "blas_limit",
+    "chunk_executor_kind",
+    "chunk_task_threads",
+    "distributed_client",
+    "frame_threads",
+    "in_main_thread",
+    "numba_threads",
+    "serial_if_small",
+]
+
+
+# ------------------------------------------------------------------------------ Numba
+@contextlib.contextmanager
+def numba_threads(n: int):
+    """Numba kernels called from this thread use ``n`` threads (the setting is per thread)."""
+    import numba
+
+    previous = numba.get_num_threads()
+    if previous == n:  # nothing to switch (10 µs saved per call)
+        yield
+        return
+    numba.set_num_threads(n)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def serial_if_small(n_items: int, kind: str = "pairs"):
+    """Context in which Numba parallel kernels use one thread if ``n_items`` is small
+    (below ``SERIAL_BELOW[kind]``, ``kind`` "atoms" or "pairs")."""
+    if n_items >= SERIAL_BELOW[kind]:
+        yield
+        return
+    with numba_threads(1):
+        yield
+
+
+def in_main_thread() -> bool:
+    """True in the main thread of the main process (not in a Dask worker thread or
+    process): the one place where a chunk may use every core."""
+    return (threading.current_thread() is threading.main_thread()
+            and multiprocessing.parent_process() is None)
+
+
+_warned_layer = False
+
+
+def frame_threads(requested: int, concurrent_frames: bool, n_frames: int) -> int:
+    """Threads that compute the frames of a chunk concurrently.
+
+    ``requested`` > 0 is taken as given; 0 means automatic: for models that declare
+    ``concurrent_frames`` (the kernel models) ``numba.get_num_threads()`` in the main thread
+    of the main process, 1 in chunk tasks elsewhere (they parallelise over chunks). Threads
+    need a thread-safe Numba threading layer (OpenMP or TBB; with 'workqueue' concurrent
+    kernels would abort the process): with any other layer frames run one after another and
+    a warning says so once.
+    """
+    import numba
+
+    n = requested
+    if n == 0:
+        if not concurrent_frames:
+            return 1
+        n = numba.get_num_threads() if in_main_thread() else 1
+    if n < 2 or n_frames < 3:
+        return 1
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet: the layer is not chosen
+        return 1
+    if layer in ("omp", "tbb"):
+        return min(n, n_frames)
+    global _warned_layer
+    if not _warned_layer:
+        _warned_layer = True
+        warnings.warn(
+            f"Numba's threading layer is {layer!r}, which cannot run kernels from several "
+            "threads at once: the frames of a chunk run one after another. Install an "
+            "OpenMP runtime or tbb (pip install tbb) for parallel frames.",
+            RuntimeWarning, stacklevel=2,
+        )
+    return 1
+
+
+# ------------------------------------------------------------------------------ BLAS
+@contextlib.contextmanager
+def blas_limit(n_threads):
+    """``with blas_limit(n):`` BLAS runs on at most ``n`` threads (None: unchanged), set in
+    the calling thread and restored on exit. Needs threadpoolctl; without it, a no-op.
+
+    OpenBLAS builds differ in whether the setting is per thread or process-wide (and older
+    ones take it from the main thread only), so numbec sets it both in the thread that
+    drives a run (the main thread: :func:`numbec.predict`, or :func:`limit_blas_for_graph`
+    for a lazy result) and in every chunk task (:func:`chunk_task_threads`).
+    """
+    if n_threads is None:
+        yield
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - optional dependency
+        yield
+        return
+    with threadpool_limits(limits=int(n_threads), user_api="blas"):
+        yield
+
+
+#: Graph key prefixes of lazy numbec results -> BLAS threads their tasks want.
+_LAZY_GRAPHS: dict[str, int] = {}
+_lazy_callback = None
+
+
+def limit_blas_for_graph(key_prefix: str, blas_threads) -> None:
+    """Apply ``blas_limit(blas_threads)`` whenever a Dask graph holding keys that start
+    with ``key_prefix`` is computed on a local scheduler (threads, processes, synchronous).
+
+    OpenBLAS takes its thread count from the main thread only: a limit set inside a task on
+    a pool thread does not hold. So a Dask callback sets it in the thread that calls
+    ``compute`` (normally the main thread) for the duration of the computation, and only
+    for graphs of numbec predictions. ``distributed`` workers get one BLAS thread from
+    their environment (:data:`SINGLE_THREAD_ENV`, set by ``numbec predict --workers``).
+    """
+    global _lazy_callback
+    if blas_threads is None:
+        return
+    _LAZY_GRAPHS[key_prefix] = int(blas_threads)
+    if _lazy_callback is None:
+        from dask.callbacks import Callback
+
+        class _LazyBlasLimit(Callback):
+            def __init__(self):
+                super().__init__()
+                self._active = []
+
+            def _start(self, dsk):
+                wanted = _wanted_blas_threads(dsk)
+                stack = contextlib.ExitStack()
+                if wanted is not None:
+                    stack.enter_context(blas_limit(wanted))  # in the computing thread
+                self._active.append(stack)
+
+            def _finish(self, dsk, state, errored):
+                if self._active:
+                    self._active.pop().close()
+
+        _lazy_callback = _LazyBlasLimit()
+        _lazy_callback.register()
+
+
+def _wanted_blas_threads(dsk):
+    if not _LAZY_GRAPHS:
+        return None
+    for key in dsk:
+        name = key[0] if isinstance(key, tuple) else key
+        if isinstance(name, str) and name.startswith("numbec-"):
+            for prefix, n in _LAZY_GRAPHS.items():
+                if name.startswith(prefix):
+                    return n
+    return None
+
+
+@contextlib.contextmanager
+def chunk_task_threads(blas_threads):
+    """The thread policy of one chunk task, on whatever scheduler runs it.
+
+    BLAS on ``blas_threads`` threads (None: unchanged; this holds where the task runs in a
+    main thread, and on pool threads when the main thread holds the limit as well: numbec's
+    own executors and, for lazy results, :func:`limit_blas_for_graph`); and, outside the
+    main thread of the main process (Dask worker threads and processes, ``distributed``
+    workers), Numba kernels on one thread: the tasks themselves are the parallelism there.
+    """
+    with blas_limit(blas_threads):
+        if in_main_thread():
+            yield
+        else:
+            with numba_threads(1):
+                yield
+
+
+# ------------------------------------------------------------------------------ Dask
+def distributed_client():
+    """The active ``dask.distributed`` client, if any (and if Dask's configured scheduler
+    does not say otherwise)."""
+    try:
+        from distributed import get_client
+    except ImportError:  # pragma: no cover
+        return None
+    import dask
+
+    if dask.config.get("scheduler", None) not in (None, "dask.distributed", "distributed"):
+        return None
+    try:
+        return get_client()
+    except ValueError:
+        return None
+
+
+def chunk_executor_kind(lazy_input: bool) -> tuple[str, int]:
+    """How the chunks of an eager or ``out=`` run execute: ``(kind, workers)``.
+
+    ``("distributed", 0)`` for a dask-backed input with an active ``distributed`` client;
+    ``("threads", n)`` with
+    Dask's threaded scheduler configured (``num_workers``, default all cores) or, for a
+    dask-backed input with no scheduler configured, Dask's own default; otherwise
+    ``("serial", 1)``: chunks one after another in this thread (frames of a chunk on
+    :func:`frame_threads` threads). The ``processes`` scheduler runs as threads: the
+    kernels release the GIL.
+    """
+    import dask
+
+    if lazy_input and distributed_client() is not None:
+        return "distributed", 0
+    scheduler = dask.config.get("scheduler", None)
+    if scheduler in ("sync", "synchronous", "single-threaded"):
+        return "serial", 1
+    if scheduler in ("threads", "threading", "processes", "multiprocessing") or (
+            scheduler is None and lazy_input):
+        workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
+        return ("threads", int(workers)) if workers > 1 else ("serial", 1)
+    return "serial", 1
