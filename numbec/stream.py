@@ -136,6 +136,8 @@ def _plan_variables(model, want_dd, periodic, uncertainty):
         names += ["bec_monopole", "bec_dipole"]
     if "charges" in outputs:
         names.append("charges")
+    if "asr_violation" in outputs:
+        names.append("asr_violation")
     if want_dd:
         names += ["dipole_derivative", "dipole_derivative_by_species"]
         if combined:
@@ -209,13 +211,13 @@ def _predict_chunk(model, positions, cell, velocities, spec, frame0, on_frame):
         _check_finite(velocities, "velocity", spec.source, frame0)
 
     per_frame = {}
-    model_keys = [k for k in ("bec", "bec_std", "bec_monopole", "bec_dipole", "charges")
-                  if k in spec.variables]
+    model_keys = [k for k in ("bec", "bec_std", "bec_monopole", "bec_dipole", "charges",
+                              "asr_violation") if k in spec.variables]
     if spec.dipole_method == "model":
         model_keys.append("dipole")
     if "dipole_derivative_samples" in spec.variables:
         model_keys.append("bec_samples")
-    shapes = {"charges": (n_atoms,), "dipole": (3,),
+    shapes = {"charges": (n_atoms,), "dipole": (3,), "asr_violation": (3, 3),
               "bec_samples": (spec.n_samples, n_atoms, 3, 3)}
     for key in model_keys:
         per_frame[key] = np.empty((n_frames,) + shapes.get(key, (n_atoms, 3, 3)))
@@ -841,6 +843,11 @@ def _predict_in_memory(model, plan, progress):
 
 def _predict_to_store(model, plan, out: Path, progress, ds, store_path, overwrite):
     spec, bounds = plan.spec, plan.bounds
+    old = store_format.stored_variables(out) if not overwrite else None
+    if old is not None and "asr_violation" in spec.variables and "asr_violation" not in old:
+        # a store written before the sum-rule diagnostic existed: resumed without it
+        spec = dataclasses.replace(spec, variables=tuple(v for v in spec.variables
+                                                         if v != "asr_violation"))
     n_chunks = len(bounds)
     first, last = plan.inputs.first_last_frames()
     expected = store_format.fingerprint(

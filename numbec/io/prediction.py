@@ -15,6 +15,9 @@ bec_std                         (frame, atom, pol,     e            predictive s
 bec_monopole, bec_dipole        (frame, atom, pol,     e            partition of a combined
                                 disp)                               model
 charges                         (frame, atom)          e            monopole charges
+asr_violation                   (frame, pol, disp)     e            ``sum_a Z_local[a] - Q I``
+                                                                    before the sum-rule
+                                                                    projection
 dipole_derivative               (frame, pol)           e*Angstrom   ``dM/dt = sum_a Z_a v_a``
                                                        /fs
 dipole_derivative_by_species    (frame, species, pol)  e*Angstrom   the same per species
@@ -80,6 +83,13 @@ VARIABLES = {
     "bec_monopole": (("frame", "atom", "pol", "disp"), "e", "monopole (charge) part of bec"),
     "bec_dipole": (("frame", "atom", "pol", "disp"), "e", "dipole part of bec"),
     "charges": (("frame", "atom"), "e", "monopole charges"),
+    "asr_violation": (
+        ("frame", "pol", "disp"),
+        "e",
+        "acoustic sum-rule violation of the local-formula BECs before projection: "
+        "sum over atoms of Z_local minus Q I (Q the total charge); the projection "
+        "subtracts 1/N of it from every atom (periodic cells; ~0 for molecules)",
+    ),
     "dipole_derivative": (("frame", "pol"), "e*Angstrom/fs", "dM/dt = sum_a Z_a v_a"),
     "dipole_derivative_by_species": (
         ("frame", "species", "pol"),
@@ -244,6 +254,22 @@ def fingerprint(*, model_fp, input_name, n_frames, n_atoms, numbers, first_posit
         "uncertainty": uncertainty,
         **({} if precision == "float64" else {"precision": precision}),
     }
+
+
+def stored_variables(out: Path):
+    """The variables in the fingerprint of an initialised Prediction store at ``out``, or
+    None (no such store, or not readable): lets a run resume a store written before a
+    variable was added (such a store simply lacks it)."""
+    import zarr
+
+    try:
+        root = zarr.open_group(str(out), mode="r", zarr_format=3, use_consolidated=False)
+        attrs = dict(root.attrs)
+        if attrs.get("format") != PREDICTION_FORMAT or not attrs.get("initialised"):
+            return None
+        return tuple(json.loads(attrs.get("fingerprint", "{}")).get("variables", ()))
+    except Exception:  # noqa: BLE001 - anything else is judged by open_for_resume
+        return None
 
 
 # ---------------------------------------------------------------------------- writing
