@@ -100,6 +100,7 @@ class _ChunkSpec:
     frame_threads: int = 0  # frames computed concurrently; 0: automatic
     blas_threads: int | None = 1  # BLAS threads inside the task (None: unchanged)
     n_samples: int = 0  # posterior weight samples (numbec.models.uncertainty)
+    total_charge: float = 0.0  # e, passed to the model when non-zero
 
     @property
     def integrated_dipole(self) -> bool:
@@ -313,13 +314,43 @@ def _model_frames(model, positions, cell, spec, frame0, model_keys, per_frame, o
                 future.cancel()
 
 
+def charge_keyword(total_charge: float) -> dict:
+    """``{"total_charge": Q}`` for a non-zero Q (e), else ``{}``: models written before the
+    keyword existed keep working for neutral input."""
+    return {"total_charge": float(total_charge)} if total_charge else {}
+
+
+def _check_total_charge(model, total_charge) -> float:
+    """The total charge (e) as a finite float; a clear error when a non-zero one is given
+    to a model whose ``predict_arrays`` has no ``total_charge`` keyword."""
+    import inspect
+
+    try:
+        charge = float(total_charge)
+    except (TypeError, ValueError):
+        raise ValueError(f"total_charge must be a number of e, got {total_charge!r}"
+                         ) from None
+    if not np.isfinite(charge):
+        raise ValueError(f"total_charge must be finite, got {total_charge!r}")
+    if charge:
+        try:
+            parameters = inspect.signature(model.predict_arrays).parameters.values()
+        except (TypeError, ValueError):
+            parameters = ()
+        if not any(p.name == "total_charge" or p.kind is p.VAR_KEYWORD for p in parameters):
+            raise ValueError(f"{type(model).__name__} does not accept a total charge "
+                             f"(total_charge={charge:g} e); predict neutral structures only")
+    return charge
+
+
 def _model_frame(model, positions, cell, spec, frame, f, model_keys, per_frame):
     """Predict one frame (trajectory index ``frame``) into row ``f`` of ``per_frame``."""
     try:
         result = model.predict_arrays(positions, spec.numbers, cell, spec.pbc,
                                       uncertainty=spec.uncertainty,
                                       **({} if spec.precision == "float64"
-                                         else {"precision": spec.precision}))
+                                         else {"precision": spec.precision}),
+                                      **charge_keyword(spec.total_charge))
     except ValueError as exc:
         raise ValueError(f"{spec.source}: frame {frame}: {exc}") from exc
     for key in model_keys:
@@ -525,6 +556,7 @@ def predict(
     posterior_samples: int = 0,
     uncertainty_rank: int | None = None,
     seed: int = 0,
+    total_charge: float = 0.0,
 ):
     """Predict BECs (and dipole derivatives) for every frame of a trajectory.
 
@@ -604,6 +636,11 @@ def predict(
         cheaper than the exact ``bec_std``, accurate to a few % per frame (docs/models.md).
     seed : int
         Seed of the posterior samples.
+    total_charge : float
+        Total charge Q of every frame, e (0: neutral). Passed to the model, whose BECs then
+        sum to ``Q I`` (acoustic sum rule of a charged system); recorded in the attribute
+        ``total_charge``; resuming checks it. A model whose ``predict_arrays`` has no
+        ``total_charge`` keyword is refused for Q != 0.
 
     Returns
     -------
@@ -637,7 +674,8 @@ def predict(
     plan = _make_plan(model, ds, source, store_path, chunk_frames=chunk_frames, dtype=dtype,
                       uncertainty=uncertainty, dipole_derivative=dipole_derivative,
                       model_file=model_file, blas_threads=blas_threads, threads=threads,
-                      precision=precision, posterior_samples=int(posterior_samples))
+                      precision=precision, posterior_samples=int(posterior_samples),
+                      total_charge=total_charge)
     if posterior_samples or uncertainty_rank:
         plan.attrs.update(posterior_samples=int(posterior_samples), seed=int(seed),
                           uncertainty_rank=int(uncertainty_rank or 32))
@@ -654,7 +692,7 @@ def predict(
 
 def _make_plan(model, ds, source, store_path, *, chunk_frames, dtype, uncertainty,
                dipole_derivative, model_file, blas_threads, threads, precision,
-               posterior_samples=0) -> _Plan:
+               posterior_samples=0, total_charge=0.0) -> _Plan:
     import warnings
 
     from numbec.io.trajectory import dataset_timestep
@@ -667,6 +705,7 @@ def _make_plan(model, ds, source, store_path, *, chunk_frames, dtype, uncertaint
     pbc = np.asarray(ds["pbc"].values, dtype=bool).reshape(3)
     n_frames, n_atoms = ds.sizes["frame"], ds.sizes["atom"]
     _check_species(model, numbers, source)
+    total_charge = _check_total_charge(model, total_charge)
     model_precisions = tuple(getattr(model, "precisions", ("float64",)))
     if precision not in model_precisions:
         raise ValueError(f"precision={precision!r}: {type(model).__name__} offers "
@@ -708,7 +747,7 @@ def _make_plan(model, ds, source, store_path, *, chunk_frames, dtype, uncertaint
         variables=variables, dipole_method=dipole_method, timestep=timestep,
         uncertainty=bool(uncertainty), dtype=dtype.str, frame_threads=_check_threads(threads),
         precision=precision, blas_threads=None if blas_threads is None else int(blas_threads),
-        n_samples=int(posterior_samples),
+        n_samples=int(posterior_samples), total_charge=total_charge,
     )
     if "time" in ds.coords:
         time = np.asarray(ds["time"].values, dtype=np.float64)
@@ -731,7 +770,7 @@ def _make_plan(model, ds, source, store_path, *, chunk_frames, dtype, uncertaint
         precision=precision, volume=volume,
         velocities_source=(ds.attrs.get("velocities_source", "trajectory")
                            if has_velocities else None),
-        temperature=ds.attrs.get("temperature"),
+        temperature=ds.attrs.get("temperature"), total_charge=total_charge,
     )
     inputs = _InputChunks(ds, chunks, has_velocities and want_dd)
     return _Plan(spec, chunk_frames, bounds, time, attrs, inputs, model_fp)
@@ -856,7 +895,8 @@ def _predict_to_store(model, plan, out: Path, progress, ds, store_path, overwrit
         first_positions=first, last_positions=last, timestep=spec.timestep,
         chunk_frames=plan.chunk_frames, variables=spec.variables,
         velocities_source=ds.attrs.get("velocities_source", "trajectory"), dtype=spec.dtype,
-        uncertainty=spec.uncertainty, precision=spec.precision)
+        uncertainty=spec.uncertainty, precision=spec.precision,
+        total_charge=spec.total_charge)
     attrs = dict(plan.attrs, fingerprint=json.dumps(expected, sort_keys=True))
     with store_format.locked(out), naming_disk_full(
             out, "the chunks written so far are kept: free space and run the same command "
@@ -896,7 +936,7 @@ def plan_model_node(model, plan):
     spec = plan.spec
     payload = json.dumps([plan.inputs.dask_names, model_token, list(spec.variables),
                           spec.dtype, spec.uncertainty, spec.timestep, spec.precision,
-                          spec.blas_threads], default=str)
+                          spec.blas_threads, spec.total_charge], default=str)
     return node, hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -1018,3 +1018,38 @@ def test_store_written_before_the_sum_rule_variable_resumes_without_it(tmp_path,
     assert "asr_violation" in fresh
     _assert_same(fresh.drop_vars("asr_violation"), result)
 
+
+def test_charged_molecule_becs_sum_to_the_total_charge(tmp_path):
+    """A molecule's BECs are the exact derivatives of its dipole, so translation invariance
+    gives sum_a Z_a = Q I with no projection: Q = 1 e passed through predict must give I in
+    every frame (and a zero sum-rule violation), Q = 0 gives 0."""
+    from kernel_model_checks import fitted_random_model, water_cluster
+
+    from numbec.models import CombinedModel
+
+    rng = np.random.default_rng(13)
+    model = fitted_random_model(CombinedModel, rng, periodic=False)
+    path = _vibrating_water(rng, water_cluster(rng).positions)
+    ds = make_trajectory(n_frames=5, periodic=False, wrap=False, path=path)
+    charged = predict(model, ds, chunk_frames=3, progress=False, total_charge=1.0)
+    neutral = predict(model, ds, chunk_frames=3, progress=False)
+    np.testing.assert_allclose(charged["bec"].sum("atom").values,
+                               np.broadcast_to(np.eye(3), (5, 3, 3)), atol=1e-9)
+    np.testing.assert_allclose(neutral["bec"].sum("atom").values, 0.0, atol=1e-9)
+    np.testing.assert_allclose(charged["asr_violation"].values, 0.0, atol=1e-9)
+    assert charged.attrs["total_charge"] == 1.0 and neutral.attrs["total_charge"] == 0.0
+    # the charge is part of what a resumed store must agree on
+    out = tmp_path / "q0.zarr"
+    predict(model, ds, out=out, chunk_frames=3, progress=False)
+    with pytest.raises(OutputMismatchError, match="total_charge"):
+        predict(model, ds, out=out, chunk_frames=3, progress=False, total_charge=1.0)
+    stored = predict(model, ds, out=tmp_path / "q1.zarr", chunk_frames=3, progress=False,
+                     total_charge=1.0)
+    assert stored.attrs["total_charge"] == 1.0
+    _assert_same(charged, stored)
+    # a model without the keyword is refused for a charged run, before anything is written
+    with pytest.raises(ValueError, match="does not accept a total charge"):
+        predict(ToyModel(), ds, out=tmp_path / "toy.zarr", progress=False, total_charge=1.0)
+    assert not (tmp_path / "toy.zarr").exists()
+    with pytest.raises(ValueError, match="finite"):
+        predict(model, ds, progress=False, total_charge=float("nan"))

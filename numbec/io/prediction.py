@@ -34,7 +34,8 @@ Coordinates: ``time`` (frame) fs; ``species`` (species) atomic numbers, with
 Group attributes: ``format``, ``format_version``, ``bec_convention``, ``timestep`` (fs),
 ``numbec_version``, ``model_class``, ``model_sha256``, ``model_file``, ``input`` (the
 trajectory store), ``created``, ``pbc``, ``uncertainty``, ``storage_dtype``, optional
-``precision``, ``dipole_method``, ``volume`` (Å^3, periodic cells), ``velocities_source``,
+``precision``, ``total_charge`` (e, the Q given to the model), ``dipole_method``,
+``volume`` (Å^3, periodic cells), ``velocities_source``,
 ``temperature`` (K); and the resume bookkeeping: ``fingerprint`` (JSON of
 :func:`fingerprint`), ``initialised`` (the layout is complete), ``complete`` (every chunk
 and the integrated dipole are written).
@@ -166,7 +167,7 @@ def prediction_dataset(arrays, variables, time, species, attrs, numbers=None):
 
 def prediction_attrs(*, model_class, model_sha256, model_file, input_name, timestep, pbc,
                      dipole_method, uncertainty, dtype, precision, volume, velocities_source,
-                     temperature) -> dict:
+                     temperature, total_charge=0.0) -> dict:
     """The group attributes of a Prediction (see the module docstring)."""
     from numbec import __version__
 
@@ -184,6 +185,8 @@ def prediction_attrs(*, model_class, model_sha256, model_file, input_name, times
         "pbc": [bool(p) for p in pbc],
         "uncertainty": bool(uncertainty),
         "storage_dtype": np.dtype(dtype).name,
+        "total_charge": float(total_charge),
+        "total_charge_units": "e",
     }
     if precision != "float64":
         attrs["precision"] = precision
@@ -236,7 +239,7 @@ def model_fingerprint(model) -> dict:
 
 def fingerprint(*, model_fp, input_name, n_frames, n_atoms, numbers, first_positions,
                 last_positions, timestep, chunk_frames, variables, velocities_source, dtype,
-                uncertainty, precision) -> dict:
+                uncertainty, precision, total_charge=0.0) -> dict:
     """What must be equal for an existing store to be resumed: the model (its state hash),
     the input (name, size, atoms, first and last positions), and every setting that
     changes stored numbers or the chunking."""
@@ -253,6 +256,8 @@ def fingerprint(*, model_fp, input_name, n_frames, n_atoms, numbers, first_posit
         "dtype": dtype,
         "uncertainty": uncertainty,
         **({} if precision == "float64" else {"precision": precision}),
+        # only when non-zero, so that stores written before the keyword existed resume
+        **({} if not total_charge else {"total_charge": float(total_charge)}),
     }
 
 
