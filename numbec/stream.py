@@ -437,13 +437,13 @@ def _open_input(trajectory):
 
 
 def _validate(ds, source):
-    from numbec.io.trajectory import LAYOUT
+    from numbec.io.trajectory import LAYOUT, OPTIONAL
 
     for name, (dims, _dtype, _units) in LAYOUT.items():
         if name == "time":
             continue
         if name not in ds:
-            if name == "velocities":
+            if name in OPTIONAL:
                 continue
             raise ValueError(f"{source}: trajectory has no {name!r} variable")
         if tuple(ds[name].dims) != dims:

@@ -621,3 +621,71 @@ def test_timestep_contradicting_time_warns(tmp_path, xyz_source):
         warnings.simplefilter("error")
         ds = numbec.open_trajectory(store)
     np.testing.assert_array_equal(ds.time.values, 2.0 * np.arange(13))
+
+
+# --- masses ------------------------------------------------------------------------------
+
+
+def _heavy_water_frames(n_frames=40, seed=3):
+    """D2O molecules whose velocities are drawn for the deuterium masses (ASE units)."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n_frames):
+        atoms = Atoms("OHHOHH", positions=rng.uniform(0, 5, (6, 3)), cell=5 * np.eye(3),
+                      pbc=True)
+        masses = atoms.get_masses()
+        masses[atoms.numbers == 1] = 2.014102  # deuterium
+        atoms.set_masses(masses)
+        sigma = np.sqrt(units.kB * 300.0 / masses)[:, None]  # ASE velocity units
+        atoms.set_velocities(rng.normal(0.0, 1.0, (6, 3)) * sigma)
+        frames.append(atoms)
+    return frames
+
+
+@pytest.mark.parametrize("suffix", [".traj", ".xyz"])
+def test_converted_store_keeps_isotope_masses_for_the_kinetic_temperature(tmp_path, suffix):
+    """A deuterated source keeps its masses in the store (ASE .traj and extxyz, whose
+    momenta are divided by the file's masses), and the kinetic temperature uses them:
+    it equals ASE's own (3N degrees of freedom: the drift is not removed here)."""
+    from numbec.spectra.temperature import kinetic_temperature
+
+    frames = _heavy_water_frames()
+    src = tmp_path / f"d2o{suffix}"
+    ase.io.write(src, frames)
+    store = tmp_path / "d2o.zarr"
+    numbec.convert_trajectory(src, store, timestep=1.0, chunk_frames=16)
+    ds = numbec.open_trajectory(store)
+    np.testing.assert_allclose(ds["masses"].values, frames[0].get_masses(), rtol=1e-12)
+    assert ds["masses"].attrs["units"] == "amu"
+    np.testing.assert_allclose(ds.velocities.values, _expected_velocities_fs(frames),
+                               rtol=1e-6, atol=1e-9)  # extxyz keeps 8 decimals
+    ase_mean = np.mean([a.get_temperature() for a in frames])
+    # ASE's constants are CODATA 2014, numbec's scipy's (2018): 3e-7 apart
+    assert kinetic_temperature(ds) == pytest.approx(ase_mean, rel=1e-6)
+    # standard (hydrogen) masses would read the same velocities much colder
+    assert kinetic_temperature(ds.drop_vars("masses")) < 0.8 * ase_mean
+
+
+def test_store_written_without_masses_still_opens_and_appends(xyz_source, tmp_path):
+    import shutil
+
+    src, _frames = xyz_source
+    store = tmp_path / "old.zarr"
+    numbec.convert_trajectory(src, store, chunk_frames=4, timestep=1.0, index=":8")
+    shutil.rmtree(store / "masses")  # as written before masses were stored
+    numbec.convert_trajectory(src, store, append=True, index="8:", timestep=1.0)
+    ds = numbec.open_trajectory(store)
+    assert ds.sizes["frame"] == 13 and "masses" not in ds
+
+
+def test_append_with_other_isotopes_is_refused(tmp_path):
+    frames = _heavy_water_frames(n_frames=4)
+    ase.io.write(tmp_path / "d.traj", frames)
+    light = [a.copy() for a in frames]
+    for a in light:
+        a.set_masses()  # standard masses
+    ase.io.write(tmp_path / "h.traj", light)
+    store = tmp_path / "s.zarr"
+    numbec.convert_trajectory(tmp_path / "d.traj", store, timestep=1.0)
+    with pytest.raises(ValueError, match=r"h.traj, frame 0: atom 1 has mass 1.00\d+ amu"):
+        numbec.convert_trajectory(tmp_path / "h.traj", store, append=True, timestep=1.0)

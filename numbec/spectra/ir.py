@@ -768,6 +768,10 @@ def _assemble(wavenumber, keep, sigma_blocks, part_blocks, abs_blocks, runs, *, 
             "sources": [r.source for r in runs],
             "temperatures": temps,
             "temperature_sources": [r.temperature_source for r in runs],
+            # which masses the kinetic temperature of each run's trajectory used
+            "kinetic_temperatures": [None if r.kinetic is None else {
+                "mean": r.kinetic.mean, "stderr": r.kinetic.stderr,
+                "masses": r.kinetic.how} for r in runs],
             "volumes": vols if periodic else None,
             "dipole_derivative": ["central differences of dipole" if r.differentiated
                                   else "dipole_derivative" for r in runs],
