@@ -38,7 +38,7 @@ from numbec.conventions import (
     THZ_TO_INVCM,
     VACUUM_PERMITTIVITY,
 )
-from numbec.io.prediction import open_prediction
+from numbec.io.prediction import PREDICTION_FORMAT, open_prediction
 from numbec.spectra.correlation import (
     NON_NEGATIVE_WINDOWS,
     correlations,
@@ -171,7 +171,7 @@ def _source_of(ds, fallback):
     if attrs.get("prediction_store"):
         return str(attrs["prediction_store"])
     made_from = attrs.get("input") or attrs.get("source")
-    if made_from and attrs.get("format") == "numbec-prediction":
+    if made_from and attrs.get("format") == PREDICTION_FORMAT:
         return f"prediction of {made_from}"
     return str(made_from or fallback)
 
