@@ -402,7 +402,7 @@ def convert_trajectory(
     index=":",
     append: bool = False,
     progress: bool | None = None,
-    time_series: bool | None = None,
+    time_series: bool = True,
 ) -> int:
     """Stream a trajectory file into a chunked Zarr v3 trajectory store.
 
@@ -434,11 +434,12 @@ def convert_trajectory(
         after the existing ones (a continuation run: same atoms, same time step).
     progress : bool, optional
         Show a tqdm progress bar; default only when stderr is a terminal.
-    time_series : bool, optional
-        True: the frames are a time series, so a time step is required (from the file or
-        ``timestep``; ``numbec convert`` without ``--no-time``). False or None: a store
-        without a time step is allowed (``time`` is NaN; ``numbec predict`` will refuse
-        it until ``numbec info --set-timestep`` sets one).
+    time_series : bool
+        True (default): the frames are a time series, so a time step is required (from
+        the file, ``timestep``, or the store appended to), as ``numbec convert`` requires
+        it. False (``--no-time``): the frames are not a time series (e.g. a set of
+        structures); without a time step ``time`` is NaN and ``numbec predict`` refuses
+        the store until ``numbec info --set-timestep`` sets one.
 
     Returns
     -------
@@ -457,8 +458,8 @@ def convert_trajectory(
         The disk is full (the message names the store; the frames written are kept).
     ValueError
         Frames with a different number/order of atoms, NaN positions, velocities in
-        some frames only, a time step that differs from the store's (or none with
-        ``time_series=True``), a truncated compressed file; the message names the
+        some frames only, a time step that differs from the store's (or none, unless
+        ``time_series=False``), a truncated compressed file; the message names the
         source file and frame.
     """
     src_name = os.fspath(src)
