@@ -1019,7 +1019,7 @@ def test_store_written_before_the_sum_rule_variable_resumes_without_it(tmp_path,
     _assert_same(fresh.drop_vars("asr_violation"), result)
 
 
-def test_charged_molecule_becs_sum_to_the_total_charge(tmp_path):
+def test_charged_molecule_becs_sum_to_the_total_charge(tmp_path, monkeypatch):
     """A molecule's BECs are the exact derivatives of its dipole, so translation invariance
     gives sum_a Z_a = Q I with no projection: Q = 1 e passed through predict must give I in
     every frame (and a zero sum-rule violation), Q = 0 gives 0."""
@@ -1038,6 +1038,11 @@ def test_charged_molecule_becs_sum_to_the_total_charge(tmp_path):
     np.testing.assert_allclose(neutral["bec"].sum("atom").values, 0.0, atol=1e-9)
     np.testing.assert_allclose(charged["asr_violation"].values, 0.0, atol=1e-9)
     assert charged.attrs["total_charge"] == 1.0 and neutral.attrs["total_charge"] == 0.0
+    # frame by frame (predict_arrays) as in batches (predict_frames): the same numbers
+    with monkeypatch.context() as m:
+        m.setattr(stream.parallel, "BATCH_BELOW_ATOMS", 0)
+        _assert_same(charged, predict(model, ds, chunk_frames=3, progress=False,
+                                      total_charge=1.0))
     # the charge is part of what a resumed store must agree on
     out = tmp_path / "q0.zarr"
     predict(model, ds, out=out, chunk_frames=3, progress=False)
