@@ -59,14 +59,16 @@ def settings():
 
 
 def training_frames(base, n=16, seed=0):
+    from numbec.conventions import asr_project
+
     rng = np.random.default_rng(seed)
     frames = []
     for _ in range(n):
         atoms = base.copy()
         atoms.positions += rng.normal(0.0, 0.06, atoms.positions.shape)
         q = np.where(atoms.numbers == 8, -0.8, 0.4)
-        atoms.arrays["bec"] = (q[:, None, None] * np.eye(3)
-                               + rng.normal(0.0, 0.05, (len(atoms), 3, 3)))
+        atoms.arrays["bec"] = asr_project(q[:, None, None] * np.eye(3)
+                                          + rng.normal(0.0, 0.05, (len(atoms), 3, 3)))
         frames.append(atoms)
     return frames
 
@@ -99,11 +101,52 @@ def featomic_rate(frames, repeat):
     return len(frames) * len(frames[0]) / wall
 
 
+def hexamer():
+    """(H2O)6: six water molecules on a 2 x 3 grid about 2.9 Å apart (ase.Atoms, no cell)."""
+    from ase.build import molecule
+
+    atoms = molecule("H2O")[:0]
+    rng = np.random.default_rng(5)
+    for k in range(6):
+        mol = molecule("H2O")
+        mol.rotate(rng.uniform(0, 360), rng.normal(size=3), center="COP")
+        mol.positions += [2.9 * (k % 3), 2.9 * (k // 3), 0.3 * (k % 2)]
+        atoms += mol
+    return atoms
+
+
+def lazy_trajectory(base, n_frames, chunk):
+    """A dask-backed dataset of ``n_frames`` displaced copies of ``base``, generated chunk by
+    chunk (nothing of the size of the trajectory exists up front)."""
+    import dask.array as da
+
+    from numbec.io.trajectory import trajectory_dataset
+
+    n = len(base)
+    chunks = da.core.normalize_chunks((chunk, n, 3), (n_frames, n, 3))
+
+    def block(kind, block_info=None):
+        (start, stop), _, _ = block_info[None]["array-location"]
+        rng = np.random.default_rng([start, kind])
+        if kind == 0:
+            return base.positions + rng.normal(0.0, 0.05, (stop - start, n, 3))
+        return rng.normal(0.0, 0.01, (stop - start, n, 3))
+
+    positions = da.map_blocks(block, 0, chunks=chunks, dtype=float)
+    velocities = da.map_blocks(block, 1, chunks=chunks, dtype=float)
+    cell = da.zeros((n_frames, 3, 3), chunks=(chunk, 3, 3))
+    time = np.arange(n_frames, dtype=np.float64)
+    return trajectory_dataset(positions, cell, base.numbers, np.zeros(3, bool), time,
+                              velocities, attrs={"timestep": 1.0})
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="100 frames, one timing")
     parser.add_argument("--frames", type=int, default=None, help="frames (default 2,000)")
     parser.add_argument("--repeat", type=int, default=None, help="timings (best kept; 3)")
+    parser.add_argument("--million", action="store_true",
+                        help="also stream 10^6 water-dimer frames into a Zarr store")
     args = parser.parse_args()
     n_frames = args.frames or (100 if args.quick else 2000)
     repeat = args.repeat or (1 if args.quick else 3)
@@ -114,35 +157,66 @@ def main():
 
     import numbec
     import numbec.models as models
+    from numbec import parallel
 
     print(f"numbec molecule streaming benchmark: `python benchmarks/molecule_stream.py"
-          f"{' --quick' if args.quick else ''}`; {platform.machine()}, {os.cpu_count()} cores, "
+          f"{' --quick' if args.quick else ''}{' --million' if args.million else ''}`; "
+          f"{platform.machine()}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f}\n")
-    base = dimer()
-    ds = trajectory(base, n_frames)
-    train = training_frames(base)
-    print(f"### Water dimer (6 atoms, no cell): {n_frames:,} frames, best of {repeat}\n")
-    print("| what | threads | ms per frame | atom-frames/s |")
-    print("|---|---:|---:|---:|")
-    with threadpool_limits(1, "blas"):
+    batch_below = parallel.BATCH_BELOW_ATOMS
+    fitted = {}
+    for label, base in (("Water dimer", dimer()), ("(H2O)6", hexamer())):
+        ds = trajectory(base, n_frames)
+        train = training_frames(base)
+        frames = [ase.Atoms(numbers=base.numbers, positions=p)
+                  for p in ds["positions"].values[:min(n_frames, 200)]]
+        rate = featomic_rate(frames, repeat)
+        featomic_ms = None if rate is None else 1e3 * len(base) / rate
+        print(f"### {label} ({len(base)} atoms, no cell): {n_frames:,} frames, best of "
+              f"{repeat}\n")
+        print("| what | path | threads | ms per frame | atom-frames/s | x featomic |")
+        print("|---|---|---:|---:|---:|---:|")
+        with threadpool_limits(1, "blas"):
+            for name in ("MonopoleModel", "CombinedModel"):
+                model = getattr(models, name)(settings=settings(), n_sparse=N_SPARSE).fit(train)
+                fitted[label, name] = model
+                numbec.predict(model, ds.isel(frame=slice(0, 4)), progress=False)  # warm-up
+                for path, below in (("batched (default)", batch_below), ("frame by frame", 0)):
+                    parallel.BATCH_BELOW_ATOMS = below
+                    try:
+                        for threads in (1, None):
+                            wall = timed(lambda m=model, t=threads, d=ds: numbec.predict(
+                                m, d, progress=False, threads=t), repeat)
+                            ms = 1e3 * wall / n_frames
+                            ratio = "n/a" if featomic_ms is None else f"{featomic_ms / ms:.1f}"
+                            shown = threads or f"auto ({numba.get_num_threads()})"
+                            print(f"| numbec.predict, {name} | {path} | {shown} | {ms:.3f} | "
+                                  f"{n_frames * len(base) / wall:,.0f} | {ratio} |")
+                    finally:
+                        parallel.BATCH_BELOW_ATOMS = batch_below
+        threads = os.environ.get("RAYON_NUM_THREADS", "all")
+        if featomic_ms is None:
+            print(f"| featomic values+gradients | | {threads} | n/a | n/a | |\n")
+        else:
+            print(f"| featomic values+gradients | | {threads} | {featomic_ms:.3f} | "
+                  f"{rate:,.0f} | 1.0 |\n")
+    if args.million:
+        import tempfile
+        import time
+
+        n_big = 1_000_000
+        print(f"### {n_big:,} water-dimer frames streamed into a Zarr store (automatic "
+              "threads, chunks of 20,000 frames, positions generated on the fly)\n")
+        print("| model | wall s | us per frame |")
+        print("|---|---:|---:|")
+        ds = lazy_trajectory(dimer(), n_big, 20_000)
         for name in ("MonopoleModel", "CombinedModel"):
-            model = getattr(models, name)(settings=settings(), n_sparse=N_SPARSE).fit(train)
-            numbec.predict(model, ds.isel(frame=slice(0, 4)), progress=False)  # warm-up
-            for threads in (1, 2, None):
-                wall = timed(lambda m=model, t=threads: numbec.predict(
-                    m, ds, progress=False, threads=t), repeat)
-                label = threads or f"automatic ({numba.get_num_threads()} available)"
-                print(f"| numbec.predict, {name} | {label} | {1e3 * wall / n_frames:.3f} | "
-                      f"{n_frames * len(base) / wall:,.0f} |")
-    frames = [ase.Atoms(numbers=base.numbers, positions=p)
-              for p in ds["positions"].values[:min(n_frames, 200)]]
-    rate = featomic_rate(frames, repeat)
-    threads = os.environ.get("RAYON_NUM_THREADS", "all")
-    if rate is None:
-        print(f"| featomic values+gradients | {threads} | n/a | n/a |")
-    else:
-        print(f"| featomic values+gradients | {threads} | {1e3 * len(base) / rate:.3f} | "
-              f"{rate:,.0f} |")
+            with tempfile.TemporaryDirectory() as tmp:
+                started = time.perf_counter()
+                numbec.predict(fitted["Water dimer", name], ds, out=f"{tmp}/pred.zarr",
+                               progress=False)
+                wall = time.perf_counter() - started
+            print(f"| {name} | {wall:.0f} | {1e6 * wall / n_big:.0f} |")
 
 
 if __name__ == "__main__":

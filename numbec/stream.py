@@ -267,13 +267,26 @@ def _check_finite(array, what, source, frame0):
         raise ValueError(f"{source}: frame {frame0 + f}: {what} of atom {a} is NaN or inf")
 
 
+def _batched(model, spec, n_atoms) -> bool:
+    """Whether the frames of a chunk go through ``model.predict_frames`` in batches: frames of
+    fewer than :data:`~numbec.parallel.BATCH_BELOW_ATOMS` atoms, models that compute a batch
+    in one pass, and no per-frame design-row uncertainty."""
+    return (n_atoms < parallel.BATCH_BELOW_ATOMS and not spec.uncertainty
+            and bool(getattr(model, "batched_frames", False))
+            and callable(getattr(model, "predict_frames", None)))
+
+
 def _model_frames(model, positions, cell, spec, frame0, model_keys, per_frame, on_frame):
     """All frames of a chunk, on :func:`numbec.parallel.frame_threads` threads: each frame
     is independent and its Numba kernels run on one thread (splitting frames parallelises
     better than splitting the atoms of one frame, and gives identical results). With the
     automatic choice, a chunk whose second frame took less than
-    :data:`~numbec.parallel.MIN_THREADED_FRAME_S` runs serially."""
+    :data:`~numbec.parallel.MIN_THREADED_FRAME_S` runs serially. Small frames go in batches
+    (:func:`_model_batches`)."""
     n_frames = positions.shape[0]
+    if _batched(model, spec, positions.shape[1]):
+        _model_batches(model, positions, cell, spec, frame0, model_keys, per_frame, on_frame)
+        return
 
     def one_frame(f):
         _model_frame(model, positions[f], cell[f], spec, frame0 + f, f, model_keys, per_frame)
@@ -311,6 +324,63 @@ def _model_frames(model, positions, cell, spec, frame0, model_keys, per_frame, o
                 future.cancel()
 
 
+def _model_batches(model, positions, cell, spec, frame0, model_keys, per_frame, on_frame):
+    """The frames of a chunk in batches of :func:`numbec.parallel.batch_frames` frames, each
+    one ``model.predict_frames`` call; batches on concurrent threads as frames are in
+    :func:`_model_frames` (the per-frame numbers, tested to 1e-12)."""
+    n_frames, n_atoms = positions.shape[:2]
+    step = parallel.batch_frames(n_atoms)
+    starts = list(range(0, n_frames, step))
+
+    def one_batch(start):
+        stop = min(start + step, n_frames)
+        try:
+            result = model.predict_frames(positions[start:stop], spec.numbers, cell[start:stop],
+                                          spec.pbc, precision=spec.precision)
+        except ValueError as exc:
+            raise ValueError(f"{spec.source}: "
+                             f"{_frame_in_trajectory(exc, frame0 + start, frame0 + stop - 1)}"
+                             ) from exc
+        _store_outputs(model, result, model_keys, per_frame, slice(start, stop),
+                       f"{spec.source}: frames {frame0 + start}-{frame0 + stop - 1}",
+                       "predict_frames")
+        if on_frame is not None:
+            for _ in range(stop - start):
+                on_frame()
+
+    n_threads = parallel.frame_threads(spec.frame_threads,
+                                       bool(getattr(model, "concurrent_frames", False)),
+                                       len(starts))
+    if n_threads == 1:
+        for start in starts:
+            one_batch(start)
+        return
+
+    def one_batch_one_thread(start):
+        with parallel.numba_threads(1):
+            one_batch(start)
+
+    with concurrent.futures.ThreadPoolExecutor(n_threads) as pool:
+        futures = [pool.submit(one_batch_one_thread, start) for start in starts]
+        try:
+            for future in futures:  # in frame order: the first bad frame is reported
+                future.result()
+        finally:
+            for future in futures:
+                future.cancel()
+
+
+def _frame_in_trajectory(exc: ValueError, first: int, last: int) -> str:
+    """The message of an error of ``predict_frames`` for trajectory frames ``first..last``:
+    "frame k: ..." (k counted in the batch) with the frame counted in the trajectory, else
+    the message with the batch's frames named."""
+    message = str(exc)
+    head, sep, rest = message.partition(":")
+    if sep and head.startswith("frame ") and head[6:].strip().isdigit():
+        return f"frame {first + int(head[6:])}:{rest}"
+    return f"frames {first}-{last}: {message}"
+
+
 def _model_frame(model, positions, cell, spec, frame, f, model_keys, per_frame):
     """Predict one frame (trajectory index ``frame``) into row ``f`` of ``per_frame``."""
     try:
@@ -320,19 +390,23 @@ def _model_frame(model, positions, cell, spec, frame, f, model_keys, per_frame):
                                          else {"precision": spec.precision}))
     except ValueError as exc:
         raise ValueError(f"{spec.source}: frame {frame}: {exc}") from exc
+    _store_outputs(model, result, model_keys, per_frame, f, f"{spec.source}: frame {frame}",
+                   "predict_arrays")
+
+
+def _store_outputs(model, result, model_keys, per_frame, rows, where, method):
+    """Copy the model outputs ``model_keys`` of one frame (``rows`` an int) or of a batch
+    (``rows`` a slice) into ``per_frame``, checking that each is there with its shape."""
     for key in model_keys:
         if key not in result:
-            raise ValueError(
-                f"{spec.source}: frame {frame}: {type(model).__name__}.predict_arrays "
-                f"returned no {key!r} although the model lists it in its outputs"
-            )
+            raise ValueError(f"{where}: {type(model).__name__}.{method} returned no {key!r} "
+                             "although the model lists it in its outputs")
         value = np.asarray(result[key], dtype=np.float64)
-        if value.shape != per_frame[key].shape[1:]:
-            raise ValueError(
-                f"{spec.source}: frame {frame}: model output {key!r} has shape "
-                f"{value.shape}, expected {per_frame[key].shape[1:]}"
-            )
-        per_frame[key][f] = value
+        expected = per_frame[key][rows].shape
+        if value.shape != expected:
+            raise ValueError(f"{where}: model output {key!r} has shape {value.shape}, "
+                             f"expected {expected}")
+        per_frame[key][rows] = value
 
 
 def _predict_and_write(model, positions, cell, velocities, spec, c, start, stop, out,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from kernel_model_checks import fitted_random_model, predict, water_cell, water_cluster
 
-import numbec.models._kernel_model as kernel_model
+from numbec import parallel
 from numbec.models import CombinedModel, DipoleModel, MonopoleModel, SpeciesMeanModel
 
 MODELS = (MonopoleModel, DipoleModel, CombinedModel)
@@ -32,7 +32,7 @@ def test_batch_equals_frame_by_frame(cls, periodic, monkeypatch):
     model = fitted_random_model(cls, rng, periodic)
     base, positions, cells = _frames(rng, periodic, 7)
     # batches of 3 frames: the split into batches and the joining are exercised too
-    monkeypatch.setattr(kernel_model, "BATCH_ATOMS", 3 * len(base))
+    monkeypatch.setattr(parallel, "BATCH_ATOMS", 3 * len(base))
     batch = model.predict_frames(positions, base.numbers, cells if periodic else None,
                                  base.pbc)
     for f in range(len(positions)):
@@ -101,7 +101,7 @@ def test_molecules_in_a_box_and_charged_frames(cls, monkeypatch):
     boxed = positions.copy()
     boxed[1, 0] += cells[1, 0]
     boxed[3, 2:] -= cells[3, 1]
-    monkeypatch.setattr(kernel_model, "BATCH_ATOMS", 2 * len(base))
+    monkeypatch.setattr(parallel, "BATCH_ATOMS", 2 * len(base))
     batch = model.predict_frames(boxed, base.numbers, cells, True, total_charge=1.0)
     free = model.predict_frames(positions, base.numbers, None, False, total_charge=1.0)
     np.testing.assert_allclose(batch["bec"], free["bec"], atol=1e-10)

@@ -294,25 +294,34 @@ def test_stream_benchmark(tmp_path):
 
 @pytest.mark.parametrize("comparison", ["installed", "blocked"])
 def test_molecule_stream_benchmark(tmp_path, comparison):
-    """benchmarks/molecule_stream.py --quick: a water dimer streamed with 1, 2 and the
-    automatic number of threads; featomic's row is n/a when it cannot be imported."""
+    """benchmarks/molecule_stream.py --quick: a water dimer and (H2O)6 streamed batched and
+    frame by frame on 1 and the automatic number of threads; featomic's row and the ratio
+    column are n/a when featomic cannot be imported."""
     if comparison == "installed":
         pytest.importorskip("featomic")
     env = {"PYTHONPATH": _blocked_path(tmp_path)} if comparison == "blocked" else None
-    out = run_benchmark("molecule_stream.py", "--quick", cwd=tmp_path, env=env)
-    (rows,) = table(out, ["what", "threads", "ms per frame", "atom-frames/s"])
-    by_row = {(r["what"], r["threads"].split(" ")[0]): r for r in rows}
-    for model in ("MonopoleModel", "CombinedModel"):
-        for threads in ("1", "2", "automatic"):
-            r = by_row[f"numbec.predict, {model}", threads]
-            ms = positive(r["ms per frame"])
-            # 6 atoms per frame: the two columns are the same measurement
-            assert number(r["atom-frames/s"]) == pytest.approx(6e3 / ms, rel=0.01)
-    (featomic,) = [r for r in rows if r["what"] == "featomic values+gradients"]
-    if comparison == "blocked":
-        assert featomic["ms per frame"] == featomic["atom-frames/s"] == "n/a"
-    else:
-        positive(featomic["ms per frame"])
+    out = run_benchmark("molecule_stream.py", "--quick", "--frames", "40", cwd=tmp_path,
+                        env=env)
+    tables = table(out, ["what", "path", "threads", "ms per frame", "atom-frames/s",
+                         "x featomic"])
+    assert len(tables) == 2
+    for rows, n_atoms in zip(tables, (6, 18), strict=True):
+        by_row = {(r["what"], r["path"], r["threads"].split(" ")[0]): r for r in rows}
+        for model in ("MonopoleModel", "CombinedModel"):
+            for path in ("batched (default)", "frame by frame"):
+                for threads in ("1", "auto"):
+                    r = by_row[f"numbec.predict, {model}", path, threads]
+                    ms = positive(r["ms per frame"])
+                    # the two columns are the same measurement
+                    assert number(r["atom-frames/s"]) == pytest.approx(n_atoms * 1e3 / ms,
+                                                                       rel=0.01)
+                    if comparison == "blocked":
+                        assert r["x featomic"] == "n/a"
+        (featomic,) = [r for r in rows if r["what"] == "featomic values+gradients"]
+        if comparison == "blocked":
+            assert featomic["ms per frame"] == featomic["atom-frames/s"] == "n/a"
+        else:
+            positive(featomic["ms per frame"])
 
 
 @pytest.mark.slow

@@ -56,6 +56,7 @@ import warnings
 import numpy as np
 import scipy.sparse
 
+from numbec import parallel
 from numbec.conventions import acoustic_sum, as_bec_array, asr_project, first_non_finite
 from numbec.descriptors import (
     DescriptorSettings,
@@ -88,11 +89,6 @@ DIPOLE_ROW_WEIGHT = 1.0
 #: the ASR projection removes almost nothing. It made the quartz test RMSE 3 % worse
 #: (measured 2026-11-25 at numbec commit fd23a4b; docs/models.md), hence off by default.
 NEUTRALITY_ROW_WEIGHT = 0.0
-#: Atoms per batch of :meth:`KernelBECModel.predict_frames`: frames are stacked up to about
-#: this many atoms, so that the kernel products are large enough for BLAS and their
-#: temporaries still fit in cache (water dimers, 1 thread, 2026-12-03, numba 0.68, numpy
-#: 2.4's OpenBLAS: the kernel part took 91, 68 and 189 us per frame for 192, 768, 3072 atoms).
-BATCH_ATOMS = 768
 #: Pairs per batch when the dipole-model design is assembled (bounds the temporary memory to
 #: about ``PAIR_BATCH * 27 * n_sparse * 8`` bytes).
 PAIR_BATCH = 256
@@ -301,6 +297,7 @@ class KernelBECModel(BECModel):
     _monopole = True
     _dipole = False
     concurrent_frames = True  # Numba kernels release the GIL, BLAS too
+    batched_frames = True  # predict_frames computes a batch of frames in one pass
     #: Factor of the predictive variance learned by cross-validation on the training frames
     #: (:func:`numbec.models.uncertainty.recalibrate`); 1 = the plain Bayesian variance.
     variance_scale = 1.0
@@ -487,10 +484,11 @@ class KernelBECModel(BECModel):
                        total_charge: float = 0.0) -> dict:
         """BECs and the other outputs of F frames of the same atoms, computed in batches.
 
-        Frames are stacked into structures of about :data:`BATCH_ATOMS` atoms whose pairs
-        never join two frames (:func:`numbec.descriptors.neighbors.neighbor_list_frames`):
-        the expansion, the kernel products and the back-propagation then run once per batch
-        instead of once per frame, which is what frames of a few atoms need. Neutrality, the
+        Frames are stacked into structures of about :data:`numbec.parallel.BATCH_ATOMS` atoms
+        whose pairs never join two frames
+        (:func:`numbec.descriptors.neighbors.neighbor_list_frames`): the expansion, the kernel
+        products and the back-propagation then run once per batch instead of once per frame,
+        which is what frames of a few atoms need. Neutrality, the
         dipole, the molecule-in-a-box test and the sum-rule projection are applied frame by
         frame. The numbers are those of :meth:`predict_arrays` frame by frame (the same
         arithmetic in the same order; :meth:`predict_arrays` is this method for one frame).
@@ -528,7 +526,7 @@ class KernelBECModel(BECModel):
         self.check_inputs(np.zeros((0, 3)), numbers)
         pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
         n_frames = positions.shape[0]
-        step = max(1, BATCH_ATOMS // max(1, numbers.size))
+        step = parallel.batch_frames(numbers.size)
         parts = []
         for start in range(0, n_frames, step):
             stop = min(start + step, n_frames)

@@ -174,6 +174,10 @@ class BECModel(ABC):
     #: everything else (descriptors, the scalar kernel x_i . x_b, the monopole charges and
     #: their gradients) in float64: see :class:`numbec.models.CombinedModel`.
     precisions: tuple[str, ...] = ("float64",)
+    #: True if :meth:`predict_frames` computes a batch of frames in one pass (the kernel
+    #: models); :func:`numbec.predict` then uses it for frames of fewer than
+    #: :data:`numbec.parallel.BATCH_BELOW_ATOMS` atoms. False: frames one by one.
+    batched_frames: bool = False
 
     # ------------------------------------------------------------------ prediction
     @abstractmethod
