@@ -181,15 +181,17 @@ def _file_name(value) -> str | None:
 
 
 def _size_options_given(parser: argparse.ArgumentParser, argv) -> str:
-    """``--chunk-frames 1000000000``: the integer options on the command line."""
-    numeric = {flag for action in parser._actions if action.type is int
-               for flag in action.option_strings}
+    """``--chunk-frames 1000000000``: the options given an integer on the command line."""
+    takes_value = {flag for action in parser._actions if action.nargs is None
+                   and action.type is not None for flag in action.option_strings}
     given = []
     argv = list(argv)
     for k, word in enumerate(argv):
         flag, _, value = word.partition("=")
-        if flag in numeric:
-            given.append(f"{flag} {value or (argv[k + 1] if k + 1 < len(argv) else '')}")
+        if flag in takes_value:
+            value = value or (argv[k + 1] if k + 1 < len(argv) else "")
+            if value.lstrip("+-").isdigit():
+                given.append(f"{flag} {value}")
     return ", ".join(given)
 
 
