@@ -882,7 +882,8 @@ def _run(config: DemoConfig, out: Path, quick: bool, fresh: bool, log,
           f"T = {comparison['exact']['temperature_K']:.0f} K")
     names = [k for k in spectra if k != "frequency"]
     np.savetxt(out / "spectra.csv", np.column_stack([spectra[k] for k in ["frequency"] + names]),
-               delimiter=",", header="frequency_cm-1," + ",".join(names), fmt="%.6g")
+               delimiter=",", fmt="%.6g",
+               header="frequency [cm^-1]," + ",".join(f"{k} [cm^2]" for k in names))
     timings["predict_and_spectra"] = time.perf_counter() - t0
     # the cost of the uncertainty steps, measured where they ran (a cached model or
     # prediction keeps the cost of the run that made it)

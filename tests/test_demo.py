@@ -176,7 +176,8 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
             <= 3.0 * band["area_band_halfwidth"], band
         assert 0.0 <= band["coverage"] <= 1.0
         header = (out / "spectra.csv").read_text().splitlines()[0]
-        assert "combined_model_p16" in header and "combined_model_p84" in header
+        assert "combined_model_p16 [cm^2]" in header and "combined_model_p84 [cm^2]" in header
+        assert header.startswith("# frequency [cm^-1],")  # every column carries its unit
 
     # second run: everything from the cache, identical numbers
     capsys.readouterr()
