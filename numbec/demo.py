@@ -15,8 +15,12 @@ a laptop, with a reference that is exact for its level of theory:
 4. :func:`compare` — the IR spectrum from the predicted ``dM/dt = sum_a Z_a v_a`` and from
    the time derivative of the exact xTB dipole, the BEC error along the trajectory against
    exact APTs of some MD frames, and the agreement of the spectra (cosine similarity,
-   band intensities, peak positions). :func:`run_demo` ties it together and writes
-   ``ir.png`` and ``results.json`` into the output directory.
+   band intensities, peak positions); the calibration of every kernel model's
+   ``bec_std`` at those frames (the combined model's variance recalibrated by
+   cross-validation on the training structures), and the combined model's spectrum with
+   its model-uncertainty band from posterior weight samples (:func:`band_agreement`).
+   :func:`run_demo` ties it together and writes ``ir.png`` and ``results.json`` into the
+   output directory.
 
 Everything xTB produces is cached in ``DIR/cache`` under names that hash the settings
 that made it, so a second run only redoes the cheap steps. Seeds are fixed; with one
@@ -45,6 +49,7 @@ from numbec.parallel import blas_limit
 __all__ = [
     "DemoConfig",
     "MissingDependencyError",
+    "band_agreement",
     "compare",
     "exact_dipole_derivative",
     "finite_difference_apt",
@@ -103,6 +108,16 @@ class DemoConfig:
         Displacement of the central finite differences for the APTs.
     seed : int
         Seed of every random choice (cluster geometries, velocities, Langevin noise, models).
+    recalibrate_folds : int
+        Folds of the cross-validated variance scale of the combined model
+        (:func:`numbec.models.uncertainty.recalibrate`), learned from the training
+        structures only; 0 keeps the raw Bayesian variance.
+    posterior_samples : int
+        Posterior weight samples of the combined model streamed over the test MD for the
+        model-uncertainty band of its spectrum (0: no band).
+    uncertainty_rank : int
+        Leading directions of the posterior covariance the samples are drawn in (adjoint
+        channels of the prediction); 16 gave the band of 32 within 2 % at half the cost.
     """
 
     train_sizes: tuple = (2, 4, 5, 6, 6)
@@ -119,6 +134,9 @@ class DemoConfig:
     n_sparse: int = 60
     fd_step: float = 0.005
     seed: int = 7
+    recalibrate_folds: int = 3
+    posterior_samples: int = 16
+    uncertainty_rank: int = 16
 
     @classmethod
     def full(cls) -> DemoConfig:
@@ -461,8 +479,10 @@ def train_models(frames, config: DemoConfig, cache: Path, log=print) -> dict:
 
     Models are fitted to ``arrays["bec"]`` and ``info["dipole"]`` of ``frames`` and saved
     as ``.npz`` in ``cache`` (keyed by the training data and settings); a cached model is
-    loaded instead of refitted. A model class that this numbec does not have yet is
-    skipped with a message.
+    loaded instead of refitted. With ``config.recalibrate_folds`` the combined model's
+    predictive variance is rescaled by a cross-validated factor learned from ``frames``
+    (the training structures, never the test MD) before it is saved. A model class that
+    this numbec does not have yet is skipped with a message.
 
     Returns
     -------
@@ -483,7 +503,8 @@ def train_models(frames, config: DemoConfig, cache: Path, log=print) -> dict:
     models = {}
     for name, cls_name in zip(MODEL_NAMES, ("MonopoleModel", "DipoleModel", "CombinedModel"),
                               strict=True):
-        path = cache / f"model-{name}-{key}.npz"
+        folds = config.recalibrate_folds if name == "combined" else 0
+        path = cache / f"model-{name}-{key}{f'-cv{folds}' if folds else ''}.npz"
         if path.exists():
             models[name] = numbec.load_model(path)
             log(f"  {name} model: cached ({path.name})")
@@ -496,28 +517,85 @@ def train_models(frames, config: DemoConfig, cache: Path, log=print) -> dict:
         t0 = time.perf_counter()
         model = cls(settings=settings, zeta=4, n_sparse=config.n_sparse, seed=config.seed)
         model.fit(frames)
-        model.save(path)
-        models[name] = model
         log(f"  {name} model: fitted on {len(frames)} structures "
             f"({time.perf_counter() - t0:.0f} s)")
+        if folds:
+            from numbec.models.uncertainty import recalibrate
+
+            t1 = time.perf_counter()
+            recalibrate(model, frames, folds=folds)
+            model.training["variance_scale_fit"]["seconds"] = time.perf_counter() - t1
+            log(f"  {name} model: variance scale {model.variance_scale:.2f} from {folds}-fold "
+                f"cross-validation on the training structures "
+                f"({time.perf_counter() - t1:.0f} s)")
+        model.save(path)
+        models[name] = model
     models["species-mean"] = SpeciesMeanModel.fit(frames)
     return models
 
 
 # ------------------------------------------------------------------------------ spectra
-def _spectrum(dipole_dt, timestep: float, temperature: float):
+def _spectrum(dipole_dt, timestep: float, temperature: float, samples=None):
     """IR spectrum of one dM/dt series (F, 3) e·Å/fs of an isolated cluster.
 
     Returns (frequency (M,) cm^-1, cross-section (M,) cm^2 per cluster); harmonic quantum
     correction, default (Parzen, non-negative) window, correlation time up to 1 ps (line
-    FWHM 42.5 cm^-1).
+    FWHM 42.5 cm^-1). With ``samples`` (F, S, 3) e·Å/fs, dM/dt of S posterior weight
+    samples, also the model band: a dict ``p16``, ``p84``, ``std`` of (M,) cm^2 as third
+    item.
     """
     import numbec
 
     corr = min(1000.0, 0.5 * len(dipole_dt) * timestep)
     spec = numbec.ir_spectrum(np.asarray(dipole_dt), timestep=timestep,
-                              temperature=temperature, correlation_time=corr)
-    return np.asarray(spec["frequency"].values), np.asarray(spec["cross_section"].values)
+                              temperature=temperature, correlation_time=corr,
+                              samples=None if samples is None else np.asarray(samples))
+    result = np.asarray(spec["frequency"].values), np.asarray(spec["cross_section"].values)
+    if samples is None:
+        return result
+    band = {key: np.asarray(spec[f"cross_section_model_{key}"].values)
+            for key in ("p16", "p84", "std")}
+    return (*result, band)
+
+
+def band_agreement(frequency, exact, predicted, band, fmax: float = 4200.0,
+                   signal: float = 0.05) -> dict:
+    """How the model band of a predicted spectrum relates to the exact spectrum.
+
+    Parameters
+    ----------
+    frequency : (M,) cm^-1; exact, predicted : (M,) cm^2 per cluster
+    band : dict ``p16``, ``p84``, ``std`` (M,) cm^2 (from the posterior samples)
+    fmax : upper frequency (cm^-1) of the comparison
+    signal : frequencies where the exact spectrum exceeds this fraction of its maximum
+        count for the coverage
+
+    Returns
+    -------
+    dict
+        ``coverage``: fraction of those frequencies where ``p16 <= exact <= p84`` (nominal
+        0.68 for a calibrated band); ``area_exact``, ``area_predicted`` (cm^2·cm^-1, the
+        integrals up to ``fmax``); ``area_band_halfwidth``: the integral of
+        ``(p84 - p16) / 2``, the spread of the predicted area if the errors at all
+        frequencies moved together (an upper bound of its standard deviation);
+        ``relative_width``: mean ``(p84 - p16) / (2 predicted)`` over the signal
+        frequencies.
+    """
+    f = np.asarray(frequency)
+    sel = (f >= 0.0) & (f <= fmax)
+    df = float(f[1] - f[0])
+    ex, pr = np.asarray(exact)[sel], np.asarray(predicted)[sel]
+    lo, hi = np.asarray(band["p16"])[sel], np.asarray(band["p84"])[sel]
+    strong = ex > signal * ex.max()
+    return {
+        "coverage": float(np.mean((lo[strong] <= ex[strong]) & (ex[strong] <= hi[strong]))),
+        "area_exact": float(ex.sum() * df),
+        "area_predicted": float(pr.sum() * df),
+        "area_band_halfwidth": float(0.5 * (hi - lo).sum() * df),
+        "relative_width": float(np.mean(0.5 * (hi - lo)[strong] / pr[strong])),
+        "signal_fraction": signal,
+        "fmax": fmax,
+    }
 
 
 def spectral_agreement(frequency, reference, other, fmax: float = 4200.0) -> dict:
@@ -571,8 +649,10 @@ def compare(models: dict, store, md: dict, checks: list, config: DemoConfig, cac
         ``exact``: ASR of the check APTs and the consistency of ``sum_a Z_a v_a`` with the
         exact dipole derivative; ``models``: per model the BEC RMSE (all, per species) at
         the check frames, the relative RMSE of its dM/dt over all frames, and
-        :func:`spectral_agreement` with the exact spectrum; ``spectra``: frequency and
-        absorption arrays (for the figure).
+        :func:`spectral_agreement` with the exact spectrum and, for models with
+        ``bec_std``, its ``calibration`` at the check frames (:func:`numbec.evaluate`);
+        ``model_band`` (with ``config.posterior_samples``): the combined model's band;
+        ``spectra``: frequency and absorption arrays (for the figure).
     """
     import numbec
     from numbec.spectra.ir import kinetic_temperature
@@ -601,11 +681,19 @@ def compare(models: dict, store, md: dict, checks: list, config: DemoConfig, cac
     for name, model in models.items():
         t0 = time.perf_counter()
         model_hash = model_fingerprint(model)["sha256"][:10]
-        out = cache / f"pred-{name}-{Path(store).stem}-{model_hash}.zarr"
-        log(f"  {name} model: streaming BEC predictions over {md['n_frames']} frames")
-        pred = numbec.predict(model, store, out=out, progress=progress)
+        n_samples = config.posterior_samples if name == "combined" else 0
+        suffix = f"-samples{n_samples}-rank{config.uncertainty_rank}" if n_samples else ""
+        out = cache / f"pred-{name}-{Path(store).stem}-{model_hash}{suffix}.zarr"
+        log(f"  {name} model: streaming BEC predictions over {md['n_frames']} frames"
+            + (f" with {n_samples} posterior samples" if n_samples else ""))
+        # the samples are extra adjoint channels of the same descriptor pass (low-rank
+        # posterior, numbec.models.uncertainty): one prediction gives BECs and band
+        pred = numbec.predict(model, store, out=out, progress=progress,
+                              posterior_samples=n_samples, seed=config.seed,
+                              uncertainty_rank=config.uncertainty_rank if n_samples else None)
         bec = np.asarray(pred["bec"].values)
         dd = np.asarray(pred["dipole_derivative"].values)
+        predict_seconds = time.perf_counter() - t0
         z_pred = bec[idx]
         per_species = {}
         for z in np.unique(numbers):
@@ -613,16 +701,49 @@ def compare(models: dict, store, md: dict, checks: list, config: DemoConfig, cac
 
             per_species[chemical_symbols[z]] = _rmse(z_pred[:, numbers == z],
                                                      z_exact[:, numbers == z])
-        freq_m, spec_m = _spectrum(dd, md["frame_dt"], temperature)
-        spectra[name] = spec_m
-        results["models"][name] = {
+        entry = {
             "bec_rmse_e": _rmse(z_pred, z_exact),
             "bec_rmse_per_species_e": per_species,
             "dipole_derivative_relative_rmse": _rmse(dd, exact_dd)
             / float(np.sqrt(np.mean(exact_dd**2))),
-            "spectrum": spectral_agreement(freq, exact_spec, spec_m),
-            "predict_seconds": time.perf_counter() - t0,
+            "predict_seconds": predict_seconds,
         }
+        if n_samples:
+            t1 = time.perf_counter()
+            freq_m, spec_m, band = _spectrum(
+                dd, md["frame_dt"], temperature,
+                samples=pred["dipole_derivative_samples"].values)
+            sel = freq_m <= 4200.0
+            results["model_band"] = {
+                "model": name,
+                "n_posterior_samples": n_samples,
+                "variance_scale": float(getattr(model, "variance_scale", 1.0) or 1.0),
+                **band_agreement(freq_m, exact_spec, spec_m, band),
+                "frequency_cm-1": freq_m[sel].tolist(),
+                "cross_section_exact_cm2": exact_spec[sel].tolist(),
+                "cross_section_cm2": spec_m[sel].tolist(),
+                **{f"cross_section_model_{k}_cm2": v[sel].tolist() for k, v in band.items()},
+                "spectra_seconds": time.perf_counter() - t1,
+            }
+            spectra[f"{name}_model_p16"] = band["p16"]
+            spectra[f"{name}_model_p84"] = band["p84"]
+        else:
+            freq_m, spec_m = _spectrum(dd, md["frame_dt"], temperature)
+        spectra[name] = spec_m
+        entry["spectrum"] = spectral_agreement(freq, exact_spec, spec_m)
+        if "bec_std" in getattr(model, "outputs", ()):
+            t1 = time.perf_counter()
+            # exact bec_std at the test frames with exact APTs (design rows: cheap for a
+            # few frames); the combined model's variance is recalibrated on training data
+            cal = numbec.evaluate(model, checks, baseline=False, calibration=True,
+                                  progress=False)["calibration"]
+            entry["calibration"] = {
+                **{k: cal[k] for k in ("coverage_68", "coverage_95", "nll", "z_rms",
+                                       "mean_std", "frame_rank_correlation", "n_frames")},
+                "variance_scale": float(getattr(model, "variance_scale", 1.0) or 1.0),
+                "seconds": time.perf_counter() - t1,
+            }
+        results["models"][name] = entry
     results["spectra"] = spectra
     return results
 
@@ -630,15 +751,23 @@ def compare(models: dict, store, md: dict, checks: list, config: DemoConfig, cac
 
 
 def _plot(spectra: dict, path: Path, title: str) -> None:
+    """Top: the exact spectrum and every model's. Bottom (when the combined model has a
+    band): the combined model with its model-uncertainty band (16th-84th percentile of the
+    posterior samples' spectra) against the exact spectrum. Absolute units."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.0, 4.0))
+    band = "combined_model_p16" in spectra
+    fig, axes = plt.subplots(2 if band else 1, 1, figsize=(7.0, 6.8 if band else 4.0),
+                             sharex=True, squeeze=False)
+    axes = axes[:, 0]
     f = spectra["frequency"]
     sel = f <= 4200.0
     scale = 1e-18  # cm^2: absolute cross-sections of one cluster, readable tick labels
+    ylabel = "cross-section per cluster (10$^{-18}$ cm$^2$)"
+    ax = axes[0]
     ax.plot(f[sel], spectra["exact"][sel] / scale, color="black", lw=2.0,
             label="exact xTB dipole")
     styles = {"monopole": "C0", "dipole": "C1", "combined": "C3", "species-mean": "0.6"}
@@ -646,11 +775,22 @@ def _plot(spectra: dict, path: Path, title: str) -> None:
         if name in spectra:
             ax.plot(f[sel], spectra[name][sel] / scale, color=color, lw=1.0,
                     ls="--" if name == "species-mean" else "-", label=f"{name} model")
-    ax.set_xlabel("frequency (cm$^{-1}$)")
-    ax.set_ylabel("absorption cross-section per cluster (10$^{-18}$ cm$^2$)")
-    ax.set_xlim(0.0, 4200.0)
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.legend(frameon=False, fontsize=8)
+    if band:
+        ax = axes[1]
+        ax.fill_between(f[sel], spectra["combined_model_p16"][sel] / scale,
+                        spectra["combined_model_p84"][sel] / scale, color="C3", alpha=0.3,
+                        lw=0, label="model band (16-84 %, posterior samples)")
+        ax.plot(f[sel], spectra["combined"][sel] / scale, color="C3", lw=1.0,
+                label="combined model")
+        ax.plot(f[sel], spectra["exact"][sel] / scale, color="black", lw=1.5,
+                label="exact xTB dipole")
+        ax.set_ylabel(ylabel)
+        ax.legend(frameon=False, fontsize=8)
+    axes[-1].set_xlabel("frequency (cm$^{-1}$)")
+    axes[-1].set_xlim(0.0, 4200.0)
     fig.tight_layout()
     try:
         atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
@@ -680,8 +820,12 @@ def run_demo(out="numbec-demo", quick: bool = False, fresh: bool = False, log=pr
     Returns
     -------
     dict
-        What ``results.json`` holds: configuration, timings, the exact-reference checks
-        and per model the BEC RMSE, dM/dt error and spectral agreement.
+        What ``results.json`` holds: configuration, timings (``uncertainty``: seconds of
+        the recalibration, calibration, sampled prediction and band spectra), the
+        exact-reference checks, per model the BEC RMSE, dM/dt error, spectral agreement
+        and (kernel models) ``calibration`` of ``bec_std`` at the test frames with exact
+        APTs; ``model_band``: the combined model's spectrum with its model band (cm^2 per
+        cluster) and the exact one up to 4200 cm^-1, and :func:`band_agreement`.
     """
     try:  # fail before any work when an optional dependency is missing
         import matplotlib  # noqa: F401
@@ -738,8 +882,22 @@ def _run(config: DemoConfig, out: Path, quick: bool, fresh: bool, log,
           f"T = {comparison['exact']['temperature_K']:.0f} K")
     names = [k for k in spectra if k != "frequency"]
     np.savetxt(out / "spectra.csv", np.column_stack([spectra[k] for k in ["frequency"] + names]),
-               delimiter=",", header="frequency_cm-1," + ",".join(names), fmt="%.6g")
+               delimiter=",", fmt="%.6g",
+               header="frequency [cm^-1]," + ",".join(f"{k} [cm^2]" for k in names))
     timings["predict_and_spectra"] = time.perf_counter() - t0
+    # the cost of the uncertainty steps, measured where they ran (a cached model or
+    # prediction keeps the cost of the run that made it)
+    combined = comparison["models"].get("combined", {})
+    fit = (getattr(models.get("combined"), "training", None) or {}).get(
+        "variance_scale_fit") or {}
+    timings["uncertainty"] = {
+        "recalibration": fit.get("seconds"),
+        "calibration": sum(r["calibration"]["seconds"]
+                           for r in comparison["models"].values() if "calibration" in r),
+        "combined_predict_with_samples": combined.get("predict_seconds")
+        if "model_band" in comparison else None,
+        "band_spectra": comparison.get("model_band", {}).get("spectra_seconds"),
+    }
     timings["total"] = time.perf_counter() - t_start
 
     results = {
@@ -777,3 +935,24 @@ def _report(results: dict, log=print) -> None:
             f"{bands['bend']['peak']:.0f}/{bands['stretch']['peak']:.0f} "
             f"(exact {bands['bend']['peak_reference']:.0f}/"
             f"{bands['stretch']['peak_reference']:.0f})")
+    calibrated = {name: r["calibration"] for name, r in results["models"].items()
+                  if "calibration" in r}
+    if calibrated:
+        n = next(iter(calibrated.values()))["n_frames"]
+        log(f"calibration of bec_std on the {n} test frames with exact APTs (nominal 95 % "
+            "coverage 0.95; rank correlation of each frame's predicted uncertainty with its "
+            "error, 1 = perfect)")
+        for name, c in calibrated.items():
+            how = (f"recalibrated on the training data, variance x {c['variance_scale']:.2f}"
+                   if c["variance_scale"] != 1.0 else "raw Bayesian variance")
+            log(f"  {name:<12} 95 % coverage {c['coverage_95']:.2f}, 68 % coverage "
+                f"{c['coverage_68']:.2f}, frame rank correlation "
+                f"{c['frame_rank_correlation']:.2f} ({how})")
+    band = results.get("model_band")
+    if band:
+        log(f"model band of the {band['model']} spectrum ({band['n_posterior_samples']} "
+            f"posterior samples): covers the exact spectrum at {band['coverage']:.0%} of the "
+            f"frequencies with signal (nominal 68 %); mean half width "
+            f"{band['relative_width']:.0%}; area exact/predicted "
+            f"{band['area_exact'] / band['area_predicted']:.2f} "
+            f"(band: +/- {band['area_band_halfwidth'] / band['area_predicted']:.2f})")

@@ -144,6 +144,41 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
         assert 0.6 < stretch["intensity_ratio"] < 1.6
         assert abs(stretch["peak"] - stretch["peak_reference"]) <= 60.0
 
+    # calibration of bec_std at the test frames with exact APTs, for every kernel model
+    for name in learned:
+        cal = models[name]["calibration"]
+        for key in ("coverage_68", "coverage_95"):
+            assert 0.0 <= cal[key] <= 1.0, (name, key, cal[key])
+        assert cal["coverage_68"] <= cal["coverage_95"], name
+        assert -1.0 <= cal["frame_rank_correlation"] <= 1.0, name
+        assert cal["variance_scale"] > 0.0
+    if "combined" in models:
+        # recalibrated on the training structures (cross-validation), not left at 1
+        assert models["combined"]["calibration"]["variance_scale"] != 1.0
+        # a calibrated 95 % interval neither covers almost nothing nor is absurdly wide
+        assert 0.5 <= models["combined"]["calibration"]["coverage_95"] <= 1.0
+
+        band = res["model_band"]
+        assert band["model"] == "combined" and band["n_posterior_samples"] == 16
+        f = np.asarray(band["frequency_cm-1"])
+        lo = np.asarray(band["cross_section_model_p16_cm2"])
+        hi = np.asarray(band["cross_section_model_p84_cm2"])
+        std = np.asarray(band["cross_section_model_std_cm2"])
+        exact_spec = np.asarray(band["cross_section_exact_cm2"])
+        assert f.shape == lo.shape == hi.shape == std.shape == exact_spec.shape
+        assert (lo <= hi).all() and (std >= 0).all()
+        assert band["area_band_halfwidth"] > 0.0  # posterior samples differ
+        # where the signal is, the band is a fraction of the spectrum, not wider than it
+        assert 0.0 < band["relative_width"] < 0.5
+        # the exact spectrum's area within a few band widths of the predicted one (the
+        # half width summed over frequencies bounds the spread of the predicted area)
+        assert abs(band["area_exact"] - band["area_predicted"]) \
+            <= 3.0 * band["area_band_halfwidth"], band
+        assert 0.0 <= band["coverage"] <= 1.0
+        header = (out / "spectra.csv").read_text().splitlines()[0]
+        assert "combined_model_p16 [cm^2]" in header and "combined_model_p84 [cm^2]" in header
+        assert header.startswith("# frequency [cm^-1],")  # every column carries its unit
+
     # second run: everything from the cache, identical numbers
     capsys.readouterr()
     assert main(["demo", "--quick", "--out", str(out)]) == 0
@@ -153,3 +188,8 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     for name in models:
         assert again["models"][name]["bec_rmse_e"] == models[name]["bec_rmse_e"]
         assert again["models"][name]["spectrum"] == models[name]["spectrum"]
+        assert again["models"][name].get("calibration", {}).get("coverage_95") == \
+            models[name].get("calibration", {}).get("coverage_95")
+    if "model_band" in res:
+        assert again["model_band"]["cross_section_model_p84_cm2"] == \
+            res["model_band"]["cross_section_model_p84_cm2"]

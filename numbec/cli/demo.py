@@ -3,8 +3,10 @@
 Water clusters with GFN2-xTB give exact atomic polar tensors; monopole, dipole and
 combined models are trained on a few of them, streamed over an independent xTB MD, and
 the IR spectrum from the predicted BECs is compared with the one from the exact xTB
-dipole. Writes ir.png, spectra.csv and results.json into DIR; the xTB data, models and
-predictions are cached in DIR/cache, so a second run is fast.
+dipole. It prints the calibration of each model's uncertainty and draws the combined
+model's spectrum with its model-uncertainty band. Writes ir.png, spectra.csv and
+results.json into DIR; the xTB data, models and predictions are cached in DIR/cache, so a
+second run is fast.
 """
 
 from __future__ import annotations
