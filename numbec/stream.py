@@ -100,6 +100,7 @@ class _ChunkSpec:
     frame_threads: int = 0  # frames computed concurrently; 0: automatic
     blas_threads: int | None = 1  # BLAS threads inside the task (None: unchanged)
     n_samples: int = 0  # posterior weight samples (numbec.models.uncertainty)
+    total_charge: float = 0.0  # e, passed to the model when non-zero
 
     @property
     def integrated_dipole(self) -> bool:
@@ -136,6 +137,8 @@ def _plan_variables(model, want_dd, periodic, uncertainty):
         names += ["bec_monopole", "bec_dipole"]
     if "charges" in outputs:
         names.append("charges")
+    if "asr_violation" in outputs:
+        names.append("asr_violation")
     if want_dd:
         names += ["dipole_derivative", "dipole_derivative_by_species"]
         if combined:
@@ -209,13 +212,13 @@ def _predict_chunk(model, positions, cell, velocities, spec, frame0, on_frame):
         _check_finite(velocities, "velocity", spec.source, frame0)
 
     per_frame = {}
-    model_keys = [k for k in ("bec", "bec_std", "bec_monopole", "bec_dipole", "charges")
-                  if k in spec.variables]
+    model_keys = [k for k in ("bec", "bec_std", "bec_monopole", "bec_dipole", "charges",
+                              "asr_violation") if k in spec.variables]
     if spec.dipole_method == "model":
         model_keys.append("dipole")
     if "dipole_derivative_samples" in spec.variables:
         model_keys.append("bec_samples")
-    shapes = {"charges": (n_atoms,), "dipole": (3,),
+    shapes = {"charges": (n_atoms,), "dipole": (3,), "asr_violation": (3, 3),
               "bec_samples": (spec.n_samples, n_atoms, 3, 3)}
     for key in model_keys:
         per_frame[key] = np.empty((n_frames,) + shapes.get(key, (n_atoms, 3, 3)))
@@ -324,6 +327,35 @@ def _model_frames(model, positions, cell, spec, frame0, model_keys, per_frame, o
                 future.cancel()
 
 
+def charge_keyword(total_charge: float) -> dict:
+    """``{"total_charge": Q}`` for a non-zero Q (e), else ``{}``: models written before the
+    keyword existed keep working for neutral input."""
+    return {"total_charge": float(total_charge)} if total_charge else {}
+
+
+def _check_total_charge(model, total_charge) -> float:
+    """The total charge (e) as a finite float; a clear error when a non-zero one is given
+    to a model whose ``predict_arrays`` has no ``total_charge`` keyword."""
+    import inspect
+
+    try:
+        charge = float(total_charge)
+    except (TypeError, ValueError):
+        raise ValueError(f"total_charge must be a number of e, got {total_charge!r}"
+                         ) from None
+    if not np.isfinite(charge):
+        raise ValueError(f"total_charge must be finite, got {total_charge!r}")
+    if charge:
+        try:
+            parameters = inspect.signature(model.predict_arrays).parameters.values()
+        except (TypeError, ValueError):
+            parameters = ()
+        if not any(p.name == "total_charge" or p.kind is p.VAR_KEYWORD for p in parameters):
+            raise ValueError(f"{type(model).__name__} does not accept a total charge "
+                             f"(total_charge={charge:g} e); predict neutral structures only")
+    return charge
+
+
 def _model_batches(model, positions, cell, spec, frame0, model_keys, per_frame, on_frame):
     """The frames of a chunk in batches of :func:`numbec.parallel.batch_frames` frames, each
     one ``model.predict_frames`` call; batches on concurrent threads as frames are in
@@ -336,7 +368,8 @@ def _model_batches(model, positions, cell, spec, frame0, model_keys, per_frame, 
         stop = min(start + step, n_frames)
         try:
             result = model.predict_frames(positions[start:stop], spec.numbers, cell[start:stop],
-                                          spec.pbc, precision=spec.precision)
+                                          spec.pbc, precision=spec.precision,
+                                          **charge_keyword(spec.total_charge))
         except ValueError as exc:
             raise ValueError(f"{spec.source}: "
                              f"{_frame_in_trajectory(exc, frame0 + start, frame0 + stop - 1)}"
@@ -387,7 +420,8 @@ def _model_frame(model, positions, cell, spec, frame, f, model_keys, per_frame):
         result = model.predict_arrays(positions, spec.numbers, cell, spec.pbc,
                                       uncertainty=spec.uncertainty,
                                       **({} if spec.precision == "float64"
-                                         else {"precision": spec.precision}))
+                                         else {"precision": spec.precision}),
+                                      **charge_keyword(spec.total_charge))
     except ValueError as exc:
         raise ValueError(f"{spec.source}: frame {frame}: {exc}") from exc
     _store_outputs(model, result, model_keys, per_frame, f, f"{spec.source}: frame {frame}",
@@ -478,13 +512,13 @@ def _open_input(trajectory):
 
 
 def _validate(ds, source):
-    from numbec.io.trajectory import LAYOUT
+    from numbec.io.trajectory import LAYOUT, OPTIONAL
 
     for name, (dims, _dtype, _units) in LAYOUT.items():
         if name == "time":
             continue
         if name not in ds:
-            if name == "velocities":
+            if name in OPTIONAL:
                 continue
             raise ValueError(f"{source}: trajectory has no {name!r} variable")
         if tuple(ds[name].dims) != dims:
@@ -597,6 +631,7 @@ def predict(
     posterior_samples: int = 0,
     uncertainty_rank: int | None = None,
     seed: int = 0,
+    total_charge: float = 0.0,
 ):
     """Predict BECs (and dipole derivatives) for every frame of a trajectory.
 
@@ -676,6 +711,11 @@ def predict(
         cheaper than the exact ``bec_std``, accurate to a few % per frame (docs/models.md).
     seed : int
         Seed of the posterior samples.
+    total_charge : float
+        Total charge Q of every frame, e (0: neutral). Passed to the model, whose BECs then
+        sum to ``Q I`` (acoustic sum rule of a charged system); recorded in the attribute
+        ``total_charge``; resuming checks it. A model whose ``predict_arrays`` has no
+        ``total_charge`` keyword is refused for Q != 0.
 
     Returns
     -------
@@ -709,7 +749,8 @@ def predict(
     plan = _make_plan(model, ds, source, store_path, chunk_frames=chunk_frames, dtype=dtype,
                       uncertainty=uncertainty, dipole_derivative=dipole_derivative,
                       model_file=model_file, blas_threads=blas_threads, threads=threads,
-                      precision=precision, posterior_samples=int(posterior_samples))
+                      precision=precision, posterior_samples=int(posterior_samples),
+                      total_charge=total_charge)
     if posterior_samples or uncertainty_rank:
         plan.attrs.update(posterior_samples=int(posterior_samples), seed=int(seed),
                           uncertainty_rank=int(uncertainty_rank or 32))
@@ -726,7 +767,7 @@ def predict(
 
 def _make_plan(model, ds, source, store_path, *, chunk_frames, dtype, uncertainty,
                dipole_derivative, model_file, blas_threads, threads, precision,
-               posterior_samples=0) -> _Plan:
+               posterior_samples=0, total_charge=0.0) -> _Plan:
     import warnings
 
     from numbec.io.trajectory import dataset_timestep
@@ -739,6 +780,7 @@ def _make_plan(model, ds, source, store_path, *, chunk_frames, dtype, uncertaint
     pbc = np.asarray(ds["pbc"].values, dtype=bool).reshape(3)
     n_frames, n_atoms = ds.sizes["frame"], ds.sizes["atom"]
     _check_species(model, numbers, source)
+    total_charge = _check_total_charge(model, total_charge)
     model_precisions = tuple(getattr(model, "precisions", ("float64",)))
     if precision not in model_precisions:
         raise ValueError(f"precision={precision!r}: {type(model).__name__} offers "
@@ -780,7 +822,7 @@ def _make_plan(model, ds, source, store_path, *, chunk_frames, dtype, uncertaint
         variables=variables, dipole_method=dipole_method, timestep=timestep,
         uncertainty=bool(uncertainty), dtype=dtype.str, frame_threads=_check_threads(threads),
         precision=precision, blas_threads=None if blas_threads is None else int(blas_threads),
-        n_samples=int(posterior_samples),
+        n_samples=int(posterior_samples), total_charge=total_charge,
     )
     if "time" in ds.coords:
         time = np.asarray(ds["time"].values, dtype=np.float64)
@@ -803,7 +845,7 @@ def _make_plan(model, ds, source, store_path, *, chunk_frames, dtype, uncertaint
         precision=precision, volume=volume,
         velocities_source=(ds.attrs.get("velocities_source", "trajectory")
                            if has_velocities else None),
-        temperature=ds.attrs.get("temperature"),
+        temperature=ds.attrs.get("temperature"), total_charge=total_charge,
     )
     inputs = _InputChunks(ds, chunks, has_velocities and want_dd)
     return _Plan(spec, chunk_frames, bounds, time, attrs, inputs, model_fp)
@@ -915,6 +957,11 @@ def _predict_in_memory(model, plan, progress):
 
 def _predict_to_store(model, plan, out: Path, progress, ds, store_path, overwrite):
     spec, bounds = plan.spec, plan.bounds
+    old = store_format.stored_variables(out) if not overwrite else None
+    if old is not None and "asr_violation" in spec.variables and "asr_violation" not in old:
+        # a store written before the sum-rule diagnostic existed: resumed without it
+        spec = dataclasses.replace(spec, variables=tuple(v for v in spec.variables
+                                                         if v != "asr_violation"))
     n_chunks = len(bounds)
     first, last = plan.inputs.first_last_frames()
     expected = store_format.fingerprint(
@@ -923,7 +970,8 @@ def _predict_to_store(model, plan, out: Path, progress, ds, store_path, overwrit
         first_positions=first, last_positions=last, timestep=spec.timestep,
         chunk_frames=plan.chunk_frames, variables=spec.variables,
         velocities_source=ds.attrs.get("velocities_source", "trajectory"), dtype=spec.dtype,
-        uncertainty=spec.uncertainty, precision=spec.precision)
+        uncertainty=spec.uncertainty, precision=spec.precision,
+        total_charge=spec.total_charge)
     attrs = dict(plan.attrs, fingerprint=json.dumps(expected, sort_keys=True))
     with store_format.locked(out), naming_disk_full(
             out, "the chunks written so far are kept: free space and run the same command "
@@ -963,7 +1011,7 @@ def plan_model_node(model, plan):
     spec = plan.spec
     payload = json.dumps([plan.inputs.dask_names, model_token, list(spec.variables),
                           spec.dtype, spec.uncertainty, spec.timestep, spec.precision,
-                          spec.blas_threads], default=str)
+                          spec.blas_threads, spec.total_charge], default=str)
     return node, hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

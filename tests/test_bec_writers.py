@@ -199,3 +199,25 @@ def test_born_command_other_formats(tmp_path, fmt):
         key = EXTXYZ_FLAVOURS["numbec" if fmt == "extxyz" else fmt][0]
         back = read_bec(out, key=key)[0].arrays["bec"]
     np.testing.assert_allclose(back, z, rtol=1e-15)  # unsymmetrised, as predicted
+
+
+def test_writers_are_atomic_and_name_a_missing_directory(tmp_path):
+    """The writers go through numbec.io._files.atomic_write: a missing output directory is
+    an error naming it (not the temporary file), a compressed extxyz is still compressed,
+    and nothing but the output is left behind."""
+    import gzip
+
+    from ase.build import molecule
+
+    z = np.random.default_rng(3).normal(size=(3, 3, 3))
+    with pytest.raises(FileNotFoundError, match="nodir does not exist"):
+        write_ipi_bec(tmp_path / "nodir" / "bec.txt", z)
+    atoms = molecule("H2O")
+    atoms.arrays["bec"] = z
+    with pytest.raises(FileNotFoundError, match="nodir does not exist"):
+        write_extxyz_flavour(tmp_path / "nodir" / "b.xyz", [atoms])
+    path = write_extxyz_flavour(tmp_path / "b.xyz.gz", [atoms])
+    with gzip.open(path, "rt") as fh:
+        assert fh.readline().strip() == "3"
+    write_ipi_bec(tmp_path / "bec.txt", z)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.xyz.gz", "bec.txt"]

@@ -184,3 +184,19 @@ def test_train_and_evaluate_on_vasp_outcars(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(test) in err
     assert "6 ions but the structure has 12" in err
+
+
+def test_evaluate_charge_applies_to_frames_without_their_own(tmp_path, capsys):
+    """--charge Q reaches the model for every frame lacking info['charge']: the species-mean
+    prediction is then projected onto sum_a Z_a = Q I (independent numpy computation)."""
+    frames = numbec.read_bec(QUARTZ, index="0:3")
+    path = SpeciesMeanModel.fit(frames).save(tmp_path / "mean.npz")
+    assert main(["evaluate", str(path), "example:sio2_quartz_subset", "--index", "0:3",
+                 "--json", "--no-baseline", "--charge", "2"]) == 0
+    res = _json(capsys)
+    ref = np.stack([f.arrays["bec"] for f in frames])
+    numbers = frames[0].numbers
+    means = {z: ref[:, numbers == z].mean(axis=(0, 1)) for z in (8, 14)}
+    pred = asr_project(np.stack([means[z] for z in numbers]), 2.0)
+    np.testing.assert_allclose(pred.sum(axis=0), 2.0 * np.eye(3), atol=1e-12)
+    assert res["rmse"] == pytest.approx(np.sqrt(((ref - pred[None]) ** 2).mean()), rel=1e-10)

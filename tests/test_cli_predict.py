@@ -237,3 +237,21 @@ def test_overwrite_replaces_a_finished_store(tmp_path, model_file, capsys):
     args[args.index(str(out))] = str(foreign)
     assert main(args + ["--overwrite"]) == 1
     assert (foreign / "keep.txt").exists()
+
+
+def test_cli_charge_reaches_the_model_and_the_resume_check(tmp_path, model_file, capsys):
+    """--charge Q: the BECs of every frame sum to Q I, the store records Q, and a store
+    predicted with another Q is not resumed."""
+    _, path = model_file
+    traj = tmp_path / "traj.zarr"
+    write_trajectory_store(traj, n_frames=4)
+    out = tmp_path / "q.zarr"
+    args = ["predict", str(path), str(traj), "-o", str(out), "--no-progress"]
+    assert main(args + ["--charge", "1"]) == 0
+    result = xr.open_zarr(out)
+    np.testing.assert_allclose(result["bec"].sum("atom").values,
+                               np.broadcast_to(np.eye(3), (4, 3, 3)), atol=1e-12)
+    assert result.attrs["total_charge"] == 1.0
+    capsys.readouterr()
+    assert main(args) == 1
+    assert "total_charge" in capsys.readouterr().err

@@ -172,7 +172,7 @@ def test_index_selection_and_time(xyz_source, tmp_path):
     ds = numbec.open_trajectory(tmp_path / "s.zarr")
     np.testing.assert_array_equal(ds.positions.values, [frames[k].positions for k in (2, 5, 8, 11)])
     assert ds.attrs["timestep"] == pytest.approx(0.75)
-    numbec.convert_trajectory(src, tmp_path / "t.zarr", index="-3:")
+    numbec.convert_trajectory(src, tmp_path / "t.zarr", index="-3:", time_series=False)
     ds = numbec.open_trajectory(tmp_path / "t.zarr")
     np.testing.assert_array_equal(ds.positions.values, [a.positions for a in frames[-3:]])
     assert "timestep" not in ds.attrs and np.isnan(ds.time.values).all()
@@ -182,7 +182,8 @@ def test_ase_reader_path_for_other_formats(tmp_path):
     # non-extxyz sources go through ase.io.iread: an ASE .traj without MD metadata
     frames = _synthetic_frames(n_frames=6, with_velocities=False)
     ase.io.write(tmp_path / "plain.traj", frames)
-    numbec.convert_trajectory(tmp_path / "plain.traj", tmp_path / "s.zarr", index="1:5")
+    numbec.convert_trajectory(tmp_path / "plain.traj", tmp_path / "s.zarr", index="1:5",
+                              time_series=False)
     ds = numbec.open_trajectory(tmp_path / "s.zarr")
     assert "velocities" not in ds and "timestep" not in ds.attrs
     np.testing.assert_array_equal(ds.positions.values, [a.positions for a in frames[1:5]])
@@ -354,14 +355,15 @@ def test_bad_sources(tmp_path, xyz_source):
     src, frames = xyz_source
     with pytest.raises(FileNotFoundError, match="missing.xyz: no such trajectory file"):
         numbec.convert_trajectory(tmp_path / "missing.xyz", tmp_path / "a.zarr")
-    numbec.convert_trajectory(src, tmp_path / "b.zarr")
+    numbec.convert_trajectory(src, tmp_path / "b.zarr", time_series=False)
     with pytest.raises(FileExistsError, match="b.zarr: store exists"):
         numbec.convert_trajectory(src, tmp_path / "b.zarr")
     # atom count changes in frame 3
     odd = frames[:3] + [frames[3][:4]] + frames[4:]
     ase.io.write(tmp_path / "odd.xyz", odd)
     with pytest.raises(ValueError, match=r"odd.xyz, frame 3: has 4 atoms, earlier frames have 5"):
-        numbec.convert_trajectory(tmp_path / "odd.xyz", tmp_path / "c.zarr", chunk_frames=2)
+        numbec.convert_trajectory(tmp_path / "odd.xyz", tmp_path / "c.zarr", chunk_frames=2,
+                                  time_series=False)
     # the frames before the bad one are complete and readable
     assert numbec.open_trajectory(tmp_path / "c.zarr").sizes["frame"] == 2
     # reordered atoms
@@ -369,24 +371,24 @@ def test_bad_sources(tmp_path, xyz_source):
     swapped[5] = swapped[5][[1, 0, 2, 3, 4]]
     ase.io.write(tmp_path / "swap.xyz", swapped)
     with pytest.raises(ValueError, match=r"swap.xyz, frame 5: atom 0 is element 1, was 8"):
-        numbec.convert_trajectory(tmp_path / "swap.xyz", tmp_path / "d.zarr")
+        numbec.convert_trajectory(tmp_path / "swap.xyz", tmp_path / "d.zarr", time_series=False)
     # NaN position
     nan = [a.copy() for a in frames]
     nan[4].positions[2, 1] = np.nan
     ase.io.write(tmp_path / "nan.xyz", nan)
     with pytest.raises(ValueError, match=r"nan.xyz, frame 4: position of atom 2"):
-        numbec.convert_trajectory(tmp_path / "nan.xyz", tmp_path / "e.zarr")
+        numbec.convert_trajectory(tmp_path / "nan.xyz", tmp_path / "e.zarr", time_series=False)
     # velocities in some frames only
     mixed = [a.copy() for a in frames]
     for a in mixed[6:]:
         del a.arrays["momenta"]
     ase.io.write(tmp_path / "mixed.xyz", mixed)
     with pytest.raises(ValueError, match=r"mixed.xyz, frame 6: has no velocities"):
-        numbec.convert_trajectory(tmp_path / "mixed.xyz", tmp_path / "f.zarr")
+        numbec.convert_trajectory(tmp_path / "mixed.xyz", tmp_path / "f.zarr", time_series=False)
     with pytest.raises(ValueError, match="time step must be a positive"):
         numbec.convert_trajectory(src, tmp_path / "g.zarr", timestep=-1.0)
     with pytest.raises(ValueError, match="no frames selected"):
-        numbec.convert_trajectory(src, tmp_path / "h.zarr", index="100:")
+        numbec.convert_trajectory(src, tmp_path / "h.zarr", index="100:", time_series=False)
     with pytest.raises(ValueError, match="invalid frame index"):
         numbec.convert_trajectory(src, tmp_path / "i.zarr", index="a:b")
 
@@ -445,7 +447,8 @@ def test_velocities_from_positions_through_a_store(tmp_path):
         Atoms("H4", positions=p, cell=ds.cell.values[0], pbc=True) for p in ds.positions.values
     ]
     ase.io.write(tmp_path / "osc.xyz", frames)
-    numbec.convert_trajectory(tmp_path / "osc.xyz", tmp_path / "o.zarr", chunk_frames=6)
+    numbec.convert_trajectory(tmp_path / "osc.xyz", tmp_path / "o.zarr", chunk_frames=6,
+                              time_series=False)
     stored = numbec.open_trajectory(tmp_path / "o.zarr")
     with pytest.raises(ValueError, match="no time step known"):
         velocities_from_positions(stored)
@@ -485,9 +488,10 @@ def test_vasp_xdatcar_source(tmp_path):
 
 
 def test_progress_bar_on_request(xyz_source, tmp_path, capsys):
-    numbec.convert_trajectory(xyz_source[0], tmp_path / "p.zarr", progress=True)
+    numbec.convert_trajectory(xyz_source[0], tmp_path / "p.zarr", progress=True, time_series=False)
     assert "13 frames" in capsys.readouterr().err
-    numbec.convert_trajectory(xyz_source[0], tmp_path / "q.zarr")  # stderr is not a TTY here
+    numbec.convert_trajectory(xyz_source[0], tmp_path / "q.zarr",
+                              time_series=False)  # stderr is not a TTY here
     assert capsys.readouterr().err == ""
 
 
@@ -495,7 +499,7 @@ def test_compressed_sources_read_by_ase(tmp_path):
     # ASE's OUTCAR reader needs a file name, which a decompressing stream lacks
     synthetic = make_outcar(seed=7)
     src = write_outcar(tmp_path / "OUTCAR.7.xz", synthetic.text)
-    numbec.convert_trajectory(src, tmp_path / "o.zarr")
+    numbec.convert_trajectory(src, tmp_path / "o.zarr", time_series=False)
     ds = numbec.open_trajectory(tmp_path / "o.zarr")
     np.testing.assert_allclose(ds.positions.values[0], synthetic.positions, rtol=0, atol=1e-12)
     np.testing.assert_allclose(ds.cell.values[0], synthetic.cell, rtol=0, atol=1e-12)
@@ -512,8 +516,8 @@ def test_compressed_sources_read_by_ase(tmp_path):
     ase.io.write(tmp_path / "XDATCAR", frames, format="vasp-xdatcar")
     with gzip.open(tmp_path / "XDATCAR.gz", "wb") as fh:
         fh.write((tmp_path / "XDATCAR").read_bytes())
-    numbec.convert_trajectory(tmp_path / "XDATCAR", tmp_path / "a.zarr")
-    numbec.convert_trajectory(tmp_path / "XDATCAR.gz", tmp_path / "b.zarr")
+    numbec.convert_trajectory(tmp_path / "XDATCAR", tmp_path / "a.zarr", time_series=False)
+    numbec.convert_trajectory(tmp_path / "XDATCAR.gz", tmp_path / "b.zarr", time_series=False)
     a, b = numbec.open_trajectory(tmp_path / "a.zarr"), numbec.open_trajectory(tmp_path / "b.zarr")
     np.testing.assert_array_equal(a.positions.values, b.positions.values)
 
@@ -621,3 +625,83 @@ def test_timestep_contradicting_time_warns(tmp_path, xyz_source):
         warnings.simplefilter("error")
         ds = numbec.open_trajectory(store)
     np.testing.assert_array_equal(ds.time.values, 2.0 * np.arange(13))
+
+
+# --- masses ------------------------------------------------------------------------------
+
+
+def _heavy_water_frames(n_frames=40, seed=3):
+    """D2O molecules whose velocities are drawn for the deuterium masses (ASE units)."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n_frames):
+        atoms = Atoms("OHHOHH", positions=rng.uniform(0, 5, (6, 3)), cell=5 * np.eye(3),
+                      pbc=True)
+        masses = atoms.get_masses()
+        masses[atoms.numbers == 1] = 2.014102  # deuterium
+        atoms.set_masses(masses)
+        sigma = np.sqrt(units.kB * 300.0 / masses)[:, None]  # ASE velocity units
+        atoms.set_velocities(rng.normal(0.0, 1.0, (6, 3)) * sigma)
+        frames.append(atoms)
+    return frames
+
+
+@pytest.mark.parametrize("suffix", [".traj", ".xyz"])
+def test_converted_store_keeps_isotope_masses_for_the_kinetic_temperature(tmp_path, suffix):
+    """A deuterated source keeps its masses in the store (ASE .traj and extxyz, whose
+    momenta are divided by the file's masses), and the kinetic temperature uses them:
+    it equals ASE's own (3N degrees of freedom: the drift is not removed here)."""
+    from numbec.spectra.temperature import kinetic_temperature
+
+    frames = _heavy_water_frames()
+    src = tmp_path / f"d2o{suffix}"
+    ase.io.write(src, frames)
+    store = tmp_path / "d2o.zarr"
+    numbec.convert_trajectory(src, store, timestep=1.0, chunk_frames=16)
+    ds = numbec.open_trajectory(store)
+    np.testing.assert_allclose(ds["masses"].values, frames[0].get_masses(), rtol=1e-12)
+    assert ds["masses"].attrs["units"] == "amu"
+    np.testing.assert_allclose(ds.velocities.values, _expected_velocities_fs(frames),
+                               rtol=1e-6, atol=1e-9)  # extxyz keeps 8 decimals
+    ase_mean = np.mean([a.get_temperature() for a in frames])
+    # ASE's constants are CODATA 2014, numbec's scipy's (2018): 3e-7 apart
+    assert kinetic_temperature(ds) == pytest.approx(ase_mean, rel=1e-6)
+    # standard (hydrogen) masses would read the same velocities much colder
+    assert kinetic_temperature(ds.drop_vars("masses")) < 0.8 * ase_mean
+
+
+def test_store_written_without_masses_still_opens_and_appends(xyz_source, tmp_path):
+    import shutil
+
+    src, _frames = xyz_source
+    store = tmp_path / "old.zarr"
+    numbec.convert_trajectory(src, store, chunk_frames=4, timestep=1.0, index=":8")
+    shutil.rmtree(store / "masses")  # as written before masses were stored
+    numbec.convert_trajectory(src, store, append=True, index="8:", timestep=1.0)
+    ds = numbec.open_trajectory(store)
+    assert ds.sizes["frame"] == 13 and "masses" not in ds
+
+
+def test_append_with_other_isotopes_is_refused(tmp_path):
+    frames = _heavy_water_frames(n_frames=4)
+    ase.io.write(tmp_path / "d.traj", frames)
+    light = [a.copy() for a in frames]
+    for a in light:
+        a.set_masses()  # standard masses
+    ase.io.write(tmp_path / "h.traj", light)
+    store = tmp_path / "s.zarr"
+    numbec.convert_trajectory(tmp_path / "d.traj", store, timestep=1.0)
+    with pytest.raises(ValueError, match=r"h.traj, frame 0: atom 1 has mass 1.00\d+ amu"):
+        numbec.convert_trajectory(tmp_path / "h.traj", store, append=True, timestep=1.0)
+
+
+def test_convert_refuses_a_source_without_time_step_unless_told_it_is_no_time_series(
+        xyz_source, tmp_path):
+    """The Python API refuses like `numbec convert`: no time step in the file and none
+    given is an error saying what to pass; time_series=False makes a store without one."""
+    src, _frames = xyz_source
+    with pytest.raises(ValueError, match=r"records no time step.*time_series=False"):
+        numbec.convert_trajectory(src, tmp_path / "a.zarr")
+    assert not (tmp_path / "a.zarr").exists()
+    numbec.convert_trajectory(src, tmp_path / "b.zarr", time_series=False)
+    assert "timestep" not in numbec.open_trajectory(tmp_path / "b.zarr").attrs

@@ -7,6 +7,8 @@ amplitudes. Expected intensities use SI constants written out here, not numbec's
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -643,3 +645,43 @@ def test_nominal_and_kinetic_temperature_disagreeing_warn(diatomic_prediction):
         numbec.ir_spectrum(pred, trajectory=traj, correlation_time=3000)
     with pytest.warns(UserWarning, match="trajectory velocities give"):
         numbec.ir_spectrum(pred, trajectory=traj, correlation_time=3000, temperature=450)
+
+
+def test_ir_kinetic_temperature_uses_the_masses_of_the_trajectory_store(
+        diatomic_prediction, tmp_path):
+    """The trajectory store given to ir_spectrum carries the source's masses (here a heavy
+    isotope of both atoms, 2x the standard masses): the kinetic temperature uses them and
+    the provenance says so; a store without masses (written before they were stored) falls
+    back to the standard masses, and the provenance says that."""
+    import shutil
+
+    import ase.io
+    from ase import Atoms
+    from ase.units import fs as ase_fs
+
+    traj, pred = diatomic_prediction
+    n = 2000
+    traj, pred = traj.isel(frame=slice(0, n)), pred.isel(frame=slice(0, n)).copy()
+    del pred.attrs["temperature"]
+    standard = Atoms(numbers=traj["numbers"].values).get_masses()
+    frames = []
+    for k in range(n):
+        atoms = Atoms(numbers=traj["numbers"].values, positions=traj["positions"].values[k],
+                      cell=traj["cell"].values[k], pbc=True, masses=2 * standard)
+        atoms.set_velocities(traj["velocities"].values[k] / ase_fs)
+        frames.append(atoms)
+    ase.io.write(tmp_path / "heavy.traj", frames)
+    store = tmp_path / "heavy.zarr"
+    numbec.convert_trajectory(tmp_path / "heavy.traj", store,
+                              timestep=float(traj.attrs["timestep"]))
+    heavy = numbec.ir_spectrum(pred, trajectory=store, correlation_time=500)
+    kinetic = json.loads(heavy.attrs["provenance"])["kinetic_temperatures"][0]
+    assert kinetic["masses"].startswith("trajectory masses")
+    shutil.rmtree(store / "masses")
+    light = numbec.ir_spectrum(pred, trajectory=store, correlation_time=500)
+    fallback = json.loads(light.attrs["provenance"])["kinetic_temperatures"][0]
+    assert fallback["masses"].startswith("standard masses")
+    # T = <sum m v^2> / (kB f): twice the masses, twice the temperature, same velocities
+    assert heavy.attrs["temperature"] == pytest.approx(2 * light.attrs["temperature"],
+                                                       rel=1e-9)
+    assert light.attrs["temperature"] == pytest.approx(300.0, rel=0.05)

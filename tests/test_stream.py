@@ -945,3 +945,116 @@ def test_threading_layer_without_concurrent_kernels_warns_once(monkeypatch):
     assert parallel.frame_threads(1, True, 8) == 1
 
 
+
+
+# ------------------------------------------------------------------------ sum rule, charge
+def _vibrating_water(rng, positions):
+    amp, phi = rng.normal(0, 0.1, positions.shape), rng.uniform(0, 2 * np.pi, positions.shape)
+
+    def vibrating(tt):
+        arg = OMEGA * np.asarray(tt)[:, None, None] + phi
+        return positions + amp * np.sin(arg), amp * OMEGA * np.cos(arg)
+
+    return vibrating
+
+
+def test_sum_rule_violation_of_every_frame_is_stored(tmp_path):
+    """A periodic CombinedModel's per-frame ``asr_violation`` (sum of the local-formula BECs
+    before projection) reaches the prediction, eager, lazy and stored alike: the value the
+    model gives for that frame, varying with the geometry; the stored BECs obey the rule."""
+    import dask
+    from kernel_model_checks import fitted_random_model, water_cluster
+
+    from numbec.models import CombinedModel
+
+    rng = np.random.default_rng(11)
+    model = fitted_random_model(CombinedModel, rng, periodic=True)
+    assert "asr_violation" in model.outputs
+    path = _vibrating_water(rng, water_cluster(rng).positions + 1.0)
+    ds = make_trajectory(n_frames=6, periodic=True, wrap=False, path=path)
+    res = predict(model, ds, chunk_frames=4, progress=False)
+    violation = res["asr_violation"]
+    assert violation.dims == ("frame", "pol", "disp") and violation.attrs["units"] == "e"
+    expected = np.array([model.predict_arrays(p, NUMBERS, BOX * np.eye(3), np.ones(3, bool))
+                         ["asr_violation"] for p in ds["positions"].values])
+    np.testing.assert_allclose(violation.values, expected, rtol=1e-12, atol=1e-14)
+    assert np.abs(expected).max() > 1e-3  # the projection has something to remove here
+    assert np.ptp(expected, axis=0).max() > 1e-4  # and it changes from frame to frame
+    np.testing.assert_allclose(res["bec"].sum("atom").values, 0.0, atol=1e-12)
+    with dask.config.set(scheduler="threads", num_workers=2):
+        _assert_same(res, predict(model, ds.chunk({"frame": 4}), progress=False).compute())
+    _assert_same(res, predict(model, ds, out=tmp_path / "p.zarr", chunk_frames=4,
+                              progress=False))
+
+
+class _ToyWithSumRule(ToyModel):
+    outputs = ToyModel.outputs + ("asr_violation",)
+
+    def predict_arrays(self, positions, numbers, cell, pbc, uncertainty=False):
+        out = super().predict_arrays(positions, numbers, cell, pbc, uncertainty)
+        out["asr_violation"] = out["bec"].sum(axis=0)
+        return out
+
+
+def test_store_written_before_the_sum_rule_variable_resumes_without_it(tmp_path,
+                                                                       monkeypatch):
+    ds = make_trajectory(n_frames=12)
+    out = tmp_path / "p.zarr"
+    plan_variables = stream._plan_variables
+
+    def without_asr(*args):  # the variables of a run before the diagnostic existed
+        names, method = plan_variables(*args)
+        return tuple(n for n in names if n != "asr_violation"), method
+
+    monkeypatch.setattr(stream, "_plan_variables", without_asr)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        predict(_ToyWithSumRule(fail_at_call=6), ds, out=out, chunk_frames=4, progress=False)
+    monkeypatch.undo()
+    model = _ToyWithSumRule()
+    result = predict(model, ds, out=out, chunk_frames=4, progress=False)
+    assert model.calls == 8 and "asr_violation" not in result
+    fresh = predict(_ToyWithSumRule(), ds, out=tmp_path / "new.zarr", chunk_frames=4,
+                    progress=False)
+    assert "asr_violation" in fresh
+    _assert_same(fresh.drop_vars("asr_violation"), result)
+
+
+def test_charged_molecule_becs_sum_to_the_total_charge(tmp_path, monkeypatch):
+    """A molecule's BECs are the exact derivatives of its dipole, so translation invariance
+    gives sum_a Z_a = Q I with no projection: Q = 1 e passed through predict must give I in
+    every frame (and a zero sum-rule violation), Q = 0 gives 0."""
+    from kernel_model_checks import fitted_random_model, water_cluster
+
+    from numbec.models import CombinedModel
+
+    rng = np.random.default_rng(13)
+    model = fitted_random_model(CombinedModel, rng, periodic=False)
+    path = _vibrating_water(rng, water_cluster(rng).positions)
+    ds = make_trajectory(n_frames=5, periodic=False, wrap=False, path=path)
+    charged = predict(model, ds, chunk_frames=3, progress=False, total_charge=1.0)
+    neutral = predict(model, ds, chunk_frames=3, progress=False)
+    np.testing.assert_allclose(charged["bec"].sum("atom").values,
+                               np.broadcast_to(np.eye(3), (5, 3, 3)), atol=1e-9)
+    np.testing.assert_allclose(neutral["bec"].sum("atom").values, 0.0, atol=1e-9)
+    np.testing.assert_allclose(charged["asr_violation"].values, 0.0, atol=1e-9)
+    assert charged.attrs["total_charge"] == 1.0 and neutral.attrs["total_charge"] == 0.0
+    # frame by frame (predict_arrays) as in batches (predict_frames): the same numbers
+    with monkeypatch.context() as m:
+        m.setattr(stream.parallel, "BATCH_BELOW_ATOMS", 0)
+        _assert_same(charged, predict(model, ds, chunk_frames=3, progress=False,
+                                      total_charge=1.0))
+    # the charge is part of what a resumed store must agree on
+    out = tmp_path / "q0.zarr"
+    predict(model, ds, out=out, chunk_frames=3, progress=False)
+    with pytest.raises(OutputMismatchError, match="total_charge"):
+        predict(model, ds, out=out, chunk_frames=3, progress=False, total_charge=1.0)
+    stored = predict(model, ds, out=tmp_path / "q1.zarr", chunk_frames=3, progress=False,
+                     total_charge=1.0)
+    assert stored.attrs["total_charge"] == 1.0
+    _assert_same(charged, stored)
+    # a model without the keyword is refused for a charged run, before anything is written
+    with pytest.raises(ValueError, match="does not accept a total charge"):
+        predict(ToyModel(), ds, out=tmp_path / "toy.zarr", progress=False, total_charge=1.0)
+    assert not (tmp_path / "toy.zarr").exists()
+    with pytest.raises(ValueError, match="finite"):
+        predict(model, ds, progress=False, total_charge=float("nan"))

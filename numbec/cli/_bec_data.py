@@ -8,7 +8,8 @@ FORMATS = ("outcar", "vasprun", "extxyz", "born", "qe-ph")
 
 
 def add_data_arguments(parser, what: str = "reference data") -> None:
-    """Add ``DATA...``, ``--format``, ``--layout``, ``--index``, ``--key`` to ``parser``."""
+    """Add ``DATA...``, ``--format``, ``--layout``, ``--index``, ``--key``, ``--charge`` to
+    ``parser``."""
     parser.add_argument(
         "data",
         nargs="+",
@@ -37,6 +38,11 @@ def add_data_arguments(parser, what: str = "reference data") -> None:
     parser.add_argument(
         "--key", default=None, help="extxyz: name of the per-atom 9-column BEC array"
     )
+    parser.add_argument(
+        "--charge", type=float, default=None, metavar="Q",
+        help="total charge in e of every frame without its own (an extxyz comment line's "
+        "charge=); default: those frames are neutral",
+    )
 
 
 def read_frames(args) -> list:
@@ -54,6 +60,14 @@ def read_frames(args) -> list:
         raise ValueError(
             f"no frames with BECs in {' '.join(map(str, args.data))} (--index {args.index})"
         )
+    charge = getattr(args, "charge", None)
+    if charge is not None:
+        import math
+
+        if not math.isfinite(charge):
+            raise ValueError(f"--charge {charge}: the total charge must be finite (e)")
+        for atoms in frames:
+            atoms.info.setdefault("charge", charge)
     return frames
 
 

@@ -62,6 +62,9 @@ def register(subparsers):
                              "(extra adjoint channels, much cheaper than the exact bec_std; "
                              "default with --posterior-samples: 32)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the posterior samples")
+    parser.add_argument("--charge", type=float, default=0.0, metavar="Q",
+                        help="total charge of every frame in e (ions, charged molecules): "
+                             "the BECs then sum to Q I; default 0 (neutral)")
     parser.add_argument("--velocities-from-positions", action="store_true",
                         help="derive velocities by central differences of the positions "
                              "(for trajectories stored without velocities)")
@@ -128,6 +131,7 @@ def run(args) -> int:
             uncertainty=args.uncertainty,
             model_file=args.model,
             precision=args.precision,
+            **({"total_charge": args.charge} if args.charge else {}),
             **({"posterior_samples": args.posterior_samples,
                 "uncertainty_rank": args.uncertainty_rank, "seed": args.seed}
                if args.posterior_samples or args.uncertainty_rank else {}),

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from numbec.conventions import as_bec_array, asr_project, from_canonical
+from numbec.io._files import atomic_write
 
 __all__ = [
     "EXTXYZ_FLAVOURS",
@@ -54,16 +55,11 @@ EXTXYZ_FLAVOURS = {
 
 
 def _write_text_atomic(path, text: str) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
+    def write(tmp):
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
-        tmp.replace(path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+
+    return atomic_write(path, write)
 
 
 def _bec_of(atoms, bec, where):
@@ -226,13 +222,8 @@ def write_extxyz_flavour(path, frames, flavour="numbec", field=None) -> Path:
                 field, dtype=np.float64).reshape(3)
         texts.append(format_frame(atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc,
                                   arrays, info))
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
-    try:
+    def write(tmp):  # the temporary keeps the suffix: .gz/.xz/.bz2 still compress
         with open_text_for_writing(tmp) as fh:
             fh.writelines(texts)
-        tmp.replace(path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+
+    return atomic_write(path, write)

@@ -69,14 +69,20 @@ class XYZFrame:
     arrays: dict = field(default_factory=dict)
     frame: int = 0
 
+    def masses(self) -> np.ndarray:
+        """Atomic masses in amu, shape (N,): a ``masses`` column if the frame has one (as
+        ASE writes for isotopes), else the standard masses of ``numbers``."""
+        if "masses" in self.arrays:
+            return np.asarray(self.arrays["masses"], dtype=np.float64).reshape(-1)
+        return atomic_masses[self.numbers]
+
     def velocities(self) -> np.ndarray | None:
         """Velocities in Å/fs, shape (N, 3), or ``None`` when the frame has none."""
         for key in VELOCITY_KEYS:
             if key in self.arrays:
                 return np.asarray(self.arrays[key], dtype=np.float64)
         if "momenta" in self.arrays:
-            masses = atomic_masses[self.numbers]
-            return self.arrays["momenta"] / masses[:, None] * ASE_TIME_UNITS_PER_FS
+            return self.arrays["momenta"] / self.masses()[:, None] * ASE_TIME_UNITS_PER_FS
         return None
 
     def to_atoms(self) -> Atoms:

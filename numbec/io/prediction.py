@@ -15,6 +15,9 @@ bec_std                         (frame, atom, pol,     e            predictive s
 bec_monopole, bec_dipole        (frame, atom, pol,     e            partition of a combined
                                 disp)                               model
 charges                         (frame, atom)          e            monopole charges
+asr_violation                   (frame, pol, disp)     e            ``sum_a Z_local[a] - Q I``
+                                                                    before the sum-rule
+                                                                    projection
 dipole_derivative               (frame, pol)           e*Angstrom   ``dM/dt = sum_a Z_a v_a``
                                                        /fs
 dipole_derivative_by_species    (frame, species, pol)  e*Angstrom   the same per species
@@ -31,7 +34,8 @@ Coordinates: ``time`` (frame) fs; ``species`` (species) atomic numbers, with
 Group attributes: ``format``, ``format_version``, ``bec_convention``, ``timestep`` (fs),
 ``numbec_version``, ``model_class``, ``model_sha256``, ``model_file``, ``input`` (the
 trajectory store), ``created``, ``pbc``, ``uncertainty``, ``storage_dtype``, optional
-``precision``, ``dipole_method``, ``volume`` (Å^3, periodic cells), ``velocities_source``,
+``precision``, ``total_charge`` (e, the Q given to the model), ``dipole_method``,
+``volume`` (Å^3, periodic cells), ``velocities_source``,
 ``temperature`` (K); and the resume bookkeeping: ``fingerprint`` (JSON of
 :func:`fingerprint`), ``initialised`` (the layout is complete), ``complete`` (every chunk
 and the integrated dipole are written).
@@ -80,6 +84,13 @@ VARIABLES = {
     "bec_monopole": (("frame", "atom", "pol", "disp"), "e", "monopole (charge) part of bec"),
     "bec_dipole": (("frame", "atom", "pol", "disp"), "e", "dipole part of bec"),
     "charges": (("frame", "atom"), "e", "monopole charges"),
+    "asr_violation": (
+        ("frame", "pol", "disp"),
+        "e",
+        "acoustic sum-rule violation of the local-formula BECs before projection: "
+        "sum over atoms of Z_local minus Q I (Q the total charge); the projection "
+        "subtracts 1/N of it from every atom (periodic cells; ~0 for molecules)",
+    ),
     "dipole_derivative": (("frame", "pol"), "e*Angstrom/fs", "dM/dt = sum_a Z_a v_a"),
     "dipole_derivative_by_species": (
         ("frame", "species", "pol"),
@@ -156,7 +167,7 @@ def prediction_dataset(arrays, variables, time, species, attrs, numbers=None):
 
 def prediction_attrs(*, model_class, model_sha256, model_file, input_name, timestep, pbc,
                      dipole_method, uncertainty, dtype, precision, volume, velocities_source,
-                     temperature) -> dict:
+                     temperature, total_charge=0.0) -> dict:
     """The group attributes of a Prediction (see the module docstring)."""
     from numbec import __version__
 
@@ -174,6 +185,8 @@ def prediction_attrs(*, model_class, model_sha256, model_file, input_name, times
         "pbc": [bool(p) for p in pbc],
         "uncertainty": bool(uncertainty),
         "storage_dtype": np.dtype(dtype).name,
+        "total_charge": float(total_charge),
+        "total_charge_units": "e",
     }
     if precision != "float64":
         attrs["precision"] = precision
@@ -226,7 +239,7 @@ def model_fingerprint(model) -> dict:
 
 def fingerprint(*, model_fp, input_name, n_frames, n_atoms, numbers, first_positions,
                 last_positions, timestep, chunk_frames, variables, velocities_source, dtype,
-                uncertainty, precision) -> dict:
+                uncertainty, precision, total_charge=0.0) -> dict:
     """What must be equal for an existing store to be resumed: the model (its state hash),
     the input (name, size, atoms, first and last positions), and every setting that
     changes stored numbers or the chunking."""
@@ -243,7 +256,25 @@ def fingerprint(*, model_fp, input_name, n_frames, n_atoms, numbers, first_posit
         "dtype": dtype,
         "uncertainty": uncertainty,
         **({} if precision == "float64" else {"precision": precision}),
+        # only when non-zero, so that stores written before the keyword existed resume
+        **({} if not total_charge else {"total_charge": float(total_charge)}),
     }
+
+
+def stored_variables(out: Path):
+    """The variables in the fingerprint of an initialised Prediction store at ``out``, or
+    None (no such store, or not readable): lets a run resume a store written before a
+    variable was added (such a store simply lacks it)."""
+    import zarr
+
+    try:
+        root = zarr.open_group(str(out), mode="r", zarr_format=3, use_consolidated=False)
+        attrs = dict(root.attrs)
+        if attrs.get("format") != PREDICTION_FORMAT or not attrs.get("initialised"):
+            return None
+        return tuple(json.loads(attrs.get("fingerprint", "{}")).get("variables", ()))
+    except Exception:  # noqa: BLE001 - anything else is judged by open_for_resume
+        return None
 
 
 # ---------------------------------------------------------------------------- writing

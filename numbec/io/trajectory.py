@@ -32,6 +32,8 @@ positions  (frame, atom, xyz)      float64 Å, Cartesian, as in the source
 velocities (frame, atom, xyz)      float64 Å/fs (only when the source has them)
 cell       (frame, cell_vector, xyz) float64 Å, rows = lattice vectors
 numbers    (atom,)                 int64   atomic numbers
+masses     (atom,)                 float64 amu, the source's (isotopes kept; optional:
+                                           stores written before numbec 0.1 lack it)
 time       (frame,)                float64 fs (NaN when no time step is known)
 pbc        (xyz,)                  bool    periodic directions
 ========== ======================= ======= ==================================
@@ -75,8 +77,11 @@ LAYOUT = {
     "cell": (("frame", "cell_vector", "xyz"), "float64", "Angstrom"),
     "time": (("frame",), "float64", "fs"),
     "numbers": (("atom",), "int64", None),
+    "masses": (("atom",), "float64", "amu"),
     "pbc": (("xyz",), "bool", None),
 }
+#: Arrays of :data:`LAYOUT` a store or Trajectory dataset may lack.
+OPTIONAL = ("velocities", "masses")
 UNITS = {name: units for name, (_dims, _dtype, units) in LAYOUT.items() if units}
 UNITS["timestep"] = "fs"
 #: Target size of one positions chunk when ``chunk_frames`` is not given (bytes).
@@ -95,7 +100,8 @@ class SourceFrame:
 
     numbers (N,) int64; positions (N, 3) float64 Å; cell (3, 3) float64 Å rows =
     lattice vectors; pbc (3,) bool; velocities (N, 3) float64 Å/fs or None;
-    frame: 0-based frame number in the source file.
+    frame: 0-based frame number in the source file; masses (N,) float64 amu or None
+    (then the standard masses of ``numbers``).
     """
 
     numbers: np.ndarray
@@ -104,6 +110,7 @@ class SourceFrame:
     pbc: np.ndarray
     velocities: np.ndarray | None
     frame: int
+    masses: np.ndarray | None = None
 
 
 # --- reading sources ---------------------------------------------------------------------
@@ -196,6 +203,7 @@ def _from_atoms(atoms, frame: int) -> SourceFrame:
         pbc=np.asarray(atoms.pbc, dtype=bool),
         velocities=velocities,
         frame=frame,
+        masses=np.asarray(atoms.get_masses(), dtype=np.float64),  # isotopes as set
     )
 
 
@@ -217,6 +225,7 @@ def iter_source_frames(src, index=":") -> Iterator[SourceFrame]:
                 frame.pbc,
                 frame.velocities(),
                 frame.frame,
+                frame.masses(),
             )
     else:
         yield from _frames_from_ase(src, index)
@@ -291,6 +300,11 @@ def _create_store(store, first: SourceFrame, chunk_frames: int, timestep, src, h
         "numbers", shape=(n_atoms,), dtype="int64", dimension_names=("atom",), fill_value=0
     )
     numbers[:] = first.numbers
+    masses = group.create_array(
+        "masses", shape=(n_atoms,), dtype="float64", dimension_names=("atom",), fill_value=0
+    )
+    masses[:] = frame_masses(first)
+    masses.attrs["units"] = LAYOUT["masses"][2]
     pbc = group.create_array("pbc", shape=(3,), dtype="bool", dimension_names=("xyz",))
     pbc[:] = first.pbc
     attrs = {
@@ -306,6 +320,29 @@ def _create_store(store, first: SourceFrame, chunk_frames: int, timestep, src, h
         attrs["timestep"] = float(timestep)
     group.attrs.update(attrs)
     return group, attrs
+
+
+def frame_masses(frame: SourceFrame) -> np.ndarray:
+    """(N,) float64 amu: the frame's masses, or the standard masses of its atoms."""
+    if frame.masses is not None:
+        return np.asarray(frame.masses, dtype=np.float64)
+    from ase.data import atomic_masses
+
+    return atomic_masses[frame.numbers]
+
+
+def _check_masses(frame: SourceFrame, ref_masses, where: str) -> None:
+    """Masses of a frame: finite, positive and (given ``ref_masses``) those of the store."""
+    masses = frame_masses(frame)
+    bad = ~(np.isfinite(masses) & (masses > 0))
+    if bad.any():
+        atom = int(np.argmax(bad))
+        raise ValueError(f"{where}: mass of atom {atom} is {masses[atom]} amu; masses must "
+                         "be positive")
+    if ref_masses is not None and not np.allclose(masses, ref_masses, rtol=1e-9, atol=0):
+        atom = int(np.argmax(~np.isclose(masses, ref_masses, rtol=1e-9, atol=0)))
+        raise ValueError(f"{where}: atom {atom} has mass {masses[atom]} amu, earlier frames "
+                         f"have {ref_masses[atom]} amu (isotopes must not change)")
 
 
 def _frame_tail(name: str, n_atoms: int) -> tuple:
@@ -365,7 +402,7 @@ def convert_trajectory(
     index=":",
     append: bool = False,
     progress: bool | None = None,
-    time_series: bool | None = None,
+    time_series: bool = True,
 ) -> int:
     """Stream a trajectory file into a chunked Zarr v3 trajectory store.
 
@@ -397,11 +434,12 @@ def convert_trajectory(
         after the existing ones (a continuation run: same atoms, same time step).
     progress : bool, optional
         Show a tqdm progress bar; default only when stderr is a terminal.
-    time_series : bool, optional
-        True: the frames are a time series, so a time step is required (from the file or
-        ``timestep``; ``numbec convert`` without ``--no-time``). False or None: a store
-        without a time step is allowed (``time`` is NaN; ``numbec predict`` will refuse
-        it until ``numbec info --set-timestep`` sets one).
+    time_series : bool
+        True (default): the frames are a time series, so a time step is required (from
+        the file, ``timestep``, or the store appended to), as ``numbec convert`` requires
+        it. False (``--no-time``): the frames are not a time series (e.g. a set of
+        structures); without a time step ``time`` is NaN and ``numbec predict`` refuses
+        the store until ``numbec info --set-timestep`` sets one.
 
     Returns
     -------
@@ -420,8 +458,8 @@ def convert_trajectory(
         The disk is full (the message names the store; the frames written are kept).
     ValueError
         Frames with a different number/order of atoms, NaN positions, velocities in
-        some frames only, a time step that differs from the store's (or none with
-        ``time_series=True``), a truncated compressed file; the message names the
+        some frames only, a time step that differs from the store's (or none, unless
+        ``time_series=False``), a truncated compressed file; the message names the
         source file and frame.
     """
     src_name = os.fspath(src)
@@ -481,6 +519,7 @@ def _convert_locked(src, src_name, store, index, index_text, frame_dt, chunk_fra
         else:
             segments.append({"source": src_name, "index": index_text, "start": done, "frames": 0})
         numbers = np.asarray(group["numbers"][:])
+        ref_masses = np.asarray(group["masses"][:]) if "masses" in group else None
         pbc = np.asarray(group["pbc"][:])
         has_vel = "velocities" in group
         chunk = group["positions"].chunks[0]
@@ -502,6 +541,7 @@ def _convert_locked(src, src_name, store, index, index_text, frame_dt, chunk_fra
         group = arrays = None  # the store is created at the first flush
         segments = [{"source": src_name, "index": index_text, "start": 0, "frames": 0}]
         numbers, pbc = first.numbers, first.pbc
+        ref_masses = frame_masses(first)
         done = 0
         frames = _chain([first], frames)
 
@@ -554,6 +594,7 @@ def _convert_locked(src, src_name, store, index, index_text, frame_dt, chunk_fra
             source_frame = frame.frame
             where = f"{src_name}, frame {frame.frame}"
             _check_frame(frame, numbers, pbc, has_vel, where)
+            _check_masses(frame, ref_masses, where)
             buffers["positions"].append(frame.positions)
             buffers["cell"].append(frame.cell)
             fill = len(buffers["positions"])
@@ -646,7 +687,7 @@ def _validated_arrays(group, attrs, store) -> dict:
     if missing:
         raise StoreError(f"{where}: store lacks array(s) {', '.join(missing)}")
     arrays = {}
-    for name in (*required, "velocities"):
+    for name in (*required, *OPTIONAL):
         if name not in keys:
             continue
         try:
@@ -673,6 +714,11 @@ def _validated_arrays(group, attrs, store) -> dict:
                 f"{where}: frames_complete = {done} but array {name} holds only {shape[0]} "
                 f"frames; the store is inconsistent"
             )
+    if "masses" in arrays:
+        masses = np.asarray(arrays["masses"][:], dtype=np.float64)
+        if masses.shape != (n_atoms,) or not np.all(np.isfinite(masses) & (masses > 0)):
+            raise StoreError(f"{where}: array masses must hold {n_atoms} positive amu values "
+                             f"(shape {masses.shape}); the store is corrupt")
     if arrays["pbc"].shape != (3,):
         raise StoreError(f"{where}: array pbc has shape {arrays['pbc'].shape}, expected (3,)")
     return arrays
@@ -697,7 +743,8 @@ def open_trajectory(store, chunks=None):
         Dims ``frame``, ``atom``, ``xyz`` (3), ``cell_vector`` (3). Variables
         ``positions`` (frame, atom, xyz) float64 Å; ``velocities`` (frame, atom,
         xyz) float64 Å/fs if stored; ``cell`` (frame, cell_vector, xyz) float64 Å,
-        rows = lattice vectors; ``numbers`` (atom) int64; ``pbc`` (xyz) bool.
+        rows = lattice vectors; ``numbers`` (atom) int64; ``masses`` (atom) float64 amu
+        if stored (stores written before numbec 0.1 lack it); ``pbc`` (xyz) bool.
         Coordinate ``time`` (frame) fs. Attributes: ``timestep`` (fs, if known),
         ``source``, ``segments``, ``frames_complete``, ``chunk_frames``, ``store``.
 
@@ -738,6 +785,8 @@ def open_trajectory(store, chunks=None):
         numbers=np.asarray(arrays["numbers"][:], dtype=np.int64),
         pbc=np.asarray(arrays["pbc"][:], dtype=bool),
         time=np.asarray(arrays["time"][:done], dtype=np.float64),
+        masses=(np.asarray(arrays["masses"][:], dtype=np.float64) if "masses" in arrays
+                else None),
     )
     ds.attrs.update(
         {
@@ -772,16 +821,19 @@ def _check_time_coordinate(time, dt, where):
         )
 
 
-def trajectory_dataset(positions, cell, numbers, pbc, time, velocities=None, attrs=None):
+def trajectory_dataset(positions, cell, numbers, pbc, time, velocities=None, attrs=None,
+                       masses=None):
     """A Trajectory dataset (the layout :func:`open_trajectory` returns, :data:`LAYOUT`)
     from arrays: positions (F, N, 3) Å, cell (F, 3, 3) Å rows = lattice vectors, numbers
-    (N,) int, pbc (3,) bool, time (F,) fs, velocities (F, N, 3) Å/fs or None; numpy or
-    dask. ``attrs``: dataset attributes (e.g. ``timestep`` fs, ``temperature`` K)."""
+    (N,) int, pbc (3,) bool, time (F,) fs, velocities (F, N, 3) Å/fs or None, masses (N,)
+    amu or None; numpy or dask. ``attrs``: dataset attributes (e.g. ``timestep`` fs,
+    ``temperature`` K)."""
     import xarray as xr
 
     values = {"positions": positions, "cell": cell,
               "numbers": np.asarray(numbers, dtype=np.int64),
-              "pbc": np.asarray(pbc, dtype=bool), "velocities": velocities}
+              "pbc": np.asarray(pbc, dtype=bool), "velocities": velocities,
+              "masses": None if masses is None else np.asarray(masses, dtype=np.float64)}
     data_vars = {}
     for name, data in values.items():
         if data is None:

@@ -38,7 +38,7 @@ from numbec.conventions import (
     THZ_TO_INVCM,
     VACUUM_PERMITTIVITY,
 )
-from numbec.io.prediction import open_prediction
+from numbec.io.prediction import PREDICTION_FORMAT, open_prediction
 from numbec.spectra.correlation import (
     NON_NEGATIVE_WINDOWS,
     correlations,
@@ -171,7 +171,7 @@ def _source_of(ds, fallback):
     if attrs.get("prediction_store"):
         return str(attrs["prediction_store"])
     made_from = attrs.get("input") or attrs.get("source")
-    if made_from and attrs.get("format") == "numbec-prediction":
+    if made_from and attrs.get("format") == PREDICTION_FORMAT:
         return f"prediction of {made_from}"
     return str(made_from or fallback)
 
@@ -768,6 +768,10 @@ def _assemble(wavenumber, keep, sigma_blocks, part_blocks, abs_blocks, runs, *, 
             "sources": [r.source for r in runs],
             "temperatures": temps,
             "temperature_sources": [r.temperature_source for r in runs],
+            # which masses the kinetic temperature of each run's trajectory used
+            "kinetic_temperatures": [None if r.kinetic is None else {
+                "mean": r.kinetic.mean, "stderr": r.kinetic.stderr,
+                "masses": r.kinetic.how} for r in runs],
             "volumes": vols if periodic else None,
             "dipole_derivative": ["central differences of dipole" if r.differentiated
                                   else "dipole_derivative" for r in runs],
