@@ -60,7 +60,7 @@ import numpy as np
 from numbec import parallel
 from numbec.conventions import first_non_finite
 from numbec.io import prediction as store_format
-from numbec.io._files import naming_disk_full
+from numbec.io._files import consolidate, naming_disk_full
 from numbec.io.prediction import (
     VARIABLES,
     OutputLockedError,
@@ -994,7 +994,7 @@ def _predict_to_store(model, plan, out: Path, progress, ds, store_path, overwrit
         if spec.integrated_dipole:
             store_format.integrate_dipole(root, spec.timestep, spec.dtype, bounds)
         root.attrs["complete"] = True
-        store_format.consolidate(out)
+        consolidate(out)
     return store_format.open_store(out)
 
 

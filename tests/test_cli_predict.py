@@ -210,7 +210,7 @@ def test_predict_says_what_its_input_is(tmp_path, model_file, capsys):
     capsys.readouterr()
     assert main(["predict", str(path), str(first), "-o", str(tmp_path / "q.zarr")]) == 1
     err = capsys.readouterr().err
-    assert "p.zarr is a prediction store (written by numbec predict), not a trajectory" in err
+    assert "p.zarr is a prediction store (format='numbec-prediction'), not a trajectory" in err
     assert str(traj.resolve()) in err
     assert main(["predict", str(path), str(traj), "-o", str(tmp_path / "no" / "p.zarr")]) == 1
     assert "does not exist" in capsys.readouterr().err

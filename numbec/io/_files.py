@@ -383,3 +383,14 @@ def store_lock(store, command: str = "numbec"):
             if os.stat(lock).st_ino == os.fstat(fd).st_ino:
                 lock.unlink()
         os.close(fd)
+
+
+def consolidate(out) -> None:
+    """Consolidate the metadata of a finished store so that readers open it in one read
+    (``xarray.open_zarr(out)`` without warnings). Zarr v3 has no consolidated metadata in
+    its specification yet; zarr-python's extension is used and its warning silenced."""
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(str(out))

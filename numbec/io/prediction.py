@@ -60,7 +60,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -441,17 +440,6 @@ def integrate_dipole(root, timestep, dtype, bounds):
     dipole = root["dipole"]
     for c, (start, stop) in enumerate(bounds):
         dipole[start:stop] = (offsets[c] + local[start:stop]).astype(dtype, copy=False)
-
-
-def consolidate(out: Path):
-    """Consolidate the metadata of a finished store so that readers open it in one read
-    (``xarray.open_zarr(out)`` without warnings). Zarr v3 has no consolidated metadata in
-    its specification yet; zarr-python's extension is used and its warning silenced."""
-    import zarr
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        zarr.consolidate_metadata(str(out))
 
 
 @contextlib.contextmanager

@@ -249,13 +249,13 @@ def _open_existing(store) -> tuple[object, dict]:
 
 def _check_attrs(attrs: dict, store) -> None:
     where = os.fspath(store)
-    from numbec.io.prediction import PREDICTION_FORMAT
-
-    if attrs.get("format") == PREDICTION_FORMAT:
+    kind = attrs.get("format")
+    if isinstance(kind, str) and kind.startswith("numbec-") and kind != STORE_FORMAT:
+        # another numbec format (a prediction store names the trajectory it was made from)
         made_from = attrs.get("input")
         raise StoreError(
-            f"{where} is a prediction store (written by numbec predict), not a trajectory "
-            "store" + (f"; its trajectory store is {made_from}" if made_from else "")
+            f"{where} is a {kind.removeprefix('numbec-')} store (format={kind!r}), not a "
+            "trajectory store" + (f"; its trajectory store is {made_from}" if made_from else "")
         )
     if attrs.get("format") != STORE_FORMAT:
         raise StoreError(
@@ -605,7 +605,7 @@ def _convert_locked(src, src_name, store, index, index_text, frame_dt, chunk_fra
                 flush(final=False)
         flush(final=True)
         group.attrs.update({"finished": True})
-        from numbec.io.prediction import consolidate
+        from numbec.io._files import consolidate
 
         consolidate(store)
     finally:
@@ -979,7 +979,7 @@ def set_timestep(store, timestep: float) -> None:
         time[:done] = np.arange(done) * float(timestep)
         group.attrs.update({"timestep": float(timestep)})
         if attrs.get("finished"):
-            from numbec.io.prediction import consolidate
+            from numbec.io._files import consolidate
 
             consolidate(store)
 
