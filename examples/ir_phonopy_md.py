@@ -1,13 +1,14 @@
 """MD on phonopy harmonic force fields vs the harmonic IR route, for all four examples.
 
-For each of ../shared/data/phonopy_born/{NaCl, MgO, SnO2, Al2O3}: force constants from
-FORCE_SETS, Born charges from BORN, velocity-Verlet MD of the phonopy supercell at 300 K
-(every mode starts with energy kB T and a random phase), dM/dt = sum_a Z_a v_a,
-numbec.ir_spectrum; then, for every group of IR-active Gamma TO modes, the MD peak vs
-phonopy's frequency (and the frequency velocity Verlet actually oscillates at) and the MD
-band intensity vs the harmonic intensity, both in km/mol per primitive cell.
+For each of the phonopy examples {NaCl, MgO, SnO2, Al2O3} (BSD-3, copies in
+tests/data/phonopy_born): force constants from FORCE_SETS, Born charges from BORN,
+velocity-Verlet MD of the phonopy supercell at 300 K (every mode starts with energy kB T and
+a random phase), dM/dt = sum_a Z_a v_a, numbec.ir_spectrum; then, for every group of
+IR-active Gamma TO modes, the MD peak vs phonopy's frequency (and the frequency velocity
+Verlet actually oscillates at) and the MD band intensity vs the harmonic intensity, both in
+km/mol per primitive cell.
 
-    python examples/ir_phonopy_md.py [--data ../shared/data/phonopy_born] [--plot DIR]
+    python examples/ir_phonopy_md.py [--data DIR_OF_PHONOPY_EXAMPLES] [--plot DIR]
                                      [--quick]
 
 Takes about a minute on one core (--quick: NaCl and SnO2 with 4 ps correlation, ~15 s).
@@ -89,8 +90,9 @@ def validate(folder, dt, n_steps, t_corr, plot_dir=None):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=Path(__file__).resolve().parents[2] / "shared"
-                        / "data" / "phonopy_born", type=Path)
+    parser.add_argument("--data", default=Path(__file__).resolve().parents[1] / "tests"
+                        / "data" / "phonopy_born", type=Path,
+                        help="folder of phonopy examples (default: the copies in tests/data)")
     parser.add_argument("--plot", metavar="DIR", help="write ir_<material>.png there")
     parser.add_argument("--quick", action="store_true", help="NaCl and SnO2, shorter runs")
     args = parser.parse_args()

@@ -17,7 +17,8 @@ What it does
 
 Run
   python examples/quartz.py                          # bundled subset, ~1 min
-  python examples/quartz.py --data ../shared/data/sio2_quartz_qe/SiO2.xyz
+  python examples/quartz.py --data SiO2.xyz
+      # the full allegro-pol quartz set (numbec/data/SIO2_LICENSE_AND_CITATION.txt):
       # all 201 frames (151 train, 50 test): test RMSE 0.014 e (O 0.012, Si 0.017) vs
       # 0.417 e for the species mean; ~12 min on a busy 2-core machine
   python examples/quartz.py --quick                  # reduced run (the test suite's)

@@ -117,3 +117,18 @@ def test_dask_cluster_example(tmp_path):
     # the script itself fails when the distributed and serial predictions differ
     assert "largest difference distributed vs serial" in log
     assert (out / "pred.zarr").is_dir()
+
+
+def test_ir_phonopy_md_example(tmp_path):
+    """examples/ir_phonopy_md.py --quick on the shipped phonopy examples (NaCl, SnO2): every
+    IR-active TO group appears in the MD spectrum where velocity Verlet oscillates, and its
+    band carries the harmonic intensity (independent route: phonopy modes and BORN)."""
+    log = run_example("ir_phonopy_md.py", "--quick", cwd=tmp_path)
+    rows = [line.split() for line in log.splitlines()
+            if line.split() and line.split()[0] in ("NaCl", "SnO2")]
+    assert {r[0] for r in rows} == {"NaCl", "SnO2"} and len(rows) >= 5
+    for name, _, phonopy, verlet, peak, harmonic, md, ratio in rows:
+        assert abs(float(peak) - float(verlet)) < 0.5, name  # cm^-1
+        assert abs(float(verlet) - float(phonopy)) < 1.0, name
+        assert abs(float(md) / float(harmonic) - 1.0) < 0.03, name
+        assert float(ratio) == pytest.approx(float(md) / float(harmonic), abs=2e-4)
