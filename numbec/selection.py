@@ -42,10 +42,17 @@ length of the trajectory. The greedy stage then works on the candidates only.
 The score
 ---------
 :func:`frame_score` (model, one frame) -> mean epistemic variance per BEC component (e^2)
-is the one function that defines what "uncertain" means; ``select(..., score=...)`` takes
-another (e.g. a streamed, recalibrated uncertainty) with the same signature. Today it builds
-the frame's design rows (the cost of one training step per frame); with a custom ``score``
-the Gram matrices of the candidates are computed in a second, short pass.
+is the one function that defines what "uncertain" means; it builds the frame's design rows
+(the cost of one training step per frame). The scoring pass uses by default
+:func:`frame_score_lowrank` (``score="lowrank"``): the same variance carried by the K
+(``uncertainty_rank``) leading posterior directions, computed as K extra adjoint channels of
+one descriptor pass (a few plain predictions per frame), equal to :func:`frame_score` at full
+rank. ``score="exact"`` keeps the design rows; ``select(..., score=...)`` also takes another
+function with the signature of :func:`frame_score`. Whatever ranks the frames, the greedy
+posterior update uses the exact Gram matrices of the candidates, rebuilt in a second, short
+pass (with ``exact`` they are kept from the first). For ``reduction`` the pool matrix is
+accumulated in the K directions (``L^+T (sum_g D_g^T D_g / R_g) L^+`` with ``D_g = Phi_g
+L``), exact at full rank.
 """
 
 from __future__ import annotations
@@ -64,11 +71,17 @@ __all__ = [
     "frame_design",
     "frame_fingerprint",
     "frame_score",
+    "frame_score_lowrank",
     "select",
 ]
 
 #: Selection strategies of :func:`select`.
 STRATEGIES = ("uncertainty", "reduction", "diverse", "random", "stride")
+#: Frame scores of :func:`select`: ``lowrank`` (default, :func:`frame_score_lowrank`) and
+#: ``exact`` (:func:`frame_score`, design rows).
+SCORES = ("lowrank", "exact")
+#: Default number of posterior directions K of the ``lowrank`` score.
+UNCERTAINTY_RANK = 32
 #: Default memory bound (bytes) of the candidates' Gram matrices in the ``uncertainty`` strategy.
 MAX_MEMORY = 2**30
 
@@ -115,6 +128,75 @@ def frame_score(model, positions, numbers, cell, pbc, where: str = "") -> float:
     _needs_posterior(model, "uncertainty")
     phi = frame_design(model, positions, numbers, cell, pbc, where)
     return _variance_from_gram(model.covariance, phi.T @ phi, phi.shape[0])
+
+
+class _LowRankScorer:
+    """Epistemic variance of frames from the K leading posterior directions of a model.
+
+    ``directions`` (K, C) float64: the columns of ``L`` with ``Sigma ~ L L^T``
+    (:func:`numbec.models.uncertainty.posterior_factor`, without the recalibration scale and
+    without the rescaling to the captured fraction, so that the score is the part of
+    :func:`frame_score` that lies in those directions and equals it at full rank).
+    """
+
+    def __init__(self, model, rank: int | None):
+        from numbec.models.uncertainty import posterior_factor, variance_scale
+
+        cov = np.asarray(model.covariance, dtype=np.float64)
+        if rank is None or int(rank) >= cov.shape[0]:
+            # full rank: any factor will do, and a Cholesky factor is exact to rounding where
+            # the eigen-decomposition of an ill-conditioned Sigma is not
+            try:
+                self.directions = np.ascontiguousarray(np.linalg.cholesky(cov).T)
+                return
+            except np.linalg.LinAlgError:
+                pass
+        factor = posterior_factor(model, rank, rescale=False).factor
+        self.directions = np.ascontiguousarray(factor.T / math.sqrt(variance_scale(model)))
+
+    def channels(self, model, positions, numbers, cell, pbc, where: str = "") -> np.ndarray:
+        """``D = Phi L`` (9 N, K) e: the BECs of the K directions, rows as
+        :func:`frame_design` (atom, pol, disp)."""
+        from numbec.models.uncertainty import channel_outputs
+
+        numbers = np.asarray(numbers, dtype=np.int64)
+        model.check_inputs(positions, numbers, where)
+        bec = channel_outputs(model, np.asarray(positions, dtype=np.float64), numbers,
+                              np.asarray(cell, dtype=np.float64), pbc, self.directions)["bec"]
+        return bec.reshape(bec.shape[0], -1).T
+
+    def pool_gram(self, low: np.ndarray) -> np.ndarray:
+        """(M, M) weight-space matrix ``L^+T B L^+`` of a (K, K) pool matrix
+        ``B = sum_g D_g^T D_g / R_g``: the pool's Gram matrix seen through the K directions
+        (exact at full rank)."""
+        pinv = np.linalg.pinv(self.directions.T)   # (K, M)
+        return pinv.T @ low @ pinv
+
+
+def frame_score_lowrank(model, positions, numbers, cell, pbc, where: str = "",
+                        rank: int | None = UNCERTAINTY_RANK) -> float:
+    """:func:`frame_score` from the ``rank`` leading posterior directions, e^2.
+
+    ``sum_k |Phi L_k|^2 / (9 N)`` with ``L_k`` the posterior directions of
+    :func:`numbec.models.uncertainty.posterior_factor` (ordered by the variance they carry on
+    training-like rows): K extra adjoint channels of one descriptor pass instead of the
+    frame's design rows, a few plain predictions per frame. Never larger than
+    :func:`frame_score`; equal at full rank (``rank=None`` or >= the number of weights).
+
+    positions (N, 3) Å; numbers (N,) int; cell (3, 3) Å, rows = lattice vectors; pbc (3,) bool.
+    """
+    _needs_posterior(model, "uncertainty")
+    d = _lowrank_scorer(model, rank).channels(model, positions, numbers, cell, pbc, where)
+    return float(np.einsum("rk,rk->", d, d)) / d.shape[0]
+
+
+def _lowrank_scorer(model, rank) -> _LowRankScorer:
+    key = (id(model.weights), id(model.covariance), rank)
+    cached = getattr(model, "_lowrank_scorer_cache", None)
+    if cached is None or cached[0] != key:
+        cached = (key, _LowRankScorer(model, rank))
+        model._lowrank_scorer_cache = cached
+    return cached[1]
 
 
 def frame_fingerprint(model, positions, numbers, cell, pbc, where: str = "") -> np.ndarray:
@@ -229,7 +311,9 @@ class Selection:
     deviation ``sqrt(v_f)`` of the frame when it was picked (for ``uncertainty`` after the
     earlier picks were added to the posterior), NaN for ``random``/``stride``;
     pool_score_mean / pool_score_max (e): ``sqrt`` of the mean and largest ``v_f`` over all
-    frames scanned (NaN when not scored); strategy; n_frames scanned; seconds of wall time.
+    frames scanned (NaN when not scored); strategy; n_frames scanned; seconds of wall time;
+    score: how frames were scored (``"lowrank K=32"``, ``"exact"``, ``"custom"``; ``""`` for
+    ``random``/``stride``).
     """
 
     indices: np.ndarray
@@ -241,6 +325,7 @@ class Selection:
     pool_score_max: float = math.nan
     seconds: float = 0.0
     source: str = ""
+    score: str = ""
 
     def to_dict(self) -> dict:
         """JSON-ready summary (NaN -> None)."""
@@ -248,7 +333,8 @@ class Selection:
             return None if isinstance(x, float) and not math.isfinite(x) else x
 
         return {
-            "strategy": self.strategy, "source": self.source, "n_frames": self.n_frames,
+            "strategy": self.strategy, "score": self.score, "source": self.source,
+            "n_frames": self.n_frames,
             "frames": [int(i) for i in self.indices],
             "times_fs": [clean(float(t)) for t in self.times],
             "scores_e": [clean(float(s)) for s in self.scores],
@@ -291,7 +377,8 @@ class _Separation:
 # ---------------------------------------------------------------------------- select
 def select(model, trajectory, n: int, strategy: str = "uncertainty", *,
            min_separation: float = 0.0, exclude=(), candidates: int | None = None,
-           seed: int = 0, score: Callable | None = None, chunk_frames: int | None = None,
+           seed: int = 0, score: str | Callable = "lowrank",
+           uncertainty_rank: int | None = UNCERTAINTY_RANK, chunk_frames: int | None = None,
            max_memory: int = MAX_MEMORY, progress: bool = False) -> Selection:
     """Pick ``n`` frames of ``trajectory`` to label next (see the module docstring).
 
@@ -311,8 +398,14 @@ def select(model, trajectory, n: int, strategy: str = "uncertainty", *,
         ``uncertainty`` and ``reduction`` (memory-capped) and ``max(4 n, 20)`` for
         ``diverse``.
     seed : seed of ``random``.
-    score : ``score(model, positions, numbers, cell, pbc, where) -> float`` (e^2, larger = more
-        worth labelling); default :func:`frame_score`.
+    score : how the first pass scores a frame: ``"lowrank"`` (default,
+        :func:`frame_score_lowrank` with ``uncertainty_rank`` directions, a few plain
+        predictions per frame), ``"exact"`` (:func:`frame_score`, the frame's design rows,
+        about one training step per frame), or a callable ``score(model, positions, numbers,
+        cell, pbc, where) -> float`` (e^2, larger = more worth labelling). Whatever the
+        score, the greedy stage of ``uncertainty``/``reduction`` updates the posterior with
+        the exact design Gram matrices of the candidates (rebuilt in a short second pass).
+    uncertainty_rank : K of the ``lowrank`` score (None: full rank, equal to ``exact``).
     chunk_frames : frames read at a time from a store (default: its chunks).
     max_memory : bytes allowed for the candidates' Gram matrices (``uncertainty``).
 
@@ -323,6 +416,10 @@ def select(model, trajectory, n: int, strategy: str = "uncertainty", *,
     t0 = _time.perf_counter()
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; use one of {STRATEGIES}")
+    if not callable(score) and score not in SCORES:
+        raise ValueError(f"unknown score {score!r}; use one of {SCORES} or a function")
+    if uncertainty_rank is not None and int(uncertainty_rank) < 1:
+        raise ValueError(f"uncertainty_rank must be >= 1, got {uncertainty_rank}")
     n = int(n)
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -353,7 +450,8 @@ def select(model, trajectory, n: int, strategy: str = "uncertainty", *,
             m = model.covariance.shape[0]
             cap = max(n, int(max_memory // (8 * m * m)))
             candidates = min(candidates, cap)
-        scan = _scan(model, frames, excluded, strategy, candidates, score, progress)
+        scan = _scan(model, frames, excluded, strategy, candidates, score, uncertainty_rank,
+                     progress)
         if strategy != "diverse":
             picked, scores = _greedy_posterior(model, frames, scan, n, sep,
                                                pool_gain=strategy == "reduction")
@@ -362,6 +460,8 @@ def select(model, trajectory, n: int, strategy: str = "uncertainty", *,
         result = Selection(np.asarray(picked, dtype=np.int64), frames.times[picked],
                            np.sqrt(np.asarray(scores, dtype=np.float64)), strategy,
                            frames.n_frames, math.sqrt(scan["mean"]), math.sqrt(scan["max"]))
+        result.score = ("custom" if callable(score) else "exact" if score == "exact" else
+                        f"lowrank K={'full' if uncertainty_rank is None else uncertainty_rank}")
     result.seconds = _time.perf_counter() - t0
     result.source = frames.name
     return result
@@ -409,13 +509,14 @@ def _baseline_pick(strategy, n, excluded, sep, seed) -> list[int]:
     return sorted(picked)
 
 
-def _scan(model, frames, excluded, strategy, n_keep, score, progress) -> dict:
+def _scan(model, frames, excluded, strategy, n_keep, score, rank, progress) -> dict:
     """First pass over every frame: score, keep the ``n_keep`` best (with their Gram matrix or
     fingerprint); fingerprints of excluded frames too (``diverse``)."""
     from tqdm.auto import tqdm
 
-    custom = score is not None
-    score = score or frame_score
+    custom = score != "exact"
+    lowrank = _lowrank_scorer(model, rank) if score == "lowrank" else None
+    pool_low = None  # sum over scanned frames of D_f^T D_f / R_f (``reduction``), (K, K)
     heap: list = []  # (variance, index, payload), a min-heap of the best n_keep
     pool_gram = None  # sum over scanned frames of G_f / R_f (``reduction``), (M, M)
     total, worst, count = 0.0, 0.0, 0
@@ -430,7 +531,12 @@ def _scan(model, frames, excluded, strategy, n_keep, score, progress) -> dict:
                     excluded_prints.append(frame_fingerprint(model, pos, numbers, cell, pbc,
                                                              where))
                 continue
-            if custom:
+            if lowrank is not None:
+                d = lowrank.channels(model, pos, numbers, cell, pbc, where)
+                var, payload = float(np.einsum("rk,rk->", d, d)) / d.shape[0], None
+                if strategy == "reduction":
+                    pool_low = d.T @ d / d.shape[0] + (0.0 if pool_low is None else pool_low)
+            elif custom:
                 var, payload = float(score(model, pos, numbers, cell, pbc, where)), None
             else:
                 phi = frame_design(model, pos, numbers, cell, pbc, where)
@@ -455,6 +561,8 @@ def _scan(model, frames, excluded, strategy, n_keep, score, progress) -> dict:
     bar.close()
     if count == 0:
         raise ValueError(f"{frames.name}: every frame is excluded; nothing to select")
+    if pool_low is not None:
+        pool_gram = lowrank.pool_gram(pool_low)
     heap.sort(key=lambda item: (-item[0], -item[1]))
     return {"index": np.array([-item[1] for item in heap], dtype=np.int64),
             "variance": np.array([item[0] for item in heap]),
@@ -471,7 +579,7 @@ def _greedy_posterior(model, frames, scan, n, sep, pool_gain=False):
     import scipy.linalg
 
     index = scan["index"]
-    if scan["custom"]:  # a custom score gave no design rows: build them for the candidates
+    if scan["custom"]:  # the score gave no design rows: build them for the candidates
         payload = []
         for k in index:
             pos, numbers, cell, pbc = frames.frame(int(k))
@@ -488,7 +596,7 @@ def _greedy_posterior(model, frames, scan, n, sep, pool_gain=False):
     pool_gram = None
     if pool_gain:
         pool_gram = scan["pool_gram"]
-        if pool_gram is None:  # custom score: the pool mean over the candidates instead
+        if pool_gram is None:  # a custom score: the pool mean over the candidates instead
             pool_gram = np.einsum("cij,c->ij", grams, 1.0 / rows)
             pool_size = index.size
         else:

@@ -327,6 +327,8 @@ def test_help_constants_agree_with_the_library():
     assert numbec.cli.ir.WINDOWS == numbec.spectra.WINDOWS
     assert numbec.cli.ir.QUANTUM_CORRECTIONS == numbec.spectra.QUANTUM_CORRECTIONS
     assert numbec.cli.select.STRATEGIES == numbec.selection.STRATEGIES
+    assert numbec.cli.select.SCORES == numbec.selection.SCORES
+    assert numbec.cli.select.UNCERTAINTY_RANK == numbec.selection.UNCERTAINTY_RANK
     assert numbec.cli.select.FORMATS == numbec.io.dft_inputs.FORMATS
     for cls in (MonopoleModel, DipoleModel, CombinedModel):
         params = inspect.signature(cls).parameters

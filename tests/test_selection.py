@@ -17,7 +17,13 @@ import pytest
 import numbec
 from numbec.descriptors import DescriptorSettings
 from numbec.io.dft_inputs import read_espresso_template, write_selected
-from numbec.selection import STRATEGIES, frame_score, select
+from numbec.selection import (
+    STRATEGIES,
+    UNCERTAINTY_RANK,
+    frame_score,
+    frame_score_lowrank,
+    select,
+)
 
 SETTINGS = DescriptorSettings(species=(8, 14), cutoff_radial=5.0, cutoff_angular=4.0,
                               n_radial=6, n_angular=4, l_max=2)
@@ -54,8 +60,9 @@ def test_far_frame_ranks_above_training_frame(model, quartz):
     far = _displaced(quartz[10], 0.15, seed=1)  # 0.15 Å random displacements: hot, distorted
     assert _score(model, far) > 3.0 * _score(model, train)
     for strategy in ("uncertainty", "diverse"):
-        picked = select(model, [train, far], 1, strategy)
+        picked = select(model, [train, far], 1, strategy, score="exact")
         assert list(picked.indices) == [1], strategy
+        assert list(select(model, [train, far], 1, strategy).indices) == [1], strategy
         assert picked.scores[0] == pytest.approx(np.sqrt(_score(model, far)), rel=1e-12)
 
 
@@ -88,8 +95,40 @@ def test_reduction_picks_the_frame_that_lowers_the_pool_variance_most(model, qua
         updated.covariance = np.linalg.inv(precision + phi.T @ phi / model.sigma_v2)
         gains.append(mean_now - np.mean([_score(updated, a) for a in pool]))
     assert min(gains) > 0
-    picked = select(model, pool, 1, "reduction")
-    assert picked.indices[0] == int(np.argmax(gains))
+    best = int(np.argmax(gains))
+    assert select(model, pool, 1, "reduction", score="exact").indices[0] == best
+    # the pool matrix from the posterior directions is exact at full rank
+    assert select(model, pool, 1, "reduction", uncertainty_rank=None).indices[0] == best
+
+
+def _spearman(a, b):
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def test_lowrank_score_at_full_rank_is_the_exact_epistemic_variance(model, quartz):
+    for atoms in (quartz[12], _displaced(quartz[5], 0.1, seed=4)):
+        args = (atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)
+        exact = frame_score(model, *args)
+        assert frame_score_lowrank(model, *args, rank=None) == pytest.approx(exact, rel=1e-8)
+        # truncated: the variance in the leading directions, never more than the whole
+        assert 0 < frame_score_lowrank(model, *args, rank=8) <= exact * (1 + 1e-9)
+
+
+def test_lowrank_score_ranks_frames_like_the_exact_score(model, quartz):
+    """Training frames, training-like frames and frames displaced by 0.02-0.2 Å: the default
+    rank keeps the order of the exact score."""
+    frames = list(quartz[:3]) + list(quartz[14:18]) + [
+        _displaced(quartz[k], amp, seed=k) for k, amp in
+        ((4, 0.02), (6, 0.05), (8, 0.08), (10, 0.11), (11, 0.14), (13, 0.2))]
+    exact = [_score(model, a) for a in frames]
+    assert model.covariance.shape[0] > UNCERTAINTY_RANK  # truncated, not the full posterior
+    fast = [frame_score_lowrank(model, a.positions, a.numbers, np.asarray(a.cell), a.pbc)
+            for a in frames]
+    assert _spearman(fast, exact) >= 0.9
+    # the selection agrees on the most uncertain frame
+    assert (select(model, frames, 1, "uncertainty").indices[0]
+            == select(model, frames, 1, "uncertainty", score="exact").indices[0])
 
 
 def test_non_kernel_model_refused_for_uncertainty(quartz):
@@ -265,3 +304,11 @@ def test_cli_select_writes_folders(model, store, tmp_path):
     frames2 = json.loads((out2 / "selection.json").read_text())["selection"]["frames"]
     assert len(frames2) == 2 and not set(frames2) & (set(frames) | {0, 1})
     assert main(["select", "-", str(store), "-n", "2", "-o", str(tmp_path / "x")]) == 1
+    assert meta["selection"]["score"] == f"lowrank K={UNCERTAINTY_RANK}"
+    # --score exact reaches select(..., score="exact")
+    out3 = tmp_path / "exact"
+    assert main(["select", str(model_path), str(store), "-n", "2", "-o", str(out3),
+                 "--score", "exact", "--no-progress"]) == 0
+    meta3 = json.loads((out3 / "selection.json").read_text())["selection"]
+    assert meta3["score"] == "exact"
+    assert meta3["frames"] == [int(k) for k in select(model, store, 2, score="exact").indices]

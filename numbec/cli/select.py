@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import sys
 
-#: ``numbec.selection.STRATEGIES`` and ``numbec.io.dft_inputs.FORMATS``, kept here so that
+#: ``numbec.selection.STRATEGIES``, ``SCORES``, ``UNCERTAINTY_RANK`` and
+#: ``numbec.io.dft_inputs.FORMATS``, kept here so that
 #: ``numbec select --help`` does not import NumPy (``tests/test_cli_main.py`` checks that
 #: they agree).
 STRATEGIES = ("uncertainty", "reduction", "diverse", "random", "stride")
 FORMATS = ("extxyz", "vasp", "espresso")
+SCORES = ("lowrank", "exact")
+UNCERTAINTY_RANK = 32
 
 
 def register(subparsers):
@@ -56,6 +59,12 @@ def register(subparsers):
                         help="frames kept after the scoring pass (default: 20 N, at least 200, "
                              "for uncertainty; 4 N, at least 20, for diverse)")
     parser.add_argument("--seed", type=int, default=0, help="seed of --strategy random")
+    parser.add_argument("--score", choices=SCORES, default="lowrank",
+                        help="frame score of the scoring pass: lowrank (default; K posterior "
+                             "directions as extra channels of one prediction) or exact (the "
+                             "frame's design rows, about one training step per frame)")
+    parser.add_argument("--uncertainty-rank", type=int, default=UNCERTAINTY_RANK, metavar="K",
+                        help="posterior directions of --score lowrank (default %(default)s)")
     parser.add_argument("--format", choices=FORMATS, default="extxyz", dest="fmt",
                         help="extxyz only (default), or also one folder per frame for vasp "
                              "or espresso (pw.x)")
@@ -116,7 +125,8 @@ def run(args) -> int:
         template = template[0]
     result = select(model, args.trajectory, args.n, args.strategy,
                     min_separation=args.min_separation, exclude=exclude,
-                    candidates=args.candidates, seed=args.seed,
+                    candidates=args.candidates, seed=args.seed, score=args.score,
+                    uncertainty_rank=args.uncertainty_rank,
                     progress=not args.no_progress)
     frames = _Frames(args.trajectory)
     picked = [frames.to_atoms(int(k)) for k in result.indices]
