@@ -344,3 +344,21 @@ def test_calibration_and_uncertainty_cost_benchmarks(tmp_path):
                     "max frame dev", "captured"]
     assert [r[3] for r in rows] == ["exact", "K = 4"]
     assert positive(rows[1][4].rstrip("x"))
+
+
+def test_select_score_benchmark(tmp_path):
+    """benchmarks/select_score.py in a tiny form: one row per scoring (plain prediction, exact
+    design-row score, low-rank score), speeds relative to the exact score (speed is measured
+    by the benchmark, not asserted here)."""
+    out = run_benchmark("select_score.py", "--frames", "2", "--ranks", "4", "--sparse", "10",
+                        cwd=tmp_path)
+    rows = {}
+    for line in out.splitlines():
+        words = line.split()
+        if words[:1] in (["plain"], ["exact"], ["lowrank"]):
+            name = " ".join(words[:2]) if words[0] != "exact" else "exact"
+            rows[name] = words
+    assert set(rows) == {"plain BEC", "exact", "lowrank K=4"}
+    assert float(rows["exact"][2]) == 1.0  # speed-up column: relative to the exact score
+    positive(rows["lowrank K=4"][2])
+    positive(rows["plain BEC"][2])
