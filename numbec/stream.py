@@ -308,23 +308,7 @@ def _model_frames(model, positions, cell, spec, frame0, model_keys, per_frame, o
         start = 2
         if perf_counter() - started < MIN_THREADED_FRAME_S:
             n_threads = 1
-    if n_threads == 1:
-        for f in range(start, n_frames):
-            one_frame(f)
-        return
-
-    def one_frame_one_thread(f):
-        with parallel.numba_threads(1):
-            one_frame(f)
-
-    with concurrent.futures.ThreadPoolExecutor(n_threads) as pool:
-        futures = [pool.submit(one_frame_one_thread, f) for f in range(start, n_frames)]
-        try:
-            for future in futures:  # in frame order: the first bad frame is reported
-                future.result()
-        finally:
-            for future in futures:
-                future.cancel()
+    _run_in_order(one_frame, range(start, n_frames), n_threads)
 
 
 def charge_keyword(total_charge: float) -> dict:
@@ -384,19 +368,26 @@ def _model_batches(model, positions, cell, spec, frame0, model_keys, per_frame, 
     n_threads = parallel.frame_threads(spec.frame_threads,
                                        bool(getattr(model, "concurrent_frames", False)),
                                        len(starts))
+    _run_in_order(one_batch, starts, n_threads)
+
+
+def _run_in_order(task, items, n_threads):
+    """``task(item)`` for every item: in this thread when ``n_threads`` is 1, else on a pool
+    of ``n_threads`` threads whose Numba kernels each use one thread. Errors are raised in
+    item order, so the first bad frame is the one reported."""
     if n_threads == 1:
-        for start in starts:
-            one_batch(start)
+        for item in items:
+            task(item)
         return
 
-    def one_batch_one_thread(start):
+    def on_one_numba_thread(item):
         with parallel.numba_threads(1):
-            one_batch(start)
+            task(item)
 
     with concurrent.futures.ThreadPoolExecutor(n_threads) as pool:
-        futures = [pool.submit(one_batch_one_thread, start) for start in starts]
+        futures = [pool.submit(on_one_numba_thread, item) for item in items]
         try:
-            for future in futures:  # in frame order: the first bad frame is reported
+            for future in futures:
                 future.result()
         finally:
             for future in futures:
