@@ -322,13 +322,9 @@ def _check_total_charge(model, total_charge) -> float:
     to a model whose ``predict_arrays`` has no ``total_charge`` keyword."""
     import inspect
 
-    try:
-        charge = float(total_charge)
-    except (TypeError, ValueError):
-        raise ValueError(f"total_charge must be a number of e, got {total_charge!r}"
-                         ) from None
-    if not np.isfinite(charge):
-        raise ValueError(f"total_charge must be finite, got {total_charge!r}")
+    from numbec.models.base import total_charge_value
+
+    charge = total_charge_value(total_charge)
     if charge:
         try:
             parameters = inspect.signature(model.predict_arrays).parameters.values()

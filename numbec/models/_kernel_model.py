@@ -74,6 +74,7 @@ from numbec.models.base import (
     UnknownSpeciesError,
     charge_arguments,
     checked_array,
+    total_charge_value,
 )
 
 __all__ = ["KernelBECModel", "REGRESSIONS", "DIPOLE_ROW_WEIGHT", "NEUTRALITY_ROW_WEIGHT",
@@ -149,13 +150,6 @@ def _naming(where: str):
         except TypeError:  # an exception class with another constructor
             named = ValueError(f"{where}: {exc}")
         raise named from exc
-
-
-def _total_charge(value) -> float:
-    charge = float(value)
-    if not np.isfinite(charge):
-        raise ValueError(f"total_charge must be a finite number of e, got {value!r}")
-    return charge
 
 
 def _has_extreme_atoms(pairs) -> bool:
@@ -517,7 +511,7 @@ class KernelBECModel(BECModel):
         """
         self.precision_arguments(precision)
         self._check_fitted()
-        total_charge = _total_charge(total_charge)
+        total_charge = total_charge_value(total_charge)
         positions = np.asarray(positions, dtype=np.float64)
         numbers = np.asarray(numbers, dtype=np.int64)
         if positions.ndim != 3 or positions.shape[1:] != (numbers.size, 3):

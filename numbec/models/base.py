@@ -339,6 +339,17 @@ class BECModel(ABC):
         return path
 
 
+def total_charge_value(value, name: str = "total_charge") -> float:
+    """A total charge (e) as a finite float; ValueError naming ``name`` otherwise."""
+    try:
+        charge = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} = {value!r} is not a number (total charge in e)") from None
+    if not np.isfinite(charge):
+        raise ValueError(f"{name} = {value!r} is not finite (total charge in e)")
+    return charge
+
+
 def charge_arguments(atoms) -> dict:
     """``{"total_charge": Q}`` for an :class:`ase.Atoms` with a non-zero ``info["charge"]``
     (e), else ``{}`` (so that models without the keyword keep working for neutral input).
@@ -349,13 +360,7 @@ def charge_arguments(atoms) -> dict:
         ``info["charge"]`` is not a finite number.
     """
     value = atoms.info.get("charge", 0.0) if hasattr(atoms, "info") else 0.0
-    try:
-        charge = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"info['charge'] = {value!r} is not a number (total charge in e)"
-                         ) from None
-    if not np.isfinite(charge):
-        raise ValueError(f"info['charge'] = {value!r} is not finite")
+    charge = total_charge_value(value, "info['charge']")
     return {"total_charge": charge} if charge != 0.0 else {}
 
 

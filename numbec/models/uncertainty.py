@@ -451,10 +451,10 @@ def predict_uncertainty(model, positions, numbers, cell, pbc, rank: int | None =
     coefficients ``xi`` (S, K) used: standard normal times ``sqrt(sample_scale /
     variance_scale)``, so that the samples follow ``N(w, s_w Sigma)`` (:func:`sample_scale`).
     """
-    from numbec.models._kernel_model import _total_charge
+    from numbec.models.base import total_charge_value
 
     fac = posterior_factor(model, rank)
-    total_charge = _total_charge(total_charge)
+    total_charge = total_charge_value(total_charge)
     cached = getattr(model, "_weight_matrix_cache", None)
     if cached is None or cached[0] is not fac:  # one matrix per factor: cached products
         cached = (fac, np.ascontiguousarray(np.concatenate([model.weights[None, :],
