@@ -12,6 +12,13 @@ the exact ``bec_std`` (design rows) and :func:`numbec.models.uncertainty.predict
 at each rank K (one descriptor pass, K + 1 weight vectors as adjoint channels), and gives the
 largest relative deviation of the per-frame uncertainty ``sqrt(mean bec_std^2)`` from the
 exact one and the fraction of the training-metric variance the K directions carry.
+
+The second table times the forward-mode dM/dt uncertainty
+(:mod:`numbec.models.forward_mode`, what ``numbec.predict(..., posterior_samples=S)`` runs
+per frame): the plain prediction plus the exact per-frame ``dipole_derivative_std`` alone,
+and with S = 16 and 64 full-posterior samples (per species too), against the plain
+prediction; random thermal velocities (the cost does not depend on them). ``--forward-only``
+skips the low-rank table.
 """
 
 from __future__ import annotations
@@ -66,33 +73,74 @@ def measure(name, model, frames, ranks):
               f"| {cap:.3f} |", flush=True)
 
 
+def measure_forward(name, model, frames, samples=(16, 64)):
+    from numbec.models.forward_mode import DipoleDerivativeSamplesModel
+
+    rng = np.random.default_rng(0)
+    velocities = [rng.normal(0.0, 0.01, (len(a), 3)) for a in frames]
+    inputs = [(a.positions, a.numbers, np.asarray(a.cell), a.pbc, v)
+              for a, v in zip(frames, velocities, strict=True)]
+
+    def timed(fn, repeat=5):
+        best = np.inf
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            for x in inputs:
+                fn(x)
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    plain = timed(lambda x: model.predict_arrays(*x[:4]))
+    print(f"| {name} | {model.n_columns} | {1e3 * plain / len(frames):.1f} ms | plain | 1 |")
+    for s in (0,) + tuple(samples):
+        wrapped = DipoleDerivativeSamplesModel(model, n_samples=s, seed=0)
+        wrapped.predict_arrays_with_velocities(*inputs[0])  # compile, factor
+        t = timed(lambda x, w=wrapped: w.predict_arrays_with_velocities(*x))
+        what = "+ dipole_derivative_std" if s == 0 else f"+ std and S = {s} samples"
+        print(f"| {name} | {model.n_columns} | | {what} | {t / plain:.2f}x |", flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--systems", default="quartz,xtb")
     parser.add_argument("--ranks", default="8,16,32,64")
     parser.add_argument("--frames", type=int, default=4, help="test frames timed")
     parser.add_argument("--cache", default="numbec-demo/cache")
+    parser.add_argument("--forward-only", action="store_true",
+                        help="only the forward-mode dM/dt table")
     args = parser.parse_args(argv)
     ranks = [int(k) for k in args.ranks.split(",")]
-    print("| system | C | plain per frame | uncertainty | cost vs plain | max frame dev "
-          "| captured |")
-    print("|---" * 7 + "|")
+    models = []
     for system in args.systems.split(","):
         if system == "quartz":
             train, test, _ = load_split("quartz", True)
             hyper = dict(SYSTEMS["quartz"]["model"], n_sparse=100)
             model = _fit("combined", train[::2], hyper, SYSTEMS["quartz"]["descriptors"])
-            measure("quartz combined, 19 frames", model, test[:args.frames], ranks)
+            models.append(("quartz combined, 19 frames", model, test[:args.frames]))
         else:
             from numbec.demo import _settings
 
+            if not (Path(args.cache) / "xtb").exists() and not Path(args.cache).exists():
+                print(f"(no demo cache at {args.cache}: xTB rows skipped)")
+                continue
             train, test, _ = load_xtb(Path(args.cache))
             desc = {k: v for k, v in _settings().to_dict().items() if k != "species"}
             for n in (5, 32):
                 idx = np.linspace(0, len(train) - 1, n).round().astype(int)
                 model = _fit("combined", [train[i] for i in idx],
                              {"zeta": 4, "n_sparse": 60, "seed": 7}, desc)
-                measure(f"xTB combined, {n} clusters", model, test, ranks)
+                models.append((f"xTB combined, {n} clusters", model, test))
+    if not args.forward_only:
+        print("| system | C | plain per frame | uncertainty | cost vs plain | max frame dev "
+              "| captured |")
+        print("|---" * 7 + "|")
+        for name, model, frames in models:
+            measure(name, model, frames, ranks)
+        print()
+    print("| system | C | plain per frame | forward-mode dM/dt | cost vs plain |")
+    print("|---" * 5 + "|")
+    for name, model, frames in models:
+        measure_forward(name, model, frames)
     return 0
 
 

@@ -47,39 +47,48 @@ def expansion_tangents(directions, offsets, groups, ends, vectors, distances, l2
         ux, uy, uz, y, dy, h2, dh2, h3, dh3 = centre_block(
             vectors, distances, p0, p0 + k, kmax, l_max, tables, rad_cut, rad_inv,
             rad_values, rad_derivs, ang_cut, ang_inv, ang_values, ang_derivs, True)
-        radial_rate = np.empty(kmax)        # (d/|d|) . u_p
-        y_rate = np.empty((n_lm3, kmax))    # dY_lm/dd . u_p
-        ydr = np.empty((n_lm3, kmax))       # Y_lm (d/|d|) . u_p
-        for t in range(n_t):
-            for q in range(k):
-                p = p0 + q
-                radial_rate[q] = (ux[q] * directions[p, t, 0] + uy[q] * directions[p, t, 1]
-                                  + uz[q] * directions[p, t, 2])
-            for lm in range(n_lm3):
-                for q in range(k):
-                    p = p0 + q
-                    y_rate[lm, q] = (dy[lm, 0, q] * directions[p, t, 0]
-                                     + dy[lm, 1, q] * directions[p, t, 1]
-                                     + dy[lm, 2, q] * directions[p, t, 2])
-                    ydr[lm, q] = y[lm, q] * radial_rate[q]
-            for jc in range(n_species):
-                g0 = groups[i, jc] - p0
-                g1 = ends[i, jc, 0] - p0
-                for n in range(n_rad):
-                    for l in range(l2_max + 1):
-                        col = n * 2 + l
-                        for lm in range(l * l, (l + 1) * (l + 1)):
-                            acc = 0.0
-                            for q in range(g0, g1):
-                                acc += dh2[col, q] * ydr[lm, q] + h2[col, q] * y_rate[lm, q]
-                            c2dot[t, i, jc * n_rad + n, lm] = acc
-                g1 = ends[i, jc, 1] - p0
-                for n in range(n_ang):
-                    for l in range(l_max + 1):
-                        col = n * (l_max + 1) + l
-                        for lm in range(l * l, (l + 1) * (l + 1)):
-                            acc = 0.0
-                            for q in range(g0, g1):
-                                acc += dh3[col, q] * ydr[lm, q] + h3[col, q] * y_rate[lm, q]
-                            c3dot[t, i, jc * n_ang + n, lm] = acc
+        # per pair, (lm, t) flattened with t fastest: Y_lm (d/|d|) . u_t and dY_lm/dd . u_t,
+        # so that the sums over the pairs below run over contiguous (m, t) blocks
+        ydr = np.empty((kmax, n_lm3 * n_t))
+        yr = np.empty((kmax, n_lm3 * n_t))
+        for q in range(k):
+            p = p0 + q
+            for t in range(n_t):
+                d0 = directions[p, t, 0]
+                d1 = directions[p, t, 1]
+                d2 = directions[p, t, 2]
+                rate = ux[q] * d0 + uy[q] * d1 + uz[q] * d2
+                for lm in range(n_lm3):
+                    ydr[q, lm * n_t + t] = y[lm, q] * rate
+                    yr[q, lm * n_t + t] = dy[lm, 0, q] * d0 + dy[lm, 1, q] * d1 + dy[lm, 2, q] * d2
+        acc = np.empty((2 * l_max + 1) * n_t)
+        for jc in range(n_species):
+            g0 = groups[i, jc] - p0
+            for two_body in (True, False):
+                g1 = ends[i, jc, 0 if two_body else 1] - p0
+                n_count = n_rad if two_body else n_ang
+                l_top = l2_max if two_body else l_max
+                for n in range(n_count):
+                    for l in range(l_top + 1):
+                        width = (2 * l + 1) * n_t
+                        lo = l * l * n_t
+                        acc[:width] = 0.0
+                        for q in range(g0, g1):
+                            if two_body:
+                                hv = h2[n * 2 + l, q]
+                                dv = dh2[n * 2 + l, q]
+                            else:
+                                hv = h3[n * (l_max + 1) + l, q]
+                                dv = dh3[n * (l_max + 1) + l, q]
+                            a = ydr[q, lo:lo + width]
+                            b = yr[q, lo:lo + width]
+                            for x in range(width):
+                                acc[x] += dv * a[x] + hv * b[x]
+                        for x in range(width):
+                            t = x % n_t
+                            lm = l * l + x // n_t
+                            if two_body:
+                                c2dot[t, i, jc * n_rad + n, lm] = acc[x]
+                            else:
+                                c3dot[t, i, jc * n_ang + n, lm] = acc[x]
     return c2dot, c3dot

@@ -46,7 +46,8 @@ __all__ = [
 
 # ---------------------------------------------------------------------- the design row
 def dipole_derivative_rows(model, positions, numbers, cell, pbc, velocities, *,
-                           by_species: bool = True, total_charge: float = 0.0) -> dict:
+                           by_species: bool = True, total_charge: float = 0.0,
+                           prepared=None) -> dict:
     """Design rows of dM/dt of one frame of a fitted kernel model.
 
     Parameters
@@ -55,6 +56,8 @@ def dipole_derivative_rows(model, positions, numbers, cell, pbc, velocities, *,
     vectors); pbc : (3,) bool; velocities : (N, 3) float64, Å/fs.
     by_species : one row per species present (sorted atomic numbers), else one for all.
     total_charge : Q, e (enters the baseline part).
+    prepared : the structure's descriptor pass
+    (:func:`numbec.models.uncertainty.prepare_structure`) when the caller has it already.
 
     Returns
     -------
@@ -63,36 +66,26 @@ def dipole_derivative_rows(model, positions, numbers, cell, pbc, velocities, *,
         baseline.sum(0)``; ``baseline`` (G, 3) e·Å/fs; ``species`` (G,) int64 (atomic
         numbers; ``[-1]`` without ``by_species``). G = number of species (or 1).
     """
-    from numbec.descriptors import compute_descriptors, compute_scalar_and_vector_descriptors
     from numbec.descriptors.tangent import (
         descriptor_tangents,
         relative_directions,
         weighted_directions,
     )
     from numbec.models import kernels
-    from numbec.models._kernel_model import _unwrapped_cluster
     from numbec.models.base import total_charge_value
+    from numbec.models.uncertainty import prepare_structure
 
-    model._check_fitted()
-    model.check_inputs(positions, numbers)
-    positions = np.asarray(positions, dtype=np.float64)
-    numbers = np.asarray(numbers, dtype=np.int64)
-    velocities = np.asarray(velocities, dtype=np.float64)
+    if prepared is None:
+        prepared = prepare_structure(model, positions, numbers, cell, pbc)
+    numbers = prepared.numbers
     n = numbers.size
+    velocities = np.asarray(velocities, dtype=np.float64)
     if velocities.shape != (n, 3) or not np.isfinite(velocities).all():
         raise ValueError(f"velocities must be finite with shape ({n}, 3), got "
                          f"{velocities.shape}")
-    pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
     mono, dip = model._monopole, model._dipole
-    if dip:
-        desc, vdesc = compute_scalar_and_vector_descriptors(positions, numbers, cell, pbc,
-                                                            model.settings)
-    else:
-        desc, vdesc = compute_descriptors(positions, numbers, cell, pbc, model.settings), None
-    periodic, unwrapped = bool(pbc.any()), positions
-    if periodic:  # as predict_arrays: a periodic cell holding one finite cluster is a molecule
-        unwrapped = _unwrapped_cluster(desc.pairs, positions, cell)
-        periodic = unwrapped is None
+    desc, vdesc, unit, norms = prepared.desc, prepared.vdesc, prepared.unit, prepared.norms
+    periodic, unwrapped = prepared.periodic, prepared.unwrapped
     species = np.unique(numbers) if by_species else np.array([-1])
     masks = (numbers[None, :] == species[:, None]) if by_species else np.ones((1, n), bool)
     vs = velocities[None] * masks[:, :, None]                         # (G, N, 3)
@@ -105,15 +98,14 @@ def dipole_derivative_rows(model, positions, numbers, cell, pbc, velocities, *,
         directions.append(weighted_directions(ex, ws))                # 3 G tangents
     xdot, vdot = descriptor_tangents(ex, np.concatenate(directions, axis=1),
                                      vector=g if dip else 0)
-    unit, norms = kernels.normalize(desc.values, "predict", allow_isolated=True)
     # tangent of the unit descriptor: (Xdot - x (x . Xdot)) / |X| (zero for isolated atoms)
-    udot = (xdot - unit[None] * np.einsum("tnd,nd->tn", xdot, unit)[..., None]) / norms[:, None]
+    udot = (xdot - unit[None] * np.sum(xdot * unit[None], axis=2)[..., None]) / norms[:, None]
 
     m = model.sparse_unit.shape[0]
     zeta = model.zeta
     rows = np.zeros((g, 3, model.n_columns))
     rel = None if periodic else unwrapped - unwrapped.mean(axis=0)
-    for sel, cols, cos in model._species_kernels(numbers, unit):
+    for sel, cols, cos in prepared.species_kernels:
         nr, mz = cos.shape
         cols_idx = np.arange(m)[cols]
         kdot = (udot[:, sel].reshape(-1, udot.shape[-1]) @ model.sparse_unit[cols].T
@@ -121,25 +113,27 @@ def dipole_derivative_rows(model, positions, numbers, cell, pbc, velocities, *,
         pow1 = kernels.int_power(cos, zeta - 1)                       # k^(zeta-1)
         if mono:
             dkern = zeta * pow1                                       # d k^zeta / dk
-            part = np.einsum("gia,ib->gab", ws[:, sel], pow1 * cos)
+            part = ws[:, sel].transpose(0, 2, 1) @ (pow1 * cos)       # (G, 3, mz)
             if periodic:
-                part += np.einsum("gaib,ib->gab", kdot[g:].reshape(g, 3, nr, mz), dkern)
+                part += (kdot[g:] * dkern).reshape(g, 3, nr, mz).sum(axis=2)
             else:
-                part += np.einsum("ia,gib->gab", rel[sel], kdot[:g] * dkern)
+                part += rel[sel].T @ (kdot[:g] * dkern)
             rows[:, :, cols_idx] = part
         if dip:
             # T^g_b^a = sum_i [k^(zeta-1) Vdot_i^a + (zeta-1) k^(zeta-2) kdot_ib V_i^a]
             dv = vdot[:, sel].reshape(g, nr, -1)                      # (G, nr, 3 Dv)
-            t = np.einsum("gid,ib->gdb", dv, pow1)
+            t = dv.transpose(0, 2, 1) @ pow1                          # (G, 3 Dv, mz)
             if zeta >= 2:
                 dpow = (zeta - 1) * kernels.int_power(cos, zeta - 2) * kdot[:g]
-                t += np.einsum("id,gib->gdb", vdesc.values[sel].reshape(nr, -1), dpow)
-            t = t.reshape(g, 3, -1, mz)
-            sv = model.sparse_vectors[cols] / model.vector_scale      # (mz, 3, Dv)
+                t += vdesc.values[sel].reshape(nr, -1).T @ dpow
+            # row (a, (b, nu)) = T^g_b^a . V_b^nu / s**2, one small product per sparse point
+            t = t.reshape(g * 3, -1, mz).transpose(2, 0, 1)           # (mz, 3 G, Dv)
+            sv = model.sparse_vectors[cols].transpose(0, 2, 1) / model.vector_scale
+            block = (t @ sv).reshape(mz, g, 3, 3).transpose(1, 2, 0, 3)   # (G, 3, mz, 3)
             dip_cols = (m if mono else 0) + 3 * cols_idx[:, None] + np.arange(3)[None, :]
-            rows[:, :, dip_cols.ravel()] = np.einsum("gadb,bnd->gabn", t, sv).reshape(g, 3, -1)
+            rows[:, :, dip_cols.ravel()] = block.reshape(g, 3, -1)
     q0n = model._baseline(numbers) + total_charge_value(total_charge) / n
-    baseline = np.einsum("n,gna->ga", q0n, vs)
+    baseline = q0n @ vs
     return {"rows": rows, "baseline": baseline, "species": species}
 
 
@@ -178,7 +172,8 @@ def full_posterior_samples(model, n_samples: int, seed=0) -> np.ndarray:
 
 
 def dipole_derivative_uncertainty(model, positions, numbers, cell, pbc, velocities,
-                                  weight_samples=None, *, total_charge: float = 0.0) -> dict:
+                                  weight_samples=None, *, total_charge: float = 0.0,
+                                  prepared=None) -> dict:
     """dM/dt of one frame with its exact epistemic standard deviation and posterior samples.
 
     weight_samples : (S, C) float64 (:func:`full_posterior_samples`), or None.
@@ -190,7 +185,7 @@ def dipole_derivative_uncertainty(model, positions, numbers, cell, pbc, velociti
     """
     parts = dipole_derivative_rows(model, positions, numbers, cell, pbc, velocities,
                                    by_species=weight_samples is not None,
-                                   total_charge=total_charge)
+                                   total_charge=total_charge, prepared=prepared)
     rows, base = parts["rows"], parts["baseline"]
     a = rows.sum(axis=0)
     factor = posterior_cholesky(model)
@@ -258,11 +253,24 @@ class DipoleDerivativeSamplesModel:
                                        total_charge=0.0) -> dict:
         if precision != "float64":
             raise ValueError("the dM/dt uncertainty computes in float64 only")
-        out = self.predict_arrays(positions, numbers, cell, pbc, uncertainty,
-                                  total_charge=total_charge)
+        from numbec.models import uncertainty as unc
+
+        kernel = self.kernel
+        prepared = unc.prepare_structure(kernel, positions, numbers, cell, pbc)
+        if isinstance(self.inner, unc.StreamedUncertaintyModel):  # low-rank bec_std
+            out = unc.predict_uncertainty(kernel, positions, numbers, cell, pbc,
+                                          rank=self.inner.rank, total_charge=total_charge,
+                                          prepared=prepared)
+            for key in ("frame_std", "bec_directions") + (() if uncertainty else ("bec_std",)):
+                out.pop(key)
+        elif uncertainty:  # the exact bec_std from the design rows
+            out = self.predict_arrays(positions, numbers, cell, pbc, True,
+                                      total_charge=total_charge)
+        else:  # one descriptor pass for the BECs and the rows
+            out = unc.plain_outputs(kernel, prepared, total_charge)
         out.update(dipole_derivative_uncertainty(
-            self.kernel, positions, numbers, cell, pbc, velocities, self.weight_samples,
-            total_charge=total_charge))
+            kernel, positions, numbers, cell, pbc, velocities, self.weight_samples,
+            total_charge=total_charge, prepared=prepared))
         out.pop("dipole_derivative")
         out.pop("species")
         return out
