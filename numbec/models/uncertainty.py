@@ -398,7 +398,7 @@ def channel_outputs(model, positions, numbers, cell, pbc, weight_matrix,
         k_dip = np.empty((nr, mz))
         no_coef = coef = np.zeros((0, 3, 0))
         if dip:
-            wb_block = wb[:, cols].reshape(n_w * mz, -1)                 # (K mz, Dv)
+            wb_block, wb_t = _dipole_weight_blocks(model, wm, wb, cols)
         if dip and zeta >= 2:  # V_i^a . wb_kb for all vectors in one product
             v = vdesc.values[rows].reshape(3 * nr, -1)
             coef = (v @ wb_block.T).reshape(nr, 3, n_w, mz)
@@ -409,7 +409,6 @@ def channel_outputs(model, positions, numbers, cell, pbc, weight_matrix,
                                          dk[:, k], q_k, k_dip, radial[:, k])
             q[rows, k] = q_k
         if dip:  # u_ik = sum_b c_ib^(zeta-1) wb_kb, all vectors in one product
-            wb_t = wb_block.reshape(n_w, mz, -1).transpose(1, 0, 2).reshape(mz, -1)
             u[rows] = (k_dip @ wb_t).reshape(nr, n_w, -1)
         grad = (dk.reshape(-1, mz) @ model.sparse_unit[cols]).reshape(nr, n_w * per, -1)
         _kn.finish_gradient(grad, radial.reshape(nr, n_w * per), unit[rows], norms[rows])
@@ -470,6 +469,28 @@ def _sparse_dipole_weights(model, wm) -> np.ndarray:
     if own:
         model._direction_wb_cache = (wm, wb)
     return wb
+
+
+def _dipole_weight_blocks(model, wm, wb, cols):
+    """The sparse dipole weights of one species in the two layouts of the kernel products:
+    ``(K mz, Dv)`` (weight vector major) and ``(mz, K Dv)`` (sparse point major). Both are
+    copies of ``wb`` (K, M, Dv), some 10 MB each at K = 32 on quartz, so for the cached weight
+    matrix of :func:`predict_uncertainty` they are made once per species, not per frame."""
+    n_w, mz = wb.shape[0], np.arange(wb.shape[1])[cols].size
+    own = getattr(model, "_weight_matrix_cache", None)
+    own = own is not None and own[1] is wm
+    key = (cols.start, cols.stop) if isinstance(cols, slice) else tuple(np.asarray(cols))
+    cache = getattr(model, "_dipole_block_cache", None)
+    if own and cache is not None and cache[0] is wm and key in cache[1]:
+        return cache[1][key]
+    block = np.ascontiguousarray(wb[:, cols]).reshape(n_w * mz, -1)
+    by_point = block.reshape(n_w, mz, -1).transpose(1, 0, 2).reshape(mz, -1)
+    if own:
+        if cache is None or cache[0] is not wm:
+            cache = (wm, {})
+            model._dipole_block_cache = cache
+        cache[1][key] = (block, by_point)
+    return block, by_point
 
 
 def asr_project_stack(bec) -> np.ndarray:
