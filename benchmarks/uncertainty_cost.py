@@ -73,30 +73,31 @@ def measure(name, model, frames, ranks):
               f"| {cap:.3f} |", flush=True)
 
 
-def measure_forward(name, model, frames, samples=(16, 64)):
+def measure_forward(name, model, frames, samples=(16, 64), repeat=7):
+    """Plain prediction against the forward-mode variants, timed in turns (round r times
+    every variant once) so that a change of the machine's load hits them alike; best round
+    of each."""
     from numbec.models.forward_mode import DipoleDerivativeSamplesModel
 
     rng = np.random.default_rng(0)
-    velocities = [rng.normal(0.0, 0.01, (len(a), 3)) for a in frames]
-    inputs = [(a.positions, a.numbers, np.asarray(a.cell), a.pbc, v)
-              for a, v in zip(frames, velocities, strict=True)]
-
-    def timed(fn, repeat=5):
-        best = np.inf
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            for x in inputs:
-                fn(x)
-            best = min(best, time.perf_counter() - t0)
-        return best
-
-    plain = timed(lambda x: model.predict_arrays(*x[:4]))
-    print(f"| {name} | {model.n_columns} | {1e3 * plain / len(frames):.1f} ms | plain | 1 |")
+    inputs = [(a.positions, a.numbers, np.asarray(a.cell), a.pbc,
+               rng.normal(0.0, 0.01, (len(a), 3))) for a in frames]
+    variants = {"plain": lambda x: model.predict_arrays(*x[:4])}
     for s in (0,) + tuple(samples):
         wrapped = DipoleDerivativeSamplesModel(model, n_samples=s, seed=0)
-        wrapped.predict_arrays_with_velocities(*inputs[0])  # compile, factor
-        t = timed(lambda x, w=wrapped: w.predict_arrays_with_velocities(*x))
+        wrapped.predict_arrays_with_velocities(*inputs[0])  # compile, Cholesky factor
         what = "+ dipole_derivative_std" if s == 0 else f"+ std and S = {s} samples"
+        variants[what] = wrapped.predict_arrays_with_velocities
+    best = dict.fromkeys(variants, np.inf)
+    for _ in range(repeat):
+        for what, fn in variants.items():
+            t0 = time.perf_counter()
+            for x in inputs:
+                fn(*x) if what != "plain" else fn(x)
+            best[what] = min(best[what], time.perf_counter() - t0)
+    plain = best.pop("plain")
+    print(f"| {name} | {model.n_columns} | {1e3 * plain / len(frames):.1f} ms | plain | 1 |")
+    for what, t in best.items():
         print(f"| {name} | {model.n_columns} | | {what} | {t / plain:.2f}x |", flush=True)
 
 

@@ -16,6 +16,11 @@ returns the *Prediction dataset* (stored layout and resume rules:
     atomic numbers); the parts sum to ``dipole_derivative``.
 ``dipole_derivative_monopole``, ``dipole_derivative_dipole`` (frame, pol), e·Å/fs
     The partition of a combined model (from ``bec_monopole`` / ``bec_dipole``).
+``dipole_derivative_samples`` (frame, sample, pol), ``dipole_derivative_by_species_samples``
+(frame, sample, species, pol), ``dipole_derivative_std`` (frame, pol), e·Å/fs
+    Kernel models with ``posterior_samples=S`` (the std also with ``uncertainty=True``): dM/dt
+    of S full-posterior weight samples, total and per species, and its exact epistemic
+    standard deviation, in forward mode (:mod:`numbec.models.forward_mode`).
 ``dipole`` (frame, pol), e·Å
     Non-periodic systems whose model defines a dipole: the model's dipole.
     Periodic cells (or models without a dipole): the time integral of

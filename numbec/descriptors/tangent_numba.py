@@ -61,34 +61,37 @@ def expansion_tangents(directions, offsets, groups, ends, vectors, distances, l2
                 for lm in range(n_lm3):
                     ydr[q, lm * n_t + t] = y[lm, q] * rate
                     yr[q, lm * n_t + t] = dy[lm, 0, q] * d0 + dy[lm, 1, q] * d1 + dy[lm, 2, q] * d2
-        acc = np.empty((2 * l_max + 1) * n_t)
+        acc = np.empty((max(n_rad, n_ang), (2 * l_max + 1) * n_t))
         for jc in range(n_species):
             g0 = groups[i, jc] - p0
             for two_body in (True, False):
                 g1 = ends[i, jc, 0 if two_body else 1] - p0
                 n_count = n_rad if two_body else n_ang
                 l_top = l2_max if two_body else l_max
-                for n in range(n_count):
-                    for l in range(l_top + 1):
-                        width = (2 * l + 1) * n_t
-                        lo = l * l * n_t
-                        acc[:width] = 0.0
-                        for q in range(g0, g1):
+                for l in range(l_top + 1):
+                    # all n at once: each pair's (m, t) block is read once for every n
+                    width = (2 * l + 1) * n_t
+                    lo = l * l * n_t
+                    acc[:n_count, :width] = 0.0
+                    for q in range(g0, g1):
+                        a = ydr[q, lo:lo + width]
+                        b = yr[q, lo:lo + width]
+                        for n in range(n_count):
                             if two_body:
                                 hv = h2[n * 2 + l, q]
                                 dv = dh2[n * 2 + l, q]
                             else:
                                 hv = h3[n * (l_max + 1) + l, q]
                                 dv = dh3[n * (l_max + 1) + l, q]
-                            a = ydr[q, lo:lo + width]
-                            b = yr[q, lo:lo + width]
+                            row = acc[n]
                             for x in range(width):
-                                acc[x] += dv * a[x] + hv * b[x]
+                                row[x] += dv * a[x] + hv * b[x]
+                    for n in range(n_count):
                         for x in range(width):
                             t = x % n_t
                             lm = l * l + x // n_t
                             if two_body:
-                                c2dot[t, i, jc * n_rad + n, lm] = acc[x]
+                                c2dot[t, i, jc * n_rad + n, lm] = acc[n, x]
                             else:
-                                c3dot[t, i, jc * n_ang + n, lm] = acc[x]
+                                c3dot[t, i, jc * n_ang + n, lm] = acc[n, x]
     return c2dot, c3dot
