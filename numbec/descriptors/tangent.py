@@ -108,9 +108,13 @@ def _common_scale(ex, c2dot, c3dot) -> np.ndarray:
 
 
 def _stack(coef, rate, lam) -> np.ndarray:
-    scaled = rate * lam[:, None, None, None]
-    return np.ascontiguousarray(np.concatenate([coef[None] + scaled, coef[None] - scaled])
-                                .reshape((-1,) + coef.shape[1:]))
+    """``c + lam cdot`` of every tangent, then ``c - lam cdot``, stacked along the atom axis:
+    (2 T N, rows, LM)."""
+    out = np.empty((2,) + rate.shape)
+    np.multiply(rate, lam[:, None, None, None], out=out[0])
+    np.negative(out[0], out=out[1])
+    out += coef
+    return out.reshape((-1,) + coef.shape[1:])
 
 
 def _half_difference(values, n_t, n, lam) -> np.ndarray:
