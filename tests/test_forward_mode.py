@@ -205,6 +205,11 @@ def test_predict_streams_forward_mode_samples(periodic, rng, tmp_path, monkeypat
                                    _plain_dipole_derivative(model, _atoms(pos, numbers, cell,
                                                                           pbc), vel),
                                    rtol=1e-10)
+    # lazily (dask-backed input): the same numbers
+    lazy = predict(model, ds.chunk({"frame": 3}), posterior_samples=4, seed=3, progress=False)
+    for name in ("dipole_derivative_samples", "dipole_derivative_by_species_samples",
+                 "dipole_derivative_std"):
+        np.testing.assert_array_equal(lazy[name].values, res[name].values, err_msg=name)
     # into a store, killed in the second chunk and resumed: the in-memory numbers
     out = tmp_path / "p.zarr"
     real, calls = fm.dipole_derivative_uncertainty, []
