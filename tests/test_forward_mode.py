@@ -21,7 +21,21 @@ from numbec.models import forward_mode as fm
 from numbec.models import uncertainty as unc
 
 MODELS = (MonopoleModel, DipoleModel, CombinedModel)
-STRUCTURES = {"molecule": water_cluster, "cell": water_cell, "chain": water_chain}
+
+
+def boxed_cluster(rng):
+    """A water cluster in a periodic 12 Å box, wrapped so that it is cut by the boundary:
+    one finite cluster, treated as a molecule with unwrapped positions."""
+    atoms = water_cluster(rng)
+    atoms.set_cell(np.diag([12.0, 12.5, 13.0]))
+    atoms.pbc = True
+    atoms.positions -= atoms.positions[0] - 0.3   # straddles the corner at the origin
+    atoms.wrap()
+    return atoms
+
+
+STRUCTURES = {"molecule": water_cluster, "cell": water_cell, "chain": water_chain,
+              "boxed": boxed_cluster}
 
 
 @pytest.fixture
@@ -71,7 +85,7 @@ def test_descriptor_tangent_equals_central_differences(rng):
 @pytest.mark.parametrize("structure", list(STRUCTURES))
 @pytest.mark.parametrize("zeta", [1, 3])
 def test_rows_times_weights_equal_plain_dipole_derivative(cls, structure, zeta, rng):
-    periodic = structure != "molecule"
+    periodic = structure in ("cell", "chain")
     model = randomized(_model(cls, rng, periodic, zeta), rng)
     atoms = STRUCTURES[structure](rng)
     v = rng.normal(0.0, 0.01, atoms.positions.shape)
