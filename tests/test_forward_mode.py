@@ -271,3 +271,17 @@ def test_uncertainty_alone_streams_the_exact_dipole_derivative_std(rng):
         want = np.sqrt(unc.sample_scale(model)
                        * np.einsum("ac,cd,ad->a", a, model.covariance, a))
         np.testing.assert_allclose(res["dipole_derivative_std"].values[f], want, rtol=1e-8)
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_channel_becs_of_atoms_sorted_by_species_equal_design_rows(periodic, rng):
+    # atoms grouped by species: the species blocks are slices, a path of its own in
+    # uncertainty.channel_outputs (writes into views) next to the index arrays of water
+    model = _model(CombinedModel, rng, periodic)
+    atoms = training_frames(rng, periodic, 1)[0]
+    atoms = atoms[np.argsort(atoms.numbers, kind="stable")]
+    wm = rng.normal(0.0, 1.0, (3, model.n_columns))
+    got = unc.direction_becs(model, *_args(atoms), wm)
+    phi, _ = model._design(*_args(atoms), "test")
+    want = np.einsum("nijc,kc->knij", phi.reshape(len(atoms), 3, 3, -1), wm)
+    np.testing.assert_allclose(got, want, atol=1e-10 * np.abs(want).max())
