@@ -415,12 +415,9 @@ def channel_outputs(model, positions, numbers, cell, pbc, weight_matrix,
         grad = grad.reshape(nr, n_w, per, -1)
         if mono:
             scalar_grad[rows, :n_w] = grad[:, :, 0]
-        if dip:  # straight into scalar_grad where its block is a view: no reshaped copy
-            target = scalar_grad[rows, n_mono:].reshape(nr, n_w, 3, -1)
-            if isinstance(rows, slice) and np.may_share_memory(target, scalar_grad):
-                target[...] = grad[:, :, per - 3:]
-            else:
-                scalar_grad[rows, n_mono:] = grad[:, :, per - 3:].reshape(nr, 3 * n_w, -1)
+        if dip:  # channel n_mono + 3 k + a; one component at a time: no reshaped copy
+            for a in range(3):
+                scalar_grad[rows, n_mono + a::3] = grad[:, :, per - 3 + a]
     a2, a3 = ex.adjoint_arrays(n_w * per)
     if dip:
         vdesc.add_adjoint(u, a2, a3, n_mono)
