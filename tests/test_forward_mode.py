@@ -81,6 +81,36 @@ def test_descriptor_tangent_equals_central_differences(rng):
                                    atol=1e-12 * np.abs(both).max())
 
 
+def test_bilinear_descriptor_tangents_equal_the_polarisation_identity(rng):
+    """The one-product tangent kernels against ``(X(c + cdot) - X(c - cdot)) / 2`` of the
+    value kernels (exact for forms quadratic in c), for random coefficient tangents."""
+    from numbec.descriptors import scalar_numba, tangent_numba, vector_numba
+    from numbec.descriptors.scalar import angular_feature_table, angular_gram_index
+    from numbec.descriptors.vector import _dense_feature_args
+
+    atoms = water_cell(rng)
+    desc, _ = compute_scalar_and_vector_descriptors(
+        atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc, SETTINGS)
+    ex = desc.expansion
+    c2dot = rng.normal(size=(3,) + ex.c2.shape)
+    c3dot = rng.normal(size=(3,) + ex.c3.shape)
+    table = (float(np.sqrt(SETTINGS.radial_weight)), angular_gram_index(SETTINGS),
+             angular_feature_table(SETTINGS)[3])
+    vargs = _dense_feature_args(SETTINGS)
+    xdot = tangent_numba.power_spectrum_tangents(c2dot, ex.c3, c3dot, *table)
+    vdot = tangent_numba.vector_feature_tangents(c2dot, ex.c3, c3dot, *vargs)
+    for t in range(3):
+        plus = (ex.c2 + c2dot[t], ex.c3 + c3dot[t])
+        minus = (ex.c2 - c2dot[t], ex.c3 - c3dot[t])
+        ref = 0.5 * (scalar_numba.power_spectrum(*plus, *table)
+                     - scalar_numba.power_spectrum(*minus, *table))
+        np.testing.assert_allclose(xdot[t], ref, atol=1e-12 * np.abs(ref).max())
+        ref = 0.5 * (vector_numba.vector_features(*plus, *vargs)
+                     - vector_numba.vector_features(*minus, *vargs))
+        np.testing.assert_allclose(vdot[t], ref, atol=1e-12 * np.abs(ref).max())
+        assert np.abs(ref).max() > 0
+
+
 @pytest.mark.parametrize("cls", MODELS)
 @pytest.mark.parametrize("structure", list(STRUCTURES))
 @pytest.mark.parametrize("zeta", [1, 3])
