@@ -98,9 +98,10 @@ def dipole_derivative_rows(model, positions, numbers, cell, pbc, velocities, *,
         directions.append(weighted_directions(ex, ws))                # 3 G tangents
     xdot, vdot = descriptor_tangents(ex, np.concatenate(directions, axis=1),
                                      vector=g if dip else 0)
-    # tangent of the unit descriptor: (Xdot - x (x . Xdot)) / |X| (zero for isolated atoms)
-    udot = (xdot - unit[None] * np.sum(xdot * unit[None], axis=2)[..., None]) / norms[:, None]
-
+    # kernel tangents kdot_ib = x_b . udot_i with the unit-descriptor tangent
+    # udot = (Xdot - x (x . Xdot)) / |X| (zero for isolated atoms), contracted without
+    # forming udot: (Xdot_i . x_b - (x_i . Xdot_i) cos_ib) / |X_i|
+    along = np.einsum("tnd,nd->tn", xdot, unit)                       # (T, N)
     m = model.sparse_unit.shape[0]
     zeta = model.zeta
     rows = np.zeros((g, 3, model.n_columns))
@@ -108,8 +109,9 @@ def dipole_derivative_rows(model, positions, numbers, cell, pbc, velocities, *,
     for sel, cols, cos in prepared.species_kernels:
         nr, mz = cos.shape
         cols_idx = np.arange(m)[cols]
-        kdot = (udot[:, sel].reshape(-1, udot.shape[-1]) @ model.sparse_unit[cols].T
-                ).reshape(-1, nr, mz)                                 # (T, nr, mz)
+        inv = 1.0 / norms[sel][:, None]
+        kdot = ((xdot[:, sel].reshape(-1, xdot.shape[-1]) @ model.sparse_unit[cols].T
+                 ).reshape(-1, nr, mz) - along[:, sel, None] * cos) * inv  # (T, nr, mz)
         pow1 = kernels.int_power(cos, zeta - 1)                       # k^(zeta-1)
         if mono:
             dkern = zeta * pow1                                       # d k^zeta / dk
@@ -120,21 +122,41 @@ def dipole_derivative_rows(model, positions, numbers, cell, pbc, velocities, *,
                 part += rel[sel].T @ (kdot[:g] * dkern)
             rows[:, :, cols_idx] = part
         if dip:
-            # T^g_b^a = sum_i [k^(zeta-1) Vdot_i^a + (zeta-1) k^(zeta-2) kdot_ib V_i^a]
-            dv = vdot[:, sel].reshape(g, nr, -1)                      # (G, nr, 3 Dv)
-            t = dv.transpose(0, 2, 1) @ pow1                          # (G, 3 Dv, mz)
-            if zeta >= 2:
-                dpow = (zeta - 1) * kernels.int_power(cos, zeta - 2) * kdot[:g]
-                t += vdesc.values[sel].reshape(nr, -1).T @ dpow
-            # row (a, (b, nu)) = T^g_b^a . V_b^nu / s**2, one small product per sparse point
-            t = t.reshape(g * 3, -1, mz).transpose(2, 0, 1)           # (mz, 3 G, Dv)
-            sv = model.sparse_vectors[cols].transpose(0, 2, 1) / model.vector_scale
-            block = (t @ sv).reshape(mz, g, 3, 3).transpose(1, 2, 0, 3)   # (G, 3, mz, 3)
+            # T^g_b^a = sum_i [k^(zeta-1) Vdot_i^a + (zeta-1) k^(zeta-2) kdot_ib V_i^a], one
+            # product over the 2 nr stacked atoms per species g, laid out (mz, 3, Dv) so that
+            # row (a, (b, nu)) = T^g_b^a . V_b^nu / s**2 is a product per sparse point
+            vals = vdesc.values[sel].reshape(nr, -1)
+            stacked = np.empty((2 * nr, vals.shape[1]))
+            stacked[nr:] = vals
+            coef = np.empty((2 * nr, mz))
+            coef[:nr] = pow1
+            dpow = ((zeta - 1) * kernels.int_power(cos, zeta - 2) if zeta >= 2
+                    else np.zeros_like(cos))
+            sv = _sparse_vectors_by_point(model, cols)                # (mz, Dv, 3)
             dip_cols = (m if mono else 0) + 3 * cols_idx[:, None] + np.arange(3)[None, :]
-            rows[:, :, dip_cols.ravel()] = block.reshape(g, 3, -1)
+            for k in range(g):
+                stacked[:nr] = vdot[k, sel].reshape(nr, -1)
+                np.multiply(dpow, kdot[k], out=coef[nr:])
+                t = (coef.T @ stacked).reshape(mz, 3, -1)             # (mz, 3, Dv)
+                rows[k][:, dip_cols] = (t @ sv).transpose(1, 0, 2)    # (3, mz, 3)
     q0n = model._baseline(numbers) + total_charge_value(total_charge) / n
     baseline = q0n @ vs
     return {"rows": rows, "baseline": baseline, "species": species}
+
+
+def _sparse_vectors_by_point(model, cols) -> np.ndarray:
+    """(mz, Dv, 3) ``V_b^nu / s`` of the sparse points ``cols`` (contiguous, cached per model
+    and vector scale)."""
+    source = model.sparse_vectors
+    cache = model.__dict__.get("_forward_sparse_vectors")
+    if cache is None or cache[0] is not source or cache[1] != model.vector_scale:
+        cache = (source, model.vector_scale, {})    # a refit replaces the array: rebuilt
+        model._forward_sparse_vectors = cache
+    where = (cols.start, cols.stop) if isinstance(cols, slice) else np.asarray(cols).tobytes()
+    if where not in cache[2]:
+        cache[2][where] = np.ascontiguousarray(
+            source[cols].transpose(0, 2, 1) / model.vector_scale)
+    return cache[2][where]
 
 
 # ---------------------------------------------------------------------- the posterior
