@@ -17,8 +17,9 @@ The second table times the forward-mode dM/dt uncertainty
 (:mod:`numbec.models.forward_mode`, what ``numbec.predict(..., posterior_samples=S)`` runs
 per frame): the plain prediction plus the exact per-frame ``dipole_derivative_std`` alone,
 and with S = 16 and 64 full-posterior samples (per species too), against the plain
-prediction; random thermal velocities (the cost does not depend on them). ``--forward-only``
-skips the low-rank table.
+prediction; random thermal velocities (the cost does not depend on them); frames below
+``BATCH_BELOW_ATOMS`` atoms also in batches against the batched plain prediction.
+``--forward-only`` skips the low-rank table.
 
 ``--dd-calibration``: is ``dipole_derivative_std`` (with the weight scale ``s_w`` of the
 cross-validated recalibration, fitted on the training frames only) calibrated for dM/dt?
@@ -83,29 +84,51 @@ def measure(name, model, frames, ranks):
 def measure_forward(name, model, frames, samples=(16, 64), repeat=7):
     """Plain prediction against the forward-mode variants, timed in turns (round r times
     every variant once) so that a change of the machine's load hits them alike; best round
-    of each."""
+    of each. Frames below ``numbec.parallel.BATCH_BELOW_ATOMS`` atoms are also timed the way
+    the stream computes plain small frames, in batches (``predict_frames`` against
+    ``predict_frames_with_velocities``, the test frames repeated to 32)."""
     from numbec.models.forward_mode import DipoleDerivativeSamplesModel
+    from numbec.parallel import BATCH_BELOW_ATOMS
 
     rng = np.random.default_rng(0)
     inputs = [(a.positions, a.numbers, np.asarray(a.cell), a.pbc,
                rng.normal(0.0, 0.01, (len(a), 3))) for a in frames]
-    variants = {"plain": lambda x: model.predict_arrays(*x[:4])}
+    variants = {"plain": lambda: [model.predict_arrays(*x[:4]) for x in inputs]}
+    batched = len(frames[0]) < BATCH_BELOW_ATOMS
+    if batched:
+        reps = -(-32 // len(inputs))
+        pos = np.stack([x[0] for x in inputs] * reps)
+        cells = None if not frames[0].pbc.any() else np.stack([x[2] for x in inputs] * reps)
+        vel = np.stack([x[4] for x in inputs] * reps)
+        numbers, pbc = frames[0].numbers, frames[0].pbc
+        variants["plain, batched"] = lambda: model.predict_frames(pos, numbers, cells, pbc)
     for s in (0,) + tuple(samples):
         wrapped = DipoleDerivativeSamplesModel(model, n_samples=s, seed=0)
         wrapped.predict_arrays_with_velocities(*inputs[0])  # compile, Cholesky factor
         what = "+ dipole_derivative_std" if s == 0 else f"+ std and S = {s} samples"
-        variants[what] = wrapped.predict_arrays_with_velocities
+        variants[what] = (lambda w=wrapped:
+                          [w.predict_arrays_with_velocities(*x) for x in inputs])
+        if batched:
+            variants[what + ", batched"] = (
+                lambda w=wrapped: w.predict_frames_with_velocities(pos, numbers, cells, pbc, vel))
+    for fn in variants.values():
+        fn()
     best = dict.fromkeys(variants, np.inf)
     for _ in range(repeat):
         for what, fn in variants.items():
             t0 = time.perf_counter()
-            for x in inputs:
-                fn(*x) if what != "plain" else fn(x)
+            fn()
             best[what] = min(best[what], time.perf_counter() - t0)
-    plain = best.pop("plain")
-    print(f"| {name} | {model.n_columns} | {1e3 * plain / len(frames):.1f} ms | plain | 1 |")
+    plain = best.pop("plain") / len(inputs)
+    plain_batched = best.pop("plain, batched", np.nan) / (len(inputs) * reps if batched else 1)
+    print(f"| {name} | {model.n_columns} | {1e3 * plain:.1f} ms | plain | 1 |")
+    if batched:
+        print(f"| {name} | {model.n_columns} | {1e3 * plain_batched:.2f} ms | plain, batched "
+              f"| 1 |")
     for what, t in best.items():
-        print(f"| {name} | {model.n_columns} | | {what} | {t / plain:.2f}x |", flush=True)
+        per_frame = t / (len(inputs) * reps) if what.endswith("batched") else t / len(inputs)
+        ratio = per_frame / (plain_batched if what.endswith("batched") else plain)
+        print(f"| {name} | {model.n_columns} | | {what} | {ratio:.2f}x |", flush=True)
 
 
 def dd_calibration(name, model, train, frames, draws=5):

@@ -359,3 +359,16 @@ def test_batched_rows_and_samples_equal_frame_by_frame(cls, structure, rng):
         for key, value in want.items():  # asr_violation is ~0: measured against the BECs
             size = max(np.abs(value).max(), np.abs(want["bec"]).max())
             np.testing.assert_allclose(got[key][k], value, rtol=0, atol=1e-12 * size)
+
+
+def test_pair_directions_kernel_equals_the_numpy_directions(rng):
+    from numbec.descriptors.tangent import pair_directions, weighted_directions
+
+    atoms = water_cell(rng)
+    desc, _ = compute_scalar_and_vector_descriptors(
+        atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc, SETTINGS)
+    ex = desc.expansion
+    w = rng.normal(size=(2,) + atoms.positions.shape)
+    want = np.concatenate([relative_directions(ex, w), weighted_directions(ex, w)], axis=1)
+    np.testing.assert_array_equal(pair_directions(ex, w, True), want)
+    np.testing.assert_array_equal(pair_directions(ex, w, False), want[:, :2])

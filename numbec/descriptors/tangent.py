@@ -25,7 +25,7 @@ from numbec.descriptors import tangent_numba as _tn
 from numbec.descriptors.expansion import Expansion
 from numbec.descriptors.neighbors import serial_if_small
 
-__all__ = ["descriptor_tangents", "relative_directions", "weighted_directions"]
+__all__ = ["descriptor_tangents", "pair_directions", "relative_directions", "weighted_directions"]
 
 
 def _pair_centres(ex: Expansion) -> np.ndarray:
@@ -49,6 +49,16 @@ def weighted_directions(ex: Expansion, velocities) -> np.ndarray:
     wj = w[:, nl.neighbors].transpose(1, 0, 2)                   # (P, T, 3)
     out = -nl.vectors[:, None, :, None] * wj[:, :, None, :]     # (P, T, a, 3)
     return np.ascontiguousarray(out.reshape(nl.neighbors.size, -1, 3))
+
+
+def pair_directions(ex: Expansion, velocities, weighted: bool) -> np.ndarray:
+    """(P, T, 3) :func:`relative_directions` of velocities w (T, N, 3) followed, with
+    ``weighted``, by the (P, 3 T, 3) :func:`weighted_directions`, in one pass over the
+    pairs."""
+    nl = ex.pairs
+    w = np.ascontiguousarray(velocities, dtype=np.float64)
+    with serial_if_small(nl.n_pairs):
+        return _tn.pair_directions(nl.offsets, nl.neighbors, nl.vectors, w, bool(weighted))
 
 
 def descriptor_tangents(ex: Expansion, directions, vector: int = 0):

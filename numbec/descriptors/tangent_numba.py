@@ -207,3 +207,25 @@ def vector_feature_tangents(c2dot, c3, c3dot, w2, dense_index, weight, cg_start,
             for k in range(n_k):
                 oa_[k] = weight[k] * ta[dense_index[k]]
     return out
+
+
+@njit(cache=True, parallel=True, nogil=True, error_model="numpy")
+def pair_directions(offsets, neighbors, vectors, velocities, weighted):
+    """(P, T + 3 T, 3) (or (P, T, 3) without ``weighted``) float64 pair directions from
+    per-atom velocities (T, N, 3): first ``w[t, j] - w[t, i]``, then
+    ``[T + 3 t + a] = -(d_p)_a w[t, j]`` for pair p = (centre i, neighbour image j) with
+    pair vector d_p (``vectors`` (P, 3) Å); pairs grouped by centre (``offsets`` (N + 1,))."""
+    n_atoms = offsets.shape[0] - 1
+    n_t = velocities.shape[0]
+    out = np.empty((neighbors.shape[0], n_t * (4 if weighted else 1), 3))
+    for i in prange(n_atoms):
+        for p in range(offsets[i], offsets[i + 1]):
+            j = neighbors[p]
+            for t in range(n_t):
+                for b in range(3):
+                    out[p, t, b] = velocities[t, j, b] - velocities[t, i, b]
+                if weighted:
+                    for a in range(3):
+                        for b in range(3):
+                            out[p, n_t + 3 * t + a, b] = -vectors[p, a] * velocities[t, j, b]
+    return out

@@ -165,11 +165,7 @@ def _prepare_frames(model, positions, numbers, cells, pbc) -> _Frames:
 def _frame_rows(model, frames: _Frames, velocities, by_species, total_charge) -> dict:
     """The rows of :func:`dipole_derivative_rows_frames` from a prepared pass; velocities
     (F, N, 3) Å/fs."""
-    from numbec.descriptors.tangent import (
-        descriptor_tangents,
-        relative_directions,
-        weighted_directions,
-    )
+    from numbec.descriptors.tangent import descriptor_tangents, pair_directions
     from numbec.models import kernels
     from numbec.models.base import total_charge_value
 
@@ -185,11 +181,9 @@ def _frame_rows(model, frames: _Frames, velocities, by_species, total_charge) ->
     g = species.size
 
     ex = frames.desc.expansion
-    directions = [relative_directions(ex, ws)]                        # G tangents
+    # G velocity tangents, then for periodic frames 3 G charge-transfer tangents
     charge_transfer = mono and periodic.any()
-    if charge_transfer:
-        directions.append(weighted_directions(ex, ws))                # 3 G tangents
-    xdot, vdot = descriptor_tangents(ex, np.concatenate(directions, axis=1),
+    xdot, vdot = descriptor_tangents(ex, pair_directions(ex, ws, charge_transfer),
                                      vector=g if dip else 0)
     # kernel tangents kdot_ib = x_b . udot_i with the unit-descriptor tangent
     # udot = (Xdot - x (x . Xdot)) / |X| (zero for isolated atoms), contracted without
