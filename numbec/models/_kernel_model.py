@@ -759,8 +759,6 @@ class KernelBECModel(BECModel):
             out.append((rows, cols, unit[rows] @ self.sparse_unit[cols].T))
         return out
 
-    _species_blocks = _species_kernels  # old name, used by benchmarks/stream.py until merged
-
     # ------------------------------------------------------------------ design matrix
     def _design(self, positions, numbers, cell, pbc, where):
         """Design of one structure: ``phi`` (N, 3, 3, C) with ``bec - baseline = phi @ w``
