@@ -392,8 +392,9 @@ def measure_stages(system, model_file, repeat):
     out = {}
     with threadpool_limits(1, "blas"):
         out["total"] = timed(lambda: model.predict_arrays(*args), n)
-        out["neighbours"] = timed(lambda: neighbor_list(*args, settings.cutoff), n)
-        pairs = neighbor_list(*args, settings.cutoff)
+        geometry = (args[0], args[2], args[3], settings.cutoff)
+        out["neighbours"] = timed(lambda: neighbor_list(*geometry), n)
+        pairs = neighbor_list(*geometry)
         out["expansion"] = timed(lambda: expand(*args, settings, int(dipole), pairs=pairs), n)
         ex = expand(*args, settings, int(dipole), pairs=pairs)
 
