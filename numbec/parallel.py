@@ -70,6 +70,12 @@ BATCH_ATOMS = 768
 #: 2-14: (H2O)6 combined model 1.76 ms per frame on one frame thread, 2.43 on two).
 MIN_THREAD_GAIN = 1.1
 
+#: The probe of :data:`MIN_THREAD_GAIN` runs in chunks of at least this many batches; shorter
+#: chunks run their batches one at a time with the Numba kernels on their threads (the probe
+#: took 5 of the 8 batches of 1,000 water dimers and made them 1.3-1.4x slower than
+#: ``threads=1``, 2026-12-03, load 12).
+PROBE_FROM_BATCHES = 16
+
 #: Environment of ``dask.distributed`` worker processes started by numbec: one thread per
 #: library, the parallelism is over workers.
 SINGLE_THREAD_ENV = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
@@ -80,6 +86,7 @@ __all__ = [
     "BATCH_BELOW_ATOMS",
     "MIN_THREADED_FRAME_S",
     "MIN_THREAD_GAIN",
+    "PROBE_FROM_BATCHES",
     "SERIAL_BELOW",
     "SINGLE_THREAD_ENV",
     "blas_limit",

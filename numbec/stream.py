@@ -365,7 +365,11 @@ def _model_batches(model, positions, cell, spec, frame0, model_keys, per_frame, 
     n_threads = parallel.frame_threads(spec.frame_threads,
                                        bool(getattr(model, "concurrent_frames", False)),
                                        len(starts))
-    if n_threads > 1 and spec.frame_threads == 0 and len(starts) > n_threads + 3:
+    if n_threads > 1 and spec.frame_threads == 0:
+        if len(starts) < parallel.PROBE_FROM_BATCHES:
+            # too few batches to pay for a probe: one at a time, Numba on its threads
+            _run_in_order(one_batch, starts, 1)
+            return
         # automatic threads: probe the ways to run batches, keep the fastest
         one_batch(starts[0])  # kernels compiled or loaded, caches warm
         seconds = {"numba": _timed(one_batch, starts[1])}

@@ -95,7 +95,7 @@ def test_automatic_threads_probe_then_run_the_rest_alike(mode, monkeypatch):
     rng = np.random.default_rng(6)
     model = fitted_random_model(CombinedModel, rng, False)
     ds = _trajectory(rng, False)
-    monkeypatch.setattr(parallel, "BATCH_ATOMS", 2 * ds.sizes["atom"])  # 12 batches
+    monkeypatch.setattr(parallel, "BATCH_ATOMS", ds.sizes["atom"])  # 23 batches of one frame
     serial = predict(model, ds, threads=1, progress=False)
     probed = []
 
@@ -116,8 +116,14 @@ def test_automatic_threads_probe_then_run_the_rest_alike(mode, monkeypatch):
     auto = predict(model, ds, threads=None, progress=False)
     assert len(probed) == 1 and set(probed[0]) == {"numba", "serial", "batch threads"}
     assert all(s > 0 for s in probed[0].values())
-    assert sum(calls) == ds.sizes["frame"] and len(calls) == 12
+    assert sum(calls) == ds.sizes["frame"] and len(calls) == 23
     _compare(auto, serial)
+    # a chunk of fewer batches than PROBE_FROM_BATCHES runs them one at a time, unprobed
+    probed.clear()
+    short = predict(model, ds, threads=None, chunk_frames=parallel.PROBE_FROM_BATCHES - 1,
+                    progress=False)
+    assert not probed  # chunks of 15 and 8 batches
+    _compare(short, serial)
 
 
 def test_fastest_batch_mode_needs_a_clear_gain():
