@@ -504,7 +504,8 @@ def train_models(frames, config: DemoConfig, cache: Path, log=print) -> dict:
     for name, cls_name in zip(MODEL_NAMES, ("MonopoleModel", "DipoleModel", "CombinedModel"),
                               strict=True):
         folds = config.recalibrate_folds if name == "combined" else 0
-        path = cache / f"model-{name}-{key}{f'-cv{folds}' if folds else ''}.npz"
+        # the recalibration method is in the name: a cached model keeps the scale it had
+        path = cache / f"model-{name}-{key}{f'-cv{folds}-coverage' if folds else ''}.npz"
         if path.exists():
             models[name] = numbec.load_model(path)
             log(f"  {name} model: cached ({path.name})")
@@ -941,7 +942,8 @@ def _report(results: dict, log=print) -> None:
         n = next(iter(calibrated.values()))["n_frames"]
         log(f"calibration of bec_std on the {n} test frames with exact APTs (nominal 95 % "
             "coverage 0.95; rank correlation of each frame's predicted uncertainty with its "
-            "error, 1 = perfect)")
+            f"error, 1 = perfect; {n} snapshots of one MD differ little, so it is coarse "
+            "here: docs/benchmarks_models.md measures it on independent clusters)")
         for name, c in calibrated.items():
             how = (f"recalibrated on the training data, variance x {c['variance_scale']:.2f}"
                    if c["variance_scale"] != 1.0 else "raw Bayesian variance")
