@@ -98,3 +98,46 @@ def test_files_without_the_new_fields_load_and_predict_as_before(name):
     assert unc.variance_scale(model) == 1.0
     assert "variance_scale_fit" not in model.training
     assert unc.sample_scale(model) == 1.0
+
+
+def test_two_part_recalibration_scales_the_two_variances_apart(rng, tmp_path):
+    from numbec.models import regression
+
+    model, frames = _fitted(rng)
+    atoms = frames[0]
+    phi, _ = model._design(atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc,
+                           "test")
+    epi = regression.predictive_variance(phi.reshape(len(atoms) * 9, -1), model.covariance,
+                                         model.sigma_v2, include_noise=False)
+    held = unc.held_out_errors(model, frames, folds=2)
+    unc.recalibrate(model, frames, method="two_part", held_out=held)
+    s, s_v = model.variance_scale, model.noise_scale
+    fit = model.training["variance_scale_fit"]
+    assert fit["method"] == "two_part" and [s, s_v] == fit["two_part_scales"]
+    a, b = unc.two_part_scales(held["err"], held["epistemic"], held["noise"],
+                               unc.MIN_NOISE_SCALE)
+    assert s / s_v == pytest.approx(a / b, rel=1e-12) and b >= unc.MIN_NOISE_SCALE
+    # the common factor makes the held-out 95 % interval hold 95 %
+    z = held["err"] / np.sqrt(s * held["epistemic"] + s_v * held["noise"])
+    rank = int(np.ceil((z.size + 1) * 0.95))
+    assert np.sort(np.abs(z))[rank - 1] == pytest.approx(1.959964, rel=1e-6)
+    np.testing.assert_allclose(predict(model, atoms, uncertainty=True)["bec_std"].ravel() ** 2,
+                               s * epi + s_v * model.sigma_v2, rtol=1e-10)
+    # the full-rank channel uncertainty uses both factors the same way
+    out = unc.predict_uncertainty(model, atoms.positions, atoms.numbers,
+                                  np.asarray(atoms.cell), atoms.pbc, rank=None)
+    np.testing.assert_allclose(out["bec_std"].ravel() ** 2, s * epi + s_v * model.sigma_v2,
+                               rtol=1e-8)
+    path = tmp_path / "m.npz"
+    model.save(path)
+    back = load_model(path)
+    assert (back.variance_scale, back.noise_scale) == (s, s_v)
+    np.testing.assert_allclose(predict(back, atoms, uncertainty=True)["bec_std"],
+                               predict(model, atoms, uncertainty=True)["bec_std"], rtol=1e-12)
+    # a single-scale recalibration scales the noise with the rest again
+    unc.recalibrate(model, frames, method="coverage", held_out=held)
+    assert model.noise_scale is None and unc.noise_scale(model) == model.variance_scale
+    meta, arrays = back.state()
+    for bad in (-1.0, float("nan"), "2"):
+        with pytest.raises(Exception, match="noise_scale"):
+            MonopoleModel._from_state(dict(meta, noise_scale=bad), arrays)

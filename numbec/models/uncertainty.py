@@ -41,6 +41,7 @@ __all__ = [
     "calibration_metrics",
     "direction_becs",
     "exact_bec_std",
+    "noise_scale",
     "coverage_scale",
     "fit_variance_scale",
     "held_out_errors",
@@ -62,6 +63,14 @@ _DIAG = (np.arange(3), np.arange(3))
 def variance_scale(model) -> float:
     """The model's recalibration factor of the predictive variance (1 if never recalibrated)."""
     return float(getattr(model, "variance_scale", 1.0) or 1.0)
+
+
+def noise_scale(model) -> float:
+    """The model's factor of the noise variance ``sigma_v^2`` in the predictive variance:
+    ``model.noise_scale`` when the recalibration set it apart (``method="two_part"``), else
+    :func:`variance_scale` (one scale of the whole variance, as in files without it)."""
+    value = getattr(model, "noise_scale", None)
+    return variance_scale(model) if value is None else float(value)
 
 
 def sample_scale(model) -> float:
@@ -141,7 +150,8 @@ def _spearman(a, b) -> float:
 # ---------------------------------------------------------------------- recalibration
 def exact_bec_std(model, positions, numbers, cell, pbc) -> np.ndarray:
     """``bec_std`` (N, 3, 3) e from the full design rows and the full covariance (the cost of
-    one training step), recalibrated: ``sqrt(s (phi^T Sigma phi + sigma_v^2))``."""
+    one training step), recalibrated: ``sqrt(s phi^T Sigma phi + s_v sigma_v^2)``
+    (:func:`variance_scale`, :func:`noise_scale`)."""
     return model.predict_arrays(positions, numbers, cell, pbc, uncertainty=True)["bec_std"]
 
 
@@ -160,7 +170,10 @@ def _fold_model(model, frames):
 
 
 #: Recalibration methods of :func:`fit_variance_scale` (``method=``).
-SCALE_METHODS = ("coverage", "likelihood")
+SCALE_METHODS = ("coverage", "two_part", "likelihood")
+#: ``method="two_part"``: the noise variance keeps at least this fraction of sigma_v^2 (a
+#: component without epistemic variance would otherwise get a zero-width interval).
+MIN_NOISE_SCALE = 0.01
 
 
 def held_out_errors(model, frames, folds: int = 5) -> dict:
@@ -214,22 +227,23 @@ def coverage_scale(z, coverage: float = 0.95) -> float:
     return float((q / z_c) ** 2) if q > 0 else float("nan")
 
 
-def two_part_scales(err, epistemic, noise) -> tuple[float, float]:
+def two_part_scales(err, epistemic, noise, min_noise: float = 0.0) -> tuple[float, float]:
     """Maximum-likelihood factors ``(a, b)`` of a predictive variance ``a epistemic +
-    b noise`` (Gaussian) for held-out errors (all (n,) arrays, e and e^2). Not stored in
-    model files; benchmarks/calibration.py reports it as an alternative."""
+    b noise`` (Gaussian) for held-out errors (all (n,) arrays, e and e^2), ``b >=
+    min_noise``. Not stored in model files; benchmarks/calibration.py reports it as an
+    alternative."""
     from scipy.optimize import minimize
 
     err2 = np.asarray(err, dtype=np.float64) ** 2
     epi, noise = np.asarray(epistemic, np.float64), np.asarray(noise, np.float64)
 
     def nll(log_ab):
-        var = np.exp(log_ab[0]) * epi + np.exp(log_ab[1]) * noise
+        var = np.exp(log_ab[0]) * epi + (np.exp(log_ab[1]) + min_noise) * noise
         return float(np.mean(np.log(var) + err2 / var))
 
     start = np.log(max(np.mean(err2 / (epi + noise)), 1e-12)) * np.ones(2)
     res = minimize(nll, start, method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-10})
-    return float(np.exp(res.x[0])), float(np.exp(res.x[1]))
+    return float(np.exp(res.x[0])), float(np.exp(res.x[1]) + min_noise)
 
 
 def fit_variance_scale(model, frames, folds: int = 5, method: str = "coverage") -> dict:
@@ -244,12 +258,19 @@ def fit_variance_scale(model, frames, folds: int = 5, method: str = "coverage") 
         heavy-tailed (68 % coverage well above nominal where the 95 % one is about right),
         so a scale that fits their second moment is dominated by the tails and overshoots
         the 95 % interval (docs/benchmarks_models.md, "Calibration").
+    ``"two_part"``
+        separate factors of the two parts of the variance, ``s phi^T Sigma phi + s_v
+        sigma_v^2``: their shape by maximum likelihood (:func:`two_part_scales`, ``s_v``
+        at least :data:`MIN_NOISE_SCALE` before the next step), then one common factor
+        that makes the held-out 95 % interval hold 95 % (:func:`coverage_scale`).
+        ``scale`` is ``s``, ``noise_scale`` is ``s_v``.
     ``"likelihood"``
         ``s = mean(err^2 / std^2)``, the maximum-likelihood scale of a Gaussian (the only
         method of older numbec; models saved with it keep their scale).
 
-    Returns dict ``scale`` (that of ``method``), ``method``, ``scale_coverage``,
-    ``scale_likelihood``, ``folds``, ``n_values``, the held-out ``coverage_68_unscaled`` and
+    Returns dict ``scale`` (that of ``method``), ``noise_scale`` (``"two_part"`` only),
+    ``method``, ``scale_coverage``, ``scale_likelihood``, ``two_part_scales`` ``[s, s_v]``,
+    ``folds``, ``n_values``, the held-out ``coverage_68_unscaled`` and
     ``coverage_95_unscaled``, and ``weight_scale = sum(err^2) / sum(phi^T Sigma phi)``: the
     scale of the weight posterior alone that accounts for the whole held-out error (used for
     posterior samples and the spectrum's model band, which carry no per-component noise
@@ -267,9 +288,17 @@ def scales_from_held_out(held: dict, method: str = "coverage") -> dict:
     scales = {"coverage": coverage_scale(np.sqrt(z2), 0.95), "likelihood": float(np.mean(z2))}
     if not np.isfinite(scales["coverage"]):  # all held-out errors zero: nothing to scale
         scales["coverage"] = scales["likelihood"]
+    a, b = two_part_scales(err, epi, held["noise"], MIN_NOISE_SCALE)
+    common = coverage_scale(err / np.sqrt(a * epi + b * held["noise"]), 0.95)
+    if not np.isfinite(common):
+        common = 1.0
+    two = [common * a, common * b]
+    scales["two_part"] = two[0]
     err2, epi_sum = float(err @ err), float(epi.sum())
-    return {"scale": scales[method], "method": method, "scale_coverage": scales["coverage"],
-            "scale_likelihood": scales["likelihood"], "folds": held["folds"],
+    extra = {"noise_scale": two[1]} if method == "two_part" else {}
+    return {"scale": scales[method], **extra, "method": method,
+            "scale_coverage": scales["coverage"], "scale_likelihood": scales["likelihood"],
+            "two_part_scales": two, "folds": held["folds"],
             "n_values": int(z2.size),
             "coverage_68_unscaled": float(np.mean(z2 <= _Z68 ** 2)),
             "coverage_95_unscaled": float(np.mean(z2 <= _Z95 ** 2)),
@@ -284,6 +313,7 @@ def recalibrate(model, frames, folds: int = 5, method: str = "coverage", held_ou
     info = fit_variance_scale(model, frames, folds, method) if held_out is None else \
         scales_from_held_out(held_out, method)
     model.variance_scale = info["scale"]
+    model.noise_scale = info.get("noise_scale")  # None: the noise scales with the rest
     model.training = dict(getattr(model, "training", {}) or {}, variance_scale_fit=info)
     model._posterior_factor_cache = None
     return model
@@ -301,7 +331,8 @@ class PosteriorFactor:
     rescaled : bool: the columns were divided by ``sqrt(captured)`` so that the mean epistemic
         variance over training-like rows is preserved (the residual ``Sigma - L L^T``
         is then accounted for on average, not per row).
-    noise_variance : float, e^2: ``s sigma_v^2``, added to every component's variance.
+    noise_variance : float, e^2: ``s_v sigma_v^2`` (:func:`noise_scale`), added to every
+        component's variance.
     """
 
     factor: np.ndarray
@@ -350,7 +381,7 @@ def posterior_factor(model, rank: int | None = 32, rescale: bool = True) -> Post
     k = c if rank is None else min(int(rank), c)
     if k < 1:
         raise ValueError(f"rank must be >= 1, got {rank}")
-    key = (id(model.weights), k, bool(rescale), variance_scale(model))
+    key = (id(model.weights), k, bool(rescale), variance_scale(model), noise_scale(model))
     cached = getattr(model, "_posterior_factor_cache", None)
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -368,7 +399,8 @@ def posterior_factor(model, rank: int | None = 32, rescale: bool = True) -> Post
     if rescaled:
         factor /= np.sqrt(captured)
     out = PosteriorFactor(factor=np.ascontiguousarray(factor), captured=captured,
-                          rescaled=rescaled, noise_variance=scale * float(model.sigma_v2))
+                          rescaled=rescaled,
+                          noise_variance=noise_scale(model) * float(model.sigma_v2))
     model._posterior_factor_cache = (key, out)
     return out
 
