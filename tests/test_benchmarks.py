@@ -340,11 +340,16 @@ def test_calibration_and_uncertainty_cost_benchmarks(tmp_path):
     assert positive(row["s (cov)"]) and positive(row["s (ML)"])
     out = run_benchmark("uncertainty_cost.py", "--systems", "quartz", "--ranks", "4",
                         "--frames", "1", cwd=tmp_path)
-    (head, rows), = markdown_tables(out)
+    (head, rows), (head_fwd, rows_fwd) = markdown_tables(out)
     assert head == ["system", "C", "plain per frame", "uncertainty", "cost vs plain",
                     "max frame dev", "captured"]
     assert [r[3] for r in rows] == ["exact", "K = 4"]
     assert positive(rows[1][4].rstrip("x"))
+    assert head_fwd == ["system", "C", "plain per frame", "forward-mode dM/dt",
+                        "cost vs plain"]
+    assert [r[3] for r in rows_fwd] == ["plain", "+ dipole_derivative_std",
+                                        "+ std and S = 16 samples", "+ std and S = 64 samples"]
+    assert all(positive(r[4].rstrip("x")) for r in rows_fwd)
 
 
 def test_select_score_benchmark(tmp_path):

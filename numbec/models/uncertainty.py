@@ -427,17 +427,36 @@ def direction_becs(model, positions, numbers, cell, pbc, weight_matrix) -> np.nd
     return channel_outputs(model, positions, numbers, cell, pbc, weight_matrix)["bec"]
 
 
-def channel_outputs(model, positions, numbers, cell, pbc, weight_matrix) -> dict:
-    """All weight-linear outputs of K weight vectors (rows of ``weight_matrix``, (K, C)) from
-    one descriptor pass, without the baseline: ``bec`` (K, N, 3, 3) e; models with both parts
-    ``bec_monopole`` (K, N, 3, 3) (``bec_dipole = bec - bec_monopole``); monopole models
-    ``charges`` (K, N) e (neutral kernel charges); ``pbc`` all False: ``dipole`` (K, 3) e·Å;
-    ``asr_violation`` (K, 3, 3) e, the acoustic sum before the projection of periodic cells.
-    The molecule/cell decision is that of ``predict_arrays`` (a periodic cell holding one
-    finite cluster is treated as a molecule)."""
+@dataclass
+class PreparedStructure:
+    """One descriptor pass of a structure, shared by :func:`channel_outputs` and the
+    forward-mode rows (:func:`numbec.models.forward_mode.dipole_derivative_rows`).
+
+    positions (N, 3) Å, numbers (N,) int64, pbc (3,) bool; desc, vdesc: scalar and (dipole
+    kernel) vector descriptors; periodic: the sum-rule projection applies (False for
+    molecules and for periodic cells holding one finite cluster); unwrapped (N, 3) Å: the
+    positions of the molecule (None if periodic); unit (N, D), norms (N,): the normalised
+    scalar descriptors (:func:`numbec.models.kernels.normalize`); species_kernels: the
+    model's ``_species_kernels`` blocks.
+    """
+
+    positions: np.ndarray
+    numbers: np.ndarray
+    pbc: np.ndarray
+    desc: object
+    vdesc: object
+    periodic: bool
+    unwrapped: np.ndarray | None
+    unit: np.ndarray
+    norms: np.ndarray
+    species_kernels: list
+
+
+def prepare_structure(model, positions, numbers, cell, pbc) -> PreparedStructure:
+    """The descriptor pass of one structure for a fitted kernel model (checked inputs); the
+    molecule/cell decision is that of ``predict_arrays``."""
     from numbec.descriptors import compute_descriptors, compute_scalar_and_vector_descriptors
     from numbec.models import kernels
-    from numbec.models import kernels_numba as _kn
     from numbec.models._kernel_model import _unwrapped_cluster
 
     model._check_fitted()
@@ -445,16 +464,9 @@ def channel_outputs(model, positions, numbers, cell, pbc, weight_matrix) -> dict
     positions = np.asarray(positions, dtype=np.float64)
     numbers = np.asarray(numbers, dtype=np.int64)
     pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
-    wm = np.atleast_2d(np.asarray(weight_matrix, dtype=np.float64))
-    if wm.shape[1] != model.n_columns:
-        raise ValueError(f"weight_matrix must have {model.n_columns} columns, got {wm.shape}")
-    n_w, n = wm.shape[0], numbers.size
-    mono, dip = model._monopole, model._dipole
-    m = model.sparse_unit.shape[0]
-    if dip:
+    if model._dipole:
         desc, vdesc = compute_scalar_and_vector_descriptors(positions, numbers, cell, pbc,
                                                             model.settings)
-        wb = _sparse_dipole_weights(model, wm)
     else:
         desc, vdesc = compute_descriptors(positions, numbers, cell, pbc, model.settings), None
     # as predict_arrays: a periodic cell holding one finite cluster is a molecule
@@ -462,22 +474,50 @@ def channel_outputs(model, positions, numbers, cell, pbc, weight_matrix) -> dict
     if periodic:
         unwrapped = _unwrapped_cluster(desc.pairs, positions, cell)
         periodic = unwrapped is None
-    ex = desc.expansion
     unit, norms = kernels.normalize(desc.values, "predict", allow_isolated=True)
+    return PreparedStructure(positions, numbers, pbc, desc, vdesc, periodic, unwrapped, unit,
+                             norms, model._species_kernels(numbers, unit))
+
+
+def channel_outputs(model, positions, numbers, cell, pbc, weight_matrix,
+                    prepared: PreparedStructure | None = None) -> dict:
+    """All weight-linear outputs of K weight vectors (rows of ``weight_matrix``, (K, C)) from
+    one descriptor pass, without the baseline: ``bec`` (K, N, 3, 3) e; models with both parts
+    ``bec_monopole`` (K, N, 3, 3) (``bec_dipole = bec - bec_monopole``); monopole models
+    ``charges`` (K, N) e (neutral kernel charges); ``pbc`` all False: ``dipole`` (K, 3) e·Å;
+    ``asr_violation`` (K, 3, 3) e, the acoustic sum before the projection of periodic cells.
+    The molecule/cell decision is that of ``predict_arrays`` (a periodic cell holding one
+    finite cluster is treated as a molecule). ``prepared``: the structure's descriptor pass
+    (:func:`prepare_structure`) when the caller has it already."""
+    from numbec.models import kernels_numba as _kn
+
+    if prepared is None:
+        prepared = prepare_structure(model, positions, numbers, cell, pbc)
+    positions, numbers, pbc = prepared.positions, prepared.numbers, prepared.pbc
+    desc, vdesc, unit, norms = prepared.desc, prepared.vdesc, prepared.unit, prepared.norms
+    periodic, unwrapped = prepared.periodic, prepared.unwrapped
+    wm = np.atleast_2d(np.asarray(weight_matrix, dtype=np.float64))
+    if wm.shape[1] != model.n_columns:
+        raise ValueError(f"weight_matrix must have {model.n_columns} columns, got {wm.shape}")
+    n_w, n = wm.shape[0], numbers.size
+    mono, dip = model._monopole, model._dipole
+    m = model.sparse_unit.shape[0]
+    wb = _sparse_dipole_weights(model, wm) if dip else None
+    ex = desc.expansion
     per = int(mono) + (3 if dip else 0)          # channels per weight vector
     n_mono = n_w if mono else 0                  # monopole channels first, then 3 per vector
     q = np.zeros((n, n_w))
     scalar_grad = np.empty((n, n_w * per, unit.shape[1]))
     u = np.empty((n, n_w, vdesc.values.shape[-1])) if dip else None
     zeta = model.zeta
-    for rows, cols, cos in model._species_kernels(numbers, unit):
+    for rows, cols, cos in prepared.species_kernels:
         nr, mz = cos.shape
         dk = np.zeros((nr, n_w, per, mz))
         radial = np.zeros((nr, n_w, per))
         k_dip = np.empty((nr, mz))
         no_coef = coef = np.zeros((0, 3, 0))
         if dip:
-            wb_block = wb[:, cols].reshape(n_w * mz, -1)                 # (K mz, Dv)
+            wb_block, wb_t = _dipole_weight_blocks(model, wm, wb, cols)
         if dip and zeta >= 2:  # V_i^a . wb_kb for all vectors in one product
             v = vdesc.values[rows].reshape(3 * nr, -1)
             coef = (v @ wb_block.T).reshape(nr, 3, n_w, mz)
@@ -488,15 +528,15 @@ def channel_outputs(model, positions, numbers, cell, pbc, weight_matrix) -> dict
                                          dk[:, k], q_k, k_dip, radial[:, k])
             q[rows, k] = q_k
         if dip:  # u_ik = sum_b c_ib^(zeta-1) wb_kb, all vectors in one product
-            wb_t = wb_block.reshape(n_w, mz, -1).transpose(1, 0, 2).reshape(mz, -1)
             u[rows] = (k_dip @ wb_t).reshape(nr, n_w, -1)
         grad = (dk.reshape(-1, mz) @ model.sparse_unit[cols]).reshape(nr, n_w * per, -1)
         _kn.finish_gradient(grad, radial.reshape(nr, n_w * per), unit[rows], norms[rows])
         grad = grad.reshape(nr, n_w, per, -1)
         if mono:
             scalar_grad[rows, :n_w] = grad[:, :, 0]
-        if dip:
-            scalar_grad[rows, n_mono:] = grad[:, :, per - 3:].reshape(nr, 3 * n_w, -1)
+        if dip:  # channel n_mono + 3 k + a; one component at a time: no reshaped copy
+            for a in range(3):
+                scalar_grad[rows, n_mono + a::3] = grad[:, :, per - 3 + a]
     a2, a3 = ex.adjoint_arrays(n_w * per)
     if dip:
         vdesc.add_adjoint(u, a2, a3, n_mono)
@@ -551,13 +591,64 @@ def _sparse_dipole_weights(model, wm) -> np.ndarray:
     return wb
 
 
+def _dipole_weight_blocks(model, wm, wb, cols):
+    """The sparse dipole weights of one species in the two layouts of the kernel products:
+    ``(K mz, Dv)`` (weight vector major) and ``(mz, K Dv)`` (sparse point major). Both are
+    copies of ``wb`` (K, M, Dv), some 10 MB each at K = 32 on quartz, so for the cached weight
+    matrix of :func:`predict_uncertainty` they are made once per species, not per frame."""
+    n_w, mz = wb.shape[0], np.arange(wb.shape[1])[cols].size
+    own = getattr(model, "_weight_matrix_cache", None)
+    own = own is not None and own[1] is wm
+    key = (cols.start, cols.stop) if isinstance(cols, slice) else tuple(np.asarray(cols))
+    cache = getattr(model, "_dipole_block_cache", None)
+    if own and cache is not None and cache[0] is wm and key in cache[1]:
+        return cache[1][key]
+    block = np.ascontiguousarray(wb[:, cols]).reshape(n_w * mz, -1)
+    by_point = block.reshape(n_w, mz, -1).transpose(1, 0, 2).reshape(mz, -1)
+    if own:
+        if cache is None or cache[0] is not wm:
+            cache = (wm, {})
+            model._dipole_block_cache = cache
+        cache[1][key] = (block, by_point)
+    return block, by_point
+
+
 def asr_project_stack(bec) -> np.ndarray:
     """:func:`numbec.conventions.asr_project` of each of K BEC sets (K, N, 3, 3)."""
     return bec - bec.mean(axis=1, keepdims=True)
 
 
+def _with_baseline(model, parts, numbers, positions, total_charge) -> dict:
+    """The outputs of ``predict_arrays`` from channel 0 of :func:`channel_outputs` (the
+    model's own weights) plus the baseline charges."""
+    from numbec.models.base import total_charge_value
+
+    q0n = model._baseline(np.asarray(numbers)) + total_charge_value(total_charge) / len(numbers)
+    base = np.zeros((len(numbers), 3, 3))
+    base[:, _DIAG[0], _DIAG[1]] = q0n[:, None]  # sums to Q I: the projection keeps it
+    bec = base + parts["bec"][0]
+    out = {"bec": bec}
+    if "bec_monopole" in parts:
+        out["bec_monopole"] = base + parts["bec_monopole"][0]
+        out["bec_dipole"] = bec - out["bec_monopole"]
+    if "charges" in parts:
+        out["charges"] = q0n + parts["charges"][0]
+    if "dipole" in parts:
+        out["dipole"] = q0n @ np.asarray(positions, dtype=np.float64) + parts["dipole"][0]
+    out["asr_violation"] = parts["asr_violation"][0]
+    return out
+
+
+def plain_outputs(model, prepared: PreparedStructure, total_charge: float = 0.0) -> dict:
+    """The outputs of ``model.predict_arrays`` (without ``bec_std``) from a prepared
+    descriptor pass (:func:`prepare_structure`), equal to them to rounding."""
+    parts = channel_outputs(model, None, None, None, None, model.weights[None], prepared)
+    return _with_baseline(model, parts, prepared.numbers, prepared.positions, total_charge)
+
+
 def predict_uncertainty(model, positions, numbers, cell, pbc, rank: int | None = 32,
-                        n_samples: int = 0, seed=None, total_charge: float = 0.0) -> dict:
+                        n_samples: int = 0, seed=None, total_charge: float = 0.0,
+                        prepared: PreparedStructure | None = None) -> dict:
     """BECs with a streamed uncertainty from the low-rank posterior (one descriptor pass).
 
     Returns dict with every output of ``model.predict_arrays`` (``bec`` (N, 3, 3) e, and as
@@ -569,34 +660,20 @@ def predict_uncertainty(model, positions, numbers, cell, pbc, rank: int | None =
     of a posterior weight sample); with ``n_samples``: ``bec_samples`` (S, N, 3, 3) e and the
     coefficients ``xi`` (S, K) used: standard normal times ``sqrt(sample_scale /
     variance_scale)``, so that the samples follow ``N(w, s_w Sigma)`` (:func:`sample_scale`).
+    ``prepared``: the structure's descriptor pass (:func:`prepare_structure`), if made.
     """
-    from numbec.models.base import total_charge_value
-
     fac = posterior_factor(model, rank)
-    total_charge = total_charge_value(total_charge)
     cached = getattr(model, "_weight_matrix_cache", None)
     if cached is None or cached[0] is not fac:  # one matrix per factor: cached products
         cached = (fac, np.ascontiguousarray(np.concatenate([model.weights[None, :],
                                                             fac.factor.T])))
         model._weight_matrix_cache = cached
-    wm = cached[1]
-    parts = channel_outputs(model, positions, numbers, cell, pbc, wm)
-    q0n = model._baseline(np.asarray(numbers)) + total_charge / len(numbers)
-    base = np.zeros((len(numbers), 3, 3))
-    base[:, _DIAG[0], _DIAG[1]] = q0n[:, None]  # sums to Q I: the projection keeps it
-    bec = base + parts["bec"][0]
+    parts = channel_outputs(model, positions, numbers, cell, pbc, cached[1], prepared)
+    out = _with_baseline(model, parts, numbers, positions, total_charge)
     dirs = parts["bec"][1:]
     std = np.sqrt(np.einsum("knij,knij->nij", dirs, dirs) + fac.noise_variance)
-    out = {"bec": bec, "bec_std": std, "frame_std": float(np.sqrt(np.mean(std ** 2))),
-           "bec_directions": dirs}
-    if "bec_monopole" in parts:
-        out["bec_monopole"] = base + parts["bec_monopole"][0]
-        out["bec_dipole"] = bec - out["bec_monopole"]
-    if "charges" in parts:
-        out["charges"] = q0n + parts["charges"][0]
-    if "dipole" in parts:
-        out["dipole"] = q0n @ np.asarray(positions, dtype=np.float64) + parts["dipole"][0]
-    out["asr_violation"] = parts["asr_violation"][0]
+    out.update(bec_std=std, frame_std=float(np.sqrt(np.mean(std ** 2))), bec_directions=dirs)
+    bec = out["bec"]
     if n_samples:
         xi = np.random.default_rng(seed).standard_normal((int(n_samples), fac.rank))
         xi *= np.sqrt(sample_scale(model) / variance_scale(model))
