@@ -683,7 +683,10 @@ def compare(models: dict, store, md: dict, checks: list, config: DemoConfig, cac
         t0 = time.perf_counter()
         model_hash = model_fingerprint(model)["sha256"][:10]
         n_samples = config.posterior_samples if name == "combined" else 0
-        suffix = f"-samples{n_samples}-rank{config.uncertainty_rank}" if n_samples else ""
+        # "full": full-posterior samples (forward mode); caches of the former low-rank
+        # samples have other variables and must not be resumed
+        suffix = (f"-samples{n_samples}-full-rank{config.uncertainty_rank}" if n_samples
+                  else "")
         out = cache / f"pred-{name}-{Path(store).stem}-{model_hash}{suffix}.zarr"
         log(f"  {name} model: streaming BEC predictions over {md['n_frames']} frames"
             + (f" with {n_samples} posterior samples" if n_samples else ""))
