@@ -305,6 +305,9 @@ class KernelBECModel(BECModel):
     #: Factor of the predictive variance learned by cross-validation on the training frames
     #: (:func:`numbec.models.uncertainty.recalibrate`); 1 = the plain Bayesian variance.
     variance_scale = 1.0
+    #: Factor of the noise variance sigma_v^2 in the predictive variance when the
+    #: recalibration scales it apart (``method="two_part"``); None: ``variance_scale``.
+    noise_scale = None
 
     def __init__(self, *, settings: DescriptorSettings | None = None, zeta: int = 4,
                  n_sparse: int | dict = 200, sparse_method: str = "cur",
@@ -430,8 +433,9 @@ class KernelBECModel(BECModel):
         pbc : (3,) bool
             Periodic directions.
         uncertainty : bool
-            Also return ``bec_std = sqrt(s (phi^T Sigma phi + sigma_v^2))``, s =
-            :attr:`variance_scale` (:mod:`numbec.models.uncertainty`); the design rows phi
+            Also return ``bec_std = sqrt(s phi^T Sigma phi + s_v sigma_v^2)``, s =
+            :attr:`variance_scale`, s_v = :attr:`noise_scale` (s when None;
+            :mod:`numbec.models.uncertainty`); the design rows phi
             are built from the descriptor Jacobian (the cost of one training step).
         precision : {"float64", "mixed"}
             ``"mixed"`` (models with the dipole kernel) computes the dipole model's three
@@ -479,8 +483,9 @@ class KernelBECModel(BECModel):
             n = numbers.size
             pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
             phi, _ = self._design(positions, numbers, cell, pbc, "predict")
-            var = self.variance_scale * regression.predictive_variance(
-                phi.reshape(n * 9, -1), self.covariance, self.sigma_v2)
+            noise = self.variance_scale if self.noise_scale is None else self.noise_scale
+            var = noise * self.sigma_v2 + self.variance_scale * regression.predictive_variance(
+                phi.reshape(n * 9, -1), self.covariance, self.sigma_v2, include_noise=False)
             out["bec_std"] = np.sqrt(var).reshape(n, 3, 3)
         return out
 
@@ -1128,6 +1133,8 @@ class KernelBECModel(BECModel):
             "variance_scale": self.variance_scale,
             "training": self.training,
         }
+        if self.noise_scale is not None:  # absent: the noise scales with variance_scale
+            metadata["noise_scale"] = self.noise_scale
         arrays = {"q0": self.q0, "sparse_unit": self.sparse_unit,
                   "sparse_species": self.sparse_species, "weights": self.weights,
                   "covariance": self.covariance}
@@ -1164,6 +1171,12 @@ class KernelBECModel(BECModel):
         if not (np.isfinite(model.variance_scale) and model.variance_scale > 0):
             raise ModelFileError(f"variance_scale = {model.variance_scale} is not a positive "
                                  "number")
+        noise = metadata.get("noise_scale")  # absent: scaled by variance_scale, as before
+        if noise is not None:
+            if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not (
+                    np.isfinite(noise) and noise > 0):
+                raise ModelFileError(f"noise_scale = {noise!r} is not a positive number")
+            model.noise_scale = float(noise)
         model.training = metadata.get("training", {})
         if not isinstance(model.training, dict):
             raise ModelFileError("metadata 'training' is not a JSON object")
