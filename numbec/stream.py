@@ -52,6 +52,7 @@ How it runs: plan -> chunk tasks -> combine
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import operator
@@ -382,7 +383,33 @@ def _model_batches(model, positions, cell, spec, frame0, model_keys, per_frame, 
     n_threads = parallel.frame_threads(spec.frame_threads,
                                        bool(getattr(model, "concurrent_frames", False)),
                                        len(starts))
+    if n_threads > 1 and spec.frame_threads == 0:
+        if len(starts) < parallel.PROBE_FROM_BATCHES:
+            # too few batches to pay for a probe: one at a time, Numba on its threads
+            _run_in_order(one_batch, starts, 1)
+            return
+        # automatic threads: probe the ways to run batches, keep the fastest
+        one_batch(starts[0])  # kernels compiled or loaded, caches warm
+        seconds = {"numba": _timed(one_batch, starts[1])}
+        with parallel.numba_threads(1):
+            seconds["serial"] = _timed(one_batch, starts[2])
+        probe = starts[3:3 + n_threads]
+        seconds["batch threads"] = _timed(
+            lambda items: _run_in_order(one_batch, items, n_threads), probe) / len(probe)
+        starts = starts[3 + n_threads:]
+        mode = parallel.fastest_batch_mode(seconds)
+        if mode != "batch threads":
+            with parallel.numba_threads(1) if mode == "serial" else contextlib.nullcontext():
+                _run_in_order(one_batch, starts, 1)
+            return
     _run_in_order(one_batch, starts, n_threads)
+
+
+def _timed(task, item) -> float:
+    """Wall seconds of ``task(item)``."""
+    started = perf_counter()
+    task(item)
+    return perf_counter() - started
 
 
 def _run_in_order(task, items, n_threads):
