@@ -221,14 +221,25 @@ def _frame_rows(model, frames: _Frames, velocities, by_species, total_charge) ->
             # product per frame over the 2 nr stacked atoms, laid out (mz, 3, Dv) so that row
             # (a, (b, nu)) = T^g_b^a . V_b^nu / s**2 is a product per sparse point
             vals = vdesc.values[sel].reshape(f, nr, -1)
-            stacked = np.empty((f, 2 * nr, vals.shape[2]))
-            stacked[:, nr:] = vals
-            coef = np.empty((f, 2 * nr, mz))
-            coef[:, :nr] = pow1.reshape(f, nr, mz)
             dpow = ((zeta - 1) * kernels.int_power(cos, zeta - 2) if zeta >= 2
                     else np.zeros_like(cos))
             sv = _sparse_vectors_by_point(model, cols)                # (mz, Dv, 3)
             dip_cols = (m if mono else 0) + 3 * cols_idx[:, None] + np.arange(3)[None, :]
+            if f > 1:
+                # batches of small frames: contract with V_b^nu first, as two large products
+                # (V once, Vdot per species) instead of per-frame products of a few atoms
+                flat = np.ascontiguousarray(sv.transpose(1, 0, 2)).reshape(sv.shape[1], -1)
+                q_v = (vals.reshape(nt * 3, -1) @ flat).reshape(f, nr, 3, mz, 3)
+                for k in range(g):
+                    q_dot = (vdot[k, sel].reshape(nt * 3, -1) @ flat).reshape(f, nr, 3, mz, 3)
+                    rows[:, k][:, :, dip_cols] = (
+                        np.einsum("fib,fiabn->fabn", pow1.reshape(f, nr, mz), q_dot)
+                        + np.einsum("fib,fiabn->fabn", (dpow * kdot[k]).reshape(f, nr, mz), q_v))
+                continue
+            stacked = np.empty((f, 2 * nr, vals.shape[2]))
+            stacked[:, nr:] = vals
+            coef = np.empty((f, 2 * nr, mz))
+            coef[:, :nr] = pow1.reshape(f, nr, mz)
             for k in range(g):
                 stacked[:, :nr] = vdot[k, sel].reshape(f, nr, -1)
                 coef[:, nr:] = (dpow * kdot[k]).reshape(f, nr, mz)
