@@ -17,8 +17,11 @@ The second table times the forward-mode dM/dt uncertainty
 (:mod:`numbec.models.forward_mode`, what ``numbec.predict(..., posterior_samples=S)`` runs
 per frame): the plain prediction plus the exact per-frame ``dipole_derivative_std`` alone,
 and with S = 16 and 64 full-posterior samples (per species too), against the plain
-prediction; random thermal velocities (the cost does not depend on them). ``--forward-only``
-skips the low-rank table.
+prediction; random thermal velocities (the cost does not depend on them); frames below
+``BATCH_BELOW_ATOMS`` atoms also in batches against the batched plain prediction.
+``--forward-only`` skips the low-rank table; ``--compare-with REV`` adds "before" rows: the
+forward mode of git revision REV, imported next to the current code and timed in the same
+turns.
 
 ``--dd-calibration``: is ``dipole_derivative_std`` (with the weight scale ``s_w`` of the
 cross-validated recalibration, fitted on the training frames only) calibrated for dM/dt?
@@ -44,6 +47,34 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calibration import _fit, load_xtb  # noqa: E402
 from models import SYSTEMS, load_split  # noqa: E402
+
+
+def _older_numbec(rev: str, where: str):
+    """The numbec package of git revision ``rev`` extracted into ``where`` as ``numbec_<rev>``
+    (imports renamed), importable next to this checkout: the "before" of the forward-mode
+    table, timed in the same process and in turns with the current code. Returns the
+    package name."""
+    import re
+    import subprocess
+    import tarfile
+    from io import BytesIO
+
+    name = "numbec_" + re.sub(r"\W", "_", rev)
+    repo = Path(__file__).resolve().parent.parent
+    data = subprocess.run(["git", "archive", rev, "numbec"], cwd=repo, check=True,
+                          capture_output=True).stdout
+    with tarfile.open(fileobj=BytesIO(data)) as tar:
+        tar.extractall(where, filter="data")
+    root = Path(where) / name
+    (Path(where) / "numbec").rename(root)
+    for path in root.rglob("*.py"):
+        text = path.read_text()
+        text = re.sub(r"\bnumbec\.", name + ".", text)
+        text = text.replace("from numbec import", f"from {name} import")
+        text = re.sub(r"^(\s*)import numbec$", rf"\1import {name}", text, flags=re.M)
+        path.write_text(text)
+    sys.path.insert(0, str(where))
+    return name
 
 
 def _best(fn, frames, repeat=5):
@@ -80,32 +111,75 @@ def measure(name, model, frames, ranks):
               f"| {cap:.3f} |", flush=True)
 
 
-def measure_forward(name, model, frames, samples=(16, 64), repeat=7):
+def measure_forward(name, model, frames, samples=(16, 64), repeat=7, before=None):
     """Plain prediction against the forward-mode variants, timed in turns (round r times
     every variant once) so that a change of the machine's load hits them alike; best round
-    of each."""
+    of each. Frames below ``numbec.parallel.BATCH_BELOW_ATOMS`` atoms are also timed the way
+    the stream computes plain small frames, in batches (``predict_frames`` against
+    ``predict_frames_with_velocities``, the test frames of the same atoms repeated to 32).
+    ``before``: the package name of an older numbec (:func:`_older_numbec`), whose forward
+    mode is timed in the same turns ("before" rows) on the same model, saved and loaded back
+    there."""
+    import importlib
+    import tempfile
+
     from numbec.models.forward_mode import DipoleDerivativeSamplesModel
+    from numbec.parallel import BATCH_BELOW_ATOMS
 
     rng = np.random.default_rng(0)
     inputs = [(a.positions, a.numbers, np.asarray(a.cell), a.pbc,
                rng.normal(0.0, 0.01, (len(a), 3))) for a in frames]
-    variants = {"plain": lambda x: model.predict_arrays(*x[:4])}
+    variants = {"plain": lambda: [model.predict_arrays(*x[:4]) for x in inputs]}
+    batched = max(len(a) for a in frames) < BATCH_BELOW_ATOMS
+    if batched:  # frames of the same atoms together, each group repeated to >= 32 frames
+        groups = {}
+        for x in inputs:
+            groups.setdefault(x[1].tobytes(), []).append(x)
+        chunks = []
+        for group in groups.values():
+            group = group * -(-32 // len(group))
+            cells = np.stack([x[2] for x in group]) if group[0][3].any() else None
+            chunks.append((np.stack([x[0] for x in group]), group[0][1], cells, group[0][3],
+                           np.stack([x[4] for x in group])))
+        n_batched = sum(c[0].shape[0] for c in chunks)
+        variants["plain, batched"] = lambda: [model.predict_frames(*c[:4]) for c in chunks]
+    if before is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            old_model = importlib.import_module(f"{before}.models.base").load_model(
+                model.save(Path(tmp) / "model.npz"))
+        old_wrapper = importlib.import_module(
+            f"{before}.models.forward_mode").DipoleDerivativeSamplesModel
     for s in (0,) + tuple(samples):
+        what = "+ dipole_derivative_std" if s == 0 else f"+ std and S = {s} samples"
+        if before is not None:
+            old = old_wrapper(old_model, n_samples=s, seed=0)
+            variants[what + ", before"] = (lambda w=old:
+                                           [w.predict_arrays_with_velocities(*x) for x in inputs])
         wrapped = DipoleDerivativeSamplesModel(model, n_samples=s, seed=0)
         wrapped.predict_arrays_with_velocities(*inputs[0])  # compile, Cholesky factor
-        what = "+ dipole_derivative_std" if s == 0 else f"+ std and S = {s} samples"
-        variants[what] = wrapped.predict_arrays_with_velocities
+        variants[what] = (lambda w=wrapped:
+                          [w.predict_arrays_with_velocities(*x) for x in inputs])
+        if batched:
+            variants[what + ", batched"] = (
+                lambda w=wrapped: [w.predict_frames_with_velocities(*c) for c in chunks])
+    for fn in variants.values():
+        fn()
     best = dict.fromkeys(variants, np.inf)
     for _ in range(repeat):
         for what, fn in variants.items():
             t0 = time.perf_counter()
-            for x in inputs:
-                fn(*x) if what != "plain" else fn(x)
+            fn()
             best[what] = min(best[what], time.perf_counter() - t0)
-    plain = best.pop("plain")
-    print(f"| {name} | {model.n_columns} | {1e3 * plain / len(frames):.1f} ms | plain | 1 |")
+    plain = best.pop("plain") / len(inputs)
+    plain_batched = best.pop("plain, batched", np.nan) / (n_batched if batched else 1)
+    print(f"| {name} | {model.n_columns} | {1e3 * plain:.1f} ms | plain | 1 |")
+    if batched:
+        print(f"| {name} | {model.n_columns} | {1e3 * plain_batched:.2f} ms | plain, batched "
+              f"| 1 |")
     for what, t in best.items():
-        print(f"| {name} | {model.n_columns} | | {what} | {t / plain:.2f}x |", flush=True)
+        per_frame = t / n_batched if what.endswith("batched") else t / len(inputs)
+        ratio = per_frame / (plain_batched if what.endswith("batched") else plain)
+        print(f"| {name} | {model.n_columns} | | {what} | {ratio:.2f}x |", flush=True)
 
 
 def dd_calibration(name, model, train, frames, draws=5):
@@ -144,6 +218,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", default="numbec-demo/cache")
     parser.add_argument("--forward-only", action="store_true",
                         help="only the forward-mode dM/dt table")
+    parser.add_argument("--compare-with", metavar="REV",
+                        help="also time the forward mode of git revision REV (before rows)")
     parser.add_argument("--dd-calibration", action="store_true",
                         help="only the calibration of dipole_derivative_std (refits)")
     args = parser.parse_args(argv)
@@ -185,8 +261,12 @@ def main(argv=None) -> int:
         print()
     print("| system | C | plain per frame | forward-mode dM/dt | cost vs plain |")
     print("|---" * 5 + "|")
-    for name, model, frames, *_ in models:
-        measure_forward(name, model, frames)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as where:
+        before = _older_numbec(args.compare_with, where) if args.compare_with else None
+        for name, model, frames, *_ in models:
+            measure_forward(name, model, frames, before=before)
     return 0
 
 

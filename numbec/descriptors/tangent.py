@@ -4,9 +4,11 @@ A directional derivative along atomic velocities costs about one adjoint channel
 over the pairs (:func:`numbec.descriptors.tangent_numba.expansion_tangents`) gives the tangent
 of the expansion coefficients, and since the scalar and vector descriptors are quadratic
 forms of the coefficients (plus a linear two-body part), their tangents follow exactly from
-the value kernels by polarisation: for ``X = B(c, c)``,
-``Xdot = B(c, cdot) + B(cdot, c) = (X(c + cdot) - X(c - cdot)) / 2`` (no finite-difference
-error; ``cdot`` is rescaled to the size of ``c`` first so that nothing cancels).
+the bilinear forms with one argument replaced by the tangent: for ``X = B(c, c)``,
+``Xdot = B(cdot, c) + B(c, cdot)``, evaluated in one product
+(:func:`numbec.descriptors.tangent_numba.power_spectrum_tangents`,
+:func:`~numbec.descriptors.tangent_numba.vector_feature_tangents`; exact, no finite
+differences).
 
 Directions are given per pair (``u_p`` (3,) Å, the rate of the pair vector
 ``d_p = r_j + S - r_i``): :func:`relative_directions` makes ``u_p = w_j - w_i`` from per-atom
@@ -19,13 +21,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from numbec.descriptors import scalar_numba as _sc
 from numbec.descriptors import tangent_numba as _tn
-from numbec.descriptors import vector_numba as _vn
 from numbec.descriptors.expansion import Expansion
 from numbec.descriptors.neighbors import serial_if_small
 
-__all__ = ["descriptor_tangents", "relative_directions", "weighted_directions"]
+__all__ = ["descriptor_tangents", "pair_directions", "relative_directions", "weighted_directions"]
 
 
 def _pair_centres(ex: Expansion) -> np.ndarray:
@@ -51,6 +51,16 @@ def weighted_directions(ex: Expansion, velocities) -> np.ndarray:
     return np.ascontiguousarray(out.reshape(nl.neighbors.size, -1, 3))
 
 
+def pair_directions(ex: Expansion, velocities, weighted: bool) -> np.ndarray:
+    """(P, T, 3) :func:`relative_directions` of velocities w (T, N, 3) followed, with
+    ``weighted``, by the (P, 3 T, 3) :func:`weighted_directions`, in one pass over the
+    pairs."""
+    nl = ex.pairs
+    w = np.ascontiguousarray(velocities, dtype=np.float64)
+    with serial_if_small(nl.n_pairs):
+        return _tn.pair_directions(nl.offsets, nl.neighbors, nl.vectors, w, bool(weighted))
+
+
 def descriptor_tangents(ex: Expansion, directions, vector: int = 0):
     """Tangents of the scalar (and vector) descriptors along T sets of pair directions.
 
@@ -72,52 +82,19 @@ def descriptor_tangents(ex: Expansion, directions, vector: int = 0):
                          f"pairs, got {directions.shape}")
     s = ex.settings
     l2_max = int(np.sqrt(ex.c2.shape[2]) + 0.5) - 1
-    n_t, n = directions.shape[1], ex.c2.shape[0]
+    n_t = directions.shape[1]
     with serial_if_small(nl.n_pairs):
         c2dot, c3dot = _tn.expansion_tangents(
             directions, nl.offsets, ex.groups, ex.ends, nl.vectors, nl.distances, l2_max,
             ex.radial.cutoff, ex.radial.inv_spacing, ex.radial.values, ex.radial.derivatives,
             s.n_radial, s.l_max, ex.angular.cutoff, ex.angular.inv_spacing,
             ex.angular.values, ex.angular.derivatives, s.n_angular)
-        # one scale per tangent for both coefficient sets: the polarisation needs the same
-        # cdot in c2 and c3
-        lam = _common_scale(ex, c2dot, c3dot)
-        c2s = _stack(ex.c2, c2dot, lam)
-        c3s = _stack(ex.c3, c3dot, lam)
         w2 = float(np.sqrt(s.radial_weight))
-        x = _sc.power_spectrum(c2s, c3s, w2, angular_gram_index(s), angular_feature_table(s)[3])
-        xdot = _half_difference(x, n_t, n, lam)
+        xdot = _tn.power_spectrum_tangents(c2dot, ex.c3, c3dot, w2, angular_gram_index(s),
+                                           angular_feature_table(s)[3])
         vdot = None
         n_v = n_t if vector is True else min(int(vector), n_t)
         if n_v:
-            lam_v = lam[:n_v]
-            v = _vn.vector_features(_stack(ex.c2, c2dot[:n_v], lam_v),
-                                    _stack(ex.c3, c3dot[:n_v], lam_v),
-                                    *_dense_feature_args(s))
-            vdot = _half_difference(v, n_v, n, lam_v)
+            vdot = _tn.vector_feature_tangents(c2dot[:n_v], ex.c3, c3dot[:n_v],
+                                               *_dense_feature_args(s))
     return xdot, vdot
-
-
-def _common_scale(ex, c2dot, c3dot) -> np.ndarray:
-    n_t = c2dot.shape[0]
-    size = np.sqrt(np.sum(ex.c2 ** 2) + np.sum(ex.c3 ** 2))
-    rate = np.sqrt(np.sum(c2dot.reshape(n_t, -1) ** 2, axis=1)
-                   + np.sum(c3dot.reshape(n_t, -1) ** 2, axis=1))
-    ok = (rate > 0) & (size > 0)
-    return np.where(ok, size / np.where(ok, rate, 1.0), 1.0)
-
-
-def _stack(coef, rate, lam) -> np.ndarray:
-    """``c + lam cdot`` of every tangent, then ``c - lam cdot``, stacked along the atom axis:
-    (2 T N, rows, LM)."""
-    out = np.empty((2,) + rate.shape)
-    np.multiply(rate, lam[:, None, None, None], out=out[0])
-    np.negative(out[0], out=out[1])
-    out += coef
-    return out.reshape((-1,) + coef.shape[1:])
-
-
-def _half_difference(values, n_t, n, lam) -> np.ndarray:
-    values = values.reshape((2, n_t, n) + values.shape[1:])
-    scale = (0.5 / lam).reshape((n_t,) + (1,) * (values.ndim - 2))
-    return (values[0] - values[1]) * scale

@@ -1,4 +1,4 @@
-"""Numba kernel of the forward-mode (tangent) derivative of the expansion coefficients.
+"""Numba kernels of forward-mode (tangent) derivatives: expansion coefficients, descriptors.
 
 Given a direction ``u_p`` (3,) Å per pair p (the rate of change of the pair vector
 ``d_p = r_j + S - r_i``; for atomic velocities v, ``u_p = v_j - v_i``), the tangent of the
@@ -6,9 +6,16 @@ coefficients ``c_{i,Jnlm} = sum_{pairs (i, j image), j in J} h_nl(|d|) Y_lm(d / 
 
 ``cdot_{i,Jnlm} = sum_p (h'_nl(|d_p|) (d_p / |d_p|) . u_p) Y_lm + h_nl (dY_lm/dd . u_p)``,
 
-one pass over the pairs per direction, the transpose of
+one pass over the pairs for all directions, the transpose of
 :func:`numbec.descriptors.expansion_numba.pair_backprop`. Array conventions as in
 :mod:`numbec.descriptors.expansion_numba`.
+
+The descriptors are bilinear forms of the coefficients (plus a linear two-body part), so their
+tangents are the bilinear forms with one argument replaced by the tangent,
+``Xdot = B(cdot, c) + B(c, cdot)``: :func:`power_spectrum_tangents` and
+:func:`vector_feature_tangents` evaluate that directly, with the layouts of
+:func:`numbec.descriptors.scalar_numba.power_spectrum` and
+:func:`numbec.descriptors.vector_numba.vector_features`.
 """
 
 from __future__ import annotations
@@ -16,8 +23,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from numbec.descriptors.expansion_numba import _max_pairs
+from numbec.descriptors.expansion_numba import CARTESIAN_LM1, _max_pairs
 from numbec.descriptors.pair_block_numba import FASTMATH, centre_block, legendre_tables
+from numbec.descriptors.vector_numba import _coupled_rows
 
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
@@ -95,3 +103,129 @@ def expansion_tangents(directions, offsets, groups, ends, vectors, distances, l2
                             else:
                                 c3dot[t, i, jc * n_ang + n, lm] = acc[n, x]
     return c2dot, c3dot
+
+
+@njit(cache=True, parallel=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
+def power_spectrum_tangents(c2dot, c3, c3dot, w2, gram_index, weight):
+    """Tangents (T, N, n2 + K) of the scalar descriptors of
+    :func:`numbec.descriptors.scalar_numba.power_spectrum` along the coefficient tangents
+    c2dot (T, N, S*n_rad, LM2), c3dot (T, N, S*n_ang, LM3) at c3 (N, S*n_ang, LM3).
+
+    Per (tangent, centre) and l, ``H_l[r, s] = sum_m cdot[r, l m] c[s, l m]``; the Gram
+    tangent is ``H_l[r, s] + H_l[s, r]`` (one product for both halves of the bilinear form).
+    """
+    n_t, n_atoms, n_rows, n_lm3 = c3dot.shape
+    l_max = int(np.sqrt(n_lm3) + 0.5) - 1
+    n2 = c2dot.shape[2]
+    n_k = gram_index.shape[0]
+    n_pairs = n_rows * n_rows
+    out = np.empty((n_t, n_atoms, n2 + n_k))
+    for ti in prange(n_t * n_atoms):
+        t = ti // n_atoms
+        i = ti - t * n_atoms
+        for r in range(n2):
+            out[t, i, r] = w2 * c2dot[t, i, r, 0]
+        ct = np.empty((n_lm3, n_rows))
+        dt = np.empty((n_lm3, n_rows))
+        for r in range(n_rows):
+            for lm in range(n_lm3):
+                ct[lm, r] = c3[i, r, lm]
+                dt[lm, r] = c3dot[t, i, r, lm]
+        h = np.empty((l_max + 1) * n_pairs)
+        for l in range(l_max + 1):
+            for ra in range(n_rows):
+                lo = l * n_pairs + ra * n_rows
+                g = h[lo:lo + n_rows]
+                cv = dt[l * l, ra]
+                x = ct[l * l]
+                for rb in range(n_rows):
+                    g[rb] = cv * x[rb]
+                for lm in range(l * l + 1, (l + 1) * (l + 1)):
+                    cv = dt[lm, ra]
+                    x = ct[lm]
+                    for rb in range(n_rows):
+                        g[rb] += cv * x[rb]
+        o = out[t, i, n2:]
+        for k in range(n_k):
+            idx = gram_index[k]
+            base = idx - idx % n_pairs
+            ra = (idx - base) // n_rows
+            rb = idx - base - ra * n_rows
+            o[k] = weight[k] * (h[idx] + h[base + rb * n_rows + ra])
+    return out
+
+
+@njit(cache=True, parallel=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
+def vector_feature_tangents(c2dot, c3, c3dot, w2, dense_index, weight, cg_start, cg_cart, cg_m,
+                            cg_mp, cg_val):
+    """Tangents (T, N, 3, n2 + K) of the vector descriptors of
+    :func:`numbec.descriptors.vector_numba.vector_features` along c2dot (T, N, S*n_rad, 4),
+    c3dot (T, N, S*n_ang, LM3) at c3 (N, S*n_ang, LM3):
+    ``Tdot[a, l, A, B] = sum_m cdot[A, l m] W[l, a, m, B] + c[A, l m] Wdot[l, a, m, B]``.
+    """
+    n_t, n_atoms, n_rows, n_lm3 = c3dot.shape
+    l_max = int(np.sqrt(n_lm3) + 0.5) - 1
+    n2 = c2dot.shape[2]
+    n_k = dense_index.shape[0]
+    n_pairs = n_rows * n_rows
+    out = np.empty((n_t, n_atoms, 3, n2 + n_k))
+    for ti in prange(n_t * n_atoms):
+        t = ti // n_atoms
+        i = ti - t * n_atoms
+        for r in range(n2):
+            for a in range(3):
+                out[t, i, a, r] = w2 * c2dot[t, i, r, CARTESIAN_LM1[a]]
+        ct = np.empty((n_lm3, n_rows))
+        w_mat = np.empty((l_max, 3, 2 * l_max - 1, n_rows))
+        _coupled_rows(i, c3, l_max, cg_start, cg_cart, cg_m, cg_mp, cg_val, ct, w_mat)
+        dt = np.empty((n_lm3, n_rows))
+        wdot = np.empty((l_max, 3, 2 * l_max - 1, n_rows))
+        _coupled_rows(t, c3dot[:, i], l_max, cg_start, cg_cart, cg_m, cg_mp, cg_val, dt, wdot)
+        t_mat = np.empty((3, l_max * n_pairs))
+        for l in range(l_max):
+            oa = l * l
+            for a in range(3):
+                for ra in range(n_rows):
+                    lo = l * n_pairs + ra * n_rows
+                    tt = t_mat[a, lo:lo + n_rows]
+                    cv = ct[oa, ra]
+                    dv = dt[oa, ra]
+                    w0 = w_mat[l, a, 0]
+                    d0 = wdot[l, a, 0]
+                    for rb in range(n_rows):
+                        tt[rb] = dv * w0[rb] + cv * d0[rb]
+                    for m in range(1, 2 * l + 1):
+                        cv = ct[oa + m, ra]
+                        dv = dt[oa + m, ra]
+                        wm = w_mat[l, a, m]
+                        dm = wdot[l, a, m]
+                        for rb in range(n_rows):
+                            tt[rb] += dv * wm[rb] + cv * dm[rb]
+        for a in range(3):
+            ta = t_mat[a]
+            oa_ = out[t, i, a, n2:]
+            for k in range(n_k):
+                oa_[k] = weight[k] * ta[dense_index[k]]
+    return out
+
+
+@njit(cache=True, parallel=True, nogil=True, error_model="numpy")
+def pair_directions(offsets, neighbors, vectors, velocities, weighted):
+    """(P, T + 3 T, 3) (or (P, T, 3) without ``weighted``) float64 pair directions from
+    per-atom velocities (T, N, 3): first ``w[t, j] - w[t, i]``, then
+    ``[T + 3 t + a] = -(d_p)_a w[t, j]`` for pair p = (centre i, neighbour image j) with
+    pair vector d_p (``vectors`` (P, 3) Å); pairs grouped by centre (``offsets`` (N + 1,))."""
+    n_atoms = offsets.shape[0] - 1
+    n_t = velocities.shape[0]
+    out = np.empty((neighbors.shape[0], n_t * (4 if weighted else 1), 3))
+    for i in prange(n_atoms):
+        for p in range(offsets[i], offsets[i + 1]):
+            j = neighbors[p]
+            for t in range(n_t):
+                for b in range(3):
+                    out[p, t, b] = velocities[t, j, b] - velocities[t, i, b]
+                if weighted:
+                    for a in range(3):
+                        for b in range(3):
+                            out[p, n_t + 3 * t + a, b] = -vectors[p, a] * velocities[t, j, b]
+    return out

@@ -33,6 +33,8 @@ removed): the rows of the species sum to the row of the frame.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 __all__ = [
@@ -66,75 +68,201 @@ def dipole_derivative_rows(model, positions, numbers, cell, pbc, velocities, *,
         baseline.sum(0)``; ``baseline`` (G, 3) e·Å/fs; ``species`` (G,) int64 (atomic
         numbers; ``[-1]`` without ``by_species``). G = number of species (or 1).
     """
-    from numbec.descriptors.tangent import (
-        descriptor_tangents,
-        relative_directions,
-        weighted_directions,
-    )
-    from numbec.models import kernels
-    from numbec.models.base import total_charge_value
     from numbec.models.uncertainty import prepare_structure
 
     if prepared is None:
         prepared = prepare_structure(model, positions, numbers, cell, pbc)
-    numbers = prepared.numbers
-    n = numbers.size
+    n = prepared.numbers.size
     velocities = np.asarray(velocities, dtype=np.float64)
     if velocities.shape != (n, 3) or not np.isfinite(velocities).all():
         raise ValueError(f"velocities must be finite with shape ({n}, 3), got "
                          f"{velocities.shape}")
+    unwrapped = prepared.positions if prepared.unwrapped is None else prepared.unwrapped
+    frames = _Frames(prepared.numbers, 1, prepared.desc, prepared.vdesc, prepared.unit,
+                     prepared.norms, prepared.species_kernels,
+                     np.array([prepared.periodic]), unwrapped[None])
+    out = _frame_rows(model, frames, velocities[None], by_species, total_charge)
+    return {"rows": out["rows"][0], "baseline": out["baseline"][0], "species": out["species"]}
+
+
+def dipole_derivative_rows_frames(model, positions, numbers, cells, pbc, velocities, *,
+                                  by_species: bool = True, total_charge: float = 0.0) -> dict:
+    """:func:`dipole_derivative_rows` of F frames of the same atoms in one pass: the frames
+    are stacked into one structure whose pairs never join two frames
+    (:func:`numbec.descriptors.neighbors.neighbor_list_frames`, as
+    ``predict_frames`` batches small frames), so that the tangents of all frames are the same
+    G (+ 3 G) directions and every product runs once per batch. Equal to the frame-by-frame
+    rows to rounding.
+
+    positions : (F, N, 3) float64, Å; numbers : (N,) int; cells : (F, 3, 3) Å or None;
+    pbc : (3,) bool, shared; velocities : (F, N, 3) float64, Å/fs.
+    Returns ``rows`` (F, G, 3, C), ``baseline`` (F, G, 3), ``species`` (G,).
+    """
+    positions = np.asarray(positions, dtype=np.float64)
+    velocities = np.asarray(velocities, dtype=np.float64)
+    frames = _prepare_frames(model, positions, numbers, cells, pbc)
+    if velocities.shape != positions.shape or not np.isfinite(velocities).all():
+        raise ValueError(f"velocities must be finite with shape {positions.shape}, got "
+                         f"{velocities.shape}")
+    return _frame_rows(model, frames, velocities, by_species, total_charge)
+
+
+@dataclass
+class _Frames:
+    """Descriptor pass of F frames of the same N atoms stacked into one structure (atom a of
+    frame f is atom f N + a): numbers (N,) int64; desc, vdesc, unit (F N, D), norms (F N,),
+    species_kernels as :class:`numbec.models.uncertainty.PreparedStructure`; periodic (F,)
+    bool (sum-rule projection); unwrapped (F, N, 3) Å (positions of the molecular frames)."""
+
+    numbers: np.ndarray
+    n_frames: int
+    desc: object
+    vdesc: object
+    unit: np.ndarray
+    norms: np.ndarray
+    species_kernels: list
+    periodic: np.ndarray
+    unwrapped: np.ndarray
+
+
+def _prepare_frames(model, positions, numbers, cells, pbc) -> _Frames:
+    """The batched descriptor pass of ``predict_frames`` (checked inputs; the molecule/cell
+    decision frame by frame as there)."""
+    from numbec.descriptors import compute_descriptors, compute_scalar_and_vector_descriptors
+    from numbec.descriptors.neighbors import neighbor_list_frames
+    from numbec.models import kernels
+    from numbec.models._kernel_model import _frame_pairs, _unwrapped_cluster
+
+    model._check_fitted()
+    numbers = np.asarray(numbers, dtype=np.int64)
+    if positions.ndim != 3 or positions.shape[1:] != (numbers.size, 3):
+        raise ValueError(f"positions must have shape (F, {numbers.size}, 3) to match "
+                         f"numbers, got {positions.shape}")
+    model.check_inputs(positions.reshape(-1, 3), np.tile(numbers, positions.shape[0]))
+    pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+    f, n = positions.shape[:2]
+    cells = None if cells is None else np.asarray(cells, dtype=np.float64)
+    pairs = neighbor_list_frames(positions, cells, pbc, model.settings.cutoff)
+    flat, stacked = positions.reshape(f * n, 3), np.tile(numbers, f)
+    if model._dipole:
+        desc, vdesc = compute_scalar_and_vector_descriptors(flat, stacked, None, pbc,
+                                                            model.settings, pairs=pairs)
+    else:
+        desc = compute_descriptors(flat, stacked, None, pbc, model.settings, pairs=pairs)
+        vdesc = None
+    periodic = np.full(f, bool(pbc.any()))
+    unwrapped = positions.copy()
+    for k in np.flatnonzero(periodic):
+        cluster = _unwrapped_cluster(_frame_pairs(pairs, k, n), positions[k], cells[k])
+        if cluster is not None:
+            periodic[k] = False
+            unwrapped[k] = cluster
+    unit, norms = kernels.normalize(desc.values, "predict", allow_isolated=True)
+    return _Frames(numbers, f, desc, vdesc, unit, norms, model._species_kernels(stacked, unit),
+                   periodic, unwrapped)
+
+
+def _frame_rows(model, frames: _Frames, velocities, by_species, total_charge) -> dict:
+    """The rows of :func:`dipole_derivative_rows_frames` from a prepared pass; velocities
+    (F, N, 3) Å/fs."""
+    from numbec.descriptors.tangent import descriptor_tangents, pair_directions
+    from numbec.models import kernels
+    from numbec.models.base import total_charge_value
+
+    numbers, f = frames.numbers, frames.n_frames
+    n = numbers.size
     mono, dip = model._monopole, model._dipole
-    desc, vdesc, unit, norms = prepared.desc, prepared.vdesc, prepared.unit, prepared.norms
-    periodic, unwrapped = prepared.periodic, prepared.unwrapped
+    vdesc, unit, norms = frames.vdesc, frames.unit, frames.norms
+    periodic = frames.periodic
     species = np.unique(numbers) if by_species else np.array([-1])
     masks = (numbers[None, :] == species[:, None]) if by_species else np.ones((1, n), bool)
-    vs = velocities[None] * masks[:, :, None]                         # (G, N, 3)
-    ws = vs - vs.mean(axis=1, keepdims=True)
+    vs = velocities[:, None] * masks[None, :, :, None]                # (F, G, N, 3)
+    ws = (vs - vs.mean(axis=2, keepdims=True)).transpose(1, 0, 2, 3).reshape(-1, f * n, 3)
     g = species.size
 
-    ex = desc.expansion
-    directions = [relative_directions(ex, ws)]                        # G tangents
-    if mono and periodic:
-        directions.append(weighted_directions(ex, ws))                # 3 G tangents
-    xdot, vdot = descriptor_tangents(ex, np.concatenate(directions, axis=1),
+    ex = frames.desc.expansion
+    # G velocity tangents, then for periodic frames 3 G charge-transfer tangents
+    charge_transfer = mono and periodic.any()
+    xdot, vdot = descriptor_tangents(ex, pair_directions(ex, ws, charge_transfer),
                                      vector=g if dip else 0)
-    # tangent of the unit descriptor: (Xdot - x (x . Xdot)) / |X| (zero for isolated atoms)
-    udot = (xdot - unit[None] * np.sum(xdot * unit[None], axis=2)[..., None]) / norms[:, None]
-
+    # kernel tangents kdot_ib = x_b . udot_i with the unit-descriptor tangent
+    # udot = (Xdot - x (x . Xdot)) / |X| (zero for isolated atoms), contracted without
+    # forming udot: (Xdot_i . x_b - (x_i . Xdot_i) cos_ib) / |X_i|
+    along = np.einsum("tnd,nd->tn", xdot, unit)                       # (T, F N)
     m = model.sparse_unit.shape[0]
     zeta = model.zeta
-    rows = np.zeros((g, 3, model.n_columns))
-    rel = None if periodic else unwrapped - unwrapped.mean(axis=0)
-    for sel, cols, cos in prepared.species_kernels:
-        nr, mz = cos.shape
+    rows = np.zeros((f, g, 3, model.n_columns))
+    rel = frames.unwrapped - frames.unwrapped.mean(axis=1, keepdims=True)
+    rel = rel.reshape(f * n, 3)
+    molecular = (~periodic).astype(np.float64)[:, None, None, None]
+    for sel, cols, cos in frames.species_kernels:
+        nt, mz = cos.shape                                            # nt = F nr
+        nr = nt // f
         cols_idx = np.arange(m)[cols]
-        kdot = (udot[:, sel].reshape(-1, udot.shape[-1]) @ model.sparse_unit[cols].T
-                ).reshape(-1, nr, mz)                                 # (T, nr, mz)
+        inv = 1.0 / norms[sel][:, None]
+        kdot = ((xdot[:, sel].reshape(-1, xdot.shape[-1]) @ model.sparse_unit[cols].T
+                 ).reshape(-1, nt, mz) - along[:, sel, None] * cos) * inv  # (T, F nr, mz)
         pow1 = kernels.int_power(cos, zeta - 1)                       # k^(zeta-1)
         if mono:
             dkern = zeta * pow1                                       # d k^zeta / dk
-            part = ws[:, sel].transpose(0, 2, 1) @ (pow1 * cos)       # (G, 3, mz)
-            if periodic:
-                part += (kdot[g:] * dkern).reshape(g, 3, nr, mz).sum(axis=2)
-            else:
-                part += rel[sel].T @ (kdot[:g] * dkern)
-            rows[:, :, cols_idx] = part
+            # sum_i k_ib^zeta w_i per frame: (F, G 3, nr) @ (F, nr, mz)
+            wsel = ws[:, sel].reshape(g, f, nr, 3).transpose(1, 0, 3, 2).reshape(f, 3 * g, nr)
+            part = (wsel @ (pow1 * cos).reshape(f, nr, mz)).reshape(f, g, 3, mz)
+            grad = (kdot * dkern).reshape(-1, f, nr, mz)
+            if charge_transfer:  # periodic frames: sum_p (d_p)_a dq_i/dd_p . w_j
+                part += ((1.0 - molecular)
+                         * grad[g:].reshape(g, 3, f, nr, mz).sum(axis=3).transpose(2, 0, 1, 3))
+            if not periodic.all():  # molecules: sum_i qdot_ib (r_i - R_mean)
+                rsel = rel[sel].reshape(f, nr, 3).transpose(0, 2, 1)  # (F, 3, nr)
+                part += molecular * (rsel[:, None] @ grad[:g].transpose(1, 0, 2, 3))
+            rows[:, :, :, cols_idx] = part
         if dip:
-            # T^g_b^a = sum_i [k^(zeta-1) Vdot_i^a + (zeta-1) k^(zeta-2) kdot_ib V_i^a]
-            dv = vdot[:, sel].reshape(g, nr, -1)                      # (G, nr, 3 Dv)
-            t = dv.transpose(0, 2, 1) @ pow1                          # (G, 3 Dv, mz)
-            if zeta >= 2:
-                dpow = (zeta - 1) * kernels.int_power(cos, zeta - 2) * kdot[:g]
-                t += vdesc.values[sel].reshape(nr, -1).T @ dpow
-            # row (a, (b, nu)) = T^g_b^a . V_b^nu / s**2, one small product per sparse point
-            t = t.reshape(g * 3, -1, mz).transpose(2, 0, 1)           # (mz, 3 G, Dv)
-            sv = model.sparse_vectors[cols].transpose(0, 2, 1) / model.vector_scale
-            block = (t @ sv).reshape(mz, g, 3, 3).transpose(1, 2, 0, 3)   # (G, 3, mz, 3)
+            # T^g_b^a = sum_i [k^(zeta-1) Vdot_i^a + (zeta-1) k^(zeta-2) kdot_ib V_i^a], one
+            # product per frame over the 2 nr stacked atoms, laid out (mz, 3, Dv) so that row
+            # (a, (b, nu)) = T^g_b^a . V_b^nu / s**2 is a product per sparse point
+            vals = vdesc.values[sel].reshape(f, nr, -1)
+            dpow = ((zeta - 1) * kernels.int_power(cos, zeta - 2) if zeta >= 2
+                    else np.zeros_like(cos))
+            sv = _sparse_vectors_by_point(model, cols)                # (mz, Dv, 3)
             dip_cols = (m if mono else 0) + 3 * cols_idx[:, None] + np.arange(3)[None, :]
-            rows[:, :, dip_cols.ravel()] = block.reshape(g, 3, -1)
+            if f > 1:
+                # batches of small frames: contract with V_b^nu first, as two large products
+                # (V once, Vdot per species) instead of per-frame products of a few atoms
+                flat = np.ascontiguousarray(sv.transpose(1, 0, 2)).reshape(sv.shape[1], -1)
+                q_v = (vals.reshape(nt * 3, -1) @ flat).reshape(f, nr, 3, mz, 3)
+                for k in range(g):
+                    q_dot = (vdot[k, sel].reshape(nt * 3, -1) @ flat).reshape(f, nr, 3, mz, 3)
+                    rows[:, k][:, :, dip_cols] = (
+                        np.einsum("fib,fiabn->fabn", pow1.reshape(f, nr, mz), q_dot)
+                        + np.einsum("fib,fiabn->fabn", (dpow * kdot[k]).reshape(f, nr, mz), q_v))
+                continue
+            stacked = np.empty((f, 2 * nr, vals.shape[2]))
+            stacked[:, nr:] = vals
+            coef = np.empty((f, 2 * nr, mz))
+            coef[:, :nr] = pow1.reshape(f, nr, mz)
+            for k in range(g):
+                stacked[:, :nr] = vdot[k, sel].reshape(f, nr, -1)
+                coef[:, nr:] = (dpow * kdot[k]).reshape(f, nr, mz)
+                t = (coef.transpose(0, 2, 1) @ stacked).reshape(f, mz, 3, -1)
+                rows[:, k][:, :, dip_cols] = (t @ sv).transpose(0, 2, 1, 3)  # (F, 3, mz, 3)
     q0n = model._baseline(numbers) + total_charge_value(total_charge) / n
-    baseline = q0n @ vs
+    baseline = np.einsum("n,fgna->fga", q0n, vs)
     return {"rows": rows, "baseline": baseline, "species": species}
+
+
+def _sparse_vectors_by_point(model, cols) -> np.ndarray:
+    """(mz, Dv, 3) ``V_b^nu / s`` of the sparse points ``cols`` (contiguous, cached per model
+    and vector scale)."""
+    source = model.sparse_vectors
+    cache = model.__dict__.get("_forward_sparse_vectors")
+    if cache is None or cache[0] is not source or cache[1] != model.vector_scale:
+        cache = (source, model.vector_scale, {})    # a refit replaces the array: rebuilt
+        model._forward_sparse_vectors = cache
+    where = (cols.start, cols.stop) if isinstance(cols, slice) else np.asarray(cols).tobytes()
+    if where not in cache[2]:
+        cache[2][where] = np.ascontiguousarray(
+            source[cols].transpose(0, 2, 1) / model.vector_scale)
+    return cache[2][where]
 
 
 # ---------------------------------------------------------------------- the posterior
@@ -273,6 +401,46 @@ class DipoleDerivativeSamplesModel:
             total_charge=total_charge, prepared=prepared))
         out.pop("dipole_derivative")
         out.pop("species")
+        return out
+
+    def predict_frames_with_velocities(self, positions, numbers, cells, pbc, velocities, *,
+                                       precision="float64", total_charge=0.0) -> dict:
+        """:meth:`predict_arrays_with_velocities` (without ``uncertainty``) of F frames of the
+        same atoms in batches, as ``predict_frames`` does for small frames: the plain outputs
+        from the kernel model's ``predict_frames`` and the rows of all frames of a batch in
+        one pass (:func:`dipole_derivative_rows_frames`). positions, velocities (F, N, 3);
+        cells (F, 3, 3) or None. Every output has a leading frame axis; the numbers equal
+        those frame by frame to rounding."""
+        from numbec.models import uncertainty as unc
+        from numbec.parallel import batch_frames
+
+        if precision != "float64":
+            raise ValueError("the dM/dt uncertainty computes in float64 only")
+        if isinstance(self.inner, unc.StreamedUncertaintyModel):
+            raise TypeError("the low-rank bec_std runs frame by frame: use "
+                            "predict_arrays_with_velocities")
+        positions = np.asarray(positions, dtype=np.float64)
+        velocities = np.asarray(velocities, dtype=np.float64)
+        out = self.kernel.predict_frames(positions, numbers, cells, pbc,
+                                         total_charge=total_charge)
+        step = batch_frames(np.asarray(numbers).size)
+        std, per = [], []
+        for start in range(0, positions.shape[0], step):
+            part = slice(start, start + step)
+            parts = dipole_derivative_rows_frames(
+                self.kernel, positions[part], numbers, None if cells is None else cells[part],
+                pbc, velocities[part], by_species=self.weight_samples is not None,
+                total_charge=total_charge)
+            std.append(np.sqrt(np.sum((parts["rows"].sum(axis=1)
+                                       @ posterior_cholesky(self.kernel)) ** 2, axis=2)))
+            if self.weight_samples is not None:
+                per.append(np.einsum("fgac,sc->fsga", parts["rows"], self.weight_samples)
+                           + parts["baseline"][:, None])
+        out["dipole_derivative_std"] = np.concatenate(std)
+        if per:
+            per = np.concatenate(per)
+            out["dipole_derivative_by_species_samples"] = per
+            out["dipole_derivative_samples"] = per.sum(axis=2)
         return out
 
     def state(self):
