@@ -295,6 +295,15 @@ def _batched(model, spec, n_atoms) -> bool:
             and callable(getattr(model, "predict_frames", None)))
 
 
+def _batched_with_velocities(model, spec, n_atoms) -> bool:
+    """Whether the frames of a chunk whose model also needs the velocities (the forward-mode
+    dM/dt uncertainty) go through ``model.predict_frames_with_velocities`` in batches: the
+    conditions of :func:`_batched`, float64, and no per-atom ``bec_std``."""
+    return (n_atoms < parallel.BATCH_BELOW_ATOMS and not spec.uncertainty
+            and spec.precision == "float64"
+            and callable(getattr(model, "predict_frames_with_velocities", None)))
+
+
 def _model_frames(model, positions, cell, spec, frame0, model_keys, per_frame, on_frame,
                   velocities=None):
     """All frames of a chunk, on :func:`numbec.parallel.frame_threads` threads: each frame
@@ -305,8 +314,10 @@ def _model_frames(model, positions, cell, spec, frame0, model_keys, per_frame, o
     (:func:`_model_batches`). ``velocities`` (F, N, 3) Å/fs: given to models with
     ``velocity_outputs`` (``predict_arrays_with_velocities``), frame by frame."""
     n_frames = positions.shape[0]
-    if velocities is None and _batched(model, spec, positions.shape[1]):
-        _model_batches(model, positions, cell, spec, frame0, model_keys, per_frame, on_frame)
+    if (_batched(model, spec, positions.shape[1]) if velocities is None
+            else _batched_with_velocities(model, spec, positions.shape[1])):
+        _model_batches(model, positions, cell, spec, frame0, model_keys, per_frame, on_frame,
+                       velocities)
         return
 
     def one_frame(f):
@@ -355,27 +366,32 @@ def _check_total_charge(model, total_charge) -> float:
     return charge
 
 
-def _model_batches(model, positions, cell, spec, frame0, model_keys, per_frame, on_frame):
+def _model_batches(model, positions, cell, spec, frame0, model_keys, per_frame, on_frame,
+                   velocities=None):
     """The frames of a chunk in batches of :func:`numbec.parallel.batch_frames` frames, each
-    one ``model.predict_frames`` call; batches on concurrent threads as frames are in
+    one ``model.predict_frames`` call (with ``velocities`` (F, N, 3) Å/fs:
+    ``model.predict_frames_with_velocities``); batches on concurrent threads as frames are in
     :func:`_model_frames` (the per-frame numbers, tested to 1e-12)."""
     n_frames, n_atoms = positions.shape[:2]
     step = parallel.batch_frames(n_atoms)
     starts = list(range(0, n_frames, step))
+    method = "predict_frames" if velocities is None else "predict_frames_with_velocities"
 
     def one_batch(start):
         stop = min(start + step, n_frames)
+        extra = () if velocities is None else (velocities[start:stop],)
         try:
-            result = model.predict_frames(positions[start:stop], spec.numbers, cell[start:stop],
-                                          spec.pbc, precision=spec.precision,
-                                          **charge_keyword(spec.total_charge))
+            result = getattr(model, method)(positions[start:stop], spec.numbers,
+                                            cell[start:stop], spec.pbc, *extra,
+                                            precision=spec.precision,
+                                            **charge_keyword(spec.total_charge))
         except ValueError as exc:
             raise ValueError(f"{spec.source}: "
                              f"{_frame_in_trajectory(exc, frame0 + start, frame0 + stop - 1)}"
                              ) from exc
         _store_outputs(model, result, model_keys, per_frame, slice(start, stop),
                        f"{spec.source}: frames {frame0 + start}-{frame0 + stop - 1}",
-                       "predict_frames")
+                       method)
         if on_frame is not None:
             for _ in range(stop - start):
                 on_frame()

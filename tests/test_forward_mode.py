@@ -254,20 +254,32 @@ def test_predict_streams_forward_mode_samples(periodic, rng, tmp_path, monkeypat
     for name in ("dipole_derivative_samples", "dipole_derivative_by_species_samples",
                  "dipole_derivative_std"):
         np.testing.assert_array_equal(lazy[name].values, res[name].values, err_msg=name)
+    # frame by frame (batching off): the batched numbers to rounding
+    import numbec.parallel
+
+    with monkeypatch.context() as m:
+        m.setattr(numbec.parallel, "BATCH_BELOW_ATOMS", 0)
+        single = predict(model, ds, posterior_samples=4, seed=3, chunk_frames=3,
+                         progress=False)
+    for name in ("dipole_derivative_samples", "dipole_derivative_by_species_samples",
+                 "dipole_derivative_std", "dipole_derivative", "bec"):
+        np.testing.assert_allclose(single[name].values, res[name].values, rtol=1e-12,
+                                   atol=1e-14 * np.abs(res[name].values).max(), err_msg=name)
     # into a store, killed in the second chunk and resumed: the in-memory numbers
+    # (small frames go in one batch per chunk: the second call of the batched rows)
     out = tmp_path / "p.zarr"
-    real, calls = fm.dipole_derivative_uncertainty, []
+    real, calls = fm.dipole_derivative_rows_frames, []
 
     def crashing(*a, **k):
         calls.append(1)
-        if len(calls) == 5:
+        if len(calls) == 2:
             raise RuntimeError("simulated crash")
         return real(*a, **k)
 
-    monkeypatch.setattr(fm, "dipole_derivative_uncertainty", crashing)
+    monkeypatch.setattr(fm, "dipole_derivative_rows_frames", crashing)
     with pytest.raises(RuntimeError, match="simulated crash"):
         predict(model, ds, posterior_samples=4, seed=3, chunk_frames=3, out=out, progress=False)
-    monkeypatch.setattr(fm, "dipole_derivative_uncertainty", real)
+    monkeypatch.setattr(fm, "dipole_derivative_rows_frames", real)
     stored = predict(model, ds, posterior_samples=4, seed=3, chunk_frames=3, out=out,
                      progress=False)
     for name in ("dipole_derivative_samples", "dipole_derivative_by_species_samples",
