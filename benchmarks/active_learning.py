@@ -2,13 +2,14 @@
 
 Usage::
 
-    python benchmarks/active_learning.py                       # all systems (1.5-2 hours)
-    python benchmarks/active_learning.py --systems quartz --quick   # reduced (~3 min)
-    python benchmarks/active_learning.py --systems zro2 --model combined --n-sparse 100
+    python benchmarks/active_learning.py --candidates 40       # all systems (several hours)
+    python benchmarks/active_learning.py --systems quartz --strategies hybrid --json h.json
+    python benchmarks/active_learning.py --merge u.json h.json r.json   # one table of runs
 
 On pools whose every frame is already labelled, :func:`numbec.active_learning` starts from
 ``--start`` evenly spaced frames and adds ``--step`` frames per round up to ``--max``, with
-each strategy (uncertainty, reduction, diverse, random with ``--seeds`` seeds, stride);
+each strategy (uncertainty, hybrid, reduction, diverse, random with ``--seeds`` seeds,
+stride);
 every round's model is scored on a held-out test set. Systems:
 
 ``quartz``  alpha-quartz SiO2 (QE): pool = frames 0-149 of SiO2.xyz, test = 150-200.
@@ -25,10 +26,13 @@ Target (issue 19): an active strategy reaches the test error that random selecti
 ``--max`` frames (mean over seeds) with at most half as many frames. The summary prints, per
 strategy, the first training-set size at which its error is at or below that value.
 
-Models: ``--model`` monopole (default: the cheapest, the machine may be shared), dipole or
-combined, ``--n-sparse`` per species (capped at the training environments), descriptors of
-:data:`DESCRIPTORS`. ``--quick``: quartz/zro2 pools and test sets thinned (every 2nd / 3rd
-frame), up to 20 frames, 2 random seeds.
+Models: ``--model`` combined (default, numbec's), monopole or dipole; per system the
+descriptors and sparse points of :data:`SYSTEM_DEFAULTS` (``--n-sparse`` overrides, capped at
+the training environments), sized so that one round's fit stays within a minute on a shared
+2-core machine. ``--quick``: quartz/zro2 pools and test sets thinned (every 2nd / 3rd frame),
+xTB pool of 60 snapshots, up to 20 frames, 2 random seeds. Each strategy (and random seed,
+``--first-seed``) can run as its own process; ``--merge`` prints their tables together. The
+JSON is rewritten after every run, so a killed run keeps what it measured.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -165,7 +170,8 @@ def run_system(name, args, log=print, checkpoint=None) -> dict:
             result = numbec.active_learning(
                 pool, lambda k, atoms: pool[k], train, strategy=strategy,
                 n_initial=args.start, n_per_round=args.step, n_max=args.max, test=test,
-                seed=seed, candidates=args.candidates, callback=extra.get("callback"))
+                seed=seed, candidates=args.candidates, callback=extra.get("callback"),
+                log=lambda text, label=label: log(f"    {label}: {text}"))
             runs[label] = [r.to_dict() for r in result.records]
             curve = ", ".join(f"{r.n_train}: {r.test_rmse:.4f}" for r in result.records)
             log(f"  {label:12s} {time.perf_counter() - t1:6.0f} s  {curve}")
@@ -284,6 +290,8 @@ def main(argv=None) -> int:
                         help="print the tables of earlier --json runs together (e.g. the "
                              "strategies run separately) instead of running")
     args = parser.parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):  # one line per round, also into a file
+        sys.stdout.reconfigure(line_buffering=True)
     if args.merge:
         return merge(args.merge)
     args.strategies = [s for s in args.strategies.split(",") if s]
