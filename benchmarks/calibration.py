@@ -9,21 +9,27 @@ Usage::
 Systems: the splits of ``benchmarks/models.py`` (quartz: train 0-149, test 150-200; ZrO2:
 OUTCAR.1-80 / 81-119; BaTiO3: first 40 / rest; read from ``../shared/data`` or
 ``$NUMBEC_SHARED_DATA``) and ``xtb``: GFN2-xTB water clusters with exact finite-difference
-APTs (the demo's 40 reference clusters, ``numbec.demo.generate_reference``, cached in
-``--cache``, needs tblite): train on the first 32 (clusters of 2-6 molecules), test on the last
-8 (MD snapshots of an (H2O)_6 cluster no training frame comes from).
+APTs (needs tblite; cached in ``--cache``): train on the demo's 40 reference clusters
+(``numbec.demo.generate_reference``, (H2O)_n, n = 2-6, 400 K), test on :data:`XTB_TEST`, 18
+snapshots of six independent 300 K MDs of clusters of 2-7 molecules from seeds no training
+cluster uses, labelled the same way (frames of different clusters, so that the frame rank
+correlation measures something).
 
 For every system, model and training size (``small``: 5 training frames; ``large``: the
-training range at the stride of ``benchmarks/models.py``) the model is fitted, its variance
-scale learned by ``--folds``-fold cross-validation over the training frames only
-(:func:`numbec.models.uncertainty.recalibrate`), and the test frames are predicted with the
-exact ``bec_std`` (design rows). Printed per row: test RMSE (e); coverage of the nominal
-68 % / 95 % intervals and NLL with the plain Bayesian variance (``raw``) and recalibrated
-(``cal``); the frame rank correlation (Spearman, predicted frame uncertainty vs actual frame
-RMSE; a scale does not change it); the learned scale; and the streamed low-rank uncertainty
+training range at the stride of ``benchmarks/models.py``) the model is fitted, the held-out
+errors of a ``--folds``-fold cross-validation over the training frames only are computed once
+(:func:`numbec.models.uncertainty.held_out_errors`), and the test frames are predicted with
+the exact ``bec_std`` (design rows). Printed per row: test RMSE (e); coverage of the nominal
+68 % / 95 % intervals and NLL (nats per component) of the plain Bayesian variance (``raw``);
+the three recalibrations learned from the same held-out errors: the Gaussian
+maximum-likelihood scale (``ML``, ``method="likelihood"``), a two-part maximum-likelihood
+variance ``a phi^T Sigma phi + b sigma_v^2`` (``2-part``, not offered by the library) and the
+split-conformal coverage scale (``cov``, the library's default, ``method="coverage"``) with its
+coverages and NLL (``cal``); the frame rank correlation (Spearman, predicted frame uncertainty
+vs actual frame RMSE; a scale does not change it); and the streamed low-rank uncertainty
 (:func:`numbec.models.uncertainty.predict_uncertainty`, rank ``--rank``): the largest
 relative deviation of the per-frame uncertainty from the exact one over the test frames and
-its cost relative to a plain prediction (best of 3 per frame, summed).
+(unless ``--no-cost``) its cost relative to a plain prediction (best of 3 per frame, summed).
 """
 
 from __future__ import annotations
@@ -48,14 +54,26 @@ from models import CLASSES, SYSTEMS, _capped_n_sparse, load_split  # noqa: E402
 SMALL = 5
 
 
+#: The xTB test set: independent Langevin MDs at 300 K of clusters of 2-7 molecules (seeds
+#: no training cluster uses), 3 snapshots 50 fs apart from each, with the demo's exact
+#: finite-difference APTs (:func:`numbec.demo.generate_reference`).
+XTB_TEST = {"train_sizes": (2, 3, 4, 5, 6, 7), "snapshots_per_size": 3,
+            "train_temperature": 300.0, "sample_every": 100, "seed": 2026}
+
+
 def load_xtb(cache: Path):
-    """Training frames (the first 32 of the demo's reference clusters) and test frames (the
-    last 8: snapshots of one (H2O)_6 cluster) of GFN2-xTB water clusters."""
+    """Training frames (the demo's 40 reference clusters, (H2O)_n with n = 2-6) and test
+    frames (:data:`XTB_TEST`: 18 snapshots of six independent MDs of other clusters, n = 2-7)
+    of GFN2-xTB water clusters."""
+    import dataclasses
+
     from numbec import demo
 
     cache.mkdir(parents=True, exist_ok=True)
-    frames = demo.generate_reference(demo.DemoConfig.full(), cache, log=lambda *a: None)
-    return frames[:32], frames[32:], "train 32 clusters, test 8"
+    train = demo.generate_reference(demo.DemoConfig.full(), cache, log=lambda *a: None)
+    test_config = dataclasses.replace(demo.DemoConfig.full(), **XTB_TEST)
+    test = demo.generate_reference(test_config, cache, log=lambda *a: None)
+    return train, test, f"train {len(train)} clusters, test {len(test)} (independent MDs)"
 
 
 def _fit(kind, train, hyper, descriptors):
@@ -78,12 +96,27 @@ def _best_of(fn, repeat=3):
     return best
 
 
-def row(kind, train, test, hyper, descriptors, folds, rank) -> dict:
+def _metrics_under(unc, pred, ref, sizes, epi, noise, a, b=None):
+    """Calibration metrics with the variance ``a epi + b noise`` (``b`` None: ``a``)."""
+    std = np.sqrt(a * epi + (a if b is None else b) * noise)
+    return unc.calibration_metrics(pred, std, ref, sizes)
+
+
+def row(kind, train, test, hyper, descriptors, folds, rank, cost=True) -> dict:
     from numbec.models import uncertainty as unc
 
     t0 = time.perf_counter()
     model = _fit(kind, train, hyper, descriptors)
-    unc.recalibrate(model, train, folds=folds)
+    held = unc.held_out_errors(model, train, folds)
+    unc.recalibrate(model, train, held_out=held)  # the library's default: coverage scale
+    info = model.training["variance_scale_fit"]
+    two = unc.two_part_scales(held["err"], held["epistemic"], held["noise"])
+    # the two-part shape with the noise floored at 1 % of sigma_v^2, then one common factor
+    # that makes the held-out 95 % interval hold 95 %
+    a_f, b_f = unc.two_part_scales(held["err"], held["epistemic"], held["noise"], 0.01)
+    c_f = unc.coverage_scale(held["err"] / np.sqrt(a_f * held["epistemic"]
+                                                   + b_f * held["noise"]), 0.95)
+    two_cov = (c_f * a_f, c_f * b_f)
     fit_s = time.perf_counter() - t0
     scale = model.variance_scale
     preds, stds, refs, sizes, frame_exact, frame_low = [], [], [], [], [], []
@@ -97,15 +130,26 @@ def row(kind, train, test, hyper, descriptors, folds, rank) -> dict:
         sizes.append(len(atoms))
         frame_exact.append(float(np.sqrt(np.mean(out["bec_std"] ** 2))))
         frame_low.append(unc.predict_uncertainty(model, *args, rank=rank)["frame_std"])
-        t_plain += _best_of(lambda a=args: model.predict_arrays(*a))
-        t_low += _best_of(lambda a=args: unc.predict_uncertainty(model, *a, rank=rank))
+        if cost:
+            t_plain += _best_of(lambda a=args: model.predict_arrays(*a))
+            t_low += _best_of(lambda a=args: unc.predict_uncertainty(model, *a, rank=rank))
     pred, std, ref = (np.concatenate(x) for x in (preds, stds, refs))
-    raw = unc.calibration_metrics(pred, std / np.sqrt(scale), ref, sizes)
+    noise = np.full(std.shape, model.sigma_v2)
+    epi = np.clip(std ** 2 / scale - noise, 0.0, None)
+    raw = _metrics_under(unc, pred, ref, sizes, epi, noise, 1.0)
     cal = unc.calibration_metrics(pred, std, ref, sizes)
+    lik = _metrics_under(unc, pred, ref, sizes, epi, noise, info["scale_likelihood"])
+    two_m = _metrics_under(unc, pred, ref, sizes, epi, noise, *two)
+    two_cov_m = _metrics_under(unc, pred, ref, sizes, epi, noise, *two_cov)
     dev = np.abs(np.array(frame_low) / np.array(frame_exact) - 1.0)
     return {"rmse": float(np.sqrt(np.mean((pred - ref) ** 2))), "raw": raw, "cal": cal,
-            "scale": scale, "n_train": len(train), "n_test": len(test), "fit_s": fit_s,
-            "lowrank_max_dev": float(dev.max()), "lowrank_cost": t_low / t_plain,
+            "likelihood": lik, "two_part": two_m, "two_part_scales": two,
+            "two_part_coverage": two_cov_m, "two_part_coverage_scales": two_cov,
+            "scale": scale, "scale_likelihood": info["scale_likelihood"],
+            "held_out_coverage_95": info["coverage_95_unscaled"],
+            "n_train": len(train), "n_test": len(test), "fit_s": fit_s,
+            "lowrank_max_dev": float(dev.max()),
+            "lowrank_cost": t_low / t_plain if cost else float("nan"),
             "rank": rank}
 
 
@@ -122,13 +166,17 @@ def main(argv=None) -> int:
                         help="every 4th training / 3rd test frame, at most 50 sparse points")
     parser.add_argument("--max-test", type=int, default=None, help="at most this many test "
                         "frames (evenly spaced)")
+    parser.add_argument("--no-cost", action="store_true", help="skip timing the low-rank "
+                        "uncertainty against a plain prediction")
     parser.add_argument("--cache", default="numbec-demo/cache", help="xTB data cache")
     parser.add_argument("--json", default=None, help="also write all rows to this file")
     args = parser.parse_args(argv)
     print("| system | model | train | test | RMSE e | cov68 raw | cov95 raw | NLL raw "
-          "| scale | cov68 cal | cov95 cal | NLL cal | frame rank corr | low-rank max dev "
+          "| s (ML) | cov95 ML | NLL ML | a, b (2-part ML) | cov95 2-part | NLL 2-part "
+          "| a, b (2-part cov) | cov95 2-part cov | NLL 2-part cov "
+          "| s (cov) | cov68 cal | cov95 cal | NLL cal | frame rank corr | low-rank max dev "
           "| low-rank cost |")
-    print("|---" * 15 + "|")
+    print("|---" * 24 + "|")
     rows = []
     for system in args.systems.split(","):
         if system == "xtb":
@@ -153,13 +201,22 @@ def main(argv=None) -> int:
             else:
                 train = train_all
             for kind in args.models.split(","):
-                r = row(kind, train, test, hyper, descriptors, args.folds, args.rank)
+                r = row(kind, train, test, hyper, descriptors, args.folds, args.rank,
+                        not args.no_cost)
                 r.update(system=system, model=kind, size=size)
                 rows.append(r)
-                raw, cal = r["raw"], r["cal"]
+                raw, cal, lik, two = r["raw"], r["cal"], r["likelihood"], r["two_part"]
+                a, b = r["two_part_scales"]
+                a_c, b_c = r["two_part_coverage_scales"]
+                twc = r["two_part_coverage"]
                 print(f"| {system} | {kind} | {r['n_train']} | {r['n_test']} | {r['rmse']:.4f} "
                       f"| {100 * raw['coverage_68']:.1f} | {100 * raw['coverage_95']:.1f} "
-                      f"| {raw['nll']:.2f} | {r['scale']:.3g} "
+                      f"| {raw['nll']:.2f} | {r['scale_likelihood']:.3g} "
+                      f"| {100 * lik['coverage_95']:.1f} | {lik['nll']:.2f} "
+                      f"| {a:.3g}, {b:.3g} | {100 * two['coverage_95']:.1f} | {two['nll']:.2f} "
+                      f"| {a_c:.3g}, {b_c:.3g} | {100 * twc['coverage_95']:.1f} "
+                      f"| {twc['nll']:.2f} "
+                      f"| {r['scale']:.3g} "
                       f"| {100 * cal['coverage_68']:.1f} | {100 * cal['coverage_95']:.1f} "
                       f"| {cal['nll']:.2f} | {cal['frame_rank_correlation']:.2f} "
                       f"| {100 * r['lowrank_max_dev']:.1f} % | {r['lowrank_cost']:.2f}x |",

@@ -16,9 +16,11 @@ script measures it for the models of ``numbec demo`` / ``benchmarks/water_dimer_
 charges O -0.8 e, H 0.4 e plus 0.05 e noise: speed does not depend on the fitted weights).
 
 Rows: ``numbec.predict`` on an in-memory trajectory of displaced dimers (bec, dipole,
-dipole derivative), with ``threads=1``, ``threads=2`` (frames on concurrent threads) and the
-automatic choice (``threads=None``: frames this short run one after the other, see
-``numbec.stream.MIN_THREADED_FRAME_S``), BLAS on one thread; and, where featomic is
+dipole derivative), with ``threads=1`` and the automatic choice (``threads=None``: a chunk's
+batches are timed three ways -- Numba kernels on all threads, on one thread, batches on
+concurrent threads -- and the rest run the fastest way, ``numbec.parallel.fastest_batch_mode``;
+frame by frame, concurrent frames only if a frame takes ``numbec.stream.MIN_THREADED_FRAME_S``),
+BLAS on one thread; and, where featomic is
 installed, featomic's SoapPowerSpectrum values + position gradients of the first 200 of the
 same frames with the same sizes (cutoff 4.5 Å, 6 radial functions, max_angular 3), on the
 Rayon threads this process was started with (``RAYON_NUM_THREADS``).
@@ -145,6 +147,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="100 frames, one timing")
     parser.add_argument("--frames", type=int, default=None, help="frames (default 2,000)")
     parser.add_argument("--repeat", type=int, default=None, help="timings (best kept; 3)")
+    parser.add_argument("--batched-only", action="store_true",
+                        help="skip the frame-by-frame rows (the slow half of the run)")
     parser.add_argument("--million", action="store_true",
                         help="also stream 10^6 water-dimer frames into a Zarr store")
     args = parser.parse_args()
@@ -160,7 +164,11 @@ def main():
     from numbec import parallel
 
     print(f"numbec molecule streaming benchmark: `python benchmarks/molecule_stream.py"
-          f"{' --quick' if args.quick else ''}{' --million' if args.million else ''}`; "
+          f"{' --quick' if args.quick else ''}"
+          f"{f' --frames {args.frames}' if args.frames else ''}"
+          f"{f' --repeat {args.repeat}' if args.repeat else ''}"
+          f"{' --batched-only' if args.batched_only else ''}"
+          f"{' --million' if args.million else ''}`; "
           f"{platform.machine()}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f}\n")
     batch_below = parallel.BATCH_BELOW_ATOMS
@@ -181,7 +189,8 @@ def main():
                 model = getattr(models, name)(settings=settings(), n_sparse=N_SPARSE).fit(train)
                 fitted[label, name] = model
                 numbec.predict(model, ds.isel(frame=slice(0, 4)), progress=False)  # warm-up
-                for path, below in (("batched (default)", batch_below), ("frame by frame", 0)):
+                paths = (("batched (default)", batch_below), ("frame by frame", 0))
+                for path, below in paths[:1] if args.batched_only else paths:
                     parallel.BATCH_BELOW_ATOMS = below
                     try:
                         for threads in (1, None):

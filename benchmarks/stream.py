@@ -77,23 +77,32 @@ MODELS = ("SpeciesMeanModel", "MonopoleModel", "CombinedModel")
 #: a second time with precision="mixed" (its dipole kernel's products in float32).
 ROWS = tuple((name, name, "float64") for name in MODELS) + (
     ("CombinedModel, mixed precision", "CombinedModel", "mixed"),)
-SYSTEMS = {"water": "water, 192 atoms", "quartz": "alpha-quartz, 72 atoms"}
+#: Copies of the 192-atom water box along x (``--water-atoms``); read by the measurement
+#: processes from the environment so that every child uses the same box.
+WATER_COPIES = int(os.environ.get("NUMBEC_BENCH_WATER_COPIES", "1"))
+SYSTEMS = {"water": f"water, {192 * WATER_COPIES} atoms", "quartz": "alpha-quartz, 72 atoms"}
 N_SPARSE, ZETA = 200, 4
 THREAD_VARS = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                "MKL_NUM_THREADS", "RAYON_NUM_THREADS")
 
 
 # ------------------------------------------------------------------------- systems
-def system_frames(system, n_frames, seed=0):
+def system_frames(system, n_frames, seed=0, copies=None):
     """Frames of ``system``: positions (F, N, 3) Å, velocities (F, N, 3) Å/fs,
     numbers (N,) int64, cells (F, 3, 3) Å.
 
-    water: the water box with 0.05 Å Gaussian displacements per frame; quartz: the DFT
+    water: the water box (``copies`` times along x, default :data:`WATER_COPIES`) with 0.05 Å
+    Gaussian displacements per frame; quartz: the DFT
     snapshots of SiO2.xyz in order (repeated if ``n_frames`` > 201). Velocities are
     Gaussian, 0.01 Å/fs (their values do not change the cost)."""
     rng = np.random.default_rng(seed)
     if system == "water":
         base, numbers, cell = water_box()
+        # --water-atoms: the box repeated along x (same density, same local structure)
+        copies = WATER_COPIES if copies is None else copies
+        base = np.concatenate([base + k * cell[0] for k in range(copies)])
+        numbers = np.tile(numbers, copies)
+        cell = cell * np.array([[copies], [1], [1]])
         positions = base + rng.normal(0, 0.05, (n_frames,) + base.shape)
         cells = np.tile(cell, (n_frames, 1, 1))
     else:
@@ -166,7 +175,7 @@ def training_frames(system):
         from numbec.io import read_bec
 
         return read_bec(str(QUARTZ), index="::20")  # 11 frames: 264 Si, 528 O
-    positions, _, numbers, cells = system_frames("water", 4, seed=1)
+    positions, _, numbers, cells = system_frames("water", 4, seed=1, copies=1)
     rng = np.random.default_rng(2)
     frames = []
     for p, c in zip(positions, cells, strict=True):
@@ -354,22 +363,27 @@ def measure_cluster(model_file, n_frames, chunk, out, workers):
 def measure_stages(system, model_file, repeat):
     """Milliseconds per frame of the stages of one kernel-model prediction (one thread).
 
-    Times, on the first frame of ``system``, the steps of ``predict_arrays`` one by one (best of
-    ``max(repeat, 20)`` each): the neighbour list and expansion coefficients, the descriptor
-    values, the kernel part (the products with the sparse set and the element-wise algebra
-    between them), the coefficient adjoints of the descriptors, their back-propagation through
-    the pairs, and the whole call (whose remainder is the scatter onto atoms, the sum rule and
-    Python glue). Uses numbec internals: it is a profile, not an API.
+    Times, on the first frame of ``system`` with its atoms species by species (as the model
+    orders them), the steps of ``predict_arrays`` one by one (best of ``max(repeat, 20)``
+    each): the neighbour list, the species grouping of the pairs and the expansion
+    coefficients, the descriptor values, the kernel part (the products with the sparse set and
+    the element-wise algebra between them), the coefficient adjoints of the descriptors, their
+    back-propagation through the pairs, the scatter of the pair gradients onto atoms, and the
+    whole call (whose remainder is the sum rule, the per-frame steps and Python glue). Uses
+    numbec internals: it is a profile, not an API.
     """
     from threadpoolctl import threadpool_limits
 
     from numbec.descriptors.expansion import expand
+    from numbec.descriptors.neighbors import neighbor_list
     from numbec.descriptors.scalar import descriptors_from_expansion
     from numbec.descriptors.vector import vector_descriptors_from_expansion
     from numbec.models import kernels, load_model
 
     model = load_model(model_file)
     positions, _, numbers, cells = system_frames(system, 1)
+    order = np.argsort(numbers, kind="stable")
+    positions, numbers = positions[:, order], numbers[order]
     args = (positions[0], numbers, cells[0], np.ones(3, bool))
     dipole = getattr(model, "sparse_vectors", None) is not None
     n_ch = int(model._monopole) + (3 if dipole else 0)
@@ -378,8 +392,11 @@ def measure_stages(system, model_file, repeat):
     out = {}
     with threadpool_limits(1, "blas"):
         out["total"] = timed(lambda: model.predict_arrays(*args), n)
-        out["expansion"] = timed(lambda: expand(*args, settings, int(dipole)), n)
-        ex = expand(*args, settings, int(dipole))
+        geometry = (args[0], args[2], args[3], settings.cutoff)
+        out["neighbours"] = timed(lambda: neighbor_list(*geometry), n)
+        pairs = neighbor_list(*geometry)
+        out["expansion"] = timed(lambda: expand(*args, settings, int(dipole), pairs=pairs), n)
+        ex = expand(*args, settings, int(dipole), pairs=pairs)
 
         def values():
             return (descriptors_from_expansion(ex),
@@ -390,7 +407,7 @@ def measure_stages(system, model_file, repeat):
         unit, norms = kernels.normalize(desc.values, "benchmark")
 
         def kernel_part():
-            blocks = model._species_blocks(numbers, unit)
+            blocks = model._species_kernels(numbers, unit)
             return model._kernel_terms(blocks, unit, norms, vdesc, n_ch)
 
         out["kernel"] = timed(kernel_part, n)
@@ -406,6 +423,15 @@ def measure_stages(system, model_file, repeat):
         out["adjoints"] = timed(adjoints, n)
         a2, a3 = adjoints()
         out["backprop"] = timed(lambda: ex.backprop(a2, a3), n)
+        pair_grad = ex.backprop(a2, a3)
+
+        def scatter():
+            if model._monopole:
+                ex.scatter_monopole(pair_grad[:, :1])
+            if dipole:
+                ex.scatter_with_self(pair_grad[:, n_ch - 3:])
+
+        out["scatter"] = timed(scatter, n)
     out = {key: 1e3 * value for key, value in out.items()}
     out["rest"] = out["total"] - sum(v for k, v in out.items() if k != "total")
     return out
@@ -583,12 +609,14 @@ def throughput_table(files, n_frames, n_featomic, repeat, rounds):
     stages_table(files, repeat)
 
 
-STAGES = (("expansion", "neighbour list, species grouping, expansion coefficients"),
+STAGES = (("neighbours", "neighbour list"),
+          ("expansion", "species grouping of the pairs, expansion coefficients"),
           ("descriptors", "scalar (and vector) descriptor values"),
           ("kernel", "kernel: products with the sparse set + element-wise algebra"),
           ("adjoints", "coefficient adjoints of the descriptors"),
           ("backprop", "back-propagation through the pairs"),
-          ("rest", "scatter onto atoms, sum rule, Python glue"),
+          ("scatter", "scatter of the pair gradients onto atoms"),
+          ("rest", "Python glue, sum rule, per-frame steps (the whole call minus the above)"),
           ("total", "whole predict_arrays"))
 
 
@@ -685,17 +713,25 @@ def main():
                         "on the next run (default: a temporary directory, fitted every run)")
     parser.add_argument("--only", choices=("paths",),
                         help="run only this table (paths: one prediction, five ways)")
+    parser.add_argument("--water-atoms", type=int, choices=(192, 384), default=None,
+                        help="size of the water box (384: the 192-atom box twice along x; "
+                        "the models are fitted on the 192-atom frames either way)")
     parser.add_argument("--child", choices=sorted(CHILDREN))
     parser.add_argument("--kwargs", default="{}")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(CHILDREN[args.child](**json.loads(args.kwargs))))
         return
+    if args.water_atoms and args.water_atoms // 192 != WATER_COPIES:
+        # run again with the box size in the environment, which the children inherit
+        env = dict(os.environ, NUMBEC_BENCH_WATER_COPIES=str(args.water_atoms // 192))
+        sys.exit(subprocess.run([sys.executable, *sys.argv], env=env).returncode)
 
     n_frames, n_featomic, cluster_frames = (8, 2, 16) if args.quick else (40, 8, 96)
     load = os.getloadavg()[0]
     print(f"numbec streaming benchmark ({'quick' if args.quick else 'full'}): "
-          f"`python benchmarks/stream.py{' --quick' if args.quick else ''}`; "
+          f"`python benchmarks/stream.py{' --quick' if args.quick else ''}"
+          f"{f' --water-atoms {args.water_atoms}' if args.water_atoms else ''}`; "
           f"{platform.machine()}, {os.cpu_count()} cores, load average {load:.1f}\n")
     with tempfile.TemporaryDirectory() as tmp:
         if args.model_dir:

@@ -14,13 +14,13 @@ from the xTB dipole at every step.
 For each training size n (evenly spaced over the 40 clusters) the combined model is fitted
 (the demo's descriptors, n_sparse 60), its variance scale learned by 5-fold cross-validation
 on those n clusters (``numbec.models.uncertainty.recalibrate``), and dM/dt predicted over the
-MD with ``--samples`` posterior weight samples (low-rank factor of rank ``--rank``;
-:func:`numbec.models.uncertainty.predict_uncertainty`; the samples use the weight scale
-``s_w`` of the cross-validation, :func:`numbec.models.uncertainty.sample_scale`).
-The spectra (``numbec.ir_spectrum``,
-300 K, Hann window, 1 ps correlation time) of the prediction, its samples and the exact dM/dt
-are compared over the frequencies where the exact spectrum exceeds ``--threshold`` of its
-maximum (0-4200 cm^-1):
+MD with ``--samples`` weight samples from the full posterior, as ``numbec.predict(...,
+posterior_samples=S)`` draws them (:func:`numbec.models.forward_mode.full_posterior_samples`,
+forward mode along the velocities; the samples use the weight scale ``s_w`` of the
+cross-validation, :func:`numbec.models.uncertainty.sample_scale`).
+The spectra (``numbec.ir_spectrum``, 300 K, Parzen window, correlation time min(1 ps, half
+the run)) of the prediction, its samples and the exact dM/dt are compared over the
+frequencies where the exact spectrum exceeds ``--threshold`` of its maximum (0-4200 cm^-1):
 
 ``cov68``  fraction of those frequencies where the exact spectrum lies in the 16-84 % band
            (nominal 68 %);
@@ -78,18 +78,21 @@ def fit(train, n_sparse=60, seed=7):
     return recalibrate(model, train, folds=5)
 
 
-def predict_samples(model, frames, velocities, rank, n_samples, seed):
-    from numbec.models.uncertainty import predict_uncertainty
+def predict_samples(model, frames, velocities, n_samples, seed):
+    """dM/dt (F, 3) and its samples (F, S, 3) e·Å/fs, as ``numbec.predict(...,
+    posterior_samples=S, seed=seed)`` computes them: S weight vectors from the full
+    posterior (forward mode along the velocities, :mod:`numbec.models.forward_mode`)."""
+    from numbec.models import forward_mode as fm
 
+    weights = fm.full_posterior_samples(model, n_samples, seed)
     dd = np.empty((len(frames), 3))
     samples = np.empty((len(frames), n_samples, 3))
     for f, atoms in enumerate(frames):
-        out = predict_uncertainty(model, atoms.positions, atoms.numbers, np.zeros((3, 3)),
-                                  np.zeros(3, dtype=bool), rank=rank, n_samples=n_samples,
-                                  seed=seed)
-        v = velocities[f]
-        dd[f] = np.einsum("aij,aj->i", out["bec"], v)
-        samples[f] = np.einsum("saij,aj->si", out["bec_samples"], v)
+        out = fm.dipole_derivative_uncertainty(model, atoms.positions, atoms.numbers,
+                                               np.zeros((3, 3)), np.zeros(3, dtype=bool),
+                                               velocities[f], weights)
+        dd[f] = out["dipole_derivative"]
+        samples[f] = out["dipole_derivative_samples"]
     return dd, samples
 
 
@@ -143,7 +146,6 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="5,10,20,40")
     parser.add_argument("--samples", type=int, default=32)
-    parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threshold", type=float, default=0.05)
     parser.add_argument("--max-frames", type=int, default=None)
@@ -156,7 +158,7 @@ def main(argv=None) -> int:
     train_all, frames, velocities, exact, dt = load(Path(args.cache), args.max_frames,
                                                          args.md_steps)
     print(f"MD: {len(frames)} frames of {len(frames[0])} atoms, {dt:g} fs apart; "
-          f"{args.samples} samples, rank {args.rank}")
+          f"{args.samples} samples from the full posterior")
     print("| training frames | scale s | weight scale s_w | dd rel. RMSE | cov68 | cov95 "
           "| band width | error | frequencies | predict s |")
     print("|---" * 10 + "|")
@@ -164,8 +166,7 @@ def main(argv=None) -> int:
         idx = np.linspace(0, len(train_all) - 1, n).round().astype(int)
         model = fit([train_all[i] for i in idx])
         t0 = time.perf_counter()
-        dd, samples = predict_samples(model, frames, velocities, args.rank, args.samples,
-                                      args.seed)
+        dd, samples = predict_samples(model, frames, velocities, args.samples, args.seed)
         seconds = time.perf_counter() - t0
         pred, ref = spectra(dd, samples, exact, dt)
         s = score(pred, ref, args.threshold)

@@ -504,7 +504,8 @@ def train_models(frames, config: DemoConfig, cache: Path, log=print) -> dict:
     for name, cls_name in zip(MODEL_NAMES, ("MonopoleModel", "DipoleModel", "CombinedModel"),
                               strict=True):
         folds = config.recalibrate_folds if name == "combined" else 0
-        path = cache / f"model-{name}-{key}{f'-cv{folds}' if folds else ''}.npz"
+        # the recalibration method is in the name: a cached model keeps the scale it had
+        path = cache / f"model-{name}-{key}{f'-cv{folds}-coverage' if folds else ''}.npz"
         if path.exists():
             models[name] = numbec.load_model(path)
             log(f"  {name} model: cached ({path.name})")
@@ -682,7 +683,10 @@ def compare(models: dict, store, md: dict, checks: list, config: DemoConfig, cac
         t0 = time.perf_counter()
         model_hash = model_fingerprint(model)["sha256"][:10]
         n_samples = config.posterior_samples if name == "combined" else 0
-        suffix = f"-samples{n_samples}-rank{config.uncertainty_rank}" if n_samples else ""
+        # "full": full-posterior samples (forward mode); caches of the former low-rank
+        # samples have other variables and must not be resumed
+        suffix = (f"-samples{n_samples}-full-rank{config.uncertainty_rank}" if n_samples
+                  else "")
         out = cache / f"pred-{name}-{Path(store).stem}-{model_hash}{suffix}.zarr"
         log(f"  {name} model: streaming BEC predictions over {md['n_frames']} frames"
             + (f" with {n_samples} posterior samples" if n_samples else ""))
@@ -941,7 +945,8 @@ def _report(results: dict, log=print) -> None:
         n = next(iter(calibrated.values()))["n_frames"]
         log(f"calibration of bec_std on the {n} test frames with exact APTs (nominal 95 % "
             "coverage 0.95; rank correlation of each frame's predicted uncertainty with its "
-            "error, 1 = perfect)")
+            f"error, 1 = perfect; {n} snapshots of one MD differ little, so it is coarse "
+            "here: docs/benchmarks_models.md measures it on independent clusters)")
         for name, c in calibrated.items():
             how = (f"recalibrated on the training data, variance x {c['variance_scale']:.2f}"
                    if c["variance_scale"] != 1.0 else "raw Bayesian variance")

@@ -62,6 +62,20 @@ BATCH_BELOW_ATOMS = 32
 #: part 91, 68 and 189 us per frame for batches of 192, 768 and 3072 atoms, same conditions).
 BATCH_ATOMS = 768
 
+#: With the automatic number of threads, a chunk of batches (:data:`BATCH_BELOW_ATOMS`) first
+#: times its second batch with the Numba kernels on all threads, the third on one thread and
+#: the next ones on concurrent batch threads, and runs the rest the fastest way
+#: (:func:`fastest_batch_mode`); another way must beat the Numba-threaded one by this factor.
+#: On a busy 2-core machine the second thread often cost more than it gave (2026-12-03, load
+#: 2-14: (H2O)6 combined model 1.76 ms per frame on one frame thread, 2.43 on two).
+MIN_THREAD_GAIN = 1.1
+
+#: The probe of :data:`MIN_THREAD_GAIN` runs in chunks of at least this many batches; shorter
+#: chunks run their batches one at a time with the Numba kernels on their threads (the probe
+#: took 5 of the 8 batches of 1,000 water dimers and made them 1.3-1.4x slower than
+#: ``threads=1``, 2026-12-03, load 12).
+PROBE_FROM_BATCHES = 16
+
 #: Environment of ``dask.distributed`` worker processes started by numbec: one thread per
 #: library, the parallelism is over workers.
 SINGLE_THREAD_ENV = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
@@ -71,12 +85,15 @@ __all__ = [
     "BATCH_ATOMS",
     "BATCH_BELOW_ATOMS",
     "MIN_THREADED_FRAME_S",
+    "MIN_THREAD_GAIN",
+    "PROBE_FROM_BATCHES",
     "SERIAL_BELOW",
     "SINGLE_THREAD_ENV",
     "blas_limit",
     "chunk_executor_kind",
     "chunk_task_threads",
     "distributed_client",
+    "fastest_batch_mode",
     "batch_frames",
     "frame_threads",
     "in_main_thread",
@@ -126,6 +143,21 @@ _warned_layer = False
 def batch_frames(n_atoms: int) -> int:
     """Frames per batch of :data:`BATCH_ATOMS` atoms for frames of ``n_atoms`` atoms."""
     return max(1, BATCH_ATOMS // max(1, n_atoms))
+
+
+def fastest_batch_mode(seconds_per_batch: dict) -> str:
+    """The way to run the remaining batches of a chunk, from probe timings.
+
+    ``seconds_per_batch``: wall seconds per batch for ``"numba"`` (one batch at a time, Numba
+    kernels on their threads), ``"serial"`` (one at a time, Numba on one thread) and
+    ``"batch threads"`` (batches on concurrent threads, each Numba kernel on one thread;
+    wall time of the round divided by its batches). ``"numba"`` unless another is faster by
+    :data:`MIN_THREAD_GAIN`."""
+    best = "numba"
+    for mode in ("serial", "batch threads"):
+        if seconds_per_batch[mode] * MIN_THREAD_GAIN < seconds_per_batch[best]:
+            best = mode
+    return best
 
 
 def frame_threads(requested: int, concurrent_frames: bool, n_frames: int) -> int:

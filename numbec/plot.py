@@ -72,7 +72,8 @@ def plot_spectrum(spectrum, ax=None, *, reference=None, partials: bool = False,
 
     The block standard error (``*_stderr``) is a shaded band; the model-uncertainty band
     (``*_model_p16`` to ``*_model_p84``, present when the prediction has posterior samples) is
-    hatched.
+    hatched, and so are the partials' model bands (``*_partial_model_p16`` to ``..._p84``,
+    when the samples have species parts) in the colour of their partial.
 
     Parameters
     ----------
@@ -132,8 +133,15 @@ def plot_spectrum(spectrum, ax=None, *, reference=None, partials: bool = False,
         if part_name not in spectrum:
             raise ValueError(f"the spectrum has no partials ({part_name}); compute it with "
                              "partials=True")
+        band = f"{part_name}_model_p16" in spectrum  # samples with species parts
         for lab in spectrum["partial"].values:
-            ax.plot(x, spectrum[part_name].sel(partial=lab).values, lw=0.9, label=str(lab))
+            (part,) = ax.plot(x, spectrum[part_name].sel(partial=lab).values, lw=0.9,
+                              label=str(lab))
+            if band:
+                ax.fill_between(x, spectrum[f"{part_name}_model_p16"].sel(partial=lab).values,
+                                spectrum[f"{part_name}_model_p84"].sel(partial=lab).values,
+                                facecolor="none", edgecolor=part.get_color(), hatch="\\\\",
+                                lw=0.0, alpha=0.5, zorder=1)
     if reference is not None:
         _plot_reference(ax, reference, variable, xname, unit, reference_label)
     ax.axhline(0.0, color="0.6", lw=0.5)

@@ -16,6 +16,11 @@ returns the *Prediction dataset* (stored layout and resume rules:
     atomic numbers); the parts sum to ``dipole_derivative``.
 ``dipole_derivative_monopole``, ``dipole_derivative_dipole`` (frame, pol), e·Å/fs
     The partition of a combined model (from ``bec_monopole`` / ``bec_dipole``).
+``dipole_derivative_samples`` (frame, sample, pol), ``dipole_derivative_by_species_samples``
+(frame, sample, species, pol), ``dipole_derivative_std`` (frame, pol), e·Å/fs
+    Kernel models with ``posterior_samples=S`` (the std also with ``uncertainty=True``): dM/dt
+    of S full-posterior weight samples, total and per species, and its exact epistemic
+    standard deviation, in forward mode (:mod:`numbec.models.forward_mode`).
 ``dipole`` (frame, pol), e·Å
     Non-periodic systems whose model defines a dipole: the model's dipole.
     Periodic cells (or models without a dipole): the time integral of
@@ -47,6 +52,7 @@ How it runs: plan -> chunk tasks -> combine
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import operator
@@ -145,6 +151,10 @@ def _plan_variables(model, want_dd, periodic, uncertainty):
             names += ["dipole_derivative_monopole", "dipole_derivative_dipole"]
         if "bec_samples" in outputs:
             names.append("dipole_derivative_samples")
+        # forward-mode dM/dt uncertainty (numbec.models.forward_mode)
+        names += [k for k in ("dipole_derivative_std", "dipole_derivative_samples",
+                              "dipole_derivative_by_species_samples")
+                  if k in outputs and k not in names]
     if "dipole" in outputs and not periodic:
         method = "model"
     elif want_dd:
@@ -216,13 +226,19 @@ def _predict_chunk(model, positions, cell, velocities, spec, frame0, on_frame):
                               "asr_violation") if k in spec.variables]
     if spec.dipole_method == "model":
         model_keys.append("dipole")
-    if "dipole_derivative_samples" in spec.variables:
+    velocity_keys = [k for k in getattr(model, "velocity_outputs", ()) if k in spec.variables]
+    if "dipole_derivative_samples" in spec.variables and not velocity_keys:
         model_keys.append("bec_samples")
+    model_keys += velocity_keys
+    n_species = spec.species.size
     shapes = {"charges": (n_atoms,), "dipole": (3,), "asr_violation": (3, 3),
-              "bec_samples": (spec.n_samples, n_atoms, 3, 3)}
+              "bec_samples": (spec.n_samples, n_atoms, 3, 3),
+              "dipole_derivative_std": (3,), "dipole_derivative_samples": (spec.n_samples, 3),
+              "dipole_derivative_by_species_samples": (spec.n_samples, n_species, 3)}
     for key in model_keys:
         per_frame[key] = np.empty((n_frames,) + shapes.get(key, (n_atoms, 3, 3)))
-    _model_frames(model, positions, cell, spec, frame0, model_keys, per_frame, on_frame)
+    _model_frames(model, positions, cell, spec, frame0, model_keys, per_frame, on_frame,
+                  velocities if velocity_keys else None)
 
     out = dict(per_frame)
     if "dipole_derivative" in spec.variables:
@@ -279,20 +295,23 @@ def _batched(model, spec, n_atoms) -> bool:
             and callable(getattr(model, "predict_frames", None)))
 
 
-def _model_frames(model, positions, cell, spec, frame0, model_keys, per_frame, on_frame):
+def _model_frames(model, positions, cell, spec, frame0, model_keys, per_frame, on_frame,
+                  velocities=None):
     """All frames of a chunk, on :func:`numbec.parallel.frame_threads` threads: each frame
     is independent and its Numba kernels run on one thread (splitting frames parallelises
     better than splitting the atoms of one frame, and gives identical results). With the
     automatic choice, a chunk whose second frame took less than
     :data:`~numbec.parallel.MIN_THREADED_FRAME_S` runs serially. Small frames go in batches
-    (:func:`_model_batches`)."""
+    (:func:`_model_batches`). ``velocities`` (F, N, 3) Å/fs: given to models with
+    ``velocity_outputs`` (``predict_arrays_with_velocities``), frame by frame."""
     n_frames = positions.shape[0]
-    if _batched(model, spec, positions.shape[1]):
+    if velocities is None and _batched(model, spec, positions.shape[1]):
         _model_batches(model, positions, cell, spec, frame0, model_keys, per_frame, on_frame)
         return
 
     def one_frame(f):
-        _model_frame(model, positions[f], cell[f], spec, frame0 + f, f, model_keys, per_frame)
+        _model_frame(model, positions[f], cell[f], spec, frame0 + f, f, model_keys, per_frame,
+                     None if velocities is None else velocities[f])
         if on_frame is not None:
             on_frame()
 
@@ -364,7 +383,33 @@ def _model_batches(model, positions, cell, spec, frame0, model_keys, per_frame, 
     n_threads = parallel.frame_threads(spec.frame_threads,
                                        bool(getattr(model, "concurrent_frames", False)),
                                        len(starts))
+    if n_threads > 1 and spec.frame_threads == 0:
+        if len(starts) < parallel.PROBE_FROM_BATCHES:
+            # too few batches to pay for a probe: one at a time, Numba on its threads
+            _run_in_order(one_batch, starts, 1)
+            return
+        # automatic threads: probe the ways to run batches, keep the fastest
+        one_batch(starts[0])  # kernels compiled or loaded, caches warm
+        seconds = {"numba": _timed(one_batch, starts[1])}
+        with parallel.numba_threads(1):
+            seconds["serial"] = _timed(one_batch, starts[2])
+        probe = starts[3:3 + n_threads]
+        seconds["batch threads"] = _timed(
+            lambda items: _run_in_order(one_batch, items, n_threads), probe) / len(probe)
+        starts = starts[3 + n_threads:]
+        mode = parallel.fastest_batch_mode(seconds)
+        if mode != "batch threads":
+            with parallel.numba_threads(1) if mode == "serial" else contextlib.nullcontext():
+                _run_in_order(one_batch, starts, 1)
+            return
     _run_in_order(one_batch, starts, n_threads)
+
+
+def _timed(task, item) -> float:
+    """Wall seconds of ``task(item)``."""
+    started = perf_counter()
+    task(item)
+    return perf_counter() - started
 
 
 def _run_in_order(task, items, n_threads):
@@ -401,18 +446,24 @@ def _frame_in_trajectory(exc: ValueError, first: int, last: int) -> str:
     return f"frames {first}-{last}: {message}"
 
 
-def _model_frame(model, positions, cell, spec, frame, f, model_keys, per_frame):
-    """Predict one frame (trajectory index ``frame``) into row ``f`` of ``per_frame``."""
+def _model_frame(model, positions, cell, spec, frame, f, model_keys, per_frame,
+                 velocities=None):
+    """Predict one frame (trajectory index ``frame``) into row ``f`` of ``per_frame``
+    (with ``velocities`` (N, 3) Å/fs: through ``model.predict_arrays_with_velocities``)."""
+    keywords = dict(uncertainty=spec.uncertainty,
+                    **({} if spec.precision == "float64" else {"precision": spec.precision}),
+                    **charge_keyword(spec.total_charge))
+    method = "predict_arrays" if velocities is None else "predict_arrays_with_velocities"
     try:
-        result = model.predict_arrays(positions, spec.numbers, cell, spec.pbc,
-                                      uncertainty=spec.uncertainty,
-                                      **({} if spec.precision == "float64"
-                                         else {"precision": spec.precision}),
-                                      **charge_keyword(spec.total_charge))
+        if velocities is None:
+            result = model.predict_arrays(positions, spec.numbers, cell, spec.pbc, **keywords)
+        else:
+            result = model.predict_arrays_with_velocities(positions, spec.numbers, cell,
+                                                          spec.pbc, velocities, **keywords)
     except ValueError as exc:
         raise ValueError(f"{spec.source}: frame {frame}: {exc}") from exc
     _store_outputs(model, result, model_keys, per_frame, f, f"{spec.source}: frame {frame}",
-                   "predict_arrays")
+                   method)
 
 
 def _store_outputs(model, result, model_keys, per_frame, rows, where, method):
@@ -650,7 +701,11 @@ def predict(
         Storage dtype of the outputs (float64 or float32); computation is float64 unless
         ``precision`` says otherwise.
     uncertainty : bool
-        Also predict ``bec_std`` (the model must list it in ``model.outputs``).
+        Also predict ``bec_std`` (the model must list it in ``model.outputs``); for a kernel
+        model with dM/dt also ``dipole_derivative_std`` (frame, pol) e·Å/fs, the exact
+        standard deviation of dM/dt from the posterior of the weights alone
+        (:mod:`numbec.models.forward_mode`; not the error of the representation nor of the
+        reference method).
     dipole_derivative : bool, optional
         None (default): computed when the trajectory has velocities, otherwise omitted
         with a warning. True: required (error without velocities). False: skipped.
@@ -686,16 +741,19 @@ def predict(
         state) instead of resuming it. Anything at ``out`` that is not a Prediction store
         is never replaced.
     posterior_samples : int
-        S > 0 (kernel models): also ``dipole_derivative_samples`` (frame, sample, pol)
-        e·Å/fs, dM/dt of S weight vectors drawn once (``seed``) from the model's recalibrated
-        posterior, the same for every frame; :func:`numbec.ir_spectrum` turns them into a
-        model-uncertainty band. Computed as extra adjoint channels of the same descriptor pass
-        through a rank-``uncertainty_rank`` factor of the posterior (default 32;
-        :mod:`numbec.models.uncertainty`). Needs velocities; float64 precision.
+        S > 0 (kernel models): also ``dipole_derivative_samples`` (frame, sample, pol) and
+        ``dipole_derivative_by_species_samples`` (frame, sample, species, pol) e·Å/fs, dM/dt
+        (total and per species) of S weight vectors drawn once (``seed``) from the model's
+        full recalibrated posterior ``N(w, s_w Sigma)``, the same for every frame, and
+        ``dipole_derivative_std``; :func:`numbec.ir_spectrum` turns the samples into a
+        model-uncertainty band. Computed in forward mode: the design row of dM/dt along the
+        velocities, one extra pass over the pairs whatever S, exact (no low-rank posterior;
+        :mod:`numbec.models.forward_mode`). Needs velocities; float64 precision.
     uncertainty_rank : int, optional
-        Compute ``bec_std`` (with ``uncertainty=True``) and the samples from the leading K
-        directions of the posterior (adjoint channels) instead of the design rows: much
-        cheaper than the exact ``bec_std``, accurate to a few % per frame (docs/models.md).
+        With ``uncertainty``: compute ``bec_std`` from the leading K directions of the
+        posterior (adjoint channels) instead of the design rows: much cheaper than the exact
+        ``bec_std``, accurate to a few % per frame (docs/models.md). Not used for the dM/dt
+        samples and ``dipole_derivative_std``, which are exact.
     seed : int
         Seed of the posterior samples.
     total_charge : float
@@ -727,20 +785,21 @@ def predict(
 
         model_file = model if model_file is None else model_file
         model = load_model(model)
-    if posterior_samples or uncertainty_rank:
-        from numbec.models.uncertainty import StreamedUncertaintyModel
-
-        model = StreamedUncertaintyModel(model, rank=uncertainty_rank or 32,
-                                         n_samples=int(posterior_samples), seed=seed)
     ds, source, store_path = _open_input(trajectory)
+    model = _uncertainty_model(model, ds, uncertainty=uncertainty,
+                               dipole_derivative=dipole_derivative,
+                               posterior_samples=int(posterior_samples),
+                               uncertainty_rank=uncertainty_rank, seed=int(seed))
     plan = _make_plan(model, ds, source, store_path, chunk_frames=chunk_frames, dtype=dtype,
                       uncertainty=uncertainty, dipole_derivative=dipole_derivative,
                       model_file=model_file, blas_threads=blas_threads, threads=threads,
                       precision=precision, posterior_samples=int(posterior_samples),
                       total_charge=total_charge)
-    if posterior_samples or uncertainty_rank:
+    if posterior_samples:
         plan.attrs.update(posterior_samples=int(posterior_samples), seed=int(seed),
-                          uncertainty_rank=int(uncertainty_rank or 32))
+                          posterior_method="forward mode, full posterior")
+    if uncertainty and uncertainty_rank:
+        plan.attrs.update(uncertainty_rank=int(uncertainty_rank))
     if progress is None:
         progress = sys.stderr.isatty()
     if out is None and plan.inputs.lazy:
@@ -750,6 +809,30 @@ def predict(
             return _predict_in_memory(model, plan, progress)
         return _predict_to_store(model, plan, Path(out), progress, ds, store_path,
                                  overwrite)
+
+
+def _uncertainty_model(model, ds, *, uncertainty, dipole_derivative, posterior_samples,
+                       uncertainty_rank, seed):
+    """The model wrapped for the uncertainty asked for: the low-rank ``bec_std``
+    (:class:`~numbec.models.uncertainty.StreamedUncertaintyModel`) with ``uncertainty`` and
+    ``uncertainty_rank``; the forward-mode dM/dt uncertainty
+    (:class:`~numbec.models.forward_mode.DipoleDerivativeSamplesModel`: the exact
+    ``dipole_derivative_std``, and S full-posterior samples) with ``posterior_samples`` S,
+    or with ``uncertainty`` for a kernel model, when dM/dt is computed."""
+    if uncertainty and uncertainty_rank:
+        from numbec.models.uncertainty import StreamedUncertaintyModel
+
+        model = StreamedUncertaintyModel(model, rank=uncertainty_rank, seed=seed)
+    with_dd = "velocities" in ds and dipole_derivative is not False
+    kernel = getattr(model, "model", model)
+    if with_dd and (posterior_samples or (uncertainty and hasattr(kernel, "covariance"))):
+        from numbec.models.forward_mode import DipoleDerivativeSamplesModel
+
+        model = DipoleDerivativeSamplesModel(model, n_samples=posterior_samples, seed=seed)
+    elif posterior_samples and not hasattr(kernel, "covariance"):
+        raise TypeError(f"{type(kernel).__name__} has no posterior covariance; "
+                        "posterior_samples need a fitted kernel model")
+    return model
 
 
 def _make_plan(model, ds, source, store_path, *, chunk_frames, dtype, uncertainty,

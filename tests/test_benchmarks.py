@@ -276,9 +276,9 @@ def test_stream_benchmark(tmp_path):
     (stages,) = table(out, ["stage", "water MonopoleModel", "water CombinedModel",
                             "quartz MonopoleModel", "quartz CombinedModel"])
     by_stage = {r["stage"]: r for r in stages}
-    assert len(by_stage) == 7
+    assert len(by_stage) == 9
     for label, r in by_stage.items():
-        if not label.startswith("scatter"):  # the remainder: total minus the timed stages
+        if not label.startswith("Python glue"):  # the remainder: total minus the timed stages
             for key, cell in r.items():
                 if key != "stage":
                     positive(cell)
@@ -333,17 +333,23 @@ def test_calibration_and_uncertainty_cost_benchmarks(tmp_path):
     (head, rows), = markdown_tables(out)
     assert head[:5] == ["system", "model", "train", "test", "RMSE e"]
     row = dict(zip(head, rows[0], strict=True))
-    for key in ("cov68 raw", "cov95 raw", "cov68 cal", "cov95 cal"):
+    for key in ("cov68 raw", "cov95 raw", "cov68 cal", "cov95 cal", "cov95 ML",
+                "cov95 2-part", "cov95 2-part cov"):
         assert 0.0 <= number(row[key]) <= 100.0
     assert number(row["cov68 cal"]) <= number(row["cov95 cal"])
-    assert positive(row["scale"])
+    assert positive(row["s (cov)"]) and positive(row["s (ML)"])
     out = run_benchmark("uncertainty_cost.py", "--systems", "quartz", "--ranks", "4",
                         "--frames", "1", cwd=tmp_path)
-    (head, rows), = markdown_tables(out)
+    (head, rows), (head_fwd, rows_fwd) = markdown_tables(out)
     assert head == ["system", "C", "plain per frame", "uncertainty", "cost vs plain",
                     "max frame dev", "captured"]
     assert [r[3] for r in rows] == ["exact", "K = 4"]
     assert positive(rows[1][4].rstrip("x"))
+    assert head_fwd == ["system", "C", "plain per frame", "forward-mode dM/dt",
+                        "cost vs plain"]
+    assert [r[3] for r in rows_fwd] == ["plain", "+ dipole_derivative_std",
+                                        "+ std and S = 16 samples", "+ std and S = 64 samples"]
+    assert all(positive(r[4].rstrip("x")) for r in rows_fwd)
 
 
 def test_select_score_benchmark(tmp_path):

@@ -94,3 +94,28 @@ def test_bad_input_is_rejected_with_a_clear_message():
         neighbor_list(np.zeros((1, 3)), np.eye(3) * 5, True, -1.0)
     with pytest.raises(ValueError, match="degenerate"):
         neighbor_list(np.zeros((1, 3)), np.zeros((3, 3)), True, 2.0)
+
+
+def test_permute_atoms_is_the_list_of_the_permuted_structure():
+    """Renumbering the atoms of a list gives the list of the renumbered structure: the same
+    (centre, neighbour, shift) pairs with the same vectors, centres in the new order."""
+    from numbec.descriptors.neighbors import permute_atoms
+
+    rng = np.random.default_rng(3)
+    cell = np.diag([5.0, 5.5, 6.0])
+    positions = rng.uniform(0, 5, (20, 3))
+    pbc = np.array([True, True, False])
+    order = rng.permutation(20)
+    permuted = permute_atoms(neighbor_list(positions, cell, pbc, 3.0), order)
+    direct = neighbor_list(positions[order], cell, pbc, 3.0)
+    np.testing.assert_array_equal(permuted.offsets, direct.offsets)
+
+    def pairs(nl):
+        rows = np.column_stack([nl.centers, nl.neighbors, nl.shifts])
+        key = np.lexsort(rows.T[::-1])
+        return rows[key], nl.vectors[key]
+
+    (rows_p, vec_p), (rows_d, vec_d) = pairs(permuted), pairs(direct)
+    np.testing.assert_array_equal(rows_p, rows_d)
+    np.testing.assert_allclose(vec_p, vec_d, atol=1e-12)
+    assert permute_atoms(direct, np.arange(20)) is direct

@@ -85,3 +85,52 @@ def test_large_frames_and_uncertainty_stay_frame_by_frame():
     assert not stream_module._batched(model, Spec, parallel.BATCH_BELOW_ATOMS)
     Spec.uncertainty = True
     assert not stream_module._batched(model, Spec, 3)
+
+
+@pytest.mark.parametrize("mode", ["numba", "serial", "batch threads"])
+def test_automatic_threads_probe_then_run_the_rest_alike(mode, monkeypatch):
+    """With threads=None a chunk of many batches times three ways of running them and runs
+    the rest the chosen way: every way gives the numbers of one thread, and every frame is
+    computed exactly once."""
+    rng = np.random.default_rng(6)
+    model = fitted_random_model(CombinedModel, rng, False)
+    ds = _trajectory(rng, False)
+    monkeypatch.setattr(parallel, "BATCH_ATOMS", ds.sizes["atom"])  # 23 batches of one frame
+    serial = predict(model, ds, threads=1, progress=False)
+    probed = []
+
+    def choose(seconds):
+        probed.append(dict(seconds))
+        return mode
+
+    monkeypatch.setattr(parallel, "fastest_batch_mode", choose)
+    monkeypatch.setattr(parallel, "frame_threads", lambda *args: 2)
+    calls = []
+    original = type(model).predict_frames
+
+    def counting(self, positions, *args, **kwargs):
+        calls.append(len(positions))
+        return original(self, positions, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "predict_frames", counting)
+    auto = predict(model, ds, threads=None, progress=False)
+    assert len(probed) == 1 and set(probed[0]) == {"numba", "serial", "batch threads"}
+    assert all(s > 0 for s in probed[0].values())
+    assert sum(calls) == ds.sizes["frame"] and len(calls) == 23
+    _compare(auto, serial)
+    # a chunk of fewer batches than PROBE_FROM_BATCHES runs them one at a time, unprobed
+    probed.clear()
+    short = predict(model, ds, threads=None, chunk_frames=parallel.PROBE_FROM_BATCHES - 1,
+                    progress=False)
+    assert not probed  # chunks of 15 and 8 batches
+    _compare(short, serial)
+
+
+def test_fastest_batch_mode_needs_a_clear_gain():
+    fastest = parallel.fastest_batch_mode
+    gain = parallel.MIN_THREAD_GAIN
+    assert fastest({"numba": 1.0, "serial": 1.0, "batch threads": 1.0}) == "numba"
+    assert fastest({"numba": 1.0, "serial": 0.99 / gain, "batch threads": 1.0}) == "serial"
+    assert fastest({"numba": 1.0, "serial": 1.01 / gain, "batch threads": 1.0}) == "numba"
+    assert fastest({"numba": 1.0, "serial": 0.8, "batch threads": 0.5}) == "batch threads"
+    assert fastest({"numba": 1.0, "serial": 0.8, "batch threads": 0.78}) == "serial"

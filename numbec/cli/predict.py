@@ -52,15 +52,20 @@ def register(subparsers):
                              "dipole kernel's matrix products in float32; DipoleModel and "
                              "CombinedModel, about 15%% faster, BECs within ~1e-5 e)")
     parser.add_argument("--uncertainty", action="store_true",
-                        help="also predict bec_std (models with uncertainties)")
+                        help="also predict bec_std (models with uncertainties) and, for "
+                             "kernel models with velocities, dipole_derivative_std (the exact "
+                             "epistemic standard deviation of dM/dt)")
     parser.add_argument("--posterior-samples", type=int, default=0, metavar="S",
-                        help="also store dM/dt of S weight vectors drawn from the model's "
-                             "posterior (dipole_derivative_samples; numbec ir then draws a "
-                             "model-uncertainty band); kernel models, needs velocities")
+                        help="also store dM/dt, total and per species, of S weight vectors "
+                             "drawn from the model's full posterior "
+                             "(dipole_derivative_samples, dipole_derivative_by_species_samples, "
+                             "and dipole_derivative_std; numbec ir then draws a "
+                             "model-uncertainty band); forward mode, exact, about one extra "
+                             "pass over the pairs; kernel models, needs velocities")
     parser.add_argument("--uncertainty-rank", type=int, default=None, metavar="K",
-                        help="bec_std and samples from the K leading posterior directions "
-                             "(extra adjoint channels, much cheaper than the exact bec_std; "
-                             "default with --posterior-samples: 32)")
+                        help="with --uncertainty: bec_std from the K leading posterior "
+                             "directions (extra adjoint channels, much cheaper than the exact "
+                             "bec_std)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the posterior samples")
     parser.add_argument("--charge", type=float, default=0.0, metavar="Q",
                         help="total charge of every frame in e (ions, charged molecules): "

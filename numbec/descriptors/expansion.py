@@ -15,6 +15,14 @@ from numbec.descriptors.settings import DescriptorSettings
 
 __all__ = ["Expansion", "expand", "species_channels"]
 
+#: One adjoint channel is back-propagated with the channels-in-blocks kernel (pair by pair)
+#: when the centres have fewer pairs than this on average, else one pass per channel over the
+#: groups of pairs. CPU time of the pair part per frame, 1 thread, one channel, 2026-12-03
+#: (numba 0.68, loaded machine): water dimer (5 pairs per centre) 45-55 us per channel vs
+#: 18-20 us in blocks, (H2O)6 (17) 145-220 vs 105-150 us, liquid water, 192 atoms (85) 5.5
+#: vs 12.5 ms.
+BLOCK_BACKPROP_BELOW = 32
+
 
 def species_channels(numbers, settings: DescriptorSettings) -> np.ndarray:
     """(N,) int64 channel index of each atom in ``settings.species``; ValueError naming the
@@ -100,10 +108,12 @@ class Expansion:
 
     def backprop(self, a2: np.ndarray, a3: np.ndarray) -> np.ndarray:
         """Per-pair gradients (P, C, 3) from coefficient adjoints a2, a3 (N, rows, C, LM)."""
-        # four channels at once per pair from two channels on (the dipole and combined
-        # models); one pass per channel for one (the monopole model): water dimers, 2026-12-03,
-        # pair part per frame 66 us per channel one at a time, 20 us for a block of four
-        kernel = (_ex.pair_backprop_channel_blocks if a2.shape[2] >= 2 else _ex.pair_backprop)
+        # channels in blocks of four, pair by pair (pair_backprop_channel_blocks), except for
+        # one channel (the monopole model) in structures whose centres have many pairs, where
+        # one pass per channel vectorises over long groups of pairs (BLOCK_BACKPROP_BELOW)
+        kernel = _ex.pair_backprop_channel_blocks
+        if a2.shape[2] == 1 and self.pairs.n_pairs >= BLOCK_BACKPROP_BELOW * self.pairs.n_atoms:
+            kernel = _ex.pair_backprop
         with serial_if_small(self.pairs.n_pairs):
             return kernel(a2, a3, *self.block_args())
 

@@ -313,8 +313,10 @@ def pair_backprop_channel_blocks(a2, a3, offsets, groups, ends, vectors, distanc
     n in registers for four channels at once (the adjoints of the centre are first copied to
     (rows, lm, 4) blocks, zero-padded past the last channel). For four channels or more it is
     faster than :func:`pair_backprop`, whose loops over the pairs are short (one species group
-    within a cutoff) and which goes through the pairs once per channel; for one channel it
-    is slower (the unused lanes cost as much as the used one).
+    within a cutoff) and which goes through the pairs once per channel. For one channel it
+    is faster where the centres have few pairs (molecules, small clusters: those loops are
+    then a few pairs long) and slower where they have many (liquids: the unused lanes cost as
+    much as the used one); :data:`numbec.descriptors.expansion.BLOCK_BACKPROP_BELOW`.
     """
     n_atoms = offsets.shape[0] - 1
     n_species = groups.shape[1] - 1

@@ -30,7 +30,7 @@ from numbec.descriptors import neighbors_numba as _nb
 from numbec.parallel import SERIAL_BELOW, serial_if_small
 
 __all__ = ["SERIAL_BELOW", "NeighborList", "neighbor_list", "neighbor_list_frames",
-           "serial_if_small"]
+           "permute_atoms", "serial_if_small"]
 
 #: Clusters (no periodic direction) with fewer atoms than this test every pair directly, in one
 #: small serial kernel, instead of binning: a water dimer's list took 300 µs with the bins,
@@ -232,6 +232,27 @@ def neighbor_list_frames(positions, cells, pbc, cutoff) -> NeighborList:
                                            for f, nl in enumerate(lists)]),
         np.concatenate([nl.shifts for nl in lists]), np.concatenate([nl.vectors for nl in lists]),
         np.concatenate([nl.distances for nl in lists]), lists[0].cutoff)
+
+
+def permute_atoms(pairs: NeighborList, order: np.ndarray) -> NeighborList:
+    """The same pairs with the atoms renumbered: new atom ``k`` is old atom ``order[k]``.
+
+    ``order`` : (N,) int64, a permutation of the atoms. The pairs of each centre keep their
+    order, and vectors, distances and shifts are those of the pair (a relabelling changes no
+    geometry). The batched prediction puts the atoms of each species next to each other, so
+    that its kernel products work on contiguous blocks instead of gathered copies.
+    """
+    order = np.asarray(order, dtype=np.int64)
+    if np.array_equal(order, np.arange(order.size)):
+        return pairs
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(order.size)
+    counts = np.diff(pairs.offsets)[order]
+    offsets = np.zeros(order.size + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    take = np.repeat(pairs.offsets[order] - offsets[:-1], counts) + np.arange(offsets[-1])
+    return NeighborList(offsets, inverse[pairs.neighbors[take]], pairs.shifts[take],
+                        pairs.vectors[take], pairs.distances[take], pairs.cutoff)
 
 
 def _binned_pairs(positions, cell, pbc, cutoff):

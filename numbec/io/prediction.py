@@ -26,6 +26,12 @@ dipole_derivative_monopole,     (frame, pol)           e*Angstrom   partition of
 dipole_derivative_dipole                               /fs
 dipole                          (frame, pol)           e*Angstrom   model dipole, or the
                                                                     time integral of dM/dt
+dipole_derivative_samples       (frame, sample, pol)   e*Angstrom   dM/dt of posterior
+                                                       /fs          weight samples
+dipole_derivative_by_species_   (frame, sample,        e*Angstrom   the same per species
+samples                         species, pol)          /fs
+dipole_derivative_std           (frame, pol)           e*Angstrom   epistemic standard
+                                                       /fs          deviation of dM/dt
 =============================== ====================== ============ =======================
 
 Coordinates: ``time`` (frame) fs; ``species`` (species) atomic numbers, with
@@ -104,6 +110,16 @@ VARIABLES = {
         "e*Angstrom/fs",
         "dM/dt of posterior weight samples (predict(posterior_samples=S))",
     ),
+    "dipole_derivative_by_species_samples": (
+        ("frame", "sample", "species", "pol"),
+        "e*Angstrom/fs",
+        "sum of Z_a v_a over the atoms of each species, per posterior weight sample",
+    ),
+    "dipole_derivative_std": (
+        ("frame", "pol"),
+        "e*Angstrom/fs",
+        "standard deviation of dM/dt from the weights' posterior alone (epistemic)",
+    ),
 }
 
 __all__ = [
@@ -159,7 +175,7 @@ def prediction_dataset(arrays, variables, time, species, attrs, numbers=None):
 
         coords["symbol"] = ("atom", np.array([chemical_symbols[int(z)] for z in numbers],
                                              dtype=object), {"long_name": "chemical symbol"})
-    if "dipole_derivative_by_species" in variables:
+    if "species" in dims:
         coords["species"] = ("species", species, {"long_name": "atomic number"})
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 

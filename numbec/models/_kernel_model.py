@@ -64,7 +64,7 @@ from numbec.descriptors import (
     compute_scalar_and_vector_descriptors,
     compute_vector_descriptors,
 )
-from numbec.descriptors.neighbors import NeighborList, neighbor_list_frames
+from numbec.descriptors.neighbors import NeighborList, neighbor_list_frames, permute_atoms
 from numbec.models import kernels, regression, sparsify
 from numbec.models import kernels_numba as _kn
 from numbec.models.base import (
@@ -218,6 +218,16 @@ def _frame_pairs(pairs, frame: int, n_atoms: int) -> NeighborList:
                         pairs.vectors[first:last], pairs.distances[first:last], pairs.cutoff)
 
 
+def _species_major_order(numbers, n_frames: int) -> np.ndarray:
+    """(F * N,) int64 order of the atoms of F stacked frames (frame-major, atom ``a`` of frame
+    ``f`` at ``f * N + a``) species by species: all atoms of the lightest species, frame by
+    frame, then the next species. New atom ``k`` is stacked atom ``order[k]``."""
+    n = numbers.size
+    frame_starts = np.arange(n_frames, dtype=np.int64)[:, None] * n
+    return np.concatenate([(frame_starts + np.flatnonzero(numbers == z)[None, :]).ravel()
+                           for z in np.unique(numbers)])
+
+
 def _show_progress(progress) -> bool:
     """``progress=None``: on when stderr is a terminal."""
     if progress is None:
@@ -295,6 +305,9 @@ class KernelBECModel(BECModel):
     #: Factor of the predictive variance learned by cross-validation on the training frames
     #: (:func:`numbec.models.uncertainty.recalibrate`); 1 = the plain Bayesian variance.
     variance_scale = 1.0
+    #: Factor of the noise variance sigma_v^2 in the predictive variance when the
+    #: recalibration scales it apart (``method="two_part"``); None: ``variance_scale``.
+    noise_scale = None
 
     def __init__(self, *, settings: DescriptorSettings | None = None, zeta: int = 4,
                  n_sparse: int | dict = 200, sparse_method: str = "cur",
@@ -420,8 +433,9 @@ class KernelBECModel(BECModel):
         pbc : (3,) bool
             Periodic directions.
         uncertainty : bool
-            Also return ``bec_std = sqrt(s (phi^T Sigma phi + sigma_v^2))``, s =
-            :attr:`variance_scale` (:mod:`numbec.models.uncertainty`); the design rows phi
+            Also return ``bec_std = sqrt(s phi^T Sigma phi + s_v sigma_v^2)``, s =
+            :attr:`variance_scale`, s_v = :attr:`noise_scale` (s when None;
+            :mod:`numbec.models.uncertainty`); the design rows phi
             are built from the descriptor Jacobian (the cost of one training step).
         precision : {"float64", "mixed"}
             ``"mixed"`` (models with the dipole kernel) computes the dipole model's three
@@ -469,8 +483,9 @@ class KernelBECModel(BECModel):
             n = numbers.size
             pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
             phi, _ = self._design(positions, numbers, cell, pbc, "predict")
-            var = self.variance_scale * regression.predictive_variance(
-                phi.reshape(n * 9, -1), self.covariance, self.sigma_v2)
+            noise = self.variance_scale if self.noise_scale is None else self.noise_scale
+            var = noise * self.sigma_v2 + self.variance_scale * regression.predictive_variance(
+                phi.reshape(n * 9, -1), self.covariance, self.sigma_v2, include_noise=False)
             out["bec_std"] = np.sqrt(var).reshape(n, 3, 3)
         return out
 
@@ -539,16 +554,27 @@ class KernelBECModel(BECModel):
         return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
     def _predict_batch(self, positions, numbers, cells, pbc, precision, total_charge) -> dict:
-        """:meth:`predict_frames` of one batch (checked inputs)."""
+        """:meth:`predict_frames` of one batch (checked inputs).
+
+        The descriptors, kernel products and back-propagation see the atoms of the batch
+        species by species (:func:`_species_major_order`), so that every species block of the
+        kernel products is a contiguous view instead of a gathered copy; the per-atom results
+        are put back into frame order before the per-frame steps."""
         f, n = positions.shape[:2]
         pairs = neighbor_list_frames(positions, cells, pbc, self.settings.cutoff)
-        flat = positions.reshape(f * n, 3)
-        stacked = np.tile(numbers, f)
+        order = _species_major_order(numbers, f)
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(order.size)
+        flat = positions.reshape(f * n, 3)[order]
+        stacked = np.tile(numbers, f)[order]
+        sorted_pairs = permute_atoms(pairs, order)
         if self._dipole:
             desc, vdesc = compute_scalar_and_vector_descriptors(flat, stacked, None, pbc,
-                                                                self.settings, pairs=pairs)
+                                                                self.settings,
+                                                                pairs=sorted_pairs)
         else:
-            desc = compute_descriptors(flat, stacked, None, pbc, self.settings, pairs=pairs)
+            desc = compute_descriptors(flat, stacked, None, pbc, self.settings,
+                                       pairs=sorted_pairs)
             vdesc = None
         # a periodic cell holding one finite cluster is a molecule: same descriptors, and then
         # the exact molecular derivative replaces the sum-rule projection
@@ -578,7 +604,7 @@ class KernelBECModel(BECModel):
         q, scalar_grad, u = self._kernel_terms(species_kernels, unit, norms, vdesc, n_channels,
                                                precision == "mixed")
         if self._monopole:
-            q = q.reshape(f, n)
+            q = q[inverse].reshape(f, n)
             qn = (q - q.mean(axis=1, keepdims=True)).reshape(f * n)
             z_mono[:, _DIAG[0], _DIAG[1]] += qn[:, None]
             charges += qn
@@ -587,17 +613,18 @@ class KernelBECModel(BECModel):
             # mu_i = V_i . u_i; the vector-descriptor part of sum_i dmu_i/dr_j enters the last
             # three channels through the adjoint of V with weights u
             if not pbc.any():
-                dipole = dipole + np.einsum("fiak,fik->fa", vdesc.values.reshape(f, n, 3, -1),
-                                            u.reshape(f, n, -1))
+                mu = np.einsum("iak,ik->ia", vdesc.values, u)[inverse]
+                dipole = dipole + mu.reshape(f, n, 3).sum(axis=1)
             vdesc.add_adjoint(u[:, None, :], a2, a3, dipole_channel)
         desc.add_adjoint(scalar_grad, a2, a3, 0)
         pair_grad = ex.backprop(a2, a3)
         z_mono = z_mono.reshape(f, n, 3, 3)
         if self._monopole:
-            z_mono += ex.scatter_monopole(pair_grad[:, :1])[:, 0].reshape(f, n, 3, 3)
+            z_mono += ex.scatter_monopole(pair_grad[:, :1])[inverse, 0].reshape(f, n, 3, 3)
             molecular = np.flatnonzero(~periodic)
             if molecular.size:
-                dq = ex.scatter_with_self(pair_grad[:, :1])[:, 0].reshape(f, n, 3)[molecular]
+                dq = ex.scatter_with_self(pair_grad[:, :1])[inverse, 0].reshape(f, n, 3)[
+                    molecular]
                 centred = unwrapped[molecular] - unwrapped[molecular].mean(axis=1, keepdims=True)
                 z_mono[molecular] += centred[..., :, None] * dq[..., None, :]
 
@@ -613,7 +640,8 @@ class KernelBECModel(BECModel):
         violation = acoustic_sum(z_mono)
         out = {}
         if self._dipole:
-            z_dip = ex.scatter_with_self(pair_grad[:, dipole_channel:]).reshape(f, n, 3, 3)
+            z_dip = ex.scatter_with_self(pair_grad[:, dipole_channel:])[inverse].reshape(
+                f, n, 3, 3)
             violation = violation + acoustic_sum(z_dip)
             z_dip = projected(z_dip)
             bec = z_mono + z_dip
@@ -697,9 +725,11 @@ class KernelBECModel(BECModel):
             _kn.species_kernel_derivatives(cos, zeta, w_all[cols] if self._monopole else w_all,
                                            coef, dk, q_species, kernel_pow, radial)
             q[rows] = q_species
+            # contiguous species blocks (the batched path) take the products in place
+            in_place = isinstance(rows, slice)
+            grad = scalar_grad[rows] if in_place else np.empty((nr, n_channels, d))
             if float32_products:
                 u[rows] = kernel_pow.astype(np.float32) @ wb[cols]
-                grad = np.empty((nr, n_channels, d))
                 if dipole_channel:  # the monopole channel
                     grad[:, 0] = dk[:, 0] @ self.sparse_unit[cols]
                 grad[:, dipole_channel:] = (
@@ -707,11 +737,15 @@ class KernelBECModel(BECModel):
                     @ sparse32[cols]).reshape(nr, 3, d)
             else:
                 if self._dipole:
-                    u[rows] = kernel_pow @ wb[cols]
-                grad = (dk.reshape(nr * n_channels, mz) @ self.sparse_unit[cols]).reshape(
-                    nr, n_channels, d)
+                    if in_place:
+                        np.matmul(kernel_pow, wb[cols], out=u[rows])
+                    else:
+                        u[rows] = kernel_pow @ wb[cols]
+                np.matmul(dk.reshape(nr * n_channels, mz), self.sparse_unit[cols],
+                          out=grad.reshape(nr * n_channels, d))
             _kn.finish_gradient(grad, radial, unit[rows], norms[rows])
-            scalar_grad[rows] = grad
+            if not in_place:
+                scalar_grad[rows] = grad
         return q, scalar_grad, u
 
     def _species_kernels(self, numbers, unit) -> list:
@@ -729,8 +763,6 @@ class KernelBECModel(BECModel):
             cols = _as_slice(np.flatnonzero(self.sparse_species == z))
             out.append((rows, cols, unit[rows] @ self.sparse_unit[cols].T))
         return out
-
-    _species_blocks = _species_kernels  # old name, used by benchmarks/stream.py until merged
 
     # ------------------------------------------------------------------ design matrix
     def _design(self, positions, numbers, cell, pbc, where):
@@ -1101,6 +1133,8 @@ class KernelBECModel(BECModel):
             "variance_scale": self.variance_scale,
             "training": self.training,
         }
+        if self.noise_scale is not None:  # absent: the noise scales with variance_scale
+            metadata["noise_scale"] = self.noise_scale
         arrays = {"q0": self.q0, "sparse_unit": self.sparse_unit,
                   "sparse_species": self.sparse_species, "weights": self.weights,
                   "covariance": self.covariance}
@@ -1137,6 +1171,12 @@ class KernelBECModel(BECModel):
         if not (np.isfinite(model.variance_scale) and model.variance_scale > 0):
             raise ModelFileError(f"variance_scale = {model.variance_scale} is not a positive "
                                  "number")
+        noise = metadata.get("noise_scale")  # absent: scaled by variance_scale, as before
+        if noise is not None:
+            if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not (
+                    np.isfinite(noise) and noise > 0):
+                raise ModelFileError(f"noise_scale = {noise!r} is not a positive number")
+            model.noise_scale = float(noise)
         model.training = metadata.get("training", {})
         if not isinstance(model.training, dict):
             raise ModelFileError("metadata 'training' is not a JSON object")

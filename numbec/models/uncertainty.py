@@ -13,8 +13,9 @@ This module holds
   log likelihood and the rank correlation between each frame's predicted uncertainty and its
   actual error;
 - :func:`fit_variance_scale` / :func:`recalibrate`: a K-fold cross-validated scale ``s`` of the
-  predictive variance learned from the training frames only (``Var -> s Var``), stored in the
-  model file (``variance_scale``; absent in older files, then 1);
+  predictive variance learned from the training frames only (``Var -> s Var``; by default the
+  split-conformal scale that makes the held-out 95 % interval hold 95 % of the held-out
+  errors), stored in the model file (``variance_scale``; absent in older files, then 1);
 - :class:`PosteriorFactor` / :func:`posterior_factor`: ``Sigma ~ L L^T`` with ``L`` (C, K) the
   leading K directions of the posterior covariance in the metric of the training design;
 - :func:`direction_becs`: the BECs ``Phi u_k`` of several weight vectors from one descriptor
@@ -40,12 +41,17 @@ __all__ = [
     "calibration_metrics",
     "direction_becs",
     "exact_bec_std",
+    "noise_scale",
+    "coverage_scale",
     "fit_variance_scale",
+    "held_out_errors",
     "posterior_factor",
     "predict_uncertainty",
     "recalibrate",
+    "scales_from_held_out",
     "sample_scale",
     "sample_weights",
+    "two_part_scales",
     "variance_scale",
 ]
 
@@ -57,6 +63,14 @@ _DIAG = (np.arange(3), np.arange(3))
 def variance_scale(model) -> float:
     """The model's recalibration factor of the predictive variance (1 if never recalibrated)."""
     return float(getattr(model, "variance_scale", 1.0) or 1.0)
+
+
+def noise_scale(model) -> float:
+    """The model's factor of the noise variance ``sigma_v^2`` in the predictive variance:
+    ``model.noise_scale`` when the recalibration set it apart (``method="two_part"``), else
+    :func:`variance_scale` (one scale of the whole variance, as in files without it)."""
+    value = getattr(model, "noise_scale", None)
+    return variance_scale(model) if value is None else float(value)
 
 
 def sample_scale(model) -> float:
@@ -136,7 +150,8 @@ def _spearman(a, b) -> float:
 # ---------------------------------------------------------------------- recalibration
 def exact_bec_std(model, positions, numbers, cell, pbc) -> np.ndarray:
     """``bec_std`` (N, 3, 3) e from the full design rows and the full covariance (the cost of
-    one training step), recalibrated: ``sqrt(s (phi^T Sigma phi + sigma_v^2))``."""
+    one training step), recalibrated: ``sqrt(s phi^T Sigma phi + s_v sigma_v^2)``
+    (:func:`variance_scale`, :func:`noise_scale`)."""
     return model.predict_arrays(positions, numbers, cell, pbc, uncertainty=True)["bec_std"]
 
 
@@ -154,21 +169,25 @@ def _fold_model(model, frames):
     return type(model)(settings=model.settings, **hyper)
 
 
-def fit_variance_scale(model, frames, folds: int = 5) -> dict:
-    """K-fold cross-validated scale of the predictive variance, from training frames only.
+#: Recalibration methods of :func:`fit_variance_scale` (``method=``).
+SCALE_METHODS = ("coverage", "two_part", "likelihood")
+#: ``method="two_part"``: the noise variance keeps at least this fraction of sigma_v^2 (a
+#: component without epistemic variance would otherwise get a zero-width interval).
+MIN_NOISE_SCALE = 0.01
+
+
+def held_out_errors(model, frames, folds: int = 5) -> dict:
+    """Held-out errors and predictive variances of a K-fold cross-validation.
 
     The frames are split into ``folds`` contiguous blocks (MD frames are correlated in time;
     interleaved folds would make the held-out frames look like training frames). For each
     block a model with the same hyperparameters is fitted on the other blocks and predicts the
     held-out block with its exact ``bec_std``, compared with the raw reference BECs (as
-    :func:`numbec.evaluate` does); the maximum-likelihood scale of a Gaussian
-    variance, ``s = mean(err^2 / std^2)`` over all held-out components, is returned.
+    :func:`numbec.evaluate` does).
 
-    Returns dict ``scale``, ``folds``, ``n_values``, the held-out ``coverage_95_unscaled``
-    and ``weight_scale = sum(err^2) / sum(phi^T Sigma phi)``: the scale of the weight
-    posterior alone that accounts for the whole held-out error (used for posterior samples and
-    the spectrum's model band, which carry no per-component noise term; see
-    :func:`sample_scale`). Needs at least 2 frames.
+    Returns dict ``err`` (n,) float64 e, the errors of all held-out BEC components;
+    ``epistemic`` (n,) e^2, ``phi^T Sigma phi`` of the fold model; ``noise`` (n,) e^2, its
+    ``sigma_v^2``; ``folds`` (int). Needs at least 2 frames.
     """
     frames = list(frames)
     if int(folds) < 2 or len(frames) < 2:
@@ -176,27 +195,125 @@ def fit_variance_scale(model, frames, folds: int = 5) -> dict:
                          f"folds={folds} and {len(frames)} frames")
     folds = min(int(folds), len(frames))
     edges = np.linspace(0, len(frames), folds + 1).round().astype(int)
-    z2, err2, epi = [], 0.0, 0.0
+    err, epi, noise = [], [], []
     for a, b in zip(edges[:-1], edges[1:], strict=True):
         train = frames[:a] + frames[b:]
         sub = _fold_model(model, train).fit(train)
         for atoms in frames[a:b]:
             out = sub.predict(atoms, uncertainty=True)
             ref = np.asarray(atoms.arrays["bec"], dtype=np.float64)  # raw, as evaluate
-            z2.append(((out["bec"] - ref) / out["bec_std"]).ravel() ** 2)
-            err2 += float(np.sum((out["bec"] - ref) ** 2))
-            epi += float(np.sum(np.clip(out["bec_std"] ** 2 - sub.sigma_v2, 0.0, None)))
-    z2 = np.concatenate(z2)
-    return {"scale": float(np.mean(z2)), "folds": folds, "n_values": int(z2.size),
+            err.append((out["bec"] - ref).ravel())
+            var = out["bec_std"].ravel() ** 2
+            epi.append(np.clip(var - sub.sigma_v2, 0.0, None))
+            noise.append(np.full(var.size, float(sub.sigma_v2)))
+    return {"err": np.concatenate(err), "epistemic": np.concatenate(epi),
+            "noise": np.concatenate(noise), "folds": folds}
+
+
+def coverage_scale(z, coverage: float = 0.95) -> float:
+    """Split-conformal variance scale: ``s = (q / z_c)^2`` with ``q`` the
+    ``ceil((n + 1) c) / n`` empirical quantile of the normalised held-out errors
+    ``z = |err| / std`` (n values) and ``z_c`` the half width of the central ``c`` interval
+    of a standard normal; the interval ``+- z_c sqrt(s) std`` then holds a fraction ``c``
+    of held-out errors (at least ``c`` of new ones exchangeable with them)."""
+    from scipy.stats import norm
+
+    z = np.sort(np.abs(np.asarray(z, dtype=np.float64).ravel()))
+    if z.size == 0:
+        raise ValueError("coverage_scale: no held-out values")
+    rank = min(z.size, int(np.ceil((z.size + 1) * coverage)))
+    q = z[rank - 1]
+    z_c = float(norm.ppf(0.5 + 0.5 * coverage))
+    return float((q / z_c) ** 2) if q > 0 else float("nan")
+
+
+def two_part_scales(err, epistemic, noise, min_noise: float = 0.0) -> tuple[float, float]:
+    """Maximum-likelihood factors ``(a, b)`` of a predictive variance ``a epistemic +
+    b noise`` (Gaussian) for held-out errors (all (n,) arrays, e and e^2), ``b >=
+    min_noise``. Not stored in model files; benchmarks/calibration.py reports it as an
+    alternative."""
+    from scipy.optimize import minimize
+
+    err2 = np.asarray(err, dtype=np.float64) ** 2
+    epi, noise = np.asarray(epistemic, np.float64), np.asarray(noise, np.float64)
+
+    def nll(log_ab):
+        var = np.exp(log_ab[0]) * epi + (np.exp(log_ab[1]) + min_noise) * noise
+        return float(np.mean(np.log(var) + err2 / var))
+
+    start = np.log(max(np.mean(err2 / (epi + noise)), 1e-12)) * np.ones(2)
+    res = minimize(nll, start, method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-10})
+    return float(np.exp(res.x[0])), float(np.exp(res.x[1]) + min_noise)
+
+
+def fit_variance_scale(model, frames, folds: int = 5, method: str = "coverage") -> dict:
+    """Cross-validated scale ``s`` of the predictive variance, from training frames only.
+
+    The held-out errors ``err`` and variances ``std^2`` of a ``folds``-fold cross-validation
+    over contiguous blocks of ``frames`` (:func:`held_out_errors`) give, by ``method``:
+
+    ``"coverage"`` (default)
+        the split-conformal scale :func:`coverage_scale` at 95 %: ``+- 1.96 sqrt(s) std``
+        holds 95 % of the held-out errors. The normalised errors ``err / std`` are
+        heavy-tailed (68 % coverage well above nominal where the 95 % one is about right),
+        so a scale that fits their second moment is dominated by the tails and overshoots
+        the 95 % interval (docs/benchmarks_models.md, "Calibration").
+    ``"two_part"``
+        separate factors of the two parts of the variance, ``s phi^T Sigma phi + s_v
+        sigma_v^2``: their shape by maximum likelihood (:func:`two_part_scales`, ``s_v``
+        at least :data:`MIN_NOISE_SCALE` before the next step), then one common factor
+        that makes the held-out 95 % interval hold 95 % (:func:`coverage_scale`).
+        ``scale`` is ``s``, ``noise_scale`` is ``s_v``.
+    ``"likelihood"``
+        ``s = mean(err^2 / std^2)``, the maximum-likelihood scale of a Gaussian (the only
+        method of older numbec; models saved with it keep their scale).
+
+    Returns dict ``scale`` (that of ``method``), ``noise_scale`` (``"two_part"`` only),
+    ``method``, ``scale_coverage``, ``scale_likelihood``, ``two_part_scales`` ``[s, s_v]``,
+    ``folds``, ``n_values``, the held-out ``coverage_68_unscaled`` and
+    ``coverage_95_unscaled``, and ``weight_scale = sum(err^2) / sum(phi^T Sigma phi)``: the
+    scale of the weight posterior alone that accounts for the whole held-out error (used for
+    posterior samples and the spectrum's model band, which carry no per-component noise
+    term; see :func:`sample_scale`). Needs at least 2 frames.
+    """
+    if method not in SCALE_METHODS:
+        raise ValueError(f"method must be one of {SCALE_METHODS}, got {method!r}")
+    return scales_from_held_out(held_out_errors(model, frames, folds), method)
+
+
+def scales_from_held_out(held: dict, method: str = "coverage") -> dict:
+    """The dict of :func:`fit_variance_scale` from the output of :func:`held_out_errors`."""
+    err, epi = held["err"], held["epistemic"]
+    z2 = err ** 2 / (epi + held["noise"])
+    scales = {"coverage": coverage_scale(np.sqrt(z2), 0.95), "likelihood": float(np.mean(z2))}
+    if not np.isfinite(scales["coverage"]):  # all held-out errors zero: nothing to scale
+        scales["coverage"] = scales["likelihood"]
+    a, b = two_part_scales(err, epi, held["noise"], MIN_NOISE_SCALE)
+    common = coverage_scale(err / np.sqrt(a * epi + b * held["noise"]), 0.95)
+    if not np.isfinite(common):
+        common = 1.0
+    two = [common * a, common * b]
+    scales["two_part"] = two[0]
+    err2, epi_sum = float(err @ err), float(epi.sum())
+    extra = {"noise_scale": two[1]} if method == "two_part" else {}
+    return {"scale": scales[method], **extra, "method": method,
+            "scale_coverage": scales["coverage"], "scale_likelihood": scales["likelihood"],
+            "two_part_scales": two, "folds": held["folds"],
+            "n_values": int(z2.size),
+            "coverage_68_unscaled": float(np.mean(z2 <= _Z68 ** 2)),
             "coverage_95_unscaled": float(np.mean(z2 <= _Z95 ** 2)),
-            "weight_scale": err2 / epi if epi > 0 else float(np.mean(z2))}
+            "weight_scale": err2 / epi_sum if epi_sum > 0 else float(np.mean(z2))}
 
 
-def recalibrate(model, frames, folds: int = 5):
+def recalibrate(model, frames, folds: int = 5, method: str = "coverage", held_out=None):
     """Set ``model.variance_scale`` from :func:`fit_variance_scale` on its training ``frames``
-    (saved with the model); returns the model. Drops a cached :class:`PosteriorFactor`."""
-    info = fit_variance_scale(model, frames, folds)
+    (saved with the model, details in ``training["variance_scale_fit"]``); returns the
+    model. ``held_out``: the :func:`held_out_errors` of these frames when already computed
+    (``frames`` and ``folds`` are then not used). Drops a cached :class:`PosteriorFactor`."""
+    info = fit_variance_scale(model, frames, folds, method) if held_out is None else \
+        scales_from_held_out(held_out, method)
     model.variance_scale = info["scale"]
+    model.noise_scale = info.get("noise_scale")  # None: the noise scales with the rest
     model.training = dict(getattr(model, "training", {}) or {}, variance_scale_fit=info)
     model._posterior_factor_cache = None
     return model
@@ -214,7 +331,8 @@ class PosteriorFactor:
     rescaled : bool: the columns were divided by ``sqrt(captured)`` so that the mean epistemic
         variance over training-like rows is preserved (the residual ``Sigma - L L^T``
         is then accounted for on average, not per row).
-    noise_variance : float, e^2: ``s sigma_v^2``, added to every component's variance.
+    noise_variance : float, e^2: ``s_v sigma_v^2`` (:func:`noise_scale`), added to every
+        component's variance.
     """
 
     factor: np.ndarray
@@ -263,7 +381,7 @@ def posterior_factor(model, rank: int | None = 32, rescale: bool = True) -> Post
     k = c if rank is None else min(int(rank), c)
     if k < 1:
         raise ValueError(f"rank must be >= 1, got {rank}")
-    key = (id(model.weights), k, bool(rescale), variance_scale(model))
+    key = (id(model.weights), k, bool(rescale), variance_scale(model), noise_scale(model))
     cached = getattr(model, "_posterior_factor_cache", None)
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -281,7 +399,8 @@ def posterior_factor(model, rank: int | None = 32, rescale: bool = True) -> Post
     if rescaled:
         factor /= np.sqrt(captured)
     out = PosteriorFactor(factor=np.ascontiguousarray(factor), captured=captured,
-                          rescaled=rescaled, noise_variance=scale * float(model.sigma_v2))
+                          rescaled=rescaled,
+                          noise_variance=noise_scale(model) * float(model.sigma_v2))
     model._posterior_factor_cache = (key, out)
     return out
 
@@ -308,17 +427,36 @@ def direction_becs(model, positions, numbers, cell, pbc, weight_matrix) -> np.nd
     return channel_outputs(model, positions, numbers, cell, pbc, weight_matrix)["bec"]
 
 
-def channel_outputs(model, positions, numbers, cell, pbc, weight_matrix) -> dict:
-    """All weight-linear outputs of K weight vectors (rows of ``weight_matrix``, (K, C)) from
-    one descriptor pass, without the baseline: ``bec`` (K, N, 3, 3) e; models with both parts
-    ``bec_monopole`` (K, N, 3, 3) (``bec_dipole = bec - bec_monopole``); monopole models
-    ``charges`` (K, N) e (neutral kernel charges); ``pbc`` all False: ``dipole`` (K, 3) e·Å;
-    ``asr_violation`` (K, 3, 3) e, the acoustic sum before the projection of periodic cells.
-    The molecule/cell decision is that of ``predict_arrays`` (a periodic cell holding one
-    finite cluster is treated as a molecule)."""
+@dataclass
+class PreparedStructure:
+    """One descriptor pass of a structure, shared by :func:`channel_outputs` and the
+    forward-mode rows (:func:`numbec.models.forward_mode.dipole_derivative_rows`).
+
+    positions (N, 3) Å, numbers (N,) int64, pbc (3,) bool; desc, vdesc: scalar and (dipole
+    kernel) vector descriptors; periodic: the sum-rule projection applies (False for
+    molecules and for periodic cells holding one finite cluster); unwrapped (N, 3) Å: the
+    positions of the molecule (None if periodic); unit (N, D), norms (N,): the normalised
+    scalar descriptors (:func:`numbec.models.kernels.normalize`); species_kernels: the
+    model's ``_species_kernels`` blocks.
+    """
+
+    positions: np.ndarray
+    numbers: np.ndarray
+    pbc: np.ndarray
+    desc: object
+    vdesc: object
+    periodic: bool
+    unwrapped: np.ndarray | None
+    unit: np.ndarray
+    norms: np.ndarray
+    species_kernels: list
+
+
+def prepare_structure(model, positions, numbers, cell, pbc) -> PreparedStructure:
+    """The descriptor pass of one structure for a fitted kernel model (checked inputs); the
+    molecule/cell decision is that of ``predict_arrays``."""
     from numbec.descriptors import compute_descriptors, compute_scalar_and_vector_descriptors
     from numbec.models import kernels
-    from numbec.models import kernels_numba as _kn
     from numbec.models._kernel_model import _unwrapped_cluster
 
     model._check_fitted()
@@ -326,16 +464,9 @@ def channel_outputs(model, positions, numbers, cell, pbc, weight_matrix) -> dict
     positions = np.asarray(positions, dtype=np.float64)
     numbers = np.asarray(numbers, dtype=np.int64)
     pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
-    wm = np.atleast_2d(np.asarray(weight_matrix, dtype=np.float64))
-    if wm.shape[1] != model.n_columns:
-        raise ValueError(f"weight_matrix must have {model.n_columns} columns, got {wm.shape}")
-    n_w, n = wm.shape[0], numbers.size
-    mono, dip = model._monopole, model._dipole
-    m = model.sparse_unit.shape[0]
-    if dip:
+    if model._dipole:
         desc, vdesc = compute_scalar_and_vector_descriptors(positions, numbers, cell, pbc,
                                                             model.settings)
-        wb = _sparse_dipole_weights(model, wm)
     else:
         desc, vdesc = compute_descriptors(positions, numbers, cell, pbc, model.settings), None
     # as predict_arrays: a periodic cell holding one finite cluster is a molecule
@@ -343,22 +474,50 @@ def channel_outputs(model, positions, numbers, cell, pbc, weight_matrix) -> dict
     if periodic:
         unwrapped = _unwrapped_cluster(desc.pairs, positions, cell)
         periodic = unwrapped is None
-    ex = desc.expansion
     unit, norms = kernels.normalize(desc.values, "predict", allow_isolated=True)
+    return PreparedStructure(positions, numbers, pbc, desc, vdesc, periodic, unwrapped, unit,
+                             norms, model._species_kernels(numbers, unit))
+
+
+def channel_outputs(model, positions, numbers, cell, pbc, weight_matrix,
+                    prepared: PreparedStructure | None = None) -> dict:
+    """All weight-linear outputs of K weight vectors (rows of ``weight_matrix``, (K, C)) from
+    one descriptor pass, without the baseline: ``bec`` (K, N, 3, 3) e; models with both parts
+    ``bec_monopole`` (K, N, 3, 3) (``bec_dipole = bec - bec_monopole``); monopole models
+    ``charges`` (K, N) e (neutral kernel charges); ``pbc`` all False: ``dipole`` (K, 3) e·Å;
+    ``asr_violation`` (K, 3, 3) e, the acoustic sum before the projection of periodic cells.
+    The molecule/cell decision is that of ``predict_arrays`` (a periodic cell holding one
+    finite cluster is treated as a molecule). ``prepared``: the structure's descriptor pass
+    (:func:`prepare_structure`) when the caller has it already."""
+    from numbec.models import kernels_numba as _kn
+
+    if prepared is None:
+        prepared = prepare_structure(model, positions, numbers, cell, pbc)
+    positions, numbers, pbc = prepared.positions, prepared.numbers, prepared.pbc
+    desc, vdesc, unit, norms = prepared.desc, prepared.vdesc, prepared.unit, prepared.norms
+    periodic, unwrapped = prepared.periodic, prepared.unwrapped
+    wm = np.atleast_2d(np.asarray(weight_matrix, dtype=np.float64))
+    if wm.shape[1] != model.n_columns:
+        raise ValueError(f"weight_matrix must have {model.n_columns} columns, got {wm.shape}")
+    n_w, n = wm.shape[0], numbers.size
+    mono, dip = model._monopole, model._dipole
+    m = model.sparse_unit.shape[0]
+    wb = _sparse_dipole_weights(model, wm) if dip else None
+    ex = desc.expansion
     per = int(mono) + (3 if dip else 0)          # channels per weight vector
     n_mono = n_w if mono else 0                  # monopole channels first, then 3 per vector
     q = np.zeros((n, n_w))
     scalar_grad = np.empty((n, n_w * per, unit.shape[1]))
     u = np.empty((n, n_w, vdesc.values.shape[-1])) if dip else None
     zeta = model.zeta
-    for rows, cols, cos in model._species_kernels(numbers, unit):
+    for rows, cols, cos in prepared.species_kernels:
         nr, mz = cos.shape
         dk = np.zeros((nr, n_w, per, mz))
         radial = np.zeros((nr, n_w, per))
         k_dip = np.empty((nr, mz))
         no_coef = coef = np.zeros((0, 3, 0))
         if dip:
-            wb_block = wb[:, cols].reshape(n_w * mz, -1)                 # (K mz, Dv)
+            wb_block, wb_t = _dipole_weight_blocks(model, wm, wb, cols)
         if dip and zeta >= 2:  # V_i^a . wb_kb for all vectors in one product
             v = vdesc.values[rows].reshape(3 * nr, -1)
             coef = (v @ wb_block.T).reshape(nr, 3, n_w, mz)
@@ -369,15 +528,15 @@ def channel_outputs(model, positions, numbers, cell, pbc, weight_matrix) -> dict
                                          dk[:, k], q_k, k_dip, radial[:, k])
             q[rows, k] = q_k
         if dip:  # u_ik = sum_b c_ib^(zeta-1) wb_kb, all vectors in one product
-            wb_t = wb_block.reshape(n_w, mz, -1).transpose(1, 0, 2).reshape(mz, -1)
             u[rows] = (k_dip @ wb_t).reshape(nr, n_w, -1)
         grad = (dk.reshape(-1, mz) @ model.sparse_unit[cols]).reshape(nr, n_w * per, -1)
         _kn.finish_gradient(grad, radial.reshape(nr, n_w * per), unit[rows], norms[rows])
         grad = grad.reshape(nr, n_w, per, -1)
         if mono:
             scalar_grad[rows, :n_w] = grad[:, :, 0]
-        if dip:
-            scalar_grad[rows, n_mono:] = grad[:, :, per - 3:].reshape(nr, 3 * n_w, -1)
+        if dip:  # channel n_mono + 3 k + a; one component at a time: no reshaped copy
+            for a in range(3):
+                scalar_grad[rows, n_mono + a::3] = grad[:, :, per - 3 + a]
     a2, a3 = ex.adjoint_arrays(n_w * per)
     if dip:
         vdesc.add_adjoint(u, a2, a3, n_mono)
@@ -432,13 +591,64 @@ def _sparse_dipole_weights(model, wm) -> np.ndarray:
     return wb
 
 
+def _dipole_weight_blocks(model, wm, wb, cols):
+    """The sparse dipole weights of one species in the two layouts of the kernel products:
+    ``(K mz, Dv)`` (weight vector major) and ``(mz, K Dv)`` (sparse point major). Both are
+    copies of ``wb`` (K, M, Dv), some 10 MB each at K = 32 on quartz, so for the cached weight
+    matrix of :func:`predict_uncertainty` they are made once per species, not per frame."""
+    n_w, mz = wb.shape[0], np.arange(wb.shape[1])[cols].size
+    own = getattr(model, "_weight_matrix_cache", None)
+    own = own is not None and own[1] is wm
+    key = (cols.start, cols.stop) if isinstance(cols, slice) else tuple(np.asarray(cols))
+    cache = getattr(model, "_dipole_block_cache", None)
+    if own and cache is not None and cache[0] is wm and key in cache[1]:
+        return cache[1][key]
+    block = np.ascontiguousarray(wb[:, cols]).reshape(n_w * mz, -1)
+    by_point = block.reshape(n_w, mz, -1).transpose(1, 0, 2).reshape(mz, -1)
+    if own:
+        if cache is None or cache[0] is not wm:
+            cache = (wm, {})
+            model._dipole_block_cache = cache
+        cache[1][key] = (block, by_point)
+    return block, by_point
+
+
 def asr_project_stack(bec) -> np.ndarray:
     """:func:`numbec.conventions.asr_project` of each of K BEC sets (K, N, 3, 3)."""
     return bec - bec.mean(axis=1, keepdims=True)
 
 
+def _with_baseline(model, parts, numbers, positions, total_charge) -> dict:
+    """The outputs of ``predict_arrays`` from channel 0 of :func:`channel_outputs` (the
+    model's own weights) plus the baseline charges."""
+    from numbec.models.base import total_charge_value
+
+    q0n = model._baseline(np.asarray(numbers)) + total_charge_value(total_charge) / len(numbers)
+    base = np.zeros((len(numbers), 3, 3))
+    base[:, _DIAG[0], _DIAG[1]] = q0n[:, None]  # sums to Q I: the projection keeps it
+    bec = base + parts["bec"][0]
+    out = {"bec": bec}
+    if "bec_monopole" in parts:
+        out["bec_monopole"] = base + parts["bec_monopole"][0]
+        out["bec_dipole"] = bec - out["bec_monopole"]
+    if "charges" in parts:
+        out["charges"] = q0n + parts["charges"][0]
+    if "dipole" in parts:
+        out["dipole"] = q0n @ np.asarray(positions, dtype=np.float64) + parts["dipole"][0]
+    out["asr_violation"] = parts["asr_violation"][0]
+    return out
+
+
+def plain_outputs(model, prepared: PreparedStructure, total_charge: float = 0.0) -> dict:
+    """The outputs of ``model.predict_arrays`` (without ``bec_std``) from a prepared
+    descriptor pass (:func:`prepare_structure`), equal to them to rounding."""
+    parts = channel_outputs(model, None, None, None, None, model.weights[None], prepared)
+    return _with_baseline(model, parts, prepared.numbers, prepared.positions, total_charge)
+
+
 def predict_uncertainty(model, positions, numbers, cell, pbc, rank: int | None = 32,
-                        n_samples: int = 0, seed=None, total_charge: float = 0.0) -> dict:
+                        n_samples: int = 0, seed=None, total_charge: float = 0.0,
+                        prepared: PreparedStructure | None = None) -> dict:
     """BECs with a streamed uncertainty from the low-rank posterior (one descriptor pass).
 
     Returns dict with every output of ``model.predict_arrays`` (``bec`` (N, 3, 3) e, and as
@@ -450,34 +660,20 @@ def predict_uncertainty(model, positions, numbers, cell, pbc, rank: int | None =
     of a posterior weight sample); with ``n_samples``: ``bec_samples`` (S, N, 3, 3) e and the
     coefficients ``xi`` (S, K) used: standard normal times ``sqrt(sample_scale /
     variance_scale)``, so that the samples follow ``N(w, s_w Sigma)`` (:func:`sample_scale`).
+    ``prepared``: the structure's descriptor pass (:func:`prepare_structure`), if made.
     """
-    from numbec.models.base import total_charge_value
-
     fac = posterior_factor(model, rank)
-    total_charge = total_charge_value(total_charge)
     cached = getattr(model, "_weight_matrix_cache", None)
     if cached is None or cached[0] is not fac:  # one matrix per factor: cached products
         cached = (fac, np.ascontiguousarray(np.concatenate([model.weights[None, :],
                                                             fac.factor.T])))
         model._weight_matrix_cache = cached
-    wm = cached[1]
-    parts = channel_outputs(model, positions, numbers, cell, pbc, wm)
-    q0n = model._baseline(np.asarray(numbers)) + total_charge / len(numbers)
-    base = np.zeros((len(numbers), 3, 3))
-    base[:, _DIAG[0], _DIAG[1]] = q0n[:, None]  # sums to Q I: the projection keeps it
-    bec = base + parts["bec"][0]
+    parts = channel_outputs(model, positions, numbers, cell, pbc, cached[1], prepared)
+    out = _with_baseline(model, parts, numbers, positions, total_charge)
     dirs = parts["bec"][1:]
     std = np.sqrt(np.einsum("knij,knij->nij", dirs, dirs) + fac.noise_variance)
-    out = {"bec": bec, "bec_std": std, "frame_std": float(np.sqrt(np.mean(std ** 2))),
-           "bec_directions": dirs}
-    if "bec_monopole" in parts:
-        out["bec_monopole"] = base + parts["bec_monopole"][0]
-        out["bec_dipole"] = bec - out["bec_monopole"]
-    if "charges" in parts:
-        out["charges"] = q0n + parts["charges"][0]
-    if "dipole" in parts:
-        out["dipole"] = q0n @ np.asarray(positions, dtype=np.float64) + parts["dipole"][0]
-    out["asr_violation"] = parts["asr_violation"][0]
+    out.update(bec_std=std, frame_std=float(np.sqrt(np.mean(std ** 2))), bec_directions=dirs)
+    bec = out["bec"]
     if n_samples:
         xi = np.random.default_rng(seed).standard_normal((int(n_samples), fac.rank))
         xi *= np.sqrt(sample_scale(model) / variance_scale(model))

@@ -63,6 +63,9 @@ _SPECTRUM_TO_SI = ELEMENTARY_CHARGE**2 * 1e-20 / 1e-15
 DEFAULT_MAX_CORRELATION_TIME = 2000.0
 #: Partial kinds accepted by ``ir_spectrum(..., partials=...)``.
 PARTIAL_KINDS = ("species", "partition")
+#: Prediction variable with dM/dt of the posterior samples per species (frame, sample,
+#: species, pol), e·Å/fs: the model band of the species partial spectra.
+SPECIES_SAMPLES = "dipole_derivative_by_species_samples"
 #: Fewer blocks (over all runs) than this: the standard error is itself too uncertain to use.
 MIN_BLOCKS_FOR_ERRORS = 4
 #: A nominal and the kinetic temperature further apart than this many standard errors of the
@@ -98,6 +101,7 @@ class _Run:
     system: str = ""
     model: str = ""
     samples: np.ndarray | None = None  # (S, n, 3) dM/dt of posterior weight samples
+    part_samples: np.ndarray | None = None  # (S, P, n, 3) the samples' parts (species)
 
 
 def cross_section_prefactor(temperature: float) -> float:
@@ -292,7 +296,44 @@ def _run_from_dataset(ds, trajectory, kind, timestep, source, need_temperature=T
         run.samples = _checked_samples(
             ds["dipole_derivative_samples"].transpose("frame", "sample", "pol").values,
             total.shape[0], source)
+        if kind == "species" and SPECIES_SAMPLES in ds:
+            run.part_samples = _species_samples(ds, run, source)
     return run
+
+
+def _species_samples(ds, run, source):
+    """``dipole_derivative_by_species_samples`` (frame, sample, species, pol) of a dataset as
+    (sample, species, frame, pol) float64 in the order of the run's species parts, checked:
+    finite, the same samples as ``dipole_derivative_samples`` and summing to them."""
+    from ase.data import chemical_symbols
+
+    var = ds[SPECIES_SAMPLES]
+    if set(var.dims) != {"frame", "sample", "species", "pol"} or "species" not in ds.coords:
+        raise ValueError(f"{source}: {SPECIES_SAMPLES} must have dims (frame, sample, "
+                         f"species, pol) and a species coordinate, got {var.dims}")
+    symbols = [chemical_symbols[int(z)] for z in np.asarray(var["species"].values)]
+    missing = sorted(set(run.part_names) - set(symbols))
+    if missing or len(symbols) != len(run.part_names):
+        raise ValueError(f"{source}: {SPECIES_SAMPLES} has species {symbols}, the partials "
+                         f"{run.part_names}")
+    arr = np.asarray(var.transpose("sample", "species", "frame", "pol").values,
+                     dtype=np.float64)[:, [symbols.index(n) for n in run.part_names]]
+    n_samples, n_frames = run.samples.shape[:2]
+    if arr.shape[0] != n_samples or arr.shape[2] != n_frames or arr.shape[3] != 3:
+        raise ValueError(f"{source}: {SPECIES_SAMPLES} is {arr.shape[0]} samples x "
+                         f"{arr.shape[2]} frames x {arr.shape[3]}, dipole_derivative_samples "
+                         f"{n_samples} x {n_frames} x 3")
+    bad = ~np.isfinite(arr).all(axis=(0, 1, 3))
+    if bad.any():
+        raise ValueError(f"{source}: {SPECIES_SAMPLES} of frame {int(np.flatnonzero(bad)[0])} "
+                         "are NaN or inf")
+    mismatch = np.abs(arr.sum(axis=1) - run.samples).max()
+    scale = max(np.abs(run.samples).max(), 1e-300)
+    if mismatch > 1e-4 * scale:
+        raise ValueError(f"{source}: the species parts of the dM/dt samples do not sum to "
+                         f"dipole_derivative_samples (max difference {mismatch:.3g} "
+                         f"e*Angstrom/fs of max {scale:.3g})")
+    return np.ascontiguousarray(arr)
 
 
 def _checked_samples(samples, n_frames, source):
@@ -542,7 +583,6 @@ def ir_spectrum(
                 f"between 2 time steps and the block length ({block_len} frames = "
                 f"{block_len * dt:g} fs)"
             )
-    w = lag_window(window, n_lags)
     n_blocks_total = blocks * len(runs)
     if 1 < n_blocks_total < MIN_BLOCKS_FOR_ERRORS:
         warnings.warn(f"the standard error comes from only {n_blocks_total} blocks: it is "
@@ -558,13 +598,8 @@ def ir_spectrum(
         for b in range(blocks):
             run_block = run.total.shape[0] // blocks  # longer runs: longer blocks
             chunk = series[:, b * run_block:(b + 1) * run_block]
-            if window in NON_NEGATIVE_WINDOWS:
-                omega, cross = segment_spectra(chunk, n_lags, dt, zero_padding, window)
-                spectra = _diagonal_and_symmetrised(cross, run.parts)
-            else:
-                corr = correlations(chunk, n_lags) * w
-                omega, spectra = cosine_transform(_diagonal_and_symmetrised(corr, run.parts),
-                                                  dt, zero_padding)
+            omega, spectra = _block_spectra(chunk, series.shape[0] - 1, n_lags, dt,
+                                            zero_padding, window)
             sigma = prefactor * correction_factor(quantum_correction, omega,
                                                   run.temperature) * spectra
             if run.differentiated:
@@ -591,62 +626,76 @@ def ir_spectrum(
     return out
 
 
-def _block_spectrum(chunk, n_lags, dt, zero_padding, window):
-    """(omega, spectrum) of one block of one dM/dt series (n, 3), the estimator of
-    :func:`ir_spectrum` (Welch for non-negative windows, else windowed correlations)."""
+def _block_spectra(chunk, n_parts, n_lags, dt, zero_padding, window):
+    """(omega, rows) of one block of the dM/dt series [total, part 1, ..., part P]
+    (1 + P, n, 3), the estimator of :func:`ir_spectrum` (Welch for non-negative windows,
+    else windowed correlations): rows (1 + P + P(P-1)/2, n_frequencies) are the total, the
+    parts and their symmetrised cross terms (:func:`_diagonal_and_symmetrised`)."""
     if window in NON_NEGATIVE_WINDOWS:
-        omega, cross = segment_spectra(chunk[None], n_lags, dt, zero_padding, window)
-        return omega, cross[0, 0]
-    corr = correlations(chunk[None], n_lags)[0, 0] * lag_window(window, n_lags)
-    omega, spectra = cosine_transform(corr[None], dt, zero_padding)
-    return omega, spectra[0]
+        omega, cross = segment_spectra(chunk, n_lags, dt, zero_padding, window)
+        return omega, _diagonal_and_symmetrised(cross, n_parts)
+    corr = correlations(chunk, n_lags) * lag_window(window, n_lags)
+    return cosine_transform(_diagonal_and_symmetrised(corr, n_parts), dt, zero_padding)
 
 
 def _add_model_band(out, runs, keep, **settings):
-    """Add the model band of the posterior samples of all runs to ``out`` (in place)."""
+    """Add the model band of the posterior samples of all runs to ``out`` (in place): of the
+    total, and of the partials when every run has the samples' parts."""
     from numbec.spectra.model_band import band_statistics, sample_spectra
 
     counts = {None if r.samples is None else r.samples.shape[0] for r in runs}
     if len(counts) != 1:
         raise ValueError(f"runs have different numbers of posterior samples {counts}; all "
                          "or none need them, drawn with the same seed")
+    with_parts = {r.part_samples is not None for r in runs}
+    if len(with_parts) != 1:
+        raise ValueError(f"some runs have {SPECIES_SAMPLES} and some do not; the partials' "
+                         "model band needs it in all of them")
+    with_parts = with_parts.pop() and "partial" in out.coords
     dt = settings["dt"]
     sigma = abs_ = 0.0
     for run in runs:
         transfer = ((lambda om: _central_difference_transfer(om, dt))
                     if run.differentiated else None)
+        series = run.samples[:, None] if not with_parts else np.concatenate(
+            [run.samples[:, None], run.part_samples], axis=1)       # (S, 1 + P, n, 3)
 
-        def block_spectrum(chunk):
-            return _block_spectrum(chunk, settings["n_lags"], dt, settings["zero_padding"],
-                                   settings["window"])
+        def block_spectrum(chunk, n_parts=series.shape[1] - 1):
+            return _block_spectra(chunk, n_parts, settings["n_lags"], dt,
+                                  settings["zero_padding"], settings["window"])
 
         spec = sample_spectra(
-            run.samples, block_spectrum, blocks=settings["blocks"],
+            series, block_spectrum, blocks=settings["blocks"],
             prefactor=cross_section_prefactor(run.temperature), temperature=run.temperature,
-            quantum_correction=settings["quantum_correction"], transfer=transfer)[:, keep]
+            quantum_correction=settings["quantum_correction"], transfer=transfer)[..., keep]
         sigma = sigma + spec / len(runs)
         if run.volume is not None:
             abs_ = abs_ + spec / (run.volume * 1e-24) / len(runs)
-    targets = [("cross_section", sigma, "cm^2")]
-    if "absorption" in out:
-        targets.append(("absorption", abs_, "cm^-1"))
+    periodic = "absorption" in out
+    targets = [("cross_section", sigma, "cm^2")] + ([("absorption", abs_, "cm^-1")]
+                                                    if periodic else [])
     for name, spectra, units in targets:
-        for stat, values in band_statistics(spectra).items():
+        for stat, values in band_statistics(spectra[:, 0]).items():
             out[f"{name}_model_{stat}"] = ("frequency", values, {
                 "units": units,
                 "long_name": f"{stat} of {name} over posterior weight samples (model band)"})
+    if with_parts:  # the partial variable of _assemble: absorption with a volume
+        name, spectra, units = targets[-1]
+        for stat, values in band_statistics(spectra[:, 1:]).items():
+            out[f"{name}_partial_model_{stat}"] = (("partial", "frequency"), values, {
+                "units": units, "long_name": f"{stat} of the partial {name} over posterior "
+                "weight samples (model band)"})
     out.attrs["n_posterior_samples"] = int(counts.pop())
 
 
-def _diagonal_and_symmetrised(pairs, parts):
-    """(1 + P + P(P-1)/2, L) rows from (S, S, L) pair quantities (correlations or cross
-    spectra) of [total, part 0, ...]: the total, each part, each symmetrised cross term."""
+def _diagonal_and_symmetrised(pairs, n_parts):
+    """(1 + P + P(P-1)/2, L) rows from (1 + P, 1 + P, L) pair quantities (correlations or
+    cross spectra) of [total, part 0, ...]: the total, each part, each symmetrised cross
+    term."""
     rows = [pairs[0, 0]]
-    if parts is not None:
-        n_parts = parts.shape[0]
-        rows += [pairs[1 + i, 1 + i] for i in range(n_parts)]
-        rows += [pairs[1 + i, 1 + j] + pairs[1 + j, 1 + i]
-                 for i in range(n_parts) for j in range(i + 1, n_parts)]
+    rows += [pairs[1 + i, 1 + i] for i in range(n_parts)]
+    rows += [pairs[1 + i, 1 + j] + pairs[1 + j, 1 + i]
+             for i in range(n_parts) for j in range(i + 1, n_parts)]
     return np.array(rows)
 
 

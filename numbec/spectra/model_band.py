@@ -34,19 +34,23 @@ def sample_spectra(samples, block_spectrum, *, blocks, prefactor, temperature,
                    quantum_correction, transfer=None) -> np.ndarray:
     """Spectrum of every sample, averaged over ``blocks`` like the main spectrum.
 
-    samples : (S, n_frames, 3) float64 e·Å/fs. block_spectrum : function of one block
-    (n_block, 3) returning ``(omega, spectrum)``, the estimator of the main spectrum
-    (``numbec.spectra.ir._block_spectrum``). prefactor : cross-section prefactor (cm^2 per
+    samples : (S, n_frames, 3) or (S, Q, n_frames, 3) float64 e·Å/fs (Q series per sample,
+    e.g. the total and its species parts). block_spectrum : function of one block of one
+    sample ((n_block, 3) or (Q, n_block, 3)) returning ``(omega, spectrum)``, spectrum
+    (n_frequencies,) or (R, n_frequencies): the estimator of the main spectrum
+    (``numbec.spectra.ir._block_spectra``). prefactor : cross-section prefactor (cm^2 per
     (e·Å/fs)^2·fs). transfer : optional function of omega dividing the spectrum
-    (central-difference correction). Returns (S, n_frequencies) float64, cm^2.
+    (central-difference correction). Returns (S, n_frequencies) or (S, R, n_frequencies)
+    float64, cm^2.
     """
     samples = np.asarray(samples, dtype=np.float64)
-    block_len = samples.shape[1] // blocks
+    block_len = samples.shape[-2] // blocks
     total = None
     for b in range(blocks):
         rows = []
         for s in range(samples.shape[0]):
-            omega, spectrum = block_spectrum(samples[s, b * block_len:(b + 1) * block_len])
+            omega, spectrum = block_spectrum(
+                samples[s, ..., b * block_len:(b + 1) * block_len, :])
             rows.append(spectrum)
         spectra = prefactor * correction_factor(quantum_correction, omega,
                                                 temperature) * np.array(rows)
@@ -57,9 +61,10 @@ def sample_spectra(samples, block_spectrum, *, blocks, prefactor, temperature,
 
 
 def band_statistics(spectra) -> dict:
-    """Per frequency over the samples (axis 0): ``p16``, ``p84`` (:data:`BAND_PERCENTILES`)
-    and ``std`` (sample standard deviation, ddof 1; 0 for a single sample)."""
+    """Per frequency over the samples (axis 0 of (S, ...) spectra): ``p16``, ``p84``
+    (:data:`BAND_PERCENTILES`) and ``std`` (sample standard deviation, ddof 1; 0 for a single
+    sample), each of the shape of one sample's spectra."""
     spectra = np.asarray(spectra, dtype=np.float64)
     lo, hi = np.percentile(spectra, BAND_PERCENTILES, axis=0)
-    std = spectra.std(axis=0, ddof=1) if spectra.shape[0] > 1 else np.zeros(spectra.shape[1])
+    std = spectra.std(axis=0, ddof=1) if spectra.shape[0] > 1 else np.zeros(spectra.shape[1:])
     return {"p16": lo, "p84": hi, "std": std}

@@ -1,0 +1,284 @@
+"""Model uncertainty of dM/dt by forward mode: exact, at about the cost of one adjoint channel.
+
+The spectrum needs ``dM/dt = sum_j Z_j v_j``, a *directional* derivative of the model's
+dipole along the atomic velocities. The kernel models are linear in their weights w (C,), so
+per frame ``dM/dt = a w + b`` with the design row ``a = sum_j Phi_j v_j`` (3, C) and the
+baseline part b (3,) e·Å/fs. ``a`` is linear in the descriptor tangents
+``Xdot_i = sum_j dX_i/dr_j . v_j`` (:mod:`numbec.descriptors.tangent`), one pass over the
+pairs whatever the number of weight samples, so that
+
+- posterior samples of dM/dt are ``a W + b`` for weight samples W (C, S) drawn once from
+  the full posterior (:func:`full_posterior_samples`);
+- the exact epistemic standard deviation is ``sqrt(s_w diag(a Sigma a^T))`` (3,);
+
+with no low-rank truncation of the posterior.
+
+The row (docs/method.md, "Adjoint derivatives"; docs/models.md, "Neutrality"), with
+``w = v - mean(v)`` for periodic cells (the sum-rule projection subtracts the mean BEC,
+which is the same as removing the mean velocity) and for molecules (their kernel charges are
+shifted to a neutral mean, ``sum_i q'_i v_i = sum_i q_i (v_i - mean v)``):
+
+- monopole columns b (kernel charges ``q_i = sum_b w_b k_ib^zeta``, ``k_ib = x_i . x_b``):
+  ``sum_i k_ib^zeta w_i`` plus, for molecules (and periodic cells holding one finite
+  cluster), ``sum_i qdot_ib (r_i - R_mean)`` with r the unwrapped positions, or for periodic
+  cells the charge-transfer term ``sum_p (r_i - r_j^image)_a dq_i/dd_p . w_j``, the tangent
+  along the pair-weighted directions ``-(d_p)_a w_j`` (three more tangents);
+- dipole columns (b, nu): ``sum_i d/dt [k_ib^(zeta-1) V_i^a] . V_b^nu / s**2`` along the
+  velocity tangent.
+
+The dM/dt of the atoms of one species (``sum_{j in s} Z_j v_j``) is the same with the
+velocities of the other species set to zero (and, periodic, the mean of that masked velocity
+removed): the rows of the species sum to the row of the frame.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "DipoleDerivativeSamplesModel",
+    "dipole_derivative_rows",
+    "dipole_derivative_uncertainty",
+    "full_posterior_samples",
+    "posterior_cholesky",
+]
+
+
+# ---------------------------------------------------------------------- the design row
+def dipole_derivative_rows(model, positions, numbers, cell, pbc, velocities, *,
+                           by_species: bool = True, total_charge: float = 0.0,
+                           prepared=None) -> dict:
+    """Design rows of dM/dt of one frame of a fitted kernel model.
+
+    Parameters
+    ----------
+    positions : (N, 3) float64, Å; numbers : (N,) int; cell : (3, 3) Å (rows = lattice
+    vectors); pbc : (3,) bool; velocities : (N, 3) float64, Å/fs.
+    by_species : one row per species present (sorted atomic numbers), else one for all.
+    total_charge : Q, e (enters the baseline part).
+    prepared : the structure's descriptor pass
+    (:func:`numbec.models.uncertainty.prepare_structure`) when the caller has it already.
+
+    Returns
+    -------
+    dict
+        ``rows`` (G, 3, C) float64 e·Å/fs per unit weight: ``dM/dt = rows.sum(0) @ w +
+        baseline.sum(0)``; ``baseline`` (G, 3) e·Å/fs; ``species`` (G,) int64 (atomic
+        numbers; ``[-1]`` without ``by_species``). G = number of species (or 1).
+    """
+    from numbec.descriptors.tangent import (
+        descriptor_tangents,
+        relative_directions,
+        weighted_directions,
+    )
+    from numbec.models import kernels
+    from numbec.models.base import total_charge_value
+    from numbec.models.uncertainty import prepare_structure
+
+    if prepared is None:
+        prepared = prepare_structure(model, positions, numbers, cell, pbc)
+    numbers = prepared.numbers
+    n = numbers.size
+    velocities = np.asarray(velocities, dtype=np.float64)
+    if velocities.shape != (n, 3) or not np.isfinite(velocities).all():
+        raise ValueError(f"velocities must be finite with shape ({n}, 3), got "
+                         f"{velocities.shape}")
+    mono, dip = model._monopole, model._dipole
+    desc, vdesc, unit, norms = prepared.desc, prepared.vdesc, prepared.unit, prepared.norms
+    periodic, unwrapped = prepared.periodic, prepared.unwrapped
+    species = np.unique(numbers) if by_species else np.array([-1])
+    masks = (numbers[None, :] == species[:, None]) if by_species else np.ones((1, n), bool)
+    vs = velocities[None] * masks[:, :, None]                         # (G, N, 3)
+    ws = vs - vs.mean(axis=1, keepdims=True)
+    g = species.size
+
+    ex = desc.expansion
+    directions = [relative_directions(ex, ws)]                        # G tangents
+    if mono and periodic:
+        directions.append(weighted_directions(ex, ws))                # 3 G tangents
+    xdot, vdot = descriptor_tangents(ex, np.concatenate(directions, axis=1),
+                                     vector=g if dip else 0)
+    # tangent of the unit descriptor: (Xdot - x (x . Xdot)) / |X| (zero for isolated atoms)
+    udot = (xdot - unit[None] * np.sum(xdot * unit[None], axis=2)[..., None]) / norms[:, None]
+
+    m = model.sparse_unit.shape[0]
+    zeta = model.zeta
+    rows = np.zeros((g, 3, model.n_columns))
+    rel = None if periodic else unwrapped - unwrapped.mean(axis=0)
+    for sel, cols, cos in prepared.species_kernels:
+        nr, mz = cos.shape
+        cols_idx = np.arange(m)[cols]
+        kdot = (udot[:, sel].reshape(-1, udot.shape[-1]) @ model.sparse_unit[cols].T
+                ).reshape(-1, nr, mz)                                 # (T, nr, mz)
+        pow1 = kernels.int_power(cos, zeta - 1)                       # k^(zeta-1)
+        if mono:
+            dkern = zeta * pow1                                       # d k^zeta / dk
+            part = ws[:, sel].transpose(0, 2, 1) @ (pow1 * cos)       # (G, 3, mz)
+            if periodic:
+                part += (kdot[g:] * dkern).reshape(g, 3, nr, mz).sum(axis=2)
+            else:
+                part += rel[sel].T @ (kdot[:g] * dkern)
+            rows[:, :, cols_idx] = part
+        if dip:
+            # T^g_b^a = sum_i [k^(zeta-1) Vdot_i^a + (zeta-1) k^(zeta-2) kdot_ib V_i^a]
+            dv = vdot[:, sel].reshape(g, nr, -1)                      # (G, nr, 3 Dv)
+            t = dv.transpose(0, 2, 1) @ pow1                          # (G, 3 Dv, mz)
+            if zeta >= 2:
+                dpow = (zeta - 1) * kernels.int_power(cos, zeta - 2) * kdot[:g]
+                t += vdesc.values[sel].reshape(nr, -1).T @ dpow
+            # row (a, (b, nu)) = T^g_b^a . V_b^nu / s**2, one small product per sparse point
+            t = t.reshape(g * 3, -1, mz).transpose(2, 0, 1)           # (mz, 3 G, Dv)
+            sv = model.sparse_vectors[cols].transpose(0, 2, 1) / model.vector_scale
+            block = (t @ sv).reshape(mz, g, 3, 3).transpose(1, 2, 0, 3)   # (G, 3, mz, 3)
+            dip_cols = (m if mono else 0) + 3 * cols_idx[:, None] + np.arange(3)[None, :]
+            rows[:, :, dip_cols.ravel()] = block.reshape(g, 3, -1)
+    q0n = model._baseline(numbers) + total_charge_value(total_charge) / n
+    baseline = q0n @ vs
+    return {"rows": rows, "baseline": baseline, "species": species}
+
+
+# ---------------------------------------------------------------------- the posterior
+def posterior_cholesky(model) -> np.ndarray:
+    """(C, C) lower factor L with ``L L^T = s_w Sigma`` (s_w = :func:`~numbec.models.
+    uncertainty.sample_scale`, Sigma the posterior covariance), the full Cholesky factor; a
+    covariance that is only semidefinite (e.g. zero) gets the symmetric root of its
+    clipped eigen-decomposition instead. Cached per model, weights and scale."""
+    from numbec.models.uncertainty import sample_scale
+
+    scale = sample_scale(model)
+    key = (id(model.covariance), scale)
+    cached = getattr(model, "_posterior_cholesky_cache", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    cov = scale * np.asarray(model.covariance, dtype=np.float64)
+    cov = 0.5 * (cov + cov.T)
+    try:
+        factor = np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:
+        lam, vecs = np.linalg.eigh(cov)
+        factor = (vecs * np.sqrt(np.clip(lam, 0.0, None))) @ vecs.T
+    model._posterior_cholesky_cache = (key, factor)
+    return factor
+
+
+def full_posterior_samples(model, n_samples: int, seed=0) -> np.ndarray:
+    """(S, C) float64 weight vectors drawn from the recalibrated full posterior
+    ``N(w, s_w Sigma)`` (:func:`posterior_cholesky`): ``w + L xi``, xi ~ N(0, I_C). ``seed``:
+    int or numpy Generator; the same seed gives the same samples."""
+    if int(n_samples) < 0:
+        raise ValueError(f"n_samples must be >= 0, got {n_samples}")
+    xi = np.random.default_rng(seed).standard_normal((int(n_samples), model.n_columns))
+    return model.weights[None, :] + xi @ posterior_cholesky(model).T
+
+
+def dipole_derivative_uncertainty(model, positions, numbers, cell, pbc, velocities,
+                                  weight_samples=None, *, total_charge: float = 0.0,
+                                  prepared=None) -> dict:
+    """dM/dt of one frame with its exact epistemic standard deviation and posterior samples.
+
+    weight_samples : (S, C) float64 (:func:`full_posterior_samples`), or None.
+    Returns ``dipole_derivative`` (3,) e·Å/fs (equal to ``sum_j Z_j v_j`` of the plain
+    prediction), ``dipole_derivative_std`` (3,) ``sqrt(s_w diag(a Sigma a^T))`` (weights'
+    posterior only); with samples ``dipole_derivative_samples`` (S, 3) and
+    ``dipole_derivative_by_species_samples`` (S, G, 3) (species in sorted order) and
+    ``species`` (G,).
+    """
+    parts = dipole_derivative_rows(model, positions, numbers, cell, pbc, velocities,
+                                   by_species=weight_samples is not None,
+                                   total_charge=total_charge, prepared=prepared)
+    rows, base = parts["rows"], parts["baseline"]
+    a = rows.sum(axis=0)
+    factor = posterior_cholesky(model)
+    out = {"dipole_derivative": a @ model.weights + base.sum(axis=0),
+           "dipole_derivative_std": np.sqrt(np.sum((a @ factor) ** 2, axis=1)),
+           "species": parts["species"]}
+    if weight_samples is not None:
+        per = np.einsum("gac,sc->sga", rows, weight_samples) + base[None]
+        out["dipole_derivative_by_species_samples"] = per
+        out["dipole_derivative_samples"] = per.sum(axis=1)
+    return out
+
+
+# ---------------------------------------------------------------------- for numbec.predict
+class DipoleDerivativeSamplesModel:
+    """A fitted kernel model (or a :class:`~numbec.models.uncertainty.StreamedUncertaintyModel`
+    around one) that also gives the forward-mode dM/dt uncertainty of each frame, for
+    :func:`numbec.predict`.
+
+    ``predict_arrays_with_velocities`` returns the wrapped model's outputs and
+    ``dipole_derivative_std`` (3,) e·Å/fs; with ``n_samples`` S > 0 also
+    ``dipole_derivative_samples`` (S, 3) and ``dipole_derivative_by_species_samples``
+    (S, G, 3), the weight samples drawn once (``seed``) and the same for every frame. The
+    saved state's metadata gains ``forward_mode_samples`` (samples, seed).
+    """
+
+    precisions = ("float64",)
+    batched_frames = False
+    velocity_outputs = ("dipole_derivative_std", "dipole_derivative_samples",
+                        "dipole_derivative_by_species_samples")
+
+    def __init__(self, model, n_samples: int = 0, seed: int = 0):
+        kernel = getattr(model, "model", model)
+        if not hasattr(kernel, "covariance"):
+            raise TypeError(f"{type(kernel).__name__} has no posterior covariance; the dM/dt "
+                            "uncertainty needs a fitted kernel model")
+        self.inner, self.kernel = model, kernel
+        self.n_samples, self.seed = int(n_samples), int(seed)
+        self.weight_samples = (full_posterior_samples(kernel, self.n_samples, self.seed)
+                               if self.n_samples else None)
+
+    def __getattr__(self, name):  # species, cutoff, concurrent_frames, ...
+        if name in ("inner", "kernel", "predict_frames", "predict"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    @property
+    def class_name(self) -> str:
+        return getattr(self.inner, "class_name", type(self.inner).__name__)
+
+    @property
+    def outputs(self) -> tuple:
+        extra = ("dipole_derivative_std",) + (
+            ("dipole_derivative_samples", "dipole_derivative_by_species_samples")
+            if self.n_samples else ())
+        return tuple(k for k in self.inner.outputs if k != "bec_samples") + extra
+
+    def predict_arrays(self, positions, numbers, cell, pbc, uncertainty=False, **kwargs):
+        out = self.inner.predict_arrays(positions, numbers, cell, pbc, uncertainty, **kwargs)
+        out.pop("bec_samples", None)
+        return out
+
+    def predict_arrays_with_velocities(self, positions, numbers, cell, pbc, velocities,
+                                       uncertainty=False, *, precision="float64",
+                                       total_charge=0.0) -> dict:
+        if precision != "float64":
+            raise ValueError("the dM/dt uncertainty computes in float64 only")
+        from numbec.models import uncertainty as unc
+
+        kernel = self.kernel
+        prepared = unc.prepare_structure(kernel, positions, numbers, cell, pbc)
+        if isinstance(self.inner, unc.StreamedUncertaintyModel):  # low-rank bec_std
+            out = unc.predict_uncertainty(kernel, positions, numbers, cell, pbc,
+                                          rank=self.inner.rank, total_charge=total_charge,
+                                          prepared=prepared)
+            for key in ("frame_std", "bec_directions") + (() if uncertainty else ("bec_std",)):
+                out.pop(key)
+        elif uncertainty:  # the exact bec_std from the design rows
+            out = self.predict_arrays(positions, numbers, cell, pbc, True,
+                                      total_charge=total_charge)
+        else:  # one descriptor pass for the BECs and the rows
+            out = unc.plain_outputs(kernel, prepared, total_charge)
+        out.update(dipole_derivative_uncertainty(
+            kernel, positions, numbers, cell, pbc, velocities, self.weight_samples,
+            total_charge=total_charge, prepared=prepared))
+        out.pop("dipole_derivative")
+        out.pop("species")
+        return out
+
+    def state(self):
+        metadata, arrays = self.inner.state()
+        metadata = dict(metadata, forward_mode_samples={"samples": self.n_samples,
+                                                        "seed": self.seed})
+        return metadata, arrays
+
+    _state = state

@@ -1,0 +1,143 @@
+"""Recalibration of the predicted BEC uncertainty: the split-conformal coverage scale (the
+default), the Gaussian maximum-likelihood scale, and what is stored in model files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kernel_model_checks import SETTINGS, predict, training_frames
+from scipy import stats
+
+from numbec.models import MonopoleModel, load_model
+from numbec.models import uncertainty as unc
+
+OLD = Path(__file__).parent / "data" / "models_38415df"
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(11)
+
+
+def test_coverage_scale_of_gaussian_and_heavy_tailed_errors(rng):
+    # Gaussian errors with twice the predicted std: both scales are 4
+    z = rng.normal(0.0, 2.0, 200_000)
+    assert unc.coverage_scale(z, 0.95) == pytest.approx(4.0, rel=0.02)
+    assert np.mean(z ** 2) == pytest.approx(4.0, rel=0.02)
+    # heavy tails: 95 % of the errors N(0, 1), 5 % N(0, 25). The second moment (the ML scale
+    # of a Gaussian) is 2.2; the 95 % interval needs only (q / 1.96)^2 with q solving
+    # 0.95 P(|N| > q) + 0.05 P(|N| > q / 5) = 0.05, about 1.44
+    from scipy.optimize import brentq
+
+    n = 400_000
+    z = np.where(rng.uniform(size=n) < 0.95, 1.0, 5.0) * rng.normal(size=n)
+    q = brentq(lambda x: 0.95 * 2 * stats.norm.sf(x) + 0.05 * 2 * stats.norm.sf(x / 5) - 0.05,
+               1.0, 10.0)
+    want = (q / stats.norm.ppf(0.975)) ** 2
+    s = unc.coverage_scale(z, 0.95)
+    assert s == pytest.approx(want, rel=0.02)
+    assert np.mean(z ** 2) == pytest.approx(2.2, rel=0.02) and want < 1.5
+    # by construction the scaled interval holds at least 95 % (and at most 1/n more)
+    small = z[:999]
+    covered = np.mean(np.abs(small) <= stats.norm.ppf(0.975) * np.sqrt(
+        unc.coverage_scale(small, 0.95)) * (1 + 1e-12))
+    assert 0.95 <= covered <= 0.95 + 2.0 / small.size
+
+def test_two_part_scales_recover_known_factors(rng):
+    n = 100_000
+    epi, noise = rng.uniform(0.0, 2.0, n), np.full(n, 0.3)
+    err = rng.normal(0.0, np.sqrt(3.0 * epi + 0.5 * noise))
+    a, b = unc.two_part_scales(err, epi, noise)
+    assert a == pytest.approx(3.0, rel=0.05) and b == pytest.approx(0.5, rel=0.1)
+
+
+def _fitted(rng, n_frames=4):
+    frames = training_frames(rng, True, n_frames)
+    return MonopoleModel(settings=SETTINGS, zeta=3, n_sparse=3).fit(frames), frames
+
+
+def test_recalibration_methods_from_the_same_held_out_errors(rng, tmp_path):
+    model, frames = _fitted(rng)
+    held = unc.held_out_errors(model, frames, folds=2)
+    # the held-out variances are those of the fold models (fitted without the block)
+    sub = unc._fold_model(model, frames[2:]).fit(frames[2:])
+    out = sub.predict(frames[0], uncertainty=True)
+    n0 = out["bec"].size
+    np.testing.assert_allclose(held["err"][:n0], (out["bec"] - frames[0].arrays["bec"]).ravel(),
+                               atol=1e-10)
+    np.testing.assert_allclose((held["epistemic"] + held["noise"])[:n0],
+                               out["bec_std"].ravel() ** 2, rtol=1e-8)
+    z = held["err"] / np.sqrt(held["epistemic"] + held["noise"])
+    before = predict(model, frames[0], uncertainty=True)["bec_std"]
+    unc.recalibrate(model, frames, folds=2)  # default: the coverage scale
+    fit = model.training["variance_scale_fit"]
+    assert fit["method"] == "coverage"
+    assert model.variance_scale == fit["scale"] == pytest.approx(unc.coverage_scale(z, 0.95))
+    assert fit["scale_likelihood"] == pytest.approx(np.mean(z ** 2))
+    assert np.mean(z ** 2 <= 1.959964 ** 2 * model.variance_scale * (1 + 1e-9)) >= 0.95
+    np.testing.assert_allclose(predict(model, frames[0], uncertainty=True)["bec_std"],
+                               np.sqrt(model.variance_scale) * before, rtol=1e-12)
+    # the stored number is the factor of the variance whatever the method: it round-trips
+    path = tmp_path / "m.npz"
+    model.save(path)
+    back = load_model(path)
+    assert back.variance_scale == model.variance_scale
+    assert back.training["variance_scale_fit"]["method"] == "coverage"
+    old = unc.recalibrate(load_model(path), frames, folds=2, method="likelihood")
+    assert old.variance_scale == pytest.approx(np.mean(z ** 2))
+    with pytest.raises(ValueError, match="method"):
+        unc.fit_variance_scale(model, frames, method="student")
+
+
+@pytest.mark.parametrize("name", ["MonopoleModel", "DipoleModel", "CombinedModel"])
+def test_files_without_the_new_fields_load_and_predict_as_before(name):
+    # written at commit 38415df, before recalibration existed: scale 1, no method recorded
+    model = load_model(OLD / f"{name}.npz")
+    assert unc.variance_scale(model) == 1.0
+    assert "variance_scale_fit" not in model.training
+    assert unc.sample_scale(model) == 1.0
+
+
+def test_two_part_recalibration_scales_the_two_variances_apart(rng, tmp_path):
+    from numbec.models import regression
+
+    model, frames = _fitted(rng)
+    atoms = frames[0]
+    phi, _ = model._design(atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc,
+                           "test")
+    epi = regression.predictive_variance(phi.reshape(len(atoms) * 9, -1), model.covariance,
+                                         model.sigma_v2, include_noise=False)
+    held = unc.held_out_errors(model, frames, folds=2)
+    unc.recalibrate(model, frames, method="two_part", held_out=held)
+    s, s_v = model.variance_scale, model.noise_scale
+    fit = model.training["variance_scale_fit"]
+    assert fit["method"] == "two_part" and [s, s_v] == fit["two_part_scales"]
+    a, b = unc.two_part_scales(held["err"], held["epistemic"], held["noise"],
+                               unc.MIN_NOISE_SCALE)
+    assert s / s_v == pytest.approx(a / b, rel=1e-12) and b >= unc.MIN_NOISE_SCALE
+    # the common factor makes the held-out 95 % interval hold 95 %
+    z = held["err"] / np.sqrt(s * held["epistemic"] + s_v * held["noise"])
+    rank = int(np.ceil((z.size + 1) * 0.95))
+    assert np.sort(np.abs(z))[rank - 1] == pytest.approx(1.959964, rel=1e-6)
+    np.testing.assert_allclose(predict(model, atoms, uncertainty=True)["bec_std"].ravel() ** 2,
+                               s * epi + s_v * model.sigma_v2, rtol=1e-10)
+    # the full-rank channel uncertainty uses both factors the same way
+    out = unc.predict_uncertainty(model, atoms.positions, atoms.numbers,
+                                  np.asarray(atoms.cell), atoms.pbc, rank=None)
+    np.testing.assert_allclose(out["bec_std"].ravel() ** 2, s * epi + s_v * model.sigma_v2,
+                               rtol=1e-8)
+    path = tmp_path / "m.npz"
+    model.save(path)
+    back = load_model(path)
+    assert (back.variance_scale, back.noise_scale) == (s, s_v)
+    np.testing.assert_allclose(predict(back, atoms, uncertainty=True)["bec_std"],
+                               predict(model, atoms, uncertainty=True)["bec_std"], rtol=1e-12)
+    # a single-scale recalibration scales the noise with the rest again
+    unc.recalibrate(model, frames, method="coverage", held_out=held)
+    assert model.noise_scale is None and unc.noise_scale(model) == model.variance_scale
+    meta, arrays = back.state()
+    for bad in (-1.0, float("nan"), "2"):
+        with pytest.raises(Exception, match="noise_scale"):
+            MonopoleModel._from_state(dict(meta, noise_scale=bad), arrays)

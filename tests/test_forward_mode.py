@@ -1,0 +1,287 @@
+"""Forward-mode dM/dt uncertainty: descriptor tangents, design rows of dM/dt, full-posterior
+samples and their streaming (numbec.models.forward_mode)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from kernel_model_checks import (
+    SETTINGS,
+    randomized,
+    training_frames,
+    water_cell,
+    water_chain,
+    water_cluster,
+)
+
+from numbec.descriptors import compute_scalar_and_vector_descriptors
+from numbec.descriptors.tangent import descriptor_tangents, relative_directions
+from numbec.models import CombinedModel, DipoleModel, MonopoleModel
+from numbec.models import forward_mode as fm
+from numbec.models import uncertainty as unc
+
+MODELS = (MonopoleModel, DipoleModel, CombinedModel)
+
+
+def boxed_cluster(rng):
+    """A water cluster in a periodic 12 Å box, wrapped so that it is cut by the boundary:
+    one finite cluster, treated as a molecule with unwrapped positions."""
+    atoms = water_cluster(rng)
+    atoms.set_cell(np.diag([12.0, 12.5, 13.0]))
+    atoms.pbc = True
+    atoms.positions -= atoms.positions[0] - 0.3   # straddles the corner at the origin
+    atoms.wrap()
+    return atoms
+
+
+STRUCTURES = {"molecule": water_cluster, "cell": water_cell, "chain": water_chain,
+              "boxed": boxed_cluster}
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(11)
+
+
+def _args(atoms):
+    return atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc
+
+
+def _model(cls, rng, periodic, zeta=3):
+    frames = training_frames(rng, periodic, 4)
+    return cls(settings=SETTINGS, zeta=zeta, n_sparse=3).fit(frames)
+
+
+def _plain_dipole_derivative(model, atoms, v, total_charge=0.0, mask=None):
+    bec = model.predict_arrays(*_args(atoms), total_charge=total_charge)["bec"]
+    if mask is not None:
+        bec, v = bec[mask], v[mask]
+    return np.einsum("jab,jb->a", bec, v)
+
+
+def test_descriptor_tangent_equals_central_differences(rng):
+    for atoms in (water_cluster(rng), water_cell(rng)):
+        v = rng.normal(size=atoms.positions.shape)
+        args = (atoms.numbers, np.asarray(atoms.cell), atoms.pbc, SETTINGS)
+        desc, _ = compute_scalar_and_vector_descriptors(atoms.positions, *args)
+        ex = desc.expansion
+        xdot, vdot = descriptor_tangents(ex, relative_directions(ex, v[None]), vector=True)
+        h = 1e-4
+        plus = compute_scalar_and_vector_descriptors(atoms.positions + h * v, *args)
+        minus = compute_scalar_and_vector_descriptors(atoms.positions - h * v, *args)
+        fd_x = (plus[0].values - minus[0].values) / (2 * h)
+        fd_v = (plus[1].values - minus[1].values) / (2 * h)
+        # central differences are O(h^2) ~ 1e-7 relative here
+        np.testing.assert_allclose(xdot[0], fd_x, atol=1e-6 * np.abs(fd_x).max())
+        np.testing.assert_allclose(vdot[0], fd_v, atol=1e-6 * np.abs(fd_v).max())
+        # linear in the direction, exactly (the polarisation identity has no step error)
+        v2 = rng.normal(size=v.shape)
+        both, _ = descriptor_tangents(ex, relative_directions(ex, np.stack([v, v2, 2 * v - v2])))
+        np.testing.assert_allclose(both[2], 2 * both[0] - both[1],
+                                   atol=1e-12 * np.abs(both).max())
+
+
+@pytest.mark.parametrize("cls", MODELS)
+@pytest.mark.parametrize("structure", list(STRUCTURES))
+@pytest.mark.parametrize("zeta", [1, 3])
+def test_rows_times_weights_equal_plain_dipole_derivative(cls, structure, zeta, rng):
+    periodic = structure in ("cell", "chain")
+    model = randomized(_model(cls, rng, periodic, zeta), rng)
+    atoms = STRUCTURES[structure](rng)
+    v = rng.normal(0.0, 0.01, atoms.positions.shape)
+    rows = fm.dipole_derivative_rows(model, *_args(atoms), v, total_charge=0.5)
+    want = _plain_dipole_derivative(model, atoms, v, total_charge=0.5)
+    got = rows["rows"].sum(axis=0) @ model.weights + rows["baseline"].sum(axis=0)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-10 * np.abs(want).max())
+    # per species: the sum of Z_j v_j over the atoms of that species
+    assert rows["species"].tolist() == [1, 8]
+    for g, z in enumerate(rows["species"]):
+        part = rows["rows"][g] @ model.weights + rows["baseline"][g]
+        np.testing.assert_allclose(
+            part, _plain_dipole_derivative(model, atoms, v, 0.5, atoms.numbers == z),
+            rtol=0, atol=1e-10 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("cls", MODELS)
+def test_rows_do_not_depend_on_how_atoms_are_wrapped(cls, rng):
+    model = randomized(_model(cls, rng, True), rng)
+    atoms = water_chain(rng)
+    v = rng.normal(0.0, 0.01, atoms.positions.shape)
+    moved = atoms.copy()
+    shifts = rng.integers(-1, 2, (len(atoms), 3))
+    moved.positions += shifts @ np.asarray(atoms.cell)
+    a = fm.dipole_derivative_rows(model, *_args(atoms), v)
+    b = fm.dipole_derivative_rows(model, *_args(moved), v)
+    scale = np.abs(a["rows"]).max()
+    np.testing.assert_allclose(b["rows"], a["rows"], rtol=0, atol=1e-10 * scale)
+
+
+@pytest.mark.parametrize("cls", MODELS)
+@pytest.mark.parametrize("periodic", [False, True])
+def test_rows_equal_velocity_contracted_design_rows_and_std_formula(cls, periodic, rng):
+    model = _model(cls, rng, periodic)
+    model.training = dict(model.training, variance_scale_fit={"weight_scale": 2.5})
+    atoms = training_frames(rng, periodic, 1)[0]
+    v = rng.normal(0.0, 0.01, atoms.positions.shape)
+    phi, _ = model._design(*_args(atoms), "test")
+    design = np.einsum("jabc,jb->ac", phi.reshape(len(atoms), 3, 3, -1), v)
+    rows = fm.dipole_derivative_rows(model, *_args(atoms), v, by_species=False)["rows"][0]
+    np.testing.assert_allclose(rows, design, rtol=0, atol=1e-10 * np.abs(design).max())
+    out = fm.dipole_derivative_uncertainty(model, *_args(atoms), v)
+    var = 2.5 * np.einsum("ac,cd,ad->a", design, model.covariance, design)
+    np.testing.assert_allclose(out["dipole_derivative_std"], np.sqrt(var), rtol=1e-8)
+    np.testing.assert_allclose(out["dipole_derivative"], _plain_dipole_derivative(model, atoms, v),
+                               rtol=1e-10)
+
+
+def test_weight_samples_follow_the_full_posterior(rng):
+    model = _model(CombinedModel, rng, False)
+    model.training = dict(model.training, variance_scale_fit={"weight_scale": 3.0})
+    n = 40_000
+    w = fm.full_posterior_samples(model, n, seed=5)
+    assert w.shape == (n, model.n_columns)
+    np.testing.assert_array_equal(w, fm.full_posterior_samples(model, n, seed=5))
+    cov = 3.0 * model.covariance
+    sd = np.sqrt(np.diag(cov))
+    # mean: each component within 4.5 standard errors (fails with probability ~1e-4)
+    assert np.all(np.abs(w.mean(axis=0) - model.weights) <= 4.5 * sd / np.sqrt(n))
+    # covariance: each entry within 5 standard errors of a Gaussian sample covariance
+    got = np.cov(w, rowvar=False)
+    se = np.sqrt((np.outer(sd ** 2, sd ** 2) + cov ** 2) / n)
+    assert np.all(np.abs(got - cov) <= 5.0 * se)
+    # a wrong scale is caught: the samples do not follow the unscaled posterior
+    assert np.any(np.abs(got - model.covariance) > 5.0 * se)
+
+
+def test_zero_posterior_variance_gives_zero_width(rng):
+    model = randomized(_model(CombinedModel, rng, True), rng)
+    model.covariance = np.zeros_like(model.covariance)
+    atoms = water_cell(rng)
+    v = rng.normal(0.0, 0.01, atoms.positions.shape)
+    samples = fm.full_posterior_samples(model, 6, seed=1)
+    np.testing.assert_array_equal(samples, np.repeat(model.weights[None], 6, axis=0))
+    out = fm.dipole_derivative_uncertainty(model, *_args(atoms), v, samples)
+    assert np.all(out["dipole_derivative_std"] == 0.0)
+    np.testing.assert_allclose(out["dipole_derivative_samples"],
+                               np.repeat(out["dipole_derivative"][None], 6, axis=0),
+                               rtol=1e-12, atol=1e-15)
+
+
+def _trajectory(rng, periodic, n_frames=8, dt=0.5):
+    """Two vibrating water molecules (a cluster or a periodic cell) in the Trajectory layout."""
+    import xarray as xr
+
+    r0 = water_cell(rng) if periodic else water_cluster(rng)
+    amp = rng.normal(0, 0.05, (len(r0), 3))
+    omega = 2 * np.pi / 20.0
+    t = np.arange(n_frames) * dt
+    pos = r0.positions + amp * np.sin(omega * t)[:, None, None]
+    vel = amp * omega * np.cos(omega * t)[:, None, None]
+    cell = np.repeat(np.asarray(r0.cell)[None], n_frames, axis=0)
+    data = {"positions": (("frame", "atom", "xyz"), pos),
+            "cell": (("frame", "cell_vector", "xyz"), cell),
+            "numbers": (("atom",), r0.numbers.astype(np.int64)),
+            "pbc": (("xyz",), np.full(3, periodic)),
+            "velocities": (("frame", "atom", "xyz"), vel)}
+    return xr.Dataset(data, coords={"time": ("frame", t)},
+                      attrs={"timestep": dt, "temperature": 300.0})
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_predict_streams_forward_mode_samples(periodic, rng, tmp_path, monkeypatch):
+    from numbec import predict
+
+    model = _model(CombinedModel, rng, periodic)
+    ds = _trajectory(rng, periodic)
+    res = predict(model, ds, posterior_samples=4, seed=3, chunk_frames=3, progress=False)
+    samples = res["dipole_derivative_samples"]
+    per = res["dipole_derivative_by_species_samples"]
+    std = res["dipole_derivative_std"]
+    assert samples.dims == ("frame", "sample", "pol") and samples.shape == (8, 4, 3)
+    assert per.dims == ("frame", "sample", "species", "pol") and per.shape == (8, 4, 2, 3)
+    assert std.dims == ("frame", "pol")
+    for var in (samples, per, std):
+        assert var.attrs["units"] == "e*Angstrom/fs"
+    assert res["species"].values.tolist() == [1, 8]
+    assert res.attrs["posterior_samples"] == 4
+    np.testing.assert_allclose(per.sum("species"), samples, atol=1e-13)
+    # independently: sample s is sum_j Z_j(w_s) v_j with the BECs of weight vector w_s
+    weights = fm.full_posterior_samples(model, 4, seed=3)
+    numbers, pbc = ds["numbers"].values, ds["pbc"].values
+    q0n = model._baseline(numbers)
+    for f in (0, 4, 7):
+        pos, cell, vel = (ds[k].values[f] for k in ("positions", "cell", "velocities"))
+        becs = unc.direction_becs(model, pos, numbers, cell, pbc, weights)
+        want = np.einsum("sjab,jb->sa", becs, vel) + q0n @ vel
+        np.testing.assert_allclose(samples.values[f], want, rtol=0,
+                                   atol=1e-10 * np.abs(want).max())
+        np.testing.assert_allclose(res["dipole_derivative"].values[f],
+                                   _plain_dipole_derivative(model, _atoms(pos, numbers, cell,
+                                                                          pbc), vel),
+                                   rtol=1e-10)
+    # lazily (dask-backed input): the same numbers
+    lazy = predict(model, ds.chunk({"frame": 3}), posterior_samples=4, seed=3, progress=False)
+    for name in ("dipole_derivative_samples", "dipole_derivative_by_species_samples",
+                 "dipole_derivative_std"):
+        np.testing.assert_array_equal(lazy[name].values, res[name].values, err_msg=name)
+    # into a store, killed in the second chunk and resumed: the in-memory numbers
+    out = tmp_path / "p.zarr"
+    real, calls = fm.dipole_derivative_uncertainty, []
+
+    def crashing(*a, **k):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("simulated crash")
+        return real(*a, **k)
+
+    monkeypatch.setattr(fm, "dipole_derivative_uncertainty", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        predict(model, ds, posterior_samples=4, seed=3, chunk_frames=3, out=out, progress=False)
+    monkeypatch.setattr(fm, "dipole_derivative_uncertainty", real)
+    stored = predict(model, ds, posterior_samples=4, seed=3, chunk_frames=3, out=out,
+                     progress=False)
+    for name in ("dipole_derivative_samples", "dipole_derivative_by_species_samples",
+                 "dipole_derivative_std", "dipole_derivative", "bec"):
+        np.testing.assert_array_equal(stored[name].values, res[name].values, err_msg=name)
+    # another seed is another run: never resumed into this store
+    from numbec.stream import OutputMismatchError
+
+    with pytest.raises(OutputMismatchError):
+        predict(model, ds, posterior_samples=4, seed=4, chunk_frames=3, out=out, progress=False)
+
+
+def _atoms(positions, numbers, cell, pbc):
+    from ase import Atoms
+
+    return Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
+
+
+def test_uncertainty_alone_streams_the_exact_dipole_derivative_std(rng):
+    from numbec import predict
+
+    model = _model(MonopoleModel, rng, False)
+    ds = _trajectory(rng, False, n_frames=3)
+    res = predict(model, ds, uncertainty=True, progress=False)
+    assert "bec_std" in res and "dipole_derivative_samples" not in res
+    for f in range(3):
+        pos, vel = ds["positions"].values[f], ds["velocities"].values[f]
+        phi, _ = model._design(pos, ds["numbers"].values, np.zeros((3, 3)), np.zeros(3, bool),
+                               "test")
+        a = np.einsum("jabc,jb->ac", phi.reshape(len(pos), 3, 3, -1), vel)
+        want = np.sqrt(unc.sample_scale(model)
+                       * np.einsum("ac,cd,ad->a", a, model.covariance, a))
+        np.testing.assert_allclose(res["dipole_derivative_std"].values[f], want, rtol=1e-8)
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_channel_becs_of_atoms_sorted_by_species_equal_design_rows(periodic, rng):
+    # atoms grouped by species: the species blocks are slices, a path of its own in
+    # uncertainty.channel_outputs (writes into views) next to the index arrays of water
+    model = _model(CombinedModel, rng, periodic)
+    atoms = training_frames(rng, periodic, 1)[0]
+    atoms = atoms[np.argsort(atoms.numbers, kind="stable")]
+    wm = rng.normal(0.0, 1.0, (3, model.n_columns))
+    got = unc.direction_becs(model, *_args(atoms), wm)
+    phi, _ = model._design(*_args(atoms), "test")
+    want = np.einsum("nijc,kc->knij", phi.reshape(len(atoms), 3, 3, -1), wm)
+    np.testing.assert_allclose(got, want, atol=1e-10 * np.abs(want).max())
