@@ -2,13 +2,14 @@
 
 Usage::
 
-    python benchmarks/active_learning.py                       # all systems (1.5-2 hours)
-    python benchmarks/active_learning.py --systems quartz --quick   # reduced (~3 min)
-    python benchmarks/active_learning.py --systems zro2 --model combined --n-sparse 100
+    python benchmarks/active_learning.py --candidates 40       # all systems (several hours)
+    python benchmarks/active_learning.py --systems quartz --strategies hybrid --json h.json
+    python benchmarks/active_learning.py --merge u.json h.json r.json   # one table of runs
 
 On pools whose every frame is already labelled, :func:`numbec.active_learning` starts from
 ``--start`` evenly spaced frames and adds ``--step`` frames per round up to ``--max``, with
-each strategy (uncertainty, reduction, diverse, random with ``--seeds`` seeds, stride);
+each strategy (uncertainty, hybrid, reduction, diverse, random with ``--seeds`` seeds,
+stride);
 every round's model is scored on a held-out test set. Systems:
 
 ``quartz``  alpha-quartz SiO2 (QE): pool = frames 0-149 of SiO2.xyz, test = 150-200.
@@ -25,10 +26,13 @@ Target (issue 19): an active strategy reaches the test error that random selecti
 ``--max`` frames (mean over seeds) with at most half as many frames. The summary prints, per
 strategy, the first training-set size at which its error is at or below that value.
 
-Models: ``--model`` monopole (default: the cheapest, the machine may be shared), dipole or
-combined, ``--n-sparse`` per species (capped at the training environments), descriptors of
-:data:`DESCRIPTORS`. ``--quick``: quartz/zro2 pools and test sets thinned (every 2nd / 3rd
-frame), up to 20 frames, 2 random seeds.
+Models: ``--model`` combined (default, numbec's), monopole or dipole; per system the
+descriptors and sparse points of :data:`SYSTEM_DEFAULTS` (``--n-sparse`` overrides, capped at
+the training environments), sized so that one round's fit stays within a minute on a shared
+2-core machine. ``--quick``: quartz/zro2 pools and test sets thinned (every 2nd / 3rd frame),
+xTB pool of 60 snapshots, up to 20 frames, 2 random seeds. Each strategy (and random seed,
+``--first-seed``) can run as its own process; ``--merge`` prints their tables together. The
+JSON is rewritten after every run, so a killed run keeps what it measured.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -49,7 +54,11 @@ DESCRIPTORS = {"cutoff_radial": 5.0, "cutoff_angular": 4.0, "sigma": 0.5, "n_rad
                "n_angular": 4, "l_max": 2, "radial_weight": 0.1}
 XTB_DESCRIPTORS = {"cutoff_radial": 6.0, "cutoff_angular": 4.5, "sigma": 0.5, "n_radial": 6,
                    "n_angular": 6, "l_max": 3}
-STRATEGIES = ("uncertainty", "reduction", "diverse", "random", "stride")
+#: Per system: descriptors and default n_sparse per species (combined model; chosen so that
+#: the fits of a round stay within a minute on a shared 2-core machine).
+SYSTEM_DEFAULTS = {"quartz": (DESCRIPTORS, 40), "zro2": (DESCRIPTORS, 30),
+                   "xtb": (XTB_DESCRIPTORS, 60)}
+STRATEGIES = ("uncertainty", "hybrid", "reduction", "diverse", "random", "stride")
 
 
 # ---------------------------------------------------------------------------- data
@@ -79,6 +88,8 @@ def load_xtb(quick: bool, cache: Path, log=print):
     """Pool of xTB-labelled cluster snapshots, the demo's test MD and its exact spectrum."""
     import numbec
     from numbec import demo
+    from numbec.io._files import atomic_write
+    from numbec.spectra.ir import kinetic_temperature
 
     cache.mkdir(parents=True, exist_ok=True)
     sizes = (2, 3, 4, 5, 6)
@@ -103,21 +114,16 @@ def load_xtb(quick: bool, cache: Path, log=print):
                 snap.arrays["bec"] = bec
                 snap.info["dipole"] = dipole
                 pool.append(snap)
-        demo._atomic_write(path, lambda tmp: numbec.write_bec(tmp, pool))
+        atomic_write(path, lambda tmp: numbec.write_bec(tmp, pool))
         log(f"xtb pool: {len(pool)} snapshots labelled in {time.perf_counter() - t0:.0f} s")
     config = demo.DemoConfig.quick() if quick else demo.DemoConfig.full()
     md = demo.run_md(config, cache, log=log)
     test = demo.exact_check_frames(config, md, cache, log=log)
     store = cache / f"{Path(md['traj']).stem}.zarr"
     if not store.exists():  # converted under a temporary name: never a partial store
-        tmp = store.with_name(store.name + ".partial")
-        if tmp.exists():
-            import shutil
-
-            shutil.rmtree(tmp)
-        numbec.convert_trajectory(md["traj"], tmp, timestep=md["frame_dt"], progress=False)
-        tmp.replace(store)
-    temperature = demo._kinetic_temperature(store)
+        atomic_write(store, lambda tmp: numbec.convert_trajectory(
+            md["traj"], tmp, timestep=md["frame_dt"], progress=False))
+    temperature = kinetic_temperature(numbec.open_trajectory(store))
     freq, exact = demo._spectrum(md["dipole_dt"], md["frame_dt"], temperature)
     band = freq <= 4200.0
 
@@ -135,7 +141,7 @@ LOADERS = {"quartz": load_quartz, "zro2": load_zro2, "xtb": load_xtb}
 
 
 # ---------------------------------------------------------------------------- runs
-def run_system(name, args, log=print) -> dict:
+def run_system(name, args, log=print, checkpoint=None) -> dict:
     import numbec
     from numbec.descriptors import DescriptorSettings
     from numbec.learning_loop import kernel_trainer
@@ -143,29 +149,34 @@ def run_system(name, args, log=print) -> dict:
     t0 = time.perf_counter()
     if name == "xtb":
         pool, test, extra = load_xtb(args.quick, Path(args.cache), log)
-        descriptors = XTB_DESCRIPTORS
     else:
         pool, test, extra = LOADERS[name](args.quick)
-        descriptors = DESCRIPTORS
+    test = test[::args.test_stride]
+    descriptors, n_sparse = SYSTEM_DEFAULTS[name]
+    n_sparse = args.n_sparse or n_sparse
     species = sorted({int(z) for a in pool for z in a.numbers})
     settings = DescriptorSettings(species=tuple(species), **descriptors)
-    train = kernel_trainer(args.model, n_sparse=args.n_sparse, settings=settings)
+    train = kernel_trainer(args.model, n_sparse=n_sparse, settings=settings)
     log(f"\n## {name}: pool {len(pool)} frames, test {len(test)} frames, model {args.model} "
-        f"(n_sparse {args.n_sparse}), {args.start} + {args.step}/round up to {args.max} "
+        f"(n_sparse {n_sparse}), {args.start} + {args.step}/round up to {args.max} "
         f"(data read in {time.perf_counter() - t0:.0f} s)")
     runs = {}
     for strategy in args.strategies:
-        seeds = range(args.seeds) if strategy == "random" else [0]
+        seeds = (range(args.first_seed, args.first_seed + args.seeds) if strategy == "random"
+                 else [0])
         for seed in seeds:
             label = strategy if strategy != "random" else f"random/{seed}"
             t1 = time.perf_counter()
             result = numbec.active_learning(
                 pool, lambda k, atoms: pool[k], train, strategy=strategy,
                 n_initial=args.start, n_per_round=args.step, n_max=args.max, test=test,
-                seed=seed, callback=extra.get("callback"))
+                seed=seed, candidates=args.candidates, callback=extra.get("callback"),
+                log=lambda text, label=label: log(f"    {label}: {text}"))
             runs[label] = [r.to_dict() for r in result.records]
             curve = ", ".join(f"{r.n_train}: {r.test_rmse:.4f}" for r in result.records)
             log(f"  {label:12s} {time.perf_counter() - t1:6.0f} s  {curve}")
+            if checkpoint is not None:  # a long run keeps what it has measured
+                checkpoint(name, {"pool": len(pool), "test": len(test), "runs": runs})
     return {"pool": len(pool), "test": len(test), "runs": runs}
 
 
@@ -207,7 +218,7 @@ def summarise(name, result, args, log=print) -> dict:
             reached[s] = hit[0] if hit else None
         half = sizes[-1] // 2
         met = any(reached[s] is not None and reached[s] <= half
-                  for s in ("uncertainty", "reduction", "diverse") if s in reached)
+                  for s in ("uncertainty", "hybrid", "reduction", "diverse") if s in reached)
         # a curve that does not fall cannot tell strategies apart: the first model is as good
         flat = table["random"]["rmse"][0] <= target
         out.update({"target_rmse": target, "frames_to_reach": reached, "target_met": met,
@@ -223,22 +234,66 @@ def summarise(name, result, args, log=print) -> dict:
     return out
 
 
+def merge(paths) -> int:
+    """Summarise the runs of several ``--json`` reports together, system by system (runs of
+    the same name: the later file wins). Their settings must agree but for the strategies."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    base = dict(reports[0]["arguments"])
+    keys = ("model", "n_sparse", "start", "step", "max", "quick", "test_stride")
+    for path, rep in zip(paths, reports, strict=True):
+        diff = {k: rep["arguments"].get(k) for k in keys if rep["arguments"].get(k) != base.get(k)}
+        if diff:
+            raise SystemExit(f"{path}: settings {diff} differ from {paths[0]}")
+    systems: dict = {}
+    strategies: list = []
+    for rep in reports:
+        strategies += [s for s in rep["arguments"]["strategies"] if s not in strategies]
+        for name, result in rep["systems"].items():
+            merged = systems.setdefault(name, {"pool": result["pool"], "test": result["test"],
+                                               "runs": {}})
+            merged["runs"].update(result["runs"])
+    args = argparse.Namespace(**{**base, "strategies": [s for s in STRATEGIES
+                                                         if s in strategies]})
+    for name, result in systems.items():
+        present = {k.split("/")[0] for k in result["runs"]}
+        args.strategies = [s for s in STRATEGIES if s in present]
+        summarise(name, result, args)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--systems", default="quartz,zro2,xtb")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--model", choices=("monopole", "dipole", "combined"),
-                        default="monopole")
-    parser.add_argument("--n-sparse", type=int, default=60)
+                        default="combined")
+    parser.add_argument("--n-sparse", type=int, default=None,
+                        help="per species (default: quartz 40, zro2 30, xtb 60)")
+    parser.add_argument("--test-stride", type=int, default=1,
+                        help="use every Nth test frame (default 1: all)")
     parser.add_argument("--start", type=int, default=5)
     parser.add_argument("--step", type=int, default=5)
     parser.add_argument("--max", type=int, default=None, help="default 40 (--quick: 20)")
     parser.add_argument("--seeds", type=int, default=None, help="default 3 (--quick: 2)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds of random: first-seed, first-seed + 1, ... (to split "
+                             "them over several runs and --merge)")
+    parser.add_argument("--candidates", type=int, default=None,
+                        help="frames kept after each round's scoring pass for the greedy "
+                             "stage (default: numbec.select's, 20 per pick, >= 200: the whole "
+                             "pool here, whose exact design rows the greedy stage then builds)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--cache", default="numbec-al-cache",
                         help="directory of the generated xTB data")
     parser.add_argument("--json", default=None, help="write all rounds to this file")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="print the tables of earlier --json runs together (e.g. the "
+                             "strategies run separately) instead of running")
     args = parser.parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):  # one line per round, also into a file
+        sys.stdout.reconfigure(line_buffering=True)
+    if args.merge:
+        return merge(args.merge)
     args.strategies = [s for s in args.strategies.split(",") if s]
     unknown = set(args.strategies) - set(STRATEGIES)
     if unknown:
@@ -253,13 +308,26 @@ def main(argv=None) -> int:
     for name in systems:
         if name not in LOADERS:
             parser.error(f"unknown system {name!r}; use {sorted(LOADERS)}")
-        result = run_system(name, args)
+        def checkpoint(name, partial):
+            report["systems"][name] = partial
+            if args.json:
+                _write_json(args.json, report)
+
+        result = run_system(name, args, checkpoint=checkpoint)
         result["summary"] = summarise(name, result, args)
         report["systems"][name] = result
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+        _write_json(args.json, report)
     return 0
+
+
+def _write_json(path, report) -> None:
+    """Whole or not at all: a temporary name, then a rename."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,19 @@ fitted kernel model and returns the ``n`` frames to label next, by one of four s
     the posterior becomes that of the model retrained with the frame,
     ``Sigma^-1 <- Sigma^-1 + G_f / sigma_v^2`` (hyperparameters fixed), so the frames that
     resemble it lose their score: N picks are not N neighbours.
+``hybrid``
+    Greedy as ``uncertainty``, with the frame's *representation error* added to its score:
+    ``v_f + p_f rho_f``. ``rho_f`` is the mean over the frame's atoms of the Nyström residual
+    of each environment against the model's sparse points of its species,
+    ``r_a = 1 - k_a^T K_mm^+ k_a`` in the normalised scalar kernel (:func:`frame_residual`;
+    0 for an environment the sparse points span, 1 for one unlike all of them), and ``p_f``
+    the variance of the frame's predicted BEC components about their species means
+    (:func:`signal_variance`, e^2): an environment that the sparse points cannot represent
+    leaves that fraction of the signal unmodelled, whatever the weights. The posterior
+    variance ``v_f`` does not see this error. After each pick the posterior is updated as in
+    ``uncertainty`` and the picked frame's environments join the references of the residual
+    (a refit would choose its sparse points among them), so a frame like an earlier pick
+    loses both terms.
 ``reduction``
     Greedy as ``uncertainty``, but each pick maximises the expected reduction of the mean
     epistemic variance over the whole trajectory, ``(1/F) sum_g [v_g(Sigma) - v_g(Sigma')]``
@@ -70,13 +83,15 @@ __all__ = [
     "Selection",
     "frame_design",
     "frame_fingerprint",
+    "frame_residual",
     "frame_score",
     "frame_score_lowrank",
     "select",
+    "signal_variance",
 ]
 
 #: Selection strategies of :func:`select`.
-STRATEGIES = ("uncertainty", "reduction", "diverse", "random", "stride")
+STRATEGIES = ("uncertainty", "hybrid", "reduction", "diverse", "random", "stride")
 #: Frame scores of :func:`select`: ``lowrank`` (default, :func:`frame_score_lowrank`) and
 #: ``exact`` (:func:`frame_score`, design rows).
 SCORES = ("lowrank", "exact")
@@ -221,6 +236,111 @@ def frame_fingerprint(model, positions, numbers, cell, pbc, where: str = "") -> 
     return np.concatenate(parts)
 
 
+class _Coverage:
+    """Nyström residual of environments against a reference set of environments per species.
+
+    The reference set starts as the model's sparse points; :meth:`add` appends environments
+    (those of a picked frame). For a unit descriptor x of species z and the reference
+    environments R_z (m_z, D), with the kernel ``k(x, y) = (x . y) ** zeta`` (``k(x, x) = 1``)::
+
+        r(x) = 1 - k_z(x)^T K_zz^+ k_z(x),   k_z(x) = k(x, R_z) (m_z,),  K_zz = k(R_z, R_z)
+
+    the fraction of the kernel feature vector of x outside the span of the references (0 for
+    a reference environment, 1 for one orthogonal to all of them). ``K_zz^+`` keeps the
+    eigenvalues above ``1e-10`` of the largest (CUR-chosen points can be nearly dependent).
+    """
+
+    RCOND = 1e-10
+
+    def __init__(self, model):
+        self.zeta = int(model.zeta)
+        self.refs = {int(z): np.asarray(model.sparse_unit[model.sparse_species == z])
+                     for z in model.species}
+        self.factors = {z: self._factor(r) for z, r in self.refs.items()}
+
+    def _factor(self, refs: np.ndarray) -> np.ndarray:
+        """``W`` (m, r) with ``K^+ = W W^T`` on the kept eigen-directions."""
+        from numbec.models.kernels import int_power
+
+        lam, vec = np.linalg.eigh(int_power(refs @ refs.T, self.zeta))
+        keep = lam > self.RCOND * max(float(lam[-1]), 0.0)
+        return vec[:, keep] / np.sqrt(lam[keep])
+
+    def residual(self, unit: np.ndarray, numbers: np.ndarray) -> np.ndarray:
+        """(N,) float64 in [0, 1]: r of each atom (unit (N, D) unit descriptors, numbers (N,);
+        an atom whose species has no reference, or an isolated atom (zero row), gets 1)."""
+        from numbec.models.kernels import int_power
+
+        out = np.ones(len(numbers))
+        for z, refs in self.refs.items():
+            rows = numbers == z
+            if rows.any() and refs.shape[0]:
+                proj = int_power(unit[rows] @ refs.T, self.zeta) @ self.factors[z]
+                out[rows] = 1.0 - np.einsum("ak,ak->a", proj, proj)
+        return np.clip(out, 0.0, 1.0)
+
+    def add(self, unit: np.ndarray, numbers: np.ndarray) -> None:
+        """Append the environments (unit (N, D), numbers (N,)) to the references."""
+        for z in self.refs:
+            rows = (numbers == z) & (np.linalg.norm(unit, axis=1) > 0.0)
+            if rows.any():
+                self.refs[z] = np.concatenate([self.refs[z], unit[rows]])
+                self.factors[z] = self._factor(self.refs[z])
+
+
+def _unit_descriptors(model, positions, numbers, cell, pbc, where) -> np.ndarray:
+    """(N, D) unit scalar descriptors (zero rows for isolated atoms) with the model's settings."""
+    from numbec.descriptors import compute_descriptors
+    from numbec.models import kernels
+
+    desc = compute_descriptors(np.asarray(positions, dtype=np.float64), numbers,
+                               np.asarray(cell, dtype=np.float64), pbc, model.settings)
+    return kernels.normalize(desc.values, where or "select", allow_isolated=True)[0]
+
+
+def frame_residual(model, positions, numbers, cell, pbc, where: str = "") -> np.ndarray:
+    """Representation error of each atom's environment: its Nyström residual against the
+    model's sparse points of its species, (N,) float64 in [0, 1], dimensionless.
+
+    ``r_a = 1 - k_a^T K_mm^+ k_a`` in the model's normalised scalar kernel
+    ``(x_a . x_b) ** zeta`` (``k(x, x) = 1``): 0 for an environment that is a sparse point
+    (or a combination of them in feature space), 1 for one unlike every sparse point. The
+    posterior variance of the weights does not see this error: no weight can represent the
+    part of an environment outside the span of the sparse points.
+
+    positions (N, 3) Å; numbers (N,) int; cell (3, 3) Å, rows = lattice vectors; pbc (3,) bool.
+    """
+    if getattr(model, "sparse_unit", None) is None:
+        raise ValueError(f"frame_residual needs a fitted kernel model, got "
+                         f"{type(model).__name__}")
+    numbers = np.asarray(numbers, dtype=np.int64)
+    model.check_inputs(positions, numbers, where)
+    unit = _unit_descriptors(model, positions, numbers, cell, pbc, where)
+    return _coverage(model).residual(unit, numbers)
+
+
+def _coverage(model) -> _Coverage:
+    key = id(model.sparse_unit)
+    cached = getattr(model, "_coverage_cache", None)
+    if cached is None or cached[0] != key:
+        cached = (key, _Coverage(model))
+        model._coverage_cache = cached
+    return cached[1]
+
+
+def signal_variance(bec: np.ndarray, numbers: np.ndarray) -> float:
+    """Variance of BEC components about their species means, e^2: the scale of what the
+    kernel has to represent at a frame (``hybrid`` multiplies the representation error by
+    it). bec (N, 3, 3) e; numbers (N,) int."""
+    bec = np.asarray(bec, dtype=np.float64)
+    numbers = np.asarray(numbers)
+    total = 0.0
+    for z in np.unique(numbers):
+        part = bec[numbers == z]
+        total += float(np.sum((part - part.mean(axis=0)) ** 2))
+    return total / bec.size
+
+
 # ---------------------------------------------------------------------------- frame sources
 class _Frames:
     """Frames of a trajectory store, an xarray Dataset in its layout, or a list of ase.Atoms.
@@ -307,13 +427,14 @@ class Selection:
     """Frames chosen by :func:`select`, in the order they were picked.
 
     indices (n,) int64 frame indices of the trajectory; times (n,) float64 fs (NaN unknown);
-    scores (n,) float64 e: for ``uncertainty``/``diverse`` the RMS epistemic BEC standard
-    deviation ``sqrt(v_f)`` of the frame when it was picked (for ``uncertainty`` after the
-    earlier picks were added to the posterior), NaN for ``random``/``stride``;
-    pool_score_mean / pool_score_max (e): ``sqrt`` of the mean and largest ``v_f`` over all
-    frames scanned (NaN when not scored); strategy; n_frames scanned; seconds of wall time;
-    score: how frames were scored (``"lowrank K=32"``, ``"exact"``, ``"custom"``; ``""`` for
-    ``random``/``stride``).
+    scores (n,) float64 e: for ``uncertainty``/``diverse``/``reduction`` the RMS epistemic BEC
+    standard deviation ``sqrt(v_f)`` of the frame when it was picked (for ``uncertainty`` after
+    the earlier picks were added to the posterior), for ``hybrid`` ``sqrt(v_f + p_f rho_f)``,
+    NaN for ``random``/``stride``;
+    pool_score_mean / pool_score_max (e): ``sqrt`` of the mean and largest ``v_f`` (``hybrid``:
+    ``v_f + p_f rho_f``) over all frames scanned (NaN when not scored); strategy; n_frames
+    scanned; seconds of wall time; score: how frames were scored (``"lowrank K=32"``,
+    ``"exact"``, ``"custom"``; ``""`` for ``random``/``stride``).
     """
 
     indices: np.ndarray
@@ -454,7 +575,8 @@ def select(model, trajectory, n: int, strategy: str = "uncertainty", *,
                      progress)
         if strategy != "diverse":
             picked, scores = _greedy_posterior(model, frames, scan, n, sep,
-                                               pool_gain=strategy == "reduction")
+                                               pool_gain=strategy == "reduction",
+                                               hybrid=strategy == "hybrid")
         else:
             picked, scores = _farthest_points(scan, n, sep)
         result = Selection(np.asarray(picked, dtype=np.int64), frames.times[picked],
@@ -516,6 +638,8 @@ def _scan(model, frames, excluded, strategy, n_keep, score, rank, progress) -> d
 
     custom = score != "exact"
     lowrank = _lowrank_scorer(model, rank) if score == "lowrank" else None
+    hybrid = strategy == "hybrid"
+    coverage = _coverage(model) if hybrid else None
     pool_low = None  # sum over scanned frames of D_f^T D_f / R_f (``reduction``), (K, K)
     heap: list = []  # (variance, index, payload), a min-heap of the best n_keep
     pool_gram = None  # sum over scanned frames of G_f / R_f (``reduction``), (M, M)
@@ -544,6 +668,12 @@ def _scan(model, frames, excluded, strategy, n_keep, score, rank, progress) -> d
                 var = _variance_from_gram(model.covariance, gram, phi.shape[0])
                 payload = (gram, phi.shape[0]) if strategy != "diverse" else None
                 pool_gram = gram / phi.shape[0] + (0.0 if pool_gram is None else pool_gram)
+            units = None
+            if hybrid:
+                bec = model.predict_arrays(pos, numbers, cell, pbc)["bec"]
+                units = (_unit_descriptors(model, pos, numbers, cell, pbc, where), numbers,
+                         signal_variance(bec, numbers))
+                var += units[2] * float(np.mean(coverage.residual(*units[:2])))
             if not math.isfinite(var):
                 raise ValueError(f"{where}: score is {var}")
             total += var
@@ -552,7 +682,7 @@ def _scan(model, frames, excluded, strategy, n_keep, score, rank, progress) -> d
             if len(heap) < n_keep or var > heap[0][0]:
                 if strategy == "diverse":
                     payload = frame_fingerprint(model, pos, numbers, cell, pbc, where)
-                item = (var, -k, payload)
+                item = (var, -k, payload, units)
                 if len(heap) < n_keep:
                     heapq.heappush(heap, item)
                 else:
@@ -567,15 +697,18 @@ def _scan(model, frames, excluded, strategy, n_keep, score, rank, progress) -> d
     return {"index": np.array([-item[1] for item in heap], dtype=np.int64),
             "variance": np.array([item[0] for item in heap]),
             "payload": [item[2] for item in heap], "custom": custom,
+            "units": [item[3] for item in heap],
             "excluded_prints": excluded_prints, "pool_gram": pool_gram, "count": count,
             "mean": total / count, "max": worst}
 
 
-def _greedy_posterior(model, frames, scan, n, sep, pool_gain=False):
+def _greedy_posterior(model, frames, scan, n, sep, pool_gain=False, hybrid=False):
     """Greedy selection under the posterior, updated after each pick: the candidate of largest
     own variance ``v_f``, or (``pool_gain``) of largest reduction of the pool's mean variance
     ``(1/F) sum_g [v_g(Sigma) - v_g(Sigma'_f)]`` with ``Sigma'_f = (Sigma^-1 + G_f /
-    sigma_v^2)^-1``. Returns picked indices and each one's own ``v_f`` when picked."""
+    sigma_v^2)^-1``, or (``hybrid``) of largest ``v_f + p rho_f`` with the picked frames'
+    environments added to the references of the residual. Returns picked indices and each
+    one's key (``v_f`` or ``v_f + p rho_f``) when picked."""
     import scipy.linalg
 
     index = scan["index"]
@@ -602,6 +735,10 @@ def _greedy_posterior(model, frames, scan, n, sep, pool_gain=False):
         else:
             pool_size = scan["count"]
         pool_gram = pool_gram / pool_size
+    coverage = None
+    if hybrid:  # a copy: the picks grow its references
+        coverage = _Coverage(model)
+        units = scan["units"]
     alive = np.ones(index.size, dtype=bool)
     picked, scores = [], []
     while len(picked) < n:
@@ -609,6 +746,10 @@ def _greedy_posterior(model, frames, scan, n, sep, pool_gain=False):
         if not alive.any():
             break
         var = np.clip(np.einsum("ij,cij->c", cov, grams) / rows, 0.0, None)
+        if hybrid:
+            var = var + np.array(
+                [units[c][2] * float(np.mean(coverage.residual(*units[c][:2]))) if alive[c]
+                 else 0.0 for c in range(index.size)])
         if pool_gain:
             now = float(np.einsum("ij,ij->", cov, pool_gram))
             key = np.full(index.size, -np.inf)
@@ -623,6 +764,8 @@ def _greedy_posterior(model, frames, scan, n, sep, pool_gain=False):
         scores.append(float(var[c]))
         alive[c] = False
         sep.take(int(index[c]))
+        if hybrid:
+            coverage.add(*units[c][:2])
         precision = precision + grams[c] / noise
         precision = 0.5 * (precision + precision.T)
         cov = scipy.linalg.cho_solve(scipy.linalg.cho_factor(precision), np.eye(m))

@@ -31,9 +31,10 @@ def _unlabelled(frames):
     return out
 
 
-def test_loop_labels_the_distorted_frames_first(quartz):
-    """Two strongly distorted frames in a pool of ordinary ones: the uncertainty strategy
-    asks for exactly those two in its first round; every frame is labelled once."""
+@pytest.mark.parametrize("strategy", ["uncertainty", "hybrid"])
+def test_loop_labels_the_distorted_frames_first(quartz, strategy):
+    """Two strongly distorted frames in a pool of ordinary ones: the uncertainty and hybrid
+    strategies ask for exactly those two in their first round; every frame is labelled once."""
     rng = np.random.default_rng(5)
     labelled_pool = [a.copy() for a in quartz[:10]]
     for k in (3, 7):  # 0.15 Å random displacements (BECs kept: only the ranking matters)
@@ -48,7 +49,7 @@ def test_loop_labels_the_distorted_frames_first(quartz):
     seen = []
     result = active_learning(
         _unlabelled(labelled_pool), label, kernel_trainer("monopole", 30, SETTINGS),
-        strategy="uncertainty", n_initial=2, n_per_round=2, n_max=6, test=quartz[15:],
+        strategy=strategy, n_initial=2, n_per_round=2, n_max=6, test=quartz[15:],
         callback=lambda model, record: seen.append(record.round) or {"n_species":
                                                                      len(model.species)})
     assert [r.n_train for r in result.records] == [2, 4, 6]
@@ -64,7 +65,7 @@ def test_loop_labels_the_distorted_frames_first(quartz):
     assert result.records[1].pool_std_max > 2.0 * result.records[2].pool_std_max
 
 
-@pytest.mark.parametrize("strategy", ["random", "stride", "diverse"])
+@pytest.mark.parametrize("strategy", ["random", "stride", "diverse", "hybrid"])
 def test_loop_strategies_label_distinct_frames(quartz, strategy):
     pool = _unlabelled(quartz[:12])
     result = active_learning(pool, lambda k, a: quartz[k], kernel_trainer("monopole", 20,
@@ -124,10 +125,10 @@ def test_active_learning_benchmark_smoke(tmp_path, shared_data):
     proc = subprocess.run(
         [sys.executable, str(script), "--systems", "quartz", "--quick", "--start", "3",
          "--step", "3", "--max", "6", "--seeds", "1", "--n-sparse", "20",
-         "--strategies", "uncertainty,random,stride", "--json", str(out)],
+         "--strategies", "uncertainty,hybrid,random,stride", "--json", str(out)],
         capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "| frames | uncertainty | random | stride |" in proc.stdout
+    assert "| frames | uncertainty | hybrid | random | stride |" in proc.stdout
     runs = json.loads(out.read_text())["systems"]["quartz"]["runs"]
     first = {name: rounds[0]["test_rmse"] for name, rounds in runs.items()}
     assert len(set(first.values())) == 1, first

@@ -20,6 +20,7 @@ from numbec.io.dft_inputs import read_espresso_template, write_selected
 from numbec.selection import (
     STRATEGIES,
     UNCERTAINTY_RANK,
+    frame_residual,
     frame_score,
     frame_score_lowrank,
     select,
@@ -129,6 +130,61 @@ def test_lowrank_score_ranks_frames_like_the_exact_score(model, quartz):
     # the selection agrees on the most uncertain frame
     assert (select(model, frames, 1, "uncertainty").indices[0]
             == select(model, frames, 1, "uncertainty", score="exact").indices[0])
+
+
+def _residual(model, atoms):
+    return frame_residual(model, atoms.positions, atoms.numbers, np.asarray(atoms.cell),
+                          atoms.pbc)
+
+
+def test_residual_is_the_distance_to_the_span_of_the_sparse_points(quartz):
+    """zeta = 2: the kernel's feature map is explicit, phi(x) = x (x) x, so the Nyström
+    residual must equal the squared distance of phi(x) to the span of the sparse points'
+    features (least squares), 0 for a sparse point and > 0 for an environment outside."""
+    settings = DescriptorSettings(species=(8, 14), cutoff_radial=4.0, cutoff_angular=3.0,
+                                  n_radial=3, n_angular=2, l_max=1)
+    model = numbec.MonopoleModel(settings=settings, n_sparse={"O": 12, "Si": 6},
+                                 zeta=2).fit(quartz[:1])
+    far = _displaced(quartz[10], 0.2, seed=2)
+    from numbec.descriptors import compute_descriptors
+
+    desc = compute_descriptors(far.positions, far.numbers, np.asarray(far.cell), far.pbc,
+                               model.settings).values
+    unit = desc / np.linalg.norm(desc, axis=1)[:, None]
+    expected = np.empty(len(far))
+    for z in (8, 14):
+        refs = model.sparse_unit[model.sparse_species == z]
+        basis = np.einsum("bi,bj->bij", refs, refs).reshape(len(refs), -1).T  # (D^2, m)
+        rows = np.flatnonzero(far.numbers == z)
+        feats = np.einsum("ai,aj->aij", unit[rows], unit[rows]).reshape(len(rows), -1).T
+        coef = np.linalg.lstsq(basis, feats, rcond=None)[0]
+        expected[rows] = np.sum((feats - basis @ coef) ** 2, axis=0)
+    got = _residual(model, far)
+    np.testing.assert_allclose(got, expected, atol=1e-9)
+    assert got.max() > 1e-3  # the test means something: environments outside the span
+
+
+def test_residual_zero_for_sparse_points_and_large_far_from_them(quartz):
+    # n_sparse = every environment of the training frame: each of its atoms is a sparse point
+    model = numbec.MonopoleModel(settings=SETTINGS, n_sparse={"O": 48, "Si": 24}).fit(quartz[:1])
+    assert np.abs(_residual(model, quartz[0])).max() < 1e-6
+    far = _residual(model, _displaced(quartz[0], 0.15, seed=3))
+    assert far.mean() > 1e-3 and far.max() <= 1.0
+    # an unseen frame of the same MD lies between
+    assert 1e-6 < _residual(model, quartz[10]).mean() < far.mean()
+
+
+def test_hybrid_ranks_the_unrepresented_frame_first_and_learns_from_its_picks(model, quartz):
+    far = _displaced(quartz[10], 0.15, seed=1)
+    assert _residual(model, far).mean() > 10 * _residual(model, quartz[0]).mean()
+    assert list(select(model, [quartz[0], far], 1, "hybrid").indices) == [1]
+    # after the first copy is picked its environments are references: the second copy's
+    # representation error is gone and only the (updated) posterior variance is left, as
+    # in the uncertainty strategy
+    hybrid = select(model, [far, far.copy()], 2, "hybrid")
+    plain = select(model, [far, far.copy()], 2, "uncertainty")
+    assert hybrid.scores[0] > 1.5 * plain.scores[0]  # the residual term counts
+    assert hybrid.scores[1] == pytest.approx(plain.scores[1], rel=1e-4)
 
 
 def test_non_kernel_model_refused_for_uncertainty(quartz):

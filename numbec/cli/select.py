@@ -5,7 +5,10 @@ writes the N chosen ones for DFT (numbec.selection.select, numbec.io.dft_inputs)
 
 * ``--strategy uncertainty`` (default): greedy, largest posterior BEC variance first, the
   posterior updated after each pick as if the frame were already in the training set, so
-  the picks are not neighbours of each other; ``reduction``: greedy, largest expected
+  the picks are not neighbours of each other; ``hybrid``: greedy like ``uncertainty``, the
+  posterior variance plus the prior variance times the frame's representation error (the
+  Nyström residual of its environments against the sparse points and the earlier picks);
+  ``reduction``: greedy, largest expected
   reduction of the whole trajectory's mean variance; ``diverse``: farthest-point sampling in
   descriptor space among the most uncertain frames; ``random``, ``stride``: baselines.
 * ``--min-separation T``: no two picked frames closer than T fs (frames if the store has no
@@ -31,7 +34,7 @@ import sys
 #: ``numbec.io.dft_inputs.FORMATS``, kept here so that
 #: ``numbec select --help`` does not import NumPy (``tests/test_cli_main.py`` checks that
 #: they agree).
-STRATEGIES = ("uncertainty", "reduction", "diverse", "random", "stride")
+STRATEGIES = ("uncertainty", "hybrid", "reduction", "diverse", "random", "stride")
 FORMATS = ("extxyz", "vasp", "espresso")
 SCORES = ("lowrank", "exact")
 UNCERTAINTY_RANK = 32
@@ -111,7 +114,7 @@ def run(args) -> int:
     from numbec.selection import _Frames, select
 
     if args.model == "-":
-        if args.strategy in ("uncertainty", "diverse"):
+        if args.strategy not in ("random", "stride"):
             raise ValueError(f"--strategy {args.strategy} needs a model file (MODEL '-' is "
                              "for random and stride)")
         model = None
