@@ -218,6 +218,42 @@ def _frame_pairs(pairs, frame: int, n_atoms: int) -> NeighborList:
                         pairs.vectors[first:last], pairs.distances[first:last], pairs.cutoff)
 
 
+def batch_descriptors(model, positions, numbers, cells, pbc, order=None):
+    """Descriptor pass of F frames of the same N atoms stacked into one structure (atom a of
+    frame k is stacked atom ``k N + a``; pairs never join two frames).
+
+    positions (F, N, 3) Å; numbers (N,) int; cells (F, 3, 3) Å or None; pbc (3,) bool;
+    ``order`` (F N,) int or None: the stacked atoms are taken in this order (e.g. species
+    by species). Returns ``(desc, vdesc, stacked, periodic, unwrapped)``: the scalar
+    descriptors (and the vector ones of models with a dipole part, else None) of the
+    ordered stacked atoms, their atomic numbers (F N,), and per frame whether it is a
+    periodic cell (F,) bool and its positions (F, N, 3) Å, unwrapped for a periodic cell
+    holding one finite cluster, which is treated as a molecule (same descriptors; the exact
+    molecular derivative then replaces the sum-rule projection)."""
+    f, n = positions.shape[:2]
+    pairs = neighbor_list_frames(positions, cells, pbc, model.settings.cutoff)
+    flat, stacked, descriptor_pairs = positions.reshape(f * n, 3), np.tile(numbers, f), pairs
+    if order is not None:
+        flat, stacked, descriptor_pairs = flat[order], stacked[order], permute_atoms(pairs,
+                                                                                   order)
+    if model._dipole:
+        desc, vdesc = compute_scalar_and_vector_descriptors(flat, stacked, None, pbc,
+                                                            model.settings,
+                                                            pairs=descriptor_pairs)
+    else:
+        desc = compute_descriptors(flat, stacked, None, pbc, model.settings,
+                                   pairs=descriptor_pairs)
+        vdesc = None
+    periodic = np.full(f, bool(pbc.any()))
+    unwrapped = positions.copy()
+    for k in np.flatnonzero(periodic):
+        cluster = _unwrapped_cluster(_frame_pairs(pairs, k, n), positions[k], cells[k])
+        if cluster is not None:
+            periodic[k] = False
+            unwrapped[k] = cluster
+    return desc, vdesc, stacked, periodic, unwrapped
+
+
 def _species_major_order(numbers, n_frames: int) -> np.ndarray:
     """(F * N,) int64 order of the atoms of F stacked frames (frame-major, atom ``a`` of frame
     ``f`` at ``f * N + a``) species by species: all atoms of the lightest species, frame by
@@ -561,30 +597,11 @@ class KernelBECModel(BECModel):
         kernel products is a contiguous view instead of a gathered copy; the per-atom results
         are put back into frame order before the per-frame steps."""
         f, n = positions.shape[:2]
-        pairs = neighbor_list_frames(positions, cells, pbc, self.settings.cutoff)
         order = _species_major_order(numbers, f)
         inverse = np.empty_like(order)
         inverse[order] = np.arange(order.size)
-        flat = positions.reshape(f * n, 3)[order]
-        stacked = np.tile(numbers, f)[order]
-        sorted_pairs = permute_atoms(pairs, order)
-        if self._dipole:
-            desc, vdesc = compute_scalar_and_vector_descriptors(flat, stacked, None, pbc,
-                                                                self.settings,
-                                                                pairs=sorted_pairs)
-        else:
-            desc = compute_descriptors(flat, stacked, None, pbc, self.settings,
-                                       pairs=sorted_pairs)
-            vdesc = None
-        # a periodic cell holding one finite cluster is a molecule: same descriptors, and then
-        # the exact molecular derivative replaces the sum-rule projection
-        periodic = np.full(f, bool(pbc.any()))
-        unwrapped = positions.copy()
-        for k in np.flatnonzero(periodic):
-            cluster = _unwrapped_cluster(_frame_pairs(pairs, k, n), positions[k], cells[k])
-            if cluster is not None:
-                periodic[k] = False
-                unwrapped[k] = cluster
+        desc, vdesc, stacked, periodic, unwrapped = batch_descriptors(
+            self, positions, numbers, cells, pbc, order)
         ex = desc.expansion
         unit, norms = kernels.normalize(desc.values, "predict", allow_isolated=True)
         species_kernels = self._species_kernels(stacked, unit)

@@ -128,10 +128,8 @@ class _Frames:
 def _prepare_frames(model, positions, numbers, cells, pbc) -> _Frames:
     """The batched descriptor pass of ``predict_frames`` (checked inputs; the molecule/cell
     decision frame by frame as there)."""
-    from numbec.descriptors import compute_descriptors, compute_scalar_and_vector_descriptors
-    from numbec.descriptors.neighbors import neighbor_list_frames
     from numbec.models import kernels
-    from numbec.models._kernel_model import _frame_pairs, _unwrapped_cluster
+    from numbec.models._kernel_model import batch_descriptors
 
     model._check_fitted()
     numbers = np.asarray(numbers, dtype=np.int64)
@@ -140,23 +138,10 @@ def _prepare_frames(model, positions, numbers, cells, pbc) -> _Frames:
                          f"numbers, got {positions.shape}")
     model.check_inputs(positions.reshape(-1, 3), np.tile(numbers, positions.shape[0]))
     pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
-    f, n = positions.shape[:2]
+    f = positions.shape[0]
     cells = None if cells is None else np.asarray(cells, dtype=np.float64)
-    pairs = neighbor_list_frames(positions, cells, pbc, model.settings.cutoff)
-    flat, stacked = positions.reshape(f * n, 3), np.tile(numbers, f)
-    if model._dipole:
-        desc, vdesc = compute_scalar_and_vector_descriptors(flat, stacked, None, pbc,
-                                                            model.settings, pairs=pairs)
-    else:
-        desc = compute_descriptors(flat, stacked, None, pbc, model.settings, pairs=pairs)
-        vdesc = None
-    periodic = np.full(f, bool(pbc.any()))
-    unwrapped = positions.copy()
-    for k in np.flatnonzero(periodic):
-        cluster = _unwrapped_cluster(_frame_pairs(pairs, k, n), positions[k], cells[k])
-        if cluster is not None:
-            periodic[k] = False
-            unwrapped[k] = cluster
+    desc, vdesc, stacked, periodic, unwrapped = batch_descriptors(model, positions, numbers,
+                                                                  cells, pbc)
     unit, norms = kernels.normalize(desc.values, "predict", allow_isolated=True)
     return _Frames(numbers, f, desc, vdesc, unit, norms, model._species_kernels(stacked, unit),
                    periodic, unwrapped)
