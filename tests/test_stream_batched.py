@@ -33,13 +33,8 @@ def _compare(a, b):
                                    err_msg=name)
 
 
-@pytest.mark.parametrize("periodic", [False, True], ids=["molecule", "periodic"])
-@pytest.mark.parametrize("cls", [MonopoleModel, DipoleModel, CombinedModel],
-                         ids=lambda c: c.__name__)
-def test_batched_stream_equals_frame_by_frame(cls, periodic, monkeypatch, tmp_path):
-    rng = np.random.default_rng(4)
-    model = fitted_random_model(cls, rng, periodic)
-    ds = _trajectory(rng, periodic)
+def _count_batches(model, monkeypatch) -> list:
+    """The number of frames of every ``predict_frames`` call of ``model``'s class, from now."""
     calls = []
     original = type(model).predict_frames
 
@@ -48,6 +43,17 @@ def test_batched_stream_equals_frame_by_frame(cls, periodic, monkeypatch, tmp_pa
         return original(self, positions, *args, **kwargs)
 
     monkeypatch.setattr(type(model), "predict_frames", counting)
+    return calls
+
+
+@pytest.mark.parametrize("periodic", [False, True], ids=["molecule", "periodic"])
+@pytest.mark.parametrize("cls", [MonopoleModel, DipoleModel, CombinedModel],
+                         ids=lambda c: c.__name__)
+def test_batched_stream_equals_frame_by_frame(cls, periodic, monkeypatch, tmp_path):
+    rng = np.random.default_rng(4)
+    model = fitted_random_model(cls, rng, periodic)
+    ds = _trajectory(rng, periodic)
+    calls = _count_batches(model, monkeypatch)
     # batches of 5 frames: a chunk of 10 frames is two batches and the last chunk one of 3
     monkeypatch.setattr(parallel, "BATCH_ATOMS", 5 * ds.sizes["atom"])
     batched = {threads: predict(model, ds, chunk_frames=10, threads=threads, progress=False)
@@ -105,14 +111,7 @@ def test_automatic_threads_probe_then_run_the_rest_alike(mode, monkeypatch):
 
     monkeypatch.setattr(parallel, "fastest_batch_mode", choose)
     monkeypatch.setattr(parallel, "frame_threads", lambda *args: 2)
-    calls = []
-    original = type(model).predict_frames
-
-    def counting(self, positions, *args, **kwargs):
-        calls.append(len(positions))
-        return original(self, positions, *args, **kwargs)
-
-    monkeypatch.setattr(type(model), "predict_frames", counting)
+    calls = _count_batches(model, monkeypatch)
     auto = predict(model, ds, threads=None, progress=False)
     assert len(probed) == 1 and set(probed[0]) == {"numba", "serial", "batch threads"}
     assert all(s > 0 for s in probed[0].values())
