@@ -61,10 +61,12 @@ from numbec.conventions import acoustic_sum, as_bec_array, asr_project, first_no
 from numbec.descriptors import (
     DescriptorSettings,
     compute_descriptors,
-    compute_scalar_and_vector_descriptors,
     compute_vector_descriptors,
 )
-from numbec.descriptors.neighbors import NeighborList, neighbor_list_frames, permute_atoms
+from numbec.descriptors.expansion import expand
+from numbec.descriptors.neighbors import NeighborList, neighbor_list_frames
+from numbec.descriptors.scalar import descriptors_from_expansion
+from numbec.descriptors.vector import vector_descriptors_from_expansion
 from numbec.models import kernels, regression, sparsify
 from numbec.models import kernels_numba as _kn
 from numbec.models.base import (
@@ -232,18 +234,14 @@ def batch_descriptors(model, positions, numbers, cells, pbc, order=None):
     molecular derivative then replaces the sum-rule projection)."""
     f, n = positions.shape[:2]
     pairs = neighbor_list_frames(positions, cells, pbc, model.settings.cutoff)
-    flat, stacked, descriptor_pairs = positions.reshape(f * n, 3), np.tile(numbers, f), pairs
+    flat, stacked = positions.reshape(f * n, 3), np.tile(numbers, f)
     if order is not None:
-        flat, stacked, descriptor_pairs = flat[order], stacked[order], permute_atoms(pairs,
-                                                                                   order)
-    if model._dipole:
-        desc, vdesc = compute_scalar_and_vector_descriptors(flat, stacked, None, pbc,
-                                                            model.settings,
-                                                            pairs=descriptor_pairs)
-    else:
-        desc = compute_descriptors(flat, stacked, None, pbc, model.settings,
-                                   pairs=descriptor_pairs)
-        vdesc = None
+        flat, stacked = flat[order], stacked[order]
+    # one expansion for both descriptors; the pairs are renumbered as they are grouped
+    ex = expand(flat, stacked, None, pbc, model.settings, 1 if model._dipole else 0,
+                pairs=pairs, atom_order=order)
+    desc = descriptors_from_expansion(ex)
+    vdesc = vector_descriptors_from_expansion(ex) if model._dipole else None
     periodic = np.full(f, bool(pbc.any()))
     unwrapped = positions.copy()
     for k in np.flatnonzero(periodic):
