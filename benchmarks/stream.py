@@ -369,7 +369,9 @@ def measure_stages(system, model_file, repeat):
     coefficients, the descriptor values, the kernel part (the products with the sparse set and
     the element-wise algebra between them), the coefficient adjoints of the descriptors, their
     back-propagation through the pairs, the scatter of the pair gradients onto atoms, and the
-    whole call (whose remainder is the sum rule, the per-frame steps and Python glue). Uses
+    whole call (whose remainder is the sum rule, the per-frame steps and Python glue). Times
+    are CPU time of this process (one thread), not wall time: on a shared machine other
+    processes' time slices would otherwise land in whichever stage they interrupt. Uses
     numbec internals: it is a profile, not an API.
     """
     from threadpoolctl import threadpool_limits
@@ -390,6 +392,15 @@ def measure_stages(system, model_file, repeat):
     settings = model.settings
     n = max(repeat, 20)
     out = {}
+
+    def timed(func, repeat):  # noqa: F811 - CPU time, best of repeat
+        best = np.inf
+        for _ in range(repeat):
+            start = time.process_time()
+            func()
+            best = min(best, time.process_time() - start)
+        return best
+
     with threadpool_limits(1, "blas"):
         out["total"] = timed(lambda: model.predict_arrays(*args), n)
         geometry = (args[0], args[2], args[3], settings.cutoff)
@@ -623,9 +634,9 @@ STAGES = (("neighbours", "neighbour list"),
 def stages_table(files, repeat):
     print("\n### Where a frame's time goes (ms per frame, 1 core, first frame)\n")
     print("`measure_stages`: the steps of one `predict_arrays`, each timed alone in a loop "
-          "(best of 20); the last-but-one row is the whole call minus the others, so it also "
-          "carries their noise and what a step costs more when the one before it has taken "
-          "the caches.\n")
+          "(CPU time, best of 20); the last-but-one row is the whole call minus the others, "
+          "so it also carries their noise and what a step costs more when the one before it "
+          "has taken the caches.\n")
     columns = [(system, name) for system in SYSTEMS for name in MODELS[1:]
                if "file" in files.get(f"{system}/{name}", {})]
     results = [child("stages", 1, system=system, repeat=repeat,

@@ -375,6 +375,13 @@ class KernelBECModel(BECModel):
 
     # ------------------------------------------------------------------ basic properties
     @property
+    def batch_atoms(self) -> int | None:
+        """Cap on the atoms per batch of :meth:`predict_frames` (None: only
+        :data:`numbec.parallel.BATCH_ATOMS`): models with the dipole kernel carry twice the
+        temporaries per atom (:data:`numbec.parallel.VECTOR_BATCH_ATOMS`)."""
+        return parallel.VECTOR_BATCH_ATOMS if self._dipole else None
+
+    @property
     def outputs(self) -> tuple[str, ...]:
         out = ["bec", "bec_std", "dipole", "asr_violation"]
         if self._monopole:
@@ -528,6 +535,7 @@ class KernelBECModel(BECModel):
         """BECs and the other outputs of F frames of the same atoms, computed in batches.
 
         Frames are stacked into structures of about :data:`numbec.parallel.BATCH_ATOMS` atoms
+        (:attr:`batch_atoms` at most)
         whose pairs never join two frames
         (:func:`numbec.descriptors.neighbors.neighbor_list_frames`): the expansion, the kernel
         products and the back-propagation then run once per batch instead of once per frame,
@@ -569,7 +577,7 @@ class KernelBECModel(BECModel):
         self.check_inputs(np.zeros((0, 3)), numbers)
         pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
         n_frames = positions.shape[0]
-        step = parallel.batch_frames(numbers.size)
+        step = parallel.batch_frames(numbers.size, self.batch_atoms)
         parts = []
         for start in range(0, n_frames, step):
             stop = min(start + step, n_frames)
