@@ -228,7 +228,7 @@ def expansion_coefficients(offsets, groups, ends, vectors, distances, l2_max, ra
         p0 = offsets[i]
         _, _, _, y, _, h2, _, h3, _ = centre_block(
             vectors, distances, p0, offsets[i + 1], kmax, l_max, tables, rad_cut, rad_inv,
-            rad_values, rad_derivs, ang_cut, ang_inv, ang_values, ang_derivs, False)
+            rad_values, rad_derivs, ang_cut, ang_inv, ang_values, ang_derivs, False, False)
         for jc in range(n_species):
             g0 = groups[i, jc] - p0
             g1 = ends[i, jc, 0] - p0
@@ -258,7 +258,7 @@ def _centre_basis_with_gradients(i, offsets, vectors, distances, kmax, l_max, ta
     k = offsets[i + 1] - p0
     ux, uy, uz, y, dy, h2, dh2, h3, dh3 = centre_block(
         vectors, distances, p0, p0 + k, kmax, l_max, tables, rad_cut, rad_inv, rad_values,
-        rad_derivs, ang_cut, ang_inv, ang_values, ang_derivs, True)
+        rad_derivs, ang_cut, ang_inv, ang_values, ang_derivs, True, False)
     return p0, k, ux, uy, uz, y, dy, h2, dh2, h3, dh3
 
 
