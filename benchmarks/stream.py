@@ -6,6 +6,7 @@ Usage::
     python benchmarks/stream.py --quick    # smoke run: few frames, small models
     python benchmarks/stream.py --model-dir DIR  # fit once, reuse next time
     python benchmarks/stream.py --only paths     # eager / out= / lazy / cluster / CLI
+    python benchmarks/stream.py --only throughput  # the throughput, ceiling, stage tables
 
 Prints markdown tables:
 
@@ -722,8 +723,9 @@ def main():
                         "(the best round of each is kept; default 3, 1 with --quick)")
     parser.add_argument("--model-dir", help="keep the fitted models here and reuse them "
                         "on the next run (default: a temporary directory, fitted every run)")
-    parser.add_argument("--only", choices=("paths",),
-                        help="run only this table (paths: one prediction, five ways)")
+    parser.add_argument("--only", choices=("paths", "throughput"),
+                        help="run only this table (paths: one prediction, five ways; "
+                        "throughput: the throughput, ceiling and stage tables)")
     parser.add_argument("--water-atoms", type=int, choices=(192, 384), default=None,
                         help="size of the water box (384: the 192-atom box twice along x; "
                         "the models are fitted on the 192-atom frames either way)")
@@ -742,6 +744,9 @@ def main():
     load = os.getloadavg()[0]
     print(f"numbec streaming benchmark ({'quick' if args.quick else 'full'}): "
           f"`python benchmarks/stream.py{' --quick' if args.quick else ''}"
+          f"{f' --repeat {args.repeat}' if args.repeat != 2 else ''}"
+          f"{f' --rounds {args.rounds}' if args.rounds else ''}"
+          f"{f' --only {args.only}' if args.only else ''}"
           f"{f' --water-atoms {args.water_atoms}' if args.water_atoms else ''}`; "
           f"{platform.machine()}, {os.cpu_count()} cores, load average {load:.1f}\n")
     with tempfile.TemporaryDirectory() as tmp:
@@ -760,6 +765,8 @@ def main():
             paths_table(tmp, files, 24 if args.quick else 200, 6 if args.quick else 25, rounds)
             return
         throughput_table(files, n_frames, n_featomic, args.repeat, rounds)
+        if args.only == "throughput":
+            return
         memory_table(tmp, (100, 400) if args.quick else (2000, 20000),
                      chunk=50 if args.quick else 500)
         cluster_table(tmp, files, cluster_frames, chunk=cluster_frames // 4)
