@@ -301,14 +301,21 @@ def pair_backprop(a2, a3, offsets, groups, ends, vectors, distances, rad_cut, ra
             for jc in range(n_species):
                 g0 = groups[i, jc] - p0
                 g1 = ends[i, jc, 0] - p0
-                for n in range(n_rad):
-                    arow = a2[i, jc * n_rad + n, c]
+                r = jc * n_rad
+                for n in range(0, n_rad - 3, 4):
                     for l in range(l2_max + 1):
                         col = n * n_l2 + l
                         for lm in range(l * l, (l + 1) * (l + 1)):
-                            if arow[lm] != 0.0:
-                                _axpy2(arow[lm], h2[col, g0:g1], dh2[col, g0:g1],
-                                       s_h[lm, g0:g1], s_dh[lm, g0:g1])
+                            _axpy2x4(a2[i, r + n, c, lm], a2[i, r + n + 1, c, lm],
+                                     a2[i, r + n + 2, c, lm], a2[i, r + n + 3, c, lm], h2, dh2,
+                                     col, n_l2, g0, g1, s_h[lm], s_dh[lm])
+                for n in range(n_rad - n_rad % 4, n_rad):
+                    arow = a2[i, r + n, c]
+                    for l in range(l2_max + 1):
+                        col = n * n_l2 + l
+                        for lm in range(l * l, (l + 1) * (l + 1)):
+                            _axpy2(arow[lm], h2[col, g0:g1], dh2[col, g0:g1],
+                                   s_h[lm, g0:g1], s_dh[lm, g0:g1])
                 g1 = ends[i, jc, 1] - p0
                 # four radial functions per pass: a quarter of the loads and stores of the
                 # sums (the loops over the pairs are short, so these dominate)
