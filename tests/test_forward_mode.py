@@ -84,7 +84,7 @@ def test_descriptor_tangent_equals_central_differences(rng):
 def test_bilinear_descriptor_tangents_equal_the_polarisation_identity(rng):
     """The one-product tangent kernels against ``(X(c + cdot) - X(c - cdot)) / 2`` of the
     value kernels (exact for forms quadratic in c), for random coefficient tangents."""
-    from numbec.descriptors import scalar_numba, tangent_numba, vector_numba
+    from numbec.descriptors import scalar_numba, tangent, tangent_numba, vector_numba
     from numbec.descriptors.scalar import angular_feature_table, angular_gram_index
     from numbec.descriptors.vector import _dense_feature_args
 
@@ -97,7 +97,8 @@ def test_bilinear_descriptor_tangents_equal_the_polarisation_identity(rng):
     table = (float(np.sqrt(SETTINGS.radial_weight)), angular_gram_index(SETTINGS),
              angular_feature_table(SETTINGS)[3])
     vargs = _dense_feature_args(SETTINGS)
-    xdot = tangent_numba.power_spectrum_tangents(c2dot, ex.c3, c3dot, *table)
+    xdot = tangent_numba.power_spectrum_tangents(c2dot, ex.c3, c3dot, table[0],
+                                                 *tangent._gram_indices(SETTINGS))
     vdot = tangent_numba.vector_feature_tangents(c2dot, ex.c3, c3dot, *vargs)
     for t in range(3):
         plus = (ex.c2 + c2dot[t], ex.c3 + c3dot[t])

@@ -94,25 +94,29 @@ def expansion_tangents(directions, offsets, groups, ends, vectors, distances, l2
                             row = acc[n]
                             for x in range(width):
                                 row[x] += dv * a[x] + hv * b[x]
+                    # (m, t) unflattened by nested loops: no integer division per element
                     for n in range(n_count):
-                        for x in range(width):
-                            t = x % n_t
-                            lm = l * l + x // n_t
-                            if two_body:
-                                c2dot[t, i, jc * n_rad + n, lm] = acc[n, x]
-                            else:
-                                c3dot[t, i, jc * n_ang + n, lm] = acc[n, x]
+                        row = acc[n]
+                        for m in range(2 * l + 1):
+                            lm = l * l + m
+                            for t in range(n_t):
+                                if two_body:
+                                    c2dot[t, i, jc * n_rad + n, lm] = row[m * n_t + t]
+                                else:
+                                    c3dot[t, i, jc * n_ang + n, lm] = row[m * n_t + t]
     return c2dot, c3dot
 
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
-def power_spectrum_tangents(c2dot, c3, c3dot, w2, gram_index, weight):
+def power_spectrum_tangents(c2dot, c3, c3dot, w2, gram_index, gram_swapped, weight):
     """Tangents (T, N, n2 + K) of the scalar descriptors of
     :func:`numbec.descriptors.scalar_numba.power_spectrum` along the coefficient tangents
     c2dot (T, N, S*n_rad, LM2), c3dot (T, N, S*n_ang, LM3) at c3 (N, S*n_ang, LM3).
 
     Per (tangent, centre) and l, ``H_l[r, s] = sum_m cdot[r, l m] c[s, l m]``; the Gram
     tangent is ``H_l[r, s] + H_l[s, r]`` (one product for both halves of the bilinear form).
+    gram_index (K,) int64: ``(l R + r) R + s`` of feature k in the flattened H (R = S*n_ang);
+    gram_swapped (K,) int64: ``(l R + s) R + r``, its transpose.
     """
     n_t, n_atoms, n_rows, n_lm3 = c3dot.shape
     l_max = int(np.sqrt(n_lm3) + 0.5) - 1
@@ -147,11 +151,7 @@ def power_spectrum_tangents(c2dot, c3, c3dot, w2, gram_index, weight):
                         g[rb] += cv * x[rb]
         o = out[t, i, n2:]
         for k in range(n_k):
-            idx = gram_index[k]
-            base = idx - idx % n_pairs
-            ra = (idx - base) // n_rows
-            rb = idx - base - ra * n_rows
-            o[k] = weight[k] * (h[idx] + h[base + rb * n_rows + ra])
+            o[k] = weight[k] * (h[gram_index[k]] + h[gram_swapped[k]])
     return out
 
 
