@@ -293,6 +293,58 @@ def test_predict_streams_forward_mode_samples(periodic, rng, tmp_path, monkeypat
         predict(model, ds, posterior_samples=4, seed=4, chunk_frames=3, out=out, progress=False)
 
 
+@pytest.mark.parametrize("batched", [True, False])
+def test_samples_without_species_parts_equal_their_sum(batched, rng, tmp_path, monkeypatch):
+    """``species_samples=False`` streams the total samples from one design row per frame:
+    the sum of the per-species samples to rounding, no per-species variable; a store of one
+    setting is never resumed with the other."""
+    import numbec.parallel
+    from numbec import predict
+    from numbec.stream import OutputMismatchError
+
+    if not batched:
+        monkeypatch.setattr(numbec.parallel, "BATCH_BELOW_ATOMS", 0)
+    model = _model(CombinedModel, rng, True)
+    ds = _trajectory(rng, True, n_frames=4)
+    full = predict(model, ds, posterior_samples=3, seed=2, progress=False)
+    out = tmp_path / "total.zarr"
+    total = predict(model, ds, posterior_samples=3, seed=2, species_samples=False, out=out,
+                    progress=False)
+    assert "dipole_derivative_by_species_samples" not in total
+    want = full["dipole_derivative_by_species_samples"].sum("species").values
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(total["dipole_derivative_samples"].values, want, rtol=0,
+                               atol=1e-12 * scale)
+    for name in ("dipole_derivative_std", "dipole_derivative", "bec"):
+        np.testing.assert_allclose(total[name].values, full[name].values, rtol=1e-12,
+                                   atol=1e-14 * np.abs(full[name].values).max(), err_msg=name)
+    # the same setting resumes (nothing left to do), the other one is another run
+    again = predict(model, ds, posterior_samples=3, seed=2, species_samples=False, out=out,
+                    progress=False)
+    np.testing.assert_array_equal(again["dipole_derivative_samples"].values,
+                                  total["dipole_derivative_samples"].values)
+    with pytest.raises(OutputMismatchError):
+        predict(model, ds, posterior_samples=3, seed=2, out=out, progress=False)
+    both = tmp_path / "species.zarr"
+    predict(model, ds, posterior_samples=3, seed=2, out=both, progress=False)
+    with pytest.raises(OutputMismatchError):
+        predict(model, ds, posterior_samples=3, seed=2, species_samples=False, out=both,
+                progress=False)
+
+
+def test_species_samples_setting_changes_the_state_only_when_off(rng):
+    """Stores written before the opt-out existed keep their fingerprint: the default adds
+    nothing to the saved state."""
+    model = _model(MonopoleModel, rng, False)
+    on = fm.DipoleDerivativeSamplesModel(model, n_samples=2, seed=1).state()[0]
+    off = fm.DipoleDerivativeSamplesModel(model, n_samples=2, seed=1,
+                                          species_samples=False).state()[0]
+    assert on["forward_mode_samples"] == {"samples": 2, "seed": 1}
+    assert off["forward_mode_samples"] == {"samples": 2, "seed": 1, "species_samples": False}
+    assert "dipole_derivative_by_species_samples" not in fm.DipoleDerivativeSamplesModel(
+        model, n_samples=2, species_samples=False).outputs
+
+
 def _atoms(positions, numbers, cell, pbc):
     from ase import Atoms
 

@@ -317,20 +317,23 @@ def full_posterior_samples(model, n_samples: int, seed=0) -> np.ndarray:
 
 
 def dipole_derivative_uncertainty(model, positions, numbers, cell, pbc, velocities,
-                                  weight_samples=None, *, total_charge: float = 0.0,
-                                  prepared=None) -> dict:
+                                  weight_samples=None, *, by_species: bool = True,
+                                  total_charge: float = 0.0, prepared=None) -> dict:
     """dM/dt of one frame with its exact epistemic standard deviation and posterior samples.
 
     weight_samples : (S, C) float64 (:func:`full_posterior_samples`), or None.
+    by_species : with samples, also the samples of each species' part (one design row per
+    species instead of one for the frame: about twice the work for two species).
     Returns ``dipole_derivative`` (3,) e·Å/fs (equal to ``sum_j Z_j v_j`` of the plain
     prediction), ``dipole_derivative_std`` (3,) ``sqrt(s_w diag(a Sigma a^T))`` (weights'
-    posterior only); with samples ``dipole_derivative_samples`` (S, 3) and
-    ``dipole_derivative_by_species_samples`` (S, G, 3) (species in sorted order) and
-    ``species`` (G,).
+    posterior only), ``species`` (G,) (sorted; ``[-1]`` for the frame as a whole); with
+    samples ``dipole_derivative_samples`` (S, 3), and with ``by_species``
+    ``dipole_derivative_by_species_samples`` (S, G, 3).
     """
+    by_species = bool(by_species) and weight_samples is not None
     parts = dipole_derivative_rows(model, positions, numbers, cell, pbc, velocities,
-                                   by_species=weight_samples is not None,
-                                   total_charge=total_charge, prepared=prepared)
+                                   by_species=by_species, total_charge=total_charge,
+                                   prepared=prepared)
     rows, base = parts["rows"], parts["baseline"]
     a = rows.sum(axis=0)
     factor = posterior_cholesky(model)
@@ -339,7 +342,8 @@ def dipole_derivative_uncertainty(model, positions, numbers, cell, pbc, velociti
            "species": parts["species"]}
     if weight_samples is not None:
         per = np.einsum("gac,sc->sga", rows, weight_samples) + base[None]
-        out["dipole_derivative_by_species_samples"] = per
+        if by_species:
+            out["dipole_derivative_by_species_samples"] = per
         out["dipole_derivative_samples"] = per.sum(axis=1)
     return out
 
@@ -352,9 +356,14 @@ class DipoleDerivativeSamplesModel:
 
     ``predict_arrays_with_velocities`` returns the wrapped model's outputs and
     ``dipole_derivative_std`` (3,) e·Å/fs; with ``n_samples`` S > 0 also
-    ``dipole_derivative_samples`` (S, 3) and ``dipole_derivative_by_species_samples``
-    (S, G, 3), the weight samples drawn once (``seed``) and the same for every frame. The
-    saved state's metadata gains ``forward_mode_samples`` (samples, seed).
+    ``dipole_derivative_samples`` (S, 3) and, unless ``species_samples`` is False,
+    ``dipole_derivative_by_species_samples`` (S, G, 3), the weight samples drawn once
+    (``seed``) and the same for every frame. The per-species samples need one design row
+    per species (G velocity tangents, and 3 G charge-transfer tangents for periodic cells,
+    instead of 1 and 3): without them the samples cost about what the std alone costs
+    (docs/streaming.md). The saved state's metadata gains ``forward_mode_samples``
+    (samples, seed, and ``species_samples: False`` when off, so that stores of the two
+    settings never resume each other).
     """
 
     precisions = ("float64",)
@@ -362,13 +371,15 @@ class DipoleDerivativeSamplesModel:
     velocity_outputs = ("dipole_derivative_std", "dipole_derivative_samples",
                         "dipole_derivative_by_species_samples")
 
-    def __init__(self, model, n_samples: int = 0, seed: int = 0):
+    def __init__(self, model, n_samples: int = 0, seed: int = 0,
+                 species_samples: bool = True):
         kernel = getattr(model, "model", model)
         if not hasattr(kernel, "covariance"):
             raise TypeError(f"{type(kernel).__name__} has no posterior covariance; the dM/dt "
                             "uncertainty needs a fitted kernel model")
         self.inner, self.kernel = model, kernel
         self.n_samples, self.seed = int(n_samples), int(seed)
+        self.species_samples = bool(species_samples)
         self.weight_samples = (full_posterior_samples(kernel, self.n_samples, self.seed)
                                if self.n_samples else None)
 
@@ -384,9 +395,13 @@ class DipoleDerivativeSamplesModel:
     @property
     def outputs(self) -> tuple:
         extra = ("dipole_derivative_std",) + (
-            ("dipole_derivative_samples", "dipole_derivative_by_species_samples")
-            if self.n_samples else ())
+            ("dipole_derivative_samples",) if self.n_samples else ()) + (
+            ("dipole_derivative_by_species_samples",) if self._by_species else ())
         return tuple(k for k in self.inner.outputs if k != "bec_samples") + extra
+
+    @property
+    def _by_species(self) -> bool:
+        return bool(self.n_samples) and self.species_samples
 
     def predict_arrays(self, positions, numbers, cell, pbc, uncertainty=False, **kwargs):
         out = self.inner.predict_arrays(positions, numbers, cell, pbc, uncertainty, **kwargs)
@@ -415,7 +430,7 @@ class DipoleDerivativeSamplesModel:
             out = unc.plain_outputs(kernel, prepared, total_charge)
         out.update(dipole_derivative_uncertainty(
             kernel, positions, numbers, cell, pbc, velocities, self.weight_samples,
-            total_charge=total_charge, prepared=prepared))
+            by_species=self.species_samples, total_charge=total_charge, prepared=prepared))
         out.pop("dipole_derivative")
         out.pop("species")
         return out
@@ -446,8 +461,7 @@ class DipoleDerivativeSamplesModel:
             part = slice(start, start + step)
             parts = dipole_derivative_rows_frames(
                 self.kernel, positions[part], numbers, None if cells is None else cells[part],
-                pbc, velocities[part], by_species=self.weight_samples is not None,
-                total_charge=total_charge)
+                pbc, velocities[part], by_species=self._by_species, total_charge=total_charge)
             std.append(np.sqrt(np.sum((parts["rows"].sum(axis=1)
                                        @ posterior_cholesky(self.kernel)) ** 2, axis=2)))
             if self.weight_samples is not None:
@@ -456,14 +470,17 @@ class DipoleDerivativeSamplesModel:
         out["dipole_derivative_std"] = np.concatenate(std)
         if per:
             per = np.concatenate(per)
-            out["dipole_derivative_by_species_samples"] = per
+            if self._by_species:
+                out["dipole_derivative_by_species_samples"] = per
             out["dipole_derivative_samples"] = per.sum(axis=2)
         return out
 
     def state(self):
         metadata, arrays = self.inner.state()
-        metadata = dict(metadata, forward_mode_samples={"samples": self.n_samples,
-                                                        "seed": self.seed})
+        settings = {"samples": self.n_samples, "seed": self.seed}
+        if not self._by_species and self.n_samples:  # absent: the default, as before
+            settings["species_samples"] = False
+        metadata = dict(metadata, forward_mode_samples=settings)
         return metadata, arrays
 
     _state = state
