@@ -153,6 +153,13 @@ def _prepare_frames(model, positions, numbers, cells, pbc) -> _Frames:
                    periodic, unwrapped, order)
 
 
+#: Atoms of a species per frame from which batched rows take the dipole columns frame by
+#: frame (:func:`numbec.models.forward_mode_numba.batched_dipole_columns`, ``3 mz Dv (2 nr
+#: + 3)`` multiply-adds per direction) rather than as products over the batch (``9 nr mz Dv``
+#: per direction and for V): measured crossover between 2 and 4 atoms (xTB water clusters).
+_PER_FRAME_PRODUCTS_FROM = 3
+
+
 def _frame_rows(model, frames: _Frames, velocities, by_species, total_charge) -> dict:
     """The rows of :func:`dipole_derivative_rows_frames` from a prepared pass; velocities
     (F, N, 3) Å/fs."""
@@ -227,10 +234,21 @@ def _frame_rows(model, frames: _Frames, velocities, by_species, total_charge) ->
             dpow = ((zeta - 1) * kernels.int_power(cos, zeta - 2) if zeta >= 2
                     else np.zeros_like(cos))
             sv = _sparse_vectors_by_point(model, cols)                # (mz, Dv, 3)
+            if f > 1 and nr >= _PER_FRAME_PRODUCTS_FROM:
+                # batches of small frames, a few atoms of the species per frame: the per-frame
+                # products below in one Numba pass over the frames (no Python loop, no large
+                # temporary)
+                from numbec.models.forward_mode_numba import batched_dipole_columns
+
+                batched_dipole_columns(
+                    pow1.reshape(f, nr, mz), (dpow * kdot[:g]).reshape(g, f, nr, mz),
+                    vals.reshape(f, nr, -1), vdot[:, sel].reshape(g, f, nr, -1),
+                    _sparse_vectors_by_point(model, cols, layout="nu_first"), dip_cols)
+                continue
             if f > 1:
-                # batches of small frames: contract with V_b^nu first, as two large products
-                # (V once, Vdot per species) instead of per-frame products of a few atoms
-                flat = _sparse_vectors_by_point(model, cols, flat=True)  # (Dv, mz 3)
+                # one or two atoms of the species per frame: contract with V_b^nu first, as
+                # two large products (V once, Vdot per species)
+                flat = _sparse_vectors_by_point(model, cols, layout="flat")  # (Dv, mz 3)
                 q_v = (vals.reshape(nt * 3, -1) @ flat).reshape(f, nr, 3, mz, 3)
                 for k in range(g):
                     q_dot = (vdot[k, sel].reshape(nt * 3, -1) @ flat).reshape(f, nr, 3, mz, 3)
@@ -265,20 +283,23 @@ def _column_views(rows, model, cols, mz):
     return mono, dip
 
 
-def _sparse_vectors_by_point(model, cols, flat: bool = False) -> np.ndarray:
+def _sparse_vectors_by_point(model, cols, layout: str = "by_point") -> np.ndarray:
     """(mz, Dv, 3) ``V_b^nu / s`` of the sparse points ``cols`` (contiguous, cached per model
-    and vector scale); with ``flat`` the same as (Dv, mz 3)."""
+    and vector scale); ``layout="flat"``: the same as (Dv, mz 3), ``"nu_first"``: as
+    (mz, 3, Dv)."""
     source = model.sparse_vectors
     cache = model.__dict__.get("_forward_sparse_vectors")
     if cache is None or cache[0] is not source or cache[1] != model.vector_scale:
         cache = (source, model.vector_scale, {})    # a refit replaces the array: rebuilt
         model._forward_sparse_vectors = cache
     where = ((cols.start, cols.stop) if isinstance(cols, slice)
-             else np.asarray(cols).tobytes(), flat)
+             else np.asarray(cols).tobytes(), layout)
     if where not in cache[2]:
-        by_point = source[cols].transpose(0, 2, 1) / model.vector_scale
+        nu_first = source[cols] / model.vector_scale
+        by_point = nu_first.transpose(0, 2, 1)
         cache[2][where] = np.ascontiguousarray(
-            by_point.transpose(1, 0, 2).reshape(by_point.shape[1], -1) if flat else by_point)
+            {"by_point": by_point, "nu_first": nu_first,
+             "flat": by_point.transpose(1, 0, 2).reshape(by_point.shape[1], -1)}[layout])
     return cache[2][where]
 
 
