@@ -59,16 +59,29 @@ def expansion_tangents(directions, offsets, groups, ends, vectors, distances, l2
         # so that the sums over the pairs below run over contiguous (m, t) blocks
         ydr = np.empty((kmax, n_lm3 * n_t))
         yr = np.empty((kmax, n_lm3 * n_t))
+        # the pair's directions split by component, so that the (lm, t) rows are written
+        # with t innermost (contiguous)
+        d0 = np.empty(n_t)
+        d1 = np.empty(n_t)
+        d2 = np.empty(n_t)
+        rate = np.empty(n_t)
         for q in range(k):
             p = p0 + q
             for t in range(n_t):
-                d0 = directions[p, t, 0]
-                d1 = directions[p, t, 1]
-                d2 = directions[p, t, 2]
-                rate = ux[q] * d0 + uy[q] * d1 + uz[q] * d2
-                for lm in range(n_lm3):
-                    ydr[q, lm * n_t + t] = y[lm, q] * rate
-                    yr[q, lm * n_t + t] = dy[lm, 0, q] * d0 + dy[lm, 1, q] * d1 + dy[lm, 2, q] * d2
+                d0[t] = directions[p, t, 0]
+                d1[t] = directions[p, t, 1]
+                d2[t] = directions[p, t, 2]
+                rate[t] = ux[q] * d0[t] + uy[q] * d1[t] + uz[q] * d2[t]
+            for lm in range(n_lm3):
+                yv = y[lm, q]
+                g0 = dy[lm, 0, q]
+                g1 = dy[lm, 1, q]
+                g2 = dy[lm, 2, q]
+                row_dr = ydr[q, lm * n_t:(lm + 1) * n_t]
+                row_r = yr[q, lm * n_t:(lm + 1) * n_t]
+                for t in range(n_t):
+                    row_dr[t] = yv * rate[t]
+                    row_r[t] = g0 * d0[t] + g1 * d1[t] + g2 * d2[t]
         acc = np.empty((max(n_rad, n_ang), (2 * l_max + 1) * n_t))
         for jc in range(n_species):
             g0 = groups[i, jc] - p0
