@@ -165,6 +165,9 @@ def measure_forward(name, model, frames, samples=(16, 64), repeat=7, before=None
             old = old_wrapper(old_model, n_samples=s, seed=0)
             variants[what + ", before"] = (lambda w=old:
                                            [w.predict_arrays_with_velocities(*x) for x in inputs])
+            if batched and hasattr(old, "predict_frames_with_velocities"):
+                variants[what + ", before, batched"] = (
+                    lambda w=old: [w.predict_frames_with_velocities(*c) for c in chunks])
         wrapped = DipoleDerivativeSamplesModel(model, n_samples=s, seed=0,
                                                species_samples=per_species)
         wrapped.predict_arrays_with_velocities(*inputs[0])  # compile, Cholesky factor
