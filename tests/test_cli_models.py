@@ -133,6 +133,30 @@ def test_train_with_calibration_folds_stores_the_scale_evaluate_reports_it(tmp_p
     assert 0.0 <= cal["coverage_68"] <= cal["coverage_95"] <= 1.0
 
 
+def test_train_calibration_method_two_part_stores_both_scales(tmp_path, capsys):
+    """``--calibration-method two_part`` stores the epistemic and the noise scale learned by
+    cross-validation; the choices are exactly the library's methods."""
+    from numbec.cli.train import CALIBRATION_METHODS
+    from numbec.models.uncertainty import SCALE_METHODS, fit_variance_scale
+
+    assert tuple(CALIBRATION_METHODS) == tuple(SCALE_METHODS)
+    out = tmp_path / "m.npz"
+    assert main(["train", "example:sio2_quartz_subset", "--index", "0:6", "--model",
+                 "monopole", "-o", str(out), "--calibrate-folds", "3", "--calibration-method",
+                 "two_part", "--no-train-error", *TINY]) == 0
+    assert "noise scale" in capsys.readouterr().out
+    model = numbec.load_model(out)
+    frames = numbec.read_bec(QUARTZ, index="0:6")
+    fresh = type(model)(settings=model.settings, **model.hyperparameters())
+    info = fit_variance_scale(fresh.fit(frames), frames, folds=3, method="two_part")
+    assert model.variance_scale == pytest.approx(info["scale"], rel=1e-10)
+    assert model.noise_scale == pytest.approx(info["noise_scale"], rel=1e-10)
+    assert model.training["variance_scale_fit"]["method"] == "two_part"
+    with pytest.raises(SystemExit):
+        main(["train", "example:sio2_quartz_subset", "-o", str(out), "--calibrate-folds", "3",
+              "--calibration-method", "median"])
+
+
 def test_default_model_is_combined_and_evaluate_baseline_is_the_training_mean(tmp_path, capsys):
     """``numbec train`` without --model fits the recommended CombinedModel; ``numbec evaluate``
     compares with the species means of the *training* frames stored in the model file, not a

@@ -40,6 +40,8 @@ MODELS = {"monopole": "MonopoleModel", "dipole": "DipoleModel", "combined": "Com
 #: Default --model: the one docs/models.md recommends.
 DEFAULT_MODEL = "combined"
 #: Model hyperparameters exposed as flags (constructor keywords of the kernel models).
+#: numbec.models.uncertainty.SCALE_METHODS, spelled out so that --help imports no numpy
+CALIBRATION_METHODS = ("coverage", "two_part", "likelihood")
 HYPERPARAMETERS = ("zeta", "n_sparse", "sparse_method", "regression", "ridge", "seed")
 
 
@@ -143,6 +145,12 @@ def register(subparsers):
                         help="learn a scale of the predictive variance (bec_std) by K-fold "
                              "cross-validation over the training frames (K more fits; saved "
                              "with the model; 0: no recalibration, default)")
+    parser.add_argument("--calibration-method", choices=CALIBRATION_METHODS,
+                        default="coverage",
+                        help="how --calibrate-folds sets the scale: coverage (95 %% of "
+                             "held-out errors inside the 95 %% interval), two_part (separate "
+                             "scales of the epistemic and noise parts) or likelihood "
+                             "(Gaussian maximum likelihood); default: %(default)s")
     parser.add_argument("--no-train-error", action="store_true",
                         help="skip the training-set error in the summary")
     add_progress_argument(parser)
@@ -189,9 +197,13 @@ def run(args) -> int:
     if args.calibrate_folds:
         from numbec.models.uncertainty import recalibrate
 
-        recalibrate(model, frames, folds=args.calibrate_folds)
+        recalibrate(model, frames, folds=args.calibrate_folds,
+                    method=args.calibration_method)
         info = model.training["variance_scale_fit"]
-        print(f"  variance scale {model.variance_scale:.3g} from {info['folds']}-fold "
+        noise = ("" if info.get("noise_scale") is None
+                 else f", noise scale {info['noise_scale']:.3g}")
+        print(f"  variance scale {model.variance_scale:.3g}{noise} ({info['method']}) from "
+              f"{info['folds']}-fold "
               f"cross-validation (held-out 95 % coverage before: "
               f"{100 * info['coverage_95_unscaled']:.1f} %)")
     seconds = time.perf_counter() - start
