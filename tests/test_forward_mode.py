@@ -332,6 +332,29 @@ def test_samples_without_species_parts_equal_their_sum(batched, rng, tmp_path, m
                 progress=False)
 
 
+def test_cli_no_species_samples(rng, tmp_path, capsys):
+    """``numbec predict --posterior-samples S --no-species-samples``: total samples only;
+    the store is not resumed by a run with the per-species samples."""
+    import xarray as xr
+    from test_cli_predict import write_trajectory_store
+
+    from numbec.cli import main
+
+    path = _model(CombinedModel, rng, True).save(tmp_path / "model.npz")
+    traj = tmp_path / "traj.zarr"
+    write_trajectory_store(traj, n_frames=4)
+    out = tmp_path / "p.zarr"
+    args = ["predict", str(path), str(traj), "-o", str(out), "--no-progress",
+            "--posterior-samples", "2"]
+    assert main(args + ["--no-species-samples"]) == 0
+    result = xr.open_zarr(out)
+    assert result["dipole_derivative_samples"].shape == (4, 2, 3)
+    assert "dipole_derivative_by_species_samples" not in result
+    capsys.readouterr()
+    assert main(args) == 1
+    assert str(out) in capsys.readouterr().err
+
+
 def test_species_samples_setting_changes_the_state_only_when_off(rng):
     """Stores written before the opt-out existed keep their fingerprint: the default adds
     nothing to the saved state."""
