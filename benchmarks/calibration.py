@@ -50,29 +50,20 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import CLASSES, SYSTEMS, _capped_n_sparse, load_split  # noqa: E402
+from xtb_clusters import XTB_TEST, independent_clusters  # noqa: E402, F401
 
 SMALL = 5
-
-
-#: The xTB test set: independent Langevin MDs at 300 K of clusters of 2-7 molecules (seeds
-#: no training cluster uses), 3 snapshots 50 fs apart from each, with the demo's exact
-#: finite-difference APTs (:func:`numbec.demo.generate_reference`).
-XTB_TEST = {"train_sizes": (2, 3, 4, 5, 6, 7), "snapshots_per_size": 3,
-            "train_temperature": 300.0, "sample_every": 100, "seed": 2026}
 
 
 def load_xtb(cache: Path):
     """Training frames (the demo's 40 reference clusters, (H2O)_n with n = 2-6) and test
     frames (:data:`XTB_TEST`: 18 snapshots of six independent MDs of other clusters, n = 2-7)
     of GFN2-xTB water clusters."""
-    import dataclasses
-
     from numbec import demo
 
     cache.mkdir(parents=True, exist_ok=True)
     train = demo.generate_reference(demo.DemoConfig.full(), cache, log=lambda *a: None)
-    test_config = dataclasses.replace(demo.DemoConfig.full(), **XTB_TEST)
-    test = demo.generate_reference(test_config, cache, log=lambda *a: None)
+    test = independent_clusters(cache, log=lambda *a: None)
     return train, test, f"train {len(train)} clusters, test {len(test)} (independent MDs)"
 
 

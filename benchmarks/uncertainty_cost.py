@@ -16,9 +16,13 @@ exact one and the fraction of the training-metric variance the K directions carr
 The second table times the forward-mode dM/dt uncertainty
 (:mod:`numbec.models.forward_mode`, what ``numbec.predict(..., posterior_samples=S)`` runs
 per frame): the plain prediction plus the exact per-frame ``dipole_derivative_std`` alone,
-and with S = 16 and 64 full-posterior samples (per species too), against the plain
-prediction; random thermal velocities (the cost does not depend on them); frames below
-``BATCH_BELOW_ATOMS`` atoms also in batches against the batched plain prediction.
+and with S = 16 and 64 full-posterior samples, per species too (the default) and total only
+(``species_samples=False``), against the plain prediction; random thermal velocities (the
+cost does not depend on them); frames below ``BATCH_BELOW_ATOMS`` atoms also in batches
+against the batched plain prediction. ``--samples`` and ``--repeat`` (rounds, best of)
+shorten it. ``--cpu-time``: one Numba thread and the process's CPU time instead of the wall
+clock, the cost of a frame on one core as the stream computes frames (one frame per thread)
+and much less sensitive to other jobs on the machine than the wall clock.
 ``--forward-only`` skips the low-rank table; ``--compare-with REV`` adds "before" rows: the
 forward mode of git revision REV, imported next to the current code and timed in the same
 turns.
@@ -41,12 +45,17 @@ from pathlib import Path
 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
+if "--cpu-time" in sys.argv:  # before numba is imported
+    os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calibration import _fit, load_xtb  # noqa: E402
 from models import SYSTEMS, load_split  # noqa: E402
+
+#: ``--cpu-time``: the forward-mode table times CPU seconds (one Numba thread).
+CPU_TIME = "--cpu-time" in sys.argv
 
 
 def _older_numbec(rev: str, where: str):
@@ -149,13 +158,18 @@ def measure_forward(name, model, frames, samples=(16, 64), repeat=7, before=None
                 model.save(Path(tmp) / "model.npz"))
         old_wrapper = importlib.import_module(
             f"{before}.models.forward_mode").DipoleDerivativeSamplesModel
-    for s in (0,) + tuple(samples):
-        what = "+ dipole_derivative_std" if s == 0 else f"+ std and S = {s} samples"
-        if before is not None:
+    for s, per_species in [(0, False)] + [(s, p) for s in samples for p in (True, False)]:
+        what = ("+ dipole_derivative_std" if s == 0 else f"+ std and S = {s} samples"
+                + (", per species" if per_species else ", total only"))
+        if before is not None and (per_species or s == 0):
             old = old_wrapper(old_model, n_samples=s, seed=0)
             variants[what + ", before"] = (lambda w=old:
                                            [w.predict_arrays_with_velocities(*x) for x in inputs])
-        wrapped = DipoleDerivativeSamplesModel(model, n_samples=s, seed=0)
+            if batched and hasattr(old, "predict_frames_with_velocities"):
+                variants[what + ", before, batched"] = (
+                    lambda w=old: [w.predict_frames_with_velocities(*c) for c in chunks])
+        wrapped = DipoleDerivativeSamplesModel(model, n_samples=s, seed=0,
+                                               species_samples=per_species)
         wrapped.predict_arrays_with_velocities(*inputs[0])  # compile, Cholesky factor
         variants[what] = (lambda w=wrapped:
                           [w.predict_arrays_with_velocities(*x) for x in inputs])
@@ -165,11 +179,12 @@ def measure_forward(name, model, frames, samples=(16, 64), repeat=7, before=None
     for fn in variants.values():
         fn()
     best = dict.fromkeys(variants, np.inf)
+    clock = time.process_time if CPU_TIME else time.perf_counter
     for _ in range(repeat):
         for what, fn in variants.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            best[what] = min(best[what], time.perf_counter() - t0)
+            best[what] = min(best[what], clock() - t0)
     plain = best.pop("plain") / len(inputs)
     plain_batched = best.pop("plain, batched", np.nan) / (n_batched if batched else 1)
     print(f"| {name} | {model.n_columns} | {1e3 * plain:.1f} ms | plain | 1 |")
@@ -220,6 +235,12 @@ def main(argv=None) -> int:
                         help="only the forward-mode dM/dt table")
     parser.add_argument("--compare-with", metavar="REV",
                         help="also time the forward mode of git revision REV (before rows)")
+    parser.add_argument("--samples", default="16,64",
+                        help="posterior sample counts S of the forward-mode table")
+    parser.add_argument("--repeat", type=int, default=7,
+                        help="rounds of the forward-mode table (best of)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="forward-mode table: one Numba thread, CPU time of the process")
     parser.add_argument("--dd-calibration", action="store_true",
                         help="only the calibration of dipole_derivative_std (refits)")
     args = parser.parse_args(argv)
@@ -266,7 +287,11 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as where:
         before = _older_numbec(args.compare_with, where) if args.compare_with else None
         for name, model, frames, *_ in models:
-            measure_forward(name, model, frames, before=before)
+            load = os.getloadavg()[0]
+            measure_forward(name, model, frames, before=before, repeat=args.repeat,
+                            samples=[int(s) for s in args.samples.split(",") if s])
+            print(f"(load average {load:.1f} -> {os.getloadavg()[0]:.1f}, "
+                  f"{time.strftime('%H:%M', time.gmtime())} UTC)", flush=True)
     return 0
 
 

@@ -683,6 +683,7 @@ def predict(
     precision: str = "float64",
     overwrite: bool = False,
     posterior_samples: int = 0,
+    species_samples: bool = True,
     uncertainty_rank: int | None = None,
     seed: int = 0,
     total_charge: float = 0.0,
@@ -765,6 +766,12 @@ def predict(
         model-uncertainty band. Computed in forward mode: the design row of dM/dt along the
         velocities, one extra pass over the pairs whatever S, exact (no low-rank posterior;
         :mod:`numbec.models.forward_mode`). Needs velocities; float64 precision.
+    species_samples : bool
+        With ``posterior_samples``: also ``dipole_derivative_by_species_samples`` (default).
+        False stores the total samples only (partial spectra then have no model band), at
+        about the cost of ``dipole_derivative_std`` alone instead of one design row per
+        species (docs/streaming.md); a store written with one setting is not resumed with
+        the other.
     uncertainty_rank : int, optional
         With ``uncertainty``: compute ``bec_std`` from the leading K directions of the
         posterior (adjoint channels) instead of the design rows: much cheaper than the exact
@@ -805,6 +812,7 @@ def predict(
     model = _uncertainty_model(model, ds, uncertainty=uncertainty,
                                dipole_derivative=dipole_derivative,
                                posterior_samples=int(posterior_samples),
+                               species_samples=bool(species_samples),
                                uncertainty_rank=uncertainty_rank, seed=int(seed))
     plan = _make_plan(model, ds, source, store_path, chunk_frames=chunk_frames, dtype=dtype,
                       uncertainty=uncertainty, dipole_derivative=dipole_derivative,
@@ -828,13 +836,14 @@ def predict(
 
 
 def _uncertainty_model(model, ds, *, uncertainty, dipole_derivative, posterior_samples,
-                       uncertainty_rank, seed):
+                       uncertainty_rank, seed, species_samples=True):
     """The model wrapped for the uncertainty asked for: the low-rank ``bec_std``
     (:class:`~numbec.models.uncertainty.StreamedUncertaintyModel`) with ``uncertainty`` and
     ``uncertainty_rank``; the forward-mode dM/dt uncertainty
     (:class:`~numbec.models.forward_mode.DipoleDerivativeSamplesModel`: the exact
     ``dipole_derivative_std``, and S full-posterior samples) with ``posterior_samples`` S,
-    or with ``uncertainty`` for a kernel model, when dM/dt is computed."""
+    or with ``uncertainty`` for a kernel model, when dM/dt is computed; per species too
+    unless ``species_samples`` is False."""
     if uncertainty and uncertainty_rank:
         from numbec.models.uncertainty import StreamedUncertaintyModel
 
@@ -844,7 +853,8 @@ def _uncertainty_model(model, ds, *, uncertainty, dipole_derivative, posterior_s
     if with_dd and (posterior_samples or (uncertainty and hasattr(kernel, "covariance"))):
         from numbec.models.forward_mode import DipoleDerivativeSamplesModel
 
-        model = DipoleDerivativeSamplesModel(model, n_samples=posterior_samples, seed=seed)
+        model = DipoleDerivativeSamplesModel(model, n_samples=posterior_samples, seed=seed,
+                                             species_samples=species_samples)
     elif posterior_samples and not hasattr(kernel, "covariance"):
         raise TypeError(f"{type(kernel).__name__} has no posterior covariance; "
                         "posterior_samples need a fitted kernel model")

@@ -84,7 +84,7 @@ def test_descriptor_tangent_equals_central_differences(rng):
 def test_bilinear_descriptor_tangents_equal_the_polarisation_identity(rng):
     """The one-product tangent kernels against ``(X(c + cdot) - X(c - cdot)) / 2`` of the
     value kernels (exact for forms quadratic in c), for random coefficient tangents."""
-    from numbec.descriptors import scalar_numba, tangent_numba, vector_numba
+    from numbec.descriptors import scalar_numba, tangent, tangent_numba, vector_numba
     from numbec.descriptors.scalar import angular_feature_table, angular_gram_index
     from numbec.descriptors.vector import _dense_feature_args
 
@@ -97,7 +97,8 @@ def test_bilinear_descriptor_tangents_equal_the_polarisation_identity(rng):
     table = (float(np.sqrt(SETTINGS.radial_weight)), angular_gram_index(SETTINGS),
              angular_feature_table(SETTINGS)[3])
     vargs = _dense_feature_args(SETTINGS)
-    xdot = tangent_numba.power_spectrum_tangents(c2dot, ex.c3, c3dot, *table)
+    xdot = tangent_numba.power_spectrum_tangents(c2dot, ex.c3, c3dot, table[0],
+                                                 *tangent._gram_indices(SETTINGS))
     vdot = tangent_numba.vector_feature_tangents(c2dot, ex.c3, c3dot, *vargs)
     for t in range(3):
         plus = (ex.c2 + c2dot[t], ex.c3 + c3dot[t])
@@ -290,6 +291,81 @@ def test_predict_streams_forward_mode_samples(periodic, rng, tmp_path, monkeypat
 
     with pytest.raises(OutputMismatchError):
         predict(model, ds, posterior_samples=4, seed=4, chunk_frames=3, out=out, progress=False)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_samples_without_species_parts_equal_their_sum(batched, rng, tmp_path, monkeypatch):
+    """``species_samples=False`` streams the total samples from one design row per frame:
+    the sum of the per-species samples to rounding, no per-species variable; a store of one
+    setting is never resumed with the other."""
+    import numbec.parallel
+    from numbec import predict
+    from numbec.stream import OutputMismatchError
+
+    if not batched:
+        monkeypatch.setattr(numbec.parallel, "BATCH_BELOW_ATOMS", 0)
+    model = _model(CombinedModel, rng, True)
+    ds = _trajectory(rng, True, n_frames=4)
+    full = predict(model, ds, posterior_samples=3, seed=2, progress=False)
+    out = tmp_path / "total.zarr"
+    total = predict(model, ds, posterior_samples=3, seed=2, species_samples=False, out=out,
+                    progress=False)
+    assert "dipole_derivative_by_species_samples" not in total
+    want = full["dipole_derivative_by_species_samples"].sum("species").values
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(total["dipole_derivative_samples"].values, want, rtol=0,
+                               atol=1e-12 * scale)
+    for name in ("dipole_derivative_std", "dipole_derivative", "bec"):
+        np.testing.assert_allclose(total[name].values, full[name].values, rtol=1e-12,
+                                   atol=1e-14 * np.abs(full[name].values).max(), err_msg=name)
+    # the same setting resumes (nothing left to do), the other one is another run
+    again = predict(model, ds, posterior_samples=3, seed=2, species_samples=False, out=out,
+                    progress=False)
+    np.testing.assert_array_equal(again["dipole_derivative_samples"].values,
+                                  total["dipole_derivative_samples"].values)
+    with pytest.raises(OutputMismatchError):
+        predict(model, ds, posterior_samples=3, seed=2, out=out, progress=False)
+    both = tmp_path / "species.zarr"
+    predict(model, ds, posterior_samples=3, seed=2, out=both, progress=False)
+    with pytest.raises(OutputMismatchError):
+        predict(model, ds, posterior_samples=3, seed=2, species_samples=False, out=both,
+                progress=False)
+
+
+def test_cli_no_species_samples(rng, tmp_path, capsys):
+    """``numbec predict --posterior-samples S --no-species-samples``: total samples only;
+    the store is not resumed by a run with the per-species samples."""
+    import xarray as xr
+    from test_cli_predict import write_trajectory_store
+
+    from numbec.cli import main
+
+    path = _model(CombinedModel, rng, True).save(tmp_path / "model.npz")
+    traj = tmp_path / "traj.zarr"
+    write_trajectory_store(traj, n_frames=4)
+    out = tmp_path / "p.zarr"
+    args = ["predict", str(path), str(traj), "-o", str(out), "--no-progress",
+            "--posterior-samples", "2"]
+    assert main(args + ["--no-species-samples"]) == 0
+    result = xr.open_zarr(out)
+    assert result["dipole_derivative_samples"].shape == (4, 2, 3)
+    assert "dipole_derivative_by_species_samples" not in result
+    capsys.readouterr()
+    assert main(args) == 1
+    assert str(out) in capsys.readouterr().err
+
+
+def test_species_samples_setting_changes_the_state_only_when_off(rng):
+    """Stores written before the opt-out existed keep their fingerprint: the default adds
+    nothing to the saved state."""
+    model = _model(MonopoleModel, rng, False)
+    on = fm.DipoleDerivativeSamplesModel(model, n_samples=2, seed=1).state()[0]
+    off = fm.DipoleDerivativeSamplesModel(model, n_samples=2, seed=1,
+                                          species_samples=False).state()[0]
+    assert on["forward_mode_samples"] == {"samples": 2, "seed": 1}
+    assert off["forward_mode_samples"] == {"samples": 2, "seed": 1, "species_samples": False}
+    assert "dipole_derivative_by_species_samples" not in fm.DipoleDerivativeSamplesModel(
+        model, n_samples=2, species_samples=False).outputs
 
 
 def _atoms(positions, numbers, cell, pbc):

@@ -62,6 +62,11 @@ def register(subparsers):
                              "and dipole_derivative_std; numbec ir then draws a "
                              "model-uncertainty band); forward mode, exact, about one extra "
                              "pass over the pairs; kernel models, needs velocities")
+    parser.add_argument("--no-species-samples", action="store_true",
+                        help="with --posterior-samples: only the total dM/dt samples, not "
+                             "dipole_derivative_by_species_samples (the partial spectra then "
+                             "have no model band); about the cost of the std alone instead "
+                             "of one design row per species")
     parser.add_argument("--uncertainty-rank", type=int, default=None, metavar="K",
                         help="with --uncertainty: bec_std from the K leading posterior "
                              "directions (extra adjoint channels, much cheaper than the exact "
@@ -140,6 +145,7 @@ def run(args) -> int:
             **({"posterior_samples": args.posterior_samples,
                 "uncertainty_rank": args.uncertainty_rank, "seed": args.seed}
                if args.posterior_samples or args.uncertainty_rank else {}),
+            **({"species_samples": False} if args.no_species_samples else {}),
         )
     names = ", ".join(result.data_vars)
     print(f"{args.out}: {result.sizes['frame']} frames x {result.sizes['atom']} atoms "

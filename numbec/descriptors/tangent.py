@@ -19,6 +19,8 @@ the charge-transfer term ``sum_i d_ij (x) dq_i/dr_j`` of a periodic cell's BECs
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from numbec.descriptors import tangent_numba as _tn
@@ -61,6 +63,19 @@ def pair_directions(ex: Expansion, velocities, weighted: bool) -> np.ndarray:
         return _tn.pair_directions(nl.offsets, nl.neighbors, nl.vectors, w, bool(weighted))
 
 
+@functools.lru_cache(maxsize=32)
+def _gram_indices(settings) -> tuple:
+    """Arguments of :func:`numbec.descriptors.tangent_numba.power_spectrum_tangents`: the
+    position (K,) int64 of every angular feature in the flattened per-l Gram matrices
+    (:func:`numbec.descriptors.scalar.angular_gram_index`), of its transpose, and the
+    feature weights (K,) float64."""
+    from numbec.descriptors.scalar import angular_feature_table, angular_gram_index
+
+    row_a, row_b, l_of, weight = angular_feature_table(settings)
+    n_rows = settings.n_species * settings.n_angular
+    return (angular_gram_index(settings), (l_of * n_rows + row_b) * n_rows + row_a, weight)
+
+
 def descriptor_tangents(ex: Expansion, directions, vector: int = 0):
     """Tangents of the scalar (and vector) descriptors along T sets of pair directions.
 
@@ -72,7 +87,6 @@ def descriptor_tangents(ex: Expansion, directions, vector: int = 0):
     parameter, and ``vdot`` (T_v, N, 3, Dv) of the first T_v = ``vector`` directions (None
     for 0).
     """
-    from numbec.descriptors.scalar import angular_feature_table, angular_gram_index
     from numbec.descriptors.vector import _dense_feature_args
 
     directions = np.ascontiguousarray(directions, dtype=np.float64)
@@ -90,8 +104,7 @@ def descriptor_tangents(ex: Expansion, directions, vector: int = 0):
             s.n_radial, s.l_max, ex.angular.cutoff, ex.angular.inv_spacing,
             ex.angular.values, ex.angular.derivatives, s.n_angular)
         w2 = float(np.sqrt(s.radial_weight))
-        xdot = _tn.power_spectrum_tangents(c2dot, ex.c3, c3dot, w2, angular_gram_index(s),
-                                           angular_feature_table(s)[3])
+        xdot = _tn.power_spectrum_tangents(c2dot, ex.c3, c3dot, w2, *_gram_indices(s))
         vdot = None
         n_v = n_t if vector is True else min(int(vector), n_t)
         if n_v:

@@ -59,16 +59,29 @@ def expansion_tangents(directions, offsets, groups, ends, vectors, distances, l2
         # so that the sums over the pairs below run over contiguous (m, t) blocks
         ydr = np.empty((kmax, n_lm3 * n_t))
         yr = np.empty((kmax, n_lm3 * n_t))
+        # the pair's directions split by component, so that the (lm, t) rows are written
+        # with t innermost (contiguous)
+        d0 = np.empty(n_t)
+        d1 = np.empty(n_t)
+        d2 = np.empty(n_t)
+        rate = np.empty(n_t)
         for q in range(k):
             p = p0 + q
             for t in range(n_t):
-                d0 = directions[p, t, 0]
-                d1 = directions[p, t, 1]
-                d2 = directions[p, t, 2]
-                rate = ux[q] * d0 + uy[q] * d1 + uz[q] * d2
-                for lm in range(n_lm3):
-                    ydr[q, lm * n_t + t] = y[lm, q] * rate
-                    yr[q, lm * n_t + t] = dy[lm, 0, q] * d0 + dy[lm, 1, q] * d1 + dy[lm, 2, q] * d2
+                d0[t] = directions[p, t, 0]
+                d1[t] = directions[p, t, 1]
+                d2[t] = directions[p, t, 2]
+                rate[t] = ux[q] * d0[t] + uy[q] * d1[t] + uz[q] * d2[t]
+            for lm in range(n_lm3):
+                yv = y[lm, q]
+                g0 = dy[lm, 0, q]
+                g1 = dy[lm, 1, q]
+                g2 = dy[lm, 2, q]
+                row_dr = ydr[q, lm * n_t:(lm + 1) * n_t]
+                row_r = yr[q, lm * n_t:(lm + 1) * n_t]
+                for t in range(n_t):
+                    row_dr[t] = yv * rate[t]
+                    row_r[t] = g0 * d0[t] + g1 * d1[t] + g2 * d2[t]
         acc = np.empty((max(n_rad, n_ang), (2 * l_max + 1) * n_t))
         for jc in range(n_species):
             g0 = groups[i, jc] - p0
@@ -94,25 +107,29 @@ def expansion_tangents(directions, offsets, groups, ends, vectors, distances, l2
                             row = acc[n]
                             for x in range(width):
                                 row[x] += dv * a[x] + hv * b[x]
+                    # (m, t) unflattened by nested loops: no integer division per element
                     for n in range(n_count):
-                        for x in range(width):
-                            t = x % n_t
-                            lm = l * l + x // n_t
-                            if two_body:
-                                c2dot[t, i, jc * n_rad + n, lm] = acc[n, x]
-                            else:
-                                c3dot[t, i, jc * n_ang + n, lm] = acc[n, x]
+                        row = acc[n]
+                        for m in range(2 * l + 1):
+                            lm = l * l + m
+                            for t in range(n_t):
+                                if two_body:
+                                    c2dot[t, i, jc * n_rad + n, lm] = row[m * n_t + t]
+                                else:
+                                    c3dot[t, i, jc * n_ang + n, lm] = row[m * n_t + t]
     return c2dot, c3dot
 
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
-def power_spectrum_tangents(c2dot, c3, c3dot, w2, gram_index, weight):
+def power_spectrum_tangents(c2dot, c3, c3dot, w2, gram_index, gram_swapped, weight):
     """Tangents (T, N, n2 + K) of the scalar descriptors of
     :func:`numbec.descriptors.scalar_numba.power_spectrum` along the coefficient tangents
     c2dot (T, N, S*n_rad, LM2), c3dot (T, N, S*n_ang, LM3) at c3 (N, S*n_ang, LM3).
 
     Per (tangent, centre) and l, ``H_l[r, s] = sum_m cdot[r, l m] c[s, l m]``; the Gram
     tangent is ``H_l[r, s] + H_l[s, r]`` (one product for both halves of the bilinear form).
+    gram_index (K,) int64: ``(l R + r) R + s`` of feature k in the flattened H (R = S*n_ang);
+    gram_swapped (K,) int64: ``(l R + s) R + r``, its transpose.
     """
     n_t, n_atoms, n_rows, n_lm3 = c3dot.shape
     l_max = int(np.sqrt(n_lm3) + 0.5) - 1
@@ -147,11 +164,7 @@ def power_spectrum_tangents(c2dot, c3, c3dot, w2, gram_index, weight):
                         g[rb] += cv * x[rb]
         o = out[t, i, n2:]
         for k in range(n_k):
-            idx = gram_index[k]
-            base = idx - idx % n_pairs
-            ra = (idx - base) // n_rows
-            rb = idx - base - ra * n_rows
-            o[k] = weight[k] * (h[idx] + h[base + rb * n_rows + ra])
+            o[k] = weight[k] * (h[gram_index[k]] + h[gram_swapped[k]])
     return out
 
 

@@ -110,9 +110,12 @@ def dipole_derivative_rows_frames(model, positions, numbers, cells, pbc, velocit
 @dataclass
 class _Frames:
     """Descriptor pass of F frames of the same N atoms stacked into one structure (atom a of
-    frame f is atom f N + a): numbers (N,) int64; desc, vdesc, unit (F N, D), norms (F N,),
-    species_kernels as :class:`numbec.models.uncertainty.PreparedStructure`; periodic (F,)
-    bool (sum-rule projection); unwrapped (F, N, 3) Å (positions of the molecular frames)."""
+    frame f is stacked atom f N + a): numbers (N,) int64; desc, vdesc, unit (F N, D), norms
+    (F N,), species_kernels as :class:`numbec.models.uncertainty.PreparedStructure`, of the
+    stacked atoms taken in the order ``order`` (F N,) int64 (None: stacked order), whose
+    atoms of one species are the same atoms of every frame, frame by frame; periodic (F,)
+    bool (sum-rule projection); unwrapped (F, N, 3) Å (positions of the molecular frames,
+    stacked order)."""
 
     numbers: np.ndarray
     n_frames: int
@@ -123,13 +126,15 @@ class _Frames:
     species_kernels: list
     periodic: np.ndarray
     unwrapped: np.ndarray
+    order: np.ndarray | None = None
 
 
 def _prepare_frames(model, positions, numbers, cells, pbc) -> _Frames:
     """The batched descriptor pass of ``predict_frames`` (checked inputs; the molecule/cell
-    decision frame by frame as there)."""
+    decision frame by frame as there), its atoms species by species as there, so that every
+    species block is a contiguous view."""
     from numbec.models import kernels
-    from numbec.models._kernel_model import batch_descriptors
+    from numbec.models._kernel_model import _species_major_order, batch_descriptors
 
     model._check_fitted()
     numbers = np.asarray(numbers, dtype=np.int64)
@@ -140,11 +145,19 @@ def _prepare_frames(model, positions, numbers, cells, pbc) -> _Frames:
     pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
     f = positions.shape[0]
     cells = None if cells is None else np.asarray(cells, dtype=np.float64)
+    order = _species_major_order(numbers, f)
     desc, vdesc, stacked, periodic, unwrapped = batch_descriptors(model, positions, numbers,
-                                                                  cells, pbc)
+                                                                  cells, pbc, order)
     unit, norms = kernels.normalize(desc.values, "predict", allow_isolated=True)
     return _Frames(numbers, f, desc, vdesc, unit, norms, model._species_kernels(stacked, unit),
-                   periodic, unwrapped)
+                   periodic, unwrapped, order)
+
+
+#: Atoms of a species per frame from which batched rows take the dipole columns frame by
+#: frame (:func:`numbec.models.forward_mode_numba.batched_dipole_columns`, ``3 mz Dv (2 nr
+#: + 3)`` multiply-adds per direction) rather than as products over the batch (``9 nr mz Dv``
+#: per direction and for V): measured crossover between 2 and 4 atoms (xTB water clusters).
+_PER_FRAME_PRODUCTS_FROM = 3
 
 
 def _frame_rows(model, frames: _Frames, velocities, by_species, total_charge) -> dict:
@@ -160,10 +173,25 @@ def _frame_rows(model, frames: _Frames, velocities, by_species, total_charge) ->
     vdesc, unit, norms = frames.vdesc, frames.unit, frames.norms
     periodic = frames.periodic
     species = np.unique(numbers) if by_species else np.array([-1])
-    masks = (numbers[None, :] == species[:, None]) if by_species else np.ones((1, n), bool)
-    vs = velocities[:, None] * masks[None, :, :, None]                # (F, G, N, 3)
-    ws = (vs - vs.mean(axis=2, keepdims=True)).transpose(1, 0, 2, 3).reshape(-1, f * n, 3)
     g = species.size
+    # w = masked velocity minus its mean over the frame's atoms (module docstring), (G, F N, 3)
+    # in the order of the descriptor pass
+    ws = np.empty((g, f, n, 3))
+    mean = np.empty((g, f, 1, 3))
+    for k, z in enumerate(species):
+        if by_species:
+            ws[k] = np.where((numbers == z)[None, :, None], velocities, 0.0)
+        else:
+            ws[k] = velocities
+    np.mean(ws, axis=2, keepdims=True, out=mean)
+    baseline = np.einsum("n,gfna->fga", model._baseline(numbers)
+                         + total_charge_value(total_charge) / n, ws)
+    ws -= mean
+    ws = ws.reshape(g, f * n, 3)
+    rel = frames.unwrapped - frames.unwrapped.mean(axis=1, keepdims=True)
+    rel = rel.reshape(f * n, 3)
+    if frames.order is not None:
+        ws, rel = ws[:, frames.order], rel[frames.order]
 
     ex = frames.desc.expansion
     # G velocity tangents, then for periodic frames 3 G charge-transfer tangents
@@ -174,16 +202,13 @@ def _frame_rows(model, frames: _Frames, velocities, by_species, total_charge) ->
     # udot = (Xdot - x (x . Xdot)) / |X| (zero for isolated atoms), contracted without
     # forming udot: (Xdot_i . x_b - (x_i . Xdot_i) cos_ib) / |X_i|
     along = np.einsum("tnd,nd->tn", xdot, unit)                       # (T, F N)
-    m = model.sparse_unit.shape[0]
     zeta = model.zeta
     rows = np.zeros((f, g, 3, model.n_columns))
-    rel = frames.unwrapped - frames.unwrapped.mean(axis=1, keepdims=True)
-    rel = rel.reshape(f * n, 3)
     molecular = (~periodic).astype(np.float64)[:, None, None, None]
     for sel, cols, cos in frames.species_kernels:
         nt, mz = cos.shape                                            # nt = F nr
         nr = nt // f
-        cols_idx = np.arange(m)[cols]
+        mono_cols, dip_cols = _column_views(rows, model, cols, mz)
         inv = 1.0 / norms[sel][:, None]
         kdot = ((xdot[:, sel].reshape(-1, xdot.shape[-1]) @ model.sparse_unit[cols].T
                  ).reshape(-1, nt, mz) - along[:, sel, None] * cos) * inv  # (T, F nr, mz)
@@ -200,7 +225,7 @@ def _frame_rows(model, frames: _Frames, velocities, by_species, total_charge) ->
             if not periodic.all():  # molecules: sum_i qdot_ib (r_i - R_mean)
                 rsel = rel[sel].reshape(f, nr, 3).transpose(0, 2, 1)  # (F, 3, nr)
                 part += molecular * (rsel[:, None] @ grad[:g].transpose(1, 0, 2, 3))
-            rows[:, :, :, cols_idx] = part
+            mono_cols[...] = part
         if dip:
             # T^g_b^a = sum_i [k^(zeta-1) Vdot_i^a + (zeta-1) k^(zeta-2) kdot_ib V_i^a], one
             # product per frame over the 2 nr stacked atoms, laid out (mz, 3, Dv) so that row
@@ -209,15 +234,25 @@ def _frame_rows(model, frames: _Frames, velocities, by_species, total_charge) ->
             dpow = ((zeta - 1) * kernels.int_power(cos, zeta - 2) if zeta >= 2
                     else np.zeros_like(cos))
             sv = _sparse_vectors_by_point(model, cols)                # (mz, Dv, 3)
-            dip_cols = (m if mono else 0) + 3 * cols_idx[:, None] + np.arange(3)[None, :]
+            if f > 1 and nr >= _PER_FRAME_PRODUCTS_FROM:
+                # batches of small frames, a few atoms of the species per frame: the per-frame
+                # products below in one Numba pass over the frames (no Python loop, no large
+                # temporary)
+                from numbec.models.forward_mode_numba import batched_dipole_columns
+
+                batched_dipole_columns(
+                    pow1.reshape(f, nr, mz), (dpow * kdot[:g]).reshape(g, f, nr, mz),
+                    vals.reshape(f, nr, -1), vdot[:, sel].reshape(g, f, nr, -1),
+                    _sparse_vectors_by_point(model, cols, layout="nu_first"), dip_cols)
+                continue
             if f > 1:
-                # batches of small frames: contract with V_b^nu first, as two large products
-                # (V once, Vdot per species) instead of per-frame products of a few atoms
-                flat = np.ascontiguousarray(sv.transpose(1, 0, 2)).reshape(sv.shape[1], -1)
+                # one or two atoms of the species per frame: contract with V_b^nu first, as
+                # two large products (V once, Vdot per species)
+                flat = _sparse_vectors_by_point(model, cols, layout="flat")  # (Dv, mz 3)
                 q_v = (vals.reshape(nt * 3, -1) @ flat).reshape(f, nr, 3, mz, 3)
                 for k in range(g):
                     q_dot = (vdot[k, sel].reshape(nt * 3, -1) @ flat).reshape(f, nr, 3, mz, 3)
-                    rows[:, k][:, :, dip_cols] = (
+                    dip_cols[:, k] = (
                         np.einsum("fib,fiabn->fabn", pow1.reshape(f, nr, mz), q_dot)
                         + np.einsum("fib,fiabn->fabn", (dpow * kdot[k]).reshape(f, nr, mz), q_v))
                 continue
@@ -229,24 +264,42 @@ def _frame_rows(model, frames: _Frames, velocities, by_species, total_charge) ->
                 stacked[:, :nr] = vdot[k, sel].reshape(f, nr, -1)
                 coef[:, nr:] = (dpow * kdot[k]).reshape(f, nr, mz)
                 t = (coef.transpose(0, 2, 1) @ stacked).reshape(f, mz, 3, -1)
-                rows[:, k][:, :, dip_cols] = (t @ sv).transpose(0, 2, 1, 3)  # (F, 3, mz, 3)
-    q0n = model._baseline(numbers) + total_charge_value(total_charge) / n
-    baseline = np.einsum("n,fgna->fga", q0n, vs)
+                dip_cols[:, k] = (t @ sv).transpose(0, 2, 1, 3)       # (F, 3, mz, 3)
     return {"rows": rows, "baseline": baseline, "species": species}
 
 
-def _sparse_vectors_by_point(model, cols) -> np.ndarray:
+def _column_views(rows, model, cols, mz):
+    """Writable views of ``rows`` (F, G, 3, C) at the monopole columns (F, G, 3, mz) and the
+    dipole columns (F, G, 3, mz, 3) of the sparse points ``cols`` (None where the model has
+    no such part): views, as a species' sparse points are contiguous (sorted by species, a
+    slice; model files are checked for it)."""
+    m = model.sparse_unit.shape[0]
+    first = m if model._monopole else 0
+    if not isinstance(cols, slice):
+        raise TypeError("the sparse points of a species must be a contiguous slice")
+    mono = rows[..., cols] if model._monopole else None
+    dip = (rows[..., first + 3 * cols.start:first + 3 * cols.stop].reshape(
+        rows.shape[:3] + (mz, 3)) if model._dipole else None)
+    return mono, dip
+
+
+def _sparse_vectors_by_point(model, cols, layout: str = "by_point") -> np.ndarray:
     """(mz, Dv, 3) ``V_b^nu / s`` of the sparse points ``cols`` (contiguous, cached per model
-    and vector scale)."""
+    and vector scale); ``layout="flat"``: the same as (Dv, mz 3), ``"nu_first"``: as
+    (mz, 3, Dv)."""
     source = model.sparse_vectors
     cache = model.__dict__.get("_forward_sparse_vectors")
     if cache is None or cache[0] is not source or cache[1] != model.vector_scale:
         cache = (source, model.vector_scale, {})    # a refit replaces the array: rebuilt
         model._forward_sparse_vectors = cache
-    where = (cols.start, cols.stop) if isinstance(cols, slice) else np.asarray(cols).tobytes()
+    where = ((cols.start, cols.stop) if isinstance(cols, slice)
+             else np.asarray(cols).tobytes(), layout)
     if where not in cache[2]:
+        nu_first = source[cols] / model.vector_scale
+        by_point = nu_first.transpose(0, 2, 1)
         cache[2][where] = np.ascontiguousarray(
-            source[cols].transpose(0, 2, 1) / model.vector_scale)
+            {"by_point": by_point, "nu_first": nu_first,
+             "flat": by_point.transpose(1, 0, 2).reshape(by_point.shape[1], -1)}[layout])
     return cache[2][where]
 
 
@@ -285,20 +338,23 @@ def full_posterior_samples(model, n_samples: int, seed=0) -> np.ndarray:
 
 
 def dipole_derivative_uncertainty(model, positions, numbers, cell, pbc, velocities,
-                                  weight_samples=None, *, total_charge: float = 0.0,
-                                  prepared=None) -> dict:
+                                  weight_samples=None, *, by_species: bool = True,
+                                  total_charge: float = 0.0, prepared=None) -> dict:
     """dM/dt of one frame with its exact epistemic standard deviation and posterior samples.
 
     weight_samples : (S, C) float64 (:func:`full_posterior_samples`), or None.
+    by_species : with samples, also the samples of each species' part (one design row per
+    species instead of one for the frame: about twice the work for two species).
     Returns ``dipole_derivative`` (3,) e·Å/fs (equal to ``sum_j Z_j v_j`` of the plain
     prediction), ``dipole_derivative_std`` (3,) ``sqrt(s_w diag(a Sigma a^T))`` (weights'
-    posterior only); with samples ``dipole_derivative_samples`` (S, 3) and
-    ``dipole_derivative_by_species_samples`` (S, G, 3) (species in sorted order) and
-    ``species`` (G,).
+    posterior only), ``species`` (G,) (sorted; ``[-1]`` for the frame as a whole); with
+    samples ``dipole_derivative_samples`` (S, 3), and with ``by_species``
+    ``dipole_derivative_by_species_samples`` (S, G, 3).
     """
+    by_species = bool(by_species) and weight_samples is not None
     parts = dipole_derivative_rows(model, positions, numbers, cell, pbc, velocities,
-                                   by_species=weight_samples is not None,
-                                   total_charge=total_charge, prepared=prepared)
+                                   by_species=by_species, total_charge=total_charge,
+                                   prepared=prepared)
     rows, base = parts["rows"], parts["baseline"]
     a = rows.sum(axis=0)
     factor = posterior_cholesky(model)
@@ -307,7 +363,8 @@ def dipole_derivative_uncertainty(model, positions, numbers, cell, pbc, velociti
            "species": parts["species"]}
     if weight_samples is not None:
         per = np.einsum("gac,sc->sga", rows, weight_samples) + base[None]
-        out["dipole_derivative_by_species_samples"] = per
+        if by_species:
+            out["dipole_derivative_by_species_samples"] = per
         out["dipole_derivative_samples"] = per.sum(axis=1)
     return out
 
@@ -320,9 +377,14 @@ class DipoleDerivativeSamplesModel:
 
     ``predict_arrays_with_velocities`` returns the wrapped model's outputs and
     ``dipole_derivative_std`` (3,) e·Å/fs; with ``n_samples`` S > 0 also
-    ``dipole_derivative_samples`` (S, 3) and ``dipole_derivative_by_species_samples``
-    (S, G, 3), the weight samples drawn once (``seed``) and the same for every frame. The
-    saved state's metadata gains ``forward_mode_samples`` (samples, seed).
+    ``dipole_derivative_samples`` (S, 3) and, unless ``species_samples`` is False,
+    ``dipole_derivative_by_species_samples`` (S, G, 3), the weight samples drawn once
+    (``seed``) and the same for every frame. The per-species samples need one design row
+    per species (G velocity tangents, and 3 G charge-transfer tangents for periodic cells,
+    instead of 1 and 3): without them the samples cost about what the std alone costs
+    (docs/streaming.md). The saved state's metadata gains ``forward_mode_samples``
+    (samples, seed, and ``species_samples: False`` when off, so that stores of the two
+    settings never resume each other).
     """
 
     precisions = ("float64",)
@@ -330,13 +392,15 @@ class DipoleDerivativeSamplesModel:
     velocity_outputs = ("dipole_derivative_std", "dipole_derivative_samples",
                         "dipole_derivative_by_species_samples")
 
-    def __init__(self, model, n_samples: int = 0, seed: int = 0):
+    def __init__(self, model, n_samples: int = 0, seed: int = 0,
+                 species_samples: bool = True):
         kernel = getattr(model, "model", model)
         if not hasattr(kernel, "covariance"):
             raise TypeError(f"{type(kernel).__name__} has no posterior covariance; the dM/dt "
                             "uncertainty needs a fitted kernel model")
         self.inner, self.kernel = model, kernel
         self.n_samples, self.seed = int(n_samples), int(seed)
+        self.species_samples = bool(species_samples)
         self.weight_samples = (full_posterior_samples(kernel, self.n_samples, self.seed)
                                if self.n_samples else None)
 
@@ -352,9 +416,13 @@ class DipoleDerivativeSamplesModel:
     @property
     def outputs(self) -> tuple:
         extra = ("dipole_derivative_std",) + (
-            ("dipole_derivative_samples", "dipole_derivative_by_species_samples")
-            if self.n_samples else ())
+            ("dipole_derivative_samples",) if self.n_samples else ()) + (
+            ("dipole_derivative_by_species_samples",) if self._by_species else ())
         return tuple(k for k in self.inner.outputs if k != "bec_samples") + extra
+
+    @property
+    def _by_species(self) -> bool:
+        return bool(self.n_samples) and self.species_samples
 
     def predict_arrays(self, positions, numbers, cell, pbc, uncertainty=False, **kwargs):
         out = self.inner.predict_arrays(positions, numbers, cell, pbc, uncertainty, **kwargs)
@@ -383,7 +451,7 @@ class DipoleDerivativeSamplesModel:
             out = unc.plain_outputs(kernel, prepared, total_charge)
         out.update(dipole_derivative_uncertainty(
             kernel, positions, numbers, cell, pbc, velocities, self.weight_samples,
-            total_charge=total_charge, prepared=prepared))
+            by_species=self.species_samples, total_charge=total_charge, prepared=prepared))
         out.pop("dipole_derivative")
         out.pop("species")
         return out
@@ -414,8 +482,7 @@ class DipoleDerivativeSamplesModel:
             part = slice(start, start + step)
             parts = dipole_derivative_rows_frames(
                 self.kernel, positions[part], numbers, None if cells is None else cells[part],
-                pbc, velocities[part], by_species=self.weight_samples is not None,
-                total_charge=total_charge)
+                pbc, velocities[part], by_species=self._by_species, total_charge=total_charge)
             std.append(np.sqrt(np.sum((parts["rows"].sum(axis=1)
                                        @ posterior_cholesky(self.kernel)) ** 2, axis=2)))
             if self.weight_samples is not None:
@@ -424,14 +491,17 @@ class DipoleDerivativeSamplesModel:
         out["dipole_derivative_std"] = np.concatenate(std)
         if per:
             per = np.concatenate(per)
-            out["dipole_derivative_by_species_samples"] = per
+            if self._by_species:
+                out["dipole_derivative_by_species_samples"] = per
             out["dipole_derivative_samples"] = per.sum(axis=2)
         return out
 
     def state(self):
         metadata, arrays = self.inner.state()
-        metadata = dict(metadata, forward_mode_samples={"samples": self.n_samples,
-                                                        "seed": self.seed})
+        settings = {"samples": self.n_samples, "seed": self.seed}
+        if not self._by_species and self.n_samples:  # absent: the default, as before
+            settings["species_samples"] = False
+        metadata = dict(metadata, forward_mode_samples=settings)
         return metadata, arrays
 
     _state = state
