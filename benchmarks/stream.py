@@ -6,6 +6,7 @@ Usage::
     python benchmarks/stream.py --quick    # smoke run: few frames, small models
     python benchmarks/stream.py --model-dir DIR  # fit once, reuse next time
     python benchmarks/stream.py --only paths     # eager / out= / lazy / cluster / CLI
+    python benchmarks/stream.py --only throughput  # the throughput, ceiling, stage tables
 
 Prints markdown tables:
 
@@ -369,7 +370,9 @@ def measure_stages(system, model_file, repeat):
     coefficients, the descriptor values, the kernel part (the products with the sparse set and
     the element-wise algebra between them), the coefficient adjoints of the descriptors, their
     back-propagation through the pairs, the scatter of the pair gradients onto atoms, and the
-    whole call (whose remainder is the sum rule, the per-frame steps and Python glue). Uses
+    whole call (whose remainder is the sum rule, the per-frame steps and Python glue). Times
+    are CPU time of this process (one thread), not wall time: on a shared machine other
+    processes' time slices would otherwise land in whichever stage they interrupt. Uses
     numbec internals: it is a profile, not an API.
     """
     from threadpoolctl import threadpool_limits
@@ -390,6 +393,15 @@ def measure_stages(system, model_file, repeat):
     settings = model.settings
     n = max(repeat, 20)
     out = {}
+
+    def timed(func, repeat):  # noqa: F811 - CPU time, best of repeat
+        best = np.inf
+        for _ in range(repeat):
+            start = time.process_time()
+            func()
+            best = min(best, time.process_time() - start)
+        return best
+
     with threadpool_limits(1, "blas"):
         out["total"] = timed(lambda: model.predict_arrays(*args), n)
         geometry = (args[0], args[2], args[3], settings.cutoff)
@@ -623,9 +635,9 @@ STAGES = (("neighbours", "neighbour list"),
 def stages_table(files, repeat):
     print("\n### Where a frame's time goes (ms per frame, 1 core, first frame)\n")
     print("`measure_stages`: the steps of one `predict_arrays`, each timed alone in a loop "
-          "(best of 20); the last-but-one row is the whole call minus the others, so it also "
-          "carries their noise and what a step costs more when the one before it has taken "
-          "the caches.\n")
+          "(CPU time, best of 20); the last-but-one row is the whole call minus the others, "
+          "so it also carries their noise and what a step costs more when the one before it "
+          "has taken the caches.\n")
     columns = [(system, name) for system in SYSTEMS for name in MODELS[1:]
                if "file" in files.get(f"{system}/{name}", {})]
     results = [child("stages", 1, system=system, repeat=repeat,
@@ -711,8 +723,9 @@ def main():
                         "(the best round of each is kept; default 3, 1 with --quick)")
     parser.add_argument("--model-dir", help="keep the fitted models here and reuse them "
                         "on the next run (default: a temporary directory, fitted every run)")
-    parser.add_argument("--only", choices=("paths",),
-                        help="run only this table (paths: one prediction, five ways)")
+    parser.add_argument("--only", choices=("paths", "throughput"),
+                        help="run only this table (paths: one prediction, five ways; "
+                        "throughput: the throughput, ceiling and stage tables)")
     parser.add_argument("--water-atoms", type=int, choices=(192, 384), default=None,
                         help="size of the water box (384: the 192-atom box twice along x; "
                         "the models are fitted on the 192-atom frames either way)")
@@ -731,6 +744,9 @@ def main():
     load = os.getloadavg()[0]
     print(f"numbec streaming benchmark ({'quick' if args.quick else 'full'}): "
           f"`python benchmarks/stream.py{' --quick' if args.quick else ''}"
+          f"{f' --repeat {args.repeat}' if args.repeat != 2 else ''}"
+          f"{f' --rounds {args.rounds}' if args.rounds else ''}"
+          f"{f' --only {args.only}' if args.only else ''}"
           f"{f' --water-atoms {args.water_atoms}' if args.water_atoms else ''}`; "
           f"{platform.machine()}, {os.cpu_count()} cores, load average {load:.1f}\n")
     with tempfile.TemporaryDirectory() as tmp:
@@ -749,6 +765,8 @@ def main():
             paths_table(tmp, files, 24 if args.quick else 200, 6 if args.quick else 25, rounds)
             return
         throughput_table(files, n_frames, n_featomic, args.repeat, rounds)
+        if args.only == "throughput":
+            return
         memory_table(tmp, (100, 400) if args.quick else (2000, 20000),
                      chunk=50 if args.quick else 500)
         cluster_table(tmp, files, cluster_frames, chunk=cluster_frames // 4)

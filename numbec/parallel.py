@@ -62,6 +62,14 @@ BATCH_BELOW_ATOMS = 32
 #: part 91, 68 and 189 us per frame for batches of 192, 768 and 3072 atoms, same conditions).
 BATCH_ATOMS = 768
 
+#: Cap on the atoms per batch of models with the dipole kernel (``model.batch_atoms``): their
+#: vector descriptors, four adjoint channels and dipole-kernel products take about 35 kB per
+#: atom, twice the monopole model's, and batches of 768 atoms no longer stay in cache.
+#: CPU time per frame, 1 thread, demo-sized combined model, batches of 384 / 768 atoms, four
+#: alternating rounds (2026-12-03, load 5 on 2 cores): water dimer 165-210 / 212-251 us,
+#: (H2O)6 551-742 / 714-838 us; the monopole model is fastest at 768.
+VECTOR_BATCH_ATOMS = 384
+
 #: With the automatic number of threads, a chunk of batches (:data:`BATCH_BELOW_ATOMS`) first
 #: times its second batch with the Numba kernels on all threads, the third on one thread and
 #: the next ones on concurrent batch threads, and runs the rest the fastest way
@@ -83,6 +91,7 @@ SINGLE_THREAD_ENV = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
 
 __all__ = [
     "BATCH_ATOMS",
+    "VECTOR_BATCH_ATOMS",
     "BATCH_BELOW_ATOMS",
     "MIN_THREADED_FRAME_S",
     "MIN_THREAD_GAIN",
@@ -140,9 +149,11 @@ def in_main_thread() -> bool:
 _warned_layer = False
 
 
-def batch_frames(n_atoms: int) -> int:
-    """Frames per batch of :data:`BATCH_ATOMS` atoms for frames of ``n_atoms`` atoms."""
-    return max(1, BATCH_ATOMS // max(1, n_atoms))
+def batch_frames(n_atoms: int, max_atoms: int | None = None) -> int:
+    """Frames per batch of :data:`BATCH_ATOMS` atoms (at most ``max_atoms``, a model's
+    ``batch_atoms``, when given) for frames of ``n_atoms`` atoms."""
+    atoms = BATCH_ATOMS if max_atoms is None else min(BATCH_ATOMS, max_atoms)
+    return max(1, atoms // max(1, n_atoms))
 
 
 def fastest_batch_mode(seconds_per_batch: dict) -> str:

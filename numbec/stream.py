@@ -373,7 +373,7 @@ def _model_batches(model, positions, cell, spec, frame0, model_keys, per_frame, 
     ``model.predict_frames_with_velocities``); batches on concurrent threads as frames are in
     :func:`_model_frames` (the per-frame numbers, tested to 1e-12)."""
     n_frames, n_atoms = positions.shape[:2]
-    step = parallel.batch_frames(n_atoms)
+    step = parallel.batch_frames(n_atoms, getattr(model, "batch_atoms", None))
     starts = list(range(0, n_frames, step))
     method = "predict_frames" if velocities is None else "predict_frames_with_velocities"
 

@@ -3,7 +3,6 @@ species channels, radial tables and the neighbour-density expansion coefficients
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +21,12 @@ __all__ = ["Expansion", "expand", "species_channels"]
 #: 18-20 us in blocks, (H2O)6 (17) 145-220 vs 105-150 us, liquid water, 192 atoms (85) 5.5
 #: vs 12.5 ms.
 BLOCK_BACKPROP_BELOW = 32
+#: The same for several channels (the dipole and combined models): one pass per channel
+#: where the centres have at least this many pairs on average. CPU time, 1 thread, four
+#: channels, l2_max = 1, 2026-12-03 (after the four-n passes of ``pair_backprop``): liquid
+#: water, 192 atoms (85 pairs per centre) 12.8 ms per channel pass vs 14.8 ms in blocks,
+#: alpha-quartz, 72 atoms (68) 5.6 vs 5.5 ms.
+BLOCK_BACKPROP_CHANNELS_BELOW = 64
 
 
 def species_channels(numbers, settings: DescriptorSettings) -> np.ndarray:
@@ -79,8 +84,9 @@ class Expansion:
         """Arguments of the pair-block kernels (``expansion_coefficients``, ``pair_backprop``)."""
         s = self.settings
         nl = self.pairs
-        return (nl.offsets, self.groups, self.ends, nl.vectors, nl.distances, self.radial.cutoff,
-                self.radial.inv_spacing, self.radial.values, self.radial.derivatives,
+        radial = self.radial.up_to(int(round(self.c2.shape[2] ** 0.5)) - 1)
+        return (nl.offsets, self.groups, self.ends, nl.vectors, nl.distances, radial.cutoff,
+                radial.inv_spacing, radial.values, radial.derivatives,
                 s.n_radial, s.l_max, self.angular.cutoff, self.angular.inv_spacing,
                 self.angular.values, self.angular.derivatives, s.n_angular)
 
@@ -108,11 +114,12 @@ class Expansion:
 
     def backprop(self, a2: np.ndarray, a3: np.ndarray) -> np.ndarray:
         """Per-pair gradients (P, C, 3) from coefficient adjoints a2, a3 (N, rows, C, LM)."""
-        # channels in blocks of four, pair by pair (pair_backprop_channel_blocks), except for
-        # one channel (the monopole model) in structures whose centres have many pairs, where
-        # one pass per channel vectorises over long groups of pairs (BLOCK_BACKPROP_BELOW)
+        # channels in blocks of four, pair by pair (pair_backprop_channel_blocks), except in
+        # structures whose centres have many pairs, where one pass per channel vectorises
+        # over long groups of pairs (BLOCK_BACKPROP_BELOW, BLOCK_BACKPROP_CHANNELS_BELOW)
         kernel = _ex.pair_backprop_channel_blocks
-        if a2.shape[2] == 1 and self.pairs.n_pairs >= BLOCK_BACKPROP_BELOW * self.pairs.n_atoms:
+        below = BLOCK_BACKPROP_BELOW if a2.shape[2] == 1 else BLOCK_BACKPROP_CHANNELS_BELOW
+        if self.pairs.n_pairs >= below * self.pairs.n_atoms:
             kernel = _ex.pair_backprop
         with serial_if_small(self.pairs.n_pairs):
             return kernel(a2, a3, *self.block_args())
@@ -130,12 +137,16 @@ class Expansion:
         return _ex.scatter_with_self(np.ascontiguousarray(g), nl.offsets, nl.neighbors)
 
 def expand(positions, numbers, cell, pbc, settings: DescriptorSettings,
-           l2_max: int, pairs: NeighborList | None = None) -> Expansion:
+           l2_max: int, pairs: NeighborList | None = None,
+           atom_order: np.ndarray | None = None) -> Expansion:
     """Neighbour list and coefficients c2 (l <= l2_max), c3 (l <= settings.l_max).
 
     ``pairs``: a neighbour list already made for these positions with ``settings.cutoff``
     (e.g. :func:`neighbor_list_frames` of a chunk of frames); ``cell`` and ``pbc`` are then
-    not used."""
+    not used. ``atom_order`` (N,) int64, with ``pairs``: ``positions`` and ``numbers`` are the
+    atoms of ``pairs`` in this order (atom k is atom ``atom_order[k]`` of the list), and the
+    pairs are renumbered to match in the same pass that groups them by species (the result
+    of :func:`numbec.descriptors.neighbors.permute_atoms`, without its copies)."""
     if not isinstance(settings, DescriptorSettings):
         raise TypeError("settings must be a DescriptorSettings")
     channel = species_channels(numbers, settings)
@@ -143,25 +154,34 @@ def expand(positions, numbers, cell, pbc, settings: DescriptorSettings,
     if positions.shape != (channel.size, 3):
         raise ValueError(f"positions must have shape ({channel.size}, 3) to match numbers, got "
                          f"{positions.shape}")
+    given_pairs = pairs
     if pairs is None:
         pairs = neighbor_list(positions, cell, pbc, settings.cutoff)
     elif pairs.n_atoms != channel.size or pairs.cutoff != settings.cutoff:
         raise ValueError(f"the neighbour list has {pairs.n_atoms} atoms and cutoff "
                          f"{pairs.cutoff} Å; the structure has {channel.size} atoms and the "
                          f"descriptors need {settings.cutoff} Å")
-    order, groups, ends = _ex.group_pairs_by_species(
-        pairs.offsets, pairs.neighbors, pairs.distances, channel, settings.n_species,
-        settings.cutoff_radial, settings.cutoff_angular)
-    pairs = dataclasses.replace(pairs, neighbors=pairs.neighbors[order],
-                                shifts=pairs.shifts[order], vectors=pairs.vectors[order],
-                                distances=pairs.distances[order])
+    if atom_order is None:
+        atom_order = np.arange(channel.size, dtype=np.int64)
+    elif given_pairs is None:
+        raise ValueError("atom_order renumbers a given neighbour list: pass pairs= too")
+    elif np.shape(atom_order) != (channel.size,):
+        raise ValueError(f"atom_order must have shape ({channel.size},), got "
+                         f"{atom_order.shape}")
+    with serial_if_small(pairs.n_pairs):
+        *arrays, groups, ends = _ex.group_pairs_by_species(
+            pairs.offsets, pairs.neighbors, pairs.shifts, pairs.vectors, pairs.distances,
+            np.asarray(atom_order, dtype=np.int64), channel, settings.n_species,
+            settings.cutoff_radial, settings.cutoff_angular)
+    pairs = NeighborList(*arrays, pairs.cutoff)
     radial = radial_table(settings.cutoff_radial, settings.sigma, settings.n_radial, 1)
     angular = radial_table(settings.cutoff_angular, settings.sigma, settings.n_angular,
                            settings.l_max)
     with serial_if_small(pairs.n_pairs):
         c2, c3 = _ex.expansion_coefficients(
             pairs.offsets, groups, ends, pairs.vectors, pairs.distances, l2_max, radial.cutoff,
-            radial.inv_spacing, radial.values, radial.derivatives, settings.n_radial,
+            radial.inv_spacing, radial.up_to(l2_max).values, radial.up_to(l2_max).derivatives,
+            settings.n_radial,
             settings.l_max, angular.cutoff, angular.inv_spacing, angular.values,
             angular.derivatives, settings.n_angular)
     return Expansion(settings, pairs, channel, groups, ends, radial, angular, c2, c3)

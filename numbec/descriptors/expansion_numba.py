@@ -12,7 +12,9 @@ Array conventions (all float64 unless stated):
   (:func:`group_pairs_by_species`); the Jacobian kernels take any order.
 - Two-body expansion ``c2`` (N, S * n_rad, LM2): index ``[i, J * n_rad + n, lm]`` with
   ``LM2 = (l2_max + 1)**2`` (l2_max = 0 for the scalar descriptor, 1 for the vector one); radial
-  table columns ``n * 2 + l`` (tabulated for l = 0, 1).
+  table columns ``n * 2 + l`` (tabulated for l = 0, 1) in the Jacobian kernels, ``n * L + l``
+  with L = columns / n_rad in the prediction kernels (the table may hold l = 0 only,
+  :meth:`numbec.descriptors.radial_basis.RadialTable.up_to`).
 - Three-body expansion ``c3`` (N, S * n_ang, LM3): ``[i, J * n_ang + n, l*l + l + m]``,
   ``LM3 = (l_max + 1)**2``; angular table columns ``n * (l_max + 1) + l``.
 - ``c_{i,Jnlm} = sum_{pairs (i, j image), j in J, d_ij < R} h_nl(d_ij) Y_lm(d_ij / |d_ij|)``.
@@ -86,51 +88,112 @@ def _axpy2(alpha, x1, x2, y1, y2):
         y2[q] += alpha * x2[q]
 
 
-@njit(cache=True, nogil=True)
-def group_pairs_by_species(offsets, neighbors, distances, channel, n_species, rad_cut,
-                           ang_cut):
-    """Order of the pairs by centre, then neighbour species channel, then distance.
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _axpy2x4(a0, a1, a2, a3, h, dh, col, step, q0, q1, s, ds):
+    """s[q] += sum_t a_t h[col + t step, q] and ds[q] the same with dh, t = 0..3,
+    q0 <= q < q1: four radial functions of one lm at once."""
+    h0 = h[col]
+    h1 = h[col + step]
+    h2 = h[col + 2 * step]
+    h3 = h[col + 3 * step]
+    d0 = dh[col]
+    d1 = dh[col + step]
+    d2 = dh[col + 2 * step]
+    d3 = dh[col + 3 * step]
+    for q in range(q0, q1):
+        s[q] += a0 * h0[q] + a1 * h1[q] + a2 * h2[q] + a3 * h3[q]
+        ds[q] += a0 * d0[q] + a1 * d1[q] + a2 * d2[q] + a3 * d3[q]
 
-    Returns ``order`` (P,) int64 (new pair q is old pair ``order[q]``), ``groups``
-    (N, S+1) int64 and ``ends`` (N, S, 2) int64: after reordering, the pairs of centre i with
-    a neighbour of channel J are ``groups[i, J]:groups[i, J + 1]`` (``groups[i, 0] =
-    offsets[i]``, ``groups[i, S] = offsets[i + 1]``), of which ``groups[i, J]:ends[i, J, 0]``
-    are closer than ``rad_cut`` and ``groups[i, J]:ends[i, J, 1]`` closer than ``ang_cut``
-    (so the kernels skip the pairs a basis does not reach).
+
+@njit(cache=True, nogil=True)
+def _sort_by_distance(source, s0, s1, distances):
+    """Sort ``source[s0:s1]`` (pair indices) by ``distances``, stably (insertion sort: the
+    blocks are one centre's neighbours of one species, tens of pairs)."""
+    for q in range(s0 + 1, s1):
+        p = source[q]
+        d = distances[p]
+        r = q - 1
+        while r >= s0 and distances[source[r]] > d:
+            source[r + 1] = source[r]
+            r -= 1
+        source[r + 1] = p
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def group_pairs_by_species(offsets, neighbors, shifts, vectors, distances, order, channel,
+                           n_species, rad_cut, ang_cut):
+    """The pairs renumbered by an atom order and grouped by centre, then neighbour species
+    channel, then distance: one pass that writes the pair arrays of the prediction kernels.
+
+    ``offsets`` (N+1,), ``neighbors`` (P,), ``shifts`` (P, 3) int64, ``vectors`` (P, 3),
+    ``distances`` (P,): a neighbour list in any pair order; ``order`` (N,) int64: new atom k is
+    atom ``order[k]`` of the list (``arange(N)``: no renumbering); ``channel`` (N,) int64: the
+    species channel of each *new* atom.
+
+    Returns the new ``offsets``, ``neighbors`` (new atom numbers), ``shifts``, ``vectors``,
+    ``distances``, and ``groups`` (N, S+1) int64 and ``ends`` (N, S, 2) int64: the pairs of
+    new centre i with a neighbour of channel J are ``groups[i, J]:groups[i, J + 1]``
+    (``groups[i, 0] = offsets[i]``, ``groups[i, S] = offsets[i + 1]``), in the order of the
+    input within a centre, then sorted by distance (stably), of which
+    ``groups[i, J]:ends[i, J, 0]`` are closer than ``rad_cut`` and ``groups[i, J]:ends[i, J,
+    1]`` closer than ``ang_cut`` (so the kernels skip the pairs a basis does not reach).
     """
     n_atoms = offsets.shape[0] - 1
-    order = np.empty(neighbors.shape[0], dtype=np.int64)
+    n_pairs = neighbors.shape[0]
+    inverse = np.empty(n_atoms, dtype=np.int64)
+    new_offsets = np.empty(n_atoms + 1, dtype=np.int64)
+    new_offsets[0] = 0
+    for k in range(n_atoms):
+        inverse[order[k]] = k
+        new_offsets[k + 1] = new_offsets[k] + offsets[order[k] + 1] - offsets[order[k]]
+    new_neighbors = np.empty(n_pairs, dtype=np.int64)
+    new_shifts = np.empty((n_pairs, 3), dtype=np.int64)
+    new_vectors = np.empty((n_pairs, 3))
+    new_distances = np.empty(n_pairs)
     groups = np.empty((n_atoms, n_species + 1), dtype=np.int64)
     ends = np.empty((n_atoms, n_species, 2), dtype=np.int64)
-    pos = np.empty(n_species, dtype=np.int64)
-    for i in range(n_atoms):
-        pos[:] = 0
-        for p in range(offsets[i], offsets[i + 1]):
-            pos[channel[neighbors[p]]] += 1
-        groups[i, 0] = offsets[i]
+    for i in prange(n_atoms):
+        old = order[i]
+        o0 = offsets[old]
+        o1 = offsets[old + 1]
+        source = np.empty(o1 - o0, dtype=np.int64)  # old pair of each new slot of centre i
+        pos = np.zeros(n_species, dtype=np.int64)
+        for p in range(o0, o1):
+            pos[channel[inverse[neighbors[p]]]] += 1
+        g0 = 0
         for j in range(n_species):
-            groups[i, j + 1] = groups[i, j] + pos[j]
-            pos[j] = groups[i, j]
-        for p in range(offsets[i], offsets[i + 1]):
-            j = channel[neighbors[p]]
-            order[pos[j]] = p
+            groups[i, j] = new_offsets[i] + g0
+            g0 += pos[j]
+            pos[j] = g0 - pos[j]
+        groups[i, n_species] = new_offsets[i + 1]
+        for p in range(o0, o1):
+            j = channel[inverse[neighbors[p]]]
+            source[pos[j]] = p
             pos[j] += 1
+        base = new_offsets[i]
         for j in range(n_species):
-            g0 = groups[i, j]
-            g1 = groups[i, j + 1]
-            block = order[g0:g1]
-            sorted_block = block[np.argsort(distances[block])]
-            order[g0:g1] = sorted_block
+            s0 = groups[i, j] - base
+            s1 = groups[i, j + 1] - base
+            _sort_by_distance(source, s0, s1, distances)
             n_rad = 0
             n_ang = 0
-            for p in sorted_block:
-                if distances[p] < rad_cut:
+            for q in range(s0, s1):
+                d = distances[source[q]]
+                if d < rad_cut:
                     n_rad += 1
-                if distances[p] < ang_cut:
+                if d < ang_cut:
                     n_ang += 1
-            ends[i, j, 0] = g0 + n_rad
-            ends[i, j, 1] = g0 + n_ang
-    return order, groups, ends
+            ends[i, j, 0] = groups[i, j] + n_rad
+            ends[i, j, 1] = groups[i, j] + n_ang
+        for q in range(o1 - o0):
+            p = source[q]
+            t = base + q
+            new_neighbors[t] = inverse[neighbors[p]]
+            new_distances[t] = distances[p]
+            for b in range(3):
+                new_shifts[t, b] = shifts[p, b]
+                new_vectors[t, b] = vectors[p, b]
+    return new_offsets, new_neighbors, new_shifts, new_vectors, new_distances, groups, ends
 
 
 @njit(cache=True)
@@ -158,19 +221,20 @@ def expansion_coefficients(offsets, groups, ends, vectors, distances, l2_max, ra
     n_lm3 = (l_max + 1) ** 2
     c2 = np.empty((n_atoms, n_species * n_rad, n_lm2))
     c3 = np.empty((n_atoms, n_species * n_ang, n_lm3))
+    n_l2 = rad_values.shape[1] // n_rad  # radial columns per n: the table may stop at l2_max
     tables = legendre_tables(l_max)
     kmax = _max_pairs(offsets)
     for i in prange(n_atoms):
         p0 = offsets[i]
         _, _, _, y, _, h2, _, h3, _ = centre_block(
             vectors, distances, p0, offsets[i + 1], kmax, l_max, tables, rad_cut, rad_inv,
-            rad_values, rad_derivs, ang_cut, ang_inv, ang_values, ang_derivs, False)
+            rad_values, rad_derivs, ang_cut, ang_inv, ang_values, ang_derivs, False, False)
         for jc in range(n_species):
             g0 = groups[i, jc] - p0
             g1 = ends[i, jc, 0] - p0
             for n in range(n_rad):
                 for l in range(l2_max + 1):
-                    col = n * 2 + l
+                    col = n * n_l2 + l
                     hr = h2[col, g0:g1]
                     for lm in range(l * l, (l + 1) * (l + 1)):
                         c2[i, jc * n_rad + n, lm] = _dot(hr, y[lm, g0:g1])
@@ -194,7 +258,7 @@ def _centre_basis_with_gradients(i, offsets, vectors, distances, kmax, l_max, ta
     k = offsets[i + 1] - p0
     ux, uy, uz, y, dy, h2, dh2, h3, dh3 = centre_block(
         vectors, distances, p0, p0 + k, kmax, l_max, tables, rad_cut, rad_inv, rad_values,
-        rad_derivs, ang_cut, ang_inv, ang_values, ang_derivs, True)
+        rad_derivs, ang_cut, ang_inv, ang_values, ang_derivs, True, False)
     return p0, k, ux, uy, uz, y, dy, h2, dh2, h3, dh3
 
 
@@ -221,6 +285,7 @@ def pair_backprop(a2, a3, offsets, groups, ends, vectors, distances, rad_cut, ra
     l2_max = int(np.sqrt(a2.shape[3]) + 0.5) - 1
     n_lm3 = (l_max + 1) ** 2
     g = np.empty((vectors.shape[0], n_ch, 3))
+    n_l2 = rad_values.shape[1] // n_rad
     tables = legendre_tables(l_max)
     kmax = _max_pairs(offsets)
     for i in prange(n_atoms):
@@ -236,29 +301,64 @@ def pair_backprop(a2, a3, offsets, groups, ends, vectors, distances, rad_cut, ra
             for jc in range(n_species):
                 g0 = groups[i, jc] - p0
                 g1 = ends[i, jc, 0] - p0
-                for n in range(n_rad):
-                    arow = a2[i, jc * n_rad + n, c]
+                r = jc * n_rad
+                for n in range(0, n_rad - 3, 4):
                     for l in range(l2_max + 1):
-                        col = n * 2 + l
+                        col = n * n_l2 + l
                         for lm in range(l * l, (l + 1) * (l + 1)):
-                            if arow[lm] != 0.0:
-                                _axpy2(arow[lm], h2[col, g0:g1], dh2[col, g0:g1],
-                                       s_h[lm, g0:g1], s_dh[lm, g0:g1])
+                            _axpy2x4(a2[i, r + n, c, lm], a2[i, r + n + 1, c, lm],
+                                     a2[i, r + n + 2, c, lm], a2[i, r + n + 3, c, lm], h2, dh2,
+                                     col, n_l2, g0, g1, s_h[lm], s_dh[lm])
+                for n in range(n_rad - n_rad % 4, n_rad):
+                    arow = a2[i, r + n, c]
+                    for l in range(l2_max + 1):
+                        col = n * n_l2 + l
+                        for lm in range(l * l, (l + 1) * (l + 1)):
+                            _axpy2(arow[lm], h2[col, g0:g1], dh2[col, g0:g1],
+                                   s_h[lm, g0:g1], s_dh[lm, g0:g1])
                 g1 = ends[i, jc, 1] - p0
-                for n in range(n_ang):
+                # four radial functions per pass: a quarter of the loads and stores of the
+                # sums (the loops over the pairs are short, so these dominate)
+                for n in range(0, n_ang - 3, 4):
+                    r = jc * n_ang + n
+                    for l in range(l_max + 1):
+                        col = n * (l_max + 1) + l
+                        for lm in range(l * l, (l + 1) * (l + 1)):
+                            _axpy2x4(a3[i, r, c, lm], a3[i, r + 1, c, lm], a3[i, r + 2, c, lm],
+                                     a3[i, r + 3, c, lm], h3, dh3, col, l_max + 1, g0, g1,
+                                     s_h[lm], s_dh[lm])
+                for n in range(n_ang - n_ang % 4, n_ang):
                     arow = a3[i, jc * n_ang + n, c]
                     for l in range(l_max + 1):
                         col = n * (l_max + 1) + l
                         for lm in range(l * l, (l + 1) * (l + 1)):
-                            if arow[lm] != 0.0:
-                                _axpy2(arow[lm], h3[col, g0:g1], dh3[col, g0:g1],
-                                       s_h[lm, g0:g1], s_dh[lm, g0:g1])
+                            _axpy2(arow[lm], h3[col, g0:g1], dh3[col, g0:g1],
+                                   s_h[lm, g0:g1], s_dh[lm, g0:g1])
             acc[:, :k] = 0.0
             ar = acc[0, :k]
             ax = acc[1, :k]
             ay = acc[2, :k]
             az = acc[3, :k]
-            for lm in range(n_lm3):
+            for lm in range(0, n_lm3 - 1, 2):  # two lm per pass over the accumulators
+                sh = s_h[lm, :k]
+                sdh = s_dh[lm, :k]
+                yl = y[lm, :k]
+                dyx = dy[lm, 0, :k]
+                dyy = dy[lm, 1, :k]
+                dyz = dy[lm, 2, :k]
+                sh1 = s_h[lm + 1, :k]
+                sdh1 = s_dh[lm + 1, :k]
+                yl1 = y[lm + 1, :k]
+                dyx1 = dy[lm + 1, 0, :k]
+                dyy1 = dy[lm + 1, 1, :k]
+                dyz1 = dy[lm + 1, 2, :k]
+                for q in range(k):
+                    ar[q] += sdh[q] * yl[q] + sdh1[q] * yl1[q]
+                    ax[q] += sh[q] * dyx[q] + sh1[q] * dyx1[q]
+                    ay[q] += sh[q] * dyy[q] + sh1[q] * dyy1[q]
+                    az[q] += sh[q] * dyz[q] + sh1[q] * dyz1[q]
+            if n_lm3 % 2:
+                lm = n_lm3 - 1
                 sh = s_h[lm, :k]
                 sdh = s_dh[lm, :k]
                 yl = y[lm, :k]
@@ -329,6 +429,7 @@ def pair_backprop_channel_blocks(a2, a3, offsets, groups, ends, vectors, distanc
     tables = legendre_tables(l_max)
     kmax = _max_pairs(offsets)
     l_of = l_of_lm(l_max)
+    n_l2 = rad_values.shape[1] // n_rad
     for i in prange(n_atoms):
         p0, k, ux, uy, uz, y, dy, h2, dh2, h3, dh3 = _centre_basis_with_gradients(
             i, offsets, vectors, distances, kmax, l_max, tables, rad_cut, rad_inv, rad_values,
@@ -381,7 +482,7 @@ def pair_backprop_channel_blocks(a2, a3, offsets, groups, ends, vectors, distanc
                         d3 = 0.0
                         if in_r and lm < n_lm2:
                             s0, s1, s2, s3, d0, d1, d2, d3 = _sums_over_n4(
-                                at2, jc * n_rad, lm, h2, dh2, q, n_rad, l, 2,
+                                at2, jc * n_rad, lm, h2, dh2, q, n_rad, l, n_l2,
                                 s0, s1, s2, s3, d0, d1, d2, d3)
                         if q < ga:
                             s0, s1, s2, s3, d0, d1, d2, d3 = _sums_over_n4(

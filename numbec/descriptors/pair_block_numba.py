@@ -149,9 +149,10 @@ def harmonics_block(ux, uy, uz, inv_d, k, l_max, norm, diag, ca, cb, leg, cm, sm
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def splines_block(distances, p0, p1, cutoff, inv_spacing, values, derivatives, h, dh,
-                  gradients):
+                  gradients, zero_beyond=True):
     """Cubic Hermite spline values h (K, >= k) and, with ``gradients``, d-derivatives dh of
-    the K tabulated columns for the pairs p0 <= p < p1; zero at or beyond ``cutoff``.
+    the K tabulated columns for the pairs p0 <= p < p1; zero at or beyond ``cutoff``, or left
+    unset there with ``zero_beyond=False`` (for callers that never read those pairs).
 
     The interpolant of :func:`numbec.descriptors.radial_basis_numba.hermite_eval` (same
     weights), written into column q of h, dh.
@@ -161,11 +162,12 @@ def splines_block(distances, p0, p1, cutoff, inv_spacing, values, derivatives, h
     for q in range(p1 - p0):
         d = distances[p0 + q]
         if not d < cutoff:
-            for c in range(n_col):
-                h[c, q] = 0.0
-            if gradients:
+            if zero_beyond:
                 for c in range(n_col):
-                    dh[c, q] = 0.0
+                    h[c, q] = 0.0
+                if gradients:
+                    for c in range(n_col):
+                        dh[c, q] = 0.0
             continue
         k, a_dy, a_m0, a_m1, b_dy, b_m0, b_m1 = hermite_weights(d, inv_spacing, n_intervals)
         y0 = values[k]
@@ -188,11 +190,15 @@ def splines_block(distances, p0, p1, cutoff, inv_spacing, values, derivatives, h
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def centre_block(vectors, distances, p0, p1, kmax, l_max, tables, rad_cut, rad_inv,
-                 rad_values, rad_derivs, ang_cut, ang_inv, ang_values, ang_derivs, gradients):
+                 rad_values, rad_derivs, ang_cut, ang_inv, ang_values, ang_derivs, gradients,
+                 zero_beyond=True):
     """All basis functions of the pairs p0 <= p < p1 (one centre), in arrays of kmax >= k
     columns: ``ux, uy, uz`` (kmax,), ``y`` (LM, kmax), ``dy`` (LM, 3, kmax), radial ``h2, dh2``
     (K2, kmax), angular ``h3, dh3`` (K3, kmax). ``tables`` = :func:`legendre_tables`. Without
-    ``gradients``, dy, dh2, dh3 are placeholders and only the values are computed."""
+    ``gradients``, dy, dh2, dh3 are placeholders and only the values are computed. With
+    ``zero_beyond=False`` the spline columns of pairs beyond a table's cutoff are left unset
+    (the grouped kernels stop at ``ends`` and never read them; a third of the pairs of liquid
+    water are beyond the angular cutoff)."""
     norm, diag, ca, cb = tables
     n_lm = (l_max + 1) ** 2
     k = p1 - p0
@@ -218,7 +224,7 @@ def centre_block(vectors, distances, p0, p1, kmax, l_max, tables, rad_cut, rad_i
     harmonics_block(ux, uy, uz, inv_d, k, l_max, norm, diag, ca, cb, leg, cm, sm, y, dy,
                     gradients)
     splines_block(distances, p0, p1, rad_cut, rad_inv, rad_values, rad_derivs, h2, dh2,
-                  gradients)
+                  gradients, zero_beyond)
     splines_block(distances, p0, p1, ang_cut, ang_inv, ang_values, ang_derivs, h3, dh3,
-                  gradients)
+                  gradients, zero_beyond)
     return ux, uy, uz, y, dy, h2, dh2, h3, dh3

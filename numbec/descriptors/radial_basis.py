@@ -25,6 +25,7 @@ finite differences of the descriptors to rounding, and the spline reproduces h t
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 
@@ -133,6 +134,25 @@ class RadialTable:
         self.sigma = float(sigma)
         self.n_max = int(n_max)
         self.l_max = int(l_max)
+        self._lower = {}
+
+    def up_to(self, l_max: int) -> RadialTable:
+        """The same table restricted to ``l <= l_max`` (columns ``n * (l_max+1) + l``, the
+        same numbers): the scalar descriptors need only l = 0 of the two-body table shared
+        with the vector ones, and the spline kernels then evaluate half the columns."""
+        if l_max >= self.l_max:
+            return self
+        lower = self._lower.get(l_max)
+        if lower is None:
+            lower = copy.copy(self)
+            lower._lower = {}
+            keep = (np.arange(self.n_max)[:, None] * (self.l_max + 1)
+                    + np.arange(l_max + 1)[None, :]).ravel()
+            lower.values = np.ascontiguousarray(self.values[:, keep])
+            lower.derivatives = np.ascontiguousarray(self.derivatives[:, keep])
+            lower.l_max = int(l_max)
+            self._lower[l_max] = lower
+        return lower
 
 
 @functools.lru_cache(maxsize=16)

@@ -61,10 +61,12 @@ from numbec.conventions import acoustic_sum, as_bec_array, asr_project, first_no
 from numbec.descriptors import (
     DescriptorSettings,
     compute_descriptors,
-    compute_scalar_and_vector_descriptors,
     compute_vector_descriptors,
 )
-from numbec.descriptors.neighbors import NeighborList, neighbor_list_frames, permute_atoms
+from numbec.descriptors.expansion import expand
+from numbec.descriptors.neighbors import NeighborList, neighbor_list_frames
+from numbec.descriptors.scalar import descriptors_from_expansion
+from numbec.descriptors.vector import vector_descriptors_from_expansion
 from numbec.models import kernels, regression, sparsify
 from numbec.models import kernels_numba as _kn
 from numbec.models.base import (
@@ -232,18 +234,14 @@ def batch_descriptors(model, positions, numbers, cells, pbc, order=None):
     molecular derivative then replaces the sum-rule projection)."""
     f, n = positions.shape[:2]
     pairs = neighbor_list_frames(positions, cells, pbc, model.settings.cutoff)
-    flat, stacked, descriptor_pairs = positions.reshape(f * n, 3), np.tile(numbers, f), pairs
+    flat, stacked = positions.reshape(f * n, 3), np.tile(numbers, f)
     if order is not None:
-        flat, stacked, descriptor_pairs = flat[order], stacked[order], permute_atoms(pairs,
-                                                                                   order)
-    if model._dipole:
-        desc, vdesc = compute_scalar_and_vector_descriptors(flat, stacked, None, pbc,
-                                                            model.settings,
-                                                            pairs=descriptor_pairs)
-    else:
-        desc = compute_descriptors(flat, stacked, None, pbc, model.settings,
-                                   pairs=descriptor_pairs)
-        vdesc = None
+        flat, stacked = flat[order], stacked[order]
+    # one expansion for both descriptors; the pairs are renumbered as they are grouped
+    ex = expand(flat, stacked, None, pbc, model.settings, 1 if model._dipole else 0,
+                pairs=pairs, atom_order=order)
+    desc = descriptors_from_expansion(ex)
+    vdesc = vector_descriptors_from_expansion(ex) if model._dipole else None
     periodic = np.full(f, bool(pbc.any()))
     unwrapped = positions.copy()
     for k in np.flatnonzero(periodic):
@@ -376,6 +374,13 @@ class KernelBECModel(BECModel):
         self._fitted = False
 
     # ------------------------------------------------------------------ basic properties
+    @property
+    def batch_atoms(self) -> int | None:
+        """Cap on the atoms per batch of :meth:`predict_frames` (None: only
+        :data:`numbec.parallel.BATCH_ATOMS`): models with the dipole kernel carry twice the
+        temporaries per atom (:data:`numbec.parallel.VECTOR_BATCH_ATOMS`)."""
+        return parallel.VECTOR_BATCH_ATOMS if self._dipole else None
+
     @property
     def outputs(self) -> tuple[str, ...]:
         out = ["bec", "bec_std", "dipole", "asr_violation"]
@@ -530,6 +535,7 @@ class KernelBECModel(BECModel):
         """BECs and the other outputs of F frames of the same atoms, computed in batches.
 
         Frames are stacked into structures of about :data:`numbec.parallel.BATCH_ATOMS` atoms
+        (:attr:`batch_atoms` at most)
         whose pairs never join two frames
         (:func:`numbec.descriptors.neighbors.neighbor_list_frames`): the expansion, the kernel
         products and the back-propagation then run once per batch instead of once per frame,
@@ -571,7 +577,7 @@ class KernelBECModel(BECModel):
         self.check_inputs(np.zeros((0, 3)), numbers)
         pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
         n_frames = positions.shape[0]
-        step = parallel.batch_frames(numbers.size)
+        step = parallel.batch_frames(numbers.size, self.batch_atoms)
         parts = []
         for start in range(0, n_frames, step):
             stop = min(start + step, n_frames)
