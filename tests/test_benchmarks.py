@@ -347,8 +347,10 @@ def test_calibration_and_uncertainty_cost_benchmarks(tmp_path):
     assert positive(rows[1][4].rstrip("x"))
     assert head_fwd == ["system", "C", "plain per frame", "forward-mode dM/dt",
                         "cost vs plain"]
-    assert [r[3] for r in rows_fwd] == ["plain", "+ dipole_derivative_std",
-                                        "+ std and S = 16 samples", "+ std and S = 64 samples"]
+    assert [r[3] for r in rows_fwd] == [
+        "plain", "+ dipole_derivative_std",
+        "+ std and S = 16 samples, per species", "+ std and S = 16 samples, total only",
+        "+ std and S = 64 samples, per species", "+ std and S = 64 samples, total only"]
     assert all(positive(r[4].rstrip("x")) for r in rows_fwd)
 
 
