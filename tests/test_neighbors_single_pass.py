@@ -1,6 +1,7 @@
-"""The single-pass neighbour search (search_pairs + gather_pairs) against the two-pass one
-(count_pairs + fill_pairs): the same pairs in the same order, bit for bit, also for centres
-with more pairs than the single pass keeps."""
+"""The single-pass neighbour search (search_pairs + gather_pairs) against a two-pass one
+(count_pairs, then every centre searched again to write its pairs, as the search did before):
+the same pairs in the same order, bit for bit, also for centres with more pairs than the
+single pass keeps."""
 
 from __future__ import annotations
 

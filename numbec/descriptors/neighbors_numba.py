@@ -129,7 +129,8 @@ def _visit_centre(i, positions, cell, cutoff2, n_bins, bin_reach, periodic, bin_
 @njit(cache=True, parallel=True, nogil=True)
 def count_pairs(positions, cell, cutoff, n_bins, bin_reach, periodic, bin_start, bin_atoms,
                 atom_bin):
-    """Number of pairs per centre, (N,) int64 (first pass of the two-pass build)."""
+    """Number of pairs per centre, (N,) int64 (the counting pass of a two-pass search; the
+    reference of :func:`search_pairs` in the tests)."""
     n_atoms = positions.shape[0]
     counts = np.zeros(n_atoms, dtype=np.int64)
     dummy_i = np.empty(0, dtype=np.int64)
@@ -144,37 +145,19 @@ def count_pairs(positions, cell, cutoff, n_bins, bin_reach, periodic, bin_start,
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def fill_pairs(positions, cell, cutoff, n_bins, bin_reach, periodic, bin_start, bin_atoms,
-               atom_bin, offsets, input_positions, wrap):
-    """Second pass, writing the slots given by ``offsets`` (N+1,): neighbours (P,) int64,
-    image shifts S (P, 3) int64, vectors (P, 3) float64 Å = r_j + S @ cell - r_i and distances
-    (P,) float64 Å, with r the ``input_positions`` (= positions + wrap @ cell, wrap (N, 3)
-    int64)."""
-    n_atoms = positions.shape[0]
-    n_pairs = offsets[n_atoms]
-    neighbors = np.empty(n_pairs, dtype=np.int64)
-    shifts = np.empty((n_pairs, 3), dtype=np.int64)
-    vectors = np.empty((n_pairs, 3), dtype=np.float64)
-    distances = np.empty(n_pairs, dtype=np.float64)
-    for i in prange(n_atoms):
-        _visit_centre(i, positions, cell, cutoff * cutoff, n_bins, bin_reach, periodic,
-                      bin_start, bin_atoms, atom_bin, True, offsets[i], neighbors, shifts,
-                      vectors, distances, input_positions, wrap)
-    return neighbors, shifts, vectors, distances
-
-
-@njit(cache=True, parallel=True, nogil=True)
 def search_pairs(positions, cell, cutoff, n_bins, bin_reach, periodic, bin_start, bin_atoms,
                  atom_bin, input_positions, wrap, capacity):
     """The pairs in one distance test per candidate (instead of a counting pass, then a
     filling pass): every centre keeps the neighbours and image shifts of its first
     ``capacity`` pairs in its own rows of a scratch array while counting them all; the
     result is then gathered from there (:func:`gather_pairs`), and only centres with more
-    pairs than ``capacity`` are searched a second time. Arguments as :func:`fill_pairs`.
+    pairs than ``capacity`` are searched a second time.
 
-    Returns ``counts`` (N,) int64 pairs per centre, ``kept_neighbors`` (N, capacity) int64
-    and ``kept_shifts`` (N, capacity, 3) int64 (integer image shifts of the input
-    positions, as in :func:`fill_pairs`).
+    ``positions`` (N, 3) float64 Å: wrapped positions (the cutoff test); ``cell`` (3, 3) Å;
+    ``bin_*``, ``atom_bin``: :func:`bin_atoms`; ``input_positions`` (N, 3) Å = positions +
+    wrap @ cell, ``wrap`` (N, 3) int64. Returns ``counts`` (N,) int64 pairs per centre,
+    ``kept_neighbors`` (N, capacity) int64 and ``kept_shifts`` (N, capacity, 3) int64
+    (integer image shifts S of the input positions: the image of j is r_j + S @ cell).
     """
     n_atoms = positions.shape[0]
     counts = np.zeros(n_atoms, dtype=np.int64)
@@ -193,9 +176,11 @@ def search_pairs(positions, cell, cutoff, n_bins, bin_reach, periodic, bin_start
 @njit(cache=True, parallel=True, nogil=True)
 def gather_pairs(positions, cell, cutoff, n_bins, bin_reach, periodic, bin_start, bin_atoms,
                  atom_bin, offsets, input_positions, wrap, kept_neighbors, kept_shifts):
-    """The result of :func:`fill_pairs` (same arguments and pair order) from the output of
-    :func:`search_pairs`: the kept pairs are copied and their vectors and distances computed
-    as :func:`fill_pairs` does; a centre with more pairs than were kept is searched again."""
+    """The pairs from the output of :func:`search_pairs` (same arguments) in the slots given
+    by ``offsets`` (N+1,): neighbours (P,) int64, image shifts S (P, 3) int64, vectors (P, 3)
+    float64 Å = r_j + S @ cell - r_i and distances (P,) float64 Å, with r the
+    ``input_positions``. The kept pairs are copied; a centre with more pairs than were kept
+    is searched again."""
     n_atoms = positions.shape[0]
     n_pairs = offsets[n_atoms]
     capacity = kept_neighbors.shape[1]
