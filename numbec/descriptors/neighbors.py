@@ -290,15 +290,24 @@ def _binned_pairs(positions, cell, pbc, cutoff):
     binning = np.ascontiguousarray(binning)
 
     bin_start, bin_atoms, atom_bin = _nb.bin_atoms(binning, n_bins)
+    # vectors are written from the input positions (with the matching integer shifts), so
+    # they are exactly consistent with them; along non-periodic rows eff differs from cell
+    # but the shifts there are zero
+    vector_cell = np.where(pbc[:, None], cell, eff)
+    search = (wrapped_positions, vector_cell, cutoff, n_bins, reach, pbc, bin_start,
+              bin_atoms, atom_bin)
+    wrap = wrap.astype(np.int64)
+    # room for the pairs of an atom at 1.5 times the mean density of the binned volume (a
+    # centre with more is searched again): one distance test per candidate pair
+    volume = abs(np.linalg.det(eff)) * np.prod(np.where(pbc, 1.0, np.maximum(
+        extent, cutoff / plane_spacing)))
+    expected = n_atoms * 4.0 / 3.0 * np.pi * cutoff ** 3 / volume
+    capacity = int(min(1.5 * expected + 16, 1e6 / max(n_atoms, 1) + 16))
     with serial_if_small(n_atoms, "atoms"):
-        counts = _nb.count_pairs(wrapped_positions, eff, cutoff, n_bins, reach, pbc, bin_start,
-                                 bin_atoms, atom_bin)
+        counts, kept_neighbors, kept_shifts = _nb.search_pairs(*search, positions, wrap,
+                                                               capacity)
         offsets = np.zeros(n_atoms + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
-        # vectors are written from the input positions (with the matching integer shifts), so
-        # they are exactly consistent with them; along non-periodic rows eff differs from cell
-        # but the shifts there are zero
-        neighbors, shifts, vectors, distances = _nb.fill_pairs(
-            wrapped_positions, np.where(pbc[:, None], cell, eff), cutoff, n_bins, reach, pbc,
-            bin_start, bin_atoms, atom_bin, offsets, positions, wrap.astype(np.int64))
+        neighbors, shifts, vectors, distances = _nb.gather_pairs(
+            *search, offsets, positions, wrap, kept_neighbors, kept_shifts)
     return offsets, neighbors, shifts, vectors, distances

@@ -57,7 +57,10 @@ def _visit_centre(i, positions, cell, cutoff2, n_bins, bin_reach, periodic, bin_
     """Count (``write=False``) or write the pairs of centre ``i`` starting at slot ``start``.
 
     The cutoff test uses the wrapped ``positions``; written shifts and vectors refer to the
-    ``input_positions`` (wrapped = input - wrap @ cell), so they are exact for the caller."""
+    ``input_positions`` (wrapped = input - wrap @ cell), so they are exact for the caller.
+    With ``write=False`` and a non-empty ``neighbors``, the neighbour and image shift of the
+    first ``neighbors.shape[0]`` pairs are also kept, in ``neighbors`` and ``shifts`` (the
+    single pass of :func:`search_pairs`); the count is that of all the pairs."""
     count = 0
     b0 = atom_bin[i, 0]
     b1 = atom_bin[i, 1]
@@ -114,6 +117,11 @@ def _visit_centre(i, positions, cell, cutoff2, n_bins, bin_reach, periodic, bin_
                                                  + t2 * cell[2, k])
                             distances[p] = np.sqrt(vectors[p, 0] ** 2 + vectors[p, 1] ** 2
                                                    + vectors[p, 2] ** 2)
+                        elif count < neighbors.shape[0]:
+                            neighbors[count] = j
+                            shifts[count, 0] = s0 - wrap[j, 0] + wrap[i, 0]
+                            shifts[count, 1] = s1 - wrap[j, 1] + wrap[i, 1]
+                            shifts[count, 2] = s2 - wrap[j, 2] + wrap[i, 2]
                         count += 1
     return count
 
@@ -121,7 +129,8 @@ def _visit_centre(i, positions, cell, cutoff2, n_bins, bin_reach, periodic, bin_
 @njit(cache=True, parallel=True, nogil=True)
 def count_pairs(positions, cell, cutoff, n_bins, bin_reach, periodic, bin_start, bin_atoms,
                 atom_bin):
-    """Number of pairs per centre, (N,) int64 (first pass of the two-pass build)."""
+    """Number of pairs per centre, (N,) int64 (the counting pass of a two-pass search; the
+    reference of :func:`search_pairs` in the tests)."""
     n_atoms = positions.shape[0]
     counts = np.zeros(n_atoms, dtype=np.int64)
     dummy_i = np.empty(0, dtype=np.int64)
@@ -136,22 +145,72 @@ def count_pairs(positions, cell, cutoff, n_bins, bin_reach, periodic, bin_start,
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def fill_pairs(positions, cell, cutoff, n_bins, bin_reach, periodic, bin_start, bin_atoms,
-               atom_bin, offsets, input_positions, wrap):
-    """Second pass, writing the slots given by ``offsets`` (N+1,): neighbours (P,) int64,
-    image shifts S (P, 3) int64, vectors (P, 3) float64 Å = r_j + S @ cell - r_i and distances
-    (P,) float64 Å, with r the ``input_positions`` (= positions + wrap @ cell, wrap (N, 3)
-    int64)."""
+def search_pairs(positions, cell, cutoff, n_bins, bin_reach, periodic, bin_start, bin_atoms,
+                 atom_bin, input_positions, wrap, capacity):
+    """The pairs in one distance test per candidate (instead of a counting pass, then a
+    filling pass): every centre keeps the neighbours and image shifts of its first
+    ``capacity`` pairs in its own rows of a scratch array while counting them all; the
+    result is then gathered from there (:func:`gather_pairs`), and only centres with more
+    pairs than ``capacity`` are searched a second time.
+
+    ``positions`` (N, 3) float64 Å: wrapped positions (the cutoff test); ``cell`` (3, 3) Å;
+    ``bin_*``, ``atom_bin``: :func:`bin_atoms`; ``input_positions`` (N, 3) Å = positions +
+    wrap @ cell, ``wrap`` (N, 3) int64. Returns ``counts`` (N,) int64 pairs per centre,
+    ``kept_neighbors`` (N, capacity) int64 and ``kept_shifts`` (N, capacity, 3) int64
+    (integer image shifts S of the input positions: the image of j is r_j + S @ cell).
+    """
+    n_atoms = positions.shape[0]
+    counts = np.zeros(n_atoms, dtype=np.int64)
+    kept_neighbors = np.empty((n_atoms, capacity), dtype=np.int64)
+    kept_shifts = np.empty((n_atoms, capacity, 3), dtype=np.int64)
+    dummy_v = np.empty((0, 3), dtype=np.float64)
+    dummy_d = np.empty(0, dtype=np.float64)
+    for i in prange(n_atoms):
+        counts[i] = _visit_centre(i, positions, cell, cutoff * cutoff, n_bins, bin_reach,
+                                  periodic, bin_start, bin_atoms, atom_bin, False, 0,
+                                  kept_neighbors[i], kept_shifts[i], dummy_v, dummy_d,
+                                  input_positions, wrap)
+    return counts, kept_neighbors, kept_shifts
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def gather_pairs(positions, cell, cutoff, n_bins, bin_reach, periodic, bin_start, bin_atoms,
+                 atom_bin, offsets, input_positions, wrap, kept_neighbors, kept_shifts):
+    """The pairs from the output of :func:`search_pairs` (same arguments) in the slots given
+    by ``offsets`` (N+1,): neighbours (P,) int64, image shifts S (P, 3) int64, vectors (P, 3)
+    float64 Å = r_j + S @ cell - r_i and distances (P,) float64 Å, with r the
+    ``input_positions``. The kept pairs are copied; a centre with more pairs than were kept
+    is searched again."""
     n_atoms = positions.shape[0]
     n_pairs = offsets[n_atoms]
+    capacity = kept_neighbors.shape[1]
     neighbors = np.empty(n_pairs, dtype=np.int64)
     shifts = np.empty((n_pairs, 3), dtype=np.int64)
     vectors = np.empty((n_pairs, 3), dtype=np.float64)
     distances = np.empty(n_pairs, dtype=np.float64)
     for i in prange(n_atoms):
-        _visit_centre(i, positions, cell, cutoff * cutoff, n_bins, bin_reach, periodic,
-                      bin_start, bin_atoms, atom_bin, True, offsets[i], neighbors, shifts,
-                      vectors, distances, input_positions, wrap)
+        start = offsets[i]
+        count = offsets[i + 1] - start
+        if count > capacity:
+            _visit_centre(i, positions, cell, cutoff * cutoff, n_bins, bin_reach, periodic,
+                          bin_start, bin_atoms, atom_bin, True, start, neighbors, shifts,
+                          vectors, distances, input_positions, wrap)
+            continue
+        for q in range(count):
+            p = start + q
+            j = kept_neighbors[i, q]
+            t0 = kept_shifts[i, q, 0]
+            t1 = kept_shifts[i, q, 1]
+            t2 = kept_shifts[i, q, 2]
+            neighbors[p] = j
+            shifts[p, 0] = t0
+            shifts[p, 1] = t1
+            shifts[p, 2] = t2
+            for k in range(3):
+                vectors[p, k] = (input_positions[j, k] - input_positions[i, k]
+                                 + t0 * cell[0, k] + t1 * cell[1, k] + t2 * cell[2, k])
+            distances[p] = np.sqrt(vectors[p, 0] ** 2 + vectors[p, 1] ** 2
+                                   + vectors[p, 2] ** 2)
     return neighbors, shifts, vectors, distances
 
 
