@@ -129,19 +129,21 @@ class _Frames:
     order: np.ndarray | None = None
 
 
-def _prepare_frames(model, positions, numbers, cells, pbc) -> _Frames:
-    """The batched descriptor pass of ``predict_frames`` (checked inputs; the molecule/cell
-    decision frame by frame as there), its atoms species by species as there, so that every
-    species block is a contiguous view."""
+def _prepare_frames(model, positions, numbers, cells, pbc, checked: bool = False) -> _Frames:
+    """The batched descriptor pass of ``predict_frames`` (the molecule/cell decision frame by
+    frame as there), its atoms species by species as there, so that every species block is
+    a contiguous view. ``checked``: the inputs were checked by ``predict_frames`` (whose
+    ``batch_pass`` this is), else they are checked here."""
     from numbec.models import kernels
     from numbec.models._kernel_model import _species_major_order, batch_descriptors
 
-    model._check_fitted()
     numbers = np.asarray(numbers, dtype=np.int64)
-    if positions.ndim != 3 or positions.shape[1:] != (numbers.size, 3):
-        raise ValueError(f"positions must have shape (F, {numbers.size}, 3) to match "
-                         f"numbers, got {positions.shape}")
-    model.check_inputs(positions.reshape(-1, 3), np.tile(numbers, positions.shape[0]))
+    if not checked:
+        model._check_fitted()
+        if positions.ndim != 3 or positions.shape[1:] != (numbers.size, 3):
+            raise ValueError(f"positions must have shape (F, {numbers.size}, 3) to match "
+                             f"numbers, got {positions.shape}")
+        model.check_inputs(positions.reshape(-1, 3), np.tile(numbers, positions.shape[0]))
     pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
     f = positions.shape[0]
     cells = None if cells is None else np.asarray(cells, dtype=np.float64)
@@ -461,11 +463,11 @@ class DipoleDerivativeSamplesModel:
         """:meth:`predict_arrays_with_velocities` (without ``uncertainty``) of F frames of the
         same atoms in batches, as ``predict_frames`` does for small frames: the plain outputs
         from the kernel model's ``predict_frames`` and the rows of all frames of a batch in
-        one pass (:func:`dipole_derivative_rows_frames`). positions, velocities (F, N, 3);
-        cells (F, 3, 3) or None. Every output has a leading frame axis; the numbers equal
-        those frame by frame to rounding."""
+        one pass (:func:`_frame_rows`), both from the batch's one descriptor pass
+        (``predict_frames(..., batch_pass=)``). positions, velocities (F, N, 3); cells
+        (F, 3, 3) or None. Every output has a leading frame axis; the numbers equal those
+        frame by frame to rounding."""
         from numbec.models import uncertainty as unc
-        from numbec.parallel import batch_frames
 
         if precision != "float64":
             raise ValueError("the dM/dt uncertainty computes in float64 only")
@@ -474,24 +476,33 @@ class DipoleDerivativeSamplesModel:
                             "predict_arrays_with_velocities")
         positions = np.asarray(positions, dtype=np.float64)
         velocities = np.asarray(velocities, dtype=np.float64)
-        out = self.kernel.predict_frames(positions, numbers, cells, pbc,
-                                         total_charge=total_charge)
-        step = batch_frames(np.asarray(numbers).size)
-        std, per = [], []
-        for start in range(0, positions.shape[0], step):
-            part = slice(start, start + step)
-            parts = dipole_derivative_rows_frames(
-                self.kernel, positions[part], numbers, None if cells is None else cells[part],
-                pbc, velocities[part], by_species=self._by_species, total_charge=total_charge)
+        if velocities.shape != positions.shape or not np.isfinite(velocities).all():
+            raise ValueError(f"velocities must be finite with shape {positions.shape}, got "
+                             f"{velocities.shape}")
+        kernel, by_species = self.kernel, self._by_species
+        std, per, done = [], [], [0]
+
+        def batch_pass(batch_positions, batch_cells):
+            """The batch's descriptor pass, for its plain prediction and its rows."""
+            frames = _prepare_frames(kernel, batch_positions, numbers, batch_cells, pbc,
+                                     checked=True)
+            start = done[0]
+            done[0] += frames.n_frames
+            parts = _frame_rows(kernel, frames, velocities[start:done[0]], by_species,
+                                total_charge)
             std.append(np.sqrt(np.sum((parts["rows"].sum(axis=1)
-                                       @ posterior_cholesky(self.kernel)) ** 2, axis=2)))
+                                       @ posterior_cholesky(kernel)) ** 2, axis=2)))
             if self.weight_samples is not None:
                 per.append(np.einsum("fgac,sc->fsga", parts["rows"], self.weight_samples)
                            + parts["baseline"][:, None])
+            return frames
+
+        out = kernel.predict_frames(positions, numbers, cells, pbc, total_charge=total_charge,
+                                    batch_pass=batch_pass)
         out["dipole_derivative_std"] = np.concatenate(std)
         if per:
             per = np.concatenate(per)
-            if self._by_species:
+            if by_species:
                 out["dipole_derivative_by_species_samples"] = per
             out["dipole_derivative_samples"] = per.sum(axis=2)
         return out
