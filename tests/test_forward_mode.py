@@ -494,10 +494,11 @@ def test_shared_batch_descriptors_equal_separate_passes(cls, structure, rng, mon
             rows = fm.dipole_derivative_rows_frames(model, positions[part], numbers,
                                                     cells[part], pbc, v[part],
                                                     total_charge=0.5)
-            std = np.sqrt(np.sum((rows["rows"].sum(axis=1)
-                                  @ fm.posterior_cholesky(model)) ** 2, axis=2))
-            np.testing.assert_array_equal(got["dipole_derivative_std"][part], std)
-            per = (np.einsum("fgac,sc->fsga", rows["rows"], wrapped.weight_samples)
-                   + rows["baseline"][:, None])
+            np.testing.assert_array_equal(got["dipole_derivative_std"][part],
+                                          fm._frames_std(model, rows["rows"]))
+            per = fm._frames_samples(rows, wrapped.weight_samples)
+            np.testing.assert_allclose(  # the sums of their definitions
+                per, np.einsum("fgac,sc->fsga", rows["rows"], wrapped.weight_samples)
+                + rows["baseline"][:, None], rtol=0, atol=1e-13 * np.abs(per).max())
             np.testing.assert_array_equal(got["dipole_derivative_by_species_samples"][part],
                                           per)

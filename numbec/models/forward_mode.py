@@ -236,7 +236,7 @@ def _frame_rows(model, frames: _Frames, velocities, by_species, total_charge) ->
             dpow = ((zeta - 1) * kernels.int_power(cos, zeta - 2) if zeta >= 2
                     else np.zeros_like(cos))
             sv = _sparse_vectors_by_point(model, cols)                # (mz, Dv, 3)
-            if f > 1 and nr >= _PER_FRAME_PRODUCTS_FROM:
+            if nr >= _PER_FRAME_PRODUCTS_FROM:
                 # batches of small frames, a few atoms of the species per frame: the per-frame
                 # products below in one Numba pass over the frames (no Python loop, no large
                 # temporary)
@@ -371,6 +371,23 @@ def dipole_derivative_uncertainty(model, positions, numbers, cell, pbc, velociti
     return out
 
 
+def _frames_std(model, rows) -> np.ndarray:
+    """(F, 3) e·Å/fs ``sqrt(s_w diag(a Sigma a^T))`` of the rows (F, G, 3, C) of F frames
+    (``a`` the sum over G), one product with the posterior factor for all frames."""
+    a = rows.sum(axis=1)
+    return np.sqrt(np.sum((a.reshape(-1, a.shape[-1]) @ posterior_cholesky(model)) ** 2,
+                          axis=1)).reshape(a.shape[:2])
+
+
+def _frames_samples(parts, weight_samples) -> np.ndarray:
+    """(F, S, G, 3) e·Å/fs samples ``rows W^T + baseline`` of the rows of F frames
+    (:func:`dipole_derivative_rows_frames`) for weight samples W (S, C), one product."""
+    rows = parts["rows"]
+    f, g = rows.shape[:2]
+    per = (rows.reshape(-1, rows.shape[-1]) @ weight_samples.T).reshape(f, g, 3, -1)
+    return per.transpose(0, 3, 1, 2) + parts["baseline"][:, None]
+
+
 # ---------------------------------------------------------------------- for numbec.predict
 class DipoleDerivativeSamplesModel:
     """A fitted kernel model (or a :class:`~numbec.models.uncertainty.StreamedUncertaintyModel`
@@ -490,11 +507,9 @@ class DipoleDerivativeSamplesModel:
             done[0] += frames.n_frames
             parts = _frame_rows(kernel, frames, velocities[start:done[0]], by_species,
                                 total_charge)
-            std.append(np.sqrt(np.sum((parts["rows"].sum(axis=1)
-                                       @ posterior_cholesky(kernel)) ** 2, axis=2)))
+            std.append(_frames_std(kernel, parts["rows"]))
             if self.weight_samples is not None:
-                per.append(np.einsum("fgac,sc->fsga", parts["rows"], self.weight_samples)
-                           + parts["baseline"][:, None])
+                per.append(_frames_samples(parts, self.weight_samples))
             return frames
 
         out = kernel.predict_frames(positions, numbers, cells, pbc, total_charge=total_charge,
