@@ -269,7 +269,7 @@ def test_predict_streams_forward_mode_samples(periodic, rng, tmp_path, monkeypat
     # into a store, killed in the second chunk and resumed: the in-memory numbers
     # (small frames go in one batch per chunk: the second call of the batched rows)
     out = tmp_path / "p.zarr"
-    real, calls = fm.dipole_derivative_rows_frames, []
+    real, calls = fm._frame_rows, []
 
     def crashing(*a, **k):
         calls.append(1)
@@ -277,10 +277,10 @@ def test_predict_streams_forward_mode_samples(periodic, rng, tmp_path, monkeypat
             raise RuntimeError("simulated crash")
         return real(*a, **k)
 
-    monkeypatch.setattr(fm, "dipole_derivative_rows_frames", crashing)
+    monkeypatch.setattr(fm, "_frame_rows", crashing)
     with pytest.raises(RuntimeError, match="simulated crash"):
         predict(model, ds, posterior_samples=4, seed=3, chunk_frames=3, out=out, progress=False)
-    monkeypatch.setattr(fm, "dipole_derivative_rows_frames", real)
+    monkeypatch.setattr(fm, "_frame_rows", real)
     stored = predict(model, ds, posterior_samples=4, seed=3, chunk_frames=3, out=out,
                      progress=False)
     for name in ("dipole_derivative_samples", "dipole_derivative_by_species_samples",
@@ -460,3 +460,45 @@ def test_pair_directions_kernel_equals_the_numpy_directions(rng):
     want = np.concatenate([relative_directions(ex, w), weighted_directions(ex, w)], axis=1)
     np.testing.assert_array_equal(pair_directions(ex, w, True), want)
     np.testing.assert_array_equal(pair_directions(ex, w, False), want[:, :2])
+
+
+@pytest.mark.parametrize("cls", MODELS)
+@pytest.mark.parametrize("structure", ["cell", "boxed"])
+def test_shared_batch_descriptors_equal_separate_passes(cls, structure, rng, monkeypatch):
+    """The batched wrapper takes the plain outputs and the rows from one descriptor pass per
+    batch (``predict_frames(..., batch_pass=)``): the same numbers as the plain
+    ``predict_frames`` and the rows of their own pass (:func:`dipole_derivative_rows_frames`),
+    batch by batch."""
+    import numbec.parallel
+
+    periodic = structure == "cell"
+    model = randomized(_model(cls, rng, periodic), rng)
+    frames = _frames_of(structure, rng)
+    positions = np.stack([a.positions for a in frames])
+    cells = np.stack([np.asarray(a.cell) for a in frames])
+    pbc, numbers = frames[0].pbc, frames[0].numbers
+    v = rng.normal(0.0, 0.01, positions.shape)
+    wrapped = fm.DipoleDerivativeSamplesModel(model, n_samples=3, seed=5)
+    for batch in (len(frames), 2):  # one batch, and several
+        monkeypatch.setattr(numbec.parallel, "BATCH_ATOMS", batch * numbers.size)
+        monkeypatch.setattr(numbec.parallel, "VECTOR_BATCH_ATOMS", batch * numbers.size)
+        step = numbec.parallel.batch_frames(numbers.size, model.batch_atoms)
+        assert (step >= len(frames)) == (batch == len(frames))
+        got = wrapped.predict_frames_with_velocities(positions, numbers, cells, pbc, v,
+                                                     total_charge=0.5)
+        plain = model.predict_frames(positions, numbers, cells, pbc, total_charge=0.5)
+        for key, value in plain.items():
+            np.testing.assert_array_equal(got[key], value, err_msg=key)
+        for start in range(0, len(frames), step):
+            part = slice(start, start + step)
+            rows = fm.dipole_derivative_rows_frames(model, positions[part], numbers,
+                                                    cells[part], pbc, v[part],
+                                                    total_charge=0.5)
+            np.testing.assert_array_equal(got["dipole_derivative_std"][part],
+                                          fm._frames_std(model, rows["rows"]))
+            per = fm._frames_samples(rows, wrapped.weight_samples)
+            np.testing.assert_allclose(  # the sums of their definitions
+                per, np.einsum("fgac,sc->fsga", rows["rows"], wrapped.weight_samples)
+                + rows["baseline"][:, None], rtol=0, atol=1e-13 * np.abs(per).max())
+            np.testing.assert_array_equal(got["dipole_derivative_by_species_samples"][part],
+                                          per)

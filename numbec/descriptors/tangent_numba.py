@@ -182,43 +182,43 @@ def vector_feature_tangents(c2dot, c3, c3dot, w2, dense_index, weight, cg_start,
     n_k = dense_index.shape[0]
     n_pairs = n_rows * n_rows
     out = np.empty((n_t, n_atoms, 3, n2 + n_k))
-    for ti in prange(n_t * n_atoms):
-        t = ti // n_atoms
-        i = ti - t * n_atoms
-        for r in range(n2):
-            for a in range(3):
-                out[t, i, a, r] = w2 * c2dot[t, i, r, CARTESIAN_LM1[a]]
+    for i in prange(n_atoms):
+        # the coupled rows of c, the same for every direction: once per centre
         ct = np.empty((n_lm3, n_rows))
         w_mat = np.empty((l_max, 3, 2 * l_max - 1, n_rows))
         _coupled_rows(i, c3, l_max, cg_start, cg_cart, cg_m, cg_mp, cg_val, ct, w_mat)
         dt = np.empty((n_lm3, n_rows))
         wdot = np.empty((l_max, 3, 2 * l_max - 1, n_rows))
-        _coupled_rows(t, c3dot[:, i], l_max, cg_start, cg_cart, cg_m, cg_mp, cg_val, dt, wdot)
         t_mat = np.empty((3, l_max * n_pairs))
-        for l in range(l_max):
-            oa = l * l
-            for a in range(3):
-                for ra in range(n_rows):
-                    lo = l * n_pairs + ra * n_rows
-                    tt = t_mat[a, lo:lo + n_rows]
-                    cv = ct[oa, ra]
-                    dv = dt[oa, ra]
-                    w0 = w_mat[l, a, 0]
-                    d0 = wdot[l, a, 0]
-                    for rb in range(n_rows):
-                        tt[rb] = dv * w0[rb] + cv * d0[rb]
-                    for m in range(1, 2 * l + 1):
-                        cv = ct[oa + m, ra]
-                        dv = dt[oa + m, ra]
-                        wm = w_mat[l, a, m]
-                        dm = wdot[l, a, m]
+        for t in range(n_t):
+            for r in range(n2):
+                for a in range(3):
+                    out[t, i, a, r] = w2 * c2dot[t, i, r, CARTESIAN_LM1[a]]
+            _coupled_rows(t, c3dot[:, i], l_max, cg_start, cg_cart, cg_m, cg_mp, cg_val, dt, wdot)
+            for l in range(l_max):
+                oa = l * l
+                for a in range(3):
+                    for ra in range(n_rows):
+                        lo = l * n_pairs + ra * n_rows
+                        tt = t_mat[a, lo:lo + n_rows]
+                        cv = ct[oa, ra]
+                        dv = dt[oa, ra]
+                        w0 = w_mat[l, a, 0]
+                        d0 = wdot[l, a, 0]
                         for rb in range(n_rows):
-                            tt[rb] += dv * wm[rb] + cv * dm[rb]
-        for a in range(3):
-            ta = t_mat[a]
-            oa_ = out[t, i, a, n2:]
-            for k in range(n_k):
-                oa_[k] = weight[k] * ta[dense_index[k]]
+                            tt[rb] = dv * w0[rb] + cv * d0[rb]
+                        for m in range(1, 2 * l + 1):
+                            cv = ct[oa + m, ra]
+                            dv = dt[oa + m, ra]
+                            wm = w_mat[l, a, m]
+                            dm = wdot[l, a, m]
+                            for rb in range(n_rows):
+                                tt[rb] += dv * wm[rb] + cv * dm[rb]
+            for a in range(3):
+                ta = t_mat[a]
+                oa_ = out[t, i, a, n2:]
+                for k in range(n_k):
+                    oa_[k] = weight[k] * ta[dense_index[k]]
     return out
 
 

@@ -531,7 +531,7 @@ class KernelBECModel(BECModel):
         return out
 
     def predict_frames(self, positions, numbers, cells, pbc, *, precision: str = "float64",
-                       total_charge: float = 0.0) -> dict:
+                       total_charge: float = 0.0, batch_pass=None) -> dict:
         """BECs and the other outputs of F frames of the same atoms, computed in batches.
 
         Frames are stacked into structures of about :data:`numbec.parallel.BATCH_ATOMS` atoms
@@ -551,6 +551,12 @@ class KernelBECModel(BECModel):
         cells : (F, 3, 3) float64, Å, rows = lattice vectors, or None for clusters
         pbc : (3,) bool or bool, shared by the frames
         precision, total_charge : as for :meth:`predict_arrays`
+        batch_pass : callable ``(positions (B, N, 3), cells (B, 3, 3) or None) -> pass`` or
+            None: the descriptor pass of each batch (an object with the attributes of
+            :class:`numbec.models.forward_mode._Frames`, atoms species by species) made by the
+            caller, who uses it for more than the prediction (the forward-mode rows), instead
+            of the batch's own; called with checked inputs, once per batch, before the batch
+            is predicted.
 
         Returns
         -------
@@ -581,10 +587,12 @@ class KernelBECModel(BECModel):
         parts = []
         for start in range(0, n_frames, step):
             stop = min(start + step, n_frames)
+            batch_cells = None if cells is None else cells[start:stop]
             try:
-                parts.append(self._predict_batch(
-                    positions[start:stop], numbers, None if cells is None else cells[start:stop],
-                    pbc, precision, total_charge))
+                shared = (None if batch_pass is None
+                          else batch_pass(positions[start:stop], batch_cells))
+                parts.append(self._predict_batch(positions[start:stop], numbers, batch_cells,
+                                                 pbc, precision, total_charge, shared))
             except ValueError as err:
                 if n_frames == 1 or not str(err).startswith("frame "):
                     raise
@@ -595,22 +603,30 @@ class KernelBECModel(BECModel):
             return parts[0]
         return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
-    def _predict_batch(self, positions, numbers, cells, pbc, precision, total_charge) -> dict:
+    def _predict_batch(self, positions, numbers, cells, pbc, precision, total_charge,
+                       shared=None) -> dict:
         """:meth:`predict_frames` of one batch (checked inputs).
 
         The descriptors, kernel products and back-propagation see the atoms of the batch
         species by species (:func:`_species_major_order`), so that every species block of the
         kernel products is a contiguous view instead of a gathered copy; the per-atom results
-        are put back into frame order before the per-frame steps."""
+        are put back into frame order before the per-frame steps. ``shared``: the batch's
+        descriptor pass made by the caller (``batch_pass`` of :meth:`predict_frames`), the
+        same arrays as the one made here."""
         f, n = positions.shape[:2]
-        order = _species_major_order(numbers, f)
+        if shared is None:
+            order = _species_major_order(numbers, f)
+            desc, vdesc, stacked, periodic, unwrapped = batch_descriptors(
+                self, positions, numbers, cells, pbc, order)
+            unit, norms = kernels.normalize(desc.values, "predict", allow_isolated=True)
+            species_kernels = self._species_kernels(stacked, unit)
+        else:
+            order, desc, vdesc, periodic, unwrapped = (shared.order, shared.desc, shared.vdesc,
+                                                       shared.periodic, shared.unwrapped)
+            unit, norms, species_kernels = shared.unit, shared.norms, shared.species_kernels
         inverse = np.empty_like(order)
         inverse[order] = np.arange(order.size)
-        desc, vdesc, stacked, periodic, unwrapped = batch_descriptors(
-            self, positions, numbers, cells, pbc, order)
         ex = desc.expansion
-        unit, norms = kernels.normalize(desc.values, "predict", allow_isolated=True)
-        species_kernels = self._species_kernels(stacked, unit)
         q0n = self._baseline(numbers)
         if total_charge:
             q0n = q0n + total_charge / n

@@ -129,19 +129,21 @@ class _Frames:
     order: np.ndarray | None = None
 
 
-def _prepare_frames(model, positions, numbers, cells, pbc) -> _Frames:
-    """The batched descriptor pass of ``predict_frames`` (checked inputs; the molecule/cell
-    decision frame by frame as there), its atoms species by species as there, so that every
-    species block is a contiguous view."""
+def _prepare_frames(model, positions, numbers, cells, pbc, checked: bool = False) -> _Frames:
+    """The batched descriptor pass of ``predict_frames`` (the molecule/cell decision frame by
+    frame as there), its atoms species by species as there, so that every species block is
+    a contiguous view. ``checked``: the inputs were checked by ``predict_frames`` (whose
+    ``batch_pass`` this is), else they are checked here."""
     from numbec.models import kernels
     from numbec.models._kernel_model import _species_major_order, batch_descriptors
 
-    model._check_fitted()
     numbers = np.asarray(numbers, dtype=np.int64)
-    if positions.ndim != 3 or positions.shape[1:] != (numbers.size, 3):
-        raise ValueError(f"positions must have shape (F, {numbers.size}, 3) to match "
-                         f"numbers, got {positions.shape}")
-    model.check_inputs(positions.reshape(-1, 3), np.tile(numbers, positions.shape[0]))
+    if not checked:
+        model._check_fitted()
+        if positions.ndim != 3 or positions.shape[1:] != (numbers.size, 3):
+            raise ValueError(f"positions must have shape (F, {numbers.size}, 3) to match "
+                             f"numbers, got {positions.shape}")
+        model.check_inputs(positions.reshape(-1, 3), np.tile(numbers, positions.shape[0]))
     pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
     f = positions.shape[0]
     cells = None if cells is None else np.asarray(cells, dtype=np.float64)
@@ -234,7 +236,7 @@ def _frame_rows(model, frames: _Frames, velocities, by_species, total_charge) ->
             dpow = ((zeta - 1) * kernels.int_power(cos, zeta - 2) if zeta >= 2
                     else np.zeros_like(cos))
             sv = _sparse_vectors_by_point(model, cols)                # (mz, Dv, 3)
-            if f > 1 and nr >= _PER_FRAME_PRODUCTS_FROM:
+            if nr >= _PER_FRAME_PRODUCTS_FROM:
                 # batches of small frames, a few atoms of the species per frame: the per-frame
                 # products below in one Numba pass over the frames (no Python loop, no large
                 # temporary)
@@ -369,6 +371,23 @@ def dipole_derivative_uncertainty(model, positions, numbers, cell, pbc, velociti
     return out
 
 
+def _frames_std(model, rows) -> np.ndarray:
+    """(F, 3) e·Å/fs ``sqrt(s_w diag(a Sigma a^T))`` of the rows (F, G, 3, C) of F frames
+    (``a`` the sum over G), one product with the posterior factor for all frames."""
+    a = rows.sum(axis=1)
+    return np.sqrt(np.sum((a.reshape(-1, a.shape[-1]) @ posterior_cholesky(model)) ** 2,
+                          axis=1)).reshape(a.shape[:2])
+
+
+def _frames_samples(parts, weight_samples) -> np.ndarray:
+    """(F, S, G, 3) e·Å/fs samples ``rows W^T + baseline`` of the rows of F frames
+    (:func:`dipole_derivative_rows_frames`) for weight samples W (S, C), one product."""
+    rows = parts["rows"]
+    f, g = rows.shape[:2]
+    per = (rows.reshape(-1, rows.shape[-1]) @ weight_samples.T).reshape(f, g, 3, -1)
+    return per.transpose(0, 3, 1, 2) + parts["baseline"][:, None]
+
+
 # ---------------------------------------------------------------------- for numbec.predict
 class DipoleDerivativeSamplesModel:
     """A fitted kernel model (or a :class:`~numbec.models.uncertainty.StreamedUncertaintyModel`
@@ -461,11 +480,11 @@ class DipoleDerivativeSamplesModel:
         """:meth:`predict_arrays_with_velocities` (without ``uncertainty``) of F frames of the
         same atoms in batches, as ``predict_frames`` does for small frames: the plain outputs
         from the kernel model's ``predict_frames`` and the rows of all frames of a batch in
-        one pass (:func:`dipole_derivative_rows_frames`). positions, velocities (F, N, 3);
-        cells (F, 3, 3) or None. Every output has a leading frame axis; the numbers equal
-        those frame by frame to rounding."""
+        one pass (:func:`_frame_rows`), both from the batch's one descriptor pass
+        (``predict_frames(..., batch_pass=)``). positions, velocities (F, N, 3); cells
+        (F, 3, 3) or None. Every output has a leading frame axis; the numbers equal those
+        frame by frame to rounding."""
         from numbec.models import uncertainty as unc
-        from numbec.parallel import batch_frames
 
         if precision != "float64":
             raise ValueError("the dM/dt uncertainty computes in float64 only")
@@ -474,24 +493,31 @@ class DipoleDerivativeSamplesModel:
                             "predict_arrays_with_velocities")
         positions = np.asarray(positions, dtype=np.float64)
         velocities = np.asarray(velocities, dtype=np.float64)
-        out = self.kernel.predict_frames(positions, numbers, cells, pbc,
-                                         total_charge=total_charge)
-        step = batch_frames(np.asarray(numbers).size)
-        std, per = [], []
-        for start in range(0, positions.shape[0], step):
-            part = slice(start, start + step)
-            parts = dipole_derivative_rows_frames(
-                self.kernel, positions[part], numbers, None if cells is None else cells[part],
-                pbc, velocities[part], by_species=self._by_species, total_charge=total_charge)
-            std.append(np.sqrt(np.sum((parts["rows"].sum(axis=1)
-                                       @ posterior_cholesky(self.kernel)) ** 2, axis=2)))
+        if velocities.shape != positions.shape or not np.isfinite(velocities).all():
+            raise ValueError(f"velocities must be finite with shape {positions.shape}, got "
+                             f"{velocities.shape}")
+        kernel, by_species = self.kernel, self._by_species
+        std, per, done = [], [], [0]
+
+        def batch_pass(batch_positions, batch_cells):
+            """The batch's descriptor pass, for its plain prediction and its rows."""
+            frames = _prepare_frames(kernel, batch_positions, numbers, batch_cells, pbc,
+                                     checked=True)
+            start = done[0]
+            done[0] += frames.n_frames
+            parts = _frame_rows(kernel, frames, velocities[start:done[0]], by_species,
+                                total_charge)
+            std.append(_frames_std(kernel, parts["rows"]))
             if self.weight_samples is not None:
-                per.append(np.einsum("fgac,sc->fsga", parts["rows"], self.weight_samples)
-                           + parts["baseline"][:, None])
+                per.append(_frames_samples(parts, self.weight_samples))
+            return frames
+
+        out = kernel.predict_frames(positions, numbers, cells, pbc, total_charge=total_charge,
+                                    batch_pass=batch_pass)
         out["dipole_derivative_std"] = np.concatenate(std)
         if per:
             per = np.concatenate(per)
-            if self._by_species:
+            if by_species:
                 out["dipole_derivative_by_species_samples"] = per
             out["dipole_derivative_samples"] = per.sum(axis=2)
         return out
