@@ -35,7 +35,9 @@ in brackets, at or below random's worst and best seed at ``--max``).
 Models: ``--model`` combined (default, numbec's), monopole or dipole; per system the
 descriptors and sparse points of :data:`SYSTEM_DEFAULTS` (``--n-sparse`` overrides, capped at
 the training environments), sized so that one round's fit stays within a minute on a shared
-2-core machine. ``--quick``: quartz/zro2 pools and test sets thinned (every 2nd / 3rd frame),
+2-core machine; ``--sparse-fraction f``: a sparse set that grows with the labelled frames,
+``min(n_sparse, ceil(f x environments))`` per species (every strategy, random included, gets
+the same trainer). ``--quick``: quartz/zro2 pools and test sets thinned (every 2nd / 3rd frame),
 xTB pool of 60 snapshots and test set of 18, up to 20 frames, 2 random seeds. Each strategy
 (and random seed, ``--first-seed``) can run as its own process; ``--merge`` prints their
 tables together. The JSON is rewritten after every run, so a killed run keeps what it
@@ -189,9 +191,13 @@ def run_system(name, args, log=print, checkpoint=None) -> dict:
     n_sparse = args.n_sparse or n_sparse
     species = sorted({int(z) for a in pool for z in a.numbers})
     settings = DescriptorSettings(species=tuple(species), **descriptors)
-    train = kernel_trainer(args.model, n_sparse=n_sparse, settings=settings)
+    fraction = getattr(args, "sparse_fraction", None)
+    train = kernel_trainer(args.model, n_sparse=n_sparse, settings=settings,
+                           sparse_fraction=fraction)
+    sparse = (f"n_sparse {n_sparse}" if fraction is None
+              else f"n_sparse min({n_sparse}, ceil({fraction} x environments))")
     log(f"\n## {name}: pool {len(pool)} frames, test {len(test)} frames, model {args.model} "
-        f"(n_sparse {n_sparse}), {args.start} + {args.step}/round up to {args.max} "
+        f"({sparse}), {args.start} + {args.step}/round up to {args.max} "
         f"(data read in {time.perf_counter() - t0:.0f} s)")
     runs = {}
     for strategy in args.strategies:
@@ -341,7 +347,7 @@ def merge(paths) -> int:
     the same name: the later file wins). Their settings must agree but for the strategies."""
     reports = [json.loads(Path(p).read_text()) for p in paths]
     base = dict(reports[0]["arguments"])
-    keys = ("model", "n_sparse", "start", "step", "max", "quick", "test_stride",
+    keys = ("model", "n_sparse", "sparse_fraction", "start", "step", "max", "quick", "test_stride",
             "xtb_test_copies")
     for path, rep in zip(paths, reports, strict=True):
         diff = {k: rep["arguments"].get(k) for k in keys if rep["arguments"].get(k) != base.get(k)}
@@ -373,6 +379,10 @@ def main(argv=None) -> int:
                         default="combined")
     parser.add_argument("--n-sparse", type=int, default=None,
                         help="per species (default: quartz 40, zro2 30, xtb 60)")
+    parser.add_argument("--sparse-fraction", type=float, default=None,
+                        help="sparse set growing with the labelled data: per species "
+                             "min(n_sparse, ceil(f x training environments)), f in (0, 1] "
+                             "(default: n_sparse per species, capped at the environments)")
     parser.add_argument("--test-stride", type=int, default=1,
                         help="use every Nth test frame (default 1: all)")
     parser.add_argument("--start", type=int, default=5)

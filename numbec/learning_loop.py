@@ -71,13 +71,20 @@ class ActiveLearningResult:
 
 
 def kernel_trainer(kind: str = "monopole", n_sparse: int = 100, settings=None,
-                   **model_kw) -> Callable:
+                   sparse_fraction: float | None = None, **model_kw) -> Callable:
     """A ``train(frames) -> fitted model`` for :func:`active_learning`.
 
     kind: "monopole", "dipole" or "combined"; ``n_sparse`` per species, capped at the number of
     training environments of each species (so that 5 frames can be fitted); settings:
     DescriptorSettings or None (the defaults for the species present); ``model_kw``: other
     model keywords (zeta, sparse_method, regression, seed).
+
+    sparse_fraction: None (a fixed sparse set, ``n_sparse`` per species) or f in (0, 1]: a
+    sparse set that grows with the labelled data, ``min(n_sparse, ceil(f * n_env))`` sparse
+    points for a species with ``n_env`` training environments (``n_sparse`` is then the cap).
+    With a fixed set, each refit picks the same number of points among more environments, so
+    the model's capacity stops growing once ``n_sparse`` is reached; with a fraction it grows
+    with every labelled frame until the cap.
     """
     from numbec import models
 
@@ -85,13 +92,17 @@ def kernel_trainer(kind: str = "monopole", n_sparse: int = 100, settings=None,
                "combined": models.CombinedModel}
     if kind not in classes:
         raise ValueError(f"unknown model kind {kind!r}; use one of {tuple(classes)}")
+    if sparse_fraction is not None and not 0.0 < float(sparse_fraction) <= 1.0:
+        raise ValueError(f"sparse_fraction must be in (0, 1] or None, got {sparse_fraction}")
 
     def train(frames):
         counts: dict[int, int] = {}
         for atoms in frames:
             for z, c in zip(*np.unique(atoms.numbers, return_counts=True), strict=True):
                 counts[int(z)] = counts.get(int(z), 0) + int(c)
-        capped = {z: min(int(n_sparse), c) for z, c in counts.items()}
+        capped = {z: min(int(n_sparse), c if sparse_fraction is None
+                         else math.ceil(float(sparse_fraction) * c))
+                  for z, c in counts.items()}
         return classes[kind](settings=settings, n_sparse=capped, **model_kw).fit(frames)
 
     return train

@@ -135,3 +135,37 @@ def test_active_learning_benchmark_smoke(tmp_path, shared_data):
     for rounds in runs.values():
         assert [r["n_train"] for r in rounds] == [3, 6]
         assert all(0 < r["test_rmse"] < 0.2 for r in rounds)  # species mean: 0.42 e
+
+
+def test_kernel_trainer_sparse_fraction_grows_with_the_data(quartz):
+    """sparse_fraction f: min(cap, ceil(f * environments)) sparse points per species, so the
+    sparse set grows with the training frames; the model is the one of an explicit per-species
+    n_sparse (same predictions to 1e-12)."""
+    import math
+
+    from numbec.models import MonopoleModel
+
+    cap, fraction = 40, 0.3
+    train = kernel_trainer("monopole", cap, SETTINGS, sparse_fraction=fraction)
+    sizes = []
+    for n_frames in (1, 2, 4):
+        frames = quartz[:n_frames]
+        model = train(frames)
+        numbers = np.concatenate([a.numbers for a in frames])
+        expected = {int(z): min(cap, math.ceil(fraction * int((numbers == z).sum())))
+                    for z in np.unique(numbers)}
+        got = {int(z): int((model.sparse_species == z).sum()) for z in np.unique(numbers)}
+        assert got == expected
+        sizes.append(sum(got.values()))
+        reference = MonopoleModel(settings=SETTINGS, n_sparse=expected).fit(frames)
+        np.testing.assert_allclose(model.predict(quartz[5])["bec"],
+                                   reference.predict(quartz[5])["bec"], rtol=0, atol=1e-12)
+    assert sizes[0] < sizes[1] < sizes[2]
+    # without a fraction, n_sparse per species (capped at the environments) from the start
+    fixed = kernel_trainer("monopole", cap, SETTINGS)(quartz[:1])
+    numbers = quartz[0].numbers
+    assert {int(z): int((fixed.sparse_species == z).sum()) for z in np.unique(numbers)} == \
+        {int(z): min(cap, int((numbers == z).sum())) for z in np.unique(numbers)}
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="sparse_fraction"):
+            kernel_trainer("monopole", cap, SETTINGS, sparse_fraction=bad)
