@@ -132,12 +132,16 @@ def row(kind, train, test, hyper, descriptors, folds, rank, cost=True) -> dict:
     lik = _metrics_under(unc, pred, ref, sizes, epi, noise, info["scale_likelihood"])
     two_m = _metrics_under(unc, pred, ref, sizes, epi, noise, *two)
     two_cov_m = _metrics_under(unc, pred, ref, sizes, epi, noise, *two_cov)
+    worst = _metrics_under(unc, pred, ref, sizes, epi, noise, info["scale_worst_block"])
     dev = np.abs(np.array(frame_low) / np.array(frame_exact) - 1.0)
     return {"rmse": float(np.sqrt(np.mean((pred - ref) ** 2))), "raw": raw, "cal": cal,
             "likelihood": lik, "two_part": two_m, "two_part_scales": two,
             "two_part_coverage": two_cov_m, "two_part_coverage_scales": two_cov,
             "scale": scale, "scale_likelihood": info["scale_likelihood"],
             "held_out_coverage_95": info["coverage_95_unscaled"],
+            "worst_block": worst, "scale_worst_block": info["scale_worst_block"],
+            "block_scales": info["block_scales"],
+            "block_coverage_95_unscaled": info["block_coverage_95_unscaled"],
             "n_train": len(train), "n_test": len(test), "fit_s": fit_s,
             "lowrank_max_dev": float(dev.max()),
             "lowrank_cost": t_low / t_plain if cost else float("nan"),
@@ -165,9 +169,10 @@ def main(argv=None) -> int:
     print("| system | model | train | test | RMSE e | cov68 raw | cov95 raw | NLL raw "
           "| s (ML) | cov95 ML | NLL ML | a, b (2-part ML) | cov95 2-part | NLL 2-part "
           "| a, b (2-part cov) | cov95 2-part cov | NLL 2-part cov "
-          "| s (cov) | cov68 cal | cov95 cal | NLL cal | frame rank corr | low-rank max dev "
-          "| low-rank cost |")
-    print("|---" * 24 + "|")
+          "| s (cov) | cov68 cal | cov95 cal | NLL cal "
+          "| held-out cov95 raw per block | s (worst block) | cov95 worst block "
+          "| frame rank corr | low-rank max dev | low-rank cost |")
+    print("|---" * 27 + "|")
     rows = []
     for system in args.systems.split(","):
         if system == "xtb":
@@ -209,7 +214,11 @@ def main(argv=None) -> int:
                       f"| {twc['nll']:.2f} "
                       f"| {r['scale']:.3g} "
                       f"| {100 * cal['coverage_68']:.1f} | {100 * cal['coverage_95']:.1f} "
-                      f"| {cal['nll']:.2f} | {cal['frame_rank_correlation']:.2f} "
+                      f"| {cal['nll']:.2f} "
+                      f"| {' / '.join(f'{100 * c:.0f}' for c in r['block_coverage_95_unscaled'])} "
+                      f"| {r['scale_worst_block']:.3g} "
+                      f"| {100 * r['worst_block']['coverage_95']:.1f} "
+                      f"| {cal['frame_rank_correlation']:.2f} "
                       f"| {100 * r['lowrank_max_dev']:.1f} % | {r['lowrank_cost']:.2f}x |",
                       flush=True)
     if args.json:

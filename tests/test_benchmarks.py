@@ -29,6 +29,8 @@ SHARED_DATA = Path(os.environ.get("NUMBEC_SHARED_DATA", REPO.parent / "shared" /
 
 def run_benchmark(name, *args, cwd, env=None, timeout=600):
     env = dict(os.environ, MPLBACKEND="Agg", **(env or {}))
+    # the scripts must import this checkout's numbec, whichever numbec is installed
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     proc = subprocess.run([sys.executable, str(BENCHMARKS / name), *map(str, args)], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr}"
@@ -334,10 +336,13 @@ def test_calibration_and_uncertainty_cost_benchmarks(tmp_path):
     assert head[:5] == ["system", "model", "train", "test", "RMSE e"]
     row = dict(zip(head, rows[0], strict=True))
     for key in ("cov68 raw", "cov95 raw", "cov68 cal", "cov95 cal", "cov95 ML",
-                "cov95 2-part", "cov95 2-part cov"):
+                "cov95 2-part", "cov95 2-part cov", "cov95 worst block"):
         assert 0.0 <= number(row[key]) <= 100.0
     assert number(row["cov68 cal"]) <= number(row["cov95 cal"])
     assert positive(row["s (cov)"]) and positive(row["s (ML)"])
+    # two folds: two held-out blocks; the worst block's scale is at least the pooled one
+    assert len(row["held-out cov95 raw per block"].split(" / ")) == 2
+    assert number(row["s (worst block)"]) >= number(row["s (cov)"]) * (1 - 1e-2)  # 3 digits printed
     out = run_benchmark("uncertainty_cost.py", "--systems", "quartz", "--ranks", "4",
                         "--frames", "1", cwd=tmp_path)
     (head, rows), (head_fwd, rows_fwd) = markdown_tables(out)

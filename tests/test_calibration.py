@@ -91,6 +91,52 @@ def test_recalibration_methods_from_the_same_held_out_errors(rng, tmp_path):
         unc.fit_variance_scale(model, frames, method="student")
 
 
+def test_worst_block_scale_covers_every_block_where_the_pooled_scale_does_not(rng):
+    # three held-out blocks: two whose errors match the predicted std, one (the "600 K"
+    # block) with errors twice as large at the same predicted std
+    n = 20_000
+    sizes = {0: n, 1: n, 2: n // 2}
+    block = np.concatenate([np.full(m, k) for k, m in sizes.items()])
+    epi, noise = rng.uniform(0.0, 0.02, block.size), np.full(block.size, 0.01)
+    z = rng.normal(size=block.size) * np.where(block == 2, 2.0, 1.0)
+    held = {"err": z * np.sqrt(epi + noise), "epistemic": epi, "noise": noise,
+            "block": block, "folds": 3}
+    fit = unc.scales_from_held_out(held, "worst_block")
+    assert fit["method"] == "worst_block"
+    for k in range(3):
+        assert fit["block_scales"][k] == pytest.approx(unc.coverage_scale(z[block == k]),
+                                                       rel=1e-12)
+    assert fit["block_scales"][0] == pytest.approx(1.0, rel=0.05)
+    assert fit["block_scales"][2] == pytest.approx(4.0, rel=0.05)
+    assert fit["scale"] == fit["scale_worst_block"] == max(fit["block_scales"])
+    # unscaled: the hard block holds P(|N(0, 4)| < 1.96) = P(|N| < 0.98) of its errors
+    assert fit["block_coverage_95_unscaled"][2] == pytest.approx(
+        2 * stats.norm.cdf(1.959964 / 2) - 1, abs=0.02)
+
+    def covered(scale, k):
+        return np.mean(np.abs(z[block == k]) <= 1.959964 * np.sqrt(scale) * (1 + 1e-12))
+
+    pooled = unc.scales_from_held_out(held, "coverage")["scale"]
+    assert covered(pooled, 2) < 0.90  # the pooled scale under-covers the hard block ...
+    assert all(covered(fit["scale"], k) >= 0.95 for k in range(3))  # ... worst_block does not
+    # without block labels (an older held-out dict) the method refuses, the others work
+    old = {key: v for key, v in held.items() if key != "block"}
+    with pytest.raises(ValueError, match="worst_block"):
+        unc.scales_from_held_out(old, "worst_block")
+    assert "block_scales" not in unc.scales_from_held_out(old, "coverage")
+
+
+def test_held_out_errors_label_each_value_with_its_block(rng):
+    model, frames = _fitted(rng, n_frames=4)
+    held = unc.held_out_errors(model, frames, folds=2)
+    per_frame = len(frames[0]) * 9
+    assert held["block"].dtype == np.int64 and held["block"].shape == held["err"].shape
+    np.testing.assert_array_equal(held["block"], np.repeat([0, 1], 2 * per_frame))
+    unc.recalibrate(model, frames, method="worst_block", held_out=held)
+    fit = model.training["variance_scale_fit"]
+    assert model.variance_scale == max(fit["block_scales"]) and len(fit["block_scales"]) == 2
+
+
 @pytest.mark.parametrize("name", ["MonopoleModel", "DipoleModel", "CombinedModel"])
 def test_files_without_the_new_fields_load_and_predict_as_before(name):
     # written at commit 38415df, before recalibration existed: scale 1, no method recorded

@@ -41,7 +41,7 @@ MODELS = {"monopole": "MonopoleModel", "dipole": "DipoleModel", "combined": "Com
 DEFAULT_MODEL = "combined"
 #: Model hyperparameters exposed as flags (constructor keywords of the kernel models).
 #: numbec.models.uncertainty.SCALE_METHODS, spelled out so that --help imports no numpy
-CALIBRATION_METHODS = ("coverage", "two_part", "likelihood")
+CALIBRATION_METHODS = ("coverage", "two_part", "likelihood", "worst_block")
 HYPERPARAMETERS = ("zeta", "n_sparse", "sparse_method", "regression", "ridge", "seed")
 
 
@@ -149,8 +149,10 @@ def register(subparsers):
                         default="coverage",
                         help="how --calibrate-folds sets the scale: coverage (95 %% of "
                              "held-out errors inside the 95 %% interval), two_part (separate "
-                             "scales of the epistemic and noise parts) or likelihood "
-                             "(Gaussian maximum likelihood); default: %(default)s")
+                             "scales of the epistemic and noise parts), likelihood "
+                             "(Gaussian maximum likelihood) or worst_block (95 %% of the "
+                             "held-out errors of every block: for training frames of mixed "
+                             "difficulty, e.g. two temperatures); default: %(default)s")
     parser.add_argument("--no-train-error", action="store_true",
                         help="skip the training-set error in the summary")
     add_progress_argument(parser)

@@ -170,7 +170,7 @@ def _fold_model(model, frames):
 
 
 #: Recalibration methods of :func:`fit_variance_scale` (``method=``).
-SCALE_METHODS = ("coverage", "two_part", "likelihood")
+SCALE_METHODS = ("coverage", "two_part", "likelihood", "worst_block")
 #: ``method="two_part"``: the noise variance keeps at least this fraction of sigma_v^2 (a
 #: component without epistemic variance would otherwise get a zero-width interval).
 MIN_NOISE_SCALE = 0.01
@@ -187,7 +187,8 @@ def held_out_errors(model, frames, folds: int = 5) -> dict:
 
     Returns dict ``err`` (n,) float64 e, the errors of all held-out BEC components;
     ``epistemic`` (n,) e^2, ``phi^T Sigma phi`` of the fold model; ``noise`` (n,) e^2, its
-    ``sigma_v^2``; ``folds`` (int). Needs at least 2 frames.
+    ``sigma_v^2``; ``block`` (n,) int64, the index (0 to folds - 1, in frame order) of the
+    block each value was held out in; ``folds`` (int). Needs at least 2 frames.
     """
     frames = list(frames)
     if int(folds) < 2 or len(frames) < 2:
@@ -195,8 +196,8 @@ def held_out_errors(model, frames, folds: int = 5) -> dict:
                          f"folds={folds} and {len(frames)} frames")
     folds = min(int(folds), len(frames))
     edges = np.linspace(0, len(frames), folds + 1).round().astype(int)
-    err, epi, noise = [], [], []
-    for a, b in zip(edges[:-1], edges[1:], strict=True):
+    err, epi, noise, block = [], [], [], []
+    for k, (a, b) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
         train = frames[:a] + frames[b:]
         sub = _fold_model(model, train).fit(train)
         for atoms in frames[a:b]:
@@ -206,8 +207,9 @@ def held_out_errors(model, frames, folds: int = 5) -> dict:
             var = out["bec_std"].ravel() ** 2
             epi.append(np.clip(var - sub.sigma_v2, 0.0, None))
             noise.append(np.full(var.size, float(sub.sigma_v2)))
+            block.append(np.full(var.size, k, dtype=np.int64))
     return {"err": np.concatenate(err), "epistemic": np.concatenate(epi),
-            "noise": np.concatenate(noise), "folds": folds}
+            "noise": np.concatenate(noise), "block": np.concatenate(block), "folds": folds}
 
 
 def coverage_scale(z, coverage: float = 0.95) -> float:
@@ -267,14 +269,23 @@ def fit_variance_scale(model, frames, folds: int = 5, method: str = "coverage") 
     ``"likelihood"``
         ``s = mean(err^2 / std^2)``, the maximum-likelihood scale of a Gaussian (the only
         method of older numbec; models saved with it keep their scale).
+    ``"worst_block"``
+        the largest of the coverage scales of the held-out blocks taken one at a time: the
+        95 % interval holds at least 95 % of the errors of *every* block. For training
+        frames that are not alike (e.g. MD at two temperatures) the Bayesian variance can
+        miss that some are harder: one pooled scale then averages an easy block with a hard
+        one and under-covers frames like the hard one (quartz trained on 300 K and 600 K
+        frames, tested at 600 K: docs/benchmarks_models.md, "Calibration"). Conservative
+        (wider) wherever the blocks are alike; needs at least 2 blocks.
 
     Returns dict ``scale`` (that of ``method``), ``noise_scale`` (``"two_part"`` only),
     ``method``, ``scale_coverage``, ``scale_likelihood``, ``two_part_scales`` ``[s, s_v]``,
     ``folds``, ``n_values``, the held-out ``coverage_68_unscaled`` and
-    ``coverage_95_unscaled``, and ``weight_scale = sum(err^2) / sum(phi^T Sigma phi)``: the
-    scale of the weight posterior alone that accounts for the whole held-out error (used for
-    posterior samples and the spectrum's model band, which carry no per-component noise
-    term; see :func:`sample_scale`). Needs at least 2 frames.
+    ``coverage_95_unscaled``, ``block_scales`` (the coverage scale of each block) and
+    ``block_coverage_95_unscaled``, ``scale_worst_block``, and ``weight_scale = sum(err^2) /
+    sum(phi^T Sigma phi)``: the scale of the weight posterior alone that accounts for the
+    whole held-out error (used for posterior samples and the spectrum's model band, which
+    carry no per-component noise term; see :func:`sample_scale`). Needs at least 2 frames.
     """
     if method not in SCALE_METHODS:
         raise ValueError(f"method must be one of {SCALE_METHODS}, got {method!r}")
@@ -288,6 +299,11 @@ def scales_from_held_out(held: dict, method: str = "coverage") -> dict:
     scales = {"coverage": coverage_scale(np.sqrt(z2), 0.95), "likelihood": float(np.mean(z2))}
     if not np.isfinite(scales["coverage"]):  # all held-out errors zero: nothing to scale
         scales["coverage"] = scales["likelihood"]
+    blocks = _block_scales(held, np.sqrt(z2))
+    scales["worst_block"] = max(blocks["block_scales"]) if blocks else float("nan")
+    if method == "worst_block" and not blocks:
+        raise ValueError("method='worst_block' needs held-out errors with their blocks "
+                         "(held_out_errors of numbec >= this version)")
     a, b = two_part_scales(err, epi, held["noise"], MIN_NOISE_SCALE)
     common = coverage_scale(err / np.sqrt(a * epi + b * held["noise"]), 0.95)
     if not np.isfinite(common):
@@ -299,10 +315,25 @@ def scales_from_held_out(held: dict, method: str = "coverage") -> dict:
     return {"scale": scales[method], **extra, "method": method,
             "scale_coverage": scales["coverage"], "scale_likelihood": scales["likelihood"],
             "two_part_scales": two, "folds": held["folds"],
-            "n_values": int(z2.size),
+            "n_values": int(z2.size), "scale_worst_block": scales["worst_block"], **blocks,
             "coverage_68_unscaled": float(np.mean(z2 <= _Z68 ** 2)),
             "coverage_95_unscaled": float(np.mean(z2 <= _Z95 ** 2)),
             "weight_scale": err2 / epi_sum if epi_sum > 0 else float(np.mean(z2))}
+
+
+def _block_scales(held: dict, z) -> dict:
+    """Coverage scale and unscaled 95 % coverage of each held-out block (empty dict when
+    ``held`` has no ``block``). A block whose errors are all zero gets scale 0."""
+    if "block" not in held:
+        return {}
+    block = np.asarray(held["block"])
+    scales, cover = [], []
+    for k in np.unique(block):
+        zk = z[block == k]
+        s = coverage_scale(zk, 0.95)
+        scales.append(0.0 if not np.isfinite(s) else s)
+        cover.append(float(np.mean(zk <= _Z95)))
+    return {"block_scales": scales, "block_coverage_95_unscaled": cover}
 
 
 def recalibrate(model, frames, folds: int = 5, method: str = "coverage", held_out=None):
