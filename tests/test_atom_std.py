@@ -246,5 +246,123 @@ def test_model_without_kernels_is_refused_by_predict():
                      "cell": (("frame", "cell_vector", "xyz"), np.zeros((1, 3, 3))),
                      "numbers": (("atom",), atoms.numbers),
                      "pbc": (("xyz",), np.zeros(3, dtype=bool))}, attrs={"timestep": 1.0})
-    with pytest.raises(ValueError, match="SpeciesMeanModel .*atom_std"):
+    with pytest.raises(ValueError, match="SpeciesMeanModel has no per-atom posterior std"):
         stream_predict(model, ds, atom_std=True, dipole_derivative=False)
+
+
+# ---------------------------------------------------------------------- numbec.predict
+def _trajectory(rng, periodic, n_frames=11, velocities=True):
+    import xarray as xr
+
+    base = (water_cell if periodic else water_cluster)(rng)
+    positions = np.stack([base.positions + rng.normal(0.0, 0.05, base.positions.shape)
+                          for _ in range(n_frames)])
+    data = {"positions": (("frame", "atom", "xyz"), positions),
+            "cell": (("frame", "cell_vector", "xyz"),
+                     np.tile(np.asarray(base.cell), (n_frames, 1, 1))),
+            "numbers": (("atom",), base.numbers.astype(np.int64)),
+            "pbc": (("xyz",), np.full(3, periodic))}
+    if velocities:
+        data["velocities"] = (("frame", "atom", "xyz"),
+                              rng.normal(0.0, 0.01, positions.shape))
+    return base, xr.Dataset(data, coords={"time": ("frame", 0.5 * np.arange(n_frames))},
+                            attrs={"timestep": 0.5, "source": "atom-std-toy"})
+
+
+def _frame_by_frame(model, base, ds):
+    outs = [model.predict_arrays(p, base.numbers, np.asarray(base.cell), base.pbc,
+                                 atom_std=True) for p in ds["positions"].values]
+    return {k: np.stack([o[k] for o in outs]) for k in ("charge_std", "local_dipole_std")
+            if k in outs[0]}
+
+
+@pytest.mark.parametrize("periodic", [False, True], ids=["molecule", "periodic"])
+def test_stream_in_memory_every_path(periodic):
+    """Batched plain frames, the per-frame exact bec_std path, the low-rank bec_std and the
+    forward-mode dM/dt wrappers (per frame and batched) all stream the same numbers."""
+    from numbec import predict as stream_predict
+
+    rng = np.random.default_rng(22)
+    model = _model(CombinedModel, rng, periodic)
+    base, ds = _trajectory(rng, periodic)
+    ref = _frame_by_frame(model, base, ds)
+    runs = {
+        "batched": dict(dipole_derivative=False),
+        "exact bec_std": dict(dipole_derivative=False, uncertainty=True),
+        "low rank": dict(dipole_derivative=False, uncertainty=True, uncertainty_rank=4),
+        "forward mode, batched": dict(posterior_samples=2),
+        "forward mode, per frame": dict(uncertainty=True),
+        "forward mode, low rank": dict(uncertainty=True, uncertainty_rank=4),
+    }
+    for what, options in runs.items():
+        res = stream_predict(model, ds, progress=False, chunk_frames=4, atom_std=True,
+                             **options)
+        assert res.attrs["atom_std"] is True
+        for key in ref:
+            assert res[key].dims == ("frame", "atom")
+            np.testing.assert_allclose(res[key].values, ref[key], rtol=0, atol=1e-12,
+                                       err_msg=f"{key}, {what}")
+        assert res["charge_std"].attrs["units"] == "e"
+        assert res["local_dipole_std"].attrs["units"] == "e*Angstrom"
+    plain = stream_predict(model, ds, progress=False, dipole_derivative=False)
+    assert "charge_std" not in plain and "atom_std" not in plain.attrs
+
+
+def test_stream_store_resume_and_refusals(tmp_path, monkeypatch):
+    import numbec.stream as stream
+    from numbec import predict as stream_predict
+    from numbec.stream import OutputMismatchError
+
+    rng = np.random.default_rng(23)
+    model = _model(MonopoleModel, rng, False)
+    base, ds = _trajectory(rng, False)
+    ref = _frame_by_frame(model, base, ds)
+    out = tmp_path / "p.zarr"
+    # a run killed while writing its second chunk, then resumed
+    write = stream.store_format.write_chunk
+
+    def crash_on_second(out_, variables, integrated, c, *args):
+        if c == 1:
+            raise RuntimeError("simulated crash")
+        return write(out_, variables, integrated, c, *args)
+
+    monkeypatch.setattr(stream.store_format, "write_chunk", crash_on_second)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        stream_predict(model, ds, out=out, chunk_frames=4, progress=False, atom_std=True)
+    monkeypatch.setattr(stream.store_format, "write_chunk", write)
+    res = stream_predict(model, ds, out=out, chunk_frames=4, progress=False, atom_std=True)
+    assert "local_dipole_std" not in res  # a monopole model has no local dipole
+    np.testing.assert_allclose(res["charge_std"].values, ref["charge_std"], rtol=0,
+                               atol=1e-12)
+    assert res.attrs["atom_std"] is True
+    # the other setting into either store is refused
+    with pytest.raises(OutputMismatchError, match="variables"):
+        stream_predict(model, ds, out=out, chunk_frames=4, progress=False)
+    plain = tmp_path / "plain.zarr"
+    stream_predict(model, ds, out=plain, chunk_frames=4, progress=False)
+    with pytest.raises(OutputMismatchError, match="variables"):
+        stream_predict(model, ds, out=plain, chunk_frames=4, progress=False, atom_std=True)
+
+
+def test_cli_atom_std(tmp_path, capsys):
+    import xarray as xr
+    from test_cli_predict import write_trajectory_store
+
+    from numbec.cli import main
+
+    rng = np.random.default_rng(24)
+    model = _model(MonopoleModel, rng, True)
+    path = model.save(tmp_path / "model.npz")
+    traj = tmp_path / "traj.zarr"
+    write_trajectory_store(traj, n_frames=4)
+    out = tmp_path / "p.zarr"
+    assert main(["predict", str(path), str(traj), "-o", str(out), "--atom-std",
+                 "--no-progress"]) == 0
+    res = xr.open_zarr(out)
+    assert res.attrs["atom_std"] is True and res["charge_std"].shape == (4, 6)
+    assert np.all(res["charge_std"].values > 0)
+    mean = SpeciesMeanModel([1, 8], np.stack([np.eye(3), -np.eye(3)]))
+    mean_path = mean.save(tmp_path / "mean.npz")
+    assert main(["predict", str(mean_path), str(traj), "-o", str(tmp_path / "m.zarr"),
+                 "--atom-std", "--no-progress"]) == 1
+    assert "no per-atom posterior std" in capsys.readouterr().err

@@ -43,7 +43,7 @@ import scipy.sparse
 
 from numbec.models import kernels
 
-__all__ = ["ATOM_STD_OUTPUTS", "atom_std_names", "local_output_std"]
+__all__ = ["ATOM_STD_OUTPUTS", "atom_std_names", "local_output_std", "prepared_output_std"]
 
 #: The per-atom outputs, in the order of :data:`numbec.io.prediction.VARIABLES`.
 ATOM_STD_OUTPUTS = ("charge_std", "local_dipole_std")
@@ -178,3 +178,13 @@ def _checked_sqrt(var, stacked, n, what) -> np.ndarray:
     out = np.empty_like(var)
     out[stacked] = np.sqrt(np.maximum(var, 0.0))
     return out.reshape(-1, n)
+
+
+def prepared_output_std(model, prepared) -> dict:
+    """:func:`local_output_std` of one structure from its descriptor pass
+    (:func:`numbec.models.uncertainty.prepare_structure`): ``charge_std`` and/or
+    ``local_dipole_std`` (N,) float64, as ``predict_arrays(..., atom_std=True)``."""
+    vectors = None if prepared.vdesc is None else prepared.vdesc.values
+    out = local_output_std(model, prepared.species_kernels, vectors, None, 1,
+                           prepared.numbers.size)
+    return {key: value[0] for key, value in out.items()}
