@@ -16,7 +16,7 @@ from scipy.spatial.transform import Rotation
 
 from numbec import parallel
 from numbec.descriptors import compute_descriptors, compute_vector_descriptors
-from numbec.models import CombinedModel, DipoleModel, MonopoleModel, SpeciesMeanModel
+from numbec.models import CombinedModel, DipoleModel, MonopoleModel, SpeciesMeanModel, atom_std
 
 MODELS = (MonopoleModel, DipoleModel, CombinedModel)
 
@@ -151,6 +151,7 @@ def test_batched_equals_frame_by_frame(cls, periodic, monkeypatch):
                           for _ in range(7)])
     cells = np.stack([np.asarray(base.cell) * (1.0 + 0.01 * k) for k in range(7)])
     monkeypatch.setattr(parallel, "BATCH_ATOMS", 3 * len(base))  # batches of 3 frames
+    monkeypatch.setattr(atom_std, "ATOM_BLOCK", 5)  # product blocks across frames
     batch = model.predict_frames(positions, base.numbers, cells if periodic else None,
                                  base.pbc, atom_std=True)
     names = {"charge_std"} if cls is MonopoleModel else (

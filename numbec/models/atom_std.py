@@ -47,6 +47,9 @@ __all__ = ["ATOM_STD_OUTPUTS", "atom_std_names", "local_output_std", "prepared_o
 
 #: The per-atom outputs, in the order of :data:`numbec.io.prediction.VARIABLES`.
 ATOM_STD_OUTPUTS = ("charge_std", "local_dipole_std")
+#: Atoms per block of the products: bounds the temporaries to about ``ATOM_BLOCK * M * 8``
+#: bytes (charges) and ``9 * ATOM_BLOCK * M_z * 8`` bytes (dipoles) whatever the frame size.
+ATOM_BLOCK = 512
 
 
 def atom_std_names(model) -> tuple[str, ...]:
@@ -141,26 +144,33 @@ def local_output_std(model, species_kernels, vectors, order, n_frames: int,
                 mean_rows[:, cols] = (ind @ k) / n
             blocks.append((rows, cols, k, frame))
         for rows, cols, k, frame in blocks:
-            g = -mean_rows[frame]                                   # (N_z, M)
-            g[:, cols] += k
-            var[rows] = _rowdot(g @ mono, g)
+            where = np.arange(f * n)[rows]
+            for a in range(0, k.shape[0], ATOM_BLOCK):
+                b = slice(a, a + ATOM_BLOCK)
+                g = -mean_rows[frame[b]]                            # (atoms, M)
+                g[:, cols] += k[b]
+                var[where[b]] = _rowdot(g @ mono, g)
         out["charge_std"] = _checked_sqrt(var, stacked, n, "charge")
     if model._dipole:
         var = np.empty(f * n)
         s = model.vector_scale
         for rows, cols, cos in species_kernels:
             nr, mz = cos.shape
-            z = int(model.sparse_species[cols][0]) if mz else None
             if mz == 0:
                 var[rows] = 0.0
                 continue
-            v = vectors[rows].reshape(3 * nr, -1) / s              # (3 N_z, Dv)
+            z = int(model.sparse_species[cols][0])
             sv = model.sparse_vectors[cols].reshape(3 * mz, -1)     # (3 M_z, Dv), /s already
-            g = (v @ sv.T).reshape(nr, 3, mz, 3)
-            if zeta > 1:
-                g *= kernels.int_power(cos, zeta - 1)[:, None, :, None]
-            g = g.reshape(3 * nr, 3 * mz)
-            var[rows] = _rowdot(g @ dip[z], g).reshape(nr, 3).sum(axis=1)
+            where = np.arange(f * n)[rows]
+            for a in range(0, nr, ATOM_BLOCK):
+                b = slice(a, a + ATOM_BLOCK)
+                atoms = where[b]
+                v = vectors[atoms].reshape(3 * atoms.size, -1) / s  # (3 atoms, Dv)
+                g = (v @ sv.T).reshape(atoms.size, 3, mz, 3)
+                if zeta > 1:
+                    g *= kernels.int_power(cos[b], zeta - 1)[:, None, :, None]
+                g = g.reshape(3 * atoms.size, 3 * mz)
+                var[atoms] = _rowdot(g @ dip[z], g).reshape(atoms.size, 3).sum(axis=1)
         out["local_dipole_std"] = _checked_sqrt(var, stacked, n, "local dipole")
     return out
 
