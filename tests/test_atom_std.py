@@ -289,6 +289,7 @@ def test_stream_in_memory_every_path(periodic):
     ref = _frame_by_frame(model, base, ds)
     runs = {
         "batched": dict(dipole_derivative=False),
+        "mixed precision": dict(dipole_derivative=False, precision="mixed"),
         "exact bec_std": dict(dipole_derivative=False, uncertainty=True),
         "low rank": dict(dipole_derivative=False, uncertainty=True, uncertainty_rank=4),
         "forward mode, batched": dict(posterior_samples=2),
