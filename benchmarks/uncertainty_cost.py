@@ -5,9 +5,10 @@ Usage::
     python benchmarks/uncertainty_cost.py                  # quartz and xTB water, K = 8..64
     python benchmarks/uncertainty_cost.py --systems quartz --ranks 8,16
 
-For a combined model (quartz: every 8th frame of 0-149, 100 sparse points per species,
-descriptors of benchmarks/models.py; xTB: 5 or 32 of the demo's reference clusters, 60 sparse
-points) it times, on the first test frames (best of 5, one BLAS thread), a plain prediction,
+For a combined model (``--kind monopole`` or ``dipole``: that model instead; quartz: every 8th
+frame of 0-149, 100 sparse points per species, descriptors of benchmarks/models.py; xTB: 5 or
+32 of the demo's reference clusters, 60 sparse points) it times, on the first test frames
+(best of 5, one BLAS thread), a plain prediction,
 the exact ``bec_std`` (design rows) and :func:`numbec.models.uncertainty.predict_uncertainty`
 at each rank K (one descriptor pass, K + 1 weight vectors as adjoint channels), and gives the
 largest relative deviation of the per-frame uncertainty ``sqrt(mean bec_std^2)`` from the
@@ -327,6 +328,8 @@ def main(argv=None) -> int:
                         help="rounds of the forward-mode table (best of)")
     parser.add_argument("--cpu-time", action="store_true",
                         help="forward-mode table: one Numba thread, CPU time of the process")
+    parser.add_argument("--kind", choices=("combined", "monopole", "dipole"),
+                        default="combined", help="model fitted (default: combined)")
     parser.add_argument("--atom-std", action="store_true",
                         help="only the per-atom charge_std / local_dipole_std tables: cost "
                              "against the plain prediction, rank correlation with the exact "
@@ -340,8 +343,8 @@ def main(argv=None) -> int:
         if system == "quartz":
             train, test, _ = load_split("quartz", True)
             hyper = dict(SYSTEMS["quartz"]["model"], n_sparse=100)
-            model = _fit("combined", train[::2], hyper, SYSTEMS["quartz"]["descriptors"])
-            models.append(("quartz combined, 19 frames", model, test[:args.frames],
+            model = _fit(args.kind, train[::2], hyper, SYSTEMS["quartz"]["descriptors"])
+            models.append((f"quartz {args.kind}, 19 frames", model, test[:args.frames],
                            train[::2], test))
         else:
             from numbec.demo import _settings
@@ -353,9 +356,9 @@ def main(argv=None) -> int:
             desc = {k: v for k, v in _settings().to_dict().items() if k != "species"}
             for n in (5, 32):
                 idx = np.linspace(0, len(train) - 1, n).round().astype(int)
-                model = _fit("combined", [train[i] for i in idx],
+                model = _fit(args.kind, [train[i] for i in idx],
                              {"zeta": 4, "n_sparse": 60, "seed": 7}, desc)
-                models.append((f"xTB combined, {n} clusters", model, test,
+                models.append((f"xTB {args.kind}, {n} clusters", model, test,
                                [train[i] for i in idx], test))
     if args.atom_std:
         print("| system | C | plain per frame | path | atom_std cost vs plain |")
