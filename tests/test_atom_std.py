@@ -306,6 +306,10 @@ def test_stream_in_memory_every_path(periodic):
                                        err_msg=f"{key}, {what}")
         assert res["charge_std"].attrs["units"] == "e"
         assert res["local_dipole_std"].attrs["units"] == "e*Angstrom"
+    lazy = stream_predict(model, ds.chunk({"frame": 4}), progress=False, atom_std=True,
+                          dipole_derivative=False)
+    for key in ref:
+        np.testing.assert_allclose(lazy[key].compute().values, ref[key], rtol=0, atol=1e-12)
     plain = stream_predict(model, ds, progress=False, dipole_derivative=False)
     assert "charge_std" not in plain and "atom_std" not in plain.attrs
 
