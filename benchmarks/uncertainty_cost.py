@@ -5,9 +5,10 @@ Usage::
     python benchmarks/uncertainty_cost.py                  # quartz and xTB water, K = 8..64
     python benchmarks/uncertainty_cost.py --systems quartz --ranks 8,16
 
-For a combined model (quartz: every 8th frame of 0-149, 100 sparse points per species,
-descriptors of benchmarks/models.py; xTB: 5 or 32 of the demo's reference clusters, 60 sparse
-points) it times, on the first test frames (best of 5, one BLAS thread), a plain prediction,
+For a combined model (``--kind monopole`` or ``dipole``: that model instead; quartz: every 8th
+frame of 0-149, 100 sparse points per species, descriptors of benchmarks/models.py; xTB: 5 or
+32 of the demo's reference clusters, 60 sparse points) it times, on the first test frames
+(best of 5, one BLAS thread), a plain prediction,
 the exact ``bec_std`` (design rows) and :func:`numbec.models.uncertainty.predict_uncertainty`
 at each rank K (one descriptor pass, K + 1 weight vectors as adjoint channels), and gives the
 largest relative deviation of the per-frame uncertainty ``sqrt(mean bec_std^2)`` from the
@@ -26,6 +27,13 @@ and much less sensitive to other jobs on the machine than the wall clock.
 ``--forward-only`` skips the low-rank table; ``--compare-with REV`` adds "before" rows: the
 forward mode of git revision REV, imported next to the current code and timed in the same
 turns.
+
+``--atom-std``: the per-atom ``charge_std`` / ``local_dipole_std`` (``predict(...,
+atom_std=True)``, :mod:`numbec.models.atom_std`): their cost against the plain prediction
+(per frame, and batched for small frames; timed as the forward-mode table, ``--cpu-time``
+applies), and Spearman's rho over the atoms of all test frames between each scalar and the
+exact per-atom ``bec_std`` (root mean square over its 9 components) and the actual per-atom
+BEC error (RMS over the 9 components, raw reference), pooled and within each species.
 
 ``--dd-calibration``: is ``dipole_derivative_std`` (with the weight scale ``s_w`` of the
 cross-validated recalibration, fitted on the training frames only) calibrated for dM/dt?
@@ -197,6 +205,85 @@ def measure_forward(name, model, frames, samples=(16, 64), repeat=7, before=None
         print(f"| {name} | {model.n_columns} | | {what} | {ratio:.2f}x |", flush=True)
 
 
+def measure_atom_std(name, model, frames, repeat=7):
+    """Plain prediction against ``atom_std=True`` (``charge_std``, ``local_dipole_std``:
+    :mod:`numbec.models.atom_std`), per frame (``predict_arrays``) and, for frames below
+    ``BATCH_BELOW_ATOMS`` atoms, in batches (``predict_frames``, the test frames of the same
+    atoms repeated to 32), timed in turns as :func:`measure_forward` times them."""
+    from numbec.parallel import BATCH_BELOW_ATOMS
+
+    inputs = [(a.positions, a.numbers, np.asarray(a.cell), a.pbc) for a in frames]
+    variants = {"plain": lambda: [model.predict_arrays(*x) for x in inputs],
+                "atom_std": lambda: [model.predict_arrays(*x, atom_std=True) for x in inputs]}
+    batched = max(len(a) for a in frames) < BATCH_BELOW_ATOMS
+    if batched:
+        groups = {}
+        for x in inputs:
+            groups.setdefault(x[1].tobytes(), []).append(x)
+        chunks = []
+        for group in groups.values():
+            group = group * -(-32 // len(group))
+            cells = np.stack([x[2] for x in group]) if group[0][3].any() else None
+            chunks.append((np.stack([x[0] for x in group]), group[0][1], cells, group[0][3]))
+        n_batched = sum(c[0].shape[0] for c in chunks)
+        variants["plain, batched"] = lambda: [model.predict_frames(*c) for c in chunks]
+        variants["atom_std, batched"] = lambda: [model.predict_frames(*c, atom_std=True)
+                                                 for c in chunks]
+    for fn in variants.values():
+        fn()
+    best = dict.fromkeys(variants, np.inf)
+    clock = time.process_time if CPU_TIME else time.perf_counter
+    for _ in range(repeat):
+        for what, fn in variants.items():
+            t0 = clock()
+            fn()
+            best[what] = min(best[what], clock() - t0)
+    plain = best["plain"] / len(inputs)
+    print(f"| {name} | {model.n_columns} | {1e3 * plain:.1f} ms | per frame "
+          f"| {best['atom_std'] / best['plain']:.2f}x |")
+    if batched:
+        print(f"| {name} | {model.n_columns} | {1e3 * best['plain, batched'] / n_batched:.2f} ms"
+              f" | batched | {best['atom_std, batched'] / best['plain, batched']:.2f}x |",
+              flush=True)
+
+
+def atom_std_ranking(name, model, frames):
+    """How the per-atom scalars rank the atoms of the test frames (Spearman's rho) like the
+    exact per-atom ``bec_std`` (``sqrt(mean over the 9 components of bec_std^2)``,
+    :func:`numbec.models.uncertainty.exact_bec_std`) and like the actual per-atom BEC error
+    (RMS over the 9 components against the raw reference): pooled over all atoms, and the
+    mean over the species of the rho within each species."""
+    from scipy.stats import spearmanr
+
+    from numbec.models.uncertainty import exact_bec_std
+
+    rows = {"charge_std": [], "local_dipole_std": []}
+    exact, err, species = [], [], []
+    for a in frames:
+        x = (a.positions, a.numbers, np.asarray(a.cell), a.pbc)
+        out = model.predict_arrays(*x, atom_std=True)
+        for key in rows:
+            if key in out:
+                rows[key].append(out[key])
+        exact.append(np.sqrt(np.mean(exact_bec_std(model, *x) ** 2, axis=(1, 2))))
+        ref = np.asarray(a.arrays["bec"], dtype=np.float64)
+        err.append(np.sqrt(np.mean((out["bec"] - ref) ** 2, axis=(1, 2))))
+        species.append(a.numbers)
+    exact, err, species = (np.concatenate(v) for v in (exact, err, species))
+
+    def rho(u, v):
+        pooled = spearmanr(u, v).statistic
+        within = np.mean([spearmanr(u[species == z], v[species == z]).statistic
+                          for z in np.unique(species)])
+        return f"{pooled:.2f} ({within:.2f})"
+
+    for key, values in rows.items():
+        if values:
+            u = np.concatenate(values)
+            print(f"| {name} | {key} | {u.size} | {rho(u, exact)} | {rho(u, err)} |")
+    print(f"| {name} | exact bec_std | {exact.size} | 1 | {rho(exact, err)} |", flush=True)
+
+
 def dd_calibration(name, model, train, frames, draws=5):
     from ase.data import atomic_masses
 
@@ -241,6 +328,12 @@ def main(argv=None) -> int:
                         help="rounds of the forward-mode table (best of)")
     parser.add_argument("--cpu-time", action="store_true",
                         help="forward-mode table: one Numba thread, CPU time of the process")
+    parser.add_argument("--kind", choices=("combined", "monopole", "dipole"),
+                        default="combined", help="model fitted (default: combined)")
+    parser.add_argument("--atom-std", action="store_true",
+                        help="only the per-atom charge_std / local_dipole_std tables: cost "
+                             "against the plain prediction, rank correlation with the exact "
+                             "per-atom bec_std and with the per-atom BEC errors")
     parser.add_argument("--dd-calibration", action="store_true",
                         help="only the calibration of dipole_derivative_std (refits)")
     args = parser.parse_args(argv)
@@ -250,8 +343,8 @@ def main(argv=None) -> int:
         if system == "quartz":
             train, test, _ = load_split("quartz", True)
             hyper = dict(SYSTEMS["quartz"]["model"], n_sparse=100)
-            model = _fit("combined", train[::2], hyper, SYSTEMS["quartz"]["descriptors"])
-            models.append(("quartz combined, 19 frames", model, test[:args.frames],
+            model = _fit(args.kind, train[::2], hyper, SYSTEMS["quartz"]["descriptors"])
+            models.append((f"quartz {args.kind}, 19 frames", model, test[:args.frames],
                            train[::2], test))
         else:
             from numbec.demo import _settings
@@ -263,10 +356,25 @@ def main(argv=None) -> int:
             desc = {k: v for k, v in _settings().to_dict().items() if k != "species"}
             for n in (5, 32):
                 idx = np.linspace(0, len(train) - 1, n).round().astype(int)
-                model = _fit("combined", [train[i] for i in idx],
+                model = _fit(args.kind, [train[i] for i in idx],
                              {"zeta": 4, "n_sparse": 60, "seed": 7}, desc)
-                models.append((f"xTB combined, {n} clusters", model, test,
+                models.append((f"xTB {args.kind}, {n} clusters", model, test,
                                [train[i] for i in idx], test))
+    if args.atom_std:
+        print("| system | C | plain per frame | path | atom_std cost vs plain |")
+        print("|---" * 5 + "|")
+        for name, model, frames, *_ in models:
+            load = os.getloadavg()[0]
+            measure_atom_std(name, model, frames, repeat=args.repeat)
+            print(f"(load average {load:.1f} -> {os.getloadavg()[0]:.1f}, "
+                  f"{time.strftime('%H:%M', time.gmtime())} UTC)", flush=True)
+        print()
+        print("| system | per-atom scalar | atoms | Spearman vs exact bec_std (within "
+              "species) | vs per-atom BEC error |")
+        print("|---" * 5 + "|")
+        for name, model, _, _, test in models:
+            atom_std_ranking(name, model, test)
+        return 0
     if args.dd_calibration:
         print("| system | weight scale | values | z RMS | cov68 | cov95 |")
         print("|---" * 6 + "|")

@@ -9,6 +9,9 @@ returns the *Prediction dataset* (stored layout and resume rules:
     Canonical BECs ``Z[f, a, i, j] = dP_i / dr_{a,j}`` of every frame.
 ``charges`` (frame, atom), e; ``bec_monopole``, ``bec_dipole``, ``bec_std``
     When the model provides them (``bec_std`` with ``uncertainty=True``).
+``charge_std`` (frame, atom), e; ``local_dipole_std`` (frame, atom), e·Å
+    Kernel models with ``atom_std=True``: the exact posterior standard deviations of each
+    atom's charge and local dipole (:mod:`numbec.models.atom_std`).
 ``dipole_derivative`` (frame, pol), e·Å/fs
     ``dM_i/dt = sum_a sum_j Z[f, a, i, j] v[f, a, j]`` (needs velocities).
 ``dipole_derivative_by_species`` (frame, species, pol), e·Å/fs
@@ -107,6 +110,7 @@ class _ChunkSpec:
     blas_threads: int | None = 1  # BLAS threads inside the task (None: unchanged)
     n_samples: int = 0  # posterior weight samples (numbec.models.uncertainty)
     total_charge: float = 0.0  # e, passed to the model when non-zero
+    atom_std: bool = False  # per-atom charge_std / local_dipole_std (numbec.models.atom_std)
 
     @property
     def integrated_dipole(self) -> bool:
@@ -128,9 +132,17 @@ def _model_outputs(model) -> tuple:
     return tuple(getattr(model, "outputs", ("bec",)))
 
 
-def _plan_variables(model, want_dd, periodic, uncertainty):
+def _plan_variables(model, want_dd, periodic, uncertainty, atom_std=False):
     outputs = _model_outputs(model)
     names = ["bec"]
+    if atom_std:
+        per_atom = [k for k in ("charge_std", "local_dipole_std") if k in outputs]
+        if not per_atom:
+            raise ValueError(
+                f"{getattr(model, 'class_name', type(model).__name__)} has no per-atom "
+                f"posterior std (its outputs are {outputs}); atom_std needs a kernel model "
+                "with a posterior covariance")
+        names += per_atom
     if uncertainty:
         if "bec_std" not in outputs:
             raise ValueError(
@@ -223,7 +235,8 @@ def _predict_chunk(model, positions, cell, velocities, spec, frame0, on_frame):
 
     per_frame = {}
     model_keys = [k for k in ("bec", "bec_std", "bec_monopole", "bec_dipole", "charges",
-                              "asr_violation") if k in spec.variables]
+                              "charge_std", "local_dipole_std", "asr_violation")
+                  if k in spec.variables]
     if spec.dipole_method == "model":
         model_keys.append("dipole")
     velocity_keys = [k for k in getattr(model, "velocity_outputs", ()) if k in spec.variables]
@@ -231,7 +244,8 @@ def _predict_chunk(model, positions, cell, velocities, spec, frame0, on_frame):
         model_keys.append("bec_samples")
     model_keys += velocity_keys
     n_species = spec.species.size
-    shapes = {"charges": (n_atoms,), "dipole": (3,), "asr_violation": (3, 3),
+    shapes = {"charges": (n_atoms,), "charge_std": (n_atoms,), "local_dipole_std": (n_atoms,),
+              "dipole": (3,), "asr_violation": (3, 3),
               "bec_samples": (spec.n_samples, n_atoms, 3, 3),
               "dipole_derivative_std": (3,), "dipole_derivative_samples": (spec.n_samples, 3),
               "dipole_derivative_by_species_samples": (spec.n_samples, n_species, 3)}
@@ -384,7 +398,8 @@ def _model_batches(model, positions, cell, spec, frame0, model_keys, per_frame, 
             result = getattr(model, method)(positions[start:stop], spec.numbers,
                                             cell[start:stop], spec.pbc, *extra,
                                             precision=spec.precision,
-                                            **charge_keyword(spec.total_charge))
+                                            **charge_keyword(spec.total_charge),
+                                            **({"atom_std": True} if spec.atom_std else {}))
         except ValueError as exc:
             raise ValueError(f"{spec.source}: "
                              f"{_frame_in_trajectory(exc, frame0 + start, frame0 + stop - 1)}"
@@ -468,7 +483,8 @@ def _model_frame(model, positions, cell, spec, frame, f, model_keys, per_frame,
     (with ``velocities`` (N, 3) Å/fs: through ``model.predict_arrays_with_velocities``)."""
     keywords = dict(uncertainty=spec.uncertainty,
                     **({} if spec.precision == "float64" else {"precision": spec.precision}),
-                    **charge_keyword(spec.total_charge))
+                    **charge_keyword(spec.total_charge),
+                    **({"atom_std": True} if spec.atom_std else {}))
     method = "predict_arrays" if velocities is None else "predict_arrays_with_velocities"
     try:
         if velocities is None:
@@ -687,6 +703,7 @@ def predict(
     uncertainty_rank: int | None = None,
     seed: int = 0,
     total_charge: float = 0.0,
+    atom_std: bool = False,
 ):
     """Predict BECs (and dipole derivatives) for every frame of a trajectory.
 
@@ -784,6 +801,16 @@ def predict(
         sum to ``Q I`` (acoustic sum rule of a charged system); recorded in the attribute
         ``total_charge``; resuming checks it. A model whose ``predict_arrays`` has no
         ``total_charge`` keyword is refused for Q != 0.
+    atom_std : bool
+        Kernel models: also ``charge_std`` (frame, atom) e (models with charges) and
+        ``local_dipole_std`` (frame, atom) e·Å (models with the dipole kernel), the exact
+        posterior standard deviations of each atom's neutral charge and of its local dipole
+        (root of the trace of its 3 x 3 covariance) with the recalibrated ``s_w Sigma``
+        (:mod:`numbec.models.atom_std`), from the kernel rows of the plain prediction: a
+        cheap per-atom uncertainty (docs/streaming.md for its cost and how it ranks atoms),
+        not the BEC's standard deviation. Independent of ``uncertainty``. Recorded in the
+        attribute ``atom_std``; a store written without it is not resumed with it (and the
+        reverse).
 
     Returns
     -------
@@ -818,12 +845,14 @@ def predict(
                       uncertainty=uncertainty, dipole_derivative=dipole_derivative,
                       model_file=model_file, blas_threads=blas_threads, threads=threads,
                       precision=precision, posterior_samples=int(posterior_samples),
-                      total_charge=total_charge)
+                      total_charge=total_charge, atom_std=bool(atom_std))
     if posterior_samples:
         plan.attrs.update(posterior_samples=int(posterior_samples), seed=int(seed),
                           posterior_method="forward mode, full posterior")
     if uncertainty and uncertainty_rank:
         plan.attrs.update(uncertainty_rank=int(uncertainty_rank))
+    if atom_std:
+        plan.attrs.update(atom_std=True)
     if progress is None:
         progress = sys.stderr.isatty()
     if out is None and plan.inputs.lazy:
@@ -863,7 +892,7 @@ def _uncertainty_model(model, ds, *, uncertainty, dipole_derivative, posterior_s
 
 def _make_plan(model, ds, source, store_path, *, chunk_frames, dtype, uncertainty,
                dipole_derivative, model_file, blas_threads, threads, precision,
-               posterior_samples=0, total_charge=0.0) -> _Plan:
+               posterior_samples=0, total_charge=0.0, atom_std=False) -> _Plan:
     import warnings
 
     from numbec.io.trajectory import dataset_timestep
@@ -903,7 +932,8 @@ def _make_plan(model, ds, source, store_path, *, chunk_frames, dtype, uncertaint
     if posterior_samples and not want_dd:
         raise ValueError(f"{source}: posterior_samples need dM/dt, i.e. velocities and "
                          "dipole_derivative not False")
-    variables, dipole_method = _plan_variables(model, want_dd, bool(pbc.any()), uncertainty)
+    variables, dipole_method = _plan_variables(model, want_dd, bool(pbc.any()), uncertainty,
+                                               atom_std)
     timestep = dataset_timestep(ds)
     timestep = float("nan") if timestep is None else timestep
     if not np.isfinite(timestep) and (n_frames > 1 or dipole_method == "integrated"):
@@ -918,7 +948,7 @@ def _make_plan(model, ds, source, store_path, *, chunk_frames, dtype, uncertaint
         variables=variables, dipole_method=dipole_method, timestep=timestep,
         uncertainty=bool(uncertainty), dtype=dtype.str, frame_threads=_check_threads(threads),
         precision=precision, blas_threads=None if blas_threads is None else int(blas_threads),
-        n_samples=int(posterior_samples), total_charge=total_charge,
+        n_samples=int(posterior_samples), total_charge=total_charge, atom_std=atom_std,
     )
     if "time" in ds.coords:
         time = np.asarray(ds["time"].values, dtype=np.float64)

@@ -55,6 +55,10 @@ def register(subparsers):
                         help="also predict bec_std (models with uncertainties) and, for "
                              "kernel models with velocities, dipole_derivative_std (the exact "
                              "epistemic standard deviation of dM/dt)")
+    parser.add_argument("--atom-std", action="store_true",
+                        help="also store charge_std (e) and local_dipole_std (e*Angstrom) per "
+                             "frame and atom: the exact posterior std of each atom's charge "
+                             "and local dipole (kernel models; cheap, not the BEC's std)")
     parser.add_argument("--posterior-samples", type=int, default=0, metavar="S",
                         help="also store dM/dt, total and per species, of S weight vectors "
                              "drawn from the model's full posterior "
@@ -146,6 +150,7 @@ def run(args) -> int:
                 "uncertainty_rank": args.uncertainty_rank, "seed": args.seed}
                if args.posterior_samples or args.uncertainty_rank else {}),
             **({"species_samples": False} if args.no_species_samples else {}),
+            **({"atom_std": True} if args.atom_std else {}),
         )
     names = ", ".join(result.data_vars)
     print(f"{args.out}: {result.sizes['frame']} frames x {result.sizes['atom']} atoms "

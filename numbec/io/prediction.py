@@ -15,6 +15,11 @@ bec_std                         (frame, atom, pol,     e            predictive s
 bec_monopole, bec_dipole        (frame, atom, pol,     e            partition of a combined
                                 disp)                               model
 charges                         (frame, atom)          e            monopole charges
+charge_std                      (frame, atom)          e            posterior std of each
+                                                                    atom's charge
+local_dipole_std                (frame, atom)          e*Angstrom   sqrt(trace of the
+                                                                    posterior covariance of
+                                                                    each local dipole)
 asr_violation                   (frame, pol, disp)     e            ``sum_a Z_local[a] - Q I``
                                                                     before the sum-rule
                                                                     projection
@@ -89,6 +94,18 @@ VARIABLES = {
     "bec_monopole": (("frame", "atom", "pol", "disp"), "e", "monopole (charge) part of bec"),
     "bec_dipole": (("frame", "atom", "pol", "disp"), "e", "dipole part of bec"),
     "charges": (("frame", "atom"), "e", "monopole charges"),
+    "charge_std": (
+        ("frame", "atom"),
+        "e",
+        "posterior standard deviation of each atom's charge from the weights' posterior "
+        "alone (epistemic; not the BEC's)",
+    ),
+    "local_dipole_std": (
+        ("frame", "atom"),
+        "e*Angstrom",
+        "root of the trace of the posterior covariance of each atom's local dipole, from "
+        "the weights' posterior alone (epistemic; not the BEC's)",
+    ),
     "asr_violation": (
         ("frame", "pol", "disp"),
         "e",

@@ -388,6 +388,8 @@ class KernelBECModel(BECModel):
             out.append("charges")
         if self._monopole and self._dipole:
             out += ["bec_monopole", "bec_dipole"]
+        out += [k for k, part in (("charge_std", self._monopole),
+                                  ("local_dipole_std", self._dipole)) if part]
         return tuple(out)
 
     @property
@@ -460,7 +462,8 @@ class KernelBECModel(BECModel):
 
     # ------------------------------------------------------------------ prediction
     def predict_arrays(self, positions, numbers, cell, pbc, uncertainty: bool = False, *,
-                       precision: str = "float64", total_charge: float = 0.0) -> Prediction:
+                       precision: str = "float64", total_charge: float = 0.0,
+                       atom_std: bool = False) -> Prediction:
         """BECs and the other outputs of one structure.
 
         Parameters
@@ -490,6 +493,13 @@ class KernelBECModel(BECModel):
             docs/streaming.md).
         total_charge : float, e
             Total charge Q; the charges sum to Q and the BECs to ``Q I``.
+        atom_std : bool
+            Also return the exact posterior standard deviations of each atom's local model
+            outputs (:mod:`numbec.models.atom_std`): ``charge_std`` (N,) e of the neutral
+            charge ``q'_i`` (models with the monopole kernel) and ``local_dipole_std`` (N,)
+            e·Å, ``sqrt(tr Cov(mu_i))`` of the local dipole (models with the dipole kernel),
+            with the recalibrated covariance ``s_w Sigma``, from the kernel rows of the plain
+            prediction. Not the BEC's standard deviation. Always float64.
 
         Returns
         -------
@@ -499,7 +509,8 @@ class KernelBECModel(BECModel):
             (module docstring); ``charges`` (N,) e (models with the monopole kernel);
             ``bec_monopole``, ``bec_dipole`` (N, 3, 3) e (combined model); ``dipole`` (3,)
             e·Å (``pbc`` all False only; of a charged molecule it depends on the origin);
-            ``bec_std`` (N, 3, 3) e with ``uncertainty=True``.
+            ``bec_std`` (N, 3, 3) e with ``uncertainty=True``; ``charge_std``,
+            ``local_dipole_std`` (N,) with ``atom_std=True``.
 
         Raises
         ------
@@ -518,7 +529,7 @@ class KernelBECModel(BECModel):
         numbers = np.asarray(numbers, dtype=np.int64)
         cells = None if cell is None else np.asarray(cell, dtype=np.float64)[None]
         frames = self.predict_frames(positions[None], numbers, cells, pbc, precision=precision,
-                                     total_charge=total_charge)
+                                     total_charge=total_charge, atom_std=atom_std)
         out = {key: value[0] for key, value in frames.items()}
         if uncertainty:
             n = numbers.size
@@ -531,7 +542,8 @@ class KernelBECModel(BECModel):
         return out
 
     def predict_frames(self, positions, numbers, cells, pbc, *, precision: str = "float64",
-                       total_charge: float = 0.0, batch_pass=None) -> dict:
+                       total_charge: float = 0.0, batch_pass=None,
+                       atom_std: bool = False) -> dict:
         """BECs and the other outputs of F frames of the same atoms, computed in batches.
 
         Frames are stacked into structures of about :data:`numbec.parallel.BATCH_ATOMS` atoms
@@ -557,12 +569,14 @@ class KernelBECModel(BECModel):
             caller, who uses it for more than the prediction (the forward-mode rows), instead
             of the batch's own; called with checked inputs, once per batch, before the batch
             is predicted.
+        atom_std : as for :meth:`predict_arrays`.
 
         Returns
         -------
         dict of the arrays of :meth:`predict_arrays` (without ``bec_std``) with a leading
         frame axis: ``bec`` (F, N, 3, 3) e, ``asr_violation`` (F, 3, 3) e, ``charges``
-        (F, N) e, ``bec_monopole``/``bec_dipole`` (F, N, 3, 3) e, ``dipole`` (F, 3) e·Å.
+        (F, N) e, ``bec_monopole``/``bec_dipole`` (F, N, 3, 3) e, ``dipole`` (F, 3) e·Å;
+        with ``atom_std`` ``charge_std`` (F, N) e and/or ``local_dipole_std`` (F, N) e·Å.
 
         Raises
         ------
@@ -592,7 +606,8 @@ class KernelBECModel(BECModel):
                 shared = (None if batch_pass is None
                           else batch_pass(positions[start:stop], batch_cells))
                 parts.append(self._predict_batch(positions[start:stop], numbers, batch_cells,
-                                                 pbc, precision, total_charge, shared))
+                                                 pbc, precision, total_charge, shared,
+                                                 atom_std))
             except ValueError as err:
                 if n_frames == 1 or not str(err).startswith("frame "):
                     raise
@@ -604,7 +619,7 @@ class KernelBECModel(BECModel):
         return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
     def _predict_batch(self, positions, numbers, cells, pbc, precision, total_charge,
-                       shared=None) -> dict:
+                       shared=None, atom_std=False) -> dict:
         """:meth:`predict_frames` of one batch (checked inputs).
 
         The descriptors, kernel products and back-propagation see the atoms of the batch
@@ -693,6 +708,11 @@ class KernelBECModel(BECModel):
             out["charges"] = charges.reshape(f, n)
         if not pbc.any():
             out["dipole"] = dipole
+        if atom_std:
+            from numbec.models.atom_std import local_output_std
+
+            out.update(local_output_std(self, species_kernels,
+                                        None if vdesc is None else vdesc.values, order, f, n))
         return out
 
     def _dipole_sparse_weights(self) -> np.ndarray:

@@ -101,6 +101,11 @@ class Prediction(TypedDict, total=False):
     bec_dipole: np.ndarray
     #: (3, 3) float64, e: sum-rule violation of the local formula before projection.
     asr_violation: np.ndarray
+    #: (N,) float64, e: posterior std of each atom's neutral charge (``atom_std=True``).
+    charge_std: np.ndarray
+    #: (N,) float64, e·Å: root of the trace of the posterior covariance of each atom's local
+    #: dipole (``atom_std=True``).
+    local_dipole_std: np.ndarray
 
 
 def checked_array(arrays: dict, name: str, shape: tuple, kind: str) -> np.ndarray:

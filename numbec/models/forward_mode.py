@@ -450,7 +450,7 @@ class DipoleDerivativeSamplesModel:
 
     def predict_arrays_with_velocities(self, positions, numbers, cell, pbc, velocities,
                                        uncertainty=False, *, precision="float64",
-                                       total_charge=0.0) -> dict:
+                                       total_charge=0.0, atom_std=False) -> dict:
         if precision != "float64":
             raise ValueError("the dM/dt uncertainty computes in float64 only")
         from numbec.models import uncertainty as unc
@@ -468,6 +468,10 @@ class DipoleDerivativeSamplesModel:
                                       total_charge=total_charge)
         else:  # one descriptor pass for the BECs and the rows
             out = unc.plain_outputs(kernel, prepared, total_charge)
+        if atom_std:  # per-atom local-output stds (numbec.models.atom_std)
+            from numbec.models.atom_std import prepared_output_std
+
+            out.update(prepared_output_std(kernel, prepared))
         out.update(dipole_derivative_uncertainty(
             kernel, positions, numbers, cell, pbc, velocities, self.weight_samples,
             by_species=self.species_samples, total_charge=total_charge, prepared=prepared))
@@ -476,7 +480,8 @@ class DipoleDerivativeSamplesModel:
         return out
 
     def predict_frames_with_velocities(self, positions, numbers, cells, pbc, velocities, *,
-                                       precision="float64", total_charge=0.0) -> dict:
+                                       precision="float64", total_charge=0.0,
+                                       atom_std=False) -> dict:
         """:meth:`predict_arrays_with_velocities` (without ``uncertainty``) of F frames of the
         same atoms in batches, as ``predict_frames`` does for small frames: the plain outputs
         from the kernel model's ``predict_frames`` and the rows of all frames of a batch in
@@ -513,7 +518,7 @@ class DipoleDerivativeSamplesModel:
             return frames
 
         out = kernel.predict_frames(positions, numbers, cells, pbc, total_charge=total_charge,
-                                    batch_pass=batch_pass)
+                                    batch_pass=batch_pass, atom_std=atom_std)
         out["dipole_derivative_std"] = np.concatenate(std)
         if per:
             per = np.concatenate(per)

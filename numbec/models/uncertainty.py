@@ -753,12 +753,18 @@ class StreamedUncertaintyModel:
         return tuple(self.model.outputs) + (("bec_samples",) if self.n_samples else ())
 
     def predict_arrays(self, positions, numbers, cell, pbc, uncertainty=False, *,
-                       precision="float64", total_charge=0.0) -> dict:
+                       precision="float64", total_charge=0.0, atom_std=False) -> dict:
         if precision != "float64":
             raise ValueError("streamed uncertainty computes in float64 only")
+        prepared = (prepare_structure(self.model, positions, numbers, cell, pbc)
+                    if atom_std else None)
         out = predict_uncertainty(self.model, positions, numbers, cell, pbc, rank=self.rank,
                                   n_samples=self.n_samples, seed=self.seed,
-                                  total_charge=total_charge)
+                                  total_charge=total_charge, prepared=prepared)
+        if atom_std:
+            from numbec.models.atom_std import prepared_output_std
+
+            out.update(prepared_output_std(self.model, prepared))
         for key in ("frame_std", "bec_directions", "xi") + (() if uncertainty
                                                            else ("bec_std",)):
             out.pop(key, None)
