@@ -25,7 +25,11 @@ the three recalibrations learned from the same held-out errors: the Gaussian
 maximum-likelihood scale (``ML``, ``method="likelihood"``), a two-part maximum-likelihood
 variance ``a phi^T Sigma phi + b sigma_v^2`` (``2-part``, not offered by the library) and the
 split-conformal coverage scale (``cov``, the library's default, ``method="coverage"``) with its
-coverages and NLL (``cal``); the frame rank correlation (Spearman, predicted frame uncertainty
+coverages and NLL (``cal``); the per-block columns and ``method="worst_block"``; the
+residual recalibration (``method="residual"``: ``s (phi^T Sigma phi + sigma_v^2) + c
+r_frame``, with the mean frame residual of the held-out and the test frames, its held-out
+95 % coverage per block, test coverages, NLL and frame rank correlation); the frame rank
+correlation (Spearman, predicted frame uncertainty
 vs actual frame RMSE; a scale does not change it); and the streamed low-rank uncertainty
 (:func:`numbec.models.uncertainty.predict_uncertainty`, rank ``--rank``): the largest
 relative deviation of the per-frame uncertainty from the exact one over the test frames and
@@ -187,9 +191,9 @@ def main(argv=None) -> int:
           "| s (cov) | cov68 cal | cov95 cal | NLL cal "
           "| held-out cov95 raw per block | s (worst block) | cov95 worst block "
           "| mean r_frame held-out / test | s, c (residual) | held-out cov95 residual per block "
-          "| cov68 residual | cov95 residual | NLL residual "
+          "| cov68 residual | cov95 residual | NLL residual | frame rank corr residual "
           "| frame rank corr | low-rank max dev | low-rank cost |")
-    print("|---" * 33 + "|")
+    print("|---" * 34 + "|")
     rows = []
     for system in args.systems.split(","):
         if system == "xtb":
@@ -241,6 +245,7 @@ def main(argv=None) -> int:
                       f"| {100 * r['residual']['coverage_68']:.1f} "
                       f"| {100 * r['residual']['coverage_95']:.1f} "
                       f"| {r['residual']['nll']:.2f} "
+                      f"| {r['residual']['frame_rank_correlation']:.2f} "
                       f"| {cal['frame_rank_correlation']:.2f} "
                       f"| {100 * r['lowrank_max_dev']:.1f} % | {r['lowrank_cost']:.2f}x |",
                       flush=True)
