@@ -16,6 +16,8 @@ This module holds
   predictive variance learned from the training frames only (``Var -> s Var``; by default the
   split-conformal scale that makes the held-out 95 % interval hold 95 % of the held-out
   errors), stored in the model file (``variance_scale``; absent in older files, then 1);
+  with ``method="residual"`` also a variance term ``c r_frame`` that grows with the frame's
+  mean Nyström residual against the sparse points (``residual_scale``; absent: 0);
 - :class:`PosteriorFactor` / :func:`posterior_factor`: ``Sigma ~ L L^T`` with ``L`` (C, K) the
   leading K directions of the posterior covariance in the metric of the training design;
 - :func:`direction_becs`: the BECs ``Phi u_k`` of several weight vectors from one descriptor
