@@ -25,7 +25,11 @@ the three recalibrations learned from the same held-out errors: the Gaussian
 maximum-likelihood scale (``ML``, ``method="likelihood"``), a two-part maximum-likelihood
 variance ``a phi^T Sigma phi + b sigma_v^2`` (``2-part``, not offered by the library) and the
 split-conformal coverage scale (``cov``, the library's default, ``method="coverage"``) with its
-coverages and NLL (``cal``); the frame rank correlation (Spearman, predicted frame uncertainty
+coverages and NLL (``cal``); the per-block columns and ``method="worst_block"``; the
+residual recalibration (``method="residual"``: ``s (phi^T Sigma phi + sigma_v^2) + c
+r_frame``, with the mean frame residual of the held-out and the test frames, its held-out
+95 % coverage per block, test coverages, NLL and frame rank correlation); the frame rank
+correlation (Spearman, predicted frame uncertainty
 vs actual frame RMSE; a scale does not change it); and the streamed low-rank uncertainty
 (:func:`numbec.models.uncertainty.predict_uncertainty`, rank ``--rank``): the largest
 relative deviation of the per-frame uncertainty from the exact one over the test frames and
@@ -133,6 +137,17 @@ def row(kind, train, test, hyper, descriptors, folds, rank, cost=True) -> dict:
     two_m = _metrics_under(unc, pred, ref, sizes, epi, noise, *two)
     two_cov_m = _metrics_under(unc, pred, ref, sizes, epi, noise, *two_cov)
     worst = _metrics_under(unc, pred, ref, sizes, epi, noise, info["scale_worst_block"])
+    # method="residual": s (phi^T Sigma phi + sigma_v^2) + c r_frame, r_frame of each test
+    # frame from the fitted model (the same held-out errors gave s and c)
+    s_r, c_r = info["residual_scales"]
+    r_test = np.concatenate([np.full((len(a), 3, 3), unc.mean_frame_residual(
+        model, a.positions, a.numbers, np.asarray(a.cell), a.pbc)) for a in test])
+    resid = unc.calibration_metrics(pred, np.sqrt(s_r * (epi + noise) + c_r * r_test), ref,
+                                    sizes)
+    held_var = s_r * (held["epistemic"] + held["noise"]) + c_r * held["frame_residual"]
+    held_z = np.abs(held["err"]) / np.sqrt(held_var)
+    resid_blocks = [float(np.mean(held_z[held["block"] == k] <= 1.959963984540054))
+                    for k in np.unique(held["block"])]
     dev = np.abs(np.array(frame_low) / np.array(frame_exact) - 1.0)
     return {"rmse": float(np.sqrt(np.mean((pred - ref) ** 2))), "raw": raw, "cal": cal,
             "likelihood": lik, "two_part": two_m, "two_part_scales": two,
@@ -142,6 +157,10 @@ def row(kind, train, test, hyper, descriptors, folds, rank, cost=True) -> dict:
             "worst_block": worst, "scale_worst_block": info["scale_worst_block"],
             "block_scales": info["block_scales"],
             "block_coverage_95_unscaled": info["block_coverage_95_unscaled"],
+            "residual": resid, "residual_scales": [s_r, c_r],
+            "residual_block_coverage_95": resid_blocks,
+            "frame_residual_held_out": float(np.mean(held["frame_residual"])),
+            "frame_residual_test": float(np.mean(r_test)),
             "n_train": len(train), "n_test": len(test), "fit_s": fit_s,
             "lowrank_max_dev": float(dev.max()),
             "lowrank_cost": t_low / t_plain if cost else float("nan"),
@@ -171,8 +190,10 @@ def main(argv=None) -> int:
           "| a, b (2-part cov) | cov95 2-part cov | NLL 2-part cov "
           "| s (cov) | cov68 cal | cov95 cal | NLL cal "
           "| held-out cov95 raw per block | s (worst block) | cov95 worst block "
+          "| mean r_frame held-out / test | s, c (residual) | held-out cov95 residual per block "
+          "| cov68 residual | cov95 residual | NLL residual | frame rank corr residual "
           "| frame rank corr | low-rank max dev | low-rank cost |")
-    print("|---" * 27 + "|")
+    print("|---" * 34 + "|")
     rows = []
     for system in args.systems.split(","):
         if system == "xtb":
@@ -218,6 +239,13 @@ def main(argv=None) -> int:
                       f"| {' / '.join(f'{100 * c:.0f}' for c in r['block_coverage_95_unscaled'])} "
                       f"| {r['scale_worst_block']:.3g} "
                       f"| {100 * r['worst_block']['coverage_95']:.1f} "
+                      f"| {r['frame_residual_held_out']:.3g} / {r['frame_residual_test']:.3g} "
+                      f"| {r['residual_scales'][0]:.3g}, {r['residual_scales'][1]:.3g} "
+                      f"| {' / '.join(f'{100 * c:.0f}' for c in r['residual_block_coverage_95'])} "
+                      f"| {100 * r['residual']['coverage_68']:.1f} "
+                      f"| {100 * r['residual']['coverage_95']:.1f} "
+                      f"| {r['residual']['nll']:.2f} "
+                      f"| {r['residual']['frame_rank_correlation']:.2f} "
                       f"| {cal['frame_rank_correlation']:.2f} "
                       f"| {100 * r['lowrank_max_dev']:.1f} % | {r['lowrank_cost']:.2f}x |",
                       flush=True)

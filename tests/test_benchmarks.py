@@ -336,13 +336,16 @@ def test_calibration_and_uncertainty_cost_benchmarks(tmp_path):
     assert head[:5] == ["system", "model", "train", "test", "RMSE e"]
     row = dict(zip(head, rows[0], strict=True))
     for key in ("cov68 raw", "cov95 raw", "cov68 cal", "cov95 cal", "cov95 ML",
-                "cov95 2-part", "cov95 2-part cov", "cov95 worst block"):
+                "cov95 2-part", "cov95 2-part cov", "cov95 worst block", "cov68 residual",
+                "cov95 residual"):
         assert 0.0 <= number(row[key]) <= 100.0
     assert number(row["cov68 cal"]) <= number(row["cov95 cal"])
     assert positive(row["s (cov)"]) and positive(row["s (ML)"])
     # two folds: two held-out blocks; the worst block's scale is at least the pooled one
     assert len(row["held-out cov95 raw per block"].split(" / ")) == 2
     assert number(row["s (worst block)"]) >= number(row["s (cov)"]) * (1 - 1e-2)  # 3 digits printed
+    assert len(row["held-out cov95 residual per block"].split(" / ")) == 2
+    assert all(number(x) >= 0 for x in row["s, c (residual)"].split(", "))
     out = run_benchmark("uncertainty_cost.py", "--systems", "quartz", "--ranks", "4",
                         "--frames", "1", cwd=tmp_path)
     (head, rows), (head_fwd, rows_fwd) = markdown_tables(out)

@@ -144,6 +144,7 @@ def test_files_without_the_new_fields_load_and_predict_as_before(name):
     assert unc.variance_scale(model) == 1.0
     assert "variance_scale_fit" not in model.training
     assert unc.sample_scale(model) == 1.0
+    assert model.residual_scale == 0.0 and unc.residual_scale(model) == 0.0
 
 
 def test_two_part_recalibration_scales_the_two_variances_apart(rng, tmp_path):
@@ -187,3 +188,119 @@ def test_two_part_recalibration_scales_the_two_variances_apart(rng, tmp_path):
     for bad in (-1.0, float("nan"), "2"):
         with pytest.raises(Exception, match="noise_scale"):
             MonopoleModel._from_state(dict(meta, noise_scale=bad), arrays)
+
+
+def test_residual_scales_recover_known_factors(rng):
+    # held-out errors whose variance is 2 var + 0.5 r, r a frame residual of 0 to 0.02
+    n = 200_000
+    var = rng.uniform(1e-4, 2e-3, n)
+    r = np.repeat(rng.uniform(0.0, 0.02, n // 100), 100)
+    err = rng.normal(0.0, np.sqrt(2.0 * var + 0.5 * r))
+    s, c = unc.residual_scales(err, var, r)
+    assert s == pytest.approx(2.0, rel=0.05) and c == pytest.approx(0.5, rel=0.05)
+    # no residual term in the data: c goes to 0 and s is the one-scale ML
+    err = rng.normal(0.0, np.sqrt(3.0 * var))
+    s, c = unc.residual_scales(err, var, r)
+    assert s == pytest.approx(3.0, rel=0.03) and c * r.mean() < 0.02 * 3.0 * var.mean()
+    # the floor of s holds even where the residual explains all of the error
+    s, c = unc.residual_scales(rng.normal(0.0, np.sqrt(0.5 * r + 1e-12)), var, r, 0.01)
+    assert s >= 0.01 and c == pytest.approx(0.5, rel=0.1)
+    with pytest.raises(ValueError, match="frame_residual"):
+        unc.residual_scales(err, var, -r)
+
+
+def test_residual_method_covers_a_hard_block_the_pooled_scale_does_not(rng):
+    # three held-out blocks with the same Bayesian variance; the frames of the third ("600 K")
+    # are further from the sparse points (r 4x larger) and their errors larger by as much
+    n = 20_000
+    sizes = {0: n, 1: n, 2: n // 2}
+    block = np.concatenate([np.full(m, k) for k, m in sizes.items()])
+    epi, noise = rng.uniform(0.0, 2e-4, block.size), np.full(block.size, 1e-4)
+    frame_r = np.repeat(np.where(np.arange(block.size // 50) < 2 * n // 50, 1e-3, 4e-3), 50)
+    frame_r *= rng.uniform(0.8, 1.2, frame_r.size // 50).repeat(50)
+    err = rng.normal(0.0, np.sqrt(epi + noise + 0.1 * frame_r))
+    held = {"err": err, "epistemic": epi, "noise": noise, "block": block, "folds": 3,
+            "frame_residual": frame_r, "residual": frame_r}
+    fit = unc.scales_from_held_out(held, "residual")
+    s, c = fit["residual_scales"]
+    assert fit["method"] == "residual" and (fit["scale"], fit["residual_scale"]) == (s, c)
+    assert s == pytest.approx(1.0, rel=0.15) and c == pytest.approx(0.1, rel=0.15)
+
+    def covered(std, k):
+        return np.mean(np.abs(err[block == k]) <= 1.959964 * std[block == k])
+
+    pooled = unc.scales_from_held_out(held, "coverage")["scale"]
+    assert covered(np.sqrt(pooled * (epi + noise)), 2) < 0.90  # the pooled scale under-covers
+    std = np.sqrt(s * (epi + noise) + c * frame_r)
+    assert all(0.93 <= covered(std, k) <= 0.97 for k in range(3))  # residual: every block
+    # held-out errors without frame residuals (older numbec): the method refuses
+    old = {key: v for key, v in held.items() if "residual" not in key}
+    with pytest.raises(ValueError, match="residual"):
+        unc.scales_from_held_out(old, "residual")
+    assert "residual_scales" not in unc.scales_from_held_out(old, "coverage")
+
+
+def test_residual_recalibration_adds_c_times_the_frame_residual(rng, tmp_path):
+    from numbec.models import regression
+    from numbec.selection import frame_residual
+
+    model, frames = _fitted(rng)
+    atoms = frames[0]
+    args = (atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)
+    before = predict(model, atoms, uncertainty=True)["bec_std"]
+    held = unc.held_out_errors(model, frames, folds=2)
+    # each held-out value carries its atom's residual against the fold model, and the mean
+    # over its frame
+    sub = unc._fold_model(model, frames[2:]).fit(frames[2:])
+    r0 = frame_residual(sub, *args)
+    n0 = len(atoms) * 9
+    np.testing.assert_allclose(held["residual"][:n0], np.repeat(r0, 9), rtol=1e-12)
+    np.testing.assert_allclose(held["frame_residual"][:n0], r0.mean(), rtol=1e-12)
+    assert held["residual"].shape == held["err"].shape
+    # c = 0 (every other method, and models never recalibrated): bec_std as before
+    unc.recalibrate(model, frames, method="coverage", held_out=held)
+    assert model.residual_scale == 0.0 and unc.residual_variance(model, *args) == 0.0
+    np.testing.assert_allclose(predict(model, atoms, uncertainty=True)["bec_std"],
+                               np.sqrt(model.variance_scale) * before, rtol=1e-12)
+    unc.recalibrate(model, frames, method="residual", held_out=held)
+    fit = model.training["variance_scale_fit"]
+    s, c = fit["residual_scales"]
+    assert fit["method"] == "residual" and (model.variance_scale, model.residual_scale) == (s, c)
+    assert s >= unc.MIN_BAYES_SCALE * (1 - 1e-12) and c >= 0.0
+    # the common factor makes the held-out 95 % interval hold 95 %
+    z = held["err"] / np.sqrt(s * (held["epistemic"] + held["noise"])
+                              + c * held["frame_residual"])
+    rank = int(np.ceil((z.size + 1) * 0.95))
+    assert np.sort(np.abs(z))[rank - 1] == pytest.approx(1.959964, rel=1e-6)
+    model.residual_scale = c = 0.5  # a term large enough to see in every component
+    phi, _ = model._design(*args, "test")
+    epi = regression.predictive_variance(phi.reshape(len(atoms) * 9, -1), model.covariance,
+                                         model.sigma_v2, include_noise=False)
+    r_frame = frame_residual(model, *args).mean()
+    assert r_frame > 0
+    want = s * (epi + model.sigma_v2) + c * r_frame
+    np.testing.assert_allclose(predict(model, atoms, uncertainty=True)["bec_std"].ravel() ** 2,
+                               want, rtol=1e-10)
+    model._posterior_factor_cache = None
+    out = unc.predict_uncertainty(model, *args, rank=None)
+    np.testing.assert_allclose(out["bec_std"].ravel() ** 2, want, rtol=1e-8)
+    # the streamed model (numbec.predict's low-rank path) carries the term too
+    streamed = unc.StreamedUncertaintyModel(model, rank=model.n_columns)
+    np.testing.assert_allclose(
+        streamed.predict_arrays(*args, uncertainty=True)["bec_std"].ravel() ** 2, want,
+        rtol=1e-8)
+    # the model file keeps c; a file without it (every other method) has c = 0
+    path = tmp_path / "m.npz"
+    model.save(path)
+    back = load_model(path)
+    assert (back.variance_scale, back.residual_scale) == (s, c)
+    np.testing.assert_allclose(predict(back, atoms, uncertainty=True)["bec_std"],
+                               predict(model, atoms, uncertainty=True)["bec_std"], rtol=1e-12)
+    meta, arrays = back.state()
+    assert meta["residual_scale"] == c
+    plain = dict(meta)
+    del plain["residual_scale"]
+    assert MonopoleModel._from_state(plain, arrays).residual_scale == 0.0
+    for bad in (-1.0, float("nan"), "2", True):
+        with pytest.raises(Exception, match="residual_scale"):
+            MonopoleModel._from_state(dict(meta, residual_scale=bad), arrays)

@@ -157,6 +157,24 @@ def test_train_calibration_method_two_part_stores_both_scales(tmp_path, capsys):
               "--calibration-method", "median"])
 
 
+def test_train_calibration_method_residual_stores_the_residual_term(tmp_path, capsys):
+    """``--calibration-method residual`` stores the scale and the factor c of the frame
+    residual learned by cross-validation, and the saved model predicts with them."""
+    from numbec.models.uncertainty import fit_variance_scale
+
+    out = tmp_path / "m.npz"
+    assert main(["train", "example:sio2_quartz_subset", "--index", "0:6", "--model",
+                 "monopole", "-o", str(out), "--calibrate-folds", "3", "--calibration-method",
+                 "residual", "--no-train-error", *TINY]) == 0
+    model = numbec.load_model(out)
+    frames = numbec.read_bec(QUARTZ, index="0:6")
+    fresh = type(model)(settings=model.settings, **model.hyperparameters())
+    info = fit_variance_scale(fresh.fit(frames), frames, folds=3, method="residual")
+    assert model.training["variance_scale_fit"]["method"] == "residual"
+    assert model.variance_scale == pytest.approx(info["scale"], rel=1e-8)
+    assert model.residual_scale == pytest.approx(info["residual_scale"], rel=1e-6, abs=1e-12)
+
+
 def test_default_model_is_combined_and_evaluate_baseline_is_the_training_mean(tmp_path, capsys):
     """``numbec train`` without --model fits the recommended CombinedModel; ``numbec evaluate``
     compares with the species means of the *training* frames stored in the model file, not a

@@ -41,7 +41,7 @@ MODELS = {"monopole": "MonopoleModel", "dipole": "DipoleModel", "combined": "Com
 DEFAULT_MODEL = "combined"
 #: Model hyperparameters exposed as flags (constructor keywords of the kernel models).
 #: numbec.models.uncertainty.SCALE_METHODS, spelled out so that --help imports no numpy
-CALIBRATION_METHODS = ("coverage", "two_part", "likelihood", "worst_block")
+CALIBRATION_METHODS = ("coverage", "two_part", "likelihood", "worst_block", "residual")
 HYPERPARAMETERS = ("zeta", "n_sparse", "sparse_method", "regression", "ridge", "seed")
 
 
@@ -152,7 +152,9 @@ def register(subparsers):
                              "scales of the epistemic and noise parts), likelihood "
                              "(Gaussian maximum likelihood) or worst_block (95 %% of the "
                              "held-out errors of every block: for training frames of mixed "
-                             "difficulty, e.g. two temperatures); default: %(default)s")
+                             "difficulty, e.g. two temperatures) or residual (a variance "
+                             "term growing with the frame's mean Nystrom residual against "
+                             "the sparse points); default: %(default)s")
     parser.add_argument("--no-train-error", action="store_true",
                         help="skip the training-set error in the summary")
     add_progress_argument(parser)
@@ -204,6 +206,8 @@ def run(args) -> int:
         info = model.training["variance_scale_fit"]
         noise = ("" if info.get("noise_scale") is None
                  else f", noise scale {info['noise_scale']:.3g}")
+        if info.get("residual_scale"):
+            noise += f", residual term {info['residual_scale']:.3g} e^2 x r_frame"
         print(f"  variance scale {model.variance_scale:.3g}{noise} ({info['method']}) from "
               f"{info['folds']}-fold "
               f"cross-validation (held-out 95 % coverage before: "

@@ -342,6 +342,9 @@ class KernelBECModel(BECModel):
     #: Factor of the noise variance sigma_v^2 in the predictive variance when the
     #: recalibration scales it apart (``method="two_part"``); None: ``variance_scale``.
     noise_scale = None
+    #: Factor c (e^2) of the frame's mean Nyström residual added to the predictive variance
+    #: (``method="residual"`` of the recalibration); 0: no such term.
+    residual_scale = 0.0
 
     def __init__(self, *, settings: DescriptorSettings | None = None, zeta: int = 4,
                  n_sparse: int | dict = 200, sparse_method: str = "cur",
@@ -538,6 +541,10 @@ class KernelBECModel(BECModel):
             noise = self.variance_scale if self.noise_scale is None else self.noise_scale
             var = noise * self.sigma_v2 + self.variance_scale * regression.predictive_variance(
                 phi.reshape(n * 9, -1), self.covariance, self.sigma_v2, include_noise=False)
+            if self.residual_scale:  # c r_frame (numbec.models.uncertainty.residual_variance)
+                from numbec.models.uncertainty import residual_variance
+
+                var = var + residual_variance(self, positions, numbers, cell, pbc)
             out["bec_std"] = np.sqrt(var).reshape(n, 3, 3)
         return out
 
@@ -1194,6 +1201,8 @@ class KernelBECModel(BECModel):
         }
         if self.noise_scale is not None:  # absent: the noise scales with variance_scale
             metadata["noise_scale"] = self.noise_scale
+        if self.residual_scale:  # absent: no residual term (files before it, other methods)
+            metadata["residual_scale"] = self.residual_scale
         arrays = {"q0": self.q0, "sparse_unit": self.sparse_unit,
                   "sparse_species": self.sparse_species, "weights": self.weights,
                   "covariance": self.covariance}
@@ -1236,6 +1245,11 @@ class KernelBECModel(BECModel):
                     np.isfinite(noise) and noise > 0):
                 raise ModelFileError(f"noise_scale = {noise!r} is not a positive number")
             model.noise_scale = float(noise)
+        resid = metadata.get("residual_scale", 0.0)  # absent: no residual term, as before
+        if isinstance(resid, bool) or not isinstance(resid, (int, float)) or not (
+                np.isfinite(resid) and resid >= 0):
+            raise ModelFileError(f"residual_scale = {resid!r} is not a non-negative number")
+        model.residual_scale = float(resid)
         model.training = metadata.get("training", {})
         if not isinstance(model.training, dict):
             raise ModelFileError("metadata 'training' is not a JSON object")

@@ -16,6 +16,8 @@ This module holds
   predictive variance learned from the training frames only (``Var -> s Var``; by default the
   split-conformal scale that makes the held-out 95 % interval hold 95 % of the held-out
   errors), stored in the model file (``variance_scale``; absent in older files, then 1);
+  with ``method="residual"`` also a variance term ``c r_frame`` that grows with the frame's
+  mean Nyström residual against the sparse points (``residual_scale``; absent: 0);
 - :class:`PosteriorFactor` / :func:`posterior_factor`: ``Sigma ~ L L^T`` with ``L`` (C, K) the
   leading K directions of the posterior covariance in the metric of the training design;
 - :func:`direction_becs`: the BECs ``Phi u_k`` of several weight vectors from one descriptor
@@ -48,6 +50,10 @@ __all__ = [
     "posterior_factor",
     "predict_uncertainty",
     "recalibrate",
+    "residual_scale",
+    "residual_scales",
+    "residual_variance",
+    "mean_frame_residual",
     "scales_from_held_out",
     "sample_scale",
     "sample_weights",
@@ -150,8 +156,8 @@ def _spearman(a, b) -> float:
 # ---------------------------------------------------------------------- recalibration
 def exact_bec_std(model, positions, numbers, cell, pbc) -> np.ndarray:
     """``bec_std`` (N, 3, 3) e from the full design rows and the full covariance (the cost of
-    one training step), recalibrated: ``sqrt(s phi^T Sigma phi + s_v sigma_v^2)``
-    (:func:`variance_scale`, :func:`noise_scale`)."""
+    one training step), recalibrated: ``sqrt(s phi^T Sigma phi + s_v sigma_v^2 + c r_frame)``
+    (:func:`variance_scale`, :func:`noise_scale`, :func:`residual_variance`)."""
     return model.predict_arrays(positions, numbers, cell, pbc, uncertainty=True)["bec_std"]
 
 
@@ -170,10 +176,44 @@ def _fold_model(model, frames):
 
 
 #: Recalibration methods of :func:`fit_variance_scale` (``method=``).
-SCALE_METHODS = ("coverage", "two_part", "likelihood", "worst_block")
+SCALE_METHODS = ("coverage", "two_part", "likelihood", "worst_block", "residual")
 #: ``method="two_part"``: the noise variance keeps at least this fraction of sigma_v^2 (a
 #: component without epistemic variance would otherwise get a zero-width interval).
 MIN_NOISE_SCALE = 0.01
+#: ``method="residual"``: the Bayesian variance keeps at least this factor (a frame whose
+#: environments are all sparse points has ``r = 0``; it must not get a zero-width interval).
+MIN_BAYES_SCALE = 0.01
+
+
+def residual_scale(model) -> float:
+    """The model's factor ``c`` (e^2) of the frame's mean Nyström residual in the predictive
+    variance (``method="residual"``; 0, no such term, for every other method and for files
+    without it): ``bec_std^2 = s phi^T Sigma phi + s_v sigma_v^2 + c r_frame``."""
+    return float(getattr(model, "residual_scale", 0.0) or 0.0)
+
+
+def mean_frame_residual(model, positions=None, numbers=None, cell=None, pbc=None,
+                        unit=None) -> float:
+    """``r_frame``: the mean over the N atoms of a structure of their Nyström residuals
+    ``r_a`` (:func:`numbec.selection.frame_residual`), float in [0, 1], dimensionless. From
+    the structure (positions (N, 3) Å, numbers (N,) int, cell (3, 3) Å, pbc (3,) bool) or,
+    when the caller has them, its unit scalar descriptors ``unit`` (N, D) with ``numbers``."""
+    from numbec import selection
+
+    if unit is None:
+        return float(selection.frame_residual(model, positions, numbers, cell, pbc).mean())
+    return float(selection._coverage(model).residual(unit, np.asarray(numbers)).mean())
+
+
+def residual_variance(model, positions=None, numbers=None, cell=None, pbc=None,
+                      unit=None) -> float:
+    """``c r_frame`` (e^2), the variance the model adds to every BEC component of a structure
+    (:func:`residual_scale`, :func:`mean_frame_residual`); 0 without the term (nothing is
+    computed then)."""
+    c = residual_scale(model)
+    if c == 0.0:
+        return 0.0
+    return c * mean_frame_residual(model, positions, numbers, cell, pbc, unit)
 
 
 def held_out_errors(model, frames, folds: int = 5) -> dict:
@@ -188,7 +228,11 @@ def held_out_errors(model, frames, folds: int = 5) -> dict:
     Returns dict ``err`` (n,) float64 e, the errors of all held-out BEC components;
     ``epistemic`` (n,) e^2, ``phi^T Sigma phi`` of the fold model; ``noise`` (n,) e^2, its
     ``sigma_v^2``; ``block`` (n,) int64, the index (0 to folds - 1, in frame order) of the
-    block each value was held out in; ``folds`` (int). Needs at least 2 frames.
+    block each value was held out in; ``residual`` (n,) float64 in [0, 1], dimensionless, the
+    Nyström residual ``r_a`` of the value's atom against the fold model's sparse points
+    (:func:`numbec.selection.frame_residual`); ``frame_residual`` (n,), the mean of ``r_a``
+    over the atoms of the value's frame (:func:`mean_frame_residual`, used by
+    ``method="residual"``); ``folds`` (int). Needs at least 2 frames.
     """
     frames = list(frames)
     if int(folds) < 2 or len(frames) < 2:
@@ -196,12 +240,18 @@ def held_out_errors(model, frames, folds: int = 5) -> dict:
                          f"folds={folds} and {len(frames)} frames")
     folds = min(int(folds), len(frames))
     edges = np.linspace(0, len(frames), folds + 1).round().astype(int)
-    err, epi, noise, block = [], [], [], []
+    from numbec.selection import frame_residual
+
+    err, epi, noise, block, resid, frame_r = [], [], [], [], [], []
     for k, (a, b) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
         train = frames[:a] + frames[b:]
         sub = _fold_model(model, train).fit(train)
         for atoms in frames[a:b]:
             out = sub.predict(atoms, uncertainty=True)
+            r = frame_residual(sub, atoms.positions, atoms.numbers, np.asarray(atoms.cell),
+                               atoms.pbc)
+            resid.append(np.repeat(r, 9))  # components in atom-major order, as err
+            frame_r.append(np.full(r.size * 9, float(r.mean())))
             ref = np.asarray(atoms.arrays["bec"], dtype=np.float64)  # raw, as evaluate
             err.append((out["bec"] - ref).ravel())
             var = out["bec_std"].ravel() ** 2
@@ -209,7 +259,9 @@ def held_out_errors(model, frames, folds: int = 5) -> dict:
             noise.append(np.full(var.size, float(sub.sigma_v2)))
             block.append(np.full(var.size, k, dtype=np.int64))
     return {"err": np.concatenate(err), "epistemic": np.concatenate(epi),
-            "noise": np.concatenate(noise), "block": np.concatenate(block), "folds": folds}
+            "noise": np.concatenate(noise), "block": np.concatenate(block),
+            "residual": np.concatenate(resid), "frame_residual": np.concatenate(frame_r),
+            "folds": folds}
 
 
 def coverage_scale(z, coverage: float = 0.95) -> float:
@@ -248,6 +300,45 @@ def two_part_scales(err, epistemic, noise, min_noise: float = 0.0) -> tuple[floa
     return float(np.exp(res.x[0])), float(np.exp(res.x[1]) + min_noise)
 
 
+def residual_scales(err, variance, frame_residual,
+                    min_scale: float = 0.0) -> tuple[float, float]:
+    """Maximum-likelihood ``(s, c)`` of a Gaussian predictive variance ``s variance + c r``
+    for held-out errors: ``err`` (n,) e, ``variance`` (n,) e^2 (the Bayesian
+    ``phi^T Sigma phi + sigma_v^2``), ``frame_residual`` ``r`` (n,) dimensionless (>= 0), with
+    ``s >= min_scale`` and ``c >= 0`` (e^2). Minimises ``mean(ln v + err^2 / v)`` by L-BFGS-B
+    from several starts (the likelihood can be flat in ``c`` when ``r`` hardly varies)."""
+    from scipy.optimize import minimize
+
+    e2 = np.asarray(err, dtype=np.float64) ** 2
+    var = np.asarray(variance, dtype=np.float64)
+    r = np.asarray(frame_residual, dtype=np.float64)
+    if not (e2.shape == var.shape == r.shape) or e2.size == 0:
+        raise ValueError(f"residual_scales: err {e2.shape}, variance {var.shape} and "
+                         f"frame_residual {r.shape} must be equal non-empty shapes")
+    if not ((var > 0).all() and (r >= 0).all() and np.isfinite(e2).all()):
+        raise ValueError("residual_scales: need variance > 0, frame_residual >= 0, finite err")
+    # unknowns in units of the data: s and c' = c mean(r) / mean(var)
+    unit_c = float(var.mean() / r.mean()) if r.mean() > 0 else 0.0
+
+    def nll(x):
+        v = x[0] * var + x[1] * unit_c * r
+        g = 1.0 / v - e2 / v ** 2
+        return float(np.mean(np.log(v) + e2 / v)), np.array(
+            [np.mean(g * var), np.mean(g * unit_c * r)])
+
+    if unit_c == 0.0:  # no residual anywhere: the one-scale ML, floored
+        return max(float(np.mean(e2 / var)), min_scale), 0.0
+    m = float(np.mean(e2 / var))
+    best = None
+    for frac in (1.0, 0.5, 0.1, 0.0):  # share of the ML scale given to the residual term
+        x0 = [max((1.0 - frac) * m, min_scale, 1e-6), max(frac * m, 1e-6)]
+        res = minimize(nll, x0, jac=True, method="L-BFGS-B",
+                       bounds=[(max(min_scale, 1e-12), None), (0.0, None)])
+        if best is None or res.fun < best.fun:
+            best = res
+    return float(best.x[0]), float(best.x[1] * unit_c)
+
+
 def fit_variance_scale(model, frames, folds: int = 5, method: str = "coverage") -> dict:
     """Cross-validated scale ``s`` of the predictive variance, from training frames only.
 
@@ -277,12 +368,24 @@ def fit_variance_scale(model, frames, folds: int = 5, method: str = "coverage") 
         one and under-covers frames like the hard one (quartz trained on 300 K and 600 K
         frames, tested at 600 K: docs/benchmarks_models.md, "Calibration"). Conservative
         (wider) wherever the blocks are alike; needs at least 2 blocks.
+    ``"residual"``
+        a variance that grows with how unlike the sparse points a frame is:
+        ``s phi^T Sigma phi + s sigma_v^2 + c r_frame``, ``r_frame`` the mean Nyström
+        residual of the frame's atoms (:func:`mean_frame_residual`; each held-out frame's
+        with its fold model). Its shape ``(s, c)`` by maximum likelihood
+        (:func:`residual_scales`, ``s`` at least :data:`MIN_BAYES_SCALE`), then one common
+        factor that makes the held-out 95 % interval hold 95 % (:func:`coverage_scale`).
+        ``scale`` is ``s``, ``residual_scale`` is ``c`` (e^2). For training frames of mixed
+        difficulty the Bayesian variance is the same for an easy and a hard frame; the
+        residual of the harder (e.g. hotter) frames is larger (docs/benchmarks_models.md,
+        "Calibration"). Needs held-out errors with ``frame_residual``.
 
     Returns dict ``scale`` (that of ``method``), ``noise_scale`` (``"two_part"`` only),
     ``method``, ``scale_coverage``, ``scale_likelihood``, ``two_part_scales`` ``[s, s_v]``,
     ``folds``, ``n_values``, the held-out ``coverage_68_unscaled`` and
     ``coverage_95_unscaled``, ``block_scales`` (the coverage scale of each block) and
-    ``block_coverage_95_unscaled``, ``scale_worst_block``, and ``weight_scale = sum(err^2) /
+    ``block_coverage_95_unscaled``, ``scale_worst_block``, ``residual_scales`` ``[s, c]``
+    (when the held-out errors have ``frame_residual``), and ``weight_scale = sum(err^2) /
     sum(phi^T Sigma phi)``: the scale of the weight posterior alone that accounts for the
     whole held-out error (used for posterior samples and the spectrum's model band, which
     carry no per-component noise term; see :func:`sample_scale`). Needs at least 2 frames.
@@ -304,6 +407,17 @@ def scales_from_held_out(held: dict, method: str = "coverage") -> dict:
     if method == "worst_block" and not blocks:
         raise ValueError("method='worst_block' needs held-out errors with their blocks "
                          "(held_out_errors of numbec >= this version)")
+    if method == "residual" and "frame_residual" not in held:
+        raise ValueError("method='residual' needs held-out errors with their frame "
+                         "residuals (held_out_errors of numbec >= this version)")
+    res = {}
+    if "frame_residual" in held:
+        var, rf = epi + held["noise"], np.asarray(held["frame_residual"], dtype=np.float64)
+        s_r, c_r = residual_scales(err, var, rf, MIN_BAYES_SCALE)
+        k = coverage_scale(err / np.sqrt(s_r * var + c_r * rf), 0.95)
+        k = 1.0 if not np.isfinite(k) else k
+        res = {"residual_scales": [k * s_r, k * c_r]}
+        scales["residual"] = k * s_r
     a, b = two_part_scales(err, epi, held["noise"], MIN_NOISE_SCALE)
     common = coverage_scale(err / np.sqrt(a * epi + b * held["noise"]), 0.95)
     if not np.isfinite(common):
@@ -312,10 +426,13 @@ def scales_from_held_out(held: dict, method: str = "coverage") -> dict:
     scales["two_part"] = two[0]
     err2, epi_sum = float(err @ err), float(epi.sum())
     extra = {"noise_scale": two[1]} if method == "two_part" else {}
+    if method == "residual":
+        extra = {"residual_scale": res["residual_scales"][1]}
     return {"scale": scales[method], **extra, "method": method,
             "scale_coverage": scales["coverage"], "scale_likelihood": scales["likelihood"],
             "two_part_scales": two, "folds": held["folds"],
             "n_values": int(z2.size), "scale_worst_block": scales["worst_block"], **blocks,
+            **res,
             "coverage_68_unscaled": float(np.mean(z2 <= _Z68 ** 2)),
             "coverage_95_unscaled": float(np.mean(z2 <= _Z95 ** 2)),
             "weight_scale": err2 / epi_sum if epi_sum > 0 else float(np.mean(z2))}
@@ -345,6 +462,7 @@ def recalibrate(model, frames, folds: int = 5, method: str = "coverage", held_ou
         scales_from_held_out(held_out, method)
     model.variance_scale = info["scale"]
     model.noise_scale = info.get("noise_scale")  # None: the noise scales with the rest
+    model.residual_scale = float(info.get("residual_scale", 0.0))  # 0: no residual term
     model.training = dict(getattr(model, "training", {}) or {}, variance_scale_fit=info)
     model._posterior_factor_cache = None
     return model
@@ -685,7 +803,8 @@ def predict_uncertainty(model, positions, numbers, cell, pbc, rank: int | None =
     Returns dict with every output of ``model.predict_arrays`` (``bec`` (N, 3, 3) e, and as
     the model has them ``bec_monopole``, ``bec_dipole``, ``charges``, ``dipole``); ``bec_std``
     (N, 3, 3) e,
-    ``sqrt(sum_k (Phi L_k)^2 + s sigma_v^2)``; ``frame_std`` float e, the per-frame predicted
+    ``sqrt(sum_k (Phi L_k)^2 + s_v sigma_v^2 + c r_frame)`` (:func:`residual_variance`; the
+    last term only for ``method="residual"``); ``frame_std`` float e, the per-frame predicted
     uncertainty ``sqrt(mean bec_std^2)``; ``bec_directions`` (K, N, 3, 3) e, the BECs of the
     factor columns ``Phi L_k`` (for sampling: ``bec + sum_k xi_k bec_directions[k]`` is a BEC
     of a posterior weight sample); with ``n_samples``: ``bec_samples`` (S, N, 3, 3) e and the
@@ -702,7 +821,12 @@ def predict_uncertainty(model, positions, numbers, cell, pbc, rank: int | None =
     parts = channel_outputs(model, positions, numbers, cell, pbc, cached[1], prepared)
     out = _with_baseline(model, parts, numbers, positions, total_charge)
     dirs = parts["bec"][1:]
-    std = np.sqrt(np.einsum("knij,knij->nij", dirs, dirs) + fac.noise_variance)
+    extra = 0.0
+    if residual_scale(model):
+        if prepared is None:
+            prepared = prepare_structure(model, positions, numbers, cell, pbc)
+        extra = residual_variance(model, numbers=prepared.numbers, unit=prepared.unit)
+    std = np.sqrt(np.einsum("knij,knij->nij", dirs, dirs) + fac.noise_variance + extra)
     out.update(bec_std=std, frame_std=float(np.sqrt(np.mean(std ** 2))), bec_directions=dirs)
     bec = out["bec"]
     if n_samples:
