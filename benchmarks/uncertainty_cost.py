@@ -128,6 +128,40 @@ def measure(name, model, frames, ranks):
               f"| {cap:.3f} |", flush=True)
 
 
+def time_in_turns(variants: dict, repeat: int) -> dict:
+    """Best time (s) of each callable in ``variants`` over ``repeat`` rounds, all timed in
+    turns within each round after one warm-up call each (CPU time of the process with
+    ``--cpu-time``, else wall time)."""
+    for fn in variants.values():
+        fn()
+    best = dict.fromkeys(variants, np.inf)
+    clock = time.process_time if CPU_TIME else time.perf_counter
+    for _ in range(repeat):
+        for what, fn in variants.items():
+            t0 = clock()
+            fn()
+            best[what] = min(best[what], clock() - t0)
+    return best
+
+
+def batched_chunks(inputs) -> list:
+    """``inputs`` (tuples positions, numbers, cell, pbc[, velocities]) grouped by their atoms,
+    each group repeated to at least 32 frames: tuples of stacked positions (F, N, 3), numbers,
+    stacked cells (F, 3, 3) or None, pbc[, stacked velocities (F, N, 3)]."""
+    groups = {}
+    for x in inputs:
+        groups.setdefault(x[1].tobytes(), []).append(x)
+    chunks = []
+    for group in groups.values():
+        group = group * -(-32 // len(group))
+        cells = np.stack([x[2] for x in group]) if group[0][3].any() else None
+        chunk = (np.stack([x[0] for x in group]), group[0][1], cells, group[0][3])
+        if len(group[0]) > 4:
+            chunk += (np.stack([x[4] for x in group]),)
+        chunks.append(chunk)
+    return chunks
+
+
 def measure_forward(name, model, frames, samples=(16, 64), repeat=7, before=None):
     """Plain prediction against the forward-mode variants, timed in turns (round r times
     every variant once) so that a change of the machine's load hits them alike; best round
@@ -149,15 +183,7 @@ def measure_forward(name, model, frames, samples=(16, 64), repeat=7, before=None
     variants = {"plain": lambda: [model.predict_arrays(*x[:4]) for x in inputs]}
     batched = max(len(a) for a in frames) < BATCH_BELOW_ATOMS
     if batched:  # frames of the same atoms together, each group repeated to >= 32 frames
-        groups = {}
-        for x in inputs:
-            groups.setdefault(x[1].tobytes(), []).append(x)
-        chunks = []
-        for group in groups.values():
-            group = group * -(-32 // len(group))
-            cells = np.stack([x[2] for x in group]) if group[0][3].any() else None
-            chunks.append((np.stack([x[0] for x in group]), group[0][1], cells, group[0][3],
-                           np.stack([x[4] for x in group])))
+        chunks = batched_chunks(inputs)
         n_batched = sum(c[0].shape[0] for c in chunks)
         variants["plain, batched"] = lambda: [model.predict_frames(*c[:4]) for c in chunks]
     if before is not None:
@@ -184,15 +210,7 @@ def measure_forward(name, model, frames, samples=(16, 64), repeat=7, before=None
         if batched:
             variants[what + ", batched"] = (
                 lambda w=wrapped: [w.predict_frames_with_velocities(*c) for c in chunks])
-    for fn in variants.values():
-        fn()
-    best = dict.fromkeys(variants, np.inf)
-    clock = time.process_time if CPU_TIME else time.perf_counter
-    for _ in range(repeat):
-        for what, fn in variants.items():
-            t0 = clock()
-            fn()
-            best[what] = min(best[what], clock() - t0)
+    best = time_in_turns(variants, repeat)
     plain = best.pop("plain") / len(inputs)
     plain_batched = best.pop("plain, batched", np.nan) / (n_batched if batched else 1)
     print(f"| {name} | {model.n_columns} | {1e3 * plain:.1f} ms | plain | 1 |")
@@ -217,27 +235,12 @@ def measure_atom_std(name, model, frames, repeat=7):
                 "atom_std": lambda: [model.predict_arrays(*x, atom_std=True) for x in inputs]}
     batched = max(len(a) for a in frames) < BATCH_BELOW_ATOMS
     if batched:
-        groups = {}
-        for x in inputs:
-            groups.setdefault(x[1].tobytes(), []).append(x)
-        chunks = []
-        for group in groups.values():
-            group = group * -(-32 // len(group))
-            cells = np.stack([x[2] for x in group]) if group[0][3].any() else None
-            chunks.append((np.stack([x[0] for x in group]), group[0][1], cells, group[0][3]))
+        chunks = batched_chunks(inputs)
         n_batched = sum(c[0].shape[0] for c in chunks)
         variants["plain, batched"] = lambda: [model.predict_frames(*c) for c in chunks]
         variants["atom_std, batched"] = lambda: [model.predict_frames(*c, atom_std=True)
                                                  for c in chunks]
-    for fn in variants.values():
-        fn()
-    best = dict.fromkeys(variants, np.inf)
-    clock = time.process_time if CPU_TIME else time.perf_counter
-    for _ in range(repeat):
-        for what, fn in variants.items():
-            t0 = clock()
-            fn()
-            best[what] = min(best[what], clock() - t0)
+    best = time_in_turns(variants, repeat)
     plain = best["plain"] / len(inputs)
     print(f"| {name} | {model.n_columns} | {1e3 * plain:.1f} ms | per frame "
           f"| {best['atom_std'] / best['plain']:.2f}x |")
