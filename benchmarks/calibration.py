@@ -30,10 +30,15 @@ residual recalibration (``method="residual"``: ``s (phi^T Sigma phi + sigma_v^2)
 r_frame``, with the mean frame residual of the held-out and the test frames, its held-out
 95 % coverage per block, test coverages, NLL and frame rank correlation); the frame rank
 correlation (Spearman, predicted frame uncertainty
-vs actual frame RMSE; a scale does not change it); and the streamed low-rank uncertainty
+vs actual frame RMSE; a scale does not change it); the streamed low-rank uncertainty
 (:func:`numbec.models.uncertainty.predict_uncertainty`, rank ``--rank``): the largest
 relative deviation of the per-frame uncertainty from the exact one over the test frames and
-(unless ``--no-cost``) its cost relative to a plain prediction (best of 3 per frame, summed).
+(unless ``--no-cost``) its cost relative to a plain prediction (best of 3 per frame, summed);
+then the multiplicative residual form ``(phi^T Sigma phi + sigma_v^2) (s + c r_frame)``
+(``mult.``, not in the library; fitted like ``residual``: :func:`_residual_factor_scales`,
+then the common coverage factor) with its test coverages, NLL and frame rank correlation; and
+the held-out NLL and frame rank correlation of the default, the additive ``residual`` and the
+multiplicative form on the held-out errors that fitted them (training frames only).
 """
 
 from __future__ import annotations
@@ -89,6 +94,50 @@ def _best_of(fn, repeat=3):
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def _residual_factor_scales(err, variance, frame_residual,
+                           min_scale: float = 0.0) -> tuple[float, float]:
+    """Maximum-likelihood ``(s, c)`` of a Gaussian predictive variance
+    ``variance (s + c r)`` for held-out errors: ``err`` (n,) e, ``variance`` (n,) e^2 (the
+    Bayesian ``phi^T Sigma phi + sigma_v^2``), ``frame_residual`` ``r`` (n,) dimensionless
+    (>= 0), with ``s >= min_scale`` and ``c >= 0`` (both dimensionless; ``c`` per unit
+    residual). The frame's residual multiplies its Bayesian variance, so the shape of the
+    variance within a frame is kept. Minimises ``mean(ln v + err^2 / v)`` by L-BFGS-B from
+    several starts, with ``r`` normalised by its mean for the conditioning. The
+    multiplicative alternative to :func:`numbec.models.uncertainty.residual_scales` (the
+    additive form of ``method="residual"``); not in the library (docs/benchmarks_models.md,
+    section 6)."""
+    from scipy.optimize import minimize
+
+    e2 = np.asarray(err, dtype=np.float64) ** 2
+    var = np.asarray(variance, dtype=np.float64)
+    r = np.asarray(frame_residual, dtype=np.float64)
+    if not (e2.shape == var.shape == r.shape) or e2.size == 0:
+        raise ValueError(f"_residual_factor_scales: err {e2.shape}, variance {var.shape} and "
+                         f"frame_residual {r.shape} must be equal non-empty shapes")
+    if not ((var > 0).all() and (r >= 0).all() and np.isfinite(e2).all()):
+        raise ValueError("_residual_factor_scales: need variance > 0, frame_residual >= 0, "
+                         "finite err")
+    z2 = e2 / var
+    m = float(np.mean(z2))
+    if r.mean() == 0.0:  # no residual anywhere: the one-scale ML, floored
+        return max(m, min_scale), 0.0
+    rn = r / r.mean()  # c' = c mean(r): both unknowns of the order of the ML scale
+
+    def nll(x):
+        f = x[0] + x[1] * rn
+        g = 1.0 / f - z2 / f ** 2
+        return float(np.mean(np.log(f) + z2 / f)), np.array([np.mean(g), np.mean(g * rn)])
+
+    best = None
+    for frac in (0.0, 0.5, 0.9, 1.0):  # share of the ML scale given to the residual term
+        x0 = [max((1.0 - frac) * m, min_scale, 1e-6), max(frac * m, 1e-6)]
+        res = minimize(nll, x0, jac=True, method="L-BFGS-B",
+                       bounds=[(max(min_scale, 1e-12), None), (0.0, None)])
+        if best is None or res.fun < best.fun:
+            best = res
+    return float(best.x[0]), float(best.x[1] / r.mean())
 
 
 def _metrics_under(unc, pred, ref, sizes, epi, noise, a, b=None):
@@ -148,6 +197,29 @@ def row(kind, train, test, hyper, descriptors, folds, rank, cost=True) -> dict:
     held_z = np.abs(held["err"]) / np.sqrt(held_var)
     resid_blocks = [float(np.mean(held_z[held["block"] == k] <= 1.959963984540054))
                     for k in np.unique(held["block"])]
+    # multiplicative residual form: (phi^T Sigma phi + sigma_v^2) (s + c r_frame), (s, c) by
+    # ML on the same held-out errors, then the common factor of the held-out 95 % coverage
+    held_bayes = held["epistemic"] + held["noise"]
+    s_m, c_m = _residual_factor_scales(held["err"], held_bayes, held["frame_residual"],
+                                          unc.MIN_BAYES_SCALE)
+    k_m = unc.coverage_scale(held["err"] / np.sqrt(held_bayes * (s_m + c_m
+                                                                 * held["frame_residual"])))
+    k_m = 1.0 if not np.isfinite(k_m) else k_m
+    s_m, c_m = k_m * s_m, k_m * c_m
+    mult = unc.calibration_metrics(pred, np.sqrt((epi + noise) * (s_m + c_m * r_test)), ref,
+                                   sizes)
+    # held-out metrics of the three stored forms (frames in training order: the blocks are
+    # contiguous), the same held-out errors that fitted them
+    h_sizes = [len(a) for a in train]
+    h_err = held["err"].reshape(-1, 3, 3)
+    h_zero = np.zeros_like(h_err)
+
+    def held_metrics(var):
+        return unc.calibration_metrics(h_err, np.sqrt(var).reshape(-1, 3, 3), h_zero, h_sizes)
+
+    held_cov = held_metrics(scale * held_bayes)
+    held_add = held_metrics(held_var)
+    held_mult = held_metrics(held_bayes * (s_m + c_m * held["frame_residual"]))
     dev = np.abs(np.array(frame_low) / np.array(frame_exact) - 1.0)
     return {"rmse": float(np.sqrt(np.mean((pred - ref) ** 2))), "raw": raw, "cal": cal,
             "likelihood": lik, "two_part": two_m, "two_part_scales": two,
@@ -159,6 +231,9 @@ def row(kind, train, test, hyper, descriptors, folds, rank, cost=True) -> dict:
             "block_coverage_95_unscaled": info["block_coverage_95_unscaled"],
             "residual": resid, "residual_scales": [s_r, c_r],
             "residual_block_coverage_95": resid_blocks,
+            "multiplicative": mult, "multiplicative_scales": [s_m, c_m],
+            "held_out_coverage": held_cov, "held_out_residual": held_add,
+            "held_out_multiplicative": held_mult,
             "frame_residual_held_out": float(np.mean(held["frame_residual"])),
             "frame_residual_test": float(np.mean(r_test)),
             "n_train": len(train), "n_test": len(test), "fit_s": fit_s,
@@ -192,8 +267,10 @@ def main(argv=None) -> int:
           "| held-out cov95 raw per block | s (worst block) | cov95 worst block "
           "| mean r_frame held-out / test | s, c (residual) | held-out cov95 residual per block "
           "| cov68 residual | cov95 residual | NLL residual | frame rank corr residual "
-          "| frame rank corr | low-rank max dev | low-rank cost |")
-    print("|---" * 34 + "|")
+          "| frame rank corr | low-rank max dev | low-rank cost "
+          "| s, c (mult.) | cov68 mult. | cov95 mult. | NLL mult. | frame rank corr mult. "
+          "| held-out NLL cov / add. / mult. | held-out rank corr cov / add. / mult. |")
+    print("|---" * 41 + "|")
     rows = []
     for system in args.systems.split(","):
         if system == "xtb":
@@ -226,6 +303,10 @@ def main(argv=None) -> int:
                 a, b = r["two_part_scales"]
                 a_c, b_c = r["two_part_coverage_scales"]
                 twc = r["two_part_coverage"]
+                held_keys = ("held_out_coverage", "held_out_residual", "held_out_multiplicative")
+                held_nll = " / ".join(f"{r[k]['nll']:.3f}" for k in held_keys)
+                held_rank = " / ".join(f"{r[k]['frame_rank_correlation']:.2f}"
+                                       for k in held_keys)
                 print(f"| {system} | {kind} | {r['n_train']} | {r['n_test']} | {r['rmse']:.4f} "
                       f"| {100 * raw['coverage_68']:.1f} | {100 * raw['coverage_95']:.1f} "
                       f"| {raw['nll']:.2f} | {r['scale_likelihood']:.3g} "
@@ -247,7 +328,14 @@ def main(argv=None) -> int:
                       f"| {r['residual']['nll']:.2f} "
                       f"| {r['residual']['frame_rank_correlation']:.2f} "
                       f"| {cal['frame_rank_correlation']:.2f} "
-                      f"| {100 * r['lowrank_max_dev']:.1f} % | {r['lowrank_cost']:.2f}x |",
+                      f"| {100 * r['lowrank_max_dev']:.1f} % | {r['lowrank_cost']:.2f}x "
+                      f"| {r['multiplicative_scales'][0]:.3g}, "
+                      f"{r['multiplicative_scales'][1]:.3g} "
+                      f"| {100 * r['multiplicative']['coverage_68']:.1f} "
+                      f"| {100 * r['multiplicative']['coverage_95']:.1f} "
+                      f"| {r['multiplicative']['nll']:.2f} "
+                      f"| {r['multiplicative']['frame_rank_correlation']:.2f} "
+                      f"| {held_nll} | {held_rank} |",
                       flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1, default=float))

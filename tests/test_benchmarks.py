@@ -346,6 +346,10 @@ def test_calibration_and_uncertainty_cost_benchmarks(tmp_path):
     assert number(row["s (worst block)"]) >= number(row["s (cov)"]) * (1 - 1e-2)  # 3 digits printed
     assert len(row["held-out cov95 residual per block"].split(" / ")) == 2
     assert all(number(x) >= 0 for x in row["s, c (residual)"].split(", "))
+    # the multiplicative residual form and the held-out NLL of the three stored forms
+    assert 0.0 <= number(row["cov68 mult."]) <= number(row["cov95 mult."]) <= 100.0
+    assert all(number(x) >= 0 for x in row["s, c (mult.)"].split(", "))
+    assert len(row["held-out NLL cov / add. / mult."].split(" / ")) == 3
     out = run_benchmark("uncertainty_cost.py", "--systems", "quartz", "--ranks", "4",
                         "--frames", "1", cwd=tmp_path)
     (head, rows), (head_fwd, rows_fwd) = markdown_tables(out)
