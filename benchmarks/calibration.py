@@ -110,15 +110,9 @@ def _residual_factor_scales(err, variance, frame_residual,
     section 6)."""
     from scipy.optimize import minimize
 
-    e2 = np.asarray(err, dtype=np.float64) ** 2
-    var = np.asarray(variance, dtype=np.float64)
-    r = np.asarray(frame_residual, dtype=np.float64)
-    if not (e2.shape == var.shape == r.shape) or e2.size == 0:
-        raise ValueError(f"_residual_factor_scales: err {e2.shape}, variance {var.shape} and "
-                         f"frame_residual {r.shape} must be equal non-empty shapes")
-    if not ((var > 0).all() and (r >= 0).all() and np.isfinite(e2).all()):
-        raise ValueError("_residual_factor_scales: need variance > 0, frame_residual >= 0, "
-                         "finite err")
+    from numbec.models.uncertainty import residual_fit_inputs
+
+    e2, var, r = residual_fit_inputs(err, variance, frame_residual, "_residual_factor_scales")
     z2 = e2 / var
     m = float(np.mean(z2))
     if r.mean() == 0.0:  # no residual anywhere: the one-scale ML, floored

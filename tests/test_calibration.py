@@ -205,8 +205,12 @@ def test_residual_scales_recover_known_factors(rng):
     # the floor of s holds even where the residual explains all of the error
     s, c = unc.residual_scales(rng.normal(0.0, np.sqrt(0.5 * r + 1e-12)), var, r, 0.01)
     assert s >= 0.01 and c == pytest.approx(0.5, rel=0.1)
-    with pytest.raises(ValueError, match="frame_residual"):
+    with pytest.raises(ValueError, match="residual_scales: need .*frame_residual >= 0"):
         unc.residual_scales(err, var, -r)
+    with pytest.raises(ValueError, match="residual_scales: need variance > 0"):
+        unc.residual_scales(err, -var, r)
+    with pytest.raises(ValueError, match="residual_scales: .* equal non-empty shapes"):
+        unc.residual_scales(err[:-1], var, r)
 
 
 def test_residual_method_covers_a_hard_block_the_pooled_scale_does_not(rng):

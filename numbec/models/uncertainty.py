@@ -51,6 +51,7 @@ __all__ = [
     "predict_uncertainty",
     "recalibrate",
     "residual_scale",
+    "residual_fit_inputs",
     "residual_scales",
     "residual_variance",
     "mean_frame_residual",
@@ -300,6 +301,22 @@ def two_part_scales(err, epistemic, noise, min_noise: float = 0.0) -> tuple[floa
     return float(np.exp(res.x[0])), float(np.exp(res.x[1]) + min_noise)
 
 
+def residual_fit_inputs(err, variance, frame_residual, caller: str):
+    """Checked float64 arrays ``(err^2, variance, frame_residual)`` (n,) for a fit of held-out
+    errors against a variance with a residual term (:func:`residual_scales`); ``caller`` names
+    the fit in the error raised for unequal or empty shapes, ``variance <= 0``, a negative
+    residual or a non-finite error."""
+    e2 = np.asarray(err, dtype=np.float64) ** 2
+    var = np.asarray(variance, dtype=np.float64)
+    r = np.asarray(frame_residual, dtype=np.float64)
+    if not (e2.shape == var.shape == r.shape) or e2.size == 0:
+        raise ValueError(f"{caller}: err {e2.shape}, variance {var.shape} and "
+                         f"frame_residual {r.shape} must be equal non-empty shapes")
+    if not ((var > 0).all() and (r >= 0).all() and np.isfinite(e2).all()):
+        raise ValueError(f"{caller}: need variance > 0, frame_residual >= 0, finite err")
+    return e2, var, r
+
+
 def residual_scales(err, variance, frame_residual,
                     min_scale: float = 0.0) -> tuple[float, float]:
     """Maximum-likelihood ``(s, c)`` of a Gaussian predictive variance ``s variance + c r``
@@ -309,14 +326,7 @@ def residual_scales(err, variance, frame_residual,
     from several starts (the likelihood can be flat in ``c`` when ``r`` hardly varies)."""
     from scipy.optimize import minimize
 
-    e2 = np.asarray(err, dtype=np.float64) ** 2
-    var = np.asarray(variance, dtype=np.float64)
-    r = np.asarray(frame_residual, dtype=np.float64)
-    if not (e2.shape == var.shape == r.shape) or e2.size == 0:
-        raise ValueError(f"residual_scales: err {e2.shape}, variance {var.shape} and "
-                         f"frame_residual {r.shape} must be equal non-empty shapes")
-    if not ((var > 0).all() and (r >= 0).all() and np.isfinite(e2).all()):
-        raise ValueError("residual_scales: need variance > 0, frame_residual >= 0, finite err")
+    e2, var, r = residual_fit_inputs(err, variance, frame_residual, "residual_scales")
     # unknowns in units of the data: s and c' = c mean(r) / mean(var)
     unit_c = float(var.mean() / r.mean()) if r.mean() > 0 else 0.0
 
