@@ -11,6 +11,7 @@ from ase.io import write
 import numbec
 from numbec.cli import main
 from numbec.conventions import ASE_TIME_UNITS_PER_FS, INVCM_TO_RAD_PER_FS
+from numbec.io.prediction import open_prediction
 from numbec.models.baseline import FixedBECModel
 from numbec.spectra.reference import read_reference, read_spectrum_csv
 
@@ -120,8 +121,8 @@ def test_plot_with_quartz_references(prediction, shared_data):
 
 
 def test_errors_are_clear(prediction, capsys):
-    assert main(["ir", str(prediction / "pred.zarr"), "-o", str(prediction / "x.csv")]) == 1
-    assert "temperature" in capsys.readouterr().err
+    assert main(["ir", str(prediction / "pred.zarr"), "-o", str(prediction / "x.csv")]) == 0
+    capsys.readouterr()  # the temperature came from the recorded trajectory (test below)
     assert main(["ir", str(prediction / "pred.zarr"), "-o", str(prediction / "x.txt"),
                  "--temperature", "300"]) == 1
     assert ".csv or .nc" in capsys.readouterr().err
@@ -253,3 +254,73 @@ def test_garbage_reference_files_are_named(prediction, capsys, content):
     err = capsys.readouterr().err
     assert f"{ref}:" in err and "Traceback" not in err, err
 
+
+
+def _own_prediction(tmp_path, prediction):
+    """A copy of the fixture's trajectory store and a prediction store made from the copy
+    (so that the copy can be moved or changed)."""
+    import shutil
+
+    traj = tmp_path / "traj.zarr"
+    shutil.copytree(prediction / "traj.zarr", traj)
+    bec = np.array([np.eye(3) * 1.1, -np.eye(3) * 1.1])
+    numbec.predict(FixedBECModel([11, 17], bec), traj, out=tmp_path / "pred.zarr",
+                   progress=False)
+    return traj, tmp_path / "pred.zarr"
+
+
+def test_the_recorded_trajectory_gives_the_kinetic_temperature(prediction, capsys):
+    """Without --temperature and --trajectory, the spectrum of a prediction store takes the
+    kinetic temperature of the store it was made from: the same spectrum as with
+    --trajectory given, and the provenance names where the temperature came from."""
+    import json
+
+    pred, traj = str(prediction / "pred.zarr"), str(prediction / "traj.zarr")
+    implicit, explicit = prediction / "implicit.nc", prediction / "explicit.nc"
+    assert main(["ir", pred, "-o", str(implicit)]) == 0
+    assert main(["ir", pred, "-o", str(explicit), "--trajectory", traj]) == 0
+    a, b = xr.load_dataset(implicit), xr.load_dataset(explicit)
+    assert a.attrs["temperature"] == b.attrs["temperature"]
+    np.testing.assert_array_equal(a.absorption.values, b.absorption.values)
+    source = json.loads(a.attrs["provenance"])["temperature_sources"][0]
+    assert "kinetic" in source and "traj.zarr" in source and "attrs['input']" in source
+    # species partials from bec need velocities: the recorded store gives them too
+    stored = open_prediction(prediction / "pred.zarr")
+    without = stored.drop_vars(["dipole_derivative_by_species", "species"])
+    from_bec = numbec.ir_spectrum(without, temperature=300, partials="species")
+    given = numbec.ir_spectrum(without, temperature=300, partials="species",
+                               trajectory=traj)
+    np.testing.assert_array_equal(from_bec.absorption_partial, given.absorption_partial)
+
+
+def test_a_moved_trajectory_store_is_named_in_the_error(prediction, tmp_path, capsys):
+    traj, pred = _own_prediction(tmp_path, prediction)
+    traj.rename(tmp_path / "moved.zarr")
+    assert main(["ir", str(pred), "-o", str(tmp_path / "x.csv")]) == 1
+    err = capsys.readouterr().err
+    assert "temperature unknown" in err and str(traj.resolve()) in err, err
+    assert "is not there any more" in err and "Traceback" not in err, err
+    with pytest.raises(ValueError, match="species partials need the velocities"):
+        numbec.ir_spectrum(open_prediction(pred).drop_vars(
+            ["dipole_derivative_by_species", "species"]), temperature=300, partials="species")
+
+
+def test_a_trajectory_store_that_changed_is_not_used(prediction, tmp_path, capsys):
+    """Another trajectory written at the same path (same size, other positions) is
+    refused: its velocities would give another run's temperature."""
+    import zarr
+
+    traj, pred = _own_prediction(tmp_path, prediction)
+    positions = zarr.open_group(str(traj), mode="r+")["positions"]
+    values = positions[:]
+    values[-1, 0, 0] += 0.01
+    positions[:] = values
+    assert main(["ir", str(pred), "-o", str(tmp_path / "x.csv")]) == 1
+    err = capsys.readouterr().err
+    assert "now holds another trajectory" in err and "temperature unknown" in err, err
+    # an in-memory prediction records no store: the error is the plain one
+    ds = numbec.predict(FixedBECModel([11, 17], np.array([np.eye(3), -np.eye(3)])),
+                        numbec.open_trajectory(prediction / "traj.zarr"), progress=False)
+    from numbec.spectra.ir import recorded_trajectory
+
+    assert recorded_trajectory(ds) == (None, None)

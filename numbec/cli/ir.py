@@ -36,10 +36,13 @@ def register(subparsers):
     parser.add_argument("--plot", metavar="PNG", help="also draw the spectrum into this file")
     parser.add_argument("--temperature", type=float, metavar="K",
                         help="temperature (default: from the store, else the kinetic "
-                             "temperature of --trajectory)")
+                             "temperature of --trajectory or of the trajectory store the "
+                             "prediction was made from)")
     parser.add_argument("--trajectory", nargs="+", metavar="TRAJ.zarr",
                         help="the trajectory store(s) predicted (one per prediction): "
-                             "velocities for species partials from bec, kinetic temperature")
+                             "velocities for species partials from bec, kinetic temperature "
+                             "(default: the store each prediction records it was made from, "
+                             "if it is still there and unchanged)")
     parser.add_argument("--volume", type=float, metavar="A3",
                         help="cell volume in Å^3 (default: from the store; none for molecules)")
     parser.add_argument("--timestep", type=float, metavar="FS",

@@ -80,6 +80,7 @@ __all__ = [
     "kinetic_temperature",
     "kinetic_temperature_statistics",
     "open_prediction",
+    "recorded_trajectory",
     "spectral_peaks",
 ]
 
@@ -102,6 +103,7 @@ class _Run:
     model: str = ""
     samples: np.ndarray | None = None  # (S, n, 3) dM/dt of posterior weight samples
     part_samples: np.ndarray | None = None  # (S, P, n, 3) the samples' parts (species)
+    trajectory_note: str | None = None  # why the recorded trajectory store was not used
 
 
 def cross_section_prefactor(temperature: float) -> float:
@@ -235,9 +237,67 @@ def _parts_of(ds, kind, trajectory, source):
         "monopole", "dipole"]
 
 
+def recorded_trajectory(ds):
+    """The trajectory store a prediction store was made from, when it is still there and
+    still holds the trajectory that was predicted.
+
+    ``numbec.predict(..., out=)`` records the resolved path of its input store
+    (``attrs["input"]``) and, in ``attrs["fingerprint"]``, a SHA-256 of the atomic numbers
+    and of the first and last frames' positions. The store at that path is used only if the
+    same hash comes out of it, and if it has the prediction's frame and atom counts.
+
+    Returns ``(trajectory, note)``: the opened trajectory (xarray.Dataset) and None, or None
+    and a sentence saying why not (None when the dataset records no trajectory store: an
+    in-memory prediction, or a prediction of an in-memory trajectory).
+    """
+    from numbec.io.prediction import sha256_arrays
+    from numbec.io.trajectory import open_trajectory
+
+    attrs = ds.attrs
+    path = attrs.get("input")
+    if attrs.get("format") != PREDICTION_FORMAT or not isinstance(path, str) or not path:
+        return None, None
+    try:
+        recorded = json.loads(attrs.get("fingerprint") or "{}")
+    except (TypeError, ValueError):
+        return None, None
+    expected = recorded.get("numbers_positions_sha256") if isinstance(recorded, dict) else None
+    if not isinstance(expected, str) or recorded.get("input") != path:
+        return None, None
+    if not os.path.isdir(path):
+        return None, f"the trajectory store it was made from, {path}, is not there any more"
+    try:
+        trajectory = open_trajectory(path)
+    except (OSError, ValueError, KeyError) as err:
+        return None, f"the trajectory store it was made from, {path}, cannot be read ({err})"
+    n = trajectory.sizes.get("frame", 0)
+    same = (n == ds.sizes.get("frame") and trajectory.sizes.get("atom") == ds.sizes.get("atom")
+            and "positions" in trajectory and "numbers" in trajectory)
+    if same:
+        positions = trajectory["positions"]
+        same = sha256_arrays(np.asarray(trajectory["numbers"].values, dtype=np.int64),
+                             np.asarray(positions[0].values),
+                             np.asarray(positions[n - 1].values)) == expected
+    if not same:
+        return None, (f"the trajectory store it was made from, {path}, now holds another "
+                      "trajectory")
+    return trajectory, None
+
+
+def _needs_trajectory(ds, kind, need_temperature) -> bool:
+    """Whether the prediction lacks what only its trajectory can give: a temperature, or
+    the velocities of species partials computed from ``bec``."""
+    return bool((need_temperature and ds.attrs.get("temperature") is None)
+                or (kind == "species" and "dipole_derivative_by_species" not in ds))
+
+
 def _run_from_dataset(ds, trajectory, kind, timestep, source, need_temperature=True,
                       need_volume=True):
     source = _source_of(ds, source)
+    note, recorded = None, False
+    if trajectory is None and _needs_trajectory(ds, kind, need_temperature):
+        trajectory, note = recorded_trajectory(ds)
+        recorded = trajectory is not None
     if timestep is None:
         _attribute(ds, "timestep", "timestep (fs)", source)
     dt = timestep or _timestep_of(ds)
@@ -250,6 +310,8 @@ def _run_from_dataset(ds, trajectory, kind, timestep, source, need_temperature=T
     kinetic = None
     if trajectory is not None:
         traj_source = str(trajectory.attrs.get("source") or "the trajectory")
+        if recorded:
+            traj_source = f"{ds.attrs['input']} (the predicted trajectory, attrs['input'])"
         if temperature is None and need_temperature:
             temperature = _attribute(trajectory, "temperature", "temperature (K)",
                                      traj_source)
@@ -259,6 +321,9 @@ def _run_from_dataset(ds, trajectory, kind, timestep, source, need_temperature=T
             if temperature is None and need_temperature:
                 temperature = kinetic.mean
                 temperature_source = f"kinetic (trajectory velocities, {kinetic.how})"
+                if recorded:
+                    temperature_source = (f"kinetic (velocities of {traj_source}, "
+                                          f"{kinetic.how})")
     volume = _volume_of(ds, source) if need_volume else None
     if need_volume and volume is None and trajectory is not None and (
         "pbc" in trajectory and bool(np.all(trajectory["pbc"].values))
@@ -280,6 +345,9 @@ def _run_from_dataset(ds, trajectory, kind, timestep, source, need_temperature=T
     if kind is not None:
         if differentiated:
             raise ValueError(f"{source}: partials need 'dipole_derivative', not only 'dipole'")
+        if note and trajectory is None and "dipole_derivative_by_species" not in ds:
+            raise ValueError(f"{source}: species partials need the velocities of its "
+                             f"trajectory, but {note}; pass trajectory=")
         parts, names = _parts_of(ds, kind, trajectory, source)
         mismatch = np.abs(parts.sum(axis=0) - total).max()
         scale = max(np.abs(total).max(), 1e-300)
@@ -292,6 +360,7 @@ def _run_from_dataset(ds, trajectory, kind, timestep, source, need_temperature=T
                volume, source, differentiated,
                temperature_source if temperature is not None else None, kinetic,
                *_system_and_model(ds, trajectory))
+    run.trajectory_note = note
     if "dipole_derivative_samples" in ds and not differentiated:
         run.samples = _checked_samples(
             ds["dipole_derivative_samples"].transpose("frame", "sample", "pol").values,
@@ -498,7 +567,9 @@ def ir_spectrum(
         ``<Mdot_O(0) . Mdot_Si(t)> + <Mdot_Si(0) . Mdot_O(t)>``), so they sum to the total.
     trajectory : Trajectory store path or Dataset (or a list, one per run), optional
         Supplies velocities for species partials computed from ``bec``, and a cell or
-        temperature the prediction lacks.
+        temperature the prediction lacks. When it is not given and the prediction needs
+        it, a prediction store uses the trajectory store it was made from, if that is
+        still there and unchanged (:func:`recorded_trajectory`).
     max_frequency : float, cm^-1, optional
         Crop the output above this frequency (> 0).
     samples : array (n_frames, S, 3) float, e·Å/fs, optional
@@ -558,9 +629,11 @@ def ir_spectrum(
         if volume is not None:
             run.volume = volume
         if run.temperature is None:
+            why = f"; {run.trajectory_note}" if run.trajectory_note else ""
             raise ValueError(
-                f"{run.source}: temperature unknown (no attrs['temperature']); pass "
-                "temperature= in K (the absolute spectrum and quantum corrections need it)"
+                f"{run.source}: temperature unknown (no attrs['temperature']{why}); pass "
+                "temperature= in K, or trajectory= (the predicted trajectory, for its "
+                "kinetic temperature): the absolute spectrum and quantum corrections need it"
             )
     for run in runs:
         _check_against_kinetic(run)
