@@ -22,9 +22,17 @@ concurrent threads -- and the rest run the fastest way, ``numbec.parallel.fastes
 frame by frame, concurrent frames only if a frame takes ``numbec.stream.MIN_THREADED_FRAME_S``),
 BLAS on one thread; and, where featomic is
 installed, featomic's SoapPowerSpectrum values + position gradients of the first 200 of the
-same frames with the same sizes (cutoff 4.5 Å, 6 radial functions, max_angular 3), on the
-Rayon threads this process was started with (``RAYON_NUM_THREADS``).
-Everything runs in this one process, after a warm-up (Numba compilation or cache load).
+same frames with the same sizes (cutoff 4.5 Å, 6 radial functions, max_angular 3), on one
+Rayon thread (a child process started with ``RAYON_NUM_THREADS=1``) and on the threads this
+process was started with, best of ``max(repeat, 10)`` (featomic's time of a 200-frame call
+varies by 2x from call to call on two cores). The ratio compares like with like: a numbec
+row on one thread (and a ceiling row) against featomic on one thread, a row on automatic
+threads against featomic on all of this process's threads.
+Everything else runs in this one process, after a warm-up (Numba compilation or cache load).
+The ceiling rows time the kernel's dense matrix products of one batch of frames alone
+(``benchmarks/stream.py``'s ``dense_products_seconds``: the model's shapes, random entries,
+one BLAS thread), per frame: what a frame would cost if the descriptors, their adjoints and
+the Python between the stages cost nothing.
 """
 
 from __future__ import annotations
@@ -39,7 +47,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from descriptors import timed  # noqa: E402  (best of N, shared by the benchmarks)
-from stream import as_dataset  # noqa: E402  (the in-memory trajectory layout)
+from stream import (
+    as_dataset,  # noqa: E402  (the in-memory trajectory layout)
+    dense_products_seconds,  # noqa: E402  (the ceiling rows)
+)
 
 N_SPARSE = 20
 
@@ -84,6 +95,20 @@ def trajectory(base, n_frames, seed=1):
                     np.zeros((n_frames, 3, 3)))
     ds["pbc"] = (("xyz",), np.zeros(3, bool))
     return ds
+
+
+def featomic_ms_one_thread(label, n_frames, repeat):
+    """ms per frame of featomic's values + position gradients of ``label``'s frames on one
+    Rayon thread (its thread pool is fixed when a process starts: a child process), or None
+    without featomic."""
+    import subprocess
+
+    env = dict(os.environ, RAYON_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, __file__, "--featomic-child", label, "--frames",
+                           str(n_frames), "--repeat", str(repeat)], env=env,
+                          capture_output=True, text=True, check=True)
+    value = proc.stdout.strip().splitlines()[-1]
+    return None if value == "None" else float(value)
 
 
 def featomic_rate(frames, repeat):
@@ -151,9 +176,20 @@ def main():
                         help="skip the frame-by-frame rows (the slow half of the run)")
     parser.add_argument("--million", action="store_true",
                         help="also stream 10^6 water-dimer frames into a Zarr store")
+    parser.add_argument("--featomic-child", choices=("dimer", "hexamer"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     n_frames = args.frames or (100 if args.quick else 2000)
     repeat = args.repeat or (1 if args.quick else 3)
+    featomic_repeat = max(repeat, 10)
+    if args.featomic_child:  # featomic's time in a process of its own (featomic_ms_one_thread)
+        import ase
+
+        base = dimer() if args.featomic_child == "dimer" else hexamer()
+        positions = trajectory(base, n_frames)["positions"].values[:min(n_frames, 200)]
+        rate = featomic_rate([ase.Atoms(numbers=base.numbers, positions=p)
+                              for p in positions], featomic_repeat)
+        print(None if rate is None else 1e3 * len(base) / rate)
+        return
 
     import ase
     import numba
@@ -173,13 +209,18 @@ def main():
           f"load average {os.getloadavg()[0]:.1f}\n")
     batch_below = parallel.BATCH_BELOW_ATOMS
     fitted = {}
-    for label, base in (("Water dimer", dimer()), ("(H2O)6", hexamer())):
+    for label, kind, base in (("Water dimer", "dimer", dimer()),
+                              ("(H2O)6", "hexamer", hexamer())):
         ds = trajectory(base, n_frames)
         train = training_frames(base)
         frames = [ase.Atoms(numbers=base.numbers, positions=p)
                   for p in ds["positions"].values[:min(n_frames, 200)]]
-        rate = featomic_rate(frames, repeat)
-        featomic_ms = None if rate is None else 1e3 * len(base) / rate
+        rate = featomic_rate(frames, featomic_repeat)
+        # featomic's ms per frame on one thread and on all: the ratios of the one-thread rows
+        # and of the automatic rows
+        featomic_ms = {"all": None if rate is None else 1e3 * len(base) / rate,
+                       "one": None if rate is None else featomic_ms_one_thread(
+                           kind, n_frames, repeat)}
         print(f"### {label} ({len(base)} atoms, no cell): {n_frames:,} frames, best of "
               f"{repeat}\n")
         print("| what | path | threads | ms per frame | atom-frames/s | x featomic |")
@@ -197,18 +238,32 @@ def main():
                             wall = timed(lambda m=model, t=threads, d=ds: numbec.predict(
                                 m, d, progress=False, threads=t), repeat)
                             ms = 1e3 * wall / n_frames
-                            ratio = "n/a" if featomic_ms is None else f"{featomic_ms / ms:.1f}"
+                            ref = featomic_ms["one" if threads == 1 else "all"]
+                            ratio = "n/a" if ref is None else f"{ref / ms:.1f}"
                             shown = threads or f"auto ({numba.get_num_threads()})"
                             print(f"| numbec.predict, {name} | {path} | {shown} | {ms:.3f} | "
                                   f"{n_frames * len(base) / wall:,.0f} | {ratio} |")
                     finally:
                         parallel.BATCH_BELOW_ATOMS = batch_below
+                # the ceiling: the kernel's dense products of one batch of frames alone, as
+                # if the descriptors, their adjoints and the glue cost nothing
+                batch = parallel.batch_frames(len(base), model.batch_atoms)
+                wall = dense_products_seconds(model, np.asarray(base.numbers), repeat,
+                                              copies=batch)
+                ms = 1e3 * wall / batch
+                ratio = "n/a" if featomic_ms["one"] is None else f"{featomic_ms['one'] / ms:.1f}"
+                print(f"| {name}: dense kernel products alone (ceiling) | batches of "
+                      f"{batch} frames | 1 | {ms:.3f} | {len(base) / (ms * 1e-3):,.0f} | "
+                      f"{ratio} |")
         threads = os.environ.get("RAYON_NUM_THREADS", "all")
-        if featomic_ms is None:
-            print(f"| featomic values+gradients | | {threads} | n/a | n/a | |\n")
-        else:
-            print(f"| featomic values+gradients | | {threads} | {featomic_ms:.3f} | "
-                  f"{rate:,.0f} | 1.0 |\n")
+        for shown, key in (("1", "one"), (threads, "all")):
+            ms = featomic_ms[key]
+            if ms is None:
+                print(f"| featomic values+gradients | | {shown} | n/a | n/a | |")
+            else:
+                print(f"| featomic values+gradients | | {shown} | {ms:.3f} | "
+                      f"{len(base) / (ms * 1e-3):,.0f} | 1.0 |")
+        print()
     if args.million:
         import tempfile
         import time

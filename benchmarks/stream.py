@@ -247,25 +247,23 @@ def measure_throughput(system, model_file, n_frames, repeat, precision="float64"
     return {"atom_frames_per_s": n_frames * data[2].size / wall, "wall_s": wall}
 
 
-def measure_dense_bound(system, model_file, repeat, precision="float64"):
-    """Upper bound on the throughput of ``model_file`` set by its dense kernel products alone.
+def dense_products_seconds(model, numbers, repeat, precision="float64", copies=1):
+    """Seconds of one round of the dense kernel products of a structure of atoms ``numbers``
+    repeated ``copies`` times (a batch of small frames), with random matrices of the model's
+    shapes, one BLAS thread, best of ``max(repeat, 5)``.
 
-    Times, with random matrices of the model's shapes on this BLAS, the matrix products
-    every frame needs whatever the descriptor code costs, per species block of r atoms and
-    m sparse points (D scalar, Dv vector features): x_i . x_b (r x D x m), the kernel gradient
-    (r x m x D); for the dipole model also u_i = sum_b K wb_b (r x m x Dv), V_i . wb_b
-    (3r x Dv x m) and its kernel gradient (3r x m x D); with ``precision="mixed"`` these
-    last three in float32. Returns atom-frames/s if a frame cost nothing else.
+    Per species block of r atoms and m sparse points (D scalar, Dv vector features):
+    x_i . x_b (r x D x m), the kernel gradient (r x m x D); for the dipole model also
+    u_i = sum_b K wb_b (r x m x Dv), V_i . wb_b (3r x Dv x m) and its kernel gradient
+    (3r x m x D); with ``precision="mixed"`` these last three in float32.
     """
-    from numbec.models import load_model
+    from threadpoolctl import threadpool_limits
 
-    model = load_model(model_file)
-    numbers = system_frames(system, 1)[2]
     rng = np.random.default_rng(0)
     d = model.sparse_unit.shape[1]
     products = []
     for z in np.unique(numbers):
-        r = int(np.sum(numbers == z))
+        r = int(np.sum(numbers == z)) * int(copies)
         m = int(np.sum(model.sparse_species == z))
         shapes = [(r, d, m), (r, m, d)]
         dipole = []
@@ -281,11 +279,19 @@ def measure_dense_bound(system, model_file, repeat, precision="float64"):
         for a, b in products:
             a @ b
 
-    from threadpoolctl import threadpool_limits
-
     with threadpool_limits(1, "blas"):
         all_products()
-        wall = timed(all_products, max(repeat, 5))
+        return timed(all_products, max(repeat, 5))
+
+
+def measure_dense_bound(system, model_file, repeat, precision="float64"):
+    """Upper bound on the throughput of ``model_file`` set by its dense kernel products alone
+    (:func:`dense_products_seconds` of one frame): atom-frames/s if a frame cost nothing
+    else."""
+    from numbec.models import load_model
+
+    numbers = system_frames(system, 1)[2]
+    wall = dense_products_seconds(load_model(model_file), numbers, repeat, precision)
     return {"atom_frames_per_s": numbers.size / wall, "ms_per_frame": wall * 1e3}
 
 

@@ -319,11 +319,19 @@ def test_molecule_stream_benchmark(tmp_path, comparison):
                                                                        rel=0.01)
                     if comparison == "blocked":
                         assert r["x featomic"] == "n/a"
-        (featomic,) = [r for r in rows if r["what"] == "featomic values+gradients"]
-        if comparison == "blocked":
-            assert featomic["ms per frame"] == featomic["atom-frames/s"] == "n/a"
-        else:
-            positive(featomic["ms per frame"])
+        # featomic on one thread (the ratio of the one-thread rows) and on all
+        featomic = [r for r in rows if r["what"] == "featomic values+gradients"]
+        assert [r["threads"] for r in featomic][:1] == ["1"] and len(featomic) == 2
+        for r in featomic:
+            if comparison == "blocked":
+                assert r["ms per frame"] == r["atom-frames/s"] == "n/a"
+            else:
+                positive(r["ms per frame"])
+        if comparison == "installed":  # like with like: one thread against one thread
+            one = number(featomic[0]["ms per frame"])
+            r = by_row["numbec.predict, MonopoleModel", "batched (default)", "1"]
+            assert number(r["x featomic"]) == pytest.approx(one / number(r["ms per frame"]),
+                                                            rel=0.02, abs=0.1)
 
 
 @pytest.mark.slow
