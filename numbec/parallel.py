@@ -78,10 +78,11 @@ VECTOR_BATCH_ATOMS = 384
 #: 2-14: (H2O)6 combined model 1.76 ms per frame on one frame thread, 2.43 on two).
 MIN_THREAD_GAIN = 1.1
 
-#: The probe of :data:`MIN_THREAD_GAIN` runs in chunks of at least this many batches; shorter
-#: chunks run their batches one at a time with the Numba kernels on their threads (the probe
-#: took 5 of the 8 batches of 1,000 water dimers and made them 1.3-1.4x slower than
-#: ``threads=1``, 2026-12-03, load 12).
+#: The probe of :data:`MIN_THREAD_GAIN` runs in predict calls of at least this many batches,
+#: once per call (in its first chunk of at least 3 + threads batches; the other chunks run
+#: the way it chose); shorter calls run their batches one at a time with the Numba kernels on
+#: their threads (a probe took 5 of the 8 batches of 1,000 water dimers and made them
+#: 1.3-1.4x slower than ``threads=1``, 2026-12-03, load 12).
 PROBE_FROM_BATCHES = 16
 
 #: Environment of ``dask.distributed`` worker processes started by numbec: one thread per

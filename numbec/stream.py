@@ -61,6 +61,7 @@ import json
 import operator
 import os
 import sys
+import uuid
 from pathlib import Path
 from time import perf_counter
 
@@ -111,6 +112,8 @@ class _ChunkSpec:
     n_samples: int = 0  # posterior weight samples (numbec.models.uncertainty)
     total_charge: float = 0.0  # e, passed to the model when non-zero
     atom_std: bool = False  # per-atom charge_std / local_dipole_std (numbec.models.atom_std)
+    call_id: str = ""  # one predict call: its chunks share the way batches run (_BATCH_MODES)
+    call_frames: int = 0  # frames of the whole call
 
     @property
     def integrated_dipole(self) -> bool:
@@ -380,6 +383,20 @@ def _check_total_charge(model, total_charge) -> float:
     return charge
 
 
+#: The way the batches of small frames run (:func:`numbec.parallel.fastest_batch_mode`), per
+#: predict call (``_ChunkSpec.call_id``): probed in the first chunk that has room for the
+#: probe, then kept for the call's other chunks. A chunk of 1,000 water dimers holds only 8
+#: batches; probing each chunk would cost 5 of them, and not probing left the second core
+#: idle. Per process (dask workers each keep their own); bounded by :data:`_MAX_BATCH_MODES`.
+_BATCH_MODES: dict = {}
+_MAX_BATCH_MODES = 256
+#: Rounds of concurrent batches the probe times (up to, in a chunk of fewer batches): one round
+#: of two water-dimer batches ran them one after the other more often than not (6-7 ms per
+#: batch, as on one thread), while whole runs on two batch threads took 4.5 ms per batch; the
+#: threads start in step and queue for the interpreter lock at the same places.
+PROBE_ROUNDS = 4
+
+
 def _model_batches(model, positions, cell, spec, frame0, model_keys, per_frame, on_frame,
                    velocities=None):
     """The frames of a chunk in batches of :func:`numbec.parallel.batch_frames` frames, each
@@ -415,20 +432,30 @@ def _model_batches(model, positions, cell, spec, frame0, model_keys, per_frame, 
                                        bool(getattr(model, "concurrent_frames", False)),
                                        len(starts))
     if n_threads > 1 and spec.frame_threads == 0:
-        if len(starts) < parallel.PROBE_FROM_BATCHES:
-            # too few batches to pay for a probe: one at a time, Numba on its threads
-            _run_in_order(one_batch, starts, 1)
-            return
-        # automatic threads: probe the ways to run batches, keep the fastest
-        one_batch(starts[0])  # kernels compiled or loaded, caches warm
-        seconds = {"numba": _timed(one_batch, starts[1])}
-        with parallel.numba_threads(1):
-            seconds["serial"] = _timed(one_batch, starts[2])
-        probe = starts[3:3 + n_threads]
-        seconds["batch threads"] = _timed(
-            lambda items: _run_in_order(one_batch, items, n_threads), probe) / len(probe)
-        starts = starts[3 + n_threads:]
-        mode = parallel.fastest_batch_mode(seconds)
+        mode = _BATCH_MODES.get(spec.call_id) if spec.call_id else None
+        if mode is None:
+            in_call = -(-spec.call_frames // step) if spec.call_frames else len(starts)
+            if (len(starts) < 3 + n_threads
+                    or max(in_call, len(starts)) < parallel.PROBE_FROM_BATCHES):
+                # too few batches to pay for a probe: one at a time, Numba on its threads
+                _run_in_order(one_batch, starts, 1)
+                return
+            # automatic threads: probe the ways to run batches, keep the fastest
+            one_batch(starts[0])  # kernels compiled or loaded, caches warm
+            seconds = {"numba": _timed(one_batch, starts[1])}
+            with parallel.numba_threads(1):
+                seconds["serial"] = _timed(one_batch, starts[2])
+            probe = starts[3:3 + PROBE_ROUNDS * n_threads]
+            seconds["batch threads"] = _timed(
+                lambda items: _run_in_order(one_batch, items, n_threads), probe) / len(probe)
+            starts = starts[3 + len(probe):]
+            mode = parallel.fastest_batch_mode(seconds)
+            if spec.call_id:
+                if len(_BATCH_MODES) >= _MAX_BATCH_MODES:
+                    _BATCH_MODES.clear()
+                _BATCH_MODES[spec.call_id] = mode
+            if not starts:
+                return
         if mode != "batch threads":
             with parallel.numba_threads(1) if mode == "serial" else contextlib.nullcontext():
                 _run_in_order(one_batch, starts, 1)
@@ -949,6 +976,7 @@ def _make_plan(model, ds, source, store_path, *, chunk_frames, dtype, uncertaint
         uncertainty=bool(uncertainty), dtype=dtype.str, frame_threads=_check_threads(threads),
         precision=precision, blas_threads=None if blas_threads is None else int(blas_threads),
         n_samples=int(posterior_samples), total_charge=total_charge, atom_std=atom_std,
+        call_id=uuid.uuid4().hex, call_frames=int(n_frames),
     )
     if "time" in ds.coords:
         time = np.asarray(ds["time"].values, dtype=np.float64)

@@ -117,12 +117,31 @@ def test_automatic_threads_probe_then_run_the_rest_alike(mode, monkeypatch):
     assert all(s > 0 for s in probed[0].values())
     assert sum(calls) == ds.sizes["frame"] and len(calls) == 23
     _compare(auto, serial)
-    # a chunk of fewer batches than PROBE_FROM_BATCHES runs them one at a time, unprobed
+    # a call of many batches in short chunks probes once, in its first chunk, and runs its
+    # other chunks the chosen way (here chunks of 8, 8 and 7 batches)
     probed.clear()
-    short = predict(model, ds, threads=None, chunk_frames=parallel.PROBE_FROM_BATCHES - 1,
-                    progress=False)
-    assert not probed  # chunks of 15 and 8 batches
-    _compare(short, serial)
+    calls.clear()
+    ways = []
+    run_in_order = stream_module._run_in_order
+
+    def recording(task, items, n_threads):
+        ways.append((len(items), n_threads))
+        return run_in_order(task, items, n_threads)
+
+    monkeypatch.setattr(stream_module, "_run_in_order", recording)
+    chunked = predict(model, ds, threads=None, chunk_frames=8, progress=False)
+    assert len(probed) == 1 and sum(calls) == 23
+    _compare(chunked, serial)
+    # chunk 1: the probe's concurrent batches (5 of its 8: one warm-up, one on Numba's
+    # threads and one on one thread before them); chunks 2 and 3 whole, the chosen way
+    chosen = 2 if mode == "batch threads" else 1
+    assert ways == [(5, 2), (8, chosen), (7, chosen)], ways
+    # a call of fewer batches than PROBE_FROM_BATCHES runs them one at a time, unprobed
+    probed.clear()
+    n = parallel.PROBE_FROM_BATCHES - 1
+    short = predict(model, ds.isel(frame=slice(0, n)), threads=None, progress=False)
+    assert not probed
+    _compare(short, serial.isel(frame=slice(0, n)))
 
 
 def test_fastest_batch_mode_needs_a_clear_gain():
