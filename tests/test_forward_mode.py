@@ -184,6 +184,19 @@ def test_weight_samples_follow_the_full_posterior(rng):
     assert np.any(np.abs(got - model.covariance) > 5.0 * se)
 
 
+@pytest.mark.parametrize("semidefinite", [False, True])
+def test_triangular_factor_product_equals_the_dense_product(semidefinite, rng):
+    model = _model(CombinedModel, rng, True)
+    if semidefinite:  # no Cholesky factor: the symmetric root, a dense product
+        lam, vecs = np.linalg.eigh(model.covariance)
+        model.covariance = (vecs * np.where(np.arange(lam.size) % 2, lam, 0.0)) @ vecs.T
+    rows = rng.normal(size=(7, model.n_columns))
+    dense = rows @ fm.posterior_cholesky(model)
+    assert model._posterior_cholesky_cache[2] is not semidefinite
+    np.testing.assert_allclose(fm._times_posterior_factor(model, rows), dense, rtol=0,
+                               atol=1e-12 * np.abs(dense).max())
+
+
 def test_zero_posterior_variance_gives_zero_width(rng):
     model = randomized(_model(CombinedModel, rng, True), rng)
     model.covariance = np.zeros_like(model.covariance)
