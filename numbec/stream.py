@@ -435,8 +435,7 @@ def _model_batches(model, positions, cell, spec, frame0, model_keys, per_frame, 
         mode = _BATCH_MODES.get(spec.call_id) if spec.call_id else None
         if mode is None:
             in_call = -(-spec.call_frames // step) if spec.call_frames else len(starts)
-            if (len(starts) < 3 + n_threads
-                    or max(in_call, len(starts)) < parallel.PROBE_FROM_BATCHES):
+            if len(starts) < 3 + n_threads or in_call < parallel.PROBE_FROM_BATCHES:
                 # too few batches to pay for a probe: one at a time, Numba on its threads
                 _run_in_order(one_batch, starts, 1)
                 return

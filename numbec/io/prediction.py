@@ -269,6 +269,14 @@ def model_fingerprint(model) -> dict:
     return {"class": type(model).__name__, "sha256": h.hexdigest()}
 
 
+def input_hash(numbers, first_positions, last_positions) -> str:
+    """``numbers_positions_sha256`` of a prediction's fingerprint: SHA-256 of the atomic
+    numbers (N,) int64 and of the first and last frames' positions (N, 3) Å, as read from
+    the input. What :func:`numbec.spectra.ir.recorded_trajectory` checks a trajectory store
+    against."""
+    return sha256_arrays(numbers, first_positions, last_positions)
+
+
 def fingerprint(*, model_fp, input_name, n_frames, n_atoms, numbers, first_positions,
                 last_positions, timestep, chunk_frames, variables, velocities_source, dtype,
                 uncertainty, precision, total_charge=0.0) -> dict:
@@ -280,7 +288,7 @@ def fingerprint(*, model_fp, input_name, n_frames, n_atoms, numbers, first_posit
         "input": input_name,
         "n_frames": int(n_frames),
         "n_atoms": int(n_atoms),
-        "numbers_positions_sha256": sha256_arrays(numbers, first_positions, last_positions),
+        "numbers_positions_sha256": input_hash(numbers, first_positions, last_positions),
         "timestep": timestep if np.isfinite(timestep) else None,
         "chunk_frames": int(chunk_frames),
         "variables": list(variables),

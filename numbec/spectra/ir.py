@@ -250,7 +250,7 @@ def recorded_trajectory(ds):
     and a sentence saying why not (None when the dataset records no trajectory store: an
     in-memory prediction, or a prediction of an in-memory trajectory).
     """
-    from numbec.io.prediction import sha256_arrays
+    from numbec.io.prediction import input_hash
     from numbec.io.trajectory import open_trajectory
 
     attrs = ds.attrs
@@ -275,9 +275,9 @@ def recorded_trajectory(ds):
             and "positions" in trajectory and "numbers" in trajectory)
     if same:
         positions = trajectory["positions"]
-        same = sha256_arrays(np.asarray(trajectory["numbers"].values, dtype=np.int64),
-                             np.asarray(positions[0].values),
-                             np.asarray(positions[n - 1].values)) == expected
+        same = input_hash(np.asarray(trajectory["numbers"].values, dtype=np.int64),
+                          np.asarray(positions[0].values),
+                          np.asarray(positions[n - 1].values)) == expected
     if not same:
         return None, (f"the trajectory store it was made from, {path}, now holds another "
                       "trajectory")
