@@ -68,6 +68,7 @@ from time import perf_counter
 import numpy as np
 
 from numbec import parallel
+from numbec._heap import keep_freed_memory
 from numbec.conventions import first_non_finite
 from numbec.io import prediction as store_format
 from numbec.io._files import consolidate, naming_disk_full
@@ -223,6 +224,7 @@ def predict_chunk(model, positions, cell, velocities, spec: _ChunkSpec, frame0: 
     (trapezoid integral from the chunk's first frame), ``dd_first``/``dd_last`` (3,)
     (first/last dipole derivative).
     """
+    keep_freed_memory()  # in every process that runs chunks (Dask workers too)
     with parallel.chunk_task_threads(spec.blas_threads):
         return _predict_chunk(model, positions, cell, velocities, spec, frame0, on_frame)
 

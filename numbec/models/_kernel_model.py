@@ -57,6 +57,7 @@ import numpy as np
 import scipy.sparse
 
 from numbec import parallel
+from numbec._heap import keep_freed_memory
 from numbec.conventions import acoustic_sum, as_bec_array, asr_project, first_non_finite
 from numbec.descriptors import (
     DescriptorSettings,
@@ -595,6 +596,7 @@ class KernelBECModel(BECModel):
         """
         self.precision_arguments(precision)
         self._check_fitted()
+        keep_freed_memory()
         total_charge = total_charge_value(total_charge)
         positions = np.asarray(positions, dtype=np.float64)
         numbers = np.asarray(numbers, dtype=np.int64)
