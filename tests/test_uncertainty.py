@@ -66,8 +66,12 @@ def test_full_rank_channel_std_equals_design_row_formula(cls, periodic, rng):
     np.testing.assert_allclose(exact, np.sqrt(2.5 * var), rtol=1e-10)
     full = unc.predict_uncertainty(model, *args, rank=None)
     np.testing.assert_allclose(full["bec_std"], exact, rtol=1e-8)
-    # a truncated factor, rescaled on average, is not exact but of the right size
-    low = unc.predict_uncertainty(model, *args, rank=2)
+    # a truncated factor, rescaled on average, is not exact but of the right size; rank 5
+    # ends at a gap of the spectrum (combined model: 3.15, 3.13, 3.13, 2.95, 2.76, 1.83 x 1e-6):
+    # a cut inside the near-degenerate top three keeps an arbitrary part of it, and summing
+    # the dipole design in another order (equal to 5e-15) moved this frame's share at rank 2
+    # from 0.91 to 0.18, so another BLAS could fail the test
+    low = unc.predict_uncertainty(model, *args, rank=5)
     epi_exact = exact ** 2 - 2.5 * model.sigma_v2
     epi_low = low["bec_std"] ** 2 - 2.5 * model.sigma_v2
     assert 0.2 < epi_low.sum() / epi_exact.sum() < 5.0
