@@ -94,9 +94,15 @@ def main(argv=None) -> dict:
     # inherit this environment.
     os.environ["NUMBA_NUM_THREADS"] = "1"
     os.environ["OMP_NUM_THREADS"] = "1"
-    cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                           dashboard_address=None,
-                           local_directory=tempfile.mkdtemp(prefix="dask-"))
+    # Dask starts workers with glibc's heap trim threshold at 64 KiB; small frames then fault
+    # their batch memory back in every batch (2.5x slower for water dimers). This keeps it
+    # at 60 MiB, as in a process of its own (docs/streaming.md, "Freed memory is reused").
+    import dask
+
+    with dask.config.set(numbec.parallel.dask_worker_settings()):
+        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None,
+                               local_directory=tempfile.mkdtemp(prefix="dask-"))
     with cluster, Client(cluster) as client:
         print(f"Dask cluster: {len(client.scheduler_info()['workers'])} workers "
               f"(dashboard: {client.dashboard_link})")

@@ -16,6 +16,16 @@ No allocator setting is changed (an explicit ``MALLOC_TRIM_THRESHOLD_`` or ``mal
 wins, since those turn the adjustment off), nothing stays allocated, and the pages of the
 block are never touched. The process may keep up to twice the block's size of freed memory
 for reuse. Other allocators ignore the block.
+
+dask.distributed starts its worker processes with ``MALLOC_TRIM_THRESHOLD_=65536`` (its
+``distributed.nanny.pre-spawn-environ``), which pins the trim threshold at 64 KiB and, since
+an explicit setting turns the adjustment off, the mmap threshold at 128 KiB: there the
+combined model ran at 0.40-0.43 ms per water-dimer frame (79 page faults per frame) instead
+of 0.13-0.17. :func:`numbec.parallel.dask_worker_settings` is the Dask configuration under
+which a ``LocalCluster`` starts its workers with the thresholds this module gives a process
+of its own; ``numbec predict --workers N`` uses it. glibc reads the variable when a process starts, so it has to
+be in the environment the workers are spawned with, and a value already in ``os.environ``
+(set by hand, or left there by an earlier cluster of the same process) takes precedence.
 """
 
 from __future__ import annotations
@@ -28,6 +38,11 @@ import numpy as np
 #: (the block's size with glibc's header, rounded to pages, must not exceed it). The trim
 #: threshold becomes 60 MiB, above a batch's temporaries.
 RAISE_TO_BYTES = 30 * 2**20
+
+#: glibc trim threshold (bytes) of the Dask workers numbec starts (their mmap threshold:
+#: :data:`RAISE_TO_BYTES`): what
+#: :func:`keep_freed_memory` gives a process of its own.
+WORKER_TRIM_THRESHOLD = 2 * RAISE_TO_BYTES
 
 _done = False
 _lock = threading.Lock()
@@ -43,3 +58,4 @@ def keep_freed_memory() -> None:
             block = np.empty(RAISE_TO_BYTES, dtype=np.uint8)  # never written: no page is used
             del block
             _done = True
+

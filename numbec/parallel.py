@@ -90,6 +90,21 @@ PROBE_FROM_BATCHES = 16
 SINGLE_THREAD_ENV = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
                      "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
+
+def dask_worker_settings() -> dict:
+    """Dask configuration (for ``dask.config.set``) under which ``dask.distributed`` spawns its
+    worker processes with glibc's heap thresholds where :func:`numbec._heap.keep_freed_memory`
+    puts a process of its own: trim at 60 MiB instead of Dask's 64 KiB, which made small
+    frames fault their batch memory back in every batch, and mmap at 30 MiB (an explicit trim
+    threshold freezes the mmap threshold, at 128 KiB unless it is given too). Set it around
+    the creation of a ``LocalCluster``; a ``MALLOC_*`` variable already in ``os.environ``
+    takes precedence."""
+    from numbec._heap import RAISE_TO_BYTES, WORKER_TRIM_THRESHOLD
+
+    key = "distributed.nanny.pre-spawn-environ."
+    return {key + "MALLOC_TRIM_THRESHOLD_": WORKER_TRIM_THRESHOLD,
+            key + "MALLOC_MMAP_THRESHOLD_": RAISE_TO_BYTES}
+
 __all__ = [
     "BATCH_ATOMS",
     "VECTOR_BATCH_ATOMS",
@@ -99,6 +114,7 @@ __all__ = [
     "PROBE_FROM_BATCHES",
     "SERIAL_BELOW",
     "SINGLE_THREAD_ENV",
+    "dask_worker_settings",
     "blas_limit",
     "chunk_executor_kind",
     "chunk_task_threads",

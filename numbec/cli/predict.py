@@ -7,7 +7,8 @@ Parallelism (``--workers N``):
   for the kernel models.
 * ``N > 1``: a ``dask.distributed.LocalCluster`` of ``N`` worker *processes* with one
   thread each (the model is shipped to each worker once; ``NUMBA_NUM_THREADS=1`` in the
-  workers so they do not oversubscribe the cores).
+  workers so they do not oversubscribe the cores; glibc's heap trim threshold 60 MiB instead
+  of Dask's 64 KiB, see :mod:`numbec._heap`).
 * ``N > 1`` with ``--threads``: Dask's threaded scheduler with ``N`` threads in this
   process (no start-up cost; pays off where the model releases the GIL, as Numba and
   BLAS kernels do).
@@ -108,10 +109,11 @@ def _scheduler(workers: int, threads: bool):
                 "--workers N > 1 needs dask.distributed (pip install distributed), "
                 "or add --threads"
             ) from exc
-        from numbec.parallel import SINGLE_THREAD_ENV
+        from numbec.parallel import SINGLE_THREAD_ENV, dask_worker_settings
 
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                          dashboard_address=None, env=dict(SINGLE_THREAD_ENV)) as cluster, \
+        with dask.config.set(dask_worker_settings()), \
+                LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                             dashboard_address=None, env=dict(SINGLE_THREAD_ENV)) as cluster, \
                 Client(cluster):
             yield f"LocalCluster with {workers} worker processes"
 
