@@ -23,9 +23,10 @@ an explicit setting turns the adjustment off, the mmap threshold at 128 KiB: the
 combined model ran at 0.40-0.43 ms per water-dimer frame (79 page faults per frame) instead
 of 0.13-0.17. :func:`numbec.parallel.dask_worker_settings` is the Dask configuration under
 which a ``LocalCluster`` starts its workers with the thresholds this module gives a process
-of its own; ``numbec predict --workers N`` uses it. glibc reads the variable when a process starts, so it has to
-be in the environment the workers are spawned with, and a value already in ``os.environ``
-(set by hand, or left there by an earlier cluster of the same process) takes precedence.
+of its own; ``numbec predict --workers N`` uses it. glibc reads the variables when a process
+starts, so they have to be in the environment the workers are spawned with, and a value
+already in ``os.environ`` (set by hand, or left there by an earlier cluster of the same
+process) takes precedence.
 """
 
 from __future__ import annotations
