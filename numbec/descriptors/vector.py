@@ -207,6 +207,52 @@ def vector_descriptors_from_expansion(ex: Expansion, gradients: bool = False
     return VectorDescriptors(values, ex.pairs, ex.settings, jac, ex)
 
 
+#: Largest block of the pair Jacobian (bytes) that :func:`jacobian_blocks` makes at once:
+#: below the 30 MiB to which :func:`numbec._heap.keep_freed_memory` raises glibc's mmap
+#: threshold, so consecutive blocks reuse heap memory instead of faulting in fresh pages.
+JACOBIAN_BLOCK_BYTES = 24 * 2**20
+
+
+def jacobian_blocks(ex: Expansion, max_bytes: int = JACOBIAN_BLOCK_BYTES):
+    """The pair Jacobian of the vector descriptors, a block of whole centres at a time.
+
+    The whole Jacobian is large: (P, 3, 3, Dv) float64 is 350 MiB for the 72-atom quartz cell
+    with the default settings (4,858 pairs, Dv = 1,040), and grows with the cell. Blocks of
+    at most ``max_bytes`` (at least one centre) bound the memory and reuse it.
+
+    Parameters
+    ----------
+    ex : Expansion with ``l2_max = 1`` (as for :func:`vector_descriptors_from_expansion`).
+    max_bytes : int
+
+    Yields
+    ------
+    (lo, jac) : int and (hi - lo, 3, 3, Dv) float64, 1/Å: rows ``lo .. hi - 1`` of the
+        ``gradients`` of :class:`VectorDescriptors` (pairs of ``ex.pairs``; ``[p, a, b, k] =
+        dX^a_{i,k}/dr_{j,b}``). The next block starts at ``hi``; consumers must be done with
+        ``jac`` before asking for it.
+    """
+    if ex.c2.shape[2] != 4:
+        raise ValueError("vector descriptors need an expansion with l2_max = 1")
+    nl = ex.pairs
+    offsets = nl.offsets
+    pair_bytes = 9 * ex.settings.n_vector_features * 8
+    max_pairs = max(int(max_bytes // pair_bytes), 1)
+    tables = ex.pair_args()[4:]  # after offsets, neighbors, vectors, distances
+    features = _feature_args(ex.settings)
+    c0, n = 0, offsets.size - 1
+    while c0 < n:
+        lo = int(offsets[c0])
+        c1 = max(int(np.searchsorted(offsets, lo + max_pairs, side="right")) - 1, c0 + 1)
+        hi = int(offsets[c1])
+        with serial_if_small(hi - lo):
+            jac = _vn.vector_jacobian(ex.c2[c0:c1], ex.c3[c0:c1], offsets[c0:c1 + 1] - lo,
+                                      nl.neighbors[lo:hi], nl.vectors[lo:hi],
+                                      nl.distances[lo:hi], *tables, *features)
+        yield lo, jac
+        c0 = c1
+
+
 def compute_scalar_and_vector_descriptors(positions, numbers, cell, pbc,
                                           settings: DescriptorSettings, pairs=None):
     """Scalar and vector descriptors of one structure from one neighbour list and one

@@ -67,7 +67,7 @@ from numbec.descriptors import (
 from numbec.descriptors.expansion import expand
 from numbec.descriptors.neighbors import NeighborList, neighbor_list_frames
 from numbec.descriptors.scalar import descriptors_from_expansion
-from numbec.descriptors.vector import vector_descriptors_from_expansion
+from numbec.descriptors.vector import jacobian_blocks, vector_descriptors_from_expansion
 from numbec.models import kernels, regression, sparsify
 from numbec.models import kernels_numba as _kn
 from numbec.models.base import (
@@ -900,8 +900,7 @@ class KernelBECModel(BECModel):
         m = cos.shape[1]
         n = numbers.size
         s = self.vector_scale
-        vdesc = compute_vector_descriptors(positions, numbers, cell, pbc, self.settings,
-                                           gradients=True)
+        vdesc = compute_vector_descriptors(positions, numbers, cell, pbc, self.settings)
         vec = vdesc.values / s                                           # (N, 3, Dv)
         dv = vec.shape[-1]
         kernel_pow = np.where(mask, kernels.int_power(cos, self.zeta - 1), 0.0)   # (N, M)
@@ -915,6 +914,7 @@ class KernelBECModel(BECModel):
         centers = nl.centers
         phi = np.zeros((n, 3, 3, m, 3))
         dip = np.zeros((3, m, 3))
+        per_species = []
         for z in self.species:
             cols = np.flatnonzero(self.sparse_species == z)
             vs = self.sparse_vectors[cols].reshape(-1, dv)               # (3 m_z, Dv)
@@ -923,18 +923,27 @@ class KernelBECModel(BECModel):
             dip[:, cols, :] += np.einsum("ib,iabn->abn", kernel_pow[centre_atoms][:, cols], vv)
             vv_full = np.zeros((n, 3, cols.size, 3))
             vv_full[centre_atoms] = vv
+            groups = [(pairs, feats, vs[:, feats])
+                      for pairs, feats in self._pair_groups(nl, numbers[centers] == z)]
             phi_z = np.zeros((n, 3, 3, cols.size, 3))  # the columns of species z
-            for pairs, feats in self._pair_groups(nl, numbers[centers] == z):
-                vs_f = vs[:, feats]
-                for start in range(0, pairs.size, PAIR_BATCH):
-                    p = pairs[start:start + PAIR_BATCH]
-                    jv = vdesc.gradients[p][..., feats].reshape(-1, vs_f.shape[1]) / s
-                    t = (jv @ vs_f.T).reshape(p.size, 3, 3, cols.size, 3)
-                    t *= kernel_pow[centers[p]][:, cols][:, None, None, :, None]
-                    if d_kernel_pow is not None:
-                        t += (vv_full[centers[p]][:, :, None, :, :]
-                              * d_kernel_pow[p][:, None, :, :][..., cols][..., None])
-                    phi_z += (inc[:, p] @ t.reshape(p.size, -1)).reshape(phi_z.shape)
+            per_species.append((cols, vv_full, groups, phi_z))
+        # the Jacobian of the vector descriptors a block of centres at a time (the whole of it
+        # is 350 MiB for a 72-atom quartz cell)
+        for lo, jac in jacobian_blocks(vdesc.expansion):
+            hi = lo + jac.shape[0]
+            for cols, vv_full, groups, phi_z in per_species:
+                for pairs, feats, vs_f in groups:
+                    block = pairs[np.searchsorted(pairs, lo):np.searchsorted(pairs, hi)]
+                    for start in range(0, block.size, PAIR_BATCH):
+                        p = block[start:start + PAIR_BATCH]
+                        jv = jac[p - lo][..., feats].reshape(-1, vs_f.shape[1]) / s
+                        t = (jv @ vs_f.T).reshape(p.size, 3, 3, cols.size, 3)
+                        t *= kernel_pow[centers[p]][:, cols][:, None, None, :, None]
+                        if d_kernel_pow is not None:
+                            t += (vv_full[centers[p]][:, :, None, :, :]
+                                  * d_kernel_pow[p][:, None, :, :][..., cols][..., None])
+                        phi_z += (inc[:, p] @ t.reshape(p.size, -1)).reshape(phi_z.shape)
+        for cols, _, _, phi_z in per_species:
             phi[:, :, :, cols, :] = phi_z
         phi = phi.reshape(n, 3, 3, 3 * m)
         if periodic:
@@ -988,6 +997,7 @@ class KernelBECModel(BECModel):
         """
         from tqdm.auto import tqdm
 
+        keep_freed_memory()  # the design's Jacobian blocks then reuse heap memory
         show = _show_progress(progress)
         t_start = time.perf_counter()
         frames = list(frames)
