@@ -40,9 +40,8 @@ import numpy as np
 #: threshold becomes 60 MiB, above a batch's temporaries.
 RAISE_TO_BYTES = 30 * 2**20
 
-#: glibc trim threshold (bytes) of the Dask workers numbec starts (their mmap threshold:
-#: :data:`RAISE_TO_BYTES`): what
-#: :func:`keep_freed_memory` gives a process of its own.
+#: glibc trim threshold (bytes) of the Dask workers numbec starts, with :data:`RAISE_TO_BYTES`
+#: as their mmap threshold: the thresholds :func:`keep_freed_memory` gives a process of its own.
 WORKER_TRIM_THRESHOLD = 2 * RAISE_TO_BYTES
 
 _done = False

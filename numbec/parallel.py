@@ -105,6 +105,7 @@ def dask_worker_settings() -> dict:
     return {key + "MALLOC_TRIM_THRESHOLD_": WORKER_TRIM_THRESHOLD,
             key + "MALLOC_MMAP_THRESHOLD_": RAISE_TO_BYTES}
 
+
 __all__ = [
     "BATCH_ATOMS",
     "VECTOR_BATCH_ATOMS",

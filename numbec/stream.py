@@ -224,7 +224,7 @@ def predict_chunk(model, positions, cell, velocities, spec: _ChunkSpec, frame0: 
     (trapezoid integral from the chunk's first frame), ``dd_first``/``dd_last`` (3,)
     (first/last dipole derivative).
     """
-    keep_freed_memory()  # in every process that runs chunks (Dask workers too)
+    keep_freed_memory()  # in every process that runs chunks
     with parallel.chunk_task_threads(spec.blas_threads):
         return _predict_chunk(model, positions, cell, velocities, spec, frame0, on_frame)
 
