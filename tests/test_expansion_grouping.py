@@ -45,16 +45,80 @@ def test_expand_with_atom_order_equals_expanding_the_permuted_list(l2_max):
     own = expand(positions[order], numbers[order], cell, pbc, SETTINGS, l2_max)
     np.testing.assert_allclose(fused.c2, own.c2, rtol=0, atol=1e-13)
     np.testing.assert_allclose(fused.c3, own.c3, rtol=0, atol=1e-13)
-    # each species group sorted by distance, its ends at the two cutoffs
-    nl, channel = fused.pairs, fused.channel
-    for i in range(numbers.size):
-        for j in range(SETTINGS.n_species):
-            g0, g1 = fused.groups[i, j], fused.groups[i, j + 1]
+    _check_bands(fused, SETTINGS)
+
+
+def _check_bands(ex, settings):
+    """Each species group holds the pairs within both cutoffs, then within the larger one
+    only, then beyond both, each band in the neighbour list's order (the counting sort), and
+    its ends sit at the two cutoffs."""
+    nl, channel = ex.pairs, ex.channel
+    near = min(settings.cutoff_radial, settings.cutoff_angular)
+    far = max(settings.cutoff_radial, settings.cutoff_angular)
+    for i in range(nl.n_atoms):
+        assert ex.groups[i, 0] == nl.offsets[i]
+        assert ex.groups[i, -1] == nl.offsets[i + 1]
+        for j in range(settings.n_species):
+            g0, g1 = ex.groups[i, j], ex.groups[i, j + 1]
             d = nl.distances[g0:g1]
-            assert np.all(np.diff(d) >= 0.0)
             assert np.all(channel[nl.neighbors[g0:g1]] == j)
-            assert fused.ends[i, j, 0] == g0 + np.sum(d < SETTINGS.cutoff_radial)
-            assert fused.ends[i, j, 1] == g0 + np.sum(d < SETTINGS.cutoff_angular)
+            band = np.where(d < near, 0, np.where(d < far, 1, 2))
+            assert np.all(np.diff(band) >= 0)
+            assert ex.ends[i, j, 0] == g0 + np.sum(d < settings.cutoff_radial)
+            assert ex.ends[i, j, 1] == g0 + np.sum(d < settings.cutoff_angular)
+            assert np.all(d[:ex.ends[i, j, 0] - g0] < settings.cutoff_radial)
+            assert np.all(d[:ex.ends[i, j, 1] - g0] < settings.cutoff_angular)
+
+
+def _shuffled_within_centres(pairs, rng):
+    """The same neighbour list with the pairs of every centre in a random order."""
+    from numbec.descriptors.neighbors import NeighborList
+
+    perm = np.concatenate([pairs.offsets[i] + rng.permutation(pairs.offsets[i + 1]
+                                                               - pairs.offsets[i])
+                           for i in range(pairs.n_atoms)]).astype(np.int64)
+    return NeighborList(pairs.offsets, pairs.neighbors[perm], pairs.shifts[perm],
+                        pairs.vectors[perm], pairs.distances[perm], pairs.cutoff)
+
+
+@pytest.mark.parametrize("cutoffs", [(4.0, 3.0), (3.0, 4.0), (3.5, 3.5)])
+def test_groups_hold_the_cutoff_bands_in_input_order(cutoffs):
+    """Either cutoff may be the larger one. Within a band the pairs keep the order of the
+    neighbour list (a counting sort: reproducible), and the coefficients and the pair
+    gradients do not depend on that order (to round-off)."""
+    settings = DescriptorSettings(species=(1, 8), cutoff_radial=cutoffs[0],
+                                  cutoff_angular=cutoffs[1], sigma=0.5, n_radial=4,
+                                  n_angular=4, l_max=3)
+    rng = np.random.default_rng(11)
+    positions, numbers, cell, pbc = _structure(rng, 30)
+    pairs = neighbor_list(positions, cell, pbc, settings.cutoff)
+    ex = expand(positions, numbers, cell, pbc, settings, 1, pairs=pairs)
+    _check_bands(ex, settings)
+    near, far = min(cutoffs), max(cutoffs)
+    nl = ex.pairs
+    for i in range(nl.n_atoms):
+        o0, o1 = pairs.offsets[i], pairs.offsets[i + 1]
+        source = [(int(j), tuple(s)) for j, s in zip(pairs.neighbors[o0:o1],
+                                                      pairs.shifts[o0:o1], strict=True)]
+        grouped = [(int(j), tuple(s)) for j, s in zip(nl.neighbors[o0:o1], nl.shifts[o0:o1],
+                                                       strict=True)]
+        assert sorted(source) == sorted(grouped)
+        rank = np.array([source.index(p) for p in grouped])
+        d = nl.distances[o0:o1]
+        band = np.where(d < near, 0, np.where(d < far, 1, 2))
+        key = ex.channel[nl.neighbors[o0:o1]] * 3 + band
+        for b in np.unique(key):
+            assert np.all(np.diff(rank[key == b]) > 0)
+    other = expand(positions, numbers, cell, pbc, settings, 1,
+                   pairs=_shuffled_within_centres(pairs, rng))
+    assert not np.array_equal(other.pairs.neighbors, nl.neighbors)
+    np.testing.assert_allclose(other.c2, ex.c2, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(other.c3, ex.c3, rtol=0, atol=1e-13)
+    a2, a3 = ex.adjoint_arrays(2)
+    a2[:] = rng.normal(size=a2.shape)
+    a3[:] = rng.normal(size=a3.shape)
+    np.testing.assert_allclose(other.scatter_with_self(other.backprop(a2, a3)),
+                               ex.scatter_with_self(ex.backprop(a2, a3)), rtol=0, atol=1e-12)
 
 
 def test_atom_order_needs_a_neighbour_list():

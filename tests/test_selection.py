@@ -111,7 +111,11 @@ def test_lowrank_score_at_full_rank_is_the_exact_epistemic_variance(model, quart
     for atoms in (quartz[12], _displaced(quartz[5], 0.1, seed=4)):
         args = (atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)
         exact = frame_score(model, *args)
-        assert frame_score_lowrank(model, *args, rank=None) == pytest.approx(exact, rel=1e-8)
+        # the posterior covariance of this fit has a condition number of 2.5e11: the two
+        # routes to the same trace agree to about 1e-8, and a change of round-off order
+        # anywhere in the fit (summation order of the descriptor kernels, blocked products)
+        # moves each of them by as much
+        assert frame_score_lowrank(model, *args, rank=None) == pytest.approx(exact, rel=1e-7)
         # truncated: the variance in the leading directions, never more than the whole
         assert 0 < frame_score_lowrank(model, *args, rank=8) <= exact * (1 + 1e-9)
 

@@ -55,7 +55,8 @@ class Expansion:
     pairs : the neighbour list, its pairs ordered by centre and then neighbour species channel.
     channel : (N,) int64 species channel of each atom.
     groups : (N, S+1) int64, pairs of centre i with neighbours of channel J are
-        ``groups[i, J]:groups[i, J + 1]``, sorted by distance; ``ends`` (N, S, 2) int64: the
+        ``groups[i, J]:groups[i, J + 1]``, those within the smaller cutoff first, then those
+        within the larger one; ``ends`` (N, S, 2) int64: the
         first ``ends[i, J, 0] - groups[i, J]`` of them are within the radial cutoff, the first
         ``ends[i, J, 1] - groups[i, J]`` within the angular one.
     """

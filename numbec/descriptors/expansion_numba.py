@@ -7,8 +7,8 @@ Array conventions (all float64 unless stated):
 - Neighbour list in CSR form: ``offsets`` (N+1,) int64, ``neighbors`` (P,) int64, ``vectors``
   (P, 3) Å (r_j + image shift - r_i), ``distances`` (P,) Å; ``channel`` (N,) int64 maps each
   atom to its species channel 0..S-1. The prediction kernels (``expansion_coefficients``,
-  ``pair_backprop``) need the pairs of each centre grouped by neighbour channel and sorted by
-  distance, described by ``groups`` (N, S+1) and ``ends`` (N, S, 2)
+  ``pair_backprop``) need the pairs of each centre grouped by neighbour channel, those within each
+  cutoff first, described by ``groups`` (N, S+1) and ``ends`` (N, S, 2)
   (:func:`group_pairs_by_species`); the Jacobian kernels take any order.
 - Two-body expansion ``c2`` (N, S * n_rad, LM2): index ``[i, J * n_rad + n, lm]`` with
   ``LM2 = (l2_max + 1)**2`` (l2_max = 0 for the scalar descriptor, 1 for the vector one); radial
@@ -105,25 +105,11 @@ def _axpy2x4(a0, a1, a2, a3, h, dh, col, step, q0, q1, s, ds):
         ds[q] += a0 * d0[q] + a1 * d1[q] + a2 * d2[q] + a3 * d3[q]
 
 
-@njit(cache=True, nogil=True)
-def _sort_by_distance(source, s0, s1, distances):
-    """Sort ``source[s0:s1]`` (pair indices) by ``distances``, stably (insertion sort: the
-    blocks are one centre's neighbours of one species, tens of pairs)."""
-    for q in range(s0 + 1, s1):
-        p = source[q]
-        d = distances[p]
-        r = q - 1
-        while r >= s0 and distances[source[r]] > d:
-            source[r + 1] = source[r]
-            r -= 1
-        source[r + 1] = p
-
-
 @njit(cache=True, parallel=True, nogil=True)
 def group_pairs_by_species(offsets, neighbors, shifts, vectors, distances, order, channel,
                            n_species, rad_cut, ang_cut):
     """The pairs renumbered by an atom order and grouped by centre, then neighbour species
-    channel, then distance: one pass that writes the pair arrays of the prediction kernels.
+    channel, then cutoff: one pass that writes the pair arrays of the prediction kernels.
 
     ``offsets`` (N+1,), ``neighbors`` (P,), ``shifts`` (P, 3) int64, ``vectors`` (P, 3),
     ``distances`` (P,): a neighbour list in any pair order; ``order`` (N,) int64: new atom k is
@@ -133,13 +119,18 @@ def group_pairs_by_species(offsets, neighbors, shifts, vectors, distances, order
     Returns the new ``offsets``, ``neighbors`` (new atom numbers), ``shifts``, ``vectors``,
     ``distances``, and ``groups`` (N, S+1) int64 and ``ends`` (N, S, 2) int64: the pairs of
     new centre i with a neighbour of channel J are ``groups[i, J]:groups[i, J + 1]``
-    (``groups[i, 0] = offsets[i]``, ``groups[i, S] = offsets[i + 1]``), in the order of the
-    input within a centre, then sorted by distance (stably), of which
+    (``groups[i, 0] = offsets[i]``, ``groups[i, S] = offsets[i + 1]``), of which
     ``groups[i, J]:ends[i, J, 0]`` are closer than ``rad_cut`` and ``groups[i, J]:ends[i, J,
     1]`` closer than ``ang_cut`` (so the kernels skip the pairs a basis does not reach).
+    Within a group the pairs come in three bands, closer than both cutoffs, closer than the
+    larger one only, and beyond both, each in the order of the input (a counting sort: the
+    kernels need the two prefixes, not an order by distance).
     """
     n_atoms = offsets.shape[0] - 1
     n_pairs = neighbors.shape[0]
+    near = min(rad_cut, ang_cut)
+    far = max(rad_cut, ang_cut)
+    n_bins = 3 * n_species  # bin 3 J + band
     inverse = np.empty(n_atoms, dtype=np.int64)
     new_offsets = np.empty(n_atoms + 1, dtype=np.int64)
     new_offsets[0] = 0
@@ -156,43 +147,36 @@ def group_pairs_by_species(offsets, neighbors, shifts, vectors, distances, order
         old = order[i]
         o0 = offsets[old]
         o1 = offsets[old + 1]
-        source = np.empty(o1 - o0, dtype=np.int64)  # old pair of each new slot of centre i
-        pos = np.zeros(n_species, dtype=np.int64)
+        pos = np.zeros(n_bins, dtype=np.int64)
         for p in range(o0, o1):
-            pos[channel[inverse[neighbors[p]]]] += 1
-        g0 = 0
+            d = distances[p]
+            band = 0 if d < near else (1 if d < far else 2)
+            pos[3 * channel[inverse[neighbors[p]]] + band] += 1
+        base = new_offsets[i]
+        t0 = base
         for j in range(n_species):
-            groups[i, j] = new_offsets[i] + g0
-            g0 += pos[j]
-            pos[j] = g0 - pos[j]
+            groups[i, j] = t0
+            n_near = pos[3 * j]
+            n_mid = pos[3 * j + 1]
+            ends[i, j, 0] = t0 + n_near + (n_mid if rad_cut > ang_cut else 0)
+            ends[i, j, 1] = t0 + n_near + (n_mid if ang_cut > rad_cut else 0)
+            for b in range(3):
+                count = pos[3 * j + b]
+                pos[3 * j + b] = t0
+                t0 += count
         groups[i, n_species] = new_offsets[i + 1]
         for p in range(o0, o1):
-            j = channel[inverse[neighbors[p]]]
-            source[pos[j]] = p
-            pos[j] += 1
-        base = new_offsets[i]
-        for j in range(n_species):
-            s0 = groups[i, j] - base
-            s1 = groups[i, j + 1] - base
-            _sort_by_distance(source, s0, s1, distances)
-            n_rad = 0
-            n_ang = 0
-            for q in range(s0, s1):
-                d = distances[source[q]]
-                if d < rad_cut:
-                    n_rad += 1
-                if d < ang_cut:
-                    n_ang += 1
-            ends[i, j, 0] = groups[i, j] + n_rad
-            ends[i, j, 1] = groups[i, j] + n_ang
-        for q in range(o1 - o0):
-            p = source[q]
-            t = base + q
-            new_neighbors[t] = inverse[neighbors[p]]
-            new_distances[t] = distances[p]
-            for b in range(3):
-                new_shifts[t, b] = shifts[p, b]
-                new_vectors[t, b] = vectors[p, b]
+            d = distances[p]
+            band = 0 if d < near else (1 if d < far else 2)
+            j = inverse[neighbors[p]]
+            b = 3 * channel[j] + band
+            t = pos[b]
+            pos[b] = t + 1
+            new_neighbors[t] = j
+            new_distances[t] = d
+            for c in range(3):
+                new_shifts[t, c] = shifts[p, c]
+                new_vectors[t, c] = vectors[p, c]
     return new_offsets, new_neighbors, new_shifts, new_vectors, new_distances, groups, ends
 
 
@@ -210,10 +194,11 @@ def expansion_coefficients(offsets, groups, ends, vectors, distances, l2_max, ra
                            ang_values, ang_derivs, n_ang):
     """Expansion coefficients c2 (N, S*n_rad, (l2_max+1)**2) and c3 (N, S*n_ang, (l_max+1)**2).
 
-    Pairs must be grouped by neighbour species and sorted by distance (``groups``, ``ends``
-    from :func:`group_pairs_by_species`, S = groups.shape[1] - 1); the basis functions of all
-    pairs of a centre are evaluated at once (:mod:`numbec.descriptors.pair_block_numba`) and
-    each coefficient is one dot product over the pairs of a species group within the cutoff.
+    Pairs must be grouped by neighbour species, those within each cutoff first (``groups``,
+    ``ends`` from :func:`group_pairs_by_species`, S = groups.shape[1] - 1); the basis
+    functions of all pairs of a centre are evaluated at once
+    (:mod:`numbec.descriptors.pair_block_numba`) and each coefficient is one dot product over
+    the pairs of a species group within the cutoff.
     """
     n_atoms = offsets.shape[0] - 1
     n_species = groups.shape[1] - 1
@@ -269,7 +254,7 @@ def pair_backprop(a2, a3, offsets, groups, ends, vectors, distances, rad_cut, ra
     """Per-pair gradients g[p, c, b] = sum_{Jnlm} A[i, Jn, c, lm] dc_{ij,Jnlm}/dr_{j,b}.
 
     a2 : (N, S*n_rad, C, LM2) adjoint of c2; a3 : (N, S*n_ang, C, LM3) adjoint of c3.
-    Pairs grouped by neighbour species and sorted by distance as in
+    Pairs grouped by neighbour species, those within each cutoff first, as in
     :func:`expansion_coefficients`.
     Returns g (P, C, 3), 1/Å times the units of A*c: the derivative of the contracted
     quantity of centre i with respect to the position of the neighbour image of pair p.
