@@ -155,30 +155,3 @@ def test_l0_products_equal_scalar_times_cartesian_dipole_coefficients():
                         expected = math.sqrt(1 - s.radial_weight) * c00[ja, na] * c1[jb, nb]
                         np.testing.assert_allclose(desc.values[i, :, n2 + k], expected,
                                                    rtol=1e-7, atol=1e-10)
-
-
-@pytest.mark.parametrize("kind", ["cluster", "triclinic"])
-def test_jacobian_blocks_are_the_jacobian_centre_by_centre(kind):
-    """The blocked Jacobian (bounded memory for the dipole design) is the whole Jacobian,
-    bit for bit, cut between centres; a block smaller than one centre's pairs holds one
-    centre."""
-    from numbec.descriptors.vector import jacobian_blocks
-
-    positions, numbers, cell, pbc = _structure(kind, seed=3)
-    desc = compute_vector_descriptors(positions, numbers, cell, pbc, SETTINGS, gradients=True)
-    offsets = desc.pairs.offsets
-    pair_bytes = 9 * SETTINGS.n_vector_features * 8
-    limit = 2 * int(np.diff(offsets).max()) + 1  # pairs: two centres fit in a block
-    for max_bytes in (1, limit * pair_bytes, 10**12):
-        blocks = list(jacobian_blocks(desc.expansion, max_bytes))
-        starts = [lo for lo, _ in blocks]
-        assert set(starts) <= set(offsets.tolist())  # whole centres
-        np.testing.assert_array_equal(np.concatenate([jac for _, jac in blocks]),
-                                      desc.gradients)
-        sizes = [jac.shape[0] for _, jac in blocks]
-        if max_bytes == 1:
-            assert sizes == [n for n in np.diff(offsets) if n]  # one centre each
-        elif max_bytes > 10**9:
-            assert len(blocks) == 1
-        else:
-            assert max(sizes) <= limit and len(blocks) < len(offsets) - 1

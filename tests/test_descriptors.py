@@ -422,3 +422,43 @@ def test_parallel_and_serial_runs_agree_on_a_larger_cell():
     expected = np.zeros((len(positions), 3, 3))
     np.add.at(expected, nl.neighbors, -nl.vectors[:, :, None] * dq[:, None, :])
     np.testing.assert_allclose(mono, expected, rtol=0, atol=1e-10 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+@pytest.mark.parametrize("which", ["scalar", "vector"])
+def test_jacobian_blocks_are_the_jacobian_centre_by_centre(which, periodic):
+    """The blocked Jacobians (bounded memory for the training design) are the whole
+    Jacobians, bit for bit, cut between centres; a block smaller than one centre's pairs
+    holds one centre; an expansion of the other kind is refused."""
+    from numbec.descriptors import compute_vector_descriptors
+    from numbec.descriptors.expansion import expand
+    from numbec.descriptors.scalar import jacobian_blocks as scalar_blocks
+    from numbec.descriptors.vector import jacobian_blocks as vector_blocks
+
+    positions, numbers = _periodic_structure(seed=9)
+    cell = TRICLINIC if periodic else None
+    if which == "scalar":
+        desc = compute_descriptors(positions, numbers, cell, periodic, SETTINGS,
+                                   gradients=True)
+        blocks_of, pair_bytes, other_l2 = scalar_blocks, 3 * SETTINGS.n_features * 8, 1
+    else:
+        desc = compute_vector_descriptors(positions, numbers, cell, periodic, SETTINGS,
+                                          gradients=True)
+        blocks_of, pair_bytes, other_l2 = (vector_blocks, 9 * SETTINGS.n_vector_features * 8,
+                                           0)
+    offsets = desc.pairs.offsets
+    limit = 2 * int(np.diff(offsets).max()) + 1  # pairs: two centres fit in a block
+    for max_bytes in (1, limit * pair_bytes, 10**12):
+        blocks = list(blocks_of(desc.expansion, max_bytes))
+        assert {lo for lo, _ in blocks} <= set(offsets.tolist())  # whole centres
+        np.testing.assert_array_equal(np.concatenate([jac for _, jac in blocks]),
+                                      desc.gradients)
+        sizes = [jac.shape[0] for _, jac in blocks]
+        if max_bytes == 1:
+            assert sizes == [n for n in np.diff(offsets) if n]  # one centre each
+        elif max_bytes > 10**9:
+            assert len(blocks) == 1
+        else:
+            assert max(sizes) <= limit and len(blocks) < len(offsets) - 1
+    with pytest.raises(ValueError, match="l2_max"):
+        next(blocks_of(expand(positions, numbers, cell, periodic, SETTINGS, other_l2)))

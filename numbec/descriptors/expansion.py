@@ -27,6 +27,11 @@ BLOCK_BACKPROP_BELOW = 32
 #: water, 192 atoms (85 pairs per centre) 12.8 ms per channel pass vs 14.8 ms in blocks,
 #: alpha-quartz, 72 atoms (68) 5.6 vs 5.5 ms.
 BLOCK_BACKPROP_CHANNELS_BELOW = 64
+#: Largest block of a pair Jacobian (bytes) that the ``jacobian_blocks`` generators of the
+#: scalar and vector descriptors make at once: below the 30 MiB to which
+#: :func:`numbec._heap.keep_freed_memory` raises glibc's mmap threshold, so consecutive
+#: blocks reuse heap memory instead of faulting in fresh pages.
+JACOBIAN_BLOCK_BYTES = 24 * 2**20
 
 
 def species_channels(numbers, settings: DescriptorSettings) -> np.ndarray:
@@ -124,6 +129,30 @@ class Expansion:
             kernel = _ex.pair_backprop
         with serial_if_small(self.pairs.n_pairs):
             return kernel(a2, a3, *self.block_args())
+
+    def jacobian_blocks(self, kernel, features: tuple, pair_bytes: int, max_bytes: int):
+        """A pair Jacobian a block of whole centres at a time: ``kernel`` (the scalar or
+        vector Jacobian kernel, taking ``c2, c3, offsets, neighbors, vectors, distances,
+        channel, tables..., features...``) run on consecutive blocks whose pairs take at most
+        ``max_bytes`` at ``pair_bytes`` each (at least one centre per block).
+
+        Yields ``(lo, jac)``: ``jac`` holds the rows of pairs ``lo .. lo + len(jac) - 1``.
+        """
+        nl = self.pairs
+        offsets = nl.offsets
+        tables = self.pair_args()[4:]  # after offsets, neighbors, vectors, distances
+        max_pairs = max(int(max_bytes // pair_bytes), 1)
+        c0, n = 0, offsets.size - 1
+        while c0 < n:
+            lo = int(offsets[c0])
+            c1 = max(int(np.searchsorted(offsets, lo + max_pairs, side="right")) - 1, c0 + 1)
+            hi = int(offsets[c1])
+            with serial_if_small(hi - lo):
+                jac = kernel(self.c2[c0:c1], self.c3[c0:c1], offsets[c0:c1 + 1] - lo,
+                             nl.neighbors[lo:hi], nl.vectors[lo:hi], nl.distances[lo:hi],
+                             *tables, *features)
+            yield lo, jac
+            c0 = c1
 
     def scatter_monopole(self, g: np.ndarray) -> np.ndarray:
         """``out[j, c, a, b] = sum_{pairs p = (i, j image)} (r_i - r_j^image)_a g[p, c, b]``:

@@ -36,11 +36,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from numbec.descriptors import scalar_numba as _sc
-from numbec.descriptors.expansion import Expansion, expand
+from numbec.descriptors.expansion import JACOBIAN_BLOCK_BYTES, Expansion, expand
 from numbec.descriptors.neighbors import NeighborList, serial_if_small
 from numbec.descriptors.settings import DescriptorSettings
 
-__all__ = ["StructureDescriptors", "compute_descriptors", "angular_feature_table"]
+__all__ = ["StructureDescriptors", "compute_descriptors", "angular_feature_table",
+           "jacobian_blocks"]
 
 
 @functools.lru_cache(maxsize=32)
@@ -220,3 +221,28 @@ def descriptors_from_expansion(ex: Expansion, gradients: bool = False) -> Struct
                 raise ValueError("the scalar Jacobian needs an expansion with l2_max = 0")
             jac = _sc.scalar_jacobian(ex.c2, ex.c3, *ex.pair_args(), *feats)
     return StructureDescriptors(values, ex.pairs, ex.settings, jac, ex)
+
+
+def jacobian_blocks(ex: Expansion, max_bytes: int = JACOBIAN_BLOCK_BYTES):
+    """The pair Jacobian of the scalar descriptors, a block of whole centres at a time.
+
+    The whole Jacobian (P, 3, D) float64 is 310 MiB for the 135-atom BaTiO3 cell with the
+    default settings (8,900 pairs, D = 1,524 for three species) and grows with the cell;
+    blocks of at most ``max_bytes`` (at least one centre) bound the memory and reuse it.
+
+    Parameters
+    ----------
+    ex : Expansion with ``l2_max = 0`` (as :func:`compute_descriptors` makes it).
+    max_bytes : int
+
+    Yields
+    ------
+    (lo, jac) : int and (hi - lo, 3, D) float64, 1/Å: rows ``lo .. hi - 1`` of the
+        ``gradients`` of :class:`StructureDescriptors` (pairs of ``ex.pairs``; ``[p, b, k] =
+        dX_{i,k}/dr_{j,b}``). The next block starts at ``hi``; consumers must be done with
+        ``jac`` before asking for it.
+    """
+    if ex.c2.shape[2] != 1:
+        raise ValueError("the scalar Jacobian needs an expansion with l2_max = 0")
+    yield from ex.jacobian_blocks(_sc.scalar_jacobian, _feature_args(ex.settings),
+                                  3 * ex.settings.n_features * 8, max_bytes)

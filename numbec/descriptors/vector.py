@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from numbec.descriptors import vector_numba as _vn
-from numbec.descriptors.expansion import Expansion, expand
+from numbec.descriptors.expansion import JACOBIAN_BLOCK_BYTES, Expansion, expand
 from numbec.descriptors.neighbors import NeighborList, serial_if_small
 from numbec.descriptors.scalar import descriptors_from_expansion
 from numbec.descriptors.settings import DescriptorSettings
@@ -207,12 +207,6 @@ def vector_descriptors_from_expansion(ex: Expansion, gradients: bool = False
     return VectorDescriptors(values, ex.pairs, ex.settings, jac, ex)
 
 
-#: Largest block of the pair Jacobian (bytes) that :func:`jacobian_blocks` makes at once:
-#: below the 30 MiB to which :func:`numbec._heap.keep_freed_memory` raises glibc's mmap
-#: threshold, so consecutive blocks reuse heap memory instead of faulting in fresh pages.
-JACOBIAN_BLOCK_BYTES = 24 * 2**20
-
-
 def jacobian_blocks(ex: Expansion, max_bytes: int = JACOBIAN_BLOCK_BYTES):
     """The pair Jacobian of the vector descriptors, a block of whole centres at a time.
 
@@ -234,23 +228,8 @@ def jacobian_blocks(ex: Expansion, max_bytes: int = JACOBIAN_BLOCK_BYTES):
     """
     if ex.c2.shape[2] != 4:
         raise ValueError("vector descriptors need an expansion with l2_max = 1")
-    nl = ex.pairs
-    offsets = nl.offsets
-    pair_bytes = 9 * ex.settings.n_vector_features * 8
-    max_pairs = max(int(max_bytes // pair_bytes), 1)
-    tables = ex.pair_args()[4:]  # after offsets, neighbors, vectors, distances
-    features = _feature_args(ex.settings)
-    c0, n = 0, offsets.size - 1
-    while c0 < n:
-        lo = int(offsets[c0])
-        c1 = max(int(np.searchsorted(offsets, lo + max_pairs, side="right")) - 1, c0 + 1)
-        hi = int(offsets[c1])
-        with serial_if_small(hi - lo):
-            jac = _vn.vector_jacobian(ex.c2[c0:c1], ex.c3[c0:c1], offsets[c0:c1 + 1] - lo,
-                                      nl.neighbors[lo:hi], nl.vectors[lo:hi],
-                                      nl.distances[lo:hi], *tables, *features)
-        yield lo, jac
-        c0 = c1
+    yield from ex.jacobian_blocks(_vn.vector_jacobian, _feature_args(ex.settings),
+                                  9 * ex.settings.n_vector_features * 8, max_bytes)
 
 
 def compute_scalar_and_vector_descriptors(positions, numbers, cell, pbc,
