@@ -49,7 +49,8 @@ _lock = threading.Lock()
 
 
 def keep_freed_memory() -> None:
-    """Raise glibc's trim and mmap thresholds to :data:`RAISE_TO_BYTES` (once per process)."""
+    """Raise glibc's mmap threshold to :data:`RAISE_TO_BYTES` and its trim threshold to twice
+    that (once per process)."""
     global _done
     if _done:
         return
