@@ -505,7 +505,7 @@ def train_models(frames, config: DemoConfig, cache: Path, log=print) -> dict:
                               strict=True):
         folds = config.recalibrate_folds if name == "combined" else 0
         # the recalibration method is in the name: a cached model keeps the scale it had
-        path = cache / f"model-{name}-{key}{f'-cv{folds}-coverage' if folds else ''}.npz"
+        path = cache / f"model-{name}-{key}{f'-cv{folds}-two_part' if folds else ''}.npz"
         if path.exists():
             models[name] = numbec.load_model(path)
             log(f"  {name} model: cached ({path.name})")
@@ -526,7 +526,8 @@ def train_models(frames, config: DemoConfig, cache: Path, log=print) -> dict:
             t1 = time.perf_counter()
             recalibrate(model, frames, folds=folds)
             model.training["variance_scale_fit"]["seconds"] = time.perf_counter() - t1
-            log(f"  {name} model: variance scale {model.variance_scale:.2f} from {folds}-fold "
+            log(f"  {name} model: variance scales {model.variance_scale:.3g} (epistemic) / "
+                f"{model.noise_scale:.3g} (noise) from {folds}-fold "
                 f"cross-validation on the training structures "
                 f"({time.perf_counter() - t1:.0f} s)")
         model.save(path)
@@ -745,6 +746,7 @@ def compare(models: dict, store, md: dict, checks: list, config: DemoConfig, cac
                 **{k: cal[k] for k in ("coverage_68", "coverage_95", "nll", "z_rms",
                                        "mean_std", "frame_rank_correlation", "n_frames")},
                 "variance_scale": float(getattr(model, "variance_scale", 1.0) or 1.0),
+                "noise_scale": getattr(model, "noise_scale", None),
                 "seconds": time.perf_counter() - t1,
             }
         results["models"][name] = entry
@@ -948,8 +950,13 @@ def _report(results: dict, log=print) -> None:
             f"error, 1 = perfect; {n} snapshots of one MD differ little, so it is coarse "
             "here: docs/benchmarks_models.md measures it on independent clusters)")
         for name, c in calibrated.items():
-            how = (f"recalibrated on the training data, variance x {c['variance_scale']:.2f}"
-                   if c["variance_scale"] != 1.0 else "raw Bayesian variance")
+            if c.get("noise_scale") is not None:
+                how = (f"recalibrated on the training data: epistemic variance x "
+                       f"{c['variance_scale']:.3g}, noise variance x {c['noise_scale']:.3g}")
+            elif c["variance_scale"] != 1.0:
+                how = f"recalibrated on the training data, variance x {c['variance_scale']:.2f}"
+            else:
+                how = "raw Bayesian variance"
             log(f"  {name:<12} 95 % coverage {c['coverage_95']:.2f}, 68 % coverage "
                 f"{c['coverage_68']:.2f}, frame rank correlation "
                 f"{c['frame_rank_correlation']:.2f} ({how})")

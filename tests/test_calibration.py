@@ -1,5 +1,6 @@
-"""Recalibration of the predicted BEC uncertainty: the split-conformal coverage scale (the
-default), the Gaussian maximum-likelihood scale, and what is stored in model files."""
+"""Recalibration of the predicted BEC uncertainty: the two-part scale (the default), the
+split-conformal coverage scale, the Gaussian maximum-likelihood scale, the held-out ratio of
+the low-rank factor, and what is stored in model files."""
 
 from __future__ import annotations
 
@@ -71,7 +72,13 @@ def test_recalibration_methods_from_the_same_held_out_errors(rng, tmp_path):
                                out["bec_std"].ravel() ** 2, rtol=1e-8)
     z = held["err"] / np.sqrt(held["epistemic"] + held["noise"])
     before = predict(model, frames[0], uncertainty=True)["bec_std"]
-    unc.recalibrate(model, frames, folds=2)  # default: the coverage scale
+    # the default is the two-part scale (epistemic and noise apart)
+    model.save(tmp_path / "copy.npz")
+    default = unc.recalibrate(load_model(tmp_path / "copy.npz"), frames, held_out=held)
+    two = unc.scales_from_held_out(held, "two_part")
+    assert default.training["variance_scale_fit"]["method"] == "two_part"
+    assert (default.variance_scale, default.noise_scale) == (two["scale"], two["noise_scale"])
+    unc.recalibrate(model, frames, folds=2, method="coverage")
     fit = model.training["variance_scale_fit"]
     assert fit["method"] == "coverage"
     assert model.variance_scale == fit["scale"] == pytest.approx(unc.coverage_scale(z, 0.95))
@@ -308,3 +315,84 @@ def test_residual_recalibration_adds_c_times_the_frame_residual(rng, tmp_path):
     for bad in (-1.0, float("nan"), "2", True):
         with pytest.raises(Exception, match="residual_scale"):
             MonopoleModel._from_state(dict(meta, residual_scale=bad), arrays)
+
+
+def test_low_rank_ratio_is_learned_on_held_out_frames_and_applied(rng, tmp_path):
+    """The held-out errors carry each fold model's rank-K epistemic variance (the channel
+    formula of its own factor); the recalibration stores sum(exact) / sum(rank K) per rank,
+    and the streamed uncertainty at rank K is that factor times the plain low-rank one; at
+    full rank it is the exact variance, untouched."""
+    from kernel_model_checks import randomized
+
+    from numbec.models import CombinedModel
+
+    # BECs of a model of the same form plus noise: the posterior keeps weight variance (on
+    # the rough BECs of training_frames the evidence drives every prior variance to 0)
+    frames = training_frames(rng, False, 6)
+    teacher = randomized(CombinedModel(settings=SETTINGS, zeta=3, n_sparse=4).fit(frames), rng)
+    for atoms in frames:
+        atoms.arrays["bec"] = predict(teacher, atoms)["bec"] + rng.normal(0, 0.02,
+                                                                          (len(atoms), 3, 3))
+    model = CombinedModel(settings=SETTINGS, zeta=3, n_sparse=4).fit(frames)
+    c = model.covariance.shape[0]
+    assert 16 < c < 64  # ranks 8 and 16 are truncations, 64 is full rank
+    held = unc.held_out_errors(model, frames, folds=2)
+    low = held["epistemic_lowrank"]
+    assert list(held["lowrank_ranks"]) == list(unc.LOWRANK_RANKS)
+    assert low.shape == (held["err"].size, len(unc.LOWRANK_RANKS))
+    # the first fold's model (fitted on the second block) and its own rank-8 factor
+    sub = unc._fold_model(model, frames[3:]).fit(frames[3:])
+    n0 = len(frames[0]) * 9
+    atoms = frames[0]
+    args = (atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)
+    plain = unc.predict_uncertainty(sub, *args, rank=8)["bec_std"].ravel() ** 2 - sub.sigma_v2
+    np.testing.assert_allclose(low[:n0, 0], plain, rtol=1e-9, atol=1e-14)
+    np.testing.assert_allclose(low[:, 3], held["epistemic"], rtol=1e-7, atol=1e-12)  # K >= C
+    # truncation loses variance on frames the fold model has not seen
+    assert held["epistemic"].sum() > low[:, 0].sum()
+    unc.recalibrate(model, frames, held_out=held)
+    ratios = model.training["variance_scale_fit"]["lowrank_ratios"]
+    for j, k in enumerate(unc.LOWRANK_RANKS):
+        assert ratios[str(k)] == pytest.approx(held["epistemic"].sum() / low[:, j].sum(),
+                                               rel=1e-12)
+    assert unc.lowrank_ratio(model, 8) == ratios["8"] > 1.0
+    assert unc.lowrank_ratio(model, c) == unc.lowrank_ratio(model, 10 * c) == 1.0
+    # applied to the columns of the rescaled factor, and only there
+    s, nv = model.variance_scale, unc.noise_scale(model) * model.sigma_v2
+    fac = unc.posterior_factor(model, 8)
+    assert fac.rescaled and fac.held_out_ratio == ratios["8"]
+    streamed = unc.predict_uncertainty(model, *args, rank=8)["bec_std"].ravel() ** 2 - nv
+    directions, mu = unc._posterior_spectrum(model)
+    phi_l = unc.direction_becs(model, *args, directions[:, :8].T).reshape(8, -1)
+    want = s * ratios["8"] * (phi_l ** 2).sum(axis=0) / (mu[:8].sum() / mu.sum())
+    np.testing.assert_allclose(streamed, want, rtol=1e-9, atol=1e-14)
+    assert unc.posterior_factor(model, 8, rescale=False).held_out_ratio == 1.0
+    exact = predict(model, atoms, uncertainty=True)["bec_std"]
+    np.testing.assert_allclose(unc.predict_uncertainty(model, *args, rank=None)["bec_std"],
+                               exact, rtol=1e-8)
+    # saved with the model; an entry read back from a file is checked
+    model.save(tmp_path / "m.npz")
+    back = load_model(tmp_path / "m.npz")
+    assert back.training["variance_scale_fit"]["lowrank_ratios"] == ratios
+    np.testing.assert_allclose(unc.predict_uncertainty(back, *args, rank=8)["bec_std"],
+                               unc.predict_uncertainty(model, *args, rank=8)["bec_std"],
+                               rtol=1e-12)
+    for bad in ({"8": -1.0}, {"8": float("nan")}, {"zero": 2.0}, [1.0, 2.0]):
+        back.training["variance_scale_fit"]["lowrank_ratios"] = bad
+        with pytest.raises(ValueError, match="lowrank_ratios"):
+            unc.lowrank_ratio(back, 8)
+
+
+def test_low_rank_ratio_interpolates_in_log_rank_to_one_at_full_rank():
+    class Stub:
+        covariance = np.zeros((128, 128))
+        training = {"variance_scale_fit": {"lowrank_ratios": {"8": 2.0, "32": 1.5}}}
+
+    model = Stub()
+    assert unc.lowrank_ratio(model, 4) == 2.0  # below the smallest stored rank: its ratio
+    assert unc.lowrank_ratio(model, 8) == 2.0 and unc.lowrank_ratio(model, 32) == 1.5
+    assert unc.lowrank_ratio(model, 16) == pytest.approx(1.75)  # halfway in log K
+    assert unc.lowrank_ratio(model, 64) == pytest.approx(1.25)  # towards 1 at C = 128
+    assert unc.lowrank_ratio(model, 128) == 1.0
+    model.training = {}
+    assert unc.lowrank_ratio(model, 8) == 1.0  # models recalibrated without it

@@ -142,14 +142,16 @@ def register(subparsers):
         desc.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
                           help=f"{text} (default: {descriptor_defaults[name]})")
     parser.add_argument("--calibrate-folds", type=int, default=0, metavar="K",
-                        help="learn a scale of the predictive variance (bec_std) by K-fold "
+                        help="learn the scales of the predictive variance (bec_std) by K-fold "
                              "cross-validation over the training frames (K more fits; saved "
                              "with the model; 0: no recalibration, default)")
     parser.add_argument("--calibration-method", choices=CALIBRATION_METHODS,
-                        default="coverage",
-                        help="how --calibrate-folds sets the scale: coverage (95 %% of "
-                             "held-out errors inside the 95 %% interval), two_part (separate "
-                             "scales of the epistemic and noise parts), likelihood "
+                        default="two_part",
+                        help="how --calibrate-folds sets the scale: two_part (separate "
+                             "scales of the epistemic and noise parts, then 95 %% of the "
+                             "held-out errors inside the 95 %% interval), coverage (one scale "
+                             "of the whole variance, 95 %% of the held-out errors inside the "
+                             "95 %% interval), likelihood "
                              "(Gaussian maximum likelihood) or worst_block (95 %% of the "
                              "held-out errors of every block: for training frames of mixed "
                              "difficulty, e.g. two temperatures) or residual (a variance "
