@@ -38,7 +38,14 @@ then the multiplicative residual form ``(phi^T Sigma phi + sigma_v^2) (s + c r_f
 (``mult.``, not in the library; fitted like ``residual``: :func:`_residual_factor_scales`,
 then the common coverage factor) with its test coverages, NLL and frame rank correlation; and
 the held-out NLL and frame rank correlation of the default, the additive ``residual`` and the
-multiplicative form on the held-out errors that fitted them (training frames only).
+multiplicative form on the held-out errors that fitted them (training frames only); last,
+under ``method="two_part"``, the largest deviation of the streamed low-rank per-frame
+uncertainty from the exact one (its epistemic factor ``s`` is the ``variance_scale`` that the
+low-rank uncertainty and ``atom_std`` use), with and without the held-out ratio of
+:func:`numbec.models.uncertainty.lowrank_ratio`, the test 95 % coverage of the streamed
+per-component ``bec_std`` both ways, and ``s`` against the weight scale ``s_w`` of the
+posterior samples (:func:`numbec.models.uncertainty.sample_scale`). The ``cov`` columns use
+``method="coverage"`` explicitly (the library's default before ``two_part``).
 """
 
 from __future__ import annotations
@@ -146,7 +153,7 @@ def row(kind, train, test, hyper, descriptors, folds, rank, cost=True) -> dict:
     t0 = time.perf_counter()
     model = _fit(kind, train, hyper, descriptors)
     held = unc.held_out_errors(model, train, folds)
-    unc.recalibrate(model, train, held_out=held)  # the library's default: coverage scale
+    unc.recalibrate(model, train, held_out=held, method="coverage")  # the cov columns
     info = model.training["variance_scale_fit"]
     two = unc.two_part_scales(held["err"], held["epistemic"], held["noise"])
     # the two-part shape with the noise floored at 1 % of sigma_v^2, then one common factor
@@ -215,6 +222,10 @@ def row(kind, train, test, hyper, descriptors, folds, rank, cost=True) -> dict:
     held_add = held_metrics(held_var)
     held_mult = held_metrics(held_bayes * (s_m + c_m * held["frame_residual"]))
     dev = np.abs(np.array(frame_low) / np.array(frame_exact) - 1.0)
+    # method="two_part" on the same held-out errors: its factor of phi^T Sigma phi is the
+    # variance_scale the low-rank uncertainty and atom_std use; its streamed low-rank frame
+    # uncertainty against the exact one, and that factor against the samples' weight scale
+    two_low = _two_part_lowrank(model, train, held, test, epi, noise, rank, pred, ref, sizes)
     return {"rmse": float(np.sqrt(np.mean((pred - ref) ** 2))), "raw": raw, "cal": cal,
             "likelihood": lik, "two_part": two_m, "two_part_scales": two,
             "two_part_coverage": two_cov_m, "two_part_coverage_scales": two_cov,
@@ -233,7 +244,44 @@ def row(kind, train, test, hyper, descriptors, folds, rank, cost=True) -> dict:
             "n_train": len(train), "n_test": len(test), "fit_s": fit_s,
             "lowrank_max_dev": float(dev.max()),
             "lowrank_cost": t_low / t_plain if cost else float("nan"),
-            "rank": rank}
+            "rank": rank, **two_low}
+
+
+def _two_part_lowrank(model, train, held, test, epi, noise, rank, pred, ref, sizes) -> dict:
+    """Under ``method="two_part"`` (the library's default): the largest relative deviation of
+    the streamed low-rank per-frame uncertainty from the exact one over the test frames, with
+    the held-out ratio of :func:`numbec.models.uncertainty.lowrank_ratio` and without it
+    (ratio 1, as before it existed), the test coverage of the streamed per-component
+    ``bec_std`` (both ways), the epistemic factor ``s`` (``variance_scale``) and the weight
+    scale ``s_w`` of the posterior samples (:func:`numbec.models.uncertainty.sample_scale`).
+    Leaves the model recalibrated with ``method="coverage"``, as it came."""
+    from numbec.models import uncertainty as unc
+
+    unc.recalibrate(model, train, held_out=held, method="two_part")
+    s, s_v, s_w = model.variance_scale, unc.noise_scale(model), unc.sample_scale(model)
+    ratio = unc.lowrank_ratio(model, rank)
+    nv = s_v * model.sigma_v2
+    var = (s * epi + s_v * noise).reshape(-1, 9)
+    dev, dev_plain, low_std, start = [], [], [], 0
+    for atoms in test:
+        exact = float(np.sqrt(np.mean(var[start:start + len(atoms)])))
+        start += len(atoms)
+        low = unc.predict_uncertainty(model, atoms.positions, atoms.numbers,
+                                      np.asarray(atoms.cell), atoms.pbc, rank=rank)
+        low_std.append(low["bec_std"])
+        dev.append(abs(low["frame_std"] / exact - 1.0))
+        plain = np.sqrt((low["frame_std"] ** 2 - nv) / ratio + nv)
+        dev_plain.append(abs(plain / exact - 1.0))
+    low_std = np.concatenate(low_std)
+    plain_std = np.sqrt((low_std ** 2 - nv) / ratio + nv)
+    streamed = unc.calibration_metrics(pred, low_std, ref, sizes)
+    streamed_plain = unc.calibration_metrics(pred, plain_std, ref, sizes)
+    unc.recalibrate(model, train, held_out=held, method="coverage")
+    return {"two_part_lowrank_max_dev": float(max(dev)),
+            "two_part_lowrank_max_dev_without_ratio": float(max(dev_plain)),
+            "two_part_lowrank_ratio": ratio,
+            "two_part_streamed": streamed, "two_part_streamed_without_ratio": streamed_plain,
+            "two_part_scale": s, "two_part_noise_scale": s_v, "weight_scale": s_w}
 
 
 def main(argv=None) -> int:
@@ -263,8 +311,10 @@ def main(argv=None) -> int:
           "| cov68 residual | cov95 residual | NLL residual | frame rank corr residual "
           "| frame rank corr | low-rank max dev | low-rank cost "
           "| s, c (mult.) | cov68 mult. | cov95 mult. | NLL mult. | frame rank corr mult. "
-          "| held-out NLL cov / add. / mult. | held-out rank corr cov / add. / mult. |")
-    print("|---" * 41 + "|")
+          "| held-out NLL cov / add. / mult. | held-out rank corr cov / add. / mult. "
+          "| 2-part: held-out low-rank ratio | low-rank max dev with / without ratio "
+          "| streamed cov95 with / without ratio | 2-part s / s_w |")
+    print("|---" * 45 + "|")
     rows = []
     for system in args.systems.split(","):
         if system == "xtb":
@@ -329,7 +379,13 @@ def main(argv=None) -> int:
                       f"| {100 * r['multiplicative']['coverage_95']:.1f} "
                       f"| {r['multiplicative']['nll']:.2f} "
                       f"| {r['multiplicative']['frame_rank_correlation']:.2f} "
-                      f"| {held_nll} | {held_rank} |",
+                      f"| {held_nll} | {held_rank} "
+                      f"| {r['two_part_lowrank_ratio']:.3g} "
+                      f"| {100 * r['two_part_lowrank_max_dev']:.1f} / "
+                      f"{100 * r['two_part_lowrank_max_dev_without_ratio']:.1f} % "
+                      f"| {100 * r['two_part_streamed']['coverage_95']:.1f} / "
+                      f"{100 * r['two_part_streamed_without_ratio']['coverage_95']:.1f} "
+                      f"| {r['two_part_scale']:.3g} / {r['weight_scale']:.3g} |",
                       flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1, default=float))
