@@ -325,6 +325,7 @@ def test_low_rank_ratio_is_learned_on_held_out_frames_and_applied(rng, tmp_path)
     from kernel_model_checks import randomized
 
     from numbec.models import CombinedModel
+    from numbec.models.base import ModelFileError
 
     # BECs of a model of the same form plus noise: the posterior keeps weight variance (on
     # the rough BECs of training_frames the evidence drives every prior variance to 0)
@@ -350,6 +351,9 @@ def test_low_rank_ratio_is_learned_on_held_out_frames_and_applied(rng, tmp_path)
     np.testing.assert_allclose(low[:, 3], held["epistemic"], rtol=1e-7, atol=1e-12)  # K >= C
     # truncation loses variance on frames the fold model has not seen
     assert held["epistemic"].sum() > low[:, 0].sum()
+    # held-out frames without epistemic variance: nothing to correct, no table (not 0)
+    flat = dict(held, epistemic=np.zeros_like(held["epistemic"]))
+    assert "lowrank_ratios" not in unc.scales_from_held_out(flat, "coverage")
     unc.recalibrate(model, frames, held_out=held)
     ratios = model.training["variance_scale_fit"]["lowrank_ratios"]
     for j, k in enumerate(unc.LOWRANK_RANKS):
@@ -377,7 +381,12 @@ def test_low_rank_ratio_is_learned_on_held_out_frames_and_applied(rng, tmp_path)
     np.testing.assert_allclose(unc.predict_uncertainty(back, *args, rank=8)["bec_std"],
                                unc.predict_uncertainty(model, *args, rank=8)["bec_std"],
                                rtol=1e-12)
-    for bad in ({"8": -1.0}, {"8": float("nan")}, {"zero": 2.0}, [1.0, 2.0]):
+    meta, arrays = back.state()
+    for bad in ({"8": -1.0}, {"8": float("nan")}, {"zero": 2.0}, {"8": True}, [1.0, 2.0]):
+        fit = dict(meta["training"]["variance_scale_fit"], lowrank_ratios=bad)
+        with pytest.raises(ModelFileError, match="lowrank_ratios"):
+            CombinedModel._from_state(
+                dict(meta, training=dict(meta["training"], variance_scale_fit=fit)), arrays)
         back.training["variance_scale_fit"]["lowrank_ratios"] = bad
         with pytest.raises(ValueError, match="lowrank_ratios"):
             unc.lowrank_ratio(back, 8)

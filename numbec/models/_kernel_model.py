@@ -1274,6 +1274,17 @@ class KernelBECModel(BECModel):
         model.training = metadata.get("training", {})
         if not isinstance(model.training, dict):
             raise ModelFileError("metadata 'training' is not a JSON object")
+        fit = model.training.get("variance_scale_fit")
+        if fit is not None:
+            if not isinstance(fit, dict):
+                raise ModelFileError("metadata training['variance_scale_fit'] is not a JSON "
+                                     "object")
+            from numbec.models.uncertainty import lowrank_ratio_points
+
+            try:  # used by the streamed uncertainty; a bad entry fails here, named
+                lowrank_ratio_points(fit.get("lowrank_ratios"))
+            except ValueError as exc:
+                raise ModelFileError(str(exc)) from None
         n_species = len(species)
         model.q0 = checked_array(arrays, "q0", (n_species,), "float")
         model.sparse_unit = checked_array(arrays, "sparse_unit",

@@ -46,6 +46,7 @@ __all__ = [
     "exact_bec_std",
     "LOWRANK_RANKS",
     "lowrank_ratio",
+    "lowrank_ratio_points",
     "noise_scale",
     "coverage_scale",
     "fit_variance_scale",
@@ -468,10 +469,12 @@ def scales_from_held_out(held: dict, method: str = "two_part") -> dict:
     scales["two_part"] = two[0]
     low = held.get("epistemic_lowrank")
     if low is not None:
-        low_sums = np.asarray(low, dtype=np.float64).sum(axis=0)
-        extra_low = {"lowrank_ratios": {
-            str(int(k)): float(epi.sum() / v) for k, v in zip(held["lowrank_ranks"], low_sums,
-                                                              strict=True) if v > 0}}
+        # no entry where the held-out frames have no epistemic variance: nothing to correct
+        low_sums, epi_total = np.asarray(low, dtype=np.float64).sum(axis=0), float(epi.sum())
+        table = {str(int(k)): epi_total / float(v)
+                 for k, v in zip(held["lowrank_ranks"], low_sums, strict=True)
+                 if v > 0 and epi_total > 0}
+        extra_low = {"lowrank_ratios": table} if table else {}
     else:
         extra_low = {}
     err2, epi_sum = float(err @ err), float(epi.sum())
@@ -637,6 +640,29 @@ def posterior_factor(model, rank: int | None = 32, rescale: bool = True) -> Post
 LOWRANK_RANKS = (8, 16, 32, 64)
 
 
+def lowrank_ratio_points(table) -> list[tuple[int, float]]:
+    """``[(rank, ratio), ...]`` of a stored ``lowrank_ratios`` table (``{"8": r, ...}``; None
+    or empty: ``[]``). Raises ValueError naming the entry when it is not a mapping of
+    positive integer ranks to finite positive ratios."""
+    if not table:
+        return []
+    where = "training['variance_scale_fit']['lowrank_ratios']"
+    if not isinstance(table, dict):
+        raise ValueError(f"{where} must map ranks to ratios, got {type(table).__name__}")
+    points = []
+    for key, value in table.items():
+        try:
+            k = int(key)
+            r = float("nan") if isinstance(value, bool) else float(value)
+        except (TypeError, ValueError):
+            k, r = 0, float("nan")
+        if k < 1 or not np.isfinite(r) or r <= 0:
+            raise ValueError(f"{where} has an invalid entry {key!r}: {value!r} (need a rank "
+                             ">= 1 and a finite ratio > 0)")
+        points.append((k, r))
+    return points
+
+
 def lowrank_ratio(model, rank: int) -> float:
     """Factor of the rank-``rank`` low-rank epistemic variance learned on held-out frames.
 
@@ -656,22 +682,9 @@ def lowrank_ratio(model, rank: int) -> float:
     integer ranks to finite positive ratios (it is read back from the model file).
     """
     fit = (getattr(model, "training", None) or {}).get("variance_scale_fit") or {}
-    table = fit.get("lowrank_ratios")
-    if not table:
+    points = lowrank_ratio_points(fit.get("lowrank_ratios"))
+    if not points:
         return 1.0
-    if not isinstance(table, dict):
-        raise ValueError("model training['variance_scale_fit']['lowrank_ratios'] must map "
-                         f"ranks to ratios, got {type(table).__name__}")
-    points = []
-    for key, value in table.items():
-        try:
-            k, r = int(key), float(value)
-        except (TypeError, ValueError):
-            k, r = 0, float("nan")
-        if k < 1 or not np.isfinite(r) or r <= 0:
-            raise ValueError("model training['variance_scale_fit']['lowrank_ratios'] has an "
-                             f"invalid entry {key!r}: {value!r} (need rank >= 1, ratio > 0)")
-        points.append((k, r))
     c = np.asarray(model.covariance).shape[0]
     points = sorted(p for p in points if p[0] < c) + [(c, 1.0)]
     ranks, ratios = zip(*points, strict=True)
