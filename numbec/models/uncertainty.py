@@ -256,18 +256,18 @@ def held_out_errors(model, frames, folds: int = 5) -> dict:
         train = frames[:a] + frames[b:]
         sub = _fold_model(model, train).fit(train)
         for atoms in frames[a:b]:
-            low.append(_lowrank_epistemic(sub, atoms, LOWRANK_RANKS))
-            out = sub.predict(atoms, uncertainty=True)
+            out = sub.predict(atoms)
+            epi_exact, epi_low = _held_out_epistemic(sub, atoms, LOWRANK_RANKS)
+            epi.append(epi_exact)
+            low.append(epi_low)
             r = frame_residual(sub, atoms.positions, atoms.numbers, np.asarray(atoms.cell),
                                atoms.pbc)
             resid.append(np.repeat(r, 9))  # components in atom-major order, as err
             frame_r.append(np.full(r.size * 9, float(r.mean())))
             ref = np.asarray(atoms.arrays["bec"], dtype=np.float64)  # raw, as evaluate
             err.append((out["bec"] - ref).ravel())
-            var = out["bec_std"].ravel() ** 2
-            epi.append(np.clip(var - sub.sigma_v2, 0.0, None))
-            noise.append(np.full(var.size, float(sub.sigma_v2)))
-            block.append(np.full(var.size, k, dtype=np.int64))
+            noise.append(np.full(epi_exact.size, float(sub.sigma_v2)))
+            block.append(np.full(epi_exact.size, k, dtype=np.int64))
     return {"err": np.concatenate(err), "epistemic": np.concatenate(epi),
             "noise": np.concatenate(noise), "block": np.concatenate(block),
             "residual": np.concatenate(resid), "frame_residual": np.concatenate(frame_r),
@@ -275,23 +275,36 @@ def held_out_errors(model, frames, folds: int = 5) -> dict:
             "lowrank_ranks": np.asarray(LOWRANK_RANKS, dtype=np.int64), "folds": folds}
 
 
-def _lowrank_epistemic(model, atoms, ranks) -> np.ndarray:
-    """(N * 9, R) e^2: per BEC component of ``atoms`` (atom-major, as ``bec.ravel()``), the
-    epistemic variance ``sum_{k < K} (Phi L_k)^2 / captured_K`` of the rank-K factor of a
-    model with variance scale 1, for each K of ``ranks`` (the exact ``phi^T Sigma phi`` where
-    K >= C). One descriptor pass with ``min(max(ranks), C)`` weight vectors."""
+def _held_out_epistemic(model, atoms, ranks) -> tuple[np.ndarray, np.ndarray]:
+    """The epistemic variances of the BEC components of ``atoms`` (atom-major, as
+    ``bec.ravel()``) under a model with variance scale 1, from one set of design rows
+    ``phi``: ``exact`` (N * 9,) e^2, ``phi^T Sigma phi`` (what ``bec_std^2 - sigma_v^2`` of
+    ``predict(..., uncertainty=True)`` is), and ``lowrank`` (N * 9, R) e^2, the rank-K
+    variance ``sum_{k < K} (phi . L_k)^2 / captured_K`` of :func:`posterior_factor` without
+    the held-out ratio, for each K of ``ranks`` (the exact one where K >= C)."""
+    from numbec.models import regression
+
+    n = len(atoms)
+    pbc = np.broadcast_to(np.asarray(atoms.pbc, dtype=bool), (3,))
+    phi, _ = model._design(np.asarray(atoms.positions, dtype=np.float64),
+                           np.asarray(atoms.numbers, dtype=np.int64), np.asarray(atoms.cell),
+                           pbc, "held-out")
+    rows = phi.reshape(n * 9, -1)
+    exact = np.clip(regression.predictive_variance(rows, model.covariance, model.sigma_v2,
+                                                   include_noise=False), 0.0, None)
     directions, mu = _posterior_spectrum(model)
     c = mu.size
     kmax = min(max(ranks), c)
-    becs = direction_becs(model, atoms.positions, atoms.numbers, np.asarray(atoms.cell),
-                          atoms.pbc, directions[:, :kmax].T)
-    cumulative = np.cumsum(becs.reshape(kmax, -1) ** 2, axis=0)
+    cumulative = np.cumsum((rows @ directions[:, :kmax]) ** 2, axis=1)
     cols = []
     for k in ranks:
-        kk = min(int(k), kmax)
-        captured = _captured(mu, kk) if kk < c else 1.0
-        cols.append(cumulative[kk - 1] / captured if captured > 0 else cumulative[kk - 1])
-    return np.stack(cols, axis=1)
+        if int(k) >= c:
+            cols.append(exact)
+            continue
+        captured = _captured(mu, int(k))
+        cols.append(cumulative[:, int(k) - 1] / captured if captured > 0
+                    else cumulative[:, int(k) - 1])
+    return exact, np.stack(cols, axis=1)
 
 
 def coverage_scale(z, coverage: float = 0.95) -> float:
