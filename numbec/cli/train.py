@@ -205,15 +205,23 @@ def run(args) -> int:
 
         recalibrate(model, frames, folds=args.calibrate_folds,
                     method=args.calibration_method)
+        from numbec.models.uncertainty import lowrank_ratio
+
         info = model.training["variance_scale_fit"]
-        noise = ("" if info.get("noise_scale") is None
-                 else f", noise scale {info['noise_scale']:.3g}")
+        part = ""
+        noise = ""
+        if info.get("noise_scale") is not None:
+            part, noise = " (epistemic)", f", noise scale {info['noise_scale']:.3g}"
         if info.get("residual_scale"):
             noise += f", residual term {info['residual_scale']:.3g} e^2 x r_frame"
-        print(f"  variance scale {model.variance_scale:.3g}{noise} ({info['method']}) from "
-              f"{info['folds']}-fold "
+        ratio = ""
+        if info.get("lowrank_ratios"):
+            ratio = (f"; streamed rank-32 variance x {lowrank_ratio(model, 32):.3g} for "
+                     "unseen frames")
+        print(f"  variance scale {model.variance_scale:.3g}{part}{noise} ({info['method']}) "
+              f"from {info['folds']}-fold "
               f"cross-validation (held-out 95 % coverage before: "
-              f"{100 * info['coverage_95_unscaled']:.1f} %)")
+              f"{100 * info['coverage_95_unscaled']:.1f} %{ratio})")
     seconds = time.perf_counter() - start
     path = model.save(args.out)
     parts = getattr(model, "training", None) or {}
