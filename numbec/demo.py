@@ -474,6 +474,11 @@ def _settings():
                               sigma=0.5, n_radial=6, n_angular=6, l_max=3)
 
 
+#: The combined model's recalibration method (numbec.models.uncertainty.recalibrate); part of
+#: its cache name, so that a cached model never carries the scales of another method.
+RECALIBRATION = "two_part"
+
+
 def train_models(frames, config: DemoConfig, cache: Path, log=print) -> dict:
     """Fit the monopole, dipole and combined models and the species-mean baseline.
 
@@ -505,7 +510,7 @@ def train_models(frames, config: DemoConfig, cache: Path, log=print) -> dict:
                               strict=True):
         folds = config.recalibrate_folds if name == "combined" else 0
         # the recalibration method is in the name: a cached model keeps the scale it had
-        path = cache / f"model-{name}-{key}{f'-cv{folds}-two_part' if folds else ''}.npz"
+        path = cache / f"model-{name}-{key}{f'-cv{folds}-{RECALIBRATION}' if folds else ''}.npz"
         if path.exists():
             models[name] = numbec.load_model(path)
             log(f"  {name} model: cached ({path.name})")
@@ -524,7 +529,7 @@ def train_models(frames, config: DemoConfig, cache: Path, log=print) -> dict:
             from numbec.models.uncertainty import recalibrate
 
             t1 = time.perf_counter()
-            recalibrate(model, frames, folds=folds)
+            recalibrate(model, frames, folds=folds, method=RECALIBRATION)
             model.training["variance_scale_fit"]["seconds"] = time.perf_counter() - t1
             log(f"  {name} model: variance scales {model.variance_scale:.3g} (epistemic) / "
                 f"{model.noise_scale:.3g} (noise) from {folds}-fold "

@@ -201,12 +201,10 @@ def run(args) -> int:
     start = time.perf_counter()
     model.fit(frames, progress=progress_choice(args))
     if args.calibrate_folds:
-        from numbec.models.uncertainty import recalibrate
+        from numbec.models.uncertainty import lowrank_ratio, recalibrate
 
         recalibrate(model, frames, folds=args.calibrate_folds,
                     method=args.calibration_method)
-        from numbec.models.uncertainty import lowrank_ratio
-
         info = model.training["variance_scale_fit"]
         part = ""
         noise = ""
