@@ -41,8 +41,8 @@ the held-out NLL and frame rank correlation of the default, the additive ``resid
 multiplicative form on the held-out errors that fitted them (training frames only); last,
 under ``method="two_part"``, the largest deviation of the streamed low-rank per-frame
 uncertainty from the exact one (its epistemic factor ``s`` is the ``variance_scale`` that the
-low-rank uncertainty and ``atom_std`` use), with and without the held-out ratio of
-:func:`numbec.models.uncertainty.lowrank_ratio`, the test 95 % coverage of the streamed
+low-rank uncertainty and ``atom_std`` use), for the library's factor (leading directions and
+random probes) and for the leading directions alone, the test 95 % coverage of the streamed
 per-component ``bec_std`` both ways, and ``s`` against the weight scale ``s_w`` of the
 posterior samples (:func:`numbec.models.uncertainty.sample_scale`). The ``cov`` columns use
 ``method="coverage"`` explicitly (the library's default before ``two_part``).
@@ -247,22 +247,34 @@ def row(kind, train, test, hyper, descriptors, folds, rank, cost=True) -> dict:
             "rank": rank, **two_low}
 
 
+def _leading_only_std(model, atoms, rank, noise_variance):
+    """(N, 3, 3) e: the streamed ``bec_std`` of the ``rank`` leading posterior directions
+    alone, divided by the fraction of the training-row variance they carry (the library's
+    estimate before the random probes of :func:`numbec.models.uncertainty.posterior_factor`),
+    for comparison."""
+    from numbec.models import uncertainty as unc
+
+    fac = unc.posterior_factor(model, rank, probes=False)
+    becs = unc.direction_becs(model, atoms.positions, atoms.numbers, np.asarray(atoms.cell),
+                              atoms.pbc, fac.factor.T)
+    return np.sqrt((becs ** 2).sum(axis=0) / fac.captured + noise_variance)
+
+
 def _two_part_lowrank(model, train, held, test, epi, noise, rank, pred, ref, sizes) -> dict:
     """Under ``method="two_part"`` (the library's default): the largest relative deviation of
-    the streamed low-rank per-frame uncertainty from the exact one over the test frames, with
-    the held-out ratio of :func:`numbec.models.uncertainty.lowrank_ratio` and without it
-    (ratio 1, as before it existed), the test coverage of the streamed per-component
-    ``bec_std`` (both ways), the epistemic factor ``s`` (``variance_scale``) and the weight
-    scale ``s_w`` of the posterior samples (:func:`numbec.models.uncertainty.sample_scale`).
-    Leaves the model recalibrated with ``method="coverage"``, as it came."""
+    the streamed low-rank per-frame uncertainty (leading directions and random probes) from
+    the exact one over the test frames, and that of the leading directions alone
+    (:func:`_leading_only_std`), the test coverage of the streamed per-component ``bec_std``
+    (both ways), the epistemic factor ``s`` (``variance_scale``) and the weight scale ``s_w``
+    of the posterior samples (:func:`numbec.models.uncertainty.sample_scale`). Leaves the
+    model recalibrated with ``method="coverage"``, as it came."""
     from numbec.models import uncertainty as unc
 
     unc.recalibrate(model, train, held_out=held, method="two_part")
     s, s_v, s_w = model.variance_scale, unc.noise_scale(model), unc.sample_scale(model)
-    ratio = unc.lowrank_ratio(model, rank)
     nv = s_v * model.sigma_v2
     var = (s * epi + s_v * noise).reshape(-1, 9)
-    dev, dev_plain, low_std, start = [], [], [], 0
+    dev, dev_lead, low_std, lead_std, start = [], [], [], [], 0
     for atoms in test:
         exact = float(np.sqrt(np.mean(var[start:start + len(atoms)])))
         start += len(atoms)
@@ -270,17 +282,15 @@ def _two_part_lowrank(model, train, held, test, epi, noise, rank, pred, ref, siz
                                       np.asarray(atoms.cell), atoms.pbc, rank=rank)
         low_std.append(low["bec_std"])
         dev.append(abs(low["frame_std"] / exact - 1.0))
-        plain = np.sqrt((low["frame_std"] ** 2 - nv) / ratio + nv)
-        dev_plain.append(abs(plain / exact - 1.0))
-    low_std = np.concatenate(low_std)
-    plain_std = np.sqrt((low_std ** 2 - nv) / ratio + nv)
-    streamed = unc.calibration_metrics(pred, low_std, ref, sizes)
-    streamed_plain = unc.calibration_metrics(pred, plain_std, ref, sizes)
+        lead = _leading_only_std(model, atoms, rank, nv)
+        lead_std.append(lead)
+        dev_lead.append(abs(float(np.sqrt(np.mean(lead ** 2))) / exact - 1.0))
+    streamed = unc.calibration_metrics(pred, np.concatenate(low_std), ref, sizes)
+    leading = unc.calibration_metrics(pred, np.concatenate(lead_std), ref, sizes)
     unc.recalibrate(model, train, held_out=held, method="coverage")
     return {"two_part_lowrank_max_dev": float(max(dev)),
-            "two_part_lowrank_max_dev_without_ratio": float(max(dev_plain)),
-            "two_part_lowrank_ratio": ratio,
-            "two_part_streamed": streamed, "two_part_streamed_without_ratio": streamed_plain,
+            "two_part_lowrank_max_dev_leading": float(max(dev_lead)),
+            "two_part_streamed": streamed, "two_part_streamed_leading": leading,
             "two_part_scale": s, "two_part_noise_scale": s_v, "weight_scale": s_w}
 
 
@@ -312,9 +322,9 @@ def main(argv=None) -> int:
           "| frame rank corr | low-rank max dev | low-rank cost "
           "| s, c (mult.) | cov68 mult. | cov95 mult. | NLL mult. | frame rank corr mult. "
           "| held-out NLL cov / add. / mult. | held-out rank corr cov / add. / mult. "
-          "| 2-part: held-out low-rank ratio | low-rank max dev with / without ratio "
-          "| streamed cov95 with / without ratio | 2-part s / s_w |")
-    print("|---" * 45 + "|")
+          "| 2-part: low-rank max dev, probes / leading only "
+          "| streamed cov95 probes / leading only | 2-part s / s_w |")
+    print("|---" * 44 + "|")
     rows = []
     for system in args.systems.split(","):
         if system == "xtb":
@@ -380,11 +390,10 @@ def main(argv=None) -> int:
                       f"| {r['multiplicative']['nll']:.2f} "
                       f"| {r['multiplicative']['frame_rank_correlation']:.2f} "
                       f"| {held_nll} | {held_rank} "
-                      f"| {r['two_part_lowrank_ratio']:.3g} "
                       f"| {100 * r['two_part_lowrank_max_dev']:.1f} / "
-                      f"{100 * r['two_part_lowrank_max_dev_without_ratio']:.1f} % "
+                      f"{100 * r['two_part_lowrank_max_dev_leading']:.1f} % "
                       f"| {100 * r['two_part_streamed']['coverage_95']:.1f} / "
-                      f"{100 * r['two_part_streamed_without_ratio']['coverage_95']:.1f} "
+                      f"{100 * r['two_part_streamed_leading']['coverage_95']:.1f} "
                       f"| {r['two_part_scale']:.3g} / {r['weight_scale']:.3g} |",
                       flush=True)
     if args.json:

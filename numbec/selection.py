@@ -149,8 +149,8 @@ class _LowRankScorer:
     """Epistemic variance of frames from the K leading posterior directions of a model.
 
     ``directions`` (K, C) float64: the columns of ``L`` with ``Sigma ~ L L^T``
-    (:func:`numbec.models.uncertainty.posterior_factor`, without the recalibration scale and
-    without the rescaling to the captured fraction, so that the score is the part of
+    (:func:`numbec.models.uncertainty.posterior_factor` without its random probes and without
+    the recalibration scale, so that the score is the part of
     :func:`frame_score` that lies in those directions and equals it at full rank).
     """
 
@@ -166,7 +166,7 @@ class _LowRankScorer:
                 return
             except np.linalg.LinAlgError:
                 pass
-        factor = posterior_factor(model, rank, rescale=False).factor
+        factor = posterior_factor(model, rank, probes=False).factor
         self.directions = np.ascontiguousarray(factor.T / math.sqrt(variance_scale(model)))
 
     def channels(self, model, positions, numbers, cell, pbc, where: str = "") -> np.ndarray:

@@ -66,11 +66,9 @@ def test_full_rank_channel_std_equals_design_row_formula(cls, periodic, rng):
     np.testing.assert_allclose(exact, np.sqrt(2.5 * var), rtol=1e-10)
     full = unc.predict_uncertainty(model, *args, rank=None)
     np.testing.assert_allclose(full["bec_std"], exact, rtol=1e-8)
-    # a truncated factor, rescaled on average, is not exact but of the right size; rank 5
-    # ends at a gap of the spectrum (combined model: 3.15, 3.13, 3.13, 2.95, 2.76, 1.83 x 1e-6):
-    # a cut inside the near-degenerate top three keeps an arbitrary part of it, and summing
-    # the dipole design in another order (equal to 5e-15) moved this frame's share at rank 2
-    # from 0.91 to 0.18, so another BLAS could fail the test
+    # a truncated factor (one leading direction, four probes) is not exact but of the right
+    # size; the probes keep it unbiased whichever vector of the near-degenerate top of the
+    # spectrum (combined model: 3.15, 3.13, 3.13 x 1e-6) leads
     low = unc.predict_uncertainty(model, *args, rank=5)
     epi_exact = exact ** 2 - 2.5 * model.sigma_v2
     epi_low = low["bec_std"] ** 2 - 2.5 * model.sigma_v2
@@ -84,8 +82,62 @@ def test_factor_reproduces_covariance_at_full_rank(rng):
                                atol=1e-10 * np.abs(model.covariance).max())
     assert fac.captured == pytest.approx(1.0)
     # the captured fraction grows with the rank and the leading columns carry the most
-    caps = [unc.posterior_factor(model, rank=k).captured for k in (1, 3, 6)]
+    caps = [unc.posterior_factor(model, rank=k, probes=False).captured for k in (1, 3, 6)]
     assert caps[0] < caps[1] < caps[2] <= 1.0 + 1e-12
+
+
+def test_probes_estimate_the_remaining_covariance_without_bias():
+    """``E[Z Z^T] = rest rest^T`` over draws of the orthonormal probes (Monte Carlo, 20000
+    draws: the mean is within 2 % of the largest entry; unscaled probes would be off by
+    n / P = 2)."""
+    rest = np.random.default_rng(5).normal(size=(10, 6))
+    draws, gen, acc = 20000, np.random.default_rng(1), np.zeros((10, 10))
+    for _ in range(draws):
+        z = unc._probe_columns(rest, 3, gen)
+        assert z.shape == (10, 3)
+        acc += z @ z.T
+    want = rest @ rest.T
+    np.testing.assert_allclose(acc / draws, want, atol=0.02 * np.abs(want).max())
+    # one draw: Q has orthonormal columns, so Z^T Z is rest's Gram in the drawn subspace
+    z = unc._probe_columns(rest, 3, np.random.default_rng(2))
+    q = np.linalg.lstsq(rest, z, rcond=None)[0] / np.sqrt(6 / 3)
+    np.testing.assert_allclose(q.T @ q, np.eye(3), atol=1e-10)
+
+
+@pytest.mark.parametrize("cls", MODELS)
+def test_streamed_variance_is_leading_directions_plus_probes(cls, rng):
+    """The rank-K factor is ``[D_1 .. D_J, Z_1 .. Z_P]`` (J, P = split_rank): the leading
+    posterior directions and probes of the rest drawn from the fixed seed, times
+    ``sqrt(s)``; its frame variance averaged over probe draws is the exact one."""
+    model = cls(settings=SETTINGS, zeta=3, n_sparse=6).fit(training_frames(rng, False, 5))
+    model.variance_scale = 2.0
+    c = model.covariance.shape[0]
+    assert c > 8
+    assert unc.split_rank(8, c) == (2, 6) and unc.split_rank(3, c) == (0, 3)
+    assert unc.split_rank(c, c) == unc.split_rank(c + 5, c) == (c, 0)
+    fac = unc.posterior_factor(model, rank=8)
+    assert (fac.rank, fac.leading, fac.probes) == (8, 2, 6)
+    directions, mu = unc._posterior_spectrum(model)
+    probes = unc._probe_columns(directions[:, 2:], 6, np.random.default_rng(unc.PROBE_SEED))
+    np.testing.assert_allclose(fac.factor, np.sqrt(2.0) * np.hstack([directions[:, :2], probes]),
+                               rtol=1e-12, atol=1e-14 * np.abs(fac.factor).max())
+    assert fac.captured == pytest.approx(mu[:2].sum() / mu.sum(), rel=1e-12)
+    model._posterior_factor_cache = None  # rebuilt: the same probes
+    np.testing.assert_array_equal(unc.posterior_factor(model, rank=8).factor, fac.factor)
+    lead = unc.posterior_factor(model, rank=8, probes=False)
+    assert lead.leading == 8 and lead.probes == 0
+    np.testing.assert_allclose(lead.factor, np.sqrt(2.0) * directions[:, :8], rtol=1e-12)
+    # unbiased for a frame the model has not seen: mean over 2000 probe draws within 5 %
+    # (5 standard errors or more)
+    atoms = training_frames(rng, False, 1)[0]
+    phi = _design_rows(model, atoms).reshape(len(atoms) * 9, -1)
+    exact = np.einsum("rc,cd,rd->", phi, model.covariance, phi)
+    gen = np.random.default_rng(0)
+    lead_part = ((phi @ directions[:, :2]) ** 2).sum()
+    draws = [lead_part + ((phi @ unc._probe_columns(directions[:, 2:], 6, gen)) ** 2).sum()
+             for _ in range(2000)]
+    assert np.mean(draws) == pytest.approx(exact, rel=0.05)
+    assert lead_part < 0.95 * exact  # the leading directions alone fall short
 
 
 def test_sampled_weights_have_posterior_mean_and_covariance(rng):

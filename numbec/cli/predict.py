@@ -73,9 +73,10 @@ def register(subparsers):
                              "have no model band); about the cost of the std alone instead "
                              "of one design row per species")
     parser.add_argument("--uncertainty-rank", type=int, default=None, metavar="K",
-                        help="with --uncertainty: bec_std from the K leading posterior "
-                             "directions (extra adjoint channels, much cheaper than the exact "
-                             "bec_std)")
+                        help="with --uncertainty: bec_std from a rank-K factor of the "
+                             "posterior (K/4 leading directions and random probes of the "
+                             "rest, an unbiased estimate; extra adjoint channels, much "
+                             "cheaper than the exact bec_std)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the posterior samples")
     parser.add_argument("--charge", type=float, default=0.0, metavar="Q",
                         help="total charge of every frame in e (ions, charged molecules): "

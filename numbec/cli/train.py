@@ -201,7 +201,7 @@ def run(args) -> int:
     start = time.perf_counter()
     model.fit(frames, progress=progress_choice(args))
     if args.calibrate_folds:
-        from numbec.models.uncertainty import lowrank_ratio, recalibrate
+        from numbec.models.uncertainty import recalibrate
 
         recalibrate(model, frames, folds=args.calibrate_folds,
                     method=args.calibration_method)
@@ -212,14 +212,10 @@ def run(args) -> int:
             part, noise = " (epistemic)", f", noise scale {info['noise_scale']:.3g}"
         if info.get("residual_scale"):
             noise += f", residual term {info['residual_scale']:.3g} e^2 x r_frame"
-        ratio = ""
-        if info.get("lowrank_ratios"):
-            ratio = (f"; streamed rank-32 variance x {lowrank_ratio(model, 32):.3g} for "
-                     "unseen frames")
         print(f"  variance scale {model.variance_scale:.3g}{part}{noise} ({info['method']}) "
               f"from {info['folds']}-fold "
               f"cross-validation (held-out 95 % coverage before: "
-              f"{100 * info['coverage_95_unscaled']:.1f} %{ratio})")
+              f"{100 * info['coverage_95_unscaled']:.1f} %)")
     seconds = time.perf_counter() - start
     path = model.save(args.out)
     parts = getattr(model, "training", None) or {}

@@ -1279,12 +1279,6 @@ class KernelBECModel(BECModel):
             if not isinstance(fit, dict):
                 raise ModelFileError("metadata training['variance_scale_fit'] is not a JSON "
                                      "object")
-            from numbec.models.uncertainty import lowrank_ratio_points
-
-            try:  # used by the streamed uncertainty; a bad entry fails here, named
-                lowrank_ratio_points(fit.get("lowrank_ratios"))
-            except ValueError as exc:
-                raise ModelFileError(str(exc)) from None
         n_species = len(species)
         model.q0 = checked_array(arrays, "q0", (n_species,), "float")
         model.sparse_unit = checked_array(arrays, "sparse_unit",

@@ -20,7 +20,9 @@ This module holds
   with ``method="residual"`` also a variance term ``c r_frame`` that grows with the frame's
   mean Nyström residual against the sparse points (``residual_scale``; absent: 0);
 - :class:`PosteriorFactor` / :func:`posterior_factor`: ``Sigma ~ L L^T`` with ``L`` (C, K) the
-  leading K directions of the posterior covariance in the metric of the training design;
+  leading directions of the posterior covariance in the metric of the training design and
+  random probes of the rest, so that ``phi^T L L^T phi`` estimates ``phi^T Sigma phi`` without
+  bias for every row;
 - :func:`direction_becs`: the BECs ``Phi u_k`` of several weight vectors from one descriptor
   pass (extra adjoint channels);
 - :func:`predict_uncertainty`: per-atom ``bec_std`` and a per-frame uncertainty from the
@@ -44,9 +46,7 @@ __all__ = [
     "calibration_metrics",
     "direction_becs",
     "exact_bec_std",
-    "LOWRANK_RANKS",
-    "lowrank_ratio",
-    "lowrank_ratio_points",
+    "PROBE_SEED",
     "noise_scale",
     "coverage_scale",
     "fit_variance_scale",
@@ -237,11 +237,7 @@ def held_out_errors(model, frames, folds: int = 5) -> dict:
     Nyström residual ``r_a`` of the value's atom against the fold model's sparse points
     (:func:`numbec.selection.frame_residual`); ``frame_residual`` (n,), the mean of ``r_a``
     over the atoms of the value's frame (:func:`mean_frame_residual`, used by
-    ``method="residual"``); ``epistemic_lowrank`` (n, R) e^2, the epistemic variance of the
-    fold model's rank-K factor (:func:`posterior_factor`, rescaled by the captured fraction
-    only) at each rank K of ``lowrank_ranks`` (R,) int (:data:`LOWRANK_RANKS` below C; at
-    K >= C it equals ``epistemic``), for :func:`lowrank_ratio`; ``folds`` (int). Needs at
-    least 2 frames.
+    ``method="residual"``); ``folds`` (int). Needs at least 2 frames.
     """
     frames = list(frames)
     if int(folds) < 2 or len(frames) < 2:
@@ -251,15 +247,14 @@ def held_out_errors(model, frames, folds: int = 5) -> dict:
     edges = np.linspace(0, len(frames), folds + 1).round().astype(int)
     from numbec.selection import frame_residual
 
-    err, epi, noise, block, resid, frame_r, low = [], [], [], [], [], [], []
+    err, epi, noise, block, resid, frame_r = [], [], [], [], [], []
     for k, (a, b) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
         train = frames[:a] + frames[b:]
         sub = _fold_model(model, train).fit(train)
         for atoms in frames[a:b]:
             out = sub.predict(atoms)
-            epi_exact, epi_low = _held_out_epistemic(sub, atoms, LOWRANK_RANKS)
+            epi_exact = _held_out_epistemic(sub, atoms)
             epi.append(epi_exact)
-            low.append(epi_low)
             r = frame_residual(sub, atoms.positions, atoms.numbers, np.asarray(atoms.cell),
                                atoms.pbc)
             resid.append(np.repeat(r, 9))  # components in atom-major order, as err
@@ -271,17 +266,13 @@ def held_out_errors(model, frames, folds: int = 5) -> dict:
     return {"err": np.concatenate(err), "epistemic": np.concatenate(epi),
             "noise": np.concatenate(noise), "block": np.concatenate(block),
             "residual": np.concatenate(resid), "frame_residual": np.concatenate(frame_r),
-            "epistemic_lowrank": np.concatenate(low),
-            "lowrank_ranks": np.asarray(LOWRANK_RANKS, dtype=np.int64), "folds": folds}
+            "folds": folds}
 
 
-def _held_out_epistemic(model, atoms, ranks) -> tuple[np.ndarray, np.ndarray]:
-    """The epistemic variances of the BEC components of ``atoms`` (atom-major, as
-    ``bec.ravel()``) under a model with variance scale 1, from one set of design rows
-    ``phi``: ``exact`` (N * 9,) e^2, ``phi^T Sigma phi`` (what ``bec_std^2 - sigma_v^2`` of
-    ``predict(..., uncertainty=True)`` is), and ``lowrank`` (N * 9, R) e^2, the rank-K
-    variance ``sum_{k < K} (phi . L_k)^2 / captured_K`` of :func:`posterior_factor` without
-    the held-out ratio, for each K of ``ranks`` (the exact one where K >= C)."""
+def _held_out_epistemic(model, atoms) -> np.ndarray:
+    """(N * 9,) e^2: the epistemic variances ``phi^T Sigma phi`` of the BEC components of
+    ``atoms`` (atom-major, as ``bec.ravel()``) under a model with variance scale 1, what
+    ``bec_std^2 - sigma_v^2`` of ``predict(..., uncertainty=True)`` is, from the design rows."""
     from numbec.models import regression
 
     n = len(atoms)
@@ -289,22 +280,9 @@ def _held_out_epistemic(model, atoms, ranks) -> tuple[np.ndarray, np.ndarray]:
     phi, _ = model._design(np.asarray(atoms.positions, dtype=np.float64),
                            np.asarray(atoms.numbers, dtype=np.int64), np.asarray(atoms.cell),
                            pbc, "held-out")
-    rows = phi.reshape(n * 9, -1)
-    exact = np.clip(regression.predictive_variance(rows, model.covariance, model.sigma_v2,
-                                                   include_noise=False), 0.0, None)
-    directions, mu = _posterior_spectrum(model)
-    c = mu.size
-    kmax = min(max(ranks), c)
-    cumulative = np.cumsum((rows @ directions[:, :kmax]) ** 2, axis=1)
-    cols = []
-    for k in ranks:
-        if int(k) >= c:
-            cols.append(exact)
-            continue
-        captured = _captured(mu, int(k))
-        cols.append(cumulative[:, int(k) - 1] / captured if captured > 0
-                    else cumulative[:, int(k) - 1])
-    return exact, np.stack(cols, axis=1)
+    return np.clip(regression.predictive_variance(phi.reshape(n * 9, -1), model.covariance,
+                                                  model.sigma_v2, include_noise=False),
+                   0.0, None)
 
 
 def coverage_scale(z, coverage: float = 0.95) -> float:
@@ -443,8 +421,7 @@ def fit_variance_scale(model, frames, folds: int = 5, method: str = "two_part") 
     (when the held-out errors have ``frame_residual``), and ``weight_scale = sum(err^2) /
     sum(phi^T Sigma phi)``: the scale of the weight posterior alone that accounts for the
     whole held-out error (used for posterior samples and the spectrum's model band, which
-    carry no per-component noise term; see :func:`sample_scale`), and ``lowrank_ratios``
-    (:func:`lowrank_ratio`). Needs at least 2 frames.
+    carry no per-component noise term; see :func:`sample_scale`). Needs at least 2 frames.
     """
     if method not in SCALE_METHODS:
         raise ValueError(f"method must be one of {SCALE_METHODS}, got {method!r}")
@@ -480,16 +457,6 @@ def scales_from_held_out(held: dict, method: str = "two_part") -> dict:
         common = 1.0
     two = [common * a, common * b]
     scales["two_part"] = two[0]
-    low = held.get("epistemic_lowrank")
-    if low is not None:
-        # no entry where the held-out frames have no epistemic variance: nothing to correct
-        low_sums, epi_total = np.asarray(low, dtype=np.float64).sum(axis=0), float(epi.sum())
-        table = {str(int(k)): epi_total / float(v)
-                 for k, v in zip(held["lowrank_ranks"], low_sums, strict=True)
-                 if v > 0 and epi_total > 0}
-        extra_low = {"lowrank_ratios": table} if table else {}
-    else:
-        extra_low = {}
     err2, epi_sum = float(err @ err), float(epi.sum())
     extra = {"noise_scale": two[1]} if method == "two_part" else {}
     if method == "residual":
@@ -498,7 +465,7 @@ def scales_from_held_out(held: dict, method: str = "two_part") -> dict:
             "scale_coverage": scales["coverage"], "scale_likelihood": scales["likelihood"],
             "two_part_scales": two, "folds": held["folds"],
             "n_values": int(z2.size), "scale_worst_block": scales["worst_block"], **blocks,
-            **res, **extra_low,
+            **res,
             "coverage_68_unscaled": float(np.mean(z2 <= _Z68 ** 2)),
             "coverage_95_unscaled": float(np.mean(z2 <= _Z95 ** 2)),
             "weight_scale": err2 / epi_sum if epi_sum > 0 else float(np.mean(z2))}
@@ -530,38 +497,44 @@ def recalibrate(model, frames, folds: int = 5, method: str = "two_part", held_ou
     model.noise_scale = info.get("noise_scale")  # None: the noise scales with the rest
     model.residual_scale = float(info.get("residual_scale", 0.0))  # 0: no residual term
     model.training = dict(getattr(model, "training", {}) or {}, variance_scale_fit=info)
-    model._posterior_factor_cache = None  # the ratios of the low-rank factor may be new
+    model._posterior_factor_cache = None  # the factor carries the scale
     return model
 
 
 # ---------------------------------------------------------------------- low-rank posterior
+#: Seed of the random probes of :func:`posterior_factor`. Fixed, so that a model's streamed
+#: uncertainty is the same in every run, on every worker and after a resume.
+PROBE_SEED = 0
+
+
 @dataclass
 class PosteriorFactor:
     """Low-rank factor of the (recalibrated) posterior covariance, ``Sigma ~ L L^T``.
 
-    factor : (C, K) float64, units of the weights. Columns ordered by decreasing predictive
-        variance on training-like design rows.
-    captured : float, in (0, 1]: fraction of ``tr(G Sigma)`` the K columns carry (G the
+    factor : (C, K) float64, units of the weights. The first ``leading`` columns are the
+        leading directions of the posterior in the metric of the training design (decreasing
+        predictive variance on training-like rows); the other ``probes`` columns are random
+        probes of the remaining covariance, so that ``phi^T L L^T phi`` is an unbiased
+        estimate of ``phi^T Sigma phi`` for any row ``phi`` (exact at full rank).
+    captured : float, in (0, 1]: fraction of ``tr(G Sigma)`` the leading columns carry (G the
         training Gram matrix), i.e. of the mean epistemic variance over training-like rows.
-    rescaled : bool: the columns were divided by ``sqrt(captured)`` so that the mean epistemic
-        variance over training-like rows is preserved (the residual ``Sigma - L L^T``
-        is then accounted for on average, not per row).
+    leading : int, the number of leading columns (K when the factor has no probes).
     noise_variance : float, e^2: ``s_v sigma_v^2`` (:func:`noise_scale`), added to every
         component's variance.
-    held_out_ratio : float >= 1 typically: the further factor of the columns' variance
-        learned on held-out frames (:func:`lowrank_ratio`; 1 when not rescaled or when the
-        model's recalibration did not measure it).
     """
 
     factor: np.ndarray
     captured: float
-    rescaled: bool
+    leading: int
     noise_variance: float
-    held_out_ratio: float = 1.0
 
     @property
     def rank(self) -> int:
         return self.factor.shape[1]
+
+    @property
+    def probes(self) -> int:
+        return self.rank - self.leading
 
 
 def _training_metric(model, cov) -> np.ndarray:
@@ -611,100 +584,69 @@ def _captured(mu, k: int) -> float:
     return float(mu[:k].sum() / total) if total > 0 else 1.0
 
 
-def posterior_factor(model, rank: int | None = 32, rescale: bool = True) -> PosteriorFactor:
-    """Leading ``rank`` directions of the posterior covariance, ``Sigma ~ L L^T``.
+def split_rank(rank: int, n_weights: int) -> tuple[int, int]:
+    """``(leading, probes)`` of a rank-``rank`` factor of ``n_weights`` weights: a quarter of
+    the columns (rounded down) are leading directions, the rest random probes; at
+    ``rank >= n_weights`` all directions, exact."""
+    if rank >= n_weights:
+        return n_weights, 0
+    leading = rank // 4
+    return leading, rank - leading
+
+
+def _probe_columns(rest: np.ndarray, n_probes: int, rng) -> np.ndarray:
+    """(C, P) random probes ``Z = rest Q sqrt(n / P)`` of the covariance ``rest rest^T``
+    (``rest`` (C, n), n > P). Q (n, P): orthonormal columns spanning a uniformly random
+    P-dimensional subspace (the span of a Gaussian matrix), so ``E[Q Q^T] = (P / n) I`` and
+    ``E[Z Z^T] = rest rest^T``. Orthonormal rather than Gaussian probes: the estimate
+    ``sum_p (phi . Z_p)^2`` has less spread."""
+    n = rest.shape[1]
+    q, _ = np.linalg.qr(rng.standard_normal((n, n_probes)))
+    return rest @ q * np.sqrt(n / n_probes)
+
+
+def posterior_factor(model, rank: int | None = 32, probes: bool = True) -> PosteriorFactor:
+    """A rank-``rank`` factor ``L`` of the recalibrated posterior covariance, ``Sigma ~ L L^T``.
 
     With ``Sigma = S S^T`` (symmetric square root) and ``G`` the training Gram matrix, the
-    eigenvectors ``e_k`` of ``S^T G S`` give the columns ``L_k = S e_k``; all of them together
-    reproduce ``Sigma`` exactly (``phi^T Sigma phi = sum_k (phi . L_k)^2`` for any row), and the
-    first K carry the most predictive variance on rows like the training rows. ``rank=None``
-    or >= C: full rank (exact). Includes the recalibration scale. With ``rescale`` (and
-    K < C) the columns are divided by ``sqrt(captured)`` and multiplied by
-    ``sqrt(lowrank_ratio(model, K))``: the first makes the mean over training-like rows
-    right, the second (learned on held-out frames, 1 for models recalibrated without it)
-    the mean over frames the model has not seen, where the K leading directions carry less.
-    Cached per model and weights.
+    eigenvectors ``e_k`` of ``S^T G S`` give the directions ``D_k = S e_k``, ordered by the
+    predictive variance they carry on rows like the training rows; all C of them reproduce
+    ``Sigma`` exactly (``phi^T Sigma phi = sum_k (phi . D_k)^2`` for any row).
+
+    With ``probes`` (the streamed uncertainty and posterior samples) the factor is
+    ``[D_1 .. D_J, Z_1 .. Z_P]`` with J, P = :func:`split_rank`: the J leading directions
+    and P random probes ``Z`` of the rest (:func:`_probe_columns`, drawn from
+    :data:`PROBE_SEED`), so that ``phi^T L L^T phi`` is an unbiased estimate of
+    ``phi^T Sigma phi`` for every row, seen or not. The leading directions alone miss what
+    frames unlike the training frames put in the other directions (which carry most of the
+    variance when the posterior spectrum decays slowly); the probes spread the estimate over
+    all of them, and a frame's mean over its 9 N components averages their noise.
+    Without ``probes`` (uncertainty-driven selection, which needs a subspace): the ``rank``
+    leading directions, ``phi^T L L^T phi <= phi^T Sigma phi``.
+
+    ``rank=None`` or >= C: full rank (exact). Includes the recalibration scale
+    (:func:`variance_scale`). Cached per model and weights.
     """
     c = np.asarray(model.covariance).shape[0]
     k = c if rank is None else min(int(rank), c)
     if k < 1:
         raise ValueError(f"rank must be >= 1, got {rank}")
-    rescaled = bool(rescale and k < c)
-    ratio = lowrank_ratio(model, k) if rescaled else 1.0
-    key = (id(model.weights), k, rescaled, variance_scale(model), noise_scale(model), ratio)
+    leading, n_probes = split_rank(k, c) if probes else (k, 0)
+    key = (id(model.weights), leading, n_probes, variance_scale(model), noise_scale(model))
     cached = getattr(model, "_posterior_factor_cache", None)
     if cached is not None and cached[0] == key:
         return cached[1]
     directions, mu = _posterior_spectrum(model)
-    captured = _captured(mu, k)
-    factor = np.sqrt(variance_scale(model)) * directions[:, :k]
-    rescaled = rescaled and captured > 0
-    if rescaled:
-        factor = factor * np.sqrt(ratio / captured)
-    out = PosteriorFactor(factor=np.ascontiguousarray(factor), captured=captured,
-                          rescaled=rescaled,
-                          noise_variance=noise_scale(model) * float(model.sigma_v2),
-                          held_out_ratio=ratio if rescaled else 1.0)
+    columns = directions[:, :leading]
+    if n_probes:
+        rng = np.random.default_rng(PROBE_SEED)
+        columns = np.concatenate([columns, _probe_columns(directions[:, leading:], n_probes,
+                                                          rng)], axis=1)
+    out = PosteriorFactor(factor=np.ascontiguousarray(np.sqrt(variance_scale(model)) * columns),
+                          captured=_captured(mu, leading), leading=leading,
+                          noise_variance=noise_scale(model) * float(model.sigma_v2))
     model._posterior_factor_cache = (key, out)
     return out
-
-
-#: Ranks at which the recalibration measures :func:`lowrank_ratio` on the held-out frames.
-LOWRANK_RANKS = (8, 16, 32, 64)
-
-
-def lowrank_ratio_points(table) -> list[tuple[int, float]]:
-    """``[(rank, ratio), ...]`` of a stored ``lowrank_ratios`` table (``{"8": r, ...}``; None
-    or empty: ``[]``). Raises ValueError naming the entry when it is not a mapping of
-    positive integer ranks to finite positive ratios."""
-    if not table:
-        return []
-    where = "training['variance_scale_fit']['lowrank_ratios']"
-    if not isinstance(table, dict):
-        raise ValueError(f"{where} must map ranks to ratios, got {type(table).__name__}")
-    points = []
-    for key, value in table.items():
-        try:
-            k = int(key)
-            r = float("nan") if isinstance(value, bool) else float(value)
-        except (TypeError, ValueError):
-            k, r = 0, float("nan")
-        if k < 1 or not np.isfinite(r) or r <= 0:
-            raise ValueError(f"{where} has an invalid entry {key!r}: {value!r} (need a rank "
-                             ">= 1 and a finite ratio > 0)")
-        points.append((k, r))
-    return points
-
-
-def lowrank_ratio(model, rank: int) -> float:
-    """Factor of the rank-``rank`` low-rank epistemic variance learned on held-out frames.
-
-    The K leading directions of :func:`posterior_factor`, divided by their captured fraction,
-    give the right mean variance on training-like rows; on frames the model has not seen the
-    remaining directions carry more, and the low-rank variance falls short of
-    ``phi^T Sigma phi`` (by 3-47 % in variance at K = 32 on the held-out frames of the
-    benchmark sets: ratios 1.03-1.87).
-    :func:`held_out_errors` measures it with the fold models: the ratio ``sum phi^T Sigma phi
-    / sum phi^T L L^T phi`` over all held-out components at each rank of
-    :data:`LOWRANK_RANKS`, saved in the model's ``training["variance_scale_fit"]
-    ["lowrank_ratios"]`` (``{"8": r, ...}``). Between the stored ranks the ratio is
-    interpolated linearly in ``log K``, from the largest stored rank to 1 at full rank C;
-    below the smallest, that of the smallest. 1 for models without it (older files, or
-    recalibrated from held-out errors without low-rank variances).
-
-    Raises ValueError naming the entry when the stored table is not a mapping of positive
-    integer ranks to finite positive ratios (it is read back from the model file).
-    """
-    fit = (getattr(model, "training", None) or {}).get("variance_scale_fit") or {}
-    points = lowrank_ratio_points(fit.get("lowrank_ratios"))
-    if not points:
-        return 1.0
-    c = np.asarray(model.covariance).shape[0]
-    points = sorted(p for p in points if p[0] < c) + [(c, 1.0)]
-    ranks, ratios = zip(*points, strict=True)
-    if rank >= c:
-        return 1.0
-    return float(np.interp(np.log(rank), np.log(ranks), ratios))
 
 
 def sample_weights(model, n_samples: int, seed=None, rank: int | None = None) -> np.ndarray:
@@ -713,7 +655,7 @@ def sample_weights(model, n_samples: int, seed=None, rank: int | None = None) ->
     ``rank``: from the low-rank factor, ``w + L xi``, xi ~ N(0, I_K)). ``seed``: an int or a
     numpy Generator; the same seed gives the same samples."""
     rng = np.random.default_rng(seed)
-    factor = posterior_factor(model, rank, rescale=rank is not None).factor
+    factor = posterior_factor(model, rank).factor
     xi = rng.standard_normal((int(n_samples), factor.shape[1]))
     xi *= np.sqrt(sample_scale(model) / variance_scale(model))
     return model.weights[None, :] + xi @ factor.T
