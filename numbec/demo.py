@@ -115,9 +115,6 @@ class DemoConfig:
     posterior_samples : int
         Posterior weight samples of the combined model streamed over the test MD for the
         model-uncertainty band of its spectrum (0: no band).
-    uncertainty_rank : int
-        Leading directions of the posterior covariance the samples are drawn in (adjoint
-        channels of the prediction); 16 gave the band of 32 within 2 % at half the cost.
     """
 
     train_sizes: tuple = (2, 4, 5, 6, 6)
@@ -136,7 +133,6 @@ class DemoConfig:
     seed: int = 7
     recalibrate_folds: int = 3
     posterior_samples: int = 16
-    uncertainty_rank: int = 16
 
     @classmethod
     def full(cls) -> DemoConfig:
@@ -691,16 +687,14 @@ def compare(models: dict, store, md: dict, checks: list, config: DemoConfig, cac
         n_samples = config.posterior_samples if name == "combined" else 0
         # "full": full-posterior samples (forward mode); caches of the former low-rank
         # samples have other variables and must not be resumed
-        suffix = (f"-samples{n_samples}-full-rank{config.uncertainty_rank}" if n_samples
-                  else "")
+        suffix = f"-samples{n_samples}-full" if n_samples else ""
         out = cache / f"pred-{name}-{Path(store).stem}-{model_hash}{suffix}.zarr"
         log(f"  {name} model: streaming BEC predictions over {md['n_frames']} frames"
             + (f" with {n_samples} posterior samples" if n_samples else ""))
-        # the samples are extra adjoint channels of the same descriptor pass (low-rank
-        # posterior, numbec.models.uncertainty): one prediction gives BECs and band
+        # the samples ride on the same descriptor pass (forward mode along the velocities,
+        # numbec.models.forward_mode): one prediction gives BECs and band
         pred = numbec.predict(model, store, out=out, progress=progress,
-                              posterior_samples=n_samples, seed=config.seed,
-                              uncertainty_rank=config.uncertainty_rank if n_samples else None)
+                              posterior_samples=n_samples, seed=config.seed)
         bec = np.asarray(pred["bec"].values)
         dd = np.asarray(pred["dipole_derivative"].values)
         predict_seconds = time.perf_counter() - t0
