@@ -12,7 +12,9 @@ frame of 0-149, 100 sparse points per species, descriptors of benchmarks/models.
 the exact ``bec_std`` (design rows) and :func:`numbec.models.uncertainty.predict_uncertainty`
 at each rank K (one descriptor pass, K + 1 weight vectors as adjoint channels), and gives the
 largest relative deviation of the per-frame uncertainty ``sqrt(mean bec_std^2)`` from the
-exact one and the fraction of the training-metric variance the K directions carry.
+exact one and the fraction of the training-metric variance the factor's K / 4 leading
+directions carry (the other columns are random probes of the rest,
+:func:`numbec.models.uncertainty.posterior_factor`).
 
 The second table times the forward-mode dM/dt uncertainty
 (:mod:`numbec.models.forward_mode`, what ``numbec.predict(..., posterior_samples=S)`` runs
