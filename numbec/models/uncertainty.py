@@ -47,6 +47,7 @@ __all__ = [
     "direction_becs",
     "exact_bec_std",
     "PROBE_SEED",
+    "split_rank",
     "noise_scale",
     "coverage_scale",
     "fit_variance_scale",
@@ -516,8 +517,9 @@ class PosteriorFactor:
         predictive variance on training-like rows); the other ``probes`` columns are random
         probes of the remaining covariance, so that ``phi^T L L^T phi`` is an unbiased
         estimate of ``phi^T Sigma phi`` for any row ``phi`` (exact at full rank).
-    captured : float, in (0, 1]: fraction of ``tr(G Sigma)`` the leading columns carry (G the
-        training Gram matrix), i.e. of the mean epistemic variance over training-like rows.
+    captured : float, in [0, 1]: fraction of ``tr(G Sigma)`` the leading columns carry (G the
+        training Gram matrix), i.e. of the mean epistemic variance over training-like rows
+        (0 when there are none, at K < 4).
     leading : int, the number of leading columns (K when the factor has no probes).
     noise_variance : float, e^2: ``s_v sigma_v^2`` (:func:`noise_scale`), added to every
         component's variance.
