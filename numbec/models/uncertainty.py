@@ -273,7 +273,9 @@ def held_out_errors(model, frames, folds: int = 5) -> dict:
 def _held_out_epistemic(model, atoms) -> np.ndarray:
     """(N * 9,) e^2: the epistemic variances ``phi^T Sigma phi`` of the BEC components of
     ``atoms`` (atom-major, as ``bec.ravel()``) under a model with variance scale 1, what
-    ``bec_std^2 - sigma_v^2`` of ``predict(..., uncertainty=True)`` is, from the design rows."""
+    ``bec_std^2 - sigma_v^2`` of ``predict(..., uncertainty=True)`` is, from the design rows
+    directly: the difference would lose the digits of an epistemic part far below the
+    noise."""
     from numbec.models import regression
 
     n = len(atoms)
