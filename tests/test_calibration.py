@@ -1,6 +1,6 @@
 """Recalibration of the predicted BEC uncertainty: the two-part scale (the default), the
-split-conformal coverage scale, the Gaussian maximum-likelihood scale, the held-out ratio of
-the low-rank factor, and what is stored in model files."""
+split-conformal coverage scale, the Gaussian maximum-likelihood scale, and what is stored in
+model files."""
 
 from __future__ import annotations
 

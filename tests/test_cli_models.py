@@ -144,8 +144,7 @@ def test_train_calibration_method_two_part_stores_both_scales(tmp_path, capsys):
     assert main(["train", "example:sio2_quartz_subset", "--index", "0:6", "--model",
                  "monopole", "-o", str(out), "--calibrate-folds", "3", "--calibration-method",
                  "two_part", "--no-train-error", *TINY]) == 0
-    printed = capsys.readouterr().out
-    assert "noise scale" in printed
+    assert "noise scale" in capsys.readouterr().out
     model = numbec.load_model(out)
     frames = numbec.read_bec(QUARTZ, index="0:6")
     fresh = type(model)(settings=model.settings, **model.hyperparameters())

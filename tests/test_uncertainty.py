@@ -211,6 +211,12 @@ def test_recalibration_scale_is_saved_and_old_files_load(rng, tmp_path):
     meta.pop("variance_scale")
     old = MonopoleModel._from_state(meta, arrays)
     assert old.variance_scale == 1.0
+    # the record of the fit is read back (sample_scale, the CLI): a non-object is refused
+    from numbec.models.base import ModelFileError
+
+    bad = dict(meta, training=dict(meta["training"], variance_scale_fit=[1.0]))
+    with pytest.raises(ModelFileError, match="variance_scale_fit"):
+        MonopoleModel._from_state(bad, arrays)
 
 
 def test_streamed_wrapper_is_deterministic_and_consistent(rng):

@@ -1275,10 +1275,8 @@ class KernelBECModel(BECModel):
         if not isinstance(model.training, dict):
             raise ModelFileError("metadata 'training' is not a JSON object")
         fit = model.training.get("variance_scale_fit")
-        if fit is not None:
-            if not isinstance(fit, dict):
-                raise ModelFileError("metadata training['variance_scale_fit'] is not a JSON "
-                                     "object")
+        if fit is not None and not isinstance(fit, dict):  # read by sample_scale and the CLI
+            raise ModelFileError("metadata training['variance_scale_fit'] is not a JSON object")
         n_species = len(species)
         model.q0 = checked_array(arrays, "q0", (n_species,), "float")
         model.sparse_unit = checked_array(arrays, "sparse_unit",
