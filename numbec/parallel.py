@@ -228,9 +228,10 @@ def frame_threads(requested: int, concurrent_frames: bool, n_frames: int) -> int
 
 # ------------------------------------------------------------------------------ BLAS
 @contextlib.contextmanager
-def blas_limit(n_threads):
+def blas_limit(n_threads, refresh: bool = False):
     """``with blas_limit(n):`` BLAS runs on at most ``n`` threads (None: unchanged), set in
     the calling thread and restored on exit. Needs threadpoolctl; without it, a no-op.
+    ``refresh``: look for the loaded BLAS libraries again first (:func:`_blas_controller`).
 
     OpenBLAS builds differ in whether the setting is per thread or process-wide (and older
     ones take it from the main thread only), so numbec sets it both in the thread that
@@ -240,13 +241,33 @@ def blas_limit(n_threads):
     if n_threads is None:
         yield
         return
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - optional dependency
+    controller = _blas_controller(refresh)
+    if controller is None:  # pragma: no cover - optional dependency
         yield
         return
-    with threadpool_limits(limits=int(n_threads), user_api="blas"):
+    with controller.limit(limits=int(n_threads), user_api="blas"):
         yield
+
+
+_controller = None
+
+
+def _blas_controller(refresh: bool = False):
+    """threadpoolctl's view of the thread pools loaded in this process (None without
+    threadpoolctl), made once and reused: making it scans every loaded library, 2-3 ms in a
+    process that has imported numbec, zarr and dask, which a call of :func:`blas_limit`
+    per chunk would pay every time (7 % of the time of 5,000 water-dimer frames in chunks
+    of 1,000, 2026-12-04). ``refresh``: scan again
+    (:func:`numbec.predict` does at every call, so a BLAS library loaded since is limited
+    too)."""
+    global _controller
+    if _controller is None or refresh:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover - optional dependency
+            return None
+        _controller = ThreadpoolController()
+    return _controller
 
 
 #: Graph key prefixes of lazy numbec results -> BLAS threads their tasks want.

@@ -888,7 +888,7 @@ def predict(
         progress = sys.stderr.isatty()
     if out is None and plan.inputs.lazy:
         return _lazy_dataset(model, plan)
-    with parallel.blas_limit(plan.spec.blas_threads):
+    with parallel.blas_limit(plan.spec.blas_threads, refresh=True):
         if out is None:
             return _predict_in_memory(model, plan, progress)
         return _predict_to_store(model, plan, Path(out), progress, ds, store_path,
