@@ -388,7 +388,7 @@ def _check_total_charge(model, total_charge) -> float:
 #: The way the batches of small frames run (:func:`numbec.parallel.fastest_batch_mode`), per
 #: predict call (``_ChunkSpec.call_id``): probed in the first chunk that has room for the
 #: probe, then kept for the call's other chunks. A chunk of 1,000 water dimers holds only 8
-#: batches; probing each chunk would cost 5 of them, and not probing left the second core
+#: batches; probing each chunk would cost 7 of them, and not probing left the second core
 #: idle. Per process (dask workers each keep their own); bounded by :data:`_MAX_BATCH_MODES`.
 _BATCH_MODES: dict = {}
 _MAX_BATCH_MODES = 256
@@ -446,7 +446,9 @@ def _model_batches(model, positions, cell, spec, frame0, model_keys, per_frame, 
             seconds = {"numba": _timed(one_batch, starts[1])}
             with parallel.numba_threads(1):
                 seconds["serial"] = _timed(one_batch, starts[2])
-            probe = starts[3:3 + PROBE_ROUNDS * n_threads]
+            # whole rounds: an odd batch out would leave a thread idle and favour the others
+            rounds = min(PROBE_ROUNDS, (len(starts) - 3) // n_threads)
+            probe = starts[3:3 + rounds * n_threads]
             seconds["batch threads"] = _timed(
                 lambda items: _run_in_order(one_batch, items, n_threads), probe) / len(probe)
             starts = starts[3 + len(probe):]
