@@ -16,7 +16,9 @@ script measures it for the models of ``numbec demo`` / ``benchmarks/water_dimer_
 charges O -0.8 e, H 0.4 e plus 0.05 e noise: speed does not depend on the fitted weights).
 
 Rows: ``numbec.predict`` on an in-memory trajectory of displaced dimers (bec, dipole,
-dipole derivative), with ``threads=1`` and the automatic choice (``threads=None``: a chunk's
+dipole derivative), on one thread (``threads=1`` with the Numba kernels limited to one thread
+as well: ``threads=1`` alone computes one batch at a time with every Numba thread) and with
+the automatic choice (``threads=None``: a chunk's
 batches are timed three ways -- Numba kernels on all threads, on one thread, batches on
 concurrent threads -- and the rest run the fastest way, ``numbec.parallel.fastest_batch_mode``;
 frame by frame, concurrent frames only if a frame takes ``numbec.stream.MIN_THREADED_FRAME_S``),
@@ -38,6 +40,7 @@ the Python between the stages cost nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import sys
@@ -235,8 +238,13 @@ def main():
                     parallel.BATCH_BELOW_ATOMS = below
                     try:
                         for threads in (1, None):
-                            wall = timed(lambda m=model, t=threads, d=ds: numbec.predict(
-                                m, d, progress=False, threads=t), repeat)
+                            # threads=1 computes one batch at a time, but its Numba kernels
+                            # would still use every Numba thread: the one-thread row limits
+                            # them too, to compare with featomic on one thread
+                            with (parallel.numba_threads(1) if threads == 1
+                                  else contextlib.nullcontext()):
+                                wall = timed(lambda m=model, t=threads, d=ds: numbec.predict(
+                                    m, d, progress=False, threads=t), repeat)
                             ms = 1e3 * wall / n_frames
                             ref = featomic_ms["one" if threads == 1 else "all"]
                             ratio = "n/a" if ref is None else f"{ref / ms:.1f}"
