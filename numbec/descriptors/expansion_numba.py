@@ -28,7 +28,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from numbec.descriptors.pair_block_numba import FASTMATH, centre_block, legendre_tables
+from numbec.descriptors.pair_block_numba import (
+    FASTMATH,
+    block_centres,
+    centre_block_arrays,
+    centre_blocks,
+    fill_centre_block,
+    legendre_tables,
+)
 from numbec.descriptors.radial_basis_numba import hermite_eval
 from numbec.descriptors.spherical_harmonics_numba import sph_harm_unit
 
@@ -209,40 +216,46 @@ def expansion_coefficients(offsets, groups, ends, vectors, distances, l2_max, ra
     n_l2 = rad_values.shape[1] // n_rad  # radial columns per n: the table may stop at l2_max
     tables = legendre_tables(l_max)
     kmax = _max_pairs(offsets)
-    for i in prange(n_atoms):
-        p0 = offsets[i]
-        _, _, _, y, _, h2, _, h3, _ = centre_block(
-            vectors, distances, p0, offsets[i + 1], kmax, l_max, tables, rad_cut, rad_inv,
-            rad_values, rad_derivs, ang_cut, ang_inv, ang_values, ang_derivs, False, False)
-        for jc in range(n_species):
-            g0 = groups[i, jc] - p0
-            g1 = ends[i, jc, 0] - p0
-            for n in range(n_rad):
-                for l in range(l2_max + 1):
-                    col = n * n_l2 + l
-                    hr = h2[col, g0:g1]
-                    for lm in range(l * l, (l + 1) * (l + 1)):
-                        c2[i, jc * n_rad + n, lm] = _dot(hr, y[lm, g0:g1])
-            g1 = ends[i, jc, 1] - p0
-            for n in range(n_ang):
-                for l in range(l_max + 1):
-                    col = n * (l_max + 1) + l
-                    hr = h3[col, g0:g1]
-                    for lm in range(l * l, (l + 1) * (l + 1)):
-                        c3[i, jc * n_ang + n, lm] = _dot(hr, y[lm, g0:g1])
+    for block in prange(centre_blocks(n_atoms)):
+        arrays = centre_block_arrays(kmax, l_max, rad_values.shape[1], ang_values.shape[1],
+                                     False)
+        first, last = block_centres(block, n_atoms)
+        for i in range(first, last):
+            p0 = offsets[i]
+            _, _, _, y, _, h2, _, h3, _ = fill_centre_block(
+                arrays, vectors, distances, p0, offsets[i + 1], l_max, tables, rad_cut,
+                rad_inv, rad_values, rad_derivs, ang_cut, ang_inv, ang_values, ang_derivs,
+                False, False)
+            for jc in range(n_species):
+                g0 = groups[i, jc] - p0
+                g1 = ends[i, jc, 0] - p0
+                for n in range(n_rad):
+                    for l in range(l2_max + 1):
+                        col = n * n_l2 + l
+                        hr = h2[col, g0:g1]
+                        for lm in range(l * l, (l + 1) * (l + 1)):
+                            c2[i, jc * n_rad + n, lm] = _dot(hr, y[lm, g0:g1])
+                g1 = ends[i, jc, 1] - p0
+                for n in range(n_ang):
+                    for l in range(l_max + 1):
+                        col = n * (l_max + 1) + l
+                        hr = h3[col, g0:g1]
+                        for lm in range(l * l, (l + 1) * (l + 1)):
+                            c3[i, jc * n_ang + n, lm] = _dot(hr, y[lm, g0:g1])
     return c2, c3
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH, error_model="numpy")
-def _centre_basis_with_gradients(i, offsets, vectors, distances, kmax, l_max, tables, rad_cut,
+def _centre_basis_with_gradients(arrays, i, offsets, vectors, distances, l_max, tables, rad_cut,
                                  rad_inv, rad_values, rad_derivs, ang_cut, ang_inv, ang_values,
                                  ang_derivs):
-    """First pair p0 and pair count k of centre i, and the :func:`centre_block` basis
-    functions (with gradients) of its pairs: the prologue of the back-propagation kernels."""
+    """First pair p0 and pair count k of centre i, and the basis functions (with
+    gradients) of its pairs in ``arrays`` (:func:`fill_centre_block`): the prologue of the
+    back-propagation kernels."""
     p0 = offsets[i]
     k = offsets[i + 1] - p0
-    ux, uy, uz, y, dy, h2, dh2, h3, dh3 = centre_block(
-        vectors, distances, p0, p0 + k, kmax, l_max, tables, rad_cut, rad_inv, rad_values,
+    ux, uy, uz, y, dy, h2, dh2, h3, dh3 = fill_centre_block(
+        arrays, vectors, distances, p0, p0 + k, l_max, tables, rad_cut, rad_inv, rad_values,
         rad_derivs, ang_cut, ang_inv, ang_values, ang_derivs, True, False)
     return p0, k, ux, uy, uz, y, dy, h2, dh2, h3, dh3
 
@@ -273,92 +286,96 @@ def pair_backprop(a2, a3, offsets, groups, ends, vectors, distances, rad_cut, ra
     n_l2 = rad_values.shape[1] // n_rad
     tables = legendre_tables(l_max)
     kmax = _max_pairs(offsets)
-    for i in prange(n_atoms):
-        p0, k, ux, uy, uz, y, dy, h2, dh2, h3, dh3 = _centre_basis_with_gradients(
-            i, offsets, vectors, distances, kmax, l_max, tables, rad_cut, rad_inv, rad_values,
-            rad_derivs, ang_cut, ang_inv, ang_values, ang_derivs)
+    for block in prange(centre_blocks(n_atoms)):
+        arrays = centre_block_arrays(kmax, l_max, rad_values.shape[1],
+                                     ang_values.shape[1], True)
         s_h = np.empty((n_lm3, kmax))
         s_dh = np.empty((n_lm3, kmax))
         acc = np.empty((4, kmax))
-        for c in range(n_ch):
-            s_h[:, :k] = 0.0
-            s_dh[:, :k] = 0.0
-            for jc in range(n_species):
-                g0 = groups[i, jc] - p0
-                g1 = ends[i, jc, 0] - p0
-                r = jc * n_rad
-                for n in range(0, n_rad - 3, 4):
-                    for l in range(l2_max + 1):
-                        col = n * n_l2 + l
-                        for lm in range(l * l, (l + 1) * (l + 1)):
-                            _axpy2x4(a2[i, r + n, c, lm], a2[i, r + n + 1, c, lm],
-                                     a2[i, r + n + 2, c, lm], a2[i, r + n + 3, c, lm], h2, dh2,
-                                     col, n_l2, g0, g1, s_h[lm], s_dh[lm])
-                for n in range(n_rad - n_rad % 4, n_rad):
-                    arow = a2[i, r + n, c]
-                    for l in range(l2_max + 1):
-                        col = n * n_l2 + l
-                        for lm in range(l * l, (l + 1) * (l + 1)):
-                            _axpy2(arow[lm], h2[col, g0:g1], dh2[col, g0:g1],
-                                   s_h[lm, g0:g1], s_dh[lm, g0:g1])
-                g1 = ends[i, jc, 1] - p0
-                # four radial functions per pass: a quarter of the loads and stores of the
-                # sums (the loops over the pairs are short, so these dominate)
-                for n in range(0, n_ang - 3, 4):
-                    r = jc * n_ang + n
-                    for l in range(l_max + 1):
-                        col = n * (l_max + 1) + l
-                        for lm in range(l * l, (l + 1) * (l + 1)):
-                            _axpy2x4(a3[i, r, c, lm], a3[i, r + 1, c, lm], a3[i, r + 2, c, lm],
-                                     a3[i, r + 3, c, lm], h3, dh3, col, l_max + 1, g0, g1,
-                                     s_h[lm], s_dh[lm])
-                for n in range(n_ang - n_ang % 4, n_ang):
-                    arow = a3[i, jc * n_ang + n, c]
-                    for l in range(l_max + 1):
-                        col = n * (l_max + 1) + l
-                        for lm in range(l * l, (l + 1) * (l + 1)):
-                            _axpy2(arow[lm], h3[col, g0:g1], dh3[col, g0:g1],
-                                   s_h[lm, g0:g1], s_dh[lm, g0:g1])
-            acc[:, :k] = 0.0
-            ar = acc[0, :k]
-            ax = acc[1, :k]
-            ay = acc[2, :k]
-            az = acc[3, :k]
-            for lm in range(0, n_lm3 - 1, 2):  # two lm per pass over the accumulators
-                sh = s_h[lm, :k]
-                sdh = s_dh[lm, :k]
-                yl = y[lm, :k]
-                dyx = dy[lm, 0, :k]
-                dyy = dy[lm, 1, :k]
-                dyz = dy[lm, 2, :k]
-                sh1 = s_h[lm + 1, :k]
-                sdh1 = s_dh[lm + 1, :k]
-                yl1 = y[lm + 1, :k]
-                dyx1 = dy[lm + 1, 0, :k]
-                dyy1 = dy[lm + 1, 1, :k]
-                dyz1 = dy[lm + 1, 2, :k]
+        first, last = block_centres(block, n_atoms)
+        for i in range(first, last):
+            p0, k, ux, uy, uz, y, dy, h2, dh2, h3, dh3 = _centre_basis_with_gradients(
+                arrays, i, offsets, vectors, distances, l_max, tables, rad_cut, rad_inv,
+                rad_values, rad_derivs, ang_cut, ang_inv, ang_values, ang_derivs)
+            for c in range(n_ch):
+                s_h[:, :k] = 0.0
+                s_dh[:, :k] = 0.0
+                for jc in range(n_species):
+                    g0 = groups[i, jc] - p0
+                    g1 = ends[i, jc, 0] - p0
+                    r = jc * n_rad
+                    for n in range(0, n_rad - 3, 4):
+                        for l in range(l2_max + 1):
+                            col = n * n_l2 + l
+                            for lm in range(l * l, (l + 1) * (l + 1)):
+                                _axpy2x4(a2[i, r + n, c, lm], a2[i, r + n + 1, c, lm],
+                                         a2[i, r + n + 2, c, lm], a2[i, r + n + 3, c, lm], h2, dh2,
+                                         col, n_l2, g0, g1, s_h[lm], s_dh[lm])
+                    for n in range(n_rad - n_rad % 4, n_rad):
+                        arow = a2[i, r + n, c]
+                        for l in range(l2_max + 1):
+                            col = n * n_l2 + l
+                            for lm in range(l * l, (l + 1) * (l + 1)):
+                                _axpy2(arow[lm], h2[col, g0:g1], dh2[col, g0:g1],
+                                       s_h[lm, g0:g1], s_dh[lm, g0:g1])
+                    g1 = ends[i, jc, 1] - p0
+                    # four radial functions per pass: a quarter of the loads and stores of the
+                    # sums (the loops over the pairs are short, so these dominate)
+                    for n in range(0, n_ang - 3, 4):
+                        r = jc * n_ang + n
+                        for l in range(l_max + 1):
+                            col = n * (l_max + 1) + l
+                            for lm in range(l * l, (l + 1) * (l + 1)):
+                                _axpy2x4(a3[i, r, c, lm], a3[i, r + 1, c, lm], a3[i, r + 2, c, lm],
+                                         a3[i, r + 3, c, lm], h3, dh3, col, l_max + 1, g0, g1,
+                                         s_h[lm], s_dh[lm])
+                    for n in range(n_ang - n_ang % 4, n_ang):
+                        arow = a3[i, jc * n_ang + n, c]
+                        for l in range(l_max + 1):
+                            col = n * (l_max + 1) + l
+                            for lm in range(l * l, (l + 1) * (l + 1)):
+                                _axpy2(arow[lm], h3[col, g0:g1], dh3[col, g0:g1],
+                                       s_h[lm, g0:g1], s_dh[lm, g0:g1])
+                acc[:, :k] = 0.0
+                ar = acc[0, :k]
+                ax = acc[1, :k]
+                ay = acc[2, :k]
+                az = acc[3, :k]
+                for lm in range(0, n_lm3 - 1, 2):  # two lm per pass over the accumulators
+                    sh = s_h[lm, :k]
+                    sdh = s_dh[lm, :k]
+                    yl = y[lm, :k]
+                    dyx = dy[lm, 0, :k]
+                    dyy = dy[lm, 1, :k]
+                    dyz = dy[lm, 2, :k]
+                    sh1 = s_h[lm + 1, :k]
+                    sdh1 = s_dh[lm + 1, :k]
+                    yl1 = y[lm + 1, :k]
+                    dyx1 = dy[lm + 1, 0, :k]
+                    dyy1 = dy[lm + 1, 1, :k]
+                    dyz1 = dy[lm + 1, 2, :k]
+                    for q in range(k):
+                        ar[q] += sdh[q] * yl[q] + sdh1[q] * yl1[q]
+                        ax[q] += sh[q] * dyx[q] + sh1[q] * dyx1[q]
+                        ay[q] += sh[q] * dyy[q] + sh1[q] * dyy1[q]
+                        az[q] += sh[q] * dyz[q] + sh1[q] * dyz1[q]
+                if n_lm3 % 2:
+                    lm = n_lm3 - 1
+                    sh = s_h[lm, :k]
+                    sdh = s_dh[lm, :k]
+                    yl = y[lm, :k]
+                    dyx = dy[lm, 0, :k]
+                    dyy = dy[lm, 1, :k]
+                    dyz = dy[lm, 2, :k]
+                    for q in range(k):
+                        ar[q] += sdh[q] * yl[q]
+                        ax[q] += sh[q] * dyx[q]
+                        ay[q] += sh[q] * dyy[q]
+                        az[q] += sh[q] * dyz[q]
                 for q in range(k):
-                    ar[q] += sdh[q] * yl[q] + sdh1[q] * yl1[q]
-                    ax[q] += sh[q] * dyx[q] + sh1[q] * dyx1[q]
-                    ay[q] += sh[q] * dyy[q] + sh1[q] * dyy1[q]
-                    az[q] += sh[q] * dyz[q] + sh1[q] * dyz1[q]
-            if n_lm3 % 2:
-                lm = n_lm3 - 1
-                sh = s_h[lm, :k]
-                sdh = s_dh[lm, :k]
-                yl = y[lm, :k]
-                dyx = dy[lm, 0, :k]
-                dyy = dy[lm, 1, :k]
-                dyz = dy[lm, 2, :k]
-                for q in range(k):
-                    ar[q] += sdh[q] * yl[q]
-                    ax[q] += sh[q] * dyx[q]
-                    ay[q] += sh[q] * dyy[q]
-                    az[q] += sh[q] * dyz[q]
-            for q in range(k):
-                g[p0 + q, c, 0] = ax[q] + ar[q] * ux[q]
-                g[p0 + q, c, 1] = ay[q] + ar[q] * uy[q]
-                g[p0 + q, c, 2] = az[q] + ar[q] * uz[q]
+                    g[p0 + q, c, 0] = ax[q] + ar[q] * ux[q]
+                    g[p0 + q, c, 1] = ay[q] + ar[q] * uy[q]
+                    g[p0 + q, c, 2] = az[q] + ar[q] * uz[q]
     return g
 
 
@@ -396,12 +413,13 @@ def pair_backprop_channel_blocks(a2, a3, offsets, groups, ends, vectors, distanc
 
     The loop runs over the pairs of a species group, and per pair over lm with the sums over
     n in registers for four channels at once (the adjoints of the centre are first copied to
-    (rows, lm, 4) blocks, zero-padded past the last channel). For four channels or more it is
-    faster than :func:`pair_backprop`, whose loops over the pairs are short (one species group
-    within a cutoff) and which goes through the pairs once per channel. For one channel it
-    is faster where the centres have few pairs (molecules, small clusters: those loops are
-    then a few pairs long) and slower where they have many (liquids: the unused lanes cost as
-    much as the used one); :data:`numbec.descriptors.expansion.BLOCK_BACKPROP_BELOW`.
+    (rows, lm, 4) blocks; the lanes past the last channel are computed and not stored). For
+    four channels or more it is faster than :func:`pair_backprop`, whose loops over the pairs
+    are short (one species group within a cutoff) and which goes through the pairs once per
+    channel. For one channel it is faster where the centres have few pairs (molecules, small
+    clusters: those loops are then a few pairs long) and slower where they have many
+    (liquids: the unused lanes cost as much as the used one);
+    :data:`numbec.descriptors.expansion.BLOCK_BACKPROP_BELOW`.
     """
     n_atoms = offsets.shape[0] - 1
     n_species = groups.shape[1] - 1
@@ -415,100 +433,106 @@ def pair_backprop_channel_blocks(a2, a3, offsets, groups, ends, vectors, distanc
     kmax = _max_pairs(offsets)
     l_of = l_of_lm(l_max)
     n_l2 = rad_values.shape[1] // n_rad
-    for i in prange(n_atoms):
-        p0, k, ux, uy, uz, y, dy, h2, dh2, h3, dh3 = _centre_basis_with_gradients(
-            i, offsets, vectors, distances, kmax, l_max, tables, rad_cut, rad_inv, rad_values,
-            rad_derivs, ang_cut, ang_inv, ang_values, ang_derivs)
+    for block in prange(centre_blocks(n_atoms)):
+        arrays = centre_block_arrays(kmax, l_max, rad_values.shape[1],
+                                     ang_values.shape[1], True)
+        # lanes past the last channel keep finite values of an earlier centre or channel
+        # block: computed, never stored
         at2 = np.zeros((n_r2, n_lm2, 4))
         at3 = np.zeros((n_r3, n_lm3, 4))
-        for cb in range(0, n_ch, 4):
-            nc = min(4, n_ch - cb)
-            for r in range(n_r2):
-                for c in range(nc):
-                    for lm in range(n_lm2):
-                        at2[r, lm, c] = a2[i, r, cb + c, lm]
-            for r in range(n_r3):
-                for c in range(nc):
-                    for lm in range(n_lm3):
-                        at3[r, lm, c] = a3[i, r, cb + c, lm]
-            for jc in range(n_species):
-                g0 = groups[i, jc] - p0
-                g1 = groups[i, jc + 1] - p0
-                gr = ends[i, jc, 0] - p0
-                ga = ends[i, jc, 1] - p0
-                for q in range(g0, g1):
-                    r0 = 0.0
-                    r1 = 0.0
-                    r2 = 0.0
-                    r3 = 0.0
-                    x0 = 0.0
-                    x1 = 0.0
-                    x2 = 0.0
-                    x3 = 0.0
-                    y0 = 0.0
-                    y1 = 0.0
-                    y2 = 0.0
-                    y3 = 0.0
-                    z0 = 0.0
-                    z1 = 0.0
-                    z2 = 0.0
-                    z3 = 0.0
-                    in_r = q < gr
-                    n_lm = n_lm3 if q < ga else n_lm2
-                    for lm in range(n_lm):
-                        l = l_of[lm]
-                        s0 = 0.0
-                        s1 = 0.0
-                        s2 = 0.0
-                        s3 = 0.0
-                        d0 = 0.0
-                        d1 = 0.0
-                        d2 = 0.0
-                        d3 = 0.0
-                        if in_r and lm < n_lm2:
-                            s0, s1, s2, s3, d0, d1, d2, d3 = _sums_over_n4(
-                                at2, jc * n_rad, lm, h2, dh2, q, n_rad, l, n_l2,
-                                s0, s1, s2, s3, d0, d1, d2, d3)
-                        if q < ga:
-                            s0, s1, s2, s3, d0, d1, d2, d3 = _sums_over_n4(
-                                at3, jc * n_ang, lm, h3, dh3, q, n_ang, l, l_max + 1,
-                                s0, s1, s2, s3, d0, d1, d2, d3)
-                        yv = y[lm, q]
-                        xv = dy[lm, 0, q]
-                        yy = dy[lm, 1, q]
-                        zv = dy[lm, 2, q]
-                        r0 += d0 * yv
-                        r1 += d1 * yv
-                        r2 += d2 * yv
-                        r3 += d3 * yv
-                        x0 += s0 * xv
-                        x1 += s1 * xv
-                        x2 += s2 * xv
-                        x3 += s3 * xv
-                        y0 += s0 * yy
-                        y1 += s1 * yy
-                        y2 += s2 * yy
-                        y3 += s3 * yy
-                        z0 += s0 * zv
-                        z1 += s1 * zv
-                        z2 += s2 * zv
-                        z3 += s3 * zv
-                    p = p0 + q
-                    g[p, cb, 0] = x0 + r0 * ux[q]
-                    g[p, cb, 1] = y0 + r0 * uy[q]
-                    g[p, cb, 2] = z0 + r0 * uz[q]
-                    if nc > 1:
-                        g[p, cb + 1, 0] = x1 + r1 * ux[q]
-                        g[p, cb + 1, 1] = y1 + r1 * uy[q]
-                        g[p, cb + 1, 2] = z1 + r1 * uz[q]
-                    if nc > 2:
-                        g[p, cb + 2, 0] = x2 + r2 * ux[q]
-                        g[p, cb + 2, 1] = y2 + r2 * uy[q]
-                        g[p, cb + 2, 2] = z2 + r2 * uz[q]
-                    if nc > 3:
-                        g[p, cb + 3, 0] = x3 + r3 * ux[q]
-                        g[p, cb + 3, 1] = y3 + r3 * uy[q]
-                        g[p, cb + 3, 2] = z3 + r3 * uz[q]
+        first, last = block_centres(block, n_atoms)
+        for i in range(first, last):
+            p0, k, ux, uy, uz, y, dy, h2, dh2, h3, dh3 = _centre_basis_with_gradients(
+                arrays, i, offsets, vectors, distances, l_max, tables, rad_cut, rad_inv,
+                rad_values, rad_derivs, ang_cut, ang_inv, ang_values, ang_derivs)
+            for cb in range(0, n_ch, 4):
+                nc = min(4, n_ch - cb)
+                for r in range(n_r2):
+                    for c in range(nc):
+                        for lm in range(n_lm2):
+                            at2[r, lm, c] = a2[i, r, cb + c, lm]
+                for r in range(n_r3):
+                    for c in range(nc):
+                        for lm in range(n_lm3):
+                            at3[r, lm, c] = a3[i, r, cb + c, lm]
+                for jc in range(n_species):
+                    g0 = groups[i, jc] - p0
+                    g1 = groups[i, jc + 1] - p0
+                    gr = ends[i, jc, 0] - p0
+                    ga = ends[i, jc, 1] - p0
+                    for q in range(g0, g1):
+                        r0 = 0.0
+                        r1 = 0.0
+                        r2 = 0.0
+                        r3 = 0.0
+                        x0 = 0.0
+                        x1 = 0.0
+                        x2 = 0.0
+                        x3 = 0.0
+                        y0 = 0.0
+                        y1 = 0.0
+                        y2 = 0.0
+                        y3 = 0.0
+                        z0 = 0.0
+                        z1 = 0.0
+                        z2 = 0.0
+                        z3 = 0.0
+                        in_r = q < gr
+                        n_lm = n_lm3 if q < ga else n_lm2
+                        for lm in range(n_lm):
+                            l = l_of[lm]
+                            s0 = 0.0
+                            s1 = 0.0
+                            s2 = 0.0
+                            s3 = 0.0
+                            d0 = 0.0
+                            d1 = 0.0
+                            d2 = 0.0
+                            d3 = 0.0
+                            if in_r and lm < n_lm2:
+                                s0, s1, s2, s3, d0, d1, d2, d3 = _sums_over_n4(
+                                    at2, jc * n_rad, lm, h2, dh2, q, n_rad, l, n_l2,
+                                    s0, s1, s2, s3, d0, d1, d2, d3)
+                            if q < ga:
+                                s0, s1, s2, s3, d0, d1, d2, d3 = _sums_over_n4(
+                                    at3, jc * n_ang, lm, h3, dh3, q, n_ang, l, l_max + 1,
+                                    s0, s1, s2, s3, d0, d1, d2, d3)
+                            yv = y[lm, q]
+                            xv = dy[lm, 0, q]
+                            yy = dy[lm, 1, q]
+                            zv = dy[lm, 2, q]
+                            r0 += d0 * yv
+                            r1 += d1 * yv
+                            r2 += d2 * yv
+                            r3 += d3 * yv
+                            x0 += s0 * xv
+                            x1 += s1 * xv
+                            x2 += s2 * xv
+                            x3 += s3 * xv
+                            y0 += s0 * yy
+                            y1 += s1 * yy
+                            y2 += s2 * yy
+                            y3 += s3 * yy
+                            z0 += s0 * zv
+                            z1 += s1 * zv
+                            z2 += s2 * zv
+                            z3 += s3 * zv
+                        p = p0 + q
+                        g[p, cb, 0] = x0 + r0 * ux[q]
+                        g[p, cb, 1] = y0 + r0 * uy[q]
+                        g[p, cb, 2] = z0 + r0 * uz[q]
+                        if nc > 1:
+                            g[p, cb + 1, 0] = x1 + r1 * ux[q]
+                            g[p, cb + 1, 1] = y1 + r1 * uy[q]
+                            g[p, cb + 1, 2] = z1 + r1 * uz[q]
+                        if nc > 2:
+                            g[p, cb + 2, 0] = x2 + r2 * ux[q]
+                            g[p, cb + 2, 1] = y2 + r2 * uy[q]
+                            g[p, cb + 2, 2] = z2 + r2 * uz[q]
+                        if nc > 3:
+                            g[p, cb + 3, 0] = x3 + r3 * ux[q]
+                            g[p, cb + 3, 1] = y3 + r3 * uy[q]
+                            g[p, cb + 3, 2] = z3 + r3 * uz[q]
     return g
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from numbec.descriptors.expansion_numba import l_of_lm, pair_coefficient_derivatives
-from numbec.descriptors.pair_block_numba import FASTMATH
+from numbec.descriptors.pair_block_numba import FASTMATH, block_centres, centre_blocks
 from numbec.descriptors.spherical_harmonics_numba import sph_harm_prefactors
 
 
@@ -35,30 +35,32 @@ def power_spectrum(c2, c3, w2, gram_index, weight):
     n2 = c2.shape[1]
     n_k = gram_index.shape[0]
     out = np.empty((n_atoms, n2 + n_k))
-    for i in prange(n_atoms):
-        for r in range(n2):
-            out[i, r] = w2 * c2[i, r, 0]
+    for block in prange(centre_blocks(n_atoms)):
         c3t = np.empty((n_lm3, n_rows))
-        for r in range(n_rows):
-            for lm in range(n_lm3):
-                c3t[lm, r] = c3[i, r, lm]
         gram = np.empty((l_max + 1) * n_rows * n_rows)
-        for l in range(l_max + 1):
-            for ra in range(n_rows):
-                lo = (l * n_rows + ra) * n_rows
-                g = gram[lo:lo + n_rows]
-                cv = c3t[l * l, ra]
-                x = c3t[l * l]
-                for rb in range(n_rows):
-                    g[rb] = cv * x[rb]
-                for lm in range(l * l + 1, (l + 1) * (l + 1)):
-                    cv = c3t[lm, ra]
-                    x = c3t[lm]
+        first, last = block_centres(block, n_atoms)
+        for i in range(first, last):
+            for r in range(n2):
+                out[i, r] = w2 * c2[i, r, 0]
+            for r in range(n_rows):
+                for lm in range(n_lm3):
+                    c3t[lm, r] = c3[i, r, lm]
+            for l in range(l_max + 1):
+                for ra in range(n_rows):
+                    lo = (l * n_rows + ra) * n_rows
+                    g = gram[lo:lo + n_rows]
+                    cv = c3t[l * l, ra]
+                    x = c3t[l * l]
                     for rb in range(n_rows):
-                        g[rb] += cv * x[rb]
-        o = out[i, n2:]
-        for k in range(n_k):
-            o[k] = weight[k] * gram[gram_index[k]]
+                        g[rb] = cv * x[rb]
+                    for lm in range(l * l + 1, (l + 1) * (l + 1)):
+                        cv = c3t[lm, ra]
+                        x = c3t[lm]
+                        for rb in range(n_rows):
+                            g[rb] += cv * x[rb]
+            o = out[i, n2:]
+            for k in range(n_k):
+                o[k] = weight[k] * gram[gram_index[k]]
     return out
 
 
@@ -87,30 +89,32 @@ def power_spectrum_adjoint(c2, c3, grad_x, w2, dense_index, dense_weight, a2, a3
     n_ch = grad_x.shape[1]
     n2 = c2.shape[1]
     n_dense = dense_index.shape[0]
-    for i in prange(n_atoms):
+    for block in prange(centre_blocks(n_atoms)):
         c3t = np.empty((n_lm3, n_rows))
-        for r in range(n_rows):
-            for lm in range(n_lm3):
-                c3t[lm, r] = c3[i, r, lm]
         mat = np.empty((l_max + 1, n_rows, n_rows))
         flat = mat.reshape(n_dense)
-        for c in range(n_ch):
-            ch = c0 + c
-            for r in range(n2):
-                a2[i, r, ch, 0] += w2 * grad_x[i, c, r]
-            g = grad_x[i, c, n2:]
-            for e in range(n_dense):
-                flat[e] = g[dense_index[e]] * dense_weight[e]
-            for l in range(l_max + 1):
-                ml = mat[l]
-                for lm in range(l * l, (l + 1) * (l + 1)):
-                    cl = c3t[lm]
-                    for r in range(n_rows):
-                        mr = ml[r]
-                        acc = 0.0
-                        for t in range(n_rows):
-                            acc += mr[t] * cl[t]
-                        a3[i, r, ch, lm] += acc
+        first, last = block_centres(block, n_atoms)
+        for i in range(first, last):
+            for r in range(n_rows):
+                for lm in range(n_lm3):
+                    c3t[lm, r] = c3[i, r, lm]
+            for c in range(n_ch):
+                ch = c0 + c
+                for r in range(n2):
+                    a2[i, r, ch, 0] += w2 * grad_x[i, c, r]
+                g = grad_x[i, c, n2:]
+                for e in range(n_dense):
+                    flat[e] = g[dense_index[e]] * dense_weight[e]
+                for l in range(l_max + 1):
+                    ml = mat[l]
+                    for lm in range(l * l, (l + 1) * (l + 1)):
+                        cl = c3t[lm]
+                        for r in range(n_rows):
+                            mr = ml[r]
+                            acc = 0.0
+                            for t in range(n_rows):
+                                acc += mr[t] * cl[t]
+                            a3[i, r, ch, lm] += acc
 
 
 @njit(cache=True, parallel=True, nogil=True, error_model="numpy")

@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from numbec.descriptors.expansion_numba import CARTESIAN_LM1, pair_coefficient_derivatives
-from numbec.descriptors.pair_block_numba import FASTMATH
+from numbec.descriptors.pair_block_numba import FASTMATH, block_centres, centre_blocks
 from numbec.descriptors.spherical_harmonics_numba import sph_harm_prefactors
 
 
@@ -55,34 +55,36 @@ def vector_features(c2, c3, w2, dense_index, weight, cg_start, cg_cart, cg_m, cg
     n_k = dense_index.shape[0]
     n_pairs = n_rows * n_rows
     out = np.empty((n_atoms, 3, n2 + n_k))
-    for i in prange(n_atoms):
-        for r in range(n2):
-            for a in range(3):
-                out[i, a, r] = w2 * c2[i, r, CARTESIAN_LM1[a]]
+    for block in prange(centre_blocks(n_atoms)):
         c3t = np.empty((n_lm3, n_rows))
         w_mat = np.empty((l_max, 3, 2 * l_max - 1, n_rows))
-        _coupled_rows(i, c3, l_max, cg_start, cg_cart, cg_m, cg_mp, cg_val, c3t, w_mat)
         t_mat = np.empty((3, l_max * n_pairs))
-        for l in range(l_max):
-            oa = l * l
-            for a in range(3):
-                for ra in range(n_rows):
-                    lo = l * n_pairs + ra * n_rows
-                    t = t_mat[a, lo:lo + n_rows]
-                    cv = c3t[oa, ra]
-                    w0 = w_mat[l, a, 0]
-                    for rb in range(n_rows):
-                        t[rb] = cv * w0[rb]
-                    for m in range(1, 2 * l + 1):
-                        cv = c3t[oa + m, ra]
-                        wm = w_mat[l, a, m]
+        first, last = block_centres(block, n_atoms)
+        for i in range(first, last):
+            for r in range(n2):
+                for a in range(3):
+                    out[i, a, r] = w2 * c2[i, r, CARTESIAN_LM1[a]]
+            _coupled_rows(i, c3, l_max, cg_start, cg_cart, cg_m, cg_mp, cg_val, c3t, w_mat)
+            for l in range(l_max):
+                oa = l * l
+                for a in range(3):
+                    for ra in range(n_rows):
+                        lo = l * n_pairs + ra * n_rows
+                        t = t_mat[a, lo:lo + n_rows]
+                        cv = c3t[oa, ra]
+                        w0 = w_mat[l, a, 0]
                         for rb in range(n_rows):
-                            t[rb] += cv * wm[rb]
-        for a in range(3):
-            ta = t_mat[a]
-            oa_ = out[i, a, n2:]
-            for k in range(n_k):
-                oa_[k] = weight[k] * ta[dense_index[k]]
+                            t[rb] = cv * w0[rb]
+                        for m in range(1, 2 * l + 1):
+                            cv = c3t[oa + m, ra]
+                            wm = w_mat[l, a, m]
+                            for rb in range(n_rows):
+                                t[rb] += cv * wm[rb]
+            for a in range(3):
+                ta = t_mat[a]
+                oa_ = out[i, a, n2:]
+                for k in range(n_k):
+                    oa_[k] = weight[k] * ta[dense_index[k]]
     return out
 
 
@@ -105,52 +107,54 @@ def vector_adjoint(c2, c3, v, w2, dense_index, weight, cg_start, cg_cart, cg_m, 
     n_sets = v.shape[1]
     n2 = c2.shape[1]
     n_k = dense_index.shape[0]
-    for i in prange(n_atoms):
+    for block in prange(centre_blocks(n_atoms)):
         c3t = np.empty((n_lm3, n_rows))
         w_mat = np.empty((l_max, 3, 2 * l_max - 1, n_rows))
-        _coupled_rows(i, c3, l_max, cg_start, cg_cart, cg_m, cg_mp, cg_val, c3t, w_mat)
         vw_flat = np.empty(l_max * n_rows * n_rows)
         vw = vw_flat.reshape((l_max, n_rows, n_rows))
         z_mat = np.empty((2 * l_max - 1, n_rows))
-        for c in range(n_sets):
-            vc = v[i, c]
-            for r in range(n2):
-                for a in range(3):
-                    a2[i, r, c0 + 3 * c + a, CARTESIAN_LM1[a]] += w2 * vc[r]
-            for k in range(n_k):
-                vw_flat[dense_index[k]] = weight[k] * vc[n2 + k]
-            for l in range(l_max):
-                oa = l * l
-                ob = (l + 1) * (l + 1)
-                for a in range(3):
-                    ch = c0 + 3 * c + a
-                    for ra in range(n_rows):
-                        vrow = vw[l, ra]
-                        for m in range(2 * l + 1):
-                            wm = w_mat[l, a, m]
-                            s = 0.0
-                            for rb in range(n_rows):
-                                s += vrow[rb] * wm[rb]
-                            a3[i, ra, ch, oa + m] += s
-                for m in range(2 * l + 1):
-                    zm = z_mat[m]
-                    cv = c3t[oa + m, 0]
-                    v0 = vw[l, 0]
-                    for rb in range(n_rows):
-                        zm[rb] = v0[rb] * cv
-                    for ra in range(1, n_rows):
-                        cv = c3t[oa + m, ra]
-                        vr = vw[l, ra]
+        first, last = block_centres(block, n_atoms)
+        for i in range(first, last):
+            _coupled_rows(i, c3, l_max, cg_start, cg_cart, cg_m, cg_mp, cg_val, c3t, w_mat)
+            for c in range(n_sets):
+                vc = v[i, c]
+                for r in range(n2):
+                    for a in range(3):
+                        a2[i, r, c0 + 3 * c + a, CARTESIAN_LM1[a]] += w2 * vc[r]
+                for k in range(n_k):
+                    vw_flat[dense_index[k]] = weight[k] * vc[n2 + k]
+                for l in range(l_max):
+                    oa = l * l
+                    ob = (l + 1) * (l + 1)
+                    for a in range(3):
+                        ch = c0 + 3 * c + a
+                        for ra in range(n_rows):
+                            vrow = vw[l, ra]
+                            for m in range(2 * l + 1):
+                                wm = w_mat[l, a, m]
+                                s = 0.0
+                                for rb in range(n_rows):
+                                    s += vrow[rb] * wm[rb]
+                                a3[i, ra, ch, oa + m] += s
+                    for m in range(2 * l + 1):
+                        zm = z_mat[m]
+                        cv = c3t[oa + m, 0]
+                        v0 = vw[l, 0]
                         for rb in range(n_rows):
-                            zm[rb] += vr[rb] * cv
-                for e in range(cg_start[l], cg_start[l + 1]):
-                    ch = c0 + 3 * c + cg_cart[e]
-                    m = cg_m[e]
-                    ib = ob + cg_mp[e]
-                    val = cg_val[e]
-                    zm = z_mat[m]
-                    for rb in range(n_rows):
-                        a3[i, rb, ch, ib] += val * zm[rb]
+                            zm[rb] = v0[rb] * cv
+                        for ra in range(1, n_rows):
+                            cv = c3t[oa + m, ra]
+                            vr = vw[l, ra]
+                            for rb in range(n_rows):
+                                zm[rb] += vr[rb] * cv
+                    for e in range(cg_start[l], cg_start[l + 1]):
+                        ch = c0 + 3 * c + cg_cart[e]
+                        m = cg_m[e]
+                        ib = ob + cg_mp[e]
+                        val = cg_val[e]
+                        zm = z_mat[m]
+                        for rb in range(n_rows):
+                            a3[i, rb, ch, ib] += val * zm[rb]
 
 
 @njit(cache=True, parallel=True, nogil=True, error_model="numpy")
