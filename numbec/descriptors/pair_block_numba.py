@@ -252,19 +252,3 @@ def fill_centre_block(arrays, vectors, distances, p0, p1, l_max, tables, rad_cut
     splines_block(distances, p0, p1, ang_cut, ang_inv, ang_values, ang_derivs, h3, dh3,
                   gradients, zero_beyond)
     return ux, uy, uz, y, dy, h2, dh2, h3, dh3
-
-
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def centre_block(vectors, distances, p0, p1, kmax, l_max, tables, rad_cut, rad_inv,
-                 rad_values, rad_derivs, ang_cut, ang_inv, ang_values, ang_derivs, gradients,
-                 zero_beyond=True):
-    """All basis functions of the pairs p0 <= p < p1 (one centre), in arrays of kmax >= k
-    columns: ``ux, uy, uz`` (kmax,), ``y`` (LM, kmax), ``dy`` (LM, 3, kmax), radial ``h2, dh2``
-    (K2, kmax), angular ``h3, dh3`` (K3, kmax) (:func:`fill_centre_block` into fresh
-    :func:`centre_block_arrays`). Without ``gradients``, dy, dh2, dh3 are placeholders and
-    only the values are computed."""
-    arrays = centre_block_arrays(kmax, l_max, rad_values.shape[1], ang_values.shape[1],
-                                 gradients)
-    return fill_centre_block(arrays, vectors, distances, p0, p1, l_max, tables, rad_cut,
-                             rad_inv, rad_values, rad_derivs, ang_cut, ang_inv, ang_values,
-                             ang_derivs, gradients, zero_beyond)

@@ -24,7 +24,14 @@ import numpy as np
 from numba import njit, prange
 
 from numbec.descriptors.expansion_numba import CARTESIAN_LM1, _max_pairs
-from numbec.descriptors.pair_block_numba import FASTMATH, centre_block, legendre_tables
+from numbec.descriptors.pair_block_numba import (
+    FASTMATH,
+    block_centres,
+    centre_block_arrays,
+    centre_blocks,
+    fill_centre_block,
+    legendre_tables,
+)
 from numbec.descriptors.vector_numba import _coupled_rows
 
 
@@ -49,12 +56,9 @@ def expansion_tangents(directions, offsets, groups, ends, vectors, distances, l2
     c3dot = np.empty((n_t, n_atoms, n_species * n_ang, n_lm3))
     tables = legendre_tables(l_max)
     kmax = _max_pairs(offsets)
-    for i in prange(n_atoms):
-        p0 = offsets[i]
-        k = offsets[i + 1] - p0
-        ux, uy, uz, y, dy, h2, dh2, h3, dh3 = centre_block(
-            vectors, distances, p0, p0 + k, kmax, l_max, tables, rad_cut, rad_inv,
-            rad_values, rad_derivs, ang_cut, ang_inv, ang_values, ang_derivs, True)
+    for block in prange(centre_blocks(n_atoms)):
+        arrays = centre_block_arrays(kmax, l_max, rad_values.shape[1], ang_values.shape[1],
+                                     True)
         # per pair, (lm, t) flattened with t fastest: Y_lm (d/|d|) . u_t and dY_lm/dd . u_t,
         # so that the sums over the pairs below run over contiguous (m, t) blocks
         ydr = np.empty((kmax, n_lm3 * n_t))
@@ -65,58 +69,65 @@ def expansion_tangents(directions, offsets, groups, ends, vectors, distances, l2
         d1 = np.empty(n_t)
         d2 = np.empty(n_t)
         rate = np.empty(n_t)
-        for q in range(k):
-            p = p0 + q
-            for t in range(n_t):
-                d0[t] = directions[p, t, 0]
-                d1[t] = directions[p, t, 1]
-                d2[t] = directions[p, t, 2]
-                rate[t] = ux[q] * d0[t] + uy[q] * d1[t] + uz[q] * d2[t]
-            for lm in range(n_lm3):
-                yv = y[lm, q]
-                g0 = dy[lm, 0, q]
-                g1 = dy[lm, 1, q]
-                g2 = dy[lm, 2, q]
-                row_dr = ydr[q, lm * n_t:(lm + 1) * n_t]
-                row_r = yr[q, lm * n_t:(lm + 1) * n_t]
-                for t in range(n_t):
-                    row_dr[t] = yv * rate[t]
-                    row_r[t] = g0 * d0[t] + g1 * d1[t] + g2 * d2[t]
         acc = np.empty((max(n_rad, n_ang), (2 * l_max + 1) * n_t))
-        for jc in range(n_species):
-            g0 = groups[i, jc] - p0
-            for two_body in (True, False):
-                g1 = ends[i, jc, 0 if two_body else 1] - p0
-                n_count = n_rad if two_body else n_ang
-                l_top = l2_max if two_body else l_max
-                for l in range(l_top + 1):
-                    # all n at once: each pair's (m, t) block is read once for every n
-                    width = (2 * l + 1) * n_t
-                    lo = l * l * n_t
-                    acc[:n_count, :width] = 0.0
-                    for q in range(g0, g1):
-                        a = ydr[q, lo:lo + width]
-                        b = yr[q, lo:lo + width]
-                        for n in range(n_count):
-                            if two_body:
-                                hv = h2[n * 2 + l, q]
-                                dv = dh2[n * 2 + l, q]
-                            else:
-                                hv = h3[n * (l_max + 1) + l, q]
-                                dv = dh3[n * (l_max + 1) + l, q]
-                            row = acc[n]
-                            for x in range(width):
-                                row[x] += dv * a[x] + hv * b[x]
-                    # (m, t) unflattened by nested loops: no integer division per element
-                    for n in range(n_count):
-                        row = acc[n]
-                        for m in range(2 * l + 1):
-                            lm = l * l + m
-                            for t in range(n_t):
+        first, last = block_centres(block, n_atoms)
+        for i in range(first, last):
+            p0 = offsets[i]
+            k = offsets[i + 1] - p0
+            ux, uy, uz, y, dy, h2, dh2, h3, dh3 = fill_centre_block(
+                arrays, vectors, distances, p0, p0 + k, l_max, tables, rad_cut, rad_inv,
+                rad_values, rad_derivs, ang_cut, ang_inv, ang_values, ang_derivs, True)
+            for q in range(k):
+                p = p0 + q
+                for t in range(n_t):
+                    d0[t] = directions[p, t, 0]
+                    d1[t] = directions[p, t, 1]
+                    d2[t] = directions[p, t, 2]
+                    rate[t] = ux[q] * d0[t] + uy[q] * d1[t] + uz[q] * d2[t]
+                for lm in range(n_lm3):
+                    yv = y[lm, q]
+                    g0 = dy[lm, 0, q]
+                    g1 = dy[lm, 1, q]
+                    g2 = dy[lm, 2, q]
+                    row_dr = ydr[q, lm * n_t:(lm + 1) * n_t]
+                    row_r = yr[q, lm * n_t:(lm + 1) * n_t]
+                    for t in range(n_t):
+                        row_dr[t] = yv * rate[t]
+                        row_r[t] = g0 * d0[t] + g1 * d1[t] + g2 * d2[t]
+            for jc in range(n_species):
+                g0 = groups[i, jc] - p0
+                for two_body in (True, False):
+                    g1 = ends[i, jc, 0 if two_body else 1] - p0
+                    n_count = n_rad if two_body else n_ang
+                    l_top = l2_max if two_body else l_max
+                    for l in range(l_top + 1):
+                        # all n at once: each pair's (m, t) block is read once for every n
+                        width = (2 * l + 1) * n_t
+                        lo = l * l * n_t
+                        acc[:n_count, :width] = 0.0
+                        for q in range(g0, g1):
+                            a = ydr[q, lo:lo + width]
+                            b = yr[q, lo:lo + width]
+                            for n in range(n_count):
                                 if two_body:
-                                    c2dot[t, i, jc * n_rad + n, lm] = row[m * n_t + t]
+                                    hv = h2[n * 2 + l, q]
+                                    dv = dh2[n * 2 + l, q]
                                 else:
-                                    c3dot[t, i, jc * n_ang + n, lm] = row[m * n_t + t]
+                                    hv = h3[n * (l_max + 1) + l, q]
+                                    dv = dh3[n * (l_max + 1) + l, q]
+                                row = acc[n]
+                                for x in range(width):
+                                    row[x] += dv * a[x] + hv * b[x]
+                        # (m, t) unflattened by nested loops: no integer division per element
+                        for n in range(n_count):
+                            row = acc[n]
+                            for m in range(2 * l + 1):
+                                lm = l * l + m
+                                for t in range(n_t):
+                                    if two_body:
+                                        c2dot[t, i, jc * n_rad + n, lm] = row[m * n_t + t]
+                                    else:
+                                        c3dot[t, i, jc * n_ang + n, lm] = row[m * n_t + t]
     return c2dot, c3dot
 
 
@@ -182,43 +193,46 @@ def vector_feature_tangents(c2dot, c3, c3dot, w2, dense_index, weight, cg_start,
     n_k = dense_index.shape[0]
     n_pairs = n_rows * n_rows
     out = np.empty((n_t, n_atoms, 3, n2 + n_k))
-    for i in prange(n_atoms):
-        # the coupled rows of c, the same for every direction: once per centre
+    for block in prange(centre_blocks(n_atoms)):
         ct = np.empty((n_lm3, n_rows))
         w_mat = np.empty((l_max, 3, 2 * l_max - 1, n_rows))
-        _coupled_rows(i, c3, l_max, cg_start, cg_cart, cg_m, cg_mp, cg_val, ct, w_mat)
         dt = np.empty((n_lm3, n_rows))
         wdot = np.empty((l_max, 3, 2 * l_max - 1, n_rows))
         t_mat = np.empty((3, l_max * n_pairs))
-        for t in range(n_t):
-            for r in range(n2):
-                for a in range(3):
-                    out[t, i, a, r] = w2 * c2dot[t, i, r, CARTESIAN_LM1[a]]
-            _coupled_rows(t, c3dot[:, i], l_max, cg_start, cg_cart, cg_m, cg_mp, cg_val, dt, wdot)
-            for l in range(l_max):
-                oa = l * l
-                for a in range(3):
-                    for ra in range(n_rows):
-                        lo = l * n_pairs + ra * n_rows
-                        tt = t_mat[a, lo:lo + n_rows]
-                        cv = ct[oa, ra]
-                        dv = dt[oa, ra]
-                        w0 = w_mat[l, a, 0]
-                        d0 = wdot[l, a, 0]
-                        for rb in range(n_rows):
-                            tt[rb] = dv * w0[rb] + cv * d0[rb]
-                        for m in range(1, 2 * l + 1):
-                            cv = ct[oa + m, ra]
-                            dv = dt[oa + m, ra]
-                            wm = w_mat[l, a, m]
-                            dm = wdot[l, a, m]
+        first, last = block_centres(block, n_atoms)
+        for i in range(first, last):
+            # the coupled rows of c, the same for every direction: once per centre
+            _coupled_rows(i, c3, l_max, cg_start, cg_cart, cg_m, cg_mp, cg_val, ct, w_mat)
+            for t in range(n_t):
+                for r in range(n2):
+                    for a in range(3):
+                        out[t, i, a, r] = w2 * c2dot[t, i, r, CARTESIAN_LM1[a]]
+                _coupled_rows(t, c3dot[:, i], l_max, cg_start, cg_cart, cg_m, cg_mp, cg_val, dt,
+                              wdot)
+                for l in range(l_max):
+                    oa = l * l
+                    for a in range(3):
+                        for ra in range(n_rows):
+                            lo = l * n_pairs + ra * n_rows
+                            tt = t_mat[a, lo:lo + n_rows]
+                            cv = ct[oa, ra]
+                            dv = dt[oa, ra]
+                            w0 = w_mat[l, a, 0]
+                            d0 = wdot[l, a, 0]
                             for rb in range(n_rows):
-                                tt[rb] += dv * wm[rb] + cv * dm[rb]
-            for a in range(3):
-                ta = t_mat[a]
-                oa_ = out[t, i, a, n2:]
-                for k in range(n_k):
-                    oa_[k] = weight[k] * ta[dense_index[k]]
+                                tt[rb] = dv * w0[rb] + cv * d0[rb]
+                            for m in range(1, 2 * l + 1):
+                                cv = ct[oa + m, ra]
+                                dv = dt[oa + m, ra]
+                                wm = w_mat[l, a, m]
+                                dm = wdot[l, a, m]
+                                for rb in range(n_rows):
+                                    tt[rb] += dv * wm[rb] + cv * dm[rb]
+                for a in range(3):
+                    ta = t_mat[a]
+                    oa_ = out[t, i, a, n2:]
+                    for k in range(n_k):
+                        oa_[k] = weight[k] * ta[dense_index[k]]
     return out
 
 
