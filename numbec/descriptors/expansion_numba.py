@@ -216,10 +216,11 @@ def expansion_coefficients(offsets, groups, ends, vectors, distances, l2_max, ra
     n_l2 = rad_values.shape[1] // n_rad  # radial columns per n: the table may stop at l2_max
     tables = legendre_tables(l_max)
     kmax = _max_pairs(offsets)
-    for block in prange(centre_blocks(n_atoms)):
+    n_blocks, size = centre_blocks(n_atoms)
+    for block in prange(n_blocks):
         arrays = centre_block_arrays(kmax, l_max, rad_values.shape[1], ang_values.shape[1],
                                      False)
-        first, last = block_centres(block, n_atoms)
+        first, last = block_centres(block, size, n_atoms)
         for i in range(first, last):
             p0 = offsets[i]
             _, _, _, y, _, h2, _, h3, _ = fill_centre_block(
@@ -286,13 +287,14 @@ def pair_backprop(a2, a3, offsets, groups, ends, vectors, distances, rad_cut, ra
     n_l2 = rad_values.shape[1] // n_rad
     tables = legendre_tables(l_max)
     kmax = _max_pairs(offsets)
-    for block in prange(centre_blocks(n_atoms)):
+    n_blocks, size = centre_blocks(n_atoms)
+    for block in prange(n_blocks):
         arrays = centre_block_arrays(kmax, l_max, rad_values.shape[1],
                                      ang_values.shape[1], True)
         s_h = np.empty((n_lm3, kmax))
         s_dh = np.empty((n_lm3, kmax))
         acc = np.empty((4, kmax))
-        first, last = block_centres(block, n_atoms)
+        first, last = block_centres(block, size, n_atoms)
         for i in range(first, last):
             p0, k, ux, uy, uz, y, dy, h2, dh2, h3, dh3 = _centre_basis_with_gradients(
                 arrays, i, offsets, vectors, distances, l_max, tables, rad_cut, rad_inv,
@@ -433,14 +435,15 @@ def pair_backprop_channel_blocks(a2, a3, offsets, groups, ends, vectors, distanc
     kmax = _max_pairs(offsets)
     l_of = l_of_lm(l_max)
     n_l2 = rad_values.shape[1] // n_rad
-    for block in prange(centre_blocks(n_atoms)):
+    n_blocks, size = centre_blocks(n_atoms)
+    for block in prange(n_blocks):
         arrays = centre_block_arrays(kmax, l_max, rad_values.shape[1],
                                      ang_values.shape[1], True)
         # lanes past the last channel keep finite values of an earlier centre or channel
         # block: computed, never stored
         at2 = np.zeros((n_r2, n_lm2, 4))
         at3 = np.zeros((n_r3, n_lm3, 4))
-        first, last = block_centres(block, n_atoms)
+        first, last = block_centres(block, size, n_atoms)
         for i in range(first, last):
             p0, k, ux, uy, uz, y, dy, h2, dh2, h3, dh3 = _centre_basis_with_gradients(
                 arrays, i, offsets, vectors, distances, l_max, tables, rad_cut, rad_inv,

@@ -188,26 +188,34 @@ def splines_block(distances, p0, p1, cutoff, inv_spacing, values, derivatives, h
                 h[c, q] = y + a_dy * (y1[c] - y) + a_m0 * m0[c] + a_m1 * m1[c]
 
 
-#: Centres per block of the pair kernels' parallel loops: the work arrays of a block
+#: Most centres in a block of the pair kernels' parallel loops: the work arrays of a block
 #: (:func:`centre_block_arrays`, the kernels' own scratch) are allocated once per block
 #: rather than once per centre. A water-dimer centre has 5 pairs, and the dozen allocations
-#: of its basis functions took as long as computing them (dimer batch, one thread: the
-#: basis functions with gradients of 384 centres 0.46 ms allocated per centre, 0.37 ms per
-#: block of 32, 2026-12-04).
+#: of its basis functions took as long as computing them (a batch of 64 dimers, one thread:
+#: the basis functions with gradients of its 384 centres took 0.46 ms allocated per centre,
+#: 0.37 ms per block of 32, 2026-12-04).
 CENTRES_PER_BLOCK = 16
+#: Fewest blocks where a structure has enough centres: smaller blocks where it has few, so
+#: that up to 8 threads get equal shares (five blocks of 16 for the 72 atoms of a quartz
+#: cell would give one of two threads 48 centres and the other 24). Not from the thread
+#: count itself: a kernel that reads it cannot be cached.
+MIN_BLOCKS = 64
 
 
 @njit(cache=True, error_model="numpy")
 def centre_blocks(n_atoms):
-    """Number of blocks of :data:`CENTRES_PER_BLOCK` centres covering ``n_atoms``."""
-    return (n_atoms + CENTRES_PER_BLOCK - 1) // CENTRES_PER_BLOCK
+    """``(n_blocks, size)``: blocks of ``size`` centres (the last one shorter) covering
+    ``n_atoms``: at most :data:`CENTRES_PER_BLOCK` centres each, and at least
+    :data:`MIN_BLOCKS` blocks where there are that many centres."""
+    size = max(1, min(CENTRES_PER_BLOCK, n_atoms // MIN_BLOCKS))
+    return -(-n_atoms // size), size
 
 
 @njit(cache=True, error_model="numpy")
-def block_centres(block, n_atoms):
+def block_centres(block, size, n_atoms):
     """First and one-past-last centre of ``block`` (:func:`centre_blocks`)."""
-    first = block * CENTRES_PER_BLOCK
-    return first, min(n_atoms, first + CENTRES_PER_BLOCK)
+    first = block * size
+    return first, min(n_atoms, first + size)
 
 
 @njit(cache=True, error_model="numpy")

@@ -35,10 +35,11 @@ def power_spectrum(c2, c3, w2, gram_index, weight):
     n2 = c2.shape[1]
     n_k = gram_index.shape[0]
     out = np.empty((n_atoms, n2 + n_k))
-    for block in prange(centre_blocks(n_atoms)):
+    n_blocks, size = centre_blocks(n_atoms)
+    for block in prange(n_blocks):
         c3t = np.empty((n_lm3, n_rows))
         gram = np.empty((l_max + 1) * n_rows * n_rows)
-        first, last = block_centres(block, n_atoms)
+        first, last = block_centres(block, size, n_atoms)
         for i in range(first, last):
             for r in range(n2):
                 out[i, r] = w2 * c2[i, r, 0]
@@ -89,11 +90,12 @@ def power_spectrum_adjoint(c2, c3, grad_x, w2, dense_index, dense_weight, a2, a3
     n_ch = grad_x.shape[1]
     n2 = c2.shape[1]
     n_dense = dense_index.shape[0]
-    for block in prange(centre_blocks(n_atoms)):
+    n_blocks, size = centre_blocks(n_atoms)
+    for block in prange(n_blocks):
         c3t = np.empty((n_lm3, n_rows))
         mat = np.empty((l_max + 1, n_rows, n_rows))
         flat = mat.reshape(n_dense)
-        first, last = block_centres(block, n_atoms)
+        first, last = block_centres(block, size, n_atoms)
         for i in range(first, last):
             for r in range(n_rows):
                 for lm in range(n_lm3):

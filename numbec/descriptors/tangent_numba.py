@@ -56,7 +56,8 @@ def expansion_tangents(directions, offsets, groups, ends, vectors, distances, l2
     c3dot = np.empty((n_t, n_atoms, n_species * n_ang, n_lm3))
     tables = legendre_tables(l_max)
     kmax = _max_pairs(offsets)
-    for block in prange(centre_blocks(n_atoms)):
+    n_blocks, size = centre_blocks(n_atoms)
+    for block in prange(n_blocks):
         arrays = centre_block_arrays(kmax, l_max, rad_values.shape[1], ang_values.shape[1],
                                      True)
         # per pair, (lm, t) flattened with t fastest: Y_lm (d/|d|) . u_t and dY_lm/dd . u_t,
@@ -70,7 +71,7 @@ def expansion_tangents(directions, offsets, groups, ends, vectors, distances, l2
         d2 = np.empty(n_t)
         rate = np.empty(n_t)
         acc = np.empty((max(n_rad, n_ang), (2 * l_max + 1) * n_t))
-        first, last = block_centres(block, n_atoms)
+        first, last = block_centres(block, size, n_atoms)
         for i in range(first, last):
             p0 = offsets[i]
             k = offsets[i + 1] - p0
@@ -193,13 +194,14 @@ def vector_feature_tangents(c2dot, c3, c3dot, w2, dense_index, weight, cg_start,
     n_k = dense_index.shape[0]
     n_pairs = n_rows * n_rows
     out = np.empty((n_t, n_atoms, 3, n2 + n_k))
-    for block in prange(centre_blocks(n_atoms)):
+    n_blocks, size = centre_blocks(n_atoms)
+    for block in prange(n_blocks):
         ct = np.empty((n_lm3, n_rows))
         w_mat = np.empty((l_max, 3, 2 * l_max - 1, n_rows))
         dt = np.empty((n_lm3, n_rows))
         wdot = np.empty((l_max, 3, 2 * l_max - 1, n_rows))
         t_mat = np.empty((3, l_max * n_pairs))
-        first, last = block_centres(block, n_atoms)
+        first, last = block_centres(block, size, n_atoms)
         for i in range(first, last):
             # the coupled rows of c, the same for every direction: once per centre
             _coupled_rows(i, c3, l_max, cg_start, cg_cart, cg_m, cg_mp, cg_val, ct, w_mat)

@@ -55,11 +55,12 @@ def vector_features(c2, c3, w2, dense_index, weight, cg_start, cg_cart, cg_m, cg
     n_k = dense_index.shape[0]
     n_pairs = n_rows * n_rows
     out = np.empty((n_atoms, 3, n2 + n_k))
-    for block in prange(centre_blocks(n_atoms)):
+    n_blocks, size = centre_blocks(n_atoms)
+    for block in prange(n_blocks):
         c3t = np.empty((n_lm3, n_rows))
         w_mat = np.empty((l_max, 3, 2 * l_max - 1, n_rows))
         t_mat = np.empty((3, l_max * n_pairs))
-        first, last = block_centres(block, n_atoms)
+        first, last = block_centres(block, size, n_atoms)
         for i in range(first, last):
             for r in range(n2):
                 for a in range(3):
@@ -107,13 +108,14 @@ def vector_adjoint(c2, c3, v, w2, dense_index, weight, cg_start, cg_cart, cg_m, 
     n_sets = v.shape[1]
     n2 = c2.shape[1]
     n_k = dense_index.shape[0]
-    for block in prange(centre_blocks(n_atoms)):
+    n_blocks, size = centre_blocks(n_atoms)
+    for block in prange(n_blocks):
         c3t = np.empty((n_lm3, n_rows))
         w_mat = np.empty((l_max, 3, 2 * l_max - 1, n_rows))
         vw_flat = np.empty(l_max * n_rows * n_rows)
         vw = vw_flat.reshape((l_max, n_rows, n_rows))
         z_mat = np.empty((2 * l_max - 1, n_rows))
-        first, last = block_centres(block, n_atoms)
+        first, last = block_centres(block, size, n_atoms)
         for i in range(first, last):
             _coupled_rows(i, c3, l_max, cg_start, cg_cart, cg_m, cg_mp, cg_val, c3t, w_mat)
             for c in range(n_sets):
