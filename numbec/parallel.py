@@ -301,7 +301,9 @@ def limit_blas_for_graph(key_prefix: str, blas_threads) -> None:
                 wanted = _wanted_blas_threads(dsk)
                 stack = contextlib.ExitStack()
                 if wanted is not None:
-                    stack.enter_context(blas_limit(wanted))  # in the computing thread
+                    # in the computing thread; the BLAS libraries looked for again, as
+                    # predict does at every call
+                    stack.enter_context(blas_limit(wanted, refresh=True))
                 self._active.append(stack)
 
             def _finish(self, dsk, state, errored):

@@ -1076,3 +1076,10 @@ def test_blas_libraries_are_scanned_once_per_predict_call(monkeypatch):
     assert len(scans) == 1
     predict(ToyModel(), make_trajectory(n_frames=4), chunk_frames=2, progress=False)
     assert len(scans) == 2
+    # a lazy result: once when it is computed, not once per chunk task
+    lazy = predict(ToyModel(), make_trajectory(n_frames=12, chunks=2), progress=False)
+    import dask
+
+    with dask.config.set(scheduler="threads", num_workers=2):
+        lazy.compute()
+    assert len(scans) == 3
