@@ -288,10 +288,10 @@ def limit_blas_for_graph(key_prefix: str, blas_threads) -> None:
     global _lazy_callback
     if blas_threads is None:
         return
+    from dask.callbacks import Callback
+
     _LAZY_GRAPHS[key_prefix] = int(blas_threads)
     if _lazy_callback is None:
-        from dask.callbacks import Callback
-
         class _LazyBlasLimit(Callback):
             def __init__(self):
                 super().__init__()
@@ -311,6 +311,10 @@ def limit_blas_for_graph(key_prefix: str, blas_threads) -> None:
                     self._active.pop().close()
 
         _lazy_callback = _LazyBlasLimit()
+    # registered again if it has gone: Dask swaps its global set of callbacks out during a
+    # computation, so one registered inside a computation, or dropped by computations that
+    # overlap in other threads, would otherwise stay missing for the rest of the process
+    if _lazy_callback._callback not in Callback.active:
         _lazy_callback.register()
 
 

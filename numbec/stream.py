@@ -692,7 +692,11 @@ class _InputChunks:
             from dask.optimization import cull
 
             keys = [self._keys[n][c] for n in self.names]
-            values = get_sync(cull(self._graph, keys)[0], keys)
+            # callbacks=(): without it Dask swaps its global set of callbacks out and back in
+            # around every read, and reads that overlap in the chunk threads put back each
+            # other's empty set, so a registered callback (a user's ProgressBar, or numbec's
+            # BLAS limit for lazy results) was dropped for good after a run over a Zarr store
+            values = get_sync(cull(self._graph, keys)[0], keys, callbacks=())
         else:
             values = [np.asarray(self.ds[n].values[start:stop]) for n in self.names]
         return values[0], values[1], (values[2] if self.with_velocities else None)

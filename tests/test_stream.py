@@ -944,6 +944,64 @@ def test_lazy_result_computed_later_runs_blas_on_one_thread():
     assert proc.stdout.split("\n")[1] == "2 8", proc.stdout
 
 
+def test_run_over_a_zarr_store_keeps_registered_dask_callbacks(tmp_path, monkeypatch):
+    """A stored run over a Zarr-backed input reads each chunk's inputs in the chunk threads.
+    Dask swaps its global set of callbacks out and back in around a computation that does
+    not name its callbacks, so overlapping reads put back each other's empty set: before the
+    fix a registered callback (a user's ProgressBar) was gone after 10 of 10 such runs."""
+    import contextlib
+    import threading
+
+    import dask
+    import dask.local
+    from dask.callbacks import Callback
+
+    ds = make_trajectory(n_frames=40)
+    ds.to_zarr(tmp_path / "md.zarr", encoding={
+        name: {"chunks": (4,) + ds[name].shape[1:]}
+        for name in ("positions", "velocities", "cell")})
+    global_reads = []
+    swap = dask.local.local_callbacks
+
+    @contextlib.contextmanager
+    def recording(callbacks=None):
+        if callbacks is None:
+            global_reads.append(threading.current_thread() is threading.main_thread())
+        with swap(callbacks) as active:
+            yield active
+
+    class UserCallback(Callback):
+        def _start(self, dsk):
+            pass
+
+    monkeypatch.setattr(dask.local, "local_callbacks", recording)
+    user = UserCallback()
+    user.register()
+    try:
+        with dask.config.set(scheduler="threads", num_workers=2):
+            stored = predict(ToyModel(), xr.open_zarr(tmp_path / "md.zarr"), chunk_frames=4,
+                             threads=2, out=tmp_path / "pred.zarr", progress=False)
+        assert user._callback in Callback.active
+    finally:
+        Callback.active.discard(user._callback)
+    # the deterministic part: no chunk thread touched the global callbacks
+    assert all(global_reads), f"{global_reads.count(False)} reads swapped them off the main thread"
+    _assert_same(predict(ToyModel(), ds, chunk_frames=4, progress=False), stored)
+
+
+def test_lazy_blas_callback_registered_again_if_dropped():
+    """Anything that drops Dask's global callbacks (computations overlapping in other
+    threads) would otherwise leave lazy results without their BLAS limit for good."""
+    from dask.callbacks import Callback
+
+    from numbec import parallel
+
+    predict(ToyModel(), make_trajectory(n_frames=8, chunks=4), progress=False)
+    assert parallel._lazy_callback._callback in Callback.active
+    Callback.active.discard(parallel._lazy_callback._callback)
+    predict(ToyModel(), make_trajectory(n_frames=8, chunks=4), progress=False)
+    assert parallel._lazy_callback._callback in Callback.active
+
 def test_threading_layer_without_concurrent_kernels_warns_once(monkeypatch):
     import numba
 
