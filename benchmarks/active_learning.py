@@ -37,7 +37,10 @@ descriptors and sparse points of :data:`SYSTEM_DEFAULTS` (``--n-sparse`` overrid
 the training environments), sized so that one round's fit stays within a minute on a shared
 2-core machine; ``--sparse-fraction f``: a sparse set that grows with the labelled frames,
 ``min(n_sparse, ceil(f x environments))`` per species (every strategy, random included, gets
-the same trainer). ``--quick``: quartz/zro2 pools and test sets thinned (every 2nd / 3rd frame),
+the same trainer). ``--min-separation k``: no two picked (or already labelled) frames
+closer than k pool frames (:func:`numbec.select`'s ``min_separation``; the pools have no
+time axis, and neighbouring xTB pool frames are 10 fs apart in one MD). ``--quick``:
+quartz/zro2 pools and test sets thinned (every 2nd / 3rd frame),
 xTB pool of 60 snapshots and test set of 18, up to 20 frames, 2 random seeds. Each strategy
 (and random seed, ``--first-seed``) can run as its own process; ``--merge`` prints their
 tables together. The JSON is rewritten after every run, so a killed run keeps what it
@@ -209,7 +212,8 @@ def run_system(name, args, log=print, checkpoint=None) -> dict:
             result = numbec.active_learning(
                 pool, lambda k, atoms: pool[k], train, strategy=strategy,
                 n_initial=args.start, n_per_round=args.step, n_max=args.max, test=test,
-                seed=seed, candidates=args.candidates, callback=extra.get("callback"),
+                seed=seed, candidates=args.candidates, min_separation=args.min_separation,
+                callback=extra.get("callback"),
                 log=lambda text, label=label: log(f"    {label}: {text}"))
             runs[label] = [r.to_dict() for r in result.records]
             curve = ", ".join(f"{r.n_train}: {r.test_rmse:.4f}" for r in result.records)
@@ -396,6 +400,10 @@ def main(argv=None) -> int:
                         help="frames kept after each round's scoring pass for the greedy "
                              "stage (default: numbec.select's, 20 per pick, >= 200: the whole "
                              "pool here, whose exact design rows the greedy stage then builds)")
+    parser.add_argument("--min-separation", type=float, default=0.0,
+                        help="smallest distance between picked frames, in pool frames (the "
+                             "pools have no time axis; numbec.select's min_separation; "
+                             "default 0: none)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--xtb-test-copies", type=int, default=None,
                         help="xTB test set: snapshots of 6 x this many independent MDs, 3 "

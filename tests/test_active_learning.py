@@ -125,7 +125,8 @@ def test_active_learning_benchmark_smoke(tmp_path, shared_data):
     proc = subprocess.run(
         [sys.executable, str(script), "--systems", "quartz", "--quick", "--start", "3",
          "--step", "3", "--max", "6", "--seeds", "1", "--n-sparse", "20",
-         "--strategies", "uncertainty,hybrid,random,stride", "--json", str(out)],
+         "--strategies", "uncertainty,hybrid,random,stride", "--min-separation", "5",
+         "--json", str(out)],
         capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "| frames | uncertainty | hybrid | random | stride |" in proc.stdout
@@ -135,6 +136,9 @@ def test_active_learning_benchmark_smoke(tmp_path, shared_data):
     for rounds in runs.values():
         assert [r["n_train"] for r in rounds] == [3, 6]
         assert all(0 < r["test_rmse"] < 0.2 for r in rounds)  # species mean: 0.42 e
+        # --min-separation reaches the selection: no two labelled pool frames closer than 5
+        labelled = sorted(k for r in rounds for k in r["added"])
+        assert min(np.diff(labelled)) >= 5, labelled
 
 
 def test_kernel_trainer_sparse_fraction_grows_with_the_data(quartz):
