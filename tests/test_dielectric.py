@@ -152,6 +152,35 @@ def test_harmonic_spectrum_kk_gives_the_harmonic_eps0(shared_data):
     assert s.attrs["static_dielectric"] - np.trace(eps_inf) / 3 > 5.0
 
 
+def test_default_harmonic_lines_are_damped_oscillators_with_the_harmonic_eps0():
+    """The default line of harmonic_spectrum is the damped harmonic oscillator: its eps'' is
+    the Lorentz oscillator's with the mode's oscillator strength (closed form), vanishes
+    linearly at zero frequency, and KK of it gives eps_inf + sum_m S_m on the default grid.
+    A line symmetric in alpha*n (lineshape="lorentzian") has a 1/nu tail of eps'' there,
+    which inflates eps0 several-fold: the reason it is not the default."""
+    from numbec.spectra.harmonic import harmonic_spectrum, mode_oscillator_strengths
+
+    nu0, gamma, volume = np.array([180.0, 450.0]), 5.0, 40.0
+    charge = np.array([[0.5, 0.1, 0.0], [0.0, 0.3, 0.2]])  # e/amu^0.5
+    strength = np.trace(mode_oscillator_strengths(charge, nu0, volume), axis1=1, axis2=2) / 3
+    h = harmonic_spectrum(nu0, (charge**2).sum(axis=1), volume, width=gamma)
+    nu = h.frequency.values
+    exact = sum(_lorentz(nu, n0, s0, gamma, 0.0).imag for n0, s0 in zip(nu0, strength, strict=True))
+    np.testing.assert_allclose(h.imag_dielectric.values[1:], exact[1:], rtol=1e-10)
+    low = h.imag_dielectric.sel(frequency=[0.5, 1.0]).values
+    assert low[1] == pytest.approx(2 * low[0], rel=1e-3)  # linear in nu near 0
+    eps0 = 2.0 + strength.sum()
+    s = dielectric_function(h, eps_inf=2.0)
+    # the only approximation: eps'' linear between grid points (0.5 cm^-1) and cut at
+    # 1.2 * 450 + 50 cm^-1 (the tail beyond adds ~ S gamma / nu_top to eps0)
+    assert s.attrs["static_dielectric"] == pytest.approx(eps0, rel=3e-3)
+    lorentzian = harmonic_spectrum(nu0, (charge**2).sum(axis=1), volume, width=gamma,
+                                   lineshape="lorentzian")
+    with pytest.warns(UserWarning, match="Lorentzian lines"):
+        inflated = dielectric_function(lorentzian, eps_inf=2.0).attrs["static_dielectric"]
+    assert inflated - 2.0 > 2 * (eps0 - 2.0)
+
+
 def test_optical_constants_and_errors():
     n, k, r = optical_constants(np.array([-3.0, 4.0]), np.array([0.0, 0.0]))
     np.testing.assert_allclose(n, [0.0, 2.0], atol=1e-15)

@@ -447,7 +447,7 @@ def test_quartz_dfpt_references_agree_with_each_other(shared_data):
     """
     from ase.io import read
 
-    from numbec.spectra.reference import read_reference
+    from numbec.spectra import read_reference  # the documented import
 
     qe = shared_data / "sio2_quartz_qe"
     sticks = read_reference(qe / "SiO2-IR-dfpt.dat")

@@ -90,11 +90,26 @@ def test_other_line_shapes_have_unit_area(lineshape):
 def test_broadened_sticks_integrate_to_intensities():
     nu, inten, volume = np.array([300.0, 700.0]), np.array([0.2, 0.05]), 50.0
     top = 20000.0
-    s = harmonic_spectrum(nu, inten, volume, width=4.0, frequency=np.arange(0, top, 0.05))
+    s = harmonic_spectrum(nu, inten, volume, width=4.0, frequency=np.arange(0, top, 0.05),
+                          lineshape="lorentzian")
     # the share of each unit Lorentzian (half width 2) inside [0, top]
     inside = (np.arctan((top - nu) / 2) + np.arctan(nu / 2)) / np.pi
     expected = (inten * inside).sum() * KM_PER_MOL_PER_E2_AMU
     assert integrated_intensity(s) == pytest.approx(expected, rel=1e-5)
+    # the default damped-oscillator lines: unit area over [0, inf), by quadrature
+    from scipy.integrate import quad
+
+    def oscillator(x, x0, gamma=4.0):
+        return 2 / np.pi * gamma * x**2 / ((x0**2 - x**2) ** 2 + (gamma * x) ** 2)
+
+    for x0 in nu:
+        area = (quad(oscillator, 0, 2 * x0, args=(x0,), points=[x0], limit=500)[0]
+                + quad(oscillator, 2 * x0, np.inf, args=(x0,), limit=500)[0])
+        assert area == pytest.approx(1.0, rel=1e-6)
+    inside = [quad(oscillator, 0, top, args=(x0,), points=[x0], limit=500)[0] for x0 in nu]
+    damped = harmonic_spectrum(nu, inten, volume, width=4.0, frequency=np.arange(0, top, 0.05))
+    assert integrated_intensity(damped) == pytest.approx(
+        (inten * inside).sum() * KM_PER_MOL_PER_E2_AMU, rel=1e-5)
     km = integrated_intensity(s, 0, 500)
     assert km == pytest.approx(0.2 * KM_PER_MOL_PER_E2_AMU, rel=0.01)
     # absorption = cross-section / V, so integral * V * N_A gives km/mol again

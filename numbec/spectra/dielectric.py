@@ -153,6 +153,13 @@ def dielectric_function(spectrum, eps_inf, variable="imag_dielectric", min_frequ
                 "volume=...)" if variable == "imag_dielectric" else "")
         raise ValueError(f"the spectrum has no {variable!r}{hint}; it has "
                          f"{sorted(spectrum.data_vars)}")
+    if spectrum.attrs.get("lineshape") == "lorentzian":
+        import warnings
+
+        warnings.warn("the spectrum has Lorentzian lines (symmetric in alpha*n), whose eps'' "
+                      "grows as 1/nu towards zero frequency: eps0 and the low-frequency eps' "
+                      "come out too large; harmonic_spectrum's default lineshape='oscillator' "
+                      "has the damped oscillator's eps''", UserWarning, stacklevel=2)
     eps_inf = _isotropic(eps_inf)
     freq = np.asarray(spectrum["frequency"].values, dtype=np.float64)
     imag = np.asarray(spectrum[variable].values, dtype=np.float64)
