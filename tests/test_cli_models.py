@@ -92,7 +92,7 @@ def test_bad_input_gives_exit_code_and_message(tmp_path, capsys):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"garbage")
     assert main(["evaluate", str(bad), "example:sio2_quartz_subset"]) == 1
-    assert "bad.npz: damaged" in capsys.readouterr().err
+    assert "bad.npz: not a numbec model file" in capsys.readouterr().err
     # a frame slice that selects nothing
     assert main(["evaluate", str(model), "example:sio2_quartz_subset", "--index", "50:"]) == 1
     assert "no frames with BECs" in capsys.readouterr().err

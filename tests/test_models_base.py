@@ -53,7 +53,7 @@ def test_damaged_and_foreign_model_files_are_refused(tmp_path):
         load_model(tmp_path / "missing.npz")
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip at all")
-    with pytest.raises(ModelFileError, match="bad.npz: damaged"):
+    with pytest.raises(ModelFileError, match="bad.npz: not a numbec model file"):
         load_model(bad)
     foreign = tmp_path / "foreign.npz"
     np.savez(foreign, x=np.zeros(3))
@@ -72,6 +72,26 @@ def test_damaged_and_foreign_model_files_are_refused(tmp_path):
     with pytest.raises(ModelFileError, match="t.npz"):
         load_model(truncated)
     assert zipfile.is_zipfile(path)
+
+
+def test_a_file_that_is_no_model_is_named_without_a_pickle_hint(tmp_path):
+    """numpy tries to unpickle a file that is not a zip and then suggests allow_pickle=True;
+    load_model must say the file is not a model instead."""
+    text = tmp_path / "notes.npz"
+    text.write_text("hello")
+    noise = tmp_path / "noise.npz"
+    noise.write_bytes(np.random.default_rng(0).bytes(20000))
+    plain = tmp_path / "array.npy"
+    np.save(plain, np.zeros(3))
+    objects = SpeciesMeanModel.fit(_water_frames()).save(tmp_path / "objects.npz")
+    with np.load(objects) as data:
+        entries = {k: data[k] for k in data.files}
+    np.savez(objects, extra=np.array([{"a": 1}], dtype=object), **entries)
+    for path in (text, noise, plain, objects):
+        with pytest.raises(ModelFileError, match="not a numbec model file") as info:
+            load_model(path)
+        assert str(info.value).startswith(f"{path}: ")
+        assert "pickle" not in str(info.value)
 
 
 def test_unknown_species_and_nan_positions_are_named():

@@ -369,6 +369,16 @@ def charge_arguments(atoms) -> dict:
     return {"total_charge": charge} if charge != 0.0 else {}
 
 
+def _numeric_entry(data, name: str, path: Path) -> np.ndarray:
+    try:
+        return data[name]
+    except ValueError:
+        # numpy's message for an object array suggests allow_pickle=True, advice that would
+        # run code from the file; a model never stores Python objects
+        raise ModelFileError(f"{path}: not a numbec model file (entry {name!r} is not a "
+                             "numeric array: it holds Python objects or is damaged)") from None
+
+
 def load_model(path: str | Path) -> BECModel:
     """Load a model written by :meth:`BECModel.save`.
 
@@ -389,12 +399,17 @@ def load_model(path: str | Path) -> BECModel:
     path = Path(path)
     if not path.exists():
         raise ModelFileError(f"{path}: no such model file")
+    if not zipfile.is_zipfile(path):
+        # np.load would try to unpickle it and suggest allow_pickle=True: wrong for a model
+        raise ModelFileError(f"{path}: not a numbec model file (not an .npz archive: a file "
+                             "of another kind, or a truncated copy of a model)")
     try:
         with np.load(path, allow_pickle=False) as data:
             if "__numbec__" not in data.files:
                 raise ModelFileError(f"{path}: not a numbec model (no '__numbec__' entry)")
             header = json.loads(str(data["__numbec__"]))
-            arrays = {k: data[k] for k in data.files if k != "__numbec__"}
+            arrays = {k: _numeric_entry(data, k, path) for k in data.files
+                      if k != "__numbec__"}
     except ModelFileError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, json.JSONDecodeError, EOFError) as exc:
