@@ -94,6 +94,14 @@ CASES = {
                                         "not among the descriptor species"),
     "NaN weight": (None, _array("weights", _nan_at_end), r"'weights' holds NaN"),
     "NaN covariance": (None, _array("covariance", _nan_at_end), r"'covariance' holds NaN"),
+    "covariance -I": (None, _array("covariance", lambda a: -np.eye(len(a))),
+                      r"'covariance' is not positive semi-definite"),
+    "covariance with a negative direction": (
+        None, _array("covariance", lambda a: a - 2 * np.abs(a).max() * np.outer(
+            np.ones(len(a)), np.ones(len(a))) / len(a)),
+        r"'covariance' is not positive semi-definite"),
+    "asymmetric covariance": (None, _array("covariance", lambda a: a + np.triu(a, 1)),
+                              r"'covariance' is not symmetric"),
     "sparse_species 99": (None, _array("sparse_species", lambda a: np.full_like(a, 99)),
                           r"'sparse_species' holds \[99\]"),
     "weights too short": (None, _array("weights", lambda a: a[:-1]), r"'weights' has shape"),
@@ -122,6 +130,18 @@ def test_edited_model_file_is_refused_naming_the_file(tmp_path, case):
     with pytest.raises(ModelFileError, match=message) as info:
         load_model(path)
     assert str(info.value).startswith(f"{path}: ")
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_singular_covariance_still_loads(tmp_path, rank):
+    """Semi-definite is enough: a covariance of rank 0 or 1 is a valid (if odd) posterior."""
+    def singular(a):
+        v = np.linspace(1.0, 2.0, len(a))
+        return rank * 1e-5 * np.outer(v, v)
+
+    path = _rewrite(OLD / "CombinedModel.npz", tmp_path / "singular.npz",
+                    edit_arrays=_array("covariance", singular))
+    assert load_model(path).covariance.shape == (16, 16)
 
 
 def test_new_models_store_the_training_baseline_and_asr_violation(tmp_path):
