@@ -104,6 +104,13 @@ CASES = {
                               r"'covariance' is not symmetric"),
     "sparse_species 99": (None, _array("sparse_species", lambda a: np.full_like(a, 99)),
                           r"'sparse_species' holds \[99\]"),
+    "sparse points of one species only": (
+        None, _array("sparse_species", lambda a: np.full_like(a, 8)),
+        r"'sparse_species' has no sparse point of the model's species H"),
+    "sparse species against n_sparse_used": (
+        _set(["metadata", "training", "n_sparse_used"], {"H": 2, "O": 2}),
+        _array("sparse_species", lambda a: np.array([1, 1, 1, 8])),
+        r"'sparse_species' holds \{'H': 3, 'O': 1\} .* n_sparse_used says \{'H': 2, 'O': 2\}"),
     "weights too short": (None, _array("weights", lambda a: a[:-1]), r"'weights' has shape"),
     "float species": (None, _array("sparse_species", lambda a: a.astype(float)),
                       "dtype float64, expected int"),
@@ -142,6 +149,12 @@ def test_a_singular_covariance_still_loads(tmp_path, rank):
     path = _rewrite(OLD / "CombinedModel.npz", tmp_path / "singular.npz",
                     edit_arrays=_array("covariance", singular))
     assert load_model(path).covariance.shape == (16, 16)
+
+
+def test_sparse_species_matching_n_sparse_used_load(tmp_path):
+    path = _rewrite(OLD / "CombinedModel.npz", tmp_path / "counted.npz",
+                    _set(["metadata", "training", "n_sparse_used"], {"H": 2, "O": 2}))
+    assert load_model(path).sparse_species.tolist() == [1, 1, 8, 8]
 
 
 def test_new_models_store_the_training_baseline_and_asr_violation(tmp_path):

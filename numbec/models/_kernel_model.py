@@ -1317,6 +1317,18 @@ class KernelBECModel(BECModel):
                                  f"model's species {species}")
         if np.any(np.diff(model.sparse_species) < 0):
             raise ModelFileError("array 'sparse_species' is not grouped by species (sorted)")
+        counts = {_symbol_key(z): int(np.count_nonzero(model.sparse_species == z))
+                  for z in species}
+        # fit gives every species at least one sparse point; a species without one would be
+        # predicted from its baseline charge alone
+        empty = [key for key, n in counts.items() if n == 0]
+        if empty:
+            raise ModelFileError(f"array 'sparse_species' has no sparse point of the model's "
+                                 f"species {', '.join(empty)}")
+        recorded = model.training.get("n_sparse_used")  # absent in older files
+        if recorded is not None and recorded != counts:
+            raise ModelFileError(f"array 'sparse_species' holds {counts} sparse points per "
+                                 f"species, the metadata's n_sparse_used says {recorded}")
         model.weights = checked_array(arrays, "weights", (model.n_columns,), "float")
         n_cols = model.n_columns
         model.covariance = checked_array(arrays, "covariance", (n_cols, n_cols), "float")
