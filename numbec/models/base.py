@@ -44,15 +44,24 @@ entry ``__numbec__`` holds a UTF-8 JSON document (as a 0-d unicode array) with k
 
 ``format``: ``"numbec-model"``; ``format_version``: int (:data:`MODEL_FORMAT_VERSION`);
 ``model``: class name (registry key); ``numbec_version``; ``created``: ISO time;
-``metadata``: model-specific JSON (hyperparameters, species, training summary).
+``metadata``: model-specific JSON (hyperparameters, species, training summary);
+``content_sha256`` (optional; files written before it have none): hex SHA-256 of the
+header without this key, as canonical JSON (``sort_keys=True``, separators ``","`` and
+``":"``), followed, for every other entry in name order, by the UTF-8 of
+``"\\0{name}\\0{dtype.str}\\0{shape}\\0"`` (NUL separators, ``dtype.str`` such as
+``"<f8"``, ``shape`` a Python tuple) and the array's C-order bytes (see :func:`content_sha256`).
 
 Every other entry is a named float64/int64 array of the model's state (:meth:`BECModel.state`);
-:func:`load_model` checks each against the metadata before the model is used.
+:func:`load_model` verifies ``content_sha256`` when present and checks each array against the
+metadata before the model is used. The checksum catches damage and edits made after the file
+was written, not a deliberate forgery (an editor can recompute it). Adding it kept the format
+version at 1: readers of version 1 ignore header keys they do not know.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import warnings
 import zipfile
@@ -68,6 +77,9 @@ from numbec.io._files import atomic_write
 MODEL_FORMAT = "numbec-model"
 #: Version of the saved-model layout; bump when the meaning of stored entries changes.
 MODEL_FORMAT_VERSION = 1
+
+#: Header key of the content checksum (:func:`content_sha256`).
+CHECKSUM_KEY = "content_sha256"
 
 _REGISTRY: dict[str, type[BECModel]] = {}
 
@@ -151,6 +163,20 @@ def checked_array(arrays: dict, name: str, shape: tuple, kind: str) -> np.ndarra
                                  f"{tuple(int(i) for i in np.argwhere(bad)[0])})")
         return arr.astype(np.float64, copy=False)
     return arr.astype(np.int64, copy=False)
+
+
+def content_sha256(header: dict, arrays: dict) -> str:
+    """Hex SHA-256 of a model file's content: ``header`` (a parsed ``__numbec__`` header;
+    its :data:`CHECKSUM_KEY` is left out) and ``arrays`` (name -> array), as the module
+    docstring lays out."""
+    h = hashlib.sha256()
+    rest = {k: v for k, v in header.items() if k != CHECKSUM_KEY}
+    h.update(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode())
+    for name in sorted(arrays):
+        arr = np.asarray(arrays[name])
+        h.update(f"\0{name}\0{arr.dtype.str}\0{arr.shape}\0".encode())
+        h.update(np.ascontiguousarray(arr).reshape(-1).data)  # no copy for a loaded array
+    return h.hexdigest()
 
 
 def register_model(cls):
@@ -335,6 +361,8 @@ class BECModel(ABC):
         }
         if "__numbec__" in arrays:
             raise ValueError("'__numbec__' is reserved in a model's arrays")
+        # hashed as the reader will see it: JSON turns tuples into lists, int keys into str
+        header[CHECKSUM_KEY] = content_sha256(json.loads(json.dumps(header)), arrays)
 
         def write(tmp):
             with open(tmp, "wb") as fh:
@@ -382,16 +410,16 @@ def _numeric_entry(data, name: str, path: Path) -> np.ndarray:
 def load_model(path: str | Path) -> BECModel:
     """Load a model written by :meth:`BECModel.save`.
 
-    Every array is checked against the metadata (shapes, dtypes, finite values, species)
-    before the model is returned, so a damaged or edited file fails here and not later in a
-    prediction.
+    The content checksum is verified when the file has one, and every array is checked
+    against the metadata (shapes, dtypes, finite values, species) before the model is
+    returned, so a damaged or edited file fails here and not later in a prediction.
 
     Raises
     ------
     ModelFileError
         Naming the file: missing or damaged file, not a numbec model, another format version,
-        an unknown model class, a header that is not a JSON object or lacks a key, or
-        arrays that do not fit the metadata.
+        a content checksum that does not match, an unknown model class, a header that is not
+        a JSON object or lacks a key, or arrays that do not fit the metadata.
     """
     # make sure every model class has registered itself
     import numbec.models  # noqa: F401
@@ -425,6 +453,10 @@ def load_model(path: str | Path) -> BECModel:
             f"{path}: model file format version {version}, this numbec reads version "
             f"{MODEL_FORMAT_VERSION}; retrain or convert with the numbec that wrote it"
         )
+    expected = header.get(CHECKSUM_KEY)
+    if expected is not None and expected != content_sha256(header, arrays):
+        raise ModelFileError(f"{path}: the content checksum does not match: the file was "
+                             "modified or damaged after it was written")
     for key in ("model", "metadata"):
         if key not in header:
             raise ModelFileError(f"{path}: the model header has no {key!r} entry")
