@@ -19,10 +19,11 @@ QUARTZ = Path(numbec.__file__).parent / "data" / "sio2_quartz_subset.xyz"
 @pytest.fixture
 def source(tmp_path):
     rng = np.random.default_rng(3)
+    start, velocities = rng.uniform(0, 4, (3, 3)), rng.normal(0, 0.01, (3, 3))  # Å, Å/fs
     frames = []
-    for _ in range(11):
-        atoms = Atoms("OH2", positions=rng.uniform(0, 4, (3, 3)), cell=[4, 4, 4], pbc=True)
-        atoms.set_velocities(rng.normal(0, 0.01, (3, 3)) / units.fs)
+    for k in range(11):  # moving at their velocities, frames 1 fs apart
+        atoms = Atoms("OH2", positions=start + k * velocities, cell=[4, 4, 4], pbc=True)
+        atoms.set_velocities(velocities / units.fs)
         frames.append(atoms)
     path = tmp_path / "water.xyz"
     ase.io.write(path, frames)

@@ -50,17 +50,21 @@ def md_traj(tmp_path_factory):
 
 
 def _synthetic_frames(n_frames=13, n_atoms=5, seed=0, with_velocities=True, cell=6.0):
+    """Atoms moving at constant velocities (Å/fs), frames 1 fs apart (so the velocities
+    agree with the positions, as convert checks)."""
     rng = np.random.default_rng(seed)
+    start = rng.uniform(0, cell, (n_atoms, 3))
+    velocities = rng.normal(0, 0.01, (n_atoms, 3))
     frames = []
     for k in range(n_frames):
         atoms = Atoms(
             ["O", "H", "H", "Si", "O"][:n_atoms],
-            positions=rng.uniform(0, cell, (n_atoms, 3)),
+            positions=start + k * velocities,
             cell=np.diag([cell, cell + 1, cell + 2]) + 0.3 * np.eye(3)[::-1] * (k % 2),
             pbc=True,
         )
         if with_velocities:
-            atoms.set_velocities(rng.normal(0, 0.01, (n_atoms, 3)) / units.fs)  # ASE units
+            atoms.set_velocities(velocities / units.fs)  # ASE units
         frames.append(atoms)
     return frames
 
@@ -168,10 +172,10 @@ def test_compressed_source_is_read_forwards_only(xyz_source, tmp_path, monkeypat
 
 def test_index_selection_and_time(xyz_source, tmp_path):
     src, frames = xyz_source
-    numbec.convert_trajectory(src, tmp_path / "s.zarr", timestep=0.25, index="2::3")
+    numbec.convert_trajectory(src, tmp_path / "s.zarr", timestep=1.0, index="2::3")
     ds = numbec.open_trajectory(tmp_path / "s.zarr")
     np.testing.assert_array_equal(ds.positions.values, [frames[k].positions for k in (2, 5, 8, 11)])
-    assert ds.attrs["timestep"] == pytest.approx(0.75)
+    assert ds.attrs["timestep"] == pytest.approx(3.0)
     numbec.convert_trajectory(src, tmp_path / "t.zarr", index="-3:", time_series=False)
     ds = numbec.open_trajectory(tmp_path / "t.zarr")
     np.testing.assert_array_equal(ds.positions.values, [a.positions for a in frames[-3:]])
@@ -612,11 +616,12 @@ def test_bad_timestep_attribute_is_a_clean_error(tmp_path, xyz_source, value):
         trajectory_summary(store)
 
 
-def test_timestep_contradicting_time_warns(tmp_path, xyz_source):
+def test_timestep_contradicting_time_is_refused(tmp_path, xyz_source):
     store = _store(tmp_path, xyz_source)  # time = 0, 1, 2, ... fs
     _edit_attrs(store, lambda a: a.update(timestep=2.0))
-    with pytest.warns(UserWarning, match="advances by 1 to 1 fs per frame, but the attribute "
-                                         "timestep says 2 fs"):
+    with pytest.raises(StoreError, match=r"s.zarr: time advances by 1 fs from frame 0 to "
+                                         r"frame 1 \(0 -> 1 fs\), but the attribute timestep "
+                                         r"says 2 fs per frame; .*--set-timestep"):
         numbec.open_trajectory(store)
     from numbec.io.trajectory import set_timestep
 
@@ -627,21 +632,192 @@ def test_timestep_contradicting_time_warns(tmp_path, xyz_source):
     np.testing.assert_array_equal(ds.time.values, 2.0 * np.arange(13))
 
 
+
+def _edit_array(store, name, edit):
+    import zarr
+
+    edit(zarr.open_group(str(store), mode="r+", use_consolidated=False)[name])
+
+
+@pytest.mark.parametrize("time, message", [
+    (np.r_[np.arange(6.0), np.arange(7.0)], r"time goes backwards from frame 5 to frame 6 "
+                                            r"\(5 -> 0 fs\)"),
+    (5.0 * np.arange(13), r"time advances by 5 fs from frame 0 to frame 1"),
+])
+def test_time_contradicting_the_time_step_is_refused(tmp_path, xyz_source, time, message):
+    store = _store(tmp_path, xyz_source)
+    _edit_array(store, "time", lambda arr: arr.__setitem__(slice(None), time))
+    with pytest.raises(StoreError, match=r"s.zarr: " + message + ".*--set-timestep"):
+        numbec.open_trajectory(store)
+
+
+def test_deleted_time_chunk_is_refused_naming_the_frames(tmp_path, xyz_source):
+    store = _store(tmp_path, xyz_source)  # chunks of 4 frames
+    (store / "time" / "c" / "1").unlink()  # frames 4-7 read back as the fill value, NaN
+    with pytest.raises(StoreError, match=r"s.zarr: time of frames 4-7 is NaN"):
+        numbec.open_trajectory(store)
+
+
+@pytest.mark.parametrize("name, units", [("velocities", "Angstrom/ps"), ("positions", "nm"),
+                                         ("time", None)])
+def test_other_units_are_refused(tmp_path, xyz_source, name, units):
+    store = _store(tmp_path, xyz_source)
+
+    def edit(arr):
+        if units is None:
+            del arr.attrs["units"]
+        else:
+            arr.attrs["units"] = units
+
+    _edit_array(store, name, edit)
+    with pytest.raises(StoreError, match=f"s.zarr: array {name} has units {units!r}, numbec "
+                                         "reads it in"):
+        numbec.open_trajectory(store)
+
+
+def test_units_spelled_as_before_numbec_0_1_are_read(tmp_path, xyz_source):
+    store = _store(tmp_path, xyz_source)
+    _edit_array(store, "velocities", lambda arr: arr.attrs.update(units="Å/fs"))
+    _edit_array(store, "positions", lambda arr: arr.attrs.update(units="Å"))
+    assert numbec.open_trajectory(store).sizes["frame"] == 13
+
+
+@pytest.mark.parametrize("z", [999, 0, -1])
+def test_impossible_atomic_numbers_are_refused(tmp_path, xyz_source, z):
+    store = _store(tmp_path, xyz_source)
+    _edit_array(store, "numbers", lambda arr: arr.__setitem__(2, z))
+    message = f"s.zarr: array numbers gives atom 2 the atomic number {z}, not one of 1-118"
+    with pytest.raises(StoreError, match=message):
+        trajectory_summary(store)
+    with pytest.raises(StoreError, match=message):
+        numbec.open_trajectory(store)
+
+
+def test_damaged_chunk_names_the_store_array_and_frames(tmp_path, xyz_source):
+    store = _store(tmp_path, xyz_source)  # chunks of 4 frames
+    (store / "positions" / "c" / "1" / "0" / "0").write_bytes(
+        np.random.default_rng(0).bytes(300))
+    ds = numbec.open_trajectory(store)  # frame data are read lazily
+    np.asarray(ds.positions[:4].values)  # the other chunks are fine
+    with pytest.raises(StoreError, match=r"s.zarr: cannot read array positions, frames 4-7 "
+                                         r"\(.*\); the store is damaged"):
+        np.asarray(ds.positions.values)
+    (store / "numbers" / "c" / "0").write_bytes(b"garbage")
+    with pytest.raises(StoreError, match=r"s.zarr: cannot read array numbers \("):
+        trajectory_summary(store)
+
+
+def test_frames_without_atoms_are_refused(tmp_path, xyz_source):
+    src = tmp_path / "empty.xyz"
+    src.write_text('0\nLattice="6 0 0 0 6 0 0 0 6" Properties=species:S:1:pos:R:3 pbc="T T T"\n'
+                   * 3)
+    with pytest.raises(ValueError, match="empty.xyz, frame 0: has no atoms"):
+        numbec.convert_trajectory(src, tmp_path / "empty.zarr", timestep=1.0)
+    # a store of no atoms written before convert refused them
+    store = _store(tmp_path, xyz_source)
+    for name in ("positions", "velocities", "numbers", "masses"):
+        _edit_array(store, name, lambda arr: arr.resize(
+            (0,) if arr.ndim == 1 else (arr.shape[0], 0, 3)))
+    with pytest.raises(StoreError, match="s.zarr: the store holds frames of 0 atoms"):
+        numbec.open_trajectory(store)
+
+
+def test_open_trajectory_says_whether_the_conversion_finished(xyz_source, tmp_path,
+                                                              monkeypatch):
+    src, _frames = xyz_source
+    store = tmp_path / "s.zarr"
+    monkeypatch.setattr(trajmod, "iter_source_frames", _crashing(after=8))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        numbec.convert_trajectory(src, store, chunk_frames=3, timestep=1.0)
+    monkeypatch.undo()
+    assert numbec.open_trajectory(store).attrs["complete"] is False
+    numbec.convert_trajectory(src, store, append=True)
+    assert numbec.open_trajectory(store).attrs["complete"] is True
+
+
+# --- velocities against positions --------------------------------------------------------
+
+
+def _vibrating_frames(n_frames=12, dt=1.0, scale=1.0, cell=5.0):
+    """Atoms of a small box vibrating in three modes (periods 10-300 fs) around points near
+    the faces, so that the stored (wrapped) positions jump across the cell; ``scale`` times
+    the true velocities stored (Å/fs)."""
+    rng = np.random.default_rng(4)
+    n = 6
+    centre = rng.uniform(0, cell, (n, 3))
+    centre[:, 0] = 0.02  # on the face: wrapping moves atoms by a whole cell length
+    omega = 2 * np.pi / np.array([10.0, 60.0, 300.0])
+    amp = rng.normal(0, 0.02, (3, n, 3))
+    phase = rng.uniform(0, 2 * np.pi, (3, n, 3))
+    frames = []
+    for k in range(n_frames):
+        arg = omega[:, None, None] * k * dt + phase
+        atoms = Atoms("OHHOHH", positions=centre + (amp * np.sin(arg)).sum(0),
+                      cell=cell * np.eye(3), pbc=True)
+        atoms.wrap()
+        velocities = (amp * omega[:, None, None] * np.cos(arg)).sum(0)  # Å/fs
+        atoms.set_velocities(scale * velocities / units.fs)
+        frames.append(atoms)
+    return frames
+
+
+def test_consistent_velocities_of_wrapped_positions_pass_silently(tmp_path):
+    src = tmp_path / "v.xyz"
+    ase.io.write(src, _vibrating_frames(), format="extxyz")
+    positions = np.array([a.positions for a in ase.io.read(src, ":")])
+    assert np.abs(np.diff(positions, axis=0)).max() > 4.0  # wrapped across the cell
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        numbec.convert_trajectory(src, tmp_path / "v.zarr", timestep=1.0)
+
+
+@pytest.mark.parametrize("scale", [1 / 103.6, 0.1, 10.0])
+def test_velocities_in_other_units_warn(tmp_path, scale):
+    src = tmp_path / "v.xyz"
+    ase.io.write(src, _vibrating_frames(scale=scale), format="extxyz")
+    with pytest.warns(UserWarning, match=r"v.xyz: the velocities do not match the motion of the "
+                                         r"positions in frames 0-7: mass-weighted rms .* Å/fs "
+                                         r"stored, .* Å/fs from central differences .*"
+                                         r"\(ratio .*\)\. The likely cause is velocities "
+                                         r"written in other units"):
+        numbec.convert_trajectory(src, tmp_path / "v.zarr", timestep=1.0)
+    with pytest.warns(UserWarning, match=r"v: the velocities do not match"):
+        ratio = trajmod.check_velocity_units(
+            [trajmod._from_atoms(a, k) for k, a in enumerate(_vibrating_frames(scale=scale))],
+            np.ones(6), 1.0, "v")
+    assert ratio == pytest.approx(scale, rel=0.1)  # central differences: 0.93 at 10 fs
+
+
+def test_wrong_time_step_warns_too(tmp_path):
+    src = tmp_path / "v.xyz"
+    ase.io.write(src, _vibrating_frames(), format="extxyz")
+    with pytest.warns(UserWarning, match=r"or a wrong time step"):
+        numbec.convert_trajectory(src, tmp_path / "v.zarr", timestep=10.0)
+
+
+def test_strided_md_velocities_pass_silently(md_traj, tmp_path):
+    # EMT copper written every 2nd fs, converted every 5th frame: 10 fs between frames
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        numbec.convert_trajectory(md_traj, tmp_path / "cu.zarr", index="::5")
+
 # --- masses ------------------------------------------------------------------------------
 
 
 def _heavy_water_frames(n_frames=40, seed=3):
-    """D2O molecules whose velocities are drawn for the deuterium masses (ASE units)."""
+    """D2O molecules whose velocities are drawn for the deuterium masses (ASE units), each
+    frame 1 fs after the last at those velocities."""
     rng = np.random.default_rng(seed)
     frames = []
+    positions = rng.uniform(0, 5, (6, 3))
     for _ in range(n_frames):
-        atoms = Atoms("OHHOHH", positions=rng.uniform(0, 5, (6, 3)), cell=5 * np.eye(3),
-                      pbc=True)
+        atoms = Atoms("OHHOHH", positions=positions, cell=5 * np.eye(3), pbc=True)
         masses = atoms.get_masses()
         masses[atoms.numbers == 1] = 2.014102  # deuterium
         atoms.set_masses(masses)
         sigma = np.sqrt(units.kB * 300.0 / masses)[:, None]  # ASE velocity units
         atoms.set_velocities(rng.normal(0.0, 1.0, (6, 3)) * sigma)
+        positions = positions + atoms.get_velocities() * units.fs
         frames.append(atoms)
     return frames
 

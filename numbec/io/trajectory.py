@@ -536,6 +536,8 @@ def _convert_locked(src, src_name, store, index, index_text, frame_dt, chunk_fra
             first = _next_frame(frames, src_name, -1)
         except StopIteration:
             raise ValueError(f"{src_name}: no frames selected by index {index!r}") from None
+        if len(first.numbers) == 0:
+            raise ValueError(f"{src_name}, frame {first.frame}: has no atoms")
         has_vel = first.velocities is not None
         chunk = chunk_frames or _auto_chunk_frames(len(first.numbers))
         group = arrays = None  # the store is created at the first flush
@@ -552,6 +554,8 @@ def _convert_locked(src, src_name, store, index, index_text, frame_dt, chunk_fra
     capacity = chunk - done % chunk
     bar = _progress(progress)
     segment = segments[-1]
+    # the first frames of this run, for the check of the velocity units
+    probe = [] if has_vel and frame_dt is not None else None
 
     def flush(final):
         nonlocal done, capacity, group, arrays
@@ -601,9 +605,16 @@ def _convert_locked(src, src_name, store, index, index_text, frame_dt, chunk_fra
             buffers["time"].append(np.nan if frame_dt is None else (done + fill - 1) * frame_dt)
             if has_vel:
                 buffers["velocities"].append(frame.velocities)
+            if probe is not None:
+                probe.append(frame)
+                if len(probe) == VELOCITY_CHECK_FRAMES:
+                    check_velocity_units(probe, frame_masses(probe[0]), frame_dt, src_name)
+                    probe = None
             if fill == capacity:
                 flush(final=False)
         flush(final=True)
+        if probe is not None and len(probe) >= 3:
+            check_velocity_units(probe, frame_masses(probe[0]), frame_dt, src_name)
         group.attrs.update({"finished": True})
         from numbec.io._files import consolidate
 
@@ -612,6 +623,82 @@ def _convert_locked(src, src_name, store, index, index_text, frame_dt, chunk_fra
         if bar is not None:
             bar.close()
     return done
+
+
+#: Consecutive frames whose velocities :func:`check_velocity_units` compares with the
+#: positions at the start of a conversion.
+VELOCITY_CHECK_FRAMES = 8
+#: Range of rms(stored) / rms(central differences) in which :func:`check_velocity_units`
+#: is quiet. Central differences of frames written every n MD steps miss fast motion, which
+#: raises the ratio: 1.3 for GFN2-xTB water 20 fs apart, 1.6 (4.1) for quartz vibrating at
+#: 460-1050 cm^-1 10 (20) fs apart; hence the wider upper side. A unit slip is a factor of
+#: 10 (Å/ps, Å/(10 fs)) or about 100 (ASE units divided instead of multiplied by
+#: ``ase.units.fs``).
+VELOCITY_RATIO_RANGE = (1 / 3, 5.0)
+
+
+def check_velocity_units(frames, masses, dt, where) -> float | None:
+    """Warn when stored velocities disagree with the motion of the positions.
+
+    Compares the mass-weighted rms of the stored velocities of the interior ``frames``
+    with that of central differences of their positions (minimum image along periodic
+    directions, since positions may be wrapped into the cell). Mass weighting makes
+    every degree of freedom count by its kinetic energy, so light atoms vibrating faster
+    than the frame spacing resolves do not dominate.
+
+    Parameters
+    ----------
+    frames : list of SourceFrame
+        At least 3 consecutive frames, ``dt`` apart, with velocities (Å/fs).
+    masses : (N,) float64, amu.
+    dt : float
+        fs between the frames.
+    where : str
+        Named in the warning (the source file).
+
+    Returns
+    -------
+    float or None
+        The ratio rms(stored) / rms(central differences), or None when the positions do
+        not move (nothing to compare).
+    """
+    import warnings
+
+    positions = np.stack([f.positions for f in frames])
+    disp = positions[2:] - positions[:-2]
+    pbc = np.asarray(frames[0].pbc, dtype=bool)
+    cells = np.stack([f.cell for f in frames[1:-1]])
+    if pbc.any() and np.all(np.abs(np.linalg.det(cells)) > 1e-12):
+        frac = np.einsum("fnj,fjk->fnk", disp, np.linalg.inv(cells))
+        # two frames apart an atom moves far less than half a cell
+        frac -= np.round(frac) * pbc
+        disp = np.einsum("fnk,fkj->fnj", frac, cells)
+    differences = disp / (2.0 * dt)
+    stored = np.stack([f.velocities for f in frames[1:-1]])
+    weights = np.asarray(masses, dtype=np.float64)[None, :, None] / np.sum(masses)
+
+    def rms(v):
+        return float(np.sqrt(np.sum(weights * v**2) / v.shape[0]))
+
+    rms_stored, rms_differences = rms(stored), rms(differences)
+    if rms_differences == 0.0:
+        return None
+    ratio = rms_stored / rms_differences
+    low, high = VELOCITY_RATIO_RANGE
+    if not low <= ratio <= high:
+        warnings.warn(
+            f"{where}: the velocities do not match the motion of the positions in frames "
+            f"{frames[0].frame}-{frames[-1].frame}: mass-weighted rms {rms_stored:.3g} Å/fs "
+            f"stored, {rms_differences:.3g} Å/fs from central differences of the positions "
+            f"{dt:g} fs apart (ratio {ratio:.3g}). The likely cause is velocities written in "
+            "other units than the file claims (ASE velocities are in Å per ASE time unit: "
+            "Å/fs times 1/ase.units.fs), or a wrong time step"
+            + (", or frames too far apart for differences to follow the motion" if ratio > 1
+               else "") + "; the dipole derivative and the IR intensities scale with the "
+            "velocities",
+            stacklevel=2,
+        )
+    return ratio
 
 
 def _require_timestep(frame_dt, time_series, src_name):
@@ -677,6 +764,8 @@ def _open_group_readonly(store):
 
 
 def _validated_arrays(group, attrs, store) -> dict:
+    from ase.data import chemical_symbols
+
     where = os.fspath(store)
     required = ("positions", "cell", "numbers", "time", "pbc")
     try:
@@ -698,6 +787,10 @@ def _validated_arrays(group, attrs, store) -> dict:
                 f"is corrupt"
             ) from exc
     n_atoms = arrays["numbers"].shape[0]
+    if n_atoms == 0:
+        raise StoreError(f"{where}: the store holds frames of 0 atoms")
+    for name, arr in arrays.items():
+        _check_units(arr, name, where)
     done = attrs["frames_complete"]
     for name in _FRAME_ARRAYS:
         if name not in arrays:
@@ -714,14 +807,83 @@ def _validated_arrays(group, attrs, store) -> dict:
                 f"{where}: frames_complete = {done} but array {name} holds only {shape[0]} "
                 f"frames; the store is inconsistent"
             )
+    numbers = _read(arrays["numbers"], "numbers", where)
+    bad = ~((numbers >= 1) & (numbers < len(chemical_symbols)))
+    if bad.any():
+        atom = int(np.argmax(bad))
+        raise StoreError(f"{where}: array numbers gives atom {atom} the atomic number "
+                         f"{numbers[atom]}, not one of 1-{len(chemical_symbols) - 1}; the "
+                         "store is corrupt")
     if "masses" in arrays:
-        masses = np.asarray(arrays["masses"][:], dtype=np.float64)
+        masses = np.asarray(_read(arrays["masses"], "masses", where), dtype=np.float64)
         if masses.shape != (n_atoms,) or not np.all(np.isfinite(masses) & (masses > 0)):
             raise StoreError(f"{where}: array masses must hold {n_atoms} positive amu values "
                              f"(shape {masses.shape}); the store is corrupt")
     if arrays["pbc"].shape != (3,):
         raise StoreError(f"{where}: array pbc has shape {arrays['pbc'].shape}, expected (3,)")
     return arrays
+
+
+#: Spellings of the units of :data:`LAYOUT` a store may carry: numbec's, and ``Å`` as
+#: written before numbec 0.1.
+_UNIT_SPELLINGS = {units: {units, units.replace("Angstrom", "Å")}
+                   for units in UNITS.values()}
+
+
+def _check_units(arr, name, where):
+    """Refuse an array whose ``units`` attribute is not the one of :data:`LAYOUT`: numbec
+    reads the values as they are, so other units would give silently wrong results."""
+    expected = LAYOUT[name][2]
+    if expected is None:
+        return
+    units = dict(arr.attrs).get("units")
+    if units not in _UNIT_SPELLINGS[expected]:
+        raise StoreError(f"{where}: array {name} has units {units!r}, numbec reads it in "
+                         f"{expected!r} only; convert the trajectory again from its source")
+
+
+def _read(arr, name, where, frames=None):
+    """``arr[:]`` (or its ``frames`` slice) as numpy; a chunk that cannot be read (deleted
+    metadata, garbage bytes) raises a :class:`StoreError` naming the store, the array and
+    the frames."""
+    key = slice(None) if frames is None else frames
+    try:
+        return np.asarray(arr[key])
+    except Exception as exc:
+        raise StoreError(_unreadable(where, name, key, arr.shape, exc)) from exc
+
+
+def _unreadable(where, name, key, shape, exc) -> str:
+    span = ""
+    if LAYOUT[name][0][0] == "frame" and shape and shape[0]:
+        first, stop, _step = key.indices(shape[0])
+        span = f", frames {first}-{stop - 1}"
+    return (f"{where}: cannot read array {name}{span} ({type(exc).__name__}: {exc}); the "
+            "store is damaged: convert the trajectory again")
+
+
+class _NamedReads:
+    """A Zarr array whose read errors name the store, the array and the frames, so that a
+    damaged chunk met while streaming (in any Dask task) says where it is."""
+
+    def __init__(self, arr, name, where):
+        self.arr, self.name, self.where = arr, name, where
+        self.shape, self.dtype, self.ndim = arr.shape, arr.dtype, arr.ndim
+        self.chunks = arr.chunks
+
+    def __getitem__(self, key):
+        try:
+            return self.arr[key]
+        except Exception as exc:
+            first = key[0] if isinstance(key, tuple) and key else key
+            first = first if isinstance(first, slice) else slice(None)
+            raise StoreError(_unreadable(self.where, self.name, first, self.shape,
+                                         exc)) from exc
+
+    def __dask_tokenize__(self):
+        from dask.base import tokenize
+
+        return "numbec-named-reads", self.name, tokenize(self.arr)
 
 
 def open_trajectory(store, chunks=None):
@@ -774,19 +936,21 @@ def open_trajectory(store, chunks=None):
     else:
         raise ValueError(f"chunks must be an int or {{'frame': n}}, got {chunks!r}")
 
-    def lazy(arr):
+    def lazy(name):
+        arr = _NamedReads(arrays[name], name, where)
         data = da.from_array(arr, chunks=(store_chunk, *arr.shape[1:]), lock=False)[:done]
         return data.rechunk((frame_chunk, *arr.shape[1:])) if frame_chunk != store_chunk else data
 
     ds = trajectory_dataset(
-        positions=lazy(arrays["positions"]),
-        velocities=lazy(arrays["velocities"]) if "velocities" in arrays else None,
-        cell=lazy(arrays["cell"]),
-        numbers=np.asarray(arrays["numbers"][:], dtype=np.int64),
-        pbc=np.asarray(arrays["pbc"][:], dtype=bool),
-        time=np.asarray(arrays["time"][:done], dtype=np.float64),
-        masses=(np.asarray(arrays["masses"][:], dtype=np.float64) if "masses" in arrays
-                else None),
+        positions=lazy("positions"),
+        velocities=lazy("velocities") if "velocities" in arrays else None,
+        cell=lazy("cell"),
+        numbers=np.asarray(_read(arrays["numbers"], "numbers", where), dtype=np.int64),
+        pbc=np.asarray(_read(arrays["pbc"], "pbc", where), dtype=bool),
+        time=np.asarray(_read(arrays["time"], "time", where, slice(0, done)),
+                        dtype=np.float64),
+        masses=(np.asarray(_read(arrays["masses"], "masses", where), dtype=np.float64)
+                if "masses" in arrays else None),
     )
     ds.attrs.update(
         {
@@ -795,6 +959,7 @@ def open_trajectory(store, chunks=None):
             "segments": json.dumps(attrs.get("segments", [])),
             "numbec_version": attrs.get("numbec_version", ""),
             "frames_complete": done,
+            "complete": _conversion_complete(arrays, attrs),
             "chunk_frames": store_chunk,
             "store": where,
         }
@@ -806,19 +971,37 @@ def open_trajectory(store, chunks=None):
     return ds
 
 
-def _check_time_coordinate(time, dt, where):
-    """Warn when the ``time`` coordinate's spacing contradicts the ``timestep`` attribute."""
-    spacing = np.diff(np.asarray(time, dtype=np.float64))
-    spacing = spacing[np.isfinite(spacing)]
-    if spacing.size and not np.allclose(spacing, dt, rtol=1e-6, atol=0.0):
-        import warnings
+def _conversion_complete(arrays, attrs) -> bool:
+    """Whether the last conversion into the store ran to the end of its source and left no
+    partial chunk beyond ``frames_complete``."""
+    allocated = max(arrays[name].shape[0] for name in _FRAME_ARRAYS if name in arrays)
+    return allocated == attrs["frames_complete"] and attrs.get("finished") is True
 
-        warnings.warn(
-            f"{where}: the time coordinate advances by {spacing.min():g} to {spacing.max():g} "
-            f"fs per frame, but the attribute timestep says {dt:g} fs; the attribute is used. "
-            "Fix the store with 'numbec info --set-timestep FS STORE'",
-            stacklevel=3,
-        )
+
+def _check_time_coordinate(time, dt, where):
+    """Refuse a ``time`` coordinate (fs) that is not ``k * dt`` spaced: NaN (a deleted or
+    damaged chunk), going backwards, or advancing by other than the ``timestep``
+    attribute. Predictions copy it and spectra trust the time step, so a contradiction
+    would be silent garbage."""
+    time = np.asarray(time, dtype=np.float64)
+    fix = "; set the time of every frame with 'numbec info --set-timestep FS STORE'"
+    nan = ~np.isfinite(time)
+    if nan.any():
+        first = int(np.argmax(nan))
+        run = nan[first:]
+        last = first + (int(np.argmin(run)) if not run.all() else run.size) - 1
+        raise StoreError(f"{where}: time of frames {first}-{last} is NaN or inf although the "
+                         f"store has a time step ({dt:g} fs): a deleted or damaged chunk of "
+                         f"array time{fix}")
+    spacing = np.diff(time)
+    bad = ~np.isclose(spacing, dt, rtol=1e-6, atol=0.0)
+    if bad.any():
+        k = int(np.argmax(bad)) + 1
+        how = ("goes backwards" if spacing[k - 1] <= 0
+               else f"advances by {spacing[k - 1]:g} fs")
+        raise StoreError(f"{where}: time {how} from frame {k - 1} to frame {k} ({time[k - 1]:g} "
+                         f"-> {time[k]:g} fs), but the attribute timestep says {dt:g} fs per "
+                         f"frame{fix}")
 
 
 def trajectory_dataset(positions, cell, numbers, pbc, time, velocities=None, attrs=None,
@@ -997,7 +1180,7 @@ def trajectory_summary(store) -> dict:
 
     group, attrs = _open_group_readonly(store)
     arrays = _validated_arrays(group, attrs, store)
-    numbers = np.asarray(arrays["numbers"][:])
+    numbers = _read(arrays["numbers"], "numbers", os.fspath(store))
     done = attrs["frames_complete"]
     species: dict[str, int] = {}
     for z in numbers:
@@ -1014,8 +1197,8 @@ def trajectory_summary(store) -> dict:
         "duration": None if dt is None or done == 0 else (done - 1) * dt,
         "chunk_frames": arrays["positions"].chunks[0],
         "velocities": "velocities" in arrays,
-        "pbc": np.asarray(arrays["pbc"][:]).tolist(),
-        "complete": allocated == done and bool(attrs.get("finished", False)),
+        "pbc": _read(arrays["pbc"], "pbc", os.fspath(store)).tolist(),
+        "complete": _conversion_complete(arrays, attrs),
         "source": attrs.get("source"),
         "segments": attrs.get("segments", []),
     }
