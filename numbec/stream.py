@@ -497,14 +497,15 @@ def _run_in_order(task, items, n_threads):
 
 
 def _frame_in_trajectory(exc: ValueError, first: int, last: int) -> str:
-    """The message of an error of ``predict_frames`` for trajectory frames ``first..last``:
-    "frame k: ..." (k counted in the batch) with the frame counted in the trajectory, else
-    the message with the batch's frames named."""
+    """The message of an error of ``predict_frames`` for trajectory frames ``first..last``
+    (or of ``predict_arrays`` for frame ``first == last``, which some models answer by a
+    batch of one): "frame k: ..." (k counted in the batch) with the frame counted in the
+    trajectory, else the message with the frame(s) named."""
     message = str(exc)
     head, sep, rest = message.partition(":")
     if sep and head.startswith("frame ") and head[6:].strip().isdigit():
         return f"frame {first + int(head[6:])}:{rest}"
-    return f"frames {first}-{last}: {message}"
+    return f"frame {first}: {message}" if first == last else f"frames {first}-{last}: {message}"
 
 
 def _model_frame(model, positions, cell, spec, frame, f, model_keys, per_frame,
@@ -523,7 +524,7 @@ def _model_frame(model, positions, cell, spec, frame, f, model_keys, per_frame,
             result = model.predict_arrays_with_velocities(positions, spec.numbers, cell,
                                                           spec.pbc, velocities, **keywords)
     except ValueError as exc:
-        raise ValueError(f"{spec.source}: frame {frame}: {exc}") from exc
+        raise ValueError(f"{spec.source}: {_frame_in_trajectory(exc, frame, frame)}") from exc
     _store_outputs(model, result, model_keys, per_frame, f, f"{spec.source}: frame {frame}",
                    method)
 
@@ -609,6 +610,26 @@ def _open_input(trajectory):
         f"trajectory must be a Trajectory store path or an xarray.Dataset, got "
         f"{type(trajectory).__name__}"
     )
+
+
+def _check_complete(ds, source, allow_incomplete) -> bool:
+    """Whether ``ds`` comes from a trajectory store whose conversion has not finished
+    (``attrs["complete"]`` of :func:`numbec.open_trajectory`); refused unless
+    ``allow_incomplete``."""
+    if ds.attrs.get("complete", True) is not False:
+        return False
+    if not allow_incomplete:
+        segments = json.loads(ds.attrs.get("segments") or "[]")
+        last = segments[-1] if segments else {}
+        command = f"numbec convert {last.get('source', 'SRC')} {source} --append"
+        if last.get("index", ":") != ":":
+            command += f" --index {last['index']}"
+        raise ValueError(
+            f"{source}: the trajectory store is incomplete: {ds.sizes['frame']} frames "
+            "converted so far, its conversion was interrupted or is still running; finish "
+            f"it with '{command}', or predict the frames converted so far with "
+            "allow_incomplete=True (--allow-incomplete)")
+    return True
 
 
 def _validate(ds, source):
@@ -738,6 +759,7 @@ def predict(
     seed: int = 0,
     total_charge: float = 0.0,
     atom_std: bool = False,
+    allow_incomplete: bool = False,
 ):
     """Predict BECs (and dipole derivatives) for every frame of a trajectory.
 
@@ -848,6 +870,11 @@ def predict(
         not the BEC's standard deviation. Independent of ``uncertainty``. Recorded in the
         attribute ``atom_std``; a store written without it is not resumed with it (and the
         reverse).
+    allow_incomplete : bool
+        Predict the frames converted so far of a trajectory store whose conversion was
+        interrupted or is still running (``numbec info`` says INCOMPLETE). Without it such a
+        store is refused: its prediction would look like one of the whole trajectory. The
+        attributes ``input_complete`` (False) and ``input_frames`` of the result record it.
 
     Returns
     -------
@@ -861,7 +888,8 @@ def predict(
         No trajectory store at ``trajectory``.
     ValueError
         Bad input (missing variables, no time step, NaN positions, unknown species: the
-        message names the trajectory, frame and atom), or options the model does not offer.
+        message names the trajectory, frame and atom), an incomplete trajectory store
+        without ``allow_incomplete``, or options the model does not offer.
     OutputLockedError
         Another process is writing ``out``.
     OutputMismatchError
@@ -873,6 +901,7 @@ def predict(
         model_file = model if model_file is None else model_file
         model = load_model(model)
     ds, source, store_path = _open_input(trajectory)
+    incomplete = _check_complete(ds, source, allow_incomplete)
     model = _uncertainty_model(model, ds, uncertainty=uncertainty,
                                dipole_derivative=dipole_derivative,
                                posterior_samples=int(posterior_samples),
@@ -890,6 +919,8 @@ def predict(
         plan.attrs.update(uncertainty_rank=int(uncertainty_rank))
     if atom_std:
         plan.attrs.update(atom_std=True)
+    if incomplete:
+        plan.attrs.update(input_complete=False, input_frames=int(ds.sizes["frame"]))
     if progress is None:
         progress = sys.stderr.isatty()
     if out is None and plan.inputs.lazy:
@@ -976,7 +1007,8 @@ def _make_plan(model, ds, source, store_path, *, chunk_frames, dtype, uncertaint
     if not np.isfinite(timestep) and (n_frames > 1 or dipole_method == "integrated"):
         raise ValueError(
             f"{source}: no timestep (attrs['timestep'] in fs, or a uniform 'time' "
-            "coordinate); set it when converting the trajectory"
+            "coordinate); set it when converting the trajectory (--timestep FS), or in "
+            f"place with 'numbec info --set-timestep FS {source}'"
         )
 
     chunk_frames, chunks, bounds = _choose_chunks(ds, chunk_frames, n_atoms)

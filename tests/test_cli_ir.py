@@ -221,6 +221,17 @@ def test_store_attributes_are_checked_and_the_store_named(prediction, capsys, na
     assert "traj.zarr" not in err
 
 
+def test_prediction_store_of_another_format_version_is_refused(prediction, capsys):
+    import zarr
+
+    bad = _copy_prediction(prediction, "version7.zarr")
+    zarr.open_group(str(bad), mode="r+").attrs["format_version"] = 7
+    zarr.consolidate_metadata(str(bad))
+    assert main(["ir", str(bad), "-o", str(prediction / "x.csv"), "--temperature", "300"]) == 1
+    assert (f"{bad}: prediction store format_version 7 is not supported (this numbec reads "
+            "version 1)") in capsys.readouterr().err
+
+
 def test_errors_name_the_prediction_store_not_the_trajectory(prediction, capsys):
     import zarr
 

@@ -53,7 +53,7 @@ def write_trajectory_store(path, n_frames=10, dt=0.5, chunk=4, velocities=True):
         "format": "numbec-trajectory", "format_version": 1, "timestep": dt,
         "source": "synthetic", "numbec_version": "test",
         "units": {"positions": "Angstrom", "velocities": "Angstrom/fs", "time": "fs"},
-        "frames_complete": n_frames,
+        "frames_complete": n_frames, "finished": True,
     })
     data_vars = {name: (dims, data) for name, (data, dims, _u) in arrays.items()
                  if name != "time"}
@@ -255,3 +255,27 @@ def test_cli_charge_reaches_the_model_and_the_resume_check(tmp_path, model_file,
     capsys.readouterr()
     assert main(args) == 1
     assert "total_charge" in capsys.readouterr().err
+
+
+def test_cli_refuses_an_unfinished_trajectory_store_unless_allowed(tmp_path, model_file,
+                                                                   capsys):
+    _model, path = model_file
+    traj = tmp_path / "traj.zarr"
+    write_trajectory_store(traj)
+    root = zarr.open_group(str(traj), mode="r+")
+    root.attrs.update({"finished": False, "frames_complete": 8,
+                       "segments": [{"source": "md.xyz", "index": ":", "start": 0,
+                                     "frames": 8}]})
+    out = tmp_path / "out.zarr"
+    args = ["predict", str(path), str(traj), "-o", str(out), "--no-progress"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert (f"traj.zarr: the trajectory store is incomplete: 8 frames converted so far, its "
+            f"conversion was interrupted or is still running; finish it with 'numbec convert "
+            f"md.xyz {traj} --append', or predict the frames converted so far with "
+            "--allow-incomplete") in err
+    assert not out.exists()
+    assert main(args + ["--allow-incomplete"]) == 0
+    result = xr.open_zarr(out)
+    assert result.sizes["frame"] == 8
+    assert result.attrs["input_complete"] is False and result.attrs["input_frames"] == 8

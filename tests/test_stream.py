@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -587,8 +588,81 @@ def test_no_velocities_warns_or_errors():
 def test_missing_timestep_is_an_error():
     ds = make_trajectory().drop_vars("time")
     del ds.attrs["timestep"]
-    with pytest.raises(ValueError, match="no timestep"):
+    with pytest.raises(ValueError, match="no timestep.*'numbec info --set-timestep FS "
+                                         "analytic-toy'"):
         predict(ToyModel(), ds, progress=False)
+
+
+class _NeighborsModel(ToyModel):
+    """The toy model behind a neighbour search of a batch of one frame, as the kernel
+    models' ``predict_arrays`` do (their errors then say "frame 0: ...")."""
+
+    def predict_arrays(self, positions, numbers, cell, pbc, uncertainty=False):
+        from numbec.descriptors.neighbors import neighbor_list_frames
+
+        neighbor_list_frames(positions[None], np.asarray(cell)[None], pbc, 2.0)
+        return super().predict_arrays(positions, numbers, cell, pbc, uncertainty)
+
+
+def test_bad_cell_error_names_the_trajectory_frame_once():
+    ds = make_trajectory(n_frames=12)
+    cell = ds["cell"].values.copy()
+    cell[9, 2] = cell[9, 0]  # degenerate lattice vectors in frame 9
+    ds["cell"] = (ds["cell"].dims, cell)
+    with pytest.raises(ValueError) as info:
+        predict(_NeighborsModel(), ds, chunk_frames=4, progress=False)
+    assert str(info.value).startswith("analytic-toy: frame 9: the periodic lattice vectors "
+                                      "are degenerate")
+    assert "frame 1:" not in str(info.value)
+
+
+def _unfinished_store(tmp_path, monkeypatch):
+    """A store whose conversion died after 8 of 14 frames (chunks of 4), and its source."""
+    import ase
+    import ase.io
+
+    from numbec.io import trajectory as trajmod
+
+    ds = make_trajectory(n_frames=14)
+    frames = []
+    for pos, vel in zip(ds["positions"].values, ds["velocities"].values, strict=True):
+        atoms = ase.Atoms(numbers=NUMBERS, positions=pos, cell=BOX * np.eye(3), pbc=True)
+        atoms.set_velocities(vel / ase.units.fs)
+        frames.append(atoms)
+    src, store = tmp_path / "md.traj", tmp_path / "md.zarr"
+    ase.io.write(src, frames)
+    original = trajmod.iter_source_frames
+
+    def crashing(path, index=":"):
+        for k, frame in enumerate(original(path, index)):
+            if k == 10:
+                raise RuntimeError("killed")
+            yield frame
+
+    monkeypatch.setattr(trajmod, "iter_source_frames", crashing)
+    with pytest.raises(RuntimeError, match="killed"):
+        numbec.convert_trajectory(src, store, chunk_frames=4, timestep=0.5)
+    monkeypatch.undo()
+    return src, store
+
+
+def test_unfinished_trajectory_store_is_refused_unless_allowed(tmp_path, monkeypatch):
+    src, store = _unfinished_store(tmp_path, monkeypatch)
+    out = tmp_path / "p.zarr"
+    message = (f"md.zarr: the trajectory store is incomplete: 8 frames converted so far, its "
+               f"conversion was interrupted or is still running; finish it with 'numbec "
+               f"convert {src} {store} --append', or predict the frames converted so far with "
+               "allow_incomplete=True")
+    for trajectory in (store, numbec.open_trajectory(store)):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            predict(ToyModel(), trajectory, out=out, progress=False)
+    assert not out.exists()
+    partial = predict(ToyModel(), store, out=out, progress=False, allow_incomplete=True)
+    assert partial.sizes["frame"] == 8
+    assert partial.attrs["input_complete"] is False and partial.attrs["input_frames"] == 8
+    numbec.convert_trajectory(src, store, append=True)
+    full = predict(ToyModel(), store, out=tmp_path / "full.zarr", progress=False)
+    assert full.sizes["frame"] == 14 and "input_complete" not in full.attrs
 
 
 def test_unknown_species_names_atom():

@@ -84,6 +84,10 @@ def register(subparsers):
     parser.add_argument("--velocities-from-positions", action="store_true",
                         help="derive velocities by central differences of the positions "
                              "(for trajectories stored without velocities)")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="predict the frames converted so far of a trajectory store "
+                             "whose conversion was interrupted or is still running (recorded "
+                             "in the output's attributes input_complete and input_frames)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.set_defaults(func=run)
@@ -154,6 +158,7 @@ def run(args) -> int:
                if args.posterior_samples or args.uncertainty_rank else {}),
             **({"species_samples": False} if args.no_species_samples else {}),
             **({"atom_std": True} if args.atom_std else {}),
+            **({"allow_incomplete": True} if args.allow_incomplete else {}),
         )
     names = ", ".join(result.data_vars)
     print(f"{args.out}: {result.sizes['frame']} frames x {result.sizes['atom']} atoms "

@@ -47,9 +47,10 @@ Group attributes: ``format``, ``format_version``, ``bec_convention``, ``timestep
 trajectory store), ``created``, ``pbc``, ``uncertainty``, ``storage_dtype``, optional
 ``precision``, ``total_charge`` (e, the Q given to the model), ``dipole_method``,
 ``volume`` (Å^3, periodic cells), ``velocities_source``,
-``temperature`` (K); and the resume bookkeeping: ``fingerprint`` (JSON of
-:func:`fingerprint`), ``initialised`` (the layout is complete), ``complete`` (every chunk
-and the integrated dipole are written).
+``temperature`` (K), ``input_complete`` (False) and ``input_frames`` when the trajectory
+store was still incomplete (``predict(allow_incomplete=True)``); and the resume
+bookkeeping: ``fingerprint`` (JSON of :func:`fingerprint`), ``initialised`` (the layout
+is complete), ``complete`` (every chunk and the integrated dipole are written).
 
 Resume rules
 ------------
@@ -509,7 +510,8 @@ def open_prediction(path):
     FileNotFoundError
         Nothing at ``path``.
     ValueError
-        Not a readable store, or a Prediction store whose run has not finished.
+        Not a readable store, a Prediction store whose run has not finished, or one of
+        another ``format_version``.
     """
     import xarray as xr
 
@@ -532,5 +534,10 @@ def open_prediction(path):
         if kind == STORE_FORMAT:
             raise ValueError(f"{path} is a trajectory store, not a prediction; run "
                              f"'numbec predict MODEL {path} -o PREDICTION.zarr' first")
+    version = ds.attrs.get("format_version")
+    if ds.attrs.get("format") == PREDICTION_FORMAT and version != PREDICTION_FORMAT_VERSION:
+        # a later layout may change what the stored arrays mean
+        raise ValueError(f"{path}: prediction store format_version {version!r} is not "
+                         f"supported (this numbec reads version {PREDICTION_FORMAT_VERSION})")
     ds.attrs.setdefault("input", os.fspath(path))
     return ds
