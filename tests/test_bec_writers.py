@@ -137,6 +137,14 @@ def test_born_command_errors(tmp_path, capsys):
                  "--epsilon-inf", "0.5"]) == 1
     assert "eigenvalues >= 1" in capsys.readouterr().err
     assert main(["born", str(tmp_path / "m.npz"), str(tmp_path / "missing")]) == 1
+    capsys.readouterr()
+    (tmp_path / "empty.xyz").write_text('0\nLattice="5 0 0 0 5 0 0 0 5" '
+                                        'Properties=species:S:1:pos:R:3 pbc="T T T"\n')
+    assert main(["born", str(tmp_path / "m.npz"), str(tmp_path / "empty.xyz"),
+                 "--format", "extxyz", "-o", str(tmp_path / "z.xyz")]) == 1
+    assert "empty.xyz: the structure (--index -1) has no atoms" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="the structure has no atoms"):
+        FixedBECModel(atoms.numbers, np.zeros((2, 3, 3))).predict(atoms[:0])
 
 
 def test_ipi_bec_text_layout_round_trip(tmp_path):

@@ -409,6 +409,14 @@ def test_extxyz_bad_inputs(tmp_path):
     assert np.abs(ok.arrays["bec"].sum(axis=0)).max() == 0.0
 
 
+def test_frame_without_atoms_is_refused(tmp_path):
+    path = _small_frame(tmp_path)
+    path.write_text(path.read_text() + '0\nLattice="5 0 0 0 5 0 0 0 5" '
+                    'Properties=species:S:1:pos:R:3:bec:R:9 pbc="T T T"\n')
+    with pytest.raises(ValueError, match=r"small.xyz, frame 1: the structure has no atoms"):
+        numbec.read_bec(path)
+
+
 def test_extxyz_frames_with_different_sizes_are_each_read(shared_data, tmp_path):
     # frames of different size are legal in a BEC data set; each keeps its own atoms
     a = (shared_data / "sio2_quartz_qe/SiO2.xyz").read_text().split("\n")

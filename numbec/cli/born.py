@@ -70,6 +70,8 @@ def run(args) -> int:
         atoms = ase.io.read(args.structure, index=args.index)
     except Exception as exc:  # ASE raises many kinds for unreadable files
         raise ValueError(f"{args.structure}: cannot read a structure ({exc})") from exc
+    if len(atoms) == 0:
+        raise ValueError(f"{args.structure}: the structure (--index {args.index}) has no atoms")
     atoms.arrays["bec"] = np.asarray(model.predict(atoms)["bec"], dtype=np.float64)
     n = len(atoms)
     if args.format == "phonopy":

@@ -191,8 +191,8 @@ def read_bec(path_or_paths, *, format: str | None = None, layout: str | None = N
         Missing or unreadable file (named).
     ValueError
         Unknown layout or format, a layout contradicting the file's own, a missing or
-        truncated BEC block, NaN/inf values, atom-count mismatches, binary or garbled
-        files; the message names the file, frame and atom.
+        truncated BEC block, NaN/inf values, atom-count mismatches, a structure of no
+        atoms, binary or garbled files; the message names the file, frame and atom.
     """
     if layout is not None:
         check_layout(layout)
@@ -201,7 +201,12 @@ def read_bec(path_or_paths, *, format: str | None = None, layout: str | None = N
     frames = []
     for path in expand_paths(path_or_paths):
         fmt = format or detect_format(path)
-        for atoms in _read_one(path, fmt, layout, index, key):
+        for k, atoms in enumerate(_read_one(path, fmt, layout, index, key)):
+            if len(atoms) == 0:
+                # a BEC set of no atoms teaches nothing and divides by zero downstream
+                where = atoms.info.get("source", f"{os.fspath(path)}@{k}")
+                raise ValueError(f"{where.rpartition('@')[0] or where}, frame "
+                                 f"{where.rpartition('@')[2]}: the structure has no atoms")
             _move_calc_results(atoms)
             frames.append(atoms)
     return frames

@@ -282,8 +282,11 @@ class BECModel(ABC):
 
     def check_inputs(self, positions: np.ndarray, numbers: np.ndarray, where: str = ""
                      ) -> None:
-        """Raise a clear error for non-finite positions or species unknown to the model."""
+        """Raise a clear error for no atoms, non-finite positions or species unknown to the
+        model."""
         prefix = f"{where}: " if where else ""
+        if np.asarray(numbers).size == 0:
+            raise ValueError(f"{prefix}the structure has no atoms")
         positions = np.asarray(positions)
         bad = first_non_finite(positions, 1)
         if bad is not None:
