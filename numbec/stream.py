@@ -1004,7 +1004,10 @@ def _make_plan(model, ds, source, store_path, *, chunk_frames, dtype, uncertaint
                                                atom_std)
     timestep = dataset_timestep(ds)
     timestep = float("nan") if timestep is None else timestep
-    if not np.isfinite(timestep) and (n_frames > 1 or dipole_method == "integrated"):
+    # frames that are not a time series (convert --no-time) still get their BECs and
+    # charges; only dM/dt and the integrated dipole need the time step
+    if not np.isfinite(timestep) and ((want_dd and n_frames > 1)
+                                      or dipole_method == "integrated"):
         raise ValueError(
             f"{source}: no timestep (attrs['timestep'] in fs, or a uniform 'time' "
             "coordinate); set it when converting the trajectory (--timestep FS), or in "
@@ -1023,7 +1026,7 @@ def _make_plan(model, ds, source, store_path, *, chunk_frames, dtype, uncertaint
     if "time" in ds.coords:
         time = np.asarray(ds["time"].values, dtype=np.float64)
     else:
-        time = np.arange(n_frames) * (timestep if np.isfinite(timestep) else 1.0)
+        time = np.arange(n_frames) * timestep  # NaN without a time step: no time axis
 
     # hashed once per call (the state of a learned model is megabytes)
     model_fp = model_fingerprint(model)

@@ -593,6 +593,26 @@ def test_missing_timestep_is_an_error():
         predict(ToyModel(), ds, progress=False)
 
 
+def test_frames_that_are_not_a_time_series_get_becs_but_no_spectrum(tmp_path):
+    """A store converted with --no-time (no time step, no velocities): BECs and charges as
+    for the same frames with a time step, a NaN time axis, and a clear refusal to make a
+    spectrum of them."""
+    from numbec.spectra import ir_spectrum
+
+    timed = make_trajectory(velocities=False)
+    frames = timed.drop_vars("time")
+    del frames.attrs["timestep"]
+    with pytest.warns(UserWarning, match="no velocities"):
+        expected = predict(ToyModel(), timed, progress=False)
+    for out in (None, tmp_path / "p.zarr"):
+        with pytest.warns(UserWarning, match="no velocities"):
+            res = predict(ToyModel(), frames, progress=False, out=out)
+        np.testing.assert_array_equal(res.bec.values, expected.bec.values)
+        assert np.isnan(res.time.values).all()
+        with pytest.raises(ValueError, match="not a time series .*--no-time"):
+            ir_spectrum(res, temperature=300.0)
+
+
 class _NeighborsModel(ToyModel):
     """The toy model behind a neighbour search of a batch of one frame, as the kernel
     models' ``predict_arrays`` do (their errors then say "frame 0: ...")."""

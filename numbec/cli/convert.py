@@ -33,7 +33,8 @@ def register(subparsers) -> None:
         "--no-time",
         action="store_true",
         help="the frames are not a time series: store them without a time step (numbec "
-        "predict needs one; set it later with numbec info --set-timestep)",
+        "predict gives their BECs and charges; dM/dt and spectra need a time step: set it "
+        "later with numbec info --set-timestep)",
     )
     parser.add_argument(
         "--chunk-frames", type=positive_int, metavar="N",

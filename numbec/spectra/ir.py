@@ -299,6 +299,12 @@ def _run_from_dataset(ds, trajectory, kind, timestep, source, need_temperature=T
         trajectory, note = recorded_trajectory(ds)
         recorded = trajectory is not None
     if timestep is None:
+        recorded_dt = ds.attrs.get("timestep")
+        if isinstance(recorded_dt, float) and np.isnan(recorded_dt) and "time" in ds.coords \
+                and np.isnan(np.asarray(ds["time"].values, dtype=np.float64)).all():
+            raise ValueError(f"{source}: the predicted frames are not a time series (the "
+                             "trajectory store has no time step, e.g. converted with "
+                             "--no-time): an IR spectrum needs MD frames at a fixed time step")
         _attribute(ds, "timestep", "timestep (fs)", source)
     dt = timestep or _timestep_of(ds)
     if dt is None:
