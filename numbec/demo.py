@@ -886,9 +886,9 @@ def _run(config: DemoConfig, out: Path, quick: bool, fresh: bool, log,
           f"{md['n_frames'] * md['frame_dt'] / 1000:.1f} ps, "
           f"T = {comparison['exact']['temperature_K']:.0f} K")
     names = [k for k in spectra if k != "frequency"]
-    np.savetxt(out / "spectra.csv", np.column_stack([spectra[k] for k in ["frequency"] + names]),
-               delimiter=",", fmt="%.6g",
-               header="frequency [cm^-1]," + ",".join(f"{k} [cm^2]" for k in names))
+    atomic_write(out / "spectra.csv", lambda tmp: np.savetxt(
+        tmp, np.column_stack([spectra[k] for k in ["frequency"] + names]), delimiter=",",
+        fmt="%.6g", header="frequency [cm^-1]," + ",".join(f"{k} [cm^2]" for k in names)))
     timings["predict_and_spectra"] = time.perf_counter() - t0
     # the cost of the uncertainty steps, measured where they ran (a cached model or
     # prediction keeps the cost of the run that made it)
@@ -915,7 +915,8 @@ def _run(config: DemoConfig, out: Path, quick: bool, fresh: bool, log,
         **comparison,
         "timings_s": timings,
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    text = json.dumps(results, indent=2) + "\n"
+    atomic_write(out / "results.json", lambda tmp: tmp.write_text(text))
     _report(results, log)
     log(f"wrote {out / 'ir.png'}, {out / 'spectra.csv'}, {out / 'results.json'} "
         f"({timings['total']:.0f} s)")

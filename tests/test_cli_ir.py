@@ -335,3 +335,54 @@ def test_a_trajectory_store_that_changed_is_not_used(prediction, tmp_path, capsy
     from numbec.spectra.ir import recorded_trajectory
 
     assert recorded_trajectory(ds) == (None, None)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".nc", ".png"])
+def test_a_failed_write_keeps_the_previous_outputs(prediction, tmp_path, capsys, monkeypatch,
+                                                   suffix):
+    """A write that fails half-way (a full disk, a file-size limit) leaves the spectrum and
+    figure of the previous run as they were, and the error names the output file."""
+    import errno
+    from pathlib import Path
+
+    pytest.importorskip("matplotlib")
+    import matplotlib.figure
+
+    from numbec.spectra import reference
+
+    out = tmp_path / ("ir.nc" if suffix == ".nc" else "ir.csv")
+    png = tmp_path / "ir.png"
+    args = ["ir", str(prediction / "pred.zarr"), "-o", str(out), "--temperature", "300",
+            "--plot", str(png)]
+    assert main(args) == 0
+    before = {p.name: p.read_bytes() for p in (out, png)}
+
+    def full_disk():
+        raise OSError(errno.EFBIG, "File too large")
+
+    def savetxt(fh, *args, **kwargs):
+        fh.write("1,2,3\n")
+        full_disk()
+
+    def to_netcdf(self, path, *args, **kwargs):
+        Path(path).write_bytes(b"junk")
+        full_disk()
+
+    def savefig(self, path, *args, **kwargs):
+        Path(path).write_bytes(b"junk")
+        full_disk()
+
+    if suffix == ".csv":
+        monkeypatch.setattr(reference.np, "savetxt", savetxt)
+    elif suffix == ".nc":
+        monkeypatch.setattr(xr.Dataset, "to_netcdf", to_netcdf)
+    else:
+        monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    failed = png if suffix == ".png" else out
+    assert f"error: {failed}: cannot write (File too large)" in err, err
+    assert "pred.zarr" not in err, err
+    assert {p.name: p.read_bytes() for p in (out, png)} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)

@@ -375,6 +375,43 @@ def test_write_needs_bec(tmp_path):
         numbec.write_bec(tmp_path / "x.xyz", [bulk("Cu")])
 
 
+
+def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    """A write that fails half-way (a full disk) leaves the earlier file whole."""
+    import errno
+
+    from ase.build import bulk
+
+    from numbec.io import extxyz
+
+    atoms = bulk("Cu")
+    atoms.arrays["bec"] = np.eye(3)[None].copy()
+    path = tmp_path / "x.xyz"
+    numbec.write_bec(path, [atoms])
+    before = path.read_bytes()
+    opened = extxyz.open_text_for_writing
+
+    class FullDisk:
+        def __init__(self, name):
+            self.fh = opened(name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def writelines(self, texts):
+            self.fh.write(texts[0][:10])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(extxyz, "open_text_for_writing", FullDisk)
+    with pytest.raises(OSError, match=r"x\.xyz: cannot write \(No space left on device\)"):
+        numbec.write_bec(path, [atoms])
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["x.xyz"]
+
+
 def _small_frame(
     tmp_path, bec_row="1 0 0 0 1 0 0 0 1", pos="0 0 0", header="2", species="H", extra=""
 ):

@@ -21,7 +21,7 @@ import re
 import sys
 import zlib
 
-from numbec.io._files import printable
+from numbec.io._files import OutputWriteError, printable
 
 #: Exit status of a failed command (argparse uses 2 for a misused option).
 FAILED = 1
@@ -66,6 +66,8 @@ def describe(exc: BaseException, parser: argparse.ArgumentParser, args=None, arg
         message = f"not a text file of the expected format ({exc.reason} at byte {exc.start})"
     elif isinstance(exc, EOFError):
         message = f"file ended unexpectedly, it is truncated or damaged ({_one_line(exc)})"
+    elif isinstance(exc, OutputWriteError):
+        message = exc.strerror or _one_line(exc)
     elif isinstance(exc, OSError) and exc.filename is not None:
         message = f"{os.fsdecode(exc.filename)}: {exc.strerror or _one_line(exc)}"
         if exc.filename2 is not None:
@@ -142,7 +144,7 @@ def _input_values(parser: argparse.ArgumentParser, args) -> list[str]:
 def _is_about_file_content(exc: BaseException) -> bool:
     """Errors the readers underneath raise without saying which file they were reading."""
     if isinstance(exc, OSError):
-        return exc.filename is None and not isinstance(exc, BrokenPipeError)
+        return exc.filename is None and not isinstance(exc, BrokenPipeError | OutputWriteError)
     return isinstance(exc, EOFError | UnicodeDecodeError | KeyError | zlib.error | lzma.LZMAError)
 
 

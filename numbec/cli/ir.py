@@ -130,7 +130,9 @@ def run(args) -> int:
 
         write_spectrum_csv(spectrum, out)
     elif out.suffix == ".nc":
-        spectrum.to_netcdf(out)
+        from numbec.io._files import atomic_write
+
+        atomic_write(out, spectrum.to_netcdf)
     else:
         raise ValueError(f"{out}: the output must end in .csv or .nc")
     a = spectrum.attrs
@@ -150,6 +152,7 @@ def run(args) -> int:
 
 
 def _plot(spectrum, args, reference):
+    from numbec.io._files import atomic_write
     from numbec.plot import _pyplot, plot_spectrum
 
     plt = _pyplot()
@@ -157,6 +160,8 @@ def _plot(spectrum, args, reference):
     plot_spectrum(spectrum, ax=ax, reference=reference, partials=bool(args.partials),
                   max_frequency=args.max_frequency)
     fig.tight_layout()
-    fig.savefig(args.plot, dpi=150)
-    plt.close(fig)
+    try:
+        atomic_write(args.plot, lambda tmp: fig.savefig(tmp, dpi=150))
+    finally:
+        plt.close(fig)
     print(f"{args.plot}: figure written", file=sys.stdout)

@@ -264,6 +264,11 @@ def atomic_write(path, write: Callable[[Path], object]) -> Path:
 DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
+class OutputWriteError(OSError):
+    """An output could not be written (a full disk); the message names the output, so
+    that no input file is named in its place."""
+
+
 @contextlib.contextmanager
 def naming_disk_full(path, advice: str = ""):
     """Re-raise a full-disk error (ENOSPC, EFBIG, EDQUOT) inside the block as an OSError
@@ -273,7 +278,7 @@ def naming_disk_full(path, advice: str = ""):
     except OSError as exc:
         if exc.errno not in DISK_FULL:
             raise
-        raise OSError(exc.errno, f"{os.fspath(path)}: cannot write "
+        raise OutputWriteError(exc.errno, f"{os.fspath(path)}: cannot write "
                       f"({os.strerror(exc.errno)}){'; ' + advice if advice else ''}") from exc
 
 

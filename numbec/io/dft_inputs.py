@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from numbec.io._files import atomic_write
+
 __all__ = ["FORMATS", "read_espresso_template", "write_selected"]
 
 #: Output formats of :func:`write_selected`.
@@ -51,9 +53,7 @@ _QE_STRUCTURE_KEYS = ("nat", "ntyp", "ibrav", "a", "b", "c", "cosab", "cosac", "
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _frame_name(k: int) -> str:
@@ -241,9 +241,7 @@ def write_selected(out, frames, fmt: str = "extxyz", template=None, metadata: di
             raise ValueError("format extxyz takes no template")
 
     xyz = out / "selected.extxyz"
-    tmp = xyz.with_name(xyz.name + ".partial")
-    write(tmp, frames, format="extxyz")
-    tmp.replace(xyz)
+    atomic_write(xyz, lambda tmp: write(tmp, frames, format="extxyz"))
 
     folders = []
     if fmt in ("vasp", "espresso"):

@@ -442,5 +442,10 @@ def write_extxyz_bec(path, frames) -> None:
         texts.append(
             format_frame(atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc, arrays, info)
         )
-    with open_text_for_writing(path) as fh:
-        fh.writelines(texts)
+    from numbec.io._files import atomic_write
+
+    def write(tmp):  # the temporary keeps the suffix: .gz/.xz/.bz2 still compress
+        with open_text_for_writing(tmp) as fh:
+            fh.writelines(texts)
+
+    atomic_write(path, write)

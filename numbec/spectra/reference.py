@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from numbec.conventions import DEBYE_IN_E_ANGSTROM
+from numbec.io._files import atomic_write
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -188,12 +189,16 @@ def write_spectrum_csv(spectrum, path) -> None:
             for label, row in zip(spectrum["partial"].values, var.values, strict=True):
                 columns.append(np.asarray(row))
                 names.append(f"{name}[{label}] [{units}]")
-    with open(path, "w") as fh:
-        fh.write("# numbec infrared spectrum\n")
-        for key, value in spectrum.attrs.items():
-            fh.write(f"# {key}: {value}\n")
-        fh.write(",".join(names) + "\n")
-        np.savetxt(fh, np.column_stack(columns), delimiter=",", fmt="%.10g")
+    def write(tmp):
+        with open(tmp, "w") as fh:
+            fh.write("# numbec infrared spectrum\n")
+            for key, value in spectrum.attrs.items():
+                fh.write(f"# {key}: {value}\n")
+            fh.write(",".join(names) + "\n")
+            np.savetxt(fh, np.column_stack(columns), delimiter=",", fmt="%.10g")
+
+    # a failed write (full disk) must not truncate the spectrum of an earlier run
+    atomic_write(path, write)
 
 
 def read_spectrum_csv(path) -> xr.Dataset:
