@@ -209,6 +209,51 @@ def test_born_command_other_formats(tmp_path, fmt):
     np.testing.assert_allclose(back, z, rtol=1e-15)  # unsymmetrised, as predicted
 
 
+
+@pytest.mark.parametrize("fmt", ["extxyz", "allegro-pol", "mace-field"])
+def test_born_output_holds_only_the_prediction(tmp_path, fmt):
+    """An input with reference BECs of its own (the DFT born_charge of a training file):
+    the output does not carry them, and read_bec of it gives the prediction."""
+    from ase.build import bulk
+
+    from numbec import read_bec
+    from numbec.cli import main
+    from numbec.io.extxyz import BEC_KEYS, iter_extxyz
+    from numbec.models import FixedBECModel
+
+    atoms = bulk("NaCl", "rocksalt", a=5.6)
+    z = np.random.default_rng(4).normal(size=(2, 3, 3))
+    FixedBECModel(atoms.numbers, z).save(tmp_path / "m.npz")
+    atoms.arrays["born_charge"] = np.full((2, 9), 7.0)  # the stale reference
+    atoms.arrays["REF_becs"] = np.full((2, 9), 8.0)
+    atoms.write(tmp_path / "in.xyz", format="extxyz")
+    out = tmp_path / "out.xyz"
+    assert main(["born", str(tmp_path / "m.npz"), str(tmp_path / "in.xyz"), "--format", fmt,
+                 "-o", str(out)]) == 0
+    key = EXTXYZ_FLAVOURS["numbec" if fmt == "extxyz" else fmt][0]
+    assert [k for k in next(iter_extxyz(out)).arrays if k in BEC_KEYS] == [key]
+    np.testing.assert_allclose(read_bec(out)[0].arrays["bec"], z, rtol=1e-15)
+
+
+def test_born_errors_about_the_structure_name_its_file(tmp_path, capsys):
+    from ase.build import bulk
+
+    from numbec.cli import main
+    from numbec.models import FixedBECModel
+
+    atoms = bulk("NaCl", "rocksalt", a=5.6)
+    FixedBECModel(atoms.numbers, np.zeros((2, 3, 3))).save(tmp_path / "m.npz")
+    other = bulk("KCl", "rocksalt", a=6.3)
+    other.write(tmp_path / "kcl.xyz", format="extxyz")
+    atoms.positions[1, 2] = np.nan
+    atoms.write(tmp_path / "nan.xyz", format="extxyz")
+    for name, what in (("kcl.xyz", "not seen in training"), ("nan.xyz", "NaN")):
+        assert main(["born", str(tmp_path / "m.npz"), str(tmp_path / name), "--format",
+                     "extxyz", "-o", str(tmp_path / "o.xyz")]) == 1
+        err = capsys.readouterr().err
+        assert f"error: {tmp_path / name}: " in err and what in err, err
+
+
 def test_writers_are_atomic_and_name_a_missing_directory(tmp_path):
     """The writers go through numbec.io._files.atomic_write: a missing output directory is
     an error naming it (not the temporary file), a compressed extxyz is still compressed,

@@ -72,7 +72,11 @@ def run(args) -> int:
         raise ValueError(f"{args.structure}: cannot read a structure ({exc})") from exc
     if len(atoms) == 0:
         raise ValueError(f"{args.structure}: the structure (--index {args.index}) has no atoms")
-    atoms.arrays["bec"] = np.asarray(model.predict(atoms)["bec"], dtype=np.float64)
+    try:
+        bec = model.predict(atoms)["bec"]
+    except ValueError as exc:  # an unknown species, a NaN position: say in which file
+        raise ValueError(f"{args.structure}: {exc}") from exc
+    atoms.arrays["bec"] = np.asarray(bec, dtype=np.float64)
     n = len(atoms)
     if args.format == "phonopy":
         info = bec_writers.write_phonopy_born(args.output, atoms, eps_inf=eps,

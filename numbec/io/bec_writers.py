@@ -36,6 +36,7 @@ import numpy as np
 
 from numbec.conventions import as_bec_array, asr_project, from_canonical
 from numbec.io._files import atomic_write
+from numbec.io.extxyz import BEC_KEYS
 
 __all__ = [
     "EXTXYZ_FLAVOURS",
@@ -52,6 +53,10 @@ EXTXYZ_FLAVOURS = {
     "allegro-pol": ("born_charge", "pol-disp"),
     "mace-field": ("REF_becs", "pol-disp"),
 }
+
+
+#: Per-atom arrays holding BECs in one flavour or another.
+_BEC_LIKE = {*BEC_KEYS, *(key for key, _ in EXTXYZ_FLAVOURS.values())}
 
 
 def _write_text_atomic(path, text: str) -> Path:
@@ -211,8 +216,10 @@ def write_extxyz_flavour(path, frames, flavour="numbec", field=None) -> Path:
     texts = []
     for k, atoms in enumerate(frames):
         z = _bec_of(atoms, None, f"{os.fspath(path)}, frame {k}")
+        # other BEC arrays of the frame (the reference charges of a DFT input, say) would be
+        # read back in place of these: readers take the first BEC-like array they find
         arrays = {name: value for name, value in atoms.arrays.items()
-                  if name not in ("numbers", "positions", "bec")}
+                  if name not in ("numbers", "positions") and name not in _BEC_LIKE}
         arrays[key] = from_canonical(z, layout).reshape(len(atoms), 9)
         info = {name: value for name, value in atoms.info.items()
                 if name != "bec_layout_in_file"}

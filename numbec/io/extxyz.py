@@ -32,7 +32,7 @@ from numbec.io._files import open_text, quote
 from numbec.io._index import forward_range, needs_length, parse_index
 
 #: Per-atom array names searched (in this order) for nine BEC components.
-BEC_KEYS = ("bec", "born_charge", "born_charges", "born_effective_charges")
+BEC_KEYS = ("bec", "born_charge", "born_charges", "born_effective_charges", "REF_becs")
 #: Per-atom velocity columns taken to be in Å/fs.
 VELOCITY_KEYS = ("velocities", "vel", "velo")
 
@@ -427,6 +427,8 @@ def write_extxyz_bec(path, frames) -> None:
     from numbec.conventions import as_bec_array
 
     texts = []
+    # other BEC arrays of a frame (the reference charges it was read with, say) are not
+    # written: a reader could take them for the BECs of the file
     for k, atoms in enumerate(frames):
         if "bec" not in atoms.arrays:
             raise ValueError(f"{os.fspath(path)}: frame {k} has no arrays['bec'] to write")
@@ -434,7 +436,7 @@ def write_extxyz_bec(path, frames) -> None:
         arrays = {
             name: value
             for name, value in atoms.arrays.items()
-            if name not in ("numbers", "positions", "bec")
+            if name not in ("numbers", "positions") and name not in BEC_KEYS
         }
         arrays["bec"] = bec.reshape(len(atoms), 9)
         info = {key: value for key, value in atoms.info.items() if key != "bec_layout_in_file"}
