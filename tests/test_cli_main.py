@@ -334,3 +334,39 @@ def test_help_constants_agree_with_the_library():
         params = inspect.signature(cls).parameters
         assert numbec.cli.train.MODEL_DEFAULTS == {
             name: params[name].default for name in numbec.cli.train.HYPERPARAMETERS}, cls
+
+
+SIGTERM_SCRIPT = """
+import sys, time
+import numbec.cli.info
+from numbec.cli import main
+from numbec.io._files import store_lock
+
+def run(args):
+    with store_lock(args.store, "numbec info"):
+        print("locked", flush=True)
+        time.sleep(60)
+
+numbec.cli.info.run = run
+sys.exit(main(["info", sys.argv[1]]))
+"""
+
+
+def test_sigterm_is_a_clean_interruption(tmp_path):
+    """SIGTERM (kill, a batch system's time limit) runs the clean-up code as Ctrl-C does:
+    the store's lock is released, one line says so, and the exit status is 128 + 15."""
+    import signal
+
+    store = tmp_path / "s.zarr"
+    child = subprocess.Popen([sys.executable, "-c", SIGTERM_SCRIPT, str(store)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        assert (tmp_path / "s.zarr.lock").exists()
+        child.send_signal(signal.SIGTERM)
+        _out, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 143, err
+    assert err.strip() == "numbec info: interrupted (terminated)"
+    assert not (tmp_path / "s.zarr.lock").exists()

@@ -19,9 +19,12 @@ What this entry point adds to every subcommand, so the commands do not repeat it
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
+import signal
 import sys
+import threading
 
 #: Subcommands in the order ``numbec --help`` lists them, with the one-line summary it shows.
 #: ``tests/test_cli_main.py`` checks that each equals the ``help=`` its module registers.
@@ -137,7 +140,8 @@ def main(argv=None) -> int:
     """Run the ``numbec`` command line on ``argv`` (default ``sys.argv[1:]``); exit status.
 
     0 on success, 1 when the command fails (one line on stderr), 2 for a misused option
-    (with the usage of the command), 130 when interrupted.
+    (with the usage of the command), 130 when interrupted (Ctrl-C), 143 when terminated
+    (SIGTERM).
     """
     from numbec.cli._errors import report
 
@@ -161,14 +165,50 @@ def main(argv=None) -> int:
         args.progress = not no_progress and _stderr_is_terminal()
     args.no_progress = not args.progress
     try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
+        with _sigterm_interrupts():
+            return int(args.func(args) or 0)
+    except KeyboardInterrupt as exc:
         if args.debug:
             raise
+        if isinstance(exc, Terminated):
+            print(f"{sub.prog}: interrupted (terminated)", file=sys.stderr)
+            return 128 + signal.SIGTERM
         print(f"{sub.prog}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
         return report(exc, sub, args, argv)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received (``kill``, a batch system's time limit)."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """Make SIGTERM interrupt the command as Ctrl-C does.
+
+    By default SIGTERM kills Python at once: no ``finally`` block runs, so a store's lock
+    and its temporaries stay behind. Raised as a KeyboardInterrupt, it goes through the
+    same clean-up as Ctrl-C. Worker processes forked meanwhile keep the default action,
+    so that a pool can still stop them.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pid = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _stderr_is_terminal() -> bool:
