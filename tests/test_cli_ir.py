@@ -120,6 +120,16 @@ def test_plot_with_quartz_references(prediction, shared_data):
         assert png.stat().st_size > 10_000
 
 
+def test_a_spectrum_without_peaks_says_so(prediction, capsys, monkeypatch):
+    import numbec.spectra.ir
+
+    monkeypatch.setattr(numbec.spectra.ir, "spectral_peaks",
+                        lambda *args, **kwargs: (np.zeros(0), np.zeros(0)))
+    assert main(["ir", str(prediction / "pred.zarr"), "-o", str(prediction / "x.csv"),
+                 "--temperature", "300"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("strongest peaks (cm^-1): none found")
+
+
 def test_errors_are_clear(prediction, capsys):
     assert main(["ir", str(prediction / "pred.zarr"), "-o", str(prediction / "x.csv")]) == 0
     capsys.readouterr()  # the temperature came from the recorded trajectory (test below)
@@ -128,6 +138,11 @@ def test_errors_are_clear(prediction, capsys):
     assert ".csv or .nc" in capsys.readouterr().err
     assert main(["ir", str(prediction / "missing.zarr"), "-o", "x.csv"]) == 1
     assert "no such prediction store" in capsys.readouterr().err
+    # of two stores, only the missing one is named
+    assert main(["ir", str(prediction / "pred.zarr"), str(prediction / "missing.zarr"),
+                 "-o", "x.csv"]) == 1
+    assert capsys.readouterr().err == (f"numbec ir: error: {prediction / 'missing.zarr'}: "
+                                       "no such prediction store\n")
     assert main(["ir", str(prediction / "pred.zarr"), "-o", str(prediction / "x.csv"),
                  "--temperature", "300", "--partials", "partition"]) == 1
     assert "combined" in capsys.readouterr().err
@@ -310,6 +325,7 @@ def test_a_moved_trajectory_store_is_named_in_the_error(prediction, tmp_path, ca
     assert main(["ir", str(pred), "-o", str(tmp_path / "x.csv")]) == 1
     err = capsys.readouterr().err
     assert "temperature unknown" in err and str(traj.resolve()) in err, err
+    assert "use --temperature in K, or --trajectory " in err and "=" not in err, err
     assert "is not there any more" in err and "Traceback" not in err, err
     with pytest.raises(ValueError, match="species partials need the velocities"):
         numbec.ir_spectrum(open_prediction(pred).drop_vars(

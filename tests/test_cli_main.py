@@ -370,3 +370,38 @@ def test_sigterm_is_a_clean_interruption(tmp_path):
     assert child.returncode == 143, err
     assert err.strip() == "numbec info: interrupted (terminated)"
     assert not (tmp_path / "s.zarr.lock").exists()
+
+
+WARNING_SCRIPT = """
+import sys, warnings
+import numbec.cli.info
+from numbec.cli import main
+
+def run(args):
+    for _ in range(2):
+        warnings.warn("the same thing twice")
+    warnings.warn("the same thing twice")  # another line: still shown once
+    warnings.warn("another\\nthing")
+
+numbec.cli.info.run = run
+sys.exit(main(["info", "x.zarr"]))
+"""
+
+
+def test_warnings_are_one_line_each_once():
+    """A warning is shown as 'numbec COMMAND: warning: MESSAGE', without numbec's source
+    file, line and code, and each distinct message once."""
+    r = subprocess.run([sys.executable, "-c", WARNING_SCRIPT], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines() == ["numbec info: warning: the same thing twice",
+                                     "numbec info: warning: another thing"]
+
+
+def test_python_keywords_become_the_options_of_the_command(tmp_path, capsys):
+    """Library messages that give the Python keyword next to the option, or the keyword
+    alone, reach the command line with the option only."""
+    assert main(["convert", "example:sio2_quartz_subset", str(tmp_path / "ex.zarr")]) == 1
+    err = _one_error_line(capsys, "numbec convert: error: ")
+    assert "(--timestep FS)" in err and "(--no-time)" in err, err
+    assert "=" not in err, err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import ase.io
 import numpy as np
@@ -120,7 +121,10 @@ def test_train_with_calibration_folds_stores_the_scale_evaluate_reports_it(tmp_p
     out = tmp_path / "m.npz"
     assert main(["train", "example:sio2_quartz_subset", "--index", "0:6", "--model",
                  "monopole", "-o", str(out), "--calibrate-folds", "3", *TINY]) == 0
-    assert "variance scale" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "variance scale" in printed
+    # the time of the fit and that of the calibration are both reported, apart
+    assert re.search(r"fitted in \d+\.\d s .*, calibrated in \d+\.\d s; saved", printed), printed
     model = numbec.load_model(out)
     frames = numbec.read_bec(QUARTZ, index="0:6")
     # the stored scale is the cross-validated one, learned from the training frames only

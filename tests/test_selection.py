@@ -313,7 +313,8 @@ def test_poscar_folders_read_back_to_the_same_structures(quartz, tmp_path):
     for a, b in zip(frames, xyz, strict=True):
         _same_structure(a, b)
         assert b.info["frame"] == a.info["frame"] and b.info["time"] == a.info["time"]
-    with pytest.raises(FileExistsError, match="selection.json"):
+    with pytest.raises(FileExistsError,
+                       match=r"selection.json: .* \(overwrite=True, --overwrite\)"):
         write_selected(tmp_path / "out", frames, "vasp", template=template)
 
 

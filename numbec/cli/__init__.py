@@ -165,7 +165,7 @@ def main(argv=None) -> int:
         args.progress = not no_progress and _stderr_is_terminal()
     args.no_progress = not args.progress
     try:
-        with _sigterm_interrupts():
+        with _sigterm_interrupts(), _warnings_as_lines(sub.prog):
             return int(args.func(args) or 0)
     except KeyboardInterrupt as exc:
         if args.debug:
@@ -177,6 +177,35 @@ def main(argv=None) -> int:
         return 130
     except Exception as exc:
         return report(exc, sub, args, argv)
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(prog: str):
+    """Show warnings as ``numbec ir: warning: MESSAGE``, each distinct message once.
+
+    Python's format names numbec's source file and line and quotes the code line, which
+    mean nothing to a user of the command line. Only the formatting changes: filters and
+    any recording of warnings (tests) work as before.
+    """
+    import warnings
+
+    from numbec.io._files import printable
+
+    seen = set()
+
+    def one_line(message, category, filename, lineno, line=None):
+        text = printable(" ".join(str(message).split()))
+        if text in seen:
+            return ""
+        seen.add(text)
+        return f"{prog}: warning: {text}\n"
+
+    previous = warnings.formatwarning
+    warnings.formatwarning = one_line
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
 
 
 class Terminated(KeyboardInterrupt):

@@ -33,6 +33,10 @@ ANTICIPATED = (ValueError, OSError, KeyError, EOFError, MemoryError, zlib.error,
 _KEYWORD_HINT = re.compile(r"\b(pass|give|set)\s+([a-z_][a-z0-9_]*)=(\.\.\.|[A-Z][A-Z0-9_]*)?")
 # "use append=True (--append)": the keyword spelled next to its flag
 _KEYWORD_AND_FLAG = re.compile(r"\b[a-z_][a-z0-9_]*=\S+ \((--[a-z0-9-]+)\)")
+# "(overwrite=True, --overwrite)", "(timestep=FS, --timestep FS)": both spellings given
+_KEYWORD_THEN_FLAG = re.compile(r"\(\s*[a-z_][a-z0-9_]*=[^,()]*,\s*(--[a-z0-9-][^()]*)\)")
+# "or trajectory=": a bare keyword left over
+_BARE_KEYWORD = re.compile(r"\b([a-z_][a-z0-9_]*)=(?=[\s,;:)]|$)")
 
 
 def report(exc: BaseException, parser: argparse.ArgumentParser, args, argv) -> int:
@@ -86,9 +90,12 @@ def describe(exc: BaseException, parser: argparse.ArgumentParser, args=None, arg
         inputs = _existing_inputs(parser, args)
         if source is None and len(inputs) == 1:
             source = inputs[0]
-        if source is None and inputs:
+        given = _input_values(parser, args) if args is not None else []
+        named = any(value in message for value in given)
+        if source is None and inputs and not named:
             message = f"{message} (while reading {', '.join(inputs)})"
-        elif source and source not in message and os.path.basename(source) not in message:
+        elif (source and not named and source not in message
+              and os.path.basename(source) not in message):
             message = f"{source}: {message}"
     # file content quoted by a library underneath may hold control characters or bytes
     # that are not text: never send them to the terminal
@@ -112,7 +119,8 @@ def _flag_of(parser: argparse.ArgumentParser, keyword: str) -> str | None:
 
 
 def _flags_for_keywords(message: str, parser: argparse.ArgumentParser) -> str:
-    """``pass key=...`` -> ``use --key KEY`` for the keywords that are options of ``parser``."""
+    """``pass key=...`` -> ``use --key KEY``, ``(key=..., --key ...)`` -> ``(--key ...)`` and a
+    bare ``key=`` -> ``--key``, for the keywords that are options of ``parser``."""
 
     def replace(match):
         flag = _flag_of(parser, match.group(2))
@@ -125,7 +133,9 @@ def _flags_for_keywords(message: str, parser: argparse.ArgumentParser) -> str:
         return f"use {flag}"
 
     message = _KEYWORD_AND_FLAG.sub(lambda m: m.group(1), message)
-    return _KEYWORD_HINT.sub(replace, message)
+    message = _KEYWORD_THEN_FLAG.sub(lambda m: f"({m.group(1).strip()})", message)
+    message = _KEYWORD_HINT.sub(replace, message)
+    return _BARE_KEYWORD.sub(lambda m: _flag_of(parser, m.group(1)) or m.group(0), message)
 
 
 def _input_values(parser: argparse.ArgumentParser, args) -> list[str]:

@@ -141,7 +141,7 @@ def run(args) -> int:
           f"(T = {a['temperature']:g} K, {a['window']} window, T_corr = "
           f"{a['correlation_time']:g} fs, FWHM {a['resolution_fwhm']:.1f} cm^-1, "
           f"{a['n_blocks']} block(s)); strongest peaks (cm^-1): "
-          + ", ".join(f"{p:.1f}" for p in peaks[:5]), file=sys.stdout)
+          + (", ".join(f"{p:.1f}" for p in peaks[:5]) or "none found"), file=sys.stdout)
     if args.plot:
         try:
             _plot(spectrum, args, reference)

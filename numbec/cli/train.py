@@ -200,6 +200,8 @@ def run(args) -> int:
     print(f"  descriptors: {desc}")
     start = time.perf_counter()
     model.fit(frames, progress=progress_choice(args))
+    seconds = time.perf_counter() - start
+    calibration = ""
     if args.calibrate_folds:
         from numbec.models.uncertainty import recalibrate
 
@@ -216,14 +218,14 @@ def run(args) -> int:
               f"from {info['folds']}-fold "
               f"cross-validation (held-out 95 % coverage before: "
               f"{100 * info['coverage_95_unscaled']:.1f} %)")
-    seconds = time.perf_counter() - start
+        calibration = f", calibrated in {time.perf_counter() - start - seconds:.1f} s"
     path = model.save(args.out)
     parts = getattr(model, "training", None) or {}
     detail = ""
     if {"time_sparse_s", "time_design_s", "time_solve_s"} <= set(parts):
         detail = (f" (descriptors and sparse points {parts['time_sparse_s']:.1f} s, design "
                   f"{parts['time_design_s']:.1f} s, regression {parts['time_solve_s']:.1f} s)")
-    print(f"  fitted in {seconds:.1f} s{detail}; saved {path}")
+    print(f"  fitted in {seconds:.1f} s{detail}{calibration}; saved {path}")
     if not args.no_train_error:
         res = evaluate(model, frames, baseline=True, progress=progress_choice(args),
                        calibration=False)

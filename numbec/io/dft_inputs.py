@@ -226,7 +226,7 @@ def write_selected(out, frames, fmt: str = "extxyz", template=None, metadata: di
     summary_path = out / "selection.json"
     if summary_path.exists() and not overwrite:
         raise FileExistsError(f"{summary_path}: a selection is already there; choose another "
-                              "output directory or remove it")
+                              "output directory, or replace it (overwrite=True, --overwrite)")
     frames = [_bare(atoms, k) for k, atoms in enumerate(frames)]
     if fmt == "espresso":
         if template is None:
@@ -251,7 +251,8 @@ def write_selected(out, frames, fmt: str = "extxyz", template=None, metadata: di
             final = out / _frame_name(k)
             if final.exists():
                 if not overwrite:
-                    raise FileExistsError(f"{final}: exists; choose another output directory")
+                    raise FileExistsError(f"{final}: exists; choose another output directory, "
+                                          "or replace it (overwrite=True, --overwrite)")
                 shutil.rmtree(final)
             work = out / (_frame_name(k) + ".partial")
             if work.exists():
