@@ -405,3 +405,25 @@ def test_python_keywords_become_the_options_of_the_command(tmp_path, capsys):
     err = _one_error_line(capsys, "numbec convert: error: ")
     assert "(--timestep FS)" in err and "(--no-time)" in err, err
     assert "=" not in err, err
+
+
+def test_subpackages_are_attributes_after_import_numbec():
+    """The docs write numbec.spectra.read_reference(...) after a plain `import numbec`: in
+    a fresh interpreter, subpackages and their modules are reachable, private ones and
+    unknown names are not."""
+    script = (
+        "import numbec\n"
+        "assert callable(numbec.spectra.read_reference)\n"
+        "assert callable(numbec.spectra.ir.kinetic_temperature)\n"
+        "assert callable(numbec.io.trajectory.convert_trajectory)\n"
+        "for name in ('no_such_module', '_lazy_not_there'):\n"
+        "    try:\n"
+        "        getattr(numbec, name)\n"
+        "    except AttributeError as exc:\n"
+        "        assert name in str(exc)\n"
+        "    else:\n"
+        "        raise SystemExit(name)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
