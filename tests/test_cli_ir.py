@@ -402,3 +402,17 @@ def test_a_failed_write_keeps_the_previous_outputs(prediction, tmp_path, capsys,
     assert "pred.zarr" not in err, err
     assert {p.name: p.read_bytes() for p in (out, png)} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)
+
+
+def test_a_prediction_without_dmdt_names_the_way_to_get_it(prediction):
+    """A prediction made from a trajectory without velocities: the error says how to
+    derive them (the option of numbec predict exists)."""
+    from numbec.cli import build_parser
+
+    ds = open_prediction(prediction / "pred.zarr")
+    ds = ds.drop_vars([v for v in ds.data_vars if v.startswith(("dipole", "bec_dipole"))])
+    with pytest.raises(ValueError, match="numbec predict --velocities-from-positions"):
+        numbec.ir_spectrum(ds, temperature=300)
+    predict_parser = build_parser("predict").commands["predict"]
+    assert any("--velocities-from-positions" in a.option_strings
+               for a in predict_parser._actions)

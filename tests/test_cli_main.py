@@ -427,3 +427,12 @@ def test_subpackages_are_attributes_after_import_numbec():
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_convert_help_says_the_example_needs_no_time(tmp_path, capsys):
+    help_text = " ".join(build_parser("convert").commands["convert"].format_help().split())
+    assert "(example:sio2_quartz_subset: structures, not a time series, so with --no-time)" \
+        in help_text
+    # and so it converts
+    assert main(["convert", "example:sio2_quartz_subset", str(tmp_path / "ex.zarr"),
+                 "--no-time", "--no-progress"]) == 0

@@ -19,7 +19,7 @@ def register(subparsers) -> None:
         "src",
         metavar="SRC",
         help="trajectory file, or example:NAME for data bundled with numbec "
-        "(example:sio2_quartz_subset)",
+        "(example:sio2_quartz_subset: structures, not a time series, so with --no-time)",
     )
     parser.add_argument("store", metavar="STORE", help="output store directory")
     parser.add_argument(

@@ -345,7 +345,9 @@ def _run_from_dataset(ds, trajectory, kind, timestep, source, need_temperature=T
     else:
         raise ValueError(
             f"{source}: the dataset has neither 'dipole_derivative' nor 'dipole' "
-            "(predict with velocities in the trajectory)"
+            "(predict with velocities in the trajectory, or derive them from the positions: "
+            "numbec predict --velocities-from-positions, or "
+            "numbec.io.trajectory.velocities_from_positions)"
         )
     parts, names = (None, [])
     if kind is not None:
