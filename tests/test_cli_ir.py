@@ -416,3 +416,13 @@ def test_a_prediction_without_dmdt_names_the_way_to_get_it(prediction):
     predict_parser = build_parser("predict").commands["predict"]
     assert any("--velocities-from-positions" in a.option_strings
                for a in predict_parser._actions)
+
+
+def test_the_recorded_trajectory_checks_a_nominal_temperature(prediction, capsys):
+    """docs/spectra.md: a nominal temperature far from the kinetic one is warned about;
+    the trajectory store the prediction records is used for that like --trajectory."""
+    pred, traj = str(prediction / "pred.zarr"), str(prediction / "traj.zarr")
+    for extra in ([], ["--trajectory", traj]):
+        with pytest.warns(UserWarning, match="T = 3000 K .*but the trajectory velocities"):
+            assert main(["ir", pred, "-o", str(prediction / "nominal.csv"),
+                         "--temperature", "3000", *extra]) == 0

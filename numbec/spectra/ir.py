@@ -295,9 +295,14 @@ def _run_from_dataset(ds, trajectory, kind, timestep, source, need_temperature=T
                       need_volume=True):
     source = _source_of(ds, source)
     note, recorded = None, False
-    if trajectory is None and _needs_trajectory(ds, kind, need_temperature):
-        trajectory, note = recorded_trajectory(ds)
+    if trajectory is None:
+        # used like trajectory= whenever it is there and unchanged, so that its kinetic
+        # temperature also checks a nominal one; only when the spectrum needs it does its
+        # absence explain an error
+        trajectory, found_note = recorded_trajectory(ds)
         recorded = trajectory is not None
+        if _needs_trajectory(ds, kind, need_temperature):
+            note = found_note
     if timestep is None:
         recorded_dt = ds.attrs.get("timestep")
         if isinstance(recorded_dt, float) and np.isnan(recorded_dt) and "time" in ds.coords \
