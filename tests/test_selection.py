@@ -375,3 +375,37 @@ def test_cli_select_writes_folders(model, store, tmp_path):
     meta3 = json.loads((out3 / "selection.json").read_text())["selection"]
     assert meta3["score"] == "exact"
     assert meta3["frames"] == [int(k) for k in select(model, store, 2, score="exact").indices]
+
+
+def test_a_potcar_in_another_species_order_is_refused(quartz, tmp_path):
+    """The POSCARs list species in order of first appearance; a template POTCAR with its
+    potentials in another order would give each species another's potential."""
+    from ase.data import chemical_symbols
+
+    frames = _picked(quartz, [4, 11])
+    numbers = frames[0].numbers
+    order = [chemical_symbols[z] for z in dict.fromkeys(int(z) for z in numbers)]
+    template = tmp_path / "tpl"
+    template.mkdir()
+    (template / "INCAR").write_text("LEPSILON = .TRUE.\n")
+
+    def potcar(symbols):
+        (template / "POTCAR").write_text("".join(
+            f"  PAW_PBE {s} 01Jan2000\n   TITEL  = PAW_PBE {s}_sv 01Jan2000\n"
+            for s in symbols))
+
+    potcar(order[::-1])
+    with pytest.raises(ValueError, match=rf"POTCAR: .* for {' '.join(order[::-1])} .*"
+                                         rf"species {' '.join(order)}"):
+        write_selected(tmp_path / "bad", frames, "vasp", template=template)
+    assert not any((tmp_path / "bad").glob("frame_*"))
+    potcar(order)
+    write_selected(tmp_path / "good", frames, "vasp", template=template)
+    poscar = (tmp_path / "good" / "frame_000004" / "POSCAR").read_text().splitlines()
+    assert poscar[5].split() == order  # the species line
+
+
+def test_vasp_folders_without_a_template_say_so(quartz, tmp_path):
+    with pytest.warns(UserWarning, match="only POSCAR and frame.json"):
+        summary = write_selected(tmp_path / "out", _picked(quartz, [4]), "vasp")
+    assert "only POSCAR and frame.json" in json.loads(summary.read_text())["note"]

@@ -21,7 +21,11 @@ Atom order: POSCAR lists atoms in blocks of one species. When the trajectory's a
 not already so grouped, they are sorted by species (stable, in order of first appearance)
 and ``frame.json`` holds ``atom_order``: POSCAR atom ``p`` is trajectory atom
 ``atom_order[p]``. The BECs of the finished calculation (read by ``numbec train`` from its
-OUTCAR together with its positions) are self-consistent in either order.
+OUTCAR together with its positions) are self-consistent in either order. The POSCAR's
+species line follows the same order (first appearance in the frame), and a template
+``POTCAR`` must list its potentials (``TITEL`` lines) in that order: one that does not is
+refused, since VASP would take each potential for another species. Without a template a
+folder holds only ``POSCAR`` and ``frame.json`` (a warning and ``selection.json`` say so).
 
 Every file is written whole or not at all, each frame folder under a temporary name that
 is renamed into place when complete.
@@ -34,6 +38,7 @@ import json
 import math
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +85,34 @@ def _poscar_text(atoms, comment: str) -> str:
     write(buf, atoms, format="vasp", direct=False, sort=False, vasp5=True)
     lines = buf.getvalue().split("\n", 1)  # first line: a free comment
     return comment + "\n" + lines[1]
+
+
+def _potcar_species(path: Path) -> list[str]:
+    """Elements of a POTCAR's potentials, in order (``TITEL = PAW_PBE Zr_sv 04Jan2005``:
+    ``Zr``)."""
+    import re
+
+    titles = re.findall(r"^\s*TITEL\s*=\s*\S+\s+(\S+)", path.read_text(errors="replace"),
+                        flags=re.MULTILINE)
+    return [t.split("_")[0].split(".")[0] for t in titles]
+
+
+def _check_potcar(files: list[Path], frames) -> None:
+    """Refuse a template POTCAR whose potentials are not in the POSCAR's species order."""
+    from ase.data import chemical_symbols
+
+    for f in files:
+        if f.name != "POTCAR" or not frames:
+            continue
+        numbers = np.asarray(frames[0].numbers)
+        _, first = np.unique(numbers, return_index=True)
+        poscar = [chemical_symbols[int(numbers[i])] for i in sorted(first)]
+        potcar = _potcar_species(f)
+        if potcar and potcar != poscar:
+            raise ValueError(
+                f"{f}: the POTCAR's potentials are for {' '.join(potcar)} (TITEL lines), but "
+                f"the POSCARs list the species {' '.join(poscar)} (order of first appearance "
+                "in the trajectory); concatenate the POTCARs in that order")
 
 
 def _template_files(template) -> list[Path]:
@@ -237,6 +270,13 @@ def write_selected(out, frames, fmt: str = "extxyz", template=None, metadata: di
     else:
         settings = None
         files = _template_files(template) if fmt == "vasp" else []
+        _check_potcar(files, frames)
+        if fmt == "vasp" and template is None:
+            note = ("no template: each frame folder holds only POSCAR and frame.json; add "
+                    "INCAR, KPOINTS and POTCAR (potentials in the POSCAR's species order) "
+                    "before running VASP")
+            warnings.warn(f"{out}: {note}", stacklevel=2)
+            metadata = {**(metadata or {}), "note": note}
         if template is not None and fmt == "extxyz":
             raise ValueError("format extxyz takes no template")
 
