@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -426,3 +428,28 @@ def test_the_recorded_trajectory_checks_a_nominal_temperature(prediction, capsys
         with pytest.warns(UserWarning, match="T = 3000 K .*but the trajectory velocities"):
             assert main(["ir", pred, "-o", str(prediction / "nominal.csv"),
                          "--temperature", "3000", *extra]) == 0
+
+
+def test_a_nominal_temperature_is_checked_on_evenly_spaced_frames(prediction, monkeypatch):
+    """Checking a nominal temperature reads at most TEMPERATURE_CHECK_FRAMES evenly spaced
+    frames of the trajectory's velocities, not all of them; the kinetic temperature that
+    replaces a missing one still uses every frame."""
+    from numbec.io.trajectory import open_trajectory
+    from numbec.spectra import ir as ir_module
+    from numbec.spectra.temperature import kinetic_temperature_statistics
+
+    traj = open_trajectory(prediction / "traj.zarr")
+    ds = open_prediction(prediction / "pred.zarr")
+    monkeypatch.setattr(ir_module, "TEMPERATURE_CHECK_FRAMES", 4)
+    stride = -(-traj.sizes["frame"] // 4)
+    assert stride > 1
+    sampled = kinetic_temperature_statistics(traj.isel(frame=slice(None, None, stride)))
+    every = kinetic_temperature_statistics(traj)
+    with pytest.warns(UserWarning, match="T = 3000 K"):
+        checked = numbec.ir_spectrum(ds, temperature=3000.0, trajectory=traj)
+    record, = json.loads(checked.attrs["provenance"])["kinetic_temperatures"]
+    assert record["mean"] == pytest.approx(sampled.mean, rel=1e-12)
+    assert record["mean"] != pytest.approx(every.mean, rel=1e-9)
+    kinetic = numbec.ir_spectrum(ds.assign_attrs(temperature=None), trajectory=traj)
+    record, = json.loads(kinetic.attrs["provenance"])["kinetic_temperatures"]
+    assert record["mean"] == pytest.approx(every.mean, rel=1e-12)

@@ -1088,7 +1088,8 @@ def velocities_from_positions(ds, timestep: float | None = None):
     if dt is None or not np.isfinite(dt) or dt <= 0:
         raise ValueError(
             f"{ds.attrs.get('store', 'trajectory')}: no time step known, cannot derive "
-            f"velocities from positions; convert with --timestep FS or pass timestep="
+            "velocities from positions; set it with 'numbec info --set-timestep FS STORE' "
+            "(or convert with --timestep FS, or pass timestep=)"
         )
     n = ds.sizes["frame"]
     if n < 3:
