@@ -340,24 +340,25 @@ def test_calibration_and_uncertainty_cost_benchmarks(tmp_path):
     out = run_benchmark("calibration.py", "--systems", "quartz", "--quick", "--models",
                         "monopole", "--sizes", "small", "--n-sparse", "10", "--max-test", "3",
                         "--folds", "2", "--rank", "4", cwd=tmp_path)
-    (head, rows), = markdown_tables(out)
+    (head, rows), (head_m, rows_m) = markdown_tables(out)
     assert head[:5] == ["system", "model", "train", "test", "RMSE e"]
     row = dict(zip(head, rows[0], strict=True))
-    for key in ("cov68 raw", "cov95 raw", "cov68 cal", "cov95 cal", "cov95 ML",
-                "cov95 2-part", "cov95 2-part cov", "cov95 worst block", "cov68 residual",
-                "cov95 residual"):
+    for key in ("cov68", "cov95", "streamed cov68", "streamed cov95"):
         assert 0.0 <= number(row[key]) <= 100.0
-    assert number(row["cov68 cal"]) <= number(row["cov95 cal"])
-    assert positive(row["s (cov)"]) and positive(row["s (ML)"])
-    # two folds: two held-out blocks; the worst block's scale is at least the pooled one
-    assert len(row["held-out cov95 raw per block"].split(" / ")) == 2
-    assert number(row["s (worst block)"]) >= number(row["s (cov)"]) * (1 - 1e-2)  # 3 digits printed
-    assert len(row["held-out cov95 residual per block"].split(" / ")) == 2
-    assert all(number(x) >= 0 for x in row["s, c (residual)"].split(", "))
-    # the multiplicative residual form and the held-out NLL of the three stored forms
-    assert 0.0 <= number(row["cov68 mult."]) <= number(row["cov95 mult."]) <= 100.0
-    assert all(number(x) >= 0 for x in row["s, c (mult.)"].split(", "))
-    assert len(row["held-out NLL cov / add. / mult."].split(" / ")) == 3
+    assert number(row["cov68"]) <= number(row["cov95"])
+    assert row["in target"] == ("yes" if 90 <= number(row["cov95"]) <= 98 else "**no**")
+    assert positive(row["streamed cost"].rstrip("x"))
+    assert all(positive(x) for x in row["s / s_v / s_w"].split(" / "))
+    # every recalibration from the same held-out errors; the default is the first table's
+    methods = dict(zip(head_m, rows_m[0], strict=True))
+    assert head_m[4:10] == ["raw", "likelihood", "coverage", "worst_block", "residual",
+                            "two_part"]
+    assert methods["two_part"].split()[0] == row["cov95"]
+    assert methods["two_part"].split()[1] == f"({row['NLL']})"
+    # two folds: two held-out blocks; the worst block's scale covers at least as much as
+    # the pooled coverage scale
+    assert len(methods["held-out cov95 raw per block"].split(" / ")) == 2
+    assert number(methods["worst_block"].split()[0]) >= number(methods["coverage"].split()[0])
     out = run_benchmark("uncertainty_cost.py", "--systems", "quartz", "--ranks", "4",
                         "--frames", "1", cwd=tmp_path)
     (head, rows), (head_fwd, rows_fwd) = markdown_tables(out)
