@@ -49,8 +49,9 @@ Streaming and memory
 The first pass reads the trajectory chunk by chunk (a store is never loaded whole) and keeps
 only the ``candidates`` best-scoring frames with what the second stage needs (the Gram
 matrix for ``uncertainty``, the fingerprint for ``diverse``): memory is
-``candidates * M^2 * 8`` bytes for ``uncertainty``, capped by ``max_memory``, whatever the
-length of the trajectory. The greedy stage then works on the candidates only.
+``candidates * K^2 * 8`` bytes for ``uncertainty`` (``M^2`` for the ``exact`` score), capped
+by ``max_memory``, whatever the length of the trajectory. The greedy stage then works on the
+candidates only. Frames that ``exclude`` and ``min_separation`` rule out are not scored.
 
 The score
 ---------
@@ -61,11 +62,14 @@ is the one function that defines what "uncertain" means; it builds the frame's d
 (``uncertainty_rank``) leading posterior directions, computed as K extra adjoint channels of
 one descriptor pass (a few plain predictions per frame), equal to :func:`frame_score` at full
 rank. ``score="exact"`` keeps the design rows; ``select(..., score=...)`` also takes another
-function with the signature of :func:`frame_score`. Whatever ranks the frames, the greedy
-posterior update uses the exact Gram matrices of the candidates, rebuilt in a second, short
-pass (with ``exact`` they are kept from the first). For ``reduction`` the pool matrix is
-accumulated in the K directions (``L^+T (sum_g D_g^T D_g / R_g) L^+`` with ``D_g = Phi_g
-L``), exact at full rank.
+function with the signature of :func:`frame_score`. The greedy stage works in the space of
+the score: with ``lowrank`` the posterior of the K directions (weights ``L z``, ``z ~ N(0,
+I)``) updated with the candidates' ``D_f^T D_f`` (K, K), ``D_f = Phi_f L``, kept from the
+scoring pass (no design rows anywhere; exact at full rank), so the picks' scores and the
+pool's are the same estimator; with ``exact`` the full posterior and the Gram matrices of the
+first pass; with a custom score the exact Gram matrices of the candidates, rebuilt in a
+second pass. For ``reduction`` the pool matrix ``sum_g D_g^T D_g / R_g`` (or ``G_g / R_g``)
+is accumulated in the same space.
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ import dataclasses
 import heapq
 import math
 import time as _time
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -179,13 +184,6 @@ class _LowRankScorer:
         bec = channel_outputs(model, np.asarray(positions, dtype=np.float64), numbers,
                               np.asarray(cell, dtype=np.float64), pbc, self.directions)["bec"]
         return bec.reshape(bec.shape[0], -1).T
-
-    def pool_gram(self, low: np.ndarray) -> np.ndarray:
-        """(M, M) weight-space matrix ``L^+T B L^+`` of a (K, K) pool matrix
-        ``B = sum_g D_g^T D_g / R_g``: the pool's Gram matrix seen through the K directions
-        (exact at full rank)."""
-        pinv = np.linalg.pinv(self.directions.T)   # (K, M)
-        return pinv.T @ low @ pinv
 
 
 def frame_score_lowrank(model, positions, numbers, cell, pbc, where: str = "",
@@ -433,8 +431,11 @@ class Selection:
     NaN for ``random``/``stride``;
     pool_score_mean / pool_score_max (e): ``sqrt`` of the mean and largest ``v_f`` (``hybrid``:
     ``v_f + p_f rho_f``) over all frames scanned (NaN when not scored); strategy; n_frames
-    scanned; seconds of wall time; score: how frames were scored (``"lowrank K=32"``,
-    ``"exact"``, ``"custom"``; ``""`` for ``random``/``stride``).
+    scanned; seconds of wall time; score: how the pool was scored (``"lowrank K=32"``,
+    ``"exact"``, ``"custom"``; ``""`` for ``random``/``stride``); pick_score: the estimator of
+    ``scores`` (the same as ``score``, except ``"exact"`` for a custom score). Only numbers of
+    the same estimator compare: ``lowrank`` is the variance in the K leading posterior
+    directions, a lower bound of ``exact``.
     """
 
     indices: np.ndarray
@@ -447,6 +448,7 @@ class Selection:
     seconds: float = 0.0
     source: str = ""
     score: str = ""
+    pick_score: str = ""
 
     def to_dict(self) -> dict:
         """JSON-ready summary (NaN -> None)."""
@@ -454,7 +456,8 @@ class Selection:
             return None if isinstance(x, float) and not math.isfinite(x) else x
 
         return {
-            "strategy": self.strategy, "score": self.score, "source": self.source,
+            "strategy": self.strategy, "score": self.score, "pick_score": self.pick_score,
+            "source": self.source,
             "n_frames": self.n_frames,
             "frames": [int(i) for i in self.indices],
             "times_fs": [clean(float(t)) for t in self.times],
@@ -494,6 +497,18 @@ class _Separation:
     def take(self, k: int) -> None:
         self.taken.append(float(self.axis[k]))
 
+    def max_picks(self, eligible: np.ndarray) -> int:
+        """The largest number of the ``eligible`` frames (F,) bool that can be picked at least
+        ``min`` apart: earliest first, which is optimal for points on a line."""
+        t = np.sort(self.axis[eligible])
+        if self.min == 0:
+            return int(t.size)
+        count, last = 0, -math.inf
+        for x in t:
+            if x - last >= self.min:
+                count, last = count + 1, x
+        return count
+
 
 # ---------------------------------------------------------------------------- select
 def select(model, trajectory, n: int, strategy: str = "uncertainty", *,
@@ -509,8 +524,10 @@ def select(model, trajectory, n: int, strategy: str = "uncertainty", *,
         ``stride`` any model or None.
     trajectory : trajectory store path, xarray.Dataset (:func:`numbec.open_trajectory`) or a
         list of ase.Atoms (``info["time"]`` in fs used where every frame has it).
-    n : number of frames to pick; fewer are returned only when ``exclude`` and
-        ``min_separation`` leave fewer eligible frames (the CLI says so).
+    n : number of frames to pick; fewer are returned (with a warning, before any scoring
+        when ``exclude`` and ``min_separation`` allow fewer than ``n``) when the constraints
+        leave fewer frames, none when no frame can be picked. ValueError when every frame is
+        excluded.
     strategy : one of :data:`STRATEGIES`.
     min_separation : fs (frames where the trajectory has no time): smallest allowed distance
         in time between two picked frames and between a picked and an excluded frame.
@@ -523,12 +540,14 @@ def select(model, trajectory, n: int, strategy: str = "uncertainty", *,
         :func:`frame_score_lowrank` with ``uncertainty_rank`` directions, a few plain
         predictions per frame), ``"exact"`` (:func:`frame_score`, the frame's design rows,
         about one training step per frame), or a callable ``score(model, positions, numbers,
-        cell, pbc, where) -> float`` (e^2, larger = more worth labelling). Whatever the
-        score, the greedy stage of ``uncertainty``/``reduction`` updates the posterior with
-        the exact design Gram matrices of the candidates (rebuilt in a short second pass).
+        cell, pbc, where) -> float`` (e^2, larger = more worth labelling). The greedy stage
+        of ``uncertainty``/``hybrid``/``reduction`` updates the posterior in the K directions
+        for ``lowrank``, with the exact Gram matrices for ``exact`` and (rebuilt in a second
+        pass over the candidates) for a custom score.
     uncertainty_rank : K of the ``lowrank`` score (None: full rank, equal to ``exact``).
     chunk_frames : frames read at a time from a store (default: its chunks).
-    max_memory : bytes allowed for the candidates' Gram matrices (``uncertainty``).
+    max_memory : bytes allowed for the candidates' Gram matrices (``uncertainty``; K x K
+        each for ``lowrank``, M x M otherwise).
 
     Returns
     -------
@@ -555,6 +574,21 @@ def select(model, trajectory, n: int, strategy: str = "uncertainty", *,
     sep = _Separation(frames.times, min_separation)
     for k in np.flatnonzero(excluded):
         sep.take(int(k))
+    # checked before any frame is scored: scoring a long trajectory takes minutes
+    eligible = ~excluded & sep.ok_many(np.arange(frames.n_frames))
+    if excluded.all():
+        raise ValueError(f"{frames.name}: every frame is excluded; nothing to select")
+    most = sep.max_picks(eligible)
+    if most < n:
+        warnings.warn(f"{frames.name}: at most {most} of the {n} frames asked for can be "
+                      f"picked ({int(excluded.sum())} excluded, min_separation "
+                      f"{sep.min:g} {sep.unit})", stacklevel=2)
+    if most == 0:
+        result = Selection(np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0), strategy,
+                           frames.n_frames)
+        result.seconds = _time.perf_counter() - t0
+        result.source = frames.name
+        return result
 
     if strategy in ("random", "stride"):
         picked = _baseline_pick(strategy, n, excluded, sep, seed)
@@ -568,11 +602,14 @@ def select(model, trajectory, n: int, strategy: str = "uncertainty", *,
         if candidates < n:
             raise ValueError(f"candidates ({candidates}) must be >= n ({n})")
         if strategy != "diverse":
+            # the candidates keep Gram matrices in the space of the score: K x K for lowrank
             m = model.covariance.shape[0]
+            if score == "lowrank" and uncertainty_rank is not None:
+                m = min(m, int(uncertainty_rank))
             cap = max(n, int(max_memory // (8 * m * m)))
             candidates = min(candidates, cap)
-        scan = _scan(model, frames, excluded, strategy, candidates, score, uncertainty_rank,
-                     progress)
+        scan = _scan(model, frames, ~eligible, strategy, candidates, score, uncertainty_rank,
+                     progress, excluded)
         if strategy != "diverse":
             picked, scores = _greedy_posterior(model, frames, scan, n, sep,
                                                pool_gain=strategy == "reduction",
@@ -584,6 +621,14 @@ def select(model, trajectory, n: int, strategy: str = "uncertainty", *,
                            frames.n_frames, math.sqrt(scan["mean"]), math.sqrt(scan["max"]))
         result.score = ("custom" if callable(score) else "exact" if score == "exact" else
                         f"lowrank K={'full' if uncertainty_rank is None else uncertainty_rank}")
+        # a custom score gives no Gram matrices: the greedy stage uses the exact ones
+        result.pick_score = "exact" if callable(score) else result.score
+    if most >= n > len(result.indices):
+        more = (" among the candidates; raise candidates for more"
+                if strategy not in ("random", "stride") else "")
+        warnings.warn(f"{frames.name}: picked only {len(result.indices)} of the {n} frames "
+                      f"asked for: no other frame is min_separation {sep.min:g} {sep.unit} "
+                      f"from every pick and excluded frame{more}", stacklevel=2)
     result.seconds = _time.perf_counter() - t0
     result.source = frames.name
     return result
@@ -631,12 +676,14 @@ def _baseline_pick(strategy, n, excluded, sep, seed) -> list[int]:
     return sorted(picked)
 
 
-def _scan(model, frames, excluded, strategy, n_keep, score, rank, progress) -> dict:
-    """First pass over every frame: score, keep the ``n_keep`` best (with their Gram matrix or
-    fingerprint); fingerprints of excluded frames too (``diverse``)."""
+def _scan(model, frames, skip, strategy, n_keep, score, rank, progress, excluded) -> dict:
+    """First pass over every frame not in ``skip`` (excluded, or too close in time to an
+    excluded frame): score, keep the ``n_keep`` best (with their Gram matrix, in the K
+    directions for ``lowrank``, or fingerprint); fingerprints of excluded frames too
+    (``diverse``)."""
     from tqdm.auto import tqdm
 
-    custom = score != "exact"
+    custom = callable(score)
     lowrank = _lowrank_scorer(model, rank) if score == "lowrank" else None
     hybrid = strategy == "hybrid"
     coverage = _coverage(model) if hybrid else None
@@ -650,16 +697,17 @@ def _scan(model, frames, excluded, strategy, n_keep, score, rank, progress) -> d
         for f, (pos, numbers, cell, pbc) in enumerate(chunk):
             k = start + f
             where = frames.where(k)
-            if excluded[k]:
-                if strategy == "diverse":
-                    excluded_prints.append(frame_fingerprint(model, pos, numbers, cell, pbc,
-                                                             where))
+            if excluded[k] and strategy == "diverse":
+                excluded_prints.append(frame_fingerprint(model, pos, numbers, cell, pbc, where))
+            if skip[k]:
                 continue
             if lowrank is not None:
                 d = lowrank.channels(model, pos, numbers, cell, pbc, where)
-                var, payload = float(np.einsum("rk,rk->", d, d)) / d.shape[0], None
+                low = d.T @ d
+                var = float(np.trace(low)) / d.shape[0]
+                payload = (low, d.shape[0]) if strategy != "diverse" else None
                 if strategy == "reduction":
-                    pool_low = d.T @ d / d.shape[0] + (0.0 if pool_low is None else pool_low)
+                    pool_low = low / d.shape[0] + (0.0 if pool_low is None else pool_low)
             elif custom:
                 var, payload = float(score(model, pos, numbers, cell, pbc, where)), None
             else:
@@ -689,16 +737,15 @@ def _scan(model, frames, excluded, strategy, n_keep, score, rank, progress) -> d
                     heapq.heapreplace(heap, item)
         bar.update(len(chunk))
     bar.close()
-    if count == 0:
-        raise ValueError(f"{frames.name}: every frame is excluded; nothing to select")
     if pool_low is not None:
-        pool_gram = lowrank.pool_gram(pool_low)
+        pool_gram = pool_low
     heap.sort(key=lambda item: (-item[0], -item[1]))
     return {"index": np.array([-item[1] for item in heap], dtype=np.int64),
             "variance": np.array([item[0] for item in heap]),
             "payload": [item[2] for item in heap], "custom": custom,
             "units": [item[3] for item in heap],
             "excluded_prints": excluded_prints, "pool_gram": pool_gram, "count": count,
+            "lowrank": lowrank is not None,
             "mean": total / count, "max": worst}
 
 
@@ -708,11 +755,16 @@ def _greedy_posterior(model, frames, scan, n, sep, pool_gain=False, hybrid=False
     ``(1/F) sum_g [v_g(Sigma) - v_g(Sigma'_f)]`` with ``Sigma'_f = (Sigma^-1 + G_f /
     sigma_v^2)^-1``, or (``hybrid``) of largest ``v_f + p rho_f`` with the picked frames'
     environments added to the references of the residual. Returns picked indices and each
-    one's key (``v_f`` or ``v_f + p rho_f``) when picked."""
+    one's key (``v_f`` or ``v_f + p rho_f``) when picked.
+
+    With the ``lowrank`` score the posterior is that of the K directions, weights ``L z`` with
+    ``z ~ N(0, I)`` (``Sigma ~ L L^T``), and the Gram matrices are ``D_f^T D_f`` (K, K) from
+    the scoring pass: the picks' scores are on the same estimator as the pool's, and no
+    design rows are built (exact at full rank)."""
     import scipy.linalg
 
     index = scan["index"]
-    if scan["custom"]:  # the score gave no design rows: build them for the candidates
+    if scan["custom"]:  # the score gave no Gram matrices: build exact ones for the candidates
         payload = []
         for k in index:
             pos, numbers, cell, pbc = frames.frame(int(k))
@@ -722,9 +774,13 @@ def _greedy_posterior(model, frames, scan, n, sep, pool_gain=False, hybrid=False
         payload = scan["payload"]
     grams = np.stack([g for g, _ in payload])                    # (C, M, M)
     rows = np.array([r for _, r in payload], dtype=np.float64)   # (C,)
-    cov = np.array(model.covariance, dtype=np.float64)
-    m = cov.shape[0]
-    precision = scipy.linalg.cho_solve(scipy.linalg.cho_factor(cov), np.eye(m))
+    if scan["lowrank"]:
+        m = grams.shape[1]
+        cov, precision = np.eye(m), np.eye(m)
+    else:
+        cov = np.array(model.covariance, dtype=np.float64)
+        m = cov.shape[0]
+        precision = scipy.linalg.cho_solve(scipy.linalg.cho_factor(cov), np.eye(m))
     noise = float(model.sigma_v2)
     pool_gram = None
     if pool_gain:

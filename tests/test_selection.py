@@ -67,14 +67,65 @@ def test_far_frame_ranks_above_training_frame(model, quartz):
         assert picked.scores[0] == pytest.approx(np.sqrt(_score(model, far)), rel=1e-12)
 
 
-def test_greedy_update_makes_a_duplicate_as_known_as_training_data(model, quartz):
+def _lowrank(model, atoms, rank=UNCERTAINTY_RANK):
+    return frame_score_lowrank(model, atoms.positions, atoms.numbers, np.asarray(atoms.cell),
+                               atoms.pbc, rank=rank)
+
+
+@pytest.mark.parametrize("score", ["exact", "lowrank"])
+def test_greedy_update_makes_a_duplicate_as_known_as_training_data(model, quartz, score):
     far = _displaced(quartz[10], 0.15, seed=1)
-    train_std = np.sqrt(_score(model, quartz[0]))
-    picked = select(model, [far, far.copy()], 2, "uncertainty")
-    # before: 3x the uncertainty of a training frame; after adding the first copy to the
-    # posterior, the second is about as well known as the training frames
-    assert picked.scores[0] > 3.0 * train_std
+    # the training frame's score on the estimator of the picks' scores
+    train_std = np.sqrt((_score if score == "exact" else _lowrank)(model, quartz[0]))
+    picked = select(model, [far, far.copy()], 2, "uncertainty", score=score)
+    assert picked.pick_score == picked.score
+    # before: 2.5-3x the uncertainty of a training frame (exact 3.0x, lowrank 2.7x); after
+    # adding the first copy to the posterior, the second is about as well known as the
+    # training frames
+    assert picked.scores[0] > 2.5 * train_std
     assert picked.scores[1] < 1.5 * train_std
+
+
+def _pool(quartz):
+    return list(quartz[:3]) + list(quartz[14:18]) + [
+        _displaced(quartz[k], amp, seed=k) for k, amp in
+        ((4, 0.02), (6, 0.05), (8, 0.08), (10, 0.11), (11, 0.14), (13, 0.2))]
+
+
+def test_lowrank_selection_builds_no_design_rows_and_reports_one_estimator(model, quartz,
+                                                                          monkeypatch):
+    """The default score's greedy stage works in its K directions: no frame's design rows
+    (several times the cost of the score) are built, and the picks' scores are on the
+    estimator of the pool's, so the first pick's is the pool's largest."""
+    import numbec.selection as selection
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("design rows built")
+
+    monkeypatch.setattr(selection, "frame_design", refuse)
+    for strategy in ("uncertainty", "hybrid", "reduction"):
+        picked = select(model, _pool(quartz), 3, strategy)
+        assert len(picked.indices) == 3 and picked.pick_score == f"lowrank K={UNCERTAINTY_RANK}"
+    picked = select(model, _pool(quartz), 3)
+    assert picked.scores[0] == pytest.approx(picked.pool_score_max, rel=1e-12)
+    assert picked.to_dict()["pick_score"] == picked.to_dict()["score"]
+
+
+def test_lowrank_greedy_at_full_rank_is_the_exact_greedy(quartz):
+    well_posed = numbec.MonopoleModel(settings=SETTINGS, n_sparse=10).fit(quartz[:3])
+    pool = _pool(quartz)
+    for strategy in ("uncertainty", "reduction"):
+        exact = select(well_posed, pool, 4, strategy, score="exact")
+        full = select(well_posed, pool, 4, strategy, uncertainty_rank=None)
+        assert list(full.indices) == list(exact.indices), strategy
+        np.testing.assert_allclose(full.scores, exact.scores, rtol=1e-6)
+
+
+def test_custom_score_picks_are_scored_exactly(model, quartz):
+    picked = select(model, _pool(quartz), 2, score=lambda *args: 1.0)
+    assert picked.score == "custom" and picked.pick_score == "exact"
+    atoms = _pool(quartz)[int(picked.indices[0])]
+    assert picked.scores[0] == pytest.approx(np.sqrt(_score(model, atoms)), rel=1e-9)
 
 
 def test_reduction_picks_the_frame_that_lowers_the_pool_variance_most(model, quartz):
@@ -219,10 +270,37 @@ def test_min_separation_is_never_violated(model, store, strategy):
     for a, b in itertools.combinations(times, 2):
         assert abs(a - b) >= 5.0
     # 20 frames 2 fs apart with 15 fs separation: at most 3 frames fit (0, 15+, 30+ fs)
-    few = select(model, store, 10, strategy, min_separation=15.0)
+    with pytest.warns(UserWarning, match="at most 3 of the 10 frames"):
+        few = select(model, store, 10, strategy, min_separation=15.0)
     assert 1 <= len(few.indices) <= 3
     for a, b in itertools.combinations(few.times, 2):
         assert abs(a - b) >= 15.0
+
+
+def test_constraints_are_checked_before_scoring(model, store, monkeypatch):
+    import numbec.selection as selection
+
+    scored = []
+
+    def score(model, positions, numbers, cell, pbc, where):
+        scored.append(int(where.rsplit(" ", 1)[1]))
+        return 1.0
+
+    # frames 2 fs apart: 5 fs around the excluded frame 9 rules out frames 7-11 unscored
+    picked = select(model, store, 2, score=score, min_separation=5.0, exclude=[9])
+    assert len(picked.indices) == 2
+    assert sorted(scored) == [k for k in range(20) if not 7 <= k <= 11]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("frames scored")
+
+    monkeypatch.setattr(selection, "_scan", refuse)
+    # the 38 fs of the store all within 40 fs of frame 0: nothing to pick, no scoring
+    with pytest.warns(UserWarning, match="at most 0 of the 2 frames"):
+        empty = select(model, store, 2, min_separation=40.0, exclude=[0])
+    assert len(empty.indices) == 0
+    with pytest.raises(ValueError, match="every frame is excluded"):
+        select(model, store, 1, exclude=range(20))
 
 
 def test_streaming_chunks_do_not_change_the_selection(model, store, quartz):
