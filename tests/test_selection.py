@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 
 import numpy as np
 import pytest
@@ -487,3 +488,73 @@ def test_vasp_folders_without_a_template_say_so(quartz, tmp_path):
     with pytest.warns(UserWarning, match="only POSCAR and frame.json"):
         summary = write_selected(tmp_path / "out", _picked(quartz, [4]), "vasp")
     assert "only POSCAR and frame.json" in json.loads(summary.read_text())["note"]
+
+
+def test_cli_select_checks_inputs_before_scoring(model, store, tmp_path, monkeypatch, capsys):
+    """Every error that does not depend on the picks comes before the scoring pass (minutes
+    on a real trajectory), and no failed run leaves a selection behind."""
+    import numbec.selection as selection
+    from numbec.cli import main
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("frames scored")
+
+    monkeypatch.setattr(selection, "select", refuse)
+    model_path = model.save(tmp_path / "m.npz")
+    pw = tmp_path / "pw.in"
+    pw.write_text(PW_TEMPLATE.replace("Si 28.086 Si.pbe-n-rrkjus_psl.1.0.0.UPF\n", ""))
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "selection.json").write_text("{}")
+    cases = [
+        (["--format", "vasp", "--template", str(tmp_path / "missing")], "not found"),
+        (["--format", "espresso"], "needs --template"),
+        (["--format", "espresso", "--template", str(pw)], "no pseudopotential for Si"),
+        # 20 frames 2 fs apart: 20 fs from frames 0, 10 and 19 (0, 20, 38 fs) leaves none
+        (["--min-separation", "20", "--exclude", "0,10,19"], "no frame of .* can be picked"),
+        # 15 fs apart: 3 frames at most (0, 16, 32 fs)
+        (["--min-separation", "15"], "at most 3 of the 20 frames .* -n 3"),
+        (["--exclude", "20"], "frame 20 is outside the 20 frames"),
+    ]
+    for extra, message in cases:
+        out = tmp_path / "out"
+        assert main(["select", str(model_path), str(store), "-n", "4", "-o", str(out),
+                     "--no-progress", *extra]) == 1, extra
+        assert re.search(message, capsys.readouterr().err), extra
+        assert not (out / "selection.json").exists()
+    assert main(["select", str(model_path), str(store), "-n", "1", "-o", str(done),
+                 "--no-progress"]) == 1
+    assert "a selection is already there" in capsys.readouterr().err
+
+
+def test_cli_exclude_refuses_a_selection_of_another_trajectory(store, tmp_path, capsys):
+    """The indices of a selection.json mean frames of its own trajectory: the same MD
+    converted again is accepted, a strided conversion of it is refused."""
+    from numbec.cli import main
+
+    source = numbec.io.example_file("sio2_quartz_subset")
+    again = tmp_path / "again.zarr"
+    numbec.convert_trajectory(source, again, timestep=2.0, progress=False)
+    strided = tmp_path / "strided.zarr"
+    numbec.convert_trajectory(source, strided, timestep=4.0, index="::2", progress=False)
+    round0 = tmp_path / "round0"
+    assert main(["select", "-", str(store), "-n", "3", "-o", str(round0), "--strategy",
+                 "stride", "--no-progress"]) == 0
+    earlier = str(round0 / "selection.json")
+
+    def run(traj, *exclude, name):
+        return main(["select", "-", str(traj), "-n", "2", "-o", str(tmp_path / name),
+                     "--strategy", "stride", "--no-progress", "--exclude", *exclude])
+
+    assert run(again, earlier, name="a") == 0
+    assert run(strided, earlier, name="b") == 1
+    err = capsys.readouterr().err
+    assert "whose frames are not those of" in err and "--exclude 0,10,19" in err
+    assert not (tmp_path / "b").exists()
+    # an explicit list of indices is the user's word for it
+    assert run(strided, "0,5,9", name="c") == 0
+    # without the extxyz, the recorded path and frame count must match
+    (round0 / "selected.extxyz").unlink()
+    assert run(store, earlier, name="d") == 0
+    assert run(again, earlier, name="e") == 1
+    assert "selected.extxyz is missing" in capsys.readouterr().err
