@@ -13,7 +13,9 @@ warm-up frame so that numba compilation is not timed). Prints frames/s, the spee
 score and Spearman's rank correlation of the scores with the exact ones; a plain BEC
 prediction (``model.predict``) gives the scale. The last row, ``+ residual``, is what strategy
 ``hybrid`` adds per frame to the posterior-variance score (a plain prediction for the signal
-variance, the descriptors and the Nyström residual against the sparse points).
+variance, the descriptors and the Nyström residual against the sparse points). The rows
+``select K=..`` and ``select exact`` time a whole ``numbec.select(model, frames, --select)``
+(scoring pass and greedy stage) and give its rate in frames of the pool per second.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ def main(argv=None) -> None:
     parser.add_argument("--sparse", type=int, default=20,
                         help="sparse points per species (default 20; the cost of the exact "
                              "score grows with the number of weights, the low-rank one not)")
+    parser.add_argument("--select", type=int, default=3,
+                        help="frames picked by the timed select calls (default 3)")
     args = parser.parse_args(argv)
 
     settings = DescriptorSettings(species=(8, 14), cutoff_radial=5.0, cutoff_angular=4.0,
@@ -93,6 +97,18 @@ def main(argv=None) -> None:
 
     _, rate = timed(extra)
     print(f"{'+ residual':>12} {rate:9.2f} {rate / ref_rate:9.2f} {'-':>9}")
+
+    from numbec.selection import select
+
+    for label, kw in ((f"select K={k}", {"uncertainty_rank": k}), ("select exact",
+                                                                   {"score": "exact"})):
+        best = np.inf
+        for _ in range(3):
+            t0 = time.perf_counter()
+            select(model, frames, min(args.select, len(frames)), **kw)
+            best = min(best, time.perf_counter() - t0)
+        rate = len(frames) / best
+        print(f"{label:>12} {rate:9.2f} {rate / ref_rate:9.2f} {'-':>9}")
 
 
 if __name__ == "__main__":

@@ -384,10 +384,11 @@ def test_select_score_benchmark(tmp_path):
     rows = {}
     for line in out.splitlines():
         words = line.split()
-        if words[:1] in (["plain"], ["exact"], ["lowrank"]):
+        if words[:1] in (["plain"], ["exact"], ["lowrank"], ["select"]):
             name = " ".join(words[:2]) if words[0] != "exact" else "exact"
             rows[name] = words
-    assert set(rows) == {"plain BEC", "exact", "lowrank K=4"}
+    assert set(rows) == {"plain BEC", "exact", "lowrank K=4", "select K=4", "select exact"}
+    positive(rows["select K=4"][2])
     assert float(rows["exact"][2]) == 1.0  # speed-up column: relative to the exact score
     positive(rows["lowrank K=4"][2])
     positive(rows["plain BEC"][2])
