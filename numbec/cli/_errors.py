@@ -90,7 +90,8 @@ def describe(exc: BaseException, parser: argparse.ArgumentParser, args=None, arg
         inputs = _existing_inputs(parser, args)
         if source is None and len(inputs) == 1:
             source = inputs[0]
-        given = _input_values(parser, args) if args is not None else []
+        given = _input_values(parser, args) + _option_paths(parser, args) \
+            if args is not None else []
         named = any(value in message for value in given)
         if source is None and inputs and not named:
             message = f"{message} (while reading {', '.join(inputs)})"
@@ -148,6 +149,20 @@ def _input_values(parser: argparse.ArgumentParser, args) -> list[str]:
         for item in value if isinstance(value, list | tuple) else [value]:
             if isinstance(item, str):
                 values.append(item)
+    return values
+
+
+def _option_paths(parser: argparse.ArgumentParser, args) -> list[str]:
+    """The string values of the options given (templates, references, ...): a message that
+    names one of them says which file it is about."""
+    values = []
+    for action in parser._actions:
+        if not action.option_strings or action.dest in ("help", argparse.SUPPRESS):
+            continue
+        value = getattr(args, action.dest, None)
+        for item in value if isinstance(value, list | tuple) else [value]:
+            if isinstance(item, str | os.PathLike) and os.fspath(item):
+                values.append(os.fspath(item))
     return values
 
 
