@@ -218,13 +218,18 @@ def _crashing(after):
     return frames
 
 
-def test_resume_after_crash_equals_one_shot(xyz_source, tmp_path, monkeypatch):
-    src, frames = xyz_source
-    store = tmp_path / "s.zarr"
+def _convert_until_crash(src, store, monkeypatch):
+    """Convert in chunks of 3 frames with a reader that fails after frame 8."""
     monkeypatch.setattr(trajmod, "iter_source_frames", _crashing(after=8))
     with pytest.raises(RuntimeError, match="simulated crash"):
         numbec.convert_trajectory(src, store, chunk_frames=3, timestep=1.0)
     monkeypatch.undo()
+
+
+def test_resume_after_crash_equals_one_shot(xyz_source, tmp_path, monkeypatch):
+    src, frames = xyz_source
+    store = tmp_path / "s.zarr"
+    _convert_until_crash(src, store, monkeypatch)
     ds = numbec.open_trajectory(store)
     assert ds.sizes["frame"] == 6  # two complete chunks of 3; frames 6, 7 were in a buffer
     np.testing.assert_array_equal(ds.positions.values, [a.positions for a in frames[:6]])
@@ -726,10 +731,7 @@ def test_open_trajectory_says_whether_the_conversion_finished(xyz_source, tmp_pa
                                                               monkeypatch):
     src, _frames = xyz_source
     store = tmp_path / "s.zarr"
-    monkeypatch.setattr(trajmod, "iter_source_frames", _crashing(after=8))
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        numbec.convert_trajectory(src, store, chunk_frames=3, timestep=1.0)
-    monkeypatch.undo()
+    _convert_until_crash(src, store, monkeypatch)
     assert numbec.open_trajectory(store).attrs["complete"] is False
     numbec.convert_trajectory(src, store, append=True)
     assert numbec.open_trajectory(store).attrs["complete"] is True
