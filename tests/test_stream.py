@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -680,9 +681,16 @@ def test_unfinished_trajectory_store_is_refused_unless_allowed(tmp_path, monkeyp
     partial = predict(ToyModel(), store, out=out, progress=False, allow_incomplete=True)
     assert partial.sizes["frame"] == 8
     assert partial.attrs["input_complete"] is False and partial.attrs["input_frames"] == 8
+    with pytest.warns(UserWarning, match=re.escape(
+            "p.zarr: predicted from a trajectory store whose conversion had not finished (8 "
+            "frames then); the spectrum covers only those frames")):
+        numbec.ir_spectrum(out, blocks=1)
     numbec.convert_trajectory(src, store, append=True)
     full = predict(ToyModel(), store, out=tmp_path / "full.zarr", progress=False)
     assert full.sizes["frame"] == 14 and "input_complete" not in full.attrs
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*conversion had not finished")
+        numbec.ir_spectrum(tmp_path / "full.zarr", blocks=1)
 
 
 def test_unknown_species_names_atom():

@@ -87,7 +87,8 @@ def register(subparsers):
     parser.add_argument("--allow-incomplete", action="store_true",
                         help="predict the frames converted so far of a trajectory store "
                              "whose conversion was interrupted or is still running (recorded "
-                             "in the output's attributes input_complete and input_frames)")
+                             "in the output's attributes input_complete and input_frames; "
+                             "numbec ir warns about such a prediction)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.set_defaults(func=run)

@@ -299,6 +299,11 @@ TEMPERATURE_CHECK_FRAMES = 2000
 def _run_from_dataset(ds, trajectory, kind, timestep, source, need_temperature=True,
                       need_volume=True):
     source = _source_of(ds, source)
+    if ds.attrs.get("input_complete") is False:
+        warnings.warn(f"{source}: predicted from a trajectory store whose conversion had not "
+                      f"finished ({ds.attrs.get('input_frames', ds.sizes.get('frame'))} frames "
+                      "then); the spectrum covers only those frames: finish the conversion "
+                      "and predict again for the whole run", stacklevel=4)
     note, recorded = None, False
     if trajectory is None:
         # used like trajectory= whenever it is there and unchanged, so that its kinetic
