@@ -29,10 +29,11 @@ def prediction(tmp_path_factory):
     masses = np.array([22.99, 35.45])
     w = NU0 * INVCM_TO_RAD_PER_FS
     t = np.arange(1200) * DT
+    a, b = 0.158, 0.095  # Å: a kinetic temperature of about 300 K, the tests' nominal one
     frames = []
     for k, time in enumerate(t):
-        rel = np.array([0.05 * np.cos(w * time), 0.03 * np.sin(w * time + 1.0), 0.0])
-        relv = np.array([-0.05 * w * np.sin(w * time), 0.03 * w * np.cos(w * time + 1.0), 0.0])
+        rel = np.array([a * np.cos(w * time), b * np.sin(w * time + 1.0), 0.0])
+        relv = np.array([-a * w * np.sin(w * time), b * w * np.cos(w * time + 1.0), 0.0])
         share = masses[::-1] / masses.sum()  # centre of mass at rest
         pos = np.array([[0.0, 0.0, 0.0], [1.5, 1.5, 1.5]]) + np.outer([share[0], -share[1]],
                                                                        rel)
