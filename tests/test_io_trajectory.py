@@ -661,6 +661,25 @@ def test_deleted_time_chunk_is_refused_naming_the_frames(tmp_path, xyz_source):
     (store / "time" / "c" / "1").unlink()  # frames 4-7 read back as the fill value, NaN
     with pytest.raises(StoreError, match=r"s.zarr: time of frames 4-7 is NaN"):
         numbec.open_trajectory(store)
+    assert trajectory_summary(store)["time_error"].startswith(
+        f"{store}: time of frames 4-7 is NaN")
+
+
+def test_info_describes_a_store_with_a_broken_time_and_fails(tmp_path, xyz_source, capsys):
+    from numbec.cli import main
+
+    store = _store(tmp_path, xyz_source)
+    assert main(["info", str(store)]) == 0
+    assert trajectory_summary(store)["time_error"] is None
+    capsys.readouterr()
+    _edit_array(store, "time", lambda arr: arr.__setitem__(slice(None), 5.0 * np.arange(13)))
+    for extra in ([], ["--json"]):
+        assert main(["info", str(store), *extra]) == 1
+        out, err = capsys.readouterr()
+        assert "13" in out  # the facts are still printed
+        assert (f"numbec info: error: {store}: time advances by 5 fs from frame 0 to frame 1"
+                in err)
+    assert main(["info", "--set-timestep", "5", str(store)]) == 0
 
 
 @pytest.mark.parametrize("name, units", [("velocities", "Angstrom/ps"), ("positions", "nm"),

@@ -10,7 +10,8 @@ def register(subparsers) -> None:
         "info",
         help="describe a trajectory store",
         description="Frames, atoms, species, time step, duration, chunking and completeness "
-        "of a trajectory store written by 'numbec convert'.",
+        "of a trajectory store written by 'numbec convert'. Exit status 1 when its time "
+        "coordinate contradicts its time step (NaN, going backwards, another spacing).",
     )
     parser.add_argument("store", metavar="STORE", help="trajectory store directory")
     parser.add_argument("--json", action="store_true", help="print the facts as JSON")
@@ -28,7 +29,7 @@ def run(args) -> int:
     info = trajectory_summary(args.store)
     if args.json:
         print(json.dumps(info, indent=2))
-        return 0
+        return _time_status(info)
     species = ", ".join(f"{sym} {count}" for sym, count in info["species"].items())
     dt = info["timestep"]
     duration = info["duration"]
@@ -48,4 +49,15 @@ def run(args) -> int:
         f"status       {state}",
     ]
     print("\n".join(lines))
-    return 0
+    return _time_status(info)
+
+
+def _time_status(info) -> int:
+    """Exit status 1, with the reason on stderr, when predict and ir would refuse the
+    store's time coordinate; the facts above are printed first, as they help find why."""
+    if info["time_error"] is None:
+        return 0
+    import sys
+
+    print(f"numbec info: error: {info['time_error']}", file=sys.stderr)
+    return 1

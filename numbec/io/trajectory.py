@@ -1175,7 +1175,8 @@ def trajectory_summary(store) -> dict:
     ``species`` ({symbol: count}), ``timestep`` (fs or None), ``duration`` (fs or
     None), ``chunk_frames``, ``velocities`` (bool), ``complete`` (bool: no partial
     chunk beyond ``frames`` and the last conversion finished), ``source``,
-    ``segments``.
+    ``segments``, ``time_error`` (None, or why :func:`open_trajectory` would refuse the
+    ``time`` coordinate: the only frame-indexed array it reads, 8 bytes per frame).
     """
     from ase.data import chemical_symbols
 
@@ -1188,6 +1189,13 @@ def trajectory_summary(store) -> dict:
         species[chemical_symbols[int(z)]] = species.get(chemical_symbols[int(z)], 0) + 1
     dt = _stored_timestep(attrs, store)
     allocated = max(arrays[name].shape[0] for name in _FRAME_ARRAYS if name in arrays)
+    time_error = None
+    if dt is not None:
+        try:
+            _check_time_coordinate(_read(arrays["time"], "time", os.fspath(store),
+                                         slice(0, done)), dt, os.fspath(store))
+        except StoreError as exc:
+            time_error = str(exc)
     return {
         "store": os.fspath(store),
         "frames": done,
@@ -1202,4 +1210,5 @@ def trajectory_summary(store) -> dict:
         "complete": _conversion_complete(arrays, attrs),
         "source": attrs.get("source"),
         "segments": attrs.get("segments", []),
+        "time_error": time_error,
     }
