@@ -26,8 +26,11 @@ are predicted with the exact ``bec_std`` (design rows). Two tables:
    (Spearman, each frame's predicted uncertainty ``sqrt(mean bec_std^2)`` against its
    RMSE); whether the 95 % coverage is in [90, 98] %; then the streamed low-rank
    ``bec_std`` (:func:`numbec.models.uncertainty.predict_uncertainty`, rank ``--rank``:
-   leading directions and random probes) with its coverages, the largest relative deviation
-   of its per-frame uncertainty from the exact one over the test frames and (unless
+   leading directions and random probes, the directions ordered on
+   :data:`~numbec.models.uncertainty.DIRECTION_FRAMES` evenly spaced test frames, as
+   ``numbec.predict`` orders them on its trajectory) with its coverages, the largest relative
+   deviation of its per-frame uncertainty from the exact one over the test frames (and the
+   same with the directions ordered on the training rows) and (unless
    ``--no-cost``) its cost relative to a plain prediction (best of 3 per frame, summed);
    last the epistemic and noise factors ``s``, ``s_v`` and the weight scale ``s_w`` of the
    posterior samples (:func:`numbec.models.uncertainty.sample_scale`).
@@ -129,21 +132,30 @@ def row(kind, train, test, hyper, descriptors, folds, rank, cost=True) -> dict:
     # the streamed low-rank bec_std of the model recalibrated as the library does by default
     unc.recalibrate(model, train, held_out=held, method="two_part")
     exact_var = variances["two_part"].reshape(-1, 9)
-    low_std, dev, start = [], [], 0
+    # as numbec.predict does: the directions ordered on evenly spaced frames of the set
+    pick = np.unique(np.linspace(0, len(test) - 1, unc.DIRECTION_FRAMES).round().astype(int))
+    factor = unc.posterior_factor(model, rank, frames=[
+        (a.positions, a.numbers, np.asarray(a.cell), a.pbc) for a in (test[i] for i in pick)])
+    trained = unc.posterior_factor(model, rank)  # directions ordered on the training rows
+    low_std, dev, dev_trained, start = [], [], [], 0
     t_plain = t_low = 0.0
     for atoms in test:
         args = (atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc)
-        low = unc.predict_uncertainty(model, *args, rank=rank)
+        low = unc.predict_uncertainty(model, *args, factor=factor)
         low_std.append(low["bec_std"])
         exact = float(np.sqrt(np.mean(exact_var[start:start + len(atoms)])))
         start += len(atoms)
         dev.append(abs(low["frame_std"] / exact - 1.0))
+        dev_trained.append(abs(unc.predict_uncertainty(model, *args, factor=trained)
+                               ["frame_std"] / exact - 1.0))
         if cost:
             t_plain += _best_of(lambda a=args: model.predict_arrays(*a))
-            t_low += _best_of(lambda a=args: unc.predict_uncertainty(model, *a, rank=rank))
+            t_low += _best_of(lambda a=args: unc.predict_uncertainty(model, *a,
+                                                                     factor=factor))
     return {"rmse": float(np.sqrt(np.mean((pred - ref) ** 2))), "methods": methods,
             "streamed": unc.calibration_metrics(pred, np.concatenate(low_std), ref, sizes),
             "streamed_max_frame_dev": float(max(dev)),
+            "streamed_max_frame_dev_training_directions": float(max(dev_trained)),
             "streamed_cost": t_low / t_plain if cost else float("nan"),
             "scales": {"likelihood": info["scale_likelihood"],
                        "coverage": info["scale_coverage"],
@@ -179,8 +191,8 @@ def main(argv=None) -> int:
     print(f"### Default recalibration (`two_part`), exact and streamed (rank {args.rank})\n")
     print("| system | model | train | test | RMSE e | cov68 | cov95 | NLL | frame rank corr "
           "| in target | streamed cov68 | streamed cov95 | streamed max frame dev "
-          "| streamed cost | s / s_v / s_w |")
-    print("|---" * 15 + "|")
+          "| (training directions) | streamed cost | s / s_v / s_w |")
+    print("|---" * 16 + "|")
     rows = []
     for system in args.systems.split(","):
         if system == "xtb":
@@ -218,6 +230,7 @@ def main(argv=None) -> int:
                       f"| {two['nll']:.2f} | {two['frame_rank_correlation']:.2f} | {target} "
                       f"| {100 * low['coverage_68']:.1f} | {100 * low['coverage_95']:.1f} "
                       f"| {100 * r['streamed_max_frame_dev']:.1f} % "
+                      f"| {100 * r['streamed_max_frame_dev_training_directions']:.1f} % "
                       f"| {cost} | {sc['two_part'][0]:.3g} / "
                       f"{sc['two_part'][1]:.3g} / {sc['weight_scale']:.3g} |", flush=True)
     print("\n### Every recalibration from the same held-out errors: test cov95 % (NLL)\n")

@@ -35,6 +35,7 @@ These are the entry points for uncertainty-driven selection (per-frame predicted
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -509,6 +510,10 @@ def recalibrate(model, frames, folds: int = 5, method: str = "two_part", held_ou
 #: uncertainty is the same in every run, on every worker and after a resume.
 PROBE_SEED = 0
 
+#: How many evenly spaced frames of a trajectory :func:`numbec.predict` passes to
+#: :func:`posterior_factor` to order the directions of the streamed uncertainty.
+DIRECTION_FRAMES = 4
+
 
 @dataclass
 class PosteriorFactor:
@@ -525,12 +530,15 @@ class PosteriorFactor:
     leading : int, the number of leading columns (K when the factor has no probes).
     noise_variance : float, e^2: ``s_v sigma_v^2`` (:func:`noise_scale`), added to every
         component's variance.
+    n_direction_frames : int, the number of frames whose Gram matrix ordered the directions
+        (0: the training Gram matrix did; ``captured`` then refers to those frames).
     """
 
     factor: np.ndarray
     captured: float
     leading: int
     noise_variance: float
+    n_direction_frames: int = 0
 
     @property
     def rank(self) -> int:
@@ -563,22 +571,54 @@ def _training_metric(model, cov) -> np.ndarray:
     return (vec_g * np.clip(lam_g, 0.0, None)) @ vec_g.T
 
 
-def _posterior_spectrum(model) -> tuple[np.ndarray, np.ndarray]:
+def frames_metric(model, frames) -> np.ndarray:
+    """(C, C) float64: ``sum_f Phi_f^T Phi_f / (9 N_f)``, the mean Gram matrix per BEC
+    component of the design rows of ``frames`` (a sequence of ``(positions (N, 3) Å, numbers
+    (N,), cell (3, 3) Å, pbc (3,))``), so that ``tr(metric Sigma)`` is the mean epistemic
+    variance of their components. One exact design pass per frame (its memory: ``9 N C``
+    floats)."""
+    frames = list(frames)
+    if not frames:
+        raise ValueError("frames must hold at least one structure")
+    c = np.asarray(model.covariance).shape[0]
+    metric = np.zeros((c, c))
+    for k, (positions, numbers, cell, pbc) in enumerate(frames):
+        phi, _ = model._design(np.asarray(positions, dtype=np.float64),
+                               np.asarray(numbers, dtype=np.int64),
+                               np.asarray(cell, dtype=np.float64), np.asarray(pbc, dtype=bool),
+                               f"frame {k} of the direction frames")
+        phi = phi.reshape(-1, c)
+        metric += (phi.T @ phi) / phi.shape[0]
+    return metric
+
+
+def _frames_key(frames) -> str:
+    """A digest of the arrays of ``frames``: factors made from other frames differ."""
+    digest = hashlib.sha256()
+    for frame in frames:
+        for array in frame:
+            digest.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
+    return digest.hexdigest()
+
+
+def _posterior_spectrum(model, frames=None) -> tuple[np.ndarray, np.ndarray]:
     """``(directions, mu)``: all C columns ``S e_k`` (C, C) of :func:`posterior_factor` before
     any scale, ordered by decreasing ``mu`` (C,), the predictive variance each carries on
-    training-like rows (units of ``tr(G Sigma)``). Cached per weights and covariance."""
+    training-like rows (units of ``tr(G Sigma)``), or with ``frames`` on the components of
+    those frames (:func:`frames_metric`). Cached per weights, covariance and frames."""
+    key = None if frames is None else _frames_key(frames)
     cached = getattr(model, "_posterior_spectrum_cache", None)
     if (cached is not None and cached[0] is model.weights
-            and cached[1] is model.covariance):
-        return cached[2], cached[3]
+            and cached[1] is model.covariance and cached[2] == key):
+        return cached[3], cached[4]
     cov = np.asarray(model.covariance, dtype=np.float64)
     lam, vecs = np.linalg.eigh(cov)
     root = (vecs * np.sqrt(np.clip(lam, 0.0, None))) @ vecs.T        # S, symmetric
-    metric = _training_metric(model, cov)
+    metric = _training_metric(model, cov) if frames is None else frames_metric(model, frames)
     mu, e = np.linalg.eigh(root @ metric @ root)
     order = np.argsort(mu)[::-1]
     mu, directions = np.clip(mu[order], 0.0, None), root @ e[:, order]
-    model._posterior_spectrum_cache = (model.weights, model.covariance, directions, mu)
+    model._posterior_spectrum_cache = (model.weights, model.covariance, key, directions, mu)
     return directions, mu
 
 
@@ -609,13 +649,22 @@ def _probe_columns(rest: np.ndarray, n_probes: int, rng) -> np.ndarray:
     return rest @ q * np.sqrt(n / n_probes)
 
 
-def posterior_factor(model, rank: int | None = 32, probes: bool = True) -> PosteriorFactor:
+def posterior_factor(model, rank: int | None = 32, probes: bool = True,
+                     frames=None) -> PosteriorFactor:
     """A rank-``rank`` factor ``L`` of the recalibrated posterior covariance, ``Sigma ~ L L^T``.
 
     With ``Sigma = S S^T`` (symmetric square root) and ``G`` the training Gram matrix, the
     eigenvectors ``e_k`` of ``S^T G S`` give the directions ``D_k = S e_k``, ordered by the
     predictive variance they carry on rows like the training rows; all C of them reproduce
     ``Sigma`` exactly (``phi^T Sigma phi = sum_k (phi . D_k)^2`` for any row).
+    ``frames`` (a few structures like those to be predicted, as ``(positions, numbers, cell,
+    pbc)``; :func:`numbec.predict` passes :data:`DIRECTION_FRAMES` evenly spaced frames of
+    the trajectory) replaces ``G`` by their Gram matrix (:func:`frames_metric`), so that
+    the leading directions are those that carry the most variance on such frames. It matters
+    where the predicted frames put their variance in directions that the training frames
+    hardly excite: a cubic ZrO2 cell, whose BEC variance lies in nearly one direction, got a
+    streamed uncertainty 25 % off with the training directions (docs/benchmarks_models.md,
+    section 6).
 
     With ``probes`` (the streamed uncertainty and posterior samples) the factor is
     ``[D_1 .. D_J, Z_1 .. Z_P]`` with J, P = :func:`split_rank`: the J leading directions
@@ -629,18 +678,20 @@ def posterior_factor(model, rank: int | None = 32, probes: bool = True) -> Poste
     leading directions, ``phi^T L L^T phi <= phi^T Sigma phi``.
 
     ``rank=None`` or >= C: full rank (exact). Includes the recalibration scale
-    (:func:`variance_scale`). Cached per model and weights.
+    (:func:`variance_scale`). Cached per model, weights and frames.
     """
     c = np.asarray(model.covariance).shape[0]
     k = c if rank is None else min(int(rank), c)
     if k < 1:
         raise ValueError(f"rank must be >= 1, got {rank}")
     leading, n_probes = split_rank(k, c) if probes else (k, 0)
-    key = (id(model.weights), leading, n_probes, variance_scale(model), noise_scale(model))
+    frames = None if frames is None else list(frames)
+    key = (id(model.weights), leading, n_probes, variance_scale(model), noise_scale(model),
+           None if frames is None else _frames_key(frames))
     cached = getattr(model, "_posterior_factor_cache", None)
     if cached is not None and cached[0] == key:
         return cached[1]
-    directions, mu = _posterior_spectrum(model)
+    directions, mu = _posterior_spectrum(model, frames)
     columns = directions[:, :leading]
     if n_probes:
         rng = np.random.default_rng(PROBE_SEED)
@@ -648,7 +699,8 @@ def posterior_factor(model, rank: int | None = 32, probes: bool = True) -> Poste
                                                           rng)], axis=1)
     out = PosteriorFactor(factor=np.ascontiguousarray(np.sqrt(variance_scale(model)) * columns),
                           captured=_captured(mu, leading), leading=leading,
-                          noise_variance=noise_scale(model) * float(model.sigma_v2))
+                          noise_variance=noise_scale(model) * float(model.sigma_v2),
+                          n_direction_frames=0 if frames is None else len(frames))
     model._posterior_factor_cache = (key, out)
     return out
 
@@ -896,7 +948,8 @@ def plain_outputs(model, prepared: PreparedStructure, total_charge: float = 0.0)
 
 def predict_uncertainty(model, positions, numbers, cell, pbc, rank: int | None = 32,
                         n_samples: int = 0, seed=None, total_charge: float = 0.0,
-                        prepared: PreparedStructure | None = None) -> dict:
+                        prepared: PreparedStructure | None = None,
+                        factor: PosteriorFactor | None = None) -> dict:
     """BECs with a streamed uncertainty from the low-rank posterior (one descriptor pass).
 
     Returns dict with every output of ``model.predict_arrays`` (``bec`` (N, 3, 3) e, and as
@@ -910,8 +963,10 @@ def predict_uncertainty(model, positions, numbers, cell, pbc, rank: int | None =
     coefficients ``xi`` (S, K) used: standard normal times ``sqrt(sample_scale /
     variance_scale)``, so that the samples follow ``N(w, s_w Sigma)`` (:func:`sample_scale`).
     ``prepared``: the structure's descriptor pass (:func:`prepare_structure`), if made.
+    ``factor``: the :func:`posterior_factor` to use (e.g. one made with ``frames``); default
+    ``posterior_factor(model, rank)``.
     """
-    fac = posterior_factor(model, rank)
+    fac = posterior_factor(model, rank) if factor is None else factor
     cached = getattr(model, "_weight_matrix_cache", None)
     if cached is None or cached[0] is not fac:  # one matrix per factor: cached products
         cached = (fac, np.ascontiguousarray(np.concatenate([model.weights[None, :],
