@@ -902,7 +902,7 @@ def predict(
         model = load_model(model)
     ds, source, store_path = _open_input(trajectory)
     incomplete = _check_complete(ds, source, allow_incomplete)
-    model = _uncertainty_model(model, ds, uncertainty=uncertainty,
+    model = _uncertainty_model(model, ds, source, uncertainty=uncertainty,
                                dipole_derivative=dipole_derivative,
                                posterior_samples=int(posterior_samples),
                                species_samples=bool(species_samples),
@@ -916,7 +916,9 @@ def predict(
         plan.attrs.update(posterior_samples=int(posterior_samples), seed=int(seed),
                           posterior_method="forward mode, full posterior")
     if uncertainty and uncertainty_rank:
-        plan.attrs.update(uncertainty_rank=int(uncertainty_rank))
+        plan.attrs.update(uncertainty_rank=int(uncertainty_rank),
+                          uncertainty_direction_frames=direction_frame_indices(
+                              ds.sizes["frame"]).tolist())
     if atom_std:
         plan.attrs.update(atom_std=True)
     if incomplete:
@@ -932,8 +934,8 @@ def predict(
                                  overwrite)
 
 
-def _uncertainty_model(model, ds, *, uncertainty, dipole_derivative, posterior_samples,
-                       uncertainty_rank, seed, species_samples=True):
+def _uncertainty_model(model, ds, source, *, uncertainty, dipole_derivative,
+                       posterior_samples, uncertainty_rank, seed, species_samples=True):
     """The model wrapped for the uncertainty asked for: the low-rank ``bec_std``
     (:class:`~numbec.models.uncertainty.StreamedUncertaintyModel`) with ``uncertainty`` and
     ``uncertainty_rank``; the forward-mode dM/dt uncertainty
@@ -944,7 +946,8 @@ def _uncertainty_model(model, ds, *, uncertainty, dipole_derivative, posterior_s
     if uncertainty and uncertainty_rank:
         from numbec.models.uncertainty import StreamedUncertaintyModel
 
-        model = StreamedUncertaintyModel(model, rank=uncertainty_rank, seed=seed)
+        model = StreamedUncertaintyModel(model, rank=uncertainty_rank, seed=seed,
+                                         frames=_direction_frames(model, ds, source))
     with_dd = "velocities" in ds and dipole_derivative is not False
     kernel = getattr(model, "model", model)
     if with_dd and (posterior_samples or (uncertainty and hasattr(kernel, "covariance"))):
@@ -956,6 +959,34 @@ def _uncertainty_model(model, ds, *, uncertainty, dipole_derivative, posterior_s
         raise TypeError(f"{type(kernel).__name__} has no posterior covariance; "
                         "posterior_samples need a fitted kernel model")
     return model
+
+
+def direction_frame_indices(n_frames: int) -> np.ndarray:
+    """The frames (int64 indices) of an ``n_frames`` trajectory on which the streamed
+    uncertainty orders its directions: :data:`~numbec.models.uncertainty.DIRECTION_FRAMES`
+    evenly spaced, first and last included (all frames of a shorter trajectory)."""
+    from numbec.models.uncertainty import DIRECTION_FRAMES
+
+    return np.unique(np.linspace(0, n_frames - 1, min(DIRECTION_FRAMES, n_frames))
+                     .round().astype(np.int64))
+
+
+def _direction_frames(model, ds, source) -> list:
+    """``(positions, numbers, cell, pbc)`` of the :func:`direction_frame_indices` of ``ds``,
+    checked like every predicted frame (a NaN position names its frame and atom)."""
+    _validate(ds, source)  # the layout and species first, as for any prediction
+    numbers = np.asarray(ds["numbers"].values, dtype=np.int64)
+    _check_species(model, numbers, source)
+    pbc = np.asarray(ds["pbc"].values, dtype=bool).reshape(3)
+    frames = []
+    for i in direction_frame_indices(ds.sizes["frame"]):
+        positions = np.asarray(ds["positions"][int(i)].values, dtype=np.float64)
+        cell = np.asarray(ds["cell"][int(i)].values, dtype=np.float64)
+        _check_finite(positions[None], "position", source, int(i))
+        if not np.isfinite(cell).all():
+            raise ValueError(f"{source}: frame {int(i)}: the cell is NaN or inf")
+        frames.append((positions, numbers, cell, pbc))
+    return frames
 
 
 def _make_plan(model, ds, source, store_path, *, chunk_frames, dtype, uncertainty,

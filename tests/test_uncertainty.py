@@ -87,21 +87,80 @@ def test_factor_reproduces_covariance_at_full_rank(rng):
 
 
 def test_probes_estimate_the_remaining_covariance_without_bias():
-    """``E[Z Z^T] = rest rest^T`` over draws of the orthonormal probes (Monte Carlo, 20000
-    draws: the mean is within 2 % of the largest entry; unscaled probes would be off by
-    n / P = 2)."""
-    rest = np.random.default_rng(5).normal(size=(10, 6))
-    draws, gen, acc = 20000, np.random.default_rng(1), np.zeros((10, 10))
+    """``E[Z Z^T] = S Pi S`` (Pi the projector off the J leading basis vectors) over draws of
+    the orthonormal probes (Monte Carlo, 20000 draws: the mean is within 2 % of the largest
+    entry; unscaled probes would be off by n / P = 2), and the probes do not depend on the
+    basis in which the rest of the spectrum happens to come out."""
+    gen5 = np.random.default_rng(5)
+    a = gen5.normal(size=(8, 8))
+    lam, vecs = np.linalg.eigh(a @ a.T)
+    root = (vecs * np.sqrt(lam)) @ vecs.T
+    basis = np.linalg.qr(gen5.normal(size=(8, 8)))[0]
+    lead = basis[:, :2]  # J = 2, n = 6, P = 3
+    draws, gen, acc = 20000, np.random.default_rng(1), np.zeros((8, 8))
     for _ in range(draws):
-        z = unc._probe_columns(rest, 3, gen)
-        assert z.shape == (10, 3)
+        z = unc._probe_columns(root, lead, 3, gen)
+        assert z.shape == (8, 3)
         acc += z @ z.T
-    want = rest @ rest.T
+    want = root @ (np.eye(8) - lead @ lead.T) @ root
     np.testing.assert_allclose(acc / draws, want, atol=0.02 * np.abs(want).max())
-    # one draw: Q has orthonormal columns, so Z^T Z is rest's Gram in the drawn subspace
-    z = unc._probe_columns(rest, 3, np.random.default_rng(2))
-    q = np.linalg.lstsq(rest, z, rcond=None)[0] / np.sqrt(6 / 3)
+    # one draw: Q has orthonormal columns orthogonal to the leading ones
+    z = unc._probe_columns(root, lead, 3, np.random.default_rng(2))
+    q = np.linalg.solve(root, z) / np.sqrt(6 / 3)
     np.testing.assert_allclose(q.T @ q, np.eye(3), atol=1e-10)
+    np.testing.assert_allclose(lead.T @ q, 0.0, atol=1e-10)
+    # the same leading subspace in another basis (signs, rotation): the same probes
+    turn = np.linalg.qr(gen5.normal(size=(2, 2)))[0]
+    np.testing.assert_allclose(unc._probe_columns(root, -lead @ turn, 3,
+                                                  np.random.default_rng(2)), z, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", MODELS)
+def test_directions_ordered_on_frames_carry_their_variance(cls, rng):
+    """With ``frames`` the leading J directions are the top eigenvectors of ``S M S`` (M the
+    frames' mean Gram matrix per component), so they carry the largest share of the
+    frames' epistemic variance any J weight directions can (Ky Fan), at least that of the
+    training-ordered ones; the probes keep the estimate unbiased, and all C directions are
+    exact."""
+    model = cls(settings=SETTINGS, zeta=3, n_sparse=6).fit(training_frames(rng, False, 5))
+    model.variance_scale = 2.0
+    c = model.covariance.shape[0]
+    others = [(a.positions, a.numbers, np.asarray(a.cell), a.pbc)
+              for a in training_frames(np.random.default_rng(11), False, 2)]
+    metric = unc.frames_metric(model, others)
+    rows = [_design_rows(model, a).reshape(-1, c)
+            for a in training_frames(np.random.default_rng(11), False, 2)]
+    np.testing.assert_allclose(metric, sum(r.T @ r / r.shape[0] for r in rows), rtol=1e-12,
+                               atol=1e-14 * np.abs(metric).max())
+    variance = lambda lf: np.trace(lf.T @ metric @ lf)  # of the frames, mean per component
+    exact = 2.0 * np.trace(metric @ model.covariance)
+    lam, vecs = np.linalg.eigh(model.covariance)
+    root = (vecs * np.sqrt(np.clip(lam, 0.0, None))) @ vecs.T
+    best = np.sort(np.linalg.eigvalsh(root @ metric @ root))[::-1]
+    for j in (1, 3, 6):
+        adapted = unc.posterior_factor(model, j, probes=False, frames=others)
+        trained = unc.posterior_factor(model, j, probes=False)
+        assert adapted.n_direction_frames == 2 and trained.n_direction_frames == 0
+        assert variance(adapted.factor) == pytest.approx(2.0 * best[:j].sum(), rel=1e-8)
+        assert variance(adapted.factor) >= variance(trained.factor) * (1 - 1e-12)
+    full = unc.posterior_factor(model, None, frames=others)
+    np.testing.assert_allclose(full.factor @ full.factor.T, 2.0 * model.covariance,
+                               atol=1e-10 * np.abs(model.covariance).max())
+    # leading directions plus probes: unbiased over probe draws for a frame not among them
+    spectrum = unc._posterior_spectrum(model, others)
+    phi = _design_rows(model, training_frames(rng, False, 1)[0]).reshape(-1, c)
+    want = np.einsum("rc,cd,rd->", phi, model.covariance, phi)
+    gen = np.random.default_rng(0)
+    lead_part = ((phi @ spectrum.directions[:, :2]) ** 2).sum()
+    draws = [lead_part + ((phi @ unc._probe_columns(spectrum.root, spectrum.basis[:, :2], 6,
+                                                    gen)) ** 2).sum() for _ in range(2000)]
+    assert np.mean(draws) == pytest.approx(want, rel=0.05)
+    # the factor is cached per frames: other frames give other directions
+    one = unc.posterior_factor(model, 8, frames=others[:1])
+    assert unc.posterior_factor(model, 8, frames=others[:1]) is one
+    assert not np.allclose(one.factor, unc.posterior_factor(model, 8, frames=others).factor,
+                           rtol=1e-6, atol=0.0)
+    assert exact > 0
 
 
 @pytest.mark.parametrize("cls", MODELS)
@@ -117,8 +176,10 @@ def test_streamed_variance_is_leading_directions_plus_probes(cls, rng):
     assert unc.split_rank(c, c) == unc.split_rank(c + 5, c) == (c, 0)
     fac = unc.posterior_factor(model, rank=8)
     assert (fac.rank, fac.leading, fac.probes) == (8, 2, 6)
-    directions, mu = unc._posterior_spectrum(model)
-    probes = unc._probe_columns(directions[:, 2:], 6, np.random.default_rng(unc.PROBE_SEED))
+    spectrum = unc._posterior_spectrum(model)
+    directions, mu = spectrum.directions, spectrum.mu
+    probes = unc._probe_columns(spectrum.root, spectrum.basis[:, :2], 6,
+                                np.random.default_rng(unc.PROBE_SEED))
     np.testing.assert_allclose(fac.factor, np.sqrt(2.0) * np.hstack([directions[:, :2], probes]),
                                rtol=1e-12, atol=1e-14 * np.abs(fac.factor).max())
     assert fac.captured == pytest.approx(mu[:2].sum() / mu.sum(), rel=1e-12)
@@ -134,8 +195,8 @@ def test_streamed_variance_is_leading_directions_plus_probes(cls, rng):
     exact = np.einsum("rc,cd,rd->", phi, model.covariance, phi)
     gen = np.random.default_rng(0)
     lead_part = ((phi @ directions[:, :2]) ** 2).sum()
-    draws = [lead_part + ((phi @ unc._probe_columns(directions[:, 2:], 6, gen)) ** 2).sum()
-             for _ in range(2000)]
+    draws = [lead_part + ((phi @ unc._probe_columns(spectrum.root, spectrum.basis[:, :2], 6,
+                                                    gen)) ** 2).sum() for _ in range(2000)]
     assert np.mean(draws) == pytest.approx(exact, rel=0.05)
     assert lead_part < 0.95 * exact  # the leading directions alone fall short
 
@@ -283,10 +344,17 @@ def test_predict_streams_posterior_samples_and_channel_std(rng, tmp_path):
     assert samples.dims == ("frame", "sample", "pol") and samples.shape == (10, 5, 3)
     assert res.attrs["posterior_samples"] == 5 and res.attrs["uncertainty_rank"] == 6
     assert res.attrs["model_class"] == "CombinedModel"
+    # the directions are ordered on 4 evenly spaced frames of the trajectory
+    assert list(res.attrs["uncertainty_direction_frames"]) == [0, 3, 6, 9]
+    frame = lambda f: (ds["positions"].values[f], ds["numbers"].values, np.zeros((3, 3)),
+                       np.zeros(3, bool))
+    factor = unc.posterior_factor(model, 6, frames=[frame(f) for f in (0, 3, 6, 9)])
+    assert factor.n_direction_frames == 4 and model.covariance.shape[0] > 6
     for f in (0, 5, 9):
-        out = unc.predict_uncertainty(model, ds["positions"].values[f], ds["numbers"].values,
-                                      np.zeros((3, 3)), np.zeros(3, bool), rank=6)
+        out = unc.predict_uncertainty(model, *frame(f), factor=factor)
         np.testing.assert_allclose(res["bec_std"].values[f], out["bec_std"], rtol=1e-12)
+        trained = unc.predict_uncertainty(model, *frame(f), rank=6)  # another factor
+        assert not np.allclose(res["bec_std"].values[f], trained["bec_std"], rtol=1e-6)
     stored = predict(model, ds, posterior_samples=5, uncertainty=True, uncertainty_rank=6,
                      seed=3, chunk_frames=3, out=tmp_path / "p.zarr", progress=False)
     np.testing.assert_allclose(stored["dipole_derivative_samples"].values, samples.values,
@@ -295,6 +363,18 @@ def test_predict_streams_posterior_samples_and_channel_std(rng, tmp_path):
     assert "cross_section_model_p84" in spec
     with pytest.raises(ValueError, match="velocities"):
         predict(model, ds.drop_vars("velocities"), posterior_samples=2, progress=False)
+
+
+def test_streamed_uncertainty_names_a_bad_direction_frame(rng):
+    from numbec import predict
+
+    model, _ = _bayesian_model(CombinedModel, rng, False)
+    ds = _cluster_trajectory(rng)
+    positions = ds["positions"].values.copy()
+    positions[3, 1, 2] = np.nan  # frame 3 is one of the frames the directions are ordered on
+    bad = ds.assign(positions=(ds["positions"].dims, positions))
+    with pytest.raises(ValueError, match=r"<dataset>: frame 3: position of atom 1 is NaN"):
+        predict(model, bad, uncertainty=True, uncertainty_rank=6, progress=False)
 
 
 def test_recalibration_needs_two_folds_and_frames(rng):

@@ -74,9 +74,10 @@ def register(subparsers):
                              "of one design row per species")
     parser.add_argument("--uncertainty-rank", type=int, default=None, metavar="K",
                         help="with --uncertainty: bec_std from a rank-K factor of the "
-                             "posterior (K/4 leading directions and random probes of the "
-                             "rest, an unbiased estimate; extra adjoint channels, much "
-                             "cheaper than the exact bec_std)")
+                             "posterior (K/4 leading directions, ordered on 4 evenly spaced "
+                             "frames of the trajectory, and random probes of the rest: an "
+                             "unbiased estimate; extra adjoint channels, much cheaper than "
+                             "the exact bec_std)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the posterior samples")
     parser.add_argument("--charge", type=float, default=0.0, metavar="Q",
                         help="total charge of every frame in e (ions, charged molecules): "

@@ -47,7 +47,10 @@ Group attributes: ``format``, ``format_version``, ``bec_convention``, ``timestep
 trajectory store), ``created``, ``pbc``, ``uncertainty``, ``storage_dtype``, optional
 ``precision``, ``total_charge`` (e, the Q given to the model), ``dipole_method``,
 ``volume`` (Å^3, periodic cells), ``velocities_source``,
-``temperature`` (K), ``input_complete`` (False) and ``input_frames`` when the trajectory
+``temperature`` (K), ``uncertainty_rank`` (K of the streamed ``bec_std``) and
+``uncertainty_direction_frames`` (the frames its directions are ordered on,
+:func:`numbec.stream.direction_frame_indices`) when it was streamed,
+``input_complete`` (False) and ``input_frames`` when the trajectory
 store was still incomplete (``predict(allow_incomplete=True)``); and the resume
 bookkeeping: ``fingerprint`` (JSON of :func:`fingerprint`), ``initialised`` (the layout
 is complete), ``complete`` (every chunk and the integrated dipole are written).

@@ -475,7 +475,7 @@ class DipoleDerivativeSamplesModel:
         prepared = unc.prepare_structure(kernel, positions, numbers, cell, pbc)
         if isinstance(self.inner, unc.StreamedUncertaintyModel):  # low-rank bec_std
             out = unc.predict_uncertainty(kernel, positions, numbers, cell, pbc,
-                                          rank=self.inner.rank, total_charge=total_charge,
+                                          factor=self.inner.factor, total_charge=total_charge,
                                           prepared=prepared)
             for key in ("frame_std", "bec_directions") + (() if uncertainty else ("bec_std",)):
                 out.pop(key)

@@ -601,25 +601,42 @@ def _frames_key(frames) -> str:
     return digest.hexdigest()
 
 
-def _posterior_spectrum(model, frames=None) -> tuple[np.ndarray, np.ndarray]:
-    """``(directions, mu)``: all C columns ``S e_k`` (C, C) of :func:`posterior_factor` before
-    any scale, ordered by decreasing ``mu`` (C,), the predictive variance each carries on
-    training-like rows (units of ``tr(G Sigma)``), or with ``frames`` on the components of
-    those frames (:func:`frames_metric`). Cached per weights, covariance and frames."""
+@dataclass
+class _PosteriorSpectrum:
+    """The directions of :func:`posterior_factor` before any scale.
+
+    directions : (C, C) float64, columns ``D_k = S e_k`` ordered by decreasing ``mu``.
+    mu : (C,) float64 >= 0, the predictive variance each direction carries on training-like
+        rows (units of ``tr(G Sigma)``), or on the components of the given frames.
+    root : (C, C) float64, ``S``, the symmetric square root of ``Sigma``.
+    basis : (C, C) float64, the orthonormal ``e_k`` in the same order.
+    """
+
+    directions: np.ndarray
+    mu: np.ndarray
+    root: np.ndarray
+    basis: np.ndarray
+
+
+def _posterior_spectrum(model, frames=None) -> _PosteriorSpectrum:
+    """The C directions ``S e_k`` of :func:`posterior_factor`, ``e_k`` the eigenvectors of
+    ``S G S`` (G the training Gram matrix, or with ``frames`` their :func:`frames_metric`).
+    Cached per weights, covariance and frames."""
     key = None if frames is None else _frames_key(frames)
     cached = getattr(model, "_posterior_spectrum_cache", None)
     if (cached is not None and cached[0] is model.weights
             and cached[1] is model.covariance and cached[2] == key):
-        return cached[3], cached[4]
+        return cached[3]
     cov = np.asarray(model.covariance, dtype=np.float64)
     lam, vecs = np.linalg.eigh(cov)
     root = (vecs * np.sqrt(np.clip(lam, 0.0, None))) @ vecs.T        # S, symmetric
     metric = _training_metric(model, cov) if frames is None else frames_metric(model, frames)
     mu, e = np.linalg.eigh(root @ metric @ root)
     order = np.argsort(mu)[::-1]
-    mu, directions = np.clip(mu[order], 0.0, None), root @ e[:, order]
-    model._posterior_spectrum_cache = (model.weights, model.covariance, key, directions, mu)
-    return directions, mu
+    out = _PosteriorSpectrum(directions=root @ e[:, order], mu=np.clip(mu[order], 0.0, None),
+                             root=root, basis=e[:, order])
+    model._posterior_spectrum_cache = (model.weights, model.covariance, key, out)
+    return out
 
 
 def _captured(mu, k: int) -> float:
@@ -638,15 +655,21 @@ def split_rank(rank: int, n_weights: int) -> tuple[int, int]:
     return leading, rank - leading
 
 
-def _probe_columns(rest: np.ndarray, n_probes: int, rng) -> np.ndarray:
-    """(C, P) random probes ``Z = rest Q sqrt(n / P)`` of the covariance ``rest rest^T``
-    (``rest`` (C, n), n > P). Q (n, P): orthonormal columns spanning a uniformly random
-    P-dimensional subspace (the span of a Gaussian matrix), so ``E[Q Q^T] = (P / n) I`` and
-    ``E[Z Z^T] = rest rest^T``. Orthonormal rather than Gaussian probes: the estimate
-    ``sum_p (phi . Z_p)^2`` has less spread."""
-    n = rest.shape[1]
-    q, _ = np.linalg.qr(rng.standard_normal((n, n_probes)))
-    return rest @ q * np.sqrt(n / n_probes)
+def _probe_columns(root: np.ndarray, leading: np.ndarray, n_probes: int, rng) -> np.ndarray:
+    """(C, P) random probes ``Z = S Q sqrt(n / P)`` of the covariance ``S Pi S`` that the
+    leading directions leave, ``Pi = I - B B^T`` (``root`` S (C, C); ``leading`` B (C, J),
+    orthonormal; n = C - J > P). Q (C, P): orthonormal columns spanning a uniformly random
+    P-dimensional subspace of the range of Pi (a Gaussian matrix projected by Pi, then
+    orthonormalised), so ``E[Q Q^T] = (P / n) Pi`` and ``E[Z Z^T] = S Pi S``. Drawn in the
+    weight space, not in a basis of the rest: a basis of near-degenerate eigenvectors is
+    fixed only up to rounding, which would redraw the probes from one machine to the next.
+    Orthonormal rather than Gaussian probes: the estimate ``sum_p (phi . Z_p)^2`` has less
+    spread."""
+    c = root.shape[0]
+    omega = rng.standard_normal((c, n_probes))
+    omega -= leading @ (leading.T @ omega)
+    q, _ = np.linalg.qr(omega)
+    return root @ q * np.sqrt((c - leading.shape[1]) / n_probes)
 
 
 def posterior_factor(model, rank: int | None = 32, probes: bool = True,
@@ -691,14 +714,14 @@ def posterior_factor(model, rank: int | None = 32, probes: bool = True,
     cached = getattr(model, "_posterior_factor_cache", None)
     if cached is not None and cached[0] == key:
         return cached[1]
-    directions, mu = _posterior_spectrum(model, frames)
-    columns = directions[:, :leading]
+    spectrum = _posterior_spectrum(model, frames)
+    columns = spectrum.directions[:, :leading]
     if n_probes:
         rng = np.random.default_rng(PROBE_SEED)
-        columns = np.concatenate([columns, _probe_columns(directions[:, leading:], n_probes,
-                                                          rng)], axis=1)
+        columns = np.concatenate([columns, _probe_columns(
+            spectrum.root, spectrum.basis[:, :leading], n_probes, rng)], axis=1)
     out = PosteriorFactor(factor=np.ascontiguousarray(np.sqrt(variance_scale(model)) * columns),
-                          captured=_captured(mu, leading), leading=leading,
+                          captured=_captured(spectrum.mu, leading), leading=leading,
                           noise_variance=noise_scale(model) * float(model.sigma_v2),
                           n_direction_frames=0 if frames is None else len(frames))
     model._posterior_factor_cache = (key, out)
@@ -1001,12 +1024,16 @@ class StreamedUncertaintyModel:
     trajectory). ``predict_arrays`` returns the model's outputs, ``bec_std`` with
     ``uncertainty=True``, and ``bec_samples`` (S, N, 3, 3) e when S > 0. Everything else
     (species, cutoff, saved state) is the wrapped model's; the state's metadata gains
-    ``streamed_uncertainty`` (rank, samples, seed) so that stores of other settings differ.
+    ``streamed_uncertainty`` (rank, samples, seed, and the digest of the direction frames)
+    so that stores of other settings differ. frames : optional structures ``(positions,
+    numbers, cell, pbc)`` like those to be predicted, on which the factor's directions are
+    ordered (:func:`posterior_factor`); the factor is made once, here.
     """
 
     precisions = ("float64",)
 
-    def __init__(self, model, rank: int = 32, n_samples: int = 0, seed: int = 0):
+    def __init__(self, model, rank: int = 32, n_samples: int = 0, seed: int = 0,
+                 frames=None):
         if not hasattr(model, "covariance"):
             raise TypeError(f"{type(model).__name__} has no posterior covariance; streamed "
                             "uncertainty needs a fitted kernel model")
@@ -1014,6 +1041,9 @@ class StreamedUncertaintyModel:
             raise ValueError(f"need rank >= 1 and n_samples >= 0, got {rank}, {n_samples}")
         self.model, self.rank, self.n_samples, self.seed = model, int(rank), int(n_samples), \
             int(seed)
+        frames = None if frames is None else list(frames)
+        self.frames_digest = None if frames is None else _frames_key(frames)
+        self.factor = posterior_factor(model, self.rank, frames=frames)
 
     def __getattr__(self, name):  # species, cutoff, concurrent_frames, ...
         # the wrapped model's batched or exact paths would silently drop the samples
@@ -1036,9 +1066,10 @@ class StreamedUncertaintyModel:
             raise ValueError("streamed uncertainty computes in float64 only")
         prepared = (prepare_structure(self.model, positions, numbers, cell, pbc)
                     if atom_std else None)
-        out = predict_uncertainty(self.model, positions, numbers, cell, pbc, rank=self.rank,
+        out = predict_uncertainty(self.model, positions, numbers, cell, pbc,
                                   n_samples=self.n_samples, seed=self.seed,
-                                  total_charge=total_charge, prepared=prepared)
+                                  total_charge=total_charge, prepared=prepared,
+                                  factor=self.factor)
         if atom_std:
             from numbec.models.atom_std import prepared_output_std
 
@@ -1051,7 +1082,9 @@ class StreamedUncertaintyModel:
     def state(self):
         metadata, arrays = self.model.state()
         metadata = dict(metadata, streamed_uncertainty={
-            "rank": self.rank, "samples": self.n_samples, "seed": self.seed})
+            "rank": self.rank, "samples": self.n_samples, "seed": self.seed,
+            **({} if self.frames_digest is None
+               else {"direction_frames_sha256": self.frames_digest})})
         return metadata, arrays
 
     _state = state  # the name numbec.stream.model_fingerprint used before state()
