@@ -12,8 +12,9 @@ frame of 0-149, 100 sparse points per species, descriptors of benchmarks/models.
 the exact ``bec_std`` (design rows) and :func:`numbec.models.uncertainty.predict_uncertainty`
 at each rank K (one descriptor pass, K + 1 weight vectors as adjoint channels), and gives the
 largest relative deviation of the per-frame uncertainty ``sqrt(mean bec_std^2)`` from the
-exact one and the fraction of the training-metric variance the factor's K / 4 leading
-directions carry (the other columns are random probes of the rest,
+exact one and the fraction of the test frames' variance the factor's K / 4 leading
+directions carry (ordered on those frames, as ``numbec.predict`` orders them on its
+trajectory; the other columns are random probes of the rest,
 :func:`numbec.models.uncertainty.posterior_factor`).
 
 The second table times the forward-mode dM/dt uncertainty
@@ -112,8 +113,13 @@ def measure(name, model, frames, ranks):
     def args(a):
         return a.positions, a.numbers, np.asarray(a.cell), a.pbc
 
+    from numbec.stream import direction_frame_indices
+
+    # as numbec.predict does: the directions ordered on evenly spaced frames of the set
+    chosen = [args(frames[i]) for i in direction_frame_indices(len(frames))]
+    factors = {k: unc.posterior_factor(model, k, frames=chosen) for k in ranks}
     for k in ranks:  # factors and kernels built outside the timings
-        unc.predict_uncertainty(model, *args(frames[0]), rank=k)
+        unc.predict_uncertainty(model, *args(frames[0]), factor=factors[k])
     plain = _best(lambda a: model.predict_arrays(*args(a)), frames)
     exact_t = _best(lambda a: model.predict_arrays(*args(a), uncertainty=True), frames, 2)
     exact = np.array([np.sqrt(np.mean(model.predict_arrays(*args(a), uncertainty=True)
@@ -121,11 +127,12 @@ def measure(name, model, frames, ranks):
     print(f"| {name} | {model.n_columns} | {1e3 * plain / len(frames):.1f} ms "
           f"| exact | {exact_t / plain:.1f}x | 0 % | 1 |")
     for k in ranks:
-        t = _best(lambda a, k=k: unc.predict_uncertainty(model, *args(a), rank=k), frames)
-        low = np.array([unc.predict_uncertainty(model, *args(a), rank=k)["frame_std"]
-                        for a in frames])
+        t = _best(lambda a, k=k: unc.predict_uncertainty(model, *args(a),
+                                                         factor=factors[k]), frames)
+        low = np.array([unc.predict_uncertainty(model, *args(a), factor=factors[k])
+                        ["frame_std"] for a in frames])
         dev = 100 * np.max(np.abs(low / exact - 1))
-        cap = unc.posterior_factor(model, k).captured
+        cap = factors[k].captured
         print(f"| {name} | {model.n_columns} | | K = {k} | {t / plain:.1f}x | {dev:.1f} % "
               f"| {cap:.3f} |", flush=True)
 
