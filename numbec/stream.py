@@ -847,10 +847,11 @@ def predict(
         the other.
     uncertainty_rank : int, optional
         With ``uncertainty``: compute ``bec_std`` from a rank-K factor of the posterior
-        (K / 4 leading directions and random probes of the rest, as adjoint channels;
+        (K / 4 leading directions, ordered on the 4 evenly spaced frames of
+        :func:`direction_frame_indices`, and random probes of the rest, as adjoint channels;
         :func:`numbec.models.uncertainty.posterior_factor`) instead of the design rows: an
         unbiased estimate, much cheaper than the exact ``bec_std``; at K = 32 the per-frame
-        uncertainty is within 10 % of the exact one on 20 of the 24 benchmark test sets
+        uncertainty is within 0.8-5.0 % of the exact one on the 24 benchmark test sets
         (docs/benchmarks_models.md, section 6). Not used for the dM/dt samples and
         ``dipole_derivative_std``, which are exact.
     seed : int
