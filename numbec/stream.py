@@ -984,7 +984,7 @@ def _direction_frames(model, ds, source) -> list:
         positions = np.asarray(ds["positions"][int(i)].values, dtype=np.float64)
         cell = np.asarray(ds["cell"][int(i)].values, dtype=np.float64)
         _check_finite(positions[None], "position", source, int(i))
-        if not np.isfinite(cell).all():
+        if pbc.any() and not np.isfinite(cell).all():
             raise ValueError(f"{source}: frame {int(i)}: the cell is NaN or inf")
         frames.append((positions, numbers, cell, pbc))
     return frames
