@@ -962,6 +962,18 @@ def _uncertainty_model(model, ds, source, *, uncertainty, dipole_derivative,
     return model
 
 
+def _velocities_source(ds) -> str:
+    """Where the velocities of ``ds`` come from, for the prediction's provenance:
+    ``attrs["velocities_source"]``, else "central differences of positions" when they are
+    :func:`numbec.io.trajectory.velocities_from_positions`, else "trajectory"."""
+    if "velocities_source" in ds.attrs:
+        return str(ds.attrs["velocities_source"])
+    method = ds["velocities"].attrs.get("method") if "velocities" in ds else None
+    if isinstance(method, str) and method.startswith("central differences"):
+        return "central differences of positions"
+    return "trajectory"
+
+
 def direction_frame_indices(n_frames: int) -> np.ndarray:
     """The frames (int64 indices) of an ``n_frames`` trajectory on which the streamed
     uncertainty orders its directions: :data:`~numbec.models.uncertainty.DIRECTION_FRAMES`
@@ -1074,8 +1086,7 @@ def _make_plan(model, ds, source, store_path, *, chunk_frames, dtype, uncertaint
         model_file=model_file, input_name=store_path or source, timestep=timestep, pbc=pbc,
         dipole_method=dipole_method, uncertainty=uncertainty, dtype=dtype,
         precision=precision, volume=volume,
-        velocities_source=(ds.attrs.get("velocities_source", "trajectory")
-                           if has_velocities else None),
+        velocities_source=_velocities_source(ds) if has_velocities else None,
         temperature=ds.attrs.get("temperature"), total_charge=total_charge,
     )
     inputs = _InputChunks(ds, chunks, has_velocities and want_dd)
@@ -1200,7 +1211,7 @@ def _predict_to_store(model, plan, out: Path, progress, ds, store_path, overwrit
         n_frames=plan.time.size, n_atoms=spec.numbers.size, numbers=spec.numbers,
         first_positions=first, last_positions=last, timestep=spec.timestep,
         chunk_frames=plan.chunk_frames, variables=spec.variables,
-        velocities_source=ds.attrs.get("velocities_source", "trajectory"), dtype=spec.dtype,
+        velocities_source=_velocities_source(ds), dtype=spec.dtype,
         uncertainty=spec.uncertainty, precision=spec.precision,
         total_charge=spec.total_charge)
     attrs = dict(plan.attrs, fingerprint=json.dumps(expected, sort_keys=True))

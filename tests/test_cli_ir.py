@@ -454,3 +454,85 @@ def test_a_nominal_temperature_is_checked_on_evenly_spaced_frames(prediction, mo
     kinetic = numbec.ir_spectrum(ds.assign_attrs(temperature=None), trajectory=traj)
     record, = json.loads(kinetic.attrs["provenance"])["kinetic_temperatures"]
     assert record["mean"] == pytest.approx(every.mean, rel=1e-12)
+
+
+def test_kinetic_temperature_from_positions_is_the_central_difference_factor(prediction):
+    """For one harmonic vibration, central differences of frames dt apart scale every
+    velocity by sin(w dt) / (w dt): the temperature from the positions is the velocities'
+    one times its square, at 1 fs and at 5 fs (every fifth frame), on the same frames."""
+    from numbec.io.trajectory import open_trajectory
+    from numbec.spectra.temperature import (
+        kinetic_temperature_from_positions,
+        kinetic_temperature_statistics,
+    )
+
+    traj = open_trajectory(prediction / "traj.zarr")
+    w = NU0 * INVCM_TO_RAD_PER_FS
+    for stride in (1, 5):
+        frames = traj.isel(frame=slice(None, None, stride))
+        dt = stride * DT
+        derived = kinetic_temperature_from_positions(frames, dt, max_frames=10**6)
+        exact = kinetic_temperature_statistics(frames.isel(frame=slice(1, -1)))
+        factor = (np.sin(w * dt) / (w * dt)) ** 2
+        assert derived.from_positions and not exact.from_positions
+        assert derived.degrees_of_freedom == exact.degrees_of_freedom
+        assert derived.mean == pytest.approx(exact.mean * factor, rel=1e-6)
+        assert factor < 1 - 0.02 * (stride > 1)  # the coarse frames see a lower temperature
+    with pytest.raises(ValueError, match="at least 3"):
+        kinetic_temperature_from_positions(traj.isel(frame=slice(0, 2)), DT)
+
+
+def _store_without_velocities(prediction, tmp_path, timestep):
+    """The fixture's MD converted without its velocities (as from an XDATCAR), with the
+    given time step between frames, and predicted with --velocities-from-positions."""
+    from ase.io import read
+
+    frames = read(prediction / "traj.xyz", ":")
+    for atoms in frames:
+        atoms.set_momenta(None)
+    tmp_path.mkdir()
+    xyz, traj, pred = tmp_path / "md.xyz", tmp_path / "md.zarr", tmp_path / "pred.zarr"
+    write(xyz, frames)
+    assert main(["convert", str(xyz), str(traj), "--timestep", str(timestep),
+                 "--no-progress"]) == 0
+    model = tmp_path / "model.npz"
+    FixedBECModel([11, 17], np.array([np.eye(3) * 1.1, -np.eye(3) * 1.1])).save(model)
+    assert main(["predict", str(model), str(traj), "-o", str(pred),
+                 "--velocities-from-positions", "--no-progress"]) == 0
+    return pred
+
+
+def test_velocities_from_positions_check_the_time_step(prediction, tmp_path, capsys):
+    """Without stored velocities (XDATCAR), a nominal temperature is checked against the
+    central differences of the positions: quiet for the right time step, a warning naming
+    the time step when it is given twice too short (the frequencies double with it), and no
+    temperature at all is refused rather than taken from the differences."""
+    import warnings
+
+    right = _store_without_velocities(prediction, tmp_path / "right", DT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["ir", str(right), "-o", str(tmp_path / "right.csv"),
+                     "--temperature", "300"]) == 0
+    halved = _store_without_velocities(prediction, tmp_path / "halved", DT / 2)
+    with pytest.warns(UserWarning, match=r"velocities from the positions give 1[12]\d\d\.\d .*"
+                                         r"time step between stored frames is likely wrong"):
+        assert main(["ir", str(halved), "-o", str(tmp_path / "halved.csv"),
+                     "--temperature", "300"]) == 0
+    capsys.readouterr()
+    assert main(["ir", str(right), "-o", str(tmp_path / "none.csv")]) == 1
+    assert "central differences of the positions" in capsys.readouterr().err
+
+
+def test_derived_velocities_given_as_trajectory_do_not_set_the_temperature(prediction):
+    """A trajectory whose velocities come from velocities_from_positions is a check of a
+    nominal temperature, never the temperature itself (it underestimates it)."""
+    from numbec.io.trajectory import open_trajectory, velocities_from_positions
+
+    traj = open_trajectory(prediction / "traj.zarr")
+    ds = open_prediction(prediction / "pred.zarr").assign_attrs(temperature=None)
+    derived = traj.drop_vars("velocities").assign(velocities=velocities_from_positions(traj))
+    with pytest.raises(ValueError, match="central differences of the positions"):
+        numbec.ir_spectrum(ds, trajectory=derived)
+    with pytest.warns(UserWarning, match="velocities from the positions give"):
+        numbec.ir_spectrum(ds, trajectory=derived, temperature=3000.0)

@@ -140,8 +140,8 @@ def run(args) -> int:
     if args.velocities_from_positions:
         from numbec.io.trajectory import velocities_from_positions
 
+        # recorded as the velocities' source from their "method" attribute
         trajectory["velocities"] = velocities_from_positions(trajectory)
-        trajectory.attrs["velocities_source"] = "central differences of positions"
     with _scheduler(args.workers, args.threads) as how:
         result = predict(
             model,

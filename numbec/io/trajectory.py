@@ -637,6 +637,24 @@ VELOCITY_CHECK_FRAMES = 8
 VELOCITY_RATIO_RANGE = (1 / 3, 5.0)
 
 
+def central_differences(before, after, cells, pbc, dt) -> np.ndarray:
+    """Velocities ``(r_{k+1} - r_{k-1}) / (2 dt)`` (F, N, 3) Å/fs of frames k.
+
+    before, after : (F, N, 3) Å, the positions of frames k - 1 and k + 1 (wrapped or not);
+    cells : (F, 3, 3) Å, rows = lattice vectors, of frames k; pbc : (3,) bool; dt : fs
+    between consecutive frames. Along periodic directions the displacement is the minimum
+    image, which assumes no atom moves half a cell in two frames.
+    """
+    disp = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
+    pbc = np.asarray(pbc, dtype=bool).reshape(3)
+    cells = np.asarray(cells, dtype=np.float64)
+    if pbc.any() and np.all(np.abs(np.linalg.det(cells)) > 1e-12):
+        frac = np.einsum("fnj,fjk->fnk", disp, np.linalg.inv(cells))
+        frac -= np.round(frac) * pbc
+        disp = np.einsum("fnk,fkj->fnj", frac, cells)
+    return disp / (2.0 * float(dt))
+
+
 def check_velocity_units(frames, masses, dt, where) -> float | None:
     """Warn when stored velocities disagree with the motion of the positions.
 
@@ -665,15 +683,9 @@ def check_velocity_units(frames, masses, dt, where) -> float | None:
     import warnings
 
     positions = np.stack([f.positions for f in frames])
-    disp = positions[2:] - positions[:-2]
-    pbc = np.asarray(frames[0].pbc, dtype=bool)
-    cells = np.stack([f.cell for f in frames[1:-1]])
-    if pbc.any() and np.all(np.abs(np.linalg.det(cells)) > 1e-12):
-        frac = np.einsum("fnj,fjk->fnk", disp, np.linalg.inv(cells))
-        # two frames apart an atom moves far less than half a cell
-        frac -= np.round(frac) * pbc
-        disp = np.einsum("fnk,fkj->fnj", frac, cells)
-    differences = disp / (2.0 * dt)
+    differences = central_differences(positions[:-2], positions[2:],
+                                      np.stack([f.cell for f in frames[1:-1]]),
+                                      frames[0].pbc, dt)
     stored = np.stack([f.velocities for f in frames[1:-1]])
     weights = np.asarray(masses, dtype=np.float64)[None, :, None] / np.sum(masses)
 

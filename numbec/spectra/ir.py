@@ -49,8 +49,10 @@ from numbec.spectra.correlation import (
 )
 from numbec.spectra.quantum import correction_factor
 from numbec.spectra.temperature import (
+    POSITIONS_TEMPERATURE_RANGE,
     KineticTemperature,
     kinetic_temperature,
+    kinetic_temperature_from_positions,
     kinetic_temperature_statistics,
 )
 
@@ -337,7 +339,17 @@ def _run_from_dataset(ds, trajectory, kind, timestep, source, need_temperature=T
             temperature = _attribute(trajectory, "temperature", "temperature (K)",
                                      traj_source)
             temperature_source = f"attrs of {traj_source}"
-        if "velocities" in trajectory:
+        derived = _velocities_from_positions(ds, trajectory)
+        if derived and (temperature is not None or not need_temperature):
+            # a check only: differences of the positions are a lower bound of the motion
+            kinetic = kinetic_temperature_from_positions(
+                trajectory, float(dt), max_frames=TEMPERATURE_CHECK_FRAMES)
+        elif derived and need_temperature:
+            raise ValueError(
+                f"{source}: no temperature, and the velocities are central differences of "
+                f"the positions of {traj_source}, whose kinetic temperature is too low (fast "
+                "motion between frames is missed); give the temperature of the MD")
+        elif "velocities" in trajectory:
             sample = trajectory
             if temperature is not None or not need_temperature:
                 # only a check of the nominal temperature: evenly spaced frames suffice, and
@@ -802,11 +814,40 @@ def _diagonal_and_symmetrised(pairs, n_parts):
     return np.array(rows)
 
 
+def _velocities_from_positions(ds, trajectory) -> bool:
+    """Whether the prediction's velocities were central differences of the positions: the
+    trajectory's velocities say so (:func:`numbec.io.trajectory.velocities_from_positions`),
+    or it has none and the prediction records that source (``predict
+    --velocities-from-positions``)."""
+    if "velocities" in trajectory:
+        method = trajectory["velocities"].attrs.get("method")
+        return isinstance(method, str) and method.startswith("central differences")
+    recorded = ds.attrs.get("velocities_source")
+    return isinstance(recorded, str) and recorded.startswith("central differences")
+
+
 def _check_against_kinetic(run):
     """Warn when a nominal temperature and the kinetic temperature of the run's trajectory
-    differ by more than :data:`TEMPERATURE_MISMATCH_STDERRS` standard errors."""
+    differ by more than :data:`TEMPERATURE_MISMATCH_STDERRS` standard errors, or (velocities
+    from the positions) when their ratio is outside
+    :data:`~numbec.spectra.temperature.POSITIONS_TEMPERATURE_RANGE` by more than that."""
     kin = run.kinetic
     if kin is None or run.temperature is None or run.temperature_source.startswith("kinetic"):
+        return
+    if kin.from_positions:
+        spread = TEMPERATURE_MISMATCH_STDERRS * (kin.stderr if np.isfinite(kin.stderr)
+                                                  else 0.0)
+        low, high = POSITIONS_TEMPERATURE_RANGE
+        if kin.mean - spread > high * run.temperature or \
+                kin.mean + spread < low * run.temperature:
+            warnings.warn(
+                f"{run.source}: the spectrum uses T = {run.temperature:g} K "
+                f"({run.temperature_source}), but the velocities from the positions give "
+                f"{kin.mean:.1f} +- {kin.stderr:.1f} K ({kin.how}), outside "
+                f"{low:g}-{high:g} x {run.temperature:g} K. Central differences give at "
+                "most the true temperature; this far off, the time step between stored "
+                "frames is likely wrong (VASP: POTIM x NBLOCK; frequencies scale with it) "
+                "or the frames are not consecutive MD steps", stacklevel=3)
         return
     spread = TEMPERATURE_MISMATCH_STDERRS * kin.stderr
     if np.isfinite(spread) and abs(run.temperature - kin.mean) > spread:

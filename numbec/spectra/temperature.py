@@ -12,7 +12,8 @@ import numpy as np
 
 from numbec.conventions import AMU, ANGSTROM, BOLTZMANN, FEMTOSECOND
 
-__all__ = ["KineticTemperature", "kinetic_temperature", "kinetic_temperature_statistics"]
+__all__ = ["KineticTemperature", "kinetic_temperature", "kinetic_temperature_from_positions",
+           "kinetic_temperature_statistics"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,13 +22,29 @@ class KineticTemperature:
 
     mean : float, K, the mean over frames; stderr : float, K, its standard error from block
     averages (NaN with fewer than 2 frames); degrees_of_freedom : int; how : str, which masses
-    and constraints were used (for provenance and messages).
+    and constraints were used (for provenance and messages); from_positions : bool, the
+    velocities are central differences of the positions
+    (:func:`kinetic_temperature_from_positions`), which see fast motion slowed down: a lower
+    bound of the temperature, for checks only.
     """
 
     mean: float
     stderr: float
     degrees_of_freedom: int
     how: str
+    from_positions: bool = False
+
+
+#: Range of (kinetic temperature of central differences of the positions) / (nominal
+#: temperature) in which a nominal temperature is not questioned. Central differences of
+#: frames dt apart scale the velocity of a vibration of angular frequency w by sin(w dt) /
+#: (w dt) <= 1, so the derived temperature is at most the true one (up to its noise), and
+#: lower the coarser the frames: with equipartition over the stretches, bends, librations
+#: and translations of water clusters about 0.87, 0.68 and 0.5 of it for frames 2, 5 and 10
+#: fs apart. A time step given twice too short (frames written every second MD step, e.g.
+#: VASP's POTIM without NBLOCK) makes it about 4x too high (3.5x at 2 fs), twice too long
+#: about 0.2x.
+POSITIONS_TEMPERATURE_RANGE = (0.25, 1.2)
 
 
 #: A conserved quantity is taken as constrained to zero when its share of the kinetic energy
@@ -146,6 +163,68 @@ def kinetic_temperature_statistics(trajectory, *, masses=None,
     how += f", {dof} = 3N" + "".join(f" - {n} ({what} zero)" for n, what in removed)
     how += " degrees of freedom"
     return KineticTemperature(float(frame_t.mean()), stderr, dof, how)
+
+
+def kinetic_temperature_from_positions(trajectory, timestep: float, *, max_frames: int = 2000,
+                                       masses=None) -> KineticTemperature:
+    """Kinetic temperature of central differences of the positions: a check without velocities.
+
+    At up to ``max_frames`` evenly spaced interior frames k, ``v_k = (r_{k+1} - r_{k-1}) /
+    (2 dt)`` (minimum image along periodic directions,
+    :func:`numbec.io.trajectory.central_differences`), then as
+    :func:`kinetic_temperature_statistics`. Reads three frames per sampled frame. The result
+    is a lower bound of the temperature (fast motion between the frames is missed, see
+    :data:`POSITIONS_TEMPERATURE_RANGE`), which is enough to catch a time step off by a
+    factor of two or more; it is not a temperature to compute a spectrum with.
+
+    Parameters
+    ----------
+    trajectory : xarray.Dataset, a trajectory store (:func:`numbec.open_trajectory`):
+        ``positions`` (frame, atom, xyz) Å, ``cell`` (frame, 3, 3) Å, ``pbc`` (3,), ``numbers``.
+    timestep : float, fs between stored frames.
+    max_frames : int, frames sampled (at least 1).
+    masses : (N,) amu, optional, as for :func:`kinetic_temperature_statistics`.
+
+    Returns
+    -------
+    KineticTemperature with ``from_positions=True``.
+
+    Raises
+    ------
+    ValueError
+        Fewer than 3 frames, or a time step that is not a positive number of fs.
+    """
+    import xarray as xr
+
+    from numbec.io.trajectory import central_differences
+
+    source = str(trajectory.attrs.get("source") or "trajectory")
+    n = int(trajectory.sizes["frame"])
+    if n < 3:
+        raise ValueError(f"{source}: {n} frames; central differences need at least 3")
+    if not (np.isfinite(timestep) and timestep > 0):
+        raise ValueError(f"{source}: time step {timestep!r} fs; must be a positive number")
+    centres = np.unique(np.linspace(1, n - 2, max(1, min(int(max_frames), n - 2)))
+                        .round().astype(np.int64))
+    positions = trajectory["positions"]
+    pbc = np.asarray(trajectory["pbc"].values, dtype=bool).reshape(3)
+    velocities = central_differences(positions.isel(frame=centres - 1).values,
+                                     positions.isel(frame=centres + 1).values,
+                                     trajectory["cell"].isel(frame=centres).values, pbc,
+                                     timestep)
+    sample = xr.Dataset(
+        {"velocities": (("frame", "atom", "xyz"), velocities),
+         "positions": (("frame", "atom", "xyz"), positions.isel(frame=centres).values),
+         "numbers": ("atom", np.asarray(trajectory["numbers"].values)),
+         "pbc": ("xyz", pbc)},
+        attrs={"source": source})
+    if "masses" in trajectory:
+        stored = np.asarray(trajectory["masses"].values)
+        sample["masses"] = ("atom", stored[0] if stored.ndim == 2 else stored)
+    kin = kinetic_temperature_statistics(sample, masses=masses)
+    return dataclasses.replace(
+        kin, how=f"central differences of the positions {timestep:g} fs apart at "
+                 f"{centres.size} frames, {kin.how}", from_positions=True)
 
 
 def kinetic_temperature(trajectory, *, masses=None, chunk_frames: int = 1000) -> float:
