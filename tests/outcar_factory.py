@@ -48,10 +48,10 @@ _ITERATION = "-" * 39 + " Iteration {step:6d}({scf:4d})  " + "-" * 39
 
 #: (symbol, POTCAR label, mass, valence) of the species the factory knows.
 _POTCARS = {"Zr": ("Zr_sv", 91.224, 12.0), "O": ("O", 16.0, 6.0), "Ti": ("Ti_pv", 47.88, 10.0),
-            "Ba": ("Ba_sv", 137.327, 10.0), "H": ("H", 1.0, 1.0)}
+            "Ba": ("Ba_sv", 137.327, 10.0), "H": ("H", 1.0, 1.0), "Si": ("Si", 28.085, 4.0)}
 
 #: Mean isotropic BEC per species, e (any values summing to zero over the cell will do).
-_NOMINAL = {"Zr": 5.2, "O": -2.6, "Ti": 7.2, "Ba": 2.7, "H": 0.4}
+_NOMINAL = {"Zr": 5.2, "O": -2.6, "Ti": 7.2, "Ba": 2.7, "H": 0.4, "Si": 3.2}
 
 
 @dataclass
@@ -114,7 +114,8 @@ def random_becs(rng, symbols, spread: float = 0.4) -> np.ndarray:
 
 def make_outcar(seed: int = 0, species=(("Zr", 4), ("O", 8)), *, steps: int = 1,
                 header: str = "vasp6", rpa_block: str | None = None,
-                spacing: float = 2.3) -> SyntheticOutcar:
+                spacing: float = 2.3, cell=None, positions=None,
+                bec=None) -> SyntheticOutcar:
     """The text of a synthetic VASP DFPT OUTCAR and the values a reader must return.
 
     Parameters
@@ -134,7 +135,13 @@ def make_outcar(seed: int = 0, species=(("Zr", 4), ("O", 8)), *, steps: int = 1,
     spacing : float, Å
         Mean distance between neighbouring atoms (a jittered simple-cubic arrangement, so
         that no two atoms come closer than about half of it).
+    cell, positions, bec : (3, 3) Å, (N, 3) Å, (N, 3, 3) e (canonical ``Z[n, i, j] =
+        dP_i/dr_{n,j}``), optional
+        The structure and BECs of the final step instead of random ones (atoms in the order
+        of ``species``), e.g. those of a POSCAR written by ``numbec select``; the other
+        numbers stay seeded random.
     """
+    given = (cell, positions, bec)
     rng = np.random.default_rng(seed)
     symbols = [s for s, count in species for _ in range(count)]
     n_atoms = len(symbols)
@@ -148,6 +155,16 @@ def make_outcar(seed: int = 0, species=(("Zr", 4), ("O", 8)), *, steps: int = 1,
     positions = np.round(fractional @ cell, 5)
     bec = np.round(random_becs(rng, symbols), 5)
     bec_rpa = np.round(random_becs(rng, symbols), 5) if rpa_block else None
+    # after every draw above, so that a given structure leaves the other numbers unchanged
+    if given[0] is not None:
+        cell = np.round(np.asarray(given[0], dtype=float), 9)
+    if given[1] is not None:
+        positions = np.round(np.asarray(given[1], dtype=float), 5)
+    if given[2] is not None:
+        bec = np.round(np.asarray(given[2], dtype=float), 5)
+    if positions.shape != (n_atoms, 3) or bec.shape != (n_atoms, 3, 3):
+        raise ValueError(f"{n_atoms} atoms in species, positions {positions.shape}, "
+                         f"bec {bec.shape}")
 
     lines = [" vasp.6.4.2 20Jul23 (build Jan 01 2024 00:00:00) complex", "",
              " executed on             LinuxIFC date 2024.01.01  00:00:00",
