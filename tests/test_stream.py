@@ -1252,3 +1252,33 @@ def test_blas_libraries_are_scanned_once_per_predict_call(monkeypatch):
     assert len(scans) == 1
     predict(ToyModel(), make_trajectory(n_frames=4), chunk_frames=2, progress=False)
     assert len(scans) == 2
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in det")  # the mean volume
+def test_a_clusters_nan_cell_is_ignored_by_every_uncertainty_path():
+    """A non-periodic frame's cell is never used: NaN there gives the numbers of a zero
+    cell in the plain, exact-uncertainty and low-rank paths alike (they once differed: the
+    plain path took it, the others refused it); NaN in a periodic row is an error that
+    names the frame and the row."""
+    from kernel_model_checks import fitted_random_model, water_cluster
+
+    from numbec.models import MonopoleModel
+
+    rng = np.random.default_rng(5)
+    model = fitted_random_model(MonopoleModel, rng, periodic=False)
+    path = _vibrating_water(rng, water_cluster(rng).positions + 1.0)
+    ds = make_trajectory(n_frames=4, periodic=False, wrap=False, path=path)
+    nan_cell = ds.assign(cell=ds["cell"] * np.nan)
+    for kw in ({}, {"uncertainty": True}, {"uncertainty": True, "uncertainty_rank": 8}):
+        zero = predict(model, ds.assign(cell=ds["cell"] * 0.0), progress=False, **kw)
+        nan = predict(model, nan_cell, progress=False, **kw)
+        for name in ("bec", "bec_std"):
+            if name in zero:
+                np.testing.assert_array_equal(nan[name].values, zero[name].values)
+    periodic = fitted_random_model(MonopoleModel, rng, periodic=True)
+    box = make_trajectory(n_frames=4, periodic=True, wrap=False, path=path)
+    cell = box["cell"].values.copy()
+    cell[2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"frame 2.*cell vector 1 \(periodic\)"):
+        predict(periodic, box.assign(cell=(box["cell"].dims, cell)), progress=False,
+                uncertainty=True)

@@ -93,8 +93,13 @@ def _check_inputs(positions, cell, pbc, cutoff):
     cell = np.asarray(cell, dtype=np.float64)
     if cell.shape != (3, 3):
         raise ValueError(f"cell must have shape (3, 3) (rows = lattice vectors), got {cell.shape}")
-    if not np.isfinite(cell).all():
-        raise ValueError("cell contains non-finite values")
+    finite = np.isfinite(cell).all(axis=1)
+    if not finite[pbc].all():
+        row = int(np.flatnonzero(pbc & ~finite)[0])
+        raise ValueError(f"cell vector {row} (periodic) contains NaN or inf: {cell[row]}")
+    if not finite.all():
+        # rows along free directions are ignored (_effective_cell); a cluster's NaN cell too
+        cell = np.where(finite[:, None], cell, 0.0)
     cutoff = float(cutoff)
     if not (np.isfinite(cutoff) and cutoff > 0.0):
         raise ValueError(f"cutoff must be a positive number of Å, got {cutoff}")
