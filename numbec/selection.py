@@ -83,6 +83,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from numbec.models.representation import (
+    NystromResidual,
+    frame_residual,
+    nystrom_residual,
+    unit_descriptors,
+)
+
 __all__ = [
     "STRATEGIES",
     "Selection",
@@ -232,98 +239,6 @@ def frame_fingerprint(model, positions, numbers, cell, pbc, where: str = "") -> 
         rows = numbers == z
         parts.append(unit[rows].mean(axis=0) if rows.any() else np.zeros(unit.shape[1]))
     return np.concatenate(parts)
-
-
-class _Coverage:
-    """Nyström residual of environments against a reference set of environments per species.
-
-    The reference set starts as the model's sparse points; :meth:`add` appends environments
-    (those of a picked frame). For a unit descriptor x of species z and the reference
-    environments R_z (m_z, D), with the kernel ``k(x, y) = (x . y) ** zeta`` (``k(x, x) = 1``)::
-
-        r(x) = 1 - k_z(x)^T K_zz^+ k_z(x),   k_z(x) = k(x, R_z) (m_z,),  K_zz = k(R_z, R_z)
-
-    the fraction of the kernel feature vector of x outside the span of the references (0 for
-    a reference environment, 1 for one orthogonal to all of them). ``K_zz^+`` keeps the
-    eigenvalues above ``1e-10`` of the largest (CUR-chosen points can be nearly dependent).
-    """
-
-    RCOND = 1e-10
-
-    def __init__(self, model):
-        self.zeta = int(model.zeta)
-        self.refs = {int(z): np.asarray(model.sparse_unit[model.sparse_species == z])
-                     for z in model.species}
-        self.factors = {z: self._factor(r) for z, r in self.refs.items()}
-
-    def _factor(self, refs: np.ndarray) -> np.ndarray:
-        """``W`` (m, r) with ``K^+ = W W^T`` on the kept eigen-directions."""
-        from numbec.models.kernels import int_power
-
-        lam, vec = np.linalg.eigh(int_power(refs @ refs.T, self.zeta))
-        keep = lam > self.RCOND * max(float(lam[-1]), 0.0)
-        return vec[:, keep] / np.sqrt(lam[keep])
-
-    def residual(self, unit: np.ndarray, numbers: np.ndarray) -> np.ndarray:
-        """(N,) float64 in [0, 1]: r of each atom (unit (N, D) unit descriptors, numbers (N,);
-        an atom whose species has no reference, or an isolated atom (zero row), gets 1)."""
-        from numbec.models.kernels import int_power
-
-        out = np.ones(len(numbers))
-        for z, refs in self.refs.items():
-            rows = numbers == z
-            if rows.any() and refs.shape[0]:
-                proj = int_power(unit[rows] @ refs.T, self.zeta) @ self.factors[z]
-                out[rows] = 1.0 - np.einsum("ak,ak->a", proj, proj)
-        return np.clip(out, 0.0, 1.0)
-
-    def add(self, unit: np.ndarray, numbers: np.ndarray) -> None:
-        """Append the environments (unit (N, D), numbers (N,)) to the references."""
-        for z in self.refs:
-            rows = (numbers == z) & (np.linalg.norm(unit, axis=1) > 0.0)
-            if rows.any():
-                self.refs[z] = np.concatenate([self.refs[z], unit[rows]])
-                self.factors[z] = self._factor(self.refs[z])
-
-
-def _unit_descriptors(model, positions, numbers, cell, pbc, where) -> np.ndarray:
-    """(N, D) unit scalar descriptors (zero rows for isolated atoms) with the model's settings."""
-    from numbec.descriptors import compute_descriptors
-    from numbec.models import kernels
-
-    desc = compute_descriptors(np.asarray(positions, dtype=np.float64), numbers,
-                               np.asarray(cell, dtype=np.float64), pbc, model.settings)
-    return kernels.normalize(desc.values, where or "select", allow_isolated=True)[0]
-
-
-def frame_residual(model, positions, numbers, cell, pbc, where: str = "") -> np.ndarray:
-    """Representation error of each atom's environment: its Nyström residual against the
-    model's sparse points of its species, (N,) float64 in [0, 1], dimensionless.
-
-    ``r_a = 1 - k_a^T K_mm^+ k_a`` in the model's normalised scalar kernel
-    ``(x_a . x_b) ** zeta`` (``k(x, x) = 1``): 0 for an environment that is a sparse point
-    (or a combination of them in feature space), 1 for one unlike every sparse point. The
-    posterior variance of the weights does not see this error: no weight can represent the
-    part of an environment outside the span of the sparse points.
-
-    positions (N, 3) Å; numbers (N,) int; cell (3, 3) Å, rows = lattice vectors; pbc (3,) bool.
-    """
-    if getattr(model, "sparse_unit", None) is None:
-        raise ValueError(f"frame_residual needs a fitted kernel model, got "
-                         f"{type(model).__name__}")
-    numbers = np.asarray(numbers, dtype=np.int64)
-    model.check_inputs(positions, numbers, where)
-    unit = _unit_descriptors(model, positions, numbers, cell, pbc, where)
-    return _coverage(model).residual(unit, numbers)
-
-
-def _coverage(model) -> _Coverage:
-    key = id(model.sparse_unit)
-    cached = getattr(model, "_coverage_cache", None)
-    if cached is None or cached[0] != key:
-        cached = (key, _Coverage(model))
-        model._coverage_cache = cached
-    return cached[1]
 
 
 def signal_variance(bec: np.ndarray, numbers: np.ndarray) -> float:
@@ -686,7 +601,7 @@ def _scan(model, frames, skip, strategy, n_keep, score, rank, progress, excluded
     custom = callable(score)
     lowrank = _lowrank_scorer(model, rank) if score == "lowrank" else None
     hybrid = strategy == "hybrid"
-    coverage = _coverage(model) if hybrid else None
+    coverage = nystrom_residual(model) if hybrid else None
     pool_low = None  # sum over scanned frames of D_f^T D_f / R_f (``reduction``), (K, K)
     heap: list = []  # (variance, index, payload), a min-heap of the best n_keep
     pool_gram = None  # sum over scanned frames of G_f / R_f (``reduction``), (M, M)
@@ -719,7 +634,7 @@ def _scan(model, frames, skip, strategy, n_keep, score, rank, progress, excluded
             units = None
             if hybrid:
                 bec = model.predict_arrays(pos, numbers, cell, pbc)["bec"]
-                units = (_unit_descriptors(model, pos, numbers, cell, pbc, where), numbers,
+                units = (unit_descriptors(model, pos, numbers, cell, pbc, where), numbers,
                          signal_variance(bec, numbers))
                 var += units[2] * float(np.mean(coverage.residual(*units[:2])))
             if not math.isfinite(var):
@@ -793,7 +708,7 @@ def _greedy_posterior(model, frames, scan, n, sep, pool_gain=False, hybrid=False
         pool_gram = pool_gram / pool_size
     coverage = None
     if hybrid:  # a copy: the picks grow its references
-        coverage = _Coverage(model)
+        coverage = NystromResidual(model)
         units = scan["units"]
     alive = np.ones(index.size, dtype=bool)
     picked, scores = [], []

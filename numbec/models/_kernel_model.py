@@ -569,8 +569,8 @@ class KernelBECModel(BECModel):
             noise = self.variance_scale if self.noise_scale is None else self.noise_scale
             var = noise * self.sigma_v2 + self.variance_scale * regression.predictive_variance(
                 phi.reshape(n * 9, -1), self.covariance, self.sigma_v2, include_noise=False)
-            if self.residual_scale:  # c r_frame (numbec.models.uncertainty.residual_variance)
-                from numbec.models.uncertainty import residual_variance
+            if self.residual_scale:  # c r_frame (numbec.models.representation.residual_variance)
+                from numbec.models.representation import residual_variance
 
                 var = var + residual_variance(self, positions, numbers, cell, pbc)
             out["bec_std"] = np.sqrt(var).reshape(n, 3, 3)

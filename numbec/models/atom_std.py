@@ -63,7 +63,7 @@ def _scaled_blocks(model):
     """``s_w Sigma`` blocks, cached per (weights, covariance, scale): the monopole block
     (M, M) (None without charges) and per species the dipole block (3 M_z, 3 M_z) keyed by
     atomic number (empty without the dipole kernel)."""
-    from numbec.models.uncertainty import variance_scale
+    from numbec.models.variance_scales import variance_scale
 
     scale = variance_scale(model)
     cached = getattr(model, "_atom_std_cache", None)

@@ -311,7 +311,7 @@ def posterior_cholesky(model) -> np.ndarray:
     uncertainty.sample_scale`, Sigma the posterior covariance), the full Cholesky factor; a
     covariance that is only semidefinite (e.g. zero) gets the symmetric root of its
     clipped eigen-decomposition instead. Cached per model, weights and scale."""
-    from numbec.models.uncertainty import sample_scale
+    from numbec.models.variance_scales import sample_scale
 
     scale = sample_scale(model)
     key = (id(model.covariance), scale)

@@ -40,6 +40,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from numbec.models.representation import mean_frame_residual, residual_variance
+from numbec.models.variance_scales import (
+    noise_scale,
+    residual_scale,
+    sample_scale,
+    variance_scale,
+)
+
 __all__ = [
     "PosteriorFactor",
     "StreamedUncertaintyModel",
@@ -71,30 +79,6 @@ __all__ = [
 #: Half widths of the central 68.27 % and 95 % intervals of a standard normal variable.
 _Z68, _Z95 = 1.0, 1.959963984540054
 _DIAG = (np.arange(3), np.arange(3))
-
-
-def variance_scale(model) -> float:
-    """The model's recalibration factor of the predictive variance (1 if never recalibrated)."""
-    return float(getattr(model, "variance_scale", 1.0) or 1.0)
-
-
-def noise_scale(model) -> float:
-    """The model's factor of the noise variance ``sigma_v^2`` in the predictive variance:
-    ``model.noise_scale`` when the recalibration set it apart (``method="two_part"``), else
-    :func:`variance_scale` (one scale of the whole variance, as in files without it)."""
-    value = getattr(model, "noise_scale", None)
-    return variance_scale(model) if value is None else float(value)
-
-
-def sample_scale(model) -> float:
-    """Scale of the weight covariance for posterior samples: ``weight_scale`` of the model's
-    cross-validation (saved in ``training["variance_scale_fit"]``) when it has one, else
-    :func:`variance_scale`. The samples carry no per-component noise, so the weight
-    posterior alone has to account for the held-out error; with the noise term the spectrum's
-    band under-covered the exact spectrum (docs/benchmarks_models.md)."""
-    fit = (getattr(model, "training", None) or {}).get("variance_scale_fit") or {}
-    value = fit.get("weight_scale")
-    return float(value) if value and np.isfinite(value) and value > 0 else variance_scale(model)
 
 
 # ---------------------------------------------------------------------- calibration metrics
@@ -192,37 +176,6 @@ MIN_NOISE_SCALE = 0.01
 MIN_BAYES_SCALE = 0.01
 
 
-def residual_scale(model) -> float:
-    """The model's factor ``c`` (e^2) of the frame's mean Nyström residual in the predictive
-    variance (``method="residual"``; 0, no such term, for every other method and for files
-    without it): ``bec_std^2 = s phi^T Sigma phi + s_v sigma_v^2 + c r_frame``."""
-    return float(getattr(model, "residual_scale", 0.0) or 0.0)
-
-
-def mean_frame_residual(model, positions=None, numbers=None, cell=None, pbc=None,
-                        unit=None) -> float:
-    """``r_frame``: the mean over the N atoms of a structure of their Nyström residuals
-    ``r_a`` (:func:`numbec.selection.frame_residual`), float in [0, 1], dimensionless. From
-    the structure (positions (N, 3) Å, numbers (N,) int, cell (3, 3) Å, pbc (3,) bool) or,
-    when the caller has them, its unit scalar descriptors ``unit`` (N, D) with ``numbers``."""
-    from numbec import selection
-
-    if unit is None:
-        return float(selection.frame_residual(model, positions, numbers, cell, pbc).mean())
-    return float(selection._coverage(model).residual(unit, np.asarray(numbers)).mean())
-
-
-def residual_variance(model, positions=None, numbers=None, cell=None, pbc=None,
-                      unit=None) -> float:
-    """``c r_frame`` (e^2), the variance the model adds to every BEC component of a structure
-    (:func:`residual_scale`, :func:`mean_frame_residual`); 0 without the term (nothing is
-    computed then)."""
-    c = residual_scale(model)
-    if c == 0.0:
-        return 0.0
-    return c * mean_frame_residual(model, positions, numbers, cell, pbc, unit)
-
-
 def held_out_errors(model, frames, folds: int = 5) -> dict:
     """Held-out errors and predictive variances of a K-fold cross-validation.
 
@@ -237,8 +190,8 @@ def held_out_errors(model, frames, folds: int = 5) -> dict:
     ``sigma_v^2``; ``block`` (n,) int64, the index (0 to folds - 1, in frame order) of the
     block each value was held out in; ``residual`` (n,) float64 in [0, 1], dimensionless, the
     Nyström residual ``r_a`` of the value's atom against the fold model's sparse points
-    (:func:`numbec.selection.frame_residual`); ``frame_residual`` (n,), the mean of ``r_a``
-    over the atoms of the value's frame (:func:`mean_frame_residual`, used by
+    (:func:`numbec.models.representation.frame_residual`); ``frame_residual`` (n,), the mean
+    of ``r_a`` over the atoms of the value's frame (:func:`mean_frame_residual`, used by
     ``method="residual"``); ``folds`` (int). Needs at least 2 frames.
     """
     frames = list(frames)
@@ -247,7 +200,7 @@ def held_out_errors(model, frames, folds: int = 5) -> dict:
                          f"folds={folds} and {len(frames)} frames")
     folds = min(int(folds), len(frames))
     edges = np.linspace(0, len(frames), folds + 1).round().astype(int)
-    from numbec.selection import frame_residual
+    from numbec.models.representation import frame_residual
 
     err, epi, noise, block, resid, frame_r = [], [], [], [], [], []
     for k, (a, b) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
