@@ -119,3 +119,21 @@ def test_permute_atoms_is_the_list_of_the_permuted_structure():
     np.testing.assert_array_equal(rows_p, rows_d)
     np.testing.assert_allclose(vec_p, vec_d, atol=1e-12)
     assert permute_atoms(direct, np.arange(20)) is direct
+
+
+def test_a_nan_cell_row_counts_only_along_a_periodic_direction():
+    """The cell rows of free directions are ignored, NaN included (a cluster written with a
+    NaN cell); a NaN row along a periodic direction is an error naming the row."""
+    positions = np.array([[0.0, 0.0, 0.0], [1.0, 0.2, 0.0], [0.0, 1.1, 0.3]])
+    cell = 5.0 * np.eye(3)
+    slab = np.array([True, True, False])
+    reference = neighbor_list(positions, cell, slab, 3.0)
+    holed = cell.copy()
+    holed[2] = np.nan
+    got = neighbor_list(positions, holed, slab, 3.0)
+    np.testing.assert_array_equal(got.neighbors, reference.neighbors)
+    np.testing.assert_array_equal(got.vectors, reference.vectors)
+    holed = cell.copy()
+    holed[1, 0] = np.nan
+    with pytest.raises(ValueError, match=r"cell vector 1 \(periodic\) contains NaN"):
+        neighbor_list(positions, holed, slab, 3.0)
