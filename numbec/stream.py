@@ -903,6 +903,7 @@ def predict(
         model = load_model(model)
     ds, source, store_path = _open_input(trajectory)
     incomplete = _check_complete(ds, source, allow_incomplete)
+    environments = _check_environments(model, ds, source)
     model = _uncertainty_model(model, ds, source, uncertainty=uncertainty,
                                dipole_derivative=dipole_derivative,
                                posterior_samples=int(posterior_samples),
@@ -922,6 +923,8 @@ def predict(
                               ds.sizes["frame"]).tolist())
     if atom_std:
         plan.attrs.update(atom_std=True)
+    if environments is not None:
+        plan.attrs.update(environment_check=json.dumps(environments))
     if incomplete:
         plan.attrs.update(input_complete=False, input_frames=int(ds.sizes["frame"]))
     if progress is None:
@@ -974,6 +977,49 @@ def _velocities_source(ds) -> str:
     return "trajectory"
 
 
+#: Evenly spaced frames of a trajectory whose environments :func:`predict` compares with the
+#: model's training environments (:func:`numbec.models.representation.environment_check`).
+ENVIRONMENT_CHECK_FRAMES = 32
+
+
+def _check_environments(model, ds, source) -> dict | None:
+    """The environment check of :func:`predict` (None for a model without its reference):
+    warns when a species' atoms lie beyond the training environments' residual quantile
+    far more often than training-like atoms do."""
+    import warnings
+
+    from numbec.models.representation import environment_check
+
+    if not (getattr(model, "training", None) or {}).get("environment_residual"):
+        return None
+    n = int(ds.sizes["frame"])
+    indices = np.unique(np.linspace(0, n - 1, min(ENVIRONMENT_CHECK_FRAMES, n))
+                        .round().astype(np.int64))
+    try:
+        report = environment_check(model, _frames_at(model, ds, source, indices), indices)
+    except ValueError as err:
+        message = str(err)
+        raise type(err)(message if message.startswith(source)
+                        else f"{source}: {message}") from None
+    if report and report["extrapolated"]:
+        parts = []
+        for symbol in report["extrapolated"]:
+            entry = report[symbol]
+            parts.append(f"{symbol}: {100 * entry['beyond']:.0f} % of {entry['checked']} "
+                         f"atoms (worst: frame {entry['worst_frame']}, atom "
+                         f"{entry['worst_atom']}, {entry['worst']:.3g} against at most "
+                         f"{entry['training_max']:.3g} in training)")
+        quantile = 100 * report[report["extrapolated"][0]]["quantile"]
+        warnings.warn(
+            f"{source}: in {indices.size} evenly spaced frames, atoms lie further from the "
+            f"model's sparse points than {quantile:g} % of its training environments (the "
+            f"Nyström residual; about {100 - quantile:g} % of atoms like the training ones "
+            f"do): {'; '.join(parts)}. The model extrapolates in these frames, and bec_std "
+            "does not include the representation error; label some of them (numbec select)",
+            stacklevel=3)
+    return report
+
+
 def direction_frame_indices(n_frames: int) -> np.ndarray:
     """The frames (int64 indices) of an ``n_frames`` trajectory on which the streamed
     uncertainty orders its directions: :data:`~numbec.models.uncertainty.DIRECTION_FRAMES`
@@ -987,12 +1033,18 @@ def direction_frame_indices(n_frames: int) -> np.ndarray:
 def _direction_frames(model, ds, source) -> list:
     """``(positions, numbers, cell, pbc)`` of the :func:`direction_frame_indices` of ``ds``,
     checked like every predicted frame (a NaN position names its frame and atom)."""
+    return _frames_at(model, ds, source, direction_frame_indices(ds.sizes["frame"]))
+
+
+def _frames_at(model, ds, source, indices) -> list:
+    """``(positions, numbers, cell, pbc)`` of frames ``indices`` of ``ds``, checked like every
+    predicted frame (a NaN position names its frame and atom)."""
     _validate(ds, source)  # the layout and species first, as for any prediction
     numbers = np.asarray(ds["numbers"].values, dtype=np.int64)
     _check_species(model, numbers, source)
     pbc = np.asarray(ds["pbc"].values, dtype=bool).reshape(3)
     frames = []
-    for i in direction_frame_indices(ds.sizes["frame"]):
+    for i in indices:
         positions = np.asarray(ds["positions"][int(i)].values, dtype=np.float64)
         cell = np.asarray(ds["cell"][int(i)].values, dtype=np.float64)
         _check_finite(positions[None], "position", source, int(i))

@@ -82,6 +82,7 @@ from numbec.models.base import (
     checked_array,
     total_charge_value,
 )
+from numbec.models.representation import reference_residuals, residual_summary
 
 __all__ = ["KernelBECModel", "REGRESSIONS", "DIPOLE_ROW_WEIGHT", "NEUTRALITY_ROW_WEIGHT",
            "PARAMETERS_DOC"]
@@ -1094,7 +1095,7 @@ class KernelBECModel(BECModel):
                 vsq += float(np.sum(v.values ** 2))
                 n_env += len(atoms)
         chosen_unit, chosen_species, chosen_origin = [], [], []
-        n_sparse_used = {}
+        n_sparse_used, environment_residual = {}, {}
         for z in tqdm(species, desc="sparse points", disable=not show):
             pool = np.concatenate(units[z])
             n_sel = self._n_sparse_for(z)
@@ -1111,6 +1112,10 @@ class KernelBECModel(BECModel):
             idx = sparsify.select(pool, n_sel, self.sparse_method, zeta=self.zeta,
                                   seed=self.seed, where=f"species {_symbol(z)}")
             n_sparse_used[_symbol_key(z)] = int(idx.size)
+            # how far training-like environments lie from the sparse points: the reference
+            # of predict's check for environments unlike the training ones
+            environment_residual[_symbol_key(z)] = residual_summary(
+                reference_residuals(pool, idx, self.zeta, self.seed))
             chosen_unit.append(pool[idx])
             chosen_species.append(np.full(idx.size, z, dtype=np.int64))
             chosen_origin.extend(origin[z][i] for i in idx)
@@ -1163,6 +1168,7 @@ class KernelBECModel(BECModel):
             "n_frames": len(frames), "n_atoms": n_atoms, "n_rows": eq.n_rows,
             "n_columns": eq.n_columns, **result.summary(),
             "n_sparse_used": n_sparse_used,
+            "environment_residual": environment_residual,
             "asr_violation_max": max(violations),
             "time_sparse_s": t_sparse, "time_design_s": t_design, "time_solve_s": t_solve,
             "time_total_s": time.perf_counter() - t_start,
