@@ -91,11 +91,15 @@ def test_training_frames_pass_and_rattled_frames_are_reported(model, subset, rng
     report = environment_check(model, _frames(rattled), [8, 9, 10, 11])
     assert set(report["extrapolated"]) == {"O", "Si"}
     assert all(report[s]["beyond"] > 0.5 for s in ("O", "Si"))
-    with pytest.warns(UserWarning, match=r"<dataset>: in 4 evenly spaced frames.*O: \d+ % of "
-                                         r"192 atoms \(worst: frame \d, atom \d+"):
-        out = predict(model, _trajectory(rattled), progress=False)
+    # predict checks one frame in ten: 2 of these 20
+    trajectory = [a.copy() for a in subset]
+    for a in trajectory:
+        a.positions += rng.normal(scale=0.15, size=a.positions.shape)
+    with pytest.warns(UserWarning, match=r"<dataset>: in 2 evenly spaced frames \(of 20\).*"
+                                         r"O: \d+ % of 96 atoms \(worst: frame (0|19), atom"):
+        out = predict(model, _trajectory(trajectory), progress=False, dipole_derivative=False)
     recorded = json.loads(out.attrs["environment_check"])
-    assert recorded["frames"] == [0, 1, 2, 3] and set(recorded["extrapolated"]) == {"O", "Si"}
+    assert recorded["frames"] == [0, 19] and set(recorded["extrapolated"]) == {"O", "Si"}
 
 
 def test_the_reference_survives_the_model_file_and_old_files_skip_the_check(model, subset,
@@ -122,7 +126,11 @@ def test_quartz_at_600_k_is_reported_for_a_model_trained_at_300_k(shared_data):
     """The real case: SiO2.xyz frames 0-101 are 300 K, the rest 600 K. A model trained on
     300 K frames sees the 600 K test frames (150-200) as beyond its training environments
     (33-36 % of their atoms when measured); one whose training frames include 600 K ones
-    does not (1-3 %)."""
+    does not (1-3 %). Needs the full quartz set."""
+    from conftest import HAVE_FULL_DATA, missing_data
+
+    if not HAVE_FULL_DATA:
+        missing_data("the full quartz data set (201 frames; the shipped subset has 6)")
     frames = numbec.read_bec(shared_data / "sio2_quartz_qe" / "SiO2.xyz", index=":")
     test = _frames(frames[150:201:5])
     cold = MonopoleModel(n_sparse=100).fit(frames[0:100:3])
