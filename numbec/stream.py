@@ -1135,9 +1135,12 @@ def _make_plan(model, ds, source, store_path, *, chunk_frames, dtype, uncertaint
     volume = None
     if bool(np.all(pbc)):
         cell = ds["cell"].data
-        volumes = np.abs(np.linalg.det(np.asarray(cell.compute() if hasattr(cell, "compute")
-                                                  else cell, dtype=np.float64)))
-        volume = float(volumes.mean())
+        cells = np.asarray(cell.compute() if hasattr(cell, "compute") else cell,
+                           dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(cells).all(axis=(1, 2)))
+        if bad.size:  # before the volume, which it would turn into NaN
+            raise ValueError(f"{source}: frame {int(bad[0])}: the cell is NaN or inf")
+        volume = float(np.abs(np.linalg.det(cells)).mean())
     attrs = store_format.prediction_attrs(
         model_class=getattr(model, "class_name", type(model).__name__),
         model_sha256=model_fp["sha256"],
