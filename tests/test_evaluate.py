@@ -220,3 +220,36 @@ def test_calibration_of_a_calibrated_and_an_overconfident_model():
     bad = evaluate(NoisyModel(stds, stds / 3), frames, baseline=False)["calibration"]
     assert bad["coverage_95"] < 0.65 and bad["nll"] > good["nll"] + 1.0
     assert "calibration" not in evaluate(OffsetModel(lambda a: 0.0), frames, baseline=False)
+
+
+def test_kernel_models_report_how_far_the_frames_lie_from_the_training_ones(tmp_path, capsys):
+    """evaluate's ``environments``: frames like the training frames put few atoms beyond the
+    training 99th percentile of the Nystrom residual, frames rattled by 0.15 Å most of
+    theirs, and the table says those are extrapolations. Models without the reference
+    (SpeciesMeanModel) report nothing."""
+    from pathlib import Path
+
+    from numbec.cli import main
+    from numbec.models import MonopoleModel
+
+    subset = numbec.read_bec(Path(numbec.__file__).parent / "data" / "sio2_quartz_subset.xyz",
+                             index=":")
+    model = MonopoleModel(n_sparse=40).fit(subset[:8])
+    alike = evaluate(model, subset[8:14], baseline=False)["environments"]
+    assert alike["extrapolated"] == [] and alike["O"]["beyond"] < 0.1
+    rng = np.random.default_rng(3)
+    rattled = [a.copy() for a in subset[8:10]]
+    for a in rattled:
+        a.positions += rng.normal(scale=0.15, size=a.positions.shape)
+    far = evaluate(model, rattled, baseline=False)["environments"]
+    assert set(far["extrapolated"]) == {"O", "Si"} and far["O"]["beyond"] > 0.5
+    assert "environments" not in evaluate(SpeciesMeanModel.fit(subset[:8]), rattled,
+                                          baseline=False)
+    model.save(tmp_path / "m.npz")
+    numbec.write_bec(tmp_path / "rattled.xyz", rattled)
+    assert main(["evaluate", str(tmp_path / "m.npz"), str(tmp_path / "rattled.xyz"),
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "atoms beyond the training environments" in out
+    assert "these frames are extrapolations for O, Si" in out or \
+        "these frames are extrapolations for Si, O" in out

@@ -10,7 +10,8 @@ so).
 ``mae``, ``max_error``, ``r2``, ``n_frames``, ``n_atoms``, ``per_species``,
 ``per_component``, ``per_cartesian``, ``baseline``, ``baseline_note``, and for models with
 ``bec_std`` ``calibration``: ``coverage_68``, ``coverage_95``, ``nll``,
-``frame_rank_correlation``, ...).
+``frame_rank_correlation``, ...; for kernel models ``environments``, the share of the
+frames' atoms per species beyond the training environments).
 """
 
 from __future__ import annotations
@@ -75,6 +76,16 @@ def format_table(res: dict) -> str:
             f"calibration of bec_std: coverage {100 * cal['coverage_68']:.1f} % (nominal 68.3)"
             f", {100 * cal['coverage_95']:.1f} % (nominal 95), NLL {cal['nll']:.3f}, frame rank "
             f"correlation {cal.get('frame_rank_correlation', float('nan')):.2f}")
+    env = res.get("environments")
+    if env:
+        shares = ", ".join(f"{s} {100 * e['beyond']:.1f} %" for s, e in env.items()
+                           if isinstance(e, dict))
+        lines.append(f"atoms beyond the training environments (Nyström residual past the "
+                     f"training 99th percentile; about 1 % for frames like the training "
+                     f"ones): {shares}")
+        if env["extrapolated"]:
+            lines.append(f"  these frames are extrapolations for {', '.join(env['extrapolated'])}"
+                         ": their errors are not those of frames like the training ones")
     return "\n".join(lines)
 
 

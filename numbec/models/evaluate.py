@@ -232,8 +232,11 @@ def evaluate(model: BECModel, frames, *, baseline: bool | BECModel = True,
         {``"xx"``, ..., ``"zz"``}; ``model`` (class name); ``reference``
         (``"raw"``); ``reference_asr_max`` (e, largest ``|sum_a Z_ref[a] - Q I|`` component
         of any frame, Q from ``info["charge"]``); ``predict_seconds`` (wall time of the
-        predictions); with calibration: ``calibration`` (dict, see ``calibration``); with a
-        baseline:
+        predictions); with calibration: ``calibration`` (dict, see ``calibration``); for
+        kernel models ``environments``: how many of the frames' atoms lie beyond the
+        training environments (:func:`numbec.models.representation.environment_check`: per
+        species ``beyond``, the share past the training 99th percentile of the Nyström
+        residual, about 1 % for frames like the training ones); with a baseline:
         ``baseline`` (same metric structure) and ``baseline_note``.
 
     Raises
@@ -260,6 +263,12 @@ def evaluate(model: BECModel, frames, *, baseline: bool | BECModel = True,
 
         result["calibration"] = calibration_metrics(pred, np.concatenate(std), ref,
                                                     [len(f) for f in frames])
+    from numbec.models.representation import environment_check
+
+    environments = environment_check(
+        model, [(f.positions, f.numbers, np.asarray(f.cell), f.pbc) for f in frames])
+    if environments is not None:
+        result["environments"] = environments
     asr = max(float(np.abs(f.arrays["bec"].reshape(-1, 3, 3).sum(axis=0)
                            - charge_arguments(f).get("total_charge", 0.0) * np.eye(3)).max())
               for f in frames)
