@@ -969,11 +969,12 @@ def _velocities_source(ds) -> str:
     """Where the velocities of ``ds`` come from, for the prediction's provenance:
     ``attrs["velocities_source"]``, else "central differences of positions" when they are
     :func:`numbec.io.trajectory.velocities_from_positions`, else "trajectory"."""
+    from numbec.io.trajectory import VELOCITIES_FROM_POSITIONS, velocities_from_positions_used
+
     if "velocities_source" in ds.attrs:
         return str(ds.attrs["velocities_source"])
-    method = ds["velocities"].attrs.get("method") if "velocities" in ds else None
-    if isinstance(method, str) and method.startswith("central differences"):
-        return "central differences of positions"
+    if "velocities" in ds and velocities_from_positions_used(ds["velocities"]):
+        return VELOCITIES_FROM_POSITIONS
     return "trajectory"
 
 

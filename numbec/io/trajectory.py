@@ -1139,6 +1139,21 @@ def velocities_from_positions(ds, timestep: float | None = None):
     )
 
 
+#: ``velocities_source`` of a prediction whose velocities came from
+#: :func:`velocities_from_positions` (their ``method`` attribute starts the same way).
+VELOCITIES_FROM_POSITIONS = "central differences of positions"
+
+
+def velocities_from_positions_used(velocities) -> bool:
+    """Whether a velocities DataArray was made by :func:`velocities_from_positions` (its
+    ``method`` attribute), or a recorded ``velocities_source`` string names that method."""
+    if velocities is None or isinstance(velocities, str):
+        text = velocities
+    else:
+        text = velocities.attrs.get("method")
+    return isinstance(text, str) and text.startswith("central differences")
+
+
 def _safe_inverse(cells):
     """Batched inverse of (F, 3, 3) cells; singular (non-periodic) ones give zeros."""
     out = np.zeros_like(cells)

@@ -819,11 +819,11 @@ def _velocities_from_positions(ds, trajectory) -> bool:
     trajectory's velocities say so (:func:`numbec.io.trajectory.velocities_from_positions`),
     or it has none and the prediction records that source (``predict
     --velocities-from-positions``)."""
+    from numbec.io.trajectory import velocities_from_positions_used
+
     if "velocities" in trajectory:
-        method = trajectory["velocities"].attrs.get("method")
-        return isinstance(method, str) and method.startswith("central differences")
-    recorded = ds.attrs.get("velocities_source")
-    return isinstance(recorded, str) and recorded.startswith("central differences")
+        return velocities_from_positions_used(trajectory["velocities"])
+    return velocities_from_positions_used(ds.attrs.get("velocities_source"))
 
 
 def _check_against_kinetic(run):
