@@ -206,15 +206,18 @@ def kinetic_temperature_from_positions(trajectory, timestep: float, *, max_frame
         raise ValueError(f"{source}: time step {timestep!r} fs; must be a positive number")
     centres = np.unique(np.linspace(1, n - 2, max(1, min(int(max_frames), n - 2)))
                         .round().astype(np.int64))
-    positions = trajectory["positions"]
+    # one read of every frame needed (a store chunk is then read once, not three times)
+    needed = np.unique(np.concatenate([centres - 1, centres, centres + 1]))
+    positions = np.asarray(trajectory["positions"].isel(frame=needed).values, np.float64)
     pbc = np.asarray(trajectory["pbc"].values, dtype=bool).reshape(3)
-    velocities = central_differences(positions.isel(frame=centres - 1).values,
-                                     positions.isel(frame=centres + 1).values,
+    velocities = central_differences(positions[np.searchsorted(needed, centres - 1)],
+                                     positions[np.searchsorted(needed, centres + 1)],
                                      trajectory["cell"].isel(frame=centres).values, pbc,
                                      timestep)
     sample = xr.Dataset(
         {"velocities": (("frame", "atom", "xyz"), velocities),
-         "positions": (("frame", "atom", "xyz"), positions.isel(frame=centres).values),
+         "positions": (("frame", "atom", "xyz"),
+                       positions[np.searchsorted(needed, centres)]),
          "numbers": ("atom", np.asarray(trajectory["numbers"].values)),
          "pbc": ("xyz", pbc)},
         attrs={"source": source})
