@@ -1050,10 +1050,12 @@ def _frames_at(model, ds, source, indices) -> list:
     numbers = np.asarray(ds["numbers"].values, dtype=np.int64)
     _check_species(model, numbers, source)
     pbc = np.asarray(ds["pbc"].values, dtype=bool).reshape(3)
+    indices = np.asarray(indices, dtype=np.int64)
+    # one selection: a lazy store computes one task graph, not one per frame
+    all_positions = np.asarray(ds["positions"].isel(frame=indices).values, dtype=np.float64)
+    all_cells = np.asarray(ds["cell"].isel(frame=indices).values, dtype=np.float64)
     frames = []
-    for i in indices:
-        positions = np.asarray(ds["positions"][int(i)].values, dtype=np.float64)
-        cell = np.asarray(ds["cell"][int(i)].values, dtype=np.float64)
+    for i, positions, cell in zip(indices, all_positions, all_cells, strict=True):
         _check_finite(positions[None], "position", source, int(i))
         if pbc.any() and not np.isfinite(cell).all():
             raise ValueError(f"{source}: frame {int(i)}: the cell is NaN or inf")
