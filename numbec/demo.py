@@ -742,8 +742,9 @@ def compare(models: dict, store, md: dict, checks: list, config: DemoConfig, cac
             cal = numbec.evaluate(model, checks, baseline=False, calibration=True,
                                   progress=False)["calibration"]
             entry["calibration"] = {
-                **{k: cal[k] for k in ("coverage_68", "coverage_95", "nll", "z_rms",
-                                       "mean_std", "frame_rank_correlation", "n_frames")},
+                **{k: cal[k] for k in ("coverage_68", "coverage_95", "coverage_68_interval",
+                                       "coverage_95_interval", "nll", "z_rms", "mean_std",
+                                       "frame_rank_correlation", "n_frames")},
                 "variance_scale": float(getattr(model, "variance_scale", 1.0) or 1.0),
                 "noise_scale": getattr(model, "noise_scale", None),
                 "seconds": time.perf_counter() - t1,
@@ -957,8 +958,9 @@ def _report(results: dict, log=print) -> None:
                 how = f"recalibrated on the training data, variance x {c['variance_scale']:.2f}"
             else:
                 how = "raw Bayesian variance"
-            log(f"  {name:<12} 95 % coverage {c['coverage_95']:.2f}, 68 % coverage "
-                f"{c['coverage_68']:.2f}, frame rank correlation "
+            low, high = c["coverage_95_interval"]
+            log(f"  {name:<12} 95 % coverage {c['coverage_95']:.2f} ({low:.2f}-{high:.2f} over "
+                f"resampled frames), 68 % coverage {c['coverage_68']:.2f}, frame rank correlation "
                 f"{c['frame_rank_correlation']:.2f} ({how})")
     band = results.get("model_band")
     if band:

@@ -346,6 +346,8 @@ def test_calibration_and_uncertainty_cost_benchmarks(tmp_path):
     for key in ("cov68", "cov95", "streamed cov68", "streamed cov95"):
         assert 0.0 <= number(row[key]) <= 100.0
     assert number(row["cov68"]) <= number(row["cov95"])
+    low, high = map(float, row["cov95 over resampled test frames"].split("-"))
+    assert low <= number(row["cov95"]) <= high
     assert row["in target"] == ("yes" if 90 <= number(row["cov95"]) <= 98 else "**no**")
     assert positive(row["streamed cost"].rstrip("x"))
     assert all(positive(x) for x in row["s / s_v / s_w"].split(" / "))

@@ -135,6 +135,13 @@ def test_train_with_calibration_folds_stores_the_scale_evaluate_reports_it(tmp_p
     cal = _json(capsys)["calibration"]
     assert {"coverage_68", "coverage_95", "nll", "frame_rank_correlation"} <= set(cal)
     assert 0.0 <= cal["coverage_68"] <= cal["coverage_95"] <= 1.0
+    for key in ("coverage_68", "coverage_95"):
+        low, high = cal[key + "_interval"]
+        assert 0.0 <= low <= cal[key] <= high <= 1.0
+    assert main(["evaluate", str(out), str(QUARTZ), "--index", "6:9"]) == 0
+    table = capsys.readouterr().out
+    low, high = cal["coverage_95_interval"]
+    assert f"[{100 * low:.1f}-{100 * high:.1f}]" in table, table
 
 
 def test_train_calibration_method_two_part_stores_both_scales(tmp_path, capsys):

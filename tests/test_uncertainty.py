@@ -250,6 +250,43 @@ def test_calibration_metrics_on_known_gaussian(rng):
         unc.calibration_metrics(pred, np.zeros_like(std), ref)
 
 
+def test_coverage_interval_matches_the_binomial_spread(rng):
+    """The resampling range of a coverage is as wide as the sampling law says: for
+    independent components about 1.96 binomial standard errors each side; for frames whose
+    components are all inside or all outside together, the binomial of the frames (many
+    times wider), which is why frames, not components, are resampled."""
+    n_frames, per_frame = 200, 100
+    std = rng.uniform(0.5, 2.0, (n_frames * per_frame, 3, 3))
+    pred = rng.normal(0.0, std)
+    res = unc.calibration_metrics(pred, std, np.zeros_like(pred), [per_frame] * n_frames)
+    for key, p in (("coverage_68", 0.6827), ("coverage_95", 0.95)):
+        low, high = res[key + "_interval"]
+        assert low < res[key] < high
+        half = 1.959964 * np.sqrt(p * (1 - p) / pred.size)
+        assert (high - low) / 2 == pytest.approx(half, rel=0.2), key
+
+    # whole frames in or out: 90 % of 60 frames have errors of 0.5 std, the rest of 3 std
+    inside = rng.random(60) < 0.9
+    scale = np.repeat(np.where(inside, 0.5, 3.0), 10)
+    errors = scale[:, None, None] * np.ones((600, 3, 3))
+    res = unc.calibration_metrics(errors, np.ones_like(errors), np.zeros_like(errors),
+                                  [10] * 60)
+    cov = res["coverage_95"]
+    assert cov == pytest.approx(inside.mean())
+    low, high = res["coverage_95_interval"]
+    half = 1.959964 * np.sqrt(cov * (1 - cov) / 60)
+    assert (high - low) / 2 == pytest.approx(half, rel=0.25)
+    # the same data give the same range (fixed seed), and two frames give none
+    again = unc.calibration_metrics(errors, np.ones_like(errors), np.zeros_like(errors),
+                                    [10] * 60)
+    assert again["coverage_95_interval"] == res["coverage_95_interval"]
+    two = unc.calibration_metrics(errors[:20], np.ones((20, 3, 3)), np.zeros((20, 3, 3)),
+                                  [10, 10])
+    assert np.isnan(two["coverage_95_interval"]).all()
+    with pytest.raises(ValueError, match="1-d"):
+        unc.coverage_intervals(np.ones((2, 2)), np.ones((2, 2)))
+
+
 def test_recalibration_scale_is_saved_and_old_files_load(rng, tmp_path):
     model, frames = _bayesian_model(MonopoleModel, rng, True, n_frames=4)
     before = predict(model, frames[0], uncertainty=True)["bec_std"]

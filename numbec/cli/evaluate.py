@@ -9,8 +9,9 @@ so).
 ``--json`` prints one JSON object (keys as ``numbec.evaluate`` returns them: ``rmse``,
 ``mae``, ``max_error``, ``r2``, ``n_frames``, ``n_atoms``, ``per_species``,
 ``per_component``, ``per_cartesian``, ``baseline``, ``baseline_note``, and for models with
-``bec_std`` ``calibration``: ``coverage_68``, ``coverage_95``, ``nll``,
-``frame_rank_correlation``, ...; for kernel models ``environments``, the share of the
+``bec_std`` ``calibration``: ``coverage_68``, ``coverage_95`` (and their ranges over the
+frames resampled with replacement, ``coverage_68_interval``, ``coverage_95_interval``),
+``nll``, ``frame_rank_correlation``, ...; for kernel models ``environments``, the share of the
 frames' atoms per species beyond the training environments).
 """
 
@@ -74,8 +75,12 @@ def format_table(res: dict) -> str:
     if cal:
         lines.append(
             f"calibration of bec_std: coverage {100 * cal['coverage_68']:.1f} % (nominal 68.3)"
-            f", {100 * cal['coverage_95']:.1f} % (nominal 95), NLL {cal['nll']:.3f}, frame rank "
+            f"{_interval(cal, 'coverage_68')}, {100 * cal['coverage_95']:.1f} % (nominal 95)"
+            f"{_interval(cal, 'coverage_95')}, NLL {cal['nll']:.3f}, frame rank "
             f"correlation {cal.get('frame_rank_correlation', float('nan')):.2f}")
+        if _interval(cal, "coverage_95"):
+            lines.append("  (in brackets: the central 95 % range over the frames resampled "
+                         "with replacement)")
     env = res.get("environments")
     if env:
         shares = ", ".join(f"{s} {100 * e['beyond']:.1f} %" for s, e in env.items()
@@ -89,10 +94,20 @@ def format_table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def _interval(cal: dict, key: str) -> str:
+    """`` [low-high]`` in % of a coverage's resampling range, or "" when there is none."""
+    low, high = cal.get(key + "_interval") or (None, None)
+    if low is None or math.isnan(low):
+        return ""
+    return f" [{100 * low:.1f}-{100 * high:.1f}]"
+
+
 def _finite(obj):
     """Replace NaN/inf by None so that the JSON output is strict JSON."""
     if isinstance(obj, dict):
         return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj

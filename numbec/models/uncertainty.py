@@ -53,6 +53,7 @@ __all__ = [
     "StreamedUncertaintyModel",
     "channel_outputs",
     "calibration_metrics",
+    "coverage_intervals",
     "direction_becs",
     "exact_bec_std",
     "PROBE_SEED",
@@ -103,7 +104,12 @@ def calibration_metrics(predicted, std, reference, frame_sizes=None) -> dict:
         better); ``z_rms``: RMS of ``err / std`` (1 for a calibrated model); ``mean_std`` (e);
         with ``frame_sizes``: ``frame_rank_correlation``, Spearman's rho between each frame's
         predicted uncertainty ``sqrt(mean std^2)`` and its actual RMSE over its components
-        (nan for fewer than 3 frames), and ``n_frames``.
+        (nan for fewer than 3 frames), ``n_frames``, and ``coverage_68_interval``,
+        ``coverage_95_interval``: [low, high], the central 95 % range of each coverage over
+        the test frames resampled with replacement (:func:`coverage_intervals`; [nan, nan] for
+        fewer than 3 frames). The components of a frame share its errors, so the frame, not
+        the component, is what is resampled; frames of one MD that are close in time are
+        correlated too, and then the range is narrower than the coverage's real uncertainty.
     """
     pred = np.asarray(predicted, dtype=np.float64)
     ref = np.asarray(reference, dtype=np.float64)
@@ -133,7 +139,49 @@ def calibration_metrics(predicted, std, reference, frame_sizes=None) -> dict:
         actual = np.array([np.sqrt(np.mean(err[a:b] ** 2)) for a, b in spans])
         out["frame_rank_correlation"] = _spearman(pred_u, actual)
         out["n_frames"] = int(sizes.size)
+        counts = sizes * (z.shape[1] if z.ndim > 1 else 1)
+        for name, half in (("coverage_68", _Z68), ("coverage_95", _Z95)):
+            hits = np.array([np.count_nonzero(z[a:b] <= half) for a, b in spans])
+            out[name + "_interval"] = coverage_intervals(hits, counts)
     return out
+
+
+#: Resamples and seed of :func:`coverage_intervals` (fixed: the same data give the same range).
+BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED = 2000, 20261205
+
+
+def coverage_intervals(hits, counts, level: float = 0.95) -> list:
+    """Central ``level`` range of a coverage over frames resampled with replacement.
+
+    Parameters
+    ----------
+    hits : (F,) int, the components of each frame inside their interval.
+    counts : (F,) int, the components of each frame.
+    level : float, the probability inside the returned range.
+
+    Returns
+    -------
+    [low, high] floats: percentiles of ``sum(hits) / sum(counts)`` over
+    :data:`BOOTSTRAP_RESAMPLES` resamples of the F frames (seed :data:`BOOTSTRAP_SEED`);
+    [nan, nan] for fewer than 3 frames, which say nothing about the spread.
+    """
+    hits = np.asarray(hits, dtype=np.float64)
+    counts = np.asarray(counts, dtype=np.float64)
+    if hits.shape != counts.shape or hits.ndim != 1:
+        raise ValueError(f"hits {hits.shape} and counts {counts.shape} must be equal 1-d shapes")
+    if hits.size < 3:
+        return [float("nan"), float("nan")]
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    ratios = np.empty(BOOTSTRAP_RESAMPLES)
+    # blocks of resamples keep the index array small for long test sets
+    block = max(1, min(BOOTSTRAP_RESAMPLES, 2_000_000 // hits.size))
+    for lo in range(0, BOOTSTRAP_RESAMPLES, block):
+        hi = min(lo + block, BOOTSTRAP_RESAMPLES)
+        pick = rng.integers(0, hits.size, size=(hi - lo, hits.size))
+        ratios[lo:hi] = hits[pick].sum(axis=1) / counts[pick].sum(axis=1)
+    tail = 50.0 * (1.0 - level)
+    low, high = np.percentile(ratios, [tail, 100.0 - tail])
+    return [float(low), float(high)]
 
 
 def _spearman(a, b) -> float:
