@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -97,6 +98,58 @@ def test_cli_writes_prediction_and_resumes(tmp_path, model_file, capsys):
     f32 = xr.open_zarr(tmp_path / "f.zarr")
     assert f32["bec"].dtype == np.float32
     np.testing.assert_allclose(f32["bec"].values, expected["bec"].values, rtol=1e-6)
+
+
+def test_info_describes_a_prediction_store_finished_interrupted_or_being_written(
+        tmp_path, model_file, capsys, monkeypatch):
+    """numbec info on a prediction store: the trajectory and model it comes from, the frames
+    predicted so far (counted from the chunks flagged done), the variables, and whether a
+    live process is writing it."""
+    from numbec.io import prediction as store_format
+    from numbec.io._files import store_lock
+
+    model, path = model_file
+    traj = tmp_path / "traj.zarr"
+    write_trajectory_store(traj, n_frames=10, chunk=4)
+    out = tmp_path / "out.zarr"
+    real_write = store_format.write_chunk
+    written = []
+
+    def write_then_die(*args, **kwargs):
+        if written:
+            raise KeyboardInterrupt("killed after the first chunk")
+        written.append(real_write(*args, **kwargs))
+
+    monkeypatch.setattr(store_format, "write_chunk", write_then_die)
+    assert main(["predict", str(path), str(traj), "-o", str(out), "--no-progress"]) != 0
+    assert "interrupted" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(["info", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "kind         prediction (format 1" in printed
+    assert f"trajectory   {traj}" in printed
+    assert f"model        SpeciesMeanModel (file {path}, sha256 " in printed
+    assert "frames       4 of 10 predicted (1 of 3 chunks of 4 frames)" in printed
+    assert "atoms        6  (O 2, H 4)" in printed
+    assert "INCOMPLETE: 2 of 3 chunks missing; run the same 'numbec predict' command" in printed
+    with store_lock(out, "numbec predict"):  # a live writer: this process
+        info = store_format.prediction_summary(out)
+    assert info["writer"]["pid"] == os.getpid()
+    assert info["writer"]["host"] == socket.gethostname()
+    assert main(["predict", str(path), str(traj), "-o", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["complete"] and info["frames_done"] == info["frames"] == 10
+    assert info["writer"] is None
+    stored = xr.open_zarr(out)
+    assert set(info["variables"]) == set(stored.data_vars)
+    assert all(info["variables"][name]["units"] == stored[name].attrs["units"]
+               for name in stored.data_vars)
+    assert info["velocities_source"] == stored.attrs["velocities_source"]
+    assert info["environment_check"] is None  # a species-mean model has nothing to check
+    assert main(["info", "--set-timestep", "1", str(out)]) == 1
+    assert "prediction store: --set-timestep applies to trajectory" in capsys.readouterr().err
 
 
 def test_predict_takes_a_model_file(tmp_path, model_file):

@@ -76,7 +76,8 @@ def test_leave_one_out_residual_of_a_sparse_point_is_its_residual_against_the_ot
     np.testing.assert_allclose(got[:25], direct, rtol=1e-8, atol=1e-12)
 
 
-def test_training_frames_pass_and_rattled_frames_are_reported(model, subset, rng):
+def test_training_frames_pass_and_rattled_frames_are_reported(model, subset, rng, tmp_path,
+                                                              capsys):
     """Frames of the training distribution put about 1 % of their atoms beyond the training
     quantile (here at most a few %); frames rattled by 0.15 Å, most of them, and predict
     warns naming the species, the frame and the atom, and records the check."""
@@ -97,9 +98,19 @@ def test_training_frames_pass_and_rattled_frames_are_reported(model, subset, rng
         a.positions += rng.normal(scale=0.15, size=a.positions.shape)
     with pytest.warns(UserWarning, match=r"<dataset>: in 2 evenly spaced frames \(of 20\).*"
                                          r"O: \d+ % of 96 atoms \(worst: frame (0|19), atom"):
-        out = predict(model, _trajectory(trajectory), progress=False, dipole_derivative=False)
+        out = predict(model, _trajectory(trajectory), progress=False, dipole_derivative=False,
+                      out=tmp_path / "p.zarr")
     recorded = json.loads(out.attrs["environment_check"])
     assert recorded["frames"] == [0, 19] and set(recorded["extrapolated"]) == {"O", "Si"}
+    # numbec info shows the check of a prediction store
+    from numbec.cli import main
+
+    assert main(["info", str(tmp_path / "p.zarr")]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "environments EXTRAPOLATION for" in printed
+    for symbol in ("O", "Si"):
+        assert f"{symbol} {100 * recorded[symbol]['beyond']:.1f} %" in printed
+    assert "2 frames checked" in printed
 
 
 def test_the_reference_survives_the_model_file_and_old_files_skip_the_check(model, subset,

@@ -457,6 +457,10 @@ def test_resume_after_sigkill_of_a_real_run(tmp_path):
     assert (tmp_path / "p.zarr.lock").exists()  # a killed run cannot release its lock
     done = prediction_store.chunks_done(zarr.open_group(str(out), mode="r"), n_chunks)
     assert 2 <= done.sum() < n_chunks, done
+    # numbec info tells how far the run got, and that no one is writing it any more
+    summary = prediction_store.prediction_summary(out)
+    assert summary["frames_done"] == chunk * done.sum() and summary["frames"] == n_frames
+    assert summary["writer"] is None and not summary["complete"]
 
     ds = make_trajectory(n_frames=n_frames)
     model = ToyModel()
@@ -464,6 +468,8 @@ def test_resume_after_sigkill_of_a_real_run(tmp_path):
         result = predict(model, ds, out=out, chunk_frames=chunk, progress=False)
     assert model.calls == chunk * (n_chunks - done.sum())
     _assert_same(predict(ToyModel(), ds, chunk_frames=chunk, progress=False), result)
+    summary = prediction_store.prediction_summary(out)
+    assert summary["complete"] and summary["frames_done"] == n_frames
 
 
 def test_partially_written_chunk_is_never_trusted(tmp_path, monkeypatch):

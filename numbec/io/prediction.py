@@ -152,6 +152,7 @@ __all__ = [
     "PROGRESS_GROUP",
     "VARIABLES",
     "open_prediction",
+    "prediction_summary",
 ]
 
 
@@ -503,6 +504,146 @@ def open_store(path):
     ds = xr.open_zarr(str(path), zarr_format=3)
     small = [name for name in ("symbol", "pol", "disp") if name in ds.coords]
     return ds.assign_coords({name: ds[name].load() for name in small})
+
+
+def _writer(path) -> dict | None:
+    """The process writing the store at ``path`` (pid, host, command, started), read from
+    its lock file without taking the lock; None when no live process on this host holds it
+    (a lock file left by a killed run names a pid that is gone)."""
+    import socket
+
+    from numbec.io._files import lock_path
+
+    try:
+        holder = json.loads(lock_path(path).read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int):
+        return None
+    if holder.get("host") == socket.gethostname():
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:  # alive, another user's
+            pass
+    return {k: holder.get(k) for k in ("pid", "host", "command", "started")}
+
+
+def _json_attr(attrs, name, where):
+    """A group attribute stored as JSON text, parsed; None when absent."""
+    text = attrs.get(name)
+    if text is None:
+        return None
+    try:
+        value = json.loads(text) if isinstance(text, str) else text
+    except ValueError:
+        raise ValueError(f"{where}: attribute {name!r} is not valid JSON; the store's "
+                         "metadata is damaged") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: attribute {name!r} is not a JSON object")
+    return value
+
+
+def prediction_summary(path) -> dict:
+    """Facts about a Prediction store for ``numbec info``, finished or not, without reading
+    its data: what was predicted, from which trajectory and model, how far the run got.
+
+    Returns a dict (JSON-ready): ``store``, ``kind`` (``"prediction"``), ``format_version``,
+    ``numbec_version``, ``created``, ``input`` (the trajectory), ``model_class``,
+    ``model_file``, ``model_sha256``, ``frames`` (of the trajectory), ``frames_done`` (in
+    chunks flagged done), ``chunks``, ``chunks_done``, ``chunk_frames``, ``atoms``,
+    ``species`` ({symbol: count}), ``timestep`` (fs or None), ``variables`` ({name:
+    {``dims``, ``units``}}), ``storage_dtype``, ``precision``, ``uncertainty`` (per-atom
+    ``bec_std``), ``uncertainty_rank``, ``posterior_samples``, ``total_charge`` (e),
+    ``velocities_source``, ``dipole_method``, ``temperature`` (K or None),
+    ``environment_check`` (the report of :func:`numbec.models.representation.
+    environment_check` or None), ``complete`` (bool), ``writer`` (the live process writing
+    it: pid, host, command, started; or None).
+
+    Raises
+    ------
+    FileNotFoundError
+        Nothing at ``path``.
+    ValueError
+        Not a Prediction store, a ``format_version`` this numbec does not read, or damaged
+        metadata (naming the attribute or array).
+    """
+    import zarr
+
+    where = os.fspath(path)
+    if not os.path.exists(where):
+        raise FileNotFoundError(f"{where}: no such store")
+    try:
+        root = zarr.open_group(where, mode="r", zarr_format=3, use_consolidated=False)
+        attrs = dict(root.attrs)
+    except Exception as exc:  # noqa: BLE001 - any failure: not a readable store
+        raise ValueError(f"{where}: cannot open as a Zarr group ({type(exc).__name__}: "
+                         f"{exc})") from exc
+    if attrs.get("format") != PREDICTION_FORMAT:
+        raise ValueError(f"{where} is not a prediction store (format="
+                         f"{attrs.get('format')!r})")
+    version = attrs.get("format_version")
+    if version != PREDICTION_FORMAT_VERSION:
+        raise ValueError(f"{where}: prediction store format_version {version!r} is not "
+                         f"supported (this numbec reads version {PREDICTION_FORMAT_VERSION})")
+    writer = _writer(where)
+    fingerprint = _json_attr(attrs, "fingerprint", where) or {}
+    summary = {"store": where, "kind": "prediction", "format_version": version,
+               "numbec_version": attrs.get("numbec_version"), "created": attrs.get("created"),
+               "input": attrs.get("input"), "model_class": attrs.get("model_class"),
+               "model_file": attrs.get("model_file") or None,
+               "model_sha256": attrs.get("model_sha256") or None, "writer": writer}
+    if not attrs.get("initialised"):  # a run that died (or is) laying out the store
+        return dict(summary, frames=None, frames_done=0, complete=False, initialised=False)
+    try:
+        time = root["time"]
+        n_frames = int(time.shape[0])
+        progress = root[PROGRESS_GROUP]
+        flags = progress["chunks_done"]
+    except KeyError as exc:
+        raise ValueError(f"{where}: the prediction store lacks {exc}; its layout is "
+                         "damaged") from None
+    chunk_frames = fingerprint.get("chunk_frames")
+    if not isinstance(chunk_frames, int) or chunk_frames < 1:
+        raise ValueError(f"{where}: the fingerprint's chunk_frames is {chunk_frames!r}, not "
+                         "a positive integer; the store's metadata is damaged")
+    n_chunks = int(flags.shape[0])
+    if n_chunks != -(-n_frames // chunk_frames):
+        raise ValueError(f"{where}: {n_chunks} chunk flags for {n_frames} frames in chunks "
+                         f"of {chunk_frames}; the store's layout is damaged")
+    done = chunks_done(root, n_chunks)
+    starts = np.arange(n_chunks) * chunk_frames
+    sizes = np.minimum(starts + chunk_frames, n_frames) - starts
+    variables = {}
+    for name in sorted(VARIABLES):
+        if name in root:
+            variables[name] = {"dims": list(VARIABLES[name][0]),
+                               "units": dict(root[name].attrs).get("units")}
+    species: dict[str, int] = {}
+    if "symbol" in root:
+        for symbol in (str(x) for x in root["symbol"][:]):
+            species[symbol] = species.get(symbol, 0) + 1
+    timestep = attrs.get("timestep")
+    temperature = attrs.get("temperature")
+    return dict(
+        summary, initialised=True, frames=n_frames, frames_done=int(sizes[done].sum()),
+        chunks=n_chunks, chunks_done=int(done.sum()), chunk_frames=chunk_frames,
+        atoms=int(fingerprint.get("n_atoms", sum(species.values()))), species=species,
+        timestep=(float(timestep) if isinstance(timestep, int | float)
+                  and np.isfinite(timestep) else None),
+        variables=variables, storage_dtype=attrs.get("storage_dtype"),
+        precision=attrs.get("precision", "float64"),
+        uncertainty=bool(attrs.get("uncertainty")),
+        uncertainty_rank=attrs.get("uncertainty_rank"),
+        posterior_samples=int(attrs.get("posterior_samples") or 0),
+        total_charge=float(attrs.get("total_charge") or 0.0),
+        velocities_source=attrs.get("velocities_source"),
+        dipole_method=attrs.get("dipole_method"),
+        temperature=float(temperature) if isinstance(temperature, int | float) else None,
+        environment_check=_json_attr(attrs, "environment_check", where),
+        complete=bool(attrs.get("complete")),
+    )
 
 
 def open_prediction(path):
