@@ -149,6 +149,8 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
         cal = models[name]["calibration"]
         for key in ("coverage_68", "coverage_95"):
             assert 0.0 <= cal[key] <= 1.0, (name, key, cal[key])
+            low, high = cal[key + "_interval"]
+            assert low <= cal[key] <= high, (name, key)
         assert cal["coverage_68"] <= cal["coverage_95"], name
         assert -1.0 <= cal["frame_rank_correlation"] <= 1.0, name
         assert cal["variance_scale"] > 0.0
