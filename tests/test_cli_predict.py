@@ -132,6 +132,9 @@ def test_info_describes_a_prediction_store_finished_interrupted_or_being_written
     assert "frames       4 of 10 predicted (1 of 3 chunks of 4 frames)" in printed
     assert "atoms        6  (O 2, H 4)" in printed
     assert "INCOMPLETE: 2 of 3 chunks missing; run the same 'numbec predict' command" in printed
+    # the spectrum of an unfinished prediction is refused, pointing here
+    assert main(["ir", str(out), "--temperature", "300", "-o", str(tmp_path / "ir.csv")]) == 1
+    assert f"'numbec info {out}' shows how far it got" in capsys.readouterr().err
     with store_lock(out, "numbec predict"):  # a live writer: this process
         info = store_format.prediction_summary(out)
     assert info["writer"]["pid"] == os.getpid()

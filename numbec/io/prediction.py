@@ -665,19 +665,26 @@ def open_prediction(path):
     if path.suffix == ".nc":
         ds = xr.open_dataset(path)
     else:
-        try:
-            ds = open_store(path)
-        except Exception as exc:
-            raise ValueError(f"{path}: not a readable Zarr store ({exc})") from exc
-        kind = ds.attrs.get("format")
-        if kind == PREDICTION_FORMAT and not ds.attrs.get("complete"):
+        import zarr
+
+        try:  # the group's own attributes first: an unfinished store is not consolidated
+            attrs = dict(zarr.open_group(str(path), mode="r", use_consolidated=False).attrs)
+        except Exception:  # noqa: BLE001 - judged by the dataset reader below
+            attrs = {}
+        kind = attrs.get("format")
+        if kind == PREDICTION_FORMAT and not attrs.get("complete"):
             raise ValueError(f"{path}: the prediction is incomplete; run numbec predict "
-                             "again to finish it")
+                             f"again to finish it ('numbec info {path}' shows how far it got "
+                             "and whether a run is still writing it)")
         from numbec.io.trajectory import STORE_FORMAT
 
         if kind == STORE_FORMAT:
             raise ValueError(f"{path} is a trajectory store, not a prediction; run "
                              f"'numbec predict MODEL {path} -o PREDICTION.zarr' first")
+        try:
+            ds = open_store(path)
+        except Exception as exc:
+            raise ValueError(f"{path}: not a readable Zarr store ({exc})") from exc
     version = ds.attrs.get("format_version")
     if ds.attrs.get("format") == PREDICTION_FORMAT and version != PREDICTION_FORMAT_VERSION:
         # a later layout may change what the stored arrays mean
