@@ -802,7 +802,8 @@ def predict(
     model_file : str or Path, optional
         Where the model was loaded from, recorded in the provenance attribute
         ``model_file`` (the model itself is identified by ``model_sha256``, the hash of its
-        state, which is what resuming checks). Set automatically when ``model`` is a path.
+        saved state, as ``numbec info MODEL.npz`` prints it; resuming checks that hash).
+        Set automatically when ``model`` is a path.
     blas_threads : int or None
         Threads of the BLAS library (numpy's matrix products) inside every chunk task,
         default 1 (:mod:`numbec.parallel`): per-frame matrices are too small for threaded
@@ -1133,8 +1134,11 @@ def _make_plan(model, ds, source, store_path, *, chunk_frames, dtype, uncertaint
     else:
         time = np.arange(n_frames) * timestep  # NaN without a time step: no time axis
 
-    # hashed once per call (the state of a learned model is megabytes)
+    # hashed once per call (the state of a learned model is megabytes); the provenance names
+    # the model as saved, the resume fingerprint also the uncertainty settings of a wrapper
     model_fp = model_fingerprint(model)
+    saved = getattr(model, "saved_model", model)
+    saved_sha256 = model_fp["sha256"] if saved is model else model_fingerprint(saved)["sha256"]
     volume = None
     if bool(np.all(pbc)):
         cell = ds["cell"].data
@@ -1146,7 +1150,7 @@ def _make_plan(model, ds, source, store_path, *, chunk_frames, dtype, uncertaint
         volume = float(np.abs(np.linalg.det(cells)).mean())
     attrs = store_format.prediction_attrs(
         model_class=getattr(model, "class_name", type(model).__name__),
-        model_sha256=model_fp["sha256"],
+        model_sha256=saved_sha256,
         model_file=model_file, input_name=store_path or source, timestep=timestep, pbc=pbc,
         dipole_method=dipole_method, uncertainty=uncertainty, dtype=dtype,
         precision=precision, volume=volume,

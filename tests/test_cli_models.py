@@ -253,3 +253,43 @@ def test_evaluate_charge_applies_to_frames_without_their_own(tmp_path, capsys):
     pred = asr_project(np.stack([means[z] for z in numbers]), 2.0)
     np.testing.assert_allclose(pred.sum(axis=0), 2.0 * np.eye(3), atol=1e-12)
     assert res["rmse"] == pytest.approx(np.sqrt(((ref - pred[None]) ** 2).mean()), rel=1e-10)
+
+
+def test_info_describes_a_model_file_and_links_it_to_its_predictions(tmp_path, capsys):
+    """numbec info MODEL.npz: class, species, training set and calibration as the file holds
+    them, and the state hash that every prediction store made with the model records as
+    model_sha256, with or without the uncertainty wrappers of the stream."""
+    model_path = tmp_path / "m.npz"
+    assert main(["train", str(QUARTZ), "--index", "0:6", "--model", "combined", "-o",
+                 str(model_path), "--calibrate-folds", "3", *TINY]) == 0
+    store = tmp_path / "q.zarr"
+    assert main(["convert", str(QUARTZ), str(store), "--timestep", "1", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(model_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "model        CombinedModel" in printed
+    assert "species      O, Si" in printed
+    assert "training     6 frames, 432 atoms" in printed
+    assert "learned by 3-fold cross-validation on the training frames" in " ".join(
+        printed.split())
+    assert main(["info", str(model_path), "--json"]) == 0
+    info = _json(capsys)
+    model = numbec.load_model(model_path)
+    assert info["calibration"]["variance_scale"] == model.variance_scale
+    assert info["calibration"]["noise_scale"] == model.noise_scale
+    assert info["sparse_points"] == {
+        "O": int(np.sum(model.sparse_species == 8)), "Si": int(np.sum(model.sparse_species == 14))}
+    assert info["descriptors"]["l_max"] == 2 and info["environment_reference"]
+    for extra in ([], ["--posterior-samples", "2"], ["--uncertainty", "--uncertainty-rank", "2"]):
+        out = tmp_path / f"p{len(extra)}.zarr"
+        assert main(["predict", str(model_path), str(store), "-o", str(out), "--no-progress",
+                     "--velocities-from-positions", *extra]) == 0
+        capsys.readouterr()
+        assert main(["info", str(out), "--json"]) == 0
+        assert _json(capsys)["model_sha256"] == info["state_sha256"], extra
+    # a damaged file is refused naming it, as load_model does
+    data = bytearray(model_path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model_path.write_bytes(bytes(data))
+    assert main(["info", str(model_path)]) == 1
+    assert str(model_path) in capsys.readouterr().err

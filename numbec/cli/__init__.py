@@ -31,7 +31,7 @@ import threading
 COMMANDS = {
     "demo": "offline end-to-end demo: xTB water clusters -> models -> MD -> IR spectra",
     "convert": "convert a trajectory (extxyz, ASE .traj, XDATCAR, LAMMPS dump, ...) to a store",
-    "info": "describe a trajectory store",
+    "info": "describe a trajectory store, prediction store or model file",
     "train": "fit a monopole, dipole or combined kernel model to reference BECs",
     "evaluate": "RMSE/MAE/R2 of a saved model on reference BECs, with a species-mean baseline",
     "predict": "predict BECs and dipole derivatives along a trajectory store",

@@ -1,23 +1,28 @@
-"""``numbec info STORE``: what a trajectory or prediction store holds."""
+"""``numbec info PATH``: what a trajectory store, prediction store or model file holds."""
 
 from __future__ import annotations
 
 import json
+import os
+import zipfile
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "info",
-        help="describe a trajectory or prediction store",
+        help="describe a trajectory store, prediction store or model file",
         description="Trajectory stores ('numbec convert'): frames, atoms, species, time step, "
         "duration, chunking and completeness; exit status 1 when the time coordinate "
         "contradicts the time step (NaN, going backwards, another spacing). Prediction "
         "stores ('numbec predict'): the trajectory and model they come from, how many "
         "frames are predicted (of a run still going or interrupted, too), the variables, "
-        "the uncertainty asked for and the environment check's result.",
+        "the uncertainty asked for and the environment check's result. Model files "
+        "('numbec train'): class, species, descriptor settings, sparse points, training "
+        "set, calibration, and the hash of the model's state that prediction stores record "
+        "as model_sha256.",
     )
-    parser.add_argument("store", metavar="STORE", help="trajectory or prediction store "
-                        "directory")
+    parser.add_argument("store", metavar="PATH", help="trajectory or prediction store "
+                        "directory, or model file (.npz)")
     parser.add_argument("--json", action="store_true", help="print the facts as JSON")
     parser.add_argument("--set-timestep", type=float, metavar="FS",
                         help="first set a trajectory store's time step (fs between stored "
@@ -40,6 +45,11 @@ def run(args) -> int:
     from numbec.io.prediction import PREDICTION_FORMAT
     from numbec.io.trajectory import set_timestep, trajectory_summary
 
+    if os.path.isfile(args.store) and zipfile.is_zipfile(args.store):  # a model file
+        if args.set_timestep is not None:
+            raise ValueError(f"{args.store} is a model file: --set-timestep applies to "
+                             "trajectory stores")
+        return _model_info(args)
     if _store_format(args.store) == PREDICTION_FORMAT:
         if args.set_timestep is not None:
             raise ValueError(f"{args.store} is a prediction store: --set-timestep applies to "
@@ -85,8 +95,6 @@ def _time_status(info) -> int:
 
 
 def _prediction_info(args) -> int:
-    import textwrap
-
     from numbec.io.prediction import prediction_summary
 
     info = prediction_summary(args.store)
@@ -113,15 +121,13 @@ def _prediction_info(args) -> int:
             "frames)",
             f"atoms        {info['atoms']}  ({species})",
             f"time step    {'unknown' if dt is None else f'{dt:g} fs'}",
-            textwrap.fill(", ".join(info["variables"]), width=100,
-                          initial_indent="variables    ", subsequent_indent=" " * 13),
+            _wrapped("variables", ", ".join(info["variables"])),
             f"storage      {info['storage_dtype']}"
             + ("" if info["precision"] == "float64" else f", {info['precision']} precision"),
             f"uncertainty  {_uncertainty_text(info)}",
             f"charge       {info['total_charge']:g} e",
             f"velocities   {info['velocities_source'] or 'none (no dM/dt)'}",
-            textwrap.fill(_environment_text(info["environment_check"]), width=100,
-                          initial_indent="environments ", subsequent_indent=" " * 13),
+            _wrapped("environments", _environment_text(info["environment_check"])),
         ]
     lines.append(f"status       {_status_text(info)}")
     print("\n".join(lines))
@@ -164,3 +170,68 @@ def _status_text(info) -> str:
     missing = info["chunks"] - info["chunks_done"]
     return (f"INCOMPLETE: {missing} of {info['chunks']} chunks missing; run the same "
             "'numbec predict' command again to resume")
+
+
+def _model_info(args) -> int:
+    from numbec.models.summary import model_summary
+
+    info = model_summary(args.store)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    lines = [
+        f"file         {info['file']}",
+        f"kind         model (numbec {info['numbec_version']}, created {info['created']})",
+        f"model        {info['model_class']}",
+        f"state sha256 {info['state_sha256']}",
+        "             (the model_sha256 of the prediction stores made with it)",
+        f"species      {', '.join(info['species'])}",
+        _wrapped("outputs", ", ".join(info["outputs"])),
+    ]
+    if "training" in info:
+        d = info["descriptors"]
+        hyper = info["hyperparameters"]
+        train = info["training"]
+        rmse, noise = train["train_rmse"], train["noise_std"]
+        lines += [
+            _wrapped("descriptors", f"cutoffs {d['cutoff_radial']:g} / {d['cutoff_angular']:g} "
+                     f"Å (radial / angular), sigma {d['sigma']:g} Å, {d['n_radial']} radial and "
+                     f"{d['n_angular']} angular functions, l_max {d['l_max']}"),
+            f"kernel       zeta {hyper['zeta']}, sparse points "
+            + ", ".join(f"{s} {n}" for s, n in info["sparse_points"].items())
+            + f" ({hyper['sparse_method']}), {hyper['regression']} regression",
+            f"training     {train['n_frames']} frames, {train['n_atoms']} atoms"
+            + ("" if rmse is None else f"; training RMSE {rmse:.4f} e")
+            + ("" if noise is None else f", fitted noise {noise:.4f} e"),
+            _wrapped("calibration", _calibration_text(info["calibration"])),
+            _wrapped("environments", "reference stored: predict checks its frames against "
+                     "the training environments" if info["environment_reference"]
+                     else "no reference (a numbec before the environment check): predict "
+                     "cannot check its frames"),
+        ]
+    print("\n".join(lines))
+    return 0
+
+
+def _wrapped(label: str, text: str) -> str:
+    """``label`` in a 13-column margin, ``text`` wrapped to 100 columns beside it."""
+    import textwrap
+
+    return textwrap.fill(text, width=100, initial_indent=f"{label:<13}",
+                         subsequent_indent=" " * 13, break_on_hyphens=False)
+
+
+def _calibration_text(cal) -> str:
+    if cal is None:
+        return "none (the raw Bayesian variance)"
+    if cal["noise_scale"] is not None:
+        text = (f"{cal['method'] or 'two-part'}: epistemic variance x {cal['variance_scale']:.3g}"
+                f", noise variance x {cal['noise_scale']:.3g}")
+    else:
+        text = f"{cal['method'] or 'one scale'}: variance x {cal['variance_scale']:.3g}"
+    if cal["folds"]:
+        text += f", learned by {cal['folds']}-fold cross-validation on the training frames"
+    held = cal["held_out_coverage_95"]
+    if held is not None:
+        text += f" (held-out 95 % coverage before: {100 * held:.1f} %)"
+    return text

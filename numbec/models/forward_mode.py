@@ -449,6 +449,12 @@ class DipoleDerivativeSamplesModel:
         return getattr(self.inner, "class_name", type(self.inner).__name__)
 
     @property
+    def saved_model(self):
+        """The model as saved in its file, under every wrapper (its state hash is the
+        prediction's ``model_sha256``)."""
+        return getattr(self.inner, "saved_model", self.inner)
+
+    @property
     def outputs(self) -> tuple:
         extra = ("dipole_derivative_std",) + (
             ("dipole_derivative_samples",) if self.n_samples else ()) + (

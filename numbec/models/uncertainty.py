@@ -1058,6 +1058,12 @@ class StreamedUncertaintyModel:
         return type(self.model).__name__
 
     @property
+    def saved_model(self):
+        """The wrapped model, as saved in its file (its state hash is the prediction's
+        ``model_sha256``)."""
+        return self.model
+
+    @property
     def outputs(self) -> tuple:
         return tuple(self.model.outputs) + (("bec_samples",) if self.n_samples else ())
 

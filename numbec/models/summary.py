@@ -1,0 +1,87 @@
+"""What a saved model file holds, for ``numbec info MODEL.npz``: read and checked as
+:func:`numbec.load_model` does, then described without predicting anything."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+__all__ = ["model_summary"]
+
+
+def _header(path) -> dict:
+    """The ``__numbec__`` header of a model file (already checked by ``load_model``)."""
+    with np.load(path, allow_pickle=False) as data:
+        return json.loads(str(data["__numbec__"]))
+
+
+def _symbols(numbers) -> list[str]:
+    from ase.data import chemical_symbols
+
+    return [chemical_symbols[int(z)] for z in numbers]
+
+
+def model_summary(path) -> dict:
+    """Facts about a saved model (JSON-ready dict).
+
+    Keys: ``file``, ``kind`` (``"model"``), ``model_class``, ``numbec_version`` and
+    ``created`` (of the file), ``state_sha256`` (the hash of the model's state that
+    ``numbec predict`` records as the prediction store's ``model_sha256``, so that a
+    prediction can be traced to its model file), ``species`` (symbols), ``outputs``; for
+    kernel models also ``hyperparameters``, ``descriptors`` (the descriptor settings: cutoffs
+    in Å, basis sizes), ``sparse_points`` ({symbol: count}), ``training`` (``n_frames``,
+    ``n_atoms``, ``train_rmse`` e, ``noise_std`` e = sqrt of the fitted noise variance
+    ``sigma_v2``, ``regression``), ``calibration`` (None, or ``method``, ``variance_scale``,
+    ``noise_scale``, ``folds``, ``held_out_coverage_95`` of the raw variance) and
+    ``environment_reference`` (whether predictions can check their environments against the
+    training ones).
+
+    Raises
+    ------
+    numbec.models.base.ModelFileError
+        As :func:`numbec.load_model`: a missing, damaged or foreign file, naming it.
+    """
+    from numbec.io.prediction import model_fingerprint
+    from numbec.models.base import load_model
+
+    model = load_model(path)  # every check of a model file, before anything is described
+    header = _header(path)
+    species = getattr(model, "species", ())
+    out = {
+        "file": os.fspath(path), "kind": "model", "model_class": header["model"],
+        "numbec_version": header.get("numbec_version"), "created": header.get("created"),
+        "state_sha256": model_fingerprint(model)["sha256"],
+        "species": _symbols(species), "outputs": list(getattr(model, "outputs", ())),
+    }
+    if getattr(model, "sparse_unit", None) is None:  # no kernel: nothing learned to describe
+        return out
+    training = getattr(model, "training", None) or {}
+    sigma_v2 = training.get("sigma_v2")
+    fit = training.get("variance_scale_fit")
+    calibration = None
+    noise_scale = getattr(model, "noise_scale", None)
+    if isinstance(fit, dict) or model.variance_scale != 1.0 or noise_scale is not None:
+        fit = fit if isinstance(fit, dict) else {}
+        calibration = {
+            "method": fit.get("method"), "variance_scale": float(model.variance_scale),
+            "noise_scale": None if noise_scale is None else float(noise_scale),
+            "folds": fit.get("folds"),
+            "held_out_coverage_95": fit.get("coverage_95_unscaled"),
+        }
+    sparse = np.asarray(model.sparse_species)
+    out.update(
+        hyperparameters=model.hyperparameters(),
+        descriptors={k: v for k, v in model.settings.to_dict().items() if k != "species"},
+        sparse_points={s: int(np.count_nonzero(sparse == z))
+                       for s, z in zip(_symbols(species), species, strict=True)},
+        training={"n_frames": training.get("n_frames"), "n_atoms": training.get("n_atoms"),
+                  "train_rmse": training.get("train_rmse"),
+                  "noise_std": (None if not isinstance(sigma_v2, int | float)
+                                else float(np.sqrt(sigma_v2))),
+                  "regression": training.get("method")},
+        calibration=calibration,
+        environment_reference=bool(training.get("environment_residual")),
+    )
+    return out
