@@ -153,6 +153,18 @@ def test_info_describes_a_prediction_store_finished_interrupted_or_being_written
     assert info["environment_check"] is None  # a species-mean model has nothing to check
     assert main(["info", "--set-timestep", "1", str(out)]) == 1
     assert "prediction store: --set-timestep applies to trajectory" in capsys.readouterr().err
+    # what is read back is checked like input, naming the attribute
+    root = zarr.open_group(str(out), mode="r+", use_consolidated=False)
+    root.attrs["environment_check"] = json.dumps({"frames": [0], "O": {"beyond": "many"}})
+    assert main(["info", str(out)]) == 1
+    assert "attribute 'environment_check': species 'O'" in capsys.readouterr().err
+    root.attrs["environment_check"] = "{not json"
+    assert main(["info", str(out)]) == 1
+    assert "'environment_check' is not valid JSON" in capsys.readouterr().err
+    del root.attrs["environment_check"]
+    root.attrs["posterior_samples"] = "16"
+    assert main(["info", str(out)]) == 1
+    assert "'posterior_samples' = '16' is not an integer" in capsys.readouterr().err
 
 
 def test_predict_takes_a_model_file(tmp_path, model_file):

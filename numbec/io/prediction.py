@@ -545,6 +545,43 @@ def _json_attr(attrs, name, where):
     return value
 
 
+def _number_attr(attrs, name, where, default=None, integer=False):
+    """A numeric group attribute, checked (``default`` when absent or null)."""
+    value = attrs.get(name)
+    if value is None:
+        return default
+    ok = isinstance(value, int) if integer else isinstance(value, int | float)
+    if not ok or isinstance(value, bool):
+        raise ValueError(f"{where}: attribute {name!r} = {value!r} is not "
+                         f"{'an integer' if integer else 'a number'}; the store's metadata "
+                         "is damaged")
+    return int(value) if integer else float(value)
+
+
+def _environment_report(attrs, where) -> dict | None:
+    """The ``environment_check`` attribute, checked: ``frames`` and ``extrapolated`` lists,
+    and per species ``checked`` (int) and ``beyond`` (a fraction)."""
+    report = _json_attr(attrs, "environment_check", where)
+    if report is None:
+        return None
+    problem = None
+    if not isinstance(report.get("frames", []), list):
+        problem = "'frames' is not a list"
+    elif not all(isinstance(s, str) for s in report.get("extrapolated", [])):
+        problem = "'extrapolated' is not a list of species"
+    for key, entry in report.items():
+        if key in ("frames", "extrapolated") or problem:
+            continue
+        beyond = entry.get("beyond") if isinstance(entry, dict) else None
+        if not (isinstance(beyond, int | float) and 0.0 <= beyond <= 1.0
+                and isinstance(entry.get("checked"), int)):
+            problem = f"species {key!r} has no valid 'checked' count and 'beyond' fraction"
+    if problem:
+        raise ValueError(f"{where}: attribute 'environment_check': {problem}; the store's "
+                         "metadata is damaged")
+    return report
+
+
 def prediction_summary(path) -> dict:
     """Facts about a Prediction store for ``numbec info``, finished or not, without reading
     its data: what was predicted, from which trajectory and model, how far the run got.
@@ -624,24 +661,22 @@ def prediction_summary(path) -> dict:
     if "symbol" in root:
         for symbol in (str(x) for x in root["symbol"][:]):
             species[symbol] = species.get(symbol, 0) + 1
-    timestep = attrs.get("timestep")
-    temperature = attrs.get("temperature")
+    timestep = _number_attr(attrs, "timestep", where)
     return dict(
         summary, initialised=True, frames=n_frames, frames_done=int(sizes[done].sum()),
         chunks=n_chunks, chunks_done=int(done.sum()), chunk_frames=chunk_frames,
         atoms=int(fingerprint.get("n_atoms", sum(species.values()))), species=species,
-        timestep=(float(timestep) if isinstance(timestep, int | float)
-                  and np.isfinite(timestep) else None),
+        timestep=timestep if timestep is not None and np.isfinite(timestep) else None,
         variables=variables, storage_dtype=attrs.get("storage_dtype"),
         precision=attrs.get("precision", "float64"),
         uncertainty=bool(attrs.get("uncertainty")),
-        uncertainty_rank=attrs.get("uncertainty_rank"),
-        posterior_samples=int(attrs.get("posterior_samples") or 0),
-        total_charge=float(attrs.get("total_charge") or 0.0),
+        uncertainty_rank=_number_attr(attrs, "uncertainty_rank", where, integer=True),
+        posterior_samples=_number_attr(attrs, "posterior_samples", where, 0, integer=True),
+        total_charge=_number_attr(attrs, "total_charge", where, 0.0),
         velocities_source=attrs.get("velocities_source"),
         dipole_method=attrs.get("dipole_method"),
-        temperature=float(temperature) if isinstance(temperature, int | float) else None,
-        environment_check=_json_attr(attrs, "environment_check", where),
+        temperature=_number_attr(attrs, "temperature", where),
+        environment_check=_environment_report(attrs, where),
         complete=bool(attrs.get("complete")),
     )
 
