@@ -687,6 +687,7 @@ def test_unfinished_trajectory_store_is_refused_unless_allowed(tmp_path, monkeyp
     partial = predict(ToyModel(), store, out=out, progress=False, allow_incomplete=True)
     assert partial.sizes["frame"] == 8
     assert partial.attrs["input_complete"] is False and partial.attrs["input_frames"] == 8
+    assert prediction_store.prediction_summary(out)["input_complete"] is False
     with pytest.warns(UserWarning, match=re.escape(
             "p.zarr: predicted from a trajectory store whose conversion had not finished (8 "
             "frames then); the spectrum covers only those frames")):
@@ -694,6 +695,7 @@ def test_unfinished_trajectory_store_is_refused_unless_allowed(tmp_path, monkeyp
     numbec.convert_trajectory(src, store, append=True)
     full = predict(ToyModel(), store, out=tmp_path / "full.zarr", progress=False)
     assert full.sizes["frame"] == 14 and "input_complete" not in full.attrs
+    assert prediction_store.prediction_summary(tmp_path / "full.zarr")["input_complete"]
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*conversion had not finished")
         numbec.ir_spectrum(tmp_path / "full.zarr", blocks=1)

@@ -109,7 +109,8 @@ def _prediction_info(args) -> int:
         f"store        {info['store']}",
         f"kind         prediction (format {info['format_version']}, numbec "
         f"{info['numbec_version']}, created {info['created']})",
-        f"trajectory   {info['input']}",
+        f"trajectory   {info['input']}" + ("" if info["input_complete"] else
+                                               "  (still being converted when predicted)"),
         f"model        {model} ({', '.join(details)})",
     ]
     if info["initialised"]:

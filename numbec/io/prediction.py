@@ -594,9 +594,11 @@ def prediction_summary(path) -> dict:
     {``dims``, ``units``}}), ``storage_dtype``, ``precision``, ``uncertainty`` (per-atom
     ``bec_std``), ``uncertainty_rank``, ``posterior_samples``, ``total_charge`` (e),
     ``velocities_source``, ``dipole_method``, ``temperature`` (K or None),
-    ``environment_check`` (the report of :func:`numbec.models.representation.
-    environment_check` or None), ``complete`` (bool), ``writer`` (the live process writing
-    it: pid, host, command, started; or None).
+    ``environment_check`` (the report of
+    :func:`numbec.models.representation.environment_check` or None), ``complete`` (bool),
+    ``writer`` (the live process writing it: pid, host, command, started; or None),
+    ``input_complete`` (False when the trajectory store was still being converted,
+    ``predict(allow_incomplete=True)``).
 
     Raises
     ------
@@ -630,7 +632,8 @@ def prediction_summary(path) -> dict:
                "numbec_version": attrs.get("numbec_version"), "created": attrs.get("created"),
                "input": attrs.get("input"), "model_class": attrs.get("model_class"),
                "model_file": attrs.get("model_file") or None,
-               "model_sha256": attrs.get("model_sha256") or None, "writer": writer}
+               "model_sha256": attrs.get("model_sha256") or None, "writer": writer,
+               "input_complete": attrs.get("input_complete", True) is not False}
     if not attrs.get("initialised"):  # a run that died (or is) laying out the store
         return dict(summary, frames=None, frames_done=0, complete=False, initialised=False)
     try:
