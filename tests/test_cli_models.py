@@ -293,3 +293,6 @@ def test_info_describes_a_model_file_and_links_it_to_its_predictions(tmp_path, c
     model_path.write_bytes(bytes(data))
     assert main(["info", str(model_path)]) == 1
     assert str(model_path) in capsys.readouterr().err
+    model_path.write_bytes(model_path.read_bytes()[:100])  # a truncated copy
+    assert main(["info", str(model_path)]) == 1
+    assert "not a numbec model file (not an .npz archive" in capsys.readouterr().err

@@ -45,7 +45,8 @@ def run(args) -> int:
     from numbec.io.prediction import PREDICTION_FORMAT
     from numbec.io.trajectory import set_timestep, trajectory_summary
 
-    if os.path.isfile(args.store) and zipfile.is_zipfile(args.store):  # a model file
+    if os.path.isfile(args.store) and (args.store.endswith(".npz")
+                                       or zipfile.is_zipfile(args.store)):  # a model file
         if args.set_timestep is not None:
             raise ValueError(f"{args.store} is a model file: --set-timestep applies to "
                              "trajectory stores")
