@@ -287,6 +287,11 @@ def test_info_describes_a_model_file_and_links_it_to_its_predictions(tmp_path, c
         capsys.readouterr()
         assert main(["info", str(out), "--json"]) == 0
         assert _json(capsys)["model_sha256"] == info["state_sha256"], extra
+    # the training summary is read like input: a non-number is named, not formatted
+    model.training = dict(model.training, train_rmse="small")
+    bad = model.save(tmp_path / "bad.npz")
+    assert main(["info", str(bad)]) == 1
+    assert "training entry 'train_rmse' = 'small' is not a number" in capsys.readouterr().err
     # a damaged file is refused naming it, as load_model does
     data = bytearray(model_path.read_bytes())
     data[len(data) // 2] ^= 0xFF

@@ -23,6 +23,20 @@ def _symbols(numbers) -> list[str]:
     return [chemical_symbols[int(z)] for z in numbers]
 
 
+def _number(value, name, path, integer=False):
+    """An entry of the training summary, None when absent; ModelFileError when it is not a
+    number (the file's metadata is read like any input)."""
+    from numbec.models.base import ModelFileError
+
+    if value is None:
+        return None
+    kinds = int if integer else int | float
+    if not isinstance(value, kinds) or isinstance(value, bool):
+        raise ModelFileError(f"{os.fspath(path)}: training entry {name!r} = {value!r} is not "
+                             f"{'an integer' if integer else 'a number'}")
+    return int(value) if integer else float(value)
+
+
 def model_summary(path) -> dict:
     """Facts about a saved model (JSON-ready dict).
 
@@ -58,7 +72,7 @@ def model_summary(path) -> dict:
     if getattr(model, "sparse_unit", None) is None:  # no kernel: nothing learned to describe
         return out
     training = getattr(model, "training", None) or {}
-    sigma_v2 = training.get("sigma_v2")
+    sigma_v2 = _number(training.get("sigma_v2"), "sigma_v2", path)
     fit = training.get("variance_scale_fit")
     calibration = None
     noise_scale = getattr(model, "noise_scale", None)
@@ -67,8 +81,9 @@ def model_summary(path) -> dict:
         calibration = {
             "method": fit.get("method"), "variance_scale": float(model.variance_scale),
             "noise_scale": None if noise_scale is None else float(noise_scale),
-            "folds": fit.get("folds"),
-            "held_out_coverage_95": fit.get("coverage_95_unscaled"),
+            "folds": _number(fit.get("folds"), "variance_scale_fit.folds", path, True),
+            "held_out_coverage_95": _number(fit.get("coverage_95_unscaled"),
+                                            "variance_scale_fit.coverage_95_unscaled", path),
         }
     sparse = np.asarray(model.sparse_species)
     out.update(
@@ -76,10 +91,10 @@ def model_summary(path) -> dict:
         descriptors={k: v for k, v in model.settings.to_dict().items() if k != "species"},
         sparse_points={s: int(np.count_nonzero(sparse == z))
                        for s, z in zip(_symbols(species), species, strict=True)},
-        training={"n_frames": training.get("n_frames"), "n_atoms": training.get("n_atoms"),
-                  "train_rmse": training.get("train_rmse"),
-                  "noise_std": (None if not isinstance(sigma_v2, int | float)
-                                else float(np.sqrt(sigma_v2))),
+        training={"n_frames": _number(training.get("n_frames"), "n_frames", path, True),
+                  "n_atoms": _number(training.get("n_atoms"), "n_atoms", path, True),
+                  "train_rmse": _number(training.get("train_rmse"), "train_rmse", path),
+                  "noise_std": None if sigma_v2 is None else float(np.sqrt(sigma_v2)),
                   "regression": training.get("method")},
         calibration=calibration,
         environment_reference=bool(training.get("environment_residual")),
