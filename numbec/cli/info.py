@@ -30,19 +30,8 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _store_format(path) -> str | None:
-    """The ``format`` attribute of the Zarr group at ``path``, or None when there is none
-    (the trajectory reader then says what is wrong)."""
-    try:
-        import zarr
-
-        return zarr.open_group(str(path), mode="r", use_consolidated=False).attrs.get("format")
-    except Exception:  # noqa: BLE001 - judged by the reader of the store
-        return None
-
-
 def run(args) -> int:
-    from numbec.io.prediction import PREDICTION_FORMAT
+    from numbec.io.prediction import PREDICTION_FORMAT, group_attrs
     from numbec.io.trajectory import set_timestep, trajectory_summary
 
     if os.path.isfile(args.store) and (args.store.endswith(".npz")
@@ -51,7 +40,7 @@ def run(args) -> int:
             raise ValueError(f"{args.store} is a model file: --set-timestep applies to "
                              "trajectory stores")
         return _model_info(args)
-    if _store_format(args.store) == PREDICTION_FORMAT:
+    if group_attrs(args.store).get("format") == PREDICTION_FORMAT:
         if args.set_timestep is not None:
             raise ValueError(f"{args.store} is a prediction store: --set-timestep applies to "
                              "trajectory stores (set it on the trajectory, then predict again)")

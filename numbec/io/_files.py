@@ -330,6 +330,30 @@ def _read_holder(fd: int) -> dict:
     return holder if isinstance(holder, dict) else {}
 
 
+def lock_holder(store) -> dict | None:
+    """The process holding the writer's lock of ``store``, read from its lock file without
+    taking the lock: ``{"pid", "host", "command", "started"}``, or None when no lock file
+    names a pid, or it names a process of this host that is gone (a killed run's file)."""
+    try:
+        fd = os.open(lock_path(store), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        holder = _read_holder(fd)
+    finally:
+        os.close(fd)
+    if not isinstance(holder.get("pid"), int):
+        return None
+    if holder.get("host") == socket.gethostname():
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:  # alive, another user's
+            pass
+    return {k: holder.get(k) for k in ("pid", "host", "command", "started")}
+
+
 @contextlib.contextmanager
 def store_lock(store, command: str = "numbec"):
     """Hold the writer's lock of ``store`` for the duration of a run.

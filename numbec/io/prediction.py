@@ -79,7 +79,7 @@ from pathlib import Path
 
 import numpy as np
 
-from numbec.io._files import OutputLockedError, store_lock
+from numbec.io._files import OutputLockedError, lock_holder, store_lock
 
 PREDICTION_FORMAT = "numbec-prediction"
 #: Version of the stored Prediction layout (bump when the meaning of stored arrays changes).
@@ -151,6 +151,7 @@ __all__ = [
     "PREDICTION_FORMAT_VERSION",
     "PROGRESS_GROUP",
     "VARIABLES",
+    "group_attrs",
     "open_prediction",
     "prediction_summary",
 ]
@@ -506,28 +507,16 @@ def open_store(path):
     return ds.assign_coords({name: ds[name].load() for name in small})
 
 
-def _writer(path) -> dict | None:
-    """The process writing the store at ``path`` (pid, host, command, started), read from
-    its lock file without taking the lock; None when no live process on this host holds it
-    (a lock file left by a killed run names a pid that is gone)."""
-    import socket
-
-    from numbec.io._files import lock_path
+def group_attrs(path) -> dict:
+    """The attributes of the Zarr group at ``path`` as they are on disk (not consolidated,
+    so also those of an unfinished store), or {} when there is no readable group there: the
+    caller's reader then says what is wrong."""
+    import zarr
 
     try:
-        holder = json.loads(lock_path(path).read_text(encoding="utf-8") or "{}")
-    except (OSError, ValueError):
-        return None
-    if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int):
-        return None
-    if holder.get("host") == socket.gethostname():
-        try:
-            os.kill(holder["pid"], 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:  # alive, another user's
-            pass
-    return {k: holder.get(k) for k in ("pid", "host", "command", "started")}
+        return dict(zarr.open_group(str(path), mode="r", use_consolidated=False).attrs)
+    except Exception:  # noqa: BLE001 - judged by the caller's reader
+        return {}
 
 
 def _json_attr(attrs, name, where):
@@ -626,7 +615,7 @@ def prediction_summary(path) -> dict:
     if version != PREDICTION_FORMAT_VERSION:
         raise ValueError(f"{where}: prediction store format_version {version!r} is not "
                          f"supported (this numbec reads version {PREDICTION_FORMAT_VERSION})")
-    writer = _writer(where)
+    writer = lock_holder(where)
     fingerprint = _json_attr(attrs, "fingerprint", where) or {}
     summary = {"store": where, "kind": "prediction", "format_version": version,
                "numbec_version": attrs.get("numbec_version"), "created": attrs.get("created"),
@@ -703,12 +692,7 @@ def open_prediction(path):
     if path.suffix == ".nc":
         ds = xr.open_dataset(path)
     else:
-        import zarr
-
-        try:  # the group's own attributes first: an unfinished store is not consolidated
-            attrs = dict(zarr.open_group(str(path), mode="r", use_consolidated=False).attrs)
-        except Exception:  # noqa: BLE001 - judged by the dataset reader below
-            attrs = {}
+        attrs = group_attrs(path)  # before xarray, which warns on an unfinished store
         kind = attrs.get("format")
         if kind == PREDICTION_FORMAT and not attrs.get("complete"):
             raise ValueError(f"{path}: the prediction is incomplete; run numbec predict "
