@@ -1135,10 +1135,13 @@ def _make_plan(model, ds, source, store_path, *, chunk_frames, dtype, uncertaint
         time = np.arange(n_frames) * timestep  # NaN without a time step: no time axis
 
     # hashed once per call (the state of a learned model is megabytes); the provenance names
-    # the model as saved, the resume fingerprint also the uncertainty settings of a wrapper
-    model_fp = model_fingerprint(model)
+    # the model as saved, the resume fingerprint also the uncertainty settings of a wrapper,
+    # whose state holds the same arrays: their digests are shared
+    digests = {}
+    model_fp = model_fingerprint(model, digests)
     saved = getattr(model, "saved_model", model)
-    saved_sha256 = model_fp["sha256"] if saved is model else model_fingerprint(saved)["sha256"]
+    saved_sha256 = (model_fp["sha256"] if saved is model
+                    else model_fingerprint(saved, digests)["sha256"])
     volume = None
     if bool(np.all(pbc)):
         cell = ds["cell"].data

@@ -381,6 +381,26 @@ def test_species_samples_setting_changes_the_state_only_when_off(rng):
         model, n_samples=2, species_samples=False).outputs
 
 
+def test_wrapper_and_saved_model_hashes_share_array_digests(rng, monkeypatch):
+    """predict hashes a wrapper (the resume fingerprint) and the model it wraps (the
+    provenance): with shared digests each array is hashed once, and both hashes are those
+    of separate calls."""
+    from numbec.io import prediction
+
+    model = _model(MonopoleModel, rng, False)
+    wrapper = fm.DipoleDerivativeSamplesModel(model, n_samples=2, seed=1)
+    alone = (prediction.model_fingerprint(wrapper), prediction.model_fingerprint(model))
+    hashed = []
+    original = prediction.sha256_arrays
+    monkeypatch.setattr(prediction, "sha256_arrays",
+                        lambda *a: hashed.append(len(a)) or original(*a))
+    digests = {}
+    shared = (prediction.model_fingerprint(wrapper, digests),
+              prediction.model_fingerprint(model, digests))
+    assert shared == alone and alone[0]["sha256"] != alone[1]["sha256"]
+    assert len(hashed) == len(model.state()[1])  # every array once, not twice
+
+
 def _atoms(positions, numbers, cell, pbc):
     from ase import Atoms
 

@@ -258,9 +258,16 @@ def sha256_arrays(*arrays) -> str:
     return h.hexdigest()
 
 
-def model_fingerprint(model) -> dict:
+def model_fingerprint(model, digests: dict | None = None) -> dict:
     """Class name and SHA-256 of a model's saved state (metadata JSON and arrays); the
-    hash is None for a model without a saved state."""
+    hash is None for a model without a saved state.
+
+    digests : dict, optional
+        Array digests already computed, shared between calls that hash the same arrays
+        (a wrapper and the model it wraps, whose state holds the same array objects): keyed
+        by ``id``, holding the array so that its id is not reused. Valid only while the
+        arrays are not modified in place, i.e. within one caller's scope.
+    """
     state = getattr(model, "state", None) or getattr(model, "_state", None)
     try:
         if state is None:
@@ -270,8 +277,14 @@ def model_fingerprint(model) -> dict:
         return {"class": type(model).__name__, "sha256": None}
     h = hashlib.sha256(json.dumps(metadata, sort_keys=True, default=str).encode())
     for name in sorted(arrays):
+        array = np.asarray(arrays[name])
+        known = None if digests is None else digests.get(id(array))
+        if known is None or known[0] is not array:
+            known = (array, sha256_arrays(array))
+            if digests is not None:
+                digests[id(array)] = known
         h.update(name.encode())
-        h.update(sha256_arrays(np.asarray(arrays[name])).encode())
+        h.update(known[1].encode())
     return {"class": type(model).__name__, "sha256": h.hexdigest()}
 
 
