@@ -196,10 +196,16 @@ def _frame_rows(model, frames: _Frames, velocities, by_species, total_charge) ->
         ws, rel = ws[:, frames.order], rel[frames.order]
 
     ex = frames.desc.expansion
-    # G velocity tangents, then for periodic frames 3 G charge-transfer tangents
+    # G velocity tangents, then for periodic frames 3 G charge-transfer tangents. The velocity
+    # tangents feed the dipole columns and the molecules' charge term only: a monopole model
+    # on periodic frames skips them (a quarter of its tangent work)
     charge_transfer = mono and periodic.any()
-    xdot, vdot = descriptor_tangents(ex, pair_directions(ex, ws, charge_transfer),
-                                     vector=g if dip else 0)
+    velocity = dip or not periodic.all()
+    directions = pair_directions(ex, ws, charge_transfer)
+    if not velocity:
+        directions = directions[:, g:]
+    first_ct = g if velocity else 0       # index of the first charge-transfer tangent
+    xdot, vdot = descriptor_tangents(ex, directions, vector=g if dip else 0)
     # kernel tangents kdot_ib = x_b . udot_i with the unit-descriptor tangent
     # udot = (Xdot - x (x . Xdot)) / |X| (zero for isolated atoms), contracted without
     # forming udot: (Xdot_i . x_b - (x_i . Xdot_i) cos_ib) / |X_i|
@@ -222,8 +228,8 @@ def _frame_rows(model, frames: _Frames, velocities, by_species, total_charge) ->
             part = (wsel @ (pow1 * cos).reshape(f, nr, mz)).reshape(f, g, 3, mz)
             grad = (kdot * dkern).reshape(-1, f, nr, mz)
             if charge_transfer:  # periodic frames: sum_p (d_p)_a dq_i/dd_p . w_j
-                part += ((1.0 - molecular)
-                         * grad[g:].reshape(g, 3, f, nr, mz).sum(axis=3).transpose(2, 0, 1, 3))
+                part += ((1.0 - molecular) * grad[first_ct:].reshape(g, 3, f, nr, mz)
+                         .sum(axis=3).transpose(2, 0, 1, 3))
             if not periodic.all():  # molecules: sum_i qdot_ib (r_i - R_mean)
                 rsel = rel[sel].reshape(f, nr, 3).transpose(0, 2, 1)  # (F, 3, nr)
                 part += molecular * (rsel[:, None] @ grad[:g].transpose(1, 0, 2, 3))
