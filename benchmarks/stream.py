@@ -7,6 +7,7 @@ Usage::
     python benchmarks/stream.py --model-dir DIR  # fit once, reuse next time
     python benchmarks/stream.py --only paths     # eager / out= / lazy / cluster / CLI
     python benchmarks/stream.py --only throughput  # the throughput, ceiling, stage tables
+    python benchmarks/stream.py --only uncertainty # cost of the streamed uncertainty
 
 Prints markdown tables:
 
@@ -21,7 +22,10 @@ Prints markdown tables:
    the per-round ratios is printed next to the ratio. The combined model runs twice: in
    float64 (the default) and with ``precision="mixed"`` (its dipole kernel's matrix products
    in float32). Below it, the ceiling that the dense matrix products alone set, and the
-   time of each stage of a frame.
+   time of each stage of a frame. Then the cost of the streamed uncertainty on the same
+   systems (``--only uncertainty``): ``predict`` with ``atom_std``, ``posterior_samples``
+   (total only and per species) and the low-rank ``bec_std`` at K = 16 and 32, each against
+   the plain prediction timed in turns with it in one process (CPU time, one thread).
 2. Peak resident memory (``ru_maxrss``) of ``predict(..., out=store)`` on a dask-backed
    trajectory of 2,000 and 20,000 frames (should not grow with the length).
 3. Wall time of one ``predict(..., out=store)`` of a learned model serially and on a
@@ -245,6 +249,65 @@ def measure_throughput(system, model_file, n_frames, repeat, precision="float64"
     wall = timed(lambda: predict(model, ds, progress=False, chunk_frames=n_frames,
                                  precision=precision, model_file=model_file), repeat)
     return {"atom_frames_per_s": n_frames * data[2].size / wall, "wall_s": wall}
+
+
+#: Columns of the streamed-uncertainty table: (label, keywords of ``predict``), each timed
+#: against the plain prediction of the same process.
+UNCERTAINTY_VARIANTS = (
+    ("plain", {}),
+    ("atom_std", {"atom_std": True}),
+    ("S = 16 total only", {"posterior_samples": 16, "species_samples": False}),
+    ("S = 16 per species", {"posterior_samples": 16}),
+    ("bec_std K = 16", {"uncertainty": True, "uncertainty_rank": 16}),
+    ("bec_std K = 32", {"uncertainty": True, "uncertainty_rank": 32}),
+)
+
+
+def measure_uncertainty(system, model_file, n_frames, repeat):
+    """CPU ms per frame of ``predict`` with each of :data:`UNCERTAINTY_VARIANTS` (one thread:
+    run with 1 core), best of ``repeat`` rounds in which the variants take turns, so that a
+    drifting load reaches all of them alike. CPU time of the process, not wall time: the
+    cost of a frame on one core, steadier on a shared machine.
+
+    The cost of a frame in a long stream, without what ``predict`` does once per call (the
+    model's hash, drawing the posterior samples, setting up the chunk): the difference
+    between a call on ``2 n_frames`` frames and one on the first ``n_frames``, divided by
+    ``n_frames``. The frames of the shorter trajectory on which ``uncertainty_rank`` orders
+    its directions (``numbec.stream.direction_frame_indices``) are those of the longer one,
+    so that both calls use the posterior factor that ``predict`` computes once per model and
+    trajectory (4 exact design passes) and keeps on the model (one model object per variant);
+    each variant runs once on both before the timing (Numba kernels, that factor)."""
+    from numbec.models import load_model
+    from numbec.stream import direction_frame_indices, predict
+
+    # one model object per variant: predict keeps the posterior factor of a rank on the
+    # model, and K = 16 and 32 taking turns on one object would compute it in every call
+    models = {label: load_model(model_file) for label, _ in UNCERTAINTY_VARIANTS}
+    positions, velocities, numbers, cells = system_frames(system, 2 * n_frames)
+    first = [array[:n_frames].copy() for array in (positions, velocities, cells)]
+    short, long = direction_frame_indices(n_frames), direction_frame_indices(2 * n_frames)
+    for part, array in zip(first, (positions, velocities, cells), strict=True):
+        part[short] = array[long]
+    data = {n_frames: as_dataset(first[0], first[1], numbers, first[2]),
+            2 * n_frames: as_dataset(positions, velocities, numbers, cells)}
+
+    def run(n, label, kwargs):
+        predict(models[label], data[n], progress=False, chunk_frames=n,
+                model_file=model_file, threads=1, **kwargs)
+
+    for label, kwargs in UNCERTAINTY_VARIANTS:  # warm-up
+        run(n_frames, label, kwargs)
+        run(2 * n_frames, label, kwargs)
+    best_s = {(label, n): np.inf for label, _ in UNCERTAINTY_VARIANTS for n in data}
+    for _ in range(repeat):
+        for label, kwargs in UNCERTAINTY_VARIANTS:
+            for n in data:
+                start = time.process_time()
+                run(n, label, kwargs)
+                best_s[label, n] = min(best_s[label, n], time.process_time() - start)
+    return {"ms_per_frame": {
+        label: 1e3 * (best_s[label, 2 * n_frames] - best_s[label, n_frames]) / n_frames
+        for label, _ in UNCERTAINTY_VARIANTS}}
 
 
 def dense_products_seconds(model, numbers, repeat, precision="float64", copies=1):
@@ -529,7 +592,7 @@ def measure_path(path_kind, model_file, store, out):
 
 
 CHILDREN = {"fit": fit_models, "throughput": measure_throughput, "bound": measure_dense_bound,
-            "stages": measure_stages,
+            "stages": measure_stages, "uncertainty": measure_uncertainty,
             "featomic": measure_featomic, "memory": measure_memory,
             "cluster": measure_cluster, "store": make_store, "path": measure_path}
 
@@ -654,6 +717,34 @@ def stages_table(files, repeat):
         print(f"| {label} | " + " | ".join(fmt(r.get(key), "{:.2f}") for r in results) + " |")
 
 
+def uncertainty_table(files, n_frames, repeat):
+    print("\n### Streamed uncertainty: cost against the plain prediction (1 core)\n")
+    print(f"`predict` with each uncertainty option, in turns with the plain prediction in one "
+          f"process (`measure_uncertainty`: one Numba and one BLAS thread, CPU time, best of "
+          f"{repeat} rounds): the cost of a frame of a long stream, i.e. a call on "
+          f"{2 * n_frames} in-memory frames minus one on {n_frames}, per frame (what a call "
+          f"does once, such as hashing the model, cancels). plain: ms per frame; the other "
+          f"columns: x plain. atom_std: `charge_std` (and `local_dipole_std`), exact; S = 16: "
+          f"`dipole_derivative_std` (exact, forward mode) and 16 posterior samples of dM/dt, "
+          f"total only or also per species; bec_std K: the low-rank per-atom `bec_std` "
+          f"(K + 1 weight vectors as adjoint channels) with `dipole_derivative_std`.\n")
+    labels = [label for label, _ in UNCERTAINTY_VARIANTS]
+    print("| system | model | " + " | ".join(labels) + " |")
+    print("|---|---|" + "---:|" * len(labels))
+    for system, system_label in SYSTEMS.items():
+        for name in MODELS[1:]:
+            entry = files.get(f"{system}/{name}", {})
+            if "file" not in entry:
+                continue
+            res = child("uncertainty", 1, system=system, model_file=entry["file"],
+                        n_frames=n_frames, repeat=repeat).get("ms_per_frame", {})
+            plain = res.get("plain")
+            cells = [fmt(plain, "{:.1f}")] + [
+                fmt(None if plain is None or res.get(label) is None else res[label] / plain,
+                    "{:.2f}x") for label in labels[1:]]
+            print(f"| {system_label} | {name} | " + " | ".join(cells) + " |")
+
+
 def memory_table(tmp, frames, chunk):
     print(f"\n### Peak memory of predict(out=store), dask-backed water trajectory, "
           f"chunks of {chunk} frames, float32 output, SpeciesMeanModel\n")
@@ -729,9 +820,10 @@ def main():
                         "(the best round of each is kept; default 3, 1 with --quick)")
     parser.add_argument("--model-dir", help="keep the fitted models here and reuse them "
                         "on the next run (default: a temporary directory, fitted every run)")
-    parser.add_argument("--only", choices=("paths", "throughput"),
+    parser.add_argument("--only", choices=("paths", "throughput", "uncertainty"),
                         help="run only this table (paths: one prediction, five ways; "
-                        "throughput: the throughput, ceiling and stage tables)")
+                        "throughput: the throughput, ceiling and stage tables; uncertainty: "
+                        "the cost of the streamed uncertainty options)")
     parser.add_argument("--water-atoms", type=int, choices=(192, 384), default=None,
                         help="size of the water box (384: the 192-atom box twice along x; "
                         "the models are fitted on the 192-atom frames either way)")
@@ -770,9 +862,15 @@ def main():
         if args.only == "paths":
             paths_table(tmp, files, 24 if args.quick else 200, 6 if args.quick else 25, rounds)
             return
+        # at least 4 frames: the low-rank directions are ordered on 4 of them in both calls
+        uncertainty_args = (files, 4, 1) if args.quick else (files, 8, args.repeat)
+        if args.only == "uncertainty":
+            uncertainty_table(*uncertainty_args)
+            return
         throughput_table(files, n_frames, n_featomic, args.repeat, rounds)
         if args.only == "throughput":
             return
+        uncertainty_table(*uncertainty_args)
         memory_table(tmp, (100, 400) if args.quick else (2000, 20000),
                      chunk=50 if args.quick else 500)
         cluster_table(tmp, files, cluster_frames, chunk=cluster_frames // 4)

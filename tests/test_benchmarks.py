@@ -247,7 +247,7 @@ def test_models_benchmark(tmp_path):
 
 @pytest.mark.slow
 def test_stream_benchmark(tmp_path):
-    """benchmarks/stream.py --quick (small models, few frames; about two minutes, most of it
+    """benchmarks/stream.py --quick (small models, few frames; about 2.5 minutes, most of it
     starting the ~30 measurement processes), with featomic blocked so that its cells are n/a
     whether or not it is installed."""
     needs_shared_data()
@@ -284,6 +284,17 @@ def test_stream_benchmark(tmp_path):
             for key, cell in r.items():
                 if key != "stage":
                     positive(cell)
+    (uncertainty,) = table(out, ["system", "model", "plain", "atom_std", "S = 16 total only",
+                                 "S = 16 per species", "bec_std K = 16", "bec_std K = 32"])
+    assert {(r["system"].split(",")[0], r["model"]) for r in uncertainty} == {
+        (s, m) for s in ("water", "alpha-quartz") for m in ("MonopoleModel", "CombinedModel")}
+    for r in uncertainty:
+        positive(r["plain"])
+        # differences of two timings: the quick run's single round makes the small ratios
+        # noisy, but 33 weight vectors as adjoint channels against one are several times the
+        # plain work (measured 10-25x with these small models), far outside the noise
+        ratios = {k: number(v) for k, v in r.items() if k not in ("system", "model", "plain")}
+        assert ratios["bec_std K = 32"] > 2.0
     (memory,) = table(out, ["frames", "peak RSS (MiB)", "wall (s)"])
     peak = {number(r["frames"]): positive(r["peak RSS (MiB)"]) for r in memory}
     assert sorted(peak) == [100, 400]
