@@ -791,7 +791,10 @@ def predict(
         Storage dtype of the outputs (float64 or float32); computation is float64 unless
         ``precision`` says otherwise.
     uncertainty : bool
-        Also predict ``bec_std`` (the model must list it in ``model.outputs``); for a kernel
+        Also predict ``bec_std`` (the model must list it in ``model.outputs``; for a kernel
+        model exact, from the design rows of every frame: about one training step per frame,
+        so with more than :data:`EXACT_UNCERTAINTY_WARN_FRAMES` frames a warning points to
+        ``uncertainty_rank`` and ``atom_std``); for a kernel
         model with dM/dt also ``dipole_derivative_std`` (frame, pol) e·Å/fs, the exact
         standard deviation of dM/dt from the posterior of the weights alone
         (:mod:`numbec.models.forward_mode`; not the error of the representation nor of the
@@ -939,6 +942,12 @@ def predict(
                                  overwrite)
 
 
+#: Frames above which ``predict(..., uncertainty=True)`` without ``uncertainty_rank`` warns that
+#: the exact ``bec_std`` costs about one training step per frame (a 72-atom quartz frame:
+#: about 0.5 s, so 1,000 frames take minutes and 10^5 frames most of a day).
+EXACT_UNCERTAINTY_WARN_FRAMES = 1000
+
+
 def _uncertainty_model(model, ds, source, *, uncertainty, dipole_derivative,
                        posterior_samples, uncertainty_rank, seed, species_samples=True):
     """The model wrapped for the uncertainty asked for: the low-rank ``bec_std``
@@ -948,6 +957,19 @@ def _uncertainty_model(model, ds, source, *, uncertainty, dipole_derivative,
     ``dipole_derivative_std``, and S full-posterior samples) with ``posterior_samples`` S,
     or with ``uncertainty`` for a kernel model, when dM/dt is computed; per species too
     unless ``species_samples`` is False."""
+    n_frames = ds.sizes["frame"]
+    if (uncertainty and not uncertainty_rank and hasattr(model, "covariance")
+            and n_frames > EXACT_UNCERTAINTY_WARN_FRAMES):
+        import warnings
+
+        warnings.warn(
+            f"{source}: uncertainty without uncertainty_rank computes the exact bec_std from "
+            f"the design rows of each of the {n_frames} frames, about one training step per "
+            "frame (16-160x a plain prediction for the models of docs/streaming.md). For a "
+            "long trajectory pass uncertainty_rank=32 (--uncertainty-rank 32: an unbiased "
+            "estimate at 6-26x), or for cheap per-atom scalars atom_std=True (--atom-std, "
+            "1.1-1.8x); posterior_samples (--posterior-samples) give the spectrum's model "
+            "band without bec_std", stacklevel=3)
     if uncertainty and uncertainty_rank:
         from numbec.models.uncertainty import StreamedUncertaintyModel
 

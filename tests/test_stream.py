@@ -207,6 +207,22 @@ def test_learned_combined_model_dipole_derivative_is_time_derivative(tmp_path):
                                     np.zeros(3, bool), uncertainty=True)["bec_std"]
     np.testing.assert_allclose(std["bec_std"].values[1], expected, rtol=1e-12)
     assert np.all(std["bec_std"].values > 0)
+    # the exact bec_std over a long trajectory (one training step per frame) is named with
+    # the cheaper options, before anything is computed; a short one, or a rank, is quiet
+    from numbec.stream import EXACT_UNCERTAINTY_WARN_FRAMES
+
+    long = ds.isel(frame=np.arange(EXACT_UNCERTAINTY_WARN_FRAMES + 1) % ds.sizes["frame"])
+    long = long.assign_coords(time=("frame", np.arange(long.sizes["frame"]) * 0.5))
+    long = long.chunk({"frame": 500})
+    with pytest.warns(UserWarning, match=f"each of the {EXACT_UNCERTAINTY_WARN_FRAMES + 1} "
+                      "frames.*uncertainty_rank=32.*atom_std=True"):
+        lazy = predict(model, long, progress=False, uncertainty=True)
+    assert "bec_std" in lazy and lazy["bec_std"].chunks is not None  # nothing computed yet
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        predict(model, long, progress=False, uncertainty=True, uncertainty_rank=4)
+        predict(model, long.isel(frame=slice(0, EXACT_UNCERTAINTY_WARN_FRAMES)),
+                progress=False, uncertainty=True)
 
 
 def test_fixed_bec_dipole_derivative_exact_for_linear_dipole():

@@ -55,7 +55,9 @@ def register(subparsers):
     parser.add_argument("--uncertainty", action="store_true",
                         help="also predict bec_std (models with uncertainties) and, for "
                              "kernel models with velocities, dipole_derivative_std (the exact "
-                             "epistemic standard deviation of dM/dt)")
+                             "epistemic standard deviation of dM/dt); the exact bec_std costs "
+                             "about one training step per frame: for long trajectories add "
+                             "--uncertainty-rank 32")
     parser.add_argument("--atom-std", action="store_true",
                         help="also store charge_std (e) and local_dipole_std (e*Angstrom) per "
                              "frame and atom: the exact posterior std of each atom's charge "
