@@ -41,6 +41,11 @@ def test_train_then_evaluate_json(kind, tmp_path, capsys):
     assert "training-set RMSE" in text and out.exists()
     model = numbec.load_model(out)
     assert type(model).__name__ == CLASSES[kind]
+    # bec_std is calibrated by default: 5-fold cross-validation over the training frames
+    assert "calibrating bec_std by 5-fold cross-validation" in text
+    fit = model.training["variance_scale_fit"]
+    assert fit["folds"] == 5 and fit["method"] == "two_part"
+    assert fit["n_values"] == 720 * 9  # every training component held out once
     assert main(["evaluate", str(out), str(QUARTZ), "--index", "10:", "--json",
                  "--baseline-data", "example:sio2_quartz_subset"]) == 0
     res = _json(capsys)
@@ -56,6 +61,25 @@ def test_train_then_evaluate_json(kind, tmp_path, capsys):
     # the JSON is what the Python API computes for the same model and frames
     frames = numbec.read_bec(QUARTZ, index="10:")
     assert res["rmse"] == pytest.approx(numbec.evaluate(model, frames, baseline=False)["rmse"])
+
+
+def test_train_calibrates_unless_told_not_to_or_given_one_frame(tmp_path, capsys):
+    """--calibrate-folds 0 keeps the raw Bayesian variance; one training frame leaves nothing
+    to cross-validate, which the summary says; two frames get two folds."""
+    cases = ((["--index", "0:3", "--calibrate-folds", "0"], None, None),
+             (["--index", "0:1"], None, "bec_std not calibrated: one training frame"),
+             (["--index", "0:2"], 2, "calibrating bec_std by 2-fold"))
+    for extra, folds, said in cases:
+        out = tmp_path / f"m{len(extra)}{extra[1]}.npz"
+        assert main(["train", "example:sio2_quartz_subset", "--model", "monopole", "-o",
+                     str(out), *extra, *TINY]) == 0
+        text = capsys.readouterr().out
+        fit = (numbec.load_model(out).training or {}).get("variance_scale_fit")
+        assert (fit is None) if folds is None else (fit["folds"] == folds), extra
+        if said is None:
+            assert "bec_std" not in text, text
+        else:
+            assert said in text, text
 
 
 def test_evaluate_species_mean_against_numpy(tmp_path, capsys):
