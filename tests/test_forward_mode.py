@@ -3,6 +3,8 @@ samples and their streaming (numbec.models.forward_mode)."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from kernel_model_checks import (
@@ -359,13 +361,22 @@ def test_cli_no_species_samples(rng, tmp_path, capsys):
     out = tmp_path / "p.zarr"
     args = ["predict", str(path), str(traj), "-o", str(out), "--no-progress",
             "--posterior-samples", "2"]
-    assert main(args + ["--no-species-samples"]) == 0
+    with pytest.warns(UserWarning, match="model.npz: the model was not recalibrated"):
+        assert main(args + ["--no-species-samples"]) == 0
     result = xr.open_zarr(out)
     assert result["dipole_derivative_samples"].shape == (4, 2, 3)
     assert "dipole_derivative_by_species_samples" not in result
     capsys.readouterr()
     assert main(args) == 1
     assert str(out) in capsys.readouterr().err
+    # a recalibrated model carries its scales: no warning
+    from numbec.models.uncertainty import recalibrate
+
+    calibrated = _model(CombinedModel, rng, True)
+    recalibrate(calibrated, training_frames(rng, True, 4), folds=2).save(path)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*not recalibrated")
+        assert main(args + ["--no-species-samples", "--overwrite"]) == 0
 
 
 def test_species_samples_setting_changes_the_state_only_when_off(rng):
