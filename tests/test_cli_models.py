@@ -43,6 +43,7 @@ def test_train_then_evaluate_json(kind, tmp_path, capsys):
     assert type(model).__name__ == CLASSES[kind]
     # bec_std is calibrated by default: 5-fold cross-validation over the training frames
     assert "calibrating bec_std by 5-fold cross-validation" in text
+    assert "held-out blocks in frame order, 95 % coverage before scaling: " in text
     fit = model.training["variance_scale_fit"]
     assert fit["folds"] == 5 and fit["method"] == "two_part"
     assert fit["n_values"] == 720 * 9  # every training component held out once
@@ -80,6 +81,25 @@ def test_train_calibrates_unless_told_not_to_or_given_one_frame(tmp_path, capsys
             assert "bec_std" not in text, text
         else:
             assert said in text, text
+
+
+def test_train_summary_names_held_out_blocks_that_disagree(capsys):
+    """The raw coverage of each held-out block is printed; blocks more than 15 points apart
+    (quartz at 300 K and 600 K: 79-99 %) get the hint that their average under-covers frames
+    like the hardest one, unless the scale already is the hardest block's."""
+    from numbec.cli.train import _print_block_spread
+
+    for blocks, method, hint in (([0.99, 0.98, 0.79], "two_part", True),
+                                 ([0.96, 0.89, 0.92], "two_part", False),
+                                 ([0.99, 0.98, 0.79], "worst_block", False),
+                                 ([0.93], "two_part", None)):
+        _print_block_spread({"block_coverage_95_unscaled": blocks, "method": method})
+        text = capsys.readouterr().out
+        if hint is None:  # one block: nothing to compare
+            assert text == ""
+            continue
+        assert " / ".join(f"{100 * b:.0f}" for b in blocks) + " %" in text
+        assert ("hardest block (79 %)" in text) == hint, text
 
 
 def test_evaluate_species_mean_against_numpy(tmp_path, capsys):
@@ -301,6 +321,10 @@ def test_info_describes_a_model_file_and_links_it_to_its_predictions(tmp_path, c
     model = numbec.load_model(model_path)
     assert info["calibration"]["variance_scale"] == model.variance_scale
     assert info["calibration"]["noise_scale"] == model.noise_scale
+    blocks = model.training["variance_scale_fit"]["block_coverage_95_unscaled"]
+    assert info["calibration"]["held_out_block_coverage_95"] == blocks and len(blocks) == 3
+    assert ("per block in frame order: " + " / ".join(f"{100 * b:.0f}" for b in blocks)
+            in " ".join(printed.split()))
     assert info["sparse_points"] == {
         "O": int(np.sum(model.sparse_species == 8)), "Si": int(np.sum(model.sparse_species == 14))}
     assert info["descriptors"]["l_max"] == 2 and info["environment_reference"]
@@ -316,6 +340,11 @@ def test_info_describes_a_model_file_and_links_it_to_its_predictions(tmp_path, c
     bad = model.save(tmp_path / "bad.npz")
     assert main(["info", str(bad)]) == 1
     assert "training entry 'train_rmse' = 'small' is not a number" in capsys.readouterr().err
+    fit = dict(model.training["variance_scale_fit"], block_coverage_95_unscaled=[0.9, "x"])
+    model.training = dict(model.training, train_rmse=0.1, variance_scale_fit=fit)
+    assert main(["info", str(model.save(tmp_path / "bad2.npz"))]) == 1
+    assert ("training entry 'variance_scale_fit.block_coverage_95_unscaled[1]' = 'x' is not a "
+            "number") in capsys.readouterr().err
     # a damaged file is refused naming it, as load_model does
     data = bytearray(model_path.read_bytes())
     data[len(data) // 2] ^= 0xFF

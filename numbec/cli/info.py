@@ -224,5 +224,10 @@ def _calibration_text(cal) -> str:
         text += f", learned by {cal['folds']}-fold cross-validation on the training frames"
     held = cal["held_out_coverage_95"]
     if held is not None:
-        text += f" (held-out 95 % coverage before: {100 * held:.1f} %)"
+        text += f" (held-out 95 % coverage before: {100 * held:.1f} %"
+        blocks = cal.get("held_out_block_coverage_95")
+        if blocks and len(blocks) > 1:
+            text += (", per block in frame order: "
+                     + " / ".join(f"{100 * b:.0f}" for b in blocks) + " %")
+        text += ")"
     return text

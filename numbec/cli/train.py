@@ -194,6 +194,29 @@ def build_model(args, frames):
     return cls(settings=settings, **kwargs), settings
 
 
+#: Spread (percentage points) of the held-out blocks' raw 95 % coverage above which the
+#: training summary says that one scale fits some training frames better than others. On the
+#: calibration benchmark's training sets (docs/benchmarks_models.md section 6) it speaks for
+#: quartz with 300 K and 600 K frames (17-22 points), the 5-frame ZrO2 and xTB sets (17-32),
+#: not for BaTiO3 (4-9), ZrO2 with 80 frames (10-14) or xTB with 40 (13-14).
+BLOCK_SPREAD_POINTS = 15.0
+
+
+def _print_block_spread(info) -> None:
+    """The raw 95 % coverage of each held-out block (in frame order), and when they differ
+    by more than :data:`BLOCK_SPREAD_POINTS` what that means for the one fitted scale."""
+    blocks = [100 * float(c) for c in info.get("block_coverage_95_unscaled") or []]
+    if len(blocks) < 2:
+        return
+    print("    held-out blocks in frame order, 95 % coverage before scaling: "
+          + " / ".join(f"{c:.0f}" for c in blocks) + " %")
+    if max(blocks) - min(blocks) > BLOCK_SPREAD_POINTS and info["method"] != "worst_block":
+        print("    the blocks disagree: the scale is their average, so frames like the "
+              f"hardest block ({min(blocks):.0f} %) will be under-covered; if the frames "
+              "to predict are like it, --calibration-method worst_block covers them "
+              "(docs/benchmarks_models.md, 'Calibration')")
+
+
 def run(args) -> int:
     from numbec.models import evaluate
 
@@ -229,6 +252,7 @@ def run(args) -> int:
               f"from {info['folds']}-fold "
               f"cross-validation (held-out 95 % coverage before: "
               f"{100 * info['coverage_95_unscaled']:.1f} %)")
+        _print_block_spread(info)
         calibration = f", calibrated in {time.perf_counter() - start - seconds:.1f} s"
     path = model.save(args.out)
     parts = getattr(model, "training", None) or {}

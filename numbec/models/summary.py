@@ -37,6 +37,18 @@ def _number(value, name, path, integer=False):
     return int(value) if integer else float(value)
 
 
+def _numbers(values, name, path):
+    """A list entry of the training summary (None when absent), each item a number."""
+    from numbec.models.base import ModelFileError
+
+    if values is None:
+        return None
+    if not isinstance(values, list):
+        raise ModelFileError(f"{os.fspath(path)}: training entry {name!r} = {values!r} is not "
+                             "a list of numbers")
+    return [_number(v, f"{name}[{k}]", path) for k, v in enumerate(values)]
+
+
 def model_summary(path) -> dict:
     """Facts about a saved model (JSON-ready dict).
 
@@ -48,7 +60,8 @@ def model_summary(path) -> dict:
     in Å, basis sizes), ``sparse_points`` ({symbol: count}), ``training`` (``n_frames``,
     ``n_atoms``, ``train_rmse`` e, ``noise_std`` e = sqrt of the fitted noise variance
     ``sigma_v2``, ``regression``), ``calibration`` (None, or ``method``, ``variance_scale``,
-    ``noise_scale``, ``folds``, ``held_out_coverage_95`` of the raw variance) and
+    ``noise_scale``, ``folds``, ``held_out_coverage_95`` of the raw variance and
+    ``held_out_block_coverage_95``, the same per held-out block in frame order) and
     ``environment_reference`` (whether predictions can check their environments against the
     training ones).
 
@@ -84,6 +97,9 @@ def model_summary(path) -> dict:
             "folds": _number(fit.get("folds"), "variance_scale_fit.folds", path, True),
             "held_out_coverage_95": _number(fit.get("coverage_95_unscaled"),
                                             "variance_scale_fit.coverage_95_unscaled", path),
+            "held_out_block_coverage_95": _numbers(
+                fit.get("block_coverage_95_unscaled"),
+                "variance_scale_fit.block_coverage_95_unscaled", path),
         }
     sparse = np.asarray(model.sparse_species)
     out.update(
