@@ -83,6 +83,21 @@ def test_train_calibrates_unless_told_not_to_or_given_one_frame(tmp_path, capsys
             assert said in text, text
 
 
+def test_no_progress_reaches_the_calibration_fits(tmp_path, monkeypatch, capsys):
+    """--no-progress turns off the progress bars of the fold models' fits too."""
+    from numbec.models._kernel_model import KernelBECModel
+
+    seen = []
+    fit = KernelBECModel.fit
+    monkeypatch.setattr(KernelBECModel, "fit",
+                        lambda self, frames, progress=None: seen.append(progress)
+                        or fit(self, frames, progress))
+    assert main(["train", "example:sio2_quartz_subset", "--index", "0:3", "--model",
+                 "monopole", "-o", str(tmp_path / "m.npz"), "--no-progress", "--no-train-error",
+                 *TINY]) == 0
+    assert seen == [False] * 4  # the model, then one fit per fold
+
+
 def test_train_summary_names_held_out_blocks_that_disagree(capsys):
     """The raw coverage of each held-out block is printed; blocks more than 15 points apart
     (quartz at 300 K and 600 K: 79-99 %) get the hint that their average under-covers frames

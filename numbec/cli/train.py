@@ -240,7 +240,8 @@ def run(args) -> int:
     if folds:
         from numbec.models.uncertainty import recalibrate
 
-        recalibrate(model, frames, folds=folds, method=args.calibration_method)
+        recalibrate(model, frames, folds=folds, method=args.calibration_method,
+                    progress=progress_choice(args))
         info = model.training["variance_scale_fit"]
         part = ""
         noise = ""

@@ -224,7 +224,7 @@ MIN_NOISE_SCALE = 0.01
 MIN_BAYES_SCALE = 0.01
 
 
-def held_out_errors(model, frames, folds: int = 5) -> dict:
+def held_out_errors(model, frames, folds: int = 5, progress: bool | None = None) -> dict:
     """Held-out errors and predictive variances of a K-fold cross-validation.
 
     The frames are split into ``folds`` contiguous blocks (MD frames are correlated in time;
@@ -240,7 +240,8 @@ def held_out_errors(model, frames, folds: int = 5) -> dict:
     Nyström residual ``r_a`` of the value's atom against the fold model's sparse points
     (:func:`numbec.models.representation.frame_residual`); ``frame_residual`` (n,), the mean
     of ``r_a`` over the atoms of the value's frame (:func:`mean_frame_residual`, used by
-    ``method="residual"``); ``folds`` (int). Needs at least 2 frames.
+    ``method="residual"``); ``folds`` (int). Needs at least 2 frames. ``progress``: the
+    progress bars of the fold models' fits (None: on for a terminal, as ``fit``).
     """
     frames = list(frames)
     if int(folds) < 2 or len(frames) < 2:
@@ -253,7 +254,7 @@ def held_out_errors(model, frames, folds: int = 5) -> dict:
     err, epi, noise, block, resid, frame_r = [], [], [], [], [], []
     for k, (a, b) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
         train = frames[:a] + frames[b:]
-        sub = _fold_model(model, train).fit(train)
+        sub = _fold_model(model, train).fit(train, progress=progress)
         for atoms in frames[a:b]:
             out = sub.predict(atoms)
             epi_exact = _held_out_epistemic(sub, atoms)
@@ -374,7 +375,8 @@ def residual_scales(err, variance, frame_residual,
     return float(best.x[0]), float(best.x[1] * unit_c)
 
 
-def fit_variance_scale(model, frames, folds: int = 5, method: str = "two_part") -> dict:
+def fit_variance_scale(model, frames, folds: int = 5, method: str = "two_part",
+                       progress: bool | None = None) -> dict:
     """Cross-validated scale ``s`` of the predictive variance, from training frames only.
 
     The held-out errors ``err`` and variances ``std^2`` of a ``folds``-fold cross-validation
@@ -430,7 +432,7 @@ def fit_variance_scale(model, frames, folds: int = 5, method: str = "two_part") 
     """
     if method not in SCALE_METHODS:
         raise ValueError(f"method must be one of {SCALE_METHODS}, got {method!r}")
-    return scales_from_held_out(held_out_errors(model, frames, folds), method)
+    return scales_from_held_out(held_out_errors(model, frames, folds, progress), method)
 
 
 def scales_from_held_out(held: dict, method: str = "two_part") -> dict:
@@ -491,12 +493,14 @@ def _block_scales(held: dict, z) -> dict:
     return {"block_scales": scales, "block_coverage_95_unscaled": cover}
 
 
-def recalibrate(model, frames, folds: int = 5, method: str = "two_part", held_out=None):
+def recalibrate(model, frames, folds: int = 5, method: str = "two_part", held_out=None,
+                progress: bool | None = None):
     """Set ``model.variance_scale`` from :func:`fit_variance_scale` on its training ``frames``
     (saved with the model, details in ``training["variance_scale_fit"]``); returns the
     model. ``held_out``: the :func:`held_out_errors` of these frames when already computed
-    (``frames`` and ``folds`` are then not used). Drops a cached :class:`PosteriorFactor`."""
-    info = fit_variance_scale(model, frames, folds, method) if held_out is None else \
+    (``frames`` and ``folds`` are then not used). ``progress``: as in :func:`held_out_errors`.
+    Drops a cached :class:`PosteriorFactor`."""
+    info = fit_variance_scale(model, frames, folds, method, progress) if held_out is None else \
         scales_from_held_out(held_out, method)
     model.variance_scale = info["scale"]
     model.noise_scale = info.get("noise_scale")  # None: the noise scales with the rest
