@@ -420,3 +420,17 @@ def test_recalibration_needs_two_folds_and_frames(rng):
         unc.fit_variance_scale(model, frames, folds=1)
     with pytest.raises(ValueError, match="1 frames"):
         unc.fit_variance_scale(model, frames[:1], folds=5)
+
+
+def test_recalibrated_reads_every_trace_of_a_recalibration():
+    """A model counts as recalibrated with a recorded cross-validated fit, or with any scale
+    set (files of older numbec carry the scale without the record); never with neither."""
+    from types import SimpleNamespace
+
+    from numbec.models.variance_scales import recalibrated
+
+    raw = dict(training={}, variance_scale=1.0, noise_scale=None, residual_scale=0.0)
+    assert not recalibrated(SimpleNamespace(**raw))
+    for change in ({"training": {"variance_scale_fit": {"method": "two_part"}}},
+                   {"variance_scale": 2.5}, {"noise_scale": 0.1}, {"residual_scale": 1e-3}):
+        assert recalibrated(SimpleNamespace(**dict(raw, **change))), change

@@ -227,7 +227,8 @@ def _calibration_text(cal) -> str:
         text += f" (held-out 95 % coverage before: {100 * held:.1f} %"
         blocks = cal.get("held_out_block_coverage_95")
         if blocks and len(blocks) > 1:
-            text += (", per block in frame order: "
-                     + " / ".join(f"{100 * b:.0f}" for b in blocks) + " %")
+            from numbec.cli.train import block_coverage_text
+
+            text += ", per block in frame order: " + block_coverage_text(blocks)
         text += ")"
     return text

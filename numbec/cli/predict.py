@@ -133,6 +133,7 @@ def run(args) -> int:
     from numbec.io._files import check_output_location
     from numbec.io.trajectory import open_trajectory
     from numbec.models import load_model
+    from numbec.models.variance_scales import recalibrated
     from numbec.stream import predict
 
     # everything that can be checked before the work starts: output location, input kind
@@ -140,8 +141,7 @@ def run(args) -> int:
     trajectory = open_trajectory(args.trajectory)
     model = load_model(args.model)
     if ((args.uncertainty or args.posterior_samples or args.atom_std)
-            and hasattr(model, "covariance")
-            and not (getattr(model, "training", None) or {}).get("variance_scale_fit")):
+            and hasattr(model, "covariance") and not recalibrated(model)):
         import warnings
 
         # models trained before numbec train calibrated by default, or fitted in Python

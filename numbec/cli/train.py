@@ -202,14 +202,20 @@ def build_model(args, frames):
 BLOCK_SPREAD_POINTS = 15.0
 
 
+def block_coverage_text(fractions) -> str:
+    """``"99 / 99 / 88 %"``: held-out blocks' coverages (fractions), in percent."""
+    return " / ".join(f"{100 * float(c):.0f}" for c in fractions) + " %"
+
+
 def _print_block_spread(info) -> None:
     """The raw 95 % coverage of each held-out block (in frame order), and when they differ
     by more than :data:`BLOCK_SPREAD_POINTS` what that means for the one fitted scale."""
-    blocks = [100 * float(c) for c in info.get("block_coverage_95_unscaled") or []]
-    if len(blocks) < 2:
+    fractions = info.get("block_coverage_95_unscaled") or []
+    if len(fractions) < 2:
         return
     print("    held-out blocks in frame order, 95 % coverage before scaling: "
-          + " / ".join(f"{c:.0f}" for c in blocks) + " %")
+          + block_coverage_text(fractions))
+    blocks = [100 * float(c) for c in fractions]
     if max(blocks) - min(blocks) > BLOCK_SPREAD_POINTS and info["method"] != "worst_block":
         print("    the blocks disagree: the scale is their average, so frames like the "
               f"hardest block ({min(blocks):.0f} %) will be under-covered; if the frames "

@@ -72,6 +72,7 @@ def model_summary(path) -> dict:
     """
     from numbec.io.prediction import model_fingerprint
     from numbec.models.base import load_model
+    from numbec.models.variance_scales import recalibrated
 
     model = load_model(path)  # every check of a model file, before anything is described
     header = _header(path)
@@ -89,7 +90,7 @@ def model_summary(path) -> dict:
     fit = training.get("variance_scale_fit")
     calibration = None
     noise_scale = getattr(model, "noise_scale", None)
-    if isinstance(fit, dict) or model.variance_scale != 1.0 or noise_scale is not None:
+    if recalibrated(model):
         fit = fit if isinstance(fit, dict) else {}
         calibration = {
             "method": fit.get("method"), "variance_scale": float(model.variance_scale),

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["noise_scale", "residual_scale", "sample_scale", "variance_scale"]
+__all__ = ["noise_scale", "recalibrated", "residual_scale", "sample_scale",
+           "variance_scale"]
 
 
 def variance_scale(model) -> float:
@@ -43,3 +44,12 @@ def residual_scale(model) -> float:
     variance (``method="residual"``; 0, no such term, for every other method and for files
     without it): ``bec_std^2 = s phi^T Sigma phi + s_v sigma_v^2 + c r_frame``."""
     return float(getattr(model, "residual_scale", 0.0) or 0.0)
+
+
+def recalibrated(model) -> bool:
+    """Whether the model's predictive variance was recalibrated: it holds the record of a
+    cross-validated fit (``training["variance_scale_fit"]``) or any scale other than that of
+    a model never recalibrated (``s = 1``, no separate ``s_v``, ``c = 0``)."""
+    fit = (getattr(model, "training", None) or {}).get("variance_scale_fit")
+    return (isinstance(fit, dict) or variance_scale(model) != 1.0
+            or getattr(model, "noise_scale", None) is not None or residual_scale(model) != 0.0)
