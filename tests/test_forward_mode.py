@@ -16,7 +16,7 @@ from kernel_model_checks import (
     water_cluster,
 )
 
-from numbec.descriptors import compute_scalar_and_vector_descriptors
+from numbec.descriptors import DescriptorSettings, compute_scalar_and_vector_descriptors
 from numbec.descriptors.tangent import descriptor_tangents, relative_directions
 from numbec.models import CombinedModel, DipoleModel, MonopoleModel
 from numbec.models import forward_mode as fm
@@ -61,10 +61,18 @@ def _plain_dipole_derivative(model, atoms, v, total_charge=0.0, mask=None):
     return np.einsum("jab,jb->a", bec, v)
 
 
-def test_descriptor_tangent_equals_central_differences(rng):
+#: Radial counts that are not multiples of four: the tangent kernel sums four radial functions
+#: per pass over the pairs, and these leave one and two over.
+ODD_SETTINGS = DescriptorSettings(species=(1, 8), cutoff_radial=3.5, cutoff_angular=3.0,
+                                  sigma=0.5, n_radial=5, n_angular=6, l_max=3,
+                                  radial_weight=0.3)
+
+
+@pytest.mark.parametrize("settings", [SETTINGS, ODD_SETTINGS], ids=["n4", "n5-6"])
+def test_descriptor_tangent_equals_central_differences(settings, rng):
     for atoms in (water_cluster(rng), water_cell(rng)):
         v = rng.normal(size=atoms.positions.shape)
-        args = (atoms.numbers, np.asarray(atoms.cell), atoms.pbc, SETTINGS)
+        args = (atoms.numbers, np.asarray(atoms.cell), atoms.pbc, settings)
         desc, _ = compute_scalar_and_vector_descriptors(atoms.positions, *args)
         ex = desc.expansion
         xdot, vdot = descriptor_tangents(ex, relative_directions(ex, v[None]), vector=True)

@@ -52,6 +52,7 @@ def expansion_tangents(directions, offsets, groups, ends, vectors, distances, l2
     n_t = directions.shape[1]
     n_lm2 = (l2_max + 1) ** 2
     n_lm3 = (l_max + 1) ** 2
+    n_l2 = rad_values.shape[1] // n_rad
     c2dot = np.empty((n_t, n_atoms, n_species * n_rad, n_lm2))
     c3dot = np.empty((n_t, n_atoms, n_species * n_ang, n_lm3))
     tables = legendre_tables(l_max)
@@ -70,14 +71,15 @@ def expansion_tangents(directions, offsets, groups, ends, vectors, distances, l2
         d1 = np.empty(n_t)
         d2 = np.empty(n_t)
         rate = np.empty(n_t)
-        acc = np.empty((max(n_rad, n_ang), (2 * l_max + 1) * n_t))
+        acc = np.empty((4, (2 * l_max + 1) * n_t))
         first, last = block_centres(block, size, n_atoms)
         for i in range(first, last):
             p0 = offsets[i]
             k = offsets[i + 1] - p0
+            # spline columns of pairs beyond a cutoff are left unset: the sums stop at ends
             ux, uy, uz, y, dy, h2, dh2, h3, dh3 = fill_centre_block(
                 arrays, vectors, distances, p0, p0 + k, l_max, tables, rad_cut, rad_inv,
-                rad_values, rad_derivs, ang_cut, ang_inv, ang_values, ang_derivs, True)
+                rad_values, rad_derivs, ang_cut, ang_inv, ang_values, ang_derivs, True, False)
             for q in range(k):
                 p = p0 + q
                 for t in range(n_t):
@@ -96,39 +98,63 @@ def expansion_tangents(directions, offsets, groups, ends, vectors, distances, l2
                         row_dr[t] = yv * rate[t]
                         row_r[t] = g0 * d0[t] + g1 * d1[t] + g2 * d2[t]
             for jc in range(n_species):
-                g0 = groups[i, jc] - p0
+                q0 = groups[i, jc] - p0
                 for two_body in (True, False):
-                    g1 = ends[i, jc, 0 if two_body else 1] - p0
+                    q1 = ends[i, jc, 0 if two_body else 1] - p0
                     n_count = n_rad if two_body else n_ang
                     l_top = l2_max if two_body else l_max
+                    step = n_l2 if two_body else l_max + 1
+                    h = h2 if two_body else h3
+                    dh = dh2 if two_body else dh3
                     for l in range(l_top + 1):
-                        # all n at once: each pair's (m, t) block is read once for every n
                         width = (2 * l + 1) * n_t
                         lo = l * l * n_t
-                        acc[:n_count, :width] = 0.0
-                        for q in range(g0, g1):
-                            a = ydr[q, lo:lo + width]
-                            b = yr[q, lo:lo + width]
-                            for n in range(n_count):
-                                if two_body:
-                                    hv = h2[n * 2 + l, q]
-                                    dv = dh2[n * 2 + l, q]
-                                else:
-                                    hv = h3[n * (l_max + 1) + l, q]
-                                    dv = dh3[n * (l_max + 1) + l, q]
-                                row = acc[n]
+                        for n0 in range(0, n_count, 4):
+                            # four radial functions per pass over the pairs: each pair's
+                            # (m, t) block is read once for four n, and the loop overhead
+                            # of the short (m, t) rows is paid once for four (one
+                            # direction on 192-atom water, one thread: 5.8 -> 4.7 ms;
+                            # three: 8.1 -> 6.7 ms). Past the last n the last row is
+                            # repeated, and those sums are not stored.
+                            nb = min(4, n_count - n0)
+                            c0 = n0 * step + l
+                            c1 = (n0 + min(1, nb - 1)) * step + l
+                            c2 = (n0 + min(2, nb - 1)) * step + l
+                            c3 = (n0 + min(3, nb - 1)) * step + l
+                            acc[:, :width] = 0.0
+                            r0 = acc[0]
+                            r1 = acc[1]
+                            r2 = acc[2]
+                            r3 = acc[3]
+                            for q in range(q0, q1):
+                                a = ydr[q, lo:lo + width]
+                                b = yr[q, lo:lo + width]
+                                e0 = dh[c0, q]
+                                e1 = dh[c1, q]
+                                e2 = dh[c2, q]
+                                e3 = dh[c3, q]
+                                f0 = h[c0, q]
+                                f1 = h[c1, q]
+                                f2 = h[c2, q]
+                                f3 = h[c3, q]
                                 for x in range(width):
-                                    row[x] += dv * a[x] + hv * b[x]
-                        # (m, t) unflattened by nested loops: no integer division per element
-                        for n in range(n_count):
-                            row = acc[n]
-                            for m in range(2 * l + 1):
-                                lm = l * l + m
-                                for t in range(n_t):
-                                    if two_body:
-                                        c2dot[t, i, jc * n_rad + n, lm] = row[m * n_t + t]
-                                    else:
-                                        c3dot[t, i, jc * n_ang + n, lm] = row[m * n_t + t]
+                                    av = a[x]
+                                    bv = b[x]
+                                    r0[x] += e0 * av + f0 * bv
+                                    r1[x] += e1 * av + f1 * bv
+                                    r2[x] += e2 * av + f2 * bv
+                                    r3[x] += e3 * av + f3 * bv
+                            # (m, t) unflattened by nested loops: no integer division
+                            for j in range(nb):
+                                row = acc[j]
+                                r = jc * n_count + n0 + j
+                                for m in range(2 * l + 1):
+                                    lm = l * l + m
+                                    for t in range(n_t):
+                                        if two_body:
+                                            c2dot[t, i, r, lm] = row[m * n_t + t]
+                                        else:
+                                            c3dot[t, i, r, lm] = row[m * n_t + t]
     return c2dot, c3dot
 
 
