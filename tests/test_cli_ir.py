@@ -536,3 +536,47 @@ def test_derived_velocities_given_as_trajectory_do_not_set_the_temperature(predi
         numbec.ir_spectrum(ds, trajectory=derived)
     with pytest.warns(UserWarning, match="velocities from the positions give"):
         numbec.ir_spectrum(ds, trajectory=derived, temperature=3000.0)
+
+
+def test_info_describes_netcdf_spectra_and_prediction_exports(prediction, capsys, tmp_path):
+    """``numbec info FILE.nc``: a spectrum of ``numbec ir`` and a prediction exported with
+    to_netcdf are named as what they are (not as trajectory files to convert), with their
+    variables, units and provenance; a damaged file gets an error naming it."""
+    spectrum = tmp_path / "s.nc"
+    assert main(["ir", str(prediction / "pred.zarr"), "-o", str(spectrum), "--temperature",
+                 "300"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(spectrum)]) == 0
+    printed = capsys.readouterr().out
+    assert "IR spectrum" in printed and "absorption" in printed and "convert" not in printed
+    assert main(["info", str(spectrum), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    written = xr.load_dataset(spectrum)
+    assert info["kind"] == "spectrum"
+    assert info["variables"]["absorption"]["dims"] == ["frequency"]
+    assert info["variables"]["absorption"]["units"] == written.absorption.attrs["units"]
+    assert info["dims"]["frequency"] == written.sizes["frequency"]
+    assert info["attrs"]["temperature"] == pytest.approx(300.0)
+
+    export = tmp_path / "pred.nc"
+    source = open_prediction(prediction / "pred.zarr")
+    source.to_netcdf(export)
+    assert main(["info", str(export), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "prediction"
+    assert info["attrs"]["model_sha256"] == source.attrs["model_sha256"]
+    assert info["variables"]["bec"]["dims"] == list(source.bec.dims)
+    assert info["variables"]["bec"]["shape"] == list(source.bec.shape)
+
+    other = tmp_path / "other.data"      # any name: recognised by its first bytes
+    xr.Dataset({"t": ("x", np.arange(3.0))}).to_netcdf(other)
+    assert main(["info", str(other), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["kind"] == "netcdf"
+    assert main(["info", str(other), "--set-timestep", "1"]) == 1
+    assert "netCDF file" in capsys.readouterr().err
+
+    damaged = tmp_path / "damaged.nc"
+    damaged.write_bytes(b"CDF\x01" + b"\x00" * 5)
+    assert main(["info", str(damaged)]) == 1
+    err = capsys.readouterr().err
+    assert str(damaged) in err and "cannot read this netCDF file" in err

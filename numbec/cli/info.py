@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 import zipfile
 
 
@@ -19,10 +20,12 @@ def register(subparsers) -> None:
         "the uncertainty asked for and the environment check's result. Model files "
         "('numbec train'): class, species, descriptor settings, sparse points, training "
         "set, calibration, and the hash of the model's state that prediction stores record "
-        "as model_sha256.",
+        "as model_sha256. netCDF files (spectra of 'numbec ir -o FILE.nc', predictions "
+        "exported with to_netcdf): what kind, dimensions, variables with units, and the "
+        "attributes that say where they come from.",
     )
     parser.add_argument("store", metavar="PATH", help="trajectory or prediction store "
-                        "directory, or model file (.npz)")
+                        "directory, model file (.npz) or netCDF file (.nc)")
     parser.add_argument("--json", action="store_true", help="print the facts as JSON")
     parser.add_argument("--set-timestep", type=float, metavar="FS",
                         help="first set a trajectory store's time step (fs between stored "
@@ -40,6 +43,11 @@ def run(args) -> int:
             raise ValueError(f"{args.store} is a model file: --set-timestep applies to "
                              "trajectory stores")
         return _model_info(args)
+    if os.path.isfile(args.store) and is_netcdf(args.store):
+        if args.set_timestep is not None:
+            raise ValueError(f"{args.store} is a netCDF file: --set-timestep applies to "
+                             "trajectory stores")
+        return _netcdf_info(args)
     if group_attrs(args.store).get("format") == PREDICTION_FORMAT:
         if args.set_timestep is not None:
             raise ValueError(f"{args.store} is a prediction store: --set-timestep applies to "
@@ -71,6 +79,112 @@ def run(args) -> int:
     ]
     print("\n".join(lines))
     return _time_status(info)
+
+
+#: The first bytes of a netCDF file: netCDF-3 (classic, 64-bit offset, 64-bit data) and
+#: netCDF-4 (HDF5), whatever the file is called.
+NETCDF_MAGIC = (b"CDF\x01", b"CDF\x02", b"CDF\x05", b"\x89HDF\r\n\x1a\n")
+
+#: Attributes of a prediction export or a spectrum that say what it is and where it comes
+#: from, in this order (those present are shown).
+NETCDF_FACTS = ("format", "format_version", "numbec_version", "created", "input",
+                "prediction_store", "model_class", "model_file", "model_sha256", "system",
+                "model", "spectrum", "partial_kind", "temperature", "timestep", "window",
+                "correlation_time", "resolution", "quantum_correction", "volume", "n_runs",
+                "n_blocks", "n_posterior_samples", "total_charge", "complete", "note")
+
+
+def is_netcdf(path) -> bool:
+    """True when the file at ``path`` starts like a netCDF file (:data:`NETCDF_MAGIC`)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(8).startswith(NETCDF_MAGIC)
+    except OSError:
+        return False
+
+
+def netcdf_summary(path) -> dict:
+    """Facts about a netCDF file for ``numbec info``: ``file``, ``kind`` (``"prediction"``
+    for an export of a numbec prediction, ``"spectrum"`` for ``numbec ir -o FILE.nc``,
+    else ``"netcdf"``), ``dims`` ({name: size}), ``variables`` ({name: {``dims``,
+    ``shape``, ``units``}}), ``attrs`` (those of :data:`NETCDF_FACTS` present and their
+    ``*_units``, as JSON values).
+
+    Raises ValueError naming the file when it cannot be read (netCDF-4 files need the
+    netCDF4 or h5netcdf package, which numbec does not require).
+    """
+    import xarray as xr
+
+    from numbec.io.prediction import PREDICTION_FORMAT
+
+    where = os.fspath(path)
+    try:
+        ds = xr.open_dataset(where)
+    except Exception as exc:  # noqa: BLE001 - any failure: the file is not readable here
+        raise ValueError(f"{where}: cannot read this netCDF file ({type(exc).__name__}: "
+                         f"{exc}); a netCDF-4 file needs the netCDF4 or h5netcdf package"
+                         ) from None
+    with ds:
+        attrs = ds.attrs
+        if attrs.get("format") == PREDICTION_FORMAT:
+            kind = "prediction"
+        elif "spectrum" in attrs and "frequency" in ds.coords:
+            kind = "spectrum"
+        else:
+            kind = "netcdf"
+        variables = {
+            str(name): {"dims": [str(d) for d in var.dims], "shape": [int(n) for n in var.shape],
+                        "units": str(var.attrs["units"]) if "units" in var.attrs else None}
+            for name, var in ds.data_vars.items()}
+        facts = {}
+        for key in NETCDF_FACTS:
+            for name in (key, key + "_units"):
+                if name in attrs:
+                    facts[name] = _json_value(attrs[name])
+        dims = {str(name): int(size) for name, size in ds.sizes.items()}
+    return {"file": where, "kind": kind, "dims": dims, "variables": variables, "attrs": facts}
+
+
+def _json_value(value):
+    """A netCDF attribute as a JSON value (numpy scalars and arrays to Python)."""
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _netcdf_info(args) -> int:
+    info = netcdf_summary(args.store)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    kind = {"prediction": "prediction (a netCDF export of a numbec prediction)",
+            "spectrum": "IR spectrum ('numbec ir')",
+            "netcdf": "netCDF dataset (not a numbec prediction or spectrum)"}[info["kind"]]
+    lines = [f"file         {info['file']}", f"kind         {kind}",
+             "dimensions   " + (", ".join(f"{k} {v}" for k, v in info["dims"].items())
+                                or "none"), "variables"]
+    for name, var in info["variables"].items():
+        units = f" [{var['units']}]" if var["units"] else ""
+        lines.append(f"  {name}{units} ({', '.join(var['dims'])})")
+    if info["attrs"]:
+        lines.append("attributes")
+    facts = info["attrs"]
+    for key, value in facts.items():
+        if key.endswith("_units") and key[:-6] in facts:
+            continue
+        text = f"{value:.6g}" if isinstance(value, float) else str(value)
+        if key + "_units" in facts and text != "nan":
+            text += f" {facts[key + '_units']}"
+        lines.append(textwrap.fill(text, width=100, initial_indent=f"  {key:<20} ",
+                                   subsequent_indent=" " * 23, break_on_hyphens=False))
+    if info["kind"] == "prediction" and info["attrs"].get("complete") in (False, 0):
+        lines.append("status       INCOMPLETE: exported before its run finished")
+    print("\n".join(lines))
+    return 0
 
 
 def _time_status(info) -> int:
@@ -206,8 +320,6 @@ def _model_info(args) -> int:
 
 def _wrapped(label: str, text: str) -> str:
     """``label`` in a 13-column margin, ``text`` wrapped to 100 columns beside it."""
-    import textwrap
-
     return textwrap.fill(text, width=100, initial_indent=f"{label:<13}",
                          subsequent_indent=" " * 13, break_on_hyphens=False)
 
