@@ -24,9 +24,10 @@ are predicted with the exact ``bec_std`` (design rows). Two tables:
 1. The library's default recalibration (``method="two_part"``): test RMSE (e); coverage of
    the nominal 68 % and 95 % intervals; NLL (nats per component); frame rank correlation
    (Spearman, each frame's predicted uncertainty ``sqrt(mean bec_std^2)`` against its
-   RMSE); the central 95 % range of the 95 % coverage over the test frames resampled with
-   replacement (:func:`numbec.models.uncertainty.coverage_intervals`: how much the coverage
-   of a test set this size moves with the draw of its frames); whether the 95 % coverage is
+   RMSE); the central 95 % range of the 95 % coverage over the test frames resampled in
+   blocks of consecutive frames (:func:`numbec.models.uncertainty.coverage_intervals`: how
+   much the coverage of a test set this size moves with the draw of its frames, neighbouring
+   frames of one MD drawn together); whether the 95 % coverage is
    in [90, 98] %; then the streamed low-rank
    ``bec_std`` (:func:`numbec.models.uncertainty.predict_uncertainty`, rank ``--rank``:
    leading directions and random probes, the directions ordered on

@@ -287,6 +287,38 @@ def test_coverage_interval_matches_the_binomial_spread(rng):
         unc.coverage_intervals(np.ones((2, 2)), np.ones((2, 2)))
 
 
+def test_coverage_interval_of_correlated_frames_is_as_wide_as_their_runs(rng):
+    """Frames of one MD share their errors with their neighbours: here whole runs of 20
+    frames are inside or outside together, so the coverage is a binomial of the 40 runs, not
+    of the 800 frames. The range must be about as wide as the runs' binomial (the block
+    bootstrap, blocks of about two runs); drawing frames one by one would give about
+    sqrt(1/20) = 0.22 of it."""
+    counts = np.full(800, 10)
+    ratios = []
+    for _ in range(4):
+        runs = rng.random(40) < 0.7
+        hits = np.where(np.repeat(runs, 20), 10, 0)
+        assert 30 <= unc.resampling_block(hits / 10.0) <= 50
+        low, high = unc.coverage_intervals(hits, counts)
+        p = runs.mean()
+        ratios.append((high - low) / 2 / (1.959964 * np.sqrt(p * (1 - p) / runs.size)))
+    assert 0.7 < np.mean(ratios) < 1.15, ratios
+
+
+def test_resampling_block_lengths():
+    """F^(1/3) frames for uncorrelated frames, four autocorrelation times for correlated
+    ones, three blocks at least, 1 for too few frames to say anything."""
+    rng = np.random.default_rng(3)
+    assert unc.resampling_block(rng.random(1000)) == 10
+    assert unc.resampling_block(np.ones(1000)) == 10        # no variance: no correlation time
+    # runs of 10: tau about 5 (the estimate sums noise past the runs, so a spread above 20)
+    lengths = [unc.resampling_block(np.repeat(rng.random(100), 10)) for _ in range(20)]
+    assert min(lengths) >= 18 and 18 <= np.median(lengths) <= 25 and max(lengths) <= 40
+    assert unc.resampling_block(np.repeat(rng.random(3), 10)) == 10   # F // 3
+    assert unc.resampling_block(rng.random(8)) == 2
+    assert unc.resampling_block([0.5, 1.0]) == 1
+
+
 def test_recalibration_scale_is_saved_and_old_files_load(rng, tmp_path):
     model, frames = _bayesian_model(MonopoleModel, rng, True, n_frames=4)
     before = predict(model, frames[0], uncertainty=True)["bec_std"]

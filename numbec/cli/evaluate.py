@@ -10,7 +10,8 @@ so).
 ``mae``, ``max_error``, ``r2``, ``n_frames``, ``n_atoms``, ``per_species``,
 ``per_component``, ``per_cartesian``, ``baseline``, ``baseline_note``, and for models with
 ``bec_std`` ``calibration``: ``coverage_68``, ``coverage_95`` (and their ranges over the
-frames resampled with replacement, ``coverage_68_interval``, ``coverage_95_interval``),
+frames resampled in blocks of consecutive frames, ``coverage_68_interval``,
+``coverage_95_interval``),
 ``nll``, ``frame_rank_correlation``, ...; for kernel models ``environments``, the share of the
 frames' atoms per species beyond the training environments).
 """
@@ -80,7 +81,7 @@ def format_table(res: dict) -> str:
             f"correlation {cal.get('frame_rank_correlation', float('nan')):.2f}")
         if _interval(cal, "coverage_95"):
             lines.append("  (in brackets: the central 95 % range over the frames resampled "
-                         "with replacement)")
+                         "in blocks of consecutive frames)")
     env = res.get("environments")
     if env:
         shares = ", ".join(f"{s} {100 * e['beyond']:.1f} %" for s, e in env.items()

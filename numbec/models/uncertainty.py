@@ -106,10 +106,11 @@ def calibration_metrics(predicted, std, reference, frame_sizes=None) -> dict:
         predicted uncertainty ``sqrt(mean std^2)`` and its actual RMSE over its components
         (nan for fewer than 3 frames), ``n_frames``, and ``coverage_68_interval``,
         ``coverage_95_interval``: [low, high], the central 95 % range of each coverage over
-        the test frames resampled with replacement (:func:`coverage_intervals`; [nan, nan] for
+        the test frames resampled (:func:`coverage_intervals`; [nan, nan] for
         fewer than 3 frames). The components of a frame share its errors, so the frame, not
-        the component, is what is resampled; frames of one MD that are close in time are
-        correlated too, and then the range is narrower than the coverage's real uncertainty.
+        the component, is what is resampled, in blocks of consecutive frames (in the order
+        given) as long as the frames' hits stay correlated, since neighbouring frames of one
+        MD share their errors too.
     """
     pred = np.asarray(predicted, dtype=np.float64)
     ref = np.asarray(reference, dtype=np.float64)
@@ -151,19 +152,24 @@ BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED = 2000, 20261205
 
 
 def coverage_intervals(hits, counts, level: float = 0.95) -> list:
-    """Central ``level`` range of a coverage over frames resampled with replacement.
+    """Central ``level`` range of a coverage over frames resampled in blocks.
 
     Parameters
     ----------
-    hits : (F,) int, the components of each frame inside their interval.
+    hits : (F,) int, the components of each frame inside their interval, frames in the
+        order of the trajectory (or of the test set).
     counts : (F,) int, the components of each frame.
     level : float, the probability inside the returned range.
 
     Returns
     -------
     [low, high] floats: percentiles of ``sum(hits) / sum(counts)`` over
-    :data:`BOOTSTRAP_RESAMPLES` resamples of the F frames (seed :data:`BOOTSTRAP_SEED`);
-    [nan, nan] for fewer than 3 frames, which say nothing about the spread.
+    :data:`BOOTSTRAP_RESAMPLES` circular block bootstraps of the F frames (seed
+    :data:`BOOTSTRAP_SEED`; blocks of :func:`resampling_block` consecutive frames, so that
+    frames whose errors are correlated, such as neighbouring frames of one MD, are drawn
+    together and widen the range as they should; independent frames give the range of
+    frames drawn one by one); [nan, nan] for fewer than 3 frames, which say nothing about
+    the spread.
     """
     hits = np.asarray(hits, dtype=np.float64)
     counts = np.asarray(counts, dtype=np.float64)
@@ -171,17 +177,52 @@ def coverage_intervals(hits, counts, level: float = 0.95) -> list:
         raise ValueError(f"hits {hits.shape} and counts {counts.shape} must be equal 1-d shapes")
     if hits.size < 3:
         return [float("nan"), float("nan")]
+    n = hits.size
+    length = resampling_block(hits / np.maximum(counts, 1.0))
+    n_blocks = -(-n // length)
+    offsets = np.arange(length)
     rng = np.random.default_rng(BOOTSTRAP_SEED)
     ratios = np.empty(BOOTSTRAP_RESAMPLES)
-    # blocks of resamples keep the index array small for long test sets
-    block = max(1, min(BOOTSTRAP_RESAMPLES, 2_000_000 // hits.size))
-    for lo in range(0, BOOTSTRAP_RESAMPLES, block):
-        hi = min(lo + block, BOOTSTRAP_RESAMPLES)
-        pick = rng.integers(0, hits.size, size=(hi - lo, hits.size))
+    # groups of resamples keep the index array small for long test sets
+    group = max(1, min(BOOTSTRAP_RESAMPLES, 2_000_000 // (n_blocks * length)))
+    for lo in range(0, BOOTSTRAP_RESAMPLES, group):
+        hi = min(lo + group, BOOTSTRAP_RESAMPLES)
+        starts = rng.integers(0, n, size=(hi - lo, n_blocks))
+        pick = ((starts[:, :, None] + offsets) % n).reshape(hi - lo, -1)[:, :n]
         ratios[lo:hi] = hits[pick].sum(axis=1) / counts[pick].sum(axis=1)
     tail = 50.0 * (1.0 - level)
     low, high = np.percentile(ratios, [tail, 100.0 - tail])
     return [float(low), float(high)]
+
+
+def resampling_block(series) -> int:
+    """Consecutive frames per block of :func:`coverage_intervals` for a per-frame series
+    (F,) (each frame's fraction of hits).
+
+    ``max(round(F^(1/3)), ceil(4 tau))``, at most F // 3 (three blocks at least). F^(1/3) is
+    the classic block length of a block bootstrap of a variance (Hall, Horowitz and Jing,
+    Biometrika 82, 561 (1995)). ``tau = 1/2 + sum_k rho_k`` is the integrated
+    autocorrelation time of the series (its autocorrelations summed up to the first that
+    is not positive): frames correlated over runs of L frames have tau about L / 2, and a
+    block bootstrap falls short of their variance by about L / (3 block), so blocks of 4 tau
+    (about 2 L) leave the range about a tenth too narrow (frames in runs of 20: 5-21 % in six
+    draws, against about 78 % when the frames are drawn one by one). 1 for fewer than 3
+    frames.
+    """
+    x = np.asarray(series, dtype=np.float64)
+    n = x.size
+    if n < 3:
+        return 1
+    length = max(1, int(round(n ** (1.0 / 3.0))))
+    x = x - x.mean()
+    var = float(x @ x)
+    if var > 0.0:
+        spectrum = np.fft.rfft(x, 2 * n)   # zero-padded: the linear, not circular, sums
+        rho = np.fft.irfft(spectrum * spectrum.conj(), 2 * n)[1:n // 2] / var
+        stop = np.flatnonzero(rho <= 0.0)
+        tau = 0.5 + float(rho[:stop[0] if stop.size else rho.size].sum())
+        length = max(length, int(np.ceil(4.0 * tau)))
+    return int(max(1, min(length, n // 3)))
 
 
 def _spearman(a, b) -> float:
