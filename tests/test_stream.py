@@ -1010,6 +1010,58 @@ def test_full_disk_names_the_prediction_store(tmp_path, monkeypatch):
                 progress=False)
 
 
+def test_full_disk_while_rewriting_metadata_keeps_the_store(tmp_path, monkeypatch):
+    """A store's metadata (zarr.json) are rewritten in place whenever an attribute changes
+    (the end of a run marks it complete). A write that fails half-way, as on a full disk,
+    must leave the old file whole: zarr >= 3.1.3 writes every file of a local store under a
+    temporary name and renames it (older zarr truncated zarr.json first, and the store could
+    no longer be opened or resumed), hence the requirement in pyproject.toml."""
+    import errno
+    import pathlib
+
+    import zarr
+
+    from numbec.io.prediction import open_prediction, prediction_summary
+
+    out = tmp_path / "p.zarr"
+    predict(ToyModel(), make_trajectory(n_frames=4), out=out, progress=False)
+    before = (out / "zarr.json").read_bytes()
+
+    class HalfWritten:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def write(self, data):
+            view = memoryview(data).cast("B")
+            self.handle.write(view[: len(view) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+            return False
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+    real_open = pathlib.Path.open
+
+    def failing_open(self, mode="r", *args, **kwargs):
+        handle = real_open(self, mode, *args, **kwargs)
+        return HalfWritten(handle) if "w" in mode else handle
+
+    root = zarr.open_group(str(out), mode="r+", use_consolidated=False)
+    monkeypatch.setattr(pathlib.Path, "open", failing_open)
+    with pytest.raises(OSError, match="No space left"):
+        root.attrs["note"] = "x" * 4096
+    monkeypatch.setattr(pathlib.Path, "open", real_open)
+    assert (out / "zarr.json").read_bytes() == before
+    assert prediction_summary(out)["complete"]
+    assert open_prediction(out).sizes["frame"] == 4
+
+
 LAZY_BLAS_SCRIPT = """
 import sys
 sys.path.insert(0, sys.argv[1])
