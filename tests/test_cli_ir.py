@@ -575,6 +575,16 @@ def test_info_describes_netcdf_spectra_and_prediction_exports(prediction, capsys
     assert main(["info", str(other), "--set-timestep", "1"]) == 1
     assert "netCDF file" in capsys.readouterr().err
 
+    amber = tmp_path / "md.nc"          # an MD trajectory in AMBER's netCDF convention
+    xr.Dataset({"coordinates": (("frame", "atom", "spatial"), np.zeros((3, 2, 3)))},
+               attrs={"Conventions": "AMBER"}).to_netcdf(amber)
+    assert main(["info", str(amber)]) == 0
+    assert f"numbec convert {amber} STORE.zarr" in capsys.readouterr().out
+    hdf5 = tmp_path / "md.h5"           # HDF5 under another name: left to the trajectory path
+    hdf5.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 64)
+    assert main(["info", str(hdf5)]) == 1
+    assert "numbec convert" in capsys.readouterr().err
+
     damaged = tmp_path / "damaged.nc"
     damaged.write_bytes(b"CDF\x01" + b"\x00" * 5)
     assert main(["info", str(damaged)]) == 1

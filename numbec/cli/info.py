@@ -94,21 +94,31 @@ NETCDF_FACTS = ("format", "format_version", "numbec_version", "created", "input"
                 "n_blocks", "n_posterior_samples", "total_charge", "complete", "note")
 
 
+#: Names of netCDF-4 files: HDF5 files under other names (trajectories of other formats,
+#: say) are left to the trajectory reader.
+NETCDF4_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf")
+
+
 def is_netcdf(path) -> bool:
-    """True when the file at ``path`` starts like a netCDF file (:data:`NETCDF_MAGIC`)."""
+    """True when the file at ``path`` starts like a netCDF-3 file, or like HDF5 under a
+    netCDF name (:data:`NETCDF_MAGIC`, :data:`NETCDF4_SUFFIXES`)."""
     try:
         with open(path, "rb") as handle:
-            return handle.read(8).startswith(NETCDF_MAGIC)
+            head = handle.read(8)
     except OSError:
         return False
+    if head.startswith(NETCDF_MAGIC[-1]):
+        return os.fspath(path).lower().endswith(NETCDF4_SUFFIXES)
+    return head.startswith(NETCDF_MAGIC[:-1])
 
 
 def netcdf_summary(path) -> dict:
     """Facts about a netCDF file for ``numbec info``: ``file``, ``kind`` (``"prediction"``
     for an export of a numbec prediction, ``"spectrum"`` for ``numbec ir -o FILE.nc``,
-    else ``"netcdf"``), ``dims`` ({name: size}), ``variables`` ({name: {``dims``,
-    ``shape``, ``units``}}), ``attrs`` (those of :data:`NETCDF_FACTS` present and their
-    ``*_units``, as JSON values).
+    ``"trajectory"`` for an AMBER NetCDF trajectory (to convert), else ``"netcdf"``),
+    ``dims`` ({name: size}), ``variables`` ({name: {``dims``, ``shape``, ``units``}}),
+    ``attrs`` (those of :data:`NETCDF_FACTS` present and their ``*_units``, as JSON
+    values).
 
     Raises ValueError naming the file when it cannot be read (netCDF-4 files need the
     netCDF4 or h5netcdf package, which numbec does not require).
@@ -130,6 +140,8 @@ def netcdf_summary(path) -> dict:
             kind = "prediction"
         elif "spectrum" in attrs and "frequency" in ds.coords:
             kind = "spectrum"
+        elif str(attrs.get("Conventions", "")).startswith("AMBER"):
+            kind = "trajectory"
         else:
             kind = "netcdf"
         variables = {
@@ -137,7 +149,7 @@ def netcdf_summary(path) -> dict:
                         "units": str(var.attrs["units"]) if "units" in var.attrs else None}
             for name, var in ds.data_vars.items()}
         facts = {}
-        for key in NETCDF_FACTS:
+        for key in NETCDF_FACTS + (("Conventions", "program") if kind == "trajectory" else ()):
             for name in (key, key + "_units"):
                 if name in attrs:
                     facts[name] = _json_value(attrs[name])
@@ -163,7 +175,10 @@ def _netcdf_info(args) -> int:
         return 0
     kind = {"prediction": "prediction (a netCDF export of a numbec prediction)",
             "spectrum": "IR spectrum ('numbec ir')",
-            "netcdf": "netCDF dataset (not a numbec prediction or spectrum)"}[info["kind"]]
+            "trajectory": "AMBER NetCDF trajectory: run 'numbec convert "
+                          f"{info['file']} STORE.zarr' and use STORE.zarr",
+            "netcdf": "netCDF dataset (not a numbec prediction or spectrum; a trajectory "
+                      "is converted with 'numbec convert FILE STORE.zarr')"}[info["kind"]]
     lines = [f"file         {info['file']}", f"kind         {kind}",
              "dimensions   " + (", ".join(f"{k} {v}" for k, v in info["dims"].items())
                                 or "none"), "variables"]
