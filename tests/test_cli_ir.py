@@ -557,6 +557,7 @@ def test_info_describes_netcdf_spectra_and_prediction_exports(prediction, capsys
     assert info["variables"]["absorption"]["units"] == written.absorption.attrs["units"]
     assert info["dims"]["frequency"] == written.sizes["frequency"]
     assert info["attrs"]["temperature"] == pytest.approx(300.0)
+    assert info["attrs"]["volume"] == pytest.approx(27.0)
 
     export = tmp_path / "pred.nc"
     source = open_prediction(prediction / "pred.zarr")
@@ -569,9 +570,14 @@ def test_info_describes_netcdf_spectra_and_prediction_exports(prediction, capsys
     assert info["variables"]["bec"]["shape"] == list(source.bec.shape)
 
     other = tmp_path / "other.data"      # any name: recognised by its first bytes
-    xr.Dataset({"t": ("x", np.arange(3.0))}).to_netcdf(other)
+    xr.Dataset({"t": ("x", np.arange(3.0))}, attrs={"volume": np.nan}).to_netcdf(other)
     assert main(["info", str(other), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["kind"] == "netcdf"
+
+    def strict(name):
+        raise ValueError(f"{name} is not JSON")
+
+    info = json.loads(capsys.readouterr().out, parse_constant=strict)
+    assert info["kind"] == "netcdf" and info["attrs"]["volume"] is None
     assert main(["info", str(other), "--set-timestep", "1"]) == 1
     assert "netCDF file" in capsys.readouterr().err
 

@@ -169,9 +169,11 @@ def _json_value(value):
 
 
 def _netcdf_info(args) -> int:
+    from numbec.cli.evaluate import _finite
+
     info = netcdf_summary(args.store)
-    if args.json:
-        print(json.dumps(info, indent=2))
+    if args.json:  # strict JSON: a NaN attribute (a molecule's volume) becomes null
+        print(json.dumps(_finite(info), indent=2))
         return 0
     kind = {"prediction": "prediction (a netCDF export of a numbec prediction)",
             "spectrum": "IR spectrum ('numbec ir')",
