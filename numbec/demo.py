@@ -743,7 +743,8 @@ def compare(models: dict, store, md: dict, checks: list, config: DemoConfig, cac
                                   progress=False)["calibration"]
             entry["calibration"] = {
                 **{k: cal[k] for k in ("coverage_68", "coverage_95", "coverage_68_interval",
-                                       "coverage_95_interval", "nll", "z_rms", "mean_std",
+                                       "coverage_95_interval", "coverage_68_block",
+                                       "coverage_95_block", "nll", "z_rms", "mean_std",
                                        "frame_rank_correlation", "n_frames")},
                 "variance_scale": float(getattr(model, "variance_scale", 1.0) or 1.0),
                 "noise_scale": getattr(model, "noise_scale", None),

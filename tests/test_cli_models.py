@@ -201,6 +201,9 @@ def test_train_with_calibration_folds_stores_the_scale_evaluate_reports_it(tmp_p
     table = capsys.readouterr().out
     low, high = cal["coverage_95_interval"]
     assert f"[{100 * low:.1f}-{100 * high:.1f}]" in table, table
+    # the block length of the resampling is printed, as it was used (three frames: one)
+    assert cal["coverage_68_block"] == cal["coverage_95_block"] == 1
+    assert "resampled in blocks of 1 consecutive frames" in table, table
 
 
 def test_train_calibration_method_two_part_stores_both_scales(tmp_path, capsys):

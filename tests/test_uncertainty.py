@@ -283,8 +283,18 @@ def test_coverage_interval_matches_the_binomial_spread(rng):
     two = unc.calibration_metrics(errors[:20], np.ones((20, 3, 3)), np.zeros((20, 3, 3)),
                                   [10, 10])
     assert np.isnan(two["coverage_95_interval"]).all()
+    assert two["coverage_95_block"] is None
     with pytest.raises(ValueError, match="1-d"):
         unc.coverage_intervals(np.ones((2, 2)), np.ones((2, 2)))
+    # the block length reported is the one the range was drawn with: 4 (cube root of 60)
+    # for frames whose hits are independent
+    hits = np.where(inside, 10, 0)
+    assert res["coverage_95_block"] == unc.resampling_block(hits / 10.0) == 4
+    assert unc.coverage_intervals(hits, np.full(60, 10), block=4) == res["coverage_95_interval"]
+    assert unc.coverage_intervals(hits, np.full(60, 10), block=1) != res["coverage_95_interval"]
+    for bad in (0, 61):
+        with pytest.raises(ValueError, match="block must be between 1 and the 60 frames"):
+            unc.coverage_intervals(hits, np.full(60, 10), block=bad)
 
 
 def test_coverage_interval_of_correlated_frames_is_as_wide_as_their_runs(rng):

@@ -11,7 +11,8 @@ so).
 ``per_component``, ``per_cartesian``, ``baseline``, ``baseline_note``, and for models with
 ``bec_std`` ``calibration``: ``coverage_68``, ``coverage_95`` (and their ranges over the
 frames resampled in blocks of consecutive frames, ``coverage_68_interval``,
-``coverage_95_interval``),
+``coverage_95_interval``, and the frames per block, ``coverage_68_block``,
+``coverage_95_block``),
 ``nll``, ``frame_rank_correlation``, ...; for kernel models ``environments``, the share of the
 frames' atoms per species beyond the training environments).
 """
@@ -80,8 +81,10 @@ def format_table(res: dict) -> str:
             f"{_interval(cal, 'coverage_95')}, NLL {cal['nll']:.3f}, frame rank "
             f"correlation {cal.get('frame_rank_correlation', float('nan')):.2f}")
         if _interval(cal, "coverage_95"):
+            b68, b95 = cal.get("coverage_68_block"), cal.get("coverage_95_block")
+            size = f"{b95} " if b68 == b95 else f"{b68} (68 %) and {b95} (95 %) "
             lines.append("  (in brackets: the central 95 % range over the frames resampled "
-                         "in blocks of consecutive frames)")
+                         f"in blocks of {size}consecutive frames)")
     env = res.get("environments")
     if env:
         shares = ", ".join(f"{s} {100 * e['beyond']:.1f} %" for s, e in env.items()

@@ -110,7 +110,8 @@ def calibration_metrics(predicted, std, reference, frame_sizes=None) -> dict:
         fewer than 3 frames). The components of a frame share its errors, so the frame, not
         the component, is what is resampled, in blocks of consecutive frames (in the order
         given) as long as the frames' hits stay correlated, since neighbouring frames of one
-        MD share their errors too.
+        MD share their errors too: ``coverage_68_block``, ``coverage_95_block`` (int, frames
+        per block, :func:`resampling_block`; None for fewer than 3 frames).
     """
     pred = np.asarray(predicted, dtype=np.float64)
     ref = np.asarray(reference, dtype=np.float64)
@@ -143,7 +144,9 @@ def calibration_metrics(predicted, std, reference, frame_sizes=None) -> dict:
         counts = sizes * (z.shape[1] if z.ndim > 1 else 1)
         for name, half in (("coverage_68", _Z68), ("coverage_95", _Z95)):
             hits = np.array([np.count_nonzero(z[a:b] <= half) for a, b in spans])
-            out[name + "_interval"] = coverage_intervals(hits, counts)
+            block = resampling_block(hits / np.maximum(counts, 1))
+            out[name + "_interval"] = coverage_intervals(hits, counts, block=block)
+            out[name + "_block"] = block if sizes.size >= 3 else None
     return out
 
 
@@ -151,7 +154,7 @@ def calibration_metrics(predicted, std, reference, frame_sizes=None) -> dict:
 BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED = 2000, 20261205
 
 
-def coverage_intervals(hits, counts, level: float = 0.95) -> list:
+def coverage_intervals(hits, counts, level: float = 0.95, block: int | None = None) -> list:
     """Central ``level`` range of a coverage over frames resampled in blocks.
 
     Parameters
@@ -160,6 +163,8 @@ def coverage_intervals(hits, counts, level: float = 0.95) -> list:
         order of the trajectory (or of the test set).
     counts : (F,) int, the components of each frame.
     level : float, the probability inside the returned range.
+    block : int, consecutive frames per resampled block (1 <= block <= F); None:
+        :func:`resampling_block` of the frames' hit fractions.
 
     Returns
     -------
@@ -178,7 +183,9 @@ def coverage_intervals(hits, counts, level: float = 0.95) -> list:
     if hits.size < 3:
         return [float("nan"), float("nan")]
     n = hits.size
-    length = resampling_block(hits / np.maximum(counts, 1.0))
+    length = resampling_block(hits / np.maximum(counts, 1.0)) if block is None else int(block)
+    if not 1 <= length <= n:
+        raise ValueError(f"block must be between 1 and the {n} frames, got {block}")
     n_blocks = -(-n // length)
     offsets = np.arange(length)
     rng = np.random.default_rng(BOOTSTRAP_SEED)
