@@ -554,3 +554,105 @@ def test_shared_batch_descriptors_equal_separate_passes(cls, structure, rng, mon
                 + rows["baseline"][:, None], rtol=0, atol=1e-13 * np.abs(per).max())
             np.testing.assert_array_equal(got["dipole_derivative_by_species_samples"][part],
                                           per)
+
+
+@pytest.mark.parametrize("settings", [SETTINGS, ODD_SETTINGS], ids=["n4", "n5-6"])
+@pytest.mark.parametrize("channels", [1, 4])
+def test_backprop_with_tangents_equals_the_two_kernels(settings, channels, rng):
+    """One pass over the pairs for the back-propagation and the tangents (the basis functions
+    evaluated once): bit for bit the two kernels' results, with the vector descriptors'
+    l2_max = 1 and radial counts that leave remainders of the blocks of four."""
+    from numbec.descriptors import expansion_numba, tangent_numba
+
+    atoms = water_cell(rng)
+    desc, _ = compute_scalar_and_vector_descriptors(
+        atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc, settings)
+    ex = desc.expansion
+    a2, a3 = ex.adjoint_arrays(channels)
+    a2[:] = rng.normal(size=a2.shape)
+    a3[:] = rng.normal(size=a3.shape)
+    directions = rng.normal(size=(ex.pairs.n_pairs, 3, 3))
+    g, c2dot, c3dot = tangent_numba.pair_backprop_with_tangents(a2, a3, directions,
+                                                                *ex.block_args())
+    np.testing.assert_array_equal(g, expansion_numba.pair_backprop(a2, a3, *ex.block_args()))
+    want = ex.coefficient_tangents(directions)
+    np.testing.assert_array_equal(c2dot, want[0])
+    np.testing.assert_array_equal(c3dot, want[1])
+    assert np.abs(c3dot).max() > 0 and np.abs(g).max() > 0
+
+
+@pytest.mark.parametrize("cls", MODELS)
+def test_rows_share_the_plain_back_propagation_pass(cls, rng, monkeypatch):
+    """Frame by frame, a plain prediction with rows plans its tangents for the
+    back-propagation, which computes them in its own pass over the pairs where it makes one
+    pass per channel: the same numbers, bit for bit, as the rows' own tangent pass, and the
+    tangent pass is not run again."""
+    from numbec.descriptors import expansion
+    from numbec.descriptors import tangent_numba as tn
+
+    model = randomized(_model(cls, rng, True), rng)
+    atoms = water_cell(rng)
+    v = rng.normal(0.0, 0.01, atoms.positions.shape)
+    wrapped = fm.DipoleDerivativeSamplesModel(model, n_samples=3, seed=5)
+    calls = {"fused": 0, "tangents": 0}
+    real_fused, real_tangents = tn.pair_backprop_with_tangents, tn.expansion_tangents
+
+    def fused(*a):
+        calls["fused"] += 1
+        return real_fused(*a)
+
+    def tangents(*a):
+        calls["tangents"] += 1
+        return real_tangents(*a)
+
+    monkeypatch.setattr(tn, "pair_backprop_with_tangents", fused)
+    monkeypatch.setattr(tn, "expansion_tangents", tangents)
+    # this small cell's centres have few pairs: one pass per channel made the choice here
+    monkeypatch.setattr(expansion, "BLOCK_BACKPROP_BELOW", 0)
+    monkeypatch.setattr(expansion, "BLOCK_BACKPROP_CHANNELS_BELOW", 0)
+    got = wrapped.predict_arrays_with_velocities(*_args(atoms), v, total_charge=0.5)
+    assert calls == {"fused": 1, "tangents": 0}
+    monkeypatch.setattr(expansion.Expansion, "plan_tangents", lambda self, d: None)
+    apart = wrapped.predict_arrays_with_velocities(*_args(atoms), v, total_charge=0.5)
+    assert calls == {"fused": 1, "tangents": 1}
+    assert set(got) == set(apart)
+    for key, value in apart.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
+    # and the rows are those of dipole_derivative_uncertainty
+    ref = fm.dipole_derivative_uncertainty(model, *_args(atoms), v, wrapped.weight_samples,
+                                           total_charge=0.5)
+    for key in ("dipole_derivative_std", "dipole_derivative_samples",
+                "dipole_derivative_by_species_samples"):
+        np.testing.assert_array_equal(got[key], ref[key], err_msg=key)
+
+
+def test_planned_tangents_are_checked_and_handed_over_once(rng):
+    atoms = water_cell(rng)
+    desc, _ = compute_scalar_and_vector_descriptors(
+        atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc, SETTINGS)
+    ex = desc.expansion
+    with pytest.raises(ValueError, match="C-contiguous float64 array of shape"):
+        ex.plan_tangents(np.zeros((ex.pairs.n_pairs + 1, 2, 3)))
+    with pytest.raises(ValueError, match="C-contiguous float64 array of shape"):
+        ex.plan_tangents(np.zeros((ex.pairs.n_pairs, 3, 2)).transpose(0, 2, 1))
+    directions = rng.normal(size=(ex.pairs.n_pairs, 2, 3))
+    ex.plan_tangents(directions)
+    a2, a3 = ex.adjoint_arrays(1)
+    a3[:] = rng.normal(size=a3.shape)
+    from numbec.descriptors import expansion_numba
+
+    g = expansion_numba.pair_backprop(a2, a3, *ex.block_args())
+    from numbec.descriptors import expansion
+
+    # the kernel choice of backprop: forced to one pass per channel
+    old = expansion.BLOCK_BACKPROP_BELOW
+    expansion.BLOCK_BACKPROP_BELOW = 0
+    try:
+        np.testing.assert_array_equal(ex.backprop(a2, a3), g)
+    finally:
+        expansion.BLOCK_BACKPROP_BELOW = old
+    first = ex.coefficient_tangents(directions)
+    assert ex.tangent_plan == {}
+    again = ex.coefficient_tangents(directions)     # computed apart: equal, new arrays
+    assert again[1] is not first[1]
+    np.testing.assert_array_equal(again[1], first[1])

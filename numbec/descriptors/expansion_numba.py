@@ -279,106 +279,123 @@ def pair_backprop(a2, a3, offsets, groups, ends, vectors, distances, rad_cut, ra
     which the compiler vectorises).
     """
     n_atoms = offsets.shape[0] - 1
-    n_species = groups.shape[1] - 1
-    n_ch = a2.shape[2]
-    l2_max = int(np.sqrt(a2.shape[3]) + 0.5) - 1
-    n_lm3 = (l_max + 1) ** 2
-    g = np.empty((vectors.shape[0], n_ch, 3))
-    n_l2 = rad_values.shape[1] // n_rad
+    g = np.empty((vectors.shape[0], a2.shape[2], 3))
     tables = legendre_tables(l_max)
     kmax = _max_pairs(offsets)
     n_blocks, size = centre_blocks(n_atoms)
     for block in prange(n_blocks):
         arrays = centre_block_arrays(kmax, l_max, rad_values.shape[1],
                                      ang_values.shape[1], True)
-        s_h = np.empty((n_lm3, kmax))
-        s_dh = np.empty((n_lm3, kmax))
-        acc = np.empty((4, kmax))
+        work = backprop_work_arrays(kmax, l_max)
         first, last = block_centres(block, size, n_atoms)
         for i in range(first, last):
             p0, k, ux, uy, uz, y, dy, h2, dh2, h3, dh3 = _centre_basis_with_gradients(
                 arrays, i, offsets, vectors, distances, l_max, tables, rad_cut, rad_inv,
                 rad_values, rad_derivs, ang_cut, ang_inv, ang_values, ang_derivs)
-            for c in range(n_ch):
-                s_h[:, :k] = 0.0
-                s_dh[:, :k] = 0.0
-                for jc in range(n_species):
-                    g0 = groups[i, jc] - p0
-                    g1 = ends[i, jc, 0] - p0
-                    r = jc * n_rad
-                    for n in range(0, n_rad - 3, 4):
-                        for l in range(l2_max + 1):
-                            col = n * n_l2 + l
-                            for lm in range(l * l, (l + 1) * (l + 1)):
-                                _axpy2x4(a2[i, r + n, c, lm], a2[i, r + n + 1, c, lm],
-                                         a2[i, r + n + 2, c, lm], a2[i, r + n + 3, c, lm], h2, dh2,
-                                         col, n_l2, g0, g1, s_h[lm], s_dh[lm])
-                    for n in range(n_rad - n_rad % 4, n_rad):
-                        arow = a2[i, r + n, c]
-                        for l in range(l2_max + 1):
-                            col = n * n_l2 + l
-                            for lm in range(l * l, (l + 1) * (l + 1)):
-                                _axpy2(arow[lm], h2[col, g0:g1], dh2[col, g0:g1],
-                                       s_h[lm, g0:g1], s_dh[lm, g0:g1])
-                    g1 = ends[i, jc, 1] - p0
-                    # four radial functions per pass: a quarter of the loads and stores of the
-                    # sums (the loops over the pairs are short, so these dominate)
-                    for n in range(0, n_ang - 3, 4):
-                        r = jc * n_ang + n
-                        for l in range(l_max + 1):
-                            col = n * (l_max + 1) + l
-                            for lm in range(l * l, (l + 1) * (l + 1)):
-                                _axpy2x4(a3[i, r, c, lm], a3[i, r + 1, c, lm], a3[i, r + 2, c, lm],
-                                         a3[i, r + 3, c, lm], h3, dh3, col, l_max + 1, g0, g1,
-                                         s_h[lm], s_dh[lm])
-                    for n in range(n_ang - n_ang % 4, n_ang):
-                        arow = a3[i, jc * n_ang + n, c]
-                        for l in range(l_max + 1):
-                            col = n * (l_max + 1) + l
-                            for lm in range(l * l, (l + 1) * (l + 1)):
-                                _axpy2(arow[lm], h3[col, g0:g1], dh3[col, g0:g1],
-                                       s_h[lm, g0:g1], s_dh[lm, g0:g1])
-                acc[:, :k] = 0.0
-                ar = acc[0, :k]
-                ax = acc[1, :k]
-                ay = acc[2, :k]
-                az = acc[3, :k]
-                for lm in range(0, n_lm3 - 1, 2):  # two lm per pass over the accumulators
-                    sh = s_h[lm, :k]
-                    sdh = s_dh[lm, :k]
-                    yl = y[lm, :k]
-                    dyx = dy[lm, 0, :k]
-                    dyy = dy[lm, 1, :k]
-                    dyz = dy[lm, 2, :k]
-                    sh1 = s_h[lm + 1, :k]
-                    sdh1 = s_dh[lm + 1, :k]
-                    yl1 = y[lm + 1, :k]
-                    dyx1 = dy[lm + 1, 0, :k]
-                    dyy1 = dy[lm + 1, 1, :k]
-                    dyz1 = dy[lm + 1, 2, :k]
-                    for q in range(k):
-                        ar[q] += sdh[q] * yl[q] + sdh1[q] * yl1[q]
-                        ax[q] += sh[q] * dyx[q] + sh1[q] * dyx1[q]
-                        ay[q] += sh[q] * dyy[q] + sh1[q] * dyy1[q]
-                        az[q] += sh[q] * dyz[q] + sh1[q] * dyz1[q]
-                if n_lm3 % 2:
-                    lm = n_lm3 - 1
-                    sh = s_h[lm, :k]
-                    sdh = s_dh[lm, :k]
-                    yl = y[lm, :k]
-                    dyx = dy[lm, 0, :k]
-                    dyy = dy[lm, 1, :k]
-                    dyz = dy[lm, 2, :k]
-                    for q in range(k):
-                        ar[q] += sdh[q] * yl[q]
-                        ax[q] += sh[q] * dyx[q]
-                        ay[q] += sh[q] * dyy[q]
-                        az[q] += sh[q] * dyz[q]
-                for q in range(k):
-                    g[p0 + q, c, 0] = ax[q] + ar[q] * ux[q]
-                    g[p0 + q, c, 1] = ay[q] + ar[q] * uy[q]
-                    g[p0 + q, c, 2] = az[q] + ar[q] * uz[q]
+            backprop_centre(i, p0, k, ux, uy, uz, y, dy, h2, dh2, h3, dh3, a2, a3, groups,
+                            ends, n_rad, n_ang, l_max, work, g)
     return g
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def backprop_work_arrays(kmax, l_max):
+    """Scratch of :func:`backprop_centre` for centres of at most ``kmax`` pairs: the sums
+    over n ``s_h``, ``s_dh`` (LM3, kmax) and the four accumulators (4, kmax)."""
+    n_lm3 = (l_max + 1) ** 2
+    return np.empty((n_lm3, kmax)), np.empty((n_lm3, kmax)), np.empty((4, kmax))
+
+
+@njit(cache=True, inline="always", fastmath=FASTMATH, error_model="numpy")
+def backprop_centre(i, p0, k, ux, uy, uz, y, dy, h2, dh2, h3, dh3, a2, a3, groups, ends, n_rad,
+                    n_ang, l_max, work, g):
+    """The pair gradients of :func:`pair_backprop` of the k pairs of centre i (first pair
+    p0) into g, from its basis functions (:func:`fill_centre_block`) and the scratch
+    ``work`` (:func:`backprop_work_arrays`)."""
+    s_h, s_dh, acc = work
+    n_species = groups.shape[1] - 1
+    n_ch = a2.shape[2]
+    l2_max = int(np.sqrt(a2.shape[3]) + 0.5) - 1
+    n_lm3 = (l_max + 1) ** 2
+    n_l2 = h2.shape[0] // n_rad
+    for c in range(n_ch):
+        s_h[:, :k] = 0.0
+        s_dh[:, :k] = 0.0
+        for jc in range(n_species):
+            g0 = groups[i, jc] - p0
+            g1 = ends[i, jc, 0] - p0
+            r = jc * n_rad
+            for n in range(0, n_rad - 3, 4):
+                for l in range(l2_max + 1):
+                    col = n * n_l2 + l
+                    for lm in range(l * l, (l + 1) * (l + 1)):
+                        _axpy2x4(a2[i, r + n, c, lm], a2[i, r + n + 1, c, lm],
+                                 a2[i, r + n + 2, c, lm], a2[i, r + n + 3, c, lm], h2, dh2,
+                                 col, n_l2, g0, g1, s_h[lm], s_dh[lm])
+            for n in range(n_rad - n_rad % 4, n_rad):
+                arow = a2[i, r + n, c]
+                for l in range(l2_max + 1):
+                    col = n * n_l2 + l
+                    for lm in range(l * l, (l + 1) * (l + 1)):
+                        _axpy2(arow[lm], h2[col, g0:g1], dh2[col, g0:g1],
+                               s_h[lm, g0:g1], s_dh[lm, g0:g1])
+            g1 = ends[i, jc, 1] - p0
+            # four radial functions per pass: a quarter of the loads and stores of the
+            # sums (the loops over the pairs are short, so these dominate)
+            for n in range(0, n_ang - 3, 4):
+                r = jc * n_ang + n
+                for l in range(l_max + 1):
+                    col = n * (l_max + 1) + l
+                    for lm in range(l * l, (l + 1) * (l + 1)):
+                        _axpy2x4(a3[i, r, c, lm], a3[i, r + 1, c, lm], a3[i, r + 2, c, lm],
+                                 a3[i, r + 3, c, lm], h3, dh3, col, l_max + 1, g0, g1,
+                                 s_h[lm], s_dh[lm])
+            for n in range(n_ang - n_ang % 4, n_ang):
+                arow = a3[i, jc * n_ang + n, c]
+                for l in range(l_max + 1):
+                    col = n * (l_max + 1) + l
+                    for lm in range(l * l, (l + 1) * (l + 1)):
+                        _axpy2(arow[lm], h3[col, g0:g1], dh3[col, g0:g1],
+                               s_h[lm, g0:g1], s_dh[lm, g0:g1])
+        acc[:, :k] = 0.0
+        ar = acc[0, :k]
+        ax = acc[1, :k]
+        ay = acc[2, :k]
+        az = acc[3, :k]
+        for lm in range(0, n_lm3 - 1, 2):  # two lm per pass over the accumulators
+            sh = s_h[lm, :k]
+            sdh = s_dh[lm, :k]
+            yl = y[lm, :k]
+            dyx = dy[lm, 0, :k]
+            dyy = dy[lm, 1, :k]
+            dyz = dy[lm, 2, :k]
+            sh1 = s_h[lm + 1, :k]
+            sdh1 = s_dh[lm + 1, :k]
+            yl1 = y[lm + 1, :k]
+            dyx1 = dy[lm + 1, 0, :k]
+            dyy1 = dy[lm + 1, 1, :k]
+            dyz1 = dy[lm + 1, 2, :k]
+            for q in range(k):
+                ar[q] += sdh[q] * yl[q] + sdh1[q] * yl1[q]
+                ax[q] += sh[q] * dyx[q] + sh1[q] * dyx1[q]
+                ay[q] += sh[q] * dyy[q] + sh1[q] * dyy1[q]
+                az[q] += sh[q] * dyz[q] + sh1[q] * dyz1[q]
+        if n_lm3 % 2:
+            lm = n_lm3 - 1
+            sh = s_h[lm, :k]
+            sdh = s_dh[lm, :k]
+            yl = y[lm, :k]
+            dyx = dy[lm, 0, :k]
+            dyy = dy[lm, 1, :k]
+            dyz = dy[lm, 2, :k]
+            for q in range(k):
+                ar[q] += sdh[q] * yl[q]
+                ax[q] += sh[q] * dyx[q]
+                ay[q] += sh[q] * dyy[q]
+                az[q] += sh[q] * dyz[q]
+        for q in range(k):
+            g[p0 + q, c, 0] = ax[q] + ar[q] * ux[q]
+            g[p0 + q, c, 1] = ay[q] + ar[q] * uy[q]
+            g[p0 + q, c, 2] = az[q] + ar[q] * uz[q]
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH, error_model="numpy")

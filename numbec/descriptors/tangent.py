@@ -95,14 +95,9 @@ def descriptor_tangents(ex: Expansion, directions, vector: int = 0):
         raise ValueError(f"directions must have shape (P, T, 3) with P = {nl.neighbors.size} "
                          f"pairs, got {directions.shape}")
     s = ex.settings
-    l2_max = int(np.sqrt(ex.c2.shape[2]) + 0.5) - 1
     n_t = directions.shape[1]
+    c2dot, c3dot = ex.coefficient_tangents(directions)
     with serial_if_small(nl.n_pairs):
-        c2dot, c3dot = _tn.expansion_tangents(
-            directions, nl.offsets, ex.groups, ex.ends, nl.vectors, nl.distances, l2_max,
-            ex.radial.cutoff, ex.radial.inv_spacing, ex.radial.values, ex.radial.derivatives,
-            s.n_radial, s.l_max, ex.angular.cutoff, ex.angular.inv_spacing,
-            ex.angular.values, ex.angular.derivatives, s.n_angular)
         w2 = float(np.sqrt(s.radial_weight))
         xdot = _tn.power_spectrum_tangents(c2dot, ex.c3, c3dot, w2, *_gram_indices(s))
         vdot = None

@@ -72,16 +72,8 @@ def dipole_derivative_rows(model, positions, numbers, cell, pbc, velocities, *,
 
     if prepared is None:
         prepared = prepare_structure(model, positions, numbers, cell, pbc)
-    n = prepared.numbers.size
-    velocities = np.asarray(velocities, dtype=np.float64)
-    if velocities.shape != (n, 3) or not np.isfinite(velocities).all():
-        raise ValueError(f"velocities must be finite with shape ({n}, 3), got "
-                         f"{velocities.shape}")
-    unwrapped = prepared.positions if prepared.unwrapped is None else prepared.unwrapped
-    frames = _Frames(prepared.numbers, 1, prepared.desc, prepared.vdesc, prepared.unit,
-                     prepared.norms, prepared.species_kernels,
-                     np.array([prepared.periodic]), unwrapped[None])
-    out = _frame_rows(model, frames, velocities[None], by_species, total_charge)
+    velocities = _checked_velocities(velocities, prepared.numbers.size)
+    out = _frame_rows(model, _one_frame(prepared), velocities[None], by_species, total_charge)
     return {"rows": out["rows"][0], "baseline": out["baseline"][0], "species": out["species"]}
 
 
@@ -105,6 +97,24 @@ def dipole_derivative_rows_frames(model, positions, numbers, cells, pbc, velocit
         raise ValueError(f"velocities must be finite with shape {positions.shape}, got "
                          f"{velocities.shape}")
     return _frame_rows(model, frames, velocities, by_species, total_charge)
+
+
+def _checked_velocities(velocities, n_atoms: int) -> np.ndarray:
+    """(N, 3) float64 velocities of one frame, Å/fs; ValueError unless finite and (N, 3)."""
+    velocities = np.asarray(velocities, dtype=np.float64)
+    if velocities.shape != (n_atoms, 3) or not np.isfinite(velocities).all():
+        raise ValueError(f"velocities must be finite with shape ({n_atoms}, 3), got "
+                         f"{velocities.shape}")
+    return velocities
+
+
+def _one_frame(prepared) -> _Frames:
+    """The :class:`_Frames` of one structure's descriptor pass
+    (:func:`numbec.models.uncertainty.prepare_structure`)."""
+    unwrapped = prepared.positions if prepared.unwrapped is None else prepared.unwrapped
+    return _Frames(prepared.numbers, 1, prepared.desc, prepared.vdesc, prepared.unit,
+                   prepared.norms, prepared.species_kernels, np.array([prepared.periodic]),
+                   unwrapped[None])
 
 
 @dataclass
@@ -162,17 +172,36 @@ def _prepare_frames(model, positions, numbers, cells, pbc, checked: bool = False
 _PER_FRAME_PRODUCTS_FROM = 3
 
 
-def _frame_rows(model, frames: _Frames, velocities, by_species, total_charge) -> dict:
-    """The rows of :func:`dipole_derivative_rows_frames` from a prepared pass; velocities
-    (F, N, 3) Å/fs."""
-    from numbec.descriptors.tangent import descriptor_tangents, pair_directions
-    from numbec.models import kernels
+@dataclass
+class _RowInputs:
+    """What the rows of :func:`_frame_rows` need besides the descriptor pass: species (G,)
+    int64 (``[-1]`` for the frame as a whole); ws (G, F N, 3) Å/fs, the masked velocities
+    minus their frame means, and rel (F N, 3) Å, the unwrapped positions minus their frame
+    means, both in the order of the descriptor pass; baseline (F, G, 3) e·Å/fs; directions
+    (P, T, 3) float64 C-contiguous, the pair directions of the tangents (G velocity
+    directions where ``velocity``, then 3 G charge-transfer ones where ``charge_transfer``),
+    the first charge-transfer one at index ``first_ct``."""
+
+    species: np.ndarray
+    ws: np.ndarray
+    rel: np.ndarray
+    baseline: np.ndarray
+    directions: np.ndarray
+    velocity: bool
+    charge_transfer: bool
+    first_ct: int
+
+
+def _row_inputs(model, frames: _Frames, velocities, by_species, total_charge) -> _RowInputs:
+    """The :class:`_RowInputs` of F frames from their velocities (F, N, 3) Å/fs: known
+    before the plain prediction, so that its back-propagation can compute the tangents
+    along ``directions`` in its own pass over the pairs
+    (:meth:`numbec.descriptors.expansion.Expansion.plan_tangents`)."""
+    from numbec.descriptors.tangent import pair_directions
     from numbec.models.base import total_charge_value
 
     numbers, f = frames.numbers, frames.n_frames
     n = numbers.size
-    mono, dip = model._monopole, model._dipole
-    vdesc, unit, norms = frames.vdesc, frames.unit, frames.norms
     periodic = frames.periodic
     species = np.unique(numbers) if by_species else np.array([-1])
     g = species.size
@@ -194,17 +223,36 @@ def _frame_rows(model, frames: _Frames, velocities, by_species, total_charge) ->
     rel = rel.reshape(f * n, 3)
     if frames.order is not None:
         ws, rel = ws[:, frames.order], rel[frames.order]
-
-    ex = frames.desc.expansion
     # G velocity tangents, then for periodic frames 3 G charge-transfer tangents. The velocity
     # tangents feed the dipole columns and the molecules' charge term only: a monopole model
     # on periodic frames skips them (a quarter of its tangent work)
-    charge_transfer = mono and periodic.any()
-    velocity = dip or not periodic.all()
-    directions = pair_directions(ex, ws, charge_transfer)
+    charge_transfer = bool(model._monopole and periodic.any())
+    velocity = bool(model._dipole or not periodic.all())
+    directions = pair_directions(frames.desc.expansion, ws, charge_transfer)
     if not velocity:
-        directions = directions[:, g:]
-    first_ct = g if velocity else 0       # index of the first charge-transfer tangent
+        directions = np.ascontiguousarray(directions[:, g:])
+    return _RowInputs(species, ws, rel, baseline, directions, velocity, charge_transfer,
+                      g if velocity else 0)
+
+
+def _frame_rows(model, frames: _Frames, velocities, by_species, total_charge,
+                inputs: _RowInputs | None = None) -> dict:
+    """The rows of :func:`dipole_derivative_rows_frames` from a prepared pass; velocities
+    (F, N, 3) Å/fs; ``inputs``: their :func:`_row_inputs`, if made already."""
+    from numbec.descriptors.tangent import descriptor_tangents
+    from numbec.models import kernels
+
+    if inputs is None:
+        inputs = _row_inputs(model, frames, velocities, by_species, total_charge)
+    f = frames.n_frames
+    mono, dip = model._monopole, model._dipole
+    vdesc, unit, norms = frames.vdesc, frames.unit, frames.norms
+    periodic = frames.periodic
+    species, ws, rel, baseline = inputs.species, inputs.ws, inputs.rel, inputs.baseline
+    g = species.size
+    charge_transfer, first_ct = inputs.charge_transfer, inputs.first_ct
+    directions = inputs.directions
+    ex = frames.desc.expansion
     xdot, vdot = descriptor_tangents(ex, directions, vector=g if dip else 0)
     # kernel tangents kdot_ib = x_b . udot_i with the unit-descriptor tangent
     # udot = (Xdot - x (x . Xdot)) / |X| (zero for isolated atoms), contracted without
@@ -485,6 +533,7 @@ class DipoleDerivativeSamplesModel:
 
         kernel = self.kernel
         prepared = unc.prepare_structure(kernel, positions, numbers, cell, pbc)
+        inputs = None
         if isinstance(self.inner, unc.StreamedUncertaintyModel):  # low-rank bec_std
             out = unc.predict_uncertainty(kernel, positions, numbers, cell, pbc,
                                           factor=self.inner.factor, total_charge=total_charge,
@@ -494,17 +543,28 @@ class DipoleDerivativeSamplesModel:
         elif uncertainty:  # the exact bec_std from the design rows
             out = self.predict_arrays(positions, numbers, cell, pbc, True,
                                       total_charge=total_charge)
-        else:  # one descriptor pass for the BECs and the rows
+        else:  # one descriptor pass for the BECs and the rows, and one pass over the pairs
+            # for the back-propagation and the rows' tangents
+            velocities = _checked_velocities(velocities, prepared.numbers.size)
+            frames = _one_frame(prepared)
+            inputs = _row_inputs(kernel, frames, velocities[None], self._by_species,
+                                 total_charge)
+            prepared.desc.expansion.plan_tangents(inputs.directions)
             out = unc.plain_outputs(kernel, prepared, total_charge)
         if atom_std:  # per-atom local-output stds (numbec.models.atom_std)
             from numbec.models.atom_std import prepared_output_std
 
             out.update(prepared_output_std(kernel, prepared))
-        out.update(dipole_derivative_uncertainty(
-            kernel, positions, numbers, cell, pbc, velocities, self.weight_samples,
-            by_species=self.species_samples, total_charge=total_charge, prepared=prepared))
-        out.pop("dipole_derivative")
-        out.pop("species")
+        if inputs is None:
+            out.update(dipole_derivative_uncertainty(
+                kernel, positions, numbers, cell, pbc, velocities, self.weight_samples,
+                by_species=self.species_samples, total_charge=total_charge, prepared=prepared))
+            out.pop("dipole_derivative")
+            out.pop("species")
+        else:
+            parts = _frame_rows(kernel, frames, velocities[None], self._by_species,
+                                total_charge, inputs)
+            out.update({k: v[0] for k, v in self._row_outputs(parts).items()})
         return out
 
     def predict_frames_with_velocities(self, positions, numbers, cells, pbc, velocities, *,
@@ -530,7 +590,7 @@ class DipoleDerivativeSamplesModel:
             raise ValueError(f"velocities must be finite with shape {positions.shape}, got "
                              f"{velocities.shape}")
         kernel, by_species = self.kernel, self._by_species
-        std, per, done = [], [], [0]
+        batches, done = [], [0]
 
         def batch_pass(batch_positions, batch_cells):
             """The batch's descriptor pass, for its plain prediction and its rows."""
@@ -538,19 +598,24 @@ class DipoleDerivativeSamplesModel:
                                      checked=True)
             start = done[0]
             done[0] += frames.n_frames
-            parts = _frame_rows(kernel, frames, velocities[start:done[0]], by_species,
-                                total_charge)
-            std.append(_frames_std(kernel, parts["rows"]))
-            if self.weight_samples is not None:
-                per.append(_frames_samples(parts, self.weight_samples))
+            batches.append(self._row_outputs(_frame_rows(
+                kernel, frames, velocities[start:done[0]], by_species, total_charge)))
             return frames
 
         out = kernel.predict_frames(positions, numbers, cells, pbc, total_charge=total_charge,
                                     batch_pass=batch_pass, atom_std=atom_std)
-        out["dipole_derivative_std"] = np.concatenate(std)
-        if per:
-            per = np.concatenate(per)
-            if by_species:
+        for key in batches[0]:
+            out[key] = np.concatenate([batch[key] for batch in batches])
+        return out
+
+    def _row_outputs(self, parts) -> dict:
+        """The velocity outputs of F frames from their rows (:func:`_frame_rows`):
+        ``dipole_derivative_std`` (F, 3), and with samples ``dipole_derivative_samples``
+        (F, S, 3) and, per species, ``dipole_derivative_by_species_samples`` (F, S, G, 3)."""
+        out = {"dipole_derivative_std": _frames_std(self.kernel, parts["rows"])}
+        if self.weight_samples is not None:
+            per = _frames_samples(parts, self.weight_samples)
+            if self._by_species:
                 out["dipole_derivative_by_species_samples"] = per
             out["dipole_derivative_samples"] = per.sum(axis=2)
         return out
