@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from numbec._arrays import same_memory
 from numbec.descriptors import expansion_numba as _ex
 from numbec.descriptors import tangent_numba as _tn
 from numbec.descriptors.neighbors import NeighborList, neighbor_list, serial_if_small
@@ -33,17 +34,6 @@ BLOCK_BACKPROP_CHANNELS_BELOW = 64
 #: :func:`numbec._heap.keep_freed_memory` raises glibc's mmap threshold, so consecutive
 #: blocks reuse heap memory instead of faulting in fresh pages.
 JACOBIAN_BLOCK_BYTES = 24 * 2**20
-
-
-def _same_memory(a, b) -> bool:
-    """Whether arrays a and b are the same elements of the same memory (the same array, or
-    views of all of it: ``np.ascontiguousarray`` may return a view where the dtype object
-    differs, as for arrays made by Numba)."""
-    if a is b:
-        return a is not None
-    return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape
-            and a.strides == b.strides and a.dtype == b.dtype
-            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
 def species_channels(numbers, settings: DescriptorSettings) -> np.ndarray:
@@ -176,7 +166,7 @@ class Expansion:
         back-propagation when it ran with this very array or a view of all of it
         (:meth:`plan_tangents`; handed over once)."""
         plan = self.tangent_plan
-        if _same_memory(plan.get("directions"), directions):
+        if same_memory(plan.get("directions"), directions):
             done = plan.pop("c2dot", None), plan.pop("c3dot", None)
             plan.clear()
             if done[0] is not None:
