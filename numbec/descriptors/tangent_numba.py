@@ -7,7 +7,9 @@ coefficients ``c_{i,Jnlm} = sum_{pairs (i, j image), j in J} h_nl(|d|) Y_lm(d / 
 ``cdot_{i,Jnlm} = sum_p (h'_nl(|d_p|) (d_p / |d_p|) . u_p) Y_lm + h_nl (dY_lm/dd . u_p)``,
 
 one pass over the pairs for all directions, the transpose of
-:func:`numbec.descriptors.expansion_numba.pair_backprop`. Array conventions as in
+:func:`numbec.descriptors.expansion_numba.pair_backprop`
+(:func:`expansion_tangents`; :func:`pair_backprop_with_tangents` does both in one pass, the
+basis functions of each pair evaluated once). Array conventions as in
 :mod:`numbec.descriptors.expansion_numba`.
 
 The descriptors are bilinear forms of the coefficients (plus a linear two-body part), so their
