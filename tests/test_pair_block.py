@@ -68,12 +68,15 @@ def test_splines_block_equals_one_pair_spline_and_is_zero_beyond_the_cutoff():
             assert not h[:, q].any() and not dh[:, q].any()
 
 
-@pytest.mark.parametrize("n_channels", [1, 3, 4, 5, 8])
+@pytest.mark.parametrize("n_channels, l2_max", [(1, 0), (1, 1), (3, 1), (4, 0), (4, 1), (5, 1),
+                                                (8, 1)])
 @pytest.mark.parametrize("periodic, cutoffs", [(True, (4.5, 3.5)), (False, (3.0, 3.8))])
-def test_channel_block_backprop_equals_per_channel_backprop(n_channels, periodic, cutoffs):
+def test_channel_block_backprop_equals_per_channel_backprop(n_channels, l2_max, periodic,
+                                                            cutoffs):
     """The two pair back-propagation kernels (one pass per channel, and channels four at a
-    time per pair) agree for any channel count, with the radial cutoff beyond the angular one
-    and the other way round (pairs within only one of the two)."""
+    time per pair) agree for any channel count, with the two-body part of the scalar (l = 0)
+    and of the vector descriptor (l <= 1), with the radial cutoff beyond the angular one and
+    the other way round (pairs within only one of the two)."""
     from numbec.descriptors import DescriptorSettings
     from numbec.descriptors import expansion_numba as _ex
     from numbec.descriptors.expansion import expand
@@ -91,7 +94,7 @@ def test_channel_block_backprop_equals_per_channel_backprop(n_channels, periodic
     settings = DescriptorSettings(species=sorted(set(numbers.tolist())), n_radial=5,
                                   n_angular=4, l_max=3, cutoff_radial=cutoffs[0],
                                   cutoff_angular=cutoffs[1])
-    ex = expand(positions, numbers, cell, periodic, settings, l2_max=1)
+    ex = expand(positions, numbers, cell, periodic, settings, l2_max=l2_max)
     a2, a3 = ex.adjoint_arrays(n_channels)
     a2[:] = rng.normal(size=a2.shape)
     a3[:] = rng.normal(size=a3.shape)

@@ -29,6 +29,14 @@ BLOCK_BACKPROP_BELOW = 32
 #: water, 192 atoms (85 pairs per centre) 12.8 ms per channel pass vs 14.8 ms in blocks,
 #: alpha-quartz, 72 atoms (68) 5.6 vs 5.5 ms.
 BLOCK_BACKPROP_CHANNELS_BELOW = 64
+#: From this many channels (the combined model's four: charges and three dipole components)
+#: the channel blocks run in every structure, whatever its pairs per centre. CPU time of the
+#: pair part, 1 thread, four channels, l2_max = 1, 2026-12-05 (after the sums over n of
+#: ``pair_backprop_channel_blocks`` became contiguous four-channel updates): liquid water,
+#: 192 atoms (85 pairs per centre) 9.2 ms per channel pass vs 7.6 ms in blocks, alpha-quartz,
+#: 72 atoms (68) 2.5 vs 2.1 ms; with two or three channels one pass per channel stays
+#: faster there (water 5.3 vs 7.3 ms and 6.9 vs 7.3 ms).
+BLOCK_BACKPROP_FROM_CHANNELS = 4
 #: Largest block of a pair Jacobian (bytes) that the ``jacobian_blocks`` generators of the
 #: scalar and vector descriptors make at once: below the 30 MiB to which
 #: :func:`numbec._heap.keep_freed_memory` raises glibc's mmap threshold, so consecutive
@@ -127,20 +135,23 @@ class Expansion:
         """Per-pair gradients (P, C, 3) from coefficient adjoints a2, a3 (N, rows, C, LM);
         with tangents planned (:meth:`plan_tangents`) and one pass per channel, also those
         tangents, in the same pass over the pairs."""
-        # channels in blocks of four, pair by pair (pair_backprop_channel_blocks), except in
-        # structures whose centres have many pairs, where one pass per channel vectorises
-        # over long groups of pairs (BLOCK_BACKPROP_BELOW, BLOCK_BACKPROP_CHANNELS_BELOW)
-        kernel = _ex.pair_backprop_channel_blocks
-        below = BLOCK_BACKPROP_BELOW if a2.shape[2] == 1 else BLOCK_BACKPROP_CHANNELS_BELOW
-        if self.pairs.n_pairs >= below * self.pairs.n_atoms:
-            kernel = _ex.pair_backprop
+        # channels in blocks of four, pair by pair (pair_backprop_channel_blocks), except
+        # for fewer than four channels in structures whose centres have many pairs, where
+        # one pass per channel vectorises over long groups of pairs (BLOCK_BACKPROP_BELOW,
+        # BLOCK_BACKPROP_CHANNELS_BELOW, BLOCK_BACKPROP_FROM_CHANNELS); planned tangents
+        # there share the pass of the latter
+        n_channels = a2.shape[2]
+        below = BLOCK_BACKPROP_BELOW if n_channels == 1 else BLOCK_BACKPROP_CHANNELS_BELOW
+        many_pairs = self.pairs.n_pairs >= below * self.pairs.n_atoms
         plan = self.tangent_plan
         with serial_if_small(self.pairs.n_pairs):
-            if kernel is _ex.pair_backprop and "directions" in plan and "c2dot" not in plan:
+            if many_pairs and "directions" in plan and "c2dot" not in plan:
                 g, plan["c2dot"], plan["c3dot"] = _tn.pair_backprop_with_tangents(
                     a2, a3, plan["directions"], *self.block_args())
                 return g
-            return kernel(a2, a3, *self.block_args())
+            if many_pairs and n_channels < BLOCK_BACKPROP_FROM_CHANNELS:
+                return _ex.pair_backprop(a2, a3, *self.block_args())
+            return _ex.pair_backprop_channel_blocks(a2, a3, *self.block_args())
 
     def plan_tangents(self, directions: np.ndarray) -> None:
         """Have the next :meth:`backprop` compute the coefficient tangents along
