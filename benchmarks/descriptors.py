@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -98,6 +99,20 @@ class Timing(float):
     """Best time in seconds (a float), with the median attached."""
 
     median: float
+
+
+def cpu_model() -> str:
+    """The processor's model name (Linux: /proc/cpuinfo; else ``platform.processor()``):
+    printed with every table, since ratios measured on one processor do not carry over to
+    another (vector width, caches)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def timed(func, repeat):

@@ -42,14 +42,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from descriptors import timed  # noqa: E402  (best of N, shared by the benchmarks)
+from descriptors import cpu_model, timed  # noqa: E402  (shared by the benchmarks)
 from stream import (
     as_dataset,  # noqa: E402  (the in-memory trajectory layout)
     dense_products_seconds,  # noqa: E402  (the ceiling rows)
@@ -208,7 +207,7 @@ def main():
           f"{f' --repeat {args.repeat}' if args.repeat else ''}"
           f"{' --batched-only' if args.batched_only else ''}"
           f"{' --million' if args.million else ''}`; "
-          f"{platform.machine()}, {os.cpu_count()} cores, "
+          f"{cpu_model()}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f}\n")
     batch_below = parallel.BATCH_BELOW_ATOMS
     fitted = {}

@@ -62,7 +62,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -73,7 +72,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from descriptors import timed, water_box  # noqa: E402  (the same 192-atom box)
+from descriptors import cpu_model, timed, water_box  # noqa: E402  (the same 192-atom box)
 
 SHARED = Path(os.environ.get("NUMBEC_SHARED_DATA", REPO.parent / "shared" / "data"))
 QUARTZ = SHARED / "sio2_quartz_qe" / "SiO2.xyz"
@@ -846,7 +845,7 @@ def main():
           f"{f' --rounds {args.rounds}' if args.rounds else ''}"
           f"{f' --only {args.only}' if args.only else ''}"
           f"{f' --water-atoms {args.water_atoms}' if args.water_atoms else ''}`; "
-          f"{platform.machine()}, {os.cpu_count()} cores, load average {load:.1f}\n")
+          f"{cpu_model()}, {os.cpu_count()} cores, load average {load:.1f}\n")
     with tempfile.TemporaryDirectory() as tmp:
         if args.model_dir:
             Path(args.model_dir).mkdir(parents=True, exist_ok=True)
